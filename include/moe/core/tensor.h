@@ -1,0 +1,111 @@
+// A strided tensor over reference-counted, 64-byte aligned storage.
+//
+// Shape and strides are in elements. Views (reshape, slice, transpose) share storage. Every tensor
+// may carry a name, used in error messages ("tensor 'w_gate': expected shape (8, 64, 32), got ...").
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/core/dtype.h"
+#include "moe/core/error.h"
+
+namespace moe {
+
+using Shape = std::vector<int64_t>;
+
+std::string shape_str(const Shape& s);  // "(4, 8)"
+int64_t shape_numel(const Shape& s);
+
+// 64-byte aligned allocation (cache line and AVX-512 register size). Throws moe::Error on failure.
+void* aligned_alloc64(size_t bytes);
+void aligned_free64(void* p);
+
+class Storage {
+ public:
+  explicit Storage(size_t bytes);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+class Tensor {
+ public:
+  Tensor() = default;
+
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, std::string name = {});
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, std::string name = {});
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::F32, std::string name = {});
+  // Copies `values` (converted to `dtype`) into a new contiguous tensor of `shape`.
+  static Tensor from(const std::vector<double>& values, const Shape& shape, DType dtype = DType::F32,
+                     std::string name = {});
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }
+  DType dtype() const { return dtype_; }
+  int dim() const { return static_cast<int>(shape_.size()); }
+  int64_t size(int d) const;  // negative d counts from the end
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t nbytes() const;  // bytes of the elements this tensor covers when contiguous
+  bool is_contiguous() const;
+  const std::string& name() const { return name_; }
+  Tensor& set_name(std::string n) {
+    name_ = std::move(n);
+    return *this;
+  }
+
+  // Typed pointer to the first element; throws when T does not match dtype().
+  template <typename T>
+  T* data() const {
+    check_dtype(dtype_of<T>::value, "data<T>()");
+    return static_cast<T*>(raw());
+  }
+  void* raw() const;
+
+  // Element access for any float dtype, converted to/from double (slow; for tests and tools).
+  double get(int64_t flat_index) const;  // index into the logical (row-major) order
+  void set(int64_t flat_index, double v);
+  std::vector<double> to_vector() const;
+
+  Tensor reshape(const Shape& shape) const;  // a view; requires contiguity
+  Tensor slice(int d, int64_t begin, int64_t end) const;
+  Tensor transpose(int d0, int d1) const;
+  Tensor contiguous() const;  // itself when already contiguous
+  Tensor clone() const;
+  Tensor to(DType dtype) const;
+  void fill(double v);
+  void copy_from(const Tensor& src);  // same shape; converts dtype
+
+  // Throws moe::Error naming `what` (or the tensor's name) when dtype differs.
+  void check_dtype(DType expected, const char* what = nullptr) const;
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  int64_t offset_ = 0;  // in elements (bytes for I4 are offset_/2)
+  Shape shape_;
+  Shape strides_;
+  DType dtype_ = DType::F32;
+  std::string name_;
+
+  int64_t storage_index(int64_t flat_index) const;
+};
+
+// Shape checks with messages that name the tensor: "tensor 'x': expected shape (4, 8), got (4, 7)".
+// A dimension of -1 in `expected` matches any size.
+void check_shape(const Tensor& t, const Shape& expected, const std::string& what);
+void check_defined(const Tensor& t, const std::string& what);
+// Throws when any element is NaN or infinite, naming the tensor and the first bad index.
+void check_finite(const Tensor& t, const std::string& what);
+
+}  // namespace moe

@@ -1,0 +1,113 @@
+// The MoE layer: router -> selection -> capacity -> dispatch -> experts -> combine (+ shared
+// experts), forward and backward, in f32 (production) or f64 (references, gradient checks).
+// docs/MOE_LAYER.md defines every formula; the PyTorch oracle in tests/oracle implements the same.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "moe/core/tensor.h"
+#include "moe/kernels/ops.h"
+#include "moe/moe/config.h"
+
+namespace moe {
+
+// Parameters, all of the layer's dtype. Shapes with E experts, F = d_ff, Fs = shared width, d = d_model.
+struct MoEParams {
+  Tensor router_w;       // (E, d)      gate: logits = x · router_w^T
+  Tensor router_bias;    // (E)         selection-only bias (aux-loss-free balancing); no gradient
+  Tensor w_gate;         // (E, F, d)   SwiGLU only
+  Tensor w_up;           // (E, F, d)
+  Tensor w_down;         // (E, d, F)
+  Tensor shared_w_gate;  // (Fs, d)     SwiGLU shared experts only
+  Tensor shared_w_up;    // (Fs, d)
+  Tensor shared_w_down;  // (d, Fs)
+  Tensor shared_gate_w;  // (1, d)      when shared_gate
+};
+
+// Gradients; same names and shapes as MoEParams (router_bias has none), plus dx.
+struct MoEGrads {
+  Tensor dx;  // (T, d)
+  Tensor router_w, w_gate, w_up, w_down;
+  Tensor shared_w_gate, shared_w_up, shared_w_down, shared_gate_w;
+};
+
+// The routing decision: a list of N assignments (token, expert, weight). For token choice, hash and
+// balanced routing N = T * k and assignment a = t * k + j is token t's j-th choice (best first);
+// for expert choice N = E * C and a = e * C + c is expert e's c-th token (best first).
+struct Routing {
+  int64_t n_tokens = 0;
+  int64_t n_assign = 0;
+  int64_t capacity = 0;  // per expert; 0 in dropless mode
+  Tensor token;    // (N) i32
+  Tensor expert;   // (N) i32
+  Tensor weight;   // (N) layer dtype: the combine weight (0 for dropped assignments is NOT applied here)
+  Tensor kept;     // (N) u8: 0 when dropped by capacity
+  Tensor logits;   // (T, E) router logits (after jitter of the input, if any)
+  Tensor scores;   // (T, E) softmax or sigmoid of the logits
+};
+
+struct MoEStats {
+  std::vector<int64_t> routed_per_expert;  // assignments chosen per expert, before capacity
+  std::vector<int64_t> tokens_per_expert;  // assignments computed per expert, after capacity
+  int64_t dropped = 0;                     // assignments dropped by capacity
+  double imbalance = 0.0;                  // max / mean of routed_per_expert (1 = balanced)
+  double aux_loss = 0.0;                   // α-weighted Switch/GShard loss
+  double seq_aux_loss = 0.0;               // weighted sequence-level loss
+  double z_loss = 0.0;                     // weighted router z-loss
+  double total_loss() const { return aux_loss + seq_aux_loss + z_loss; }
+};
+
+struct ForwardOptions {
+  bool training = false;     // enables router jitter
+  uint64_t step = 0;         // picks the jitter noise stream
+  uint64_t seed = 0;         // jitter seed
+  const Tensor* token_ids = nullptr;  // (T) i32; required for hash routing
+  bool check_finite = false; // throw moe::Error when x contains NaN/Inf
+};
+
+struct MoEForward {
+  Tensor y;  // (T, d)
+  Routing routing;
+  MoEStats stats;
+  std::shared_ptr<const void> saved;  // activations kept for backward (opaque)
+};
+
+class MoELayer {
+ public:
+  // dtype F32 or F64. Throws moe::Error on an invalid config.
+  explicit MoELayer(MoEConfig cfg, DType dtype = DType::F32, kernels::Backend backend = kernels::Backend::Cpu);
+
+  const MoEConfig& config() const { return cfg_; }
+  DType dtype() const { return dtype_; }
+  kernels::Backend backend() const { return backend_; }
+  void set_backend(kernels::Backend b) { backend_ = b; }
+
+  MoEParams& params() { return params_; }
+  const MoEParams& params() const { return params_; }
+  // Random init from a seed (normal, std 1/sqrt(fan_in)); bias zero. Same seed, same weights.
+  void init_params(uint64_t seed);
+  // Checks every parameter's presence, dtype and shape; throws naming the first wrong one.
+  void check_params() const;
+
+  // x: (T, d) of the layer's dtype. T may be 0 (returns an empty y).
+  MoEForward forward(const Tensor& x, const ForwardOptions& opt = {}) const;
+  // dy: (T, d). Gradients of  L = <dy, y> + stats.total_loss()  w.r.t. x and every parameter.
+  MoEGrads backward(const MoEForward& fwd, const Tensor& dy) const;
+
+  // Aux-loss-free balancing: b_i += γ · sign(mean load − load_i) using the routed counts of `stats`.
+  void update_bias(const MoEStats& stats);
+
+  // FLOPs of the expert matmuls (routed + shared) for a forward over `stats`'s kept assignments
+  // and T tokens; backward is twice this.
+  double expert_flops(const MoEStats& stats, int64_t n_tokens) const;
+
+ private:
+  MoEConfig cfg_;
+  DType dtype_;
+  kernels::Backend backend_;
+  MoEParams params_;
+};
+
+}  // namespace moe

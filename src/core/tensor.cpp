@@ -1,0 +1,282 @@
+#include "moe/core/tensor.h"
+
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <sstream>
+
+namespace moe {
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream os;
+  os << '(';
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  if (s.size() == 1) os << ',';
+  os << ')';
+  return os.str();
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+void* aligned_alloc64(size_t bytes) {
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (!p) throw Error(cat("out of memory allocating ", bytes, " bytes"));
+  return p;
+}
+
+void aligned_free64(void* p) { std::free(p); }
+
+Storage::Storage(size_t bytes) : data_(aligned_alloc64(bytes)), bytes_(bytes) {}
+Storage::~Storage() { aligned_free64(data_); }
+
+static Shape contiguous_strides(const Shape& shape) {
+  Shape st(shape.size());
+  int64_t s = 1;
+  for (int i = static_cast<int>(shape.size()) - 1; i >= 0; --i) {
+    st[i] = s;
+    s *= shape[i];
+  }
+  return st;
+}
+
+static size_t bytes_for(int64_t numel, DType dt) {
+  return static_cast<size_t>((numel * dtype_bits(dt) + 7) / 8);
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, std::string name) {
+  for (int64_t d : shape)
+    MOE_CHECK(d >= 0, "tensor '", name, "': negative dimension in shape ", shape_str(shape));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(bytes_for(shape_numel(shape), dtype));
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.name_ = std::move(name);
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, std::string name) {
+  Tensor t = empty(shape, dtype, std::move(name));
+  std::memset(t.storage_->data(), 0, t.storage_->bytes());
+  return t;
+}
+
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, std::string name) {
+  Tensor t = empty(shape, dtype, std::move(name));
+  t.fill(value);
+  return t;
+}
+
+Tensor Tensor::from(const std::vector<double>& values, const Shape& shape, DType dtype, std::string name) {
+  MOE_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "tensor '", name, "': ",
+            values.size(), " values do not fill shape ", shape_str(shape));
+  Tensor t = empty(shape, dtype, std::move(name));
+  for (size_t i = 0; i < values.size(); ++i) t.set(static_cast<int64_t>(i), values[i]);
+  return t;
+}
+
+int64_t Tensor::size(int d) const {
+  const int nd = dim();
+  const int dd = d < 0 ? d + nd : d;
+  MOE_CHECK(dd >= 0 && dd < nd, "tensor '", name_, "': dimension ", d, " out of range for shape ",
+            shape_str(shape_));
+  return shape_[dd];
+}
+
+size_t Tensor::nbytes() const { return bytes_for(numel(), dtype_); }
+
+bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+
+void* Tensor::raw() const {
+  MOE_CHECK(storage_, "tensor '", name_, "' is undefined");
+  auto* base = static_cast<char*>(storage_->data());
+  if (dtype_ == DType::I4) return base + offset_ / 2;
+  return base + offset_ * (dtype_bits(dtype_) / 8);
+}
+
+void Tensor::check_dtype(DType expected, const char* what) const {
+  MOE_CHECK(dtype_ == expected, "tensor '", name_, "'", what ? cat(" (", what, ")") : std::string(),
+            ": expected dtype ", dtype_name(expected), ", got ", dtype_name(dtype_));
+}
+
+int64_t Tensor::storage_index(int64_t flat) const {
+  int64_t idx = offset_;
+  for (int d = dim() - 1; d >= 0; --d) {
+    const int64_t n = shape_[d];
+    idx += (flat % n) * strides_[d];
+    flat /= n;
+  }
+  return idx;
+}
+
+double Tensor::get(int64_t flat) const {
+  MOE_CHECK(storage_, "tensor '", name_, "' is undefined");
+  MOE_CHECK(flat >= 0 && flat < numel(), "tensor '", name_, "': index ", flat, " out of range for ",
+            shape_str(shape_));
+  const int64_t i = storage_index(flat);
+  const void* base = storage_->data();
+  switch (dtype_) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::F64: return static_cast<const double*>(base)[i];
+    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::I8: return static_cast<const int8_t*>(base)[i];
+    case DType::I32: return static_cast<const int32_t*>(base)[i];
+    case DType::I64: return static_cast<double>(static_cast<const int64_t*>(base)[i]);
+    case DType::U8: return static_cast<const uint8_t*>(base)[i];
+    case DType::I4: {
+      const uint8_t b = static_cast<const uint8_t*>(base)[i / 2];
+      int v = (i % 2 == 0) ? (b & 0xf) : (b >> 4);
+      return v >= 8 ? v - 16 : v;
+    }
+  }
+  return 0;
+}
+
+void Tensor::set(int64_t flat, double v) {
+  MOE_CHECK(storage_, "tensor '", name_, "' is undefined");
+  MOE_CHECK(flat >= 0 && flat < numel(), "tensor '", name_, "': index ", flat, " out of range for ",
+            shape_str(shape_));
+  const int64_t i = storage_index(flat);
+  void* base = storage_->data();
+  switch (dtype_) {
+    case DType::F32: static_cast<float*>(base)[i] = static_cast<float>(v); break;
+    case DType::F64: static_cast<double*>(base)[i] = v; break;
+    case DType::BF16: static_cast<uint16_t*>(base)[i] = f32_to_bf16(static_cast<float>(v)); break;
+    case DType::F16: static_cast<uint16_t*>(base)[i] = f32_to_f16(static_cast<float>(v)); break;
+    case DType::I8: static_cast<int8_t*>(base)[i] = static_cast<int8_t>(v); break;
+    case DType::I32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v); break;
+    case DType::I64: static_cast<int64_t*>(base)[i] = static_cast<int64_t>(v); break;
+    case DType::U8: static_cast<uint8_t*>(base)[i] = static_cast<uint8_t>(v); break;
+    case DType::I4: {
+      MOE_CHECK(v >= -8 && v <= 7, "tensor '", name_, "': value ", v, " does not fit int4");
+      auto* b = static_cast<uint8_t*>(base) + i / 2;
+      const uint8_t nib = static_cast<uint8_t>(static_cast<int>(v) & 0xf);
+      *b = (i % 2 == 0) ? static_cast<uint8_t>((*b & 0xf0) | nib) : static_cast<uint8_t>((*b & 0x0f) | (nib << 4));
+      break;
+    }
+  }
+}
+
+std::vector<double> Tensor::to_vector() const {
+  std::vector<double> out(static_cast<size_t>(numel()));
+  for (int64_t i = 0; i < numel(); ++i) out[static_cast<size_t>(i)] = get(i);
+  return out;
+}
+
+Tensor Tensor::reshape(const Shape& shape) const {
+  MOE_CHECK(shape_numel(shape) == numel(), "tensor '", name_, "': cannot reshape ", shape_str(shape_),
+            " to ", shape_str(shape));
+  MOE_CHECK(is_contiguous(), "tensor '", name_, "': reshape needs a contiguous tensor");
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  return t;
+}
+
+Tensor Tensor::slice(int d, int64_t begin, int64_t end) const {
+  const int dd = d < 0 ? d + dim() : d;
+  MOE_CHECK(dd >= 0 && dd < dim(), "tensor '", name_, "': slice dimension ", d, " out of range");
+  MOE_CHECK(0 <= begin && begin <= end && end <= shape_[dd], "tensor '", name_, "': slice [", begin, ", ",
+            end, ") out of range for dimension ", dd, " of size ", shape_[dd]);
+  MOE_CHECK(dtype_ != DType::I4, "tensor '", name_, "': slicing int4 tensors is not supported");
+  Tensor t = *this;
+  t.offset_ += begin * strides_[dd];
+  t.shape_[dd] = end - begin;
+  return t;
+}
+
+Tensor Tensor::transpose(int d0, int d1) const {
+  const int a = d0 < 0 ? d0 + dim() : d0, b = d1 < 0 ? d1 + dim() : d1;
+  MOE_CHECK(a >= 0 && a < dim() && b >= 0 && b < dim(), "tensor '", name_, "': transpose(", d0, ", ", d1,
+            ") out of range for ", shape_str(shape_));
+  Tensor t = *this;
+  std::swap(t.shape_[a], t.shape_[b]);
+  std::swap(t.strides_[a], t.strides_[b]);
+  return t;
+}
+
+Tensor Tensor::contiguous() const {
+  if (is_contiguous()) return *this;
+  return clone();
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = empty(shape_, dtype_, name_);
+  if (is_contiguous() && dtype_ != DType::I4) {
+    std::memcpy(t.raw(), raw(), nbytes());
+  } else {
+    t.copy_from(*this);
+  }
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  Tensor t = empty(shape_, dtype, name_);
+  t.copy_from(*this);
+  return t;
+}
+
+void Tensor::fill(double v) {
+  const int64_t n = numel();
+  if (dtype_ == DType::F32 && is_contiguous()) {
+    float* p = data<float>();
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(v);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) set(i, v);
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  MOE_CHECK(src.shape_ == shape_, "copy into tensor '", name_, "': expected shape ", shape_str(shape_),
+            ", got ", shape_str(src.shape_), " from '", src.name_, "'");
+  if (src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous() && dtype_ != DType::I4) {
+    std::memcpy(raw(), src.raw(), nbytes());
+    return;
+  }
+  const int64_t n = numel();
+  for (int64_t i = 0; i < n; ++i) set(i, src.get(i));
+}
+
+void check_defined(const Tensor& t, const std::string& what) {
+  MOE_CHECK(t.defined(), "tensor '", what, "' is missing (undefined)");
+}
+
+void check_shape(const Tensor& t, const Shape& expected, const std::string& what) {
+  check_defined(t, what);
+  bool ok = t.dim() == static_cast<int>(expected.size());
+  for (size_t i = 0; ok && i < expected.size(); ++i) ok = expected[i] < 0 || expected[i] == t.shape()[i];
+  MOE_CHECK(ok, "tensor '", what, "': expected shape ", shape_str(expected), ", got ", shape_str(t.shape()));
+}
+
+void check_finite(const Tensor& t, const std::string& what) {
+  check_defined(t, what);
+  const int64_t n = t.numel();
+  auto report = [&](int64_t i, double v) {
+    throw Error(cat("tensor '", what, "' of shape ", shape_str(t.shape()), ": non-finite value ", v,
+                    " at flat index ", i));
+  };
+  if (t.dtype() == DType::F32 && t.is_contiguous()) {
+    const float* p = t.data<float>();
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(p[i])) report(i, p[i]);
+    return;
+  }
+  if (t.dtype() == DType::F64 && t.is_contiguous()) {
+    const double* p = t.data<double>();
+    for (int64_t i = 0; i < n; ++i)
+      if (!std::isfinite(p[i])) report(i, p[i]);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = t.get(i);
+    if (!std::isfinite(v)) report(i, v);
+  }
+}
+
+}  // namespace moe
