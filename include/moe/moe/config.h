@@ -8,25 +8,25 @@
 
 namespace moe {
 
-enum class Routing { TokenChoice, ExpertChoice, Hash, Balanced };
+enum class RouterType { TokenChoice, ExpertChoice, Hash, Balanced };
 enum class ScoreFn { Softmax, Sigmoid };
 enum class TopkOrder { ScoreThenTopk, TopkThenSoftmax };  // "softmax then top-k" / "top-k then softmax"
 enum class GroupScore { Max, SumTop2 };
 enum class DropPolicy { Position, Probs };
 
-const char* routing_name(Routing r);
+const char* router_type_name(RouterType r);
 const char* score_fn_name(ScoreFn s);
 const char* topk_order_name(TopkOrder o);
 const char* group_score_name(GroupScore g);
 const char* drop_policy_name(DropPolicy d);
-Routing routing_from_name(const std::string& s);      // token_choice | expert_choice | hash | balanced
+RouterType router_type_from_name(const std::string& s);  // token_choice | expert_choice | hash | balanced
 ScoreFn score_fn_from_name(const std::string& s);     // softmax | sigmoid
 TopkOrder topk_order_from_name(const std::string& s); // score_then_topk | topk_then_softmax
 GroupScore group_score_from_name(const std::string& s); // max | sum_top2
 DropPolicy drop_policy_from_name(const std::string& s); // position | probs
 
 struct RouterConfig {
-  Routing routing = Routing::TokenChoice;
+  RouterType routing = RouterType::TokenChoice;
   ScoreFn score = ScoreFn::Softmax;
   TopkOrder order = TopkOrder::ScoreThenTopk;
   int top_k = 2;

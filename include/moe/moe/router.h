@@ -1,0 +1,34 @@
+// Routing: from router logits to a list of (token, expert, weight) assignments, with capacity.
+// Selection math runs in double whatever the layer dtype. docs/MOE_LAYER.md sections 1-3.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moe/core/tensor.h"
+#include "moe/moe/config.h"
+#include "moe/moe/layer.h"
+
+namespace moe {
+
+// logits: (T, E) of dtype F32 or F64. bias: (E) or undefined. token_ids: (T) i32, needed for hash.
+// Fills every field of Routing (weights in the logits' dtype).
+Routing route(const MoEConfig& cfg, const Tensor& logits, const Tensor& bias, const Tensor* token_ids);
+
+// Gradient of the combine weights back to the logits: d_weight (N) -> d_logits (T, E), added to
+// d_logits (which must be zero-initialised or hold other contributions). Dropped assignments must
+// carry d_weight = 0.
+void route_backward(const MoEConfig& cfg, const Routing& r, const double* d_weight, double* d_logits);
+
+// Capacity per expert for T tokens (0 in dropless mode); token choice, hash and balanced routing.
+int64_t token_capacity(const RouterConfig& rc, int64_t n_tokens, int64_t n_experts);
+// Capacity per expert for expert-choice routing (never 0; at most T).
+int64_t expert_choice_capacity(const RouterConfig& rc, int64_t n_tokens, int64_t n_experts);
+
+// Indices of the k largest values of v[0..n), best first, ties to the lower index; -inf entries
+// are never preferred over finite ones. Exposed for tests.
+void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out);
+
+uint64_t splitmix64(uint64_t z);
+
+}  // namespace moe

@@ -1,0 +1,326 @@
+#include "moe/moe/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+
+namespace moe {
+
+namespace {
+
+constexpr double kNegInf = -std::numeric_limits<double>::infinity();
+
+double sigmoid(double z) { return z >= 0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z)); }
+
+// Row-wise softmax or sigmoid of logits (T, E) into scores (T, E).
+void score_rows(ScoreFn fn, const std::vector<double>& l, int64_t T, int64_t E, std::vector<double>& s) {
+  s.resize(l.size());
+  parallel_for(T, 64, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      const double* lt = &l[t * E];
+      double* st = &s[t * E];
+      if (fn == ScoreFn::Sigmoid) {
+        for (int64_t i = 0; i < E; ++i) st[i] = sigmoid(lt[i]);
+      } else {
+        const double mx = *std::max_element(lt, lt + E);
+        double z = 0;
+        for (int64_t i = 0; i < E; ++i) z += (st[i] = std::exp(lt[i] - mx));
+        for (int64_t i = 0; i < E; ++i) st[i] /= z;
+      }
+    }
+  });
+}
+
+double logsumexp(const double* v, int64_t n, int64_t stride = 1) {
+  double mx = kNegInf;
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, v[i * stride]);
+  if (mx == kNegInf) return kNegInf;
+  double z = 0;
+  for (int64_t i = 0; i < n; ++i) z += std::exp(v[i * stride] - mx);
+  return mx + std::log(z);
+}
+
+// Group-limited masking (DeepSeek-V3): keep the best `topk_groups` of `n_groups` contiguous groups.
+void mask_groups(const RouterConfig& rc, int64_t E, double* v) {
+  const int64_t G = rc.n_groups, per = E / G;
+  std::vector<double> gscore(static_cast<size_t>(G));
+  for (int64_t g = 0; g < G; ++g) {
+    const double* vg = v + g * per;
+    if (rc.group_score == GroupScore::Max || per == 1) {
+      gscore[g] = *std::max_element(vg, vg + per);
+    } else {
+      int32_t top2[2];
+      topk_desc(vg, per, 2, top2);
+      gscore[g] = vg[top2[0]] + vg[top2[1]];
+    }
+  }
+  std::vector<int32_t> keep(static_cast<size_t>(rc.topk_groups));
+  topk_desc(gscore.data(), G, rc.topk_groups, keep.data());
+  std::vector<char> eligible(static_cast<size_t>(G), 0);
+  for (int32_t g : keep) eligible[g] = 1;
+  for (int64_t g = 0; g < G; ++g)
+    if (!eligible[g])
+      for (int64_t i = 0; i < per; ++i) v[g * per + i] = kNegInf;
+}
+
+// Log-domain Sinkhorn balancing of the logits; returns the balanced log-plan (T, E).
+std::vector<double> sinkhorn(const std::vector<double>& l, int64_t T, int64_t E, int64_t k, int iters) {
+  std::vector<double> L = l;
+  const double log_row = std::log(static_cast<double>(k));
+  const double log_col = std::log(static_cast<double>(T * k) / static_cast<double>(E));
+  for (int it = 0; it < iters; ++it) {
+    for (int64_t t = 0; t < T; ++t) {
+      const double c = logsumexp(&L[t * E], E) - log_row;
+      for (int64_t e = 0; e < E; ++e) L[t * E + e] -= c;
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      const double c = logsumexp(&L[e], T, E) - log_col;
+      for (int64_t t = 0; t < T; ++t) L[t * E + e] -= c;
+    }
+  }
+  return L;
+}
+
+// Token-choice style weights for a token's chosen experts idx[0..k).
+void token_weights(const RouterConfig& rc, const double* l, const double* s, const int32_t* idx, int64_t k,
+                   double* w) {
+  if (rc.order == TopkOrder::TopkThenSoftmax) {
+    double mx = kNegInf;
+    for (int64_t j = 0; j < k; ++j) mx = std::max(mx, l[idx[j]]);
+    double z = 0;
+    for (int64_t j = 0; j < k; ++j) z += (w[j] = std::exp(l[idx[j]] - mx));
+    for (int64_t j = 0; j < k; ++j) w[j] = rc.scaling * w[j] / z;
+    return;
+  }
+  double z = 0;
+  for (int64_t j = 0; j < k; ++j) z += s[idx[j]];
+  for (int64_t j = 0; j < k; ++j) w[j] = rc.scaling * (rc.normalize ? s[idx[j]] / z : s[idx[j]]);
+}
+
+// Capacity dropping for token-major assignments a = t * k + j.
+void apply_capacity(const RouterConfig& rc, int64_t T, int64_t k, int64_t E, int64_t C,
+                    const std::vector<int32_t>& expert, const std::vector<double>& weight,
+                    std::vector<uint8_t>& kept) {
+  const int64_t N = T * k;
+  kept.assign(static_cast<size_t>(N), 1);
+  if (C <= 0) return;
+  // Priority order: slot-major (j, t); for `probs`, stable-sorted by weight descending.
+  std::vector<int32_t> order(static_cast<size_t>(N));
+  int64_t p = 0;
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t t = 0; t < T; ++t) order[p++] = static_cast<int32_t>(t * k + j);
+  if (rc.drop_policy == DropPolicy::Probs)
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return weight[a] > weight[b]; });
+  std::vector<int64_t> load(static_cast<size_t>(E), 0);
+  for (int32_t a : order) {
+    if (load[expert[a]] < C) {
+      ++load[expert[a]];
+    } else {
+      kept[a] = 0;
+    }
+  }
+}
+
+}  // namespace
+
+uint64_t splitmix64(uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out) {
+  // Partial selection over an index array; comparator gives a strict total order
+  // (value descending, NaN/-inf last, index ascending) so the result is unique.
+  std::vector<int32_t> ix(static_cast<size_t>(n));
+  std::iota(ix.begin(), ix.end(), 0);
+  auto better = [v](int32_t a, int32_t b) {
+    const double va = std::isnan(v[a]) ? kNegInf : v[a], vb = std::isnan(v[b]) ? kNegInf : v[b];
+    return va > vb || (va == vb && a < b);
+  };
+  const int64_t kk = std::min(k, n);
+  std::partial_sort(ix.begin(), ix.begin() + kk, ix.end(), better);
+  std::copy(ix.begin(), ix.begin() + kk, out);
+}
+
+int64_t token_capacity(const RouterConfig& rc, int64_t T, int64_t E) {
+  if (rc.capacity_factor <= 0) return 0;
+  return static_cast<int64_t>(std::ceil(rc.capacity_factor * static_cast<double>(T * rc.top_k) / static_cast<double>(E)));
+}
+
+int64_t expert_choice_capacity(const RouterConfig& rc, int64_t T, int64_t E) {
+  const double cf = rc.capacity_factor > 0 ? rc.capacity_factor : 1.0;
+  const int64_t C = static_cast<int64_t>(std::ceil(cf * static_cast<double>(T * rc.top_k) / static_cast<double>(E)));
+  return std::min(C, T);
+}
+
+Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t, const Tensor* token_ids) {
+  const RouterConfig& rc = cfg.router;
+  const int64_t E = cfg.n_experts, k = rc.top_k;
+  check_shape(logits_t, {-1, E}, "router logits");
+  const int64_t T = logits_t.size(0);
+  const DType dt = logits_t.dtype();
+  MOE_CHECK(dt == DType::F32 || dt == DType::F64, "router logits: dtype must be f32 or f64, got ", dtype_name(dt));
+
+  std::vector<double> l = logits_t.contiguous().to(DType::F64).to_vector();  // (T, E)
+  std::vector<double> s;                                                        // (T, E)
+  score_rows(rc.score, l, T, E, s);
+  std::vector<double> b(static_cast<size_t>(E), 0.0);
+  if (rc.use_bias && bias_t.defined()) {
+    check_shape(bias_t, {E}, "router_bias");
+    b = bias_t.to_vector();
+  }
+
+  Routing r;
+  r.n_tokens = T;
+  std::vector<int32_t> token, expert;
+  std::vector<double> weight;
+  std::vector<uint8_t> kept;
+
+  if (rc.routing == RouterType::ExpertChoice) {
+    const int64_t C = T == 0 ? 0 : expert_choice_capacity(rc, T, E);
+    r.capacity = C;
+    const int64_t N = E * C;
+    token.resize(N);
+    expert.resize(N);
+    weight.resize(N);
+    kept.assign(N, 1);
+    parallel_for(E, 1, [&](int64_t e0, int64_t e1) {
+      std::vector<double> col(static_cast<size_t>(T));
+      std::vector<int32_t> top(static_cast<size_t>(C));
+      for (int64_t e = e0; e < e1; ++e) {
+        for (int64_t t = 0; t < T; ++t) col[t] = s[t * E + e];
+        topk_desc(col.data(), T, C, top.data());
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t a = e * C + c;
+          token[a] = top[c];
+          expert[a] = static_cast<int32_t>(e);
+          weight[a] = rc.scaling * s[top[c] * E + e];
+        }
+      }
+    });
+  } else {
+    const int64_t N = T * k;
+    token.resize(N);
+    expert.resize(N);
+    weight.resize(N);
+    std::vector<int32_t> ids;
+    if (rc.routing == RouterType::Hash) {
+      MOE_CHECK(token_ids && token_ids->defined(), "hash routing needs token ids (ForwardOptions::token_ids)");
+      check_shape(*token_ids, {T}, "token_ids");
+      token_ids->check_dtype(DType::I32, "token_ids");
+      const Tensor tc = token_ids->contiguous();
+      ids.assign(tc.data<int32_t>(), tc.data<int32_t>() + T);
+      for (int64_t t = 0; t < T; ++t)
+        MOE_CHECK(ids[t] >= 0, "token_ids: negative id ", ids[t], " at position ", t);
+    }
+    std::vector<double> plan;
+    if (rc.routing == RouterType::Balanced && T > 0) plan = sinkhorn(l, T, E, k, rc.sinkhorn_iters);
+
+    parallel_for(T, 32, [&](int64_t t0, int64_t t1) {
+      std::vector<double> v(static_cast<size_t>(E));
+      for (int64_t t = t0; t < t1; ++t) {
+        int32_t* idx = &expert[t * k];
+        if (rc.routing == RouterType::Hash) {
+          const uint64_t h0 = splitmix64(rc.hash_seed ^ static_cast<uint64_t>(ids[t]));
+          for (int64_t j = 0; j < k; ++j) {
+            int64_t e = static_cast<int64_t>(splitmix64(h0 + static_cast<uint64_t>(j)) % static_cast<uint64_t>(E));
+            while (std::find(idx, idx + j, static_cast<int32_t>(e)) != idx + j) e = (e + 1) % E;
+            idx[j] = static_cast<int32_t>(e);
+          }
+        } else if (rc.routing == RouterType::Balanced) {
+          topk_desc(&plan[t * E], E, k, idx);
+        } else {
+          const double* base = rc.order == TopkOrder::TopkThenSoftmax ? &l[t * E] : &s[t * E];
+          for (int64_t e = 0; e < E; ++e) v[e] = base[e] + b[e];
+          if (rc.n_groups > 1) mask_groups(rc, E, v.data());
+          topk_desc(v.data(), E, k, idx);
+        }
+        token_weights(rc, &l[t * E], &s[t * E], idx, k, &weight[t * k]);
+        for (int64_t j = 0; j < k; ++j) token[t * k + j] = static_cast<int32_t>(t);
+      }
+    });
+    r.capacity = T == 0 ? 0 : token_capacity(rc, T, E);
+    apply_capacity(rc, T, k, E, r.capacity, expert, weight, kept);
+  }
+
+  const int64_t N = static_cast<int64_t>(token.size());
+  r.n_assign = N;
+  r.token = Tensor::empty({N}, DType::I32, "token");
+  r.expert = Tensor::empty({N}, DType::I32, "expert");
+  r.kept = Tensor::empty({N}, DType::U8, "kept");
+  std::copy(token.begin(), token.end(), r.token.data<int32_t>());
+  std::copy(expert.begin(), expert.end(), r.expert.data<int32_t>());
+  std::copy(kept.begin(), kept.end(), r.kept.data<uint8_t>());
+  r.weight = Tensor::from(weight, {N}, dt, "weight");
+  r.logits = logits_t.contiguous();
+  r.scores = Tensor::from(s, {T, E}, dt, "scores");
+  return r;
+}
+
+void route_backward(const MoEConfig& cfg, const Routing& r, const double* dw, double* dl) {
+  const RouterConfig& rc = cfg.router;
+  const int64_t E = cfg.n_experts, T = r.n_tokens, N = r.n_assign;
+  if (T == 0) return;
+  const std::vector<double> l = r.logits.to(DType::F64).to_vector();
+  const std::vector<double> s = r.scores.to(DType::F64).to_vector();
+  const int32_t* token = r.token.data<int32_t>();
+  const int32_t* expert = r.expert.data<int32_t>();
+
+  std::vector<double> ds(static_cast<size_t>(T * E), 0.0);  // d loss / d scores
+  if (rc.routing == RouterType::ExpertChoice) {
+    for (int64_t a = 0; a < N; ++a) ds[token[a] * E + expert[a]] += rc.scaling * dw[a];
+  } else {
+    const int64_t k = rc.top_k;
+    parallel_for(T, 64, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int32_t* idx = &expert[t * k];
+        const double* dwt = &dw[t * k];
+        if (rc.order == TopkOrder::TopkThenSoftmax) {
+          // w_j = c * q_j, q = softmax(l[idx]): dl_{idx_j} = c * q_j * (dw_j - Σ q dw)
+          double mx = kNegInf;
+          for (int64_t j = 0; j < k; ++j) mx = std::max(mx, l[t * E + idx[j]]);
+          std::vector<double> q(static_cast<size_t>(k));
+          double z = 0;
+          for (int64_t j = 0; j < k; ++j) z += (q[j] = std::exp(l[t * E + idx[j]] - mx));
+          double dot = 0;
+          for (int64_t j = 0; j < k; ++j) dot += (q[j] /= z) * dwt[j];
+          for (int64_t j = 0; j < k; ++j) dl[t * E + idx[j]] += rc.scaling * q[j] * (dwt[j] - dot);
+          continue;
+        }
+        double z = 1.0, dot = 0.0;
+        if (rc.normalize) {
+          z = 0;
+          for (int64_t j = 0; j < k; ++j) z += s[t * E + idx[j]];
+          for (int64_t j = 0; j < k; ++j) dot += dwt[j] * s[t * E + idx[j]];
+          dot /= z;
+        }
+        // w_j = c * s_j / Z  =>  ds_j = (c / Z) * (dw_j - Σ_j' dw_j' s_j' / Z)
+        for (int64_t j = 0; j < k; ++j) ds[t * E + idx[j]] += rc.scaling / z * (dwt[j] - dot);
+      }
+    });
+    if (rc.order == TopkOrder::TopkThenSoftmax) return;
+  }
+  // Scores back to logits.
+  parallel_for(T, 64, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const double* st = &s[t * E];
+      const double* dst = &ds[t * E];
+      double* dlt = &dl[t * E];
+      if (rc.score == ScoreFn::Sigmoid) {
+        for (int64_t e = 0; e < E; ++e) dlt[e] += dst[e] * st[e] * (1.0 - st[e]);
+      } else {
+        double dot = 0;
+        for (int64_t e = 0; e < E; ++e) dot += st[e] * dst[e];
+        for (int64_t e = 0; e < E; ++e) dlt[e] += st[e] * (dst[e] - dot);
+      }
+    }
+  });
+}
+
+}  // namespace moe
