@@ -62,7 +62,7 @@ uint16_t f32_to_f16(float f) {
     if (absx < 0x33000000u) return static_cast<uint16_t>(sign);  // < 2^-25 rounds to zero
     const uint32_t e = absx >> 23;                                // biased f32 exponent
     const uint32_t m = (absx & 0x7fffffu) | 0x800000u;            // 24-bit significand
-    const int shift = static_cast<int>(126 - e) + 13 + 1;         // to 2^-24 units
+    const int shift = static_cast<int>(126 - e);                   // to 2^-24 units
     uint32_t r = m >> shift;
     const uint32_t rem = m & ((1u << shift) - 1u);
     const uint32_t half = 1u << (shift - 1);

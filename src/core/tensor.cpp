@@ -100,8 +100,8 @@ void* Tensor::raw() const {
 }
 
 void Tensor::check_dtype(DType expected, const char* what) const {
-  MOE_CHECK(dtype_ == expected, "tensor '", name_, "'", what ? cat(" (", what, ")") : std::string(),
-            ": expected dtype ", dtype_name(expected), ", got ", dtype_name(dtype_));
+  MOE_CHECK(dtype_ == expected, "tensor '", what ? what : name_.c_str(), "': expected dtype ", dtype_name(expected),
+            ", got ", dtype_name(dtype_));
 }
 
 int64_t Tensor::storage_index(int64_t flat) const {

@@ -68,7 +68,7 @@ class Tensor {
   // Typed pointer to the first element; throws when T does not match dtype().
   template <typename T>
   T* data() const {
-    check_dtype(dtype_of<T>::value, "data<T>()");
+    check_dtype(dtype_of<T>::value);
     return static_cast<T*>(raw());
   }
   void* raw() const;
@@ -87,7 +87,7 @@ class Tensor {
   void fill(double v);
   void copy_from(const Tensor& src);  // same shape; converts dtype
 
-  // Throws moe::Error naming `what` (or the tensor's name) when dtype differs.
+  // Throws moe::Error naming the tensor `what` (default: its own name) when dtype differs.
   void check_dtype(DType expected, const char* what = nullptr) const;
 
  private:

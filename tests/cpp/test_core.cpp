@@ -1,0 +1,142 @@
+// Core: dtypes, tensors, allocation, threads, RNG.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "moe/core/parallel.h"
+#include "moe/core/rng.h"
+#include "moe/core/tensor.h"
+
+namespace moe {
+namespace {
+
+TEST(DType, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(f32_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(bf16_to_f32(0x3F80), 1.0f);
+  // 1 + 2^-8 is exactly halfway between bf16 1.0 and 1 + 2^-7: ties go to even (1.0).
+  EXPECT_EQ(f32_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);
+  EXPECT_EQ(f32_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+  EXPECT_TRUE(std::isinf(bf16_to_f32(f32_to_bf16(INFINITY))));
+}
+
+TEST(DType, F16RoundTripsEveryHalf) {
+  // Every finite half value survives half -> float -> half exactly.
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    if ((h & 0x7c00) == 0x7c00 && (h & 0x3ff)) continue;  // NaN payloads
+    ASSERT_EQ(f32_to_f16(f16_to_f32(static_cast<uint16_t>(h))), h) << std::hex << h;
+  }
+  EXPECT_EQ(f16_to_f32(0x3C00), 1.0f);
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7C00);               // overflow to inf
+  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);  // tie to even
+  EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(NAN))));
+}
+
+TEST(DType, NamesRoundTripAndUnknownIsAnError) {
+  for (DType t : {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I8, DType::I4, DType::I32, DType::I64})
+    EXPECT_EQ(dtype_from_name(dtype_name(t)), t);
+  EXPECT_THROW(dtype_from_name("f8"), Error);
+}
+
+TEST(Tensor, ShapeStridesViewsAndAlignment) {
+  Tensor t = Tensor::zeros({3, 4, 5}, DType::F32, "t");
+  EXPECT_EQ(t.strides(), (Shape{20, 5, 1}));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t.raw()) % 64, 0u);
+  for (int64_t i = 0; i < 60; ++i) t.set(i, static_cast<double>(i));
+  Tensor s = t.slice(1, 1, 3);  // (3, 2, 5)
+  EXPECT_EQ(s.shape(), (Shape{3, 2, 5}));
+  EXPECT_FALSE(s.is_contiguous());
+  EXPECT_EQ(s.get(0), 5.0);
+  EXPECT_EQ(s.get(10), 25.0);
+  Tensor tr = t.reshape({12, 5}).transpose(0, 1);  // (5, 12)
+  EXPECT_EQ(tr.get(1), 5.0);
+  Tensor c = tr.contiguous();
+  EXPECT_TRUE(c.is_contiguous());
+  EXPECT_EQ(c.get(13), 6.0);
+  // Views share storage.
+  s.set(0, -1.0);
+  EXPECT_EQ(t.get(5), -1.0);
+  EXPECT_THROW(t.reshape({7, 9}), Error);
+  EXPECT_THROW(t.slice(0, 2, 5), Error);
+  EXPECT_THROW(t.data<double>(), Error);
+}
+
+TEST(Tensor, ConversionsAndInt4Packing) {
+  Tensor f = Tensor::from({1.5, -2.25, 3.0}, {3}, DType::F32, "f");
+  EXPECT_EQ(f.to(DType::BF16).to(DType::F32).to_vector(), (std::vector<double>{1.5, -2.25, 3.0}));
+  EXPECT_EQ(f.to(DType::F16).to_vector(), (std::vector<double>{1.5, -2.25, 3.0}));
+  Tensor q = Tensor::zeros({5}, DType::I4, "q");
+  EXPECT_EQ(q.nbytes(), 3u);
+  const std::vector<double> v = {-8, 7, 0, -1, 3};
+  for (int i = 0; i < 5; ++i) q.set(i, v[i]);
+  EXPECT_EQ(q.to_vector(), v);
+  EXPECT_EQ(static_cast<uint8_t*>(q.raw())[0], 0x78);  // low nibble first: -8 -> 0x8, 7 -> 0x7
+  EXPECT_THROW(q.set(0, 8), Error);
+}
+
+TEST(Tensor, ShapeChecksNameTheTensor) {
+  Tensor t = Tensor::zeros({2, 3}, DType::F32, "w");
+  try {
+    check_shape(t, {2, 4}, "w_up");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "tensor 'w_up': expected shape (2, 4), got (2, 3)");
+  }
+  EXPECT_NO_THROW(check_shape(t, {-1, 3}, "w_up"));
+  t.set(4, NAN);
+  EXPECT_THROW(check_finite(t, "w"), Error);
+  EXPECT_THROW(Tensor::empty({2, -1}), Error);
+}
+
+TEST(Threads, SettableAndValidated) {
+  const int saved = num_threads();
+  set_num_threads(3);
+  EXPECT_EQ(num_threads(), 3);
+  EXPECT_THROW(set_num_threads(0), Error);
+  std::vector<int> hit(1000, 0);
+  parallel_for(1000, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) hit[i]++;
+  });
+  for (int h : hit) ASSERT_EQ(h, 1);
+  set_num_threads(saved);
+}
+
+TEST(Rng, PhiloxKnownAnswer) {
+  // Known-answer vectors of Philox-4x32-10 (Random123 kat_vectors).
+  auto r = philox4x32({0, 0, 0, 0}, 0);
+  EXPECT_EQ(r[0], 0x6627e8d5u);
+  EXPECT_EQ(r[1], 0xe169c58du);
+  EXPECT_EQ(r[2], 0xbc57ac4cu);
+  EXPECT_EQ(r[3], 0x9b00dbd8u);
+  r = philox4x32({0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}, 0xffffffffffffffffull);
+  EXPECT_EQ(r[0], 0x408f276du);
+  EXPECT_EQ(r[1], 0x41c83b0eu);
+  EXPECT_EQ(r[2], 0xa20bc7c6u);
+  EXPECT_EQ(r[3], 0x6d5451fdu);
+}
+
+TEST(Rng, IndependentOfThreadCount) {
+  const int saved = num_threads();
+  Tensor a = Tensor::empty({10001}), b = Tensor::empty({10001});
+  set_num_threads(1);
+  Rng(42).fill_normal(a, 0, 1);
+  set_num_threads(4);
+  Rng(42).fill_normal(b, 0, 1);
+  set_num_threads(saved);
+  EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0);
+  // Moments of the normal draws.
+  double m = 0, v = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) m += a.get(i);
+  m /= static_cast<double>(a.numel());
+  for (int64_t i = 0; i < a.numel(); ++i) v += (a.get(i) - m) * (a.get(i) - m);
+  v /= static_cast<double>(a.numel());
+  EXPECT_NEAR(m, 0.0, 0.05);
+  EXPECT_NEAR(v, 1.0, 0.05);
+  EXPECT_NE(Rng(42).uniform(0), Rng(43).uniform(0));
+  EXPECT_NE(Rng(42).fork(1).uniform(0), Rng(42).fork(2).uniform(0));
+}
+
+}  // namespace
+}  // namespace moe
