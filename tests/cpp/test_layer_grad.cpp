@@ -71,6 +71,12 @@ std::vector<Case> cases() {
        }},
       {"jitter_training", [](MoEConfig& c) { c.router.jitter_eps = 0.1; }, 9, true},
       {"one_token", [](MoEConfig&) {}, 1},
+      {"experts_128_top8", [](MoEConfig& c) {
+         c.n_experts = 128;
+         c.router.top_k = 8;
+         c.router.normalize = true;
+         c.balance.aux_coef = 0.1;
+       }},
   };
 }
 

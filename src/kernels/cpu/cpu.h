@@ -1,0 +1,33 @@
+// Threaded CPU implementations (moe::parallel_for / parallel_items). Deterministic: every output
+// element has exactly one owner and a fixed summation order that does not depend on the thread
+// count. Arguments have been validated by the dispatcher (src/kernels/dispatch.cpp).
+#pragma once
+
+#include "moe/kernels/ops.h"
+
+namespace moe::kernels::cpu {
+
+template <typename T>
+void gemm(const GemmArgs<T>& args);
+
+void permute(const PermuteArgs& args);
+
+template <typename T>
+void grouped_gemm(const GroupedGemmArgs<T>& args);
+
+template <typename T>
+void grouped_gemm_wgrad(const GroupedWgradArgs<T>& args);
+
+template <typename T>
+void activation(const ActivationArgs<T>& args);
+
+template <typename T>
+void activation_backward(const ActivationBackwardArgs<T>& args);
+
+template <typename T>
+void combine(const CombineArgs<T>& args);
+
+template <typename T>
+void combine_backward(const CombineBackwardArgs<T>& args);
+
+}  // namespace moe::kernels::cpu

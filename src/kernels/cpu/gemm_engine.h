@@ -1,0 +1,55 @@
+// The blocked GEMM engine behind the CPU gemm, grouped_gemm and grouped_gemm_wgrad.
+//
+// One problem is C (M, N) = alpha * A (M, K) · B (K, N) + beta * C, where each operand is read
+// through strides and an optional row map (the gather of token rows happens while packing, so no
+// permuted copy of the activations is made). Work is split into output tiles of at most
+// kMC x kNC; a tile is computed by exactly one thread:
+//   for each K block of kKC:  pack B (kKC x kNC) in panels of NR columns, A (kMC x kKC) in panels
+//                             of MR rows, run the MR x NR register-tiled micro-kernel per panel pair
+// Each element is the sum over K blocks (in order) of a sequential sum within the block, so results
+// do not depend on the thread count or on which tile a thread takes. The micro-kernel is compiled
+// for several instruction sets (function-level target attributes), picked once at run time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace moe::kernels::cpu {
+
+// Element (r, c) of an operand = base[row(r) * rs + c * cs], row(r) = map ? map[r] : r.
+template <typename T>
+struct Operand {
+  const T* base = nullptr;
+  int64_t rs = 0;
+  int64_t cs = 0;
+  const int32_t* map = nullptr;
+};
+
+template <typename T>
+struct GemmProblem {
+  int64_t M = 0, N = 0, K = 0;
+  Operand<T> A;    // (M, K): r = i, c = k
+  Operand<T> B;    // (K, N): r = k, c = j
+  T* C = nullptr;  // (M, N), row stride ldc
+  int64_t ldc = 0;
+  T alpha = 1;
+  T beta = 0;
+};
+
+// Tile sizes shared by all instruction sets (kMC is a multiple of every MR, kNC of every NR).
+constexpr int64_t kMC = 96;
+constexpr int64_t kNC = 256;
+constexpr int64_t kKC = 256;
+
+// Computes C[i0:i1, j0:j1] of the problem; i1 - i0 <= kMC, j1 - j0 <= kNC.
+template <typename T>
+void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+
+// Instruction set of the micro-kernel: "generic", "avx2" (with FMA) or "avx512". The best one the
+// machine supports is picked at start-up; set_gemm_isa (for tests and benchmarks) throws
+// moe::Error on a name that is unknown or not supported here.
+const char* gemm_isa();
+void set_gemm_isa(const std::string& name);
+bool gemm_isa_supported(const std::string& name);
+
+}  // namespace moe::kernels::cpu

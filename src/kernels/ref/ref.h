@@ -1,0 +1,33 @@
+// Reference implementations: plain loops with double accumulation. They are the definition of each
+// op in include/moe/kernels/ops.h; the fast backends are tested against them. Arguments have been
+// validated by the dispatcher (src/kernels/dispatch.cpp).
+#pragma once
+
+#include "moe/kernels/ops.h"
+
+namespace moe::kernels::ref {
+
+template <typename T>
+void gemm(const GemmArgs<T>& args);
+
+void permute(const PermuteArgs& args);
+
+template <typename T>
+void grouped_gemm(const GroupedGemmArgs<T>& args);
+
+template <typename T>
+void grouped_gemm_wgrad(const GroupedWgradArgs<T>& args);
+
+template <typename T>
+void activation(const ActivationArgs<T>& args);
+
+template <typename T>
+void activation_backward(const ActivationBackwardArgs<T>& args);
+
+template <typename T>
+void combine(const CombineArgs<T>& args);
+
+template <typename T>
+void combine_backward(const CombineBackwardArgs<T>& args);
+
+}  // namespace moe::kernels::ref
