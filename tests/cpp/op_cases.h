@@ -16,6 +16,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -208,3 +209,8 @@ void fill_values(const Rng& rng, U* x, int64_t n, int int_range = 0) {
 }
 
 }  // namespace moe::ops_test
+
+namespace moe::kernels {
+// Lets GoogleTest print a backend parameter by name ("cuda") instead of its bytes.
+inline void PrintTo(Backend b, std::ostream* os) { *os << backend_name(b); }
+}  // namespace moe::kernels
