@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of moe.cpp from Debian 12 packages.
+#
+#   scripts/install-deps.sh           install what is missing (apt-get; sudo when not root)
+#   scripts/install-deps.sh --check   list what is missing; exit 1 when anything is
+#
+# Idempotent: when every package is already installed (checked with dpkg-query) apt is not run.
+# The CUDA toolkit is not installed here: CMake turns the CUDA backend on when it finds nvcc.
+# MOE_EXTRA_PACKAGES (space-separated) adds packages to the list.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential     # g++ (C++20, OpenMP via libgomp), make
+  cmake               # >= 3.24; Debian 12 has 3.25
+  ninja-build         # faster builds; scripts/build.sh falls back to make without it
+  git
+  pkg-config
+  libgtest-dev        # GoogleTest
+  libgmock-dev        # GoogleMock
+  libbenchmark-dev    # Google Benchmark
+  nlohmann-json3-dev  # JSON
+  libcli11-dev        # command-line parsing
+  python3             # test drivers
+  python3-numpy       # PyTorch oracle tests
+  python3-torch       # PyTorch oracle tests (never a runtime dependency)
+)
+# shellcheck disable=SC2206
+PACKAGES+=(${MOE_EXTRA_PACKAGES:-})
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status="$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)"
+  [[ "$status" == "installed" ]] || missing+=("$pkg")
+done
+
+if [[ "${1:-}" == "--check" ]]; then
+  if ((${#missing[@]} == 0)); then
+    echo "install-deps: all ${#PACKAGES[@]} packages are installed"
+    exit 0
+  fi
+  echo "install-deps: missing: ${missing[*]}"
+  exit 1
+elif [[ $# -gt 0 ]]; then
+  echo "usage: scripts/install-deps.sh [--check]" >&2
+  exit 2
+fi
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#PACKAGES[@]} packages are installed"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+
+SUDO=()
+if [[ "$(id -u)" != 0 ]]; then
+  command -v sudo >/dev/null || { echo "install-deps: not root and sudo is missing" >&2; exit 1; }
+  SUDO=(sudo)
+fi
+APT=("${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -o Dpkg::Use-Pty=0)
+
+# Mirrors fail now and then: retry a few times before giving up.
+retry() {
+  local n
+  for n in 1 2 3; do
+    "$@" && return 0
+    echo "install-deps: attempt $n of '$*' failed; retrying in $((n * 10)) s" >&2
+    sleep $((n * 10))
+  done
+  "$@"
+}
+retry "${APT[@]}" update
+retry "${APT[@]}" install --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

@@ -1,0 +1,64 @@
+// Shared pieces of the `moe` command-line tool: exit codes, the command registry, timing and
+// memory helpers. Each subcommand lives in its own file and adds itself with a register_* function
+// (called from main.cpp); its callback stores the action to run once parsing has succeeded.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace moe::cli {
+
+// Exit codes of every subcommand.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitFailure = 1;  // an unexpected failure while running (out of memory, I/O)
+inline constexpr int kExitUsage = 2;    // bad command line, bad config, bad input (moe::Error)
+
+// The action chosen by the command line, filled in by a subcommand's CLI11 callback and run by main
+// after parsing, so that a parse error never leaves a half-run command behind.
+struct Registry {
+  std::function<int()> action;
+};
+
+// Subcommands. Future ones (train, eval, generate, serve) follow the same pattern: one file, one
+// register function, listed in main.cpp.
+void register_version(CLI::App& app, Registry& reg);
+void register_bench(CLI::App& app, Registry& reg);
+void register_layer(CLI::App& app, Registry& reg);
+
+// Peak resident set size of this process in MiB (getrusage ru_maxrss).
+double peak_rss_mb();
+
+// Wall-clock milliseconds since `start`.
+inline double ms_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+}
+
+// Median of a non-empty sample (mean of the two middle values for an even count).
+inline double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Rounds to `digits` decimals, for output that stays readable in JSON.
+inline double round_to(double x, int digits) {
+  const double s = std::pow(10.0, digits);
+  return std::round(x * s) / s;
+}
+
+// Rounds to `digits` significant digits (rates that range from 1e-4 to 1e4 GFLOP/s).
+inline double round_sig(double x, int digits) {
+  if (x == 0.0 || !std::isfinite(x)) return x;
+  const int magnitude = static_cast<int>(std::floor(std::log10(std::fabs(x))));
+  return round_to(x, digits - 1 - magnitude);
+}
+
+}  // namespace moe::cli

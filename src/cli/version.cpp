@@ -1,0 +1,44 @@
+// `moe version`: the version, how this binary was built and which backends it can run.
+#include <iostream>
+#include <string>
+
+#include "cli/common.h"
+#include "moe/core/parallel.h"
+#include "moe/kernels/ops.h"
+
+namespace moe::cli {
+namespace {
+
+std::string compiler_string() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#else
+  return "unknown";
+#endif
+}
+
+int run_version() {
+  std::cout << "moe.cpp " << MOE_VERSION << "\n";
+  std::cout << "compiler: " << compiler_string() << "\n";
+#if defined(MOE_HAVE_CUDA)
+  std::cout << "cuda: built\n";
+#else
+  std::cout << "cuda: not built\n";
+#endif
+  std::cout << "backends:";
+  for (kernels::Backend b : kernels::available_backends()) std::cout << " " << kernels::backend_name(b);
+  std::cout << "\n";
+  std::cout << "threads: " << num_threads() << "\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_version(CLI::App& app, Registry& reg) {
+  CLI::App* sub = app.add_subcommand("version", "Print the version, build and available backends");
+  sub->callback([&reg] { reg.action = run_version; });
+}
+
+}  // namespace moe::cli
