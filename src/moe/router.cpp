@@ -14,12 +14,16 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+// Rows per thread chunk for row-wise loops over (T, E): enough work (~16K elements) per chunk
+// that small batches run inline instead of paying for a parallel region.
+int64_t row_grain(int64_t E) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(E, 1)); }
+
 double sigmoid(double z) { return z >= 0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z)); }
 
 // Row-wise softmax or sigmoid of logits (T, E) into scores (T, E).
 void score_rows(ScoreFn fn, const std::vector<double>& l, int64_t T, int64_t E, std::vector<double>& s) {
   s.resize(l.size());
-  parallel_for(T, 64, [&](int64_t b, int64_t e) {
+  parallel_for(T, row_grain(E), [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e; ++t) {
       const double* lt = &l[t * E];
       double* st = &s[t * E];
@@ -222,7 +226,7 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
     std::vector<double> plan;
     if (rc.routing == RouterType::Balanced && T > 0) plan = sinkhorn(l, T, E, k, rc.sinkhorn_iters);
 
-    parallel_for(T, 32, [&](int64_t t0, int64_t t1) {
+    parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
       std::vector<double> v(static_cast<size_t>(E));
       for (int64_t t = t0; t < t1; ++t) {
         int32_t* idx = &expert[t * k];
@@ -277,7 +281,7 @@ void route_backward(const MoEConfig& cfg, const Routing& r, const double* dw, do
     for (int64_t a = 0; a < N; ++a) ds[token[a] * E + expert[a]] += rc.scaling * dw[a];
   } else {
     const int64_t k = rc.top_k;
-    parallel_for(T, 64, [&](int64_t t0, int64_t t1) {
+    parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int32_t* idx = &expert[t * k];
         const double* dwt = &dw[t * k];
@@ -307,7 +311,7 @@ void route_backward(const MoEConfig& cfg, const Routing& r, const double* dw, do
     if (rc.order == TopkOrder::TopkThenSoftmax) return;
   }
   // Scores back to logits.
-  parallel_for(T, 64, [&](int64_t t0, int64_t t1) {
+  parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const double* st = &s[t * E];
       const double* dst = &ds[t * E];
