@@ -272,6 +272,7 @@ void grouped_gemm_wgrad(Backend b, const GroupedWgradArgs<T>& g) {
   check_stride(op, "ldc", g.ldc, g.N);
   check_stride(op, "lda", g.lda, g.K);
   if (g.gather && rows > 0) check_rows(op, "gather", g.gather, rows);
+  if (g.dC_gather && rows > 0) check_rows(op, "dC_gather", g.dC_gather, rows);
   switch (b) {
     case Backend::Ref:
       return ref::grouped_gemm_wgrad(g);
@@ -279,6 +280,7 @@ void grouped_gemm_wgrad(Backend b, const GroupedWgradArgs<T>& g) {
       return cpu::grouped_gemm_wgrad(g);
     case Backend::Cuda:
       check_cuda<T>(op);
+      MOE_CHECK(g.dC_gather == nullptr, op, ": dC_gather is not implemented on cuda");
 #ifdef MOE_HAVE_CUDA
       if constexpr (std::is_same_v<T, float>) cuda::grouped_gemm_wgrad(g);
 #endif
@@ -402,6 +404,126 @@ void combine_backward(Backend b, const CombineBackwardArgs<T>& g) {
   unknown_backend(op, b);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fused expert FFN ops: Ref and Cpu only.
+
+namespace {
+
+[[noreturn]] void not_on_cuda(const char* op) { throw Error(cat(op, ": not implemented on cuda")); }
+
+}  // namespace
+
+template <typename T>
+void grouped_ffn_up(Backend b, const FfnUpArgs<T>& g) {
+  const char* op = "grouped_ffn_up";
+  check_size(op, "E", g.E);
+  check_size(op, "F", g.F);
+  check_size(op, "K", g.K);
+  if (b == Backend::Cuda) not_on_cuda(op);
+  if (g.E == 0 || g.F == 0) return;
+  const bool swiglu = g.act == Activation::SwiGLU;
+  check_ptr(op, "offsets", g.offsets);
+  const int64_t rows = sorted_rows(b, op, g.offsets, g.E);
+  if (g.H) check_stride(op, "ldh", g.ldh, g.F);
+  if (g.U) check_stride(op, "ldu", g.ldu, g.F);
+  if (g.G) check_stride(op, "ldg", g.ldg, g.F);
+  MOE_CHECK(swiglu || g.G == nullptr, op, ": G is only produced for swiglu");
+  if (g.K > 0 && rows > 0) {
+    check_ptr(op, "A", g.A);
+    check_stride(op, "lda", g.lda, g.K);
+    check_ptr(op, "W_up", g.W_up);
+    if (swiglu) check_ptr(op, "W_gate (swiglu)", g.W_gate);
+  }
+  if (g.gather && rows > 0) check_rows(op, "gather", g.gather, rows);
+  if (b == Backend::Ref) return ref::grouped_ffn_up(g);
+  if (b == Backend::Cpu) return cpu::grouped_ffn_up(g);
+  unknown_backend(op, b);
+}
+
+template <typename T>
+void grouped_ffn_down_backward(Backend b, const FfnDownBackwardArgs<T>& g) {
+  const char* op = "grouped_ffn_down_backward";
+  check_size(op, "E", g.E);
+  check_size(op, "F", g.F);
+  check_size(op, "D", g.D);
+  if (b == Backend::Cuda) not_on_cuda(op);
+  if (g.E == 0) return;
+  const bool swiglu = g.act == Activation::SwiGLU;
+  check_ptr(op, "offsets", g.offsets);
+  const int64_t rows = sorted_rows(b, op, g.offsets, g.E);
+  if (rows > 0 && g.F > 0) {
+    check_ptr(op, "U", g.U);
+    check_ptr(op, "dU", g.dU);
+    check_stride(op, "ldu", g.ldu, g.F);
+    check_stride(op, "lddu", g.lddu, g.F);
+    if (swiglu) {
+      check_ptr(op, "G (swiglu)", g.G);
+      check_ptr(op, "dG (swiglu)", g.dG);
+      check_stride(op, "ldg", g.ldg, g.F);
+      check_stride(op, "lddg", g.lddg, g.F);
+    }
+    if (g.Hs) check_stride(op, "ldhs", g.ldhs, g.F);
+    if (g.D > 0) {
+      check_ptr(op, "dY", g.dY);
+      check_ptr(op, "W_down", g.W_down);
+      check_stride(op, "ldy", g.ldy, g.D);
+    }
+  }
+  if (g.gather && rows > 0) check_rows(op, "gather", g.gather, rows);
+  if (b == Backend::Ref) return ref::grouped_ffn_down_backward(g);
+  if (b == Backend::Cpu) return cpu::grouped_ffn_down_backward(g);
+  unknown_backend(op, b);
+}
+
+template <typename T>
+void grouped_gemm_cat(Backend b, const GroupedGemmCatArgs<T>& g) {
+  const char* op = "grouped_gemm_cat";
+  check_size(op, "E", g.E);
+  check_size(op, "N", g.N);
+  check_size(op, "K1", g.K1);
+  check_size(op, "K2", g.K2);
+  if (b == Backend::Cuda) not_on_cuda(op);
+  if (g.E == 0 || g.N == 0) return;
+  check_ptr(op, "offsets", g.offsets);
+  const int64_t rows = sorted_rows(b, op, g.offsets, g.E);
+  check_rows_ptr(op, "C", g.C, rows);
+  check_stride(op, "ldc", g.ldc, g.N);
+  if (g.K1 + g.K2 > 0) {
+    check_rows_ptr(op, "A", g.A, rows);
+    check_stride(op, "lda", g.lda, g.K1 + g.K2);
+    if (g.K1 > 0) check_ptr(op, "W1", g.W1);
+    if (g.K2 > 0) check_ptr(op, "W2", g.W2);
+  }
+  if (g.gather && rows > 0) check_rows(op, "gather", g.gather, rows);
+  if (b == Backend::Ref) return ref::grouped_gemm_cat(g);
+  if (b == Backend::Cpu) return cpu::grouped_gemm_cat(g);
+  unknown_backend(op, b);
+}
+
+template <typename T>
+void grouped_gemm_scatter(Backend b, const GroupedGemmScatterArgs<T>& g) {
+  const char* op = "grouped_gemm_scatter";
+  check_size(op, "E", g.E);
+  check_size(op, "N", g.N);
+  check_size(op, "K", g.K);
+  if (b == Backend::Cuda) not_on_cuda(op);
+  if (g.E == 0 || g.N == 0) return;
+  check_ptr(op, "offsets", g.offsets);
+  const int64_t rows = sorted_rows(b, op, g.offsets, g.E);
+  check_rows_ptr(op, "C", g.C, rows);
+  check_stride(op, "ldc", g.ldc, g.N);
+  if (g.K > 0) {
+    check_rows_ptr(op, "A", g.A, rows);
+    check_ptr(op, "W", g.W);
+    check_stride(op, "lda", g.lda, g.K);
+  }
+  if (g.gather && rows > 0) check_rows(op, "gather", g.gather, rows);
+  if (g.out_row && rows > 0) check_rows(op, "out_row", g.out_row, rows);
+  if (b == Backend::Ref) return ref::grouped_gemm_scatter(g);
+  if (b == Backend::Cpu) return cpu::grouped_gemm_scatter(g);
+  unknown_backend(op, b);
+}
+
 #define MOE_INSTANTIATE_OPS(T)                                                     \
   template void gemm<T>(Backend, const GemmArgs<T>&);                              \
   template void grouped_gemm<T>(Backend, const GroupedGemmArgs<T>&);               \
@@ -409,7 +531,11 @@ void combine_backward(Backend b, const CombineBackwardArgs<T>& g) {
   template void activation<T>(Backend, const ActivationArgs<T>&);                  \
   template void activation_backward<T>(Backend, const ActivationBackwardArgs<T>&); \
   template void combine<T>(Backend, const CombineArgs<T>&);                        \
-  template void combine_backward<T>(Backend, const CombineBackwardArgs<T>&);
+  template void combine_backward<T>(Backend, const CombineBackwardArgs<T>&);          \
+  template void grouped_ffn_up<T>(Backend, const FfnUpArgs<T>&);                     \
+  template void grouped_ffn_down_backward<T>(Backend, const FfnDownBackwardArgs<T>&); \
+  template void grouped_gemm_cat<T>(Backend, const GroupedGemmCatArgs<T>&);           \
+  template void grouped_gemm_scatter<T>(Backend, const GroupedGemmScatterArgs<T>&);
 
 MOE_INSTANTIATE_OPS(float)
 MOE_INSTANTIATE_OPS(double)

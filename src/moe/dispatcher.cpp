@@ -23,6 +23,9 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
   batch.x_rows = x;
   batch.gather.resize(static_cast<size_t>(batch.rows));
   for (int64_t p = 0; p < batch.rows; ++p) batch.gather[p] = token[perm[p]];
+  batch.assign.assign(perm.begin(), perm.begin() + batch.rows);
+  slot_.resize(static_cast<size_t>(N_));
+  for (int64_t a = 0; a < N_; ++a) slot_[a] = pos_[a] < 0 ? -1 : static_cast<int32_t>(a);
 
   // Group assignments by token (the same stable counting sort, keyed by token) for the combine.
   tok_offsets_.assign(static_cast<size_t>(T_ + 1), 0);
@@ -42,6 +45,19 @@ void LocalDispatcher<T>::combine(const T* out, const T* weight, T* y) {
   a.pos = pos_.data();
   a.weight = weight;
   a.X = out;
+  a.Y = y;
+  kernels::combine(backend_, a);
+}
+
+template <typename T>
+void LocalDispatcher<T>::combine_slots(const T* out_slots, T* y) {
+  kernels::CombineArgs<T> a;
+  a.T_ = T_;
+  a.D = d_;
+  a.tok_offsets = tok_offsets_.data();
+  a.tok_assign = tok_assign_.data();
+  a.pos = slot_.data();
+  a.X = out_slots;
   a.Y = y;
   kernels::combine(backend_, a);
 }

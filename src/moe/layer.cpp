@@ -38,36 +38,18 @@ void mm(Backend be, int64_t M, int64_t N, int64_t K, const T* A, bool ta, const 
   kernels::gemm(be, g);
 }
 
-// Per-expert C[p] = A[row(p)] · op(W_e), over the batch's row ranges.
+// dW_e (N, K) = Σ_p dC[crow(p)]^T · A[row(p)], dC rows of stride ldc read through dC_gather.
 template <typename T>
-void grouped(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const T* A, bool gather, const T* W,
-             bool trans_w, T* C, T beta = 0) {
-  kernels::GroupedGemmArgs<T> g;
-  g.E = static_cast<int64_t>(b.offsets.size()) - 1;
-  g.N = N;
-  g.K = K;
-  g.offsets = b.offsets.data();
-  g.A = A;
-  g.lda = K;
-  g.gather = gather && !b.gather.empty() ? b.gather.data() : nullptr;
-  g.W = W;
-  g.trans_w = trans_w;
-  g.C = C;
-  g.ldc = N;
-  g.beta = beta;
-  kernels::grouped_gemm(be, g);
-}
-
-// dW_e (N, K) = Σ_p dC[p]^T · A[row(p)].
-template <typename T>
-void wgrad(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const T* dC, const T* A, bool gather, T* dW) {
+void wgrad_rows(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const T* dC, int64_t ldc,
+                const int32_t* dC_gather, const T* A, bool gather, T* dW) {
   kernels::GroupedWgradArgs<T> g;
   g.E = static_cast<int64_t>(b.offsets.size()) - 1;
   g.N = N;
   g.K = K;
   g.offsets = b.offsets.data();
   g.dC = dC;
-  g.ldc = N;
+  g.ldc = ldc;
+  g.dC_gather = dC_gather;
   g.A = A;
   g.lda = K;
   g.gather = gather && !b.gather.empty() ? b.gather.data() : nullptr;
@@ -75,37 +57,91 @@ void wgrad(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const T* d
   kernels::grouped_gemm_wgrad(be, g);
 }
 
+// Pre-activations of the expert FFN: [G | U] (M, 2F) for SwiGLU, U (M, F) otherwise.
 template <typename T>
-void act(Backend be, Activation a, int64_t n, const T* gate, const T* up, T* out) {
-  kernels::ActivationArgs<T> g;
-  g.act = a;
-  g.n = n;
-  if (a == Activation::SwiGLU) {
-    g.a = gate;
-    g.b = up;
-  } else {
-    g.a = up;
-  }
-  g.out = out;
-  kernels::activation(be, g);
+struct PreAct {
+  T* G = nullptr;
+  T* U = nullptr;
+  int64_t ld = 0;
+};
+template <typename T>
+PreAct<T> pre_act(bool swiglu, T* base, int64_t F) {
+  return swiglu ? PreAct<T>{base, base + F, 2 * F} : PreAct<T>{nullptr, base, F};
 }
 
+// H (M, F) = act([G | U]) of A's rows through the fused gate/up grouped GEMM; saves G and U.
 template <typename T>
-void act_backward(Backend be, Activation a, int64_t n, const T* gate, const T* up, const T* dout, T* dgate, T* dup) {
-  kernels::ActivationBackwardArgs<T> g;
+void ffn_up(Backend be, Activation a, const ExpertBatch<T>& b, int64_t F, int64_t K, const T* A, const T* Wg,
+            const T* Wu, PreAct<T> pa, T* H) {
+  kernels::FfnUpArgs<T> g;
   g.act = a;
-  g.n = n;
-  g.dout = dout;
-  if (a == Activation::SwiGLU) {
-    g.a = gate;
-    g.b = up;
-    g.da = dgate;
-    g.db = dup;
-  } else {
-    g.a = up;
-    g.da = dup;
-  }
-  kernels::activation_backward(be, g);
+  g.E = static_cast<int64_t>(b.offsets.size()) - 1;
+  g.F = F;
+  g.K = K;
+  g.offsets = b.offsets.data();
+  g.A = A;
+  g.lda = K;
+  g.gather = b.gather.empty() ? nullptr : b.gather.data();
+  g.W_gate = Wg;
+  g.W_up = Wu;
+  g.H = H;
+  g.ldh = F;
+  g.G = pa.G;
+  g.ldg = pa.ld;
+  g.U = pa.U;
+  g.ldu = pa.ld;
+  kernels::grouped_ffn_up(be, g);
+}
+
+// Backward of out[p] = scale[p] * act(G, U)[p] · W_down_e^T from dY's rows: d pre-activations into
+// dpa, Hs = scale * h (for W_down's gradient), dscale (M) = <dY[row(p)] · W_down_e, h>.
+template <typename T>
+void ffn_down_backward(Backend be, Activation a, const ExpertBatch<T>& b, int64_t F, int64_t D, const T* dY,
+                       const T* scale, const T* Wd, PreAct<T> pa, PreAct<T> dpa, T* Hs, T* dscale) {
+  kernels::FfnDownBackwardArgs<T> g;
+  g.act = a;
+  g.E = static_cast<int64_t>(b.offsets.size()) - 1;
+  g.F = F;
+  g.D = D;
+  g.offsets = b.offsets.data();
+  g.dY = dY;
+  g.ldy = D;
+  g.gather = b.gather.empty() ? nullptr : b.gather.data();
+  g.scale = scale;
+  g.W_down = Wd;
+  g.G = pa.G;
+  g.ldg = pa.ld;
+  g.U = pa.U;
+  g.ldu = pa.ld;
+  g.dG = dpa.G;
+  g.lddg = dpa.ld;
+  g.dU = dpa.U;
+  g.lddu = dpa.ld;
+  g.Hs = Hs;
+  g.ldhs = F;
+  g.dscale = dscale;
+  kernels::grouped_ffn_down_backward(be, g);
+}
+
+// C (M, N) = beta * C + [dG | dU] · [W_gate_e; W_up_e] (SwiGLU) or dU · W_up_e: one grouped GEMM
+// over K = 2F (or F) per row, weights (E, F, N).
+template <typename T>
+void ffn_input_grad(Backend be, bool swiglu, const ExpertBatch<T>& b, int64_t N, int64_t F, PreAct<T> dpa,
+                    const T* Wg, const T* Wu, T* C, T beta = 0) {
+  kernels::GroupedGemmCatArgs<T> g;
+  g.E = static_cast<int64_t>(b.offsets.size()) - 1;
+  g.N = N;
+  g.K1 = F;
+  g.K2 = swiglu ? F : 0;
+  g.offsets = b.offsets.data();
+  g.A = swiglu ? dpa.G : dpa.U;
+  g.lda = dpa.ld;
+  g.W1 = swiglu ? Wg : Wu;
+  g.W2 = swiglu ? Wu : nullptr;
+  g.C = C;
+  g.ldc = N;
+  g.beta = beta;
+  kernels::grouped_gemm_cat(be, g);
 }
 
 template <typename T>
@@ -121,8 +157,9 @@ struct Saved {
   Tensor jitter;  // (T, d) jitter factors, undefined without jitter
   std::shared_ptr<Dispatcher<T>> disp;
   ExpertBatch<T> batch;
-  Tensor G, U, H, O;         // (M, F), (M, F), (M, F), (M, d)
-  Tensor Gs, Us, Hs, Ys, g;  // shared experts: (T, Fs) x3, (T, d), gate (T, 1)
+  Tensor GU;                 // (M, 2F) [G | U] for SwiGLU, (M, F) U otherwise: pre-activations
+  Tensor GUs, g;             // shared experts: pre-activations (T, 2Fs) or (T, Fs), gate (T, 1)
+  ExpertBatch<T> shared;     // the shared FFN as one expert over all T rows
 };
 
 template <typename T>
@@ -187,37 +224,53 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
   // Routed experts over the dispatched rows.
   S.disp = std::make_shared<LocalDispatcher<T>>(E, be);
   S.disp->dispatch(r, ptr<T>(S.x), d, S.batch);
+  // Only the pre-activations stay for backward; H and the expert outputs are freed after use.
   const int64_t M = S.batch.rows;
-  const T* xrows = S.batch.x_rows;
-  S.U = Tensor::empty({M, F}, dt, "expert up");
-  S.H = Tensor::empty({M, F}, dt, "expert hidden");
-  S.O = Tensor::empty({M, d}, dt, "expert out");
-  if (swiglu) {
-    S.G = Tensor::empty({M, F}, dt, "expert gate");
-    grouped<T>(be, S.batch, F, d, xrows, true, P.w_gate.data<T>(), false, ptr<T>(S.G));
-  }
-  grouped<T>(be, S.batch, F, d, xrows, true, P.w_up.data<T>(), false, ptr<T>(S.U));
-  act<T>(be, cfg.activation, M * F, ptr<T>(S.G), ptr<T>(S.U), ptr<T>(S.H));
-  grouped<T>(be, S.batch, d, F, ptr<T>(S.H), false, P.w_down.data<T>(), false, ptr<T>(S.O));
-
+  S.GU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "expert pre-activations");
   out.y = Tensor::zeros({nT, d}, dt, "y");
-  if (nT > 0) S.disp->combine(ptr<T>(S.O), r.weight.data<T>(), out.y.data<T>());
+  {
+    Tensor H = Tensor::empty({M, F}, dt, "expert hidden");
+    ffn_up<T>(be, cfg.activation, S.batch, F, d, S.batch.x_rows, ptr<T>(P.w_gate), P.w_up.data<T>(),
+              pre_act(swiglu, ptr<T>(S.GU), F), ptr<T>(H));
+    // Down projection; its epilogue scales each row by its routing weight and stores it at the
+    // row of its assignment, so the combine is a plain per-token sum of k rows in slot order.
+    const T* weight = r.weight.data<T>();
+    std::vector<T> w_rows(static_cast<size_t>(M));  // (M) routing weight of each sorted row
+    for (int64_t p = 0; p < M; ++p) w_rows[p] = weight[S.batch.assign[p]];
+    Tensor O = Tensor::empty({r.n_assign, d}, dt, "weighted expert out");  // (N, d) slot order
+    kernels::GroupedGemmScatterArgs<T> gs;
+    gs.E = E;
+    gs.N = d;
+    gs.K = F;
+    gs.offsets = S.batch.offsets.data();
+    gs.A = ptr<T>(H);
+    gs.lda = F;
+    gs.W = P.w_down.data<T>();
+    gs.scale = w_rows.data();
+    gs.out_row = S.batch.assign.data();
+    gs.C = ptr<T>(O);
+    gs.ldc = d;
+    kernels::grouped_gemm_scatter(be, gs);
+    H = Tensor();
+    if (nT > 0) S.disp->combine_slots(ptr<T>(O), out.y.data<T>());
+  }
 
-  // Shared experts (one FFN of width Fs), optionally gated per token.
+  // Shared experts (one FFN of width Fs, run as a single expert over all rows), optionally gated
+  // per token. Only the pre-activations stay for backward.
   if (Fs > 0 && nT > 0) {
     const T* x = ptr<T>(S.x);
-    S.Us = Tensor::empty({nT, Fs}, dt, "shared up");
-    S.Hs = Tensor::empty({nT, Fs}, dt, "shared hidden");
-    S.Ys = Tensor::empty({nT, d}, dt, "shared out");
-    if (swiglu) {
-      S.Gs = Tensor::empty({nT, Fs}, dt, "shared gate proj");
-      mm<T>(be, nT, Fs, d, x, false, P.shared_w_gate.data<T>(), true, ptr<T>(S.Gs));
-    }
-    mm<T>(be, nT, Fs, d, x, false, P.shared_w_up.data<T>(), true, ptr<T>(S.Us));
-    act<T>(be, cfg.activation, nT * Fs, ptr<T>(S.Gs), ptr<T>(S.Us), ptr<T>(S.Hs));
-    mm<T>(be, nT, d, Fs, ptr<T>(S.Hs), false, P.shared_w_down.data<T>(), true, ptr<T>(S.Ys));
+    S.shared.rows = nT;
+    S.shared.offsets = {0, static_cast<int32_t>(nT)};
+    S.shared.x_rows = x;
+    S.GUs = Tensor::empty({nT, swiglu ? 2 * Fs : Fs}, dt, "shared pre-activations");
+    Tensor Hs = Tensor::empty({nT, Fs}, dt, "shared hidden");
+    ffn_up<T>(be, cfg.activation, S.shared, Fs, d, x, ptr<T>(P.shared_w_gate), P.shared_w_up.data<T>(),
+              pre_act(swiglu, ptr<T>(S.GUs), Fs), ptr<T>(Hs));
+    Tensor Ys = Tensor::empty({nT, d}, dt, "shared out");
+    mm<T>(be, nT, d, Fs, ptr<T>(Hs), false, P.shared_w_down.data<T>(), true, ptr<T>(Ys));
+    Hs = Tensor();
     T* y = out.y.data<T>();
-    const T* ys = ptr<T>(S.Ys);
+    const T* ys = ptr<T>(Ys);
     if (cfg.shared_gate) {
       S.g = Tensor::empty({nT, 1}, dt, "shared gate");
       T* g = ptr<T>(S.g);
@@ -270,28 +323,36 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   if (nT == 0) return g;
   T* dx = g.dx.data<T>();
 
-  // Combine backward: d_out rows (M, d) and d_weight (N).
-  Tensor dO = Tensor::empty({M, d}, dt, "d expert out");
+  // Expert backward, fused: the down projection's backward with the d-activation in its epilogue
+  // gives d pre-activations [dG | dU] directly (no dO or dH buffer); the routing weights' gradient
+  // comes out of the same pass as <dy_t · W_down_e, h>.
   Tensor dw = Tensor::zeros({N}, dt, "d weight");
-  S.disp->combine_backward(dy, ptr<T>(S.O), r.weight.data<T>(), dO.data<T>(), dw.data<T>());
-
-  // Expert backward: down projection, activation, gate/up projections.
-  Tensor dH = Tensor::empty({M, F}, dt, "d expert hidden");
-  grouped<T>(be, S.batch, F, d, dO.data<T>(), false, P.w_down.data<T>(), true, dH.data<T>());
-  wgrad<T>(be, S.batch, d, F, dO.data<T>(), ptr<T>(S.H), false, g.w_down.data<T>());
-  Tensor dU = Tensor::empty({M, F}, dt, "d expert up");
-  Tensor dG;
-  if (swiglu) dG = Tensor::empty({M, F}, dt, "d expert gate");
-  act_backward<T>(be, cfg.activation, M * F, ptr<T>(S.G), ptr<T>(S.U), dH.data<T>(), ptr<T>(dG), dU.data<T>());
-  const T* xrows = S.batch.x_rows;
-  Tensor d_rows = Tensor::empty({M, d}, dt, "d expert in");
-  grouped<T>(be, S.batch, d, F, dU.data<T>(), false, P.w_up.data<T>(), true, d_rows.data<T>());
-  wgrad<T>(be, S.batch, F, d, dU.data<T>(), xrows, true, g.w_up.data<T>());
-  if (swiglu) {
-    grouped<T>(be, S.batch, d, F, dG.data<T>(), false, P.w_gate.data<T>(), true, d_rows.data<T>(), T(1));
-    wgrad<T>(be, S.batch, F, d, dG.data<T>(), xrows, true, g.w_gate.data<T>());
+  {
+    const std::vector<int32_t>& assign = S.batch.assign;  // (M)
+    const T* weight = r.weight.data<T>();
+    std::vector<T> w_rows(static_cast<size_t>(M)), dw_rows(static_cast<size_t>(M));  // (M) sorted order
+    for (int64_t p = 0; p < M; ++p) w_rows[p] = weight[assign[p]];
+    const PreAct<T> pa = pre_act(swiglu, ptr<T>(S.GU), F);
+    Tensor dGU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "d expert pre-activations");
+    const PreAct<T> dpa = pre_act(swiglu, ptr<T>(dGU), F);
+    Tensor Hs = Tensor::empty({M, F}, dt, "weighted expert hidden");
+    ffn_down_backward<T>(be, cfg.activation, S.batch, F, d, dy, w_rows.data(), P.w_down.data<T>(), pa, dpa,
+                         ptr<T>(Hs), dw_rows.data());
+    T* dwp = dw.data<T>();
+    for (int64_t p = 0; p < M; ++p) dwp[assign[p]] = dw_rows[p];
+    // d W_down_e (d, F) = Σ_p (w_p dy_t)^T h_p = Σ_p dy_t^T Hs_p: dy's token rows read by gather.
+    const int32_t* tok = S.batch.gather.empty() ? nullptr : S.batch.gather.data();
+    wgrad_rows<T>(be, S.batch, d, F, dy, d, tok, ptr<T>(Hs), false, g.w_down.data<T>());
+    Hs = Tensor();
+    wgrad_rows<T>(be, S.batch, F, d, dpa.U, dpa.ld, nullptr, S.batch.x_rows, true, g.w_up.data<T>());
+    if (swiglu)
+      wgrad_rows<T>(be, S.batch, F, d, dpa.G, dpa.ld, nullptr, S.batch.x_rows, true, g.w_gate.data<T>());
+    // Input gradient: one grouped GEMM over K = 2F, then each token sums its rows in fixed order.
+    Tensor d_rows = Tensor::empty({M, d}, dt, "d expert in");
+    ffn_input_grad<T>(be, swiglu, S.batch, d, F, dpa, ptr<T>(P.w_gate), P.w_up.data<T>(), ptr<T>(d_rows));
+    dGU = Tensor();
+    S.disp->dispatch_backward(ptr<T>(d_rows), dx);
   }
-  S.disp->dispatch_backward(d_rows.data<T>(), dx);
 
   // Router: d_weight -> d_logits, plus the balancing losses' gradients.
   std::vector<double> dl(static_cast<size_t>(nT * E), 0.0);
@@ -313,42 +374,31 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
     mm<T>(be, nT, d, E, dlog.data<T>(), false, P.router_w.data<T>(), false, dx, T(1));
   }
 
-  // Shared experts.
+  // Shared experts, fused as the routed ones: with Ys = act(G, U) · W_sd^T and y += gate * Ys,
+  // the gate's gradient is <dy, Ys> = <dy · W_sd, h>, the dscale of the fused backward.
   if (Fs > 0) {
-    Tensor dYs_t = dy_t;
+    const T* gate = cfg.shared_gate ? ptr<T>(S.g) : nullptr;  // (T) or null
+    std::vector<T> dgate(cfg.shared_gate ? static_cast<size_t>(nT) : 0);
+    const PreAct<T> pa = pre_act(swiglu, ptr<T>(S.GUs), Fs);
+    Tensor dGUs = Tensor::empty({nT, swiglu ? 2 * Fs : Fs}, dt, "d shared pre-activations");
+    const PreAct<T> dpa = pre_act(swiglu, ptr<T>(dGUs), Fs);
+    Tensor Hss = Tensor::empty({nT, Fs}, dt, "gated shared hidden");
+    ffn_down_backward<T>(be, cfg.activation, S.shared, Fs, d, dy, gate, P.shared_w_down.data<T>(), pa, dpa,
+                         ptr<T>(Hss), cfg.shared_gate ? dgate.data() : nullptr);
+    wgrad_rows<T>(be, S.shared, d, Fs, dy, d, nullptr, ptr<T>(Hss), false, g.shared_w_down.data<T>());
+    Hss = Tensor();
     if (cfg.shared_gate) {
-      dYs_t = Tensor::empty({nT, d}, dt, "d shared out");
-      T* dYs = dYs_t.data<T>();
-      const T* gg = ptr<T>(S.g);
-      const T* ys = ptr<T>(S.Ys);
       Tensor dgl = Tensor::empty({nT, 1}, dt, "d shared gate logit");
       T* dz = dgl.data<T>();
-      for (int64_t t = 0; t < nT; ++t) {
-        double dot = 0;
-        for (int64_t i = 0; i < d; ++i) {
-          dot += static_cast<double>(dy[t * d + i]) * ys[t * d + i];
-          dYs[t * d + i] = gg[t] * dy[t * d + i];
-        }
-        dz[t] = static_cast<T>(dot * gg[t] * (1.0 - gg[t]));
-      }
+      for (int64_t t = 0; t < nT; ++t)
+        dz[t] = static_cast<T>(static_cast<double>(dgate[t]) * gate[t] * (1.0 - static_cast<double>(gate[t])));
       mm<T>(be, 1, d, nT, dz, true, x, false, g.shared_gate_w.data<T>());
       mm<T>(be, nT, d, 1, dz, false, P.shared_gate_w.data<T>(), false, dx, T(1));
     }
-    const T* dYs = dYs_t.data<T>();
-    Tensor dHs = Tensor::empty({nT, Fs}, dt, "d shared hidden");
-    mm<T>(be, nT, Fs, d, dYs, false, P.shared_w_down.data<T>(), false, dHs.data<T>());
-    mm<T>(be, d, Fs, nT, dYs, true, ptr<T>(S.Hs), false, g.shared_w_down.data<T>());
-    Tensor dUs = Tensor::empty({nT, Fs}, dt, "d shared up");
-    Tensor dGs;
-    if (swiglu) dGs = Tensor::empty({nT, Fs}, dt, "d shared gate proj");
-    act_backward<T>(be, cfg.activation, nT * Fs, ptr<T>(S.Gs), ptr<T>(S.Us), dHs.data<T>(), ptr<T>(dGs),
-                    dUs.data<T>());
-    mm<T>(be, Fs, d, nT, dUs.data<T>(), true, x, false, g.shared_w_up.data<T>());
-    mm<T>(be, nT, d, Fs, dUs.data<T>(), false, P.shared_w_up.data<T>(), false, dx, T(1));
-    if (swiglu) {
-      mm<T>(be, Fs, d, nT, dGs.data<T>(), true, x, false, g.shared_w_gate.data<T>());
-      mm<T>(be, nT, d, Fs, dGs.data<T>(), false, P.shared_w_gate.data<T>(), false, dx, T(1));
-    }
+    wgrad_rows<T>(be, S.shared, Fs, d, dpa.U, dpa.ld, nullptr, x, false, g.shared_w_up.data<T>());
+    if (swiglu) wgrad_rows<T>(be, S.shared, Fs, d, dpa.G, dpa.ld, nullptr, x, false, g.shared_w_gate.data<T>());
+    ffn_input_grad<T>(be, swiglu, S.shared, d, Fs, dpa, ptr<T>(P.shared_w_gate), P.shared_w_up.data<T>(), dx,
+                      T(1));
   }
   return g;
 }

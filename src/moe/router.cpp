@@ -20,22 +20,23 @@ int64_t row_grain(int64_t E) { return std::max<int64_t>(1, 16384 / std::max<int6
 
 double sigmoid(double z) { return z >= 0 ? 1.0 / (1.0 + std::exp(-z)) : std::exp(z) / (1.0 + std::exp(z)); }
 
+// Softmax or sigmoid of one row of logits lt (E) into st (E), in double.
+void score_row(ScoreFn fn, const double* lt, int64_t E, double* st) {
+  if (fn == ScoreFn::Sigmoid) {
+    for (int64_t i = 0; i < E; ++i) st[i] = sigmoid(lt[i]);
+  } else {
+    const double mx = *std::max_element(lt, lt + E);
+    double z = 0;
+    for (int64_t i = 0; i < E; ++i) z += (st[i] = std::exp(lt[i] - mx));
+    for (int64_t i = 0; i < E; ++i) st[i] /= z;
+  }
+}
+
 // Row-wise softmax or sigmoid of logits (T, E) into scores (T, E).
 void score_rows(ScoreFn fn, const std::vector<double>& l, int64_t T, int64_t E, std::vector<double>& s) {
   s.resize(l.size());
   parallel_for(T, row_grain(E), [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const double* lt = &l[t * E];
-      double* st = &s[t * E];
-      if (fn == ScoreFn::Sigmoid) {
-        for (int64_t i = 0; i < E; ++i) st[i] = sigmoid(lt[i]);
-      } else {
-        const double mx = *std::max_element(lt, lt + E);
-        double z = 0;
-        for (int64_t i = 0; i < E; ++i) z += (st[i] = std::exp(lt[i] - mx));
-        for (int64_t i = 0; i < E; ++i) st[i] /= z;
-      }
-    }
+    for (int64_t t = b; t < e; ++t) score_row(fn, &l[t * E], E, &s[t * E]);
   });
 }
 
@@ -105,6 +106,31 @@ void token_weights(const RouterConfig& rc, const double* l, const double* s, con
   for (int64_t j = 0; j < k; ++j) w[j] = rc.scaling * (rc.normalize ? s[idx[j]] / z : s[idx[j]]);
 }
 
+// Token choice in one pass per row (the common path): the row's logits are read once from the
+// logits tensor (f32 or f64) and widened to double, then score, bias, group limit, top-k and the
+// weights run on that row while it is in cache, and the scores are written out once in the
+// logits' dtype. The arithmetic is the same sequence of double operations as the multi-pass
+// form (score_rows, then selection), so decisions and weights are identical.
+template <typename T>
+void token_choice_fused(const RouterConfig& rc, const T* logits, int64_t T_, int64_t E, const std::vector<double>& b,
+                        T* scores, std::vector<int32_t>& expert, std::vector<double>& weight) {
+  const int64_t k = rc.top_k;
+  parallel_for(T_, row_grain(E), [&](int64_t t0, int64_t t1) {
+    std::vector<double> l(static_cast<size_t>(E)), s(static_cast<size_t>(E)), v(static_cast<size_t>(E));
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t e = 0; e < E; ++e) l[e] = static_cast<double>(logits[t * E + e]);
+      score_row(rc.score, l.data(), E, s.data());
+      for (int64_t e = 0; e < E; ++e) scores[t * E + e] = static_cast<T>(s[e]);
+      const double* base = rc.order == TopkOrder::TopkThenSoftmax ? l.data() : s.data();
+      for (int64_t e = 0; e < E; ++e) v[e] = base[e] + b[e];
+      if (rc.n_groups > 1) mask_groups(rc, E, v.data());
+      int32_t* idx = &expert[t * k];
+      topk_desc(v.data(), E, k, idx);
+      token_weights(rc, l.data(), s.data(), idx, k, &weight[t * k]);
+    }
+  });
+}
+
 // Capacity dropping for token-major assignments a = t * k + j.
 void apply_capacity(const RouterConfig& rc, int64_t T, int64_t k, int64_t E, int64_t C,
                     const std::vector<int32_t>& expert, const std::vector<double>& weight,
@@ -139,15 +165,31 @@ uint64_t splitmix64(uint64_t z) {
 }
 
 void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out) {
-  // Partial selection over an index array; comparator gives a strict total order
-  // (value descending, NaN/-inf last, index ascending) so the result is unique.
+  // The comparator is a strict total order (value descending, NaN/-inf last, index ascending), so
+  // the result is unique whatever the selection method: small k uses an allocation-free insertion
+  // into the sorted list `out`, larger k a partial sort over an index array.
+  const int64_t kk = std::min(k, n);
+  if (kk <= 0) return;
+  if (kk <= 16) {
+    auto key = [v](int64_t i) { return std::isnan(v[i]) ? kNegInf : v[i]; };
+    int64_t len = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double vi = key(i);
+      // i comes after every entry already taken (higher index), so it is better than out[j]
+      // only with a strictly larger value.
+      if (len == kk && !(vi > key(out[len - 1]))) continue;
+      int64_t j = len < kk ? len++ : kk - 1;
+      for (; j > 0 && vi > key(out[j - 1]); --j) out[j] = out[j - 1];
+      out[j] = static_cast<int32_t>(i);
+    }
+    return;
+  }
   std::vector<int32_t> ix(static_cast<size_t>(n));
   std::iota(ix.begin(), ix.end(), 0);
   auto better = [v](int32_t a, int32_t b) {
     const double va = std::isnan(v[a]) ? kNegInf : v[a], vb = std::isnan(v[b]) ? kNegInf : v[b];
     return va > vb || (va == vb && a < b);
   };
-  const int64_t kk = std::min(k, n);
   std::partial_sort(ix.begin(), ix.begin() + kk, ix.end(), better);
   std::copy(ix.begin(), ix.begin() + kk, out);
 }
@@ -171,9 +213,14 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   const DType dt = logits_t.dtype();
   MOE_CHECK(dt == DType::F32 || dt == DType::F64, "router logits: dtype must be f32 or f64, got ", dtype_name(dt));
 
-  std::vector<double> l = logits_t.contiguous().to(DType::F64).to_vector();  // (T, E)
-  std::vector<double> s;                                                        // (T, E)
-  score_rows(rc.score, l, T, E, s);
+  // The fused single-pass path covers token choice; the other policies need all of l and s.
+  const bool fused = rc.routing == RouterType::TokenChoice;
+  const Tensor logits_c = logits_t.contiguous();
+  std::vector<double> l, s;  // (T, E) each, unfused policies only
+  if (!fused) {
+    l = logits_c.to(DType::F64).to_vector();
+    score_rows(rc.score, l, T, E, s);
+  }
   std::vector<double> b(static_cast<size_t>(E), 0.0);
   if (rc.use_bias && bias_t.defined()) {
     check_shape(bias_t, {E}, "router_bias");
@@ -182,6 +229,7 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
 
   Routing r;
   r.n_tokens = T;
+  if (fused) r.scores = Tensor::empty({T, E}, dt, "scores");
   std::vector<int32_t> token, expert;
   std::vector<double> weight;
   std::vector<uint8_t> kept;
@@ -226,7 +274,14 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
     std::vector<double> plan;
     if (rc.routing == RouterType::Balanced && T > 0) plan = sinkhorn(l, T, E, k, rc.sinkhorn_iters);
 
-    parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
+    if (fused && T > 0) {
+      if (dt == DType::F64)
+        token_choice_fused(rc, logits_c.data<double>(), T, E, b, r.scores.data<double>(), expert, weight);
+      else
+        token_choice_fused(rc, logits_c.data<float>(), T, E, b, r.scores.data<float>(), expert, weight);
+      for (int64_t a = 0; a < N; ++a) token[a] = static_cast<int32_t>(a / k);
+    }
+    if (!fused) parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
       std::vector<double> v(static_cast<size_t>(E));
       for (int64_t t = t0; t < t1; ++t) {
         int32_t* idx = &expert[t * k];
@@ -262,8 +317,8 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   std::copy(expert.begin(), expert.end(), r.expert.data<int32_t>());
   std::copy(kept.begin(), kept.end(), r.kept.data<uint8_t>());
   r.weight = Tensor::from(weight, {N}, dt, "weight");
-  r.logits = logits_t.contiguous();
-  r.scores = Tensor::from(s, {T, E}, dt, "scores");
+  r.logits = logits_c;
+  if (!fused) r.scores = Tensor::from(s, {T, E}, dt, "scores");
   return r;
 }
 

@@ -356,6 +356,9 @@ void add_activation_cases(CaseList& out);
 void add_combine_cases(CaseList& out);
 void add_activation_perf_cases(CaseList& out);
 void add_combine_perf_cases(CaseList& out);
+// Defined in test_ops_cases_ffn.cpp: the fused expert FFN ops.
+void add_ffn_cases(CaseList& out);
+void add_ffn_perf_cases(CaseList& out);
 
 namespace {
 
@@ -428,6 +431,7 @@ CaseList consistency_cases() {
   add_grouped_cases<double>(out);
   add_activation_cases(out);
   add_combine_cases(out);
+  add_ffn_cases(out);
   return out;
 }
 
@@ -442,6 +446,7 @@ CaseList perf_cases() {
   out.push_back(std::make_unique<WgradCase<float>>(GroupedShape{{2048, 8, 2}, 1024, 1024}));
   add_activation_perf_cases(out);
   add_combine_perf_cases(out);
+  add_ffn_perf_cases(out);
   return out;
 }
 

@@ -2,6 +2,8 @@
 //   activation_backward  vs  d activation / d a (and d b for SwiGLU)
 //   combine_backward     vs  d <dY, combine(X, w)> / d X and / d w
 //   grouped_gemm_wgrad   vs  d <dC, grouped_gemm(A, W)> / d W
+//   grouped_ffn_down_backward (+ wgrad with dC_gather) vs d L / d G, U, scale, W_down of the
+//                        unfused activation + grouped_gemm
 // Tolerances: a central difference with step h has truncation error <= h^2 / 6 * |f'''| and
 // rounding error ~ u_double * |f| / h. With h = 1e-5 on O(1) smooth functions both are < 1e-9, so
 // 1e-7 relative to the magnitude of the terms is far below what a wrong formula gives. combine and
@@ -172,6 +174,88 @@ TEST_P(OpsGrad, GroupedGemmWgrad) {
         W[i] = w0;
         ASSERT_NEAR(dW[i], (lp - lm) / (2 * h), 1e-9)
             << pattern_name(pattern) << (gather ? " gather" : "") << " dW[" << i << "]";
+      }
+    }
+  }
+}
+
+// grouped_ffn_down_backward vs d L / d G, d U, d scale of
+//   L = Σ_p <dY[row(p)], scale[p] * act(G, U)[p] · W_down_e^T>   (activation + grouped_gemm).
+TEST_P(OpsGrad, FfnDownBackward) {
+  const Backend be = GetParam();
+  const int64_t E = 4, F = 5, D = 6, T = 9, k = 2;
+  const double h = 1e-5;
+  for (Activation act : {Activation::SwiGLU, Activation::Gelu, Activation::Silu, Activation::Relu}) {
+    for (Pattern pattern : {Pattern::Random, Pattern::EvenOnly}) {
+      const bool swiglu = act == Activation::SwiGLU;
+      const Rng rng(14);
+      const Routing rt = make_routing(rng.fork(0), T, E, k, pattern, 0.1);
+      const int64_t M = rt.rows();
+      std::vector<int32_t> tok(static_cast<size_t>(M));
+      for (int64_t p = 0; p < M; ++p)
+        tok[static_cast<size_t>(p)] = rt.perm[static_cast<size_t>(p)] / static_cast<int32_t>(k);
+      const std::vector<double> dY = values(rng.fork(1), T * D, 1.0);
+      std::vector<double> W = values(rng.fork(2), E * D * F, 1.0);
+      std::vector<double> G = values(rng.fork(3), M * F, 2.0), U = values(rng.fork(4), M * F, 2.0);
+      std::vector<double> scale = values(rng.fork(5), M, 1.0);
+      for (double& x : U) {
+        if (std::fabs(x) < 1e-3) x += 1e-2;  // relu has a kink at 0
+      }
+      auto loss = [&]() {
+        std::vector<double> H(static_cast<size_t>(M * F)), O(static_cast<size_t>(M * D));
+        kernels::ActivationArgs<double> a;
+        a.act = act, a.n = M * F, a.a = swiglu ? G.data() : U.data(), a.b = swiglu ? U.data() : nullptr;
+        a.out = H.data();
+        kernels::activation(be, a);
+        kernels::GroupedGemmArgs<double> g;
+        g.E = E, g.N = D, g.K = F, g.offsets = rt.offsets.data(), g.A = H.data(), g.lda = F;
+        g.W = W.data(), g.C = O.data(), g.ldc = D;
+        kernels::grouped_gemm(be, g);
+        double l = 0;
+        for (int64_t p = 0; p < M; ++p)
+          for (int64_t i = 0; i < D; ++i) l += dY[tok[p] * D + i] * scale[p] * O[p * D + i];
+        return l;
+      };
+      auto numeric = [&](double& x) {
+        const double x0 = x;
+        x = x0 + h;
+        const double lp = loss();
+        x = x0 - h;
+        const double lm = loss();
+        x = x0;
+        return (lp - lm) / (2 * h);
+      };
+      std::vector<double> dG(G.size(), NAN), dU(U.size(), NAN), Hs(U.size(), NAN), ds(scale.size(), NAN);
+      kernels::FfnDownBackwardArgs<double> g;
+      g.act = act, g.E = E, g.F = F, g.D = D, g.offsets = rt.offsets.data();
+      g.dY = dY.data(), g.ldy = D, g.gather = tok.data(), g.scale = scale.data(), g.W_down = W.data();
+      g.G = swiglu ? G.data() : nullptr, g.ldg = F, g.U = U.data(), g.ldu = F;
+      g.dG = swiglu ? dG.data() : nullptr, g.lddg = F, g.dU = dU.data(), g.lddu = F;
+      g.Hs = Hs.data(), g.ldhs = F, g.dscale = ds.data();
+      kernels::grouped_ffn_down_backward(be, g);
+      const std::string what = std::string(kernels::activation_name(act)) + " " + pattern_name(pattern);
+      for (size_t i = 0; i < U.size(); ++i) {
+        ASSERT_NEAR(dU[i], numeric(U[i]), 1e-7 * (1 + std::fabs(dU[i]))) << what << " dU[" << i << "]";
+        if (swiglu) {
+          ASSERT_NEAR(dG[i], numeric(G[i]), 1e-7 * (1 + std::fabs(dG[i]))) << what << " dG[" << i << "]";
+        }
+      }
+      for (size_t p = 0; p < scale.size(); ++p)
+        ASSERT_NEAR(ds[p], numeric(scale[p]), 1e-7 * (1 + std::fabs(ds[p]))) << what << " dscale[" << p << "]";
+      // Hs = scale * h: the weight gradient of W_down is Σ dY^T Hs, i.e. d L / d W_down.
+      std::vector<double> dWd(W.size(), NAN);
+      kernels::GroupedWgradArgs<double> w;
+      w.E = E, w.N = D, w.K = F, w.offsets = rt.offsets.data(), w.dC = dY.data(), w.ldc = D;
+      w.dC_gather = tok.data(), w.A = Hs.data(), w.lda = F, w.dW = dWd.data();
+      kernels::grouped_gemm_wgrad(be, w);
+      for (size_t i = 0; i < W.size(); ++i) {
+        const double w0 = W[i];
+        W[i] = w0 + h;
+        const double lp = loss();
+        W[i] = w0 - h;
+        const double lm = loss();
+        W[i] = w0;
+        ASSERT_NEAR(dWd[i], (lp - lm) / (2 * h), 1e-7 * (1 + std::fabs(dWd[i]))) << what << " dW_down[" << i << "]";
       }
     }
   }

@@ -11,6 +11,7 @@
 #include "kernels/cpu/gemm_engine.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "moe/moe/router.h"
 #include "op_cases.h"
 
 namespace moe::ops_test {
@@ -200,6 +201,28 @@ TEST(OpsNames, RoundTripAndUnknownNamesThrow) {
   EXPECT_EQ(av[0], Backend::Ref);
   EXPECT_EQ(av[1], Backend::Cpu);
   EXPECT_EQ(kernels::backend_available(Backend::Cuda), av.size() == 3);
+}
+
+// The router's top-k (small k: insertion selection; large k: partial sort) against a full stable
+// sort by value descending (NaN as -inf), ties to the lower index: identical for every k.
+TEST(RouterTopk, SelectionMatchesStableSort) {
+  const Rng rng(21);
+  for (int64_t n : {1, 5, 16, 40, 64}) {
+    std::vector<double> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const uint64_t u = rng.below(static_cast<uint64_t>(i), 8);  // few distinct values: many ties
+      v[i] = u == 6 ? -INFINITY : u == 7 ? NAN : static_cast<double>(u % 3);
+    }
+    std::vector<int32_t> order(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) order[i] = static_cast<int32_t>(i);
+    auto key = [&](int32_t i) { return std::isnan(v[i]) ? -INFINITY : v[i]; };
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return key(a) > key(b); });
+    for (int64_t k = 1; k <= n; ++k) {
+      std::vector<int32_t> got(static_cast<size_t>(k), -1);
+      topk_desc(v.data(), n, k, got.data());
+      for (int64_t j = 0; j < k; ++j) ASSERT_EQ(got[j], order[j]) << "n = " << n << ", k = " << k << ", j = " << j;
+    }
+  }
 }
 
 }  // namespace

@@ -94,6 +94,9 @@ struct GroupedWgradArgs {
   const int32_t* gather = nullptr;   // (offsets[E]) or null
   T* dW = nullptr;                   // (E, N, K)
   T beta = 0;
+  // When set, dC's row for sorted row p is dC_gather[p] (e.g. the token row of dY), else p.
+  // Not implemented on the cuda backend (moe::Error).
+  const int32_t* dC_gather = nullptr;  // (offsets[E]) or null
 };
 template <typename T>
 void grouped_gemm_wgrad(Backend b, const GroupedWgradArgs<T>& args);
@@ -166,5 +169,109 @@ struct CombineBackwardArgs {
 };
 template <typename T>
 void combine_backward(Backend b, const CombineBackwardArgs<T>& args);
+
+// ---------------------------------------------------------------------------------------------
+// Fused expert FFN ops (CPU and Ref; the cuda backend throws "not implemented on cuda").
+// Notation: rows p of expert e are [offsets[e], offsets[e+1]), row(p) = gather ? gather[p] : p,
+// act as in `activation` (SwiGLU: h = silu(g) * u; otherwise h = act(u)).
+
+// grouped_ffn_up: the gate and up projections of every expert in one grouped GEMM, with the
+// activation applied in the epilogue (no separate pass over memory):
+//   g = A[row(p)] · W_gate_e^T (SwiGLU only), u = A[row(p)] · W_up_e^T        (F each)
+//   H[p] = silu(g) * u  (SwiGLU)  or  act(u);   G[p] = g, U[p] = u when G / U are not null.
+//   W_gate_e, W_up_e are (F, K) (nn.Linear layout). H may be null (pre-activations only).
+template <typename T>
+struct FfnUpArgs {
+  Activation act = Activation::SwiGLU;
+  int64_t E = 0, F = 0, K = 0;
+  const int32_t* offsets = nullptr;  // (E + 1)
+  const T* A = nullptr;              // rows of length K, row stride lda
+  int64_t lda = 0;
+  const int32_t* gather = nullptr;   // (offsets[E]) or null
+  const T* W_gate = nullptr;         // (E, F, K), SwiGLU only
+  const T* W_up = nullptr;           // (E, F, K)
+  T* H = nullptr;                    // (offsets[E], F), row stride ldh, or null
+  int64_t ldh = 0;
+  T* G = nullptr;                    // (offsets[E], F), row stride ldg, or null (SwiGLU only)
+  int64_t ldg = 0;
+  T* U = nullptr;                    // (offsets[E], F), row stride ldu, or null
+  int64_t ldu = 0;
+};
+template <typename T>
+void grouped_ffn_up(Backend b, const FfnUpArgs<T>& args);
+
+// grouped_ffn_down_backward: the backward of  out[p] = scale[p] * (H[p] · W_down_e^T)  where H is
+// the activation of the saved pre-activations G, U (see grouped_ffn_up), as one grouped GEMM with
+// the d-activation in the epilogue (no dH buffer). With q = dY[row(p)] · W_down_e (F):
+//   dH = scale[p] * q;  dG[p] = dH * u * silu'(g), dU[p] = dH * silu(g)   (SwiGLU)
+//                       dU[p] = dH * act'(u)                               (otherwise)
+//   dscale[p] = <q, h>  (the gradient of scale[p]; when dscale is not null)
+//   Hs[p]     = scale[p] * h  (when Hs is not null: the A operand of W_down's weight gradient)
+//   scale null means all ones. W_down_e is (D, F).
+template <typename T>
+struct FfnDownBackwardArgs {
+  Activation act = Activation::SwiGLU;
+  int64_t E = 0, F = 0, D = 0;
+  const int32_t* offsets = nullptr;  // (E + 1)
+  const T* dY = nullptr;             // rows of length D, row stride ldy
+  int64_t ldy = 0;
+  const int32_t* gather = nullptr;   // (offsets[E]) or null
+  const T* scale = nullptr;          // (offsets[E]) or null
+  const T* W_down = nullptr;         // (E, D, F)
+  const T* G = nullptr;              // (offsets[E], F), row stride ldg (SwiGLU only)
+  int64_t ldg = 0;
+  const T* U = nullptr;              // (offsets[E], F), row stride ldu
+  int64_t ldu = 0;
+  T* dG = nullptr;                   // (offsets[E], F), row stride lddg (SwiGLU only)
+  int64_t lddg = 0;
+  T* dU = nullptr;                   // (offsets[E], F), row stride lddu
+  int64_t lddu = 0;
+  T* Hs = nullptr;                   // (offsets[E], F), row stride ldhs, or null
+  int64_t ldhs = 0;
+  T* dscale = nullptr;               // (offsets[E]) or null
+};
+template <typename T>
+void grouped_ffn_down_backward(Backend b, const FfnDownBackwardArgs<T>& args);
+
+// grouped_gemm_cat: a grouped GEMM whose K dimension is two weight stacks one after the other
+// (the input gradient [dG | dU] · [W_gate; W_up] in one pass over K = K1 + K2):
+//   C[p, :] (N) = beta * C[p, :] + A[row(p), 0:K1] · W1_e + A[row(p), K1:K1+K2] · W2_e
+//   W1_e = W1 + e * K1 * N is (K1, N), W2_e = W2 + e * K2 * N is (K2, N). K2 may be 0 (W2 unused).
+template <typename T>
+struct GroupedGemmCatArgs {
+  int64_t E = 0, N = 0, K1 = 0, K2 = 0;
+  const int32_t* offsets = nullptr;  // (E + 1)
+  const T* A = nullptr;              // rows of length K1 + K2, row stride lda
+  int64_t lda = 0;
+  const int32_t* gather = nullptr;   // (offsets[E]) or null
+  const T* W1 = nullptr;             // (E, K1, N)
+  const T* W2 = nullptr;             // (E, K2, N)
+  T* C = nullptr;                    // (offsets[E], N), row stride ldc
+  int64_t ldc = 0;
+  T beta = 0;
+};
+template <typename T>
+void grouped_gemm_cat(Backend b, const GroupedGemmCatArgs<T>& args);
+
+// grouped_gemm_scatter: a grouped GEMM whose epilogue scales each row and stores it at its own
+// output row (the down projection writing each assignment's weighted output in slot order):
+//   C[out_row[p], :] (N) = scale[p] * (A[row(p), :] · op(W_e))      op(W_e) as in grouped_gemm
+//   scale null: all ones; out_row null: p. out_row must not repeat; other rows of C are untouched.
+template <typename T>
+struct GroupedGemmScatterArgs {
+  int64_t E = 0, N = 0, K = 0;
+  const int32_t* offsets = nullptr;  // (E + 1)
+  const T* A = nullptr;              // rows of length K, row stride lda
+  int64_t lda = 0;
+  const int32_t* gather = nullptr;   // (offsets[E]) or null
+  const T* W = nullptr;              // (E, N, K), or (E, K, N) when trans_w
+  bool trans_w = false;
+  const T* scale = nullptr;          // (offsets[E]) or null
+  const int32_t* out_row = nullptr;  // (offsets[E]) or null
+  T* C = nullptr;                    // rows of length N, row stride ldc
+  int64_t ldc = 0;
+};
+template <typename T>
+void grouped_gemm_scatter(Backend b, const GroupedGemmScatterArgs<T>& args);
 
 }  // namespace moe::kernels

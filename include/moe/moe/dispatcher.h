@@ -21,6 +21,7 @@ struct ExpertBatch {
   std::vector<int32_t> offsets;     // (E_local + 1)
   const T* x_rows = nullptr;        // source rows, row stride d
   std::vector<int32_t> gather;      // (M) or empty
+  std::vector<int32_t> assign;      // (M) the routing assignment each row computes
 };
 
 template <typename T>
@@ -31,6 +32,9 @@ class Dispatcher {
   virtual void dispatch(const Routing& r, const T* x, int64_t d, ExpertBatch<T>& batch) = 0;
   // y (T, d) = Σ_{kept a of t} weight[a] · out[row(a)]   (out is (M, d)).
   virtual void combine(const T* out, const T* weight, T* y) = 0;
+  // y (T, d) = Σ_{kept a of t} out_slots[a], in assignment order (out_slots is (N, d): each
+  // assignment's already weighted output at its own row; rows of dropped assignments are not read).
+  virtual void combine_slots(const T* out_slots, T* y) = 0;
   // Backward of combine: d_out (M, d) and d_weight (N; 0 for dropped assignments).
   virtual void combine_backward(const T* dy, const T* out, const T* weight, T* d_out, T* d_weight) = 0;
   // Backward of dispatch: dx (T, d) = Σ of the rows' input gradients d_rows (M, d) per token.
@@ -45,6 +49,7 @@ class LocalDispatcher final : public Dispatcher<T> {
   LocalDispatcher(int64_t n_experts, kernels::Backend backend) : E_(n_experts), backend_(backend) {}
   void dispatch(const Routing& r, const T* x, int64_t d, ExpertBatch<T>& batch) override;
   void combine(const T* out, const T* weight, T* y) override;
+  void combine_slots(const T* out_slots, T* y) override;
   void combine_backward(const T* dy, const T* out, const T* weight, T* d_out, T* d_weight) override;
   void dispatch_backward(const T* d_rows, T* dx) override;
 
@@ -56,6 +61,7 @@ class LocalDispatcher final : public Dispatcher<T> {
   int64_t T_ = 0, N_ = 0, d_ = 0;
   std::vector<int32_t> token_;        // (N) token of each assignment
   std::vector<int32_t> pos_;          // (N) sorted row of each assignment, -1 when dropped
+  std::vector<int32_t> slot_;         // (N) a when assignment a is kept, -1 when dropped
   std::vector<int32_t> tok_offsets_;  // (T + 1) assignments grouped by token
   std::vector<int32_t> tok_assign_;   // (N)
 };

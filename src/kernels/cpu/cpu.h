@@ -30,4 +30,16 @@ void combine(const CombineArgs<T>& args);
 template <typename T>
 void combine_backward(const CombineBackwardArgs<T>& args);
 
+template <typename T>
+void grouped_ffn_up(const FfnUpArgs<T>& args);
+
+template <typename T>
+void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& args);
+
+template <typename T>
+void grouped_gemm_cat(const GroupedGemmCatArgs<T>& args);
+
+template <typename T>
+void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& args);
+
 }  // namespace moe::kernels::cpu

@@ -93,11 +93,40 @@ void grouped_gemm_wgrad(const GroupedWgradArgs<T>& g) {
     p.M = g.N;
     p.N = g.K;
     p.K = rows;                                               // 0 rows: dW_e = beta * dW_e
-    p.A = Operand<T>{g.dC + off * g.ldc, 1, g.ldc, nullptr};  // dC_e^T [n, p] = dC[off + p, n]
+    // dC_e^T [n, p] = dC[dC_row(off + p), n]: the gathered rows become gathered columns.
+    p.A = g.dC_gather ? Operand<T>{g.dC, 1, g.ldc, nullptr, g.dC_gather + off}
+                      : Operand<T>{g.dC + off * g.ldc, 1, g.ldc, nullptr};
     p.B = g.gather ? Operand<T>{g.A, g.lda, 1, g.gather + off}
                    : Operand<T>{g.A + off * g.lda, g.lda, 1, nullptr};
     p.C = g.dW + e * g.N * g.K;
     p.ldc = g.K;
+    p.alpha = T(1);
+    p.beta = g.beta;
+    problems.push_back(p);
+  }
+  run(problems);
+}
+
+template <typename T>
+void grouped_gemm_cat(const GroupedGemmCatArgs<T>& g) {
+  std::vector<GemmProblem<T>> problems;
+  for (int64_t e = 0; e < g.E; ++e) {
+    const int64_t off = g.offsets[e], rows = g.offsets[e + 1] - off;
+    if (rows == 0) continue;
+    GemmProblem<T> p;
+    p.M = rows;
+    p.N = g.N;
+    p.K = g.K1 + g.K2;
+    p.A = g.gather ? Operand<T>{g.A, g.lda, 1, g.gather + off}
+                   : Operand<T>{g.A + off * g.lda, g.lda, 1, nullptr};
+    // B[k, n] = W1_e[k, n] for k < K1, else W2_e[k - K1, n]: one K loop over both stacks.
+    p.B = Operand<T>{g.K1 > 0 ? g.W1 + e * g.K1 * g.N : nullptr, g.N, 1, nullptr};
+    if (g.K2 > 0) {
+      p.B.base2 = g.W2 + e * g.K2 * g.N;
+      p.B.split = g.K1;
+    }
+    p.C = g.C + off * g.ldc;
+    p.ldc = g.ldc;
     p.alpha = T(1);
     p.beta = g.beta;
     problems.push_back(p);
@@ -111,5 +140,7 @@ template void grouped_gemm<float>(const GroupedGemmArgs<float>&);
 template void grouped_gemm<double>(const GroupedGemmArgs<double>&);
 template void grouped_gemm_wgrad<float>(const GroupedWgradArgs<float>&);
 template void grouped_gemm_wgrad<double>(const GroupedWgradArgs<double>&);
+template void grouped_gemm_cat<float>(const GroupedGemmCatArgs<float>&);
+template void grouped_gemm_cat<double>(const GroupedGemmCatArgs<double>&);
 
 }  // namespace moe::kernels::cpu

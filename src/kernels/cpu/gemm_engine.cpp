@@ -14,9 +14,31 @@ namespace moe::kernels::cpu {
 
 namespace {
 
+// Start of operand row r (column 0), following map, and base2 past the split.
+template <typename T>
+MOE_INLINE const T* row_ptr(const Operand<T>& o, int64_t r) {
+  const int64_t row = o.map ? o.map[r] : r;
+  if (o.base2 && row >= o.split) return o.base2 + (row - o.split) * o.rs;
+  return o.base + row * o.rs;
+}
+
 // Packs A[i0 : i0 + mc, k0 : k0 + kc] into panels of MR rows: dst[panel][k][i], zero padded.
 template <typename T, int MR>
 MOE_INLINE void pack_a(const Operand<T>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* dst) {
+  if (A.rs == 1 && !A.map && !A.base2) {
+    // Transposed operand (rows contiguous along i, e.g. dC^T of a weight gradient): read MR
+    // consecutive elements per k instead of one strided column per row.
+    for (int64_t ip = 0; ip < mc; ip += MR) {
+      T* panel = dst + ip * kc;  // (kc, MR)
+      const int64_t rows = mc - ip < MR ? mc - ip : MR;
+      for (int64_t k = 0; k < kc; ++k) {
+        const int64_t c = k0 + k;
+        const T* src = A.base + (A.cmap ? A.cmap[c] : c) * A.cs + i0 + ip;
+        for (int ii = 0; ii < MR; ++ii) panel[k * MR + ii] = ii < rows ? src[ii] : T(0);
+      }
+    }
+    return;
+  }
   for (int64_t ip = 0; ip < mc; ip += MR) {
     T* panel = dst + ip * kc;  // (kc, MR)
     const int64_t rows = mc - ip < MR ? mc - ip : MR;
@@ -26,7 +48,12 @@ MOE_INLINE void pack_a(const Operand<T>& A, int64_t i0, int64_t mc, int64_t k0, 
         continue;
       }
       const int64_t r = i0 + ip + ii;
-      const T* src = A.base + (A.map ? A.map[r] : r) * A.rs + k0 * A.cs;
+      if (A.cmap) {
+        const T* row = row_ptr(A, r);
+        for (int64_t k = 0; k < kc; ++k) panel[k * MR + ii] = row[A.cmap[k0 + k] * A.cs];
+        continue;
+      }
+      const T* src = row_ptr(A, r) + k0 * A.cs;
       if (A.cs == 1) {
         for (int64_t k = 0; k < kc; ++k) panel[k * MR + ii] = src[k];
       } else {
@@ -42,10 +69,9 @@ MOE_INLINE void pack_b(const Operand<T>& B, int64_t k0, int64_t kc, int64_t j0, 
   for (int64_t jp = 0; jp < nc; jp += NR) {
     T* panel = dst + jp * kc;  // (kc, NR)
     const int64_t cols = nc - jp < NR ? nc - jp : NR;
-    if (B.cs == 1 && cols == NR) {  // rows of B are contiguous: copy NR at a time
+    if (B.cs == 1 && cols == NR && !B.cmap) {  // rows of B are contiguous: copy NR at a time
       for (int64_t k = 0; k < kc; ++k) {
-        const int64_t r = k0 + k;
-        const T* src = B.base + (B.map ? B.map[r] : r) * B.rs + (j0 + jp);
+        const T* src = row_ptr(B, k0 + k) + (j0 + jp);
         for (int jj = 0; jj < NR; ++jj) panel[k * NR + jj] = src[jj];
       }
       continue;
@@ -55,11 +81,17 @@ MOE_INLINE void pack_b(const Operand<T>& B, int64_t k0, int64_t kc, int64_t j0, 
         for (int64_t k = 0; k < kc; ++k) panel[k * NR + jj] = T(0);
         continue;
       }
-      const T* col = B.base + (j0 + jp + jj) * B.cs;
-      for (int64_t k = 0; k < kc; ++k) {
-        const int64_t r = k0 + k;
-        panel[k * NR + jj] = col[(B.map ? B.map[r] : r) * B.rs];
+      const int64_t c = j0 + jp + jj;
+      const int64_t coff = (B.cmap ? B.cmap[c] : c) * B.cs;
+      if (!B.base2) {
+        const T* col = B.base + coff;
+        for (int64_t k = 0; k < kc; ++k) {
+          const int64_t r = k0 + k;
+          panel[k * NR + jj] = col[(B.map ? B.map[r] : r) * B.rs];
+        }
+        continue;
       }
+      for (int64_t k = 0; k < kc; ++k) panel[k * NR + jj] = row_ptr(B, k0 + k)[coff];
     }
   }
 }
@@ -103,14 +135,16 @@ T* scratch(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
+// Writes the tile to C (the address of element (i0, j0)) with row stride ldc.
 template <typename T, int MR, int NR, int VB>
-MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* C,
+                          int64_t ldc) {
   static_assert(kMC % MR == 0 && kNC % NR == 0, "tile sizes must be multiples of the register tile");
   const int64_t mc = i1 - i0, nc = j1 - j0;
   if (p.K == 0) {  // C = beta * C (zero when beta == 0)
-    for (int64_t i = i0; i < i1; ++i) {
-      T* c = p.C + i * p.ldc;
-      for (int64_t j = j0; j < j1; ++j) c[j] = p.beta == T(0) ? T(0) : p.beta * c[j];
+    for (int64_t i = 0; i < mc; ++i) {
+      T* c = C + i * ldc;
+      for (int64_t j = 0; j < nc; ++j) c[j] = p.beta == T(0) ? T(0) : p.beta * c[j];
     }
     return;
   }
@@ -130,7 +164,7 @@ MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64
         const int64_t rows = mc - ip < MR ? mc - ip : MR;
         micro_kernel<T, MR, NR, VB>(kc, ap + ip * kc, bp + jp * kc, out);
         for (int64_t i = 0; i < rows; ++i) {
-          T* c = p.C + (i0 + ip + i) * p.ldc + j0 + jp;  // (cols)
+          T* c = C + (ip + i) * ldc + jp;  // (cols)
           const T* o = out + i * NR;
           if (!first) {
             for (int64_t j = 0; j < cols; ++j) c[j] += p.alpha * o[j];
@@ -148,23 +182,24 @@ MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64
 // ---- one entry per instruction set; everything above is inlined into each ----
 
 template <typename T>
-void tile_generic(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+void tile_generic(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* C,
+                  int64_t ldc) {
   // SSE2: 16 registers of 16 bytes.
-  tile_impl<T, 4, 32 / static_cast<int>(sizeof(T)), 16>(p, i0, i1, j0, j1);
+  tile_impl<T, 4, 32 / static_cast<int>(sizeof(T)), 16>(p, i0, i1, j0, j1, C, ldc);
 }
 
 template <typename T>
 __attribute__((target("avx2,fma"))) void tile_avx2(const GemmProblem<T>& p, int64_t i0, int64_t i1,
-                                                   int64_t j0, int64_t j1) {
+                                                   int64_t j0, int64_t j1, T* C, int64_t ldc) {
   // 16 registers of 32 bytes: 6 x 2 accumulators.
-  tile_impl<T, 6, 64 / static_cast<int>(sizeof(T)), 32>(p, i0, i1, j0, j1);
+  tile_impl<T, 6, 64 / static_cast<int>(sizeof(T)), 32>(p, i0, i1, j0, j1, C, ldc);
 }
 
 template <typename T>
 __attribute__((target("avx512f"))) void tile_avx512(const GemmProblem<T>& p, int64_t i0, int64_t i1,
-                                                    int64_t j0, int64_t j1) {
+                                                    int64_t j0, int64_t j1, T* C, int64_t ldc) {
   // 32 registers of 64 bytes: 6 x 2 accumulators.
-  tile_impl<T, 6, 128 / static_cast<int>(sizeof(T)), 64>(p, i0, i1, j0, j1);
+  tile_impl<T, 6, 128 / static_cast<int>(sizeof(T)), 64>(p, i0, i1, j0, j1, C, ldc);
 }
 
 enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -215,19 +250,38 @@ void set_gemm_isa(const std::string& name) {
   g_isa.store(i);
 }
 
+namespace {
+
 template <typename T>
-void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+void tile_dispatch(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* C, int64_t ldc) {
   switch (g_isa.load(std::memory_order_relaxed)) {
     case kAvx512:
-      return tile_avx512(p, i0, i1, j0, j1);
+      return tile_avx512(p, i0, i1, j0, j1, C, ldc);
     case kAvx2:
-      return tile_avx2(p, i0, i1, j0, j1);
+      return tile_avx2(p, i0, i1, j0, j1, C, ldc);
     default:
-      return tile_generic(p, i0, i1, j0, j1);
+      return tile_generic(p, i0, i1, j0, j1, C, ldc);
   }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+  tile_dispatch(p, i0, i1, j0, j1, p.C + i0 * p.ldc + j0, p.ldc);
+}
+
+template <typename T>
+void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* out, int64_t ldo) {
+  GemmProblem<T> q = p;
+  q.beta = T(0);
+  tile_dispatch(q, i0, i1, j0, j1, out, ldo);
 }
 
 template void gemm_tile<float>(const GemmProblem<float>&, int64_t, int64_t, int64_t, int64_t);
 template void gemm_tile<double>(const GemmProblem<double>&, int64_t, int64_t, int64_t, int64_t);
+template void gemm_tile_to<float>(const GemmProblem<float>&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+template void gemm_tile_to<double>(const GemmProblem<double>&, int64_t, int64_t, int64_t, int64_t, double*,
+                                   int64_t);
 
 }  // namespace moe::kernels::cpu

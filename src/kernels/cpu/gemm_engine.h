@@ -16,13 +16,18 @@
 
 namespace moe::kernels::cpu {
 
-// Element (r, c) of an operand = base[row(r) * rs + c * cs], row(r) = map ? map[r] : r.
+// Element (r, c) of an operand = base[row(r) * rs + col(c) * cs], row(r) = map ? map[r] : r,
+// col(c) = cmap ? cmap[c] : c. With base2 set, rows row(r) >= split read base2[(row(r) - split) * rs
+// + col(c) * cs] instead (two weight stacks one after the other, without a copy).
 template <typename T>
 struct Operand {
   const T* base = nullptr;
   int64_t rs = 0;
   int64_t cs = 0;
   const int32_t* map = nullptr;
+  const int32_t* cmap = nullptr;
+  const T* base2 = nullptr;
+  int64_t split = 0;
 };
 
 template <typename T>
@@ -44,6 +49,11 @@ constexpr int64_t kKC = 256;
 // Computes C[i0:i1, j0:j1] of the problem; i1 - i0 <= kMC, j1 - j0 <= kNC.
 template <typename T>
 void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
+
+// Computes alpha * A[i0:i1, :] · B[:, j0:j1] into out (i1 - i0, j1 - j0), row stride ldo, ignoring
+// p.C and p.beta: the raw tile for a fused epilogue. Same sums, in the same order, as gemm_tile.
+template <typename T>
+void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* out, int64_t ldo);
 
 // Instruction set of the micro-kernel: "generic", "avx2" (with FMA) or "avx512". The best one the
 // machine supports is picked at start-up; set_gemm_isa (for tests and benchmarks) throws

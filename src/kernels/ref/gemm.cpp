@@ -54,7 +54,8 @@ void grouped_gemm_wgrad(const GroupedWgradArgs<T>& g) {
         double acc = 0;
         for (int64_t p = g.offsets[e]; p < g.offsets[e + 1]; ++p) {
           const int64_t row = g.gather ? g.gather[p] : p;
-          acc += static_cast<double>(g.dC[p * g.ldc + n]) * static_cast<double>(g.A[row * g.lda + k]);
+          const int64_t crow = g.dC_gather ? g.dC_gather[p] : p;
+          acc += static_cast<double>(g.dC[crow * g.ldc + n]) * static_cast<double>(g.A[row * g.lda + k]);
         }
         T& out = dw[n * g.K + k];
         if (g.beta != T(0)) acc += static_cast<double>(g.beta) * static_cast<double>(out);

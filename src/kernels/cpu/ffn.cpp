@@ -1,0 +1,225 @@
+// CPU fused expert FFN ops on the blocked GEMM engine (gemm_engine.h).
+//   grouped_ffn_up: per output tile (expert, row tile, F tile) the gate and up tiles are computed
+//     by the same thread into thread-local scratch, and the activation runs in the epilogue while
+//     the tiles are hot: H (and the saved pre-activations) are written once.
+//   grouped_ffn_down_backward: per tile q = dY[row(p)] · W_down_e, then the d-activation in the
+//     epilogue writes dG and dU (no dH buffer). The per-row dot <q, h> is summed per tile in double
+//     into its own slot and the slots are added in tile order afterwards, so every result is
+//     independent of the thread count.
+//   grouped_gemm_scatter: per tile, the scaled rows are stored at their output rows (one owner each).
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/cpu.h"
+#include "kernels/cpu/gemm_engine.h"
+#include "moe/core/parallel.h"
+
+namespace moe::kernels::cpu {
+
+namespace {
+
+struct Tile {
+  int64_t e, i0, i1, j0, j1;  // expert; rows [i0, i1) of the expert; columns [j0, j1)
+};
+
+// Output tiles of every expert with rows, rows x N each.
+std::vector<Tile> list_tiles(const int32_t* offsets, int64_t E, int64_t N) {
+  std::vector<Tile> tiles;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t rows = offsets[e + 1] - offsets[e];
+    for (int64_t i0 = 0; i0 < rows; i0 += kMC) {
+      for (int64_t j0 = 0; j0 < N; j0 += kNC) {
+        tiles.push_back({e, i0, i0 + kMC < rows ? i0 + kMC : rows, j0, j0 + kNC < N ? j0 + kNC : N});
+      }
+    }
+  }
+  return tiles;
+}
+
+template <typename T>
+T* scratch(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+// Rows of an activation operand for expert e: gathered, or the expert's contiguous block.
+template <typename T>
+Operand<T> rows_of(const T* A, int64_t lda, const int32_t* gather, int64_t off) {
+  return gather ? Operand<T>{A, lda, 1, gather + off} : Operand<T>{A + off * lda, lda, 1, nullptr};
+}
+
+template <typename T>
+inline T sigmoid(T a) {
+  return T(1) / (T(1) + std::exp(-a));
+}
+
+// act(u) and act'(u) for the plain activations (formulas of src/kernels/cpu/activation.cpp).
+template <typename T>
+inline T act_value(Activation act, T u) {
+  switch (act) {
+    case Activation::Gelu:
+      return u * (T(0.5) * (T(1) + std::erf(u * T(0.70710678118654752440))));
+    case Activation::Relu:
+      return u < T(0) ? T(0) : u;
+    default:
+      return u * sigmoid(u);
+  }
+}
+template <typename T>
+inline T act_grad(Activation act, T u) {
+  switch (act) {
+    case Activation::Gelu:
+      return T(0.5) * (T(1) + std::erf(u * T(0.70710678118654752440))) +
+             u * (T(0.39894228040143267794) * std::exp(T(-0.5) * u * u));
+    case Activation::Relu:
+      return u > T(0) ? T(1) : T(0);
+    default: {
+      const T s = sigmoid(u);
+      return s * (T(1) + u * (T(1) - s));
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void grouped_ffn_up(const FfnUpArgs<T>& g) {
+  const bool swiglu = g.act == Activation::SwiGLU;
+  const std::vector<Tile> tiles = list_tiles(g.offsets, g.E, g.F);
+  parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
+    const Tile& tl = tiles[static_cast<size_t>(t)];
+    const int64_t off = g.offsets[tl.e], mc = tl.i1 - tl.i0, nc = tl.j1 - tl.j0;
+    GemmProblem<T> p;
+    p.M = g.offsets[tl.e + 1] - off;
+    p.N = g.F;
+    p.K = g.K;
+    p.A = rows_of(g.A, g.lda, g.gather, off);
+    p.B = Operand<T>{g.W_up + tl.e * g.F * g.K, 1, g.K, nullptr};  // W_e (F, K) read transposed
+    thread_local std::vector<T> u_buf, g_buf;
+    T* su = scratch(u_buf, kMC * kNC);  // (mc, nc) up tile
+    gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, su, nc);
+    T* sg = nullptr;  // (mc, nc) gate tile
+    if (swiglu) {
+      sg = scratch(g_buf, kMC * kNC);
+      p.B.base = g.W_gate + tl.e * g.F * g.K;
+      gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sg, nc);
+    }
+    for (int64_t i = 0; i < mc; ++i) {
+      const int64_t row = off + tl.i0 + i;
+      const T* u = su + i * nc;
+      if (g.U) {
+        T* dst = g.U + row * g.ldu + tl.j0;
+        for (int64_t j = 0; j < nc; ++j) dst[j] = u[j];
+      }
+      if (swiglu) {
+        const T* gt = sg + i * nc;
+        if (g.G) {
+          T* dst = g.G + row * g.ldg + tl.j0;
+          for (int64_t j = 0; j < nc; ++j) dst[j] = gt[j];
+        }
+        if (g.H) {
+          T* h = g.H + row * g.ldh + tl.j0;
+          for (int64_t j = 0; j < nc; ++j) h[j] = gt[j] * sigmoid(gt[j]) * u[j];
+        }
+      } else if (g.H) {
+        T* h = g.H + row * g.ldh + tl.j0;
+        for (int64_t j = 0; j < nc; ++j) h[j] = act_value(g.act, u[j]);
+      }
+    }
+  });
+}
+
+template <typename T>
+void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
+  const bool swiglu = g.act == Activation::SwiGLU;
+  const std::vector<Tile> tiles = list_tiles(g.offsets, g.E, g.F);
+  const int64_t M = g.offsets[g.E];
+  const int64_t ntj = (g.F + kNC - 1) / kNC;  // column tiles per row
+  std::vector<double> partial(g.dscale ? static_cast<size_t>(M * ntj) : 0);  // (M, ntj)
+  parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
+    const Tile& tl = tiles[static_cast<size_t>(t)];
+    const int64_t off = g.offsets[tl.e], mc = tl.i1 - tl.i0, nc = tl.j1 - tl.j0;
+    GemmProblem<T> p;
+    p.M = g.offsets[tl.e + 1] - off;
+    p.N = g.F;
+    p.K = g.D;
+    p.A = rows_of(g.dY, g.ldy, g.gather, off);
+    p.B = Operand<T>{g.W_down + tl.e * g.D * g.F, g.F, 1, nullptr};  // W_e (D, F) = (K, N)
+    thread_local std::vector<T> q_buf;
+    T* sq = scratch(q_buf, kMC * kNC);  // (mc, nc) q = dY · W_down_e
+    gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sq, nc);
+    for (int64_t i = 0; i < mc; ++i) {
+      const int64_t row = off + tl.i0 + i;
+      const T s = g.scale ? g.scale[row] : T(1);
+      const T* q = sq + i * nc;
+      const T* u = g.U + row * g.ldu + tl.j0;
+      T* du = g.dU + row * g.lddu + tl.j0;
+      T* hs = g.Hs ? g.Hs + row * g.ldhs + tl.j0 : nullptr;
+      double dot = 0;
+      if (swiglu) {
+        const T* gt = g.G + row * g.ldg + tl.j0;
+        T* dg = g.dG + row * g.lddg + tl.j0;
+        for (int64_t j = 0; j < nc; ++j) {
+          const T sg = sigmoid(gt[j]), silu = gt[j] * sg, h = silu * u[j], dh = s * q[j];
+          dg[j] = dh * u[j] * (sg * (T(1) + gt[j] * (T(1) - sg)));
+          du[j] = dh * silu;
+          if (hs) hs[j] = s * h;
+          dot += static_cast<double>(q[j]) * static_cast<double>(h);
+        }
+      } else {
+        for (int64_t j = 0; j < nc; ++j) {
+          const T h = act_value(g.act, u[j]), dh = s * q[j];
+          du[j] = dh * act_grad(g.act, u[j]);
+          if (hs) hs[j] = s * h;
+          dot += static_cast<double>(q[j]) * static_cast<double>(h);
+        }
+      }
+      if (g.dscale) partial[static_cast<size_t>(row * ntj + tl.j0 / kNC)] = dot;
+    }
+  });
+  if (g.dscale) {
+    parallel_for(M, 4096, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        double acc = 0;
+        for (int64_t j = 0; j < ntj; ++j) acc += partial[static_cast<size_t>(r * ntj + j)];
+        g.dscale[r] = static_cast<T>(acc);
+      }
+    });
+  }
+}
+
+template <typename T>
+void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& g) {
+  const std::vector<Tile> tiles = list_tiles(g.offsets, g.E, g.N);
+  parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
+    const Tile& tl = tiles[static_cast<size_t>(t)];
+    const int64_t off = g.offsets[tl.e], mc = tl.i1 - tl.i0, nc = tl.j1 - tl.j0;
+    GemmProblem<T> p;
+    p.M = g.offsets[tl.e + 1] - off;
+    p.N = g.N;
+    p.K = g.K;
+    p.A = rows_of(g.A, g.lda, g.gather, off);
+    const T* w = g.W + tl.e * g.N * g.K;
+    p.B = g.trans_w ? Operand<T>{w, g.N, 1, nullptr} : Operand<T>{w, 1, g.K, nullptr};
+    thread_local std::vector<T> c_buf;
+    T* sc = scratch(c_buf, kMC * kNC);  // (mc, nc)
+    gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sc, nc);
+    for (int64_t i = 0; i < mc; ++i) {
+      const int64_t row = off + tl.i0 + i;
+      const T s = g.scale ? g.scale[row] : T(1);
+      T* c = g.C + (g.out_row ? g.out_row[row] : row) * g.ldc + tl.j0;  // (nc)
+      const T* src = sc + i * nc;
+      for (int64_t j = 0; j < nc; ++j) c[j] = s * src[j];
+    }
+  });
+}
+
+template void grouped_ffn_up<float>(const FfnUpArgs<float>&);
+template void grouped_ffn_up<double>(const FfnUpArgs<double>&);
+template void grouped_ffn_down_backward<float>(const FfnDownBackwardArgs<float>&);
+template void grouped_ffn_down_backward<double>(const FfnDownBackwardArgs<double>&);
+template void grouped_gemm_scatter<float>(const GroupedGemmScatterArgs<float>&);
+template void grouped_gemm_scatter<double>(const GroupedGemmScatterArgs<double>&);
+
+}  // namespace moe::kernels::cpu
