@@ -5,6 +5,8 @@
 #include <new>
 #include <sstream>
 
+#include "moe/core/parallel.h"
+
 namespace moe {
 
 std::string shape_str(const Shape& s) {
@@ -47,6 +49,29 @@ static Shape contiguous_strides(const Shape& shape) {
 static size_t bytes_for(int64_t numel, DType dt) {
   return static_cast<size_t>((numel * dtype_bits(dt) + 7) / 8);
 }
+
+namespace {
+// Fast conversions between contiguous float buffers; false when the pair has no fast path.
+bool convert_contiguous(DType from, const void* src, DType to, void* dst, int64_t n) {
+  auto run = [n](auto&& op) {
+    parallel_for(n, 1 << 16, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) op(i);
+    });
+  };
+  if (from == DType::F32 && to == DType::BF16) {
+    run([&](int64_t i) { static_cast<uint16_t*>(dst)[i] = f32_to_bf16(static_cast<const float*>(src)[i]); });
+  } else if (from == DType::BF16 && to == DType::F32) {
+    run([&](int64_t i) { static_cast<float*>(dst)[i] = bf16_to_f32(static_cast<const uint16_t*>(src)[i]); });
+  } else if (from == DType::F32 && to == DType::F64) {
+    run([&](int64_t i) { static_cast<double*>(dst)[i] = static_cast<const float*>(src)[i]; });
+  } else if (from == DType::F64 && to == DType::F32) {
+    run([&](int64_t i) { static_cast<float*>(dst)[i] = static_cast<float>(static_cast<const double*>(src)[i]); });
+  } else {
+    return false;
+  }
+  return true;
+}
+}  // namespace
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, std::string name) {
   for (int64_t d : shape)
@@ -240,6 +265,7 @@ void Tensor::copy_from(const Tensor& src) {
     return;
   }
   const int64_t n = numel();
+  if (is_contiguous() && src.is_contiguous() && convert_contiguous(src.dtype_, src.raw(), dtype_, raw(), n)) return;
   for (int64_t i = 0; i < n; ++i) set(i, src.get(i));
 }
 

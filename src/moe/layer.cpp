@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
+#include "moe/kernels/ops_bf16.h"
 #include "moe/moe/balance.h"
 #include "moe/moe/dispatcher.h"
 #include "moe/moe/router.h"
@@ -160,7 +162,54 @@ struct Saved {
   Tensor GU;                 // (M, 2F) [G | U] for SwiGLU, (M, F) U otherwise: pre-activations
   Tensor GUs, g;             // shared experts: pre-activations (T, 2Fs) or (T, Fs), gate (T, 1)
   ExpertBatch<T> shared;     // the shared FFN as one expert over all T rows
+  bool bf16 = false;         // ran on bf16 expert weights: inference only, nothing saved
 };
+
+const uint16_t* bf16_ptr(const Tensor& t) {
+  if (!t.defined()) return nullptr;
+  t.check_dtype(DType::BF16);
+  return static_cast<const uint16_t*>(t.raw());
+}
+
+// Expert FFN on bf16 weights (inference): out (M, d) = act(x_rows · W_g^T, x_rows · W_u^T) · W_d^T
+// per expert, rows as in the batch, fp32 activations rounded to bf16 inside the GEMMs.
+void ffn_bf16(Backend be, const MoEConfig& cfg, const ExpertBatch<float>& b, int64_t F, const Tensor& Wg,
+              const Tensor& Wu, const Tensor& Wd, float* out) {
+  const int64_t M = b.rows, d = cfg.d_model;
+  const bool swiglu = is_swiglu(cfg);
+  auto grouped_bf16 = [&](const float* A, int64_t lda, const int32_t* gather, const Tensor& W, int64_t N,
+                          int64_t K, float* C) {
+    kernels::GroupedGemmBf16Args g;
+    g.E = static_cast<int64_t>(b.offsets.size()) - 1;
+    g.N = N;
+    g.K = K;
+    g.offsets = b.offsets.data();
+    g.A = A;
+    g.lda = lda;
+    g.gather = gather;
+    g.W = bf16_ptr(W);
+    g.C = C;
+    g.ldc = N;
+    kernels::grouped_gemm_bf16w(be, g);
+  };
+  const int32_t* gather = b.gather.empty() ? nullptr : b.gather.data();
+  Tensor G, U = Tensor::empty({M, F}, DType::F32, "expert up"), H = Tensor::empty({M, F}, DType::F32, "expert hidden");
+  if (swiglu) {
+    G = Tensor::empty({M, F}, DType::F32, "expert gate");
+    grouped_bf16(b.x_rows, d, gather, Wg, F, d, G.data<float>());
+  }
+  grouped_bf16(b.x_rows, d, gather, Wu, F, d, U.data<float>());
+  kernels::ActivationArgs<float> a;  // SwiGLU: silu(G) * U; plain FFN: act(U)
+  a.act = cfg.activation;
+  a.n = M * F;
+  a.a = swiglu ? G.data<float>() : U.data<float>();
+  a.b = swiglu ? U.data<float>() : nullptr;
+  a.out = H.data<float>();
+  kernels::activation(be, a);
+  G = Tensor();
+  U = Tensor();
+  grouped_bf16(H.data<float>(), F, nullptr, Wd, d, F, out);
+}
 
 template <typename T>
 MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOptions& opt) {
@@ -226,18 +275,32 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
   S.disp->dispatch(r, ptr<T>(S.x), d, S.batch);
   // Only the pre-activations stay for backward; H and the expert outputs are freed after use.
   const int64_t M = S.batch.rows;
-  S.GU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "expert pre-activations");
   out.y = Tensor::zeros({nT, d}, dt, "y");
-  {
+  const T* weight = r.weight.data<T>();
+  std::vector<T> w_rows(static_cast<size_t>(M));  // (M) routing weight of each sorted row
+  for (int64_t p = 0; p < M; ++p) w_rows[p] = weight[S.batch.assign[p]];
+  Tensor O = Tensor::empty({r.n_assign, d}, dt, "weighted expert out");  // (N, d) slot order
+  if constexpr (std::is_same_v<T, float>) S.bf16 = L.has_bf16_expert_weights();
+  if (S.bf16) {
+    if constexpr (std::is_same_v<T, float>) {
+      const Bf16ExpertWeights& W = L.bf16_expert_weights();
+      Tensor Os = Tensor::empty({M, d}, dt, "expert out");  // (M, d) sorted rows
+      ffn_bf16(be, cfg, S.batch, F, W.w_gate, W.w_up, W.w_down, Os.data<float>());
+      const float* os = Os.data<float>();
+      float* o = ptr<float>(O);
+      parallel_for(M, std::max<int64_t>(1, 4096 / d), [&](int64_t b, int64_t e) {
+        for (int64_t p = b; p < e; ++p)
+          for (int64_t i = 0; i < d; ++i) o[S.batch.assign[p] * d + i] = w_rows[p] * os[p * d + i];
+      });
+    }
+  } else {
+    // Only the pre-activations stay for backward; H and the expert outputs are freed after use.
+    S.GU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "expert pre-activations");
     Tensor H = Tensor::empty({M, F}, dt, "expert hidden");
     ffn_up<T>(be, cfg.activation, S.batch, F, d, S.batch.x_rows, ptr<T>(P.w_gate), P.w_up.data<T>(),
               pre_act(swiglu, ptr<T>(S.GU), F), ptr<T>(H));
     // Down projection; its epilogue scales each row by its routing weight and stores it at the
     // row of its assignment, so the combine is a plain per-token sum of k rows in slot order.
-    const T* weight = r.weight.data<T>();
-    std::vector<T> w_rows(static_cast<size_t>(M));  // (M) routing weight of each sorted row
-    for (int64_t p = 0; p < M; ++p) w_rows[p] = weight[S.batch.assign[p]];
-    Tensor O = Tensor::empty({r.n_assign, d}, dt, "weighted expert out");  // (N, d) slot order
     kernels::GroupedGemmScatterArgs<T> gs;
     gs.E = E;
     gs.N = d;
@@ -251,9 +314,9 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
     gs.C = ptr<T>(O);
     gs.ldc = d;
     kernels::grouped_gemm_scatter(be, gs);
-    H = Tensor();
-    if (nT > 0) S.disp->combine_slots(ptr<T>(O), out.y.data<T>());
   }
+  if (nT > 0) S.disp->combine_slots(ptr<T>(O), out.y.data<T>());
+  O = Tensor();
 
   // Shared experts (one FFN of width Fs, run as a single expert over all rows), optionally gated
   // per token. Only the pre-activations stay for backward.
@@ -262,13 +325,19 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
     S.shared.rows = nT;
     S.shared.offsets = {0, static_cast<int32_t>(nT)};
     S.shared.x_rows = x;
-    S.GUs = Tensor::empty({nT, swiglu ? 2 * Fs : Fs}, dt, "shared pre-activations");
-    Tensor Hs = Tensor::empty({nT, Fs}, dt, "shared hidden");
-    ffn_up<T>(be, cfg.activation, S.shared, Fs, d, x, ptr<T>(P.shared_w_gate), P.shared_w_up.data<T>(),
-              pre_act(swiglu, ptr<T>(S.GUs), Fs), ptr<T>(Hs));
     Tensor Ys = Tensor::empty({nT, d}, dt, "shared out");
-    mm<T>(be, nT, d, Fs, ptr<T>(Hs), false, P.shared_w_down.data<T>(), true, ptr<T>(Ys));
-    Hs = Tensor();
+    if (S.bf16) {
+      if constexpr (std::is_same_v<T, float>) {
+        const Bf16ExpertWeights& W = L.bf16_expert_weights();
+        ffn_bf16(be, cfg, S.shared, Fs, W.shared_w_gate, W.shared_w_up, W.shared_w_down, ptr<float>(Ys));
+      }
+    } else {
+      S.GUs = Tensor::empty({nT, swiglu ? 2 * Fs : Fs}, dt, "shared pre-activations");
+      Tensor Hs = Tensor::empty({nT, Fs}, dt, "shared hidden");
+      ffn_up<T>(be, cfg.activation, S.shared, Fs, d, x, ptr<T>(P.shared_w_gate), P.shared_w_up.data<T>(),
+                pre_act(swiglu, ptr<T>(S.GUs), Fs), ptr<T>(Hs));
+      mm<T>(be, nT, d, Fs, ptr<T>(Hs), false, P.shared_w_down.data<T>(), true, ptr<T>(Ys));
+    }
     T* y = out.y.data<T>();
     const T* ys = ptr<T>(Ys);
     if (cfg.shared_gate) {
@@ -300,6 +369,8 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   const bool swiglu = is_swiglu(cfg);
   MOE_CHECK(fwd.saved, "MoE backward: the forward result holds no saved activations");
   const Saved<T>& S = *static_cast<const Saved<T>*>(fwd.saved.get());
+  MOE_CHECK(!S.bf16, "MoE backward: this forward ran on bf16 expert weights (an inference path that keeps no "
+                     "activations); call set_bf16_expert_weights(false) to train");
   const Routing& r = fwd.routing;
   const int64_t nT = r.n_tokens, M = S.batch.rows, N = r.n_assign;
   check_shape(dy_in, {nT, d}, "dy");
@@ -472,6 +543,20 @@ MoEGrads MoELayer::backward(const MoEForward& fwd, const Tensor& dy) const {
   check_params();
   if (dtype_ == DType::F64) return backward_impl<double>(*this, fwd, dy);
   return backward_impl<float>(*this, fwd, dy);
+}
+
+void MoELayer::set_bf16_expert_weights(bool on) {
+  bf16_ = Bf16ExpertWeights();
+  if (!on) return;
+  MOE_CHECK(dtype_ == DType::F32, "bf16 expert weights need an f32 layer, this one is ", dtype_name(dtype_));
+  check_params();
+  auto round = [](const Tensor& t) { return t.defined() ? t.to(DType::BF16) : Tensor(); };
+  bf16_.w_gate = round(params_.w_gate);
+  bf16_.w_up = round(params_.w_up);
+  bf16_.w_down = round(params_.w_down);
+  bf16_.shared_w_gate = round(params_.shared_w_gate);
+  bf16_.shared_w_up = round(params_.shared_w_up);
+  bf16_.shared_w_down = round(params_.shared_w_down);
 }
 
 void MoELayer::update_bias(const MoEStats& stats) {

@@ -26,6 +26,12 @@ struct MoEParams {
   Tensor shared_gate_w;  // (1, d)      when shared_gate
 };
 
+// Expert weights rounded to bf16 (uint16 bit patterns) for the inference forward pass.
+struct Bf16ExpertWeights {
+  Tensor w_gate, w_up, w_down;                       // bf16 (E, F, d), (E, F, d), (E, d, F)
+  Tensor shared_w_gate, shared_w_up, shared_w_down;  // bf16 (Fs, d), (Fs, d), (d, Fs)
+};
+
 // Gradients; same names and shapes as MoEParams (router_bias has none), plus dx.
 struct MoEGrads {
   Tensor dx;  // (T, d)
@@ -96,6 +102,14 @@ class MoELayer {
   // dy: (T, d). Gradients of  L = <dy, y> + stats.total_loss()  w.r.t. x and every parameter.
   MoEGrads backward(const MoEForward& fwd, const Tensor& dy) const;
 
+  // Inference path with bf16 expert weights: rounds the current expert weights (routed and shared)
+  // to bf16 and runs the forward's expert GEMMs on them with fp32 accumulation (AVX512-BF16 where
+  // the CPU has it). A snapshot: call again after changing the weights; `false` drops it. Such a
+  // forward keeps no activations and cannot be differentiated (backward throws). f32 layers only.
+  void set_bf16_expert_weights(bool on);
+  bool has_bf16_expert_weights() const { return bf16_.w_up.defined(); }
+  const Bf16ExpertWeights& bf16_expert_weights() const { return bf16_; }
+
   // Aux-loss-free balancing: b_i += γ · sign(mean load − load_i) using the routed counts of `stats`.
   void update_bias(const MoEStats& stats);
 
@@ -108,6 +122,7 @@ class MoELayer {
   DType dtype_;
   kernels::Backend backend_;
   MoEParams params_;
+  Bf16ExpertWeights bf16_;
 };
 
 }  // namespace moe
