@@ -1,9 +1,26 @@
 // `moe bench layer`: times one MoE layer (f32) forward and forward+backward on random inputs and
-// prints the median times, the achieved expert-matmul GFLOP/s, the routing balance and peak memory.
+// prints the median times, the achieved expert-matmul GFLOP/s, the routing balance and memory, next
+// to the dense f32 GEMM rate of this machine measured in the same process.
 //
 // FLOPs counted: the expert matmuls only (MoELayer::expert_flops over the kept assignments, routed
 // and shared experts) for the forward; three times that for forward+backward (backward = 2x).
 // Router GEMM, softmax, sorting and combine are in the time but not in the FLOP count.
+//
+// Dense ceiling: kernels::gemm (cpu backend) on the same FLOPs in the expert layout (bench_dense.h):
+// M = FLOPs / (mats · 2·d_ff·d) rows (= T·k + T·shared width/d_ff), N = d_ff, K = d_model for gate
+// and up, N = d_model, K = d_ff for down; the best of --dense-reps reps.
+//
+// Activation memory (act_peak_mb): glibc's mmap threshold is fixed at 128 KiB first, so the resident
+// set follows live memory. After the parameters, x and dy exist and one untimed forward+backward
+// has run (and been freed), the peak (VmHWM) is reset and one more forward+backward runs:
+//   fwd_peak_mb     = VmHWM after its forward - VmRSS before it
+//   fwd_bwd_peak_mb = VmHWM after its backward - VmRSS before it (gradients included)
+//   act_peak_mb     = max(fwd_peak_mb, fwd_bwd_peak_mb - grads_mb)
+// with grads_mb the gradients backward returns (dx and every parameter's). Backward allocates all of
+// them at its start and they live to its end, so the subtraction is exact for a peak in backward:
+// act_peak_mb is what forward+backward needs beyond parameters, inputs (x, dy) and gradients, the
+// same quantity bench/torch_moe_block.py measures with its .grad tensors allocated beforehand.
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -15,6 +32,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/bench_dense.h"
+#include "cli/bench_memory.h"
 #include "cli/common.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
@@ -42,6 +61,8 @@ struct BenchLayerOptions {
   std::string backend = "cpu";
   uint64_t seed = 42;
   bool json = false;
+  std::string weights = "f32";  // f32 | bf16 (bf16: not available yet)
+  int dense_reps = 3;           // 0: skip the dense GEMM ceiling
 };
 
 struct BenchLayerResult {
@@ -50,6 +71,14 @@ struct BenchLayerResult {
   MoEStats stats;
   int threads = 0;
   double peak_rss_mb = 0;
+  // Memory of one forward+backward (see the top of this file), MiB.
+  double fwd_peak_mb = 0, fwd_bwd_peak_mb = 0, act_peak_mb = 0, grads_mb = 0, rss_before_mb = 0;
+  bool peak_reset = false;       // /proc/self/clear_refs worked; otherwise VmHWM is the process peak
+  bool mmap_threshold_fixed = false;
+  // Dense GEMM ceiling (dense_reps > 0).
+  bool dense = false;
+  int64_t dense_m = 0, dense_n = 0, dense_k = 0;
+  DenseGemmResult dense_r;
 };
 
 // Checks of the options that only the tool has; the layer's own fields are checked by
@@ -68,6 +97,45 @@ void check_options(const BenchLayerOptions& o) {
   MOE_CHECK(o.threads >= 0, "--threads must be >= 1 (or 0 for the default), got ", o.threads);
   MOE_CHECK(o.warmup >= 0, "--warmup must be >= 0, got ", o.warmup);
   MOE_CHECK(o.iters >= 1, "--iters must be >= 1, got ", o.iters);
+  MOE_CHECK(o.dense_reps >= 0, "--dense-reps must be >= 0 (0 skips the dense GEMM), got ", o.dense_reps);
+  // The bf16-weight path is a separate piece of work: until the layer has one, say so plainly
+  // rather than silently timing f32.
+  MOE_CHECK(o.weights == "f32", "--weights ", o.weights,
+            ": bf16 weights not available yet (this build runs the MoE layer with f32 weights only)");
+}
+
+// Bytes of every gradient tensor that backward returned (dx and each parameter's).
+double grads_bytes(const MoEGrads& g) {
+  double b = 0;
+  for (const Tensor* t : {&g.dx, &g.router_w, &g.w_gate, &g.w_up, &g.w_down, &g.shared_w_gate, &g.shared_w_up,
+                          &g.shared_w_down, &g.shared_gate_w}) {
+    if (t->defined()) b += static_cast<double>(t->nbytes());
+  }
+  return b;
+}
+
+// One untimed forward+backward, then the measured one (see the top of this file).
+void measure_memory(const MoELayer& layer, const Tensor& x, const Tensor& dy, BenchLayerResult& r) {
+  {
+    MoEForward f = layer.forward(x);
+    (void)layer.backward(f, dy);
+  }
+  r.peak_reset = reset_peak_rss();
+  r.rss_before_mb = current_rss_mib();
+  double grads = 0, hwm_fwd = 0;
+  {
+    MoEForward f = layer.forward(x);
+    hwm_fwd = peak_rss_hwm_mib();
+    MoEGrads g = layer.backward(f, dy);
+    grads = grads_bytes(g);
+  }
+  const double hwm = peak_rss_hwm_mib();
+  r.grads_mb = grads / (1024.0 * 1024.0);
+  if (hwm >= 0 && hwm_fwd >= 0 && r.rss_before_mb >= 0) {
+    r.fwd_peak_mb = std::max(0.0, hwm_fwd - r.rss_before_mb);
+    r.fwd_bwd_peak_mb = std::max(0.0, hwm - r.rss_before_mb);
+    r.act_peak_mb = std::max(r.fwd_peak_mb, r.fwd_bwd_peak_mb - r.grads_mb);
+  }
 }
 
 MoEConfig make_config(const BenchLayerOptions& o) {
@@ -101,6 +169,10 @@ BenchLayerResult bench(const BenchLayerOptions& o) {
   BenchLayerResult r;
   r.threads = num_threads();
 
+  // Memory first, while the process peak is still this layer's (matters only when the peak cannot
+  // be reset).
+  measure_memory(layer, x, dy, r);
+
   // Forward only. Routing is deterministic, so every iteration has the same statistics.
   for (int i = 0; i < o.warmup; ++i) (void)layer.forward(x);
   std::vector<double> fwd;
@@ -130,17 +202,42 @@ BenchLayerResult bench(const BenchLayerOptions& o) {
   r.fwd_bwd_ms_min = *std::min_element(fwd_bwd.begin(), fwd_bwd.end());
   r.flops_fwd = layer.expert_flops(r.stats, o.tokens);
   r.peak_rss_mb = peak_rss_mb();
+
+  // Dense ceiling on the same FLOPs, after the layer's buffers are freed.
+  if (o.dense_reps > 0) {
+    const int mats = kernels::Activation::SwiGLU == cfg.activation ? 3 : 2;
+    const double per_row = 2.0 * static_cast<double>(o.d_ff) * static_cast<double>(o.d_model) * mats;
+    DenseGemmSpec spec;
+    spec.rows = std::max<int64_t>(1, std::llround(r.flops_fwd / per_row));
+    spec.F = o.d_ff;
+    spec.d = o.d_model;
+    spec.mats = mats;
+    spec.reps = o.dense_reps;
+    spec.backend = kernels::Backend::Cpu;
+    spec.seed = o.seed;
+    r.dense = true;
+    r.dense_m = spec.rows;
+    r.dense_n = o.d_ff;
+    r.dense_k = o.d_model;
+    r.dense_r = measure_dense_gemm(spec);
+  }
   return r;
 }
 
 // GFLOP/s for `flops` in `ms` milliseconds (0 when nothing was timed).
 double gflops(double flops, double ms) { return ms > 0 ? flops / (ms * 1e6) : 0.0; }
 
+// rate / dense rate (0 when there is no dense rate).
+double vs_dense(const BenchLayerResult& r, double rate) {
+  return r.dense && r.dense_r.gflops_best > 0 ? rate / r.dense_r.gflops_best : 0.0;
+}
+
 void print_json(const BenchLayerOptions& o, const BenchLayerResult& r) {
   nlohmann::ordered_json j;
   j["command"] = "bench layer";
   j["version"] = MOE_VERSION;
   j["dtype"] = "f32";
+  j["weights"] = o.weights;
   j["backend"] = o.backend;
   j["threads"] = r.threads;
   j["tokens"] = o.tokens;
@@ -167,6 +264,31 @@ void print_json(const BenchLayerOptions& o, const BenchLayerResult& r) {
   j["dropped"] = r.stats.dropped;
   j["tokens_per_expert"] = r.stats.tokens_per_expert;
   j["peak_rss_mb"] = round_to(r.peak_rss_mb, 1);
+  j["act_peak_mb"] = round_to(r.act_peak_mb, 1);
+  j["fwd_peak_mb"] = round_to(r.fwd_peak_mb, 1);
+  j["fwd_bwd_peak_mb"] = round_to(r.fwd_bwd_peak_mb, 1);
+  j["grads_mb"] = round_to(r.grads_mb, 1);
+  j["rss_before_mb"] = round_to(r.rss_before_mb, 1);
+  j["peak_reset"] = r.peak_reset;
+  j["mmap_threshold_fixed"] = r.mmap_threshold_fixed;
+  const double g_fwd = gflops(r.flops_fwd, r.fwd_ms), g_fwd_bwd = gflops(3.0 * r.flops_fwd, r.fwd_bwd_ms);
+  if (r.dense) {
+    j["dense_backend"] = "cpu";
+    j["dense_m"] = r.dense_m;
+    j["dense_n"] = r.dense_n;
+    j["dense_k"] = r.dense_k;
+    j["dense_reps"] = o.dense_reps;
+    j["dense_flops"] = r.dense_r.flops;
+    j["dense_ms_best"] = round_to(r.dense_r.best_ms, 6);
+    j["dense_gflops"] = round_sig(r.dense_r.gflops_best, 5);
+    j["dense_gflops_median"] = round_sig(r.dense_r.gflops_median, 5);
+    j["fwd_vs_dense"] = round_to(vs_dense(r, g_fwd), 4);
+    j["fwd_bwd_vs_dense"] = round_to(vs_dense(r, g_fwd_bwd), 4);
+  } else {
+    j["dense_gflops"] = nullptr;
+    j["fwd_vs_dense"] = nullptr;
+    j["fwd_bwd_vs_dense"] = nullptr;
+  }
   std::cout << j.dump() << std::endl;
 }
 
@@ -179,22 +301,49 @@ void print_table(const BenchLayerOptions& o, const BenchLayerResult& r) {
               static_cast<long long>(o.shared_experts));
   std::printf("  router      %s, %s, capacity factor %g%s\n", o.router.c_str(), o.activation.c_str(),
               o.capacity_factor, o.capacity_factor == 0.0 ? " (dropless)" : "");
-  std::printf("\n  %-12s %12s %12s %14s\n", "pass", "median ms", "min ms", "expert GFLOP/s");
-  std::printf("  %-12s %12.3f %12.3f %14.2f\n", "forward", r.fwd_ms, r.fwd_ms_min,
-              gflops(r.flops_fwd, r.fwd_ms));
-  std::printf("  %-12s %12.3f %12.3f %14.2f\n\n", "fwd+bwd", r.fwd_bwd_ms, r.fwd_bwd_ms_min,
-              gflops(3.0 * r.flops_fwd, r.fwd_bwd_ms));
+  const double g_fwd = gflops(r.flops_fwd, r.fwd_ms), g_fwd_bwd = gflops(3.0 * r.flops_fwd, r.fwd_bwd_ms);
+  std::printf("\n  %-12s %12s %12s %14s %10s\n", "pass", "median ms", "min ms", "expert GFLOP/s", "vs dense");
+  auto ratio = [&](double rate) {
+    char buf[32];
+    if (r.dense) {
+      std::snprintf(buf, sizeof buf, "%.3f", vs_dense(r, rate));
+    } else {
+      std::snprintf(buf, sizeof buf, "-");
+    }
+    return std::string(buf);
+  };
+  std::printf("  %-12s %12.3f %12.3f %14.2f %10s\n", "forward", r.fwd_ms, r.fwd_ms_min, g_fwd, ratio(g_fwd).c_str());
+  std::printf("  %-12s %12.3f %12.3f %14.2f %10s\n", "fwd+bwd", r.fwd_bwd_ms, r.fwd_bwd_ms_min, g_fwd_bwd,
+              ratio(g_fwd_bwd).c_str());
+  if (r.dense) {
+    std::printf("  %-12s %12.3f %12.3f %14.2f %10s\n\n", "dense GEMM", r.dense_r.median_ms, r.dense_r.best_ms,
+                r.dense_r.gflops_best, "1");
+    std::printf("  dense GEMM    kernels::gemm (cpu), M %lld  N %lld  K %lld in the expert layout, best of %d "
+                "(its rate is the best rep's)\n",
+                static_cast<long long>(r.dense_m), static_cast<long long>(r.dense_n),
+                static_cast<long long>(r.dense_k), o.dense_reps);
+  } else {
+    std::printf("\n  dense GEMM    skipped (--dense-reps 0)\n");
+  }
   std::printf("  expert FLOPs  %.4g forward, %.4g forward+backward\n", r.flops_fwd, 3.0 * r.flops_fwd);
   std::printf("  imbalance     %.3f (max/mean tokens per expert), %lld dropped\n", r.stats.imbalance,
               static_cast<long long>(r.stats.dropped));
   std::printf("  per expert   ");
   for (int64_t n : r.stats.tokens_per_expert) std::printf(" %lld", static_cast<long long>(n));
-  std::printf("\n  peak RSS      %.1f MiB\n", r.peak_rss_mb);
+  std::printf("\n  act memory    %.1f MiB forward+backward beyond params, x, dy and gradients "
+              "(forward %.1f MiB; forward+backward %.1f MiB with the %.1f MiB of gradients)%s\n",
+              r.act_peak_mb, r.fwd_peak_mb, r.fwd_bwd_peak_mb, r.grads_mb,
+              r.peak_reset ? "" : "; peak not resettable: upper bound");
+  std::printf("  peak RSS      %.1f MiB\n", r.peak_rss_mb);
 }
 
 int run_bench_layer(const BenchLayerOptions& o) {
   check_options(o);
-  const BenchLayerResult r = bench(o);
+  // Before any allocation of the benchmark: freed large buffers go back to the OS, so the resident
+  // set measures live memory (act_peak_mb). Timings run under the same setting.
+  const bool fixed = fix_mmap_threshold(kBenchMmapThreshold);
+  BenchLayerResult r = bench(o);
+  r.mmap_threshold_fixed = fixed;
   if (o.json) {
     print_json(o, r);
   } else {
@@ -229,10 +378,33 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
       ->check(CLI::IsMember({"ref", "cpu"}))
       ->capture_default_str();
   sub->add_option("--seed", opts->seed, "Seed of the parameters and inputs")->capture_default_str();
+  sub->add_option("--weights", opts->weights, "Weight dtype of the experts (bf16: not available yet)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
+  sub->add_option("--dense-reps", opts->dense_reps,
+                  "Timed reps of the dense GEMM ceiling, best one reported (0 = skip)")
+      ->capture_default_str();
   sub->add_flag("--json", opts->json, "Print one JSON object instead of a table");
   sub->footer(
       "Prints median forward and forward+backward times, expert-matmul GFLOP/s (forward+backward counts\n"
-      "3x the forward FLOPs), tokens per expert and peak RSS. --tokens 0 is rejected (exit 2).");
+      "3x the forward FLOPs), tokens per expert and peak RSS. --tokens 0 is rejected (exit 2).\n"
+      "\n"
+      "Dense ceiling (dense_gflops): kernels::gemm (cpu backend) in the same process on the same FLOPs in\n"
+      "the expert layout: M = T*k (+ T per shared expert) rows, N = d_ff, K = d_model (gate, up) and\n"
+      "N = d_model, K = d_ff (down); best of --dense-reps. fwd_vs_dense and fwd_bwd_vs_dense are the\n"
+      "layer's median expert GFLOP/s over it.\n"
+      "\n"
+      "Memory: glibc's mmap threshold is fixed at 128 KiB, so freed buffers leave the resident set.\n"
+      "After params, x, dy and one untimed forward+backward, the peak (VmHWM) is reset through\n"
+      "/proc/self/clear_refs and one forward+backward runs; against VmRSS before it: fwd_peak_mb =\n"
+      "VmHWM after forward - before, fwd_bwd_peak_mb = VmHWM after backward - before (gradients\n"
+      "included), act_peak_mb = max(fwd_peak_mb, fwd_bwd_peak_mb - grads_mb), grads_mb = dx and every\n"
+      "parameter gradient (all allocated at the start of backward): the memory forward+backward needs\n"
+      "beyond parameters, inputs (x, dy) and gradients.\n"      "When the peak cannot be reset (peak_reset false) both are upper bounds. peak_rss_mb is the\n"
+      "resident peak (getrusage), which Linux resets with VmHWM: the peak from that pass on (timed\n"
+      "passes and dense GEMM included). Timings run under the same malloc setting. MiB throughout.\n"
+      "\n"
+      "--weights bf16 exits 2 (bf16 weights not available yet).");
   sub->callback([&reg, opts] { reg.action = [opts] { return run_bench_layer(*opts); }; });
 }
 
