@@ -23,6 +23,7 @@ PACKAGES=(
   python3             # test drivers
   python3-numpy       # PyTorch oracle tests
   python3-torch       # PyTorch oracle tests (never a runtime dependency)
+  libopenblas0-pthread  # an optimised BLAS under python3-torch, so bench/compare_torch.py is fair
 )
 # shellcheck disable=SC2206
 PACKAGES+=(${MOE_EXTRA_PACKAGES:-})
