@@ -9,6 +9,7 @@
 
 #include "kernels/cpu/cpu.h"
 #include "kernels/ref/ref.h"
+#include "kernels/validate.h"
 #include "moe/core/error.h"
 #include "moe/kernels/ops.h"
 #ifdef MOE_HAVE_CUDA
@@ -89,36 +90,11 @@ Activation activation_from_name(const std::string& name) {
 
 namespace {
 
+using namespace validate;
+
 constexpr int64_t kMaxIndex = std::numeric_limits<int32_t>::max();
 
 bool on_host(Backend b) { return b != Backend::Cuda; }
-
-void check_size(const char* op, const char* name, int64_t v) {
-  MOE_CHECK(v >= 0, op, ": ", name, " must be >= 0, got ", v);
-}
-
-void check_ptr(const char* op, const char* name, const void* p) {
-  MOE_CHECK(p != nullptr, op, ": ", name, " is null");
-}
-
-void check_stride(const char* op, const char* name, int64_t ld, int64_t min_ld) {
-  MOE_CHECK(ld >= min_ld, op, ": ", name, " = ", ld, " is smaller than the row length ", min_ld);
-}
-
-// offsets (n + 1) must start at 0 and never decrease.
-void check_offsets(const char* op, const char* name, const int32_t* offsets, int64_t n) {
-  MOE_CHECK(offsets[0] == 0, op, ": ", name, "[0] must be 0, got ", offsets[0]);
-  for (int64_t i = 0; i < n; ++i) {
-    MOE_CHECK(offsets[i + 1] >= offsets[i], op, ": ", name, " must not decrease, but ", name, "[", i + 1,
-              "] = ", offsets[i + 1], " < ", name, "[", i, "] = ", offsets[i]);
-  }
-}
-
-void check_rows(const char* op, const char* name, const int32_t* rows, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    MOE_CHECK(rows[i] >= 0, op, ": ", name, "[", i, "] = ", rows[i], " is negative");
-  }
-}
 
 // The number of sorted rows, offsets[E], after checking offsets, on host backends; -1 (unknown)
 // on Cuda, where offsets live on the device.
@@ -126,12 +102,6 @@ int64_t sorted_rows(Backend b, const char* op, const int32_t* offsets, int64_t E
   if (!on_host(b)) return -1;
   check_offsets(op, "offsets", offsets, E);
   return offsets[E];
-}
-
-// A row buffer may be null only when it has no rows (rows == 0; unknown rows: -1).
-void check_rows_ptr(const char* op, const char* name, const void* p, int64_t rows) {
-  MOE_CHECK(p != nullptr || rows == 0, op, ": ", name, " is null",
-            rows > 0 ? cat(" but there are ", rows, " rows") : std::string());
 }
 
 // A null row buffer is fine only when no assignment (list[i], or i when list is null) is kept.

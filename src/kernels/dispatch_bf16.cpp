@@ -5,6 +5,7 @@
 
 #include "moe/core/error.h"
 #include "moe/kernels/ops_bf16.h"
+#include "kernels/validate.h"
 
 namespace moe::kernels {
 
@@ -18,22 +19,7 @@ void grouped_gemm_bf16w(const GroupedGemmBf16Args& args);
 
 namespace {
 
-void check_size(const char* op, const char* name, int64_t v) {
-  MOE_CHECK(v >= 0, op, ": ", name, " must be >= 0, got ", v);
-}
-
-void check_ptr(const char* op, const char* name, const void* p) {
-  MOE_CHECK(p != nullptr, op, ": ", name, " is null");
-}
-
-void check_stride(const char* op, const char* name, int64_t ld, int64_t min_ld) {
-  MOE_CHECK(ld >= min_ld, op, ": ", name, " = ", ld, " is smaller than the row length ", min_ld);
-}
-
-// A row buffer may be null only when it has no rows.
-void check_rows_ptr(const char* op, const char* name, const void* p, int64_t rows) {
-  MOE_CHECK(p != nullptr || rows == 0, op, ": ", name, " is null but there are ", rows, " rows");
-}
+using namespace validate;
 
 void check_backend(const char* op, Backend b) {
   switch (b) {
@@ -56,11 +42,7 @@ void grouped_gemm_bf16w(Backend b, const GroupedGemmBf16Args& g) {
   check_size(op, "K", g.K);
   if (g.E == 0 || g.N == 0) return;
   check_ptr(op, "offsets", g.offsets);
-  MOE_CHECK(g.offsets[0] == 0, op, ": offsets[0] must be 0, got ", g.offsets[0]);
-  for (int64_t e = 0; e < g.E; ++e) {
-    MOE_CHECK(g.offsets[e + 1] >= g.offsets[e], op, ": offsets must not decrease, but offsets[", e + 1,
-              "] = ", g.offsets[e + 1], " < offsets[", e, "] = ", g.offsets[e]);
-  }
+  check_offsets(op, "offsets", g.offsets, g.E);
   const int64_t rows = g.offsets[g.E];
   check_rows_ptr(op, "C", g.C, rows);
   check_stride(op, "ldc", g.ldc, g.N);
@@ -69,11 +51,7 @@ void grouped_gemm_bf16w(Backend b, const GroupedGemmBf16Args& g) {
     check_ptr(op, "W", g.W);
     check_stride(op, "lda", g.lda, g.K);
   }
-  if (g.gather) {
-    for (int64_t p = 0; p < rows; ++p) {
-      MOE_CHECK(g.gather[p] >= 0, op, ": gather[", p, "] = ", g.gather[p], " is negative");
-    }
-  }
+  if (g.gather) check_rows(op, "gather", g.gather, rows);
   if (rows == 0) return;
   if (b == Backend::Ref) return ref::grouped_gemm_bf16w(g);
   return cpu::grouped_gemm_bf16w(g);
