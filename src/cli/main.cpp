@@ -80,6 +80,10 @@ int main(int argc, char** argv) {
   moe::cli::register_version(app, reg);
   moe::cli::register_bench(app, reg);
   moe::cli::register_layer(app, reg);
+  moe::cli::register_train(app, reg);
+  moe::cli::register_eval(app, reg);
+  moe::cli::register_generate(app, reg);
+  moe::cli::register_upcycle(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited
 
   try {

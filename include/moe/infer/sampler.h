@@ -1,0 +1,22 @@
+// Next-token sampling from logits: greedy (temperature 0), temperature, top-k and nucleus (top-p).
+// Deterministic: draw i of a seed uses the counter-based RNG's value i, so the same seed and logits
+// give the same tokens on any machine and thread count.
+#pragma once
+
+#include <cstdint>
+
+namespace moe::infer {
+
+struct SamplingOptions {
+  double temperature = 1.0;  // 0 = greedy (argmax; ties to the lowest id)
+  double top_p = 1.0;        // keep the smallest set of most likely tokens whose mass reaches top_p
+  int64_t top_k = 0;         // keep the k most likely tokens first; 0 = all
+  uint64_t seed = 0;
+  void validate() const;     // throws moe::Error naming the bad option
+};
+
+// Picks a token id in [0, V) from logits (V). `draw` indexes the random stream (one per token).
+// NaN logits are an error; -inf logits are never picked (unless every logit is -inf: an error).
+int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, uint64_t draw);
+
+}  // namespace moe::infer

@@ -1,0 +1,130 @@
+// A decoder-only MoE transformer (Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE), forward and backward.
+//
+//   x = embed[tokens]                                                   (N = B·S, d)
+//   per layer:  x += o_proj( attention( rope(qk_norm(q_proj h)), rope(qk_norm(k_proj h)), v_proj h ) ),
+//               h = rmsnorm(x, input_layernorm)
+//               x += ffn( rmsnorm(x, post_attention_layernorm) )      ffn = MoE layer or dense SwiGLU
+//   logits = rmsnorm(x, norm) · lm_headᵀ                                (N, V)
+//
+// Training loss of one micro-batch:  ce_scale · Σ_t CE(logits_t, target_t) + aux_scale · Σ_layers aux,
+// where aux is the MoE layer's balancing loss (docs/MOE_LAYER.md). Gradients ACCUMULATE into the
+// parameters' grad tensors until zero_grads(), so gradient accumulation is repeated calls.
+// dtype F32 (training, inference) or F64 (gradient checks).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/core/tensor.h"
+#include "moe/model/model_config.h"
+#include "moe/moe/layer.h"
+
+namespace moe::model {
+
+// One trainable tensor: its name (the Hugging Face name where the layout is the same; stacked
+// expert tensors are "<prefix>.experts.w_gate|w_up|w_down" of shape (E, F, d) / (E, d, F)), its
+// value, its gradient (same shape), and whether weight decay applies (not to norms and biases).
+struct NamedParam {
+  std::string name;
+  Tensor value;
+  Tensor grad;
+  bool decay = true;
+};
+
+struct StepOptions {
+  double ce_scale = 1.0;    // multiplies the summed cross-entropy in the gradient
+  double aux_scale = 1.0;   // multiplies the summed balancing losses in the gradient
+  bool training = true;     // router jitter
+  uint64_t step = 0;        // jitter stream
+  uint64_t seed = 0;
+  bool check_finite = false;
+};
+
+struct StepResult {
+  double loss_sum = 0;       // Σ CE over counted targets
+  int64_t count = 0;         // counted targets (target >= 0)
+  double aux_loss = 0;       // Σ over MoE layers of their balancing loss (unscaled)
+  std::vector<int64_t> moe_layers;   // layer index of each entry of stats
+  std::vector<MoEStats> stats;       // per MoE layer
+  double mean_loss() const { return count > 0 ? loss_sum / static_cast<double>(count) : 0.0; }
+};
+
+// Keys and values of every layer for incremental decoding of ONE sequence.
+struct KVCache {
+  int64_t max_len = 0;
+  int64_t len = 0;                 // positions filled
+  std::vector<Tensor> k, v;        // per layer (max_len, hkv, hd)
+};
+
+class Transformer {
+ public:
+  explicit Transformer(ModelConfig cfg, DType dtype = DType::F32);
+  const ModelConfig& config() const { return cfg_; }
+  DType dtype() const { return dtype_; }
+
+  // Hugging Face-style init: normal(0, initializer_range) for matrices, ones for norms, zero biases.
+  void init_params(uint64_t seed);
+  std::vector<NamedParam>& parameters() { return params_; }
+  const std::vector<NamedParam>& parameters() const { return params_; }
+  NamedParam& param(const std::string& name);  // throws when absent
+  void zero_grads();
+
+  // Forward and backward of a micro-batch; tokens and targets (B, S) i32 (target < 0 = ignored).
+  StepResult forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
+                              const StepOptions& opt);
+  // Forward only: loss of targets (no gradients, no jitter).
+  StepResult evaluate(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) const;
+  // Logits (B·S, V) of a batch, no cache.
+  Tensor logits(const int32_t* tokens, int64_t B, int64_t S) const;
+
+  // Incremental decoding: appends n tokens at positions cache.len.. and returns the logits of the
+  // last one (V). The cache must come from new_cache().
+  KVCache new_cache(int64_t max_len) const;
+  Tensor decode(KVCache& cache, const int32_t* tokens, int64_t n) const;
+
+  // Aux-loss-free balancing: updates each MoE layer's selection bias from that layer's stats.
+  void update_router_biases(const StepResult& r);
+  const MoELayer* moe_layer(int64_t layer) const;  // null for dense layers
+
+  // Checkpoints in the Hugging Face layout (one tensor per expert). Loading validates every name,
+  // shape and dtype (f32/bf16/f16 accepted) and reports missing and unexpected tensors.
+  std::map<std::string, Tensor> hf_state_dict() const;
+  void load_hf_state_dict(const std::map<std::string, Tensor>& sd);
+
+  struct Impl;
+
+ private:
+  // Indices into params_ (-1 when the architecture has no such tensor).
+  struct LayerIndex {
+    int ln1 = -1, ln2 = -1;
+    int q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1, o_w = -1, q_norm = -1, k_norm = -1;
+    int gate = -1, up = -1, down = -1;  // dense FFN
+    // MoE block: router_w, w_gate, w_up, w_down, shared_w_gate, shared_w_up, shared_w_down, shared_gate_w
+    int moe[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
+  };
+  struct Index {
+    int embed = -1, norm = -1, head = -1;
+    std::vector<LayerIndex> layers;
+  };
+  void build_params();
+  int add_param(const std::string& name, Tensor value, bool decay);
+
+  ModelConfig cfg_;
+  DType dtype_;
+  std::vector<NamedParam> params_;
+  std::vector<std::unique_ptr<MoELayer>> moe_;  // per layer; null for dense layers
+  Index index_;
+};
+
+// config.json + model.safetensors in `dir` (created if needed; files written atomically).
+void save_pretrained(const Transformer& m, const std::string& dir);
+// Every tensor of the checkpoint in `dir`: model.safetensors, or the shards named by
+// model.safetensors.index.json.
+std::map<std::string, Tensor> load_hf_tensors(const std::string& dir);
+// Reads config.json and model.safetensors (or a sharded model.safetensors.index.json) from `dir`.
+Transformer load_pretrained(const std::string& dir, DType dtype = DType::F32);
+
+}  // namespace moe::model

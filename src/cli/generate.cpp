@@ -1,0 +1,78 @@
+// `moe generate --model DIR --prompt TEXT [--max-tokens N --temperature T --top-p P --top-k K
+// --seed S] [--json]`: continues the prompt with a KV cache, printing the text as it is made.
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "cli/model_dir.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/infer/generate.h"
+#include "moe/train/tokenizer.h"
+
+namespace moe::cli {
+namespace {
+
+struct GenArgs {
+  std::string model, prompt;
+  infer::GenerateOptions opt;
+  bool json = false;
+  int threads = 0;
+};
+
+int run_generate(GenArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  a.opt.sampling.validate();
+  const std::string dir = resolve_model_dir(a.model);
+  const std::string tp = find_tokenizer(dir);
+  MOE_CHECK(!tp.empty(), "generate: no tokenizer.json next to the model in '", dir, "'");
+  const train::Tokenizer tok = train::Tokenizer::load(tp);
+  const model::Transformer m = model::load_pretrained(dir);
+  MOE_CHECK(tok.vocab_size() <= m.config().vocab_size, "generate: the tokenizer has ", tok.vocab_size(),
+            " tokens but the model only ", m.config().vocab_size);
+  std::vector<int32_t> prompt = tok.encode(a.prompt);
+  if (prompt.empty()) {
+    MOE_CHECK(tok.eos_id() >= 0, "generate: empty prompt and the tokenizer has no end-of-text token to start from");
+    prompt.push_back(tok.eos_id());  // start a new document
+  }
+  a.opt.eos_id = tok.eos_id();
+  if (!a.json) std::cout << a.prompt << std::flush;
+  const infer::GenerateResult r = infer::generate(m, prompt, a.opt, [&](int32_t t) {
+    if (!a.json && t != tok.eos_id()) std::cout << tok.token_bytes(t) << std::flush;
+    return true;
+  });
+  std::vector<int32_t> shown = r.tokens;
+  if (!shown.empty() && shown.back() == tok.eos_id()) shown.pop_back();
+  const double tps = r.decode_s > 0 ? static_cast<double>(r.tokens.size()) / r.decode_s : 0;
+  if (a.json) {
+    nlohmann::json j = {{"prompt", a.prompt},   {"text", tok.decode(shown)},    {"tokens", r.tokens},
+                        {"prompt_tokens", prompt.size()}, {"finish_reason", r.finish_reason},
+                        {"prefill_s", r.prefill_s}, {"decode_tokens_per_s", tps}};
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::cout << "\n";
+    std::cerr << "[" << r.tokens.size() << " tokens, " << static_cast<int64_t>(tps) << " tokens/s, "
+              << r.finish_reason << "]\n";
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app, Registry& reg) {
+  auto a = std::make_shared<GenArgs>();
+  CLI::App* c = app.add_subcommand("generate", "Continue a prompt with a model (KV cache; greedy at temperature 0)");
+  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  c->add_option("--prompt", a->prompt, "Text to continue")->required();
+  c->add_option("--max-tokens", a->opt.max_new_tokens, "New tokens at most")->capture_default_str();
+  c->add_option("--temperature", a->opt.sampling.temperature, "0 = greedy")->capture_default_str();
+  c->add_option("--top-p", a->opt.sampling.top_p, "Nucleus sampling mass")->capture_default_str();
+  c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")->capture_default_str();
+  c->add_option("--seed", a->opt.sampling.seed, "Sampling seed")->capture_default_str();
+  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
+  c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,64 @@
+#include "moe/infer/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "moe/core/error.h"
+#include "moe/core/rng.h"
+
+namespace moe::infer {
+
+void SamplingOptions::validate() const {
+  MOE_CHECK(std::isfinite(temperature) && temperature >= 0, "sampling: temperature must be >= 0, got ", temperature);
+  MOE_CHECK(std::isfinite(top_p) && top_p > 0 && top_p <= 1, "sampling: top_p must be in (0, 1], got ", top_p);
+  MOE_CHECK(top_k >= 0, "sampling: top_k must be >= 0, got ", top_k);
+}
+
+int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, uint64_t draw) {
+  opt.validate();
+  MOE_CHECK(V > 0, "sampling: empty vocabulary");
+  int64_t best = -1;
+  for (int64_t i = 0; i < V; ++i) {
+    MOE_CHECK(!std::isnan(logits[i]), "sampling: logit ", i, " is NaN");
+    if (logits[i] != -INFINITY && (best < 0 || logits[i] > logits[best])) best = i;
+  }
+  MOE_CHECK(best >= 0, "sampling: every logit is -inf");
+  if (opt.temperature == 0) return static_cast<int32_t>(best);
+
+  // Candidates sorted by logit (descending; ties by id), cut by top-k.
+  std::vector<int32_t> idx;
+  idx.reserve(static_cast<size_t>(V));
+  for (int64_t i = 0; i < V; ++i)
+    if (logits[i] != -INFINITY) idx.push_back(static_cast<int32_t>(i));
+  std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  if (opt.top_k > 0 && static_cast<int64_t>(idx.size()) > opt.top_k) idx.resize(static_cast<size_t>(opt.top_k));
+  // Softmax at temperature T over the candidates, in double.
+  std::vector<double> p(idx.size());
+  const double mx = logits[idx[0]];
+  double z = 0;
+  for (size_t j = 0; j < idx.size(); ++j) z += p[j] = std::exp((logits[idx[j]] - mx) / opt.temperature);
+  // Nucleus: the shortest prefix whose mass reaches top_p.
+  size_t keep = idx.size();
+  if (opt.top_p < 1) {
+    double c = 0;
+    for (size_t j = 0; j < idx.size(); ++j) {
+      c += p[j] / z;
+      if (c >= opt.top_p) {
+        keep = j + 1;
+        break;
+      }
+    }
+  }
+  const double mass = std::accumulate(p.begin(), p.begin() + static_cast<long>(keep), 0.0);
+  const double u = Rng(opt.seed).uniform(draw) * mass;
+  double c = 0;
+  for (size_t j = 0; j < keep; ++j) {
+    c += p[j];
+    if (u < c) return idx[j];
+  }
+  return idx[keep - 1];
+}
+
+}  // namespace moe::infer

@@ -1,0 +1,440 @@
+// Forward, backward and incremental decoding of the transformer (see transformer.h for the math).
+// Parameters live in Transformer::params_ (MoE blocks share storage with their MoELayer); the
+// per-layer indices in index_ say where each one is.
+#include <cmath>
+#include <cstring>
+
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/kernels/ops.h"
+#include "moe/model/nn.h"
+#include "moe/model/transformer.h"
+
+namespace moe::model {
+
+namespace {
+
+using kernels::Backend;
+
+// y (n, out) = x (n, in) · Wᵀ (+ b)
+template <typename T>
+void linear(const T* x, int64_t n, int64_t in, const T* W, int64_t out, const T* b, T* y) {
+  kernels::GemmArgs<T> g;
+  g.M = n, g.N = out, g.K = in;
+  g.A = x, g.lda = in;
+  g.B = W, g.ldb = in, g.trans_b = true;
+  g.C = y, g.ldc = out;
+  kernels::gemm(Backend::Cpu, g);
+  if (b) parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t o = 0; o < out; ++o) y[r * out + o] += b[o];
+    });
+}
+
+// Backward of linear: dW += dyᵀ x; db += Σ_rows dy; dx (n, in) = dy W (+= when accumulate_dx).
+template <typename T>
+void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, const T* W, T* dW, T* db, T* dx,
+                     bool accumulate_dx) {
+  kernels::GemmArgs<T> gw;
+  gw.M = out, gw.N = in, gw.K = n;
+  gw.A = dy, gw.lda = out, gw.trans_a = true;
+  gw.B = x, gw.ldb = in;
+  gw.C = dW, gw.ldc = in, gw.beta = 1;
+  kernels::gemm(Backend::Cpu, gw);
+  if (db) parallel_for(out, 16, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        T s = 0;
+        for (int64_t r = 0; r < n; ++r) s += dy[r * out + o];
+        db[o] += s;
+      }
+    });
+  kernels::GemmArgs<T> gx;
+  gx.M = n, gx.N = in, gx.K = out;
+  gx.A = dy, gx.lda = out;
+  gx.B = W, gx.ldb = in;
+  gx.C = dx, gx.ldc = in, gx.beta = accumulate_dx ? 1 : 0;
+  kernels::gemm(Backend::Cpu, gx);
+}
+
+// dst += a · src
+template <typename T>
+void axpy(T* dst, const T* src, int64_t n, T a = T(1)) {
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] += a * src[i];
+  });
+}
+
+template <typename T>
+T sigmoid(T g) {
+  return T(1) / (T(1) + std::exp(-g));
+}
+
+// Activations one layer keeps for its backward.
+struct LayerSaved {
+  Tensor x_in, rstd1, h1;               // (N, d), (N), (N, d)
+  Tensor q_raw, k_raw, rstd_q, rstd_k;  // before q/k norm (only with qk norm)
+  Tensor q, k, v, attn, lse;            // (N, hq·hd), (N, hkv·hd) x2, (N, hq·hd), (B, hq, S)
+  Tensor x_mid, rstd2, h2;              // (N, d), (N), (N, d)
+  Tensor g, u, a;                       // dense FFN (N, F)
+  MoEForward moe;
+};
+
+struct Saved {
+  std::vector<LayerSaved> layers;
+  Tensor x_final, rstd_f, hf;  // (N, d), (N), (N, d)
+};
+
+std::vector<int32_t> positions(int64_t B, int64_t S, int64_t offset) {
+  std::vector<int32_t> pos(static_cast<size_t>(B * S));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s) pos[b * S + s] = static_cast<int32_t>(offset + s);
+  return pos;
+}
+
+}  // namespace
+
+struct Transformer::Impl {
+  template <typename T>
+  static const T* W(const Transformer& m, int i) {
+    return i >= 0 ? m.params_[i].value.data<T>() : nullptr;
+  }
+  template <typename T>
+  static T* G(Transformer& m, int i) {
+    return i >= 0 ? m.params_[i].grad.data<T>() : nullptr;
+  }
+
+  template <typename T>
+  static Tensor embed(const Transformer& m, const int32_t* tokens, int64_t N) {
+    const int64_t d = m.cfg_.hidden_size, V = m.cfg_.vocab_size;
+    const T* E = W<T>(m, m.index_.embed);
+    for (int64_t t = 0; t < N; ++t)
+      MOE_CHECK(tokens[t] >= 0 && tokens[t] < V, "token id ", tokens[t], " at position ", t,
+                " is outside the vocabulary [0, ", V, ")");
+    Tensor x = Tensor::empty({N, d}, m.dtype_, "x");
+    T* xp = x.data<T>();
+    parallel_for(N, 16, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) std::memcpy(xp + t * d, E + tokens[t] * d, sizeof(T) * d);
+    });
+    return x;
+  }
+
+  // h1 = rmsnorm(x); q, k, v projections; q/k norm; rotary embedding at `pos`.
+  template <typename T>
+  static void qkv(const Transformer& m, int64_t l, const Tensor& x, int64_t N, const int32_t* pos, LayerSaved& s) {
+    const ModelConfig& c = m.cfg_;
+    const LayerIndex& P = m.index_.layers[l];
+    const int64_t d = c.hidden_size, hd = c.head_dim_or_default();
+    const int64_t hq = c.num_attention_heads, hkv = c.num_key_value_heads, Dq = hq * hd, Dk = hkv * hd;
+    const DType dt = m.dtype_;
+    s.rstd1 = Tensor::empty({N}, dt);
+    s.h1 = Tensor::empty({N, d}, dt);
+    nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln1), s.h1.data<T>(), s.rstd1.data<T>());
+    s.q = Tensor::empty({N, Dq}, dt), s.k = Tensor::empty({N, Dk}, dt), s.v = Tensor::empty({N, Dk}, dt);
+    linear<T>(s.h1.data<T>(), N, d, W<T>(m, P.q_w), Dq, W<T>(m, P.q_b), s.q.data<T>());
+    linear<T>(s.h1.data<T>(), N, d, W<T>(m, P.k_w), Dk, W<T>(m, P.k_b), s.k.data<T>());
+    linear<T>(s.h1.data<T>(), N, d, W<T>(m, P.v_w), Dk, W<T>(m, P.v_b), s.v.data<T>());
+    const QkNorm qn = c.qk_norm();
+    if (qn != QkNorm::None) {
+      s.q_raw = s.q.clone(), s.k_raw = s.k.clone();
+      const bool per_head = qn == QkNorm::PerHead;
+      const nn::RmsNormArgs aq{per_head ? N * hq : N, per_head ? hd : Dq, c.rms_norm_eps};
+      const nn::RmsNormArgs ak{per_head ? N * hkv : N, per_head ? hd : Dk, c.rms_norm_eps};
+      s.rstd_q = Tensor::empty({aq.n}, dt), s.rstd_k = Tensor::empty({ak.n}, dt);
+      nn::rmsnorm_forward<T>(aq, s.q_raw.data<T>(), W<T>(m, P.q_norm), s.q.data<T>(), s.rstd_q.data<T>());
+      nn::rmsnorm_forward<T>(ak, s.k_raw.data<T>(), W<T>(m, P.k_norm), s.k.data<T>(), s.rstd_k.data<T>());
+    }
+    nn::rope_forward<T>({N, hq, hd, c.rope_theta}, pos, s.q.data<T>());
+    nn::rope_forward<T>({N, hkv, hd, c.rope_theta}, pos, s.k.data<T>());
+  }
+
+  // x += o_proj(attn); x += ffn(rmsnorm(x)). With keep = false the MoE activations are dropped.
+  template <typename T>
+  static void out_and_ffn(const Transformer& m, int64_t l, Tensor& x, int64_t N, const Tensor* tok,
+                          const StepOptions* opt, LayerSaved& s, bool keep) {
+    const ModelConfig& c = m.cfg_;
+    const LayerIndex& P = m.index_.layers[l];
+    const int64_t d = c.hidden_size, Dq = c.num_attention_heads * c.head_dim_or_default();
+    const DType dt = m.dtype_;
+    {
+      Tensor o = Tensor::empty({N, d}, dt);  // (N, d)
+      linear<T>(s.attn.data<T>(), N, Dq, W<T>(m, P.o_w), d, nullptr, o.data<T>());
+      axpy<T>(x.data<T>(), o.data<T>(), N * d);
+    }
+    if (keep) s.x_mid = x.clone();
+    s.rstd2 = Tensor::empty({N}, dt);
+    s.h2 = Tensor::empty({N, d}, dt);
+    nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln2), s.h2.data<T>(), s.rstd2.data<T>());
+    if (const MoELayer* moe = m.moe_[l].get()) {
+      ForwardOptions fo;
+      fo.training = opt && opt->training;
+      fo.step = opt ? opt->step : 0;
+      fo.seed = (opt ? opt->seed : 0) + static_cast<uint64_t>(l) * 0x9E3779B97F4A7C15ull;
+      fo.token_ids = tok;
+      s.moe = moe->forward(s.h2, fo);
+      axpy<T>(x.data<T>(), s.moe.y.data<T>(), N * d);
+      if (!keep) s.moe.saved.reset(), s.moe.y = Tensor();
+    } else {
+      const int64_t F = c.intermediate_size;
+      s.g = Tensor::empty({N, F}, dt), s.u = Tensor::empty({N, F}, dt), s.a = Tensor::empty({N, F}, dt);
+      linear<T>(s.h2.data<T>(), N, d, W<T>(m, P.gate), F, nullptr, s.g.data<T>());
+      linear<T>(s.h2.data<T>(), N, d, W<T>(m, P.up), F, nullptr, s.u.data<T>());
+      T* ap = s.a.data<T>();
+      const T *gp = s.g.data<T>(), *up = s.u.data<T>();
+      parallel_for(N * F, 1 << 14, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) ap[i] = gp[i] * sigmoid(gp[i]) * up[i];
+      });
+      Tensor y = Tensor::empty({N, d}, dt);  // (N, d)
+      linear<T>(ap, N, F, W<T>(m, P.down), d, nullptr, y.data<T>());
+      axpy<T>(x.data<T>(), y.data<T>(), N * d);
+    }
+  }
+
+  // Final norm and LM head over rows [r0, N) of x: logits (N - r0, V).
+  template <typename T>
+  static Tensor head(const Transformer& m, const Tensor& x, int64_t r0, int64_t N, Saved* sv) {
+    const ModelConfig& c = m.cfg_;
+    const int64_t d = c.hidden_size, V = c.vocab_size, n = N - r0;
+    Tensor rstd = Tensor::empty({n}, m.dtype_), hf = Tensor::empty({n, d}, m.dtype_);
+    nn::rmsnorm_forward<T>({n, d, c.rms_norm_eps}, x.data<T>() + r0 * d, W<T>(m, m.index_.norm), hf.data<T>(),
+                           rstd.data<T>());
+    Tensor logits = Tensor::empty({n, V}, m.dtype_, "logits");
+    linear<T>(hf.data<T>(), n, d, W<T>(m, m.index_.head), V, nullptr, logits.data<T>());
+    if (sv) sv->x_final = x.clone(), sv->rstd_f = rstd, sv->hf = hf;
+    return logits;
+  }
+
+  template <typename T>
+  static Tensor forward(const Transformer& m, const int32_t* tokens, int64_t B, int64_t S, const StepOptions* opt,
+                        Saved* sv, StepResult* res) {
+    MOE_CHECK(B > 0 && S > 0, "batch and sequence length must be > 0, got B = ", B, ", S = ", S);
+    MOE_CHECK(S <= m.cfg_.max_position_embeddings, "sequence length ", S, " exceeds max_position_embeddings = ",
+              m.cfg_.max_position_embeddings);
+    const ModelConfig& c = m.cfg_;
+    const int64_t N = B * S;
+    Tensor x = embed<T>(m, tokens, N);  // (N, d)
+    Tensor tok = Tensor::empty({N}, DType::I32);
+    std::memcpy(tok.data<int32_t>(), tokens, sizeof(int32_t) * N);
+    const std::vector<int32_t> pos = positions(B, S, 0);
+    if (sv) sv->layers.resize(static_cast<size_t>(c.num_hidden_layers));
+    const int64_t hd = c.head_dim_or_default();
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      LayerSaved tmp;
+      LayerSaved& s = sv ? sv->layers[l] : tmp;
+      if (sv) s.x_in = x.clone();
+      qkv<T>(m, l, x, N, pos.data(), s);
+      s.attn = Tensor::empty({N, c.num_attention_heads * hd}, m.dtype_);
+      s.lse = Tensor::empty({B, c.num_attention_heads, S}, m.dtype_);
+      const nn::AttentionArgs aa{B, S, S, c.num_attention_heads, c.num_key_value_heads, hd, 0.0};
+      nn::attention_forward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(), s.lse.data<T>());
+      out_and_ffn<T>(m, l, x, N, &tok, opt, s, sv != nullptr);
+      if (m.moe_[l] && res) {
+        res->moe_layers.push_back(l);
+        res->stats.push_back(s.moe.stats);
+        res->aux_loss += s.moe.stats.total_loss();
+      }
+      if (opt && opt->check_finite) check_finite(x, cat("hidden state after layer ", l));
+    }
+    return head<T>(m, x, 0, N, sv);
+  }
+
+  template <typename T>
+  static void layer_backward(Transformer& m, int64_t l, LayerSaved& s, Tensor& dx, int64_t B, int64_t S,
+                             const int32_t* pos, const StepOptions& opt) {
+    const ModelConfig& c = m.cfg_;
+    const LayerIndex& P = m.index_.layers[l];
+    const int64_t N = B * S, d = c.hidden_size, hd = c.head_dim_or_default();
+    const int64_t hq = c.num_attention_heads, hkv = c.num_key_value_heads, Dq = hq * hd, Dk = hkv * hd;
+    const DType dt = m.dtype_;
+    T* dxp = dx.data<T>();
+
+    // --- FFN: x_out = x_mid + ffn(rmsnorm(x_mid))
+    Tensor dh2 = Tensor::empty({N, d}, dt);
+    if (const MoELayer* moe = m.moe_[l].get()) {
+      const BalanceConfig& bc = moe->config().balance;
+      const bool has_aux = bc.aux_coef > 0 || bc.seq_aux_coef > 0 || bc.z_coef > 0;
+      const bool rescale = has_aux && opt.aux_scale != 1.0;
+      // The layer differentiates <dy, y> + aux; for aux_scale · aux use dy / aux_scale and scale back.
+      Tensor dy = dx;
+      if (rescale) {
+        dy = dx.clone();
+        T* p = dy.data<T>();
+        const T inv = static_cast<T>(1.0 / opt.aux_scale);
+        parallel_for(N * d, 1 << 14, [&](int64_t i0, int64_t i1) {
+          for (int64_t i = i0; i < i1; ++i) p[i] *= inv;
+        });
+      }
+      MoEGrads g = moe->backward(s.moe, dy);
+      const T f = rescale ? static_cast<T>(opt.aux_scale) : T(1);
+      const Tensor* gs[8] = {&g.router_w,      &g.w_gate,      &g.w_up,          &g.w_down,
+                             &g.shared_w_gate, &g.shared_w_up, &g.shared_w_down, &g.shared_gate_w};
+      for (int i = 0; i < 8; ++i)
+        if (P.moe[i] >= 0 && gs[i]->defined()) axpy<T>(G<T>(m, P.moe[i]), gs[i]->data<T>(), gs[i]->numel(), f);
+      std::memset(dh2.data<T>(), 0, sizeof(T) * N * d);
+      axpy<T>(dh2.data<T>(), g.dx.data<T>(), N * d, f);
+      s.moe = MoEForward();
+    } else {
+      const int64_t F = c.intermediate_size;
+      Tensor da = Tensor::empty({N, F}, dt);  // (N, F)
+      linear_backward<T>(s.a.data<T>(), dxp, N, F, d, W<T>(m, P.down), G<T>(m, P.down), nullptr, da.data<T>(), false);
+      T* dap = da.data<T>();
+      T* gp = s.g.data<T>();  // reused in place as dg
+      T* up = s.u.data<T>();  // reused in place as du
+      parallel_for(N * F, 1 << 14, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) {
+          const T sg = sigmoid(gp[i]), si = gp[i] * sg;
+          const T dg = dap[i] * up[i] * sg * (T(1) + gp[i] * (T(1) - sg));
+          up[i] = dap[i] * si;
+          gp[i] = dg;
+        }
+      });
+      linear_backward<T>(s.h2.data<T>(), gp, N, d, F, W<T>(m, P.gate), G<T>(m, P.gate), nullptr, dh2.data<T>(), false);
+      linear_backward<T>(s.h2.data<T>(), up, N, d, F, W<T>(m, P.up), G<T>(m, P.up), nullptr, dh2.data<T>(), true);
+    }
+    Tensor tmp = Tensor::empty({N, d}, dt);
+    nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, s.x_mid.data<T>(), W<T>(m, P.ln2), s.rstd2.data<T>(),
+                            dh2.data<T>(), tmp.data<T>(), G<T>(m, P.ln2));
+    axpy<T>(dxp, tmp.data<T>(), N * d);
+
+    // --- attention: x_mid = x_in + o_proj(attn(...rmsnorm(x_in)))
+    Tensor dattn = Tensor::empty({N, Dq}, dt);
+    linear_backward<T>(s.attn.data<T>(), dxp, N, Dq, d, W<T>(m, P.o_w), G<T>(m, P.o_w), nullptr, dattn.data<T>(),
+                       false);
+    Tensor dq = Tensor::empty({N, Dq}, dt), dk = Tensor::empty({N, Dk}, dt), dv = Tensor::empty({N, Dk}, dt);
+    const nn::AttentionArgs aa{B, S, S, hq, hkv, hd, 0.0};
+    nn::attention_backward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(), s.lse.data<T>(),
+                              dattn.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
+    nn::rope_backward<T>({N, hq, hd, c.rope_theta}, pos, dq.data<T>());
+    nn::rope_backward<T>({N, hkv, hd, c.rope_theta}, pos, dk.data<T>());
+    const QkNorm qn = c.qk_norm();
+    if (qn != QkNorm::None) {
+      const bool per_head = qn == QkNorm::PerHead;
+      const nn::RmsNormArgs aq{per_head ? N * hq : N, per_head ? hd : Dq, c.rms_norm_eps};
+      const nn::RmsNormArgs ak{per_head ? N * hkv : N, per_head ? hd : Dk, c.rms_norm_eps};
+      nn::rmsnorm_backward<T>(aq, s.q_raw.data<T>(), W<T>(m, P.q_norm), s.rstd_q.data<T>(), dq.data<T>(),
+                              dq.data<T>(), G<T>(m, P.q_norm));
+      nn::rmsnorm_backward<T>(ak, s.k_raw.data<T>(), W<T>(m, P.k_norm), s.rstd_k.data<T>(), dk.data<T>(),
+                              dk.data<T>(), G<T>(m, P.k_norm));
+    }
+    Tensor dh1 = Tensor::empty({N, d}, dt);
+    const T* h1 = s.h1.data<T>();
+    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, W<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b), dh1.data<T>(), false);
+    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, W<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b), dh1.data<T>(), true);
+    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, W<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b), dh1.data<T>(), true);
+    nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, s.x_in.data<T>(), W<T>(m, P.ln1), s.rstd1.data<T>(),
+                            dh1.data<T>(), tmp.data<T>(), G<T>(m, P.ln1));
+    axpy<T>(dxp, tmp.data<T>(), N * d);
+    s = LayerSaved();  // free this layer's activations as soon as they are used
+  }
+
+  template <typename T>
+  static StepResult forward_backward(Transformer& m, const int32_t* tokens, const int32_t* targets, int64_t B,
+                                     int64_t S, const StepOptions& opt) {
+    const ModelConfig& c = m.cfg_;
+    const int64_t N = B * S, d = c.hidden_size, V = c.vocab_size;
+    Saved sv;
+    StepResult res;
+    Tensor logits = forward<T>(m, tokens, B, S, &opt, &sv, &res);  // (N, V), becomes dlogits
+    const nn::CrossEntropyResult ce =
+        nn::cross_entropy<T>(N, V, logits.data<T>(), targets, logits.data<T>(), opt.ce_scale);
+    res.loss_sum = ce.loss_sum, res.count = ce.count;
+    if (!std::isfinite(res.loss_sum) || !std::isfinite(res.aux_loss)) return res;  // the caller skips the step
+
+    Tensor dhf = Tensor::empty({N, d}, m.dtype_);
+    linear_backward<T>(sv.hf.data<T>(), logits.data<T>(), N, d, V, W<T>(m, m.index_.head), G<T>(m, m.index_.head),
+                       nullptr, dhf.data<T>(), false);
+    logits = Tensor();
+    Tensor dx = Tensor::empty({N, d}, m.dtype_);
+    nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, sv.x_final.data<T>(), W<T>(m, m.index_.norm), sv.rstd_f.data<T>(),
+                            dhf.data<T>(), dx.data<T>(), G<T>(m, m.index_.norm));
+    const std::vector<int32_t> pos = positions(B, S, 0);
+    for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) layer_backward<T>(m, l, sv.layers[l], dx, B, S, pos.data(), opt);
+    // Embedding rows: serial, so repeated tokens add in a fixed order.
+    T* dE = G<T>(m, m.index_.embed);
+    const T* dxp = dx.data<T>();
+    for (int64_t t = 0; t < N; ++t) {
+      T* row = dE + static_cast<int64_t>(tokens[t]) * d;
+      for (int64_t j = 0; j < d; ++j) row[j] += dxp[t * d + j];
+    }
+    return res;
+  }
+
+  template <typename T>
+  static StepResult evaluate(const Transformer& m, const int32_t* tokens, const int32_t* targets, int64_t B,
+                             int64_t S) {
+    StepResult res;
+    StepOptions opt;
+    opt.training = false;
+    Tensor logits = forward<T>(m, tokens, B, S, &opt, nullptr, &res);
+    const nn::CrossEntropyResult ce =
+        nn::cross_entropy<T>(B * S, m.cfg_.vocab_size, logits.data<T>(), targets, nullptr, 1.0);
+    res.loss_sum = ce.loss_sum, res.count = ce.count;
+    return res;
+  }
+
+  template <typename T>
+  static Tensor decode(const Transformer& m, KVCache& cache, const int32_t* tokens, int64_t n) {
+    const ModelConfig& c = m.cfg_;
+    MOE_CHECK(n > 0, "decode: no tokens given");
+    MOE_CHECK(static_cast<int64_t>(cache.k.size()) == c.num_hidden_layers && cache.v.size() == cache.k.size(),
+              "decode: the KV cache was not made by this model's new_cache()");
+    const int64_t p0 = cache.len;
+    MOE_CHECK(p0 + n <= cache.max_len, "decode: ", p0 + n, " positions exceed the KV cache length ", cache.max_len);
+    const int64_t hd = c.head_dim_or_default(), hq = c.num_attention_heads, hkv = c.num_key_value_heads;
+    Tensor x = embed<T>(m, tokens, n);
+    Tensor tok = Tensor::empty({n}, DType::I32);
+    std::memcpy(tok.data<int32_t>(), tokens, sizeof(int32_t) * n);
+    const std::vector<int32_t> pos = positions(1, n, p0);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      LayerSaved s;
+      qkv<T>(m, l, x, n, pos.data(), s);
+      T* kc = cache.k[l].data<T>();
+      T* vc = cache.v[l].data<T>();
+      std::memcpy(kc + p0 * hkv * hd, s.k.data<T>(), sizeof(T) * n * hkv * hd);
+      std::memcpy(vc + p0 * hkv * hd, s.v.data<T>(), sizeof(T) * n * hkv * hd);
+      s.attn = Tensor::empty({n, hq * hd}, m.dtype_);
+      const nn::AttentionArgs aa{1, n, p0 + n, hq, hkv, hd, 0.0};
+      nn::attention_forward<T>(aa, s.q.data<T>(), kc, vc, s.attn.data<T>(), nullptr);
+      out_and_ffn<T>(m, l, x, n, &tok, nullptr, s, false);
+    }
+    cache.len = p0 + n;
+    return head<T>(m, x, n - 1, n, nullptr).reshape({c.vocab_size});
+  }
+};
+
+StepResult Transformer::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
+                                         const StepOptions& opt) {
+  return dtype_ == DType::F64 ? Impl::forward_backward<double>(*this, tokens, targets, B, S, opt)
+                              : Impl::forward_backward<float>(*this, tokens, targets, B, S, opt);
+}
+
+StepResult Transformer::evaluate(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) const {
+  return dtype_ == DType::F64 ? Impl::evaluate<double>(*this, tokens, targets, B, S)
+                              : Impl::evaluate<float>(*this, tokens, targets, B, S);
+}
+
+Tensor Transformer::logits(const int32_t* tokens, int64_t B, int64_t S) const {
+  StepOptions opt;
+  opt.training = false;
+  return dtype_ == DType::F64 ? Impl::forward<double>(*this, tokens, B, S, &opt, nullptr, nullptr)
+                              : Impl::forward<float>(*this, tokens, B, S, &opt, nullptr, nullptr);
+}
+
+KVCache Transformer::new_cache(int64_t max_len) const {
+  MOE_CHECK(max_len > 0 && max_len <= cfg_.max_position_embeddings, "KV cache length ", max_len,
+            " must be in [1, max_position_embeddings = ", cfg_.max_position_embeddings, "]");
+  KVCache c;
+  c.max_len = max_len;
+  const int64_t hkv = cfg_.num_key_value_heads, hd = cfg_.head_dim_or_default();
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    c.k.push_back(Tensor::zeros({max_len, hkv, hd}, dtype_));
+    c.v.push_back(Tensor::zeros({max_len, hkv, hd}, dtype_));
+  }
+  return c;
+}
+
+Tensor Transformer::decode(KVCache& cache, const int32_t* tokens, int64_t n) const {
+  return dtype_ == DType::F64 ? Impl::decode<double>(*this, cache, tokens, n)
+                              : Impl::decode<float>(*this, cache, tokens, n);
+}
+
+}  // namespace moe::model

@@ -1,0 +1,274 @@
+// Parameters of the transformer: creation, initialisation, Hugging Face names and checkpoints.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "moe/core/error.h"
+#include "moe/core/rng.h"
+#include "moe/model/safetensors.h"
+#include "moe/model/transformer.h"
+
+namespace moe::model {
+
+namespace fs = std::filesystem;
+
+namespace {
+std::string layer_prefix(int64_t l) { return cat("model.layers.", l, "."); }
+
+std::string moe_prefix(const ModelConfig& c, int64_t l) {
+  return layer_prefix(l) + (c.arch == Arch::Mixtral ? "block_sparse_moe" : "mlp");
+}
+
+// Hugging Face names of expert e's gate, up and down projections.
+void expert_names(const ModelConfig& c, const std::string& prefix, int64_t e, std::string out[3]) {
+  const std::string p = cat(prefix, ".experts.", e, ".");
+  if (c.arch == Arch::Mixtral) {
+    out[0] = p + "w1.weight", out[1] = p + "w3.weight", out[2] = p + "w2.weight";
+  } else {
+    out[0] = p + "gate_proj.weight", out[1] = p + "up_proj.weight", out[2] = p + "down_proj.weight";
+  }
+}
+
+const char* kSharedSuffix[4] = {".shared_expert.gate_proj.weight", ".shared_expert.up_proj.weight",
+                                ".shared_expert.down_proj.weight", ".shared_expert_gate.weight"};
+const char* kBiasSuffix = ".gate.e_score_correction_bias";
+}  // namespace
+
+Transformer::Transformer(ModelConfig cfg, DType dtype) : cfg_(std::move(cfg)), dtype_(dtype) {
+  cfg_.validate();
+  MOE_CHECK(dtype == DType::F32 || dtype == DType::F64, "transformer: dtype must be f32 or f64, got ",
+            dtype_name(dtype));
+  build_params();
+}
+
+int Transformer::add_param(const std::string& name, Tensor value, bool decay) {
+  value.set_name(name);
+  NamedParam p;
+  p.name = name;
+  p.grad = Tensor::zeros(value.shape(), dtype_, name + ".grad");
+  p.value = std::move(value);
+  p.decay = decay;
+  params_.push_back(std::move(p));
+  return static_cast<int>(params_.size()) - 1;
+}
+
+void Transformer::build_params() {
+  const ModelConfig& c = cfg_;
+  const int64_t V = c.vocab_size, d = c.hidden_size, hd = c.head_dim_or_default();
+  const int64_t Dq = c.num_attention_heads * hd, Dk = c.num_key_value_heads * hd;
+  auto mat = [&](int64_t r, int64_t k) { return Tensor::zeros({r, k}, dtype_); };
+  auto vec = [&](int64_t n, double v) { return Tensor::full({n}, v, dtype_); };
+  index_.embed = add_param("model.embed_tokens.weight", mat(V, d), true);
+  index_.layers.resize(static_cast<size_t>(c.num_hidden_layers));
+  moe_.resize(static_cast<size_t>(c.num_hidden_layers));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    LayerIndex& P = index_.layers[l];
+    const std::string pre = layer_prefix(l);
+    P.ln1 = add_param(pre + "input_layernorm.weight", vec(d, 1.0), false);
+    P.q_w = add_param(pre + "self_attn.q_proj.weight", mat(Dq, d), true);
+    P.k_w = add_param(pre + "self_attn.k_proj.weight", mat(Dk, d), true);
+    P.v_w = add_param(pre + "self_attn.v_proj.weight", mat(Dk, d), true);
+    P.o_w = add_param(pre + "self_attn.o_proj.weight", mat(d, Dq), true);
+    if (c.attention_bias()) {
+      P.q_b = add_param(pre + "self_attn.q_proj.bias", vec(Dq, 0.0), false);
+      P.k_b = add_param(pre + "self_attn.k_proj.bias", vec(Dk, 0.0), false);
+      P.v_b = add_param(pre + "self_attn.v_proj.bias", vec(Dk, 0.0), false);
+    }
+    if (c.qk_norm() != QkNorm::None) {
+      const bool per_head = c.qk_norm() == QkNorm::PerHead;
+      P.q_norm = add_param(pre + "self_attn.q_norm.weight", vec(per_head ? hd : Dq, 1.0), false);
+      P.k_norm = add_param(pre + "self_attn.k_norm.weight", vec(per_head ? hd : Dk, 1.0), false);
+    }
+    P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
+    if (c.is_moe_layer(l)) {
+      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_);
+      MoEParams& mp = moe_[l]->params();
+      const std::string mpre = moe_prefix(c, l);
+      P.moe[0] = add_param(mpre + ".gate.weight", mp.router_w, true);
+      P.moe[1] = add_param(mpre + ".experts.w_gate", mp.w_gate, true);
+      P.moe[2] = add_param(mpre + ".experts.w_up", mp.w_up, true);
+      P.moe[3] = add_param(mpre + ".experts.w_down", mp.w_down, true);
+      const Tensor* shared[4] = {&mp.shared_w_gate, &mp.shared_w_up, &mp.shared_w_down, &mp.shared_gate_w};
+      for (int i = 0; i < 4; ++i)
+        if (shared[i]->defined()) P.moe[4 + i] = add_param(mpre + kSharedSuffix[i], *shared[i], true);
+    } else {
+      const int64_t F = c.intermediate_size;
+      P.gate = add_param(pre + "mlp.gate_proj.weight", mat(F, d), true);
+      P.up = add_param(pre + "mlp.up_proj.weight", mat(F, d), true);
+      P.down = add_param(pre + "mlp.down_proj.weight", mat(d, F), true);
+    }
+  }
+  index_.norm = add_param("model.norm.weight", vec(d, 1.0), false);
+  index_.head = c.tie_word_embeddings ? index_.embed : add_param("lm_head.weight", mat(V, d), true);
+}
+
+void Transformer::init_params(uint64_t seed) {
+  const Rng rng(seed);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    NamedParam& p = params_[i];
+    if (p.value.dim() == 1) continue;  // norms stay one, biases zero
+    rng.fork(i + 1).fill_normal(p.value, 0.0, cfg_.initializer_range);
+  }
+  for (auto& m : moe_)
+    if (m) m->params().router_bias.fill(0.0);
+}
+
+NamedParam& Transformer::param(const std::string& name) {
+  for (NamedParam& p : params_)
+    if (p.name == name) return p;
+  throw Error(cat("model has no parameter '", name, "'"));
+}
+
+void Transformer::zero_grads() {
+  for (NamedParam& p : params_) p.grad.fill(0.0);
+}
+
+void Transformer::update_router_biases(const StepResult& r) {
+  for (size_t i = 0; i < r.moe_layers.size(); ++i) {
+    const int64_t l = r.moe_layers[i];
+    MOE_CHECK(l >= 0 && l < cfg_.num_hidden_layers && moe_[l], "update_router_biases: layer ", l, " is not MoE");
+    moe_[l]->update_bias(r.stats[i]);
+  }
+}
+
+const MoELayer* Transformer::moe_layer(int64_t layer) const {
+  MOE_CHECK(layer >= 0 && layer < cfg_.num_hidden_layers, "layer ", layer, " out of range");
+  return moe_[layer].get();
+}
+
+std::map<std::string, Tensor> Transformer::hf_state_dict() const {
+  std::map<std::string, Tensor> sd;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (params_[i].name.find(".experts.w_") != std::string::npos) continue;
+    sd[params_[i].name] = params_[i].value.to(DType::F32);
+  }
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    if (!moe_[l]) continue;
+    const MoEParams& mp = moe_[l]->params();
+    const std::string pre = moe_prefix(cfg_, l);
+    std::string names[3];
+    for (int64_t e = 0; e < cfg_.num_experts; ++e) {
+      expert_names(cfg_, pre, e, names);
+      sd[names[0]] = mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}).to(DType::F32);
+      sd[names[1]] = mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}).to(DType::F32);
+      sd[names[2]] = mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}).to(DType::F32);
+    }
+    if (moe_[l]->config().router.use_bias) sd[pre + kBiasSuffix] = mp.router_bias.to(DType::F32);
+  }
+  return sd;
+}
+
+void Transformer::load_hf_state_dict(const std::map<std::string, Tensor>& sd) {
+  std::set<std::string> used;
+  auto take = [&](const std::string& name, const Tensor& dst) {
+    auto it = sd.find(name);
+    MOE_CHECK(it != sd.end(), "checkpoint: missing tensor '", name, "'");
+    const Tensor& src = it->second;
+    const DType t = src.dtype();
+    MOE_CHECK(t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64, "checkpoint: tensor '", name,
+              "' has dtype ", dtype_name(t), "; expected a float type");
+    MOE_CHECK(src.shape() == dst.shape(), "checkpoint: tensor '", name, "': expected shape ", shape_str(dst.shape()),
+              ", got ", shape_str(src.shape()));
+    Tensor d = dst;
+    d.copy_from(src);
+    used.insert(name);
+  };
+  for (const NamedParam& p : params_) {
+    if (p.name.find(".experts.w_") != std::string::npos) continue;
+    take(p.name, p.value);
+  }
+  for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
+    if (!moe_[l]) continue;
+    MoEParams& mp = moe_[l]->params();
+    const std::string pre = moe_prefix(cfg_, l);
+    std::string names[3];
+    for (int64_t e = 0; e < cfg_.num_experts; ++e) {
+      expert_names(cfg_, pre, e, names);
+      take(names[0], mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}));
+      take(names[1], mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}));
+      take(names[2], mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}));
+    }
+    if (sd.count(pre + kBiasSuffix)) take(pre + kBiasSuffix, mp.router_bias);
+  }
+  // transformers drops a tied lm_head.weight on save; some writers keep it: accept an equal copy.
+  if (cfg_.tie_word_embeddings && sd.count("lm_head.weight")) used.insert("lm_head.weight");
+  std::string unexpected;
+  int n_unexpected = 0;
+  for (const auto& [name, t] : sd)
+    if (!used.count(name) && n_unexpected++ < 5) unexpected += (unexpected.empty() ? "" : ", ") + name;
+  MOE_CHECK(n_unexpected == 0, "checkpoint: ", n_unexpected, " unexpected tensor(s) for a ", arch_name(cfg_.arch),
+            " model of this config: ", unexpected, n_unexpected > 5 ? ", ..." : "");
+}
+
+void save_pretrained(const Transformer& m, const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  MOE_CHECK(!ec, "cannot create directory '", dir, "': ", ec.message());
+  save_safetensors((fs::path(dir) / "model.safetensors").string(), m.hf_state_dict(), {{"format", "pt"}});
+  const std::string cfg_path = (fs::path(dir) / "config.json").string();
+  {
+    std::ofstream f(cfg_path + ".tmp", std::ios::binary | std::ios::trunc);
+    MOE_CHECK(f.good(), "cannot write '", cfg_path, ".tmp'");
+    f << to_json(m.config()) << "\n";
+    f.close();
+    MOE_CHECK(f.good(), "error writing '", cfg_path, ".tmp'");
+  }
+  fs::rename(cfg_path + ".tmp", cfg_path, ec);
+  MOE_CHECK(!ec, "cannot rename '", cfg_path, ".tmp': ", ec.message());
+}
+
+namespace {
+// The distinct shard files named by a sharded checkpoint's index ("weight_map"), sorted.
+std::vector<std::string> shard_files(const std::string& index_path) {
+  std::ifstream f(index_path, std::ios::binary);
+  MOE_CHECK(f.good(), "cannot open '", index_path, "'");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(f);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(cat(index_path, ": invalid JSON: ", e.what()));
+  }
+  MOE_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), index_path,
+            ": expected an object with a 'weight_map' object");
+  std::set<std::string> files;
+  for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
+    MOE_CHECK(it->is_string(), index_path, ": weight_map entry '", it.key(), "' is not a file name");
+    const std::string name = it->get<std::string>();
+    MOE_CHECK(name.find('/') == std::string::npos && name.find("..") == std::string::npos, index_path,
+              ": shard file name '", name, "' must be a plain file name");
+    files.insert(name);
+  }
+  MOE_CHECK(!files.empty(), index_path, ": weight_map is empty");
+  return {files.begin(), files.end()};
+}
+}  // namespace
+
+std::map<std::string, Tensor> load_hf_tensors(const std::string& dir) {
+  const fs::path p(dir);
+  MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
+  const fs::path single = p / "model.safetensors", index = p / "model.safetensors.index.json";
+  if (fs::exists(single)) return load_safetensors(single.string());
+  MOE_CHECK(fs::exists(index), "model directory '", dir, "' has neither model.safetensors nor ",
+            "model.safetensors.index.json");
+  std::map<std::string, Tensor> sd;
+  for (const std::string& f : shard_files(index.string()))
+    for (auto& [name, t] : load_safetensors((p / f).string())) sd[name] = std::move(t);
+  return sd;
+}
+
+Transformer load_pretrained(const std::string& dir, DType dtype) {
+  const fs::path p(dir);
+  MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
+  Transformer m(load_model_config((p / "config.json").string()), dtype);
+  const std::map<std::string, Tensor> sd = load_hf_tensors(dir);
+  try {
+    m.load_hf_state_dict(sd);
+  } catch (const Error& e) {
+    throw Error(cat(dir, ": ", e.what()));
+  }
+  return m;
+}
+
+}  // namespace moe::model

@@ -1,0 +1,240 @@
+// The transformer: config JSON, finite-difference gradients of tiny models of every architecture,
+// KV-cache decoding against the full forward, checkpoints, determinism and bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/core/rng.h"
+#include "moe/model/safetensors.h"
+#include "moe/model/transformer.h"
+
+namespace fs = std::filesystem;
+using namespace moe;
+using namespace moe::model;
+
+namespace {
+
+ModelConfig tiny(Arch arch) {
+  ModelConfig c;
+  c.arch = arch;
+  c.vocab_size = 11;
+  c.hidden_size = 8;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.num_experts = 4;
+  c.num_experts_per_tok = 2;
+  c.intermediate_size = 6;
+  c.moe_intermediate_size = 5;
+  c.max_position_embeddings = 64;
+  c.router_aux_loss_coef = 0.01;
+  c.initializer_range = 0.5;  // large weights so that every term matters in the gradient check
+  if (arch == Arch::Olmoe) c.head_dim = 2;  // olmoe: heads · head_dim == hidden
+  if (arch == Arch::Qwen2Moe) {
+    c.shared_expert_intermediate_size = 7;
+    c.mlp_only_layers = {1};
+  }
+  if (arch == Arch::Qwen3Moe) {
+    c.norm_topk_prob = true;
+    c.mlp_only_layers = {0};
+    c.router_z_loss_coef = 0.001;
+  }
+  if (arch == Arch::Mixtral) c.tie_word_embeddings = true;
+  return c;
+}
+
+std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
+  const Rng r(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>(r.below(static_cast<uint64_t>(i), V));
+  return t;
+}
+
+// Loss as differentiated: ce_scale · Σ CE + aux_scale · Σ aux.
+double total_loss(const Transformer& m, const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt, int64_t B,
+                  int64_t S, const StepOptions& o) {
+  const StepResult r = m.evaluate(tok.data(), tgt.data(), B, S);
+  return o.ce_scale * r.loss_sum + o.aux_scale * r.aux_loss;
+}
+
+class TransformerGrad : public ::testing::TestWithParam<Arch> {};
+
+}  // namespace
+
+TEST_P(TransformerGrad, FiniteDifferencesMatchBackward) {
+  const ModelConfig cfg = tiny(GetParam());
+  Transformer m(cfg, DType::F64);
+  m.init_params(7);
+  const int64_t B = 2, S = 5;
+  std::vector<int32_t> tok = random_tokens(B * S, cfg.vocab_size, 1), tgt = random_tokens(B * S, cfg.vocab_size, 2);
+  tgt[3] = -1;  // an ignored target
+  StepOptions o;
+  o.ce_scale = 1.0 / 9.0;
+  o.aux_scale = 0.5;
+  o.training = false;
+  m.zero_grads();
+  m.forward_backward(tok.data(), tgt.data(), B, S, o);
+  const double eps = 1e-6;
+  int checked = 0;
+  for (NamedParam& p : m.parameters()) {
+    const int64_t n = p.value.numel();
+    // A handful of entries of every tensor, spread over it.
+    for (int64_t j = 0; j < std::min<int64_t>(n, 6); ++j) {
+      const int64_t i = (j * 7919 + 13) % n;
+      const double v = p.value.get(i);
+      p.value.set(i, v + eps);
+      const double lp = total_loss(m, tok, tgt, B, S, o);
+      p.value.set(i, v - eps);
+      const double lm = total_loss(m, tok, tgt, B, S, o);
+      p.value.set(i, v);
+      const double fd = (lp - lm) / (2 * eps), an = p.grad.get(i);
+      EXPECT_NEAR(an, fd, 1e-6 + 1e-5 * std::abs(fd)) << p.name << "[" << i << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 60);
+}
+
+INSTANTIATE_TEST_SUITE_P(Arch, TransformerGrad,
+                         ::testing::Values(Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe),
+                         [](const auto& info) { return std::string(arch_name(info.param)); });
+
+TEST(Transformer, DecodeWithCacheMatchesFullForward) {
+  for (Arch a : {Arch::Qwen2Moe, Arch::Olmoe}) {
+    const ModelConfig cfg = tiny(a);
+    Transformer m(cfg, DType::F32);
+    m.init_params(3);
+    const int64_t S = 9;
+    const std::vector<int32_t> tok = random_tokens(S, cfg.vocab_size, 5);
+    const Tensor full = m.logits(tok.data(), 1, S);  // (S, V)
+    KVCache cache = m.new_cache(16);
+    // A prompt of 4 tokens, then one token at a time.
+    Tensor last = m.decode(cache, tok.data(), 4);
+    for (int64_t v = 0; v < cfg.vocab_size; ++v) EXPECT_NEAR(last.get(v), full.get(3 * cfg.vocab_size + v), 2e-5);
+    for (int64_t t = 4; t < S; ++t) {
+      last = m.decode(cache, tok.data() + t, 1);
+      for (int64_t v = 0; v < cfg.vocab_size; ++v)
+        EXPECT_NEAR(last.get(v), full.get(t * cfg.vocab_size + v), 2e-5) << arch_name(a) << " t=" << t;
+    }
+    EXPECT_EQ(cache.len, S);
+    EXPECT_THROW(m.decode(cache, tok.data(), 8), Error);  // past the cache
+  }
+}
+
+TEST(Transformer, GradientsBitIdenticalAcrossThreadCounts) {
+  const ModelConfig cfg = tiny(Arch::Qwen2Moe);
+  const std::vector<int32_t> tok = random_tokens(24, cfg.vocab_size, 8), tgt = random_tokens(24, cfg.vocab_size, 9);
+  std::vector<std::vector<double>> ref;
+  for (int threads : {1, 2, 4}) {
+    set_num_threads(threads);
+    Transformer m(cfg, DType::F32);
+    m.init_params(11);
+    m.zero_grads();
+    StepOptions o;
+    o.ce_scale = 1.0 / 24;
+    m.forward_backward(tok.data(), tgt.data(), 3, 8, o);
+    std::vector<std::vector<double>> g;
+    for (const NamedParam& p : m.parameters()) g.push_back(p.grad.to_vector());
+    if (ref.empty()) ref = g;
+    else EXPECT_EQ(g, ref) << threads << " threads";
+  }
+  set_num_threads(0);
+}
+
+TEST(Transformer, SaveLoadRoundTripAndBadCheckpoints) {
+  const fs::path dir = fs::temp_directory_path() / "moe_test_transformer_ckpt";
+  fs::remove_all(dir);
+  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe}) {
+    const ModelConfig cfg = tiny(a);
+    Transformer m(cfg);
+    m.init_params(21);
+    save_pretrained(m, dir.string());
+    Transformer r = load_pretrained(dir.string());
+    EXPECT_EQ(to_json(r.config()), to_json(cfg));
+    const std::vector<int32_t> tok = random_tokens(6, cfg.vocab_size, 4);
+    EXPECT_EQ(m.logits(tok.data(), 1, 6).to_vector(), r.logits(tok.data(), 1, 6).to_vector()) << arch_name(a);
+    // Hugging Face names.
+    SafetensorsReader rd((dir / "model.safetensors").string());
+    if (a == Arch::Mixtral) {
+      EXPECT_TRUE(rd.contains("model.layers.0.block_sparse_moe.experts.3.w2.weight"));
+      EXPECT_FALSE(rd.contains("lm_head.weight"));  // tied
+    } else {
+      EXPECT_TRUE(rd.contains("model.layers.0.mlp.experts.3.down_proj.weight") ||
+                  rd.contains("model.layers.1.mlp.experts.3.down_proj.weight"));
+    }
+    if (a == Arch::Qwen2Moe) EXPECT_TRUE(rd.contains("model.layers.0.mlp.shared_expert_gate.weight"));
+  }
+  // Truncated weights: a clear error naming the file.
+  const fs::path st = dir / "model.safetensors";
+  fs::resize_file(st, fs::file_size(st) - 16);
+  EXPECT_THROW(load_pretrained(dir.string()), Error);
+  // Missing and unexpected tensors.
+  Transformer m(tiny(Arch::Olmoe));
+  auto sd = m.hf_state_dict();
+  sd.erase("model.norm.weight");
+  EXPECT_THROW(m.load_hf_state_dict(sd), Error);
+  sd = m.hf_state_dict();
+  sd["model.layers.9.mlp.gate.weight"] = Tensor::zeros({4, 8});
+  EXPECT_THROW(m.load_hf_state_dict(sd), Error);
+  sd = m.hf_state_dict();
+  sd["model.norm.weight"] = Tensor::zeros({9});
+  try {
+    m.load_hf_state_dict(sd);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.norm.weight"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
+TEST(ModelConfig, JsonRoundTripAndErrors) {
+  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe}) {
+    const ModelConfig c = tiny(a);
+    EXPECT_EQ(to_json(model_config_from_json(to_json(c))), to_json(c));
+  }
+  // A Hugging Face Mixtral config.
+  const char* mixtral = R"({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000,
+    "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+    "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2, "rope_theta": 1e6,
+    "rms_norm_eps": 1e-5, "max_position_embeddings": 32768, "bos_token_id": 1, "eos_token_id": 2,
+    "router_aux_loss_coef": 0.02, "sliding_window": null, "tie_word_embeddings": false})";
+  const ModelConfig m = model_config_from_json(mixtral);
+  EXPECT_EQ(m.head_dim_or_default(), 128);
+  EXPECT_EQ(m.expert_width(), 14336);
+  EXPECT_TRUE(m.moe_layer_config().router.normalize);
+  EXPECT_NEAR(static_cast<double>(m.n_params()) / 1e9, 46.7, 0.1);         // Mixtral-8x7B
+  EXPECT_NEAR(static_cast<double>(m.n_active_params()) / 1e9, 12.9, 0.1);
+  EXPECT_THROW(model_config_from_json(R"({"model_type": "llama"})"), Error);
+  EXPECT_THROW(model_config_from_json("{"), Error);
+  std::string bad = mixtral;
+  bad.replace(bad.find("\"num_key_value_heads\": 8"), 24, "\"num_key_value_heads\": 5");
+  EXPECT_THROW(model_config_from_json(bad), Error);
+  bad = mixtral;
+  bad.replace(bad.find("\"num_experts_per_tok\": 2"), 24, "\"num_experts_per_tok\": 9");
+  EXPECT_THROW(model_config_from_json(bad), Error);
+}
+
+TEST(Transformer, BadInputsAreClearErrors) {
+  const ModelConfig cfg = tiny(Arch::Qwen3Moe);
+  Transformer m(cfg);
+  m.init_params(1);
+  std::vector<int32_t> tok = {1, 2, 99}, tgt = {1, 2, 3};
+  EXPECT_THROW(m.evaluate(tok.data(), tgt.data(), 1, 3), Error);  // token outside the vocab
+  tok[2] = 3;
+  tgt[1] = 11;
+  EXPECT_THROW(m.evaluate(tok.data(), tgt.data(), 1, 3), Error);  // target outside the vocab
+  EXPECT_THROW(m.evaluate(tok.data(), tgt.data(), 0, 3), Error);
+  std::vector<int32_t> longer(65, 1);
+  EXPECT_THROW(m.evaluate(longer.data(), longer.data(), 1, 65), Error);  // past max_position_embeddings
+  // NaN in a weight: reported, not applied.
+  m.param("model.norm.weight").value.set(0, std::nan(""));
+  tgt[1] = 2;
+  m.zero_grads();
+  const StepResult r = m.forward_backward(tok.data(), tgt.data(), 1, 3, {});
+  EXPECT_FALSE(std::isfinite(r.loss_sum));
+}
