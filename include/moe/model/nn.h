@@ -22,7 +22,8 @@ struct RmsNormArgs {
 // x, y: (n, d); w: (d); rstd: (n) saved for backward (may be null when not needed). y may alias x.
 template <typename T>
 void rmsnorm_forward(const RmsNormArgs& a, const T* x, const T* w, T* y, T* rstd);
-// dx = ∂L/∂x (overwritten; may alias dy), dw += ∂L/∂w (accumulated; may be null).
+// dx = ∂L/∂x (overwritten; may alias dy), dw += ∂L/∂w (accumulated; may be null). rstd may be null:
+// it is then recomputed from x.
 template <typename T>
 void rmsnorm_backward(const RmsNormArgs& a, const T* x, const T* w, const T* rstd, const T* dy, T* dx,
                       T* dw);
@@ -64,7 +65,8 @@ struct AttentionArgs {
 template <typename T>
 void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* v, T* out, T* lse);
 // Gradients (overwritten, not accumulated) dq: like q; dk, dv: like k, v. Recomputes the
-// probabilities from q, k and lse.
+// probabilities from q, k and lse; out and lse (from attention_forward) are required. With sq = 0,
+// dk and dv are zero.
 template <typename T>
 void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T* v, const T* out,
                         const T* lse, const T* dout, T* dq, T* dk, T* dv);
