@@ -88,7 +88,7 @@ def case_smoke(moe, tmp, data):
     check(sorted(losses) == list(range(1, 61)), f"steps logged: {sorted(losses)}")
     first, last = sum(losses[s] for s in range(1, 6)) / 5, sum(losses[s] for s in range(56, 61)) / 5
     print(f"loss: first 5 steps {first:.3f}, last 5 steps {last:.3f}")
-    check(last < first - 1.0, f"loss did not fall: {first:.3f} -> {last:.3f}")
+    check(last < first - 0.5, f"loss did not fall: {first:.3f} -> {last:.3f}")
     check(len(evals) == 2 and not skips, f"evals {evals}, skips {skips}")
     for f in ("config.json", "model.safetensors", "tokenizer.json", "optimizer.safetensors", "trainer_state.json"):
         check(os.path.exists(os.path.join(out, "checkpoint", f)), "checkpoint file " + f)

@@ -102,7 +102,7 @@ TEST_P(TransformerGrad, FiniteDifferencesMatchBackward) {
 
 INSTANTIATE_TEST_SUITE_P(Arch, TransformerGrad,
                          ::testing::Values(Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe),
-                         [](const auto& info) { return std::string(arch_name(info.param)); });
+                         [](const ::testing::TestParamInfo<Arch>& p) { return std::string(arch_name(p.param)); });
 
 TEST(Transformer, DecodeWithCacheMatchesFullForward) {
   for (Arch a : {Arch::Qwen2Moe, Arch::Olmoe}) {
@@ -130,6 +130,7 @@ TEST(Transformer, GradientsBitIdenticalAcrossThreadCounts) {
   const ModelConfig cfg = tiny(Arch::Qwen2Moe);
   const std::vector<int32_t> tok = random_tokens(24, cfg.vocab_size, 8), tgt = random_tokens(24, cfg.vocab_size, 9);
   std::vector<std::vector<double>> ref;
+  const int saved = num_threads();
   for (int threads : {1, 2, 4}) {
     set_num_threads(threads);
     Transformer m(cfg, DType::F32);
@@ -143,7 +144,7 @@ TEST(Transformer, GradientsBitIdenticalAcrossThreadCounts) {
     if (ref.empty()) ref = g;
     else EXPECT_EQ(g, ref) << threads << " threads";
   }
-  set_num_threads(0);
+  set_num_threads(saved);
 }
 
 TEST(Transformer, SaveLoadRoundTripAndBadCheckpoints) {
@@ -167,7 +168,9 @@ TEST(Transformer, SaveLoadRoundTripAndBadCheckpoints) {
       EXPECT_TRUE(rd.contains("model.layers.0.mlp.experts.3.down_proj.weight") ||
                   rd.contains("model.layers.1.mlp.experts.3.down_proj.weight"));
     }
-    if (a == Arch::Qwen2Moe) EXPECT_TRUE(rd.contains("model.layers.0.mlp.shared_expert_gate.weight"));
+    if (a == Arch::Qwen2Moe) {
+      EXPECT_TRUE(rd.contains("model.layers.0.mlp.shared_expert_gate.weight"));
+    }
   }
   // Truncated weights: a clear error naming the file.
   const fs::path st = dir / "model.safetensors";
