@@ -24,6 +24,7 @@ PACKAGES=(
   python3-numpy       # PyTorch oracle tests
   python3-torch       # PyTorch oracle tests (never a runtime dependency)
   libopenblas0-pthread  # an optimised BLAS under python3-torch, so bench/compare_torch.py is fair
+  fortunes            # the default training corpus (English text in /usr/share/games/fortunes)
 )
 # shellcheck disable=SC2206
 PACKAGES+=(${MOE_EXTRA_PACKAGES:-})
