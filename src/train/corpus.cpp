@@ -103,8 +103,21 @@ size_t validation_split(std::string_view text, double val_fraction) {
 
 PrepareResult prepare_shards(std::string_view text, const Tokenizer& tok, const std::string& train_path,
                              const std::string& val_path, const PrepareOptions& opts) {
-  const size_t split = validation_split(text, opts.val_fraction);
-  const std::string_view train_text = text.substr(0, split), val_text = text.substr(split);
+  std::string train_text, val_text;
+  if (opts.val_every > 0) {
+    // Documents end after a blank line; each keeps its trailing blank line.
+    size_t pos = 0;
+    for (int64_t doc = 0; pos < text.size(); ++doc) {
+      size_t end = text.find("\n\n", pos);
+      end = end == std::string_view::npos ? text.size() : end + 2;
+      while (end < text.size() && text[end] == '\n') ++end;
+      (doc % opts.val_every == opts.val_every - 1 ? val_text : train_text).append(text.substr(pos, end - pos));
+      pos = end;
+    }
+  } else {
+    const size_t split = validation_split(text, opts.val_fraction);
+    train_text = text.substr(0, split), val_text = text.substr(split);
+  }
   const std::vector<int32_t> train = tok.encode(train_text);
   const std::vector<int32_t> val = tok.encode(val_text);
   write_shard(train_path, train, tok.vocab_size());

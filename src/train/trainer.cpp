@@ -343,7 +343,9 @@ TrainSummary train(const TrainOptions& opt_in) {
     r.tok = Tokenizer::train_bpe(text, r.opt.vocab_size);
   }
   r.tok.save((r.dir / "tokenizer.json").string());
-  prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(), (r.dir / "data" / "val.bin").string());
+  PrepareOptions po;
+  po.val_every = 50;  // 2% of the documents, spread over the whole corpus
+  prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(), (r.dir / "data" / "val.bin").string(), po);
   if (!init) {
     r.opt.model.vocab_size = r.tok.vocab_size();
     r.opt.model.eos_token_id = r.tok.eos_id();

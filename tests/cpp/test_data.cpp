@@ -297,6 +297,17 @@ TEST_F(DataCorpusTest, PrepareWritesTrainAndValidationShards) {
   EXPECT_EQ(train.vocab_size(), tok.vocab_size());
 }
 
+TEST_F(DataCorpusTest, PrepareEveryNthDocumentForValidation) {
+  std::string text;
+  for (int i = 0; i < 10; ++i) text += "doc " + std::to_string(i) + "\nline\n\n";
+  const Tokenizer tok = Tokenizer::train_bpe(text, 300);
+  PrepareOptions po;
+  po.val_every = 4;
+  prepare_shards(text, tok, file("train.bin"), file("val.bin"), po);
+  EXPECT_EQ(tok.decode(TokenShard(file("val.bin")).to_vector()), "doc 3\nline\n\ndoc 7\nline\n\n");
+  EXPECT_EQ(tok.decode(TokenShard(file("train.bin")).to_vector()).size() + 24, text.size());
+}
+
 TEST_F(DataCorpusTest, FortunesCorpusFromADirectory) {
   const std::string dir = file("fortunes");
   fs::create_directories(dir + "/off");

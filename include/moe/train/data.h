@@ -126,6 +126,9 @@ std::string fortunes_corpus(const std::string& dir = kFortunesDir);
 
 struct PrepareOptions {
   double val_fraction = 0.02;  // share of the text (by bytes) kept for validation
+  // When > 0, the validation text is instead every val_every-th document (documents are separated
+  // by blank lines), so that it samples the whole corpus rather than its last file.
+  int64_t val_every = 0;
 };
 
 struct PrepareResult {
@@ -139,7 +142,8 @@ struct PrepareResult {
 size_t validation_split(std::string_view text, double val_fraction);
 
 // Encodes text[0, split) into a train shard and text[split, end) into a validation shard, where
-// split = validation_split(text, opts.val_fraction). Deterministic.
+// split = validation_split(text, opts.val_fraction); or, with opts.val_every = n > 0, documents
+// n-1, 2n-1, ... into the validation shard and the others into the train shard. Deterministic.
 PrepareResult prepare_shards(std::string_view text, const Tokenizer& tok, const std::string& train_path,
                              const std::string& val_path, const PrepareOptions& opts = {});
 
