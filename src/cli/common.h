@@ -31,6 +31,7 @@ struct Registry {
 void register_version(CLI::App& app, Registry& reg);
 void register_bench(CLI::App& app, Registry& reg);
 void register_layer(CLI::App& app, Registry& reg);
+void register_report(CLI::App& app, Registry& reg);
 
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();

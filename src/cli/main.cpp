@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
   moe::cli::register_version(app, reg);
   moe::cli::register_bench(app, reg);
   moe::cli::register_layer(app, reg);
+  moe::cli::register_report(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited
 
   try {
