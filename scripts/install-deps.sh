@@ -25,6 +25,8 @@ PACKAGES=(
   python3-torch       # PyTorch oracle tests (never a runtime dependency)
   libopenblas0-pthread  # an optimised BLAS under python3-torch, so bench/compare_torch.py is fair
   fortunes            # the default training corpus (English text in /usr/share/games/fortunes)
+  chromium            # headless screenshot test of the `moe report` page (tests/cli/report_screenshot.py)
+  fonts-dejavu-core   # the font that screenshot renders its text with
 )
 # shellcheck disable=SC2206
 PACKAGES+=(${MOE_EXTRA_PACKAGES:-})

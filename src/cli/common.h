@@ -35,6 +35,7 @@ void register_train(CLI::App& app, Registry& reg);
 void register_eval(CLI::App& app, Registry& reg);
 void register_generate(CLI::App& app, Registry& reg);
 void register_upcycle(CLI::App& app, Registry& reg);
+void register_report(CLI::App& app, Registry& reg);
 
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();

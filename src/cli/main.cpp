@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
   moe::cli::register_eval(app, reg);
   moe::cli::register_generate(app, reg);
   moe::cli::register_upcycle(app, reg);
+  moe::cli::register_report(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited
 
   try {
