@@ -448,6 +448,7 @@ void register_bench(CLI::App& app, Registry& reg) {
   CLI::App* bench_app = app.add_subcommand("bench", "Benchmarks");
   bench_app->require_subcommand(1);
   add_bench_layer(*bench_app, reg);
+  add_bench_train(*bench_app, reg);
 }
 
 }  // namespace moe::cli

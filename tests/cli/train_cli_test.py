@@ -161,6 +161,30 @@ def case_nan(moe, tmp, data):
     check(all(v == v for v in losses.values()) and len(losses) == 11, str(losses))  # 12 steps, one skipped
 
 
+def case_upcycle(moe, tmp, data):
+    """A dense model (every layer dense) -> moe upcycle -> moe train --init continues from it."""
+    dense, up, cont = os.path.join(tmp, "dense"), os.path.join(tmp, "up"), os.path.join(tmp, "cont")
+    train(moe, dense, data, "--steps", "20", "--dense-layers", "0,1", "--dense-width", "64")
+    cfg = json.load(open(os.path.join(dense, "checkpoint", "config.json")))
+    check(cfg["mlp_only_layers"] == [0, 1], str(cfg))
+    tokens = "5,9,11,40,2,7,100,3"
+    e_dense = json.loads(run([moe, "eval", "--model", dense, "--tokens", tokens, "--json"]).stdout)
+    u = json.loads(run([moe, "upcycle", "--model", os.path.join(dense, "checkpoint"), "--out", up, "--experts", "4",
+                        "--top-k", "2", "--json"]).stdout)
+    check(u["converted_layers"] == 2 and u["experts"] == 4 and u["expert_width"] == 64, str(u))
+    e_up = json.loads(run([moe, "eval", "--model", up, "--tokens", tokens, "--json"]).stdout)
+    check(abs(e_up["loss"] - e_dense["loss"]) < 1e-4, f"upcycled model differs: {e_dense} vs {e_up}")
+    run([moe, "train", "--init", up, "--out", cont, "--data", data, "--steps", "10", "--seq-len", "32",
+         "--batch-size", "8", "--threads", "2", "--eval-batches", "2"])
+    losses, _, _ = metrics(cont)
+    dense_losses, _, _ = metrics(dense)
+    # It starts from the trained weights: its first loss is near the dense run's last, not its first.
+    check(len(losses) == 10 and losses[1] < dense_losses[1] - 0.3, f"continued: {losses}, dense: {dense_losses}")
+    cfg = json.load(open(os.path.join(cont, "checkpoint", "config.json")))
+    check(cfg["num_experts"] == 4 and cfg["mlp_only_layers"] == [], str(cfg))
+    run([moe, "upcycle", "--model", os.path.join(tmp, "nope"), "--out", up], check_rc=2)
+
+
 def case_errors(moe, tmp, data):
     out = os.path.join(tmp, "run")
 

@@ -241,3 +241,29 @@ TEST(Transformer, BadInputsAreClearErrors) {
   const StepResult r = m.forward_backward(tok.data(), tgt.data(), 1, 3, {});
   EXPECT_FALSE(std::isfinite(r.loss_sum));
 }
+
+TEST(Transformer, GradientAccumulationEqualsTheWholeBatch) {
+  // Without balancing losses (which are per micro-batch by definition) two micro-batches with
+  // ce_scale = 1 / (all tokens) accumulate to the gradient of the whole batch.
+  ModelConfig cfg = tiny(Arch::Mixtral);
+  cfg.router_aux_loss_coef = 0;
+  Transformer m(cfg, DType::F64);
+  m.init_params(12);
+  const std::vector<int32_t> tok = random_tokens(12, cfg.vocab_size, 30), tgt = random_tokens(12, cfg.vocab_size, 31);
+  StepOptions o;
+  o.ce_scale = 1.0 / 12;
+  m.zero_grads();
+  m.forward_backward(tok.data(), tgt.data(), 2, 6, o);
+  std::vector<std::vector<double>> whole;
+  for (const NamedParam& p : m.parameters()) whole.push_back(p.grad.to_vector());
+  m.zero_grads();
+  o.aux_scale = 0.5;
+  m.forward_backward(tok.data(), tgt.data(), 1, 6, o);
+  m.forward_backward(tok.data() + 6, tgt.data() + 6, 1, 6, o);
+  size_t i = 0;
+  for (const NamedParam& p : m.parameters()) {
+    const std::vector<double> g = p.grad.to_vector();
+    for (size_t j = 0; j < g.size(); ++j) EXPECT_NEAR(g[j], whole[i][j], 1e-12) << p.name;
+    ++i;
+  }
+}

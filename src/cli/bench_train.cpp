@@ -1,0 +1,144 @@
+// `moe bench train`: times one full training step of a transformer (forward and backward of every
+// layer, gradient clipping, AdamW) on random tokens, for comparison with PyTorch eager
+// (bench/torch_train_step.py, bench/compare_train_torch.py).
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/core/rng.h"
+#include "moe/model/transformer.h"
+#include "moe/train/optim.h"
+#include "moe/train/trainer.h"
+
+namespace moe::cli {
+namespace {
+
+struct BenchTrainArgs {
+  std::string arch = "qwen3_moe";
+  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, experts = 0, top_k = 0, expert_width = 0, vocab = 4096;
+  int64_t seq_len = 128, batch = 16;
+  int iters = 5, warmup = 1, threads = 0;
+  uint64_t seed = 1;
+  bool json = false;
+};
+
+// Matmul FLOPs of one forward per token: 2 · (attention projections + active experts + router +
+// head) + the causal attention scores and values (2 · 2 · hd · hq · S/2 on average).
+double forward_flops_per_token(const model::ModelConfig& c, int64_t S) {
+  const double d = static_cast<double>(c.hidden_size), hd = static_cast<double>(c.head_dim_or_default());
+  const double hq = static_cast<double>(c.num_attention_heads), hkv = static_cast<double>(c.num_key_value_heads);
+  double per_layer_attn = 2 * (d * hq * hd * 2 + d * hkv * hd * 2) + 2 * 2 * hd * hq * static_cast<double>(S) / 2;
+  double total = 2 * d * static_cast<double>(c.vocab_size);
+  const MoEConfig m = c.moe_layer_config();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    total += per_layer_attn;
+    if (c.is_moe_layer(l))
+      total += 2 * (static_cast<double>(m.router.top_k) * 3 * d * static_cast<double>(m.d_ff) +
+                    3 * d * static_cast<double>(m.shared_width()) + d * static_cast<double>(m.n_experts));
+    else
+      total += 2 * 3 * d * static_cast<double>(c.intermediate_size);
+  }
+  return total;
+}
+
+int run_bench_train(const BenchTrainArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  MOE_CHECK(a.iters >= 1 && a.warmup >= 0, "bench train: --iters must be >= 1 and --warmup >= 0");
+  MOE_CHECK(a.seq_len >= 1 && a.batch >= 1, "bench train: --seq-len and --batch-size must be >= 1");
+  model::ModelConfig c = train::default_model_config();
+  c.arch = model::arch_from_name(a.arch);
+  if (a.layers) c.num_hidden_layers = a.layers;
+  if (a.hidden) c.hidden_size = a.hidden;
+  if (a.heads) c.num_attention_heads = a.heads;
+  if (a.kv_heads) c.num_key_value_heads = a.kv_heads;
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  if (a.experts) c.num_experts = a.experts;
+  if (a.top_k) c.num_experts_per_tok = a.top_k;
+  if (a.expert_width) c.moe_intermediate_size = a.expert_width;
+  if (c.arch == model::Arch::Mixtral || c.arch == model::Arch::Olmoe) c.intermediate_size = c.moe_intermediate_size;
+  if (c.arch == model::Arch::Qwen2Moe) c.shared_expert_intermediate_size = 2 * c.moe_intermediate_size;
+  c.vocab_size = a.vocab;
+  c.max_position_embeddings = std::max(c.max_position_embeddings, a.seq_len);
+  c.validate();
+  model::Transformer m(c);
+  m.init_params(a.seed);
+  std::vector<train::ParamRef> refs;
+  for (model::NamedParam& p : m.parameters()) refs.push_back({p.name, &p.value, &p.grad, p.decay});
+  train::AdamW adam;
+  const int64_t n = a.batch * a.seq_len;
+  std::vector<int32_t> tok(static_cast<size_t>(n)), tgt(static_cast<size_t>(n));
+  const Rng rng(a.seed);
+  for (int64_t i = 0; i < n; ++i) {
+    tok[i] = static_cast<int32_t>(rng.below(static_cast<uint64_t>(2 * i), static_cast<uint64_t>(c.vocab_size)));
+    tgt[i] = static_cast<int32_t>(rng.below(static_cast<uint64_t>(2 * i + 1), static_cast<uint64_t>(c.vocab_size)));
+  }
+  std::vector<double> ms;
+  double loss = 0;
+  for (int it = 0; it < a.warmup + a.iters; ++it) {
+    const auto t0 = std::chrono::steady_clock::now();
+    m.zero_grads();
+    model::StepOptions so;
+    so.ce_scale = 1.0 / static_cast<double>(n);
+    const model::StepResult r = m.forward_backward(tok.data(), tgt.data(), a.batch, a.seq_len, so);
+    train::clip_grad_norm(refs, 1.0);
+    adam.step(refs, 1e-3);
+    if (it >= a.warmup) ms.push_back(ms_since(t0));
+    loss = r.mean_loss();
+  }
+  const double step_ms = median(ms);
+  const double flops = 3 * forward_flops_per_token(c, a.seq_len) * static_cast<double>(n);
+  const double tps = static_cast<double>(n) / (step_ms / 1e3);
+  if (a.json) {
+    std::cout << nlohmann::json{{"arch", model::arch_name(c.arch)},
+                                {"n_params", c.n_params()},
+                                {"n_active_params", c.n_active_params()},
+                                {"batch", a.batch},
+                                {"seq_len", a.seq_len},
+                                {"threads", num_threads()},
+                                {"step_ms", step_ms},
+                                {"tokens_per_s", tps},
+                                {"gflops", flops / (step_ms / 1e3) / 1e9},
+                                {"loss", loss},
+                                {"peak_rss_mb", peak_rss_mb()}}
+                     .dump()
+              << "\n";
+  } else {
+    std::printf("%s: %.2fM parameters (%.2fM active), batch %lld x %lld tokens, %d threads\n",
+                model::arch_name(c.arch), c.n_params() / 1e6, c.n_active_params() / 1e6, (long long)a.batch,
+                (long long)a.seq_len, num_threads());
+    std::printf("training step %.1f ms (median of %d) | %.0f tokens/s | %.1f GFLOP/s | peak RSS %.0f MiB\n", step_ms,
+                a.iters, tps, flops / (step_ms / 1e3) / 1e9, peak_rss_mb());
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_bench_train(CLI::App& bench, Registry& reg) {
+  auto a = std::make_shared<BenchTrainArgs>();
+  CLI::App* c = bench.add_subcommand("train", "Time one training step (forward, backward, AdamW) of a transformer");
+  c->add_option("--arch", a->arch, "mixtral | qwen2_moe | qwen3_moe | olmoe")->capture_default_str();
+  c->add_option("--layers", a->layers, "Layers (default 4)");
+  c->add_option("--hidden", a->hidden, "Width d (default 256)");
+  c->add_option("--heads", a->heads, "Attention heads (default 8)");
+  c->add_option("--kv-heads", a->kv_heads, "Key/value heads (default 4)");
+  c->add_option("--experts", a->experts, "Experts (default 8)");
+  c->add_option("--top-k", a->top_k, "Experts per token (default 2)");
+  c->add_option("--expert-width", a->expert_width, "Expert FFN width (default 256)");
+  c->add_option("--vocab", a->vocab, "Vocabulary size")->capture_default_str();
+  c->add_option("--seq-len", a->seq_len, "Tokens per sequence")->capture_default_str();
+  c->add_option("--batch-size", a->batch, "Sequences per step")->capture_default_str();
+  c->add_option("--iters", a->iters, "Timed steps (the median is reported)")->capture_default_str();
+  c->add_option("--warmup", a->warmup, "Untimed steps first")->capture_default_str();
+  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--seed", a->seed, "Seed")->capture_default_str();
+  c->add_flag("--json", a->json, "Print one JSON object");
+  c->callback([&reg, a] { reg.action = [a] { return run_bench_train(*a); }; });
+}
+
+}  // namespace moe::cli
