@@ -114,7 +114,13 @@ PrepareResult prepare_shards(std::string_view text, const Tokenizer& tok, const 
       (doc % opts.val_every == opts.val_every - 1 ? val_text : train_text).append(text.substr(pos, end - pos));
       pos = end;
     }
-  } else {
+  }
+  // Too few documents for that (text without blank lines): fall back to the fraction split.
+  if (opts.val_every > 0 && static_cast<double>(val_text.size()) < 0.25 * static_cast<double>(text.size()) /
+                                                                          static_cast<double>(opts.val_every)) {
+    train_text.clear(), val_text.clear();
+  }
+  if (train_text.empty() && val_text.empty()) {
     const size_t split = validation_split(text, opts.val_fraction);
     train_text = text.substr(0, split), val_text = text.substr(split);
   }

@@ -306,6 +306,11 @@ TEST_F(DataCorpusTest, PrepareEveryNthDocumentForValidation) {
   prepare_shards(text, tok, file("train.bin"), file("val.bin"), po);
   EXPECT_EQ(tok.decode(TokenShard(file("val.bin")).to_vector()), "doc 3\nline\n\ndoc 7\nline\n\n");
   EXPECT_EQ(tok.decode(TokenShard(file("train.bin")).to_vector()).size() + 24, text.size());
+  // One document only: the fraction split is used instead (2% of the text, at a line start).
+  std::string lines;
+  for (int i = 0; i < 100; ++i) lines += "line " + std::to_string(i) + "\n";
+  prepare_shards(lines, tok, file("train.bin"), file("val.bin"), po);
+  EXPECT_EQ(tok.decode(TokenShard(file("val.bin")).to_vector()), lines.substr(validation_split(lines, 0.02)));
 }
 
 TEST_F(DataCorpusTest, FortunesCorpusFromADirectory) {

@@ -127,7 +127,9 @@ std::string fortunes_corpus(const std::string& dir = kFortunesDir);
 struct PrepareOptions {
   double val_fraction = 0.02;  // share of the text (by bytes) kept for validation
   // When > 0, the validation text is instead every val_every-th document (documents are separated
-  // by blank lines), so that it samples the whole corpus rather than its last file.
+  // by blank lines), so that it samples the whole corpus rather than its last file. Text with too
+  // few documents for that (the validation part under a quarter of 1/val_every of the text) falls
+  // back to val_fraction.
   int64_t val_every = 0;
 };
 
