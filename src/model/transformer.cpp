@@ -250,27 +250,13 @@ struct Transformer::Impl {
     // --- FFN: x_out = x_mid + ffn(rmsnorm(x_mid))
     Tensor dh2 = Tensor::empty({N, d}, dt);
     if (const MoELayer* moe = m.moe_[l].get()) {
-      const BalanceConfig& bc = moe->config().balance;
-      const bool has_aux = bc.aux_coef > 0 || bc.seq_aux_coef > 0 || bc.z_coef > 0;
-      const bool rescale = has_aux && opt.aux_scale != 1.0;
-      // The layer differentiates <dy, y> + aux; for aux_scale · aux use dy / aux_scale and scale back.
-      Tensor dy = dx;
-      if (rescale) {
-        dy = dx.clone();
-        T* p = dy.data<T>();
-        const T inv = static_cast<T>(1.0 / opt.aux_scale);
-        parallel_for(N * d, 1 << 14, [&](int64_t i0, int64_t i1) {
-          for (int64_t i = i0; i < i1; ++i) p[i] *= inv;
-        });
-      }
-      MoEGrads g = moe->backward(s.moe, dy);
-      const T f = rescale ? static_cast<T>(opt.aux_scale) : T(1);
+      // The layer differentiates <dy, y> + aux_scale · aux directly (aux_scale may be 0).
+      MoEGrads g = moe->backward(s.moe, dx, opt.aux_scale);
       const Tensor* gs[8] = {&g.router_w,      &g.w_gate,      &g.w_up,          &g.w_down,
                              &g.shared_w_gate, &g.shared_w_up, &g.shared_w_down, &g.shared_gate_w};
       for (int i = 0; i < 8; ++i)
-        if (P.moe[i] >= 0 && gs[i]->defined()) axpy<T>(G<T>(m, P.moe[i]), gs[i]->data<T>(), gs[i]->numel(), f);
-      std::memset(dh2.data<T>(), 0, sizeof(T) * N * d);
-      axpy<T>(dh2.data<T>(), g.dx.data<T>(), N * d, f);
+        if (P.moe[i] >= 0 && gs[i]->defined()) axpy<T>(G<T>(m, P.moe[i]), gs[i]->data<T>(), gs[i]->numel());
+      std::memcpy(dh2.data<T>(), g.dx.data<T>(), sizeof(T) * N * d);
       s.moe = MoEForward();
     } else {
       const int64_t F = c.intermediate_size;

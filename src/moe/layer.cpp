@@ -360,7 +360,7 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
 }
 
 template <typename T>
-MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& dy_in) {
+MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& dy_in, double aux_scale) {
   const MoEConfig& cfg = L.config();
   const MoEParams& P = L.params();
   const Backend be = L.backend();
@@ -431,7 +431,13 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
     std::vector<double> dwd(static_cast<size_t>(N));
     for (int64_t a = 0; a < N; ++a) dwd[a] = static_cast<double>(dw.data<T>()[a]);
     route_backward(cfg, r, dwd.data(), dl.data());
-    balance_losses(cfg, r, dl.data());
+    if (aux_scale == 1.0) {
+      balance_losses(cfg, r, dl.data());
+    } else if (aux_scale != 0.0) {
+      std::vector<double> dbal(dl.size(), 0.0);  // (T, E)
+      balance_losses(cfg, r, dbal.data());
+      for (size_t i = 0; i < dl.size(); ++i) dl[i] += aux_scale * dbal[i];
+    }
   }
   Tensor dlog = Tensor::from(dl, {nT, E}, dt, "d router logits");
   mm<T>(be, E, d, nT, dlog.data<T>(), true, ptr<T>(S.x_r), false, g.router_w.data<T>());
@@ -539,10 +545,11 @@ MoEForward MoELayer::forward(const Tensor& x, const ForwardOptions& opt) const {
   return forward_impl<float>(*this, x, opt);
 }
 
-MoEGrads MoELayer::backward(const MoEForward& fwd, const Tensor& dy) const {
+MoEGrads MoELayer::backward(const MoEForward& fwd, const Tensor& dy, double aux_scale) const {
   check_params();
-  if (dtype_ == DType::F64) return backward_impl<double>(*this, fwd, dy);
-  return backward_impl<float>(*this, fwd, dy);
+  MOE_CHECK(std::isfinite(aux_scale), "MoELayer::backward: aux_scale must be finite, got ", aux_scale);
+  if (dtype_ == DType::F64) return backward_impl<double>(*this, fwd, dy, aux_scale);
+  return backward_impl<float>(*this, fwd, dy, aux_scale);
 }
 
 void MoELayer::set_bf16_expert_weights(bool on) {

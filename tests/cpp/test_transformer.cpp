@@ -126,6 +126,29 @@ TEST(Transformer, DecodeWithCacheMatchesFullForward) {
   }
 }
 
+// aux_scale = 0 removes the balancing losses from the gradient (it used to divide dy by aux_scale: NaN).
+TEST(Transformer, AuxScaleZeroIsTheGradientWithoutBalancingLosses) {
+  ModelConfig cfg = tiny(Arch::Qwen3Moe);  // aux and z losses
+  const std::vector<int32_t> tok = random_tokens(10, cfg.vocab_size, 3);
+  const std::vector<int32_t> tgt = random_tokens(10, cfg.vocab_size, 4);
+  Transformer with(cfg, DType::F64);
+  cfg.router_aux_loss_coef = 0, cfg.router_z_loss_coef = 0;
+  Transformer without(cfg, DType::F64);
+  with.init_params(5);
+  without.init_params(5);
+  StepOptions o;
+  o.training = false;
+  o.aux_scale = 0;
+  with.zero_grads();
+  EXPECT_GT(with.forward_backward(tok.data(), tgt.data(), 2, 5, o).aux_loss, 0);
+  o.aux_scale = 1;
+  without.zero_grads();
+  without.forward_backward(tok.data(), tgt.data(), 2, 5, o);
+  for (size_t i = 0; i < with.parameters().size(); ++i)
+    EXPECT_EQ(with.parameters()[i].grad.to_vector(), without.parameters()[i].grad.to_vector())
+        << with.parameters()[i].name;
+}
+
 TEST(Transformer, GradientsBitIdenticalAcrossThreadCounts) {
   const ModelConfig cfg = tiny(Arch::Qwen2Moe);
   const std::vector<int32_t> tok = random_tokens(24, cfg.vocab_size, 8), tgt = random_tokens(24, cfg.vocab_size, 9);

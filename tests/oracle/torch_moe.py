@@ -270,6 +270,16 @@ PARAM_NAMES = ["router_w", "w_gate", "w_up", "w_down", "shared_w_gate", "shared_
 
 def compute(cfg, leaves, x, dy, bias=None, token_ids=None):
     """The loss L and the forward outputs, differentiable in x and `leaves` (dict of parameters)."""
+    y, (aux, seq_aux, z), out = layer(cfg, leaves, x, bias, token_ids)
+    loss = (dy * y).sum() + aux + seq_aux + z
+    out["y"] = y.detach()
+    return loss, out
+
+
+def layer(cfg, leaves, x, bias=None, token_ids=None):
+    """The layer as a function: y (T, d) and the balancing losses (aux, seq_aux, z), differentiable in
+    x and `leaves`, and the detached outputs of compute() but y (routing, counts, margin, ...).
+    tests/oracle/torch_model.py builds whole models from it."""
     cfg = full_config(cfg)
     r = cfg["router"]
     act = cfg["activation"]
@@ -299,11 +309,9 @@ def compute(cfg, leaves, x, dy, bias=None, token_ids=None):
         y = y + sh
 
     aux, seq_aux, z, counts = balance_losses(cfg, logits, scores, token, expert)
-    loss = (dy * y).sum() + aux + seq_aux + z
     kept_counts = torch.bincount(expert[kept == 1], minlength=n_exp)
     routed = counts.to(torch.int64)
     out = {
-        "y": y.detach(),
         "token": token.to(torch.int64), "expert": expert.to(torch.int64), "kept": kept,
         "weight": weight.detach(), "logits": logits.detach(), "scores": scores.detach(),
         "aux_loss": aux.detach(), "seq_aux_loss": seq_aux.detach(), "z_loss": z.detach(),
@@ -314,7 +322,7 @@ def compute(cfg, leaves, x, dy, bias=None, token_ids=None):
                                   if routed.sum() > 0 else 0.0, dtype=torch.float64),
         "margin": margin,
     }
-    return loss, out
+    return y, (aux, seq_aux, z), out
 
 
 def forward_backward(cfg, params, x, dy, token_ids=None, dtype=torch.float64):

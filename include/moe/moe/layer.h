@@ -99,8 +99,9 @@ class MoELayer {
 
   // x: (T, d) of the layer's dtype. T may be 0 (returns an empty y).
   MoEForward forward(const Tensor& x, const ForwardOptions& opt = {}) const;
-  // dy: (T, d). Gradients of  L = <dy, y> + stats.total_loss()  w.r.t. x and every parameter.
-  MoEGrads backward(const MoEForward& fwd, const Tensor& dy) const;
+  // dy: (T, d). Gradients of  L = <dy, y> + aux_scale · stats.total_loss()  w.r.t. x and every
+  // parameter (aux_scale = 0: the balancing losses contribute nothing).
+  MoEGrads backward(const MoEForward& fwd, const Tensor& dy, double aux_scale = 1.0) const;
 
   // Inference path with bf16 expert weights: rounds the current expert weights (routed and shared)
   // to bf16 and runs the forward's expert GEMMs on them with fp32 accumulation (AVX512-BF16 where
