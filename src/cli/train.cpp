@@ -139,7 +139,7 @@ void register_train(CLI::App& app, Registry& reg) {
   c->add_option("--seq-len", o.seq_len, "Tokens per sequence")->capture_default_str();
   c->add_option("--batch-size", o.batch_size, "Sequences per micro-batch")->capture_default_str();
   c->add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step")->capture_default_str();
-  c->add_option("--steps", o.steps, "Optimizer steps (default 400)");
+  c->add_option("--steps", o.steps, "Optimizer steps (default 800)");
   c->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
   c->add_option("--min-lr-ratio", o.min_lr_ratio, "Final learning rate / peak")->capture_default_str();
   c->add_option("--warmup", o.warmup_steps, "Warmup steps")->capture_default_str();

@@ -30,7 +30,7 @@ struct TrainOptions {
   int64_t seq_len = 128;
   int64_t batch_size = 16;          // sequences per micro-batch
   int64_t grad_accum = 1;           // micro-batches per optimizer step
-  int64_t steps = 400;              // optimizer steps
+  int64_t steps = 800;              // optimizer steps
   double lr = 3e-3;
   double min_lr_ratio = 0.1;        // min_lr = lr · ratio
   int64_t warmup_steps = 40;
