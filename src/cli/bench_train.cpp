@@ -25,6 +25,7 @@ struct BenchTrainArgs {
   int iters = 5, warmup = 1, threads = 0;
   uint64_t seed = 1;
   bool json = false;
+  bool bf16 = false;
 };
 
 // Matmul FLOPs of one forward per token: 2 · (attention projections + active experts + router +
@@ -67,6 +68,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   c.validate();
   model::Transformer m(c);
   m.init_params(a.seed);
+  m.set_bf16_compute(a.bf16);
   std::vector<train::ParamRef> refs;
   for (model::NamedParam& p : m.parameters()) refs.push_back({p.name, &p.value, &p.grad, p.decay});
   train::AdamW adam;
@@ -100,6 +102,7 @@ int run_bench_train(const BenchTrainArgs& a) {
                                 {"batch", a.batch},
                                 {"seq_len", a.seq_len},
                                 {"threads", num_threads()},
+                                {"bf16", a.bf16},
                                 {"step_ms", step_ms},
                                 {"tokens_per_s", tps},
                                 {"gflops", flops / (step_ms / 1e3) / 1e9},
@@ -137,6 +140,7 @@ void add_bench_train(CLI::App& bench, Registry& reg) {
   c->add_option("--warmup", a->warmup, "Untimed steps first")->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
   c->add_option("--seed", a->seed, "Seed")->capture_default_str();
+  c->add_flag("--bf16", a->bf16, "bf16 compute for the dense linear layers");
   c->add_flag("--json", a->json, "Print one JSON object");
   c->callback([&reg, a] { reg.action = [a] { return run_bench_train(*a); }; });
 }

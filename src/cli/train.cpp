@@ -145,6 +145,7 @@ void register_train(CLI::App& app, Registry& reg) {
   c->add_option("--warmup", o.warmup_steps, "Warmup steps")->capture_default_str();
   c->add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
   c->add_option("--clip", o.grad_clip, "Gradient clipping max norm (0 = off)")->capture_default_str();
+  c->add_flag("--bf16", o.bf16, "bf16 compute for the dense linear layers (f32 master weights and experts)");
   c->add_option("--seed", o.seed, "Seed of init, data order and router jitter")->capture_default_str();
   c->add_option("--log-every", o.log_every, "Progress line every N steps")->capture_default_str();
   c->add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = at the end)")->capture_default_str();

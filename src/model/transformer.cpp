@@ -3,10 +3,12 @@
 // per-layer indices in index_ say where each one is.
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/kernels/ops.h"
+#include "moe/kernels/ops_bf16.h"
 #include "moe/model/nn.h"
 #include "moe/model/transformer.h"
 
@@ -16,15 +18,36 @@ namespace {
 
 using kernels::Backend;
 
+// A linear layer's weight (out, in), and its bf16 copy when the model computes in bf16 (f32 only).
+template <typename T>
+struct LinW {
+  const T* w = nullptr;
+  const uint16_t* bf16 = nullptr;
+};
+
 // y (n, out) = x (n, in) · Wᵀ (+ b)
 template <typename T>
-void linear(const T* x, int64_t n, int64_t in, const T* W, int64_t out, const T* b, T* y) {
+void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, const T* b, T* y) {
+  const T* W = lw.w;
+  if constexpr (std::is_same_v<T, float>) {
+    if (lw.bf16) {
+      kernels::GemmBf16Args g;
+      g.M = n, g.N = out, g.K = in;
+      g.A = x, g.lda = in;
+      g.W = lw.bf16, g.trans_w = false;
+      g.C = y, g.ldc = out;
+      kernels::gemm_bf16w(Backend::Cpu, g);
+      W = nullptr;
+    }
+  }
+  if (W) {
   kernels::GemmArgs<T> g;
   g.M = n, g.N = out, g.K = in;
   g.A = x, g.lda = in;
   g.B = W, g.ldb = in, g.trans_b = true;
   g.C = y, g.ldc = out;
   kernels::gemm(Backend::Cpu, g);
+  }
   if (b) parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t o = 0; o < out; ++o) y[r * out + o] += b[o];
@@ -32,8 +55,9 @@ void linear(const T* x, int64_t n, int64_t in, const T* W, int64_t out, const T*
 }
 
 // Backward of linear: dW += dyᵀ x; db += Σ_rows dy; dx (n, in) = dy W (+= when accumulate_dx).
+// With a bf16 copy, dx uses it (bf16 compute); the weight gradient is always f32.
 template <typename T>
-void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, const T* W, T* dW, T* db, T* dx,
+void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, LinW<T> lw, T* dW, T* db, T* dx,
                      bool accumulate_dx) {
   kernels::GemmArgs<T> gw;
   gw.M = out, gw.N = in, gw.K = n;
@@ -48,10 +72,21 @@ void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out
         db[o] += s;
       }
     });
+  if constexpr (std::is_same_v<T, float>) {
+    if (lw.bf16) {
+      kernels::GemmBf16Args g;
+      g.M = n, g.N = in, g.K = out;
+      g.A = dy, g.lda = out;
+      g.W = lw.bf16, g.trans_w = true;  // stored (out, in) = (K, N)
+      g.C = dx, g.ldc = in, g.beta = accumulate_dx ? 1.0f : 0.0f;
+      kernels::gemm_bf16w(Backend::Cpu, g);
+      return;
+    }
+  }
   kernels::GemmArgs<T> gx;
   gx.M = n, gx.N = in, gx.K = out;
   gx.A = dy, gx.lda = out;
-  gx.B = W, gx.ldb = in;
+  gx.B = lw.w, gx.ldb = in;
   gx.C = dx, gx.ldc = in, gx.beta = accumulate_dx ? 1 : 0;
   kernels::gemm(Backend::Cpu, gx);
 }
@@ -99,6 +134,13 @@ struct Transformer::Impl {
     return i >= 0 ? m.params_[i].value.data<T>() : nullptr;
   }
   template <typename T>
+  static LinW<T> LW(const Transformer& m, int i) {
+    LinW<T> r;
+    r.w = W<T>(m, i);
+    if (m.bf16_compute_ && i >= 0 && m.bf16_[i].defined()) r.bf16 = static_cast<const uint16_t*>(m.bf16_[i].raw());
+    return r;
+  }
+  template <typename T>
   static T* G(Transformer& m, int i) {
     return i >= 0 ? m.params_[i].grad.data<T>() : nullptr;
   }
@@ -130,9 +172,9 @@ struct Transformer::Impl {
     s.h1 = Tensor::empty({N, d}, dt);
     nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln1), s.h1.data<T>(), s.rstd1.data<T>());
     s.q = Tensor::empty({N, Dq}, dt), s.k = Tensor::empty({N, Dk}, dt), s.v = Tensor::empty({N, Dk}, dt);
-    linear<T>(s.h1.data<T>(), N, d, W<T>(m, P.q_w), Dq, W<T>(m, P.q_b), s.q.data<T>());
-    linear<T>(s.h1.data<T>(), N, d, W<T>(m, P.k_w), Dk, W<T>(m, P.k_b), s.k.data<T>());
-    linear<T>(s.h1.data<T>(), N, d, W<T>(m, P.v_w), Dk, W<T>(m, P.v_b), s.v.data<T>());
+    linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.q_w), Dq, W<T>(m, P.q_b), s.q.data<T>());
+    linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.k_w), Dk, W<T>(m, P.k_b), s.k.data<T>());
+    linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.v_w), Dk, W<T>(m, P.v_b), s.v.data<T>());
     const QkNorm qn = c.qk_norm();
     if (qn != QkNorm::None) {
       s.q_raw = s.q.clone(), s.k_raw = s.k.clone();
@@ -157,7 +199,7 @@ struct Transformer::Impl {
     const DType dt = m.dtype_;
     {
       Tensor o = Tensor::empty({N, d}, dt);  // (N, d)
-      linear<T>(s.attn.data<T>(), N, Dq, W<T>(m, P.o_w), d, nullptr, o.data<T>());
+      linear<T>(s.attn.data<T>(), N, Dq, LW<T>(m, P.o_w), d, nullptr, o.data<T>());
       axpy<T>(x.data<T>(), o.data<T>(), N * d);
     }
     if (keep) s.x_mid = x.clone();
@@ -176,15 +218,15 @@ struct Transformer::Impl {
     } else {
       const int64_t F = c.intermediate_size;
       s.g = Tensor::empty({N, F}, dt), s.u = Tensor::empty({N, F}, dt), s.a = Tensor::empty({N, F}, dt);
-      linear<T>(s.h2.data<T>(), N, d, W<T>(m, P.gate), F, nullptr, s.g.data<T>());
-      linear<T>(s.h2.data<T>(), N, d, W<T>(m, P.up), F, nullptr, s.u.data<T>());
+      linear<T>(s.h2.data<T>(), N, d, LW<T>(m, P.gate), F, nullptr, s.g.data<T>());
+      linear<T>(s.h2.data<T>(), N, d, LW<T>(m, P.up), F, nullptr, s.u.data<T>());
       T* ap = s.a.data<T>();
       const T *gp = s.g.data<T>(), *up = s.u.data<T>();
       parallel_for(N * F, 1 << 14, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) ap[i] = gp[i] * sigmoid(gp[i]) * up[i];
       });
       Tensor y = Tensor::empty({N, d}, dt);  // (N, d)
-      linear<T>(ap, N, F, W<T>(m, P.down), d, nullptr, y.data<T>());
+      linear<T>(ap, N, F, LW<T>(m, P.down), d, nullptr, y.data<T>());
       axpy<T>(x.data<T>(), y.data<T>(), N * d);
     }
   }
@@ -198,7 +240,7 @@ struct Transformer::Impl {
     nn::rmsnorm_forward<T>({n, d, c.rms_norm_eps}, x.data<T>() + r0 * d, W<T>(m, m.index_.norm), hf.data<T>(),
                            rstd.data<T>());
     Tensor logits = Tensor::empty({n, V}, m.dtype_, "logits");
-    linear<T>(hf.data<T>(), n, d, W<T>(m, m.index_.head), V, nullptr, logits.data<T>());
+    linear<T>(hf.data<T>(), n, d, LW<T>(m, m.index_.head), V, nullptr, logits.data<T>());
     if (sv) sv->x_final = x.clone(), sv->rstd_f = rstd, sv->hf = hf;
     return logits;
   }
@@ -261,7 +303,7 @@ struct Transformer::Impl {
     } else {
       const int64_t F = c.intermediate_size;
       Tensor da = Tensor::empty({N, F}, dt);  // (N, F)
-      linear_backward<T>(s.a.data<T>(), dxp, N, F, d, W<T>(m, P.down), G<T>(m, P.down), nullptr, da.data<T>(), false);
+      linear_backward<T>(s.a.data<T>(), dxp, N, F, d, LW<T>(m, P.down), G<T>(m, P.down), nullptr, da.data<T>(), false);
       T* dap = da.data<T>();
       T* gp = s.g.data<T>();  // reused in place as dg
       T* up = s.u.data<T>();  // reused in place as du
@@ -273,8 +315,8 @@ struct Transformer::Impl {
           gp[i] = dg;
         }
       });
-      linear_backward<T>(s.h2.data<T>(), gp, N, d, F, W<T>(m, P.gate), G<T>(m, P.gate), nullptr, dh2.data<T>(), false);
-      linear_backward<T>(s.h2.data<T>(), up, N, d, F, W<T>(m, P.up), G<T>(m, P.up), nullptr, dh2.data<T>(), true);
+      linear_backward<T>(s.h2.data<T>(), gp, N, d, F, LW<T>(m, P.gate), G<T>(m, P.gate), nullptr, dh2.data<T>(), false);
+      linear_backward<T>(s.h2.data<T>(), up, N, d, F, LW<T>(m, P.up), G<T>(m, P.up), nullptr, dh2.data<T>(), true);
     }
     Tensor tmp = Tensor::empty({N, d}, dt);
     nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, s.x_mid.data<T>(), W<T>(m, P.ln2), s.rstd2.data<T>(),
@@ -283,7 +325,7 @@ struct Transformer::Impl {
 
     // --- attention: x_mid = x_in + o_proj(attn(...rmsnorm(x_in)))
     Tensor dattn = Tensor::empty({N, Dq}, dt);
-    linear_backward<T>(s.attn.data<T>(), dxp, N, Dq, d, W<T>(m, P.o_w), G<T>(m, P.o_w), nullptr, dattn.data<T>(),
+    linear_backward<T>(s.attn.data<T>(), dxp, N, Dq, d, LW<T>(m, P.o_w), G<T>(m, P.o_w), nullptr, dattn.data<T>(),
                        false);
     Tensor dq = Tensor::empty({N, Dq}, dt), dk = Tensor::empty({N, Dk}, dt), dv = Tensor::empty({N, Dk}, dt);
     const nn::AttentionArgs aa{B, S, S, hq, hkv, hd, 0.0};
@@ -303,9 +345,9 @@ struct Transformer::Impl {
     }
     Tensor dh1 = Tensor::empty({N, d}, dt);
     const T* h1 = s.h1.data<T>();
-    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, W<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b), dh1.data<T>(), false);
-    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, W<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b), dh1.data<T>(), true);
-    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, W<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b), dh1.data<T>(), true);
+    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, LW<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b), dh1.data<T>(), false);
+    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, LW<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b), dh1.data<T>(), true);
+    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, LW<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b), dh1.data<T>(), true);
     nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, s.x_in.data<T>(), W<T>(m, P.ln1), s.rstd1.data<T>(),
                             dh1.data<T>(), tmp.data<T>(), G<T>(m, P.ln1));
     axpy<T>(dxp, tmp.data<T>(), N * d);
@@ -326,7 +368,7 @@ struct Transformer::Impl {
     if (!std::isfinite(res.loss_sum) || !std::isfinite(res.aux_loss)) return res;  // the caller skips the step
 
     Tensor dhf = Tensor::empty({N, d}, m.dtype_);
-    linear_backward<T>(sv.hf.data<T>(), logits.data<T>(), N, d, V, W<T>(m, m.index_.head), G<T>(m, m.index_.head),
+    linear_backward<T>(sv.hf.data<T>(), logits.data<T>(), N, d, V, LW<T>(m, m.index_.head), G<T>(m, m.index_.head),
                        nullptr, dhf.data<T>(), false);
     logits = Tensor();
     Tensor dx = Tensor::empty({N, d}, m.dtype_);
@@ -387,13 +429,39 @@ struct Transformer::Impl {
   }
 };
 
+void Transformer::set_bf16_compute(bool on) {
+  MOE_CHECK(!on || dtype_ == DType::F32, "bf16 compute needs an f32 model, this one is ", dtype_name(dtype_));
+  bf16_compute_ = on;
+  if (on) refresh_bf16();
+  else bf16_.clear();
+}
+
+void Transformer::refresh_bf16() const {
+  if (!bf16_compute_) return;
+  std::vector<int> linear = {index_.head};
+  for (const LayerIndex& P : index_.layers)
+    for (int i : {P.q_w, P.k_w, P.v_w, P.o_w, P.gate, P.up, P.down})
+      if (i >= 0) linear.push_back(i);
+  bf16_.resize(params_.size());
+  for (int i : linear) {
+    if (!bf16_[i].defined()) bf16_[i] = Tensor::empty(params_[i].value.shape(), DType::BF16);
+    const float* src = params_[i].value.data<float>();
+    uint16_t* dst = static_cast<uint16_t*>(bf16_[i].raw());
+    parallel_for(params_[i].value.numel(), 1 << 15, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) dst[j] = f32_to_bf16(src[j]);
+    });
+  }
+}
+
 StepResult Transformer::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                                          const StepOptions& opt) {
+  refresh_bf16();
   return dtype_ == DType::F64 ? Impl::forward_backward<double>(*this, tokens, targets, B, S, opt)
                               : Impl::forward_backward<float>(*this, tokens, targets, B, S, opt);
 }
 
 StepResult Transformer::evaluate(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S) const {
+  refresh_bf16();
   return dtype_ == DType::F64 ? Impl::evaluate<double>(*this, tokens, targets, B, S)
                               : Impl::evaluate<float>(*this, tokens, targets, B, S);
 }

@@ -49,6 +49,7 @@ std::string to_json(const TrainOptions& o) {
             {"beta1", o.beta1},
             {"beta2", o.beta2},
             {"grad_clip", o.grad_clip},
+            {"bf16", o.bf16},
             {"seed", o.seed},
             {"log_every", o.log_every},
             {"eval_every", o.eval_every},
@@ -96,6 +97,7 @@ TrainOptions train_options_from_json(const std::string& text) {
   get(j, "beta1", o.beta1);
   get(j, "beta2", o.beta2);
   get(j, "grad_clip", o.grad_clip);
+  if (j.contains("bf16")) get(j, "bf16", o.bf16);
   get(j, "seed", o.seed);
   get(j, "log_every", o.log_every);
   get(j, "eval_every", o.eval_every);

@@ -361,6 +361,7 @@ TrainSummary train(const TrainOptions& opt_in) {
     r.model = std::make_unique<model::Transformer>(r.opt.model, DType::F32);
     r.model->init_params(r.opt.seed);
   }
+  r.model->set_bf16_compute(r.opt.bf16);
   r.adam = std::make_unique<AdamW>(AdamWConfig{r.opt.beta1, r.opt.beta2, 1e-8, r.opt.weight_decay});
   open_metrics(r);
   write_run_line(r, false);
@@ -390,6 +391,7 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
   r.tok = Tokenizer::load((r.dir / "tokenizer.json").string());
   open_data(r);
   r.model = std::make_unique<model::Transformer>(model::load_pretrained(ck.string(), DType::F32));
+  r.model->set_bf16_compute(r.opt.bf16);
   r.adam = std::make_unique<AdamW>(AdamWConfig{r.opt.beta1, r.opt.beta2, 1e-8, r.opt.weight_decay});
   std::vector<ParamRef> refs = param_refs(*r.model);
   r.adam->import_state(load_safetensors((ck / "optimizer.safetensors").string()), refs);

@@ -131,7 +131,7 @@ def case_resume(moe, tmp, data):
 def case_kill(moe, tmp, data):
     """SIGKILL in the middle of training; the last checkpoint is whole and resuming gives the same run."""
     a, b = os.path.join(tmp, "a"), os.path.join(tmp, "b")
-    common = ["--steps", "30", "--checkpoint-every", "3", "--eval-every", "0"]
+    common = ["--steps", "30", "--checkpoint-every", "3", "--eval-every", "0", "--bf16"]  # bf16 compute too
     train(moe, a, data, *common)
     p = subprocess.Popen([moe, "train", "--out", b, "--data", data, *TINY, *common], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
@@ -150,6 +150,8 @@ def case_kill(moe, tmp, data):
     la, _, _ = metrics(a)
     lb, _, _ = metrics(b)
     check(la == lb, "loss sequence after kill + resume differs")
+    opts = json.load(open(os.path.join(b, "train_options.json")))
+    check(opts["bf16"] is True, "train_options.json keeps --bf16")
 
 
 def case_nan(moe, tmp, data):

@@ -290,3 +290,41 @@ TEST(Transformer, GradientAccumulationEqualsTheWholeBatch) {
     ++i;
   }
 }
+
+TEST(Transformer, Bf16ComputeIsCloseToF32AndOffIsExact) {
+  const ModelConfig cfg = tiny(Arch::Qwen2Moe);  // dense layer, biases, shared expert
+  Transformer m(cfg);
+  m.init_params(40);
+  const std::vector<int32_t> tok = random_tokens(16, cfg.vocab_size, 41), tgt = random_tokens(16, cfg.vocab_size, 42);
+  const StepResult f32 = m.evaluate(tok.data(), tgt.data(), 2, 8);
+  m.zero_grads();
+  m.forward_backward(tok.data(), tgt.data(), 2, 8, {});
+  std::vector<std::vector<double>> g32;
+  for (const NamedParam& p : m.parameters()) g32.push_back(p.grad.to_vector());
+  m.set_bf16_compute(true);
+  const StepResult b16 = m.evaluate(tok.data(), tgt.data(), 2, 8);
+  EXPECT_NE(b16.loss_sum, f32.loss_sum);  // it does compute differently
+  EXPECT_NEAR(b16.loss_sum, f32.loss_sum, 2e-2 * std::abs(f32.loss_sum));
+  m.zero_grads();
+  m.forward_backward(tok.data(), tgt.data(), 2, 8, {});
+  // Each gradient within 5% of its own norm, or of 1% of the largest one (a gradient that is nearly
+  // zero in exact arithmetic, like the k bias under RoPE, is all rounding noise).
+  double largest = 0;
+  for (const auto& g : g32) {
+    double n2 = 0;
+    for (double v : g) n2 += v * v;
+    largest = std::max(largest, std::sqrt(n2));
+  }
+  size_t i = 0;
+  for (const NamedParam& p : m.parameters()) {
+    const std::vector<double> g = p.grad.to_vector();
+    double num = 0, den = 0;
+    for (size_t j = 0; j < g.size(); ++j) num += (g[j] - g32[i][j]) * (g[j] - g32[i][j]), den += g32[i][j] * g32[i][j];
+    EXPECT_LT(std::sqrt(num), std::max(0.05 * std::sqrt(den), 0.01 * largest)) << p.name;  // bf16: 8 bits
+    ++i;
+  }
+  m.set_bf16_compute(false);
+  EXPECT_EQ(m.evaluate(tok.data(), tgt.data(), 2, 8).loss_sum, f32.loss_sum);
+  Transformer d(cfg, DType::F64);
+  EXPECT_THROW(d.set_bf16_compute(true), Error);
+}

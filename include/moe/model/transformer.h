@@ -85,6 +85,16 @@ class Transformer {
   KVCache new_cache(int64_t max_len) const;
   Tensor decode(KVCache& cache, const int32_t* tokens, int64_t n) const;
 
+  // bf16 compute: the dense linear layers (attention projections, dense FFNs, the output head) run
+  // their forward and input-gradient GEMMs on bf16 copies of the f32 master weights, with the
+  // activations rounded to bf16 as they are read and f32 accumulation (AVX512-BF16 where present);
+  // weight gradients, the optimizer and everything else stay f32. The copies are refreshed at the
+  // start of every forward_backward() and evaluate(), and by refresh_bf16(). MoE experts stay f32
+  // in training (the MoE layer's bf16 expert path is inference-only). f32 models only.
+  void set_bf16_compute(bool on);
+  bool bf16_compute() const { return bf16_compute_; }
+  void refresh_bf16() const;
+
   // Aux-loss-free balancing: updates each MoE layer's selection bias from that layer's stats.
   void update_router_biases(const StepResult& r);
   const MoELayer* moe_layer(int64_t layer) const;  // null for dense layers
@@ -117,6 +127,8 @@ class Transformer {
   std::vector<NamedParam> params_;
   std::vector<std::unique_ptr<MoELayer>> moe_;  // per layer; null for dense layers
   Index index_;
+  bool bf16_compute_ = false;
+  mutable std::vector<Tensor> bf16_;  // per parameter: bf16 copy of a linear weight, else undefined
 };
 
 // config.json + model.safetensors in `dir` (created if needed; files written atomically).

@@ -37,6 +37,7 @@ struct TrainOptions {
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95;
   double grad_clip = 1.0;           // 0 = off
+  bool bf16 = false;                // bf16 compute of the dense linear layers (Transformer::set_bf16_compute)
   uint64_t seed = 1;
   int64_t log_every = 10;
   int64_t eval_every = 100;         // 0 = only at the end
