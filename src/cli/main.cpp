@@ -1,12 +1,16 @@
 // `moe`: the command-line tool of moe.cpp.
 //
+//   moe train [options]              train an MoE language model (or --resume a run)
+//   moe eval --model DIR ...         cross-entropy and perplexity on text or token ids
+//   moe generate --model DIR ...     continue a prompt (KV cache)
+//   moe upcycle --model DIR ...      dense checkpoint -> MoE checkpoint
+//   moe report RUN_DIR               HTML page of a training run
 //   moe version                      build information and available backends
-//   moe bench layer [options]        time one MoE layer forward and forward+backward
+//   moe bench layer|train [options]  time one MoE layer, or one training step of a model
 //   moe layer check-config FILE      validate a layer config (JSON) and print it normalised
 //
 // Exit codes: 0 success; 2 bad command line or bad input (one line `moe: error: ...` on stderr);
-// 1 an unexpected failure while running. Planned subcommands (train, eval, generate, serve) add
-// themselves below with one register_* call each.
+// 1 an unexpected failure while running. Each subcommand adds itself below with one register_* call.
 #include <exception>
 #include <iostream>
 #include <new>
