@@ -29,7 +29,13 @@
 #include "moe/model/safetensors.h"
 #include "moe/model/transformer.h"
 
+#include "oracle_tool.h"
+
 namespace {
+
+using oracle_tool::f64_scalar;
+using oracle_tool::i64_scalar;
+using oracle_tool::i64_vector;
 
 struct Args {
   std::string model, inputs, out, save;
@@ -114,14 +120,6 @@ moe::Tensor batch_tensor(const std::map<std::string, moe::Tensor>& in, const std
   return t.contiguous();
 }
 
-moe::Tensor f64_scalar(double v) { return moe::Tensor::from({v}, {}, moe::DType::F64); }
-
-moe::Tensor i64_scalar(int64_t v) {
-  moe::Tensor t = moe::Tensor::empty({}, moe::DType::I64);
-  *t.data<int64_t>() = v;
-  return t;
-}
-
 // Gradients by Hugging Face name: stacked expert gradients "<prefix>.experts.w_gate|w_up|w_down"
 // become one tensor per expert, named as in model.safetensors.
 void add_gradients(const moe::model::Transformer& m, std::map<std::string, moe::Tensor>& out) {
@@ -186,21 +184,5 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    Args a;
-    if (!parse_args(argc, argv, a)) {
-      std::fputs(kUsage, stderr);
-      return 1;
-    }
-    return run(a);
-  } catch (const moe::Error& e) {
-    std::string msg = e.what();
-    for (char& c : msg)
-      if (c == '\n') c = ' ';
-    std::fprintf(stderr, "model_oracle_run: error: %s\n", msg.c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "model_oracle_run: internal error: %s\n", e.what());
-    return 3;
-  }
+  return oracle_tool::tool_main<Args>("model_oracle_run", kUsage, argc, argv, parse_args, run);
 }

@@ -25,7 +25,13 @@
 #include "moe/moe/config.h"
 #include "moe/moe/layer.h"
 
+#include "oracle_tool.h"
+
 namespace {
+
+using oracle_tool::f64_scalar;
+using oracle_tool::i64_scalar;
+using oracle_tool::i64_vector;
 
 struct Args {
   std::string config, inputs, out;
@@ -92,20 +98,6 @@ moe::Tensor take(const std::map<std::string, moe::Tensor>& m, const std::string&
   MOE_CHECK(it != m.end(), "inputs file '", file, "': no tensor '", name, "'");
   return it->second;
 }
-
-moe::Tensor i64_vector(const std::vector<int64_t>& v) {
-  moe::Tensor t = moe::Tensor::empty({static_cast<int64_t>(v.size())}, moe::DType::I64);
-  for (size_t i = 0; i < v.size(); ++i) t.data<int64_t>()[i] = v[i];
-  return t;
-}
-
-moe::Tensor i64_scalar(int64_t v) {
-  moe::Tensor t = moe::Tensor::empty({}, moe::DType::I64);
-  *t.data<int64_t>() = v;
-  return t;
-}
-
-moe::Tensor f64_scalar(double v) { return moe::Tensor::from({v}, {}, moe::DType::F64); }
 
 int run(const Args& a) {
   if (a.threads > 0) moe::set_num_threads(a.threads);
@@ -180,21 +172,5 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    Args a;
-    if (!parse_args(argc, argv, a)) {
-      std::fputs(kUsage, stderr);
-      return 1;
-    }
-    return run(a);
-  } catch (const moe::Error& e) {
-    std::string msg = e.what();
-    for (char& c : msg)
-      if (c == '\n') c = ' ';
-    std::fprintf(stderr, "moe_oracle_run: error: %s\n", msg.c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "moe_oracle_run: internal error: %s\n", e.what());
-    return 3;
-  }
+  return oracle_tool::tool_main<Args>("moe_oracle_run", kUsage, argc, argv, parse_args, run);
 }

@@ -30,6 +30,8 @@
 #include "moe/model/nn.h"
 #include "moe/model/safetensors.h"
 
+#include "oracle_tool.h"
+
 namespace {
 
 struct Args {
@@ -180,21 +182,5 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    Args a;
-    if (!parse_args(argc, argv, a)) {
-      std::fputs(kUsage, stderr);
-      return 1;
-    }
-    return run(a);
-  } catch (const moe::Error& e) {
-    std::string msg = e.what();
-    for (char& c : msg)
-      if (c == '\n') c = ' ';
-    std::fprintf(stderr, "nn_oracle_run: error: %s\n", msg.c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "nn_oracle_run: internal error: %s\n", e.what());
-    return 3;
-  }
+  return oracle_tool::tool_main<Args>("nn_oracle_run", kUsage, argc, argv, parse_args, run);
 }

@@ -29,6 +29,8 @@
 #include "moe/model/safetensors.h"
 #include "moe/train/optim.h"
 
+#include "oracle_tool.h"
+
 namespace {
 
 struct Args {
@@ -144,21 +146,5 @@ int run(const Args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    Args a;
-    if (!parse_args(argc, argv, a)) {
-      std::fputs(kUsage, stderr);
-      return 1;
-    }
-    return run(a);
-  } catch (const moe::Error& e) {
-    std::string msg = e.what();
-    for (char& c : msg)
-      if (c == '\n') c = ' ';
-    std::fprintf(stderr, "optim_oracle_run: error: %s\n", msg.c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "optim_oracle_run: internal error: %s\n", e.what());
-    return 3;
-  }
+  return oracle_tool::tool_main<Args>("optim_oracle_run", kUsage, argc, argv, parse_args, run);
 }
