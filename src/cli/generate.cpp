@@ -39,11 +39,13 @@ int run_generate(GenArgs& a) {
   a.opt.eos_id = tok.eos_id();
   if (!a.json) std::cout << a.prompt << std::flush;
   const infer::GenerateResult r = infer::generate(m, prompt, a.opt, [&](int32_t t) {
-    if (!a.json && t != tok.eos_id()) std::cout << tok.token_bytes(t) << std::flush;
+    // A model may have more ids than its tokenizer (vocabulary padding): those print nothing.
+    if (!a.json && t != tok.eos_id() && t < tok.vocab_size()) std::cout << tok.token_bytes(t) << std::flush;
     return true;
   });
-  std::vector<int32_t> shown = r.tokens;
-  if (!shown.empty() && shown.back() == tok.eos_id()) shown.pop_back();
+  std::vector<int32_t> shown;
+  for (int32_t t : r.tokens)
+    if (t != tok.eos_id() && t < tok.vocab_size()) shown.push_back(t);
   const double tps = r.decode_s > 0 ? static_cast<double>(r.tokens.size()) / r.decode_s : 0;
   if (a.json) {
     nlohmann::json j = {{"prompt", a.prompt},   {"text", tok.decode(shown)},    {"tokens", r.tokens},
