@@ -328,3 +328,40 @@ TEST(Transformer, Bf16ComputeIsCloseToF32AndOffIsExact) {
   Transformer d(cfg, DType::F64);
   EXPECT_THROW(d.set_bf16_compute(true), Error);
 }
+
+TEST(Transformer, ShardedCheckpointLoadsAndAMissingShardIsAClearError) {
+  const fs::path dir = fs::temp_directory_path() / "moe_test_sharded_ckpt";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const ModelConfig cfg = tiny(Arch::Mixtral);
+  Transformer m(cfg);
+  m.init_params(50);
+  save_pretrained(m, dir.string());
+  // Re-shard: layer 0 in one file, everything else in another, as transformers writes large models.
+  const auto sd = load_safetensors((dir / "model.safetensors").string());
+  std::map<std::string, Tensor> a, b;
+  std::string index = R"({"metadata": {}, "weight_map": {)";
+  bool first = true;
+  for (const auto& [name, t] : sd) {
+    const bool in_a = name.rfind("model.layers.0.", 0) == 0;
+    (in_a ? a : b)[name] = t;
+    index += cat(first ? "" : ", ", "\"", name, "\": \"", in_a ? "model-00001-of-00002" : "model-00002-of-00002",
+                 ".safetensors\"");
+    first = false;
+  }
+  index += "}}";
+  fs::remove(dir / "model.safetensors");
+  save_safetensors((dir / "model-00001-of-00002.safetensors").string(), a);
+  save_safetensors((dir / "model-00002-of-00002.safetensors").string(), b);
+  std::ofstream(dir / "model.safetensors.index.json") << index;
+  const std::vector<int32_t> tok = random_tokens(5, cfg.vocab_size, 51);
+  EXPECT_EQ(load_pretrained(dir.string()).logits(tok.data(), 1, 5).to_vector(), m.logits(tok.data(), 1, 5).to_vector());
+  fs::remove(dir / "model-00002-of-00002.safetensors");
+  try {
+    load_pretrained(dir.string());
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model-00002-of-00002.safetensors"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
