@@ -8,19 +8,19 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/model_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
 #include "moe/model/transformer.h"
 #include "moe/train/optim.h"
-#include "moe/train/trainer.h"
 
 namespace moe::cli {
 namespace {
 
 struct BenchTrainArgs {
-  std::string arch = "qwen3_moe";
-  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, experts = 0, top_k = 0, expert_width = 0, vocab = 4096;
+  ModelFlags model;
+  int64_t vocab = 4096;
   int64_t seq_len = 128, batch = 16;
   int iters = 5, warmup = 1, threads = 0;
   uint64_t seed = 1;
@@ -51,20 +51,8 @@ int run_bench_train(const BenchTrainArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   MOE_CHECK(a.iters >= 1 && a.warmup >= 0, "bench train: --iters must be >= 1 and --warmup >= 0");
   MOE_CHECK(a.seq_len >= 1 && a.batch >= 1, "bench train: --seq-len and --batch-size must be >= 1");
-  model::ModelConfig c = train::default_model_config();
-  c.arch = model::arch_from_name(a.arch);
-  if (a.layers) c.num_hidden_layers = a.layers;
-  if (a.hidden) c.hidden_size = a.hidden;
-  if (a.heads) c.num_attention_heads = a.heads;
-  if (a.kv_heads) c.num_key_value_heads = a.kv_heads;
-  c.head_dim = c.hidden_size / c.num_attention_heads;
-  if (a.experts) c.num_experts = a.experts;
-  if (a.top_k) c.num_experts_per_tok = a.top_k;
-  if (a.expert_width) c.moe_intermediate_size = a.expert_width;
-  if (c.arch == model::Arch::Mixtral || c.arch == model::Arch::Olmoe) c.intermediate_size = c.moe_intermediate_size;
-  if (c.arch == model::Arch::Qwen2Moe) c.shared_expert_intermediate_size = 2 * c.moe_intermediate_size;
+  model::ModelConfig c = build_model(a.model, a.seq_len);
   c.vocab_size = a.vocab;
-  c.max_position_embeddings = std::max(c.max_position_embeddings, a.seq_len);
   c.validate();
   model::Transformer m(c);
   m.init_params(a.seed);
@@ -125,14 +113,7 @@ int run_bench_train(const BenchTrainArgs& a) {
 void add_bench_train(CLI::App& bench, Registry& reg) {
   auto a = std::make_shared<BenchTrainArgs>();
   CLI::App* c = bench.add_subcommand("train", "Time one training step (forward, backward, AdamW) of a transformer");
-  c->add_option("--arch", a->arch, "mixtral | qwen2_moe | qwen3_moe | olmoe")->capture_default_str();
-  c->add_option("--layers", a->layers, "Layers (default 4)");
-  c->add_option("--hidden", a->hidden, "Width d (default 256)");
-  c->add_option("--heads", a->heads, "Attention heads (default 8)");
-  c->add_option("--kv-heads", a->kv_heads, "Key/value heads (default 4)");
-  c->add_option("--experts", a->experts, "Experts (default 8)");
-  c->add_option("--top-k", a->top_k, "Experts per token (default 2)");
-  c->add_option("--expert-width", a->expert_width, "Expert FFN width (default 256)");
+  add_model_flags(c, a->model);
   c->add_option("--vocab", a->vocab, "Vocabulary size")->capture_default_str();
   c->add_option("--seq-len", a->seq_len, "Tokens per sequence")->capture_default_str();
   c->add_option("--batch-size", a->batch, "Sequences per step")->capture_default_str();
