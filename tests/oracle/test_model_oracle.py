@@ -30,7 +30,7 @@ except ImportError as exc:  # fail loudly, as test_oracle.py does: the oracle is
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_model  # noqa: E402
-from test_oracle import read_safetensors, write_safetensors  # noqa: E402  (strict reader, plain writer)
+from test_oracle import check_one_line_error, read_safetensors, write_safetensors  # noqa: E402  (strict reader, plain writer)
 
 # ---------------------------------------------------------------------------------------------
 # Cases. Base: vocab 50, d 16, 2 layers, 4 query heads of 4 over 2 key/value heads, 8 experts of width
@@ -339,18 +339,8 @@ def run_bad_case(c, tool, workdir):
     c["tweak"](cfg, w, batch)
     model_dir = os.path.join(workdir, c["name"])
     write_model(model_dir, cfg, w, "f64")
-    proc, _, cmd = run_tool(tool, model_dir, batch, workdir, "f64", c["name"], 1, {})
-    lines = proc.stderr.strip().splitlines()
-    fails = []
-    if proc.returncode != 2:
-        fails.append(f"expected exit code 2, got {proc.returncode} (stderr: {proc.stderr.strip()!r})")
-    if len(lines) != 1:
-        fails.append(f"expected one line on stderr, got {len(lines)}: {proc.stderr!r}")
-    fails += [f"stderr does not mention {s!r}: {proc.stderr.strip()!r}"
-              for s in c["expect"] if s not in proc.stderr]
-    if not fails:
-        print(f"      message: {lines[0]}")
-    return fails
+    proc, _, _ = run_tool(tool, model_dir, batch, workdir, "f64", c["name"], 1, {})
+    return check_one_line_error(proc, c["expect"])
 
 
 def main():

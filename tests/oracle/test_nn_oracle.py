@@ -30,7 +30,7 @@ except ImportError as exc:  # fail loudly, as test_oracle.py does: the oracle is
              "and python3-numpy (Debian packages) - the oracle tests cannot run without them")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_oracle import read_safetensors, write_safetensors  # noqa: E402  (strict reader, plain writer)
+from test_oracle import check_one_line_error, read_safetensors, write_safetensors  # noqa: E402  (strict reader, plain writer)
 
 # ---------------------------------------------------------------------------------------------
 # The oracle: Hugging Face formulas in torch; each returns a dict of output tensors.
@@ -271,17 +271,8 @@ def run_bad_case(name, c, tweak, expect, tool, workdir):
     inputs = make_inputs(c, 1)
     if tweak:
         tweak(inputs)
-    proc, _, cmd = run_tool(tool, c, inputs, workdir, "f64", name, threads=1)
-    lines = proc.stderr.strip().splitlines()
-    fails = []
-    if proc.returncode != 2:
-        fails.append(f"expected exit code 2, got {proc.returncode} (stderr: {proc.stderr.strip()!r})")
-    if len(lines) != 1:
-        fails.append(f"expected one line on stderr, got {len(lines)}: {proc.stderr!r}")
-    fails += [f"stderr does not mention {s!r}: {proc.stderr.strip()!r}" for s in expect if s not in proc.stderr]
-    if not fails:
-        print(f"      message: {lines[0]}")
-    return fails
+    proc, _, _ = run_tool(tool, c, inputs, workdir, "f64", name, threads=1)
+    return check_one_line_error(proc, expect)
 
 
 def main():

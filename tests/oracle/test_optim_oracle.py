@@ -42,7 +42,7 @@ except ImportError as exc:  # fail loudly: the oracle is a required test (python
              "python3-torch and python3-numpy (Debian packages) - the oracle tests cannot run without them")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_oracle import read_safetensors, write_safetensors  # noqa: E402
+from test_oracle import check_one_line_error, read_safetensors, write_safetensors  # noqa: E402
 
 U32 = 2.0 ** -24  # unit roundoff of float32
 NORM_TOL = 1e-12
@@ -287,16 +287,7 @@ def run_bad_case(name, tweak, expect, tool, workdir):
     _, _, tensors = draw_inputs(case(name, steps=2))
     tweak(tensors)
     proc, _, _ = run_tool(tool, tensors, workdir, name, [])
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    fails = []
-    if proc.returncode != 2:
-        fails.append(f"expected exit code 2, got {proc.returncode} (stderr: {proc.stderr.strip()!r})")
-    if len(lines) != 1:
-        fails.append(f"expected one line on stderr, got {len(lines)}: {proc.stderr!r}")
-    fails += [f"stderr does not mention {s!r}: {proc.stderr.strip()!r}" for s in expect if s not in proc.stderr]
-    if not fails:
-        print(f"      message: {lines[0]}")
-    return fails
+    return check_one_line_error(proc, expect)
 
 
 def main():

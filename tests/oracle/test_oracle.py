@@ -469,25 +469,28 @@ def run_case(case, mode, tool, workdir, verbose):
     return fails, worst
 
 
-def run_bad_case(case, tool, workdir):
-    """The tool must exit 2 with one stderr line containing every string of case['expect']."""
-    p, x, dy, ids = torch_moe.random_inputs(case["inputs_cfg"], case["T"], 1)
-    tensors = input_tensors(p, x, dy, ids, "f64")
-    if case.get("tweak"):
-        case["tweak"](tensors)
-    proc, _, cmd = run_tool(tool, case["cfg"], tensors, workdir, "f64", "ref", case["name"])
+def check_one_line_error(proc, expect):
+    """Failures unless the tool exited 2 with exactly one stderr line that mentions every string of expect."""
     lines = proc.stderr.strip().splitlines()
     fails = []
     if proc.returncode != 2:
         fails.append(f"expected exit code 2, got {proc.returncode} (stderr: {proc.stderr.strip()!r})")
     if len(lines) != 1:
         fails.append(f"expected one line on stderr, got {len(lines)}: {proc.stderr!r}")
-    for s in case["expect"]:
-        if s not in proc.stderr:
-            fails.append(f"stderr does not mention {s!r}: {proc.stderr.strip()!r}")
+    fails += [f"stderr does not mention {s!r}: {proc.stderr.strip()!r}" for s in expect if s not in proc.stderr]
     if not fails:
         print(f"      message: {lines[0]}")
     return fails
+
+
+def run_bad_case(case, tool, workdir):
+    """The tool must exit 2 with one stderr line containing every string of case['expect']."""
+    p, x, dy, ids = torch_moe.random_inputs(case["inputs_cfg"], case["T"], 1)
+    tensors = input_tensors(p, x, dy, ids, "f64")
+    if case.get("tweak"):
+        case["tweak"](tensors)
+    proc, _, _ = run_tool(tool, case["cfg"], tensors, workdir, "f64", "ref", case["name"])
+    return check_one_line_error(proc, case["expect"])
 
 
 def main():
