@@ -236,7 +236,11 @@ ModelConfig load_model_config(const std::string& path) {
   try {
     return model_config_from_json(ss.str());
   } catch (const Error& e) {
-    throw Error(cat(path, ": ", e.what()));
+    // The path replaces the generic "config.json: " that the parser's messages start with.
+    std::string msg = e.what();
+    const std::string generic = "config.json: ";
+    if (msg.rfind(generic, 0) == 0) msg.erase(0, generic.size());
+    throw Error(cat(path, ": ", msg));
   }
 }
 
