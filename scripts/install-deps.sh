@@ -20,6 +20,7 @@ PACKAGES=(
   libbenchmark-dev    # Google Benchmark
   nlohmann-json3-dev  # JSON
   libcli11-dev        # command-line parsing
+  libcpp-httplib-dev  # HTTP server of `moe serve`
   python3             # test drivers
   python3-numpy       # PyTorch oracle tests
   python3-torch       # PyTorch oracle tests (never a runtime dependency)
