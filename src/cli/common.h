@@ -38,6 +38,7 @@ void register_upcycle(CLI::App& app, Registry& reg);
 // `moe bench train` (src/cli/bench_train.cpp), added to the `bench` group by register_bench.
 void add_bench_train(CLI::App& bench, Registry& reg);
 void register_report(CLI::App& app, Registry& reg);
+void register_serve(CLI::App& app, Registry& reg);
 
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();

@@ -5,6 +5,7 @@
 //   moe generate --model DIR ...     continue a prompt (KV cache)
 //   moe upcycle --model DIR ...      dense checkpoint -> MoE checkpoint
 //   moe report RUN_DIR               HTML page of a training run
+//   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
 //   moe version                      build information and available backends
 //   moe bench layer|train [options]  time one MoE layer, or one training step of a model
 //   moe layer check-config FILE      validate a layer config (JSON) and print it normalised
@@ -89,6 +90,7 @@ int main(int argc, char** argv) {
   moe::cli::register_generate(app, reg);
   moe::cli::register_upcycle(app, reg);
   moe::cli::register_report(app, reg);
+  moe::cli::register_serve(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited
 
   try {

@@ -14,6 +14,33 @@ void SamplingOptions::validate() const {
   MOE_CHECK(std::isfinite(temperature) && temperature >= 0, "sampling: temperature must be >= 0, got ", temperature);
   MOE_CHECK(std::isfinite(top_p) && top_p > 0 && top_p <= 1, "sampling: top_p must be in (0, 1], got ", top_p);
   MOE_CHECK(top_k >= 0, "sampling: top_k must be >= 0, got ", top_k);
+  MOE_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0,
+            "sampling: repetition_penalty must be > 0, got ", repetition_penalty);
+  MOE_CHECK(std::isfinite(frequency_penalty), "sampling: frequency_penalty must be finite");
+  MOE_CHECK(std::isfinite(presence_penalty), "sampling: presence_penalty must be finite");
+}
+
+void apply_penalties(float* logits, int64_t V, const SamplingOptions& opt, const std::vector<int32_t>& prompt,
+                     const std::vector<int32_t>& output) {
+  if (!opt.has_penalties()) return;
+  std::vector<int32_t> count(static_cast<size_t>(V), 0);  // occurrences in the output
+  std::vector<char> seen(static_cast<size_t>(V), 0);      // in the prompt or the output
+  for (int32_t t : prompt)
+    if (t >= 0 && t < V) seen[static_cast<size_t>(t)] = 1;
+  for (int32_t t : output)
+    if (t >= 0 && t < V) {
+      seen[static_cast<size_t>(t)] = 1;
+      ++count[static_cast<size_t>(t)];
+    }
+  const double rp = opt.repetition_penalty;
+  for (int64_t i = 0; i < V; ++i) {
+    const size_t u = static_cast<size_t>(i);
+    if (!seen[u]) continue;
+    double x = logits[i];
+    if (rp != 1.0) x = x > 0 ? x / rp : x * rp;
+    x -= opt.frequency_penalty * count[u] + (count[u] > 0 ? opt.presence_penalty : 0.0);
+    logits[i] = static_cast<float>(x);
+  }
 }
 
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, uint64_t draw) {

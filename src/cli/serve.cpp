@@ -1,0 +1,172 @@
+// `moe serve --model DIR [--host H] [--port P] ...`: an OpenAI-compatible HTTP server (docs/SERVING.md).
+// Prints one line "listening on http://HOST:PORT" once it accepts connections; SIGINT/SIGTERM stop it
+// (requests in flight are cancelled) and it exits 0.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/common.h"
+#include "cli/model_dir.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/infer/server.h"
+#include "moe/train/tokenizer.h"
+
+namespace moe::cli {
+namespace {
+
+struct ServeArgs {
+  std::string model, chat_template;
+  infer::ServerOptions opt;
+  int threads = 0;
+};
+
+// tokenizer_config.json's token fields are a string or {"content": string}.
+std::string token_text(const nlohmann::json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  return "";
+}
+
+// The chat template: --chat-template, else tokenizer_config.json's chat_template, else the
+// model family's when the tokenizer has its tokens, else plain.
+infer::ChatTemplate choose_template(const std::string& name, const std::string& tokenizer_path,
+                                    const model::ModelConfig& cfg, const train::Tokenizer& tok) {
+  namespace fs = std::filesystem;
+  nlohmann::json tc;
+  const fs::path tc_path = fs::path(tokenizer_path).parent_path() / "tokenizer_config.json";
+  if (fs::exists(tc_path)) {
+    std::ifstream f(tc_path);
+    try {
+      tc = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(cat(tc_path.string(), ": invalid JSON: ", e.what()));
+    }
+  }
+  infer::ChatFormat fmt = infer::ChatFormat::Plain;
+  bool known = false;
+  if (!name.empty()) {
+    fmt = infer::chat_format_from_name(name);
+    known = true;
+  }
+  if (!known && tc.is_object() && tc.contains("chat_template")) {
+    std::string jinja;
+    const nlohmann::json& ct = tc["chat_template"];
+    if (ct.is_string()) jinja = ct.get<std::string>();
+    if (ct.is_array())  // [{"name": "default", "template": "..."}, ...]
+      for (const auto& x : ct)
+        if (x.is_object() && x.value("name", "") == "default" && x.contains("template") && x["template"].is_string())
+          jinja = x["template"].get<std::string>();
+    known = infer::chat_format_from_jinja(jinja, &fmt);
+  }
+  if (!known) {
+    infer::ChatFormat family = infer::ChatFormat::Plain;
+    switch (cfg.arch) {
+      case model::Arch::Qwen2Moe: family = infer::ChatFormat::Qwen2; break;
+      case model::Arch::Qwen3Moe: family = infer::ChatFormat::ChatMl; break;
+      case model::Arch::Mixtral: family = infer::ChatFormat::Mistral; break;
+      case model::Arch::Olmoe: family = infer::ChatFormat::Tulu; break;
+    }
+    // Models trained here are qwen3_moe without chat tokens: those get the plain format.
+    const infer::ChatTemplate t = infer::default_chat_template(family);
+    if (family != infer::ChatFormat::Plain && tok.token_id(t.end_of_turn()) >= 0) fmt = family;
+  }
+  infer::ChatTemplate t = infer::default_chat_template(fmt);
+  if (tc.is_object()) {
+    if (tc.contains("bos_token") && !tc["bos_token"].is_null()) t.bos_token = token_text(tc["bos_token"]);
+    if (tc.contains("eos_token") && !tc["eos_token"].is_null()) t.eos_token = token_text(tc["eos_token"]);
+  }
+  if (fmt == infer::ChatFormat::Plain && tok.eos_id() >= 0) t.eos_token = tok.token_bytes(tok.eos_id());
+  return t;
+}
+
+sigset_t stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  return set;
+}
+
+int run_serve(ServeArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  if (a.opt.api_key.empty())
+    if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
+  a.opt.validate();
+  const std::string dir = resolve_model_dir(a.model);
+  const std::string tp = find_tokenizer(dir);
+  MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");
+  train::Tokenizer tok = train::Tokenizer::load(tp);
+  const model::Transformer m = model::load_pretrained(dir);
+  const model::ModelConfig& cfg = m.config();
+  MOE_CHECK(tok.vocab_size() <= cfg.vocab_size, "serve: the tokenizer has ", tok.vocab_size(),
+            " tokens but the model only ", cfg.vocab_size);
+  const infer::ChatTemplate chat = choose_template(a.chat_template, tp, cfg, tok);
+  std::vector<int32_t> stop_ids;
+  auto add_stop = [&](int64_t id) {
+    if (id >= 0 && id < cfg.vocab_size && std::find(stop_ids.begin(), stop_ids.end(), id) == stop_ids.end())
+      stop_ids.push_back(static_cast<int32_t>(id));
+  };
+  add_stop(tok.eos_id());
+  add_stop(cfg.eos_token_id);
+  add_stop(tok.token_id(chat.end_of_turn()));
+  if (a.opt.served_model_name.empty())
+    a.opt.served_model_name = std::filesystem::path(a.model).filename().string();
+
+  // Signals: blocked in every thread (the HTTP and engine threads inherit the mask) and taken by
+  // one watcher thread, which stops the server. Writes to a closed socket must not kill the process.
+  signal(SIGPIPE, SIG_IGN);
+  const sigset_t set = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  infer::Server server(m, tok, chat, stop_ids, a.opt);
+  const int port = server.bind();
+  std::thread watcher([&server, set] {
+    int sig = 0;
+    sigwait(&set, &sig);
+    server.stop();
+  });
+  std::cerr << "moe serve: " << model::arch_name(cfg.arch) << " model '" << a.opt.served_model_name << "', context "
+            << cfg.max_position_embeddings << ", chat template " << infer::chat_format_name(chat.format) << ", "
+            << num_threads() << " threads" << (a.opt.api_key.empty() ? "" : ", API key required") << "\n";
+  std::cout << "listening on http://" << a.opt.host << ":" << port << std::endl;
+  server.run();
+  server.stop();
+  kill(getpid(), SIGTERM);  // wakes the watcher when run() ended by itself (blocked: not fatal)
+  watcher.join();
+  std::cerr << "moe serve: stopped\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app, Registry& reg) {
+  auto a = std::make_shared<ServeArgs>();
+  infer::ServerOptions& o = a->opt;
+  CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server (continuous batching)");
+  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  c->add_option("--host", o.host, "Address to listen on")->capture_default_str();
+  c->add_option("--port", o.port, "Port (0 = any free port)")->capture_default_str();
+  c->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
+  c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")->capture_default_str();
+  c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")->capture_default_str();
+  c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")->capture_default_str();
+  c->add_option("--max-body-bytes", o.max_body_bytes, "Largest request body (beyond: 413)")->capture_default_str();
+  c->add_option("--max-prompt-tokens", o.max_prompt_tokens, "Longest prompt accepted (0 = the context - 1)")
+      ->capture_default_str();
+  c->add_option("--max-tokens-limit", o.max_tokens_limit, "Largest max_tokens accepted (0 = the context)")
+      ->capture_default_str();
+  c->add_option("--chat-template", a->chat_template,
+                "chatml, qwen2, mistral, tulu, deepseek or plain (default: from tokenizer_config.json / the model)");
+  c->add_option("--served-model-name", o.served_model_name, "Model id in the API (default: the directory name)");
+  c->callback([&reg, a] { reg.action = [a] { return run_serve(*a); }; });
+}
+
+}  // namespace moe::cli
