@@ -100,6 +100,7 @@ int run_serve(ServeArgs& a) {
   if (a.opt.api_key.empty())
     if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
   a.opt.validate();
+  if (!a.chat_template.empty()) infer::chat_format_from_name(a.chat_template);  // a bad name fails first
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");

@@ -168,7 +168,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   r.prompt = std::move(prompt);
   r.max_new_tokens = max_new;
   r.sampling = p.sampling;
-  r.stop_ids = stop_ids;
+  if (!p.ignore_eos) r.stop_ids = stop_ids;
   r.on_token = [this, st](int32_t t) {
     if (t < 0 || static_cast<size_t>(t) >= hidden.size() || hidden[static_cast<size_t>(t)]) return !st->text.stopped();
     std::string piece = st->text.push(tok.token_bytes(t));
@@ -183,6 +183,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     const bool ok = f.finish_reason == "stop" || f.finish_reason == "length";
     const std::string tail = ok ? st->text.flush() : "";
     if (ok) metrics.observe(f.total_s, f.ttft_s);
+    metrics.count_finish(f.finish_reason);
     std::lock_guard<std::mutex> lock(st->mu);
     st->released += tail;
     st->fin = f;

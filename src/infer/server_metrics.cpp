@@ -51,6 +51,11 @@ void ServerMetrics::count_request(const std::string& endpoint, int status) {
   ++requests_[{endpoint, status}];
 }
 
+void ServerMetrics::count_finish(const std::string& reason) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++finishes_[reason];
+}
+
 void ServerMetrics::observe(double latency_s, double ttft_s) {
   std::lock_guard<std::mutex> lock(mu_);
   const std::vector<double>& b = buckets();
@@ -71,6 +76,11 @@ std::string ServerMetrics::render(const EngineStats& s, double tokens_per_s, dou
   for (const auto& [key, n] : requests_)
     os << "moe_http_requests_total{endpoint=\"" << label(key.first) << "\",status=\"" << key.second << "\"} " << n
        << "\n";
+  family(os, "moe_request_finish_total", "counter", "Generation requests by how they ended.");
+  for (const char* r : {"stop", "length", "cancelled", "error"}) {
+    auto it = finishes_.find(r);
+    os << "moe_request_finish_total{reason=\"" << r << "\"} " << (it == finishes_.end() ? 0 : it->second) << "\n";
+  }
   scalar(os, "moe_requests_finished_total", "counter", "Generation requests the engine finished.",
          static_cast<double>(s.requests_finished));
   scalar(os, "moe_requests_rejected_total", "counter", "Generation requests refused because the queue was full.",

@@ -221,6 +221,7 @@ CompletionParams parse_completion_request(std::string_view text, bool chat) {
 
   p.stop = parse_stop(body);
   p.stream = get_bool(body, "stream", false);
+  p.ignore_eos = get_bool(body, "ignore_eos", false);
   const json& so = field(body, "stream_options");
   if (!so.is_null()) {
     if (!so.is_object()) bad_type("stream_options", so, "an object");

@@ -58,6 +58,7 @@ struct CompletionParams {
   std::vector<std::string> stop;       // at most 4, none empty
   bool stream = false;
   bool include_usage = false;          // stream_options.include_usage
+  bool ignore_eos = false;             // vLLM's extension: generate through end-of-text tokens
 };
 
 // Parses and validates the JSON body of /v1/completions (chat = false) or /v1/chat/completions.
@@ -120,6 +121,7 @@ class ServerMetrics {
   static const std::vector<double>& buckets();  // histogram upper bounds in seconds (+Inf implied)
   void count_request(const std::string& endpoint, int status);
   void observe(double latency_s, double ttft_s);  // a finished generation request
+  void count_finish(const std::string& reason);  // "stop", "length", "cancelled", "error"
   // Prometheus text exposition (version 0.0.4) of these counters and the engine's stats.
   // tokens_per_s: the generation rate to report (computed by the caller between scrapes).
   std::string render(const EngineStats& s, double tokens_per_s, double uptime_s) const;
@@ -132,6 +134,7 @@ class ServerMetrics {
   };
   mutable std::mutex mu_;
   std::map<std::pair<std::string, int>, int64_t> requests_;
+  std::map<std::string, int64_t> finishes_;
   Histogram latency_, ttft_;
 };
 
