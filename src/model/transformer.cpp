@@ -436,6 +436,14 @@ void Transformer::set_bf16_compute(bool on) {
   else bf16_.clear();
 }
 
+void Transformer::set_bf16_inference(bool on) {
+  MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ", dtype_name(dtype_));
+  set_bf16_compute(on);
+  for (auto& l : moe_)
+    if (l) l->set_bf16_expert_weights(on);
+  bf16_inference_ = on;
+}
+
 void Transformer::refresh_bf16() const {
   if (!bf16_compute_) return;
   std::vector<int> linear = {index_.head};
@@ -455,6 +463,7 @@ void Transformer::refresh_bf16() const {
 
 StepResult Transformer::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                                          const StepOptions& opt) {
+  MOE_CHECK(!bf16_inference_, "forward_backward: the model is in bf16 inference mode (set_bf16_inference(false) first)");
   ensure_grads();
   refresh_bf16();
   return dtype_ == DType::F64 ? Impl::forward_backward<double>(*this, tokens, targets, B, S, opt)

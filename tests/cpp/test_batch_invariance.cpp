@@ -56,12 +56,15 @@ TEST(BatchInvariance, GemmRowsEqualTheSameRowsAlone) {
   }
 }
 
-TEST(BatchInvariance, MoELayerTokensEqualTheSameTokensAlone) {
+class BatchInvarianceLayer : public ::testing::TestWithParam<bool> {};
+
+TEST_P(BatchInvarianceLayer, MoELayerTokensEqualTheSameTokensAlone) {
   MoEConfig c = testing::small_config(/*d=*/64, /*F=*/96, /*E=*/8, /*k=*/2);
   c.n_shared_experts = 1;
   c.d_ff_shared = 80;
   MoELayer layer(c, DType::F32);
   layer.init_params(3);
+  layer.set_bf16_expert_weights(GetParam());
   const int64_t T = 11;
   const Tensor x = testing::random_tensor({T, c.d_model}, DType::F32, 4);
   const Tensor y = layer.forward(x).y;  // (T, d)
@@ -73,6 +76,9 @@ TEST(BatchInvariance, MoELayerTokensEqualTheSameTokensAlone) {
         << "token " << t;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(F32AndBf16Experts, BatchInvarianceLayer, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& i) { return i.param ? "bf16" : "f32"; });
 
 }  // namespace
 }  // namespace moe

@@ -97,6 +97,11 @@ class Transformer {
   void set_bf16_compute(bool on);
   bool bf16_compute() const { return bf16_compute_; }
   void refresh_bf16() const;
+  // bf16 inference: bf16 compute for the dense linears (above) and bf16 copies of every MoE layer's
+  // expert weights (MoELayer::set_bf16_expert_weights), so a forward reads half the bytes of f32
+  // weights. A snapshot of the current weights; forward_backward() throws while it is on.
+  void set_bf16_inference(bool on);
+  bool bf16_inference() const { return bf16_inference_; }
 
   // Aux-loss-free balancing: updates each MoE layer's selection bias from that layer's stats.
   void update_router_biases(const StepResult& r);
@@ -131,6 +136,7 @@ class Transformer {
   std::vector<std::unique_ptr<MoELayer>> moe_;  // per layer; null for dense layers
   Index index_;
   bool bf16_compute_ = false;
+  bool bf16_inference_ = false;
   mutable std::vector<Tensor> bf16_;  // per parameter: bf16 copy of a linear weight, else undefined
 };
 
