@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <set>
 
 #include "moe/core/error.h"
@@ -166,11 +167,18 @@ std::map<std::string, Tensor> Transformer::hf_state_dict() const {
 }
 
 void Transformer::load_hf_state_dict(const std::map<std::string, Tensor>& sd) {
+  TensorSource src;
+  for (const auto& [name, t] : sd) src.names.push_back(name);
+  src.load = [&sd](const std::string& name) { return sd.at(name); };
+  load_hf_state_dict(src);
+}
+
+void Transformer::load_hf_state_dict(const TensorSource& source) {
+  const std::set<std::string> sd(source.names.begin(), source.names.end());
   std::set<std::string> used;
   auto take = [&](const std::string& name, const Tensor& dst) {
-    auto it = sd.find(name);
-    MOE_CHECK(it != sd.end(), "checkpoint: missing tensor '", name, "'");
-    const Tensor& src = it->second;
+    MOE_CHECK(sd.count(name), "checkpoint: missing tensor '", name, "'");
+    const Tensor src = source.load(name);
     const DType t = src.dtype();
     MOE_CHECK(t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64, "checkpoint: tensor '", name,
               "' has dtype ", dtype_name(t), "; expected a float type");
@@ -201,7 +209,7 @@ void Transformer::load_hf_state_dict(const std::map<std::string, Tensor>& sd) {
   if (cfg_.tie_word_embeddings && sd.count("lm_head.weight")) used.insert("lm_head.weight");
   std::string unexpected;
   int n_unexpected = 0;
-  for (const auto& [name, t] : sd)
+  for (const std::string& name : sd)
     if (!used.count(name) && n_unexpected++ < 5) unexpected += (unexpected.empty() ? "" : ", ") + name;
   MOE_CHECK(n_unexpected == 0, "checkpoint: ", n_unexpected, " unexpected tensor(s) for a ", arch_name(cfg_.arch),
             " model of this config: ", unexpected, n_unexpected > 5 ? ", ..." : "");
@@ -263,11 +271,35 @@ std::map<std::string, Tensor> load_hf_tensors(const std::string& dir) {
   return sd;
 }
 
+TensorSource checkpoint_source(const std::string& dir) {
+  const fs::path p(dir);
+  MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
+  const fs::path single = p / "model.safetensors", index = p / "model.safetensors.index.json";
+  std::vector<std::string> files;
+  if (fs::exists(single)) {
+    files.push_back(single.string());
+  } else {
+    MOE_CHECK(fs::exists(index), "model directory '", dir, "' has neither model.safetensors nor ",
+              "model.safetensors.index.json");
+    for (const std::string& f : shard_files(index.string())) files.push_back((p / f).string());
+  }
+  auto readers = std::make_shared<std::vector<SafetensorsReader>>();
+  auto where = std::make_shared<std::map<std::string, size_t>>();  // tensor -> reader
+  for (const std::string& f : files) {
+    readers->emplace_back(f);
+    for (const std::string& name : readers->back().names()) (*where)[name] = readers->size() - 1;
+  }
+  TensorSource src;
+  for (const auto& [name, r] : *where) src.names.push_back(name);
+  src.load = [readers, where](const std::string& name) { return (*readers)[where->at(name)].load(name); };
+  return src;
+}
+
 Transformer load_pretrained(const std::string& dir, DType dtype) {
   const fs::path p(dir);
   MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
   Transformer m(load_model_config((p / "config.json").string()), dtype);
-  const std::map<std::string, Tensor> sd = load_hf_tensors(dir);
+  const TensorSource sd = checkpoint_source(dir);
   try {
     m.load_hf_state_dict(sd);
   } catch (const Error& e) {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -59,6 +60,12 @@ struct KVCache {
   int64_t max_len = 0;
   int64_t len = 0;                 // positions filled
   std::vector<Tensor> k, v;        // per layer (max_len, hkv, hd)
+};
+
+// Named tensors read on demand: a checkpoint's files (checkpoint_source) or a map in memory.
+struct TensorSource {
+  std::vector<std::string> names;                   // every tensor the source holds
+  std::function<Tensor(const std::string&)> load;   // reads one; throws moe::Error naming file and tensor
 };
 
 class Transformer {
@@ -111,6 +118,9 @@ class Transformer {
   // shape and dtype (f32/bf16/f16 accepted) and reports missing and unexpected tensors.
   std::map<std::string, Tensor> hf_state_dict() const;
   void load_hf_state_dict(const std::map<std::string, Tensor>& sd);
+  // The same from tensors read one at a time (each is copied into place and dropped), so loading
+  // a checkpoint never holds more than the model plus one tensor.
+  void load_hf_state_dict(const TensorSource& src);
 
   struct Impl;
 
@@ -145,6 +155,9 @@ void save_pretrained(const Transformer& m, const std::string& dir);
 // Every tensor of the checkpoint in `dir`: model.safetensors, or the shards named by
 // model.safetensors.index.json.
 std::map<std::string, Tensor> load_hf_tensors(const std::string& dir);
+// The tensors of the checkpoint in `dir` (model.safetensors or the shards of its index), read on
+// demand; only the headers are read here (and validated).
+TensorSource checkpoint_source(const std::string& dir);
 // Reads config.json and model.safetensors (or a sharded model.safetensors.index.json) from `dir`.
 Transformer load_pretrained(const std::string& dir, DType dtype = DType::F32);
 
