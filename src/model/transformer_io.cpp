@@ -179,11 +179,12 @@ void Transformer::load_hf_state_dict(const TensorSource& source) {
   auto take = [&](const std::string& name, const Tensor& dst) {
     MOE_CHECK(sd.count(name), "checkpoint: missing tensor '", name, "'");
     const Tensor src = source.load(name);
+    const std::string in = source.file ? " in " + source.file(name) : std::string();
     const DType t = src.dtype();
     MOE_CHECK(t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64, "checkpoint: tensor '", name,
-              "' has dtype ", dtype_name(t), "; expected a float type");
-    MOE_CHECK(src.shape() == dst.shape(), "checkpoint: tensor '", name, "': expected shape ", shape_str(dst.shape()),
-              ", got ", shape_str(src.shape()));
+              "'", in, " has dtype ", dtype_name(t), "; expected a float type");
+    MOE_CHECK(src.shape() == dst.shape(), "checkpoint: tensor '", name, "'", in, ": expected shape ",
+              shape_str(dst.shape()), ", got ", shape_str(src.shape()));
     Tensor d = dst;
     d.copy_from(src);
     used.insert(name);
@@ -292,6 +293,7 @@ TensorSource checkpoint_source(const std::string& dir) {
   TensorSource src;
   for (const auto& [name, r] : *where) src.names.push_back(name);
   src.load = [readers, where](const std::string& name) { return (*readers)[where->at(name)].load(name); };
+  src.file = [readers, where](const std::string& name) { return (*readers)[where->at(name)].path(); };
   return src;
 }
 

@@ -66,6 +66,7 @@ struct KVCache {
 struct TensorSource {
   std::vector<std::string> names;                   // every tensor the source holds
   std::function<Tensor(const std::string&)> load;   // reads one; throws moe::Error naming file and tensor
+  std::function<std::string(const std::string&)> file;  // the file holding a tensor, for errors (optional)
 };
 
 class Transformer {
