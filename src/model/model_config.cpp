@@ -107,6 +107,29 @@ void parse_rope_scaling(const json& j, ModelConfig& c) {
   }
 }
 
+// Architectures without rope scaling: rope_theta may sit in transformers 5's "rope_parameters";
+// any scaling there or in "rope_scaling" would change the math, so it is refused.
+void parse_plain_rope(const json& j, ModelConfig& c) {
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const json& r = j[key];
+    MOE_CHECK(r.is_object(), "config.json: key '", key, "' must be an object or null");
+    for (auto it = r.begin(); it != r.end(); ++it) {
+      const std::string k = it.key();
+      if (k == "rope_theta") {
+        MOE_CHECK(it->is_number(), "config.json: key '", key, ".rope_theta': expected a number");
+        c.rope_theta = it->get<double>();
+      } else if (k == "rope_type" || k == "type") {
+        MOE_CHECK(*it == "default", "config.json: key '", key, ".", k, "': rope scaling ", it->dump(),
+                  " is not supported for ", arch_name(c.arch));
+      } else {
+        throw Error(cat("config.json: key '", key, ".", k, "' (rope scaling) is not supported for ",
+                        arch_name(c.arch)));
+      }
+    }
+  }
+}
+
 void parse_deepseek_v3(const json& j, ModelConfig& c) {
   require(j, "n_routed_experts", c.num_experts);
   require(j, "moe_intermediate_size", c.moe_intermediate_size);
@@ -407,9 +430,11 @@ ModelConfig model_config_from_json(const std::string& text) {
   } else if (c.arch == Arch::DeepseekV3) {
     parse_deepseek_v3(j, c);
   } else {
-    require(j, "num_experts", c.num_experts);
+    // transformers 5 writes num_local_experts (num_experts is its alias there)
+    if (!get(j, "num_experts", c.num_experts)) require(j, "num_local_experts", c.num_experts);
     get(j, "norm_topk_prob", c.norm_topk_prob);
   }
+  if (c.arch != Arch::DeepseekV3) parse_plain_rope(j, c);
   if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Qwen3Moe) {
     require(j, "moe_intermediate_size", c.moe_intermediate_size);
     get(j, "decoder_sparse_step", c.decoder_sparse_step);
