@@ -34,6 +34,9 @@ void expert_names(const ModelConfig& c, const std::string& prefix, int64_t e, st
 
 const char* kSharedSuffix[4] = {".shared_expert.gate_proj.weight", ".shared_expert.up_proj.weight",
                                 ".shared_expert.down_proj.weight", ".shared_expert_gate.weight"};
+// deepseek_v3: one ungated MLP of width n_shared_experts · moe_intermediate_size.
+const char* kSharedExpertsSuffix[4] = {".shared_experts.gate_proj.weight", ".shared_experts.up_proj.weight",
+                                       ".shared_experts.down_proj.weight", ""};
 const char* kBiasSuffix = ".gate.e_score_correction_bias";
 }  // namespace
 
@@ -67,19 +70,23 @@ void Transformer::build_params() {
     LayerIndex& P = index_.layers[l];
     const std::string pre = layer_prefix(l);
     P.ln1 = add_param(pre + "input_layernorm.weight", vec(d, 1.0), false);
-    P.q_w = add_param(pre + "self_attn.q_proj.weight", mat(Dq, d), true);
-    P.k_w = add_param(pre + "self_attn.k_proj.weight", mat(Dk, d), true);
-    P.v_w = add_param(pre + "self_attn.v_proj.weight", mat(Dk, d), true);
-    P.o_w = add_param(pre + "self_attn.o_proj.weight", mat(d, Dq), true);
-    if (c.attention_bias()) {
-      P.q_b = add_param(pre + "self_attn.q_proj.bias", vec(Dq, 0.0), false);
-      P.k_b = add_param(pre + "self_attn.k_proj.bias", vec(Dk, 0.0), false);
-      P.v_b = add_param(pre + "self_attn.v_proj.bias", vec(Dk, 0.0), false);
-    }
-    if (c.qk_norm() != QkNorm::None) {
-      const bool per_head = c.qk_norm() == QkNorm::PerHead;
-      P.q_norm = add_param(pre + "self_attn.q_norm.weight", vec(per_head ? hd : Dq, 1.0), false);
-      P.k_norm = add_param(pre + "self_attn.k_norm.weight", vec(per_head ? hd : Dk, 1.0), false);
+    if (c.mla()) {
+      build_mla_params(l);
+    } else {
+      P.q_w = add_param(pre + "self_attn.q_proj.weight", mat(Dq, d), true);
+      P.k_w = add_param(pre + "self_attn.k_proj.weight", mat(Dk, d), true);
+      P.v_w = add_param(pre + "self_attn.v_proj.weight", mat(Dk, d), true);
+      P.o_w = add_param(pre + "self_attn.o_proj.weight", mat(d, Dq), true);
+      if (c.attention_bias()) {
+        P.q_b = add_param(pre + "self_attn.q_proj.bias", vec(Dq, 0.0), false);
+        P.k_b = add_param(pre + "self_attn.k_proj.bias", vec(Dk, 0.0), false);
+        P.v_b = add_param(pre + "self_attn.v_proj.bias", vec(Dk, 0.0), false);
+      }
+      if (c.qk_norm() != QkNorm::None) {
+        const bool per_head = c.qk_norm() == QkNorm::PerHead;
+        P.q_norm = add_param(pre + "self_attn.q_norm.weight", vec(per_head ? hd : Dq, 1.0), false);
+        P.k_norm = add_param(pre + "self_attn.k_norm.weight", vec(per_head ? hd : Dk, 1.0), false);
+      }
     }
     P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
     if (c.is_moe_layer(l)) {
@@ -92,7 +99,8 @@ void Transformer::build_params() {
       P.moe[3] = add_param(mpre + ".experts.w_down", mp.w_down, true);
       const Tensor* shared[4] = {&mp.shared_w_gate, &mp.shared_w_up, &mp.shared_w_down, &mp.shared_gate_w};
       for (int i = 0; i < 4; ++i)
-        if (shared[i]->defined()) P.moe[4 + i] = add_param(mpre + kSharedSuffix[i], *shared[i], true);
+        if (shared[i]->defined())
+          P.moe[4 + i] = add_param(mpre + (c.mla() ? kSharedExpertsSuffix : kSharedSuffix)[i], *shared[i], true);
     } else {
       const int64_t F = c.intermediate_size;
       P.gate = add_param(pre + "mlp.gate_proj.weight", mat(F, d), true);
@@ -102,6 +110,31 @@ void Transformer::build_params() {
   }
   index_.norm = add_param("model.norm.weight", vec(d, 1.0), false);
   index_.head = c.tie_word_embeddings ? index_.embed : add_param("lm_head.weight", mat(V, d), true);
+}
+
+// Latent attention of layer l (deepseek_v3), names as transformers' DeepseekV3Attention.
+void Transformer::build_mla_params(int64_t l) {
+  const ModelConfig& c = cfg_;
+  LayerIndex& P = index_.layers[l];
+  const std::string pre = layer_prefix(l) + "self_attn.";
+  const int64_t d = c.hidden_size, H = c.num_attention_heads, qk = c.qk_head_dim();
+  const int64_t kva = c.kv_lora_rank + c.qk_rope_head_dim, kvb = H * (c.qk_nope_head_dim + c.v_head_dim);
+  auto mat = [&](int64_t r, int64_t k) { return Tensor::zeros({r, k}, dtype_); };
+  auto vec = [&](int64_t n, double v) { return Tensor::full({n}, v, dtype_); };
+  if (c.q_lora_rank > 0) {
+    P.q_a_w = add_param(pre + "q_a_proj.weight", mat(c.q_lora_rank, d), true);
+    if (c.mla_bias) P.q_a_b = add_param(pre + "q_a_proj.bias", vec(c.q_lora_rank, 0.0), false);
+    P.q_a_norm = add_param(pre + "q_a_layernorm.weight", vec(c.q_lora_rank, 1.0), false);
+    P.q_b_w = add_param(pre + "q_b_proj.weight", mat(H * qk, c.q_lora_rank), true);
+  } else {
+    P.q_w = add_param(pre + "q_proj.weight", mat(H * qk, d), true);
+  }
+  P.kv_a_w = add_param(pre + "kv_a_proj_with_mqa.weight", mat(kva, d), true);
+  if (c.mla_bias) P.kv_a_b = add_param(pre + "kv_a_proj_with_mqa.bias", vec(kva, 0.0), false);
+  P.kv_a_norm = add_param(pre + "kv_a_layernorm.weight", vec(c.kv_lora_rank, 1.0), false);
+  P.kv_b_w = add_param(pre + "kv_b_proj.weight", mat(kvb, c.kv_lora_rank), true);
+  P.o_w = add_param(pre + "o_proj.weight", mat(d, H * c.v_head_dim), true);
+  if (c.mla_bias) P.o_b = add_param(pre + "o_proj.bias", vec(d, 0.0), false);
 }
 
 void Transformer::init_params(uint64_t seed) {

@@ -1,4 +1,5 @@
-// A decoder-only MoE transformer (Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE), forward and backward.
+// A decoder-only MoE transformer (Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE / DeepSeek-V3), forward
+// and backward. DeepSeek-V3's latent attention replaces the q/k/v projections (docs/MODELS.md).
 //
 //   x = embed[tokens]                                                   (N = B·S, d)
 //   per layer:  x += o_proj( attention( rope(qk_norm(q_proj h)), rope(qk_norm(k_proj h)), v_proj h ) ),
@@ -55,11 +56,13 @@ struct StepResult {
   double mean_loss() const { return count > 0 ? loss_sum / static_cast<double>(count) : 0.0; }
 };
 
-// Keys and values of every layer for incremental decoding of ONE sequence.
+// Keys and values of every layer for incremental decoding of ONE sequence. Keys have the head dim
+// of queries (ModelConfig::qk_head_dim), values their own (v_head_dim_or_default); deepseek_v3
+// caches the decompressed per-head keys and values.
 struct KVCache {
   int64_t max_len = 0;
   int64_t len = 0;                 // positions filled
-  std::vector<Tensor> k, v;        // per layer (max_len, hkv, hd)
+  std::vector<Tensor> k, v;        // per layer (max_len, hkv, hd_k), (max_len, hkv, hd_v)
 };
 
 // Named tensors read on demand: a checkpoint's files (checkpoint_source) or a map in memory.
@@ -130,6 +133,9 @@ class Transformer {
   struct LayerIndex {
     int ln1 = -1, ln2 = -1;
     int q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1, o_w = -1, q_norm = -1, k_norm = -1;
+    int o_b = -1;                       // o_proj bias (deepseek_v3 attention_bias)
+    // deepseek_v3 latent attention (q_w is q_proj when q_lora_rank is null)
+    int q_a_w = -1, q_a_b = -1, q_a_norm = -1, q_b_w = -1, kv_a_w = -1, kv_a_b = -1, kv_a_norm = -1, kv_b_w = -1;
     int gate = -1, up = -1, down = -1;  // dense FFN
     // MoE block: router_w, w_gate, w_up, w_down, shared_w_gate, shared_w_up, shared_w_down, shared_gate_w
     int moe[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
@@ -139,6 +145,7 @@ class Transformer {
     std::vector<LayerIndex> layers;
   };
   void build_params();
+  void build_mla_params(int64_t layer);
   int add_param(const std::string& name, Tensor value, bool decay);
 
   ModelConfig cfg_;
