@@ -73,6 +73,7 @@ infer::ChatTemplate choose_template(const std::string& name, const std::string& 
       case model::Arch::Qwen3Moe: family = infer::ChatFormat::ChatMl; break;
       case model::Arch::Mixtral: family = infer::ChatFormat::Mistral; break;
       case model::Arch::Olmoe: family = infer::ChatFormat::Tulu; break;
+      case model::Arch::DeepseekV3: family = infer::ChatFormat::DeepSeek; break;
     }
     // Models trained here are qwen3_moe without chat tokens: those get the plain format.
     const infer::ChatTemplate t = infer::default_chat_template(family);

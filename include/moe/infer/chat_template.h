@@ -8,7 +8,7 @@
 //             conversation has none; chatml does not, as Qwen3's template.)
 //   mistral   Mixtral-8x7B-Instruct: <s> [INST] SYSTEM\n\nUSER [/INST] ASSISTANT</s> [INST] USER [/INST]
 //   tulu      OLMoE-Instruct: BOS<|system|>\nS\n<|user|>\nU\n<|assistant|>\nA EOS\n<|user|>\nU\n<|assistant|>\n
-//   deepseek  DeepSeek-V3: <｜begin▁of▁sentence｜>SYSTEM<｜User｜>U<｜Assistant｜>A<｜end▁of▁sentence｜>...<｜Assistant｜>
+//   deepseek  DeepSeek-V3 (deepseek_v3): <｜begin▁of▁sentence｜>SYSTEM<｜User｜>U<｜Assistant｜>A<｜end▁of▁sentence｜>...<｜Assistant｜>
 //   plain     models trained here (no chat tokens): "System: S\n\nUser: U\n\nAssistant: A\n\n...Assistant:"
 #pragma once
 
