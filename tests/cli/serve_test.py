@@ -118,6 +118,7 @@ class Server:
         err = self.p.stderr.read()
         check(rc == 0, f"exit code {rc} after SIGTERM; stderr: {err[-2000:]}")
         check("stopped" in err, "stderr: " + err[-2000:])
+        return err
 
 
 def completion(s, prompt, **kw):
@@ -269,7 +270,11 @@ def metrics_after(s):
 
 
 def queue_full(moe, model):
-    """--max-running 1 --max-queue 1: one running, one waiting, the third is refused with 429."""
+    """--max-running 1 --max-queue 1: one running, one waiting, the third is refused with 429.
+    Also: the chat template is recognised from tokenizer_config.json."""
+    with open(os.path.join(model, "checkpoint", "tokenizer_config.json"), "w") as f:
+        json.dump({"chat_template": "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n'}}{% endfor %}",
+                   "eos_token": "<|endoftext|>"}, f)
     s = Server(moe, model, "--max-running", "1", "--max-queue", "1", "--served-model-name", "tiny")
     try:
         body = json.dumps({"prompt": "The ", "max_tokens": 60000, "temperature": 0.8, "ignore_eos": True,
@@ -296,7 +301,8 @@ def queue_full(moe, model):
         print("queue test: finish reasons", {k: v for k, v in m.items() if k.startswith("moe_request_finish_total")},
               "generated", m["moe_generation_tokens_total"])
     finally:
-        s.stop()
+        err = s.stop()
+    check("chat template chatml" in err, "template from tokenizer_config.json: " + err[-1000:])
 
 
 def main():
