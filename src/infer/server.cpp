@@ -301,6 +301,7 @@ void Server::Impl::routes() {
     return new httplib::ThreadPool(static_cast<size_t>(n));
   };
   http.set_payload_max_length(static_cast<size_t>(opt.max_body_bytes));
+  http.set_tcp_nodelay(true);  // SSE chunks are small: without it each waits for the client's delayed ACK
   auto send_error = [](httplib::Response& res, const ApiError& e) {
     res.status = e.status;
     res.set_content(error_body(e), "application/json");
