@@ -78,9 +78,10 @@ LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_
   eo.kv_blocks = conc * ((a.prompt_tokens + a.new_tokens + a.kv_block_size - 1) / a.kv_block_size);
   const Rng rng(a.seed);
   std::vector<infer::Request> reqs(static_cast<size_t>(conc));
-  // Per-request token times (engine thread writes, this thread reads after run_all).
+  // Per-request token times since the start of the run (the engine thread writes them, this
+  // thread reads them after run_all).
   auto times = std::make_shared<std::vector<std::vector<double>>>(static_cast<size_t>(conc));
-  const auto t0 = std::chrono::steady_clock::now();
+  auto t0 = std::make_shared<std::chrono::steady_clock::time_point>();
   for (int64_t i = 0; i < conc; ++i) {
     infer::Request& r = reqs[static_cast<size_t>(i)];
     for (int64_t j = 0; j < a.prompt_tokens; ++j)
@@ -90,14 +91,14 @@ LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_
     r.sampling.temperature = 0;
     r.on_token = [times, i, t0](int32_t) {
       (*times)[static_cast<size_t>(i)].push_back(
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - *t0).count());
       return true;
     };
   }
   infer::Engine eng(m, eo);
-  const auto start = std::chrono::steady_clock::now();
+  *t0 = std::chrono::steady_clock::now();
   const std::vector<infer::Finished> fin = eng.run_all(std::move(reqs));
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - *t0).count();
   const infer::EngineStats st = eng.stats();
   LevelResult r;
   r.concurrency = conc;
