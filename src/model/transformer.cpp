@@ -456,6 +456,7 @@ void Transformer::refresh_bf16() const {
 
 StepResult Transformer::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                                          const StepOptions& opt) {
+  ensure_grads();
   refresh_bf16();
   return dtype_ == DType::F64 ? Impl::forward_backward<double>(*this, tokens, targets, B, S, opt)
                               : Impl::forward_backward<float>(*this, tokens, targets, B, S, opt);

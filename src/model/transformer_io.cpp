@@ -47,7 +47,6 @@ int Transformer::add_param(const std::string& name, Tensor value, bool decay) {
   value.set_name(name);
   NamedParam p;
   p.name = name;
-  p.grad = Tensor::zeros(value.shape(), dtype_, name + ".grad");
   p.value = std::move(value);
   p.decay = decay;
   params_.push_back(std::move(p));
@@ -121,7 +120,13 @@ NamedParam& Transformer::param(const std::string& name) {
   throw Error(cat("model has no parameter '", name, "'"));
 }
 
+void Transformer::ensure_grads() {
+  for (NamedParam& p : params_)
+    if (!p.grad.defined()) p.grad = Tensor::zeros(p.value.shape(), dtype_, p.name + ".grad");
+}
+
 void Transformer::zero_grads() {
+  ensure_grads();
   for (NamedParam& p : params_) p.grad.fill(0.0);
 }
 

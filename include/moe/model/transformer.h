@@ -26,7 +26,9 @@ namespace moe::model {
 
 // One trainable tensor: its name (the Hugging Face name where the layout is the same; stacked
 // expert tensors are "<prefix>.experts.w_gate|w_up|w_down" of shape (E, F, d) / (E, d, F)), its
-// value, its gradient (same shape), and whether weight decay applies (not to norms and biases).
+// value, its gradient (same shape; allocated by the first zero_grads(), ensure_grads() or
+// forward_backward(), so a model used only for inference holds no gradient memory), and whether
+// weight decay applies (not to norms and biases).
 struct NamedParam {
   std::string name;
   Tensor value;
@@ -70,7 +72,8 @@ class Transformer {
   std::vector<NamedParam>& parameters() { return params_; }
   const std::vector<NamedParam>& parameters() const { return params_; }
   NamedParam& param(const std::string& name);  // throws when absent
-  void zero_grads();
+  void zero_grads();    // allocates the gradients first when needed
+  void ensure_grads();  // allocates zero gradients for parameters that have none yet
 
   // Forward and backward of a micro-batch; tokens and targets (B, S) i32 (target < 0 = ignored).
   StepResult forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
