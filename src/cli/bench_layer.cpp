@@ -449,6 +449,7 @@ void register_bench(CLI::App& app, Registry& reg) {
   bench_app->require_subcommand(1);
   add_bench_layer(*bench_app, reg);
   add_bench_train(*bench_app, reg);
+  add_bench_generate(*bench_app, reg);
 }
 
 }  // namespace moe::cli

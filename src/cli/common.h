@@ -38,6 +38,8 @@ void register_upcycle(CLI::App& app, Registry& reg);
 void register_init(CLI::App& app, Registry& reg);
 // `moe bench train` (src/cli/bench_train.cpp), added to the `bench` group by register_bench.
 void add_bench_train(CLI::App& bench, Registry& reg);
+// `moe bench generate` (src/cli/bench_generate.cpp): serving throughput of the engine.
+void add_bench_generate(CLI::App& bench, Registry& reg);
 void register_report(CLI::App& app, Registry& reg);
 void register_serve(CLI::App& app, Registry& reg);
 

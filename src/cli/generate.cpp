@@ -74,6 +74,15 @@ void register_generate(CLI::App& app, Registry& reg) {
   c->add_option("--top-p", a->opt.sampling.top_p, "Nucleus sampling mass")->capture_default_str();
   c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")->capture_default_str();
   c->add_option("--seed", a->opt.sampling.seed, "Sampling seed")->capture_default_str();
+  c->add_option("--repetition-penalty", a->opt.sampling.repetition_penalty,
+                "Divide positive (multiply negative) logits of tokens already seen (1 = off)")
+      ->capture_default_str();
+  c->add_option("--frequency-penalty", a->opt.sampling.frequency_penalty,
+                "Subtract this times each token's count in the output, in [-2, 2]")
+      ->capture_default_str();
+  c->add_option("--presence-penalty", a->opt.sampling.presence_penalty,
+                "Subtract this from tokens present in the output, in [-2, 2]")
+      ->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");

@@ -8,7 +8,7 @@
 //   moe report RUN_DIR               HTML page of a training run
 //   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
 //   moe version                      build information and available backends
-//   moe bench layer|train [options]  time one MoE layer, or one training step of a model
+//   moe bench layer|train|generate   time one MoE layer, one training step, or serving throughput
 //   moe layer check-config FILE      validate a layer config (JSON) and print it normalised
 //
 // Exit codes: 0 success; 2 bad command line or bad input (one line `moe: error: ...` on stderr);

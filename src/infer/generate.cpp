@@ -26,7 +26,9 @@ GenerateResult generate(const model::Transformer& m, const std::vector<int32_t>&
   t0 = Clock::now();
   for (int64_t i = 0; i < opt.max_new_tokens; ++i) {
     const Tensor lf = logits.dtype() == DType::F32 ? logits : logits.to(DType::F32);
-    const int32_t t = sample_token(lf.data<float>(), V, opt.sampling, static_cast<uint64_t>(i));
+    const TokenHistory hist{prompt.data(), static_cast<int64_t>(prompt.size()), r.tokens.data(),
+                            static_cast<int64_t>(r.tokens.size())};
+    const int32_t t = sample_token(lf.data<float>(), V, opt.sampling, static_cast<uint64_t>(i), hist);
     r.tokens.push_back(t);
     if (on_token && !on_token(t)) {
       r.finish_reason = "stopped";

@@ -16,31 +16,43 @@ void SamplingOptions::validate() const {
   MOE_CHECK(top_k >= 0, "sampling: top_k must be >= 0, got ", top_k);
   MOE_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0,
             "sampling: repetition_penalty must be > 0, got ", repetition_penalty);
-  MOE_CHECK(std::isfinite(frequency_penalty), "sampling: frequency_penalty must be finite");
-  MOE_CHECK(std::isfinite(presence_penalty), "sampling: presence_penalty must be finite");
+  MOE_CHECK(std::isfinite(frequency_penalty) && frequency_penalty >= -2 && frequency_penalty <= 2,
+            "sampling: frequency_penalty must be in [-2, 2], got ", frequency_penalty);
+  MOE_CHECK(std::isfinite(presence_penalty) && presence_penalty >= -2 && presence_penalty <= 2,
+            "sampling: presence_penalty must be in [-2, 2], got ", presence_penalty);
 }
 
-void apply_penalties(float* logits, int64_t V, const SamplingOptions& opt, const std::vector<int32_t>& prompt,
-                     const std::vector<int32_t>& output) {
-  if (!opt.has_penalties()) return;
-  std::vector<int32_t> count(static_cast<size_t>(V), 0);  // occurrences in the output
-  std::vector<char> seen(static_cast<size_t>(V), 0);      // in the prompt or the output
-  for (int32_t t : prompt)
-    if (t >= 0 && t < V) seen[static_cast<size_t>(t)] = 1;
-  for (int32_t t : output)
-    if (t >= 0 && t < V) {
-      seen[static_cast<size_t>(t)] = 1;
-      ++count[static_cast<size_t>(t)];
-    }
-  const double rp = opt.repetition_penalty;
-  for (int64_t i = 0; i < V; ++i) {
-    const size_t u = static_cast<size_t>(i);
-    if (!seen[u]) continue;
-    double x = logits[i];
-    if (rp != 1.0) x = x > 0 ? x / rp : x * rp;
-    x -= opt.frequency_penalty * count[u] + (count[u] > 0 ? opt.presence_penalty : 0.0);
-    logits[i] = static_cast<float>(x);
+std::vector<float> apply_penalties(const float* logits, int64_t V, const SamplingOptions& opt,
+                                   const TokenHistory& h) {
+  opt.validate();
+  std::vector<float> out(logits, logits + V);
+  auto check = [&](int32_t t, const char* where) {
+    MOE_CHECK(t >= 0 && t < V, "sampling: ", where, " token id ", t, " is outside the vocabulary [0, ", V, ")");
+  };
+  if (opt.repetition_penalty != 1.0) {
+    std::vector<uint8_t> seen(static_cast<size_t>(V), 0);
+    for (int64_t i = 0; i < h.n_prompt; ++i) check(h.prompt[i], "prompt"), seen[h.prompt[i]] = 1;
+    for (int64_t i = 0; i < h.n_output; ++i) check(h.output[i], "output"), seen[h.output[i]] = 1;
+    const double p = opt.repetition_penalty;
+    for (int64_t t = 0; t < V; ++t)
+      if (seen[t]) out[t] = static_cast<float>(out[t] > 0 ? out[t] / p : out[t] * p);
   }
+  if (opt.frequency_penalty != 0.0 || opt.presence_penalty != 0.0) {
+    std::vector<int64_t> count(static_cast<size_t>(V), 0);
+    for (int64_t i = 0; i < h.n_output; ++i) check(h.output[i], "output"), ++count[h.output[i]];
+    for (int64_t t = 0; t < V; ++t)
+      if (count[t] > 0)
+        out[t] = static_cast<float>(out[t] - opt.frequency_penalty * static_cast<double>(count[t]) -
+                                    opt.presence_penalty);
+  }
+  return out;
+}
+
+int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, uint64_t draw,
+                     const TokenHistory& history) {
+  if (!opt.has_penalties()) return sample_token(logits, V, opt, draw);
+  const std::vector<float> pen = apply_penalties(logits, V, opt, history);
+  return sample_token(pen.data(), V, opt, draw);
 }
 
 int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt, uint64_t draw) {

@@ -97,6 +97,11 @@ std::string ServerMetrics::render(const EngineStats& s, double tokens_per_s, dou
   scalar(os, "moe_batch_tokens", "gauge", "Tokens in the latest forward pass.", static_cast<double>(s.batch_tokens_last));
   scalar(os, "moe_batch_sequences", "gauge", "Sequences in the latest forward pass.",
          static_cast<double>(s.batch_seqs_last));
+  const double passes = static_cast<double>(s.forward_passes);
+  scalar(os, "moe_batch_tokens_mean", "gauge", "Mean tokens per forward pass since start.",
+         passes > 0 ? static_cast<double>(s.batch_tokens_sum) / passes : 0.0);
+  scalar(os, "moe_batch_sequences_mean", "gauge", "Mean sequences per forward pass since start.",
+         passes > 0 ? static_cast<double>(s.batch_seqs_sum) / passes : 0.0);
   scalar(os, "moe_kv_blocks_total", "gauge", "KV cache blocks in the pool.", static_cast<double>(s.kv_blocks_total));
   scalar(os, "moe_kv_blocks_used", "gauge", "KV cache blocks in use.", static_cast<double>(s.kv_blocks_used));
   family(os, "moe_expert_tokens_total", "counter", "Tokens routed to each expert of each MoE layer.");

@@ -13,6 +13,7 @@
 #include "moe/model/transformer.h"
 #include "model/linear.h"
 #include "model/mla.h"
+#include "model/transformer_parts.h"
 
 namespace moe::model {
 
@@ -496,5 +497,40 @@ Tensor Transformer::decode(KVCache& cache, const int32_t* tokens, int64_t n) con
   return dtype_ == DType::F64 ? Impl::decode<double>(*this, cache, tokens, n)
                               : Impl::decode<float>(*this, cache, tokens, n);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Forward pieces for other forward variants (src/model/transformer_parts.h).
+namespace parts {
+
+Tensor embed(const Transformer& m, const int32_t* tokens, int64_t n) {
+  return m.dtype() == DType::F64 ? Transformer::Impl::embed<double>(m, tokens, n)
+                                 : Transformer::Impl::embed<float>(m, tokens, n);
+}
+
+Qkv qkv(const Transformer& m, int64_t l, const Tensor& x, const int32_t* pos) {
+  LayerSaved s;
+  if (m.dtype() == DType::F64) Transformer::Impl::qkv<double>(m, l, x, x.shape()[0], pos, s);
+  else Transformer::Impl::qkv<float>(m, l, x, x.shape()[0], pos, s);
+  return {s.q, s.k, s.v};
+}
+
+void out_and_ffn(const Transformer& m, int64_t l, Tensor& x, const Tensor& attn, const Tensor& tokens,
+                 MoEStats* stats) {
+  LayerSaved s;
+  s.attn = attn;
+  StepOptions opt;
+  opt.training = false;
+  if (m.dtype() == DType::F64) Transformer::Impl::out_and_ffn<double>(m, l, x, x.shape()[0], &tokens, &opt, s, false);
+  else Transformer::Impl::out_and_ffn<float>(m, l, x, x.shape()[0], &tokens, &opt, s, false);
+  if (stats && m.moe_layer(l)) *stats = s.moe.stats;
+}
+
+Tensor head(const Transformer& m, const Tensor& x) {
+  const int64_t n = x.shape()[0];
+  return m.dtype() == DType::F64 ? Transformer::Impl::head<double>(m, x, 0, n, nullptr)
+                                 : Transformer::Impl::head<float>(m, x, 0, n, nullptr);
+}
+
+}  // namespace parts
 
 }  // namespace moe::model

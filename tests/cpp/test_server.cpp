@@ -1,5 +1,5 @@
 // The server's pieces without a socket: request parsing and validation, the incremental
-// detokenizer with stop strings, SSE chunks, the Prometheus text, and the sampling penalties.
+// detokenizer with stop strings, SSE chunks and the Prometheus text.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -137,13 +137,13 @@ TEST(ServerRequest, ErrorBody) {
 
 TEST(ServerText, Utf8CompletePrefix) {
   using moe::infer::utf8_complete_prefix;
-  const std::string e_acute = "\xC3\xA9", euro = "\xE2\x82\xAC", emoji = "\xF0\x9F\x98\x80";
+  // é = C3 A9, € = E2 82 AC, 😀 = F0 9F 98 80
   EXPECT_EQ(utf8_complete_prefix("abc"), 3u);
-  EXPECT_EQ(utf8_complete_prefix("a" + e_acute), 3u);
-  EXPECT_EQ(utf8_complete_prefix("a" + e_acute.substr(0, 1)), 1u);
-  EXPECT_EQ(utf8_complete_prefix("a" + euro.substr(0, 2)), 1u);
-  EXPECT_EQ(utf8_complete_prefix("a" + emoji.substr(0, 3)), 1u);
-  EXPECT_EQ(utf8_complete_prefix("a" + emoji), 5u);
+  EXPECT_EQ(utf8_complete_prefix("a\xC3\xA9"), 3u);
+  EXPECT_EQ(utf8_complete_prefix("a\xC3"), 1u);
+  EXPECT_EQ(utf8_complete_prefix("a\xE2\x82"), 1u);
+  EXPECT_EQ(utf8_complete_prefix("a\xF0\x9F\x98"), 1u);
+  EXPECT_EQ(utf8_complete_prefix("a\xF0\x9F\x98\x80"), 5u);
   EXPECT_EQ(utf8_complete_prefix("a\x80\x80\x80\x80"), 5u);  // stray continuation bytes are released
   EXPECT_EQ(utf8_complete_prefix(""), 0u);
 }
@@ -272,6 +272,8 @@ TEST(ServerMetrics, PrometheusText) {
   s.kv_blocks_total = 64;
   s.kv_blocks_used = 10;
   s.batch_tokens_last = 17;
+  s.forward_passes = 4;
+  s.batch_seqs_sum = 10;
   s.moe_layers = {1, 3};
   s.expert_hits = {{5, 0, 7}, {1, 2, 3}};
   const auto v = parse_prometheus(m.render(s, 42.5, 10));
@@ -283,6 +285,7 @@ TEST(ServerMetrics, PrometheusText) {
   EXPECT_EQ(v.at("moe_generation_tokens_per_second"), 42.5);
   EXPECT_EQ(v.at("moe_kv_blocks_used"), 10);
   EXPECT_EQ(v.at("moe_batch_tokens"), 17);
+  EXPECT_EQ(v.at("moe_batch_sequences_mean"), 2.5);
   EXPECT_EQ(v.at("moe_expert_tokens_total{layer=\"1\",expert=\"2\"}"), 7);
   EXPECT_EQ(v.at("moe_expert_tokens_total{layer=\"3\",expert=\"0\"}"), 1);
   // Histogram buckets are cumulative and end with +Inf = count.
@@ -294,27 +297,6 @@ TEST(ServerMetrics, PrometheusText) {
   EXPECT_EQ(v.at("moe_request_latency_seconds_count"), 3);
   EXPECT_DOUBLE_EQ(v.at("moe_request_latency_seconds_sum"), 1007.3);
   EXPECT_EQ(v.at("moe_time_to_first_token_seconds_bucket{le=\"0.005\"}"), 1);
-}
-
-TEST(Sampler, Penalties) {
-  moe::infer::SamplingOptions o;
-  std::vector<float> l = {2.0f, -1.0f, 0.5f, 3.0f, -INFINITY};
-  std::vector<float> x = l;
-  moe::infer::apply_penalties(x.data(), 5, o, {0}, {1});  // all off: unchanged
-  EXPECT_EQ(x, l);
-  o.repetition_penalty = 2.0;
-  o.frequency_penalty = 0.5;
-  o.presence_penalty = 0.25;
-  x = l;
-  // prompt {0}, output {1, 1, 4}: token 0 only repeated-penalised; 1 all three (twice frequency).
-  moe::infer::apply_penalties(x.data(), 5, o, {0}, {1, 1, 4});
-  EXPECT_EQ(x[0], 1.0f);                            // 2 / 2
-  EXPECT_EQ(x[1], -1.0f * 2 - 2 * 0.5f - 0.25f);   // negative logits are multiplied
-  EXPECT_EQ(x[2], 0.5f);
-  EXPECT_EQ(x[3], 3.0f);
-  EXPECT_EQ(x[4], -INFINITY);
-  o.repetition_penalty = 0;
-  EXPECT_THROW(o.validate(), moe::Error);
 }
 
 }  // namespace

@@ -71,6 +71,8 @@ struct EngineStats {
   int64_t forward_passes = 0;
   int64_t batch_tokens_last = 0;    // tokens in the latest forward pass
   int64_t batch_seqs_last = 0;      // sequences in the latest forward pass
+  int64_t batch_tokens_sum = 0;     // over all forward passes (mean = sum / forward_passes)
+  int64_t batch_seqs_sum = 0;
   double busy_s = 0;                // time spent in forward passes and sampling
   int64_t kv_blocks_total = 0, kv_blocks_used = 0;
   std::vector<int64_t> moe_layers;                   // layer index of each row below

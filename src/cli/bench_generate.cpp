@@ -1,0 +1,202 @@
+// `moe bench generate --model DIR [--concurrency 1,4,16] [--prompt-tokens N] [--new-tokens N]
+// [--threads N] [--json]`: serving throughput of the continuous-batching engine. At each
+// concurrency level c it submits c requests at once (random prompts from a seed, greedy decoding,
+// no stop ids so every request makes exactly --new-tokens tokens), waits for all, and reports
+// prefill, decode and total tokens per second, the mean batch size (sequences per forward pass)
+// and the latency percentiles: time to first token, and time per output token after the first.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/common.h"
+#include "cli/model_dir.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/core/rng.h"
+#include "moe/infer/engine.h"
+
+namespace moe::cli {
+namespace {
+
+struct BenchGenArgs {
+  std::string model;
+  std::string concurrency = "1,4,16";
+  int64_t prompt_tokens = 128, new_tokens = 64;
+  int64_t max_batch_tokens = 512, kv_block_size = 16;
+  int threads = 0;
+  uint64_t seed = 1;
+  bool json = false;
+};
+
+std::vector<int64_t> parse_levels(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    size_t used = 0;
+    int64_t v = 0;
+    try {
+      v = std::stoll(item, &used);
+    } catch (...) {
+      used = 0;
+    }
+    MOE_CHECK(used == item.size() && !item.empty() && v >= 1, "bench generate: --concurrency '", s,
+              "' must be a comma-separated list of integers >= 1");
+    out.push_back(v);
+  }
+  MOE_CHECK(!out.empty(), "bench generate: --concurrency is empty");
+  return out;
+}
+
+// The q-quantile (0..1) of a sample, nearest rank.
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
+  return v[i == 0 ? 0 : std::min(i - 1, v.size() - 1)];
+}
+
+struct LevelResult {
+  int64_t concurrency = 0;
+  double wall_s = 0, prefill_tps = 0, decode_tps = 0, total_tps = 0, mean_batch = 0, mean_batch_tokens = 0;
+  double ttft_p50 = 0, ttft_p90 = 0, ttft_p99 = 0, tpot_p50 = 0, tpot_p90 = 0, tpot_p99 = 0;
+  int64_t prompt_tokens = 0, generated = 0, forward_passes = 0;
+};
+
+LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_t conc) {
+  const model::ModelConfig& c = m.config();
+  infer::EngineOptions eo;
+  eo.max_running = conc;
+  eo.max_queue = conc;
+  eo.max_batch_tokens = a.max_batch_tokens;
+  eo.kv_block_size = a.kv_block_size;
+  eo.kv_blocks = conc * ((a.prompt_tokens + a.new_tokens + a.kv_block_size - 1) / a.kv_block_size);
+  const Rng rng(a.seed);
+  std::vector<infer::Request> reqs(static_cast<size_t>(conc));
+  // Per-request token times since the start of the run (the engine thread writes them, this
+  // thread reads them after run_all).
+  auto times = std::make_shared<std::vector<std::vector<double>>>(static_cast<size_t>(conc));
+  auto t0 = std::make_shared<std::chrono::steady_clock::time_point>();
+  for (int64_t i = 0; i < conc; ++i) {
+    infer::Request& r = reqs[static_cast<size_t>(i)];
+    for (int64_t j = 0; j < a.prompt_tokens; ++j)
+      r.prompt.push_back(static_cast<int32_t>(
+          rng.below(static_cast<uint64_t>(i * a.prompt_tokens + j), static_cast<uint64_t>(c.vocab_size))));
+    r.max_new_tokens = a.new_tokens;
+    r.sampling.temperature = 0;
+    r.on_token = [times, i, t0](int32_t) {
+      (*times)[static_cast<size_t>(i)].push_back(
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - *t0).count());
+      return true;
+    };
+  }
+  infer::Engine eng(m, eo);
+  *t0 = std::chrono::steady_clock::now();
+  const std::vector<infer::Finished> fin = eng.run_all(std::move(reqs));
+  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - *t0).count();
+  const infer::EngineStats st = eng.stats();
+  LevelResult r;
+  r.concurrency = conc;
+  r.wall_s = wall;
+  std::vector<double> ttft, tpot;
+  double first_done = 0;  // the time when every prompt had its first token: prefill phase bound
+  for (size_t i = 0; i < fin.size(); ++i) {
+    MOE_CHECK(fin[i].finish_reason != "error", "bench generate: a request failed: ", fin[i].error);
+    r.prompt_tokens += fin[i].prompt_tokens;
+    r.generated += static_cast<int64_t>(fin[i].tokens.size());
+    ttft.push_back(fin[i].ttft_s);
+    const std::vector<double>& ts = (*times)[i];
+    for (size_t k = 1; k < ts.size(); ++k) tpot.push_back(ts[k] - ts[k - 1]);
+    if (!ts.empty()) first_done = std::max(first_done, ts[0]);
+  }
+  r.forward_passes = st.forward_passes;
+  r.mean_batch = st.forward_passes ? static_cast<double>(st.batch_seqs_sum) / static_cast<double>(st.forward_passes) : 0;
+  r.mean_batch_tokens =
+      st.forward_passes ? static_cast<double>(st.batch_tokens_sum) / static_cast<double>(st.forward_passes) : 0;
+  // Prefill rate: prompt tokens over the time until the last first token; decode rate: the tokens
+  // after each request's first over the rest of the run.
+  r.prefill_tps = first_done > 0 ? static_cast<double>(r.prompt_tokens) / first_done : 0;
+  const double decode_time = wall - first_done;
+  r.decode_tps = decode_time > 0 ? static_cast<double>(r.generated - conc) / decode_time : 0;
+  r.total_tps = wall > 0 ? static_cast<double>(r.prompt_tokens + r.generated) / wall : 0;
+  r.ttft_p50 = quantile(ttft, 0.5), r.ttft_p90 = quantile(ttft, 0.9), r.ttft_p99 = quantile(ttft, 0.99);
+  r.tpot_p50 = quantile(tpot, 0.5), r.tpot_p90 = quantile(tpot, 0.9), r.tpot_p99 = quantile(tpot, 0.99);
+  return r;
+}
+
+int run_bench_generate(const BenchGenArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  MOE_CHECK(a.prompt_tokens >= 1, "bench generate: --prompt-tokens must be >= 1");
+  MOE_CHECK(a.new_tokens >= 1, "bench generate: --new-tokens must be >= 1");
+  const std::vector<int64_t> levels = parse_levels(a.concurrency);
+  const model::Transformer m = model::load_pretrained(resolve_model_dir(a.model));
+  const model::ModelConfig& c = m.config();
+  MOE_CHECK(a.prompt_tokens + a.new_tokens <= c.max_position_embeddings, "bench generate: --prompt-tokens + ",
+            "--new-tokens = ", a.prompt_tokens + a.new_tokens, " exceeds the model's context of ",
+            c.max_position_embeddings);
+  std::vector<LevelResult> rs;
+  for (int64_t conc : levels) rs.push_back(run_level(m, a, conc));
+  if (a.json) {
+    nlohmann::json j;
+    j["command"] = "bench generate";
+    j["arch"] = model::arch_name(c.arch);
+    j["n_params"] = c.n_params();
+    j["n_active_params"] = c.n_active_params();
+    j["threads"] = num_threads();
+    j["prompt_tokens"] = a.prompt_tokens;
+    j["new_tokens"] = a.new_tokens;
+    j["max_batch_tokens"] = a.max_batch_tokens;
+    for (const LevelResult& r : rs)
+      j["levels"].push_back({{"concurrency", r.concurrency},
+                             {"wall_s", round_sig(r.wall_s, 4)},
+                             {"prefill_tokens_per_s", round_sig(r.prefill_tps, 4)},
+                             {"decode_tokens_per_s", round_sig(r.decode_tps, 4)},
+                             {"total_tokens_per_s", round_sig(r.total_tps, 4)},
+                             {"mean_batch_seqs", round_sig(r.mean_batch, 4)},
+                             {"mean_batch_tokens", round_sig(r.mean_batch_tokens, 4)},
+                             {"forward_passes", r.forward_passes},
+                             {"ttft_s", {{"p50", round_sig(r.ttft_p50, 4)}, {"p90", round_sig(r.ttft_p90, 4)},
+                                         {"p99", round_sig(r.ttft_p99, 4)}}},
+                             {"tpot_s", {{"p50", round_sig(r.tpot_p50, 4)}, {"p90", round_sig(r.tpot_p90, 4)},
+                                         {"p99", round_sig(r.tpot_p99, 4)}}}});
+    std::cout << j.dump() << "\n";
+    return kExitOk;
+  }
+  std::printf("%s: %.2fM parameters (%.2fM active), %d threads, prompts of %lld tokens, %lld new tokens each\n",
+              model::arch_name(c.arch), c.n_params() / 1e6, c.n_active_params() / 1e6, num_threads(),
+              (long long)a.prompt_tokens, (long long)a.new_tokens);
+  std::printf("%5s %10s %10s %10s %7s %7s | %23s | %23s\n", "conc", "prefill/s", "decode/s", "total/s", "seqs",
+              "tokens",
+              "TTFT p50/p90/p99 (ms)", "per token p50/p90/p99 (ms)");
+  for (const LevelResult& r : rs)
+    std::printf("%5lld %10.1f %10.1f %10.1f %7.2f %7.1f | %7.1f %7.1f %7.1f | %7.1f %7.1f %7.1f\n",
+                (long long)r.concurrency, r.prefill_tps, r.decode_tps, r.total_tps, r.mean_batch, r.mean_batch_tokens,
+                r.ttft_p50 * 1e3, r.ttft_p90 * 1e3,
+                r.ttft_p99 * 1e3, r.tpot_p50 * 1e3, r.tpot_p90 * 1e3, r.tpot_p99 * 1e3);
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_bench_generate(CLI::App& bench, Registry& reg) {
+  auto a = std::make_shared<BenchGenArgs>();
+  CLI::App* c = bench.add_subcommand("generate", "Serving throughput and latency of the continuous-batching engine");
+  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  c->add_option("--concurrency", a->concurrency, "Concurrent requests, one run per level (comma-separated)")
+      ->capture_default_str();
+  c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt (random ids)")->capture_default_str();
+  c->add_option("--new-tokens", a->new_tokens, "Tokens generated per request (greedy)")->capture_default_str();
+  c->add_option("--max-batch-tokens", a->max_batch_tokens, "Tokens per forward pass at most")->capture_default_str();
+  c->add_option("--kv-block-size", a->kv_block_size, "Positions per KV cache block")->capture_default_str();
+  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--seed", a->seed, "Seed of the random prompts")->capture_default_str();
+  c->add_flag("--json", a->json, "Print one JSON object");
+  c->callback([&reg, a] { reg.action = [a] { return run_bench_generate(*a); }; });
+}
+
+}  // namespace moe::cli
