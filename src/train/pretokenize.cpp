@@ -51,6 +51,23 @@ inline Char char_at(std::string_view s, size_t pos) {
 
 }  // namespace
 
+namespace {
+struct NoRange {
+  uint32_t lo, hi;
+};
+constexpr NoRange kNumberOther[] = {
+#define MOE_NUMBER_OTHER
+#include "unicode_classes.inc"
+#undef MOE_NUMBER_OTHER
+};
+}  // namespace
+
+bool is_number_other(uint32_t cp) {
+  const NoRange* it = std::upper_bound(std::begin(kNumberOther), std::end(kNumberOther), cp,
+                                       [](uint32_t v, const NoRange& r) { return v < r.lo; });
+  return it != std::begin(kNumberOther) && cp <= (it - 1)->hi;
+}
+
 CharCat char_cat(uint32_t cp) {
   // Last range with lo <= cp.
   const Range* end = std::end(kRanges);

@@ -43,13 +43,15 @@ detail::CharCat cat_at(std::string_view s, size_t pos, int& len) {
 }
 
 // Whether the character at `pos` is a word character of Rust's regex \w, which single_word tests
-// on the neighbours of a match: letters, marks, numbers (\w has only Nd: No such as '²' is taken
-// as a word character here), connector punctuation ('_', '‿', ...) and the joiners U+200C/U+200D.
+// on the neighbours of a match: letters, marks, digits and letter-like numbers (Nd, Nl; not '²'),
+// connector punctuation ('_', '‿', ...) and the joiners U+200C/U+200D. (Rust's \w also counts the
+// few symbols with the Alphabetic property, such as circled letters; they are not word characters here.)
 bool word_char_at(std::string_view s, size_t pos) {
   uint32_t cp;
   if (detail::utf8_decode(s, pos, cp) == 0) return false;
   const detail::CharCat c = detail::char_cat(cp);
-  if (c == detail::CharCat::Letter || c == detail::CharCat::Number || c == detail::CharCat::Mark) return true;
+  if (c == detail::CharCat::Letter || c == detail::CharCat::Mark) return true;
+  if (c == detail::CharCat::Number) return !detail::is_number_other(cp);
   return cp == '_' || cp == 0x203F || cp == 0x2040 || cp == 0x2054 || cp == 0xFE33 || cp == 0xFE34 ||
          (cp >= 0xFE4D && cp <= 0xFE4F) || cp == 0xFF3F || cp == 0x200C || cp == 0x200D;
 }
@@ -195,40 +197,52 @@ void Tokenizer::Impl::merge_symbols(int32_t* sym, size_t n, std::vector<int32_t>
     out.insert(out.end(), sym, sym + len);
     return;
   }
-  // Long word: linked list of symbols and a min-heap of candidate pairs ordered by (rank, position).
-  // A popped candidate is stale when its left symbol was merged away or its right neighbour changed.
+  // Long word: linked list of symbols and a min-heap of candidate pairs keyed by (rank, position),
+  // packed in 64 bits. pair[p] is the merge of the pair that now starts at p (rank INT_MAX: none),
+  // so a popped candidate is stale when its rank is no longer pair[p].rank.
   struct Sym {
     int32_t id, prev, next;
   };
-  struct Cand {
-    int32_t rank, pos, left, right;
-    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-  };
   std::vector<Sym> syms(n);
+  std::vector<MergeInfo> pair(n, MergeInfo{INT_MAX, -1});
   for (size_t i = 0; i < n; ++i)
     syms[i] = {sym[i], static_cast<int32_t>(i) - 1, i + 1 < n ? static_cast<int32_t>(i + 1) : -1};
-  std::vector<Cand> heap;
-  auto push = [&](int32_t p) {
+  auto key = [](int32_t rank, int32_t pos) {
+    return (static_cast<uint64_t>(rank) << 32) | static_cast<uint32_t>(pos);
+  };
+  std::vector<uint64_t> heap;
+  heap.reserve(n);
+  // Sets pair[p] from the current symbols; returns whether it has a merge.
+  auto set_pair = [&](int32_t p) {
     const int32_t q = syms[p].next;
-    if (q < 0) return;
-    if (const MergeInfo* m = find(syms[p].id, syms[q].id)) {
-      heap.push_back({m->rank, p, syms[p].id, syms[q].id});
+    const MergeInfo* m = q < 0 ? nullptr : find(syms[p].id, syms[q].id);
+    pair[p] = m ? *m : MergeInfo{INT_MAX, -1};
+    return m != nullptr;
+  };
+  auto push = [&](int32_t p) {
+    if (set_pair(p)) {
+      heap.push_back(key(pair[p].rank, p));
       std::push_heap(heap.begin(), heap.end(), std::greater<>());
     }
   };
-  for (size_t i = 0; i + 1 < n; ++i) push(static_cast<int32_t>(i));
+  for (size_t i = 0; i + 1 < n; ++i)
+    if (set_pair(static_cast<int32_t>(i))) heap.push_back(key(pair[i].rank, static_cast<int32_t>(i)));
+  std::make_heap(heap.begin(), heap.end(), std::greater<>());
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), std::greater<>());
-    const Cand c = heap.back();
+    const uint64_t top = heap.back();
     heap.pop_back();
-    const int32_t q = syms[c.pos].next;
-    if (syms[c.pos].id != c.left || q < 0 || syms[q].id != c.right) continue;
-    syms[c.pos].id = merges[c.rank].result;
-    syms[c.pos].next = syms[q].next;
-    if (syms[q].next >= 0) syms[syms[q].next].prev = c.pos;
+    const auto p = static_cast<int32_t>(top & 0xFFFFFFFF);
+    const auto rank = static_cast<int32_t>(top >> 32);
+    if (syms[p].id < 0 || pair[p].rank != rank) continue;  // merged away or the pair changed
+    const int32_t q = syms[p].next;
+    syms[p].id = pair[p].result;
+    syms[p].next = syms[q].next;
+    if (syms[q].next >= 0) syms[syms[q].next].prev = p;
     syms[q].id = -1;
-    if (syms[c.pos].prev >= 0) push(syms[c.pos].prev);
-    push(c.pos);
+    pair[q].rank = INT_MAX;
+    if (syms[p].prev >= 0) push(syms[p].prev);
+    push(p);
   }
   for (int32_t p = 0; p >= 0; p = syms[p].next) out.push_back(syms[p].id);
 }
