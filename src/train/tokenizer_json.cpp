@@ -18,7 +18,7 @@ namespace moe::train {
 
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 using ordered_json = nlohmann::ordered_json;
 using detail::get_bool;
 using detail::type_of;

@@ -6,7 +6,7 @@ namespace moe::train::detail {
 
 namespace {
 
-using json = nlohmann::json;
+using json = nlohmann::ordered_json;
 using Impl = Tokenizer::Impl;
 
 const json* section(const json& root, const char* key) {
