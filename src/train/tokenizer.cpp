@@ -289,7 +289,8 @@ void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& o
   merge_symbols(sym.data(), sym.size(), out);
 }
 
-void Tokenizer::Impl::encode_plain(std::string_view text, std::vector<int32_t>& out, EncodeState& st) const {
+void Tokenizer::Impl::encode_plain(std::string_view text, bool at_start, std::vector<int32_t>& out,
+                                   EncodeState& st) const {
   if (text.empty()) return;
   auto& pieces = st.pieces;
   auto& next = st.next;
@@ -299,6 +300,10 @@ void Tokenizer::Impl::encode_plain(std::string_view text, std::vector<int32_t>& 
     for (std::string_view p : pieces) {
       if (step.kind == PreStep::Split) {
         detail::split_isolated(step.pattern, step.literal, p, next);
+        continue;
+      }
+      if (step.kind == PreStep::Metaspace) {
+        metaspace(step, p, at_start && p.data() == text.data(), st, next);
         continue;
       }
       if (step.add_prefix_space && p[0] != ' ') {
@@ -338,6 +343,28 @@ void Tokenizer::Impl::encode_plain(std::string_view text, std::vector<int32_t>& 
       }
     }
   }
+}
+
+void Tokenizer::Impl::metaspace(const PreStep& step, std::string_view p, bool first, EncodeState& st,
+                                std::vector<std::string_view>& out) const {
+  // Spaces become the replacement, which is put in front (scheme "always", or "first" on the piece
+  // that begins the input) unless already there; with split, the text is cut before each
+  // replacement, a run of them keeping all but the last as pieces of their own.
+  const std::string& rep = step.literal;
+  std::string& s = st.store.emplace_back(detail::replace_all(p, " ", rep));
+  const bool prepend = step.prepend == PreStep::Always || (step.prepend == PreStep::First && first);
+  if (prepend && s.compare(0, rep.size(), rep) != 0) s.insert(0, rep);
+  const std::string_view v = s;
+  if (!step.split) {
+    out.push_back(v);
+    return;
+  }
+  size_t start = 0;
+  for (size_t pos = v.find(rep); pos != std::string_view::npos; pos = v.find(rep, pos + rep.size())) {
+    if (pos > start) out.push_back(v.substr(start, pos - start));
+    start = pos;
+  }
+  if (start < v.size()) out.push_back(v.substr(start));
 }
 
 template <class Gap, class Tok>
@@ -407,13 +434,17 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOption
   if (opts.add_special_tokens) out = m.post_prefix;
   Impl::EncodeState st;
   auto push_id = [&](int32_t id) { out.push_back(id); };
-  auto model = [&](std::string_view piece) { m.encode_plain(piece, out, st); };
   // Pass 0: added tokens in the text as given; each piece between them is normalized, then cut at
   // the normalized added tokens (pass 1).
   m.split_added(text, 0,
                 [&](std::string_view piece) {
+                  const bool seg_at_start = piece.data() == text.data();
                   if (!m.normalizer.empty()) piece = st.store.emplace_back(m.normalize(piece));
-                  m.split_added(piece, 1, model, push_id);
+                  const char* const seg = piece.data();
+                  m.split_added(
+                      piece, 1,
+                      [&](std::string_view p) { m.encode_plain(p, seg_at_start && p.data() == seg, out, st); },
+                      push_id);
                 },
                 push_id);
   if (opts.add_special_tokens) out.insert(out.end(), m.post_suffix.begin(), m.post_suffix.end());

@@ -30,10 +30,12 @@ struct Tokenizer::Impl {
   };
   // One step of the pre-tokenizer (each step splits every piece of the previous one).
   struct PreStep {
-    enum Kind { Split, ByteLevel } kind = ByteLevel;
+    enum Kind { Split, ByteLevel, Metaspace } kind = ByteLevel;
     detail::SplitPattern pattern = detail::SplitPattern::Gpt2;  // Split (behavior Isolated)
-    std::string literal;                                        // Split with a String pattern
+    std::string literal;                                        // Split with a String pattern; Metaspace replacement
     bool add_prefix_space = false, use_regex = true;            // ByteLevel
+    enum Prepend { Always, First, Never } prepend = Always;     // Metaspace
+    bool split = false;                                         // Metaspace
   };
   // One step of the decoder, over the list of token strings.
   struct DecStep {
@@ -105,8 +107,12 @@ struct Tokenizer::Impl {
   // Appends the BPE tokens of one pre-token word.
   void encode_word(std::string_view word, std::vector<int32_t>& out, std::vector<int32_t>& sym) const;
   // Appends the tokens of text that holds no added token (after normalization).
-  void encode_plain(std::string_view text, std::vector<int32_t>& out, EncodeState& st) const;
+  // at_start: the text begins the input (Metaspace's prepend_scheme "first").
+  void encode_plain(std::string_view text, bool at_start, std::vector<int32_t>& out, EncodeState& st) const;
   int32_t byte_token(unsigned char b) const;  // throws when the byte has no token
+  // The Metaspace pre-tokenizer on piece p (first: p begins the input); pieces appended to `out`.
+  void metaspace(const PreStep& step, std::string_view p, bool first, EncodeState& st,
+                 std::vector<std::string_view>& out) const;
   std::string normalize(std::string_view text) const;
   // Splits `text` at the added tokens of pass `pass` (see added_at_byte): calls gap(piece) for the
   // text between them and tok(id) for each, with lstrip/rstrip/single_word applied as HF does.

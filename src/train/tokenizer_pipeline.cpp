@@ -123,8 +123,24 @@ void read_pre_tokenizer(const json& root, Impl& m, const std::string& where) {
       } else {
         st.pattern = SplitPattern::Literal;
       }
+    } else if (t == "Metaspace") {
+      MOE_CHECK(!m.byte_level, w, ": a Metaspace step after the ByteLevel step is not supported");
+      st.kind = Impl::PreStep::Metaspace;
+      st.literal = get_string(*s, "replacement", w);
+      MOE_CHECK(!st.literal.empty(), w, ": 'replacement' is empty");
+      if (s->contains("prepend_scheme")) {
+        const std::string scheme = get_string(*s, "prepend_scheme", w);
+        MOE_CHECK(scheme == "always" || scheme == "first" || scheme == "never", w, ": prepend_scheme '", scheme,
+                  "' is not one of always, first, never");
+        st.prepend = scheme == "always" ? Impl::PreStep::Always
+                     : scheme == "first" ? Impl::PreStep::First
+                                         : Impl::PreStep::Never;
+      } else {
+        st.prepend = get_bool(*s, "add_prefix_space", true, w) ? Impl::PreStep::Always : Impl::PreStep::Never;
+      }
+      st.split = get_bool(*s, "split", true, w);
     } else {
-      throw Error(cat(w, ": type '", t, "' is not supported (ByteLevel, Split or a Sequence of them)"));
+      throw Error(cat(w, ": type '", t, "' is not supported (ByteLevel, Split, Metaspace or a Sequence of them)"));
     }
     m.pre.push_back(std::move(st));
   }

@@ -1,4 +1,4 @@
-// tokenizer.json files of the real checkpoints' pipelines (Qwen2, OLMoE, DeepSeek-V3, Mixtral),
+// tokenizer.json files of the real checkpoints' pipelines (Qwen2, OLMoE, DeepSeek-V3, Mixtral, newer Mistral),
 // made by Hugging Face `tokenizers` (tests/fixtures/tokenizers/make_tokenizer_fixtures.py) with
 // the ids and decodes it produced: the engine must give exactly the same. Also NFC against
 // Python's unicodedata cases, the hand-written pattern matchers on chosen strings, and the errors
@@ -36,7 +36,7 @@ struct Family {
   const char* name;
   int32_t bos;
 };
-const Family kFamilies[] = {{"qwen2", -1}, {"olmoe", -1}, {"deepseek_v3", 0}, {"mixtral", 1}};
+const Family kFamilies[] = {{"qwen2", -1}, {"olmoe", -1}, {"deepseek_v3", 0}, {"mixtral", 1}, {"mistral_metaspace", 1}};
 
 void check_cases(const Tokenizer& tok, const std::string& family) {
   const nlohmann::json cases = read_json(fixture(family) + "/cases.json");

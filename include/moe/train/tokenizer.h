@@ -7,10 +7,10 @@
 // (leftmost, longest; lstrip/rstrip take the whitespace beside them, single_word requires no
 // word character beside them); each remaining piece is normalized (NFC, Prepend, Replace), cut at
 // the normalized added tokens, pre-tokenized (Split with a known pattern, behavior Isolated;
-// ByteLevel, with or without GPT-2's pattern), and each pre-token merged by BPE: starting from one
-// token per byte (byte-level) or per character (SentencePiece style: unknown characters become
-// <0xXX> byte tokens with byte_fallback, else the unk token), the adjacent pair with the lowest
-// merge rank is merged until no pair has a rank. For byte-level vocabularies every byte has a
+// ByteLevel, with or without GPT-2's pattern; Metaspace), and each pre-token merged by BPE:
+// starting from one token per byte (byte-level) or per character (SentencePiece style: unknown
+// characters become <0xXX> byte tokens with byte_fallback, else the unk token), the adjacent pair
+// with the lowest merge rank is merged until no pair has a rank. For byte-level vocabularies every byte has a
 // token, so decode(encode(s)) == s for any byte string, invalid UTF-8 included.
 //
 // Token ids: a trained tokenizer puts the special tokens first (ids 0..k-1), then the 256 byte
@@ -20,8 +20,8 @@
 //
 // Files: load() reads model BPE (merges as "a b" strings or ["a", "b"] pairs); normalizer null,
 // NFC, Prepend, Replace (String pattern) or a Sequence of them; pre_tokenizer null, ByteLevel,
-// Split (the GPT-2, Qwen2, Llama-3 and DeepSeek-V3 regexes, recognised exactly, or a String
-// pattern; behavior Isolated) or a Sequence of them; post_processor null, ByteLevel,
+// Metaspace, Split (the GPT-2, Qwen2, Llama-3 and DeepSeek-V3 regexes, recognised exactly, or a
+// String pattern; behavior Isolated) or a Sequence of them; post_processor null, ByteLevel,
 // TemplateProcessing (its single-sequence template) or a Sequence of them; decoder null,
 // ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace or a Sequence of them. Anything else —
 // another model type, another normalizer or regex, BPE dropout, subword prefixes — is refused
