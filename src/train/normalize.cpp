@@ -81,7 +81,8 @@ void decompose(uint32_t cp, std::vector<uint32_t>& out) {
 uint32_t compose(uint32_t a, uint32_t b) {
   if (a >= kLBase && a < kLBase + kLCount && b >= kVBase && b < kVBase + kVCount)
     return kSBase + ((a - kLBase) * kVCount + (b - kVBase)) * kTCount;
-  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase && b < kTBase + kTCount)
+  if (a >= kSBase && a < kSBase + kSCount && (a - kSBase) % kTCount == 0 && b > kTBase &&
+      b < kTBase + kTCount)
     return a + (b - kTBase);
   const Compose* it = std::lower_bound(std::begin(kCompose), std::end(kCompose), std::make_pair(a, b),
                                        [](const Compose& c, const std::pair<uint32_t, uint32_t>& v) {

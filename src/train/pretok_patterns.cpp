@@ -180,12 +180,18 @@ std::string known_split_patterns() {
 
 size_t split_match_end(SplitPattern p, std::string_view literal, std::string_view s, size_t pos) {
   switch (p) {
-    case SplitPattern::Gpt2: return pretoken_end(s, pos);
-    case SplitPattern::Qwen2: return qwen2_end(s, pos, 1);
-    case SplitPattern::Llama3: return qwen2_end(s, pos, 3);
-    case SplitPattern::DeepSeekDigits: return run(s, pos, number, 3);
-    case SplitPattern::DeepSeekCjk: return run(s, pos, deepseek_cjk);
-    case SplitPattern::DeepSeekWords: return deepseek_words_end(s, pos);
+    case SplitPattern::Gpt2:
+      return pretoken_end(s, pos);
+    case SplitPattern::Qwen2:
+      return qwen2_end(s, pos, 1);
+    case SplitPattern::Llama3:
+      return qwen2_end(s, pos, 3);
+    case SplitPattern::DeepSeekDigits:
+      return run(s, pos, number, 3);
+    case SplitPattern::DeepSeekCjk:
+      return run(s, pos, deepseek_cjk);
+    case SplitPattern::DeepSeekWords:
+      return deepseek_words_end(s, pos);
     case SplitPattern::Literal:
       return !literal.empty() && s.compare(pos, literal.size(), literal) == 0 ? pos + literal.size() : pos;
   }

@@ -11,7 +11,8 @@ namespace moe::train::detail {
 
 enum class SplitPattern : uint8_t {
   Gpt2,            // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-  Qwen2,           // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+  Qwen2,           // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|
+                   // ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
   Llama3,          // the same with \p{N}{1,3} in place of \p{N}
   DeepSeekDigits,  // \p{N}{1,3}
   DeepSeekCjk,     // [一-龥぀-ゟ゠-ヿ]+

@@ -80,10 +80,14 @@ CharCat char_cat(uint32_t cp) {
 CharClass char_class(uint32_t cp) {
   if (cp < 0x80) return kAscii[cp];
   switch (char_cat(cp)) {
-    case CharCat::Letter: return CharClass::Letter;
-    case CharCat::Number: return CharClass::Number;
-    case CharCat::Space: return CharClass::Space;
-    default: return CharClass::Other;
+    case CharCat::Letter:
+      return CharClass::Letter;
+    case CharCat::Number:
+      return CharClass::Number;
+    case CharCat::Space:
+      return CharClass::Space;
+    default:
+      return CharClass::Other;
   }
 }
 

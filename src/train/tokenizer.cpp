@@ -138,8 +138,10 @@ void Tokenizer::Impl::finalize(const std::string& where) {
       std::stable_sort(v.begin(), v.end(),
                        [&](int32_t a, int32_t b) { return added_norm[a].size() > added_norm[b].size(); });
   MOE_CHECK(eos >= -1 && eos < n, where, ": eos id ", eos, " outside the vocabulary");
-  for (int32_t id : post_prefix) MOE_CHECK(id >= 0 && id < n, where, ": post_processor id ", id, " outside the vocabulary");
-  for (int32_t id : post_suffix) MOE_CHECK(id >= 0 && id < n, where, ": post_processor id ", id, " outside the vocabulary");
+  for (int32_t id : post_prefix)
+    MOE_CHECK(id >= 0 && id < n, where, ": post_processor id ", id, " outside the vocabulary");
+  for (int32_t id : post_suffix)
+    MOE_CHECK(id >= 0 && id < n, where, ": post_processor id ", id, " outside the vocabulary");
 }
 
 int32_t Tokenizer::Impl::byte_token(unsigned char b) const {
@@ -153,11 +155,15 @@ std::string Tokenizer::Impl::normalize(std::string_view text) const {
   std::string s(text);
   for (const NormStep& st : normalizer) {
     switch (st.kind) {
-      case NormStep::Nfc: s = detail::nfc(s); break;
+      case NormStep::Nfc:
+        s = detail::nfc(s);
+        break;
       case NormStep::Prepend:
         if (!s.empty()) s.insert(0, st.a);
         break;
-      case NormStep::Replace: s = detail::replace_all(s, st.a, st.b); break;
+      case NormStep::Replace:
+        s = detail::replace_all(s, st.a, st.b);
+        break;
     }
   }
   return s;
@@ -247,7 +253,8 @@ void Tokenizer::Impl::merge_symbols(int32_t* sym, size_t n, std::vector<int32_t>
   for (int32_t p = 0; p >= 0; p = syms[p].next) out.push_back(syms[p].id);
 }
 
-void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& out, std::vector<int32_t>& sym) const {
+void Tokenizer::Impl::encode_word(std::string_view word, std::vector<int32_t>& out,
+                                  std::vector<int32_t>& sym) const {
   const size_t n = word.size();
   if (n == 0) return;
   if (ignore_merges) {
@@ -436,17 +443,18 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOption
   auto push_id = [&](int32_t id) { out.push_back(id); };
   // Pass 0: added tokens in the text as given; each piece between them is normalized, then cut at
   // the normalized added tokens (pass 1).
-  m.split_added(text, 0,
-                [&](std::string_view piece) {
-                  const bool seg_at_start = piece.data() == text.data();
-                  if (!m.normalizer.empty()) piece = st.store.emplace_back(m.normalize(piece));
-                  const char* const seg = piece.data();
-                  m.split_added(
-                      piece, 1,
-                      [&](std::string_view p) { m.encode_plain(p, seg_at_start && p.data() == seg, out, st); },
-                      push_id);
-                },
-                push_id);
+  m.split_added(
+      text, 0,
+      [&](std::string_view piece) {
+        const bool seg_at_start = piece.data() == text.data();
+        if (!m.normalizer.empty()) piece = st.store.emplace_back(m.normalize(piece));
+        const char* const seg = piece.data();
+        m.split_added(
+            piece, 1,
+            [&](std::string_view p) { m.encode_plain(p, seg_at_start && p.data() == seg, out, st); },
+            push_id);
+      },
+      push_id);
   if (opts.add_special_tokens) out.insert(out.end(), m.post_suffix.begin(), m.post_suffix.end());
   return out;
 }

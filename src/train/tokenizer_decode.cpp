@@ -134,7 +134,9 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
       case DecStep::Replace:
         for (std::string& t : toks) t = detail::replace_all(t, st.a, st.b);
         break;
-      case DecStep::ByteFallback: toks = byte_fallback(std::move(toks)); break;
+      case DecStep::ByteFallback:
+        toks = byte_fallback(std::move(toks));
+        break;
       case DecStep::Fuse: {
         std::string all;
         for (const std::string& t : toks) all += t;

@@ -32,15 +32,15 @@ struct Tokenizer::Impl {
   struct PreStep {
     enum Kind { Split, ByteLevel, Metaspace } kind = ByteLevel;
     detail::SplitPattern pattern = detail::SplitPattern::Gpt2;  // Split (behavior Isolated)
-    std::string literal;                                        // Split with a String pattern; Metaspace replacement
-    bool add_prefix_space = false, use_regex = true;            // ByteLevel
-    enum Prepend { Always, First, Never } prepend = Always;     // Metaspace
-    bool split = false;                                         // Metaspace
+    std::string literal;                              // Split with a String pattern; Metaspace replacement
+    bool add_prefix_space = false, use_regex = true;  // ByteLevel
+    enum Prepend { Always, First, Never } prepend = Always;  // Metaspace
+    bool split = false;                                      // Metaspace
   };
   // One step of the decoder, over the list of token strings.
   struct DecStep {
     enum Kind { ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace } kind = ByteLevel;
-    std::string a, b;        // Replace: a -> b; Strip: a is the character; Metaspace: a is the replacement
+    std::string a, b;         // Replace: a -> b; Strip: a is the character; Metaspace: a is the replacement
     int start = 0, stop = 0;  // Strip
     bool prepend = true;      // Metaspace: prepend_scheme is not "never"
   };
@@ -63,8 +63,8 @@ struct Tokenizer::Impl {
   bool byte_fallback = false;  // unknown characters become <0xXX> byte tokens (not byte_level)
   bool fuse_unk = false;       // consecutive unknown characters give one unk token
   std::vector<NormStep> normalizer;
-  std::vector<PreStep> pre;     // empty: ByteLevel(add_prefix_space, use_regex) above
-  std::vector<DecStep> decoder;  // empty: concatenate the tokens' bytes
+  std::vector<PreStep> pre;                       // empty: ByteLevel(add_prefix_space, use_regex) above
+  std::vector<DecStep> decoder;                   // empty: concatenate the tokens' bytes
   std::vector<int32_t> post_prefix, post_suffix;  // added around the ids by encode(add_special_tokens)
   // The original JSON of these sections, written back by save() ("" when built here).
   std::string json_normalizer, json_pre_tokenizer, json_post_processor, json_decoder;
@@ -88,9 +88,9 @@ struct Tokenizer::Impl {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
   }
 
-  std::vector<bool> is_added;                        // per id
-  std::unordered_map<uint32_t, int32_t> char_id;     // not byte_level: one-character tokens
-  std::array<int32_t, 256> fallback_id{};            // not byte_level: <0xXX> tokens, -1 if none
+  std::vector<bool> is_added;                     // per id
+  std::unordered_map<uint32_t, int32_t> char_id;  // not byte_level: one-character tokens
+  std::array<int32_t, 256> fallback_id{};         // not byte_level: <0xXX> tokens, -1 if none
 
   // The state of one encode() call: pre-token word -> (offset, count) of its tokens in the output,
   // and the strings the words point into.

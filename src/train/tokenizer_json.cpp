@@ -18,7 +18,7 @@ namespace moe::train {
 
 namespace {
 
-using json = nlohmann::ordered_json;
+using json = nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 using detail::get_bool;
 using detail::type_of;
@@ -113,6 +113,18 @@ Tokenizer Tokenizer::load(const std::string& path) {
   detail::read_pre_tokenizer(root, m, where);
   detail::read_decoder(root, m, where);
   detail::read_post_processor(root, m, where);
+  // The byte-level pipeline that save() writes by default (ByteLevel pre-tokenizer, decoder and
+  // post-processor, no normalizer): save() writes it again in its usual key order.
+  auto is_byte_level = [&](const char* key) {
+    return !root.contains(key) || root[key].is_null() || type_of(root[key]) == "ByteLevel";
+  };
+  if (m.normalizer.empty() && m.pre.size() == 1 && m.byte_level &&
+      type_of(root["pre_tokenizer"]) == "ByteLevel" && is_byte_level("decoder") &&
+      is_byte_level("post_processor")) {
+    m.json_pre_tokenizer.clear();
+    m.json_decoder.clear();
+    m.json_post_processor.clear();
+  }
   MOE_CHECK(!(m.byte_level && m.byte_fallback), where,
             ": model.byte_fallback true is not supported with a ByteLevel pre-tokenizer");
   m.added = read_added_tokens(root, where);
@@ -235,16 +247,15 @@ void Tokenizer::save(const std::string& path) const {
     if (loaded) return saved.empty() ? ordered_json(nullptr) : ordered_json::parse(saved);
     return fallback;
   };
-  root["normalizer"] = loaded && !m.json_normalizer.empty() ? ordered_json::parse(m.json_normalizer) : nullptr;
+  root["normalizer"] =
+      loaded && !m.json_normalizer.empty() ? ordered_json::parse(m.json_normalizer) : nullptr;
   root["pre_tokenizer"] = section(m.json_pre_tokenizer, byte_level);
-  root["post_processor"] = section(m.json_post_processor, {{"type", "ByteLevel"},
-                                                           {"add_prefix_space", true},
-                                                           {"trim_offsets", false},
-                                                           {"use_regex", true}});
-  root["decoder"] = section(m.json_decoder, {{"type", "ByteLevel"},
-                                             {"add_prefix_space", true},
-                                             {"trim_offsets", true},
-                                             {"use_regex", true}});
+  root["post_processor"] = section(
+      m.json_post_processor,
+      {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}});
+  root["decoder"] = section(
+      m.json_decoder,
+      {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}});
   root["model"] = std::move(model);
   std::string text;
   try {

@@ -6,7 +6,7 @@ namespace moe::train::detail {
 
 namespace {
 
-using json = nlohmann::ordered_json;
+using json = nlohmann::json;
 using Impl = Tokenizer::Impl;
 
 const json* section(const json& root, const char* key) {
@@ -29,7 +29,8 @@ int get_int(const json& obj, const char* key, const std::string& where) {
 
 // A {"String": s} pattern (Replace, Split); `regex_ok` lets {"Regex": r} through (returned in *regex).
 std::string string_pattern(const json& step, const std::string& where, std::string* regex = nullptr) {
-  MOE_CHECK(step.contains("pattern") && step["pattern"].is_object(), where, ": 'pattern' is missing or not an object");
+  MOE_CHECK(step.contains("pattern") && step["pattern"].is_object(), where,
+            ": 'pattern' is missing or not an object");
   const json& p = step["pattern"];
   if (p.contains("String") && p["String"].is_string()) return p["String"].get<std::string>();
   if (regex && p.contains("Regex") && p["Regex"].is_string()) {
@@ -41,10 +42,12 @@ std::string string_pattern(const json& step, const std::string& where, std::stri
 }
 
 // The steps of a Sequence (under `list_key`) or the one step itself.
-std::vector<std::pair<const json*, std::string>> steps_of(const json& v, const char* list_key, const std::string& where) {
+std::vector<std::pair<const json*, std::string>> steps_of(const json& v, const char* list_key,
+                                                          const std::string& where) {
   std::vector<std::pair<const json*, std::string>> out;
   if (type_of(v) == "Sequence") {
-    MOE_CHECK(v.contains(list_key) && v[list_key].is_array(), where, ": Sequence has no '", list_key, "' array");
+    MOE_CHECK(v.contains(list_key) && v[list_key].is_array(), where, ": Sequence has no '", list_key,
+              "' array");
     for (size_t i = 0; i < v[list_key].size(); ++i) {
       const json& s = v[list_key][i];
       const std::string w = cat(where, ".", list_key, "[", i, "]");
@@ -130,9 +133,9 @@ void read_pre_tokenizer(const json& root, Impl& m, const std::string& where) {
       MOE_CHECK(!st.literal.empty(), w, ": 'replacement' is empty");
       if (s->contains("prepend_scheme")) {
         const std::string scheme = get_string(*s, "prepend_scheme", w);
-        MOE_CHECK(scheme == "always" || scheme == "first" || scheme == "never", w, ": prepend_scheme '", scheme,
-                  "' is not one of always, first, never");
-        st.prepend = scheme == "always" ? Impl::PreStep::Always
+        MOE_CHECK(scheme == "always" || scheme == "first" || scheme == "never", w, ": prepend_scheme '",
+                  scheme, "' is not one of always, first, never");
+        st.prepend = scheme == "always"  ? Impl::PreStep::Always
                      : scheme == "first" ? Impl::PreStep::First
                                          : Impl::PreStep::Never;
       } else {
@@ -140,7 +143,8 @@ void read_pre_tokenizer(const json& root, Impl& m, const std::string& where) {
       }
       st.split = get_bool(*s, "split", true, w);
     } else {
-      throw Error(cat(w, ": type '", t, "' is not supported (ByteLevel, Split, Metaspace or a Sequence of them)"));
+      throw Error(
+          cat(w, ": type '", t, "' is not supported (ByteLevel, Split, Metaspace or a Sequence of them)"));
     }
     m.pre.push_back(std::move(st));
   }
@@ -174,15 +178,16 @@ void read_decoder(const json& root, Impl& m, const std::string& where) {
       st.a = get_string(*s, "replacement", w);
       if (s->contains("prepend_scheme")) {
         const std::string scheme = get_string(*s, "prepend_scheme", w);
-        MOE_CHECK(scheme == "always" || scheme == "first" || scheme == "never", w, ": prepend_scheme '", scheme,
-                  "' is not one of always, first, never");
+        MOE_CHECK(scheme == "always" || scheme == "first" || scheme == "never", w, ": prepend_scheme '",
+                  scheme, "' is not one of always, first, never");
         st.prepend = scheme != "never";
       } else {
         st.prepend = get_bool(*s, "add_prefix_space", true, w);
       }
     } else {
-      throw Error(cat(w, ": type '", t,
-                      "' is not supported (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace or a Sequence)"));
+      throw Error(
+          cat(w, ": type '", t,
+              "' is not supported (ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace or a Sequence)"));
     }
     m.decoder.push_back(std::move(st));
   }
@@ -213,8 +218,8 @@ void read_post_processor(const json& root, Impl& m, const std::string& where) {
       MOE_CHECK(piece.contains("SpecialToken") && piece["SpecialToken"].is_object(), wi,
                 ": neither a SpecialToken nor a Sequence: ", piece.dump());
       const std::string name = get_string(piece["SpecialToken"], "id", wi + ".SpecialToken");
-      MOE_CHECK(specials.contains(name) && specials[name].contains("ids") && specials[name]["ids"].is_array(), w,
-                ": special_tokens has no ids for '", name, "'");
+      MOE_CHECK(specials.contains(name) && specials[name].contains("ids") && specials[name]["ids"].is_array(),
+                w, ": special_tokens has no ids for '", name, "'");
       for (const json& id : specials[name]["ids"]) {
         MOE_CHECK(id.is_number_unsigned() && id.get<uint64_t>() < INT32_MAX, w, ": special_tokens['", name,
                   "'].ids holds ", id.dump(), ", not an id");

@@ -12,13 +12,13 @@
 namespace moe::train::detail {
 
 // The "type" of a section, or a description of what it is instead.
-std::string type_of(const nlohmann::ordered_json& v);
-bool get_bool(const nlohmann::ordered_json& obj, const char* key, bool fallback, const std::string& where);
+std::string type_of(const nlohmann::json& v);
+bool get_bool(const nlohmann::json& obj, const char* key, bool fallback, const std::string& where);
 
-void read_normalizer(const nlohmann::ordered_json& root, Tokenizer::Impl& m, const std::string& where);
+void read_normalizer(const nlohmann::json& root, Tokenizer::Impl& m, const std::string& where);
 // Also sets m.byte_level (a ByteLevel step is present) and the ByteLevel options.
-void read_pre_tokenizer(const nlohmann::ordered_json& root, Tokenizer::Impl& m, const std::string& where);
-void read_decoder(const nlohmann::ordered_json& root, Tokenizer::Impl& m, const std::string& where);
-void read_post_processor(const nlohmann::ordered_json& root, Tokenizer::Impl& m, const std::string& where);
+void read_pre_tokenizer(const nlohmann::json& root, Tokenizer::Impl& m, const std::string& where);
+void read_decoder(const nlohmann::json& root, Tokenizer::Impl& m, const std::string& where);
+void read_post_processor(const nlohmann::json& root, Tokenizer::Impl& m, const std::string& where);
 
 }  // namespace moe::train::detail

@@ -1,8 +1,7 @@
-// tokenizer.json files of the real checkpoints' pipelines (Qwen2, OLMoE, DeepSeek-V3, Mixtral, newer Mistral),
-// made by Hugging Face `tokenizers` (tests/fixtures/tokenizers/make_tokenizer_fixtures.py) with
-// the ids and decodes it produced: the engine must give exactly the same. Also NFC against
-// Python's unicodedata cases, the hand-written pattern matchers on chosen strings, and the errors
-// for what is not supported.
+// tokenizer.json files of the real checkpoints' pipelines (Qwen2, OLMoE, DeepSeek-V3, Mixtral, newer
+// Mistral), made by Hugging Face `tokenizers` (tests/fixtures/tokenizers/make_tokenizer_fixtures.py) with the
+// ids and decodes it produced: the engine must give exactly the same. Also NFC against Python's unicodedata
+// cases, the hand-written pattern matchers on chosen strings, and the errors for what is not supported.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -36,7 +35,8 @@ struct Family {
   const char* name;
   int32_t bos;
 };
-const Family kFamilies[] = {{"qwen2", -1}, {"olmoe", -1}, {"deepseek_v3", 0}, {"mixtral", 1}, {"mistral_metaspace", 1}};
+const Family kFamilies[] = {
+    {"qwen2", -1}, {"olmoe", -1}, {"deepseek_v3", 0}, {"mixtral", 1}, {"mistral_metaspace", 1}};
 
 void check_cases(const Tokenizer& tok, const std::string& family) {
   const nlohmann::json cases = read_json(fixture(family) + "/cases.json");
@@ -84,14 +84,14 @@ TEST(TokenizerHf, StreamingBytesOfLlamaStyleTokens) {
 
 TEST(TokenizerHf, NfcMatchesUnicodedata) {
   using detail::nfc;
-  EXPECT_EQ(nfc("cafe\xCC\x81"), "caf\xC3\xA9");                          // e + U+0301 -> é
+  EXPECT_EQ(nfc("cafe\xCC\x81"), "caf\xC3\xA9");                           // e + U+0301 -> é
   EXPECT_EQ(nfc("\xE1\x84\x80\xE1\x85\xA1\xE1\x86\xA8"), "\xEA\xB0\x81");  // Hangul L V T -> 각
   EXPECT_EQ(nfc("a\xCC\xA3\xCC\x87"), "\xE1\xBA\xA1\xCC\x87");             // a + dot below + dot above: ạ̇
   EXPECT_EQ(nfc("a\xCC\x87\xCC\xA3"), "\xE1\xBA\xA1\xCC\x87");             // reordered first
   EXPECT_EQ(nfc("\xE2\x84\xAB"), "\xC3\x85");                              // Angstrom sign -> Å (singleton)
   EXPECT_EQ(nfc("\xE0\xA5\x98"), "\xE0\xA4\x95\xE0\xA4\xBC");              // U+0958: composition exclusion
   EXPECT_EQ(nfc("plain ascii"), "plain ascii");
-  EXPECT_EQ(nfc("bad \xFF\xCC\x81 byte"), "bad \xFF\xCC\x81 byte");        // invalid byte blocks composition
+  EXPECT_EQ(nfc("bad \xFF\xCC\x81 byte"), "bad \xFF\xCC\x81 byte");  // invalid byte blocks composition
 }
 
 TEST(TokenizerHf, PatternMatchers) {
@@ -102,10 +102,14 @@ TEST(TokenizerHf, PatternMatchers) {
     return std::vector<std::string>(out.begin(), out.end());
   };
   using V = std::vector<std::string>;
-  EXPECT_EQ(split(SplitPattern::Qwen2, "I'M 123 ab\r\n\r\n  x  "), (V{"I", "'M", " ", "1", "2", "3", " ab", "\r\n\r\n", " ", " x", "  "}));
+  EXPECT_EQ(split(SplitPattern::Qwen2, "I'M 123 ab\r\n\r\n  x  "),
+            (V{"I", "'M", " ", "1", "2", "3", " ab", "\r\n\r\n", " ", " x", "  "}));
   EXPECT_EQ(split(SplitPattern::Llama3, "12345 ...\n"), (V{"123", "45", " ...\n"}));
   EXPECT_EQ(split(SplitPattern::DeepSeekDigits, "a12345b"), (V{"a", "123", "45", "b"}));
-  EXPECT_EQ(split(SplitPattern::DeepSeekCjk, "ab\xE6\x97\xA5\xE6\x9C\xAC" "cd"), (V{"ab", "\xE6\x97\xA5\xE6\x9C\xAC", "cd"}));
+  EXPECT_EQ(split(SplitPattern::DeepSeekCjk,
+                  "ab\xE6\x97\xA5\xE6\x9C\xAC"
+                  "cd"),
+            (V{"ab", "\xE6\x97\xA5\xE6\x9C\xAC", "cd"}));
   EXPECT_EQ(split(SplitPattern::DeepSeekWords, "(foo) bar's"), (V{"(foo", ")", " bar", "'s"}));
   detail::SplitPattern p;
   EXPECT_TRUE(detail::find_split_pattern("\\p{N}{1,3}", p));
@@ -122,19 +126,43 @@ TEST_F(TokenizerHfFile, UnsupportedFieldsAreErrors) {
   };
   const std::vector<Case> cases = {
       {"model type", [](auto& j) { j["model"]["type"] = "Unigram"; }, {"model.type 'Unigram'"}},
-      {"regex", [](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\w+"; },
+      {"regex",
+       [](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\w+"; },
        {"pre_tokenizer.pretokenizers[0]", "Regex pattern '\\w+' is not supported", "(?i:'s"}},
-      {"behavior", [](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; },
+      {"behavior",
+       [](auto& j) { j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Removed"; },
        {"pre_tokenizer.pretokenizers[0]", "behavior 'Removed'"}},
-      {"normalizer", [](auto& j) { j["normalizer"] = {{"type", "NFKC"}}; }, {"normalizer", "type 'NFKC'"}},
-      {"regex replace", [](auto& j) { j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", " "}}; },
+      {"normalizer",
+       [](auto& j) {
+         j["normalizer"] = {{"type", "NFKC"}};
+       },
+       {"normalizer", "type 'NFKC'"}},
+      {"regex replace",
+       [](auto& j) {
+         j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}}, {"content", " "}};
+       },
        {"normalizer", "pattern"}},
-      {"pre_tokenizer", [](auto& j) { j["pre_tokenizer"] = {{"type", "Whitespace"}}; }, {"pre_tokenizer", "type 'Whitespace'"}},
-      {"decoder", [](auto& j) { j["decoder"] = {{"type", "WordPiece"}}; }, {"decoder", "type 'WordPiece'"}},
-      {"post_processor", [](auto& j) { j["post_processor"] = {{"type", "BertProcessing"}}; },
+      {"pre_tokenizer",
+       [](auto& j) {
+         j["pre_tokenizer"] = {{"type", "Whitespace"}};
+       },
+       {"pre_tokenizer", "type 'Whitespace'"}},
+      {"decoder",
+       [](auto& j) {
+         j["decoder"] = {{"type", "WordPiece"}};
+       },
+       {"decoder", "type 'WordPiece'"}},
+      {"post_processor",
+       [](auto& j) {
+         j["post_processor"] = {{"type", "BertProcessing"}};
+       },
        {"post_processor", "type 'BertProcessing'"}},
-      {"template", [](auto& j) {
-         j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}}, {"special_tokens", nlohmann::json::object()}};
+      {"template",
+       [](auto& j) {
+         j["post_processor"] = {
+             {"type", "TemplateProcessing"},
+             {"single", {{{"SpecialToken", {{"id", "<s>"}}}}, {{"Sequence", {{"id", "A"}}}}}},
+             {"special_tokens", nlohmann::json::object()}};
        },
        {"post_processor", "no ids for '<s>'"}},
   };

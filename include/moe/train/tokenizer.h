@@ -98,8 +98,8 @@ class Tokenizer {
   // The bytes one token stands for, for streaming output: byte-level tokens' raw bytes, the content
   // of an added token, or (Llama style) the piece with "▁" as " " and <0xXX> as its byte.
   std::string token_bytes(int32_t id) const;
-  int32_t vocab_size() const;                 // number of ids, added tokens included
-  int32_t eos_id() const;                     // -1 if none
+  int32_t vocab_size() const;  // number of ids, added tokens included
+  int32_t eos_id() const;      // -1 if none
   // The first token the post-processor puts before the text (<s>, <｜begin▁of▁sentence｜>), or -1.
   int32_t bos_id() const;
   // Id of the token whose raw bytes (or added-token content) are `token`; -1 if none.
