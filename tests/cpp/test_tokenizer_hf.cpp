@@ -4,6 +4,7 @@
 // cases, the hand-written pattern matchers on chosen strings, and the errors for what is not supported.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -38,8 +39,7 @@ struct Family {
 const Family kFamilies[] = {
     {"qwen2", -1}, {"olmoe", -1}, {"deepseek_v3", 0}, {"mixtral", 1}, {"mistral_metaspace", 1}};
 
-void check_cases(const Tokenizer& tok, const std::string& family) {
-  const nlohmann::json cases = read_json(fixture(family) + "/cases.json");
+void check_cases(const Tokenizer& tok, const std::string& family, const nlohmann::json& cases) {
   ASSERT_GT(cases.size(), 10u);
   for (const auto& c : cases) {
     const std::string text = c["text"].get<std::string>();
@@ -55,7 +55,7 @@ TEST(TokenizerHf, EncodesAndDecodesLikeHuggingFace) {
   for (const Family& f : kFamilies) {
     const Tokenizer tok = Tokenizer::load(fixture(f.name) + "/tokenizer.json");
     EXPECT_EQ(tok.bos_id(), f.bos) << f.name;
-    check_cases(tok, f.name);
+    check_cases(tok, f.name, read_json(fixture(f.name) + "/cases.json"));
   }
 }
 
@@ -68,7 +68,26 @@ TEST_F(TokenizerHfFile, SaveThenLoadKeepsThePipeline) {
     tok.save(path);
     const Tokenizer back = Tokenizer::load(path);
     EXPECT_EQ(back.bos_id(), f.bos);
-    check_cases(back, f.name);
+    check_cases(back, f.name, read_json(fixture(f.name) + "/cases.json"));
+  }
+}
+
+// Optional: random texts (tests/fixtures/tokenizers/random_cases.py) encoded and decoded by the Python
+// `tokenizers` library. Runs when the interpreter named by MOE_TEST_PYTHON (or /usr/bin/python3)
+// can import it.
+TEST_F(TokenizerHfFile, PythonTokenizersAgreeOnRandomTextWhenInstalled) {
+  const char* env = std::getenv("MOE_TEST_PYTHON");
+  const std::string python = env && *env ? env : "/usr/bin/python3";
+  if (std::system((python + " -c 'import tokenizers' >/dev/null 2>&1").c_str()) != 0)
+    GTEST_SKIP() << "the Python `tokenizers` package is not importable by " << python;
+  const std::string out = file("random.json");
+  const std::string cmd =
+      python + " " + std::string(MOE_TEST_FIXTURES) + "/tokenizers/random_cases.py " + out;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const nlohmann::json all = read_json(out);
+  for (const Family& f : kFamilies) {
+    ASSERT_TRUE(all.contains(f.name)) << f.name;
+    check_cases(Tokenizer::load(fixture(f.name) + "/tokenizer.json"), f.name, all[f.name]);
   }
 }
 
