@@ -113,6 +113,26 @@ TEST(TokenizerHf, NfcMatchesUnicodedata) {
   EXPECT_EQ(nfc("bad \xFF\xCC\x81 byte"), "bad \xFF\xCC\x81 byte");  // invalid byte blocks composition
 }
 
+// Every code point with a decomposition or a combining class, alone and decomposed, and random
+// mark sequences, against Python's unicodedata (tests/fixtures/tokenizers/nfc_cases.py).
+TEST_F(TokenizerHfFile, NfcMatchesPythonUnicodedata) {
+  const std::string python = "/usr/bin/python3";
+  if (std::system((python + " -c 'import unicodedata' >/dev/null 2>&1").c_str()) != 0)
+    GTEST_SKIP() << python << " is not there";
+  const std::string out = file("nfc.json");
+  const std::string cmd = python + " " + std::string(MOE_TEST_FIXTURES) + "/tokenizers/nfc_cases.py " + out;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  const nlohmann::json cases = read_json(out);
+  ASSERT_GT(cases.size(), 20000u);
+  size_t bad = 0;
+  for (const auto& c : cases) {
+    const std::string text = c[0].get<std::string>();
+    if (detail::nfc(text) != c[1].get<std::string>() && ++bad <= 5)
+      ADD_FAILURE() << "NFC of '" << text << "'";
+  }
+  EXPECT_EQ(bad, 0u);
+}
+
 TEST(TokenizerHf, PatternMatchers) {
   using detail::SplitPattern;
   auto split = [](SplitPattern p, std::string_view s) {
