@@ -24,7 +24,8 @@ using detail::get_bool;
 using detail::type_of;
 
 // Known end-of-text tokens, in order of preference (tokenizer.json does not name the EOS token).
-const char* const kEosNames[] = {"<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>"};
+const char* const kEosNames[] = {"<|endoftext|>",         "</s>",      "<|end_of_text|>", "<eos>",
+                                 "<｜end▁of▁sentence｜>", "<|im_end|>"};
 
 std::vector<AddedToken> read_added_tokens(const json& root, const std::string& where) {
   std::vector<AddedToken> out;

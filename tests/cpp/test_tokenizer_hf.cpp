@@ -34,10 +34,13 @@ nlohmann::json read_json(const std::string& path) {
 
 struct Family {
   const char* name;
-  int32_t bos;
+  int32_t bos, eos;
 };
-const Family kFamilies[] = {
-    {"qwen2", -1}, {"olmoe", -1}, {"deepseek_v3", 0}, {"mixtral", 1}, {"mistral_metaspace", 1}};
+const Family kFamilies[] = {{"qwen2", -1, 0},
+                            {"olmoe", -1, 2},
+                            {"deepseek_v3", 0, 1},
+                            {"mixtral", 1, 2},
+                            {"mistral_metaspace", 1, 2}};
 
 void check_cases(const Tokenizer& tok, const std::string& family, const nlohmann::json& cases) {
   ASSERT_GT(cases.size(), 10u);
@@ -55,6 +58,7 @@ TEST(TokenizerHf, EncodesAndDecodesLikeHuggingFace) {
   for (const Family& f : kFamilies) {
     const Tokenizer tok = Tokenizer::load(fixture(f.name) + "/tokenizer.json");
     EXPECT_EQ(tok.bos_id(), f.bos) << f.name;
+    EXPECT_EQ(tok.eos_id(), f.eos) << f.name;
     check_cases(tok, f.name, read_json(fixture(f.name) + "/cases.json"));
   }
 }

@@ -80,7 +80,8 @@ class Tokenizer {
 
   // Reads a Hugging Face tokenizer.json (see the file comment for what is accepted). tokenizer.json
   // does not say which token ends a text: eos_id() is the first added token among "<|endoftext|>",
-  // "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", or -1.
+  // "</s>", "<|end_of_text|>", "<eos>", "<｜end▁of▁sentence｜>", "<|im_end|>",
+  // or -1.
   static Tokenizer load(const std::string& path);
   // Writes a Hugging Face tokenizer.json (to path + ".tmp", then renamed to path).
   void save(const std::string& path) const;
