@@ -58,6 +58,7 @@ int run_bench_train(const BenchTrainArgs& a) {
   m.init_params(a.seed);
   m.set_bf16_compute(a.bf16);
   std::vector<train::ParamRef> refs;
+  m.ensure_grads();
   for (model::NamedParam& p : m.parameters()) refs.push_back({p.name, &p.value, &p.grad, p.decay});
   train::AdamW adam;
   const int64_t n = a.batch * a.seq_len;

@@ -35,6 +35,7 @@ void register_train(CLI::App& app, Registry& reg);
 void register_eval(CLI::App& app, Registry& reg);
 void register_generate(CLI::App& app, Registry& reg);
 void register_upcycle(CLI::App& app, Registry& reg);
+void register_init(CLI::App& app, Registry& reg);
 // `moe bench train` (src/cli/bench_train.cpp), added to the `bench` group by register_bench.
 void add_bench_train(CLI::App& bench, Registry& reg);
 void register_report(CLI::App& app, Registry& reg);

@@ -1,5 +1,5 @@
 // `moe generate --model DIR --prompt TEXT [--max-tokens N --temperature T --top-p P --top-k K
-// --seed S] [--json]`: continues the prompt with a KV cache, printing the text as it is made.
+// --seed S] [--bf16] [--json]`: continues the prompt with a KV cache, printing the text as it is made.
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -18,6 +18,7 @@ struct GenArgs {
   std::string model, prompt;
   infer::GenerateOptions opt;
   bool json = false;
+  bool bf16 = false;
   int threads = 0;
 };
 
@@ -28,7 +29,8 @@ int run_generate(GenArgs& a) {
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "generate: no tokenizer.json next to the model in '", dir, "'");
   const train::Tokenizer tok = train::Tokenizer::load(tp);
-  const model::Transformer m = model::load_pretrained(dir);
+  model::Transformer m = model::load_pretrained(dir);
+  m.set_bf16_inference(a.bf16);
   MOE_CHECK(tok.vocab_size() <= m.config().vocab_size, "generate: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", m.config().vocab_size);
   // The special tokens of the file's post-processor (<s> for Llama-style files), as transformers adds them.
@@ -74,6 +76,7 @@ void register_generate(CLI::App& app, Registry& reg) {
   c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")->capture_default_str();
   c->add_option("--seed", a->opt.sampling.seed, "Sampling seed")->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
   c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });
 }

@@ -4,6 +4,7 @@
 //   moe eval --model DIR ...         cross-entropy and perplexity on text or token ids
 //   moe generate --model DIR ...     continue a prompt (KV cache)
 //   moe upcycle --model DIR ...      dense checkpoint -> MoE checkpoint
+//   moe init --out DIR ...           randomly initialised checkpoint of a model shape
 //   moe report RUN_DIR               HTML page of a training run
 //   moe version                      build information and available backends
 //   moe bench layer|train [options]  time one MoE layer, or one training step of a model
@@ -88,6 +89,7 @@ int main(int argc, char** argv) {
   moe::cli::register_eval(app, reg);
   moe::cli::register_generate(app, reg);
   moe::cli::register_upcycle(app, reg);
+  moe::cli::register_init(app, reg);
   moe::cli::register_report(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited
 

@@ -38,6 +38,8 @@ model::ModelConfig build_model(const ModelFlags& a, int64_t seq_len) {
   model::ModelConfig c = train::default_model_config();
   if (!a.model_config.empty()) c = model::load_model_config(a.model_config);
   else c.arch = model::arch_from_name(a.arch);
+  MOE_CHECK(c.arch != model::Arch::DeepseekV3 || !a.model_config.empty(),
+            "--arch deepseek_v3 needs --model-config (a config.json with its latent attention and router sizes)");
   if (a.layers) c.num_hidden_layers = a.layers;
   if (a.hidden) c.hidden_size = a.hidden;
   if (a.heads) c.num_attention_heads = a.heads, c.num_key_value_heads = std::min(c.num_key_value_heads, a.heads);

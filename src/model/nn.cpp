@@ -125,30 +125,52 @@ void check_rope(const char* op, const RopeArgs& a) {
   MOE_CHECK(a.heads >= 0, op, ": heads must be >= 0, got ", a.heads);
   MOE_CHECK(a.hd >= 2 && a.hd % 2 == 0, op, ": head dim hd must be even and >= 2, got ", a.hd);
   MOE_CHECK(std::isfinite(a.theta) && a.theta > 0, op, ": theta must be finite and > 0, got ", a.theta);
+  MOE_CHECK(a.ld == 0 || a.ld >= a.hd, op, ": head stride ld must be 0 or >= hd = ", a.hd, ", got ", a.ld);
+  MOE_CHECK(std::isfinite(a.mscale), op, ": mscale must be finite, got ", a.mscale);
 }
 
-// Rotates every head of rows [0, n) by +angle (sign = 1, forward) or −angle (sign = −1, backward).
+// Rotates every head of rows [0, n) by +angle (sign = 1, forward) or −angle (sign = −1, backward),
+// scaled by mscale. Interleaved: forward reads pairs (x[2i], x[2i+1]) and writes the half layout;
+// backward reads the half layout and writes pairs (the transpose).
 template <typename T>
 void rope_apply(const RopeArgs& a, const int32_t* pos, T* x, double sign) {
-  const int64_t half = a.hd / 2, row = a.heads * a.hd;
+  const int64_t half = a.hd / 2, ld = a.ld > 0 ? a.ld : a.hd, row = a.heads * ld;
   std::vector<double> inv_freq(static_cast<size_t>(half));  // (hd/2)
   for (int64_t i = 0; i < half; ++i)
-    inv_freq[i] = 1.0 / std::pow(a.theta, static_cast<double>(2 * i) / static_cast<double>(a.hd));
+    inv_freq[i] = a.inv_freq ? a.inv_freq[i]
+                             : 1.0 / std::pow(a.theta, static_cast<double>(2 * i) / static_cast<double>(a.hd));
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, row));
   parallel_for(a.n, grain, [&](int64_t r0, int64_t r1) {
     std::vector<T> cs(static_cast<size_t>(2 * half));  // cos (hd/2), then ±sin (hd/2)
+    std::vector<T> tmp(a.interleaved ? static_cast<size_t>(a.hd) : 0);  // (hd) one head, interleaved only
     T* c = cs.data();
     T* s = cs.data() + half;
     for (int64_t r = r0; r < r1; ++r) {
       const double p = static_cast<double>(pos[r]);
       for (int64_t i = 0; i < half; ++i) {
         const double angle = p * inv_freq[i];
-        c[i] = static_cast<T>(std::cos(angle));
-        s[i] = static_cast<T>(sign * std::sin(angle));
+        c[i] = static_cast<T>(a.mscale * std::cos(angle));
+        s[i] = static_cast<T>(a.mscale * sign * std::sin(angle));
       }
       for (int64_t h = 0; h < a.heads; ++h) {
-        T* x0 = x + r * row + h * a.hd;  // (hd/2) first half
-        T* x1 = x0 + half;               // (hd/2) second half
+        T* xh = x + r * row + h * ld;  // (hd)
+        if (a.interleaved) {
+          std::copy(xh, xh + a.hd, tmp.data());
+          for (int64_t i = 0; i < half; ++i) {
+            if (sign > 0) {
+              const T u = tmp[2 * i], v = tmp[2 * i + 1];
+              xh[i] = u * c[i] - v * s[i];
+              xh[i + half] = v * c[i] + u * s[i];
+            } else {
+              const T u = tmp[i], v = tmp[i + half];
+              xh[2 * i] = u * c[i] - v * s[i];
+              xh[2 * i + 1] = v * c[i] + u * s[i];
+            }
+          }
+          continue;
+        }
+        T* x0 = xh;        // (hd/2) first half
+        T* x1 = x0 + half;  // (hd/2) second half
         for (int64_t i = 0; i < half; ++i) {
           const T u = x0[i], v = x1[i];
           x0[i] = u * c[i] - v * s[i];

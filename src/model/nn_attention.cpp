@@ -43,6 +43,7 @@ void check_attention(const char* op, const AttentionArgs& a) {
   MOE_CHECK(a.hkv >= 1, op, ": hkv must be >= 1, got ", a.hkv);
   MOE_CHECK(a.hq % a.hkv == 0, op, ": hq must be a multiple of hkv, got hq = ", a.hq, ", hkv = ", a.hkv);
   MOE_CHECK(a.hd >= 1, op, ": head dim hd must be >= 1, got ", a.hd);
+  MOE_CHECK(a.hd_v >= 0, op, ": value head dim hd_v must be >= 0 (0 = hd), got ", a.hd_v);
   MOE_CHECK(std::isfinite(a.scale), op, ": scale must be finite, got ", a.scale);
 }
 
@@ -64,11 +65,16 @@ struct Block {
 
 struct Layout {
   const AttentionArgs& a;
-  int64_t ldq() const { return a.hq * a.hd; }   // row stride of q, out, dq, dout
-  int64_t ldk() const { return a.hkv * a.hd; }  // row stride of k, v, dk, dv
-  // Element offset of query row i of head h in batch row b; of key row j of kv head kvh.
+  int64_t ldq() const { return a.hq * a.hd; }       // row stride of q, dq
+  int64_t ldk() const { return a.hkv * a.hd; }      // row stride of k, dk
+  int64_t ldv() const { return a.hkv * a.vdim(); }  // row stride of v, dv
+  int64_t ldo() const { return a.hq * a.vdim(); }   // row stride of out, dout
+  // Element offset of query row i of head h in batch row b; of key row j of kv head kvh; the same
+  // rows of values and outputs (head dim vdim).
   int64_t qrow(int64_t b, int64_t i, int64_t h) const { return ((b * a.sq + i) * a.hq + h) * a.hd; }
   int64_t krow(int64_t b, int64_t j, int64_t kvh) const { return ((b * a.sk + j) * a.hkv + kvh) * a.hd; }
+  int64_t vrow(int64_t b, int64_t j, int64_t kvh) const { return ((b * a.sk + j) * a.hkv + kvh) * a.vdim(); }
+  int64_t orow(int64_t b, int64_t i, int64_t h) const { return ((b * a.sq + i) * a.hq + h) * a.vdim(); }
 };
 
 // S (nq, nk) = scale · Q_blk · K[:nk]ᵀ.
@@ -136,17 +142,17 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
       std::fill(p + n_vis, p + blk.nk, T(0));
       if (lse) lse[(b * a.hq + h) * a.sq + blk.i0 + r] = static_cast<T>(static_cast<double>(m) + std::log(l));
     }
-    // O_blk (nq, hd) = P · V[:nk].
+    // O_blk (nq, hd_v) = P · V[:nk].
     kernels::GemmArgs<T> g;
     g.M = blk.nq;
-    g.N = a.hd;
+    g.N = a.vdim();
     g.K = blk.nk;
     g.A = P.data();
     g.lda = blk.nk;
-    g.B = v + L.krow(b, 0, blk.kvh);
-    g.ldb = L.ldk();
-    g.C = out + L.qrow(b, blk.i0, h);
-    g.ldc = L.ldq();
+    g.B = v + L.vrow(b, 0, blk.kvh);
+    g.ldb = L.ldv();
+    g.C = out + L.orow(b, blk.i0, h);
+    g.ldc = L.ldo();
     kernels::gemm(kernels::Backend::Cpu, g);
   });
 }
@@ -176,7 +182,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
     const int64_t b = item / a.hkv, kvh = item % a.hkv;
     for (int64_t j = 0; j < a.sk; ++j) {
       std::fill_n(dk + L.krow(b, j, kvh), a.hd, T(0));
-      std::fill_n(dv + L.krow(b, j, kvh), a.hd, T(0));
+      std::fill_n(dv + L.vrow(b, j, kvh), a.vdim(), T(0));
     }
     std::vector<T> P, dS;  // (nq, nk) each
     for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
@@ -190,11 +196,11 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
         kernels::GemmArgs<T> g;
         g.M = blk.nq;
         g.N = blk.nk;
-        g.K = a.hd;
-        g.A = dout + L.qrow(b, blk.i0, h);
-        g.lda = L.ldq();
-        g.B = v + L.krow(b, 0, kvh);
-        g.ldb = L.ldk();
+        g.K = a.vdim();
+        g.A = dout + L.orow(b, blk.i0, h);
+        g.lda = L.ldo();
+        g.B = v + L.vrow(b, 0, kvh);
+        g.ldb = L.ldv();
         g.trans_b = true;
         g.C = dS.data();
         g.ldc = blk.nk;
@@ -204,10 +210,10 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
           T* ds = dS.data() + r * blk.nk;  // (nk)
           const int64_t n_vis = visible(blk, r);
           const T l = lse[(b * a.hq + h) * a.sq + blk.i0 + r];
-          const T* o = out + L.qrow(b, blk.i0 + r, h);    // (hd)
-          const T* dO = dout + L.qrow(b, blk.i0 + r, h);  // (hd)
+          const T* o = out + L.orow(b, blk.i0 + r, h);    // (hd_v)
+          const T* dO = dout + L.orow(b, blk.i0 + r, h);  // (hd_v)
           double D = 0;                                   // dO_i · O_i = Σ_j P_ij dP_ij
-          for (int64_t d = 0; d < a.hd; ++d) D += static_cast<double>(dO[d]) * static_cast<double>(o[d]);
+          for (int64_t d = 0; d < a.vdim(); ++d) D += static_cast<double>(dO[d]) * static_cast<double>(o[d]);
           const T Dt = static_cast<T>(D);
           detail::exp_shifted(p, n_vis, l);
           for (int64_t j = 0; j < n_vis; ++j) ds[j] = p[j] * (ds[j] - Dt);
@@ -242,10 +248,13 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
         g.alpha = scale;
         g.beta = 1;
         kernels::gemm(kernels::Backend::Cpu, g);
-        // dV[:nk] (nk, hd) += Pᵀ · dO_blk.
+        // dV[:nk] (nk, hd_v) += Pᵀ · dO_blk.
+        g.N = a.vdim();
         g.A = P.data();
-        g.B = dout + L.qrow(b, blk.i0, h);
-        g.C = dv + L.krow(b, 0, kvh);
+        g.B = dout + L.orow(b, blk.i0, h);
+        g.ldb = L.ldo();
+        g.C = dv + L.vrow(b, 0, kvh);
+        g.ldc = L.ldv();
         g.alpha = 1;
         kernels::gemm(kernels::Backend::Cpu, g);
       }

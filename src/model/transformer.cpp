@@ -11,93 +11,17 @@
 #include "moe/kernels/ops_bf16.h"
 #include "moe/model/nn.h"
 #include "moe/model/transformer.h"
+#include "model/linear.h"
+#include "model/mla.h"
 
 namespace moe::model {
 
 namespace {
 
-using kernels::Backend;
-
-// A linear layer's weight (out, in), and its bf16 copy when the model computes in bf16 (f32 only).
-template <typename T>
-struct LinW {
-  const T* w = nullptr;
-  const uint16_t* bf16 = nullptr;
-};
-
-// y (n, out) = x (n, in) · Wᵀ (+ b)
-template <typename T>
-void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, const T* b, T* y) {
-  const T* W = lw.w;
-  if constexpr (std::is_same_v<T, float>) {
-    if (lw.bf16) {
-      kernels::GemmBf16Args g;
-      g.M = n, g.N = out, g.K = in;
-      g.A = x, g.lda = in;
-      g.W = lw.bf16, g.trans_w = false;
-      g.C = y, g.ldc = out;
-      kernels::gemm_bf16w(Backend::Cpu, g);
-      W = nullptr;
-    }
-  }
-  if (W) {
-  kernels::GemmArgs<T> g;
-  g.M = n, g.N = out, g.K = in;
-  g.A = x, g.lda = in;
-  g.B = W, g.ldb = in, g.trans_b = true;
-  g.C = y, g.ldc = out;
-  kernels::gemm(Backend::Cpu, g);
-  }
-  if (b) parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t o = 0; o < out; ++o) y[r * out + o] += b[o];
-    });
-}
-
-// Backward of linear: dW += dyᵀ x; db += Σ_rows dy; dx (n, in) = dy W (+= when accumulate_dx).
-// With a bf16 copy, dx uses it (bf16 compute); the weight gradient is always f32.
-template <typename T>
-void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, LinW<T> lw, T* dW, T* db, T* dx,
-                     bool accumulate_dx) {
-  kernels::GemmArgs<T> gw;
-  gw.M = out, gw.N = in, gw.K = n;
-  gw.A = dy, gw.lda = out, gw.trans_a = true;
-  gw.B = x, gw.ldb = in;
-  gw.C = dW, gw.ldc = in, gw.beta = 1;
-  kernels::gemm(Backend::Cpu, gw);
-  if (db) parallel_for(out, 16, [&](int64_t o0, int64_t o1) {
-      for (int64_t o = o0; o < o1; ++o) {
-        T s = 0;
-        for (int64_t r = 0; r < n; ++r) s += dy[r * out + o];
-        db[o] += s;
-      }
-    });
-  if constexpr (std::is_same_v<T, float>) {
-    if (lw.bf16) {
-      kernels::GemmBf16Args g;
-      g.M = n, g.N = in, g.K = out;
-      g.A = dy, g.lda = out;
-      g.W = lw.bf16, g.trans_w = true;  // stored (out, in) = (K, N)
-      g.C = dx, g.ldc = in, g.beta = accumulate_dx ? 1.0f : 0.0f;
-      kernels::gemm_bf16w(Backend::Cpu, g);
-      return;
-    }
-  }
-  kernels::GemmArgs<T> gx;
-  gx.M = n, gx.N = in, gx.K = out;
-  gx.A = dy, gx.lda = out;
-  gx.B = lw.w, gx.ldb = in;
-  gx.C = dx, gx.ldc = in, gx.beta = accumulate_dx ? 1 : 0;
-  kernels::gemm(Backend::Cpu, gx);
-}
-
-// dst += a · src
-template <typename T>
-void axpy(T* dst, const T* src, int64_t n, T a = T(1)) {
-  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) dst[i] += a * src[i];
-  });
-}
+using detail::LinW;
+using detail::linear;
+using detail::linear_backward;
+using detail::axpy;
 
 template <typename T>
 T sigmoid(T g) {
@@ -112,6 +36,7 @@ struct LayerSaved {
   Tensor x_mid, rstd2, h2;              // (N, d), (N), (N, d)
   Tensor g, u, a;                       // dense FFN (N, F)
   MoEForward moe;
+  detail::MlaSaved mla;                 // deepseek_v3 latent attention
 };
 
 struct Saved {
@@ -160,6 +85,50 @@ struct Transformer::Impl {
     return x;
   }
 
+  // The attention call of a model: sq queries against sk keys per batch row, with the model's head
+  // dims (queries/keys and values may differ: deepseek_v3) and softmax scale.
+  static nn::AttentionArgs attention_args(const Transformer& m, int64_t B, int64_t sq, int64_t sk) {
+    const ModelConfig& c = m.cfg_;
+    nn::AttentionArgs a{B, sq, sk, c.num_attention_heads, c.num_key_value_heads, c.qk_head_dim(), 0.0};
+    if (c.mla()) a.scale = c.attention_scale(), a.hd_v = c.v_head_dim_or_default();
+    return a;
+  }
+
+  // Latent attention shapes, weights, gradients and rotary options of layer l (deepseek_v3).
+  static detail::MlaShape mla_shape(const Transformer& m, int64_t N) {
+    const ModelConfig& c = m.cfg_;
+    detail::MlaShape sh;
+    sh.N = N, sh.d = c.hidden_size, sh.heads = c.num_attention_heads, sh.q_lora = c.q_lora_rank;
+    sh.kv_lora = c.kv_lora_rank, sh.nope = c.qk_nope_head_dim, sh.rope = c.qk_rope_head_dim, sh.vd = c.v_head_dim;
+    return sh;
+  }
+  template <typename T>
+  static detail::MlaWeights<T> mla_weights(const Transformer& m, int64_t l) {
+    const LayerIndex& P = m.index_.layers[l];
+    detail::MlaWeights<T> w;
+    w.q = LW<T>(m, P.q_w), w.q_a = LW<T>(m, P.q_a_w), w.q_b = LW<T>(m, P.q_b_w);
+    w.kv_a = LW<T>(m, P.kv_a_w), w.kv_b = LW<T>(m, P.kv_b_w);
+    w.q_a_bias = W<T>(m, P.q_a_b), w.q_a_norm = W<T>(m, P.q_a_norm);
+    w.kv_a_bias = W<T>(m, P.kv_a_b), w.kv_a_norm = W<T>(m, P.kv_a_norm);
+    return w;
+  }
+  template <typename T>
+  static detail::MlaGrads<T> mla_grads(Transformer& m, int64_t l) {
+    const LayerIndex& P = m.index_.layers[l];
+    detail::MlaGrads<T> g;
+    g.q = G<T>(m, P.q_w), g.q_a = G<T>(m, P.q_a_w), g.q_b = G<T>(m, P.q_b_w), g.kv_a = G<T>(m, P.kv_a_w);
+    g.kv_b = G<T>(m, P.kv_b_w), g.q_a_bias = G<T>(m, P.q_a_b), g.q_a_norm = G<T>(m, P.q_a_norm);
+    g.kv_a_bias = G<T>(m, P.kv_a_b), g.kv_a_norm = G<T>(m, P.kv_a_norm);
+    return g;
+  }
+  static detail::MlaRope mla_rope(const Transformer& m, const std::vector<double>& inv_freq) {
+    detail::MlaRope r;
+    r.inv_freq = inv_freq.data();
+    r.mscale = m.cfg_.rope_attention_factor();
+    r.interleaved = m.cfg_.rope_interleave;
+    return r;
+  }
+
   // h1 = rmsnorm(x); q, k, v projections; q/k norm; rotary embedding at `pos`.
   template <typename T>
   static void qkv(const Transformer& m, int64_t l, const Tensor& x, int64_t N, const int32_t* pos, LayerSaved& s) {
@@ -171,6 +140,14 @@ struct Transformer::Impl {
     s.rstd1 = Tensor::empty({N}, dt);
     s.h1 = Tensor::empty({N, d}, dt);
     nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln1), s.h1.data<T>(), s.rstd1.data<T>());
+    if (c.mla()) {
+      const int64_t qk = c.qk_head_dim(), vd = c.v_head_dim_or_default();
+      s.q = Tensor::empty({N, hq * qk}, dt), s.k = Tensor::empty({N, hq * qk}, dt), s.v = Tensor::empty({N, hq * vd}, dt);
+      const std::vector<double> inv_freq = c.rope_inv_freq();
+      detail::mla_qkv_forward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_rope(m, inv_freq), s.h1.data<T>(), pos,
+                                 s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.mla);
+      return;
+    }
     s.q = Tensor::empty({N, Dq}, dt), s.k = Tensor::empty({N, Dk}, dt), s.v = Tensor::empty({N, Dk}, dt);
     linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.q_w), Dq, W<T>(m, P.q_b), s.q.data<T>());
     linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.k_w), Dk, W<T>(m, P.k_b), s.k.data<T>());
@@ -195,11 +172,11 @@ struct Transformer::Impl {
                           const StepOptions* opt, LayerSaved& s, bool keep) {
     const ModelConfig& c = m.cfg_;
     const LayerIndex& P = m.index_.layers[l];
-    const int64_t d = c.hidden_size, Dq = c.num_attention_heads * c.head_dim_or_default();
+    const int64_t d = c.hidden_size, Dv = c.num_attention_heads * c.v_head_dim_or_default();
     const DType dt = m.dtype_;
     {
       Tensor o = Tensor::empty({N, d}, dt);  // (N, d)
-      linear<T>(s.attn.data<T>(), N, Dq, LW<T>(m, P.o_w), d, nullptr, o.data<T>());
+      linear<T>(s.attn.data<T>(), N, Dv, LW<T>(m, P.o_w), d, W<T>(m, P.o_b), o.data<T>());
       axpy<T>(x.data<T>(), o.data<T>(), N * d);
     }
     if (keep) s.x_mid = x.clone();
@@ -258,15 +235,14 @@ struct Transformer::Impl {
     std::memcpy(tok.data<int32_t>(), tokens, sizeof(int32_t) * N);
     const std::vector<int32_t> pos = positions(B, S, 0);
     if (sv) sv->layers.resize(static_cast<size_t>(c.num_hidden_layers));
-    const int64_t hd = c.head_dim_or_default();
+    const nn::AttentionArgs aa = attention_args(m, B, S, S);
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       LayerSaved tmp;
       LayerSaved& s = sv ? sv->layers[l] : tmp;
       if (sv) s.x_in = x.clone();
       qkv<T>(m, l, x, N, pos.data(), s);
-      s.attn = Tensor::empty({N, c.num_attention_heads * hd}, m.dtype_);
+      s.attn = Tensor::empty({N, c.num_attention_heads * aa.vdim()}, m.dtype_);
       s.lse = Tensor::empty({B, c.num_attention_heads, S}, m.dtype_);
-      const nn::AttentionArgs aa{B, S, S, c.num_attention_heads, c.num_key_value_heads, hd, 0.0};
       nn::attention_forward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(), s.lse.data<T>());
       out_and_ffn<T>(m, l, x, N, &tok, opt, s, sv != nullptr);
       if (m.moe_[l] && res) {
@@ -279,13 +255,40 @@ struct Transformer::Impl {
     return head<T>(m, x, 0, N, sv);
   }
 
+  // Transpose of qkv() (not deepseek_v3): dq, dk, dv (used as scratch) to the projection
+  // gradients and dh1 (N, d) (overwritten).
+  template <typename T>
+  static void qkv_backward(Transformer& m, int64_t l, LayerSaved& s, int64_t N, const int32_t* pos, Tensor& dq,
+                           Tensor& dk, Tensor& dv, Tensor& dh1) {
+    const ModelConfig& c = m.cfg_;
+    const LayerIndex& P = m.index_.layers[l];
+    const int64_t d = c.hidden_size, hd = c.head_dim_or_default();
+    const int64_t hq = c.num_attention_heads, hkv = c.num_key_value_heads, Dq = hq * hd, Dk = hkv * hd;
+    nn::rope_backward<T>({N, hq, hd, c.rope_theta}, pos, dq.data<T>());
+    nn::rope_backward<T>({N, hkv, hd, c.rope_theta}, pos, dk.data<T>());
+    const QkNorm qn = c.qk_norm();
+    if (qn != QkNorm::None) {
+      const bool per_head = qn == QkNorm::PerHead;
+      const nn::RmsNormArgs aq{per_head ? N * hq : N, per_head ? hd : Dq, c.rms_norm_eps};
+      const nn::RmsNormArgs ak{per_head ? N * hkv : N, per_head ? hd : Dk, c.rms_norm_eps};
+      nn::rmsnorm_backward<T>(aq, s.q_raw.data<T>(), W<T>(m, P.q_norm), s.rstd_q.data<T>(), dq.data<T>(),
+                              dq.data<T>(), G<T>(m, P.q_norm));
+      nn::rmsnorm_backward<T>(ak, s.k_raw.data<T>(), W<T>(m, P.k_norm), s.rstd_k.data<T>(), dk.data<T>(),
+                              dk.data<T>(), G<T>(m, P.k_norm));
+    }
+    const T* h1 = s.h1.data<T>();
+    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, LW<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b), dh1.data<T>(), false);
+    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, LW<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b), dh1.data<T>(), true);
+    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, LW<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b), dh1.data<T>(), true);
+  }
+
   template <typename T>
   static void layer_backward(Transformer& m, int64_t l, LayerSaved& s, Tensor& dx, int64_t B, int64_t S,
                              const int32_t* pos, const StepOptions& opt) {
     const ModelConfig& c = m.cfg_;
     const LayerIndex& P = m.index_.layers[l];
-    const int64_t N = B * S, d = c.hidden_size, hd = c.head_dim_or_default();
-    const int64_t hq = c.num_attention_heads, hkv = c.num_key_value_heads, Dq = hq * hd, Dk = hkv * hd;
+    const int64_t N = B * S, d = c.hidden_size;
+    const int64_t hq = c.num_attention_heads, hkv = c.num_key_value_heads;
     const DType dt = m.dtype_;
     T* dxp = dx.data<T>();
 
@@ -324,30 +327,22 @@ struct Transformer::Impl {
     axpy<T>(dxp, tmp.data<T>(), N * d);
 
     // --- attention: x_mid = x_in + o_proj(attn(...rmsnorm(x_in)))
-    Tensor dattn = Tensor::empty({N, Dq}, dt);
-    linear_backward<T>(s.attn.data<T>(), dxp, N, Dq, d, LW<T>(m, P.o_w), G<T>(m, P.o_w), nullptr, dattn.data<T>(),
-                       false);
-    Tensor dq = Tensor::empty({N, Dq}, dt), dk = Tensor::empty({N, Dk}, dt), dv = Tensor::empty({N, Dk}, dt);
-    const nn::AttentionArgs aa{B, S, S, hq, hkv, hd, 0.0};
+    const nn::AttentionArgs aa = attention_args(m, B, S, S);
+    Tensor dattn = Tensor::empty({N, hq * aa.vdim()}, dt);
+    linear_backward<T>(s.attn.data<T>(), dxp, N, hq * aa.vdim(), d, LW<T>(m, P.o_w), G<T>(m, P.o_w), G<T>(m, P.o_b),
+                       dattn.data<T>(), false);
+    Tensor dq = Tensor::empty({N, hq * aa.hd}, dt), dk = Tensor::empty({N, hkv * aa.hd}, dt);
+    Tensor dv = Tensor::empty({N, hkv * aa.vdim()}, dt);
     nn::attention_backward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(), s.lse.data<T>(),
                               dattn.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
-    nn::rope_backward<T>({N, hq, hd, c.rope_theta}, pos, dq.data<T>());
-    nn::rope_backward<T>({N, hkv, hd, c.rope_theta}, pos, dk.data<T>());
-    const QkNorm qn = c.qk_norm();
-    if (qn != QkNorm::None) {
-      const bool per_head = qn == QkNorm::PerHead;
-      const nn::RmsNormArgs aq{per_head ? N * hq : N, per_head ? hd : Dq, c.rms_norm_eps};
-      const nn::RmsNormArgs ak{per_head ? N * hkv : N, per_head ? hd : Dk, c.rms_norm_eps};
-      nn::rmsnorm_backward<T>(aq, s.q_raw.data<T>(), W<T>(m, P.q_norm), s.rstd_q.data<T>(), dq.data<T>(),
-                              dq.data<T>(), G<T>(m, P.q_norm));
-      nn::rmsnorm_backward<T>(ak, s.k_raw.data<T>(), W<T>(m, P.k_norm), s.rstd_k.data<T>(), dk.data<T>(),
-                              dk.data<T>(), G<T>(m, P.k_norm));
-    }
     Tensor dh1 = Tensor::empty({N, d}, dt);
-    const T* h1 = s.h1.data<T>();
-    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, LW<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b), dh1.data<T>(), false);
-    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, LW<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b), dh1.data<T>(), true);
-    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, LW<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b), dh1.data<T>(), true);
+    if (c.mla()) {
+      const std::vector<double> inv_freq = c.rope_inv_freq();
+      detail::mla_qkv_backward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_grads<T>(m, l), mla_rope(m, inv_freq),
+                                  s.h1.data<T>(), pos, s.mla, dq.data<T>(), dk.data<T>(), dv.data<T>(), dh1.data<T>());
+    } else {
+      qkv_backward<T>(m, l, s, N, pos, dq, dk, dv, dh1);
+    }
     nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, s.x_in.data<T>(), W<T>(m, P.ln1), s.rstd1.data<T>(),
                             dh1.data<T>(), tmp.data<T>(), G<T>(m, P.ln1));
     axpy<T>(dxp, tmp.data<T>(), N * d);
@@ -407,7 +402,8 @@ struct Transformer::Impl {
               "decode: the KV cache was not made by this model's new_cache()");
     const int64_t p0 = cache.len;
     MOE_CHECK(p0 + n <= cache.max_len, "decode: ", p0 + n, " positions exceed the KV cache length ", cache.max_len);
-    const int64_t hd = c.head_dim_or_default(), hq = c.num_attention_heads, hkv = c.num_key_value_heads;
+    const int64_t hq = c.num_attention_heads, hkv = c.num_key_value_heads;
+    const int64_t hd = c.qk_head_dim(), hdv = c.v_head_dim_or_default();
     Tensor x = embed<T>(m, tokens, n);
     Tensor tok = Tensor::empty({n}, DType::I32);
     std::memcpy(tok.data<int32_t>(), tokens, sizeof(int32_t) * n);
@@ -418,9 +414,9 @@ struct Transformer::Impl {
       T* kc = cache.k[l].data<T>();
       T* vc = cache.v[l].data<T>();
       std::memcpy(kc + p0 * hkv * hd, s.k.data<T>(), sizeof(T) * n * hkv * hd);
-      std::memcpy(vc + p0 * hkv * hd, s.v.data<T>(), sizeof(T) * n * hkv * hd);
-      s.attn = Tensor::empty({n, hq * hd}, m.dtype_);
-      const nn::AttentionArgs aa{1, n, p0 + n, hq, hkv, hd, 0.0};
+      std::memcpy(vc + p0 * hkv * hdv, s.v.data<T>(), sizeof(T) * n * hkv * hdv);
+      s.attn = Tensor::empty({n, hq * hdv}, m.dtype_);
+      const nn::AttentionArgs aa = attention_args(m, 1, n, p0 + n);
       nn::attention_forward<T>(aa, s.q.data<T>(), kc, vc, s.attn.data<T>(), nullptr);
       out_and_ffn<T>(m, l, x, n, &tok, nullptr, s, false);
     }
@@ -436,11 +432,19 @@ void Transformer::set_bf16_compute(bool on) {
   else bf16_.clear();
 }
 
+void Transformer::set_bf16_inference(bool on) {
+  MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ", dtype_name(dtype_));
+  set_bf16_compute(on);
+  for (auto& l : moe_)
+    if (l) l->set_bf16_expert_weights(on);
+  bf16_inference_ = on;
+}
+
 void Transformer::refresh_bf16() const {
   if (!bf16_compute_) return;
   std::vector<int> linear = {index_.head};
   for (const LayerIndex& P : index_.layers)
-    for (int i : {P.q_w, P.k_w, P.v_w, P.o_w, P.gate, P.up, P.down})
+    for (int i : {P.q_w, P.k_w, P.v_w, P.o_w, P.gate, P.up, P.down, P.q_a_w, P.q_b_w, P.kv_a_w, P.kv_b_w})
       if (i >= 0) linear.push_back(i);
   bf16_.resize(params_.size());
   for (int i : linear) {
@@ -455,6 +459,8 @@ void Transformer::refresh_bf16() const {
 
 StepResult Transformer::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                                          const StepOptions& opt) {
+  MOE_CHECK(!bf16_inference_, "forward_backward: the model is in bf16 inference mode (set_bf16_inference(false) first)");
+  ensure_grads();
   refresh_bf16();
   return dtype_ == DType::F64 ? Impl::forward_backward<double>(*this, tokens, targets, B, S, opt)
                               : Impl::forward_backward<float>(*this, tokens, targets, B, S, opt);
@@ -478,10 +484,10 @@ KVCache Transformer::new_cache(int64_t max_len) const {
             " must be in [1, max_position_embeddings = ", cfg_.max_position_embeddings, "]");
   KVCache c;
   c.max_len = max_len;
-  const int64_t hkv = cfg_.num_key_value_heads, hd = cfg_.head_dim_or_default();
+  const int64_t hkv = cfg_.num_key_value_heads, hd = cfg_.qk_head_dim(), hdv = cfg_.v_head_dim_or_default();
   for (int64_t l = 0; l < cfg_.num_hidden_layers; ++l) {
     c.k.push_back(Tensor::zeros({max_len, hkv, hd}, dtype_));
-    c.v.push_back(Tensor::zeros({max_len, hkv, hd}, dtype_));
+    c.v.push_back(Tensor::zeros({max_len, hkv, hdv}, dtype_));
   }
   return c;
 }

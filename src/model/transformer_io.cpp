@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <memory>
 #include <set>
 
 #include "moe/core/error.h"
@@ -33,6 +34,9 @@ void expert_names(const ModelConfig& c, const std::string& prefix, int64_t e, st
 
 const char* kSharedSuffix[4] = {".shared_expert.gate_proj.weight", ".shared_expert.up_proj.weight",
                                 ".shared_expert.down_proj.weight", ".shared_expert_gate.weight"};
+// deepseek_v3: one ungated MLP of width n_shared_experts · moe_intermediate_size.
+const char* kSharedExpertsSuffix[4] = {".shared_experts.gate_proj.weight", ".shared_experts.up_proj.weight",
+                                       ".shared_experts.down_proj.weight", ""};
 const char* kBiasSuffix = ".gate.e_score_correction_bias";
 }  // namespace
 
@@ -47,7 +51,6 @@ int Transformer::add_param(const std::string& name, Tensor value, bool decay) {
   value.set_name(name);
   NamedParam p;
   p.name = name;
-  p.grad = Tensor::zeros(value.shape(), dtype_, name + ".grad");
   p.value = std::move(value);
   p.decay = decay;
   params_.push_back(std::move(p));
@@ -67,19 +70,23 @@ void Transformer::build_params() {
     LayerIndex& P = index_.layers[l];
     const std::string pre = layer_prefix(l);
     P.ln1 = add_param(pre + "input_layernorm.weight", vec(d, 1.0), false);
-    P.q_w = add_param(pre + "self_attn.q_proj.weight", mat(Dq, d), true);
-    P.k_w = add_param(pre + "self_attn.k_proj.weight", mat(Dk, d), true);
-    P.v_w = add_param(pre + "self_attn.v_proj.weight", mat(Dk, d), true);
-    P.o_w = add_param(pre + "self_attn.o_proj.weight", mat(d, Dq), true);
-    if (c.attention_bias()) {
-      P.q_b = add_param(pre + "self_attn.q_proj.bias", vec(Dq, 0.0), false);
-      P.k_b = add_param(pre + "self_attn.k_proj.bias", vec(Dk, 0.0), false);
-      P.v_b = add_param(pre + "self_attn.v_proj.bias", vec(Dk, 0.0), false);
-    }
-    if (c.qk_norm() != QkNorm::None) {
-      const bool per_head = c.qk_norm() == QkNorm::PerHead;
-      P.q_norm = add_param(pre + "self_attn.q_norm.weight", vec(per_head ? hd : Dq, 1.0), false);
-      P.k_norm = add_param(pre + "self_attn.k_norm.weight", vec(per_head ? hd : Dk, 1.0), false);
+    if (c.mla()) {
+      build_mla_params(l);
+    } else {
+      P.q_w = add_param(pre + "self_attn.q_proj.weight", mat(Dq, d), true);
+      P.k_w = add_param(pre + "self_attn.k_proj.weight", mat(Dk, d), true);
+      P.v_w = add_param(pre + "self_attn.v_proj.weight", mat(Dk, d), true);
+      P.o_w = add_param(pre + "self_attn.o_proj.weight", mat(d, Dq), true);
+      if (c.attention_bias()) {
+        P.q_b = add_param(pre + "self_attn.q_proj.bias", vec(Dq, 0.0), false);
+        P.k_b = add_param(pre + "self_attn.k_proj.bias", vec(Dk, 0.0), false);
+        P.v_b = add_param(pre + "self_attn.v_proj.bias", vec(Dk, 0.0), false);
+      }
+      if (c.qk_norm() != QkNorm::None) {
+        const bool per_head = c.qk_norm() == QkNorm::PerHead;
+        P.q_norm = add_param(pre + "self_attn.q_norm.weight", vec(per_head ? hd : Dq, 1.0), false);
+        P.k_norm = add_param(pre + "self_attn.k_norm.weight", vec(per_head ? hd : Dk, 1.0), false);
+      }
     }
     P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
     if (c.is_moe_layer(l)) {
@@ -92,7 +99,8 @@ void Transformer::build_params() {
       P.moe[3] = add_param(mpre + ".experts.w_down", mp.w_down, true);
       const Tensor* shared[4] = {&mp.shared_w_gate, &mp.shared_w_up, &mp.shared_w_down, &mp.shared_gate_w};
       for (int i = 0; i < 4; ++i)
-        if (shared[i]->defined()) P.moe[4 + i] = add_param(mpre + kSharedSuffix[i], *shared[i], true);
+        if (shared[i]->defined())
+          P.moe[4 + i] = add_param(mpre + (c.mla() ? kSharedExpertsSuffix : kSharedSuffix)[i], *shared[i], true);
     } else {
       const int64_t F = c.intermediate_size;
       P.gate = add_param(pre + "mlp.gate_proj.weight", mat(F, d), true);
@@ -102,6 +110,31 @@ void Transformer::build_params() {
   }
   index_.norm = add_param("model.norm.weight", vec(d, 1.0), false);
   index_.head = c.tie_word_embeddings ? index_.embed : add_param("lm_head.weight", mat(V, d), true);
+}
+
+// Latent attention of layer l (deepseek_v3), names as transformers' DeepseekV3Attention.
+void Transformer::build_mla_params(int64_t l) {
+  const ModelConfig& c = cfg_;
+  LayerIndex& P = index_.layers[l];
+  const std::string pre = layer_prefix(l) + "self_attn.";
+  const int64_t d = c.hidden_size, H = c.num_attention_heads, qk = c.qk_head_dim();
+  const int64_t kva = c.kv_lora_rank + c.qk_rope_head_dim, kvb = H * (c.qk_nope_head_dim + c.v_head_dim);
+  auto mat = [&](int64_t r, int64_t k) { return Tensor::zeros({r, k}, dtype_); };
+  auto vec = [&](int64_t n, double v) { return Tensor::full({n}, v, dtype_); };
+  if (c.q_lora_rank > 0) {
+    P.q_a_w = add_param(pre + "q_a_proj.weight", mat(c.q_lora_rank, d), true);
+    if (c.mla_bias) P.q_a_b = add_param(pre + "q_a_proj.bias", vec(c.q_lora_rank, 0.0), false);
+    P.q_a_norm = add_param(pre + "q_a_layernorm.weight", vec(c.q_lora_rank, 1.0), false);
+    P.q_b_w = add_param(pre + "q_b_proj.weight", mat(H * qk, c.q_lora_rank), true);
+  } else {
+    P.q_w = add_param(pre + "q_proj.weight", mat(H * qk, d), true);
+  }
+  P.kv_a_w = add_param(pre + "kv_a_proj_with_mqa.weight", mat(kva, d), true);
+  if (c.mla_bias) P.kv_a_b = add_param(pre + "kv_a_proj_with_mqa.bias", vec(kva, 0.0), false);
+  P.kv_a_norm = add_param(pre + "kv_a_layernorm.weight", vec(c.kv_lora_rank, 1.0), false);
+  P.kv_b_w = add_param(pre + "kv_b_proj.weight", mat(kvb, c.kv_lora_rank), true);
+  P.o_w = add_param(pre + "o_proj.weight", mat(d, H * c.v_head_dim), true);
+  if (c.mla_bias) P.o_b = add_param(pre + "o_proj.bias", vec(d, 0.0), false);
 }
 
 void Transformer::init_params(uint64_t seed) {
@@ -121,7 +154,13 @@ NamedParam& Transformer::param(const std::string& name) {
   throw Error(cat("model has no parameter '", name, "'"));
 }
 
+void Transformer::ensure_grads() {
+  for (NamedParam& p : params_)
+    if (!p.grad.defined()) p.grad = Tensor::zeros(p.value.shape(), dtype_, p.name + ".grad");
+}
+
 void Transformer::zero_grads() {
+  ensure_grads();
   for (NamedParam& p : params_) p.grad.fill(0.0);
 }
 
@@ -161,16 +200,24 @@ std::map<std::string, Tensor> Transformer::hf_state_dict() const {
 }
 
 void Transformer::load_hf_state_dict(const std::map<std::string, Tensor>& sd) {
+  TensorSource src;
+  for (const auto& [name, t] : sd) src.names.push_back(name);
+  src.load = [&sd](const std::string& name) { return sd.at(name); };
+  load_hf_state_dict(src);
+}
+
+void Transformer::load_hf_state_dict(const TensorSource& source) {
+  const std::set<std::string> sd(source.names.begin(), source.names.end());
   std::set<std::string> used;
   auto take = [&](const std::string& name, const Tensor& dst) {
-    auto it = sd.find(name);
-    MOE_CHECK(it != sd.end(), "checkpoint: missing tensor '", name, "'");
-    const Tensor& src = it->second;
+    MOE_CHECK(sd.count(name), "checkpoint: missing tensor '", name, "'");
+    const Tensor src = source.load(name);
+    const std::string in = source.file ? " in " + source.file(name) : std::string();
     const DType t = src.dtype();
     MOE_CHECK(t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64, "checkpoint: tensor '", name,
-              "' has dtype ", dtype_name(t), "; expected a float type");
-    MOE_CHECK(src.shape() == dst.shape(), "checkpoint: tensor '", name, "': expected shape ", shape_str(dst.shape()),
-              ", got ", shape_str(src.shape()));
+              "'", in, " has dtype ", dtype_name(t), "; expected a float type");
+    MOE_CHECK(src.shape() == dst.shape(), "checkpoint: tensor '", name, "'", in, ": expected shape ",
+              shape_str(dst.shape()), ", got ", shape_str(src.shape()));
     Tensor d = dst;
     d.copy_from(src);
     used.insert(name);
@@ -196,7 +243,7 @@ void Transformer::load_hf_state_dict(const std::map<std::string, Tensor>& sd) {
   if (cfg_.tie_word_embeddings && sd.count("lm_head.weight")) used.insert("lm_head.weight");
   std::string unexpected;
   int n_unexpected = 0;
-  for (const auto& [name, t] : sd)
+  for (const std::string& name : sd)
     if (!used.count(name) && n_unexpected++ < 5) unexpected += (unexpected.empty() ? "" : ", ") + name;
   MOE_CHECK(n_unexpected == 0, "checkpoint: ", n_unexpected, " unexpected tensor(s) for a ", arch_name(cfg_.arch),
             " model of this config: ", unexpected, n_unexpected > 5 ? ", ..." : "");
@@ -258,11 +305,36 @@ std::map<std::string, Tensor> load_hf_tensors(const std::string& dir) {
   return sd;
 }
 
+TensorSource checkpoint_source(const std::string& dir) {
+  const fs::path p(dir);
+  MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
+  const fs::path single = p / "model.safetensors", index = p / "model.safetensors.index.json";
+  std::vector<std::string> files;
+  if (fs::exists(single)) {
+    files.push_back(single.string());
+  } else {
+    MOE_CHECK(fs::exists(index), "model directory '", dir, "' has neither model.safetensors nor ",
+              "model.safetensors.index.json");
+    for (const std::string& f : shard_files(index.string())) files.push_back((p / f).string());
+  }
+  auto readers = std::make_shared<std::vector<SafetensorsReader>>();
+  auto where = std::make_shared<std::map<std::string, size_t>>();  // tensor -> reader
+  for (const std::string& f : files) {
+    readers->emplace_back(f);
+    for (const std::string& name : readers->back().names()) (*where)[name] = readers->size() - 1;
+  }
+  TensorSource src;
+  for (const auto& [name, r] : *where) src.names.push_back(name);
+  src.load = [readers, where](const std::string& name) { return (*readers)[where->at(name)].load(name); };
+  src.file = [readers, where](const std::string& name) { return (*readers)[where->at(name)].path(); };
+  return src;
+}
+
 Transformer load_pretrained(const std::string& dir, DType dtype) {
   const fs::path p(dir);
   MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
   Transformer m(load_model_config((p / "config.json").string()), dtype);
-  const std::map<std::string, Tensor> sd = load_hf_tensors(dir);
+  const TensorSource sd = checkpoint_source(dir);
   try {
     m.load_hf_state_dict(sd);
   } catch (const Error& e) {

@@ -99,6 +99,7 @@ struct Run {
 
 std::vector<ParamRef> param_refs(model::Transformer& m) {
   std::vector<ParamRef> refs;
+  m.ensure_grads();
   for (model::NamedParam& p : m.parameters()) refs.push_back({p.name, &p.value, &p.grad, p.decay});
   return refs;
 }

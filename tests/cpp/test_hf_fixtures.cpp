@@ -1,10 +1,13 @@
 // Checkpoints written by Hugging Face transformers (tests/fixtures/hf, made by make_fixtures.py):
 // the engine loads them, its logits match transformers' within f32 rounding, and its greedy
-// continuation (KV cache) is token for token the same.
+// continuation (KV cache) is token for token the same. Fixtures: mixtral, qwen2_moe, olmoe (made by
+// transformers 4.46.3), qwen3_moe and two deepseek_v3 models (transformers 5.23.0; README.md).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 #include <string>
 
 #include "moe/infer/generate.h"
@@ -30,6 +33,9 @@ TEST_P(HfFixture, LogitsAndGreedyTokensMatchTransformers) {
   for (size_t i = 0; i < want.size(); ++i) err = std::max(err, std::abs(got[i] - want[i]));
   // Two f32 implementations of the same function: a few hundred roundings deep, ~1e-6 relative.
   EXPECT_LT(err, 2e-5 * scale) << "max |logit| " << scale;
+  std::ostringstream rel;
+  rel << std::scientific << std::setprecision(2) << err / scale;
+  RecordProperty("relative_logit_error", rel.str());
   infer::GenerateOptions o;
   o.max_new_tokens = greedy.numel();
   o.sampling.temperature = 0;
@@ -39,5 +45,6 @@ TEST_P(HfFixture, LogitsAndGreedyTokensMatchTransformers) {
   EXPECT_EQ(r.tokens, want_tokens);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transformers, HfFixture, ::testing::Values("mixtral", "qwen2_moe", "olmoe"),
+INSTANTIATE_TEST_SUITE_P(Transformers, HfFixture, ::testing::Values("mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3",
+                                                            "deepseek_v3_qproj"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });

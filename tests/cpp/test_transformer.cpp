@@ -45,6 +45,18 @@ ModelConfig tiny(Arch arch) {
     c.router_z_loss_coef = 0.001;
   }
   if (arch == Arch::Mixtral) c.tie_word_embeddings = true;
+  if (arch == Arch::DeepseekV3) {
+    // Latent attention with every option on: low-rank q, YaRN with both mscales, interleaved rope,
+    // biases; a dense layer, then 4 experts in 2 groups (1 eligible) with a shared expert.
+    c.num_key_value_heads = 4;
+    c.head_dim = 2;
+    c.q_lora_rank = 3, c.kv_lora_rank = 4, c.qk_nope_head_dim = 2, c.qk_rope_head_dim = 2, c.v_head_dim = 3;
+    c.mla_bias = true;
+    c.n_shared_experts = 1, c.first_k_dense_replace = 1, c.n_group = 2, c.topk_group = 1;
+    c.norm_topk_prob = true, c.routed_scaling_factor = 2.0;
+    c.rope_scaling.type = "yarn", c.rope_scaling.factor = 4.0, c.rope_scaling.mscale = 1.0;
+    c.rope_scaling.mscale_all_dim = 0.5, c.rope_scaling.original_max_position_embeddings = 4;
+  }
   return c;
 }
 
@@ -101,11 +113,12 @@ TEST_P(TransformerGrad, FiniteDifferencesMatchBackward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Arch, TransformerGrad,
-                         ::testing::Values(Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe),
+                         ::testing::Values(Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe,
+                                           Arch::DeepseekV3),
                          [](const ::testing::TestParamInfo<Arch>& p) { return std::string(arch_name(p.param)); });
 
 TEST(Transformer, DecodeWithCacheMatchesFullForward) {
-  for (Arch a : {Arch::Qwen2Moe, Arch::Olmoe}) {
+  for (Arch a : {Arch::Qwen2Moe, Arch::Olmoe, Arch::DeepseekV3}) {
     const ModelConfig cfg = tiny(a);
     Transformer m(cfg, DType::F32);
     m.init_params(3);
@@ -173,7 +186,7 @@ TEST(Transformer, GradientsBitIdenticalAcrossThreadCounts) {
 TEST(Transformer, SaveLoadRoundTripAndBadCheckpoints) {
   const fs::path dir = fs::temp_directory_path() / "moe_test_transformer_ckpt";
   fs::remove_all(dir);
-  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe}) {
+  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe, Arch::DeepseekV3}) {
     const ModelConfig cfg = tiny(a);
     Transformer m(cfg);
     m.init_params(21);
@@ -219,7 +232,7 @@ TEST(Transformer, SaveLoadRoundTripAndBadCheckpoints) {
 }
 
 TEST(ModelConfig, JsonRoundTripAndErrors) {
-  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe}) {
+  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe, Arch::DeepseekV3}) {
     const ModelConfig c = tiny(a);
     EXPECT_EQ(to_json(model_config_from_json(to_json(c))), to_json(c));
   }

@@ -33,13 +33,26 @@ void rmsnorm_backward(const RmsNormArgs& a, const T* x, const T* w, const T* rst
 //   inv_freq[i] = theta^(-2i/hd), i < hd/2;  angle = pos · inv_freq[i]
 //   x'[i]      = x[i] cos − x[i + hd/2] sin
 //   x'[i+hd/2] = x[i + hd/2] cos + x[i] sin
+//
+// Options for DeepSeek-V3 (all default to the plain form above):
+//   inv_freq     (hd/2) frequencies to use instead of theta^(-2i/hd) (YaRN scaling)
+//   mscale       multiplies cos and sin (YaRN's attention factor): x' = mscale · rotate(x)
+//   ld           elements between the starts of consecutive heads (0 = hd): the rotated part may be
+//                the tail of a wider head, x then points at head 0's rotated part
+//   interleaved  the input pairs are (x[2i], x[2i+1]) and the output is in the half layout above,
+//                as transformers' apply_rotary_pos_emb_interleave: x'[i] = x[2i] cos − x[2i+1] sin,
+//                x'[i + hd/2] = x[2i+1] cos + x[2i] sin (backward maps back to the pair layout)
 struct RopeArgs {
   int64_t n = 0;      // rows (tokens)
   int64_t heads = 0;  // heads per row
   int64_t hd = 0;     // head dim (even)
   double theta = 10000.0;
+  const double* inv_freq = nullptr;
+  double mscale = 1.0;
+  int64_t ld = 0;
+  bool interleaved = false;
 };
-// x: (n, heads, hd) in place; pos: (n) absolute positions.
+// x: (n, heads, ld) in place (the first hd of each head); pos: (n) absolute positions.
 template <typename T>
 void rope_forward(const RopeArgs& a, const int32_t* pos, T* x);
 // The transpose (inverse rotation) applied in place to a gradient.
@@ -51,16 +64,19 @@ void rope_backward(const RopeArgs& a, const int32_t* pos, T* dx);
 // Query head h reads key/value head h / (hq / hkv). Queries are the last sq positions of a sequence
 // whose keys are sk long (sk ≥ sq): query i (0-based) sees keys j ≤ (sk − sq) + i. Training uses
 // sq = sk; decoding with a KV cache uses sq = new tokens and sk = cached + new.
+// Values may have another head dim than queries and keys (hd_v; DeepSeek's latent attention).
 struct AttentionArgs {
   int64_t batch = 0;
   int64_t sq = 0;    // query positions per batch row
   int64_t sk = 0;    // key positions per batch row
   int64_t hq = 0;    // query heads
   int64_t hkv = 0;   // key/value heads (hq % hkv == 0)
-  int64_t hd = 0;    // head dim
+  int64_t hd = 0;    // head dim of queries and keys
   double scale = 0;  // 0 means 1/sqrt(hd)
+  int64_t hd_v = 0;  // head dim of values and outputs (0 = hd)
+  int64_t vdim() const { return hd_v > 0 ? hd_v : hd; }
 };
-// q: (batch, sq, hq, hd); k, v: (batch, sk, hkv, hd); out: (batch, sq, hq, hd);
+// q: (batch, sq, hq, hd); k: (batch, sk, hkv, hd); v: (batch, sk, hkv, hd_v); out: (batch, sq, hq, hd_v);
 // lse: (batch, hq, sq) log-sum-exp of each query's scaled scores, saved for backward (may be null).
 template <typename T>
 void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* v, T* out, T* lse);

@@ -1,4 +1,5 @@
-// A decoder-only MoE transformer (Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE), forward and backward.
+// A decoder-only MoE transformer (Mixtral / Qwen2-MoE / Qwen3-MoE / OLMoE / DeepSeek-V3), forward
+// and backward. DeepSeek-V3's latent attention replaces the q/k/v projections (docs/MODELS.md).
 //
 //   x = embed[tokens]                                                   (N = B·S, d)
 //   per layer:  x += o_proj( attention( rope(qk_norm(q_proj h)), rope(qk_norm(k_proj h)), v_proj h ) ),
@@ -13,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -26,7 +28,9 @@ namespace moe::model {
 
 // One trainable tensor: its name (the Hugging Face name where the layout is the same; stacked
 // expert tensors are "<prefix>.experts.w_gate|w_up|w_down" of shape (E, F, d) / (E, d, F)), its
-// value, its gradient (same shape), and whether weight decay applies (not to norms and biases).
+// value, its gradient (same shape; allocated by the first zero_grads(), ensure_grads() or
+// forward_backward(), so a model used only for inference holds no gradient memory), and whether
+// weight decay applies (not to norms and biases).
 struct NamedParam {
   std::string name;
   Tensor value;
@@ -52,11 +56,20 @@ struct StepResult {
   double mean_loss() const { return count > 0 ? loss_sum / static_cast<double>(count) : 0.0; }
 };
 
-// Keys and values of every layer for incremental decoding of ONE sequence.
+// Keys and values of every layer for incremental decoding of ONE sequence. Keys have the head dim
+// of queries (ModelConfig::qk_head_dim), values their own (v_head_dim_or_default); deepseek_v3
+// caches the decompressed per-head keys and values.
 struct KVCache {
   int64_t max_len = 0;
   int64_t len = 0;                 // positions filled
-  std::vector<Tensor> k, v;        // per layer (max_len, hkv, hd)
+  std::vector<Tensor> k, v;        // per layer (max_len, hkv, hd_k), (max_len, hkv, hd_v)
+};
+
+// Named tensors read on demand: a checkpoint's files (checkpoint_source) or a map in memory.
+struct TensorSource {
+  std::vector<std::string> names;                   // every tensor the source holds
+  std::function<Tensor(const std::string&)> load;   // reads one; throws moe::Error naming file and tensor
+  std::function<std::string(const std::string&)> file;  // the file holding a tensor, for errors (optional)
 };
 
 class Transformer {
@@ -70,7 +83,8 @@ class Transformer {
   std::vector<NamedParam>& parameters() { return params_; }
   const std::vector<NamedParam>& parameters() const { return params_; }
   NamedParam& param(const std::string& name);  // throws when absent
-  void zero_grads();
+  void zero_grads();    // allocates the gradients first when needed
+  void ensure_grads();  // allocates zero gradients for parameters that have none yet
 
   // Forward and backward of a micro-batch; tokens and targets (B, S) i32 (target < 0 = ignored).
   StepResult forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
@@ -94,6 +108,11 @@ class Transformer {
   void set_bf16_compute(bool on);
   bool bf16_compute() const { return bf16_compute_; }
   void refresh_bf16() const;
+  // bf16 inference: bf16 compute for the dense linears (above) and bf16 copies of every MoE layer's
+  // expert weights (MoELayer::set_bf16_expert_weights), so a forward reads half the bytes of f32
+  // weights. A snapshot of the current weights; forward_backward() throws while it is on.
+  void set_bf16_inference(bool on);
+  bool bf16_inference() const { return bf16_inference_; }
 
   // Aux-loss-free balancing: updates each MoE layer's selection bias from that layer's stats.
   void update_router_biases(const StepResult& r);
@@ -103,6 +122,9 @@ class Transformer {
   // shape and dtype (f32/bf16/f16 accepted) and reports missing and unexpected tensors.
   std::map<std::string, Tensor> hf_state_dict() const;
   void load_hf_state_dict(const std::map<std::string, Tensor>& sd);
+  // The same from tensors read one at a time (each is copied into place and dropped), so loading
+  // a checkpoint never holds more than the model plus one tensor.
+  void load_hf_state_dict(const TensorSource& src);
 
   struct Impl;
 
@@ -111,6 +133,9 @@ class Transformer {
   struct LayerIndex {
     int ln1 = -1, ln2 = -1;
     int q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1, o_w = -1, q_norm = -1, k_norm = -1;
+    int o_b = -1;                       // o_proj bias (deepseek_v3 attention_bias)
+    // deepseek_v3 latent attention (q_w is q_proj when q_lora_rank is null)
+    int q_a_w = -1, q_a_b = -1, q_a_norm = -1, q_b_w = -1, kv_a_w = -1, kv_a_b = -1, kv_a_norm = -1, kv_b_w = -1;
     int gate = -1, up = -1, down = -1;  // dense FFN
     // MoE block: router_w, w_gate, w_up, w_down, shared_w_gate, shared_w_up, shared_w_down, shared_gate_w
     int moe[8] = {-1, -1, -1, -1, -1, -1, -1, -1};
@@ -120,6 +145,7 @@ class Transformer {
     std::vector<LayerIndex> layers;
   };
   void build_params();
+  void build_mla_params(int64_t layer);
   int add_param(const std::string& name, Tensor value, bool decay);
 
   ModelConfig cfg_;
@@ -128,6 +154,7 @@ class Transformer {
   std::vector<std::unique_ptr<MoELayer>> moe_;  // per layer; null for dense layers
   Index index_;
   bool bf16_compute_ = false;
+  bool bf16_inference_ = false;
   mutable std::vector<Tensor> bf16_;  // per parameter: bf16 copy of a linear weight, else undefined
 };
 
@@ -136,6 +163,9 @@ void save_pretrained(const Transformer& m, const std::string& dir);
 // Every tensor of the checkpoint in `dir`: model.safetensors, or the shards named by
 // model.safetensors.index.json.
 std::map<std::string, Tensor> load_hf_tensors(const std::string& dir);
+// The tensors of the checkpoint in `dir` (model.safetensors or the shards of its index), read on
+// demand; only the headers are read here (and validated).
+TensorSource checkpoint_source(const std::string& dir);
 // Reads config.json and model.safetensors (or a sharded model.safetensors.index.json) from `dir`.
 Transformer load_pretrained(const std::string& dir, DType dtype = DType::F32);
 

@@ -3,7 +3,10 @@
 #include "kernels/cpu/gemm_engine.h"
 
 #include <atomic>
+#include <immintrin.h>
+
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "moe/core/error.h"
@@ -63,12 +66,73 @@ MOE_INLINE void pack_a(const Operand<T>& A, int64_t i0, int64_t mc, int64_t k0, 
   }
 }
 
+// Packs 32 columns of B[k0 : k0 + kc, :] that are contiguous along k (a weight stored (N, K), as
+// nn.Linear stores it; col[c] points at column c's element k0) into one (kc, 32) panel: 16 x 16
+// blocks are transposed in registers instead of element by element. The AVX-512 float path only
+// (NR = 32 there). Each column's run of kc values lies in its own page, which the hardware
+// prefetcher picks up late, so the runs of the next panel are requested while this one is copied:
+// decoding (one row per sequence) is bound by these reads.
+// (GCC 12 reports the intrinsics' internal undefined vectors as maybe-uninitialized.)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+__attribute__((target("avx512f"))) void pack_b_kcontig_32(const float* const* col, const float* const* next,
+                                                          int64_t kc, float* dst) {
+  for (int c = 0; c < 32 && next; ++c)
+    for (int64_t off = 0; off < kc; off += 16) __builtin_prefetch(next[c] + off);
+  int64_t k = 0;
+  for (; k + 16 <= kc; k += 16) {
+    for (int half = 0; half < 2; ++half) {
+      __m512 r[16], t[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(col[16 * half + i] + k);
+      for (int i = 0; i < 8; ++i) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+      for (int i = 0; i < 4; ++i) {
+        const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+      }
+      for (int h = 0; h < 2; ++h) {
+        for (int i = 0; i < 4; ++i) {
+          t[8 * h + i] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0x88);
+          t[8 * h + i + 4] = _mm512_shuffle_f32x4(r[8 * h + i], r[8 * h + i + 4], 0xdd);
+        }
+      }
+      for (int i = 0; i < 8; ++i) {  // r[i] = element k + i of the 16 columns
+        _mm512_storeu_ps(dst + (k + i) * 32 + 16 * half, _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88));
+        _mm512_storeu_ps(dst + (k + i + 8) * 32 + 16 * half, _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd));
+      }
+    }
+  }
+  for (; k < kc; ++k)
+    for (int c = 0; c < 32; ++c) dst[k * 32 + c] = col[c][k];
+}
+#pragma GCC diagnostic pop
+
 // Packs B[k0 : k0 + kc, j0 : j0 + nc] into panels of NR columns: dst[panel][k][j], zero padded.
 template <typename T, int NR>
 MOE_INLINE void pack_b(const Operand<T>& B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, T* dst) {
   for (int64_t jp = 0; jp < nc; jp += NR) {
     T* panel = dst + jp * kc;  // (kc, NR)
     const int64_t cols = nc - jp < NR ? nc - jp : NR;
+    if constexpr (std::is_same_v<T, float> && NR == 32) {
+      if (B.rs == 1 && cols == NR && !B.map && !B.base2) {  // columns contiguous along k
+        const float* col[32];
+        const float* next[32];
+        const bool more = jp + 2 * NR <= nc;
+        for (int jj = 0; jj < NR; ++jj) {
+          const int64_t c = j0 + jp + jj, c2 = c + NR;
+          col[jj] = B.base + (B.cmap ? B.cmap[c] : c) * B.cs + k0;
+          if (more) next[jj] = B.base + (B.cmap ? B.cmap[c2] : c2) * B.cs + k0;
+        }
+        pack_b_kcontig_32(col, more ? next : nullptr, kc, panel);
+        continue;
+      }
+    }
     if (B.cs == 1 && cols == NR && !B.cmap) {  // rows of B are contiguous: copy NR at a time
       for (int64_t k = 0; k < kc; ++k) {
         const T* src = row_ptr(B, k0 + k) + (j0 + jp);
@@ -129,6 +193,43 @@ MOE_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restr
   }
 }
 
+// The rows of a tile that do not fill an MR panel (all of them when the tile has fewer than MR
+// rows, as in decoding, where M is the number of sequences): one row at a time against NP column
+// panels at once, so that NP x NV accumulators hide the FMA latency without computing the MR - 1
+// padding rows. out (NP, NR) = a[k * as] (k < kc) · b panels (kc, NR) bstride apart; each element
+// is the same sequential sum over k, with the same operations, as micro_kernel's, so a row's result
+// does not depend on how many rows the GEMM has (batch invariance).
+template <typename T, int NR, int VB, int NP>
+MOE_INLINE void row_kernel(int64_t kc, const T* __restrict a, int64_t as, const T* __restrict b, int64_t bstride,
+                           T* __restrict out) {
+  typedef T vec __attribute__((vector_size(VB)));
+  constexpr int kLanes = VB / static_cast<int>(sizeof(T));
+  constexpr int NV = NR / kLanes;
+  vec c[NP][NV];
+#pragma GCC unroll 16
+  for (int q = 0; q < NP; ++q) {
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) c[q][v] = vec{};
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const T ak = a[k * as];
+#pragma GCC unroll 16
+    for (int q = 0; q < NP; ++q) {
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) {
+        vec bk;
+        __builtin_memcpy(&bk, b + q * bstride + k * NR + v * kLanes, sizeof(vec));
+        c[q][v] += ak * bk;
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int q = 0; q < NP; ++q) {
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(out + q * NR + v * kLanes, &c[q][v], sizeof(vec));
+  }
+}
+
 template <typename T>
 T* scratch(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
@@ -158,21 +259,42 @@ MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64
     const bool first = k0 == 0;
     pack_b<T, NR>(p.B, k0, kc, j0, nc, bp);
     pack_a<T, MR>(p.A, i0, mc, k0, kc, ap);
+    // Adds (or, in the first K block, writes) one computed row piece o (cols) to C row i, column jp.
+    auto store = [&](int64_t i, int64_t jp, int64_t cols, const T* o) {
+      T* c = C + i * ldc + jp;  // (cols)
+      if (!first) {
+        for (int64_t j = 0; j < cols; ++j) c[j] += p.alpha * o[j];
+      } else if (p.beta == T(0)) {
+        for (int64_t j = 0; j < cols; ++j) c[j] = p.alpha * o[j];
+      } else {
+        for (int64_t j = 0; j < cols; ++j) c[j] = p.alpha * o[j] + p.beta * c[j];
+      }
+    };
+    const int64_t full = mc / MR * MR;  // rows in full MR panels
     for (int64_t jp = 0; jp < nc; jp += NR) {
       const int64_t cols = nc - jp < NR ? nc - jp : NR;
-      for (int64_t ip = 0; ip < mc; ip += MR) {
-        const int64_t rows = mc - ip < MR ? mc - ip : MR;
+      for (int64_t ip = 0; ip < full; ip += MR) {
         micro_kernel<T, MR, NR, VB>(kc, ap + ip * kc, bp + jp * kc, out);
-        for (int64_t i = 0; i < rows; ++i) {
-          T* c = C + (ip + i) * ldc + jp;  // (cols)
-          const T* o = out + i * NR;
-          if (!first) {
-            for (int64_t j = 0; j < cols; ++j) c[j] += p.alpha * o[j];
-          } else if (p.beta == T(0)) {
-            for (int64_t j = 0; j < cols; ++j) c[j] = p.alpha * o[j];
-          } else {
-            for (int64_t j = 0; j < cols; ++j) c[j] = p.alpha * o[j] + p.beta * c[j];
-          }
+        for (int64_t i = 0; i < MR; ++i) store(ip + i, jp, cols, out + i * NR);
+      }
+    }
+    if (full == mc) continue;
+    constexpr int NP = 4;
+    alignas(64) T rout[NP * NR];  // (NP, NR)
+    const T* ar = ap + full * kc;  // the last, partial panel (kc, MR)
+    for (int64_t i = 0; i < mc - full; ++i) {
+      for (int64_t jp = 0; jp < nc; jp += NP * NR) {
+        const int64_t np = (nc - jp + NR - 1) / NR < NP ? (nc - jp + NR - 1) / NR : NP;
+        const T* b = bp + jp * kc;
+        switch (np) {
+          case 4: row_kernel<T, NR, VB, 4>(kc, ar + i, MR, b, NR * kc, rout); break;
+          case 3: row_kernel<T, NR, VB, 3>(kc, ar + i, MR, b, NR * kc, rout); break;
+          case 2: row_kernel<T, NR, VB, 2>(kc, ar + i, MR, b, NR * kc, rout); break;
+          default: row_kernel<T, NR, VB, 1>(kc, ar + i, MR, b, NR * kc, rout); break;
+        }
+        for (int64_t q = 0; q < np; ++q) {
+          const int64_t j = jp + q * NR;
+          store(full + i, j, nc - j < NR ? nc - j : NR, rout + q * NR);
         }
       }
     }

@@ -1,0 +1,97 @@
+// Dense linear layers of the transformer, forward and backward, on kernels::gemm (Backend::Cpu),
+// with an optional bf16 copy of the weight (bf16 compute). Shared by transformer.cpp and mla.cpp.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "moe/core/parallel.h"
+#include "moe/kernels/ops.h"
+#include "moe/kernels/ops_bf16.h"
+
+namespace moe::model::detail {
+
+using kernels::Backend;
+
+// A linear layer's weight (out, in), and its bf16 copy when the model computes in bf16 (f32 only).
+template <typename T>
+struct LinW {
+  const T* w = nullptr;
+  const uint16_t* bf16 = nullptr;
+};
+
+// y (n, out) = x (n, in) · Wᵀ (+ b)
+template <typename T>
+inline void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, const T* b, T* y) {
+  const T* W = lw.w;
+  if constexpr (std::is_same_v<T, float>) {
+    if (lw.bf16) {
+      kernels::GemmBf16Args g;
+      g.M = n, g.N = out, g.K = in;
+      g.A = x, g.lda = in;
+      g.W = lw.bf16, g.trans_w = false;
+      g.C = y, g.ldc = out;
+      kernels::gemm_bf16w(Backend::Cpu, g);
+      W = nullptr;
+    }
+  }
+  if (W) {
+  kernels::GemmArgs<T> g;
+  g.M = n, g.N = out, g.K = in;
+  g.A = x, g.lda = in;
+  g.B = W, g.ldb = in, g.trans_b = true;
+  g.C = y, g.ldc = out;
+  kernels::gemm(Backend::Cpu, g);
+  }
+  if (b) parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t o = 0; o < out; ++o) y[r * out + o] += b[o];
+    });
+}
+
+// Backward of linear: dW += dyᵀ x; db += Σ_rows dy; dx (n, in) = dy W (+= when accumulate_dx).
+// With a bf16 copy, dx uses it (bf16 compute); the weight gradient is always f32.
+template <typename T>
+inline void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, LinW<T> lw, T* dW, T* db, T* dx,
+                     bool accumulate_dx) {
+  kernels::GemmArgs<T> gw;
+  gw.M = out, gw.N = in, gw.K = n;
+  gw.A = dy, gw.lda = out, gw.trans_a = true;
+  gw.B = x, gw.ldb = in;
+  gw.C = dW, gw.ldc = in, gw.beta = 1;
+  kernels::gemm(Backend::Cpu, gw);
+  if (db) parallel_for(out, 16, [&](int64_t o0, int64_t o1) {
+      for (int64_t o = o0; o < o1; ++o) {
+        T s = 0;
+        for (int64_t r = 0; r < n; ++r) s += dy[r * out + o];
+        db[o] += s;
+      }
+    });
+  if constexpr (std::is_same_v<T, float>) {
+    if (lw.bf16) {
+      kernels::GemmBf16Args g;
+      g.M = n, g.N = in, g.K = out;
+      g.A = dy, g.lda = out;
+      g.W = lw.bf16, g.trans_w = true;  // stored (out, in) = (K, N)
+      g.C = dx, g.ldc = in, g.beta = accumulate_dx ? 1.0f : 0.0f;
+      kernels::gemm_bf16w(Backend::Cpu, g);
+      return;
+    }
+  }
+  kernels::GemmArgs<T> gx;
+  gx.M = n, gx.N = in, gx.K = out;
+  gx.A = dy, gx.lda = out;
+  gx.B = lw.w, gx.ldb = in;
+  gx.C = dx, gx.ldc = in, gx.beta = accumulate_dx ? 1 : 0;
+  kernels::gemm(Backend::Cpu, gx);
+}
+
+// dst += a · src
+template <typename T>
+inline void axpy(T* dst, const T* src, int64_t n, T a = T(1)) {
+  parallel_for(n, 1 << 14, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) dst[i] += a * src[i];
+  });
+}
+
+}  // namespace moe::model::detail
