@@ -199,9 +199,21 @@ void read_post_processor(const json& root, Impl& m, const std::string& where) {
   m.json_post_processor = sec->dump();
   for (const auto& [s, w] : steps_of(*sec, "processors", cat(where, ": post_processor"))) {
     const std::string t = type_of(*s);
-    if (t == "ByteLevel") continue;  // offsets only
-    MOE_CHECK(t == "TemplateProcessing", w, ": type '", t,
-              "' is not supported (ByteLevel, TemplateProcessing or a Sequence of them)");
+    if (t == "ByteLevel") continue;                           // offsets only
+    if (t == "RobertaProcessing" || t == "BertProcessing") {  // cls A sep
+      for (const char* key : {"cls", "sep"}) {
+        MOE_CHECK(s->contains(key) && (*s)[key].is_array() && (*s)[key].size() == 2 &&
+                      (*s)[key][1].is_number_unsigned() && (*s)[key][1].get<uint64_t>() < INT32_MAX,
+                  w, ": '", key, "' is not a [token, id] pair");
+        (key[0] == 'c' ? m.post_prefix : m.post_suffix)
+            .push_back(static_cast<int32_t>((*s)[key][1].get<uint64_t>()));
+      }
+      continue;
+    }
+    MOE_CHECK(
+        t == "TemplateProcessing", w, ": type '", t,
+        "' is not supported (ByteLevel, TemplateProcessing, RobertaProcessing, BertProcessing or a Sequence "
+        "of them)");
     MOE_CHECK(s->contains("single") && (*s)["single"].is_array(), w, ": 'single' is missing or not an array");
     const json& specials = s->contains("special_tokens") ? (*s)["special_tokens"] : json::object();
     MOE_CHECK(specials.is_object(), w, ": 'special_tokens' is not an object");

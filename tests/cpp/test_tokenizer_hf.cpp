@@ -197,9 +197,14 @@ TEST_F(TokenizerHfFile, UnsupportedFieldsAreErrors) {
        {"decoder", "type 'WordPiece'"}},
       {"post_processor",
        [](auto& j) {
-         j["post_processor"] = {{"type", "BertProcessing"}};
+         j["post_processor"] = {{"type", "Custom"}};
        },
-       {"post_processor", "type 'BertProcessing'"}},
+       {"post_processor", "type 'Custom'"}},
+      {"roberta",
+       [](auto& j) {
+         j["post_processor"] = {{"type", "RobertaProcessing"}, {"cls", {"<s>"}}};
+       },
+       {"post_processor", "'cls' is not a [token, id] pair"}},
       {"template",
        [](auto& j) {
          j["post_processor"] = {

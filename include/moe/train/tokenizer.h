@@ -22,7 +22,8 @@
 // NFC, Prepend, Replace (String pattern) or a Sequence of them; pre_tokenizer null, ByteLevel,
 // Metaspace, Split (the GPT-2, Qwen2, Llama-3 and DeepSeek-V3 regexes, recognised exactly, or a
 // String pattern; behavior Isolated) or a Sequence of them; post_processor null, ByteLevel,
-// TemplateProcessing (its single-sequence template) or a Sequence of them; decoder null,
+// TemplateProcessing (its single-sequence template), RobertaProcessing, BertProcessing or a
+// Sequence of them; decoder null,
 // ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace or a Sequence of them. Anything else —
 // another model type, another normalizer or regex, BPE dropout, subword prefixes — is refused
 // with a moe::Error naming the file and the field rather than silently encoding differently.
