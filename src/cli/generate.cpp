@@ -33,7 +33,8 @@ int run_generate(GenArgs& a) {
   m.set_bf16_inference(a.bf16);
   MOE_CHECK(tok.vocab_size() <= m.config().vocab_size, "generate: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", m.config().vocab_size);
-  std::vector<int32_t> prompt = tok.encode(a.prompt);
+  // The special tokens of the file's post-processor (<s> for Llama-style files), as transformers adds them.
+  std::vector<int32_t> prompt = tok.encode(a.prompt, {.add_special_tokens = true});
   if (prompt.empty()) {
     MOE_CHECK(tok.eos_id() >= 0, "generate: empty prompt and the tokenizer has no end-of-text token to start from");
     prompt.push_back(tok.eos_id());  // start a new document

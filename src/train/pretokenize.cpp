@@ -9,11 +9,12 @@ namespace {
 
 struct Range {
   uint32_t lo, hi;  // inclusive
-  CharClass cls;
+  CharCat cat;
 };
 
-// Non-letter code points >= U+0080 (generated from the Unicode database; see the .inc file).
-constexpr CharClass S = CharClass::Space, N = CharClass::Number, O = CharClass::Other;
+// Non-letter code points (generated from the Unicode database; see the .inc file).
+constexpr CharCat S = CharCat::Space, N = CharCat::Number, M = CharCat::Mark, P = CharCat::Punct,
+                  Y = CharCat::Symbol, O = CharCat::Other;
 constexpr Range kRanges[] = {
 #include "unicode_classes.inc"
 };
@@ -50,14 +51,44 @@ inline Char char_at(std::string_view s, size_t pos) {
 
 }  // namespace
 
-CharClass char_class(uint32_t cp) {
-  if (cp < 0x80) return kAscii[cp];
+namespace {
+struct NoRange {
+  uint32_t lo, hi;
+};
+constexpr NoRange kNumberOther[] = {
+#define MOE_NUMBER_OTHER
+#include "unicode_classes.inc"
+#undef MOE_NUMBER_OTHER
+};
+}  // namespace
+
+bool is_number_other(uint32_t cp) {
+  const NoRange* it = std::upper_bound(std::begin(kNumberOther), std::end(kNumberOther), cp,
+                                       [](uint32_t v, const NoRange& r) { return v < r.lo; });
+  return it != std::begin(kNumberOther) && cp <= (it - 1)->hi;
+}
+
+CharCat char_cat(uint32_t cp) {
   // Last range with lo <= cp.
   const Range* end = std::end(kRanges);
   const Range* it =
       std::upper_bound(std::begin(kRanges), end, cp, [](uint32_t v, const Range& r) { return v < r.lo; });
-  if (it != std::begin(kRanges) && cp <= (it - 1)->hi) return (it - 1)->cls;
-  return CharClass::Letter;
+  if (it != std::begin(kRanges) && cp <= (it - 1)->hi) return (it - 1)->cat;
+  return CharCat::Letter;
+}
+
+CharClass char_class(uint32_t cp) {
+  if (cp < 0x80) return kAscii[cp];
+  switch (char_cat(cp)) {
+    case CharCat::Letter:
+      return CharClass::Letter;
+    case CharCat::Number:
+      return CharClass::Number;
+    case CharCat::Space:
+      return CharClass::Space;
+    default:
+      return CharClass::Other;
+  }
 }
 
 int utf8_decode(std::string_view s, size_t pos, uint32_t& cp) {

@@ -12,6 +12,13 @@ namespace moe::train::detail {
 // Character classes of the GPT-2 pre-tokenisation pattern.
 enum class CharClass : uint8_t { Letter, Number, Space, Other };
 
+// Finer classes for the Qwen2 / Llama-3 / DeepSeek-V3 patterns: \p{L}, \p{N}, White_Space (\s),
+// \p{M}, \p{P}, \p{S}, anything else. Disjoint: no White_Space character is L, N, M, P or S.
+enum class CharCat : uint8_t { Letter, Number, Space, Mark, Punct, Symbol, Other };
+CharCat char_cat(uint32_t cp);
+// \p{No}: a number that is neither a decimal digit (Nd) nor letter-like (Nl), e.g. '²', '①'.
+bool is_number_other(uint32_t cp);
+
 // Class of one Unicode code point: \p{L} letters, \p{N} numbers, White_Space, or anything else.
 // ASCII is a fixed table; beyond it a table of the non-letter ranges generated from the Unicode
 // database by scripts/gen_unicode_classes.py (C++ has no Unicode category lookup), so that the

@@ -12,6 +12,7 @@
 #include "moe/core/error.h"
 #include "pretokenize.h"
 #include "tokenizer_impl.h"
+#include "tokenizer_pipeline.h"
 
 namespace moe::train {
 
@@ -19,36 +20,12 @@ namespace {
 
 using json = nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
+using detail::get_bool;
+using detail::type_of;
 
 // Known end-of-text tokens, in order of preference (tokenizer.json does not name the EOS token).
-const char* const kEosNames[] = {"<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>"};
-
-std::string type_of(const json& v) {
-  if (v.is_object() && v.contains("type") && v["type"].is_string()) return v["type"].get<std::string>();
-  return v.is_object() ? std::string("<no type>") : std::string(v.type_name());
-}
-
-bool get_bool(const json& obj, const char* key, bool fallback, const std::string& where) {
-  if (!obj.contains(key) || obj[key].is_null()) return fallback;
-  MOE_CHECK(obj[key].is_boolean(), where, ": '", key, "' is not a boolean: ", obj[key].dump());
-  return obj[key].get<bool>();
-}
-
-// The ByteLevel options of the pre-tokenizer: ByteLevel itself, or a Sequence holding only it.
-void read_pre_tokenizer(const json& root, Tokenizer::Impl& m, const std::string& where) {
-  MOE_CHECK(root.contains("pre_tokenizer") && !root["pre_tokenizer"].is_null(), where,
-            ": no 'pre_tokenizer' (a byte-level BPE tokenizer needs the ByteLevel pre-tokenizer)");
-  const json* p = &root["pre_tokenizer"];
-  if (type_of(*p) == "Sequence" && p->contains("pretokenizers") && (*p)["pretokenizers"].is_array() &&
-      (*p)["pretokenizers"].size() == 1)
-    p = &(*p)["pretokenizers"][0];
-  MOE_CHECK(type_of(*p) == "ByteLevel", where, ": pre_tokenizer type '", type_of(root["pre_tokenizer"]),
-            "' is not supported (only ByteLevel)");
-  const std::string w = cat(where, ": pre_tokenizer");
-  m.add_prefix_space = get_bool(*p, "add_prefix_space", false, w);
-  m.trim_offsets = get_bool(*p, "trim_offsets", true, w);
-  m.use_regex = get_bool(*p, "use_regex", true, w);
-}
+const char* const kEosNames[] = {"<|endoftext|>",         "</s>",      "<|end_of_text|>", "<eos>",
+                                 "<｜end▁of▁sentence｜>", "<|im_end|>"};
 
 std::vector<AddedToken> read_added_tokens(const json& root, const std::string& where) {
   std::vector<AddedToken> out;
@@ -92,8 +69,8 @@ void check_model_options(const json& model, Tokenizer::Impl& m, const std::strin
     if (model.contains(key) && !model[key].is_null())
       MOE_CHECK(model[key].is_string() && model[key].get<std::string>().empty(), where, ": model.", key, " ",
                 model[key].dump(), " is not supported by byte-level BPE (only null or \"\")");
-  MOE_CHECK(!get_bool(model, "byte_fallback", false, where + ": model"), where,
-            ": model.byte_fallback true is not supported by byte-level BPE");
+  m.byte_fallback = get_bool(model, "byte_fallback", false, where + ": model");
+  m.fuse_unk = get_bool(model, "fuse_unk", false, where + ": model");
   m.ignore_merges = get_bool(model, "ignore_merges", false, where + ": model");
   if (model.contains("unk_token") && !model["unk_token"].is_null()) {
     MOE_CHECK(model["unk_token"].is_string(), where, ": model.unk_token is not a string");
@@ -133,12 +110,24 @@ Tokenizer Tokenizer::load(const std::string& path) {
   auto impl = std::make_shared<Impl>();
   Impl& m = *impl;
   check_model_options(model, m, where);
-  if (root.contains("normalizer") && !root["normalizer"].is_null())
-    throw Error(cat(where, ": normalizer '", type_of(root["normalizer"]), "' is not supported (only null)"));
-  read_pre_tokenizer(root, m, where);
-  if (root.contains("decoder") && !root["decoder"].is_null())
-    MOE_CHECK(type_of(root["decoder"]) == "ByteLevel", where, ": decoder type '", type_of(root["decoder"]),
-              "' is not supported (only ByteLevel)");
+  detail::read_normalizer(root, m, where);
+  detail::read_pre_tokenizer(root, m, where);
+  detail::read_decoder(root, m, where);
+  detail::read_post_processor(root, m, where);
+  // The byte-level pipeline that save() writes by default (ByteLevel pre-tokenizer, decoder and
+  // post-processor, no normalizer): save() writes it again in its usual key order.
+  auto is_byte_level = [&](const char* key) {
+    return !root.contains(key) || root[key].is_null() || type_of(root[key]) == "ByteLevel";
+  };
+  if (m.normalizer.empty() && m.pre.size() == 1 && m.byte_level &&
+      type_of(root["pre_tokenizer"]) == "ByteLevel" && is_byte_level("decoder") &&
+      is_byte_level("post_processor")) {
+    m.json_pre_tokenizer.clear();
+    m.json_decoder.clear();
+    m.json_post_processor.clear();
+  }
+  MOE_CHECK(!(m.byte_level && m.byte_fallback), where,
+            ": model.byte_fallback true is not supported with a ByteLevel pre-tokenizer");
   m.added = read_added_tokens(root, where);
 
   // Vocabulary: keys in printable form, except added tokens, which appear under their content.
@@ -164,7 +153,7 @@ Tokenizer Tokenizer::load(const std::string& path) {
   for (const auto& [key, id] : key_id) {
     MOE_CHECK(!filled[id], where, ": model.vocab gives id ", id, " to two tokens (one is '", key, "')");
     auto ad = added_at.find(id);
-    if (ad != added_at.end() && ad->second->content == key) {
+    if (!m.byte_level || (ad != added_at.end() && ad->second->content == key)) {
       raw = key;
     } else {
       MOE_CHECK(detail::unicode_str_to_bytes(key, raw) && !raw.empty(), where, ": model.vocab token '", key,
@@ -222,7 +211,7 @@ void Tokenizer::save(const std::string& path) const {
   ordered_json vocab = ordered_json::object();
   std::unordered_set<std::string> used;
   for (size_t id = 0; id < m.tokens.size(); ++id) {
-    keys[id] = added_at[id] ? m.tokens[id] : detail::bytes_to_unicode_str(m.tokens[id]);
+    keys[id] = added_at[id] || !m.byte_level ? m.tokens[id] : detail::bytes_to_unicode_str(m.tokens[id]);
     MOE_CHECK(used.insert(keys[id]).second, where, ": cannot be written: token id ", id,
               " has the vocabulary key '", keys[id], "' of another token");
     vocab[keys[id]] = id;
@@ -241,8 +230,8 @@ void Tokenizer::save(const std::string& path) const {
       {"unk_token", m.unk_token.empty() ? ordered_json(nullptr) : ordered_json(m.unk_token)},
       {"continuing_subword_prefix", nullptr},
       {"end_of_word_suffix", nullptr},
-      {"fuse_unk", false},
-      {"byte_fallback", false}};
+      {"fuse_unk", m.fuse_unk},
+      {"byte_fallback", m.byte_fallback}};
   if (m.ignore_merges) model["ignore_merges"] = true;
   model["vocab"] = std::move(vocab);
   model["merges"] = std::move(merges);
@@ -252,12 +241,22 @@ void Tokenizer::save(const std::string& path) const {
                                    {"use_regex", m.use_regex}};
   ordered_json root = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}};
   root["added_tokens"] = std::move(added);
-  root["normalizer"] = nullptr;
-  root["pre_tokenizer"] = byte_level;
-  root["post_processor"] = {
-      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
-  root["decoder"] = {
-      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  // A loaded tokenizer writes its pipeline sections back as they were read; a trained one writes
+  // the byte-level defaults.
+  const bool loaded = !m.json_pre_tokenizer.empty() || !m.byte_level;
+  auto section = [&](const std::string& saved, ordered_json fallback) {
+    if (loaded) return saved.empty() ? ordered_json(nullptr) : ordered_json::parse(saved);
+    return fallback;
+  };
+  root["normalizer"] =
+      loaded && !m.json_normalizer.empty() ? ordered_json::parse(m.json_normalizer) : nullptr;
+  root["pre_tokenizer"] = section(m.json_pre_tokenizer, byte_level);
+  root["post_processor"] = section(
+      m.json_post_processor,
+      {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}});
+  root["decoder"] = section(
+      m.json_decoder,
+      {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}});
   root["model"] = std::move(model);
   std::string text;
   try {

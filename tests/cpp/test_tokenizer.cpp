@@ -425,15 +425,15 @@ TEST_F(TokenizerFileTest, BadFilesAreErrors) {
   std::string wordpiece = minimal_json(R"(["a b"])");
   wordpiece.replace(wordpiece.find("\"BPE\""), 5, "\"WordPiece\"");
   std::string nfc = minimal_json(R"(["a b"])");
-  nfc.replace(nfc.find("\"normalizer\": null"), 18, R"("normalizer": {"type": "NFC"})");
+  nfc.replace(nfc.find("\"normalizer\": null"), 18, R"("normalizer": {"type": "NFKC"})");
   std::string whitespace = minimal_json(R"(["a b"])");
   whitespace.replace(whitespace.find("\"ByteLevel\""), 11, "\"Whitespace\"");
   std::string hole = minimal_json(R"(["a b"])");
   hole.replace(hole.find("\"c\": 5"), 6, "\"c\": 9");
   const std::vector<Case> cases = {
       {wordpiece, {"model.type 'WordPiece'", "only 'BPE'"}},
-      {nfc, {"normalizer 'NFC'"}},
-      {whitespace, {"pre_tokenizer type 'Whitespace'"}},
+      {nfc, {"normalizer: type 'NFKC'"}},
+      {whitespace, {"pre_tokenizer: type 'Whitespace'"}},
       {hole, {"no token has id 5"}},
       {minimal_json(R"(["ab"])"), {"model.merges[0] 'ab'", "one space"}},
       {minimal_json(R"(["a b c"])"), {"model.merges[0] 'a b c'"}},

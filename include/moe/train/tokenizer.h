@@ -1,25 +1,33 @@
-// Byte-level BPE tokenizer (GPT-2 style), trained here or loaded from a Hugging Face tokenizer.json.
+// BPE tokenizer: byte-level (GPT-2 style) BPE trained here, or any of the tokenizer.json pipelines of
+// the MoE checkpoints this engine runs (GPT-NeoX/OLMoE, Qwen2/Qwen3-MoE, DeepSeek-V3, Llama-2 style
+// SentencePiece BPE of Mixtral/Mistral), loaded from a Hugging Face tokenizer.json and encoding to
+// the same ids as the Python `tokenizers` library.
 //
-// Text is first cut at added (special) tokens such as "<|endoftext|>", which map to their own ids.
-// Every other piece is split into pre-tokens with GPT-2's rule (contractions, letters with an
-// optional leading space, digits, punctuation runs, whitespace), and each pre-token's bytes are
-// merged by BPE: starting from one token per byte, the adjacent pair with the lowest merge rank is
-// merged until no pair has a rank. Because every byte has a token, decode(encode(s)) == s for any
-// byte string, invalid UTF-8 included.
+// encode() follows Hugging Face's order: the text is cut at added tokens that are not normalized
+// (leftmost, longest; lstrip/rstrip take the whitespace beside them, single_word requires no
+// word character beside them); each remaining piece is normalized (NFC, Prepend, Replace), cut at
+// the normalized added tokens, pre-tokenized (Split with a known pattern, behavior Isolated;
+// ByteLevel, with or without GPT-2's pattern; Metaspace), and each pre-token merged by BPE:
+// starting from one token per byte (byte-level) or per character (SentencePiece style: unknown
+// characters become <0xXX> byte tokens with byte_fallback, else the unk token), the adjacent pair
+// with the lowest merge rank is merged until no pair has a rank. For byte-level vocabularies every byte has a
+// token, so decode(encode(s)) == s for any byte string, invalid UTF-8 included.
 //
 // Token ids: a trained tokenizer puts the special tokens first (ids 0..k-1), then the 256 byte
 // tokens in GPT-2's order (the order of their printable stand-in characters: '!'..'~', '¡'..'¬',
 // '®'..'ÿ', then the remaining bytes 0x00..0x20, 0x7F..0xA0, 0xAD), then one token per merge — the
 // layout the Hugging Face BPE trainer uses.
 //
-// Files: load() reads a Hugging Face tokenizer.json whose model is BPE with a ByteLevel
-// pre-tokenizer (GPT-2, RoBERTa, GPT-NeoX style files); merges may be "a b" strings or ["a", "b"]
-// pairs. save() writes the same format (merges as "a b" strings, which every version of the Python
-// `tokenizers` library reads). Anything the tokenizer cannot reproduce faithfully — another model
-// type, a normalizer, a non-ByteLevel pre-tokenizer, BPE dropout, subword prefixes — is refused
+// Files: load() reads model BPE (merges as "a b" strings or ["a", "b"] pairs); normalizer null,
+// NFC, Prepend, Replace (String pattern) or a Sequence of them; pre_tokenizer null, ByteLevel,
+// Metaspace, Split (the GPT-2, Qwen2, Llama-3 and DeepSeek-V3 regexes, recognised exactly, or a
+// String pattern; behavior Isolated) or a Sequence of them; post_processor null, ByteLevel,
+// TemplateProcessing (its single-sequence template), RobertaProcessing, BertProcessing or a
+// Sequence of them; decoder null,
+// ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace or a Sequence of them. Anything else —
+// another model type, another normalizer or regex, BPE dropout, subword prefixes — is refused
 // with a moe::Error naming the file and the field rather than silently encoding differently.
-// Added-token flags (lstrip, rstrip, single_word) are kept and written back but not applied: added
-// tokens match their exact content. Post-processors (BOS/EOS templates) are ignored.
+// save() writes the same format (the loaded pipeline sections as they were read).
 #pragma once
 
 #include <cstdint>
@@ -36,10 +44,16 @@ struct AddedToken {
   int32_t id = -1;
   std::string content;  // raw bytes (UTF-8), matched exactly in the text
   bool special = true;
-  bool single_word = false;  // kept for save(); not applied
-  bool lstrip = false;       // kept for save(); not applied
-  bool rstrip = false;       // kept for save(); not applied
-  bool normalized = false;   // kept for save(); not applied
+  bool single_word = false;  // matches only with no word character (\w) right before or after it
+  bool lstrip = false;       // the match takes the whitespace before it
+  bool rstrip = false;       // the match takes the whitespace after it
+  bool normalized = false;   // matched in the normalized text (else in the text as given)
+};
+
+struct EncodeOptions {
+  // Add the tokens of the post-processor's template (e.g. <s> before the text, as
+  // Hugging Face's add_special_tokens=True does); see bos_id().
+  bool add_special_tokens = false;
 };
 
 struct BpeTrainOptions {
@@ -67,20 +81,29 @@ class Tokenizer {
 
   // Reads a Hugging Face tokenizer.json (see the file comment for what is accepted). tokenizer.json
   // does not say which token ends a text: eos_id() is the first added token among "<|endoftext|>",
-  // "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>", or -1.
+  // "</s>", "<|end_of_text|>", "<eos>", "<｜end▁of▁sentence｜>", "<|im_end|>",
+  // or -1.
   static Tokenizer load(const std::string& path);
   // Writes a Hugging Face tokenizer.json (to path + ".tmp", then renamed to path).
   void save(const std::string& path) const;
 
-  // Token ids of `text`; added tokens appearing in the text map to their id (longest match first).
+  // Token ids of `text`; added tokens appearing in the text map to their id (see the file comment).
   // Thread-safe (the pre-token cache lives for one call).
-  std::vector<int32_t> encode(std::string_view text) const;
-  // Concatenated bytes of the tokens; throws moe::Error on an id outside [0, vocab_size()).
+  std::vector<int32_t> encode(std::string_view text, const EncodeOptions& opts = {}) const;
+  // The text of the tokens through the file's decoder (byte-level: the concatenated bytes; Llama
+  // style: "▁" -> " ", <0xXX> -> bytes, one leading space stripped); added tokens are kept. Byte
+  // runs that are not UTF-8 come out as U+FFFD only where the decoder is ByteFallback (as in
+  // Hugging Face); byte-level output is the raw bytes. Throws moe::Error on an id outside
+  // [0, vocab_size()).
   std::string decode(const std::vector<int32_t>& ids) const;
 
-  std::string token_bytes(int32_t id) const;  // raw bytes of one token (content of an added token)
-  int32_t vocab_size() const;                 // number of ids, added tokens included
-  int32_t eos_id() const;                     // -1 if none
+  // The bytes one token stands for, for streaming output: byte-level tokens' raw bytes, the content
+  // of an added token, or (Llama style) the piece with "▁" as " " and <0xXX> as its byte.
+  std::string token_bytes(int32_t id) const;
+  int32_t vocab_size() const;  // number of ids, added tokens included
+  int32_t eos_id() const;      // -1 if none
+  // The first token the post-processor puts before the text (<s>, <｜begin▁of▁sentence｜>), or -1.
+  int32_t bos_id() const;
   // Id of the token whose raw bytes (or added-token content) are `token`; -1 if none.
   int32_t token_id(std::string_view token) const;
 
