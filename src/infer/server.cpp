@@ -126,7 +126,9 @@ std::vector<int32_t> Server::Impl::prompt_tokens(const CompletionParams& p) cons
                        "invalid_request_error", "prompt");
     ids = p.prompt_tokens;
   } else {
-    ids = tok.encode(p.prompt);
+    train::EncodeOptions eo;
+    eo.add_special_tokens = true;  // as Hugging Face tokenizers do by default: BOS for Mixtral, DeepSeek-V3
+    ids = tok.encode(p.prompt, eo);
   }
   if (ids.empty()) {  // start a new document, as `moe generate` does
     if (tok.eos_id() < 0) throw ApiError(400, "the prompt is empty", "invalid_request_error", "prompt");

@@ -7,6 +7,7 @@
 
 #include "moe/core/error.h"
 #include "moe/infer/chat_template.h"
+#include "moe/train/tokenizer.h"
 
 namespace {
 
@@ -30,6 +31,27 @@ TEST(ChatTemplate, MatchesTransformersRendering) {
       EXPECT_EQ(t.bos_token, e[fmt]["bos_token"].get<std::string>()) << fmt;
       EXPECT_EQ(t.eos_token, e[fmt]["eos_token"].get<std::string>()) << fmt;
       EXPECT_EQ(moe::infer::apply_chat_template(t, msgs), e[fmt]["conversations"][name].get<std::string>())
+          << fmt << " / " << name;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 15);
+}
+
+// The prompt through the family's tokenizer (tests/fixtures/tokenizers) gives the ids of Hugging
+// Face's apply_chat_template(tokenize=True): the markers in the text become their added tokens.
+TEST(ChatTemplate, TokenIdsMatchTransformers) {
+  const nlohmann::json e = expected();
+  int checked = 0;
+  for (const char* fmt : {"qwen2", "chatml", "mistral", "tulu", "deepseek"}) {
+    const std::string tp =
+        std::string(MOE_TEST_FIXTURES) + "/tokenizers/" + e[fmt]["tokenizer"].get<std::string>() + "/tokenizer.json";
+    const moe::train::Tokenizer tok = moe::train::Tokenizer::load(tp);
+    const auto t = moe::infer::default_chat_template(moe::infer::chat_format_from_name(fmt));
+    for (const auto& [name, conv] : e["_conversations"].items()) {
+      std::vector<ChatMessage> msgs;
+      for (const auto& m : conv) msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+      EXPECT_EQ(tok.encode(moe::infer::apply_chat_template(t, msgs)), e[fmt]["ids"][name].get<std::vector<int32_t>>())
           << fmt << " / " << name;
       ++checked;
     }
