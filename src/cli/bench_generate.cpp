@@ -1,5 +1,5 @@
 // `moe bench generate --model DIR [--concurrency 1,4,16] [--prompt-tokens N] [--new-tokens N]
-// [--threads N] [--json]`: serving throughput of the continuous-batching engine. At each
+// [--threads N] [--bf16] [--json]`: serving throughput of the continuous-batching engine. At each
 // concurrency level c it submits c requests at once (random prompts from a seed, greedy decoding,
 // no stop ids so every request makes exactly --new-tokens tokens), waits for all, and reports
 // prefill, decode and total tokens per second, the mean batch size (sequences per forward pass)
@@ -31,6 +31,7 @@ struct BenchGenArgs {
   int threads = 0;
   uint64_t seed = 1;
   bool json = false;
+  bool bf16 = false;
 };
 
 std::vector<int64_t> parse_levels(const std::string& s) {
@@ -134,7 +135,8 @@ int run_bench_generate(const BenchGenArgs& a) {
   MOE_CHECK(a.prompt_tokens >= 1, "bench generate: --prompt-tokens must be >= 1");
   MOE_CHECK(a.new_tokens >= 1, "bench generate: --new-tokens must be >= 1");
   const std::vector<int64_t> levels = parse_levels(a.concurrency);
-  const model::Transformer m = model::load_pretrained(resolve_model_dir(a.model));
+  model::Transformer m = model::load_pretrained(resolve_model_dir(a.model));
+  m.set_bf16_inference(a.bf16);
   const model::ModelConfig& c = m.config();
   MOE_CHECK(a.prompt_tokens + a.new_tokens <= c.max_position_embeddings, "bench generate: --prompt-tokens + ",
             "--new-tokens = ", a.prompt_tokens + a.new_tokens, " exceeds the model's context of ",
@@ -194,6 +196,7 @@ void add_bench_generate(CLI::App& bench, Registry& reg) {
   c->add_option("--max-batch-tokens", a->max_batch_tokens, "Tokens per forward pass at most")->capture_default_str();
   c->add_option("--kv-block-size", a->kv_block_size, "Positions per KV cache block")->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_option("--seed", a->seed, "Seed of the random prompts")->capture_default_str();
   c->add_flag("--json", a->json, "Print one JSON object");
   c->callback([&reg, a] { reg.action = [a] { return run_bench_generate(*a); }; });

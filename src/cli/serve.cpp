@@ -26,6 +26,7 @@ struct ServeArgs {
   std::string model, chat_template;
   infer::ServerOptions opt;
   int threads = 0;
+  bool bf16 = false;
 };
 
 // tokenizer_config.json's token fields are a string or {"content": string}.
@@ -106,7 +107,8 @@ int run_serve(ServeArgs& a) {
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");
   train::Tokenizer tok = train::Tokenizer::load(tp);
-  const model::Transformer m = model::load_pretrained(dir);
+  model::Transformer m = model::load_pretrained(dir);
+  m.set_bf16_inference(a.bf16);
   const model::ModelConfig& cfg = m.config();
   MOE_CHECK(tok.vocab_size() <= cfg.vocab_size, "serve: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", cfg.vocab_size);
@@ -157,6 +159,7 @@ void register_serve(CLI::App& app, Registry& reg) {
   c->add_option("--port", o.port, "Port (0 = any free port)")->capture_default_str();
   c->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")->capture_default_str();
   c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")->capture_default_str();
   c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")->capture_default_str();

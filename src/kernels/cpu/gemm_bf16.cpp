@@ -146,6 +146,12 @@ __attribute__((target("avx512f"))) void pack_w_nk_avx512(const Problem& p, int64
   for (int64_t jp = 0; jp < nc; jp += NR) {
     uint32_t* __restrict panel = dst + jp * kp;  // (kp, NR)
     const int64_t cols = nc - jp < NR ? nc - jp : NR, cols_v = cols / 16 * 16;
+    // Each column's run of kc values lies in its own page, which the hardware prefetcher picks up
+    // late: request the next panel's runs while this one is packed (decoding is bound by these reads).
+    for (int64_t jn = jp + NR; jn < jp + 2 * NR && jn < nc; ++jn) {
+      const char* run = reinterpret_cast<const char*>(p.W + (j0 + jn) * p.K + k0);
+      for (int64_t off = 0; off < kc * 2; off += 64) __builtin_prefetch(run + off, 0, 2);  // to L2
+    }
     for (int64_t jj = 0; jj < NR; ++jj) {
       if (jj >= cols) {
         for (int64_t q = 0; q < kp; ++q) panel[q * NR + jj] = 0;

@@ -78,7 +78,7 @@ MOE_INLINE void pack_a(const Operand<T>& A, int64_t i0, int64_t mc, int64_t k0, 
 __attribute__((target("avx512f"))) void pack_b_kcontig_32(const float* const* col, const float* const* next,
                                                           int64_t kc, float* dst) {
   for (int c = 0; c < 32 && next; ++c)
-    for (int64_t off = 0; off < kc; off += 16) __builtin_prefetch(next[c] + off);
+    for (int64_t off = 0; off < kc; off += 16) __builtin_prefetch(next[c] + off, 0, 2);  // to L2
   int64_t k = 0;
   for (; k + 16 <= kc; k += 16) {
     for (int half = 0; half < 2; ++half) {
