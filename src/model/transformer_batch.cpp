@@ -11,13 +11,13 @@
 namespace moe::model {
 
 KVDims kv_dims(const ModelConfig& c) {
-  // Standard attention caches one key and one value of head_dim per kv head. Latent attention
-  // (different key and value widths) sets k_dim and v_dim apart here.
+  // One key and one value per kv head; latent attention (deepseek_v3) caches the decompressed
+  // per-head keys (qk_nope + qk_rope wide) and values (v_head_dim wide).
   KVDims d;
   d.layers = c.num_hidden_layers;
   d.hkv = c.num_key_value_heads;
-  d.k_dim = c.head_dim_or_default();
-  d.v_dim = c.head_dim_or_default();
+  d.k_dim = c.qk_head_dim();
+  d.v_dim = c.v_head_dim_or_default();
   return d;
 }
 
@@ -142,7 +142,7 @@ void attention_layer(const Transformer& m, PagedKVCache& cache, int64_t l, const
   write_cache<T>(seqs, a.k.data<T>(), d.hkv * d.k_dim, bs, cache.k(l).data<T>());
   write_cache<T>(seqs, a.v.data<T>(), d.hkv * d.v_dim, bs, cache.v(l).data<T>());
   paged_attention<T>(seqs, a.q.data<T>(), cache.k(l).data<T>(), cache.v(l).data<T>(), bs, c.num_attention_heads, d.hkv,
-                     d.k_dim, d.v_dim, 0.0, attn.data<T>());
+                     d.k_dim, d.v_dim, c.mla() ? c.attention_scale() : 0.0, attn.data<T>());
 }
 
 }  // namespace

@@ -10,39 +10,16 @@
 #include "moe/core/rng.h"
 #include "moe/model/paged_kv.h"
 #include "moe/model/transformer.h"
+#include "model_testutil.h"
 
 using namespace moe;
 using namespace moe::model;
 
 namespace {
 
-ModelConfig tiny(Arch arch) {
-  ModelConfig c;
-  c.arch = arch;
-  c.vocab_size = 13;
-  c.hidden_size = 8;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.num_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.intermediate_size = 6;
-  c.moe_intermediate_size = 5;
-  c.max_position_embeddings = 64;
-  c.initializer_range = 0.3;
-  if (arch == Arch::Olmoe) c.head_dim = 2;
-  if (arch == Arch::Qwen2Moe) c.shared_expert_intermediate_size = 7, c.mlp_only_layers = {1};
-  if (arch == Arch::Qwen3Moe) c.norm_topk_prob = true;
-  return c;
-}
+using moe::model::testing::random_tokens;
+ModelConfig tiny(Arch arch) { return moe::model::testing::tiny_config(arch); }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
-  const Rng r(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>(r.below(static_cast<uint64_t>(i), V));
-  return t;
-}
 
 // Runs the sequences through forward_batch in chunks (sequence s's chunk at step k has
 // 1 + (s + k) % 4 tokens; finished sequences drop out), asking for the logits of every chunk's last
@@ -133,7 +110,7 @@ TEST(PagedKV, AllocateFreeAndExhaustion) {
 
 // f64: the batched paged forward, in chunks, equals the full forward of each sequence alone.
 TEST(PagedBatch, F64MatchesFullForwardEveryArchAndBlockSize) {
-  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe}) {
+  for (Arch a : {Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe, Arch::DeepseekV3}) {
     const ModelConfig cfg = tiny(a);
     Transformer m(cfg, DType::F64);
     m.init_params(11);

@@ -11,6 +11,7 @@
 #include "moe/core/rng.h"
 #include "moe/model/safetensors.h"
 #include "moe/model/transformer.h"
+#include "model_testutil.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
@@ -18,54 +19,9 @@ using namespace moe::model;
 
 namespace {
 
-ModelConfig tiny(Arch arch) {
-  ModelConfig c;
-  c.arch = arch;
-  c.vocab_size = 11;
-  c.hidden_size = 8;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.num_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.intermediate_size = 6;
-  c.moe_intermediate_size = 5;
-  c.max_position_embeddings = 64;
-  c.router_aux_loss_coef = 0.01;
-  c.initializer_range = 0.5;  // large weights so that every term matters in the gradient check
-  if (arch == Arch::Olmoe) c.head_dim = 2;  // olmoe: heads · head_dim == hidden
-  if (arch == Arch::Qwen2Moe) {
-    c.shared_expert_intermediate_size = 7;
-    c.mlp_only_layers = {1};
-  }
-  if (arch == Arch::Qwen3Moe) {
-    c.norm_topk_prob = true;
-    c.mlp_only_layers = {0};
-    c.router_z_loss_coef = 0.001;
-  }
-  if (arch == Arch::Mixtral) c.tie_word_embeddings = true;
-  if (arch == Arch::DeepseekV3) {
-    // Latent attention with every option on: low-rank q, YaRN with both mscales, interleaved rope,
-    // biases; a dense layer, then 4 experts in 2 groups (1 eligible) with a shared expert.
-    c.num_key_value_heads = 4;
-    c.head_dim = 2;
-    c.q_lora_rank = 3, c.kv_lora_rank = 4, c.qk_nope_head_dim = 2, c.qk_rope_head_dim = 2, c.v_head_dim = 3;
-    c.mla_bias = true;
-    c.n_shared_experts = 1, c.first_k_dense_replace = 1, c.n_group = 2, c.topk_group = 1;
-    c.norm_topk_prob = true, c.routed_scaling_factor = 2.0;
-    c.rope_scaling.type = "yarn", c.rope_scaling.factor = 4.0, c.rope_scaling.mscale = 1.0;
-    c.rope_scaling.mscale_all_dim = 0.5, c.rope_scaling.original_max_position_embeddings = 4;
-  }
-  return c;
-}
+using moe::model::testing::random_tokens;
+ModelConfig tiny(Arch arch) { return moe::model::testing::tiny_config(arch); }
 
-std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
-  const Rng r(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>(r.below(static_cast<uint64_t>(i), V));
-  return t;
-}
 
 // Loss as differentiated: ce_scale · Σ CE + aux_scale · Σ aux.
 double total_loss(const Transformer& m, const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt, int64_t B,
