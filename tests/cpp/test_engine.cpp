@@ -134,9 +134,11 @@ TEST(Engine, QueueFullReturnsNullopt) {
   EngineOptions o;
   o.max_running = 1;
   o.max_queue = 2;
-  Engine e(model_f32(), o);
+  // Everything the callbacks touch is declared before the engine, so the engine thread has stopped
+  // before it goes away.
   Gate started, release;
   std::atomic<bool> first{true};
+  Engine e(model_f32(), o);
   Request a = greedy(4, 3, 1);
   a.on_token = [&](int32_t) {
     if (first.exchange(false)) started.open(), release.wait();
@@ -155,10 +157,10 @@ TEST(Engine, QueueFullReturnsNullopt) {
 TEST(Engine, CancelRunningQueuedAndFromOnToken) {
   EngineOptions o;
   o.max_running = 1;
-  Engine e(model_f32(), o);
-  Gate started, release;
+  Gate started, release;  // before the engine: see QueueFullReturnsNullopt
   std::atomic<int> n{0};
   std::promise<Finished> fa, fb, fc;
+  Engine e(model_f32(), o);
   Request a = greedy(4, 50, 1);
   a.on_token = [&](int32_t) {
     if (++n == 2) started.open(), release.wait();
