@@ -2,9 +2,9 @@
 // See gemm_engine.h for the blocking scheme and why it is deterministic.
 #include "kernels/cpu/gemm_engine.h"
 
-#include <atomic>
 #include <immintrin.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
