@@ -56,6 +56,7 @@ struct Routing {
 
 struct MoEStats {
   std::vector<int64_t> routed_per_expert;  // assignments chosen per expert, before capacity
+  std::vector<double> routed_weight_per_expert;  // sum of the combine weights of those assignments
   std::vector<int64_t> tokens_per_expert;  // assignments computed per expert, after capacity
   int64_t dropped = 0;                     // assignments dropped by capacity
   double imbalance = 0.0;                  // max / mean of routed_per_expert (1 = balanced)
@@ -78,6 +79,26 @@ struct MoEForward {
   Routing routing;
   MoEStats stats;
   std::shared_ptr<const void> saved;  // activations kept for backward (opaque)
+};
+
+// The routed experts of one forward, rows sorted by expert (inference only). Expert e's rows are
+// p in [offsets[e], offsets[e+1]); row p reads x[gather[p]] (x[p] when gather is null).
+struct ExpertRows {
+  int64_t n_experts = 0, d_model = 0, d_ff = 0;
+  kernels::Activation act = kernels::Activation::SwiGLU;
+  const int32_t* offsets = nullptr;  // (E + 1)
+  const float* x = nullptr;          // (n_tokens, d) the layer input (router input), contiguous
+  int64_t n_tokens = 0;
+  const int32_t* gather = nullptr;   // (M) token of each sorted row, or null
+  float* out = nullptr;              // (M, d) expert FFN output of each sorted row (unweighted), overwritten
+};
+
+// Computes a layer's routed experts on weights the layer does not hold itself (offloaded or quantized
+// experts, see moe/infer/expert_store.h). Called from the thread running the forward.
+class ExpertExecutor {
+ public:
+  virtual ~ExpertExecutor() = default;
+  virtual void run(const ExpertRows& rows) = 0;
 };
 
 class MoELayer {
@@ -111,6 +132,17 @@ class MoELayer {
   bool has_bf16_expert_weights() const { return bf16_.w_up.defined(); }
   const Bf16ExpertWeights& bf16_expert_weights() const { return bf16_; }
 
+  // Inference with an executor: the routed experts' FFNs are computed by `ex` instead of from
+  // params().w_gate/w_up/w_down, which may then be left undefined (set_external_experts). Such a
+  // forward keeps no activations; backward throws. Router and shared experts stay in the layer.
+  // null removes it. f32 layers only.
+  void set_expert_executor(std::shared_ptr<ExpertExecutor> ex);
+  ExpertExecutor* expert_executor() const { return executor_.get(); }
+  // Marks the routed expert weights as held outside the layer: check_params() and the params no
+  // longer expect w_gate/w_up/w_down, and a forward without an executor throws.
+  void set_external_experts(bool on);
+  bool external_experts() const { return external_experts_; }
+
   // Aux-loss-free balancing: b_i += γ · sign(mean load − load_i) using the routed counts of `stats`.
   void update_bias(const MoEStats& stats);
 
@@ -124,6 +156,8 @@ class MoELayer {
   kernels::Backend backend_;
   MoEParams params_;
   Bf16ExpertWeights bf16_;
+  std::shared_ptr<ExpertExecutor> executor_;
+  bool external_experts_ = false;
 };
 
 }  // namespace moe
