@@ -40,7 +40,16 @@ const char* kSharedExpertsSuffix[4] = {".shared_experts.gate_proj.weight", ".sha
 const char* kBiasSuffix = ".gate.e_score_correction_bias";
 }  // namespace
 
-Transformer::Transformer(ModelConfig cfg, DType dtype) : cfg_(std::move(cfg)), dtype_(dtype) {
+std::string moe_block_prefix(const ModelConfig& c, int64_t layer) { return moe_prefix(c, layer); }
+
+std::array<std::string, 3> expert_weight_names(const ModelConfig& c, int64_t layer, int64_t expert) {
+  std::string n[3];
+  expert_names(c, moe_prefix(c, layer), expert, n);
+  return {n[0], n[1], n[2]};
+}
+
+Transformer::Transformer(ModelConfig cfg, DType dtype, bool external_experts)
+    : cfg_(std::move(cfg)), dtype_(dtype), external_experts_(external_experts) {
   cfg_.validate();
   MOE_CHECK(dtype == DType::F32 || dtype == DType::F64, "transformer: dtype must be f32 or f64, got ",
             dtype_name(dtype));
@@ -90,13 +99,15 @@ void Transformer::build_params() {
     }
     P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
     if (c.is_moe_layer(l)) {
-      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_);
+      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, kernels::Backend::Cpu, external_experts_);
       MoEParams& mp = moe_[l]->params();
       const std::string mpre = moe_prefix(c, l);
       P.moe[0] = add_param(mpre + ".gate.weight", mp.router_w, true);
-      P.moe[1] = add_param(mpre + ".experts.w_gate", mp.w_gate, true);
-      P.moe[2] = add_param(mpre + ".experts.w_up", mp.w_up, true);
-      P.moe[3] = add_param(mpre + ".experts.w_down", mp.w_down, true);
+      if (!external_experts_) {
+        P.moe[1] = add_param(mpre + ".experts.w_gate", mp.w_gate, true);
+        P.moe[2] = add_param(mpre + ".experts.w_up", mp.w_up, true);
+        P.moe[3] = add_param(mpre + ".experts.w_down", mp.w_down, true);
+      }
       const Tensor* shared[4] = {&mp.shared_w_gate, &mp.shared_w_up, &mp.shared_w_down, &mp.shared_gate_w};
       for (int i = 0; i < 4; ++i)
         if (shared[i]->defined())
@@ -177,7 +188,14 @@ const MoELayer* Transformer::moe_layer(int64_t layer) const {
   return moe_[layer].get();
 }
 
+MoELayer* Transformer::mutable_moe_layer(int64_t layer) {
+  MOE_CHECK(layer >= 0 && layer < cfg_.num_hidden_layers, "layer ", layer, " out of range");
+  return moe_[layer].get();
+}
+
 std::map<std::string, Tensor> Transformer::hf_state_dict() const {
+  MOE_CHECK(!external_experts_, "hf_state_dict: this model's expert weights are held outside it (offloaded or "
+                                "quantized experts); it cannot be saved as a float checkpoint");
   std::map<std::string, Tensor> sd;
   for (size_t i = 0; i < params_.size(); ++i) {
     if (params_[i].name.find(".experts.w_") != std::string::npos) continue;
@@ -231,7 +249,12 @@ void Transformer::load_hf_state_dict(const TensorSource& source) {
     MoEParams& mp = moe_[l]->params();
     const std::string pre = moe_prefix(cfg_, l);
     std::string names[3];
-    for (int64_t e = 0; e < cfg_.num_experts; ++e) {
+    if (external_experts_) {
+      const std::string ep = pre + ".experts.";  // read by the expert executor, not here
+      for (const std::string& name : sd)
+        if (name.compare(0, ep.size(), ep) == 0) used.insert(name);
+    }
+    for (int64_t e = 0; e < cfg_.num_experts && !external_experts_; ++e) {
       expert_names(cfg_, pre, e, names);
       take(names[0], mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}));
       take(names[1], mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}));
@@ -305,7 +328,8 @@ std::map<std::string, Tensor> load_hf_tensors(const std::string& dir) {
   return sd;
 }
 
-TensorSource checkpoint_source(const std::string& dir) {
+namespace {
+std::vector<std::string> checkpoint_files(const std::string& dir) {
   const fs::path p(dir);
   MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
   const fs::path single = p / "model.safetensors", index = p / "model.safetensors.index.json";
@@ -317,6 +341,30 @@ TensorSource checkpoint_source(const std::string& dir) {
               "model.safetensors.index.json");
     for (const std::string& f : shard_files(index.string())) files.push_back((p / f).string());
   }
+  return files;
+}
+}  // namespace
+
+std::map<std::string, TensorLocation> checkpoint_locations(const std::string& dir) {
+  std::map<std::string, TensorLocation> out;
+  for (const std::string& f : checkpoint_files(dir)) {
+    const SafetensorsReader r(f);
+    for (const std::string& name : r.names()) {
+      const SafetensorsEntry& e = r.entry(name);
+      TensorLocation loc;
+      loc.file = f;
+      loc.dtype = e.dtype;
+      loc.shape = e.shape;
+      loc.offset = r.data_start() + e.begin;
+      loc.bytes = e.end - e.begin;
+      out[name] = std::move(loc);
+    }
+  }
+  return out;
+}
+
+TensorSource checkpoint_source(const std::string& dir) {
+  const std::vector<std::string> files = checkpoint_files(dir);
   auto readers = std::make_shared<std::vector<SafetensorsReader>>();
   auto where = std::make_shared<std::map<std::string, size_t>>();  // tensor -> reader
   for (const std::string& f : files) {
@@ -330,10 +378,10 @@ TensorSource checkpoint_source(const std::string& dir) {
   return src;
 }
 
-Transformer load_pretrained(const std::string& dir, DType dtype) {
+Transformer load_pretrained(const std::string& dir, DType dtype, bool external_experts) {
   const fs::path p(dir);
   MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
-  Transformer m(load_model_config((p / "config.json").string()), dtype);
+  Transformer m(load_model_config((p / "config.json").string()), dtype, external_experts);
   const TensorSource sd = checkpoint_source(dir);
   try {
     m.load_hf_state_dict(sd);

@@ -280,12 +280,29 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
   std::vector<T> w_rows(static_cast<size_t>(M));  // (M) routing weight of each sorted row
   for (int64_t p = 0; p < M; ++p) w_rows[p] = weight[S.batch.assign[p]];
   Tensor O = Tensor::empty({r.n_assign, d}, dt, "weighted expert out");  // (N, d) slot order
-  if constexpr (std::is_same_v<T, float>) S.bf16 = L.has_bf16_expert_weights();
+  ExpertExecutor* ex = L.expert_executor();
+  MOE_CHECK(ex || !L.external_experts(), "MoE layer: its expert weights are held outside the layer and no expert "
+                                          "executor is attached");
+  if constexpr (std::is_same_v<T, float>) S.bf16 = L.has_bf16_expert_weights() || ex;
   if (S.bf16) {
     if constexpr (std::is_same_v<T, float>) {
-      const Bf16ExpertWeights& W = L.bf16_expert_weights();
       Tensor Os = Tensor::empty({M, d}, dt, "expert out");  // (M, d) sorted rows
-      ffn_bf16(be, cfg, S.batch, F, W.w_gate, W.w_up, W.w_down, Os.data<float>());
+      if (ex) {
+        ExpertRows rows;
+        rows.n_experts = E;
+        rows.d_model = d;
+        rows.d_ff = F;
+        rows.act = cfg.activation;
+        rows.offsets = S.batch.offsets.data();
+        rows.x = ptr<float>(S.x);
+        rows.n_tokens = nT;
+        rows.gather = S.batch.gather.empty() ? nullptr : S.batch.gather.data();
+        rows.out = Os.data<float>();
+        ex->run(rows);
+      } else {
+        const Bf16ExpertWeights& W = L.bf16_expert_weights();
+        ffn_bf16(be, cfg, S.batch, F, W.w_gate, W.w_up, W.w_down, Os.data<float>());
+      }
       const float* os = Os.data<float>();
       float* o = ptr<float>(O);
       parallel_for(M, std::max<int64_t>(1, 4096 / d), [&](int64_t b, int64_t e) {
@@ -326,7 +343,7 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
     S.shared.offsets = {0, static_cast<int32_t>(nT)};
     S.shared.x_rows = x;
     Tensor Ys = Tensor::empty({nT, d}, dt, "shared out");
-    if (S.bf16) {
+    if (S.bf16 && L.has_bf16_expert_weights()) {
       if constexpr (std::is_same_v<T, float>) {
         const Bf16ExpertWeights& W = L.bf16_expert_weights();
         ffn_bf16(be, cfg, S.shared, Fs, W.shared_w_gate, W.shared_w_up, W.shared_w_down, ptr<float>(Ys));
@@ -369,8 +386,8 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   const bool swiglu = is_swiglu(cfg);
   MOE_CHECK(fwd.saved, "MoE backward: the forward result holds no saved activations");
   const Saved<T>& S = *static_cast<const Saved<T>*>(fwd.saved.get());
-  MOE_CHECK(!S.bf16, "MoE backward: this forward ran on bf16 expert weights (an inference path that keeps no "
-                     "activations); call set_bf16_expert_weights(false) to train");
+  MOE_CHECK(!S.bf16, "MoE backward: this forward ran on bf16 or executor-held expert weights (an inference path "
+                     "that keeps no activations); call set_bf16_expert_weights(false) to train");
   const Routing& r = fwd.routing;
   const int64_t nT = r.n_tokens, M = S.batch.rows, N = r.n_assign;
   check_shape(dy_in, {nT, d}, "dy");
@@ -482,17 +499,19 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
 
 }  // namespace
 
-MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend)
-    : cfg_(std::move(cfg)), dtype_(dtype), backend_(backend) {
+MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts)
+    : cfg_(std::move(cfg)), dtype_(dtype), backend_(backend), external_experts_(external_experts) {
   cfg_.validate();
   MOE_CHECK(dtype == DType::F32 || dtype == DType::F64, "MoE layer: dtype must be f32 or f64, got ",
             dtype_name(dtype));
   const int64_t E = cfg_.n_experts, d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width();
   params_.router_w = Tensor::zeros({E, d}, dtype, "router_w");
   params_.router_bias = Tensor::zeros({E}, dtype, "router_bias");
-  if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({E, F, d}, dtype, "w_gate");
-  params_.w_up = Tensor::zeros({E, F, d}, dtype, "w_up");
-  params_.w_down = Tensor::zeros({E, d, F}, dtype, "w_down");
+  if (!external_experts_) {
+    if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({E, F, d}, dtype, "w_gate");
+    params_.w_up = Tensor::zeros({E, F, d}, dtype, "w_up");
+    params_.w_down = Tensor::zeros({E, d, F}, dtype, "w_down");
+  }
   if (Fs > 0) {
     if (is_swiglu(cfg_)) params_.shared_w_gate = Tensor::zeros({Fs, d}, dtype, "shared_w_gate");
     params_.shared_w_up = Tensor::zeros({Fs, d}, dtype, "shared_w_up");
@@ -528,9 +547,11 @@ void MoELayer::check_params() const {
   };
   check(params_.router_w, {E, d}, "router_w");
   check(params_.router_bias, {E}, "router_bias");
-  if (is_swiglu(cfg_)) check(params_.w_gate, {E, F, d}, "w_gate");
-  check(params_.w_up, {E, F, d}, "w_up");
-  check(params_.w_down, {E, d, F}, "w_down");
+  if (!external_experts_) {
+    if (is_swiglu(cfg_)) check(params_.w_gate, {E, F, d}, "w_gate");
+    check(params_.w_up, {E, F, d}, "w_up");
+    check(params_.w_down, {E, d, F}, "w_down");
+  }
   if (Fs > 0) {
     if (is_swiglu(cfg_)) check(params_.shared_w_gate, {Fs, d}, "shared_w_gate");
     check(params_.shared_w_up, {Fs, d}, "shared_w_up");
@@ -564,6 +585,28 @@ void MoELayer::set_bf16_expert_weights(bool on) {
   bf16_.shared_w_gate = round(params_.shared_w_gate);
   bf16_.shared_w_up = round(params_.shared_w_up);
   bf16_.shared_w_down = round(params_.shared_w_down);
+}
+
+void MoELayer::set_expert_executor(std::shared_ptr<ExpertExecutor> ex) {
+  MOE_CHECK(!ex || dtype_ == DType::F32, "an expert executor needs an f32 layer, this one is ", dtype_name(dtype_));
+  executor_ = std::move(ex);
+}
+
+void MoELayer::set_external_experts(bool on) {
+  external_experts_ = on;
+  if (on) {
+    params_.w_gate = Tensor();
+    params_.w_up = Tensor();
+    params_.w_down = Tensor();
+    bf16_.w_gate = Tensor();
+    bf16_.w_up = Tensor();
+    bf16_.w_down = Tensor();
+  } else {
+    const int64_t E = cfg_.n_experts, d = cfg_.d_model, F = cfg_.d_ff;
+    if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({E, F, d}, dtype_, "w_gate");
+    params_.w_up = Tensor::zeros({E, F, d}, dtype_, "w_up");
+    params_.w_down = Tensor::zeros({E, d, F}, dtype_, "w_down");
+  }
 }
 
 void MoELayer::update_bias(const MoEStats& stats) {

@@ -38,6 +38,7 @@ class SafetensorsReader {
   bool contains(const std::string& name) const { return entries_.count(name) != 0; }
   const SafetensorsEntry& entry(const std::string& name) const;  // throws when absent
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  uint64_t data_start() const { return data_start_; }  // file offset of the data buffer (8 + header length)
 
   Tensor load(const std::string& name) const;  // a new contiguous tensor named `name`
   std::map<std::string, Tensor> load_all() const;

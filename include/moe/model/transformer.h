@@ -13,6 +13,7 @@
 // dtype F32 (training, inference) or F64 (gradient checks).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -74,7 +75,12 @@ struct TensorSource {
 
 class Transformer {
  public:
-  explicit Transformer(ModelConfig cfg, DType dtype = DType::F32);
+  // external_experts: the routed experts' weights are not held here (they are not allocated, not in
+  // parameters(), not read from checkpoints): an expert executor attached to every MoE layer
+  // (MoELayer::set_expert_executor, e.g. infer::ExpertStore) computes them. Inference only.
+  explicit Transformer(ModelConfig cfg, DType dtype = DType::F32, bool external_experts = false);
+  bool external_experts() const { return external_experts_; }
+  MoELayer* mutable_moe_layer(int64_t layer);  // null for dense layers
   const ModelConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }
 
@@ -153,6 +159,7 @@ class Transformer {
   std::vector<NamedParam> params_;
   std::vector<std::unique_ptr<MoELayer>> moe_;  // per layer; null for dense layers
   Index index_;
+  bool external_experts_ = false;
   bool bf16_compute_ = false;
   bool bf16_inference_ = false;
   mutable std::vector<Tensor> bf16_;  // per parameter: bf16 copy of a linear weight, else undefined
@@ -166,7 +173,23 @@ std::map<std::string, Tensor> load_hf_tensors(const std::string& dir);
 // The tensors of the checkpoint in `dir` (model.safetensors or the shards of its index), read on
 // demand; only the headers are read here (and validated).
 TensorSource checkpoint_source(const std::string& dir);
+// Where each tensor of the checkpoint in `dir` lies: its file and absolute byte range (for readers
+// that map or read the bytes themselves, such as the expert store).
+struct TensorLocation {
+  std::string file;
+  DType dtype = DType::F32;
+  Shape shape;
+  uint64_t offset = 0;  // from the start of the file
+  uint64_t bytes = 0;
+};
+std::map<std::string, TensorLocation> checkpoint_locations(const std::string& dir);
 // Reads config.json and model.safetensors (or a sharded model.safetensors.index.json) from `dir`.
-Transformer load_pretrained(const std::string& dir, DType dtype = DType::F32);
+// external_experts: see the Transformer constructor (the checkpoint's expert tensors are not read).
+Transformer load_pretrained(const std::string& dir, DType dtype = DType::F32, bool external_experts = false);
+
+// Hugging Face tensor-name prefix of layer l's MoE block ("model.layers.3.block_sparse_moe" for
+// mixtral, "model.layers.3.mlp" otherwise) and the names of expert e's gate, up and down weights.
+std::string moe_block_prefix(const ModelConfig& c, int64_t layer);
+std::array<std::string, 3> expert_weight_names(const ModelConfig& c, int64_t layer, int64_t expert);
 
 }  // namespace moe::model

@@ -104,7 +104,9 @@ class ExpertExecutor {
 class MoELayer {
  public:
   // dtype F32 or F64. Throws moe::Error on an invalid config.
-  explicit MoELayer(MoEConfig cfg, DType dtype = DType::F32, kernels::Backend backend = kernels::Backend::Cpu);
+  // external_experts: the routed expert weights are not allocated (see set_external_experts).
+  explicit MoELayer(MoEConfig cfg, DType dtype = DType::F32, kernels::Backend backend = kernels::Backend::Cpu,
+                    bool external_experts = false);
 
   const MoEConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }
@@ -129,7 +131,7 @@ class MoELayer {
   // the CPU has it). A snapshot: call again after changing the weights; `false` drops it. Such a
   // forward keeps no activations and cannot be differentiated (backward throws). f32 layers only.
   void set_bf16_expert_weights(bool on);
-  bool has_bf16_expert_weights() const { return bf16_.w_up.defined(); }
+  bool has_bf16_expert_weights() const { return bf16_.w_up.defined() || bf16_.shared_w_up.defined(); }
   const Bf16ExpertWeights& bf16_expert_weights() const { return bf16_; }
 
   // Inference with an executor: the routed experts' FFNs are computed by `ex` instead of from

@@ -1,0 +1,113 @@
+// Expert offloading: the routed experts of a model live in tiers and are moved ahead of need.
+//
+//   resident  a budget of expert slots in RAM (--resident-experts N or --expert-cache-gb X), in the
+//             compute format (bf16, f32, or the checkpoint's int8/int4);
+//   host      the memory-mapped checkpoint: the OS page cache (io = mmap);
+//   disk      the checkpoint file read with O_DIRECT, bypassing the page cache (io = direct): what a
+//             model larger than RAM costs.
+// (No GPU tier is built: on a machine with a GPU the resident tier would be device memory.)
+//
+// Each MoE layer gets an ExpertExecutor (moe/moe/layer.h) that, for the experts a forward routed to:
+// pins those already resident (a hit), loads the others (a miss: read from the source, converted to
+// the compute format, placed in a slot freed by the cache policy), computes each expert's FFN and
+// unpins it. Eviction never drops a pinned expert or one still loading. Prefetch applies the next
+// MoE layers' routers to the current layer's input (pre-gating) and loads the predicted experts on a
+// loader thread while the current layer computes. Outputs do not depend on the budget, the policy or
+// the prefetch (each expert is computed by the same kernel on the same weights whichever tier it came
+// from).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "moe/model/transformer.h"
+
+namespace moe::infer {
+
+enum class CachePolicy {
+  Lru,         // evict the least recently used expert
+  Lfu,         // evict the least frequently used (ties: least recent)
+  Activation,  // evict the expert whose next use is expected last (see docs/OFFLOADING.md)
+};
+CachePolicy cache_policy_from_name(const std::string& s);  // "lru", "lfu", "activation"; throws
+const char* cache_policy_name(CachePolicy p);
+
+enum class ExpertIo { Mmap, Direct };
+ExpertIo expert_io_from_name(const std::string& s);  // "mmap", "direct"; throws
+const char* expert_io_name(ExpertIo io);
+
+// What a miss does: load the expert into a slot; compute it straight from the mapped checkpoint
+// without loading (only with io = mmap and a checkpoint already in the compute format; otherwise a
+// load); or choose by the cost model measured at start (auto).
+enum class MissMode { Load, Compute, Auto };
+MissMode miss_mode_from_name(const std::string& s);  // "load", "compute", "auto"; throws
+const char* miss_mode_name(MissMode m);
+
+struct ExpertStoreOptions {
+  int64_t resident_experts = -1;  // budget in experts over all MoE layers; -1: every expert resident
+  double cache_gb = 0;            // budget in GiB of expert weights; > 0 takes precedence
+  CachePolicy policy = CachePolicy::Activation;
+  bool prefetch = true;
+  int prefetch_depth = 1;         // MoE layers ahead to predict
+  int64_t prefetch_experts = 0;   // experts predicted per layer (0: the router's top-k)
+  ExpertIo io = ExpertIo::Mmap;
+  MissMode miss = MissMode::Load;
+  std::string format = "auto";    // "f32", "bf16", or "auto": the checkpoint's int8/int4 if quantized, else bf16
+  bool warm = true;               // fill the budget at start (experts in layer order), not counted in stats
+};
+
+struct ExpertStoreStats {
+  int64_t hits = 0;               // expert uses whose weights were resident when the layer ran
+  int64_t misses = 0;             // uses that had to wait for weights (including late prefetches)
+  int64_t late_prefetches = 0;    // misses whose prefetch was still loading
+  int64_t computed_in_place = 0;  // misses computed from the mapped checkpoint without a load
+  int64_t prefetch_issued = 0, prefetch_used = 0, prefetch_wasted = 0;  // wasted: evicted unused
+  int64_t loads = 0, evictions = 0;
+  uint64_t bytes_moved = 0;       // bytes read from the checkpoint for loads
+  double stall_seconds = 0;       // time the forward waited for weights
+  double load_seconds = 0;        // time spent loading (loader thread and forward together)
+  int64_t capacity = 0, resident = 0;  // slots, and experts resident now
+  uint64_t expert_bytes = 0;      // bytes of one slot
+  std::vector<int64_t> layers;                   // transformer index of each MoE layer
+  std::vector<std::vector<int64_t>> layer_hits;  // per MoE layer, per expert
+  std::vector<std::vector<int64_t>> layer_uses;  // per MoE layer, per expert
+  double hit_rate() const {
+    const int64_t n = hits + misses;
+    return n > 0 ? static_cast<double>(hits) / static_cast<double>(n) : 0.0;
+  }
+};
+
+class ExpertStore {
+ public:
+  // Reads where the expert tensors of the checkpoint in `dir` lie (f32/bf16/f16, or quantized per
+  // moe/model/quantized.h), sizes the resident tier and attaches an executor to every MoE layer of
+  // `m`, which must have been built with external_experts (model::load_pretrained(dir, F32, true)).
+  // Throws moe::Error on a missing or mis-shaped expert tensor (naming file and tensor), a budget of
+  // fewer than 2 experts, or an unknown format.
+  static std::shared_ptr<ExpertStore> attach(model::Transformer& m, const std::string& dir,
+                                             const ExpertStoreOptions& opt);
+  virtual ~ExpertStore() = default;
+
+  virtual ExpertStoreStats stats() const = 0;
+  virtual void reset_stats() = 0;
+  virtual std::string format() const = 0;        // "f32", "bf16", "int8", "int4", "mixed"
+  virtual const ExpertStoreOptions& options() const = 0;
+  virtual std::string describe() const = 0;       // one line: format, budget, policy, io
+};
+
+// A model ready for inference from `dir`: float experts held in the model (optionally bf16), or,
+// when the checkpoint is quantized or `offload` sets a budget, experts held by an ExpertStore.
+struct InferenceModel {
+  std::unique_ptr<model::Transformer> model;
+  std::shared_ptr<ExpertStore> store;  // null when the experts are in the model
+};
+struct InferenceLoadOptions {
+  bool bf16 = false;             // bf16 dense linears (and bf16 experts when they are in the model)
+  bool offload = false;          // use an ExpertStore even for a float checkpoint
+  ExpertStoreOptions store;
+};
+InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt);
+
+}  // namespace moe::infer

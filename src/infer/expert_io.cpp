@@ -1,0 +1,299 @@
+// Reading experts from checkpoint files (memory map or O_DIRECT), slot layout, one expert's FFN.
+#include "expert_io.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/kernels/ops_bf16.h"
+
+namespace moe::infer::detail {
+
+namespace {
+constexpr uint64_t kAlign = 4096;  // O_DIRECT offsets, sizes and buffers are multiples of this
+
+uint64_t round_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+// Float weight bytes per element in a compute format.
+uint64_t elem_bytes(Format f) { return f == Format::F32 ? 4 : 2; }
+
+// Converts n elements of a float tensor of dtype src into dst of format f (F32 or BF16).
+void convert(const uint8_t* src, DType dt, int64_t n, Format f, uint8_t* dst) {
+  auto get = [&](int64_t i) -> float {
+    switch (dt) {
+      case DType::F32: {
+        float v;
+        std::memcpy(&v, src + 4 * i, 4);
+        return v;
+      }
+      case DType::BF16: {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        return bf16_to_f32(h);
+      }
+      default: {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        return f16_to_f32(h);
+      }
+    }
+  };
+  if ((f == Format::F32 && dt == DType::F32) || (f == Format::BF16 && dt == DType::BF16)) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * elem_bytes(f));
+    return;
+  }
+  if (f == Format::F32) {
+    float* o = reinterpret_cast<float*>(dst);
+    for (int64_t i = 0; i < n; ++i) o[i] = get(i);
+  } else {
+    uint16_t* o = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) o[i] = f32_to_bf16(get(i));
+  }
+}
+}  // namespace
+
+Buffer::~Buffer() { std::free(p_); }
+
+uint8_t* Buffer::ensure(size_t bytes) {
+  if (bytes <= n_) return p_;
+  std::free(p_);
+  n_ = round_up(std::max<size_t>(bytes, 1), kAlign);
+  p_ = static_cast<uint8_t*>(std::aligned_alloc(kAlign, n_));
+  if (!p_) {
+    n_ = 0;
+    throw Error(cat("expert store: cannot allocate ", bytes, " bytes"));
+  }
+  return p_;
+}
+
+uint64_t slot_bytes(const ExpertSource& s, Format fmt) {
+  uint64_t b = 0;
+  for (const MatrixSource& m : s.m) {
+    if (m.N == 0) continue;
+    if (fmt == Format::Quant)
+      b += round_up(m.q.bytes, 64) + round_up(m.scales.bytes, 64) + round_up(m.mins.bytes, 64);
+    else
+      b += round_up(static_cast<uint64_t>(m.N * m.K) * elem_bytes(fmt), 64);
+  }
+  return b;
+}
+
+SourceFiles::SourceFiles(std::vector<std::string> paths, bool direct) : paths_(std::move(paths)), direct_(direct) {
+  for (const std::string& p : paths_) {
+    const int fd = ::open(p.c_str(), O_RDONLY | (direct ? O_DIRECT : 0));
+    if (fd < 0) {
+      const int err = errno;
+      for (size_t i = 0; i < fds_.size(); ++i) {
+        if (maps_[i]) ::munmap(maps_[i], sizes_[i]);
+        ::close(fds_[i]);
+      }
+      throw Error(cat("expert store: cannot open '", p, "'", direct ? " with O_DIRECT" : "", ": ", std::strerror(err)));
+    }
+    struct stat st {};
+    ::fstat(fd, &st);
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    uint8_t* map = nullptr;
+    if (!direct && size > 0) {
+      void* m = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+      if (m == MAP_FAILED) {
+        ::close(fd);
+        throw Error(cat("expert store: cannot map '", p, "': ", std::strerror(errno)));
+      }
+      map = static_cast<uint8_t*>(m);
+    }
+    fds_.push_back(fd);
+    maps_.push_back(map);
+    sizes_.push_back(size);
+  }
+}
+
+SourceFiles::~SourceFiles() {
+  for (size_t i = 0; i < fds_.size(); ++i) {
+    if (maps_[i]) ::munmap(maps_[i], sizes_[i]);
+    ::close(fds_[i]);
+  }
+}
+
+const uint8_t* SourceFiles::mapped(const Span& s) const {
+  MOE_CHECK(!direct_ && s.file >= 0 && maps_[s.file], "expert store: no mapping of the checkpoint");
+  MOE_CHECK(s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file], "' is shorter than its header says (",
+            sizes_[s.file], " bytes, a tensor ends at ", s.offset + s.bytes, ")");
+  return maps_[s.file] + s.offset;
+}
+
+void SourceFiles::read(const Span& s, uint8_t* dst, Buffer& bounce) const {
+  if (!direct_) {
+    std::memcpy(dst, mapped(s), s.bytes);
+    return;
+  }
+  MOE_CHECK(s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file], "' is shorter than its header says (",
+            sizes_[s.file], " bytes, a tensor ends at ", s.offset + s.bytes, ")");
+  const uint64_t begin = s.offset / kAlign * kAlign, end = round_up(s.offset + s.bytes, kAlign);
+  uint8_t* buf = bounce.ensure(end - begin);
+  uint64_t done = 0;
+  while (done < end - begin) {
+    const ssize_t r = ::pread(fds_[s.file], buf + done, end - begin - done, static_cast<off_t>(begin + done));
+    if (r < 0 && errno == EINTR) continue;
+    MOE_CHECK(r >= 0, "expert store: reading '", paths_[s.file], "' at ", begin + done, ": ", std::strerror(errno));
+    if (r == 0) break;  // end of file: the last block is short
+    done += static_cast<uint64_t>(r);
+  }
+  MOE_CHECK(begin + done >= s.offset + s.bytes, "expert store: '", paths_[s.file], "' ended at ", begin + done,
+            " bytes, before the tensor's end at ", s.offset + s.bytes);
+  std::memcpy(dst, buf + (s.offset - begin), s.bytes);
+}
+
+ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot, Buffer& scratch) {
+  ExpertView v;
+  v.fmt = fmt;
+  uint8_t* p = slot;
+  for (int i = 0; i < 3; ++i) {
+    const MatrixSource& m = s.m[i];
+    if (m.N == 0) continue;
+    if (m.bits) {
+      MOE_CHECK(fmt == Format::Quant, "expert store: a quantized expert needs the quantized compute format");
+      kernels::QuantWeight& q = v.q[i];
+      q.bits = m.bits;
+      q.N = m.N;
+      q.K = m.K;
+      q.group = m.group;
+      files.read(m.q, p, scratch);
+      q.q = p;
+      p += round_up(m.q.bytes, 64);
+      files.read(m.scales, p, scratch);
+      q.scales = reinterpret_cast<const uint16_t*>(p);
+      p += round_up(m.scales.bytes, 64);
+      if (m.mins.bytes) {
+        files.read(m.mins, p, scratch);
+        q.mins = reinterpret_cast<const uint16_t*>(p);
+        p += round_up(m.mins.bytes, 64);
+      }
+      continue;
+    }
+    MOE_CHECK(fmt != Format::Quant, "expert store: a float expert cannot be computed in the quantized format");
+    const int64_t n = m.N * m.K;
+    const bool same = (fmt == Format::F32 && m.w.dtype == DType::F32) || (fmt == Format::BF16 && m.w.dtype == DType::BF16);
+    if (same) {
+      files.read(m.w, p, scratch);
+    } else if (!files.direct()) {
+      convert(files.mapped(m.w), m.w.dtype, n, fmt, p);
+    } else {
+      Buffer tmp;
+      uint8_t* t = tmp.ensure(m.w.bytes);
+      files.read(m.w, t, scratch);
+      convert(t, m.w.dtype, n, fmt, p);
+    }
+    v.w[i] = p;
+    p += round_up(static_cast<uint64_t>(n) * elem_bytes(fmt), 64);
+  }
+  return v;
+}
+
+bool view_in_place(const SourceFiles& files, const ExpertSource& s, Format fmt, ExpertView* view) {
+  if (files.direct()) return false;
+  ExpertView v;
+  v.fmt = fmt;
+  for (int i = 0; i < 3; ++i) {
+    const MatrixSource& m = s.m[i];
+    if (m.N == 0) continue;
+    if (m.bits) {
+      if (fmt != Format::Quant) return false;
+      kernels::QuantWeight& q = v.q[i];
+      q.bits = m.bits;
+      q.N = m.N;
+      q.K = m.K;
+      q.group = m.group;
+      q.q = files.mapped(m.q);
+      q.scales = reinterpret_cast<const uint16_t*>(files.mapped(m.scales));
+      q.mins = m.mins.bytes ? reinterpret_cast<const uint16_t*>(files.mapped(m.mins)) : nullptr;
+      // f16 scales must be 2-byte aligned in the mapping (safetensors writers align by element size)
+      if ((reinterpret_cast<uintptr_t>(q.scales) | reinterpret_cast<uintptr_t>(q.mins)) & 1) return false;
+    } else {
+      const bool same =
+          (fmt == Format::F32 && m.w.dtype == DType::F32) || (fmt == Format::BF16 && m.w.dtype == DType::BF16);
+      if (!same) return false;
+      const uint8_t* p = files.mapped(m.w);
+      if (reinterpret_cast<uintptr_t>(p) % elem_bytes(fmt)) return false;
+      v.w[i] = p;
+    }
+  }
+  *view = v;
+  return true;
+}
+
+namespace {
+// C (m, N) = rows of A (gathered) · W^T for one weight of the expert.
+void linear(const ExpertView& w, int i, int64_t m, int64_t N, int64_t K, const float* A, int64_t lda,
+            const int32_t* gather, float* C) {
+  const int32_t offsets[2] = {0, static_cast<int32_t>(m)};
+  switch (w.fmt) {
+    case Format::F32: {
+      kernels::GroupedGemmArgs<float> g;
+      g.E = 1;
+      g.N = N;
+      g.K = K;
+      g.offsets = offsets;
+      g.A = A;
+      g.lda = lda;
+      g.gather = gather;
+      g.W = static_cast<const float*>(w.w[i]);
+      g.C = C;
+      g.ldc = N;
+      kernels::grouped_gemm(kernels::Backend::Cpu, g);
+      break;
+    }
+    case Format::BF16: {
+      kernels::GroupedGemmBf16Args g;
+      g.E = 1;
+      g.N = N;
+      g.K = K;
+      g.offsets = offsets;
+      g.A = A;
+      g.lda = lda;
+      g.gather = gather;
+      g.W = static_cast<const uint16_t*>(w.w[i]);
+      g.C = C;
+      g.ldc = N;
+      kernels::grouped_gemm_bf16w(kernels::Backend::Cpu, g);
+      break;
+    }
+    case Format::Quant: {
+      kernels::GemmQuantArgs g;
+      g.M = m;
+      g.A = A;
+      g.lda = lda;
+      g.gather = gather;
+      g.W = w.q[i];
+      g.C = C;
+      g.ldc = N;
+      kernels::gemm_qw(kernels::Backend::Cpu, g);
+      break;
+    }
+  }
+}
+}  // namespace
+
+void compute_expert(const ExpertCall& c) {
+  if (c.m == 0) return;
+  const bool swiglu = c.act == kernels::Activation::SwiGLU;
+  if (swiglu) linear(*c.w, 0, c.m, c.F, c.d, c.x, c.d, c.gather, c.G);
+  linear(*c.w, 1, c.m, c.F, c.d, c.x, c.d, c.gather, c.U);
+  kernels::ActivationArgs<float> a;  // SwiGLU: silu(G) * U; plain FFN: act(U)
+  a.act = c.act;
+  a.n = c.m * c.F;
+  a.a = swiglu ? c.G : c.U;
+  a.b = swiglu ? c.U : nullptr;
+  a.out = c.H;
+  kernels::activation(kernels::Backend::Cpu, a);
+  linear(*c.w, 2, c.m, c.d, c.F, c.H, c.F, nullptr, c.out);
+}
+
+}  // namespace moe::infer::detail
