@@ -15,6 +15,7 @@
 
 #include "cli/common.h"
 #include "cli/model_dir.h"
+#include "cli/offload_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
@@ -32,6 +33,7 @@ struct BenchGenArgs {
   uint64_t seed = 1;
   bool json = false;
   bool bf16 = false;
+  OffloadFlags offload;
 };
 
 std::vector<int64_t> parse_levels(const std::string& s) {
@@ -135,8 +137,8 @@ int run_bench_generate(const BenchGenArgs& a) {
   MOE_CHECK(a.prompt_tokens >= 1, "bench generate: --prompt-tokens must be >= 1");
   MOE_CHECK(a.new_tokens >= 1, "bench generate: --new-tokens must be >= 1");
   const std::vector<int64_t> levels = parse_levels(a.concurrency);
-  model::Transformer m = model::load_pretrained(resolve_model_dir(a.model));
-  m.set_bf16_inference(a.bf16);
+  infer::InferenceModel im = load_for_inference(resolve_model_dir(a.model), a.bf16, a.offload);
+  model::Transformer& m = *im.model;
   const model::ModelConfig& c = m.config();
   MOE_CHECK(a.prompt_tokens + a.new_tokens <= c.max_position_embeddings, "bench generate: --prompt-tokens + ",
             "--new-tokens = ", a.prompt_tokens + a.new_tokens, " exceeds the model's context of ",
@@ -153,6 +155,7 @@ int run_bench_generate(const BenchGenArgs& a) {
     j["prompt_tokens"] = a.prompt_tokens;
     j["new_tokens"] = a.new_tokens;
     j["max_batch_tokens"] = a.max_batch_tokens;
+    if (im.store) j["experts"] = store_json(im.store->stats()), j["expert_store"] = im.store->describe();
     for (const LevelResult& r : rs)
       j["levels"].push_back({{"concurrency", r.concurrency},
                              {"wall_s", round_sig(r.wall_s, 4)},
@@ -180,6 +183,7 @@ int run_bench_generate(const BenchGenArgs& a) {
                 (long long)r.concurrency, r.prefill_tps, r.decode_tps, r.total_tps, r.mean_batch, r.mean_batch_tokens,
                 r.ttft_p50 * 1e3, r.ttft_p90 * 1e3,
                 r.ttft_p99 * 1e3, r.tpot_p50 * 1e3, r.tpot_p90 * 1e3, r.tpot_p99 * 1e3);
+  if (im.store) std::printf("%s\n%s\n", im.store->describe().c_str(), store_summary(im.store->stats()).c_str());
   return kExitOk;
 }
 
@@ -199,6 +203,7 @@ void add_bench_generate(CLI::App& bench, Registry& reg) {
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_option("--seed", a->seed, "Seed of the random prompts")->capture_default_str();
   c->add_flag("--json", a->json, "Print one JSON object");
+  add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_bench_generate(*a); }; });
 }
 

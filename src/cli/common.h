@@ -40,6 +40,7 @@ void register_init(CLI::App& app, Registry& reg);
 void add_bench_train(CLI::App& bench, Registry& reg);
 // `moe bench generate` (src/cli/bench_generate.cpp): serving throughput of the engine.
 void add_bench_generate(CLI::App& bench, Registry& reg);
+void add_bench_offload(CLI::App& bench, Registry& reg);
 void register_report(CLI::App& app, Registry& reg);
 void register_serve(CLI::App& app, Registry& reg);
 

@@ -8,6 +8,7 @@
 
 #include "cli/common.h"
 #include "cli/model_dir.h"
+#include "cli/offload_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/model/transformer.h"
@@ -23,13 +24,15 @@ struct EvalArgs {
   int64_t seq_len = 0, batch = 8;
   bool json = false;
   int threads = 0;
+  OffloadFlags offload;
 };
 
 int run_eval(const EvalArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   MOE_CHECK(a.data.empty() != a.tokens.empty(), "eval: give exactly one of --data FILE and --tokens LIST");
   const std::string dir = resolve_model_dir(a.model);
-  const model::Transformer m = model::load_pretrained(dir);
+  const infer::InferenceModel im = load_for_inference(dir, false, a.offload);
+  const model::Transformer& m = *im.model;
   const int64_t V = m.config().vocab_size;
   std::vector<int32_t> toks;
   if (!a.data.empty()) {
@@ -89,6 +92,7 @@ void register_eval(CLI::App& app, Registry& reg) {
   c->add_option("--batch", a->batch, "Windows per forward pass")->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
   c->add_flag("--json", a->json, "Print one JSON object");
+  add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_eval(*a); }; });
 }
 

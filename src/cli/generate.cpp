@@ -6,6 +6,7 @@
 
 #include "cli/common.h"
 #include "cli/model_dir.h"
+#include "cli/offload_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/infer/generate.h"
@@ -20,6 +21,7 @@ struct GenArgs {
   bool json = false;
   bool bf16 = false;
   int threads = 0;
+  OffloadFlags offload;
 };
 
 int run_generate(GenArgs& a) {
@@ -29,8 +31,8 @@ int run_generate(GenArgs& a) {
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "generate: no tokenizer.json next to the model in '", dir, "'");
   const train::Tokenizer tok = train::Tokenizer::load(tp);
-  model::Transformer m = model::load_pretrained(dir);
-  m.set_bf16_inference(a.bf16);
+  infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
+  model::Transformer& m = *im.model;
   MOE_CHECK(tok.vocab_size() <= m.config().vocab_size, "generate: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", m.config().vocab_size);
   // The special tokens of the file's post-processor (<s> for Llama-style files), as transformers adds them.
@@ -54,11 +56,13 @@ int run_generate(GenArgs& a) {
     nlohmann::json j = {{"prompt", a.prompt},   {"text", tok.decode(shown)},    {"tokens", r.tokens},
                         {"prompt_tokens", prompt.size()}, {"finish_reason", r.finish_reason},
                         {"prefill_s", r.prefill_s}, {"decode_tokens_per_s", tps}};
+    if (im.store) j["experts"] = store_json(im.store->stats());
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << "\n";
     std::cerr << "[" << r.tokens.size() << " tokens, " << static_cast<int64_t>(tps) << " tokens/s, "
               << r.finish_reason << "]\n";
+    if (im.store) std::cerr << "[" << im.store->describe() << "; " << store_summary(im.store->stats()) << "]\n";
   }
   return kExitOk;
 }
@@ -87,6 +91,7 @@ void register_generate(CLI::App& app, Registry& reg) {
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
+  add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });
 }
 

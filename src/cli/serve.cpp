@@ -14,6 +14,7 @@
 
 #include "cli/common.h"
 #include "cli/model_dir.h"
+#include "cli/offload_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/infer/server.h"
@@ -27,6 +28,7 @@ struct ServeArgs {
   infer::ServerOptions opt;
   int threads = 0;
   bool bf16 = false;
+  OffloadFlags offload;
 };
 
 // tokenizer_config.json's token fields are a string or {"content": string}.
@@ -107,8 +109,10 @@ int run_serve(ServeArgs& a) {
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");
   train::Tokenizer tok = train::Tokenizer::load(tp);
-  model::Transformer m = model::load_pretrained(dir);
-  m.set_bf16_inference(a.bf16);
+  infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
+  const model::Transformer& m = *im.model;
+  a.opt.expert_store = im.store;
+  if (im.store) std::cerr << "serve: " << im.store->describe() << "\n";
   const model::ModelConfig& cfg = m.config();
   MOE_CHECK(tok.vocab_size() <= cfg.vocab_size, "serve: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", cfg.vocab_size);
@@ -160,6 +164,7 @@ void register_serve(CLI::App& app, Registry& reg) {
   c->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
+  add_offload_flags(c, a->offload);
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")->capture_default_str();
   c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")->capture_default_str();
   c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")->capture_default_str();

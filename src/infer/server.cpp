@@ -295,7 +295,9 @@ std::string Server::Impl::metrics_text() {
     }
     r = rate;
   }
-  return metrics.render(s, r, std::chrono::duration<double>(Clock::now() - start).count());
+  std::string text = metrics.render(s, r, std::chrono::duration<double>(Clock::now() - start).count());
+  if (opt.expert_store) text += ServerMetrics::render_store(opt.expert_store->stats());
+  return text;
 }
 
 void Server::Impl::routes() {

@@ -126,4 +126,30 @@ std::string ServerMetrics::render(const EngineStats& s, double tokens_per_s, dou
   return os.str();
 }
 
+std::string ServerMetrics::render_store(const ExpertStoreStats& s) {
+  std::ostringstream os;
+  scalar(os, "moe_expert_cache_hit_rate", "gauge", "Share of expert uses whose weights were resident.", s.hit_rate());
+  scalar(os, "moe_expert_cache_hits_total", "counter", "Expert uses whose weights were resident.",
+         static_cast<double>(s.hits));
+  scalar(os, "moe_expert_cache_misses_total", "counter", "Expert uses that waited for weights.",
+         static_cast<double>(s.misses));
+  scalar(os, "moe_expert_bytes_moved_total", "counter", "Bytes of expert weights read from the checkpoint.",
+         static_cast<double>(s.bytes_moved));
+  scalar(os, "moe_expert_stall_seconds_total", "counter", "Time forward passes waited for expert weights.",
+         s.stall_seconds);
+  scalar(os, "moe_expert_prefetches_total", "counter", "Prefetch loads started.", static_cast<double>(s.prefetch_issued));
+  scalar(os, "moe_expert_prefetches_used_total", "counter", "Prefetched experts used before eviction.",
+         static_cast<double>(s.prefetch_used));
+  scalar(os, "moe_expert_resident", "gauge", "Experts resident now.", static_cast<double>(s.resident));
+  scalar(os, "moe_expert_capacity", "gauge", "Resident expert slots.", static_cast<double>(s.capacity));
+  family(os, "moe_expert_cache_layer_hits_total", "counter", "Resident hits per MoE layer.");
+  for (size_t l = 0; l < s.layer_hits.size(); ++l) {
+    int64_t h = 0;
+    for (int64_t v : s.layer_hits[l]) h += v;
+    os << "moe_expert_cache_layer_hits_total{layer=\"" << (l < s.layers.size() ? s.layers[l] : static_cast<int64_t>(l))
+       << "\"} " << h << "\n";
+  }
+  return os.str();
+}
+
 }  // namespace moe::infer

@@ -26,6 +26,7 @@
 
 #include "moe/core/error.h"
 #include "moe/infer/chat_template.h"
+#include "moe/infer/expert_store.h"
 #include "moe/infer/engine.h"
 #include "moe/infer/sampler.h"
 #include "moe/train/tokenizer.h"
@@ -125,6 +126,8 @@ class ServerMetrics {
   // Prometheus text exposition (version 0.0.4) of these counters and the engine's stats.
   // tokens_per_s: the generation rate to report (computed by the caller between scrapes).
   std::string render(const EngineStats& s, double tokens_per_s, double uptime_s) const;
+  // The expert store's counters (hit rate, hits, misses, bytes moved, stall time, prefetches).
+  static std::string render_store(const ExpertStoreStats& s);
 
  private:
   struct Histogram {
@@ -150,6 +153,7 @@ struct ServerOptions {
   int64_t max_tokens_limit = 0;      // largest max_tokens accepted; 0 = the model's context
   int64_t http_threads = 0;          // 0 = engine max_running + max_queue + 16
   EngineOptions engine;
+  std::shared_ptr<const ExpertStore> expert_store;  // offloaded experts: their counters in /metrics
   void validate() const;             // throws moe::Error naming the bad option
 };
 

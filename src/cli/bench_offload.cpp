@@ -1,0 +1,249 @@
+// `moe bench offload --model DIR --prompts FILE.txt [--resident-fraction 0.25,...] [--configs LIST]
+// [--expert-io direct] [--plot FILE.svg] [--json]`: decode speed and expert hit rate of the expert
+// store under several cache configurations, side by side in one process, on prompts cut from real
+// text. Each configuration loads the model afresh (cold cache, warm-filled in layer order), prefills
+// each prompt and decodes --new-tokens greedily; the decode phase alone is timed and counted. The
+// generated tokens must be identical across configurations (checked).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli/common.h"
+#include "cli/model_dir.h"
+#include "cli/offload_flags.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/train/data.h"
+#include "moe/train/tokenizer.h"
+#include "train/report_svg.h"
+
+namespace moe::cli {
+
+namespace {
+
+struct BenchOffloadArgs {
+  std::string model, prompts, configs = "lru,lfu,activation,lru+prefetch,activation+prefetch";
+  std::string fractions = "0.25";
+  int64_t n_prompts = 4, prompt_tokens = 64, new_tokens = 32;
+  int threads = 0;
+  bool json = false, bf16 = false;
+  std::string plot;
+  OffloadFlags base;  // io, format, miss, prefetch depth
+};
+
+struct ConfigResult {
+  std::string name;
+  double fraction = 0;
+  int64_t resident = 0;
+  double decode_tps = 0, decode_s = 0;
+  int64_t tokens = 0;
+  infer::ExpertStoreStats st;  // decode phases only
+  std::vector<int32_t> generated;
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+void add_stats(infer::ExpertStoreStats& a, const infer::ExpertStoreStats& b) {
+  a.hits += b.hits, a.misses += b.misses, a.late_prefetches += b.late_prefetches;
+  a.computed_in_place += b.computed_in_place, a.prefetch_issued += b.prefetch_issued;
+  a.prefetch_used += b.prefetch_used, a.prefetch_wasted += b.prefetch_wasted, a.loads += b.loads;
+  a.evictions += b.evictions, a.bytes_moved += b.bytes_moved, a.stall_seconds += b.stall_seconds;
+  a.load_seconds += b.load_seconds;
+  a.capacity = b.capacity, a.expert_bytes = b.expert_bytes, a.layers = b.layers;
+  if (a.layer_hits.empty()) a.layer_hits = b.layer_hits, a.layer_uses = b.layer_uses;
+  else
+    for (size_t l = 0; l < b.layer_hits.size(); ++l)
+      for (size_t e = 0; e < b.layer_hits[l].size(); ++e)
+        a.layer_hits[l][e] += b.layer_hits[l][e], a.layer_uses[l][e] += b.layer_uses[l][e];
+}
+
+ConfigResult run_config(const std::string& dir, const BenchOffloadArgs& a, const std::string& name, double fraction,
+                        const std::vector<std::vector<int32_t>>& prompts) {
+  OffloadFlags f = a.base;
+  std::string policy = name, extra;
+  if (const size_t plus = name.find('+'); plus != std::string::npos) policy = name.substr(0, plus), extra = name.substr(plus + 1);
+  MOE_CHECK(extra.empty() || extra == "prefetch", "bench offload: configuration '", name,
+            "' must be POLICY or POLICY+prefetch (POLICY: lru, lfu, activation, resident)");
+  f.no_prefetch = extra.empty();
+  ConfigResult r;
+  r.name = name;
+  r.fraction = fraction;
+  if (policy == "resident") {
+    f.resident_experts = -1, f.cache_gb = 0;
+  } else {
+    f.policy = policy;
+  }
+  // the budget in experts, from the model's expert count
+  const model::ModelConfig mc = model::load_model_config(dir + "/config.json");
+  int64_t n_experts = 0;
+  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) n_experts += mc.is_moe_layer(l) ? mc.num_experts : 0;
+  if (policy != "resident") f.resident_experts = std::max<int64_t>(3, static_cast<int64_t>(fraction * n_experts + 0.5));
+  infer::InferenceModel im = load_for_inference(dir, a.bf16, f);
+  if (!im.store) {  // "resident": every expert in a store, for the same kernels
+    OffloadFlags all = f;
+    all.resident_experts = n_experts;
+    im = load_for_inference(dir, a.bf16, all);
+  }
+  r.resident = im.store->stats().capacity;
+  for (const std::vector<int32_t>& p : prompts) {
+    model::KVCache cache = im.model->new_cache(static_cast<int64_t>(p.size()) + a.new_tokens + 1);
+    Tensor logits = im.model->decode(cache, p.data(), static_cast<int64_t>(p.size()));
+    im.store->reset_stats();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int64_t i = 0; i < a.new_tokens; ++i) {
+      const float* l = logits.data<float>();
+      const int32_t next = static_cast<int32_t>(std::max_element(l, l + logits.numel()) - l);
+      r.generated.push_back(next);
+      logits = im.model->decode(cache, &next, 1);
+    }
+    r.decode_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    r.tokens += a.new_tokens;
+    add_stats(r.st, im.store->stats());
+  }
+  r.decode_tps = r.decode_s > 0 ? static_cast<double>(r.tokens) / r.decode_s : 0;
+  return r;
+}
+
+std::string plot_svg(const std::vector<ConfigResult>& rs, const std::vector<double>& fractions) {
+  namespace svg = train::svg;
+  std::map<std::string, std::pair<svg::Series, svg::Series>> by;  // name -> (tok/s, hit rate)
+  std::vector<std::string> order;
+  for (const ConfigResult& r : rs) {
+    if (!by.count(r.name)) {
+      order.push_back(r.name);
+      auto& s = by[r.name];
+      s.first.name = s.second.name = r.name;
+      s.first.color = s.second.color = svg::palette(order.size() - 1);
+      s.first.markers = s.second.markers = true;
+    }
+    by[r.name].first.x.push_back(100.0 * r.fraction);
+    by[r.name].first.y.push_back(r.decode_tps);
+    by[r.name].second.x.push_back(100.0 * r.fraction);
+    by[r.name].second.y.push_back(100.0 * r.st.hit_rate());
+  }
+  svg::LinePlot tps, hit;
+  tps.id = "tps";
+  tps.title = "Decode tokens/s against the resident budget";
+  tps.x_label = "experts resident (% of all)";
+  tps.y_label = "tokens/s";
+  tps.x_integer = fractions.size() < 2;
+  tps.y_include_zero = true;
+  hit = tps;
+  hit.id = "hit";
+  hit.title = "Expert hit rate against the resident budget";
+  hit.y_label = "hit rate (%)";
+  for (const std::string& n : order) tps.series.push_back(by[n].first), hit.series.push_back(by[n].second);
+  return "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1300\" height=\"420\"><g>" + svg::line_plot(tps) +
+         "</g><g transform=\"translate(650,0)\">" + svg::line_plot(hit) + "</g></svg>\n";
+}
+
+int run_bench_offload(const BenchOffloadArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  MOE_CHECK(a.n_prompts >= 1 && a.prompt_tokens >= 1 && a.new_tokens >= 1,
+            "bench offload: --num-prompts, --prompt-tokens and --new-tokens must be >= 1");
+  const std::string dir = resolve_model_dir(a.model);
+  const std::string tp = find_tokenizer(dir);
+  MOE_CHECK(!tp.empty(), "bench offload: no tokenizer.json next to the model in '", dir, "'");
+  const std::vector<int32_t> text = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.prompts));
+  // prompts: consecutive windows spread evenly over the text
+  std::vector<std::vector<int32_t>> prompts;
+  const int64_t n = static_cast<int64_t>(text.size());
+  MOE_CHECK(n >= a.prompt_tokens, "bench offload: '", a.prompts, "' has ", n, " tokens, fewer than --prompt-tokens ",
+            a.prompt_tokens);
+  for (int64_t i = 0; i < a.n_prompts; ++i) {
+    const int64_t start = (n - a.prompt_tokens) * i / std::max<int64_t>(1, a.n_prompts);
+    prompts.emplace_back(text.begin() + start, text.begin() + start + a.prompt_tokens);
+  }
+  std::vector<double> fractions;
+  for (const std::string& s : split(a.fractions)) {
+    double v = 0;
+    try {
+      v = std::stod(s);
+    } catch (...) {
+      v = -1;
+    }
+    MOE_CHECK(v > 0 && v <= 1, "bench offload: --resident-fraction '", s, "' must be in (0, 1]");
+    fractions.push_back(v);
+  }
+  std::vector<ConfigResult> rs;
+  for (double fr : fractions)
+    for (const std::string& name : split(a.configs)) {
+      rs.push_back(run_config(dir, a, name, fr, prompts));
+      if (!a.json)
+        std::fprintf(stderr, "  %-22s %5.1f%%: %.2f tokens/s, hit rate %.1f%%\n", name.c_str(), 100 * fr,
+                     rs.back().decode_tps, 100 * rs.back().st.hit_rate());
+    }
+  bool identical = true;
+  for (const ConfigResult& r : rs) identical = identical && r.generated == rs[0].generated;
+  if (!a.plot.empty()) {
+    std::ofstream f(a.plot);
+    MOE_CHECK(f.good(), "bench offload: cannot write '", a.plot, "'");
+    f << plot_svg(rs, fractions);
+  }
+  if (a.json) {
+    nlohmann::json j;
+    j["command"] = "bench offload";
+    j["threads"] = num_threads();
+    j["prompts"] = a.n_prompts;
+    j["prompt_tokens"] = a.prompt_tokens;
+    j["new_tokens"] = a.new_tokens;
+    j["outputs_identical"] = identical;
+    for (const ConfigResult& r : rs)
+      j["runs"].push_back({{"config", r.name}, {"resident_fraction", r.fraction}, {"resident_experts", r.resident},
+                           {"decode_tokens_per_s", r.decode_tps}, {"decode_s", r.decode_s},
+                           {"experts", store_json(r.st)}});
+    std::cout << j.dump() << "\n";
+  } else {
+    std::printf("%-22s %9s %9s %10s %8s %10s %9s %9s\n", "config", "resident", "tokens/s", "vs first", "hit %",
+                "MiB moved", "stall s", "prefetch");
+    for (const ConfigResult& r : rs)
+      std::printf("%-22s %4lld/%3.0f%% %9.2f %9.2fx %8.1f %10.1f %9.2f %4lld/%lld\n", r.name.c_str(),
+                  (long long)r.resident, 100 * r.fraction, r.decode_tps, r.decode_tps / std::max(1e-12, rs[0].decode_tps),
+                  100 * r.st.hit_rate(), static_cast<double>(r.st.bytes_moved) / 1048576.0, r.st.stall_seconds,
+                  (long long)r.st.prefetch_used, (long long)r.st.prefetch_issued);
+    std::printf("generated tokens identical across configurations: %s\n", identical ? "yes" : "NO");
+  }
+  MOE_CHECK(identical, "bench offload: configurations generated different tokens");
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_bench_offload(CLI::App& bench, Registry& reg) {
+  auto a = std::make_shared<BenchOffloadArgs>();
+  CLI::App* c = bench.add_subcommand("offload", "Decode speed and expert hit rate of offloaded experts, per cache policy");
+  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  c->add_option("--prompts", a->prompts, "Text file the prompts are cut from")->required();
+  c->add_option("--configs", a->configs, "Comma-separated POLICY or POLICY+prefetch (lru, lfu, activation, resident)")
+      ->capture_default_str();
+  c->add_option("--resident-fraction", a->fractions, "Comma-separated shares of all experts kept resident")
+      ->capture_default_str();
+  c->add_option("--num-prompts", a->n_prompts, "Prompts")->capture_default_str();
+  c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt")->capture_default_str();
+  c->add_option("--new-tokens", a->new_tokens, "Tokens decoded per prompt (greedy)")->capture_default_str();
+  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_flag("--bf16", a->bf16, "bf16 dense linears");
+  c->add_option("--expert-io", a->base.io, "mmap (page cache) or direct (O_DIRECT, disk)")->capture_default_str();
+  c->add_option("--expert-format", a->base.format, "Resident expert format: auto, bf16, f32")->capture_default_str();
+  c->add_option("--prefetch-depth", a->base.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
+  c->add_option("--prefetch-experts", a->base.prefetch_experts, "Experts predicted per layer (0: top-k)")
+      ->capture_default_str();
+  c->add_option("--plot", a->plot, "Write an SVG plot of tokens/s and hit rate against the budget");
+  c->add_flag("--json", a->json, "Print one JSON object");
+  c->callback([&reg, a] { reg.action = [a] { return run_bench_offload(*a); }; });
+}
+
+}  // namespace moe::cli

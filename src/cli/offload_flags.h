@@ -1,0 +1,36 @@
+// Expert offloading flags shared by `moe generate`, `moe eval`, `moe serve` and `moe bench generate`
+// (--resident-experts, --expert-cache-gb, --cache-policy, --no-prefetch, ...), the model loading that
+// applies them, and a summary of the store's statistics.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "moe/infer/expert_store.h"
+
+namespace moe::cli {
+
+struct OffloadFlags {
+  int64_t resident_experts = -1;
+  double cache_gb = 0;
+  std::string policy = "activation";
+  bool no_prefetch = false;
+  int prefetch_depth = 1;
+  int64_t prefetch_experts = 0;
+  std::string io = "mmap";
+  std::string miss = "load";
+  std::string format = "auto";
+  bool offload() const { return resident_experts >= 0 || cache_gb > 0; }
+};
+
+void add_offload_flags(CLI::App* c, OffloadFlags& f);
+// The model in `dir` (resolved already) for inference: experts in the model, or in an expert store
+// when the flags set a budget or the checkpoint is quantized. Throws moe::Error on bad flags.
+infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f);
+// One line: hit rate, hits/misses, bytes moved, stall and load time, prefetches.
+std::string store_summary(const infer::ExpertStoreStats& s);
+nlohmann::json store_json(const infer::ExpertStoreStats& s);
+
+}  // namespace moe::cli
