@@ -41,7 +41,8 @@ struct Entry {
   int pins = 0;                  // computing, or wanted by the running layer
   bool prefetched = false;       // loaded by a prefetch and not used since
   bool loading_prefetch = false;
-  bool queued_pin = false;       // a pin taken when the running layer queued its load
+  bool queued_pin = false;       // a pin taken by the running layer before computing its experts
+  bool queued_miss = false;      // ... for a load it queued (a miss)
   uint64_t last_use = 0;
   int64_t uses = 0;
   ExpertView view;

@@ -109,17 +109,43 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     std::stable_sort(active.begin(), active.end(), [&](int32_t a, int32_t b) {
       return (entries_[li * E + a].state == Entry::Ready) > (entries_[li * E + b].state == Entry::Ready);
     });
-    for (int32_t e : active) {  // queue the misses now, in the order they will be computed
+    // Pin the resident ones (no load may evict them before they are computed) and queue the
+    // misses now, in the order they will be computed.
+    for (int32_t e : active) {
       Entry& en = entries_[li * E + e];
+      if (en.state == Entry::Ready) {
+        ++en.pins;
+        en.queued_pin = true;
+        continue;
+      }
       if (en.state != Entry::Absent || opt_.miss != MissMode::Load) continue;
       ++en.pins;
       en.state = Entry::Loading;
       en.error.clear();
       demand_q_.push_back(li * E + e);
       en.queued_pin = true;
+      en.queued_miss = true;
     }
     cv_.notify_all();
   }
+  // On an error (a failed load, a kernel error) the pins this layer still holds are released, so the
+  // store stays usable for the next forward.
+  struct ReleaseOnError {
+    StoreImpl* s;
+    int64_t base;
+    const std::vector<int32_t>* active;
+    bool armed = true;
+    ~ReleaseOnError() {
+      if (!armed) return;
+      std::lock_guard<std::mutex> g(s->mu_);
+      for (int32_t e : *active) {
+        Entry& en = s->entries_[base + e];
+        if (en.queued_pin) --en.pins, en.queued_pin = false;
+        en.queued_miss = false;
+      }
+      s->cv_.notify_all();
+    }
+  } release{this, li * E, &active};
   const size_t scratch = static_cast<size_t>(max_rows * F);
   if (G_.size() < scratch) G_.resize(scratch), U_.resize(scratch), H_.resize(scratch);
   for (int32_t e : active) {
@@ -134,10 +160,8 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     if (upfront) {
       std::lock_guard<std::mutex> g(mu_);
       Entry& en = entries_[id];
-      if (en.queued_pin) {
-        --en.pins, en.queued_pin = false;
-        hit = false;
-      }
+      if (en.queued_pin) --en.pins, en.queued_pin = false;
+      if (en.queued_miss) hit = false, en.queued_miss = false;
     }
     detail::ExpertCall c;
     c.w = &v;
@@ -172,6 +196,7 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     ++stats_.layer_uses[li][e];
     cv_.notify_all();
   }
+  release.armed = false;
 }
 
 ExpertStoreStats StoreImpl::stats() const {
