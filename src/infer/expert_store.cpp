@@ -2,6 +2,9 @@
 // executors the MoE layers call (see moe/infer/expert_store.h).
 #include "moe/infer/expert_store.h"
 
+#include <pthread.h>
+#include <signal.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -213,6 +216,11 @@ int StoreImpl::take_slot() {
 }
 
 void StoreImpl::loader_loop() {
+  // Signals go to the application's threads, never to this library thread (a server that waits for
+  // SIGTERM with sigwait must not be killed because the signal landed here).
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);
   std::unique_lock<std::mutex> lk(mu_);
   while (true) {
     cv_.wait(lk, [&] { return stop_ || !demand_q_.empty() || !prefetch_q_.empty(); });

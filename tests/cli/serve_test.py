@@ -305,6 +305,23 @@ def queue_full(moe, model):
     check("chat template chatml" in err, "template from tokenizer_config.json: " + err[-1000:])
 
 
+def offloaded(moe, model, greedy_text):
+    # Experts offloaded to a budget of 3 (LRU, O_DIRECT reads): the same greedy text as fully resident,
+    # also under concurrent requests, and the expert store's counters in /metrics.
+    s = Server(moe, model, "--api-key", KEY, "--resident-experts", "3", "--cache-policy", "lru", "--expert-io", "direct")
+    try:
+        check(completion(s, "The ", max_tokens=12)["choices"][0]["text"] == greedy_text,
+              "offloaded experts changed the greedy text")
+        concurrent(s)
+        m = s.metrics()
+        check(m.get("moe_expert_capacity") == 3, f"capacity in /metrics: {m.get('moe_expert_capacity')}")
+        check(m.get("moe_expert_cache_misses_total", 0) > 0 and m.get("moe_expert_bytes_moved_total", 0) > 0,
+              "no misses or bytes moved in /metrics")
+        check(0 <= m.get("moe_expert_cache_hit_rate", -1) <= 1, "hit rate missing from /metrics")
+    finally:
+        s.stop()
+
+
 def main():
     moe = sys.argv[1]
     if not os.path.isdir(FORTUNES):
@@ -339,6 +356,7 @@ def main():
         finally:
             s.stop()
         queue_full(moe, run)
+        offloaded(moe, run, greedy_text)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print("ok")
