@@ -450,6 +450,7 @@ void register_bench(CLI::App& app, Registry& reg) {
   add_bench_layer(*bench_app, reg);
   add_bench_train(*bench_app, reg);
   add_bench_generate(*bench_app, reg);
+  add_bench_quant(*bench_app, reg);
 }
 
 }  // namespace moe::cli
