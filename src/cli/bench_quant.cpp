@@ -38,6 +38,7 @@ struct BenchQuantOptions {
   int warmup = 3;
   int copies = 8;
   uint64_t seed = 0;
+  std::string isa;  // gemm_qw instruction set; empty: the best one
   bool json = false;
 };
 
@@ -136,6 +137,7 @@ int run_bench_quant(const BenchQuantOptions& o) {
   MOE_CHECK(o.copies >= 1, "bench quant: --copies must be >= 1, got ", o.copies);
   for (int64_t m : o.ms) MOE_CHECK(m >= 1, "bench quant: --m values must be >= 1, got ", m);
   if (o.threads > 0) set_num_threads(o.threads);
+  if (!o.isa.empty()) kernels::set_gemm_quant_isa(o.isa);
   std::vector<std::pair<int64_t, int64_t>> shapes;
   for (const std::string& s : o.shapes) {
     int64_t N = 0, K = 0;
@@ -193,6 +195,7 @@ void add_bench_quant(CLI::App& bench, Registry& reg) {
   c->add_option("--copies", o->copies, "Distinct weight matrices per kind, cycled (weights from memory)")
       ->capture_default_str();
   c->add_option("--seed", o->seed, "Seed of weights and inputs")->capture_default_str();
+  c->add_option("--isa", o->isa, "Instruction set of gemm_qw: generic, avx2, avx512 (default: the best supported)");
   c->add_flag("--json", o->json, "Print one JSON object");
   c->footer(
       "Kinds: f32 = kernels::gemm with f32 weights, bf16 = kernels::gemm_bf16w, int8 / int4 = kernels::gemm_qw\n"
