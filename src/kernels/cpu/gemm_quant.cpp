@@ -92,10 +92,14 @@ struct Vx {
     for (int l = 0; l < 4; ++l) t[l] = v.v[l] + v.v[l + 4];
     return (t[0] + t[2]) + (t[1] + t[3]);
   }
-  static MOE_INLINE void deq4(const uint8_t* q, const V& s, const V& m, V& lo, V& hi) {
+  struct G4 {  // an int4 group: scale and min
+    float s, m;
+  };
+  static MOE_INLINE G4 group4(float s, float m) { return {s, m}; }
+  static MOE_INLINE void deq4(const uint8_t* q, const G4& g, V& lo, V& hi) {
     for (int l = 0; l < L; ++l) {
-      lo.v[l] = quant::dequant4(static_cast<uint8_t>(q[l] & 15u), s.v[l], m.v[l]);
-      hi.v[l] = quant::dequant4(static_cast<uint8_t>(q[l] >> 4), s.v[l], m.v[l]);
+      lo.v[l] = quant::dequant4(static_cast<uint8_t>(q[l] & 15u), g.s, g.m);
+      hi.v[l] = quant::dequant4(static_cast<uint8_t>(q[l] >> 4), g.s, g.m);
     }
   }
   static MOE_INLINE void deq8(const int8_t* q, const V& s, V& lo, V& hi) {
@@ -137,10 +141,14 @@ struct Vx {
     t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
     return _mm_cvtss_f32(t);
   }
-  static MOE_INLINE void deq4(const uint8_t* q, V s, V m, V& lo, V& hi) {
+  struct G4 {  // an int4 group: scale and min
+    V s, m;
+  };
+  static MOE_INLINE G4 group4(float s, float m) { return {bcast(s), bcast(m)}; }
+  static MOE_INLINE void deq4(const uint8_t* q, const G4& g, V& lo, V& hi) {
     const __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)));  // 8 bytes
-    lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15))), s, m);
-    hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4)), s, m);
+    lo = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(15))), g.s, g.m);
+    hi = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4)), g.s, g.m);
   }
   static MOE_INLINE void deq8(const int8_t* q, V s, V& lo, V& hi) {
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
@@ -194,11 +202,21 @@ struct Vx {
     for (int l = 0; l < 4; ++l) t[l] += t[l + 4];
     return (t[0] + t[2]) + (t[1] + t[3]);
   }
-  static MOE_INLINE void deq4(const uint8_t* q, V s, V m, V& lo, V& hi) {
+  // An int4 group as a table: lane i holds the weight that code i stands for, fma(i, scale, min) (the
+  // formula of quant_format.h: i · scale is exact). A code then becomes its weight with one permute
+  // (vpermps reads the low 4 bits of each index), instead of a conversion and an FMA.
+  struct G4 {
+    V table;
+  };
+  static MOE_INLINE G4 group4(float s, float m) {
+    const V codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    return {_mm512_fmadd_ps(codes, bcast(s), bcast(m))};
+  }
+  static MOE_INLINE void deq4(const uint8_t* q, const G4& g, V& lo, V& hi) {
     const __m512i x = _mm512_maskz_cvtepu8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)));
     const __m512i h = reinterpret_cast<__m512i>(reinterpret_cast<v16u>(x) >> 4);
-    lo = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(kAll, _mm512_and_si512(x, _mm512_set1_epi32(15))), s, m);
-    hi = _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(kAll, h), s, m);
+    lo = _mm512_maskz_permutexvar_ps(kAll, x, g.table);  // the low nibble; bits 4..7 are ignored
+    hi = _mm512_maskz_permutexvar_ps(kAll, h, g.table);
   }
   static MOE_INLINE void deq8(const int8_t* q, V s, V& lo, V& hi) {
     lo = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(kAll, _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))), s);
