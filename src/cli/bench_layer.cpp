@@ -451,6 +451,7 @@ void register_bench(CLI::App& app, Registry& reg) {
   add_bench_train(*bench_app, reg);
   add_bench_generate(*bench_app, reg);
   add_bench_offload(*bench_app, reg);
+  add_bench_quant(*bench_app, reg);
 }
 
 }  // namespace moe::cli

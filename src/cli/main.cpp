@@ -5,10 +5,12 @@
 //   moe generate --model DIR ...     continue a prompt (KV cache)
 //   moe upcycle --model DIR ...      dense checkpoint -> MoE checkpoint
 //   moe init --out DIR ...           randomly initialised checkpoint of a model shape
+//   moe quantize --model DIR ...     checkpoint with group-wise int8/int4 experts
 //   moe report RUN_DIR               HTML page of a training run
 //   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
 //   moe version                      build information and available backends
-//   moe bench layer|train|generate   time one MoE layer, one training step, or serving throughput
+//   moe bench layer|train|generate|quant  time one MoE layer, one training step, serving throughput,
+//                                    or the quantized-weight GEMMs
 //   moe layer check-config FILE      validate a layer config (JSON) and print it normalised
 //
 // Exit codes: 0 success; 2 bad command line or bad input (one line `moe: error: ...` on stderr);
@@ -91,6 +93,7 @@ int main(int argc, char** argv) {
   moe::cli::register_generate(app, reg);
   moe::cli::register_upcycle(app, reg);
   moe::cli::register_init(app, reg);
+  moe::cli::register_quantize(app, reg);
   moe::cli::register_report(app, reg);
   moe::cli::register_serve(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited
