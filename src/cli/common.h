@@ -36,6 +36,7 @@ void register_eval(CLI::App& app, Registry& reg);
 void register_generate(CLI::App& app, Registry& reg);
 void register_upcycle(CLI::App& app, Registry& reg);
 void register_init(CLI::App& app, Registry& reg);
+void register_prune(CLI::App& app, Registry& reg);
 // `moe bench train` (src/cli/bench_train.cpp), added to the `bench` group by register_bench.
 void add_bench_train(CLI::App& bench, Registry& reg);
 // `moe bench generate` (src/cli/bench_generate.cpp): serving throughput of the engine.

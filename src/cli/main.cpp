@@ -5,6 +5,7 @@
 //   moe generate --model DIR ...     continue a prompt (KV cache)
 //   moe upcycle --model DIR ...      dense checkpoint -> MoE checkpoint
 //   moe init --out DIR ...           randomly initialised checkpoint of a model shape
+//   moe prune --model DIR ...        drop each MoE layer's least-used experts (calibration text)
 //   moe report RUN_DIR               HTML page of a training run
 //   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
 //   moe version                      build information and available backends
@@ -91,6 +92,7 @@ int main(int argc, char** argv) {
   moe::cli::register_generate(app, reg);
   moe::cli::register_upcycle(app, reg);
   moe::cli::register_init(app, reg);
+  moe::cli::register_prune(app, reg);
   moe::cli::register_report(app, reg);
   moe::cli::register_serve(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited

@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +28,7 @@ struct ServeArgs {
   infer::ServerOptions opt;
   int threads = 0;
   bool bf16 = false;
+  double skip_threshold = 0;  // dynamic expert skipping (0 = off)
 };
 
 // tokenizer_config.json's token fields are a string or {"content": string}.
@@ -99,6 +101,8 @@ sigset_t stop_signals() {
 
 int run_serve(ServeArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
+  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "serve: --skip-threshold must be >= 0, got ",
+            a.skip_threshold);
   if (a.opt.api_key.empty())
     if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
   a.opt.validate();
@@ -109,6 +113,7 @@ int run_serve(ServeArgs& a) {
   train::Tokenizer tok = train::Tokenizer::load(tp);
   model::Transformer m = model::load_pretrained(dir);
   m.set_bf16_inference(a.bf16);
+  m.set_expert_skip_threshold(a.skip_threshold);
   const model::ModelConfig& cfg = m.config();
   MOE_CHECK(tok.vocab_size() <= cfg.vocab_size, "serve: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", cfg.vocab_size);
@@ -160,6 +165,8 @@ void register_serve(CLI::App& app, Registry& reg) {
   c->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
+  c->add_option("--skip-threshold", a->skip_threshold,
+                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")->capture_default_str();
   c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")->capture_default_str();
   c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")->capture_default_str();
