@@ -53,9 +53,9 @@ int run_compare(const EvalArgs& a, const model::Transformer& m, const std::strin
                      .dump()
               << "\n";
   } else {
-    std::cout << "model ppl " << std::exp(r.loss) << "  base ppl " << std::exp(r.base_loss) << "  KL(base||model) mean "
-              << r.kl_mean << " max " << r.kl_max << "  top-1 agreement " << r.top1_agreement << "  tokens "
-              << r.tokens << "\n";
+    std::cout << "model ppl " << std::exp(r.loss) << "  base ppl " << std::exp(r.base_loss)
+              << "  KL(base||model) mean " << r.kl_mean << " max " << r.kl_max << "  top-1 agreement "
+              << r.top1_agreement << "  tokens " << r.tokens << "\n";
   }
   return kExitOk;
 }
@@ -97,6 +97,7 @@ int run_eval(const EvalArgs& a) {
   if (!base_dir.empty()) return run_compare(a, m, dir, base_dir, toks, S);
   const int64_t n = static_cast<int64_t>(toks.size());
   double loss = 0;
+  int64_t skipped = 0, routed = 0;  // expert assignments skipped by --skip-threshold, of all routed
   int64_t count = 0;
   std::vector<int32_t> in, tgt;
   int64_t pos = 0;
@@ -112,14 +113,24 @@ int run_eval(const EvalArgs& a) {
       }
     const model::StepResult r = m.evaluate(in.data(), tgt.data(), rows, len);
     loss += r.loss_sum, count += r.count;
+    for (const MoEStats& st : r.stats) {
+      skipped += st.skipped;
+      for (int64_t c : st.routed_per_expert) routed += c;
+    }
     pos += rows * len;
   }
   const double mean = loss / static_cast<double>(count);
   if (a.json) {
-    std::cout << nlohmann::json{{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}}.dump()
-              << "\n";
+    nlohmann::json j = {{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}};
+    if (a.skip_threshold > 0)
+      j["skipped_share"] = static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1));
+    std::cout << j.dump() << "\n";
   } else {
-    std::cout << "loss " << mean << "  ppl " << std::exp(mean) << "  tokens " << count << "\n";
+    std::cout << "loss " << mean << "  ppl " << std::exp(mean) << "  tokens " << count;
+    if (a.skip_threshold > 0)
+      std::cout << "  experts skipped "
+                << 100.0 * static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1)) << "%";
+    std::cout << "\n";
   }
   return kExitOk;
 }

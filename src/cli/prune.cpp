@@ -62,7 +62,9 @@ int run_prune(const PruneArgs& a) {
   if (a.json) {
     nlohmann::json layers = nlohmann::json::array();
     for (const model::LayerPrune& l : plan.layers)
-      layers.push_back({{"layer", l.layer}, {"kept", l.kept}, {"weight_share", l.weight_share},
+      layers.push_back({{"layer", l.layer},
+                        {"kept", l.kept},
+                        {"weight_share", l.weight_share},
                         {"count_share", l.count_share}});
     std::cout << nlohmann::json{{"out", a.out},
                                 {"experts", c.num_experts},
@@ -95,10 +97,12 @@ int run_prune(const PruneArgs& a) {
 
 void register_prune(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<PruneArgs>();
-  CLI::App* c = app.add_subcommand("prune", "Remove each MoE layer's least-used experts (measured on calibration text)");
+  CLI::App* c = app.add_subcommand(
+      "prune", "Remove each MoE layer's least-used experts (measured on calibration text)");
   c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
   c->add_option("--keep", a->keep, "Experts kept per MoE layer (top-k <= K < experts)")->required();
-  c->add_option("--calibration", a->calibration, "Text file (or directory) encoded with the model's tokenizer")
+  c->add_option("--calibration", a->calibration,
+                "Text file (or directory) encoded with the model's tokenizer")
       ->required();
   c->add_option("--out", a->out, "Output model directory")->required();
   c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 512))");

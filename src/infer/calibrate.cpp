@@ -10,7 +10,8 @@
 
 namespace moe::infer {
 
-ExpertUsage measure_expert_usage(const model::Transformer& m, const std::vector<int32_t>& tokens, int64_t seq_len) {
+ExpertUsage measure_expert_usage(const model::Transformer& m, const std::vector<int32_t>& tokens,
+                                 int64_t seq_len) {
   const model::ModelConfig& c = m.config();
   MOE_CHECK(!tokens.empty(), "expert usage: no calibration tokens");
   MOE_CHECK(seq_len >= 1 && seq_len <= c.max_position_embeddings, "expert usage: seq_len ", seq_len,
@@ -98,12 +99,13 @@ ExpertUsage load_expert_usage(const std::string& path) {
       lu.weight = l["weight"].get<std::vector<double>>();
       MOE_CHECK(lu.layer >= 0, path, ": layers[", i, "].layer must be >= 0, got ", lu.layer);
       MOE_CHECK(!lu.count.empty() && lu.count.size() == lu.weight.size(), path, ": layers[", i,
-                "]: 'count' and 'weight' must be non-empty and of equal length, got ", lu.count.size(), " and ",
-                lu.weight.size());
+                "]: 'count' and 'weight' must be non-empty and of equal length, got ", lu.count.size(),
+                " and ", lu.weight.size());
       for (size_t e = 0; e < lu.count.size(); ++e)
         MOE_CHECK(lu.count[e] >= 0 && lu.weight[e] >= 0 && std::isfinite(lu.weight[e]), path, ": layers[", i,
                   "] expert ", e, ": count and weight must be >= 0 and finite");
-      MOE_CHECK(u.layers.empty() || lu.layer > u.layers.back().layer, path, ": layers must be in increasing order");
+      MOE_CHECK(u.layers.empty() || lu.layer > u.layers.back().layer, path,
+                ": layers must be in increasing order");
       u.layers.push_back(std::move(lu));
     }
   } catch (const nlohmann::json::exception& e) {

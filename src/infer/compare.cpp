@@ -45,7 +45,8 @@ void CompareAccumulator::add(const double* base, const double* model, const int3
     agree_ += ab == am ? 1 : 0;
     const int32_t y = targets[t];
     if (y >= 0) {
-      MOE_CHECK(y < V_, "compare: target ", y, " at row ", rows_ + t, " is outside the vocabulary [0, ", V_, ")");
+      MOE_CHECK(y < V_, "compare: target ", y, " at row ", rows_ + t, " is outside the vocabulary [0, ", V_,
+                ")");
       ce_ -= lm[y], ce_base_ -= lb[y], ++counted_;
     }
   }
@@ -68,15 +69,15 @@ CompareResult CompareAccumulator::result() const {
 CompareResult compare_models(const model::Transformer& base, const model::Transformer& m,
                              const std::vector<int32_t>& toks, int64_t S, int64_t batch) {
   const int64_t V = m.config().vocab_size;
-  MOE_CHECK(base.config().vocab_size == V, "compare: the base model's vocabulary has ", base.config().vocab_size,
-            " tokens, the model's ", V);
+  MOE_CHECK(base.config().vocab_size == V, "compare: the base model's vocabulary has ",
+            base.config().vocab_size, " tokens, the model's ", V);
   MOE_CHECK(toks.size() >= 2, "compare: need at least 2 tokens, got ", toks.size());
   MOE_CHECK(S >= 1 && S <= m.config().max_position_embeddings && S <= base.config().max_position_embeddings,
             "compare: seq_len ", S, " must be in [1, the context of both models]");
   MOE_CHECK(batch >= 1, "compare: batch must be >= 1, got ", batch);
   for (size_t i = 0; i < toks.size(); ++i)
-    MOE_CHECK(toks[i] >= 0 && toks[i] < V, "compare: token ", i, " = ", toks[i], " is outside the vocabulary [0, ",
-              V, ")");
+    MOE_CHECK(toks[i] >= 0 && toks[i] < V, "compare: token ", i, " = ", toks[i],
+              " is outside the vocabulary [0, ", V, ")");
   CompareAccumulator acc(V);
   const int64_t n = static_cast<int64_t>(toks.size());
   std::vector<int32_t> tgt;

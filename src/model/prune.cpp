@@ -33,7 +33,8 @@ Tensor select_rows(const Tensor& t, const std::vector<int64_t>& idx) {
   Tensor out = Tensor::empty(s, src.dtype(), t.name());
   auto* dst = static_cast<unsigned char*>(out.raw());
   const auto* from = static_cast<const unsigned char*>(src.raw());
-  for (size_t j = 0; j < idx.size(); ++j) std::memcpy(dst + j * row, from + static_cast<size_t>(idx[j]) * row, row);
+  for (size_t j = 0; j < idx.size(); ++j)
+    std::memcpy(dst + j * row, from + static_cast<size_t>(idx[j]) * row, row);
   return out;
 }
 
@@ -78,8 +79,8 @@ PrunePlan plan_prune(const ModelConfig& c, const infer::ExpertUsage& usage, int6
 
   for (size_t i = 0; i < moe_layers.size(); ++i) {
     const infer::LayerUsage& u = usage.layers[i];
-    MOE_CHECK(u.layer == moe_layers[i], "prune: usage entry ", i, " is layer ", u.layer, ", expected MoE layer ",
-              moe_layers[i]);
+    MOE_CHECK(u.layer == moe_layers[i], "prune: usage entry ", i, " is layer ", u.layer,
+              ", expected MoE layer ", moe_layers[i]);
     MOE_CHECK(static_cast<int64_t>(u.count.size()) == E && static_cast<int64_t>(u.weight.size()) == E,
               "prune: usage of layer ", u.layer, " has ", u.count.size(), " experts, the model ", E);
     LayerPrune lp;
@@ -143,7 +144,9 @@ Transformer prune_experts(const Transformer& m, const PrunePlan& plan) {
     const std::string pre = moe_prefix(c, l);
     make[pre + ".gate.weight"] = [ml, kp] { return select_rows(ml->params().router_w, *kp); };
     if (ml->config().router.use_bias)
-      make[pre + ".gate.e_score_correction_bias"] = [ml, kp] { return select_rows(ml->params().router_bias, *kp); };
+      make[pre + ".gate.e_score_correction_bias"] = [ml, kp] {
+        return select_rows(ml->params().router_bias, *kp);
+      };
     const Tensor* W[3] = {&ml->params().w_gate, &ml->params().w_up, &ml->params().w_down};
     for (int i = 0; i < 3; ++i) {
       MOE_CHECK(W[i]->defined(), "prune: layer ", l, " has no ", pre, stacked[i]);

@@ -95,6 +95,10 @@ def main():
         skip = json.loads(run([moe, "eval", "--model", base, "--data", calib, "--compare", base, "--seq-len", "32",
                                "--json", "--skip-threshold", "0.55"]).stdout)
         assert skip["kl_mean"] > 0 and skip["base_loss"] == same["base_loss"], skip
+        share = json.loads(run([moe, "eval", "--model", base, "--data", calib, "--seq-len", "32", "--json",
+                                "--skip-threshold", "0.55"]).stdout)
+        assert 0.5 <= share["skipped_share"] < 1, share  # every second choice (w <= 1/2) is skipped
+        assert abs(share["loss"] - skip["loss"]) < 1e-5 * skip["loss"], (share, skip)
         run([moe, "generate", "--model", pruned, "--prompt", "The quick", "--max-tokens", "3", "--skip-threshold",
              "0.3", "--threads", "2"])
 

@@ -31,8 +31,7 @@ MoELayer shared_layer(DType dt, uint64_t seed, int64_t E = 5, int k = 3) {
 }
 
 bool same_bits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+  return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
 TEST(ExpertSkip, ThresholdZeroIsBitIdentical) {
@@ -186,8 +185,9 @@ TEST(ExpertSkip, ConfigJsonRoundTrip) {
   const MoEConfig back = moe_config_from_json(to_json(c));
   EXPECT_EQ(back.router.skip_threshold, 0.125);
   EXPECT_EQ(to_json(small_config()).find("skip_threshold"), std::string::npos);  // written only when on
-  EXPECT_THROW(moe_config_from_json(R"({"d_model": 8, "d_ff": 6, "n_experts": 4, "router": {"skip_threshold": -1}})"),
-               Error);
+  EXPECT_THROW(
+      moe_config_from_json(R"({"d_model": 8, "d_ff": 6, "n_experts": 4, "router": {"skip_threshold": -1}})"),
+      Error);
 }
 
 }  // namespace

@@ -4,12 +4,12 @@
 // routing, up to f64 rounding), also after a save and load.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include "model_testutil.h"
 #include "moe/core/error.h"
@@ -47,7 +47,8 @@ Transformer f32_exact_model(const ModelConfig& c, uint64_t seed) {
   std::map<std::string, Tensor> sd = m.hf_state_dict();  // f32
   const Rng r(seed + 1);
   for (auto& [name, t] : sd)
-    if (name.find("e_score_correction_bias") != std::string::npos) r.fork(name.size()).fill_normal(t, 0.0, 0.1);
+    if (name.find("e_score_correction_bias") != std::string::npos)
+      r.fork(name.size()).fill_normal(t, 0.0, 0.1);
   m.load_hf_state_dict(sd);
   return m;
 }
@@ -191,7 +192,8 @@ void check_prune_equivalence(const ModelConfig& c, int64_t keep, bool expect_gro
     EXPECT_LE(lp.weight_share, 1.0);
     const std::string name = moe_prefix(c, lp.layer) + ".gate.e_score_correction_bias";
     std::vector<double> b(static_cast<size_t>(c.num_experts), -std::numeric_limits<double>::infinity());
-    const std::vector<double> orig = sd.count(name) ? sd[name].to_vector() : std::vector<double>(b.size(), 0.0);
+    const std::vector<double> orig =
+        sd.count(name) ? sd[name].to_vector() : std::vector<double>(b.size(), 0.0);
     for (int64_t e : lp.kept) b[e] = orig[e];
     sd[name] = Tensor::from(b, {c.num_experts}, DType::F32);
     // The pruned router rows are the kept rows of the original, in order.
@@ -205,15 +207,16 @@ void check_prune_equivalence(const ModelConfig& c, int64_t keep, bool expect_gro
 
   const std::vector<int32_t> tok = random_tokens(24, c.vocab_size, 13);
   const Tensor lp = p.logits(tok.data(), 2, 12), lr = ref.logits(tok.data(), 2, 12);
-  EXPECT_LT(max_rel_diff(lp, lr), 1e-12);  // f64: the two compute the same function
+  EXPECT_LT(max_rel_diff(lp, lr), 1e-12);                          // f64: the two compute the same function
   EXPECT_GT(max_rel_diff(lp, m.logits(tok.data(), 2, 12)), 1e-6);  // and pruning changed something
 
   // Checkpoint round trip: the expert-count key of config.json and the same logits.
   TmpDir d(cat("moe_prune_", arch_name(c.arch)));
   save_pretrained(p, d.p.string());
   nlohmann::json j = nlohmann::json::parse(std::ifstream((d.p / "config.json").string()));
-  const char* key = c.arch == Arch::Mixtral ? "num_local_experts" : c.arch == Arch::DeepseekV3 ? "n_routed_experts"
-                                                                                               : "num_experts";
+  const char* key = c.arch == Arch::Mixtral      ? "num_local_experts"
+                    : c.arch == Arch::DeepseekV3 ? "n_routed_experts"
+                                                 : "num_experts";
   EXPECT_EQ(j[key].get<int64_t>(), keep);
   const Transformer back = load_pretrained(d.p.string(), DType::F64);
   EXPECT_EQ(max_rel_diff(back.logits(tok.data(), 2, 12), lp), 0.0);

@@ -11,11 +11,11 @@
 namespace moe::infer {
 
 struct CompareResult {
-  int64_t tokens = 0;          // predicted positions n
+  int64_t tokens = 0;              // predicted positions n
   double loss = 0, base_loss = 0;  // mean cross-entropy (nats) of the model and of the base
-  double kl_mean = 0;          // (1/n) Σ_t KL_t, KL_t = Σ_v p_base(v) (log p_base(v) - log p_model(v))
-  double kl_max = 0;           // max_t KL_t
-  double top1_agreement = 0;   // share of positions where both argmaxes (lowest index on ties) agree
+  double kl_mean = 0;              // (1/n) Σ_t KL_t, KL_t = Σ_v p_base(v) (log p_base(v) - log p_model(v))
+  double kl_max = 0;               // max_t KL_t
+  double top1_agreement = 0;       // share of positions where both argmaxes (lowest index on ties) agree
 };
 
 // Sums over logit rows; rows of both models must come from the same input positions.

@@ -15,9 +15,9 @@ namespace moe::model {
 
 struct LayerPrune {
   int64_t layer = 0;
-  std::vector<int64_t> kept;   // (K) original expert indices, ascending; kept[j] becomes expert j
-  double weight_share = 0.0;   // Σ_kept weight / Σ_all weight of the calibration usage
-  double count_share = 0.0;    // Σ_kept count / Σ_all count
+  std::vector<int64_t> kept;  // (K) original expert indices, ascending; kept[j] becomes expert j
+  double weight_share = 0.0;  // Σ_kept weight / Σ_all weight of the calibration usage
+  double count_share = 0.0;   // Σ_kept count / Σ_all count
 };
 
 struct PrunePlan {
