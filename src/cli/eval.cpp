@@ -1,6 +1,9 @@
-// `moe eval --model DIR (--data FILE | --tokens 1,2,3) [--json]`: mean next-token cross-entropy,
-// perplexity and token count. The tokens are cut into windows of --seq-len + 1 tokens that overlap
-// by one, so every token but the first is predicted exactly once (context restarts per window).
+// `moe eval --model DIR (--data FILE | --tokens 1,2,3) [--compare BASE_DIR] [--skip-threshold X] [--json]`:
+// mean next-token cross-entropy, perplexity and token count. The tokens are cut into windows of
+// --seq-len + 1 tokens that overlap by one, so every token but the first is predicted exactly once
+// (context restarts per window). With --compare, both models run on the same tokens and the KL
+// divergence KL(base || model) of their next-token distributions and their top-1 agreement are
+// reported too (moe/infer/compare.h, docs/PRUNING.md); --skip-threshold applies to --model only.
 #include <cmath>
 #include <iostream>
 #include <memory>
@@ -11,6 +14,7 @@
 #include "cli/offload_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "moe/infer/compare.h"
 #include "moe/model/transformer.h"
 #include "moe/train/data.h"
 #include "moe/train/tokenizer.h"
@@ -19,26 +23,69 @@ namespace moe::cli {
 namespace {
 
 struct EvalArgs {
-  std::string model, data;
+  std::string model, data, compare;
   std::vector<int64_t> tokens;
   int64_t seq_len = 0, batch = 8;
+  double skip_threshold = 0;
   bool json = false;
   int threads = 0;
   OffloadFlags offload;
 };
 
+// --compare: both models on the same tokens.
+int run_compare(const EvalArgs& a, const model::Transformer& m, const std::string& dir, const std::string& base_dir,
+                const std::vector<int32_t>& toks, int64_t S) {
+  const infer::InferenceModel base_im = load_for_inference(base_dir, false, OffloadFlags());  // quantized bases too
+  const model::Transformer& base = *base_im.model;
+  MOE_CHECK(base.config().vocab_size == m.config().vocab_size, "eval: --compare: the base model has ",
+            base.config().vocab_size, " tokens in its vocabulary, the model ", m.config().vocab_size);
+  MOE_CHECK(S <= base.config().max_position_embeddings, "eval: --seq-len ", S, " exceeds the base model's context ",
+            base.config().max_position_embeddings);
+  const infer::CompareResult r = infer::compare_models(base, m, toks, S, a.batch);
+  if (a.json) {
+    std::cout << nlohmann::json{{"model", dir},
+                                {"base", base_dir},
+                                {"tokens", r.tokens},
+                                {"loss", r.loss},
+                                {"ppl", std::exp(r.loss)},
+                                {"base_loss", r.base_loss},
+                                {"base_ppl", std::exp(r.base_loss)},
+                                {"kl_mean", r.kl_mean},
+                                {"kl_max", r.kl_max},
+                                {"top1_agreement", r.top1_agreement}}
+                     .dump()
+              << "\n";
+  } else {
+    std::cout << "model ppl " << std::exp(r.loss) << "  base ppl " << std::exp(r.base_loss)
+              << "  KL(base||model) mean " << r.kl_mean << " max " << r.kl_max << "  top-1 agreement "
+              << r.top1_agreement << "  tokens " << r.tokens << "\n";
+  }
+  return kExitOk;
+}
+
 int run_eval(const EvalArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   MOE_CHECK(a.data.empty() != a.tokens.empty(), "eval: give exactly one of --data FILE and --tokens LIST");
+  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "eval: --skip-threshold must be >= 0, got ",
+            a.skip_threshold);
   const std::string dir = resolve_model_dir(a.model);
-  const infer::InferenceModel im = load_for_inference(dir, false, a.offload);
-  const model::Transformer& m = *im.model;
+  const std::string base_dir = a.compare.empty() ? std::string() : resolve_model_dir(a.compare);
+  infer::InferenceModel im = load_for_inference(dir, false, a.offload);
+  model::Transformer& m = *im.model;
+  m.set_expert_skip_threshold(a.skip_threshold);
   const int64_t V = m.config().vocab_size;
   std::vector<int32_t> toks;
   if (!a.data.empty()) {
     const std::string tp = find_tokenizer(dir);
     MOE_CHECK(!tp.empty(), "eval: --data needs a tokenizer.json next to the model in '", dir, "'; use --tokens");
-    toks = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.data));
+    const std::string text = train::read_text_corpus(a.data);
+    toks = train::Tokenizer::load(tp).encode(text);
+    if (!base_dir.empty()) {
+      const std::string btp = find_tokenizer(base_dir);
+      MOE_CHECK(!btp.empty(), "eval: --compare: no tokenizer.json next to the base model in '", base_dir, "'");
+      MOE_CHECK(train::Tokenizer::load(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp, "' and '",
+                btp, "' encode --data differently; the models must share a tokenizer");
+    }
   } else {
     for (size_t i = 0; i < a.tokens.size(); ++i) {
       MOE_CHECK(a.tokens[i] >= 0 && a.tokens[i] < V, "eval: --tokens entry ", i, " = ", a.tokens[i],
@@ -51,8 +98,10 @@ int run_eval(const EvalArgs& a) {
   MOE_CHECK(S <= m.config().max_position_embeddings, "eval: --seq-len ", S, " exceeds the model's context ",
             m.config().max_position_embeddings);
   MOE_CHECK(a.batch >= 1, "eval: --batch must be >= 1");
+  if (!base_dir.empty()) return run_compare(a, m, dir, base_dir, toks, S);
   const int64_t n = static_cast<int64_t>(toks.size());
   double loss = 0;
+  int64_t skipped = 0, routed = 0;  // expert assignments skipped by --skip-threshold, of all routed
   int64_t count = 0;
   std::vector<int32_t> in, tgt;
   int64_t pos = 0;
@@ -68,14 +117,24 @@ int run_eval(const EvalArgs& a) {
       }
     const model::StepResult r = m.evaluate(in.data(), tgt.data(), rows, len);
     loss += r.loss_sum, count += r.count;
+    for (const MoEStats& st : r.stats) {
+      skipped += st.skipped;
+      for (int64_t c : st.routed_per_expert) routed += c;
+    }
     pos += rows * len;
   }
   const double mean = loss / static_cast<double>(count);
   if (a.json) {
-    std::cout << nlohmann::json{{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}}.dump()
-              << "\n";
+    nlohmann::json j = {{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}};
+    if (a.skip_threshold > 0)
+      j["skipped_share"] = static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1));
+    std::cout << j.dump() << "\n";
   } else {
-    std::cout << "loss " << mean << "  ppl " << std::exp(mean) << "  tokens " << count << "\n";
+    std::cout << "loss " << mean << "  ppl " << std::exp(mean) << "  tokens " << count;
+    if (a.skip_threshold > 0)
+      std::cout << "  experts skipped "
+                << 100.0 * static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1)) << "%";
+    std::cout << "\n";
   }
   return kExitOk;
 }
@@ -91,6 +150,10 @@ void register_eval(CLI::App& app, Registry& reg) {
   c->add_option("--seq-len", a->seq_len, "Window length (default min(context, 512))");
   c->add_option("--batch", a->batch, "Windows per forward pass")->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_option("--compare", a->compare,
+                "Base model directory: also report its perplexity, KL(base || model) and top-1 agreement");
+  c->add_option("--skip-threshold", a->skip_threshold,
+                "Skip routed experts of --model whose routing weight is below this (0 = off)");
   c->add_flag("--json", a->json, "Print one JSON object");
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_eval(*a); }; });

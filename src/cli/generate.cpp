@@ -1,5 +1,7 @@
 // `moe generate --model DIR --prompt TEXT [--max-tokens N --temperature T --top-p P --top-k K
-// --seed S] [--bf16] [--json]`: continues the prompt with a KV cache, printing the text as it is made.
+// --seed S] [--bf16] [--skip-threshold X] [--json]`: continues the prompt with a KV cache, printing
+// the text as it is made.
+#include <cmath>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -20,12 +22,15 @@ struct GenArgs {
   infer::GenerateOptions opt;
   bool json = false;
   bool bf16 = false;
+  double skip_threshold = 0;  // dynamic expert skipping (0 = off)
   int threads = 0;
   OffloadFlags offload;
 };
 
 int run_generate(GenArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
+  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "generate: --skip-threshold must be >= 0, got ",
+            a.skip_threshold);
   a.opt.sampling.validate();
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
@@ -33,6 +38,7 @@ int run_generate(GenArgs& a) {
   const train::Tokenizer tok = train::Tokenizer::load(tp);
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
   model::Transformer& m = *im.model;
+  m.set_expert_skip_threshold(a.skip_threshold);
   MOE_CHECK(tok.vocab_size() <= m.config().vocab_size, "generate: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", m.config().vocab_size);
   // The special tokens of the file's post-processor (<s> for Llama-style files), as transformers adds them.
@@ -90,6 +96,8 @@ void register_generate(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
+  c->add_option("--skip-threshold", a->skip_threshold,
+                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
   c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });

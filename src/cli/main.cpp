@@ -6,6 +6,7 @@
 //   moe upcycle --model DIR ...      dense checkpoint -> MoE checkpoint
 //   moe init --out DIR ...           randomly initialised checkpoint of a model shape
 //   moe quantize --model DIR ...     checkpoint with group-wise int8/int4 experts
+//   moe prune --model DIR ...        drop each MoE layer's least-used experts (calibration text)
 //   moe report RUN_DIR               HTML page of a training run
 //   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
 //   moe version                      build information and available backends
@@ -94,6 +95,7 @@ int main(int argc, char** argv) {
   moe::cli::register_upcycle(app, reg);
   moe::cli::register_init(app, reg);
   moe::cli::register_quantize(app, reg);
+  moe::cli::register_prune(app, reg);
   moe::cli::register_report(app, reg);
   moe::cli::register_serve(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited

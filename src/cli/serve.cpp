@@ -4,6 +4,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -29,6 +30,7 @@ struct ServeArgs {
   int threads = 0;
   bool bf16 = false;
   OffloadFlags offload;
+  double skip_threshold = 0;  // dynamic expert skipping (0 = off)
 };
 
 // tokenizer_config.json's token fields are a string or {"content": string}.
@@ -101,6 +103,8 @@ sigset_t stop_signals() {
 
 int run_serve(ServeArgs& a) {
   if (a.threads > 0) set_num_threads(a.threads);
+  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "serve: --skip-threshold must be >= 0, got ",
+            a.skip_threshold);
   if (a.opt.api_key.empty())
     if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
   a.opt.validate();
@@ -110,7 +114,8 @@ int run_serve(ServeArgs& a) {
   MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");
   train::Tokenizer tok = train::Tokenizer::load(tp);
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
-  const model::Transformer& m = *im.model;
+  model::Transformer& m = *im.model;
+  m.set_expert_skip_threshold(a.skip_threshold);
   a.opt.expert_store = im.store;
   if (im.store) std::cerr << "serve: " << im.store->describe() << "\n";
   const model::ModelConfig& cfg = m.config();
@@ -165,6 +170,8 @@ void register_serve(CLI::App& app, Registry& reg) {
   c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_offload_flags(c, a->offload);
+  c->add_option("--skip-threshold", a->skip_threshold,
+                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")->capture_default_str();
   c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")->capture_default_str();
   c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")->capture_default_str();

@@ -387,18 +387,4 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
   return impl;
 }
 
-InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt) {
-  const model::QuantConfig qc = model::read_quant_config(dir);
-  const bool store = opt.offload || qc.bits > 0;
-  InferenceModel r;
-  r.model = std::make_unique<model::Transformer>(model::load_pretrained(dir, DType::F32, store));
-  if (store) {
-    ExpertStoreOptions so = opt.store;
-    if (!opt.offload) so.resident_experts = -1, so.cache_gb = 0;
-    r.store = ExpertStore::attach(*r.model, dir, so);
-  }
-  if (opt.bf16) r.model->set_bf16_inference(true);
-  return r;
-}
-
 }  // namespace moe::infer

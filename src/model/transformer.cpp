@@ -441,6 +441,11 @@ void Transformer::set_bf16_inference(bool on) {
   bf16_inference_ = on;
 }
 
+void Transformer::set_expert_skip_threshold(double t) {
+  for (auto& l : moe_)
+    if (l) l->set_skip_threshold(t);
+}
+
 void Transformer::refresh_bf16() const {
   if (!bf16_compute_) return;
   std::vector<int> linear = {index_.head};

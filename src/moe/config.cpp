@@ -67,6 +67,8 @@ void MoEConfig::validate() const {
   MOE_CHECK(std::isfinite(r.capacity_factor) && r.capacity_factor >= 0,
             "config: capacity_factor must be >= 0 (0 = dropless), got ", r.capacity_factor);
   MOE_CHECK(r.jitter_eps >= 0 && r.jitter_eps < 1, "config: jitter_eps must be in [0, 1), got ", r.jitter_eps);
+  MOE_CHECK(std::isfinite(r.skip_threshold) && r.skip_threshold >= 0,
+            "config: skip_threshold must be finite and >= 0 (0 = off), got ", r.skip_threshold);
   MOE_CHECK(r.sinkhorn_iters >= 0, "config: sinkhorn_iters must be >= 0, got ", r.sinkhorn_iters);
   MOE_CHECK(n_shared_experts >= 0, "config: n_shared_experts must be >= 0, got ", n_shared_experts);
   MOE_CHECK(d_ff_shared >= 0, "config: d_ff_shared must be >= 0, got ", d_ff_shared);
@@ -110,6 +112,7 @@ std::string to_json(const MoEConfig& c) {
         {"seq_len", b.seq_len},
         {"z_coef", b.z_coef},
         {"bias_update_rate", b.bias_update_rate}}}};
+  if (r.skip_threshold != 0.0) j["router"]["skip_threshold"] = r.skip_threshold;  // written only when on
   return j.dump(2);
 }
 
@@ -162,7 +165,7 @@ MoEConfig moe_config_from_json(const std::string& text) {
     MOE_CHECK(r.is_object(), "config: 'router' must be an object");
     reject_unknown(r, "router.", {"routing", "score", "order", "top_k", "normalize", "scaling", "n_groups",
                                   "topk_groups", "group_score", "use_bias", "jitter_eps", "capacity_factor",
-                                  "drop_policy", "sinkhorn_iters", "hash_seed"});
+                                  "drop_policy", "sinkhorn_iters", "hash_seed", "skip_threshold"});
     RouterConfig& rc = c.router;
     if (r.contains("routing")) get(r, "router.", "routing", s), rc.routing = router_type_from_name(s);
     if (r.contains("score")) get(r, "router.", "score", s), rc.score = score_fn_from_name(s);
@@ -179,6 +182,7 @@ MoEConfig moe_config_from_json(const std::string& text) {
     get(r, "router.", "capacity_factor", rc.capacity_factor);
     get(r, "router.", "sinkhorn_iters", rc.sinkhorn_iters);
     get(r, "router.", "hash_seed", rc.hash_seed);
+    get(r, "router.", "skip_threshold", rc.skip_threshold);
   }
   if (j.contains("balance")) {
     const auto& b = j["balance"];

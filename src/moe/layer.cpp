@@ -250,18 +250,25 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
   if (nT > 0) mm<T>(be, nT, E, d, ptr<T>(S.x_r), false, P.router_w.data<T>(), true, logits.data<T>());
   MoEForward out;
   out.routing = route(cfg, logits, P.router_bias, opt.token_ids);
+  const int64_t skipped = opt.training ? 0 : skip_low_weights(rc, out.routing);
   const Routing& r = out.routing;
 
   // Statistics and losses.
   MoEStats& st = out.stats;
   st.routed_per_expert = routed_counts(r, E);
+  st.routed_weight_per_expert.assign(static_cast<size_t>(E), 0.0);
   st.tokens_per_expert.assign(static_cast<size_t>(E), 0);
+  const T* rw = r.weight.data<T>();
   for (int64_t a = 0; a < r.n_assign; ++a) {
+    const int32_t e = r.expert.data<int32_t>()[a];
+    st.routed_weight_per_expert[e] += static_cast<double>(rw[a]);
     if (r.kept.data<uint8_t>()[a])
-      ++st.tokens_per_expert[r.expert.data<int32_t>()[a]];
+      ++st.tokens_per_expert[e];
     else
       ++st.dropped;
   }
+  st.skipped = skipped;
+  st.dropped -= skipped;
   const int64_t max_c = *std::max_element(st.routed_per_expert.begin(), st.routed_per_expert.end());
   st.imbalance = r.n_assign > 0 ? static_cast<double>(max_c) * static_cast<double>(E) / static_cast<double>(r.n_assign)
                                 : 0.0;

@@ -322,6 +322,17 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   return r;
 }
 
+int64_t skip_low_weights(const RouterConfig& rc, Routing& r) {
+  if (rc.skip_threshold <= 0 || r.n_assign == 0) return 0;
+  const std::vector<double> w = r.weight.to(DType::F64).to_vector();  // (N)
+  uint8_t* kept = r.kept.data<uint8_t>();
+  int64_t n = 0;
+  for (int64_t a = 0; a < r.n_assign; ++a) {
+    if (kept[a] && w[a] < rc.skip_threshold) kept[a] = 0, ++n;
+  }
+  return n;
+}
+
 void route_backward(const MoEConfig& cfg, const Routing& r, const double* dw, double* dl) {
   const RouterConfig& rc = cfg.router;
   const int64_t E = cfg.n_experts, T = r.n_tokens, N = r.n_assign;

@@ -120,6 +120,10 @@ class Transformer {
   void set_bf16_inference(bool on);
   bool bf16_inference() const { return bf16_inference_; }
 
+  // Dynamic expert skipping at inference: sets RouterConfig::skip_threshold of every MoE layer
+  // (0 = off; see MoELayer::set_skip_threshold). Forwards with training on are not affected.
+  void set_expert_skip_threshold(double t);
+
   // Aux-loss-free balancing: updates each MoE layer's selection bias from that layer's stats.
   void update_router_biases(const StepResult& r);
   const MoELayer* moe_layer(int64_t layer) const;  // null for dense layers

@@ -41,6 +41,10 @@ struct RouterConfig {
   DropPolicy drop_policy = DropPolicy::Position;
   int sinkhorn_iters = 8;         // balanced routing
   uint64_t hash_seed = 0;         // hash routing
+  // Inference only (a forward with ForwardOptions::training false): assignments whose combine
+  // weight is below this are not computed (dropped like capacity drops; the other weights are not
+  // renormalised). 0 = off. docs/PRUNING.md.
+  double skip_threshold = 0.0;
 };
 
 struct BalanceConfig {

@@ -59,6 +59,7 @@ struct MoEStats {
   std::vector<double> routed_weight_per_expert;  // sum of the combine weights of those assignments
   std::vector<int64_t> tokens_per_expert;  // assignments computed per expert, after capacity
   int64_t dropped = 0;                     // assignments dropped by capacity
+  int64_t skipped = 0;                     // assignments skipped for a weight below router.skip_threshold
   double imbalance = 0.0;                  // max / mean of routed_per_expert (1 = balanced)
   double aux_loss = 0.0;                   // α-weighted Switch/GShard loss
   double seq_aux_loss = 0.0;               // weighted sequence-level loss
@@ -109,6 +110,14 @@ class MoELayer {
                     bool external_experts = false);
 
   const MoEConfig& config() const { return cfg_; }
+  // Dynamic expert skipping at inference (RouterConfig::skip_threshold; 0 = off). Throws when t is
+  // negative or not finite.
+  void set_skip_threshold(double t) {
+    MoEConfig c = cfg_;
+    c.router.skip_threshold = t;
+    c.validate();
+    cfg_ = std::move(c);
+  }
   DType dtype() const { return dtype_; }
   kernels::Backend backend() const { return backend_; }
   void set_backend(kernels::Backend b) { backend_ = b; }

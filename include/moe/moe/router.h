@@ -15,6 +15,11 @@ namespace moe {
 // Fills every field of Routing (weights in the logits' dtype).
 Routing route(const MoEConfig& cfg, const Tensor& logits, const Tensor& bias, const Tensor* token_ids);
 
+// Dynamic expert skipping (inference): marks every kept assignment whose combine weight is below
+// rc.skip_threshold as not kept, leaving the other weights as they are. Returns how many it
+// marked; 0 (and no change) when the threshold is 0.
+int64_t skip_low_weights(const RouterConfig& rc, Routing& r);
+
 // Gradient of the combine weights back to the logits: d_weight (N) -> d_logits (T, E), added to
 // d_logits (which must be zero-initialised or hold other contributions). Dropped assignments must
 // carry d_weight = 0.

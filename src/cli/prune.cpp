@@ -1,0 +1,116 @@
+// `moe prune --model DIR --keep K --calibration FILE.txt --out DIR [--seq-len N] [--usage-out FILE.json]
+// [--overwrite] [--json]`: measures expert usage on calibration text (moe/infer/calibrate.h), keeps
+// the K experts of each MoE layer with the largest share of routing weight (moe/model/prune.h) and
+// writes the pruned checkpoint with the model's tokenizer files. docs/PRUNING.md.
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "cli/model_dir.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/infer/calibrate.h"
+#include "moe/model/prune.h"
+#include "moe/train/data.h"
+#include "moe/train/tokenizer.h"
+
+namespace moe::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct PruneArgs {
+  std::string model, calibration, out, usage_out;
+  int64_t keep = 0, seq_len = 0;
+  bool overwrite = false, json = false;
+  int threads = 0;
+};
+
+int run_prune(const PruneArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  const std::string dir = resolve_model_dir(a.model);
+  MOE_CHECK(a.keep >= 1, "prune: --keep must be >= 1, got ", a.keep);
+  std::error_code ec;
+  MOE_CHECK(!fs::equivalent(dir, a.out, ec), "prune: --out must differ from the model directory '", dir, "'");
+  if (fs::exists(fs::path(a.out) / "config.json") || fs::exists(fs::path(a.out) / "model.safetensors"))
+    MOE_CHECK(a.overwrite, "prune: '", a.out, "' already holds a checkpoint (use --overwrite to replace it)");
+  const std::string tp = find_tokenizer(dir);
+  MOE_CHECK(!tp.empty(), "prune: no tokenizer.json next to the model in '", dir, "'");
+  MOE_CHECK(fs::exists(a.calibration), "prune: calibration file '", a.calibration, "' does not exist");
+  const std::vector<int32_t> toks = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
+  MOE_CHECK(!toks.empty(), "prune: calibration file '", a.calibration, "' gives no tokens");
+
+  const model::Transformer m = model::load_pretrained(dir);
+  const model::ModelConfig& c = m.config();
+  MOE_CHECK(a.keep >= c.num_experts_per_tok && a.keep < c.num_experts, "prune: --keep ", a.keep,
+            " must be in [top-k = ", c.num_experts_per_tok, ", experts = ", c.num_experts, ")");
+  const int64_t S = a.seq_len > 0 ? a.seq_len : std::min<int64_t>(c.max_position_embeddings, 512);
+  MOE_CHECK(S <= c.max_position_embeddings, "prune: --seq-len ", S, " exceeds the model's context ",
+            c.max_position_embeddings);
+  const infer::ExpertUsage usage = infer::measure_expert_usage(m, toks, S);
+  if (!a.usage_out.empty()) infer::save_expert_usage(usage, a.usage_out);
+  const model::PrunePlan plan = model::plan_prune(c, usage, a.keep);
+  const model::Transformer pruned = model::prune_experts(m, plan);
+  model::save_pretrained(pruned, a.out);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    const fs::path src = fs::path(tp).parent_path() / f;
+    if (fs::exists(src)) fs::copy_file(src, fs::path(a.out) / f, fs::copy_options::overwrite_existing);
+  }
+
+  if (a.json) {
+    nlohmann::json layers = nlohmann::json::array();
+    for (const model::LayerPrune& l : plan.layers)
+      layers.push_back({{"layer", l.layer},
+                        {"kept", l.kept},
+                        {"weight_share", l.weight_share},
+                        {"count_share", l.count_share}});
+    std::cout << nlohmann::json{{"out", a.out},
+                                {"experts", c.num_experts},
+                                {"keep", a.keep},
+                                {"calibration_tokens", usage.tokens},
+                                {"groups_reset", plan.groups_reset},
+                                {"layers", layers}}
+                     .dump()
+              << "\n";
+    return kExitOk;
+  }
+  std::cout << "calibration: " << usage.tokens << " tokens\n";
+  if (plan.groups_reset)
+    std::cout << "note: " << c.num_experts << " -> " << a.keep
+              << " experts leaves the expert groups uneven; the pruned model routes without groups "
+                 "(n_group = topk_group = 1)\n";
+  for (const model::LayerPrune& l : plan.layers) {
+    std::cout << "layer " << l.layer << ": kept";
+    for (int64_t e : l.kept) std::cout << " " << e;
+    std::cout << "  routing weight kept " << round_to(100 * l.weight_share, 2) << "%  assignments kept "
+              << round_to(100 * l.count_share, 2) << "%\n";
+  }
+  std::cout << "wrote " << a.out << ": " << a.keep << " of " << c.num_experts << " experts per MoE layer, "
+            << round_to(static_cast<double>(pruned.config().n_params()) / 1e6, 3) << "M parameters (was "
+            << round_to(static_cast<double>(c.n_params()) / 1e6, 3) << "M)\n";
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_prune(CLI::App& app, Registry& reg) {
+  auto a = std::make_shared<PruneArgs>();
+  CLI::App* c = app.add_subcommand(
+      "prune", "Remove each MoE layer's least-used experts (measured on calibration text)");
+  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  c->add_option("--keep", a->keep, "Experts kept per MoE layer (top-k <= K < experts)")->required();
+  c->add_option("--calibration", a->calibration,
+                "Text file (or directory) encoded with the model's tokenizer")
+      ->required();
+  c->add_option("--out", a->out, "Output model directory")->required();
+  c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 512))");
+  c->add_option("--usage-out", a->usage_out, "Also write the measured expert usage (JSON)");
+  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_flag("--overwrite", a->overwrite, "Replace a checkpoint already in --out");
+  c->add_flag("--json", a->json, "Print one JSON object");
+  c->callback([&reg, a] { reg.action = [a] { return run_prune(*a); }; });
+}
+
+}  // namespace moe::cli

@@ -1,0 +1,73 @@
+// Loading a model for inference: float experts in the model, or quantized / offloaded experts in an
+// expert store. Quantized attention projections (moe quantize --attention) are dequantised into the
+// model's f32 weights as they are read: the checkpoint is smaller, the memory is not.
+#include <set>
+
+#include "moe/core/error.h"
+#include "moe/infer/expert_store.h"
+#include "moe/model/model_config.h"
+#include "moe/model/quantized.h"
+
+namespace moe::infer {
+
+namespace {
+const std::string kQ = ".qweight";
+
+bool ends_with(const std::string& s, const std::string& t) {
+  return s.size() >= t.size() && s.compare(s.size() - t.size(), t.size(), t) == 0;
+}
+
+// `src` with every non-expert "<base>.qweight/.scales/.mins" triple presented as "<base>.weight" (f32).
+model::TensorSource dequantizing_source(model::TensorSource src, const model::QuantConfig& qc) {
+  std::set<std::string> bases;
+  for (const std::string& n : src.names)
+    if (ends_with(n, kQ) && n.find(".experts.") == std::string::npos) bases.insert(n.substr(0, n.size() - kQ.size()));
+  if (bases.empty()) return src;
+  model::TensorSource out;
+  for (const std::string& n : src.names) {
+    bool part = false;
+    for (const char* suf : {".qweight", ".scales", ".mins"}) {
+      const std::string s = suf;
+      if (ends_with(n, s) && bases.count(n.substr(0, n.size() - s.size()))) part = true;
+    }
+    if (!part) out.names.push_back(n);
+  }
+  for (const std::string& b : bases) out.names.push_back(b + ".weight");
+  const int64_t group = qc.group;
+  out.load = [src, bases, group](const std::string& name) {
+    if (!ends_with(name, ".weight") || !bases.count(name.substr(0, name.size() - 7))) return src.load(name);
+    const std::string base = name.substr(0, name.size() - 7);
+    const Tensor q = src.load(base + kQ);
+    const int64_t N = q.size(0), K = q.dtype() == DType::I8 ? q.size(1) : 2 * q.size(1);
+    const kernels::QuantizedMatrix m = model::load_quantized(src, name, N, K, group);
+    Tensor w = Tensor::empty({N, K}, DType::F32, name);
+    kernels::dequantize_matrix(m.view(), w.data<float>());
+    return w;
+  };
+  out.file = src.file;
+  return out;
+}
+}  // namespace
+
+InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt) {
+  const model::QuantConfig qc = model::read_quant_config(dir);
+  const bool store = opt.offload || qc.bits > 0;
+  InferenceModel r;
+  r.model = std::make_unique<model::Transformer>(model::load_model_config(dir + "/config.json"), DType::F32, store);
+  model::TensorSource src = model::checkpoint_source(dir);
+  if (qc.bits > 0) src = dequantizing_source(std::move(src), qc);
+  try {
+    r.model->load_hf_state_dict(src);
+  } catch (const Error& e) {
+    throw Error(cat(dir, ": ", e.what()));
+  }
+  if (store) {
+    ExpertStoreOptions so = opt.store;
+    if (!opt.offload) so.resident_experts = -1, so.cache_gb = 0;
+    r.store = ExpertStore::attach(*r.model, dir, so);
+  }
+  if (opt.bf16) r.model->set_bf16_inference(true);
+  return r;
+}
+
+}  // namespace moe::infer
