@@ -44,7 +44,11 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
     kernels::dequantize_matrix(m.view(), w.data<float>());
     return w;
   };
-  out.file = src.file;
+  if (src.file)
+    out.file = [src, bases](const std::string& name) {
+      const bool synth = ends_with(name, ".weight") && bases.count(name.substr(0, name.size() - 7));
+      return src.file(synth ? name.substr(0, name.size() - 7) + kQ : name);
+    };
   return out;
 }
 }  // namespace

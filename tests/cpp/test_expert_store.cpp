@@ -12,6 +12,7 @@
 #include "moe/core/parallel.h"
 #include "moe/infer/expert_store.h"
 #include "moe/infer/generate.h"
+#include "moe/model/quantized.h"
 #include "moe/model/safetensors.h"
 #include "train_testutil.h"
 
@@ -27,7 +28,7 @@ model::ModelConfig store_config() {
   c.num_hidden_layers = 4;
   c.num_experts = 8;
   c.num_experts_per_tok = 2;
-  c.intermediate_size = 48;
+  c.intermediate_size = 64;
   c.vocab_size = 37;
   c.initializer_range = 0.2;
   return c;
@@ -210,6 +211,58 @@ TEST_F(ExpertStoreTest, MissingOrMisshapedExpertTensorIsNamed) {
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("missing expert tensor"), std::string::npos) << e.what();
+  }
+}
+
+// Round-trips the (N, K) f32 matrix t through the group-wise format, in place.
+void fake_quantize(Tensor t, int bits, int64_t group) {
+  Tensor c = t.contiguous();
+  const kernels::QuantizedMatrix q = kernels::quantize_matrix(c.data<float>(), c.size(0), c.size(1), bits, group);
+  kernels::dequantize_matrix(q.view(), c.data<float>());
+  t.copy_from(c);
+}
+
+TEST_F(ExpertStoreTest, QuantizedExpertsMatchTheirDequantisedWeights) {
+  const std::vector<int32_t> toks = model::testing::random_tokens(9, 37, 5);
+  for (int bits : {8, 4}) {
+    for (bool attention : {false, true}) {
+      SCOPED_TRACE(cat("int", bits, attention ? " with attention" : ""));
+      const std::string qdir = file(cat("q", bits, attention));
+      model::QuantizeOptions qo;
+      qo.bits = bits;
+      qo.group = 32;
+      qo.attention = attention;
+      model::quantize_checkpoint(dir, qdir, qo);
+      // the reference: the float model with every quantized weight replaced by its dequantised value
+      model::Transformer ref = model::load_pretrained(dir);
+      const model::ModelConfig& c = ref.config();
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+        MoEParams& p = ref.mutable_moe_layer(l)->params();
+        for (int64_t e = 0; e < c.num_experts; ++e)
+          for (Tensor* w : {&p.w_gate, &p.w_up, &p.w_down})
+            fake_quantize(w->slice(0, e, e + 1).reshape({w->size(1), w->size(2)}), bits, 32);
+        if (attention)
+          for (const char* n : {"q_proj", "k_proj", "v_proj", "o_proj"})
+            fake_quantize(ref.param(cat("model.layers.", l, ".self_attn.", n, ".weight")).value, bits, 32);
+      }
+      InferenceModel qm = load_inference_model(qdir, InferenceLoadOptions());
+      ASSERT_TRUE(qm.store);
+      EXPECT_EQ(qm.store->format(), bits == 4 ? "int4" : "int8");
+      const Tensor a = ref.logits(toks.data(), 1, 9), b = qm.model->logits(toks.data(), 1, 9);
+      for (int64_t i = 0; i < a.numel(); ++i)
+        ASSERT_NEAR(a.data<float>()[i], b.data<float>()[i], 1e-4 * (1 + std::fabs(a.data<float>()[i]))) << i;
+      // offloaded quantized experts: bit-identical to fully resident ones, from disk too
+      InferenceLoadOptions lo;
+      lo.offload = true;
+      lo.store.resident_experts = 5;
+      lo.store.io = ExpertIo::Direct;
+      InferenceModel om = load_inference_model(qdir, lo);
+      const Tensor o = om.model->logits(toks.data(), 1, 9);
+      for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(o.data<float>()[i], b.data<float>()[i]) << i;
+      // quantized experts cannot be asked for in a float format
+      lo.store.format = "bf16";
+      EXPECT_THROW(load_inference_model(qdir, lo), Error);
+    }
   }
 }
 
