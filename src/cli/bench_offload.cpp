@@ -1,9 +1,10 @@
 // `moe bench offload --model DIR --prompts FILE.txt [--resident-fraction 0.25,...] [--configs LIST]
 // [--expert-io direct] [--plot FILE.svg] [--json]`: decode speed and expert hit rate of the expert
 // store under several cache configurations, side by side in one process, on prompts cut from real
-// text. Each configuration loads the model afresh (cold cache, warm-filled in layer order), prefills
-// each prompt and decodes --new-tokens greedily; the decode phase alone is timed and counted. The
-// generated tokens must be identical across configurations (checked).
+// text. Each configuration has its own model and store (warm-filled in layer order at load); the
+// prompts run round-robin over the configurations (each prefills its prompt and decodes --new-tokens
+// greedily; the decode phase alone is timed and counted). The generated tokens must be identical
+// across configurations (checked).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -70,51 +71,53 @@ void add_stats(infer::ExpertStoreStats& a, const infer::ExpertStoreStats& b) {
         a.layer_hits[l][e] += b.layer_hits[l][e], a.layer_uses[l][e] += b.layer_uses[l][e];
 }
 
-ConfigResult run_config(const std::string& dir, const BenchOffloadArgs& a, const std::string& name, double fraction,
-                        const std::vector<std::vector<int32_t>>& prompts) {
+// One configuration's model and its running totals.
+struct ConfigRun {
+  ConfigResult r;
+  infer::InferenceModel im;
+};
+
+ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const std::string& name, double fraction) {
   OffloadFlags f = a.base;
   std::string policy = name, extra;
   if (const size_t plus = name.find('+'); plus != std::string::npos) policy = name.substr(0, plus), extra = name.substr(plus + 1);
   MOE_CHECK(extra.empty() || extra == "prefetch", "bench offload: configuration '", name,
             "' must be POLICY or POLICY+prefetch (POLICY: lru, lfu, activation, resident)");
   f.no_prefetch = extra.empty();
-  ConfigResult r;
-  r.name = name;
-  r.fraction = fraction;
-  if (policy == "resident") {
-    f.resident_experts = -1, f.cache_gb = 0;
-  } else {
-    f.policy = policy;
-  }
-  // the budget in experts, from the model's expert count
+  ConfigRun c;
+  c.r.name = name;
+  c.r.fraction = fraction;
   const model::ModelConfig mc = model::load_model_config(dir + "/config.json");
   int64_t n_experts = 0;
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) n_experts += mc.is_moe_layer(l) ? mc.num_experts : 0;
-  if (policy != "resident") f.resident_experts = std::max<int64_t>(3, static_cast<int64_t>(fraction * n_experts + 0.5));
-  infer::InferenceModel im = load_for_inference(dir, a.bf16, f);
-  if (!im.store) {  // "resident": every expert in a store, for the same kernels
-    OffloadFlags all = f;
-    all.resident_experts = n_experts;
-    im = load_for_inference(dir, a.bf16, all);
+  if (policy == "resident") {
+    f.resident_experts = n_experts;  // every expert in a store, for the same kernels
+  } else {
+    f.policy = policy;
+    f.resident_experts = std::max<int64_t>(3, static_cast<int64_t>(fraction * static_cast<double>(n_experts) + 0.5));
   }
-  r.resident = im.store->stats().capacity;
-  for (const std::vector<int32_t>& p : prompts) {
-    model::KVCache cache = im.model->new_cache(static_cast<int64_t>(p.size()) + a.new_tokens + 1);
-    Tensor logits = im.model->decode(cache, p.data(), static_cast<int64_t>(p.size()));
-    im.store->reset_stats();
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int64_t i = 0; i < a.new_tokens; ++i) {
-      const float* l = logits.data<float>();
-      const int32_t next = static_cast<int32_t>(std::max_element(l, l + logits.numel()) - l);
-      r.generated.push_back(next);
-      logits = im.model->decode(cache, &next, 1);
-    }
-    r.decode_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    r.tokens += a.new_tokens;
-    add_stats(r.st, im.store->stats());
+  f.cache_gb = 0;
+  c.im = load_for_inference(dir, a.bf16, f);
+  c.r.resident = c.im.store->stats().capacity;
+  return c;
+}
+
+// Prefill one prompt, then decode greedily; the decode phase is timed and counted.
+void run_prompt(ConfigRun& c, const BenchOffloadArgs& a, const std::vector<int32_t>& p) {
+  model::Transformer& m = *c.im.model;
+  model::KVCache cache = m.new_cache(static_cast<int64_t>(p.size()) + a.new_tokens + 1);
+  Tensor logits = m.decode(cache, p.data(), static_cast<int64_t>(p.size()));
+  c.im.store->reset_stats();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < a.new_tokens; ++i) {
+    const float* l = logits.data<float>();
+    const int32_t next = static_cast<int32_t>(std::max_element(l, l + logits.numel()) - l);
+    c.r.generated.push_back(next);
+    logits = m.decode(cache, &next, 1);
   }
-  r.decode_tps = r.decode_s > 0 ? static_cast<double>(r.tokens) / r.decode_s : 0;
-  return r;
+  c.r.decode_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  c.r.tokens += a.new_tokens;
+  add_stats(c.r.st, c.im.store->stats());
 }
 
 std::string plot_svg(const std::vector<ConfigResult>& rs, const std::vector<double>& fractions) {
@@ -178,14 +181,22 @@ int run_bench_offload(const BenchOffloadArgs& a) {
     MOE_CHECK(v > 0 && v <= 1, "bench offload: --resident-fraction '", s, "' must be in (0, 1]");
     fractions.push_back(v);
   }
+  // Per budget, every configuration's model is loaded, then the prompts run round-robin over the
+  // configurations, so that a change in the machine's load affects them all alike.
   std::vector<ConfigResult> rs;
-  for (double fr : fractions)
-    for (const std::string& name : split(a.configs)) {
-      rs.push_back(run_config(dir, a, name, fr, prompts));
+  for (double fr : fractions) {
+    std::vector<ConfigRun> runs;
+    for (const std::string& name : split(a.configs)) runs.push_back(make_config(dir, a, name, fr));
+    for (const std::vector<int32_t>& p : prompts)
+      for (ConfigRun& c : runs) run_prompt(c, a, p);
+    for (ConfigRun& c : runs) {
+      c.r.decode_tps = c.r.decode_s > 0 ? static_cast<double>(c.r.tokens) / c.r.decode_s : 0;
       if (!a.json)
-        std::fprintf(stderr, "  %-22s %5.1f%%: %.2f tokens/s, hit rate %.1f%%\n", name.c_str(), 100 * fr,
-                     rs.back().decode_tps, 100 * rs.back().st.hit_rate());
+        std::fprintf(stderr, "  %-22s %5.1f%%: %.2f tokens/s, hit rate %.1f%%\n", c.r.name.c_str(), 100 * fr,
+                     c.r.decode_tps, 100 * c.r.st.hit_rate());
+      rs.push_back(std::move(c.r));
     }
+  }
   bool identical = true;
   for (const ConfigResult& r : rs) identical = identical && r.generated == rs[0].generated;
   if (!a.plot.empty()) {
@@ -237,6 +248,7 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
   c->add_flag("--bf16", a->bf16, "bf16 dense linears");
   c->add_option("--expert-io", a->base.io, "mmap (page cache) or direct (O_DIRECT, disk)")->capture_default_str();
+  c->add_option("--io-threads", a->base.io_threads, "Loader threads")->capture_default_str();
   c->add_option("--expert-format", a->base.format, "Resident expert format: auto, bf16, f32")->capture_default_str();
   c->add_option("--prefetch-depth", a->base.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
   c->add_option("--prefetch-experts", a->base.prefetch_experts, "Experts predicted per layer (0: top-k)")

@@ -15,6 +15,7 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
       ->capture_default_str();
   c->add_option("--expert-io", f.io, "Reading offloaded experts: mmap (page cache) or direct (O_DIRECT, disk)")
       ->capture_default_str();
+  c->add_option("--io-threads", f.io_threads, "Loader threads (expert reads in flight at once)")->capture_default_str();
   c->add_option("--expert-miss", f.miss,
                 "On a miss: load, compute (from the mapped checkpoint, no load), auto (cost model)")
       ->capture_default_str();
@@ -32,6 +33,7 @@ infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, cons
   o.store.prefetch_depth = f.prefetch_depth;
   o.store.prefetch_experts = f.prefetch_experts;
   o.store.io = infer::expert_io_from_name(f.io);
+  o.store.io_threads = f.io_threads;
   o.store.miss = infer::miss_mode_from_name(f.miss);
   o.store.format = f.format;
   return infer::load_inference_model(dir, o);

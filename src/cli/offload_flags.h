@@ -20,6 +20,7 @@ struct OffloadFlags {
   int prefetch_depth = 1;
   int64_t prefetch_experts = 0;
   std::string io = "mmap";
+  int io_threads = 2;
   std::string miss = "load";
   std::string format = "auto";
   bool offload() const { return resident_experts >= 0 || cache_gb > 0; }

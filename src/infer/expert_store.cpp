@@ -90,7 +90,8 @@ StoreImpl::StoreImpl(StoreSetup setup, const ExpertStoreOptions& opt) : S_(std::
   stats_.layer_uses = stats_.layer_hits;
   if (opt.warm) warm();
   if (opt.miss == MissMode::Auto) measure_costs();
-  if (cap < n || !opt.warm) loader_ = std::thread([this] { loader_loop(); });
+  if (cap < n || !opt.warm)
+    for (int i = 0; i < opt.io_threads; ++i) loaders_.emplace_back([this] { loader_loop(); });
 }
 
 StoreImpl::~StoreImpl() {
@@ -99,7 +100,7 @@ StoreImpl::~StoreImpl() {
     stop_ = true;
   }
   cv_.notify_all();
-  if (loader_.joinable()) loader_.join();
+  for (std::thread& t : loaders_) t.join();
   std::free(pool_);
 }
 
@@ -216,6 +217,7 @@ int StoreImpl::take_slot() {
 }
 
 void StoreImpl::loader_loop() {
+  Buffer scratch;  // this thread's O_DIRECT bounce buffer
   // Signals go to the application's threads, never to this library thread (a server that waits for
   // SIGTERM with sigwait must not be killed because the signal landed here).
   sigset_t all;
@@ -263,7 +265,7 @@ void StoreImpl::loader_loop() {
     ExpertView v;
     std::string err;
     try {
-      v = load_expert(*S_.files, S_.src[id], S_.fmt, slot_ptr(slot), scratch_loader_);
+      v = load_expert(*S_.files, S_.src[id], S_.fmt, slot_ptr(slot), scratch);
     } catch (const std::exception& ex) {
       err = ex.what();
     }

@@ -89,7 +89,7 @@ class StoreImpl : public ExpertStore {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<int64_t> demand_q_, prefetch_q_;
-  std::thread loader_;
+  std::vector<std::thread> loaders_;
   bool stop_ = false;
   uint64_t tick_ = 0;
   ExpertStoreStats stats_;
@@ -105,7 +105,7 @@ class StoreImpl : public ExpertStore {
 
   double load_s_ = 0;           // measured at start: seconds to load one expert
   double inplace_extra_s_ = 0;  // measured at start: extra seconds of computing one row from the mapping
-  Buffer scratch_loader_, scratch_fwd_;
+  Buffer scratch_fwd_;
   std::vector<float> G_, U_, H_;  // FFN scratch
 };
 

@@ -310,6 +310,8 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
                                   "external_experts (load_pretrained(dir, F32, true))");
   MOE_CHECK(m.dtype() == DType::F32, "expert store: the model must be f32");
   MOE_CHECK(opt.prefetch_depth >= 1, "expert store: prefetch depth must be >= 1, got ", opt.prefetch_depth);
+  MOE_CHECK(opt.io_threads >= 1 && opt.io_threads <= 64, "expert store: io threads must be in [1, 64], got ",
+            opt.io_threads);
   MOE_CHECK(opt.cache_gb >= 0 && std::isfinite(opt.cache_gb), "expert store: --expert-cache-gb must be >= 0, got ",
             opt.cache_gb);
   MOE_CHECK(opt.resident_experts >= -1, "expert store: --resident-experts must be >= 0, got ", opt.resident_experts);

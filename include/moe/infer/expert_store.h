@@ -53,6 +53,7 @@ struct ExpertStoreOptions {
   int prefetch_depth = 1;         // MoE layers ahead to predict
   int64_t prefetch_experts = 0;   // experts predicted per layer (0: the router's top-k)
   ExpertIo io = ExpertIo::Mmap;
+  int io_threads = 2;             // loader threads (reads in flight at once)
   MissMode miss = MissMode::Load;
   std::string format = "auto";    // "f32", "bf16", or "auto": the checkpoint's int8/int4 if quantized, else bf16
   bool warm = true;               // fill the budget at start (experts in layer order), not counted in stats
