@@ -115,8 +115,10 @@ TEST_F(QuantCkpt, Qwen2MoeExpertsOnly) {
   const uint16_t* sc = static_cast<const uint16_t*>(q.scales.raw());
   for (int64_t i = 0; i < 64 * 32; ++i)
     ASSERT_LE(std::fabs(w.get(i) - d[i]), 0.5 * f16_to_f32(sc[i / 32]) + 1e-7) << i;
-  expect_error([&] { load_quantized(s, down, 32, 64, 32); }, {down.substr(0, down.size() - 7), "expected shape (32, 64)", "(64, 32)"});
-  expect_error([&] { load_quantized(s, down, 64, 32, 64); }, {"experts.1.down_proj", "K = 32", "group size 64"});
+  expect_error([&] { load_quantized(s, down, 32, 64, 32); },
+               {down.substr(0, down.size() - 7), "expected shape (32, 64)", "(64, 32)"});
+  expect_error([&] { load_quantized(s, down, 64, 32, 64); },
+               {"experts.1.down_proj", "K = 32", "group size 64"});
   expect_error([&] { load_quantized(s, "model.layers.0.self_attn.q_proj.weight", 64, 64, 32); },
                {"missing tensor 'model.layers.0.self_attn.q_proj.qweight'"});
   expect_error([&] { load_quantized(s, "model.norm", 64, 64, 32); }, {"model.norm", "<name>.weight"});
@@ -174,30 +176,37 @@ TEST_F(QuantCkpt, Errors) {
   QuantizeOptions o;
   o.group = 32;
   quantize_checkpoint(src, file("q"), o);
-  expect_error([&] { quantize_checkpoint(src, file("q"), o); }, {"output directory", "not empty", "--overwrite"});
+  expect_error([&] { quantize_checkpoint(src, file("q"), o); },
+               {"output directory", "not empty", "--overwrite"});
   QuantizeOptions ow = o;
   ow.overwrite = true;
   EXPECT_NO_THROW(quantize_checkpoint(src, file("q"), ow));
   expect_error([&] { quantize_checkpoint(file("q"), file("q2"), o); }, {"already quantized"});
-  expect_error([&] { quantize_checkpoint(file("none"), file("q3"), o); }, {"model directory", "none", "does not exist"});
+  expect_error([&] { quantize_checkpoint(file("none"), file("q3"), o); },
+               {"model directory", "none", "does not exist"});
   QuantizeOptions bad = o;
   bad.bits = 3;
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"bits must be 4 or 8"});
   bad = o;
   bad.group = 64;  // the experts' down projection has K = 32
-  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"down_proj.weight", "K = 32", "group size 64"});
+  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); },
+               {"down_proj.weight", "K = 32", "group size 64"});
   EXPECT_FALSE(std::filesystem::exists(file("q3/model.safetensors")));
   bad = o;
   bad.mixed_bits = 8;
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"mixed fraction"});
   bad.mixed_fraction = 0.25;
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage file"});
-  std::ofstream(file("usage.json")) << R"({"tokens": 1, "layers": [{"layer": 1, "count": [1, 1, 1, 1], "weight": [1, 2, 3, 4]}]})";
+  std::ofstream(file("usage.json"))
+      << R"({"tokens": 1, "layers": [{"layer": 1, "count": [1, 1, 1, 1], "weight": [1, 2, 3, 4]}]})";
   bad.usage_file = file("usage.json");
-  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage.json", "no usage for MoE layer 0"});
-  std::ofstream(file("usage2.json")) << R"({"tokens": 1, "layers": [{"layer": 0, "count": [1, 1], "weight": [1, 2]}]})";
+  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); },
+               {"usage.json", "no usage for MoE layer 0"});
+  std::ofstream(file("usage2.json"))
+      << R"({"tokens": 1, "layers": [{"layer": 0, "count": [1, 1], "weight": [1, 2]}]})";
   bad.usage_file = file("usage2.json");
-  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage2.json", "2 expert weights", "4 experts"});
+  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); },
+               {"usage2.json", "2 expert weights", "4 experts"});
   std::ofstream(file("usage3.json")) << R"([1, 2])";
   bad.usage_file = file("usage3.json");
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage3.json", "expert usage file"});
@@ -205,22 +214,42 @@ TEST_F(QuantCkpt, Errors) {
   // Malformed quantization_config.
   auto with_qc = [&](const std::string& qc) {
     std::filesystem::create_directories(file("cfg"));
-    std::ofstream(file("cfg/config.json")) << R"({"model_type": "qwen2_moe", "quantization_config": )" << qc << "}";
+    std::ofstream(file("cfg/config.json"))
+        << R"({"model_type": "qwen2_moe", "quantization_config": )" << qc << "}";
     return file("cfg");
   };
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "gptq", "bits": 4})")); }, {"config.json", "gptq"});
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 3, "group_size": 64, "modules": ["experts"]})")); },
-               {"bits must be 4 or 8"});
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 50, "modules": ["experts"]})")); },
-               {"group_size"});
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["mlp"]})")); },
-               {"modules", "mlp"});
-  expect_error([&] {
-    read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["experts"], "expert_bits": [[4, 2]]})"));
-  }, {"expert_bits[0]", "2"});
-  EXPECT_EQ(read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 8, "group_size": 128, "modules": ["experts"], "expert_bits": [[4, 8]]})"))
-                .expert_bits[0][0],
-            4);
+  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "gptq", "bits": 4})")); },
+               {"config.json", "gptq"});
+  expect_error(
+      [&] {
+        read_quant_config(
+            with_qc(R"({"quant_method": "moe_cpp", "bits": 3, "group_size": 64, "modules": ["experts"]})"));
+      },
+      {"bits must be 4 or 8"});
+  expect_error(
+      [&] {
+        read_quant_config(
+            with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 50, "modules": ["experts"]})"));
+      },
+      {"group_size"});
+  expect_error(
+      [&] {
+        read_quant_config(
+            with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["mlp"]})"));
+      },
+      {"modules", "mlp"});
+  expect_error(
+      [&] {
+        read_quant_config(with_qc(
+            R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["experts"], "expert_bits": [[4, 2]]})"));
+      },
+      {"expert_bits[0]", "2"});
+  EXPECT_EQ(
+      read_quant_config(
+          with_qc(
+              R"({"quant_method": "moe_cpp", "bits": 8, "group_size": 128, "modules": ["experts"], "expert_bits": [[4, 8]]})"))
+          .expert_bits[0][0],
+      4);
 }
 
 }  // namespace
