@@ -327,9 +327,9 @@ TEST(QuantGemm, EdgeShapes) {
     if (!kernels::gemm_quant_isa_supported(isa)) continue;
     kernels::set_gemm_quant_isa(isa);
     for (int bits : {8, 4}) {
-      // N = 1, N below and above a column block, K = one group, M = kDirectRows + 1.
+      // N = 1, N below and above a column block, K = one group; M around the register and buffer paths.
       for (int64_t N : {1, 15, 16, 17, 33}) {
-        for (int64_t M : {1, 2, 4, 5, 64, 65}) {
+        for (int64_t M : {1, 2, 4, 5, 8, 9, 64, 65}) {
           GemmCase c;
           c.bits = bits, c.group = 32, c.M = M, c.N = N, c.K = 32;
           const GemmData d(c, static_cast<uint64_t>(N * 100 + M));
@@ -357,7 +357,7 @@ TEST(QuantGemm, RowInvariance) {
       big.bits = bits, big.M = 37, big.N = 45, big.K = 256, big.gather = true;
       const GemmData d(big, static_cast<uint64_t>(bits) + 7);
       const auto all = d.run(Backend::Cpu, big);
-      for (int64_t M : {1, 3, 4, 5, 16}) {
+      for (int64_t M : {1, 3, 4, 5, 8, 9, 16}) {
         for (int64_t m0 = 0; m0 + M <= big.M; m0 += 9) {
           std::vector<float> C(static_cast<size_t>(M * d.ldc), kNaN);
           kernels::GemmQuantArgs g = d.args(big, C);

@@ -5,8 +5,9 @@
 // the packed weights: it reads them once per call, dequantises them in registers and multiplies them
 // with every row at once (no packed copy of W is made). Work is split over blocks of kNB columns
 // (moe::parallel_for); a thread takes up to kMS rows at a time and, for each of its column blocks,
-// either dequantises in registers inside the micro-kernel (up to kDirectRows rows) or first into a
-// buffer of the block's columns that the micro-kernel then reads for every group of kDirectRows rows.
+// either dequantises in registers inside the micro-kernel (up to kDirectMaxRows rows, kDirectRows
+// at a time) or first into a buffer of the block's columns that the micro-kernel then reads for every
+// group of kDirectRows rows.
 // gemm_quant_body.inc has the kernel and its summation order (the same on both paths).
 //
 // The kernel body is compiled once per instruction set: included three times, each time in its own
@@ -37,7 +38,8 @@ namespace {
 
 constexpr int64_t kNB = 16;         // columns per parallel block
 constexpr int64_t kMS = 64;         // rows per pass (the activation copy holds kMS rows of K)
-constexpr int64_t kDirectRows = 4;  // up to this many rows: dequantise in registers
+constexpr int64_t kDirectRows = 4;     // rows of the micro-kernel
+constexpr int64_t kDirectMaxRows = 8;  // up to this many rows: dequantise in registers
 
 // One call, as the kernel sees it.
 struct Ctx {
