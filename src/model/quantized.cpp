@@ -200,6 +200,27 @@ QuantConfig read_quant_config(const std::string& dir) {
   return parse_quant_config(j["quantization_config"], p.string());
 }
 
+int expert_bits_of(const QuantConfig& q, int64_t moe_index, int64_t e) {
+  if (q.expert_bits.empty()) return q.bits;
+  MOE_CHECK(moe_index >= 0 && moe_index < static_cast<int64_t>(q.expert_bits.size()) && e >= 0 &&
+                e < static_cast<int64_t>(q.expert_bits[static_cast<size_t>(moe_index)].size()),
+            "quantization_config.expert_bits has no entry for MoE layer ", moe_index, ", expert ", e);
+  return q.expert_bits[static_cast<size_t>(moe_index)][static_cast<size_t>(e)];
+}
+
+void check_quant_config(const QuantConfig& q, const ModelConfig& c, const std::string& what) {
+  if (q.bits == 0 || q.expert_bits.empty()) return;
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
+  MOE_CHECK(static_cast<int64_t>(q.expert_bits.size()) == moe_layers, what,
+            ": quantization_config.expert_bits has ", q.expert_bits.size(), " layers, the model has ",
+            moe_layers, " MoE layers");
+  for (size_t i = 0; i < q.expert_bits.size(); ++i)
+    MOE_CHECK(static_cast<int64_t>(q.expert_bits[i].size()) == c.num_experts, what,
+              ": quantization_config.expert_bits[", i, "] has ", q.expert_bits[i].size(),
+              " entries, the model has ", c.num_experts, " experts");
+}
+
 bool has_quantized(const TensorSource& src, const std::string& weight_name) {
   return holds(src, linear_base(weight_name) + ".qweight");
 }

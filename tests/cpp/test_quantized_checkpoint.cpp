@@ -156,6 +156,17 @@ TEST_F(QuantCkpt, DeepseekAttentionAndMixedBits) {
   EXPECT_TRUE(qc.attention);
   ASSERT_EQ(qc.expert_bits.size(), 1u);
   EXPECT_EQ(qc.expert_bits[0], (std::vector<int>{4, 8, 4, 8}));
+  EXPECT_NO_THROW(check_quant_config(qc, cfg, "q"));
+  EXPECT_EQ(expert_bits_of(qc, 0, 2), 4);
+  EXPECT_EQ(expert_bits_of(qc, 0, 3), 8);
+  expect_error([&] { expert_bits_of(qc, 1, 0); }, {"no entry for MoE layer 1"});
+  QuantConfig wrong = qc;
+  wrong.expert_bits[0].pop_back();
+  expect_error([&] { check_quant_config(wrong, cfg, "dirX"); },
+               {"dirX", "expert_bits[0] has 3 entries", "4 experts"});
+  wrong.expert_bits.push_back({8, 8, 8, 8});
+  expect_error([&] { check_quant_config(wrong, cfg, "dirX"); }, {"dirX", "2 layers", "1 MoE layers"});
+  EXPECT_EQ(expert_bits_of(QuantConfig{4, 64, false, {}}, 7, 3), 4);
   const auto after = load_hf_tensors(file("q"));
   EXPECT_EQ(after.at("model.layers.1.mlp.experts.0.up_proj.qweight").dtype(), DType::U8);
   EXPECT_EQ(after.at("model.layers.1.mlp.experts.1.up_proj.qweight").dtype(), DType::I8);
