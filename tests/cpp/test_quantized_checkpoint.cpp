@@ -124,6 +124,50 @@ TEST_F(QuantCkpt, Qwen2MoeExpertsOnly) {
   expect_error([&] { load_quantized(s, "model.norm", 64, 64, 32); }, {"model.norm", "<name>.weight"});
 }
 
+TEST_F(QuantCkpt, Bf16AndF16Sources) {
+  // The same model stored in bf16 and in f16 (as Hugging Face checkpoints often are).
+  const std::string src = save_model(qwen2_config(), file("src"));
+  const auto f32 = load_hf_tensors(src);
+  for (const DType dt : {DType::BF16, DType::F16}) {
+    const std::string dir = file(dtype_name(dt));
+    std::filesystem::create_directories(dir);
+    std::map<std::string, Tensor> sd;
+    for (const auto& [name, t] : f32) sd[name] = t.to(dt);
+    save_safetensors(dir + "/model.safetensors", sd);
+    std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
+    QuantizeOptions o;
+    o.bits = 8, o.group = 32;
+    const QuantizeResult r = quantize_checkpoint(dir, dir + "_q8", o);
+    EXPECT_EQ(r.expert_bytes_before, 2 * r.expert_params) << dtype_name(dt);
+    const auto after = load_hf_tensors(dir + "_q8");
+    EXPECT_EQ(after.at("model.norm.weight").dtype(), dt);  // copied as stored
+    // The int8 codes of the 16-bit source dequantise to within half a step of the 16-bit weights.
+    const std::string down = "model.layers.0.mlp.experts.2.down_proj.weight";
+    const kernels::QuantizedMatrix q = load_quantized(checkpoint_source(dir + "_q8"), down, 64, 32, 32);
+    std::vector<float> d(64 * 32);
+    kernels::dequantize_matrix(q.view(), d.data());
+    const uint16_t* sc = static_cast<const uint16_t*>(q.scales.raw());
+    for (int64_t i = 0; i < 64 * 32; ++i)
+      ASSERT_LE(std::fabs(sd.at(down).get(i) - d[i]), 0.5 * f16_to_f32(sc[i / 32]) + 1e-7)
+          << dtype_name(dt) << " " << i;
+  }
+  // An expert weight of an integer dtype, or of the wrong rank, is named in the error.
+  for (const bool rank : {false, true}) {
+    const std::string dir = file(rank ? "rank" : "int");
+    std::filesystem::create_directories(dir);
+    std::map<std::string, Tensor> sd = f32;
+    const std::string up = "model.layers.0.mlp.experts.3.up_proj.weight";
+    sd[up] = rank ? f32.at(up).reshape({32 * 64}) : f32.at(up).to(DType::I32);
+    save_safetensors(dir + "/model.safetensors", sd);
+    std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
+    QuantizeOptions o;
+    o.group = 32;
+    expect_error([&] { quantize_checkpoint(dir, dir + "_q", o); },
+                 {up, rank ? "must be 2-D" : "dtype i32", dir + "/model.safetensors"});
+    EXPECT_FALSE(std::filesystem::exists(dir + "_q"));
+  }
+}
+
 TEST_F(QuantCkpt, LoadQuantizedErrors) {
   // A source in memory with a wrong qweight dtype and a missing scales tensor.
   std::map<std::string, Tensor> sd;
