@@ -343,6 +343,8 @@ QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string
 
   fs::create_directories(dst, ec);
   MOE_CHECK(!ec, "quantize: cannot create directory '", dst_dir, "': ", ec.message());
+  // An index of an earlier sharded checkpoint in dst (--overwrite) would not describe the new file.
+  fs::remove(dst / "model.safetensors.index.json", ec);
   save_safetensors((dst / "model.safetensors").string(), out,
                    {{"format", "pt"}, {"quantized_by", "moe_cpp"}});
   write_text_atomic(dst / "config.json", config.dump(2) + "\n");
