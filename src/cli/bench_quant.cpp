@@ -67,8 +67,8 @@ void parse_shape(const std::string& s, int64_t& N, int64_t& K) {
 }
 
 std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
-  MOE_CHECK(K % o.group == 0, "bench quant: K = ", K, " of shape ", N, "x", K, " is not a multiple of --group-size ",
-            o.group);
+  MOE_CHECK(K % o.group == 0, "bench quant: K = ", K, " of shape ", N, "x", K,
+            " is not a multiple of --group-size ", o.group);
   const Rng rng(o.seed, static_cast<uint64_t>(N * 131 + K));
   uint64_t draw = 0;
   const int C = o.copies;
@@ -93,18 +93,21 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
       switch (kind) {
         case 0: {
           kernels::GemmArgs<float> g;
-          g.M = M, g.N = N, g.K = K, g.A = A.data(), g.lda = K, g.B = w32[c].data(), g.ldb = K, g.trans_b = true;
+          g.M = M, g.N = N, g.K = K, g.A = A.data(), g.lda = K, g.B = w32[c].data(), g.ldb = K,
+          g.trans_b = true;
           g.C = Cm.data(), g.ldc = N;
           return kernels::gemm(kernels::Backend::Cpu, g);
         }
         case 1: {
           kernels::GemmBf16Args g;
-          g.M = M, g.N = N, g.K = K, g.A = A.data(), g.lda = K, g.W = w16[c].data(), g.C = Cm.data(), g.ldc = N;
+          g.M = M, g.N = N, g.K = K, g.A = A.data(), g.lda = K, g.W = w16[c].data(), g.C = Cm.data(),
+          g.ldc = N;
           return kernels::gemm_bf16w(kernels::Backend::Cpu, g);
         }
         default: {
           kernels::GemmQuantArgs g;
-          g.M = M, g.A = A.data(), g.lda = K, g.W = (kind == 2 ? w8 : w4)[c].view(), g.C = Cm.data(), g.ldc = N;
+          g.M = M, g.A = A.data(), g.lda = K, g.W = (kind == 2 ? w8 : w4)[c].view(), g.C = Cm.data(),
+          g.ldc = N;
           return kernels::gemm_qw(kernels::Backend::Cpu, g);
         }
       }
@@ -122,7 +125,8 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
     }
     for (int kind = 0; kind < 4; ++kind) {
       Row r;
-      r.N = N, r.K = K, r.M = M, r.kind = kKinds[kind], r.ms = median(times[kind]), r.weight_bytes = bytes[kind];
+      r.N = N, r.K = K, r.M = M, r.kind = kKinds[kind], r.ms = median(times[kind]),
+      r.weight_bytes = bytes[kind];
       r.gflops = 2.0 * static_cast<double>(M * N * K) / (r.ms * 1e6);
       r.gbps = static_cast<double>(bytes[kind]) / (r.ms * 1e6);
       rows.push_back(r);
@@ -159,24 +163,30 @@ int run_bench_quant(const BenchQuantOptions& o) {
     j["iters"] = o.iters;
     j["results"] = nlohmann::json::array();
     for (const Row& r : rows)
-      j["results"].push_back({{"N", r.N}, {"K", r.K}, {"M", r.M}, {"kind", r.kind}, {"ms", round_sig(r.ms, 4)},
-                              {"gflops", round_sig(r.gflops, 4)}, {"weight_gbps", round_sig(r.gbps, 4)},
+      j["results"].push_back({{"N", r.N},
+                              {"K", r.K},
+                              {"M", r.M},
+                              {"kind", r.kind},
+                              {"ms", round_sig(r.ms, 4)},
+                              {"gflops", round_sig(r.gflops, 4)},
+                              {"weight_gbps", round_sig(r.gbps, 4)},
                               {"weight_bytes", r.weight_bytes}});
     std::cout << j.dump() << "\n";
     return kExitOk;
   }
-  std::printf("bench quant: %d threads, group %lld, gemm_qw isa %s, gemm_bf16w isa %s, %d weight copies per kind, "
-              "median of %d\n",
-              num_threads(), static_cast<long long>(o.group), kernels::gemm_quant_isa(), kernels::gemm_bf16_isa(),
-              o.copies, o.iters);
+  std::printf(
+      "bench quant: %d threads, group %lld, gemm_qw isa %s, gemm_bf16w isa %s, %d weight copies per kind, "
+      "median of %d\n",
+      num_threads(), static_cast<long long>(o.group), kernels::gemm_quant_isa(), kernels::gemm_bf16_isa(),
+      o.copies, o.iters);
   std::printf("%-11s %5s  %-5s %10s %9s %9s %9s\n", "N x K", "M", "kind", "ms", "GFLOP/s", "GB/s", "vs bf16");
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     const double bf16_ms = rows[i - i % 4 + 1].ms;  // the bf16 row of the same shape and M
     char shape[32];
     std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(r.N), static_cast<long long>(r.K));
-    std::printf("%-11s %5lld  %-5s %10.4f %9.2f %9.2f %8.2fx\n", shape, static_cast<long long>(r.M), r.kind.c_str(),
-                r.ms, r.gflops, r.gbps, bf16_ms / r.ms);
+    std::printf("%-11s %5lld  %-5s %10.4f %9.2f %9.2f %8.2fx\n", shape, static_cast<long long>(r.M),
+                r.kind.c_str(), r.ms, r.gflops, r.gbps, bf16_ms / r.ms);
   }
   return kExitOk;
 }
@@ -185,20 +195,25 @@ int run_bench_quant(const BenchQuantOptions& o) {
 
 void add_bench_quant(CLI::App& bench, Registry& reg) {
   auto o = std::make_shared<BenchQuantOptions>();
-  CLI::App* c = bench.add_subcommand("quant", "Quantized-weight GEMM (int8, int4) beside the f32 and bf16-weight GEMMs");
+  CLI::App* c = bench.add_subcommand(
+      "quant", "Quantized-weight GEMM (int8, int4) beside the f32 and bf16-weight GEMMs");
   c->add_option("--shapes", o->shapes, "Weight shapes NxK (out x in)")->delimiter(',')->capture_default_str();
   c->add_option("--m", o->ms, "Rows M (tokens) per call")->delimiter(',')->capture_default_str();
-  c->add_option("--group-size", o->group, "Quantization group")->check(CLI::IsMember({32, 64, 128}))->capture_default_str();
+  c->add_option("--group-size", o->group, "Quantization group")
+      ->check(CLI::IsMember({32, 64, 128}))
+      ->capture_default_str();
   c->add_option("--threads", o->threads, "CPU threads (0 = OpenMP default)")->capture_default_str();
   c->add_option("--iters", o->iters, "Timed repetitions; the median is reported")->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed repetitions first")->capture_default_str();
   c->add_option("--copies", o->copies, "Distinct weight matrices per kind, cycled (weights from memory)")
       ->capture_default_str();
   c->add_option("--seed", o->seed, "Seed of weights and inputs")->capture_default_str();
-  c->add_option("--isa", o->isa, "Instruction set of gemm_qw: generic, avx2, avx512 (default: the best supported)");
+  c->add_option("--isa", o->isa,
+                "Instruction set of gemm_qw: generic, avx2, avx512 (default: the best supported)");
   c->add_flag("--json", o->json, "Print one JSON object");
   c->footer(
-      "Kinds: f32 = kernels::gemm with f32 weights, bf16 = kernels::gemm_bf16w, int8 / int4 = kernels::gemm_qw\n"
+      "Kinds: f32 = kernels::gemm with f32 weights, bf16 = kernels::gemm_bf16w, int8 / int4 = "
+      "kernels::gemm_qw\n"
       "(group-wise, f16 scales). GB/s counts the bytes of the weights (with scales and mins) per call;\n"
       "'vs bf16' is the bf16 time over the kind's time.");
   c->callback([&reg, o] { reg.action = [o] { return run_bench_quant(*o); }; });

@@ -3,9 +3,9 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/validate.h"
 #include "moe/core/error.h"
 #include "moe/kernels/ops_quant.h"
-#include "kernels/validate.h"
 
 namespace moe::kernels {
 
@@ -20,14 +20,16 @@ void gemm_qw(const GemmQuantArgs& args);
 void gemm_qw(Backend b, const GemmQuantArgs& g) {
   using namespace validate;
   const char* op = "gemm_qw";
-  MOE_CHECK(b != Backend::Cuda, op, ": not implemented on cuda (quantized-weight GEMMs run on the ref and cpu backends)");
+  MOE_CHECK(b != Backend::Cuda, op,
+            ": not implemented on cuda (quantized-weight GEMMs run on the ref and cpu backends)");
   MOE_CHECK(b == Backend::Ref || b == Backend::Cpu, op, ": unknown backend ", static_cast<int>(b));
   const QuantWeight& W = g.W;
   check_size(op, "M", g.M);
   check_size(op, "N", W.N);
   check_size(op, "K", W.K);
   MOE_CHECK(W.bits == 4 || W.bits == 8, op, ": W.bits must be 4 or 8, got ", W.bits);
-  MOE_CHECK(W.group > 0 && W.group % 32 == 0, op, ": W.group must be a positive multiple of 32, got ", W.group);
+  MOE_CHECK(W.group > 0 && W.group % 32 == 0, op, ": W.group must be a positive multiple of 32, got ",
+            W.group);
   MOE_CHECK(W.K % W.group == 0, op, ": K = ", W.K, " is not a multiple of the group size ", W.group);
   if (g.M == 0 || W.N == 0) return;
   check_ptr(op, "C", g.C);

@@ -15,10 +15,10 @@
 #include <cstdint>
 #include <string>
 
+#include "kernels/quant_format.h"
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
 #include "moe/kernels/ops_quant.h"
-#include "kernels/quant_format.h"
 
 namespace moe::kernels {
 
@@ -46,9 +46,10 @@ uint16_t f16_round(double x, bool up) {
 
 void check_format(int bits, int64_t K, int64_t group, const std::string& name) {
   MOE_CHECK(bits == 4 || bits == 8, "quantized weight '", name, "': bits must be 4 or 8, got ", bits);
-  MOE_CHECK(group > 0 && group % 32 == 0, "quantized weight '", name, "': group size must be a positive multiple of 32, got ",
+  MOE_CHECK(group > 0 && group % 32 == 0, "quantized weight '", name,
+            "': group size must be a positive multiple of 32, got ", group);
+  MOE_CHECK(K % group == 0, "quantized weight '", name, "': K = ", K, " is not a multiple of the group size ",
             group);
-  MOE_CHECK(K % group == 0, "quantized weight '", name, "': K = ", K, " is not a multiple of the group size ", group);
 }
 
 }  // namespace
@@ -93,7 +94,8 @@ QuantizedMatrix quantize_matrix(const float* W, int64_t N, int64_t K, int bits, 
   for (int64_t n = 0; n < N; ++n) {
     const float* w = W + n * K;  // (K)
     for (int64_t k = 0; k < K; ++k)
-      MOE_CHECK(std::isfinite(w[k]), "quantize: '", name, "' has a non-finite weight ", w[k], " at (", n, ", ", k, ")");
+      MOE_CHECK(std::isfinite(w[k]), "quantize: '", name, "' has a non-finite weight ", w[k], " at (", n,
+                ", ", k, ")");
     for (int64_t g = 0; g < ng; ++g) {
       const float* wg = w + g * group;
       const auto [lo_it, hi_it] = std::minmax_element(wg, wg + group);
@@ -110,8 +112,8 @@ QuantizedMatrix quantize_matrix(const float* W, int64_t N, int64_t K, int bits, 
         min = f16_to_f32(min_h);
         if (hi > min) scale_h = f16_round((hi - min) / 15.0, true);
       }
-      MOE_CHECK(f16_finite(scale_h), "quantize: '", name, "' row ", n, ", group ", g, ": weights in [", lo, ", ", hi,
-                "] need a scale beyond the f16 range");
+      MOE_CHECK(f16_finite(scale_h), "quantize: '", name, "' row ", n, ", group ", g, ": weights in [", lo,
+                ", ", hi, "] need a scale beyond the f16 range");
       scale = f16_to_f32(scale_h);
       scales[n * ng + g] = scale_h;
       if (mins) mins[n * ng + g] = min_h;
@@ -136,7 +138,8 @@ QuantizedMatrix quantized_from_tensors(int bits, int64_t group, Tensor q, Tensor
   MOE_CHECK(bits == 4 || bits == 8, "quantized weight '", name, "': bits must be 4 or 8, got ", bits);
   check_defined(q, name + ".qweight");
   check_defined(scales, name + ".scales");
-  MOE_CHECK(q.dim() == 2, "quantized weight '", name, "': qweight must be 2-D, got shape ", shape_str(q.shape()));
+  MOE_CHECK(q.dim() == 2, "quantized weight '", name, "': qweight must be 2-D, got shape ",
+            shape_str(q.shape()));
   q.check_dtype(bits == 8 ? DType::I8 : DType::U8, (name + ".qweight").c_str());
   const int64_t N = q.size(0), K = bits == 8 ? q.size(1) : 2 * q.size(1);
   check_format(bits, K, group, name);
@@ -173,9 +176,9 @@ void dequantize_matrix(const QuantWeight& W, float* out) {
     for (int64_t k = 0; k < W.K; ++k) {
       const int64_t g = n * ng + k / W.group;
       const float s = f16_to_f32(W.scales[g]);
-      out[n * W.K + k] = W.bits == 8
-                             ? quant::dequant8(static_cast<int8_t>(W.q[n * W.K + k]), s)
-                             : quant::dequant4(quant::int4_at(W.q + n * (W.K / 2), k), s, f16_to_f32(W.mins[g]));
+      out[n * W.K + k] =
+          W.bits == 8 ? quant::dequant8(static_cast<int8_t>(W.q[n * W.K + k]), s)
+                      : quant::dequant4(quant::int4_at(W.q + n * (W.K / 2), k), s, f16_to_f32(W.mins[g]));
     }
   }
 }

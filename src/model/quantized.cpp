@@ -11,9 +11,9 @@
 #include <numeric>
 #include <set>
 
+#include "model/hf_names.h"
 #include "moe/core/error.h"
 #include "moe/model/safetensors.h"
-#include "model/hf_names.h"
 
 namespace moe::model {
 
@@ -95,9 +95,10 @@ QuantConfig parse_quant_config(const ojson& q, const std::string& what) {
   c.bits = static_cast<int>(get_int("bits"));
   MOE_CHECK(c.bits == 4 || c.bits == 8, what, ": quantization_config.bits must be 4 or 8, got ", c.bits);
   c.group = get_int("group_size");
-  MOE_CHECK(c.group > 0 && c.group % 32 == 0, what, ": quantization_config.group_size must be a positive multiple of 32, got ",
-            c.group);
-  MOE_CHECK(q.contains("modules") && q["modules"].is_array(), what, ": quantization_config.modules must be a list");
+  MOE_CHECK(c.group > 0 && c.group % 32 == 0, what,
+            ": quantization_config.group_size must be a positive multiple of 32, got ", c.group);
+  MOE_CHECK(q.contains("modules") && q["modules"].is_array(), what,
+            ": quantization_config.modules must be a list");
   bool experts = false;
   for (const auto& m : q["modules"]) {
     MOE_CHECK(m.is_string() && (m == "experts" || m == "attention"), what,
@@ -126,17 +127,19 @@ QuantConfig parse_quant_config(const ojson& q, const std::string& what) {
 // ({"tokens": N, "layers": [{"layer": l, "count": [...], "weight": [...]}, ...]}), by layer index.
 std::map<int64_t, std::vector<double>> read_usage_weights(const std::string& path) {
   const ojson j = read_json_file(path);
-  MOE_CHECK(j.is_object() && j.contains("layers") && j["layers"].is_array(), path,
-            ": expected an expert usage file ({\"tokens\": N, \"layers\": [...]}, as `moe calibrate` writes)");
+  MOE_CHECK(
+      j.is_object() && j.contains("layers") && j["layers"].is_array(), path,
+      ": expected an expert usage file ({\"tokens\": N, \"layers\": [...]}, as `moe calibrate` writes)");
   std::map<int64_t, std::vector<double>> w;
   for (size_t i = 0; i < j["layers"].size(); ++i) {
     const auto& l = j["layers"][i];
-    MOE_CHECK(l.is_object() && l.contains("layer") && l["layer"].is_number_integer() && l.contains("weight") &&
-                  l["weight"].is_array(),
+    MOE_CHECK(l.is_object() && l.contains("layer") && l["layer"].is_number_integer() &&
+                  l.contains("weight") && l["weight"].is_array(),
               path, ": layers[", i, "] needs an integer 'layer' and a 'weight' list");
     std::vector<double> v;
     for (const auto& x : l["weight"]) {
-      MOE_CHECK(x.is_number() && std::isfinite(x.get<double>()), path, ": layers[", i, "].weight holds ", x.dump());
+      MOE_CHECK(x.is_number() && std::isfinite(x.get<double>()), path, ": layers[", i, "].weight holds ",
+                x.dump());
       v.push_back(x.get<double>());
     }
     w[l["layer"].get<int64_t>()] = std::move(v);
@@ -154,14 +157,17 @@ std::vector<std::vector<int>> choose_expert_bits(const ModelConfig& cfg, const Q
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     if (!cfg.is_moe_layer(l)) continue;
     const auto it = usage.find(l);
-    MOE_CHECK(it != usage.end(), o.usage_file, ": no usage for MoE layer ", l, " (was it measured on this model?)");
-    MOE_CHECK(static_cast<int64_t>(it->second.size()) == E, o.usage_file, ": layer ", l, " has ", it->second.size(),
-              " expert weights, the model has ", E, " experts");
+    MOE_CHECK(it != usage.end(), o.usage_file, ": no usage for MoE layer ", l,
+              " (was it measured on this model?)");
+    MOE_CHECK(static_cast<int64_t>(it->second.size()) == E, o.usage_file, ": layer ", l, " has ",
+              it->second.size(), " expert weights, the model has ", E, " experts");
     std::vector<int64_t> order(static_cast<size_t>(E));
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return it->second[a] < it->second[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return it->second[a] < it->second[b]; });
     std::vector<int> row(static_cast<size_t>(E), o.bits);
-    for (int64_t i = 0; i < n_low; ++i) row[static_cast<size_t>(order[static_cast<size_t>(i)])] = o.mixed_bits;
+    for (int64_t i = 0; i < n_low; ++i)
+      row[static_cast<size_t>(order[static_cast<size_t>(i)])] = o.mixed_bits;
     bits.push_back(std::move(row));
   }
   return bits;
@@ -169,11 +175,12 @@ std::vector<std::vector<int>> choose_expert_bits(const ModelConfig& cfg, const Q
 
 void check_options(const QuantizeOptions& o) {
   MOE_CHECK(o.bits == 4 || o.bits == 8, "quantize: bits must be 4 or 8, got ", o.bits);
-  MOE_CHECK(o.group > 0 && o.group % 32 == 0, "quantize: group size must be a positive multiple of 32, got ", o.group);
-  MOE_CHECK(o.mixed_bits == 0 || o.mixed_bits == 4 || o.mixed_bits == 8, "quantize: mixed bits must be 4 or 8, got ",
-            o.mixed_bits);
-  MOE_CHECK(o.mixed_fraction >= 0 && o.mixed_fraction <= 1, "quantize: mixed fraction must be in [0, 1], got ",
-            o.mixed_fraction);
+  MOE_CHECK(o.group > 0 && o.group % 32 == 0, "quantize: group size must be a positive multiple of 32, got ",
+            o.group);
+  MOE_CHECK(o.mixed_bits == 0 || o.mixed_bits == 4 || o.mixed_bits == 8,
+            "quantize: mixed bits must be 4 or 8, got ", o.mixed_bits);
+  MOE_CHECK(o.mixed_fraction >= 0 && o.mixed_fraction <= 1,
+            "quantize: mixed fraction must be in [0, 1], got ", o.mixed_fraction);
   if (o.mixed_bits != 0) {
     MOE_CHECK(o.mixed_bits != o.bits, "quantize: mixed bits ", o.mixed_bits, " equal bits ", o.bits);
     MOE_CHECK(o.mixed_fraction > 0, "quantize: mixed bits need a mixed fraction > 0");
@@ -193,18 +200,39 @@ QuantConfig read_quant_config(const std::string& dir) {
   return parse_quant_config(j["quantization_config"], p.string());
 }
 
+int expert_bits_of(const QuantConfig& q, int64_t moe_index, int64_t e) {
+  if (q.expert_bits.empty()) return q.bits;
+  MOE_CHECK(moe_index >= 0 && moe_index < static_cast<int64_t>(q.expert_bits.size()) && e >= 0 &&
+                e < static_cast<int64_t>(q.expert_bits[static_cast<size_t>(moe_index)].size()),
+            "quantization_config.expert_bits has no entry for MoE layer ", moe_index, ", expert ", e);
+  return q.expert_bits[static_cast<size_t>(moe_index)][static_cast<size_t>(e)];
+}
+
+void check_quant_config(const QuantConfig& q, const ModelConfig& c, const std::string& what) {
+  if (q.bits == 0 || q.expert_bits.empty()) return;
+  int64_t moe_layers = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
+  MOE_CHECK(static_cast<int64_t>(q.expert_bits.size()) == moe_layers, what,
+            ": quantization_config.expert_bits has ", q.expert_bits.size(), " layers, the model has ",
+            moe_layers, " MoE layers");
+  for (size_t i = 0; i < q.expert_bits.size(); ++i)
+    MOE_CHECK(static_cast<int64_t>(q.expert_bits[i].size()) == c.num_experts, what,
+              ": quantization_config.expert_bits[", i, "] has ", q.expert_bits[i].size(),
+              " entries, the model has ", c.num_experts, " experts");
+}
+
 bool has_quantized(const TensorSource& src, const std::string& weight_name) {
   return holds(src, linear_base(weight_name) + ".qweight");
 }
 
-kernels::QuantizedMatrix load_quantized(const TensorSource& src, const std::string& weight_name, int64_t N, int64_t K,
-                                        int64_t group) {
+kernels::QuantizedMatrix load_quantized(const TensorSource& src, const std::string& weight_name, int64_t N,
+                                        int64_t K, int64_t group) {
   const std::string base = linear_base(weight_name), qn = base + ".qweight";
   MOE_CHECK(holds(src, qn), "checkpoint: missing tensor '", qn, "'");
   Tensor q = src.load(qn);
   const std::string in = where(src, qn);
-  MOE_CHECK(q.dtype() == DType::I8 || q.dtype() == DType::U8, "checkpoint: tensor '", qn, "'", in, " has dtype ",
-            dtype_name(q.dtype()), "; expected i8 (int8) or u8 (packed int4)");
+  MOE_CHECK(q.dtype() == DType::I8 || q.dtype() == DType::U8, "checkpoint: tensor '", qn, "'", in,
+            " has dtype ", dtype_name(q.dtype()), "; expected i8 (int8) or u8 (packed int4)");
   const int bits = q.dtype() == DType::I8 ? 8 : 4;
   auto load = [&](const std::string& name) {
     MOE_CHECK(holds(src, name), "checkpoint: missing tensor '", name, "' (beside '", qn, "'", in, ")");
@@ -220,26 +248,28 @@ kernels::QuantizedMatrix load_quantized(const TensorSource& src, const std::stri
   } catch (const Error& e) {
     throw Error(cat("checkpoint", in, ": ", e.what()));
   }
-  MOE_CHECK(r.N == N && r.K == K, "checkpoint: quantized weight '", base, "'", in, ": expected shape (", N, ", ", K,
-            "), got (", r.N, ", ", r.K, ")");
+  MOE_CHECK(r.N == N && r.K == K, "checkpoint: quantized weight '", base, "'", in, ": expected shape (", N,
+            ", ", K, "), got (", r.N, ", ", r.K, ")");
   return r;
 }
 
-QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string& dst_dir, const QuantizeOptions& o) {
+QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string& dst_dir,
+                                   const QuantizeOptions& o) {
   check_options(o);
   const fs::path src(src_dir), dst(dst_dir);
   MOE_CHECK(fs::is_directory(src), "quantize: model directory '", src_dir, "' does not exist");
   std::error_code ec;
   if (fs::exists(dst)) {
     MOE_CHECK(fs::is_directory(dst), "quantize: output '", dst_dir, "' exists and is not a directory");
-    MOE_CHECK(!fs::equivalent(src, dst, ec), "quantize: the output directory is the model directory '", src_dir, "'");
+    MOE_CHECK(!fs::equivalent(src, dst, ec), "quantize: the output directory is the model directory '",
+              src_dir, "'");
     MOE_CHECK(o.overwrite || fs::is_empty(dst), "quantize: output directory '", dst_dir,
               "' is not empty (use --overwrite to replace its files)");
   }
   ojson config = read_json_file(src / "config.json");
   MOE_CHECK(config.is_object(), (src / "config.json").string(), ": expected a JSON object");
-  MOE_CHECK(!config.contains("quantization_config") || config["quantization_config"].is_null(), "quantize: '", src_dir,
-            "' is already quantized (config.json has a quantization_config)");
+  MOE_CHECK(!config.contains("quantization_config") || config["quantization_config"].is_null(), "quantize: '",
+            src_dir, "' is already quantized (config.json has a quantization_config)");
   const ModelConfig cfg = load_model_config((src / "config.json").string());
 
   QuantizeResult r;
@@ -285,10 +315,11 @@ QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string
     const DType dt = t.dtype();
     MOE_CHECK(dt == DType::F32 || dt == DType::BF16 || dt == DType::F16, "quantize: tensor '", name, "'", in,
               " has dtype ", dtype_name(dt), "; expected f32, bf16 or f16");
-    MOE_CHECK(t.dim() == 2, "quantize: tensor '", name, "'", in, " must be 2-D, got shape ", shape_str(t.shape()));
+    MOE_CHECK(t.dim() == 2, "quantize: tensor '", name, "'", in, " must be 2-D, got shape ",
+              shape_str(t.shape()));
     const int64_t N = t.size(0), K = t.size(1);
-    MOE_CHECK(K % o.group == 0, "quantize: tensor '", name, "'", in, " of shape ", shape_str(t.shape()), ": K = ", K,
-              " is not a multiple of the group size ", o.group, " (try a smaller --group-size)");
+    MOE_CHECK(K % o.group == 0, "quantize: tensor '", name, "'", in, " of shape ", shape_str(t.shape()),
+              ": K = ", K, " is not a multiple of the group size ", o.group, " (try a smaller --group-size)");
     const Tensor w = t.to(DType::F32).contiguous();
     const std::string base = linear_base(name);
     kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data<float>(), N, K, it->second, o.group, name);
@@ -312,7 +343,10 @@ QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string
 
   fs::create_directories(dst, ec);
   MOE_CHECK(!ec, "quantize: cannot create directory '", dst_dir, "': ", ec.message());
-  save_safetensors((dst / "model.safetensors").string(), out, {{"format", "pt"}, {"quantized_by", "moe_cpp"}});
+  // An index of an earlier sharded checkpoint in dst (--overwrite) would not describe the new file.
+  fs::remove(dst / "model.safetensors.index.json", ec);
+  save_safetensors((dst / "model.safetensors").string(), out,
+                   {{"format", "pt"}, {"quantized_by", "moe_cpp"}});
   write_text_atomic(dst / "config.json", config.dump(2) + "\n");
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
     if (!fs::exists(src / f)) continue;

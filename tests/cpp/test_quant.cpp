@@ -154,34 +154,48 @@ TEST(Quant, Errors) {
       for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
     }
   };
-  expect([&] { kernels::quantize_matrix(w.data(), 2, 128, 3, 64, "layer.w1"); }, {"layer.w1", "bits must be 4 or 8", "3"});
-  expect([&] { kernels::quantize_matrix(w.data(), 2, 128, 4, 48, "layer.w1"); }, {"layer.w1", "multiple of 32", "48"});
+  expect([&] { kernels::quantize_matrix(w.data(), 2, 128, 3, 64, "layer.w1"); },
+         {"layer.w1", "bits must be 4 or 8", "3"});
+  expect([&] { kernels::quantize_matrix(w.data(), 2, 128, 4, 48, "layer.w1"); },
+         {"layer.w1", "multiple of 32", "48"});
   expect([&] { kernels::quantize_matrix(w.data(), 2, 96, 4, 64, "layer.w1"); }, {"K = 96", "group size 64"});
   auto bad = w;
   bad[130] = kNaN;
-  expect([&] { kernels::quantize_matrix(bad.data(), 2, 128, 8, 64, "layer.w2"); }, {"layer.w2", "non-finite", "(1, 2)"});
+  expect([&] { kernels::quantize_matrix(bad.data(), 2, 128, 8, 64, "layer.w2"); },
+         {"layer.w2", "non-finite", "(1, 2)"});
   bad[130] = std::numeric_limits<float>::infinity();
-  expect([&] { kernels::quantize_matrix(bad.data(), 2, 128, 4, 64, "layer.w2"); }, {"layer.w2", "non-finite"});
+  expect([&] { kernels::quantize_matrix(bad.data(), 2, 128, 4, 64, "layer.w2"); },
+         {"layer.w2", "non-finite"});
   auto huge = w;
   huge[0] = 3e7f;
   expect([&] { kernels::quantize_matrix(huge.data(), 2, 128, 8, 64, "big"); }, {"big", "f16 range"});
   huge[0] = -1e5f;
-  expect([&] { kernels::quantize_matrix(huge.data(), 2, 128, 4, 64, "big"); }, {"big", "below the f16 range"});
+  expect([&] { kernels::quantize_matrix(huge.data(), 2, 128, 4, 64, "big"); },
+         {"big", "below the f16 range"});
 
   const QuantizedMatrix q4 = kernels::quantize_matrix(w.data(), 2, 128, 4, 64, "w");
   const QuantizedMatrix q8 = kernels::quantize_matrix(w.data(), 2, 128, 8, 64, "w");
-  expect([&] { kernels::quantized_from_tensors(8, 64, q4.q, q4.scales, Tensor(), "x.w1"); }, {"x.w1.qweight", "i8"});
-  expect([&] { kernels::quantized_from_tensors(4, 64, q8.q, q8.scales, q4.mins, "x.w1"); }, {"x.w1.qweight", "u8"});
-  expect([&] { kernels::quantized_from_tensors(4, 64, q4.q.to(DType::F32), q4.scales, q4.mins, "x"); }, {"x.qweight"});
-  expect([&] { kernels::quantized_from_tensors(4, 32, q4.q, q4.scales, q4.mins, "x.w3"); }, {"x.w3.scales", "(2, 4)"});
-  expect([&] { kernels::quantized_from_tensors(4, 64, q4.q, q4.scales.to(DType::F32), q4.mins, "x"); }, {"x.scales", "f16"});
+  expect([&] { kernels::quantized_from_tensors(8, 64, q4.q, q4.scales, Tensor(), "x.w1"); },
+         {"x.w1.qweight", "i8"});
+  expect([&] { kernels::quantized_from_tensors(4, 64, q8.q, q8.scales, q4.mins, "x.w1"); },
+         {"x.w1.qweight", "u8"});
+  expect([&] { kernels::quantized_from_tensors(4, 64, q4.q.to(DType::F32), q4.scales, q4.mins, "x"); },
+         {"x.qweight"});
+  expect([&] { kernels::quantized_from_tensors(4, 32, q4.q, q4.scales, q4.mins, "x.w3"); },
+         {"x.w3.scales", "(2, 4)"});
+  expect([&] { kernels::quantized_from_tensors(4, 64, q4.q, q4.scales.to(DType::F32), q4.mins, "x"); },
+         {"x.scales", "f16"});
   expect([&] { kernels::quantized_from_tensors(4, 64, q4.q, q4.scales, Tensor(), "x.w2"); }, {"x.w2.mins"});
-  expect([&] { kernels::quantized_from_tensors(8, 64, q8.q, q8.scales, q4.mins, "x.w2"); }, {"x.w2", "no mins"});
-  expect([&] { kernels::quantized_from_tensors(6, 64, q8.q, q8.scales, Tensor(), "x"); }, {"bits must be 4 or 8"});
-  expect([&] { kernels::quantized_from_tensors(8, 64, q8.q.reshape({256}), q8.scales, Tensor(), "x"); }, {"2-D"});
+  expect([&] { kernels::quantized_from_tensors(8, 64, q8.q, q8.scales, q4.mins, "x.w2"); },
+         {"x.w2", "no mins"});
+  expect([&] { kernels::quantized_from_tensors(6, 64, q8.q, q8.scales, Tensor(), "x"); },
+         {"bits must be 4 or 8"});
+  expect([&] { kernels::quantized_from_tensors(8, 64, q8.q.reshape({256}), q8.scales, Tensor(), "x"); },
+         {"2-D"});
   Tensor inf_scales = q8.scales.clone();
   static_cast<uint16_t*>(inf_scales.raw())[3] = 0x7c00;
-  expect([&] { kernels::quantized_from_tensors(8, 64, q8.q, inf_scales, Tensor(), "x.w1"); }, {"x.w1", "non-finite", "3"});
+  expect([&] { kernels::quantized_from_tensors(8, 64, q8.q, inf_scales, Tensor(), "x.w1"); },
+         {"x.w1", "non-finite", "3"});
 }
 
 // ---- gemm_qw ----
@@ -242,8 +256,8 @@ struct GemmData {
   }
 };
 
-void expect_close(const GemmCase& c, const GemmData& d, const std::vector<float>& ref, const std::vector<float>& got,
-                  const std::string& what) {
+void expect_close(const GemmCase& c, const GemmData& d, const std::vector<float>& ref,
+                  const std::vector<float>& got, const std::string& what) {
   for (int64_t m = 0; m < c.M; ++m) {
     for (int64_t n = 0; n < c.N; ++n) {
       const float r = ref[m * d.ldc + n], g = got[m * d.ldc + n];
@@ -313,9 +327,9 @@ TEST(QuantGemm, EdgeShapes) {
     if (!kernels::gemm_quant_isa_supported(isa)) continue;
     kernels::set_gemm_quant_isa(isa);
     for (int bits : {8, 4}) {
-      // N = 1, N below and above a column block, K = one group, M = kDirectRows + 1.
+      // N = 1, N below and above a column block, K = one group; M around the register and buffer paths.
       for (int64_t N : {1, 15, 16, 17, 33}) {
-        for (int64_t M : {1, 2, 4, 5, 64, 65}) {
+        for (int64_t M : {1, 2, 4, 5, 8, 9, 64, 65}) {
           GemmCase c;
           c.bits = bits, c.group = 32, c.M = M, c.N = N, c.K = 32;
           const GemmData d(c, static_cast<uint64_t>(N * 100 + M));
@@ -343,7 +357,7 @@ TEST(QuantGemm, RowInvariance) {
       big.bits = bits, big.M = 37, big.N = 45, big.K = 256, big.gather = true;
       const GemmData d(big, static_cast<uint64_t>(bits) + 7);
       const auto all = d.run(Backend::Cpu, big);
-      for (int64_t M : {1, 3, 4, 5, 16}) {
+      for (int64_t M : {1, 3, 4, 5, 8, 9, 16}) {
         for (int64_t m0 = 0; m0 + M <= big.M; m0 += 9) {
           std::vector<float> C(static_cast<size_t>(M * d.ldc), kNaN);
           kernels::GemmQuantArgs g = d.args(big, C);
@@ -361,17 +375,23 @@ TEST(QuantGemm, RowInvariance) {
 
 TEST(QuantGemm, ThreadCountInvariance) {
   ThreadsGuard guard;
-  for (int bits : {8, 4}) {
-    for (int64_t M : {1, 6, 70}) {
-      GemmCase c;
-      c.bits = bits, c.M = M, c.N = 100, c.K = 512, c.group = 128, c.beta = 1;
-      const GemmData d(c, static_cast<uint64_t>(M * 3 + bits));
-      set_num_threads(1);
-      const auto one = d.run(Backend::Cpu, c);
-      for (int t : {2, 3, 5}) {
-        set_num_threads(t);
-        EXPECT_EQ(std::memcmp(one.data(), d.run(Backend::Cpu, c).data(), one.size() * sizeof(float)), 0)
-            << "bits " << bits << " M " << M << " threads " << t;
+  IsaGuard isa_guard;
+  for (const char* isa : kIsas) {
+    if (!kernels::gemm_quant_isa_supported(isa)) continue;
+    kernels::set_gemm_quant_isa(isa);
+    for (int bits : {8, 4}) {
+      for (int64_t M : {1, 6, 70}) {
+        GemmCase c;
+        // Large enough that every thread gets column blocks (the kernel runs small calls on one thread).
+        c.bits = bits, c.M = M, c.N = 1000, c.K = 1024, c.group = 128, c.beta = 1;
+        const GemmData d(c, static_cast<uint64_t>(M * 3 + bits));
+        set_num_threads(1);
+        const auto one = d.run(Backend::Cpu, c);
+        for (int t : {2, 3, 5}) {
+          set_num_threads(t);
+          EXPECT_EQ(std::memcmp(one.data(), d.run(Backend::Cpu, c).data(), one.size() * sizeof(float)), 0)
+              << isa << " bits " << bits << " M " << M << " threads " << t;
+        }
       }
     }
   }
@@ -390,7 +410,8 @@ TEST(QuantGemm, Errors) {
     for (Backend b : {Backend::Ref, Backend::Cpu, Backend::Cuda}) {
       try {
         kernels::gemm_qw(b, g);
-        ADD_FAILURE() << "no moe::Error on " << kernels::backend_name(b) << " (expected '" << parts[0] << "')";
+        ADD_FAILURE() << "no moe::Error on " << kernels::backend_name(b) << " (expected '" << parts[0]
+                      << "')";
       } catch (const Error& e) {
         if (b == Backend::Cuda) continue;
         for (const auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();

@@ -115,11 +115,57 @@ TEST_F(QuantCkpt, Qwen2MoeExpertsOnly) {
   const uint16_t* sc = static_cast<const uint16_t*>(q.scales.raw());
   for (int64_t i = 0; i < 64 * 32; ++i)
     ASSERT_LE(std::fabs(w.get(i) - d[i]), 0.5 * f16_to_f32(sc[i / 32]) + 1e-7) << i;
-  expect_error([&] { load_quantized(s, down, 32, 64, 32); }, {down.substr(0, down.size() - 7), "expected shape (32, 64)", "(64, 32)"});
-  expect_error([&] { load_quantized(s, down, 64, 32, 64); }, {"experts.1.down_proj", "K = 32", "group size 64"});
+  expect_error([&] { load_quantized(s, down, 32, 64, 32); },
+               {down.substr(0, down.size() - 7), "expected shape (32, 64)", "(64, 32)"});
+  expect_error([&] { load_quantized(s, down, 64, 32, 64); },
+               {"experts.1.down_proj", "K = 32", "group size 64"});
   expect_error([&] { load_quantized(s, "model.layers.0.self_attn.q_proj.weight", 64, 64, 32); },
                {"missing tensor 'model.layers.0.self_attn.q_proj.qweight'"});
   expect_error([&] { load_quantized(s, "model.norm", 64, 64, 32); }, {"model.norm", "<name>.weight"});
+}
+
+TEST_F(QuantCkpt, Bf16AndF16Sources) {
+  // The same model stored in bf16 and in f16 (as Hugging Face checkpoints often are).
+  const std::string src = save_model(qwen2_config(), file("src"));
+  const auto f32 = load_hf_tensors(src);
+  for (const DType dt : {DType::BF16, DType::F16}) {
+    const std::string dir = file(dtype_name(dt));
+    std::filesystem::create_directories(dir);
+    std::map<std::string, Tensor> sd;
+    for (const auto& [name, t] : f32) sd[name] = t.to(dt);
+    save_safetensors(dir + "/model.safetensors", sd);
+    std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
+    QuantizeOptions o;
+    o.bits = 8, o.group = 32;
+    const QuantizeResult r = quantize_checkpoint(dir, dir + "_q8", o);
+    EXPECT_EQ(r.expert_bytes_before, 2 * r.expert_params) << dtype_name(dt);
+    const auto after = load_hf_tensors(dir + "_q8");
+    EXPECT_EQ(after.at("model.norm.weight").dtype(), dt);  // copied as stored
+    // The int8 codes of the 16-bit source dequantise to within half a step of the 16-bit weights.
+    const std::string down = "model.layers.0.mlp.experts.2.down_proj.weight";
+    const kernels::QuantizedMatrix q = load_quantized(checkpoint_source(dir + "_q8"), down, 64, 32, 32);
+    std::vector<float> d(64 * 32);
+    kernels::dequantize_matrix(q.view(), d.data());
+    const uint16_t* sc = static_cast<const uint16_t*>(q.scales.raw());
+    for (int64_t i = 0; i < 64 * 32; ++i)
+      ASSERT_LE(std::fabs(sd.at(down).get(i) - d[i]), 0.5 * f16_to_f32(sc[i / 32]) + 1e-7)
+          << dtype_name(dt) << " " << i;
+  }
+  // An expert weight of an integer dtype, or of the wrong rank, is named in the error.
+  for (const bool rank : {false, true}) {
+    const std::string dir = file(rank ? "rank" : "int");
+    std::filesystem::create_directories(dir);
+    std::map<std::string, Tensor> sd = f32;
+    const std::string up = "model.layers.0.mlp.experts.3.up_proj.weight";
+    sd[up] = rank ? f32.at(up).reshape({32 * 64}) : f32.at(up).to(DType::I32);
+    save_safetensors(dir + "/model.safetensors", sd);
+    std::filesystem::copy_file(src + "/config.json", dir + "/config.json");
+    QuantizeOptions o;
+    o.group = 32;
+    expect_error([&] { quantize_checkpoint(dir, dir + "_q", o); },
+                 {up, rank ? "must be 2-D" : "dtype i32", dir + "/model.safetensors"});
+    EXPECT_FALSE(std::filesystem::exists(dir + "_q"));
+  }
 }
 
 TEST_F(QuantCkpt, LoadQuantizedErrors) {
@@ -154,6 +200,17 @@ TEST_F(QuantCkpt, DeepseekAttentionAndMixedBits) {
   EXPECT_TRUE(qc.attention);
   ASSERT_EQ(qc.expert_bits.size(), 1u);
   EXPECT_EQ(qc.expert_bits[0], (std::vector<int>{4, 8, 4, 8}));
+  EXPECT_NO_THROW(check_quant_config(qc, cfg, "q"));
+  EXPECT_EQ(expert_bits_of(qc, 0, 2), 4);
+  EXPECT_EQ(expert_bits_of(qc, 0, 3), 8);
+  expect_error([&] { expert_bits_of(qc, 1, 0); }, {"no entry for MoE layer 1"});
+  QuantConfig wrong = qc;
+  wrong.expert_bits[0].pop_back();
+  expect_error([&] { check_quant_config(wrong, cfg, "dirX"); },
+               {"dirX", "expert_bits[0] has 3 entries", "4 experts"});
+  wrong.expert_bits.push_back({8, 8, 8, 8});
+  expect_error([&] { check_quant_config(wrong, cfg, "dirX"); }, {"dirX", "2 layers", "1 MoE layers"});
+  EXPECT_EQ(expert_bits_of(QuantConfig{4, 64, false, {}}, 7, 3), 4);
   const auto after = load_hf_tensors(file("q"));
   EXPECT_EQ(after.at("model.layers.1.mlp.experts.0.up_proj.qweight").dtype(), DType::U8);
   EXPECT_EQ(after.at("model.layers.1.mlp.experts.1.up_proj.qweight").dtype(), DType::I8);
@@ -174,30 +231,37 @@ TEST_F(QuantCkpt, Errors) {
   QuantizeOptions o;
   o.group = 32;
   quantize_checkpoint(src, file("q"), o);
-  expect_error([&] { quantize_checkpoint(src, file("q"), o); }, {"output directory", "not empty", "--overwrite"});
+  expect_error([&] { quantize_checkpoint(src, file("q"), o); },
+               {"output directory", "not empty", "--overwrite"});
   QuantizeOptions ow = o;
   ow.overwrite = true;
   EXPECT_NO_THROW(quantize_checkpoint(src, file("q"), ow));
   expect_error([&] { quantize_checkpoint(file("q"), file("q2"), o); }, {"already quantized"});
-  expect_error([&] { quantize_checkpoint(file("none"), file("q3"), o); }, {"model directory", "none", "does not exist"});
+  expect_error([&] { quantize_checkpoint(file("none"), file("q3"), o); },
+               {"model directory", "none", "does not exist"});
   QuantizeOptions bad = o;
   bad.bits = 3;
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"bits must be 4 or 8"});
   bad = o;
   bad.group = 64;  // the experts' down projection has K = 32
-  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"down_proj.weight", "K = 32", "group size 64"});
+  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); },
+               {"down_proj.weight", "K = 32", "group size 64"});
   EXPECT_FALSE(std::filesystem::exists(file("q3/model.safetensors")));
   bad = o;
   bad.mixed_bits = 8;
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"mixed fraction"});
   bad.mixed_fraction = 0.25;
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage file"});
-  std::ofstream(file("usage.json")) << R"({"tokens": 1, "layers": [{"layer": 1, "count": [1, 1, 1, 1], "weight": [1, 2, 3, 4]}]})";
+  std::ofstream(file("usage.json"))
+      << R"({"tokens": 1, "layers": [{"layer": 1, "count": [1, 1, 1, 1], "weight": [1, 2, 3, 4]}]})";
   bad.usage_file = file("usage.json");
-  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage.json", "no usage for MoE layer 0"});
-  std::ofstream(file("usage2.json")) << R"({"tokens": 1, "layers": [{"layer": 0, "count": [1, 1], "weight": [1, 2]}]})";
+  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); },
+               {"usage.json", "no usage for MoE layer 0"});
+  std::ofstream(file("usage2.json"))
+      << R"({"tokens": 1, "layers": [{"layer": 0, "count": [1, 1], "weight": [1, 2]}]})";
   bad.usage_file = file("usage2.json");
-  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage2.json", "2 expert weights", "4 experts"});
+  expect_error([&] { quantize_checkpoint(src, file("q3"), bad); },
+               {"usage2.json", "2 expert weights", "4 experts"});
   std::ofstream(file("usage3.json")) << R"([1, 2])";
   bad.usage_file = file("usage3.json");
   expect_error([&] { quantize_checkpoint(src, file("q3"), bad); }, {"usage3.json", "expert usage file"});
@@ -205,22 +269,42 @@ TEST_F(QuantCkpt, Errors) {
   // Malformed quantization_config.
   auto with_qc = [&](const std::string& qc) {
     std::filesystem::create_directories(file("cfg"));
-    std::ofstream(file("cfg/config.json")) << R"({"model_type": "qwen2_moe", "quantization_config": )" << qc << "}";
+    std::ofstream(file("cfg/config.json"))
+        << R"({"model_type": "qwen2_moe", "quantization_config": )" << qc << "}";
     return file("cfg");
   };
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "gptq", "bits": 4})")); }, {"config.json", "gptq"});
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 3, "group_size": 64, "modules": ["experts"]})")); },
-               {"bits must be 4 or 8"});
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 50, "modules": ["experts"]})")); },
-               {"group_size"});
-  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["mlp"]})")); },
-               {"modules", "mlp"});
-  expect_error([&] {
-    read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["experts"], "expert_bits": [[4, 2]]})"));
-  }, {"expert_bits[0]", "2"});
-  EXPECT_EQ(read_quant_config(with_qc(R"({"quant_method": "moe_cpp", "bits": 8, "group_size": 128, "modules": ["experts"], "expert_bits": [[4, 8]]})"))
-                .expert_bits[0][0],
-            4);
+  expect_error([&] { read_quant_config(with_qc(R"({"quant_method": "gptq", "bits": 4})")); },
+               {"config.json", "gptq"});
+  expect_error(
+      [&] {
+        read_quant_config(
+            with_qc(R"({"quant_method": "moe_cpp", "bits": 3, "group_size": 64, "modules": ["experts"]})"));
+      },
+      {"bits must be 4 or 8"});
+  expect_error(
+      [&] {
+        read_quant_config(
+            with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 50, "modules": ["experts"]})"));
+      },
+      {"group_size"});
+  expect_error(
+      [&] {
+        read_quant_config(
+            with_qc(R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["mlp"]})"));
+      },
+      {"modules", "mlp"});
+  expect_error(
+      [&] {
+        read_quant_config(with_qc(
+            R"({"quant_method": "moe_cpp", "bits": 4, "group_size": 64, "modules": ["experts"], "expert_bits": [[4, 2]]})"));
+      },
+      {"expert_bits[0]", "2"});
+  EXPECT_EQ(
+      read_quant_config(
+          with_qc(
+              R"({"quant_method": "moe_cpp", "bits": 8, "group_size": 128, "modules": ["experts"], "expert_bits": [[4, 8]]})"))
+          .expert_bits[0][0],
+      4);
 }
 
 }  // namespace

@@ -29,7 +29,8 @@ struct Args {
 };
 
 const char* kUsage =
-    "usage: quant_oracle_run --inputs IN.safetensors --out OUT.safetensors --bits 4|8 --group G [--threads N]\n";
+    "usage: quant_oracle_run --inputs IN.safetensors --out OUT.safetensors --bits 4|8 --group G [--threads "
+    "N]\n";
 
 bool parse_args(int argc, char** argv, Args& a) {
   for (int i = 1; i < argc; ++i) {
@@ -59,8 +60,8 @@ int run(const Args& a) {
   auto in = load_safetensors(a.inputs);
   MOE_CHECK(in.count("w") && in.count("a"), a.inputs, ": needs tensors 'w' and 'a'");
   const Tensor w = in["w"].to(DType::F32).contiguous(), x = in["a"].to(DType::F32).contiguous();
-  MOE_CHECK(w.dim() == 2 && x.dim() == 2 && x.size(1) == w.size(1), a.inputs, ": w (N, K) and a (M, K) expected, got ",
-            shape_str(w.shape()), " and ", shape_str(x.shape()));
+  MOE_CHECK(w.dim() == 2 && x.dim() == 2 && x.size(1) == w.size(1), a.inputs,
+            ": w (N, K) and a (M, K) expected, got ", shape_str(w.shape()), " and ", shape_str(x.shape()));
   const int64_t N = w.size(0), K = w.size(1), M = x.size(0);
   const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data<float>(), N, K, a.bits, a.group, "w");
   std::map<std::string, Tensor> out;

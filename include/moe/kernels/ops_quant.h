@@ -57,8 +57,8 @@ struct QuantizedMatrix {
 };
 
 // Round-to-nearest quantization of an f32 (N, K) row-major matrix (the scale and min are rounded to
-// f16 first and q computed from the rounded values, so dequantisation errors are at most half a
-// step). Throws moe::Error on bits other than 4/8, a group that is not a multiple of 32 or does not
+// f16 first, outwards: min down and scale up so that the group's range stays covered, and q computed
+// from the rounded values, so dequantisation errors are at most half a step; src/kernels/quant.cpp). Throws moe::Error on bits other than 4/8, a group that is not a multiple of 32 or does not
 // divide K, or a non-finite weight (naming `name`).
 QuantizedMatrix quantize_matrix(const float* W, int64_t N, int64_t K, int bits, int64_t group,
                                 const std::string& name = "weight");

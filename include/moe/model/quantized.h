@@ -32,6 +32,13 @@ struct QuantConfig {
 // The quantization_config of `dir`/config.json; bits 0 when there is none. Throws on a malformed one.
 QuantConfig read_quant_config(const std::string& dir);
 
+// The bits of expert e of the moe_index-th MoE layer (counting MoE layers only): expert_bits when
+// present, else bits.
+int expert_bits_of(const QuantConfig& q, int64_t moe_index, int64_t e);
+// Throws moe::Error naming `what` (e.g. the model directory) when q does not fit the model c:
+// expert_bits without one row of c.num_experts entries per MoE layer.
+void check_quant_config(const QuantConfig& q, const ModelConfig& c, const std::string& what);
+
 // True when `src` holds "<weight_name minus .weight>.qweight".
 bool has_quantized(const TensorSource& src, const std::string& weight_name);
 // Loads "<base>.qweight/.scales/.mins" for the linear whose float name would be `weight_name`

@@ -5,8 +5,9 @@
 // the packed weights: it reads them once per call, dequantises them in registers and multiplies them
 // with every row at once (no packed copy of W is made). Work is split over blocks of kNB columns
 // (moe::parallel_for); a thread takes up to kMS rows at a time and, for each of its column blocks,
-// either dequantises in registers inside the micro-kernel (up to kDirectRows rows) or first into a
-// buffer of the block's columns that the micro-kernel then reads for every group of kDirectRows rows.
+// either dequantises in registers inside the micro-kernel (up to kDirectMaxRows rows, kDirectRows
+// at a time) or first into a buffer of the block's columns that the micro-kernel then reads for every
+// group of kDirectRows rows.
 // gemm_quant_body.inc has the kernel and its summation order (the same on both paths).
 //
 // The kernel body is compiled once per instruction set: included three times, each time in its own
@@ -23,11 +24,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/quant_format.h"
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/kernels/ops_quant.h"
-#include "kernels/quant_format.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
 
@@ -35,9 +36,10 @@ namespace moe::kernels::cpu {
 
 namespace {
 
-constexpr int64_t kNB = 16;          // columns per parallel block
-constexpr int64_t kMS = 64;          // rows per pass (the activation copy holds kMS rows of K)
-constexpr int64_t kDirectRows = 4;   // up to this many rows: dequantise in registers
+constexpr int64_t kNB = 16;         // columns per parallel block
+constexpr int64_t kMS = 64;         // rows per pass (the activation copy holds kMS rows of K)
+constexpr int64_t kDirectRows = 4;     // rows of the micro-kernel
+constexpr int64_t kDirectMaxRows = 8;  // up to this many rows: dequantise in registers
 
 // One call, as the kernel sees it.
 struct Ctx {
@@ -137,7 +139,7 @@ struct Vx {
   static MOE_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static MOE_INLINE float hsum(V v) {
     __m128 t = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // l + (l + 4)
-    t = _mm_add_ps(t, _mm_movehl_ps(t, t));                                          // (0 + 2), (1 + 3)
+    t = _mm_add_ps(t, _mm_movehl_ps(t, t));                                         // (0 + 2), (1 + 3)
     t = _mm_add_ss(t, _mm_shuffle_ps(t, t, 1));
     return _mm_cvtss_f32(t);
   }
@@ -219,14 +221,20 @@ struct Vx {
     hi = _mm512_maskz_permutexvar_ps(kAll, h, g.table);
   }
   static MOE_INLINE void deq8(const int8_t* q, V s, V& lo, V& hi) {
-    lo = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(kAll, _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))), s);
+    lo = _mm512_mul_ps(
+        _mm512_maskz_cvtepi32_ps(
+            kAll, _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))),
+        s);
     hi = _mm512_mul_ps(
-        _mm512_maskz_cvtepi32_ps(kAll, _mm512_maskz_cvtepi8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)))), s);
+        _mm512_maskz_cvtepi32_ps(kAll, _mm512_maskz_cvtepi8_epi32(
+                                           kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16)))),
+        s);
   }
   static void cvt_f16(const uint16_t* src, int64_t n, float* dst) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16)
-      _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+      _mm512_storeu_ps(dst + i, _mm512_maskz_cvtph_ps(
+                                    kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
     for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
   }
 };
@@ -249,7 +257,8 @@ bool supported(int isa) {
     case kGeneric:
       return true;
     case kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
     case kAvx512:
       return __builtin_cpu_supports("avx512f") && supported(kAvx2);
   }
@@ -294,7 +303,10 @@ void gemm_qw(const GemmQuantArgs& g) {
   x.beta = g.beta;
   const int isa = g_isa.load(std::memory_order_relaxed);
   const int64_t blocks = (x.N + kNB - 1) / kNB;
-  parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+  // At least ~2^18 multiply-adds per thread: smaller calls are not worth waking a thread for.
+  const int64_t per_block = std::max<int64_t>(1, x.M * x.K * kNB);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_block);
+  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
     switch (isa) {
       case kAvx512:
         return avx512_isa::run(x, b0, b1);

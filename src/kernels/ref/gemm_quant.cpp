@@ -3,9 +3,9 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/quant_format.h"
 #include "moe/core/dtype.h"
 #include "moe/kernels/ops_quant.h"
-#include "kernels/quant_format.h"
 
 namespace moe::kernels::ref {
 
@@ -24,7 +24,8 @@ void gemm_qw(const GemmQuantArgs& g) {
     for (int64_t m = 0; m < g.M; ++m) {
       const float* a = g.A + (g.gather ? g.gather[m] : m) * g.lda;  // (K)
       double acc = 0;
-      for (int64_t k = 0; k < W.K; ++k) acc += static_cast<double>(a[k]) * static_cast<double>(w[static_cast<size_t>(k)]);
+      for (int64_t k = 0; k < W.K; ++k)
+        acc += static_cast<double>(a[k]) * static_cast<double>(w[static_cast<size_t>(k)]);
       float& c = g.C[m * g.ldc + n];
       if (g.beta != 0.0f) acc += static_cast<double>(g.beta) * static_cast<double>(c);
       c = static_cast<float>(acc);
