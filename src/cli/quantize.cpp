@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/model_dir.h"
 #include "moe/model/quantized.h"
 
 namespace moe::cli {
@@ -22,7 +23,7 @@ struct QuantArgs {
 double mib(int64_t b) { return static_cast<double>(b) / (1024.0 * 1024.0); }
 
 int run_quantize(const QuantArgs& a) {
-  const model::QuantizeResult r = model::quantize_checkpoint(a.src, a.out, a.opt);
+  const model::QuantizeResult r = model::quantize_checkpoint(resolve_model_dir(a.src), a.out, a.opt);
   const int64_t bf16_bytes = 2 * r.expert_params;
   const double of_bf16 =
       bf16_bytes > 0 ? static_cast<double>(r.expert_bytes_after) / static_cast<double>(bf16_bytes) : 0;
@@ -76,7 +77,7 @@ int run_quantize(const QuantArgs& a) {
 void register_quantize(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<QuantArgs>();
   CLI::App* c = app.add_subcommand("quantize", "Write a checkpoint with group-wise int8/int4 experts");
-  c->add_option("--model", a->src, "Model directory (Hugging Face layout)")->required();
+  c->add_option("--model", a->src, "Model directory (Hugging Face layout) or run directory")->required();
   c->add_option("--out", a->out, "Output model directory (must be empty or absent, unless --overwrite)")
       ->required();
   c->add_option("--bits", a->opt.bits, "Bits per expert weight")->required()->check(CLI::IsMember({4, 8}));
