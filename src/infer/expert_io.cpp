@@ -234,37 +234,29 @@ namespace {
 void linear(const ExpertView& w, int i, int64_t m, int64_t N, int64_t K, const float* A, int64_t lda,
             const int32_t* gather, float* C) {
   const int32_t offsets[2] = {0, static_cast<int32_t>(m)};
+  // f32 and bf16 weights: one expert of the grouped GEMMs (the same kernels as the layer's own path)
+  auto grouped = [&](auto args, auto W, auto run) {
+    args.E = 1;
+    args.N = N;
+    args.K = K;
+    args.offsets = offsets;
+    args.A = A;
+    args.lda = lda;
+    args.gather = gather;
+    args.W = W;
+    args.C = C;
+    args.ldc = N;
+    run(args);
+  };
   switch (w.fmt) {
-    case Format::F32: {
-      kernels::GroupedGemmArgs<float> g;
-      g.E = 1;
-      g.N = N;
-      g.K = K;
-      g.offsets = offsets;
-      g.A = A;
-      g.lda = lda;
-      g.gather = gather;
-      g.W = static_cast<const float*>(w.w[i]);
-      g.C = C;
-      g.ldc = N;
-      kernels::grouped_gemm(kernels::Backend::Cpu, g);
+    case Format::F32:
+      grouped(kernels::GroupedGemmArgs<float>(), static_cast<const float*>(w.w[i]),
+              [](const kernels::GroupedGemmArgs<float>& g) { kernels::grouped_gemm(kernels::Backend::Cpu, g); });
       break;
-    }
-    case Format::BF16: {
-      kernels::GroupedGemmBf16Args g;
-      g.E = 1;
-      g.N = N;
-      g.K = K;
-      g.offsets = offsets;
-      g.A = A;
-      g.lda = lda;
-      g.gather = gather;
-      g.W = static_cast<const uint16_t*>(w.w[i]);
-      g.C = C;
-      g.ldc = N;
-      kernels::grouped_gemm_bf16w(kernels::Backend::Cpu, g);
+    case Format::BF16:
+      grouped(kernels::GroupedGemmBf16Args(), static_cast<const uint16_t*>(w.w[i]),
+              [](const kernels::GroupedGemmBf16Args& g) { kernels::grouped_gemm_bf16w(kernels::Backend::Cpu, g); });
       break;
-    }
     case Format::Quant: {
       kernels::GemmQuantArgs g;
       g.M = m;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <set>
 
+#include "model/hf_names.h"
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/model/safetensors.h"
@@ -16,21 +17,8 @@ namespace moe::model {
 namespace fs = std::filesystem;
 
 namespace {
-std::string layer_prefix(int64_t l) { return cat("model.layers.", l, "."); }
-
-std::string moe_prefix(const ModelConfig& c, int64_t l) {
-  return layer_prefix(l) + (c.arch == Arch::Mixtral ? "block_sparse_moe" : "mlp");
-}
-
-// Hugging Face names of expert e's gate, up and down projections.
-void expert_names(const ModelConfig& c, const std::string& prefix, int64_t e, std::string out[3]) {
-  const std::string p = cat(prefix, ".experts.", e, ".");
-  if (c.arch == Arch::Mixtral) {
-    out[0] = p + "w1.weight", out[1] = p + "w3.weight", out[2] = p + "w2.weight";
-  } else {
-    out[0] = p + "gate_proj.weight", out[1] = p + "up_proj.weight", out[2] = p + "down_proj.weight";
-  }
-}
+using hf_names::layer_prefix;
+using hf_names::moe_prefix;
 
 const char* kSharedSuffix[4] = {".shared_expert.gate_proj.weight", ".shared_expert.up_proj.weight",
                                 ".shared_expert.down_proj.weight", ".shared_expert_gate.weight"};
@@ -44,7 +32,7 @@ std::string moe_block_prefix(const ModelConfig& c, int64_t layer) { return moe_p
 
 std::array<std::string, 3> expert_weight_names(const ModelConfig& c, int64_t layer, int64_t expert) {
   std::string n[3];
-  expert_names(c, moe_prefix(c, layer), expert, n);
+  hf_names::expert_names(c, layer, expert, n);
   return {n[0], n[1], n[2]};
 }
 
@@ -207,7 +195,7 @@ std::map<std::string, Tensor> Transformer::hf_state_dict() const {
     const std::string pre = moe_prefix(cfg_, l);
     std::string names[3];
     for (int64_t e = 0; e < cfg_.num_experts; ++e) {
-      expert_names(cfg_, pre, e, names);
+      hf_names::expert_names(cfg_, l, e, names);
       sd[names[0]] = mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}).to(DType::F32);
       sd[names[1]] = mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}).to(DType::F32);
       sd[names[2]] = mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}).to(DType::F32);
@@ -255,7 +243,7 @@ void Transformer::load_hf_state_dict(const TensorSource& source) {
         if (name.compare(0, ep.size(), ep) == 0) used.insert(name);
     }
     for (int64_t e = 0; e < cfg_.num_experts && !external_experts_; ++e) {
-      expert_names(cfg_, pre, e, names);
+      hf_names::expert_names(cfg_, l, e, names);
       take(names[0], mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}));
       take(names[1], mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}));
       take(names[2], mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}));
