@@ -14,7 +14,8 @@
 // MoE layers' routers to the current layer's input (pre-gating) and loads the predicted experts on a
 // loader thread while the current layer computes. Outputs do not depend on the budget, the policy or
 // the prefetch (each expert is computed by the same kernel on the same weights whichever tier it came
-// from).
+// from). The executors serve one forward at a time (the engine's thread); statistics may be read
+// from any thread.
 #pragma once
 
 #include <cstdint>
