@@ -109,11 +109,11 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     std::stable_sort(active.begin(), active.end(), [&](int32_t a, int32_t b) {
       return (entries_[li * E + a].state == Entry::Ready) > (entries_[li * E + b].state == Entry::Ready);
     });
-    // Pin the resident ones (no load may evict them before they are computed) and queue the
-    // misses now, in the order they will be computed.
+    // Pin the resident ones and those a prefetch is loading (no load may evict them before they
+    // are computed) and queue the misses now, in the order they will be computed.
     for (int32_t e : active) {
       Entry& en = entries_[li * E + e];
-      if (en.state == Entry::Ready) {
+      if (en.state == Entry::Ready || en.state == Entry::Loading) {
         ++en.pins;
         en.queued_pin = true;
         continue;
