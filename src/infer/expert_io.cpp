@@ -129,11 +129,8 @@ const uint8_t* SourceFiles::mapped(const Span& s) const {
   return maps_[s.file] + s.offset;
 }
 
-void SourceFiles::read(const Span& s, uint8_t* dst, Buffer& bounce) const {
-  if (!direct_) {
-    std::memcpy(dst, mapped(s), s.bytes);
-    return;
-  }
+const uint8_t* SourceFiles::fetch(const Span& s, Buffer& bounce) const {
+  if (!direct_) return mapped(s);
   MOE_CHECK(s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file], "' is shorter than its header says (",
             sizes_[s.file], " bytes, a tensor ends at ", s.offset + s.bytes, ")");
   const uint64_t begin = s.offset / kAlign * kAlign, end = round_up(s.offset + s.bytes, kAlign);
@@ -148,7 +145,7 @@ void SourceFiles::read(const Span& s, uint8_t* dst, Buffer& bounce) const {
   }
   MOE_CHECK(begin + done >= s.offset + s.bytes, "expert store: '", paths_[s.file], "' ended at ", begin + done,
             " bytes, before the tensor's end at ", s.offset + s.bytes);
-  std::memcpy(dst, buf + (s.offset - begin), s.bytes);
+  return buf + (s.offset - begin);
 }
 
 ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot, Buffer& scratch) {
@@ -180,17 +177,7 @@ ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format f
     }
     MOE_CHECK(fmt != Format::Quant, "expert store: a float expert cannot be computed in the quantized format");
     const int64_t n = m.N * m.K;
-    const bool same = (fmt == Format::F32 && m.w.dtype == DType::F32) || (fmt == Format::BF16 && m.w.dtype == DType::BF16);
-    if (same) {
-      files.read(m.w, p, scratch);
-    } else if (!files.direct()) {
-      convert(files.mapped(m.w), m.w.dtype, n, fmt, p);
-    } else {
-      Buffer tmp;
-      uint8_t* t = tmp.ensure(m.w.bytes);
-      files.read(m.w, t, scratch);
-      convert(t, m.w.dtype, n, fmt, p);
-    }
+    convert(files.fetch(m.w, scratch), m.w.dtype, n, fmt, p);  // a copy when the dtype is the format's
     v.w[i] = p;
     p += round_up(static_cast<uint64_t>(n) * elem_bytes(fmt), 64);
   }

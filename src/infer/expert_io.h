@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -72,9 +73,11 @@ class SourceFiles {
   bool direct() const { return direct_; }
   // Mapped bytes of a span (mmap only).
   const uint8_t* mapped(const Span& s) const;
-  // Copies a span's bytes to dst (mmap: from the mapping; direct: aligned O_DIRECT reads through
-  // `bounce`, a buffer this call grows as needed). Throws naming the file on a short read.
-  void read(const Span& s, uint8_t* dst, Buffer& bounce) const;
+  // A span's bytes: in the mapping (mmap), or read with aligned O_DIRECT reads into `bounce`, a
+  // buffer this call grows as needed (direct; valid until bounce is used again). Throws naming the
+  // file on a short read.
+  const uint8_t* fetch(const Span& s, Buffer& bounce) const;
+  void read(const Span& s, uint8_t* dst, Buffer& bounce) const { std::memcpy(dst, fetch(s, bounce), s.bytes); }
 
  private:
   std::vector<std::string> paths_;

@@ -8,19 +8,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdlib>
-#include <deque>
-#include <filesystem>
-#include <map>
 #include <mutex>
-#include <thread>
 
 #include "expert_io.h"
 #include "expert_store_internal.h"
 #include "moe/core/error.h"
-#include "moe/core/parallel.h"
-#include "moe/model/quantized.h"
 
 namespace moe::infer {
 
@@ -121,7 +114,6 @@ void StoreImpl::measure_costs() {
   if (entries_.empty()) return;
   ExpertView mapped;
   if (!view_in_place(*S_.files, S_.src[0], S_.fmt, &mapped)) return;
-  std::vector<uint8_t> own;
   Buffer slot;
   auto t0 = Clock::now();
   const ExpertView loaded = load_expert(*S_.files, S_.src[0], S_.fmt, slot.ensure(slot_bytes_), scratch_fwd_);

@@ -152,11 +152,8 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     const int64_t id = li * E + e;
     ExpertView v;
     bool hit = false;
-    bool pinned;
-    {
-      // a miss queued above holds one pin already; acquire adds one more
-      pinned = acquire(id, &v, &hit);
-    }
+    // a pin taken above (queued_pin) is held already; acquire adds one more unless computed in place
+    const bool pinned = acquire(id, &v, &hit);
     if (upfront) {
       std::lock_guard<std::mutex> g(mu_);
       Entry& en = entries_[id];

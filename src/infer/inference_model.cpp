@@ -37,9 +37,12 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
   out.load = [src, bases, group](const std::string& name) {
     if (!ends_with(name, ".weight") || !bases.count(name.substr(0, name.size() - 7))) return src.load(name);
     const std::string base = name.substr(0, name.size() - 7);
-    const Tensor q = src.load(base + kQ);
-    const int64_t N = q.size(0), K = q.dtype() == DType::I8 ? q.size(1) : 2 * q.size(1);
-    const kernels::QuantizedMatrix m = model::load_quantized(src, name, N, K, group);
+    Tensor q = src.load(base + kQ);
+    const int bits = q.dtype() == DType::I8 ? 8 : 4;
+    Tensor mins = bits == 4 ? src.load(base + ".mins") : Tensor();
+    const kernels::QuantizedMatrix m =
+        kernels::quantized_from_tensors(bits, group, std::move(q), src.load(base + ".scales"), std::move(mins), base);
+    const int64_t N = m.N, K = m.K;
     Tensor w = Tensor::empty({N, K}, DType::F32, name);
     kernels::dequantize_matrix(m.view(), w.data<float>());
     return w;
