@@ -1,5 +1,6 @@
 // `moe train`: train an MoE language model (defaults: a small qwen3_moe on the English text of
 // Debian's fortunes package), or `moe train --resume RUN_DIR` to continue one.
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -8,6 +9,7 @@
 #include "cli/model_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "moe/dist/comm.h"
 #include "moe/train/trainer.h"
 
 namespace moe::cli {
@@ -20,26 +22,71 @@ struct TrainArgs {
   bool overwrite = false;
   double time_limit_min = 0;
   int threads = 0;
+  int expert_parallel = 1;
+  double comm_timeout_s = 300;
+  bool hierarchical = false;
+  int ranks_per_node = 0;
 };
 
+// The process groups of a run started by mpirun (null for one process). Every rank gets the same
+// groups; errors name the flag.
+std::unique_ptr<dist::ParallelGroups> make_parallel(const TrainArgs& a) {
+  MOE_CHECK(a.expert_parallel >= 1, "--expert-parallel must be >= 1, got ", a.expert_parallel);
+  MOE_CHECK(a.comm_timeout_s >= 0, "--comm-timeout must be >= 0 seconds (0 = wait forever)");
+  if (!dist::launched_by_mpi()) {
+    MOE_CHECK(a.expert_parallel == 1, "--expert-parallel ", a.expert_parallel,
+              " needs that many processes: start it with `mpirun -np N build/moe train --expert-parallel K ...`");
+    return nullptr;
+  }
+  std::shared_ptr<dist::Communicator> world = dist::mpi_world();
+  world->set_timeout(a.comm_timeout_s);
+  if (world->size() == 1 && a.expert_parallel == 1) return nullptr;
+  MOE_CHECK(world->size() % a.expert_parallel == 0, "--expert-parallel ", a.expert_parallel,
+            " must divide the number of processes (", world->size(), ")");
+  auto g = std::make_unique<dist::ParallelGroups>(
+      dist::make_groups(world, a.expert_parallel, a.hierarchical, a.ranks_per_node));
+  g->ep->set_timeout(a.comm_timeout_s);
+  g->dp->set_timeout(a.comm_timeout_s);
+  return g;
+}
 
-int run_train(TrainArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
-  const double limit_s = a.time_limit_min * 60.0;
+
+train::TrainSummary run_train_ranks(TrainArgs& a, double limit_s, const dist::ParallelGroups* par) {
   train::TrainSummary s;
   if (!a.resume.empty()) {
-    s = train::resume(a.resume, a.opt.steps, a.opt.halt_after, limit_s, a.opt.quiet);
+    s = train::resume(a.resume, a.opt.steps, a.opt.halt_after, limit_s, a.opt.quiet, par);
   } else {
     a.opt.model = build_model(a.model, a.opt.seq_len);
     a.opt.model.vocab_size = a.opt.vocab_size;  // replaced by the tokenizer's size
     a.opt.time_limit_s = limit_s;
-    if (a.overwrite) {
+    if (a.overwrite && (!par || par->world->rank() == 0)) {
       std::error_code ec;
       std::filesystem::remove_all(a.opt.run_dir, ec);
       MOE_CHECK(!ec, "cannot remove '", a.opt.run_dir, "': ", ec.message());
     }
-    s = train::train(a.opt);
+    if (par) par->world->barrier();
+    s = train::train(a.opt, par);
   }
+  return s;
+}
+
+int run_train(TrainArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  const double limit_s = a.time_limit_min * 60.0;
+  const std::unique_ptr<dist::ParallelGroups> par = make_parallel(a);
+  train::TrainSummary s;
+  try {
+    s = run_train_ranks(a, limit_s, par.get());
+  } catch (const std::exception& e) {
+    if (!par) throw;
+    // One rank's error (a peer that stopped answering, a full disk): report it and bring the whole
+    // job down rather than leave the other ranks waiting in a collective.
+    std::string msg = e.what();
+    std::replace(msg.begin(), msg.end(), '\n', ' ');
+    std::cerr << "moe: error: rank " << par->world->rank() << ": " << msg << std::endl;
+    par->world->abort_job(dynamic_cast<const dist::CommError*>(&e) ? kExitFailure : kExitUsage);
+  }
+  if (par && par->world->rank() != 0) return kExitOk;
   std::cout << "done: " << s.steps_done << " steps, train loss " << s.final_loss << ", val loss " << s.eval_loss
             << " (unigram entropy " << s.unigram_entropy << "), " << static_cast<int64_t>(s.tokens_per_s)
             << " tokens/s";
@@ -83,6 +130,20 @@ void register_train(CLI::App& app, Registry& reg) {
   c->add_option("--halt-after", o.halt_after, "Stop with a checkpoint after N steps of this invocation");
   c->add_option("--threads", a->threads, "Threads (default: all cores, or MOE_NUM_THREADS)");
   c->add_flag("--quiet", o.quiet, "No progress lines");
+  c->add_option("--expert-parallel", a->expert_parallel,
+                "Under mpirun: shard the experts over groups of this many ranks (the rest is data parallel)")
+      ->capture_default_str()
+      ->group("Parallelism");
+  c->add_option("--comm-timeout", a->comm_timeout_s,
+                "Seconds a rank waits for its peers before stopping with an error (0 = forever)")
+      ->capture_default_str()
+      ->group("Parallelism");
+  c->add_flag("--hierarchical-a2a", a->hierarchical,
+              "Two-stage all-to-all: inside each node first, then across nodes")
+      ->group("Parallelism");
+  c->add_option("--ranks-per-node", a->ranks_per_node,
+                "Ranks per node for --hierarchical-a2a (default: detected)")
+      ->group("Parallelism");
   c->add_option("--fault-nan-step", o.fault_nan_step, "Testing: poison the gradient of this step with NaN")
       ->group("Testing");
   c->callback([&reg, a] {

@@ -68,16 +68,16 @@ void Rng::fill_uniform(Tensor& t, double lo, double hi) const {
   for (int64_t i = 0; i < n; ++i) t.set(i, lo + (hi - lo) * uniform(static_cast<uint64_t>(i)));
 }
 
-void Rng::fill_normal(Tensor& t, double mean, double stddev) const {
+void Rng::fill_normal(Tensor& t, double mean, double stddev, uint64_t offset) const {
   const int64_t n = t.numel();
   if (t.dtype() == DType::F32 && t.is_contiguous()) {
     float* p = t.data<float>();
     parallel_for(n, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) p[i] = static_cast<float>(mean + stddev * normal(static_cast<uint64_t>(i)));
+      for (int64_t i = b; i < e; ++i) p[i] = static_cast<float>(mean + stddev * normal(offset + static_cast<uint64_t>(i)));
     });
     return;
   }
-  for (int64_t i = 0; i < n; ++i) t.set(i, mean + stddev * normal(static_cast<uint64_t>(i)));
+  for (int64_t i = 0; i < n; ++i) t.set(i, mean + stddev * normal(offset + static_cast<uint64_t>(i)));
 }
 
 }  // namespace moe

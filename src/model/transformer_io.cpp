@@ -36,8 +36,8 @@ std::array<std::string, 3> expert_weight_names(const ModelConfig& c, int64_t lay
   return {n[0], n[1], n[2]};
 }
 
-Transformer::Transformer(ModelConfig cfg, DType dtype, bool external_experts)
-    : cfg_(std::move(cfg)), dtype_(dtype), external_experts_(external_experts) {
+Transformer::Transformer(ModelConfig cfg, DType dtype, bool external_experts, ExpertParallel ep)
+    : cfg_(std::move(cfg)), dtype_(dtype), external_experts_(external_experts), ep_(std::move(ep)) {
   cfg_.validate();
   MOE_CHECK(dtype == DType::F32 || dtype == DType::F64, "transformer: dtype must be f32 or f64, got ",
             dtype_name(dtype));
@@ -87,7 +87,7 @@ void Transformer::build_params() {
     }
     P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
     if (c.is_moe_layer(l)) {
-      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, kernels::Backend::Cpu, external_experts_);
+      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, kernels::Backend::Cpu, external_experts_, ep_);
       MoEParams& mp = moe_[l]->params();
       const std::string mpre = moe_prefix(c, l);
       P.moe[0] = add_param(mpre + ".gate.weight", mp.router_w, true);
@@ -141,7 +141,10 @@ void Transformer::init_params(uint64_t seed) {
   for (size_t i = 0; i < params_.size(); ++i) {
     NamedParam& p = params_[i];
     if (p.value.dim() == 1) continue;  // norms stay one, biases zero
-    rng.fork(i + 1).fill_normal(p.value, 0.0, cfg_.initializer_range);
+    // A rank's expert slice takes the values of the whole tensor at its place.
+    const uint64_t offset =
+        is_expert_param(p.name) ? static_cast<uint64_t>(first_expert() * (p.value.numel() / p.value.size(0))) : 0;
+    rng.fork(i + 1).fill_normal(p.value, 0.0, cfg_.initializer_range, offset);
   }
   for (auto& m : moe_)
     if (m) m->params().router_bias.fill(0.0);
@@ -181,6 +184,14 @@ MoELayer* Transformer::mutable_moe_layer(int64_t layer) {
   return moe_[layer].get();
 }
 
+bool Transformer::is_expert_param(const std::string& name) { return name.find(".experts.w_") != std::string::npos; }
+
+int64_t Transformer::first_expert() const {
+  for (const auto& m : moe_)
+    if (m) return m->first_expert();
+  return 0;
+}
+
 std::map<std::string, Tensor> Transformer::hf_state_dict() const {
   MOE_CHECK(!external_experts_, "hf_state_dict: this model's expert weights are held outside it (offloaded or "
                                 "quantized experts); it cannot be saved as a float checkpoint");
@@ -194,8 +205,8 @@ std::map<std::string, Tensor> Transformer::hf_state_dict() const {
     const MoEParams& mp = moe_[l]->params();
     const std::string pre = moe_prefix(cfg_, l);
     std::string names[3];
-    for (int64_t e = 0; e < cfg_.num_experts; ++e) {
-      hf_names::expert_names(cfg_, l, e, names);
+    for (int64_t e = 0; e < moe_[l]->local_experts(); ++e) {
+      hf_names::expert_names(cfg_, l, moe_[l]->first_expert() + e, names);
       sd[names[0]] = mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}).to(DType::F32);
       sd[names[1]] = mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}).to(DType::F32);
       sd[names[2]] = mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}).to(DType::F32);
@@ -242,11 +253,19 @@ void Transformer::load_hf_state_dict(const TensorSource& source) {
       for (const std::string& name : sd)
         if (name.compare(0, ep.size(), ep) == 0) used.insert(name);
     }
+    const int64_t first = moe_[l]->first_expert(), El = moe_[l]->local_experts();
     for (int64_t e = 0; e < cfg_.num_experts && !external_experts_; ++e) {
+      if (e < first || e >= first + El) {  // another rank's expert (expert parallelism)
+        hf_names::expert_names(cfg_, l, e, names);
+        for (const std::string& n : names)
+          if (sd.count(n)) used.insert(n);
+        continue;
+      }
       hf_names::expert_names(cfg_, l, e, names);
-      take(names[0], mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}));
-      take(names[1], mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}));
-      take(names[2], mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}));
+      const int64_t i = e - first;  // index in this process's expert tensors
+      take(names[0], mp.w_gate.slice(0, i, i + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}));
+      take(names[1], mp.w_up.slice(0, i, i + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}));
+      take(names[2], mp.w_down.slice(0, i, i + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}));
     }
     if (sd.count(pre + kBiasSuffix)) take(pre + kBiasSuffix, mp.router_bias);
   }
@@ -366,10 +385,10 @@ TensorSource checkpoint_source(const std::string& dir) {
   return src;
 }
 
-Transformer load_pretrained(const std::string& dir, DType dtype, bool external_experts) {
+Transformer load_pretrained(const std::string& dir, DType dtype, bool external_experts, ExpertParallel ep) {
   const fs::path p(dir);
   MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
-  Transformer m(load_model_config((p / "config.json").string()), dtype, external_experts);
+  Transformer m(load_model_config((p / "config.json").string()), dtype, external_experts, std::move(ep));
   const TensorSource sd = checkpoint_source(dir);
   try {
     m.load_hf_state_dict(sd);

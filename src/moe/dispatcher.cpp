@@ -12,18 +12,27 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
   const int32_t* expert = N_ ? r.expert.data<int32_t>() : nullptr;
   const int32_t* token = N_ ? r.token.data<int32_t>() : nullptr;
   const uint8_t* kept = N_ ? r.kept.data<uint8_t>() : nullptr;
-  token_.assign(token, token + N_);
+  const T* weight = N_ ? r.weight.data<T>() : nullptr;
 
   // Sort assignments by expert (stable): offsets, perm, pos.
   batch.offsets.assign(static_cast<size_t>(E_ + 1), 0);
-  std::vector<int32_t> perm(static_cast<size_t>(N_));
+  perm_.assign(static_cast<size_t>(N_), 0);
   pos_.assign(static_cast<size_t>(N_), -1);
-  if (N_ > 0) kernels::permute(backend_, {N_, E_, expert, kept, batch.offsets.data(), perm.data(), pos_.data()});
-  batch.rows = batch.offsets[E_];
+  if (N_ > 0) kernels::permute(backend_, {N_, E_, expert, kept, batch.offsets.data(), perm_.data(), pos_.data()});
+  const int64_t M = batch.offsets[E_];
+  perm_.resize(static_cast<size_t>(M));
+  batch.rows = M;
   batch.x_rows = x;
-  batch.gather.resize(static_cast<size_t>(batch.rows));
-  for (int64_t p = 0; p < batch.rows; ++p) batch.gather[p] = token[perm[p]];
-  batch.assign.assign(perm.begin(), perm.begin() + batch.rows);
+  batch.gather.resize(static_cast<size_t>(M));
+  batch.weight.resize(static_cast<size_t>(M));
+  for (int64_t p = 0; p < M; ++p) {
+    batch.gather[p] = token[perm_[p]];
+    batch.weight[p] = weight[perm_[p]];
+  }
+  // Each row's weighted output goes to the row of its assignment, so the combine is a plain
+  // per-token sum of k rows in assignment order.
+  batch.out_row = perm_;
+  batch.out_rows = N_;
   slot_.resize(static_cast<size_t>(N_));
   for (int64_t a = 0; a < N_; ++a) slot_[a] = pos_[a] < 0 ? -1 : static_cast<int32_t>(a);
 
@@ -36,51 +45,38 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
 }
 
 template <typename T>
-void LocalDispatcher<T>::combine(const T* out, const T* weight, T* y) {
-  kernels::CombineArgs<T> a;
-  a.T_ = T_;
-  a.D = d_;
-  a.tok_offsets = tok_offsets_.data();
-  a.tok_assign = tok_assign_.data();
-  a.pos = pos_.data();
-  a.weight = weight;
-  a.X = out;
-  a.Y = y;
-  kernels::combine(backend_, a);
-}
-
-template <typename T>
-void LocalDispatcher<T>::combine_slots(const T* out_slots, T* y) {
+void LocalDispatcher<T>::combine(const T* out, T* y) {
+  if (T_ == 0) return;
   kernels::CombineArgs<T> a;
   a.T_ = T_;
   a.D = d_;
   a.tok_offsets = tok_offsets_.data();
   a.tok_assign = tok_assign_.data();
   a.pos = slot_.data();
-  a.X = out_slots;
+  a.X = out;
   a.Y = y;
   kernels::combine(backend_, a);
 }
 
 template <typename T>
-void LocalDispatcher<T>::combine_backward(const T* dy, const T* out, const T* weight, T* d_out, T* d_weight) {
-  kernels::CombineBackwardArgs<T> a;
-  a.N = N_;
-  a.D = d_;
-  a.token = token_.data();
-  a.pos = pos_.data();
-  a.weight = weight;
-  a.dY = dy;
-  a.X = out;
-  a.dX = d_out;
-  a.dweight = d_weight;
-  kernels::combine_backward(backend_, a);
+void LocalDispatcher<T>::return_dweight(const T* d_row_weight, T* d_weight) {
+  for (int64_t a = 0; a < N_; ++a) d_weight[a] = T(0);
+  for (size_t p = 0; p < perm_.size(); ++p) d_weight[perm_[p]] = d_row_weight[p];
 }
 
 template <typename T>
 void LocalDispatcher<T>::dispatch_backward(const T* d_rows, T* dx) {
+  if (T_ == 0) return;
   // dx[t] = Σ over t's kept assignments of d_rows[pos[a]]: a combine with unit weights.
-  combine(d_rows, nullptr, dx);
+  kernels::CombineArgs<T> a;
+  a.T_ = T_;
+  a.D = d_;
+  a.tok_offsets = tok_offsets_.data();
+  a.tok_assign = tok_assign_.data();
+  a.pos = pos_.data();
+  a.X = d_rows;
+  a.Y = dx;
+  kernels::combine(backend_, a);
 }
 
 template class LocalDispatcher<float>;

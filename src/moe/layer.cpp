@@ -10,7 +10,9 @@
 #include "moe/kernels/ops_bf16.h"
 #include "moe/moe/balance.h"
 #include "moe/moe/dispatcher.h"
+#include "moe/moe/expert_parallel.h"
 #include "moe/moe/router.h"
+#include "moe/pipeline.h"
 
 namespace moe {
 
@@ -43,7 +45,7 @@ void mm(Backend be, int64_t M, int64_t N, int64_t K, const T* A, bool ta, const 
 // dW_e (N, K) = Σ_p dC[crow(p)]^T · A[row(p)], dC rows of stride ldc read through dC_gather.
 template <typename T>
 void wgrad_rows(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const T* dC, int64_t ldc,
-                const int32_t* dC_gather, const T* A, bool gather, T* dW) {
+                const int32_t* dC_gather, const T* A, bool gather, T* dW, T beta = 0) {
   kernels::GroupedWgradArgs<T> g;
   g.E = static_cast<int64_t>(b.offsets.size()) - 1;
   g.N = N;
@@ -56,6 +58,7 @@ void wgrad_rows(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const
   g.lda = K;
   g.gather = gather && !b.gather.empty() ? b.gather.data() : nullptr;
   g.dW = dW;
+  g.beta = beta;
   kernels::grouped_gemm_wgrad(be, g);
 }
 
@@ -151,15 +154,66 @@ T* ptr(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
+// The routed experts' work on tokens [t0, t1): one part, or under expert parallelism with chunks,
+// one per token chunk.
+template <typename T>
+struct Part {
+  int64_t t0 = 0, t1 = 0;
+  Routing routing;              // the part's assignments, tokens counted from t0
+  std::vector<int32_t> assign;  // (N_part) index of each in the layer's routing; empty: the same
+  std::shared_ptr<Dispatcher<T>> disp;
+  ExpertBatch<T> batch;
+  Tensor GU;                    // (M, 2F) [G | U] for SwiGLU, (M, F) U otherwise: pre-activations
+};
+
+// Splits routing r into n token chunks (n = 1: r itself).
+template <typename T>
+std::vector<Part<T>> make_parts(const Routing& r, int64_t n) {
+  const int64_t nT = r.n_tokens;
+  if (n <= 1) {
+    std::vector<Part<T>> one(1);
+    one[0].t1 = nT;
+    one[0].routing = r;
+    return one;
+  }
+  std::vector<Part<T>> parts(static_cast<size_t>(n));
+  std::vector<int32_t> chunk_of(static_cast<size_t>(nT));
+  for (int64_t c = 0; c < n; ++c) {
+    parts[c].t0 = c * nT / n;
+    parts[c].t1 = (c + 1) * nT / n;
+    for (int64_t t = parts[c].t0; t < parts[c].t1; ++t) chunk_of[t] = static_cast<int32_t>(c);
+  }
+  const int32_t* tok = r.n_assign ? r.token.data<int32_t>() : nullptr;
+  for (int64_t a = 0; a < r.n_assign; ++a) parts[chunk_of[tok[a]]].assign.push_back(static_cast<int32_t>(a));
+  const DType dt = dtype_of<T>::value;
+  for (Part<T>& p : parts) {
+    const int64_t m = static_cast<int64_t>(p.assign.size());
+    Routing& s = p.routing;
+    s.n_tokens = p.t1 - p.t0;
+    s.n_assign = m;
+    s.capacity = r.capacity;
+    s.token = Tensor::empty({m}, DType::I32, "token");
+    s.expert = Tensor::empty({m}, DType::I32, "expert");
+    s.weight = Tensor::empty({m}, dt, "weight");
+    s.kept = Tensor::empty({m}, DType::U8, "kept");
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t a = p.assign[i];
+      s.token.data<int32_t>()[i] = tok[a] - static_cast<int32_t>(p.t0);
+      s.expert.data<int32_t>()[i] = r.expert.data<int32_t>()[a];
+      s.weight.data<T>()[i] = r.weight.data<T>()[a];
+      s.kept.data<uint8_t>()[i] = r.kept.data<uint8_t>()[a];
+    }
+  }
+  return parts;
+}
+
 // Activations kept from forward for backward.
 template <typename T>
 struct Saved {
   Tensor x;       // (T, d) contiguous input
   Tensor x_r;     // (T, d) router input (jittered x, or x)
   Tensor jitter;  // (T, d) jitter factors, undefined without jitter
-  std::shared_ptr<Dispatcher<T>> disp;
-  ExpertBatch<T> batch;
-  Tensor GU;                 // (M, 2F) [G | U] for SwiGLU, (M, F) U otherwise: pre-activations
+  std::vector<Part<T>> parts;
   Tensor GUs, g;             // shared experts: pre-activations (T, 2Fs) or (T, Fs), gate (T, 1)
   ExpertBatch<T> shared;     // the shared FFN as one expert over all T rows
   bool bf16 = false;         // ran on bf16 expert weights: inference only, nothing saved
@@ -218,7 +272,9 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
   const Backend be = L.backend();
   const DType dt = dtype_of<T>::value;
   const int64_t d = cfg.d_model, E = cfg.n_experts, F = cfg.d_ff, Fs = cfg.shared_width();
+  const int64_t El = L.local_experts();
   const bool swiglu = is_swiglu(cfg);
+  const ExpertParallel& ep = L.expert_parallel();
 
   check_shape(x_in, {-1, d}, "x");
   x_in.check_dtype(dt, "x");
@@ -277,70 +333,89 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
   st.seq_aux_loss = bl.seq_aux;
   st.z_loss = bl.z;
 
-  // Routed experts over the dispatched rows.
-  S.disp = std::make_shared<LocalDispatcher<T>>(E, be);
-  S.disp->dispatch(r, ptr<T>(S.x), d, S.batch);
-  // Only the pre-activations stay for backward; H and the expert outputs are freed after use.
-  const int64_t M = S.batch.rows;
-  out.y = Tensor::zeros({nT, d}, dt, "y");
-  const T* weight = r.weight.data<T>();
-  std::vector<T> w_rows(static_cast<size_t>(M));  // (M) routing weight of each sorted row
-  for (int64_t p = 0; p < M; ++p) w_rows[p] = weight[S.batch.assign[p]];
-  Tensor O = Tensor::empty({r.n_assign, d}, dt, "weighted expert out");  // (N, d) slot order
+  // Routed experts over the dispatched rows (this process's experts; under expert parallelism the
+  // rows of every rank's tokens routed to them), in parts: one, or with chunks, token chunks whose
+  // exchanges overlap another chunk's expert compute.
   ExpertExecutor* ex = L.expert_executor();
   MOE_CHECK(ex || !L.external_experts(), "MoE layer: its expert weights are held outside the layer and no expert "
                                           "executor is attached");
   if constexpr (std::is_same_v<T, float>) S.bf16 = L.has_bf16_expert_weights() || ex;
-  if (S.bf16) {
-    if constexpr (std::is_same_v<T, float>) {
-      Tensor Os = Tensor::empty({M, d}, dt, "expert out");  // (M, d) sorted rows
-      if (ex) {
-        ExpertRows rows;
-        rows.n_experts = E;
-        rows.d_model = d;
-        rows.d_ff = F;
-        rows.act = cfg.activation;
-        rows.offsets = S.batch.offsets.data();
-        rows.x = ptr<float>(S.x);
-        rows.n_tokens = nT;
-        rows.gather = S.batch.gather.empty() ? nullptr : S.batch.gather.data();
-        rows.out = Os.data<float>();
-        ex->run(rows);
-      } else {
-        const Bf16ExpertWeights& W = L.bf16_expert_weights();
-        ffn_bf16(be, cfg, S.batch, F, W.w_gate, W.w_up, W.w_down, Os.data<float>());
+  MOE_CHECK(!(S.bf16 && ep.comm), "MoE layer: expert parallelism runs the training path only (no bf16 or "
+                                  "executor-held expert weights)");
+  S.parts = make_parts<T>(r, ep.comm ? ep.chunks : 1);
+  out.y = Tensor::zeros({nT, d}, dt, "y");
+  std::vector<Tensor> Os(S.parts.size());  // per part: weighted expert outputs, rows by batch.out_row
+  auto send = [&](size_t c) {
+    Part<T>& p = S.parts[c];
+    if (ep.comm)
+      p.disp = std::make_shared<AllToAllDispatcher<T>>(E, *ep.comm, be);
+    else
+      p.disp = std::make_shared<LocalDispatcher<T>>(E, be);
+    p.disp->dispatch(p.routing, ptr<T>(S.x) + p.t0 * d, d, p.batch);
+  };
+  auto compute = [&](size_t c) {
+    Part<T>& p = S.parts[c];
+    const ExpertBatch<T>& b = p.batch;
+    const int64_t M = b.rows;
+    const std::vector<T>& w_rows = b.weight;  // (M) routing weight of each row
+    Tensor& O = Os[c];
+    O = Tensor::empty({b.out_rows, d}, dt, "weighted expert out");
+    if (S.bf16) {
+      if constexpr (std::is_same_v<T, float>) {
+        Tensor Ob = Tensor::empty({M, d}, dt, "expert out");  // (M, d) sorted rows
+        if (ex) {
+          ExpertRows rows;
+          rows.n_experts = E;
+          rows.d_model = d;
+          rows.d_ff = F;
+          rows.act = cfg.activation;
+          rows.offsets = b.offsets.data();
+          rows.x = ptr<float>(S.x);
+          rows.n_tokens = nT;
+          rows.gather = b.gather.empty() ? nullptr : b.gather.data();
+          rows.out = Ob.data<float>();
+          ex->run(rows);
+        } else {
+          const Bf16ExpertWeights& W = L.bf16_expert_weights();
+          ffn_bf16(be, cfg, b, F, W.w_gate, W.w_up, W.w_down, Ob.data<float>());
+        }
+        const float* ob = Ob.data<float>();
+        float* o = ptr<float>(O);
+        parallel_for(M, std::max<int64_t>(1, 4096 / d), [&](int64_t lo, int64_t hi) {
+          for (int64_t q = lo; q < hi; ++q)
+            for (int64_t i = 0; i < d; ++i) o[b.out_row[q] * d + i] = w_rows[q] * ob[q * d + i];
+        });
       }
-      const float* os = Os.data<float>();
-      float* o = ptr<float>(O);
-      parallel_for(M, std::max<int64_t>(1, 4096 / d), [&](int64_t b, int64_t e) {
-        for (int64_t p = b; p < e; ++p)
-          for (int64_t i = 0; i < d; ++i) o[S.batch.assign[p] * d + i] = w_rows[p] * os[p * d + i];
-      });
+      return;
     }
-  } else {
     // Only the pre-activations stay for backward; H and the expert outputs are freed after use.
-    S.GU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "expert pre-activations");
+    p.GU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "expert pre-activations");
     Tensor H = Tensor::empty({M, F}, dt, "expert hidden");
-    ffn_up<T>(be, cfg.activation, S.batch, F, d, S.batch.x_rows, ptr<T>(P.w_gate), P.w_up.data<T>(),
-              pre_act(swiglu, ptr<T>(S.GU), F), ptr<T>(H));
-    // Down projection; its epilogue scales each row by its routing weight and stores it at the
-    // row of its assignment, so the combine is a plain per-token sum of k rows in slot order.
+    ffn_up<T>(be, cfg.activation, b, F, d, b.x_rows, ptr<T>(P.w_gate), P.w_up.data<T>(),
+              pre_act(swiglu, ptr<T>(p.GU), F), ptr<T>(H));
+    // Down projection; its epilogue scales each row by its routing weight and stores it at its
+    // row of the output buffer (the row of its assignment for the local dispatcher, so the combine
+    // is a plain per-token sum of k rows in slot order; the row it came in for the all-to-all).
     kernels::GroupedGemmScatterArgs<T> gs;
-    gs.E = E;
+    gs.E = El;
     gs.N = d;
     gs.K = F;
-    gs.offsets = S.batch.offsets.data();
+    gs.offsets = b.offsets.data();
     gs.A = ptr<T>(H);
     gs.lda = F;
     gs.W = P.w_down.data<T>();
     gs.scale = w_rows.data();
-    gs.out_row = S.batch.assign.data();
+    gs.out_row = b.out_row.data();
     gs.C = ptr<T>(O);
     gs.ldc = d;
     kernels::grouped_gemm_scatter(be, gs);
-  }
-  if (nT > 0) S.disp->combine_slots(ptr<T>(O), out.y.data<T>());
-  O = Tensor();
+  };
+  auto finish = [&](size_t c) {
+    Part<T>& p = S.parts[c];
+    p.disp->combine(ptr<T>(Os[c]), out.y.data<T>() + p.t0 * d);
+    Os[c] = Tensor();
+  };
+  detail::pipeline(S.parts.size(), ep.comm != nullptr, send, compute, finish);
 
   // Shared experts (one FFN of width Fs, run as a single expert over all rows), optionally gated
   // per token. Only the pre-activations stay for backward.
@@ -390,13 +465,14 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   const Backend be = L.backend();
   const DType dt = dtype_of<T>::value;
   const int64_t d = cfg.d_model, E = cfg.n_experts, F = cfg.d_ff, Fs = cfg.shared_width();
+  const int64_t El = L.local_experts();
   const bool swiglu = is_swiglu(cfg);
   MOE_CHECK(fwd.saved, "MoE backward: the forward result holds no saved activations");
   const Saved<T>& S = *static_cast<const Saved<T>*>(fwd.saved.get());
   MOE_CHECK(!S.bf16, "MoE backward: this forward ran on bf16 or executor-held expert weights (an inference path "
                      "that keeps no activations); call set_bf16_expert_weights(false) to train");
   const Routing& r = fwd.routing;
-  const int64_t nT = r.n_tokens, M = S.batch.rows, N = r.n_assign;
+  const int64_t nT = r.n_tokens, N = r.n_assign;
   check_shape(dy_in, {nT, d}, "dy");
   dy_in.check_dtype(dt, "dy");
   const Tensor dy_t = dy_in.contiguous();
@@ -406,48 +482,70 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   MoEGrads g;
   g.dx = Tensor::zeros({nT, d}, dt, "dx");
   g.router_w = Tensor::zeros({E, d}, dt, "d router_w");
-  if (swiglu) g.w_gate = Tensor::zeros({E, F, d}, dt, "d w_gate");
-  g.w_up = Tensor::zeros({E, F, d}, dt, "d w_up");
-  g.w_down = Tensor::zeros({E, d, F}, dt, "d w_down");
+  if (swiglu) g.w_gate = Tensor::zeros({El, F, d}, dt, "d w_gate");
+  g.w_up = Tensor::zeros({El, F, d}, dt, "d w_up");
+  g.w_down = Tensor::zeros({El, d, F}, dt, "d w_down");
   if (Fs > 0) {
     if (swiglu) g.shared_w_gate = Tensor::zeros({Fs, d}, dt, "d shared_w_gate");
     g.shared_w_up = Tensor::zeros({Fs, d}, dt, "d shared_w_up");
     g.shared_w_down = Tensor::zeros({d, Fs}, dt, "d shared_w_down");
     if (cfg.shared_gate) g.shared_gate_w = Tensor::zeros({1, d}, dt, "d shared_gate_w");
   }
-  if (nT == 0) return g;
+  // Under expert parallelism a rank without tokens still computes the rows others sent it.
+  if (nT == 0 && !L.expert_parallel().comm) return g;
   T* dx = g.dx.data<T>();
 
   // Expert backward, fused: the down projection's backward with the d-activation in its epilogue
   // gives d pre-activations [dG | dU] directly (no dO or dH buffer); the routing weights' gradient
   // comes out of the same pass as <dy_t · W_down_e, h>.
+  // In parts as the forward: the exchange of one chunk's dy rows overlaps another's compute; the
+  // weight gradients accumulate over the parts.
   Tensor dw = Tensor::zeros({N}, dt, "d weight");
-  {
-    const std::vector<int32_t>& assign = S.batch.assign;  // (M)
-    const T* weight = r.weight.data<T>();
-    std::vector<T> w_rows(static_cast<size_t>(M)), dw_rows(static_cast<size_t>(M));  // (M) sorted order
-    for (int64_t p = 0; p < M; ++p) w_rows[p] = weight[assign[p]];
-    const PreAct<T> pa = pre_act(swiglu, ptr<T>(S.GU), F);
+  const size_t n_parts = S.parts.size();
+  std::vector<const T*> dYs(n_parts);            // per part: each row's upstream gradient (batch.gather)
+  std::vector<std::vector<T>> dw_rows(n_parts);  // per part: (M) gradient of each row's weight
+  std::vector<Tensor> d_rows(n_parts);           // per part: (M, d) each row's input gradient
+  auto send = [&](size_t c) {
+    const Part<T>& p = S.parts[c];
+    dYs[c] = p.disp->grad_rows(dy + p.t0 * d);
+  };
+  auto compute = [&](size_t c) {
+    const Part<T>& p = S.parts[c];
+    const ExpertBatch<T>& b = p.batch;
+    const int64_t M = b.rows;
+    const T beta = c == 0 ? T(0) : T(1);
+    const T* dY = dYs[c];
+    dw_rows[c].resize(static_cast<size_t>(M));
+    const PreAct<T> pa = pre_act(swiglu, ptr<T>(p.GU), F);
     Tensor dGU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "d expert pre-activations");
     const PreAct<T> dpa = pre_act(swiglu, ptr<T>(dGU), F);
     Tensor Hs = Tensor::empty({M, F}, dt, "weighted expert hidden");
-    ffn_down_backward<T>(be, cfg.activation, S.batch, F, d, dy, w_rows.data(), P.w_down.data<T>(), pa, dpa,
-                         ptr<T>(Hs), dw_rows.data());
-    T* dwp = dw.data<T>();
-    for (int64_t p = 0; p < M; ++p) dwp[assign[p]] = dw_rows[p];
+    ffn_down_backward<T>(be, cfg.activation, b, F, d, dY, b.weight.data(), P.w_down.data<T>(), pa, dpa, ptr<T>(Hs),
+                         dw_rows[c].data());
     // d W_down_e (d, F) = Σ_p (w_p dy_t)^T h_p = Σ_p dy_t^T Hs_p: dy's token rows read by gather.
-    const int32_t* tok = S.batch.gather.empty() ? nullptr : S.batch.gather.data();
-    wgrad_rows<T>(be, S.batch, d, F, dy, d, tok, ptr<T>(Hs), false, g.w_down.data<T>());
+    const int32_t* tok = b.gather.empty() ? nullptr : b.gather.data();
+    wgrad_rows<T>(be, b, d, F, dY, d, tok, ptr<T>(Hs), false, g.w_down.data<T>(), beta);
     Hs = Tensor();
-    wgrad_rows<T>(be, S.batch, F, d, dpa.U, dpa.ld, nullptr, S.batch.x_rows, true, g.w_up.data<T>());
-    if (swiglu)
-      wgrad_rows<T>(be, S.batch, F, d, dpa.G, dpa.ld, nullptr, S.batch.x_rows, true, g.w_gate.data<T>());
+    wgrad_rows<T>(be, b, F, d, dpa.U, dpa.ld, nullptr, b.x_rows, true, g.w_up.data<T>(), beta);
+    if (swiglu) wgrad_rows<T>(be, b, F, d, dpa.G, dpa.ld, nullptr, b.x_rows, true, g.w_gate.data<T>(), beta);
     // Input gradient: one grouped GEMM over K = 2F, then each token sums its rows in fixed order.
-    Tensor d_rows = Tensor::empty({M, d}, dt, "d expert in");
-    ffn_input_grad<T>(be, swiglu, S.batch, d, F, dpa, ptr<T>(P.w_gate), P.w_up.data<T>(), ptr<T>(d_rows));
-    dGU = Tensor();
-    S.disp->dispatch_backward(ptr<T>(d_rows), dx);
-  }
+    d_rows[c] = Tensor::empty({M, d}, dt, "d expert in");
+    ffn_input_grad<T>(be, swiglu, b, d, F, dpa, ptr<T>(P.w_gate), P.w_up.data<T>(), ptr<T>(d_rows[c]));
+  };
+  auto finish = [&](size_t c) {
+    const Part<T>& p = S.parts[c];
+    if (p.assign.empty() && n_parts == 1) {
+      p.disp->return_dweight(dw_rows[c].data(), dw.data<T>());
+    } else {
+      std::vector<T> dwp(p.assign.size());
+      p.disp->return_dweight(dw_rows[c].data(), dwp.data());
+      for (size_t i = 0; i < p.assign.size(); ++i) dw.data<T>()[p.assign[i]] = dwp[i];
+    }
+    p.disp->dispatch_backward(ptr<T>(d_rows[c]), dx + p.t0 * d);
+    d_rows[c] = Tensor();
+  };
+  detail::pipeline(n_parts, L.expert_parallel().comm != nullptr, send, compute, finish);
+  if (nT == 0) return g;
 
   // Router: d_weight -> d_logits, plus the balancing losses' gradients.
   std::vector<double> dl(static_cast<size_t>(nT * E), 0.0);
@@ -506,18 +604,25 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
 
 }  // namespace
 
-MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts)
-    : cfg_(std::move(cfg)), dtype_(dtype), backend_(backend), external_experts_(external_experts) {
+MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts, ExpertParallel ep)
+    : cfg_(std::move(cfg)), dtype_(dtype), backend_(backend), external_experts_(external_experts), ep_(std::move(ep)) {
   cfg_.validate();
   MOE_CHECK(dtype == DType::F32 || dtype == DType::F64, "MoE layer: dtype must be f32 or f64, got ",
             dtype_name(dtype));
   const int64_t E = cfg_.n_experts, d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width();
+  local_experts_ = E;
+  if (ep_.comm) {
+    const ExpertShard sh = expert_shard(E, *ep_.comm);
+    first_expert_ = sh.first;
+    local_experts_ = sh.count;
+  }
+  const int64_t El = local_experts_;
   params_.router_w = Tensor::zeros({E, d}, dtype, "router_w");
   params_.router_bias = Tensor::zeros({E}, dtype, "router_bias");
   if (!external_experts_) {
-    if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({E, F, d}, dtype, "w_gate");
-    params_.w_up = Tensor::zeros({E, F, d}, dtype, "w_up");
-    params_.w_down = Tensor::zeros({E, d, F}, dtype, "w_down");
+    if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({El, F, d}, dtype, "w_gate");
+    params_.w_up = Tensor::zeros({El, F, d}, dtype, "w_up");
+    params_.w_down = Tensor::zeros({El, d, F}, dtype, "w_down");
   }
   if (Fs > 0) {
     if (is_swiglu(cfg_)) params_.shared_w_gate = Tensor::zeros({Fs, d}, dtype, "shared_w_gate");
@@ -531,13 +636,15 @@ void MoELayer::init_params(uint64_t seed) {
   const Rng rng(seed);
   const double d = static_cast<double>(cfg_.d_model), F = static_cast<double>(cfg_.d_ff);
   const double Fs = static_cast<double>(std::max<int64_t>(cfg_.shared_width(), 1));
-  auto init = [&](Tensor& t, uint64_t stream, double fan_in) {
-    if (t.defined()) rng.fork(stream).fill_normal(t, 0.0, 1.0 / std::sqrt(fan_in));
+  auto init = [&](Tensor& t, uint64_t stream, double fan_in, uint64_t offset = 0) {
+    if (t.defined()) rng.fork(stream).fill_normal(t, 0.0, 1.0 / std::sqrt(fan_in), offset);
   };
+  // Expert tensors: this rank's slice of the (E, ., .) tensor a single process would draw.
+  const uint64_t expert_offset = static_cast<uint64_t>(first_expert_ * cfg_.d_model * cfg_.d_ff);
   init(params_.router_w, 1, d);
-  init(params_.w_gate, 2, d);
-  init(params_.w_up, 3, d);
-  init(params_.w_down, 4, F);
+  init(params_.w_gate, 2, d, expert_offset);
+  init(params_.w_up, 3, d, expert_offset);
+  init(params_.w_down, 4, F, expert_offset);
   init(params_.shared_w_gate, 5, d);
   init(params_.shared_w_up, 6, d);
   init(params_.shared_w_down, 7, Fs);
@@ -546,7 +653,7 @@ void MoELayer::init_params(uint64_t seed) {
 }
 
 void MoELayer::check_params() const {
-  const int64_t E = cfg_.n_experts, d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width();
+  const int64_t E = cfg_.n_experts, El = local_experts_, d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width();
   auto check = [&](const Tensor& t, const Shape& s, const char* name) {
     check_shape(t, s, name);
     t.check_dtype(dtype_, name);
@@ -555,9 +662,9 @@ void MoELayer::check_params() const {
   check(params_.router_w, {E, d}, "router_w");
   check(params_.router_bias, {E}, "router_bias");
   if (!external_experts_) {
-    if (is_swiglu(cfg_)) check(params_.w_gate, {E, F, d}, "w_gate");
-    check(params_.w_up, {E, F, d}, "w_up");
-    check(params_.w_down, {E, d, F}, "w_down");
+    if (is_swiglu(cfg_)) check(params_.w_gate, {El, F, d}, "w_gate");
+    check(params_.w_up, {El, F, d}, "w_up");
+    check(params_.w_down, {El, d, F}, "w_down");
   }
   if (Fs > 0) {
     if (is_swiglu(cfg_)) check(params_.shared_w_gate, {Fs, d}, "shared_w_gate");
@@ -609,10 +716,10 @@ void MoELayer::set_external_experts(bool on) {
     bf16_.w_up = Tensor();
     bf16_.w_down = Tensor();
   } else {
-    const int64_t E = cfg_.n_experts, d = cfg_.d_model, F = cfg_.d_ff;
-    if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({E, F, d}, dtype_, "w_gate");
-    params_.w_up = Tensor::zeros({E, F, d}, dtype_, "w_up");
-    params_.w_down = Tensor::zeros({E, d, F}, dtype_, "w_down");
+    const int64_t El = local_experts_, d = cfg_.d_model, F = cfg_.d_ff;
+    if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({El, F, d}, dtype_, "w_gate");
+    params_.w_up = Tensor::zeros({El, F, d}, dtype_, "w_up");
+    params_.w_down = Tensor::zeros({El, d, F}, dtype_, "w_down");
   }
 }
 

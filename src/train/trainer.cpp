@@ -19,6 +19,7 @@
 #include "moe/train/data.h"
 #include "moe/train/optim.h"
 #include "moe/train/tokenizer.h"
+#include "train/parallel.h"
 
 namespace moe::train {
 
@@ -83,6 +84,8 @@ void validate(const TrainOptions& o) {
 
 // Everything a run holds in memory.
 struct Run {
+  const dist::ParallelGroups* par = nullptr;  // null or one rank: a single process
+  int world = 1, wrank = 0;                   // ranks, this rank
   TrainOptions opt;
   fs::path dir;
   Tokenizer tok;
@@ -120,37 +123,60 @@ void open_metrics(Run& r) {
 }
 
 void emit(Run& r, const json& j) {
+  if (!r.metrics.is_open()) return;  // ranks other than 0 write no metrics
   r.metrics << j.dump() << "\n";
   r.metrics.flush();
 }
 
-// Mean loss over the first `eval_batches · B` windows of the validation shard (in order).
+// Mean loss over the first `eval_batches · B` windows of the validation shard (in order). In
+// parallel runs every rank evaluates its share of each batch (the window count is rounded down to a
+// multiple of the world size, so no rank's share is empty) and the sums are all-reduced.
 double evaluate(Run& r) {
-  const int64_t S = r.opt.seq_len, B = r.opt.batch_size;
-  const int64_t windows = std::min<int64_t>((r.val_shard.size() - 1) / S, r.opt.eval_batches * B);
+  const int64_t S = r.opt.seq_len, B = r.opt.batch_size, W = r.world;
+  int64_t windows = std::min<int64_t>((r.val_shard.size() - 1) / S, r.opt.eval_batches * B);
+  windows -= windows % W;
   double loss = 0;
   int64_t count = 0;
   std::vector<int32_t> buf(static_cast<size_t>(S + 1)), in, tgt;
   for (int64_t w0 = 0; w0 < windows; w0 += B) {
     const int64_t nb = std::min(B, windows - w0);
-    in.resize(static_cast<size_t>(nb * S)), tgt.resize(static_cast<size_t>(nb * S));
-    for (int64_t b = 0; b < nb; ++b) {
-      r.val_shard.read((w0 + b) * S, S + 1, buf.data());
+    const int64_t lo = w0 + r.wrank * nb / W, n = nb / W;  // this rank's windows
+    in.resize(static_cast<size_t>(n * S)), tgt.resize(static_cast<size_t>(n * S));
+    for (int64_t b = 0; b < n; ++b) {
+      r.val_shard.read((lo + b) * S, S + 1, buf.data());
       std::copy(buf.begin(), buf.begin() + S, in.begin() + b * S);
       std::copy(buf.begin() + 1, buf.end(), tgt.begin() + b * S);
     }
-    const model::StepResult res = r.model->evaluate(in.data(), tgt.data(), nb, S);
+    const model::StepResult res = r.model->evaluate(in.data(), tgt.data(), n, S);
     loss += res.loss_sum, count += res.count;
+  }
+  if (par::active(r.par)) {
+    double v[2] = {loss, static_cast<double>(count)};
+    r.par->world->allreduce(v, 2, DType::F64, dist::ReduceOp::Sum);
+    loss = v[0], count = static_cast<int64_t>(v[1]);
   }
   return count > 0 ? loss / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN();
 }
 
+// Parallel runs: rank 0 prepares checkpoint.tmp, every expert-parallel rank writes its shards, and
+// rank 0 swaps the directory in only when all shards are written (a rank that fails or dies leaves
+// the previous checkpoint in place).
 void save_checkpoint(Run& r) {
   const fs::path ck = r.dir / "checkpoint", tmp = r.dir / "checkpoint.tmp", old = r.dir / "checkpoint.old";
-  fs::remove_all(tmp);
-  model::save_pretrained(*r.model, tmp.string());
+  if (par::active(r.par)) {
+    par::on_root(r.par, "preparing the checkpoint", [&] {
+      fs::remove_all(tmp);
+      fs::create_directories(tmp);
+    });
+    par::save_sharded(*r.par, *r.model, *r.adam, tmp.string());
+  }
+  par::on_root(r.par, "writing the checkpoint", [&] {
+  if (!par::active(r.par)) {
+    fs::remove_all(tmp);
+    model::save_pretrained(*r.model, tmp.string());
+    save_safetensors((tmp / "optimizer.safetensors").string(), r.adam->export_state());
+  }
   r.tok.save((tmp / "tokenizer.json").string());
-  save_safetensors((tmp / "optimizer.safetensors").string(), r.adam->export_state());
   const SamplerPosition pos = r.sampler->position();
   const json state = {{"step", r.step},         {"tokens", r.tokens},
                       {"elapsed_s", r.elapsed_s}, {"sampler", {{"epoch", pos.epoch}, {"index", pos.index}}},
@@ -161,6 +187,7 @@ void save_checkpoint(Run& r) {
   if (fs::exists(ck)) fs::rename(ck, old);
   fs::rename(tmp, ck);
   fs::remove_all(old);
+  });
 }
 
 void open_data(Run& r) {
@@ -196,20 +223,25 @@ void write_run_line(Run& r, bool resumed) {
 TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
   const TrainOptions& o = r.opt;
   const int64_t B = o.batch_size, S = o.seq_len, A = o.grad_accum;
+  const int64_t W = r.world, Bl = B / W;  // sequences of each batch this rank computes
+  const bool parallel = par::active(r.par);
   LrSchedule sched{o.lr, o.lr * o.min_lr_ratio, std::min(o.warmup_steps, o.steps), o.steps};
   sched.validate();
   std::vector<ParamRef> refs = param_refs(*r.model);
   std::vector<int32_t> in, tgt;
   TrainSummary sum;
+  const bool root = par::is_root(r.par);
   const auto t_start = Clock::now();
   double win_loss = 0, win_aux = 0;
   int64_t win_n = 0, done = 0;
   auto print = [&](const std::string& s) {
-    if (!o.quiet) std::printf("%s\n", s.c_str()), std::fflush(stdout);
+    if (!o.quiet && root) std::printf("%s\n", s.c_str()), std::fflush(stdout);
   };
   while (r.step < o.steps) {
     const double run_time = std::chrono::duration<double>(Clock::now() - t_start).count();
-    if ((halt_after > 0 && done >= halt_after) || (time_limit_s > 0 && run_time >= time_limit_s)) break;
+    double stop = (halt_after > 0 && done >= halt_after) || (time_limit_s > 0 && run_time >= time_limit_s);
+    if (parallel) r.par->world->allreduce(&stop, 1, DType::F64, dist::ReduceOp::Max);  // all stop together
+    if (stop > 0) break;
     const auto t0 = Clock::now();
     r.model->zero_grads();
     double loss_sum = 0, aux = 0;
@@ -219,15 +251,16 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     for (int64_t a = 0; a < A; ++a) {
       r.sampler->next(in, tgt);
       model::StepOptions so;
-      so.ce_scale = 1.0 / static_cast<double>(B * S * A);
-      so.aux_scale = 1.0 / static_cast<double>(A);
+      so.ce_scale = 1.0 / static_cast<double>(B * S * A);  // the global batch's token count
+      so.aux_scale = 1.0 / static_cast<double>(A * W);
       so.training = true;
       so.step = static_cast<uint64_t>(r.step * A + a);
       so.seed = o.seed;
-      const model::StepResult res = r.model->forward_backward(in.data(), tgt.data(), B, S, so);
+      const int64_t off = r.wrank * Bl * S;  // this rank's sequences of the global batch
+      const model::StepResult res = r.model->forward_backward(in.data() + off, tgt.data() + off, Bl, S, so);
       loss_sum += res.loss_sum, count += res.count, aux += res.aux_loss / static_cast<double>(A);
       finite = finite && std::isfinite(res.loss_sum) && std::isfinite(res.aux_loss);
-      if (!finite) break;
+      if (!finite && !parallel) break;  // ranks keep in step: every one runs every micro-batch
       if (acc.stats.empty()) acc = res;
       else
         for (size_t i = 0; i < acc.stats.size(); ++i)
@@ -236,7 +269,16 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     }
     if (o.fault_nan_step == r.step && !refs.empty())
       refs[0].grad->set(0, std::numeric_limits<double>::quiet_NaN());
-    const double gnorm = finite ? grad_norm(refs) : std::numeric_limits<double>::quiet_NaN();
+    if (parallel) {
+      double bad = finite ? 0.0 : 1.0;
+      r.par->world->allreduce(&bad, 1, DType::F64, dist::ReduceOp::Max);
+      finite = bad == 0.0;
+      par::allreduce_step(*r.par, loss_sum, count, aux, acc.stats);
+      par::allreduce_grads(*r.par, refs);
+    }
+    const double gnorm = !finite ? std::numeric_limits<double>::quiet_NaN()
+                         : parallel ? par::global_grad_norm(*r.par, refs)
+                                    : grad_norm(refs);
     const double lr = sched.at(r.step);
     if (!finite || !std::isfinite(gnorm)) {
       const char* reason = !finite ? "non-finite loss" : "non-finite gradient";
@@ -247,7 +289,11 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       r.tokens += B * S * A;
       continue;
     }
-    if (o.grad_clip > 0) clip_grad_norm(refs, o.grad_clip);
+    if (o.grad_clip > 0 && parallel) {
+      if (gnorm > o.grad_clip) scale_grads(refs, o.grad_clip / gnorm);
+    } else if (o.grad_clip > 0) {
+      clip_grad_norm(refs, o.grad_clip);
+    }
     r.adam->step(refs, lr);
     r.model->update_router_biases(acc);
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -318,55 +364,84 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
 
 }  // namespace
 
-TrainSummary train(const TrainOptions& opt_in) {
+namespace {
+
+void set_parallel(Run& r, const dist::ParallelGroups* par) {
+  r.par = par::active(par) ? par : nullptr;
+  r.world = r.par ? r.par->world->size() : 1;
+  r.wrank = r.par ? r.par->world->rank() : 0;
+  MOE_CHECK(r.opt.batch_size % r.world == 0, "train: --batch-size ", r.opt.batch_size,
+            " must be a multiple of the number of ranks (", r.world, "): each rank computes an equal share");
+}
+
+// Expert parallelism of the model: its MoE layers hold this rank's experts.
+ExpertParallel expert_parallel(const Run& r) {
+  ExpertParallel ep;
+  if (r.par && r.par->ep->size() > 1) ep.comm = r.par->ep;
+  return ep;
+}
+
+}  // namespace
+
+TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) {
   Run r;
   r.opt = opt_in;
   validate(r.opt);
+  set_parallel(r, par);
   r.dir = r.opt.run_dir;
-  MOE_CHECK(!fs::exists(r.dir / "metrics.jsonl") && !fs::exists(r.dir / "checkpoint"), "train: '", r.opt.run_dir,
-            "' already holds a run (use --resume to continue it, or --overwrite to start again)");
-  fs::create_directories(r.dir / "data");
+  // Rank 0 prepares the run directory (tokenizer, token shards, options); the others read them.
+  par::on_root(r.par, "preparing the run", [&] {
+    MOE_CHECK(!fs::exists(r.dir / "metrics.jsonl") && !fs::exists(r.dir / "checkpoint"), "train: '", r.opt.run_dir,
+              "' already holds a run (use --resume to continue it, or --overwrite to start again)");
+    fs::create_directories(r.dir / "data");
 
-  const std::string text = r.opt.data.empty() ? fortunes_corpus() : read_text_corpus(r.opt.data);
-  MOE_CHECK(!text.empty(), "train: the corpus '", r.opt.data, "' is empty");
-  std::unique_ptr<model::Transformer> init;
-  if (!r.opt.init_from.empty()) {
-    // Continue from an existing model (e.g. an upcycled one): its tokenizer, config and weights.
-    const fs::path tp = fs::path(r.opt.init_from) / "tokenizer.json";
-    MOE_CHECK(fs::exists(tp), "train: --init ", r.opt.init_from, " has no tokenizer.json");
-    r.tok = Tokenizer::load(tp.string());
-    init = std::make_unique<model::Transformer>(model::load_pretrained(r.opt.init_from, DType::F32));
-    r.opt.model = init->config();
-    r.opt.vocab_size = r.tok.vocab_size();
-    MOE_CHECK(r.tok.vocab_size() <= r.opt.model.vocab_size, "train: --init tokenizer has ", r.tok.vocab_size(),
-              " tokens, the model's vocabulary ", r.opt.model.vocab_size);
-  } else {
-    r.tok = Tokenizer::train_bpe(text, r.opt.vocab_size);
+    const std::string text = r.opt.data.empty() ? fortunes_corpus() : read_text_corpus(r.opt.data);
+    MOE_CHECK(!text.empty(), "train: the corpus '", r.opt.data, "' is empty");
+    if (!r.opt.init_from.empty()) {
+      // Continue from an existing model (e.g. an upcycled one): its tokenizer, config and weights.
+      const fs::path tp = fs::path(r.opt.init_from) / "tokenizer.json";
+      MOE_CHECK(fs::exists(tp), "train: --init ", r.opt.init_from, " has no tokenizer.json");
+      r.tok = Tokenizer::load(tp.string());
+      r.opt.model = model::load_model_config((fs::path(r.opt.init_from) / "config.json").string());
+      r.opt.vocab_size = r.tok.vocab_size();
+      MOE_CHECK(r.tok.vocab_size() <= r.opt.model.vocab_size, "train: --init tokenizer has ", r.tok.vocab_size(),
+                " tokens, the model's vocabulary ", r.opt.model.vocab_size);
+    } else {
+      r.tok = Tokenizer::train_bpe(text, r.opt.vocab_size);
+    }
+    r.tok.save((r.dir / "tokenizer.json").string());
+    PrepareOptions po;
+    po.val_every = 50;  // 2% of the documents, spread over the whole corpus
+    prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(), (r.dir / "data" / "val.bin").string(), po);
+    if (r.opt.init_from.empty()) {
+      r.opt.model.vocab_size = r.tok.vocab_size();
+      r.opt.model.eos_token_id = r.tok.eos_id();
+      r.opt.model.bos_token_id = -1;
+    }
+    validate(r.opt);
+    write_file_atomic(r.dir / "train_options.json", to_json(r.opt) + "\n");
+  });
+  if (!par::is_root(r.par)) {
+    r.opt = train_options_from_json(read_file(r.dir / "train_options.json"));
+    r.opt.run_dir = opt_in.run_dir;
+    r.tok = Tokenizer::load((r.dir / "tokenizer.json").string());
   }
-  r.tok.save((r.dir / "tokenizer.json").string());
-  PrepareOptions po;
-  po.val_every = 50;  // 2% of the documents, spread over the whole corpus
-  prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(), (r.dir / "data" / "val.bin").string(), po);
-  if (!init) {
-    r.opt.model.vocab_size = r.tok.vocab_size();
-    r.opt.model.eos_token_id = r.tok.eos_id();
-    r.opt.model.bos_token_id = -1;
-  }
-  validate(r.opt);
-  write_file_atomic(r.dir / "train_options.json", to_json(r.opt) + "\n");
   open_data(r);
 
-  if (init) {
-    r.model = std::move(init);
+  if (!r.opt.init_from.empty()) {
+    r.model = std::make_unique<model::Transformer>(
+        model::load_pretrained(r.opt.init_from, DType::F32, false, expert_parallel(r)));
   } else {
-    r.model = std::make_unique<model::Transformer>(r.opt.model, DType::F32);
+    r.model = std::make_unique<model::Transformer>(r.opt.model, DType::F32, false, expert_parallel(r));
     r.model->init_params(r.opt.seed);
   }
   r.model->set_bf16_compute(r.opt.bf16);
   r.adam = std::make_unique<AdamW>(AdamWConfig{r.opt.beta1, r.opt.beta2, 1e-8, r.opt.weight_decay});
-  open_metrics(r);
-  write_run_line(r, false);
-  if (!r.opt.quiet)
+  if (par::is_root(r.par)) {
+    open_metrics(r);
+    write_run_line(r, false);
+  }
+  if (!r.opt.quiet && par::is_root(r.par))
     std::printf("model %s: %.2fM parameters (%.2fM active per token), %lld train tokens, unigram entropy %.3f\n",
                 model::arch_name(r.opt.model.arch), r.opt.model.n_params() / 1e6,
                 r.opt.model.n_active_params() / 1e6, (long long)r.train_shard.size(), r.unigram);
@@ -375,7 +450,7 @@ TrainSummary train(const TrainOptions& opt_in) {
 }
 
 TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t halt_after, double time_limit_s,
-                    bool quiet) {
+                    bool quiet, const dist::ParallelGroups* par) {
   Run r;
   r.dir = run_dir;
   MOE_CHECK(fs::exists(r.dir / "train_options.json"), "resume: '", run_dir, "' is not a run directory (no ",
@@ -385,17 +460,20 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
   r.opt.quiet = quiet;
   if (override_steps > 0) r.opt.steps = override_steps;
   validate(r.opt);
+  set_parallel(r, par);
   fs::path ck = r.dir / "checkpoint";
   if (!fs::exists(ck / "trainer_state.json") && fs::exists(r.dir / "checkpoint.old" / "trainer_state.json"))
     ck = r.dir / "checkpoint.old";  // killed between the two renames of a save
   MOE_CHECK(fs::exists(ck / "trainer_state.json"), "resume: '", run_dir, "' has no checkpoint yet");
   r.tok = Tokenizer::load((r.dir / "tokenizer.json").string());
   open_data(r);
-  r.model = std::make_unique<model::Transformer>(model::load_pretrained(ck.string(), DType::F32));
+  // Any checkpoint loads with any number of ranks: each reads its experts' weights and moments.
+  r.model = std::make_unique<model::Transformer>(model::load_pretrained(ck.string(), DType::F32, false,
+                                                                        expert_parallel(r)));
   r.model->set_bf16_compute(r.opt.bf16);
   r.adam = std::make_unique<AdamW>(AdamWConfig{r.opt.beta1, r.opt.beta2, 1e-8, r.opt.weight_decay});
   std::vector<ParamRef> refs = param_refs(*r.model);
-  r.adam->import_state(load_safetensors((ck / "optimizer.safetensors").string()), refs);
+  r.adam->import_state(par::load_optimizer_state(ck.string(), *r.model), refs);
   json st;
   try {
     st = json::parse(read_file(ck / "trainer_state.json"));
@@ -406,10 +484,14 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
   } catch (const json::exception& e) {
     throw Error(cat("resume: ", (ck / "trainer_state.json").string(), " is malformed: ", e.what()));
   }
-  if (override_steps > 0) write_file_atomic(r.dir / "train_options.json", to_json(r.opt) + "\n");
-  open_metrics(r);
-  write_run_line(r, true);
-  if (!quiet) std::printf("resumed %s at step %lld of %lld\n", run_dir.c_str(), (long long)r.step, (long long)r.opt.steps);
+  // Every rank has read the run's files before rank 0 writes any.
+  if (r.par) r.par->world->barrier();
+  if (par::is_root(r.par)) {
+    if (override_steps > 0) write_file_atomic(r.dir / "train_options.json", to_json(r.opt) + "\n");
+    open_metrics(r);
+    write_run_line(r, true);
+  }
+  if (!quiet && par::is_root(r.par)) std::printf("resumed %s at step %lld of %lld\n", run_dir.c_str(), (long long)r.step, (long long)r.opt.steps);
   return loop(r, halt_after, time_limit_s);
 }
 

@@ -28,7 +28,9 @@ class Rng {
 
   // Fill any float tensor (contiguous or not) in logical element order, in parallel.
   void fill_uniform(Tensor& t, double lo, double hi) const;
-  void fill_normal(Tensor& t, double mean, double stddev) const;
+  // Element i takes index offset + i, so a slice of a larger tensor (one rank's experts) can be
+  // filled with exactly the values the whole tensor would hold there.
+  void fill_normal(Tensor& t, double mean, double stddev, uint64_t offset = 0) const;
 
  private:
   uint64_t seed_;

@@ -78,8 +78,17 @@ class Transformer {
   // external_experts: the routed experts' weights are not held here (they are not allocated, not in
   // parameters(), not read from checkpoints): an expert executor attached to every MoE layer
   // (MoELayer::set_expert_executor, e.g. infer::ExpertStore) computes them. Inference only.
-  explicit Transformer(ModelConfig cfg, DType dtype = DType::F32, bool external_experts = false);
+  // ep: expert parallelism (MoELayer's ExpertParallel): every MoE layer holds only this rank's slice
+  // of the routed experts; parameters(), init_params(), hf_state_dict() and load_hf_state_dict()
+  // cover that slice (with the experts' global names and the values a single process would have).
+  explicit Transformer(ModelConfig cfg, DType dtype = DType::F32, bool external_experts = false,
+                       ExpertParallel ep = {});
   bool external_experts() const { return external_experts_; }
+  const ExpertParallel& expert_parallel() const { return ep_; }
+  // True for the stacked routed-expert tensors ("<prefix>.experts.w_gate|w_up|w_down"), which
+  // expert parallelism shards.
+  static bool is_expert_param(const std::string& name);
+  int64_t first_expert() const;  // the first routed expert held here (0 without expert parallelism)
   MoELayer* mutable_moe_layer(int64_t layer);  // null for dense layers
   const ModelConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }
@@ -129,7 +138,9 @@ class Transformer {
   const MoELayer* moe_layer(int64_t layer) const;  // null for dense layers
 
   // Checkpoints in the Hugging Face layout (one tensor per expert). Loading validates every name,
-  // shape and dtype (f32/bf16/f16 accepted) and reports missing and unexpected tensors.
+  // shape and dtype (f32/bf16/f16 accepted) and reports missing and unexpected tensors. Under
+  // expert parallelism the state dict holds this rank's experts only, and loading reads only them
+  // (other experts' tensors in the source are expected, not read).
   std::map<std::string, Tensor> hf_state_dict() const;
   void load_hf_state_dict(const std::map<std::string, Tensor>& sd);
   // The same from tensors read one at a time (each is copied into place and dropped), so loading
@@ -164,6 +175,7 @@ class Transformer {
   std::vector<std::unique_ptr<MoELayer>> moe_;  // per layer; null for dense layers
   Index index_;
   bool external_experts_ = false;
+  ExpertParallel ep_;
   bool bf16_compute_ = false;
   bool bf16_inference_ = false;
   mutable std::vector<Tensor> bf16_;  // per parameter: bf16 copy of a linear weight, else undefined
@@ -189,7 +201,9 @@ struct TensorLocation {
 std::map<std::string, TensorLocation> checkpoint_locations(const std::string& dir);
 // Reads config.json and model.safetensors (or a sharded model.safetensors.index.json) from `dir`.
 // external_experts: see the Transformer constructor (the checkpoint's expert tensors are not read).
-Transformer load_pretrained(const std::string& dir, DType dtype = DType::F32, bool external_experts = false);
+// ep: expert parallelism (only this rank's experts are read).
+Transformer load_pretrained(const std::string& dir, DType dtype = DType::F32, bool external_experts = false,
+                            ExpertParallel ep = {});
 
 // Hugging Face tensor-name prefix of layer l's MoE block ("model.layers.3.block_sparse_moe" for
 // mixtral, "model.layers.3.mlp" otherwise) and the names of expert e's gate, up and down weights.

@@ -13,7 +13,29 @@
 
 namespace moe {
 
-// Parameters, all of the layer's dtype. Shapes with E experts, F = d_ff, Fs = shared width, d = d_model.
+namespace dist {
+class Communicator;
+}
+
+// Expert parallelism: the routed experts are split evenly over the ranks of `comm` in rank order
+// (rank r of R holds experts [r·E/R, (r+1)·E/R), so E must be a multiple of R). Every rank routes
+// its own tokens over all E experts; each kept assignment's row travels to the rank holding its
+// expert and its weighted output comes back (all-to-all, forward and backward). The router and the
+// shared experts are replicated: their gradients are per rank (the trainer all-reduces them), as
+// are the balancing losses and statistics, which cover this rank's tokens. Capacity, when set, is
+// applied to this rank's tokens before the exchange. Training path only (f32/f64, no bf16 or
+// executor-held experts).
+struct ExpertParallel {
+  std::shared_ptr<dist::Communicator> comm;  // null: every expert is here
+  // Overlap: the tokens are split into this many chunks; a communication thread exchanges the rows
+  // of one chunk while this thread computes the experts of another (forward and backward). 1 = no
+  // split (then the results are those of ExpertParallel without chunks; with more, the expert
+  // weight gradients are summed chunk by chunk, so in another order).
+  int chunks = 1;
+};
+
+// Parameters, all of the layer's dtype. Under expert parallelism the routed experts' tensors hold
+// only this rank's El = E / R experts (E replaced by El below). Shapes with E experts, F = d_ff, Fs = shared width, d = d_model.
 struct MoEParams {
   Tensor router_w;       // (E, d)      gate: logits = x · router_w^T
   Tensor router_bias;    // (E)         selection-only bias (aux-loss-free balancing); no gradient
@@ -106,8 +128,9 @@ class MoELayer {
  public:
   // dtype F32 or F64. Throws moe::Error on an invalid config.
   // external_experts: the routed expert weights are not allocated (see set_external_experts).
+  // ep: expert parallelism (see ExpertParallel); the routed experts' parameters are this rank's slice.
   explicit MoELayer(MoEConfig cfg, DType dtype = DType::F32, kernels::Backend backend = kernels::Backend::Cpu,
-                    bool external_experts = false);
+                    bool external_experts = false, ExpertParallel ep = {});
 
   const MoEConfig& config() const { return cfg_; }
   // Dynamic expert skipping at inference (RouterConfig::skip_threshold; 0 = off). Throws when t is
@@ -122,9 +145,15 @@ class MoELayer {
   kernels::Backend backend() const { return backend_; }
   void set_backend(kernels::Backend b) { backend_ = b; }
 
+  // The routed experts held here: [first_expert(), first_expert() + local_experts()).
+  int64_t first_expert() const { return first_expert_; }
+  int64_t local_experts() const { return local_experts_; }
+  const ExpertParallel& expert_parallel() const { return ep_; }
+
   MoEParams& params() { return params_; }
   const MoEParams& params() const { return params_; }
-  // Random init from a seed (normal, std 1/sqrt(fan_in)); bias zero. Same seed, same weights.
+  // Random init from a seed (normal, std 1/sqrt(fan_in)); bias zero. Same seed, same weights; under
+  // expert parallelism each rank gets the slice of the weights a single process would have.
   void init_params(uint64_t seed);
   // Checks every parameter's presence, dtype and shape; throws naming the first wrong one.
   void check_params() const;
@@ -169,6 +198,8 @@ class MoELayer {
   Bf16ExpertWeights bf16_;
   std::shared_ptr<ExpertExecutor> executor_;
   bool external_experts_ = false;
+  ExpertParallel ep_;
+  int64_t first_expert_ = 0, local_experts_ = 0;
 };
 
 }  // namespace moe

@@ -18,6 +18,10 @@
 
 #include "moe/model/model_config.h"
 
+namespace moe::dist {
+struct ParallelGroups;
+}
+
 namespace moe::train {
 
 struct TrainOptions {
@@ -67,11 +71,20 @@ struct TrainSummary {
 };
 
 // Trains a new run in opt.run_dir (which must not hold a run yet). Throws moe::Error on bad options.
-TrainSummary train(const TrainOptions& opt);
+//
+// par: expert × data parallelism (see dist::make_groups; src/train/parallel.h), every rank of
+// par->world calling with the same options. Each rank takes batch_size / world sequences of every
+// global batch (batch_size must be a multiple of the world size), so the loss sequence is the one a
+// single process would get up to summation order and to the balancing losses, which each rank
+// takes over its own tokens (their mean is reported). Rank 0 prepares the data, prints and writes
+// metrics; checkpoints are sharded Hugging Face checkpoints (model-*-of-*.safetensors + index,
+// optimizer-*-of-*.safetensors, one shard per expert-parallel rank) that load with any number of
+// ranks, including one. null: one process.
+TrainSummary train(const TrainOptions& opt, const dist::ParallelGroups* par = nullptr);
 // Continues the run in run_dir from its last checkpoint with exactly the batches, learning rates and
 // optimizer state an uninterrupted run would have had. `override_steps` > 0 changes the total step
 // count (and with it the schedule); halt_after / time_limit_s / quiet apply to this invocation.
 TrainSummary resume(const std::string& run_dir, int64_t override_steps = 0, int64_t halt_after = 0,
-                    double time_limit_s = 0, bool quiet = false);
+                    double time_limit_s = 0, bool quiet = false, const dist::ParallelGroups* par = nullptr);
 
 }  // namespace moe::train
