@@ -21,6 +21,8 @@ PACKAGES=(
   nlohmann-json3-dev  # JSON
   libcli11-dev        # command-line parsing
   libcpp-httplib-dev  # HTTP server of `moe serve`
+  libopenmpi-dev      # MPI communicator (expert parallelism on CPUs), src/dist/comm_mpi.cpp
+  openmpi-bin         # mpirun, for the MPI tests (tests/mpi) and `moe bench alltoall`
   python3             # test drivers
   python3-numpy       # PyTorch oracle tests
   python3-torch       # PyTorch oracle tests (never a runtime dependency)

@@ -46,6 +46,8 @@ void add_bench_train(CLI::App& bench, Registry& reg);
 // `moe bench generate` (src/cli/bench_generate.cpp): serving throughput of the engine.
 void add_bench_generate(CLI::App& bench, Registry& reg);
 void add_bench_offload(CLI::App& bench, Registry& reg);
+// `moe bench alltoall` (src/cli/bench_alltoall.cpp): expert-parallel all-to-all under mpirun.
+void add_bench_alltoall(CLI::App& bench, Registry& reg);
 void register_report(CLI::App& app, Registry& reg);
 void register_serve(CLI::App& app, Registry& reg);
 

@@ -10,8 +10,9 @@
 //   moe report RUN_DIR               HTML page of a training run
 //   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
 //   moe version                      build information and available backends
-//   moe bench layer|train|generate|quant  time one MoE layer, one training step, serving throughput,
-//                                    or the quantized-weight GEMMs
+//   moe bench layer|train|generate|quant|alltoall  time one MoE layer, one training step, serving
+//                                    throughput, the quantized-weight GEMMs, or the expert-parallel
+//                                    all-to-all (under mpirun)
 //   moe layer check-config FILE      validate a layer config (JSON) and print it normalised
 //
 // Exit codes: 0 success; 2 bad command line or bad input (one line `moe: error: ...` on stderr);

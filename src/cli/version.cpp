@@ -4,6 +4,7 @@
 
 #include "cli/common.h"
 #include "moe/core/parallel.h"
+#include "moe/dist/comm.h"
 #include "moe/kernels/ops.h"
 
 namespace moe::cli {
@@ -29,6 +30,10 @@ int run_version() {
 #endif
   std::cout << "backends:";
   for (kernels::Backend b : kernels::available_backends()) std::cout << " " << kernels::backend_name(b);
+  std::cout << "\n";
+  std::cout << "communicators: self";
+  if (dist::mpi_compiled()) std::cout << " mpi";
+  if (dist::nccl_compiled()) std::cout << " nccl";
   std::cout << "\n";
   std::cout << "threads: " << num_threads() << "\n";
   return kExitOk;

@@ -96,6 +96,10 @@ bool launched_by_mpi();
 // available, else MPI_THREAD_SERIALIZED) and finalising it at process exit. Throws when MPI was
 // not compiled in.
 std::shared_ptr<Communicator> mpi_world();
+// True once mpi_world() has initialised MPI with MPI_THREAD_MULTIPLE: then different threads may
+// call collectives at the same time, each on its own communicator. Otherwise (MPI_THREAD_SERIALIZED
+// or less) only one thread at a time may call into any MPI communicator.
+bool mpi_thread_multiple();
 
 // ---- NCCL ----
 bool nccl_compiled();
