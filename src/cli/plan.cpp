@@ -238,8 +238,12 @@ void print_table(const dist::PlanInput& in, const dist::Plan& p, int top) {
   }
   std::cout << "\n";
   if (p.best < 0) {
-    std::cout << "no layout fits in " << c.memory_gib << " GiB per GPU (try --zero 3, --recompute, a smaller "
-              << "--micro-batch-tokens, or more GPUs)\n";
+    std::string hints;
+    if (in.options.zero >= 0 && in.options.zero < 3) hints += "--zero auto, ";
+    if (!t.recompute) hints += "--recompute, ";
+    if (t.micro_batch_tokens > t.seq_len) hints += "a smaller --micro-batch-tokens, ";
+    std::cout << "no layout fits in " << c.memory_gib << " GiB per GPU (try " << hints
+              << "smaller optimizer state or more GPUs)\n";
     return;
   }
   const dist::LayoutResult& b = p.layouts[p.best];

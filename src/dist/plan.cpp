@@ -178,8 +178,9 @@ namespace {
 std::vector<std::vector<double>> sample_rank_loads(const std::vector<double>& p, bool shuffle, int64_t ep,
                                                    double n, int trials, const Rng& rng) {
   const int64_t E = static_cast<int64_t>(p.size()), per_rank = E / ep;
+  const double total = std::accumulate(p.begin(), p.end(), 0.0);
   std::vector<std::vector<double>> out;
-  std::vector<double> pe = p;
+  std::vector<double> pe;
   for (int t = 0; t < trials; ++t) {
     const Rng r = rng.fork(static_cast<uint64_t>(t));
     pe = p;
@@ -188,7 +189,7 @@ std::vector<std::vector<double>> sample_rank_loads(const std::vector<double>& p,
         std::swap(pe[i], pe[r.below(static_cast<uint64_t>(i), static_cast<uint64_t>(i + 1))]);
     }
     std::vector<double> q(static_cast<size_t>(ep), 0.0);
-    for (int64_t e = 0; e < E; ++e) q[e / per_rank] += pe[e];
+    for (int64_t e = 0; e < E; ++e) q[e / per_rank] += pe[e] / total;
     double sum = 0;
     for (int64_t i = 0; i < ep; ++i) {
       const double mean = n * q[i], sd = std::sqrt(std::max(0.0, n * q[i] * (1.0 - q[i])));

@@ -206,6 +206,13 @@ void RoutingSpec::validate(const ModelShape& m) const {
     MOE_CHECK(static_cast<int64_t>(measured[l].size()) == m.n_experts,
               "plan: the measured expert load of layer ", l, " has ", measured[l].size(),
               " experts, the model has ", m.n_experts);
+    double sum = 0;
+    for (double v : measured[l]) {
+      MOE_CHECK(std::isfinite(v) && v >= 0, "plan: the measured expert load of layer ", l,
+                " has an entry that is not a finite number >= 0 (", v, ")");
+      sum += v;
+    }
+    MOE_CHECK(sum > 0, "plan: the measured expert load of layer ", l, " is all zero");
   }
 }
 

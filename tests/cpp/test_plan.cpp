@@ -402,6 +402,10 @@ TEST(PlanRouting, MalformedLoadFilesAreErrors) {
   expect_error([&] { r.validate(tiny_model()); }, "has 2 experts, the model has 4");
   r.measured = {{1, 1, 1, 1}, {1, 1, 1, 1}, {1, 1, 1, 1}};
   expect_error([&] { r.validate(tiny_model()); }, "3 layers");
+  r.measured = {{1, 1, -1, 1}};
+  expect_error([&] { r.validate(tiny_model()); }, "not a finite number >= 0");
+  r.measured = {{0, 0, 0, 0}};
+  expect_error([&] { r.validate(tiny_model()); }, "all zero");
 }
 
 // ---- the plan ------------------------------------------------------------------------------------
