@@ -50,6 +50,8 @@ void add_bench_offload(CLI::App& bench, Registry& reg);
 void add_bench_alltoall(CLI::App& bench, Registry& reg);
 void register_report(CLI::App& app, Registry& reg);
 void register_serve(CLI::App& app, Registry& reg);
+// `moe plan` (src/cli/plan.cpp): EP x DP layouts of MoE training on a GPU cluster, predicted.
+void register_plan(CLI::App& app, Registry& reg);
 
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();

@@ -9,6 +9,7 @@
 //   moe prune --model DIR ...        drop each MoE layer's least-used experts (calibration text)
 //   moe report RUN_DIR               HTML page of a training run
 //   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
+//   moe plan --model M --gpus N ...  predicted step time and memory of EP x DP layouts on a GPU cluster
 //   moe version                      build information and available backends
 //   moe bench layer|train|generate|quant|alltoall  time one MoE layer, one training step, serving
 //                                    throughput, the quantized-weight GEMMs, or the expert-parallel
@@ -99,6 +100,7 @@ int main(int argc, char** argv) {
   moe::cli::register_prune(app, reg);
   moe::cli::register_report(app, reg);
   moe::cli::register_serve(app, reg);
+  moe::cli::register_plan(app, reg);
   app.footer("Run 'moe COMMAND --help' for the options of a command.");  // after: not inherited
 
   try {
