@@ -453,6 +453,7 @@ void register_bench(CLI::App& app, Registry& reg) {
   add_bench_offload(*bench_app, reg);
   add_bench_quant(*bench_app, reg);
   add_bench_alltoall(*bench_app, reg);
+  add_bench_ep(*bench_app, reg);
 }
 
 }  // namespace moe::cli

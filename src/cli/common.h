@@ -48,6 +48,8 @@ void add_bench_generate(CLI::App& bench, Registry& reg);
 void add_bench_offload(CLI::App& bench, Registry& reg);
 // `moe bench alltoall` (src/cli/bench_alltoall.cpp): expert-parallel all-to-all under mpirun.
 void add_bench_alltoall(CLI::App& bench, Registry& reg);
+// `moe bench ep` (src/cli/bench_ep.cpp): one expert-parallel MoE layer under mpirun.
+void add_bench_ep(CLI::App& bench, Registry& reg);
 void register_report(CLI::App& app, Registry& reg);
 void register_serve(CLI::App& app, Registry& reg);
 // `moe plan` (src/cli/plan.cpp): EP x DP layouts of MoE training on a GPU cluster, predicted.
