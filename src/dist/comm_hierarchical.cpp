@@ -10,7 +10,9 @@
 // count exchange inside the node (N int64 per pair of local ranks) before it.
 //
 // Costs: two copies of the send payload on the host (stage-1 packing and the reordering), and every
-// block that leaves the node crosses the node's memory twice. Host memory only.
+// block that leaves the node crosses the node's memory twice. Host memory only. With one rank per
+// node (L = 1) or one node (N = 1) there is only one stage: the flat alltoallv over the ranks of the
+// other stage, which are then all ranks in order.
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -70,6 +72,13 @@ class HierarchicalCommunicator final : public Communicator {
     const auto t0 = Clock::now();
     const int64_t elem = detail::check_alltoallv(*this, send, send_counts, recv, recv_counts, dtype);
     const int L = per_node_, N = size() / per_node_;
+    if (L == 1 || N == 1) {  // one stage is all of it: the other communicator is the world in rank order
+      Communicator* only = L == 1 ? cross_.get() : node_.get();
+      sync_timeout(only, t0);
+      only->alltoallv(send, send_counts, recv, recv_counts, dtype);
+      account(send_counts, recv_counts, elem, t0);
+      return;
+    }
 
     // Counts: cnt (L, N), cnt[l][dn] = size of b((my_node, l) -> (dn, my_local)).
     std::vector<int64_t> mine(static_cast<size_t>(L) * N);  // (L, N): my counts grouped by local index
@@ -123,10 +132,7 @@ class HierarchicalCommunicator final : public Communicator {
     sync_timeout(cross_.get(), t0);
     cross_->alltoallv(pack_.data(), s2_counts, recv, r2_counts, dtype);
 
-    stats_.alltoall_calls += 1;
-    stats_.alltoall_bytes_sent += detail::bytes_to_others(send_counts, rank(), elem);
-    stats_.alltoall_bytes_received += detail::bytes_to_others(recv_counts, rank(), elem);
-    stats_.alltoall_s += detail::seconds_since(t0);
+    account(send_counts, recv_counts, elem, t0);
   }
 
   std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts) override {
@@ -164,6 +170,15 @@ class HierarchicalCommunicator final : public Communicator {
   }
 
  private:
+  // Stats of one alltoallv as the flat exchange it stands for (payload to and from other ranks).
+  void account(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts, int64_t elem,
+               Clock::time_point t0) {
+    stats_.alltoall_calls += 1;
+    stats_.alltoall_bytes_sent += detail::bytes_to_others(send_counts, rank(), elem);
+    stats_.alltoall_bytes_received += detail::bytes_to_others(recv_counts, rank(), elem);
+    stats_.alltoall_s += detail::seconds_since(t0);
+  }
+
   // The inner calls share what is left of this call's timeout.
   void sync_timeout(Communicator* inner, Clock::time_point t0) const {
     if (timeout_s_ <= 0) {

@@ -1,13 +1,13 @@
 // The MPI communicator (Open MPI; host memory).
 //
-// Every collective is the nonblocking MPI call (MPI_Ialltoallv, MPI_Iallreduce, ...) followed by a
-// loop on MPI_Test until it completes or timeout_s() has passed; then dist::CommError. The loop spins
+// Every collective is nonblocking MPI calls (MPI_Iallreduce, MPI_Ibcast, MPI_Iallgather, MPI_Ialltoall,
+// MPI_Ibarrier, MPI_Isend/MPI_Irecv) followed by a loop on MPI_Test until they complete or timeout_s() has passed; then dist::CommError. The loop spins
 // for the first 50 µs, then yields the core, and after 20 ms sleeps 100 µs between tests, so ranks
 // that wait long (or share cores) do not burn them.
 //
-// Counts: MPI takes int counts and displacements. Transfers whose counts or displacements exceed
-// mpi_count_limit() (INT_MAX) go in pieces: alltoallv as point-to-point messages of at most that many
-// bytes, the others as several collectives. Open MPI 4.1 (Debian 12) has no large-count MPI_*_c calls.
+// alltoallv is point-to-point (MPI_Irecv / MPI_Isend per non-empty block), so that blocks beyond int counts can go in pieces that both sides agree on.
+// Counts: MPI takes int counts. Messages and collectives beyond mpi_count_limit() (INT_MAX) elements
+// go in pieces; Open MPI 4.1 (Debian 12) has no large-count MPI_*_c calls.
 //
 // Sum of f32/f64 is a left fold in rank order done here ((b0 + b1) + b2 ...), not MPI_Allreduce,
 // whose order of operations is up to the implementation: each rank receives every rank's copy of a
@@ -69,7 +69,7 @@ int mpi_ranks_per_node(Communicator&) { return 0; }
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr int kPieceTag = 0x6d6f;  // point-to-point pieces of a large alltoallv
+constexpr int kAlltoallTag = 0x6d6f;  // the point-to-point messages of alltoallv
 
 struct MpiRuntime {
   std::mutex mu;
@@ -131,13 +131,6 @@ MPI_Op mpi_op(ReduceOp op) {
   return MPI_SUM;
 }
 
-bool fits(const std::vector<int64_t>& values) {
-  const int64_t limit = detail::mpi_count_limit();
-  return std::all_of(values.begin(), values.end(), [limit](int64_t v) { return v <= limit; });
-}
-
-std::vector<int> to_int(const std::vector<int64_t>& v) { return std::vector<int>(v.begin(), v.end()); }
-
 template <typename T>
 void fold_rank_order(const T* parts, int64_t len, int nparts, T* out) {  // parts (nparts, len) -> out (len)
   for (int64_t i = 0; i < len; ++i) {
@@ -175,17 +168,8 @@ class MpiCommunicator final : public Communicator {
     if (send == recv && sdispl.back() > 0) {
       throw Error(cat("dist: ", detail::describe(*this, "alltoallv"), ": send and recv are the same buffer"));
     }
-    if (fits(sdispl) && fits(rdispl)) {  // counts never exceed the displacement after them
-      const std::vector<int> sc = to_int(send_counts), sd = to_int(sdispl), rc = to_int(recv_counts),
-                             rd = to_int(rdispl);
-      MPI_Datatype t = move_type(elem);
-      MPI_Request req;
-      check(MPI_Ialltoallv(send, sc.data(), sd.data(), t, recv, rc.data(), rd.data(), t, comm_, &req), "alltoallv");
-      wait(&req, 1, "alltoallv", t0);
-    } else {
-      alltoallv_pieces(static_cast<const char*>(send), send_counts, sdispl, static_cast<char*>(recv), recv_counts,
-                       rdispl, elem, t0);
-    }
+    alltoallv_p2p(static_cast<const char*>(send), send_counts, sdispl, static_cast<char*>(recv), recv_counts, rdispl,
+                  elem, t0);
     stats_.alltoall_calls += 1;
     stats_.alltoall_bytes_sent += detail::bytes_to_others(send_counts, rank_, elem);
     stats_.alltoall_bytes_received += detail::bytes_to_others(recv_counts, rank_, elem);
@@ -372,28 +356,31 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
-  // alltoallv beyond int counts: every block as point-to-point messages of at most
-  // mpi_count_limit() bytes (in order: MPI does not reorder messages between two ranks with one tag).
-  void alltoallv_pieces(const char* send, const std::vector<int64_t>& sc, const std::vector<int64_t>& sd, char* recv,
+  // alltoallv as point-to-point messages: one per non-empty block, or several of at most
+  // mpi_count_limit() bytes for a larger one. Sender and receiver both derive the pieces from the
+  // block's size, so they agree without asking each other (a choice between MPI_Ialltoallv and this
+  // by the counts of one rank would not: another rank's counts may differ). MPI keeps messages
+  // between two ranks with one tag in order, also across successive calls. Empty blocks send nothing.
+  void alltoallv_p2p(const char* send, const std::vector<int64_t>& sc, const std::vector<int64_t>& sd, char* recv,
                         const std::vector<int64_t>& rc, const std::vector<int64_t>& rd, int64_t elem,
                         Clock::time_point t0) {
     const int64_t piece = detail::mpi_count_limit();
     std::vector<MPI_Request> reqs;
-    for (int r = 0; r < size_; ++r) {
-      if (r == rank_) continue;
+    for (int k = 1; k < size_; ++k) {
+      const int r = (rank_ - k + size_) % size_;
       for (int64_t off = 0; off < rc[r] * elem; off += piece) {
         const int64_t len = std::min(piece, rc[r] * elem - off);
         reqs.emplace_back();
-        check(MPI_Irecv(recv + rd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kPieceTag, comm_, &reqs.back()),
+        check(MPI_Irecv(recv + rd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kAlltoallTag, comm_, &reqs.back()),
               "alltoallv");
       }
     }
-    for (int r = 0; r < size_; ++r) {
-      if (r == rank_) continue;
+    for (int k = 1; k < size_; ++k) {  // rank + 1, rank + 2, ...: not every rank at rank 0 first
+      const int r = (rank_ + k) % size_;
       for (int64_t off = 0; off < sc[r] * elem; off += piece) {
         const int64_t len = std::min(piece, sc[r] * elem - off);
         reqs.emplace_back();
-        check(MPI_Isend(send + sd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kPieceTag, comm_, &reqs.back()),
+        check(MPI_Isend(send + sd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kAlltoallTag, comm_, &reqs.back()),
               "alltoallv");
       }
     }

@@ -17,8 +17,10 @@
 // for work queued before on the legacy default stream; work on other streams must be synchronised
 // by the caller before the call. Every call returns after its transfers completed.
 //
-// This file compiles and links here, but it has only been run where a GPU was lent for a short
-// check (docs/DISTRIBUTED.md says what ran); treat multi-GPU use as untested.
+// What has run: tests/mpi/test_nccl.cpp and DistEngines.NcclNeedsAGpu with ONE rank on one H200
+// (NCCL 2.28.3, CUDA 13.0; bootstrap over MPI and over the self communicator). With two or more ranks
+// (one GPU each) it has never run: the timeout and abort paths and the multi-rank exchanges are
+// untested (docs/DISTRIBUTED.md).
 #include <cstdio>
 #include <cstdlib>
 

@@ -59,7 +59,9 @@ class Communicator {
   // for every backend).
   virtual std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts) = 0;
   // In place: buf (n elements) ← op over all ranks' buf. Sum of f32/f64 is taken in rank order
-  // where the engine allows it (MPI on one host does; do not rely on it across engines).
+  // where the engine allows it (the MPI communicator folds in rank order itself, on any number of
+  // hosts: same bits on every rank and run; NCCL sums in its own order: do not rely on it across
+  // engines).
   virtual void allreduce(void* buf, int64_t n, DType dtype, ReduceOp op) = 0;
   // buf (n elements) ← root's buf.
   virtual void broadcast(void* buf, int64_t n, DType dtype, int root) = 0;
