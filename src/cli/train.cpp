@@ -146,6 +146,10 @@ void register_train(CLI::App& app, Registry& reg) {
       ->group("Parallelism");
   c->add_option("--fault-nan-step", o.fault_nan_step, "Testing: poison the gradient of this step with NaN")
       ->group("Testing");
+  c->add_option("--fault-exit-step", o.fault_exit_step, "Testing: the last rank exits at the start of this step")
+      ->group("Testing");
+  c->add_option("--fault-hang-step", o.fault_hang_step, "Testing: the last rank stops answering at this step")
+      ->group("Testing");
   c->callback([&reg, a] {
     if (a->opt.steps == 0 && a->resume.empty()) a->opt.steps = train::TrainOptions{}.steps;
     reg.action = [a] { return run_train(*a); };

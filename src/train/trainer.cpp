@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +13,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "moe/core/error.h"
 #include "moe/model/safetensors.h"
@@ -242,6 +244,10 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     double stop = (halt_after > 0 && done >= halt_after) || (time_limit_s > 0 && run_time >= time_limit_s);
     if (parallel) r.par->world->allreduce(&stop, 1, DType::F64, dist::ReduceOp::Max);  // all stop together
     if (stop > 0) break;
+    if (parallel && r.wrank == W - 1) {  // fault injection (tests)
+      if (o.fault_exit_step == r.step) std::_Exit(3);
+      if (o.fault_hang_step == r.step) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
     const auto t0 = Clock::now();
     r.model->zero_grads();
     double loss_sum = 0, aux = 0;
@@ -424,6 +430,11 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
   if (!par::is_root(r.par)) {
     r.opt = train_options_from_json(read_file(r.dir / "train_options.json"));
     r.opt.run_dir = opt_in.run_dir;
+    // What is not saved with the run: this invocation's own settings.
+    r.opt.quiet = opt_in.quiet;
+    r.opt.fault_nan_step = opt_in.fault_nan_step;
+    r.opt.fault_exit_step = opt_in.fault_exit_step;
+    r.opt.fault_hang_step = opt_in.fault_hang_step;
     r.tok = Tokenizer::load((r.dir / "tokenizer.json").string());
   }
   open_data(r);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """`moe train` under mpirun with expert parallelism, against one process.
 
-  train_ep_test.py MOE_BINARY CASE      CASE: match | resume | errors
+  train_ep_test.py MOE_BINARY CASE      CASE: match | resume | fault | errors
 
 match:  the same run with 1 process, 2 ranks (EP 2), 4 ranks (EP 4) and 4 ranks (EP 2 x DP 2): the
         loss sequences agree to 2e-4 relative (the sums of the router's and the replicated weights'
@@ -10,6 +10,9 @@ match:  the same run with 1 process, 2 ranks (EP 2), 4 ranks (EP 4) and 4 ranks 
         process.
 resume: an EP 2 run halted at step 4, resumed with 1 process and with 4 ranks (EP 4), continues
         the loss sequence of the uninterrupted EP 2 run (same tolerance).
+fault:  the last of 2 ranks crashes (exits) at step 6, or stops answering there: the job ends within
+        the timeout with an error naming the cause, the checkpoint of step 4 is whole, and resuming it
+        gives the loss sequence of an uninterrupted run.
 errors: bad layouts give one clear line and a non-zero exit, and do not hang.
 Exits 77 (skipped) without mpirun or the fortunes package.
 """
@@ -116,17 +119,41 @@ def case_resume(moe, tmp, data):
         same_losses(losses(out), ref, f"EP 2 run resumed with {ranks} rank(s)")
 
 
+def case_fault(moe, tmp, data):
+    import time
+    common = ["--steps", "8", "--eval-every", "0", "--checkpoint-every", "4", "--comm-timeout", "5"]
+    full = os.path.join(tmp, "full")
+    train(moe, full, data, 2, 2, common)
+    ref = losses(full)
+    for mode, pattern in (("exit", None), ("hang", "timed out after")):
+        out = os.path.join(tmp, mode)
+        t0 = time.time()
+        pre = mpirun(2)
+        p = run(pre + [moe, "train", "--out", out, "--data", data, *TINY, "--expert-parallel", "2", *common,
+                       f"--fault-{mode}-step", "5"], rc=None, timeout=120)
+        took = time.time() - t0
+        print(f"fault {mode}: exit code {p.returncode} after {took:.1f} s; stderr: {p.stderr.strip()[-300:]!r}")
+        check(p.returncode != 0, f"{mode}: the job exited 0")
+        check(took < 60, f"{mode}: the job took {took:.0f} s to end")
+        if pattern:
+            check(pattern in p.stderr and "moe: error: rank 0" in p.stderr, f"{mode}: stderr {p.stderr[-2000:]}")
+        state = json.load(open(os.path.join(out, "checkpoint", "trainer_state.json")))
+        check(state["step"] == 4, f"{mode}: checkpoint at step {state['step']}")
+        run(mpirun(2) + [moe, "train", "--resume", out, "--threads", "1", "--quiet", "--expert-parallel", "2"])
+        same_losses(losses(out), ref, f"resumed after a rank {'crashed' if mode == 'exit' else 'hung'}")
+
+
 def case_errors(moe, tmp, data):
     out = os.path.join(tmp, "bad")
     p = run([moe, "train", "--out", out, "--data", data, *TINY, "--expert-parallel", "2"], rc=2)
     check("mpirun" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr)
     p = run(mpirun(2) + [moe, "train", "--out", out, "--data", data, *TINY, "--expert-parallel", "3"], rc=None)
     check(p.returncode != 0 and "must divide the number of processes" in p.stderr, p.stderr)
-    p = run(mpirun(2) + [moe, "train", "--out", out, "--data", data, *TINY, "--expert-parallel", "2",
-                         "--experts", "3", "--top-k", "1"], rc=None)
+    three = [("3" if TINY[i - 1] == "--experts" else a) for i, a in enumerate(TINY)]
+    p = run(mpirun(2) + [moe, "train", "--out", out, "--data", data, *three, "--expert-parallel", "2"], rc=None)
     check(p.returncode != 0 and "cannot be split evenly" in p.stderr, p.stderr)
-    p = run(mpirun(4) + [moe, "train", "--out", out, "--data", data, *TINY, "--expert-parallel", "2",
-                         "--batch-size", "6"], rc=None)
+    six = [("6" if TINY[i - 1] == "--batch-size" else a) for i, a in enumerate(TINY)]
+    p = run(mpirun(4) + [moe, "train", "--out", out, "--data", data, *six, "--expert-parallel", "2"], rc=None)
     check(p.returncode != 0 and "multiple of the number of ranks" in p.stderr, p.stderr)
 
 

@@ -50,6 +50,9 @@ struct TrainOptions {
   double time_limit_s = 0;          // stop (with a checkpoint) after this much training time; 0 = none
   int64_t halt_after = 0;           // stop after this many steps of THIS invocation (tests, time boxes)
   int64_t fault_nan_step = -1;      // fault injection for tests: poison this step's gradient with NaN
+  int64_t fault_exit_step = -1;     // fault injection for tests: the last rank of a parallel run exits
+                                    // at the start of this step (a crashed process)
+  int64_t fault_hang_step = -1;     // ... or stops answering (sleeps) there
   bool quiet = false;               // no progress lines on stdout
 };
 
