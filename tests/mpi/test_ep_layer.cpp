@@ -15,6 +15,7 @@
 
 #include "moe/core/rng.h"
 #include "moe/dist/comm.h"
+#include "moe/dist/plan.h"
 #include "moe/moe/expert_parallel.h"
 #include "moe/moe/layer.h"
 #include "mpi_testutil.h"
@@ -223,6 +224,34 @@ TEST_F(ExpertParallelLayer, ChunksWithCapacityF64) {
   c.dtype = DType::F64;
   c.chunks = 2;
   run_case(c);
+}
+
+// The bytes a forward + backward sends to other ranks are what the cost model of `moe plan` gives
+// for the same routing: token rows out (dispatch, dy) and back (combine, dx), one value per row out
+// (routing weights) and back (their gradients), and the (E / ranks) row counts to every other rank.
+TEST_F(ExpertParallelLayer, BytesSentMatchTheCostModel) {
+  std::shared_ptr<dist::Communicator> comm = comm_ptr();
+  const int R = comm->size(), me = comm->rank();
+  if (R == 1) GTEST_SKIP() << "one rank sends nothing";
+  MoEConfig cfg = base_config(4 * R, 3);
+  MoELayer ep(cfg, DType::F32, kernels::Backend::Cpu, false, ExpertParallel{comm});
+  ep.init_params(3);
+  const int64_t n = 11 + 5 * me;
+  const Tensor x = random_tensor({n, cfg.d_model}, DType::F32, 40 + me);
+  comm->reset_stats();
+  const MoEForward f = ep.forward(x);
+  ep.backward(f, random_tensor({n, cfg.d_model}, DType::F32, 50 + me));
+  const int64_t measured = comm->stats().alltoall_bytes_sent;
+
+  std::vector<int64_t> counts(static_cast<size_t>(R * cfg.n_experts), 0);  // (source rank, expert)
+  for (int64_t e = 0; e < cfg.n_experts; ++e) counts[me * cfg.n_experts + e] = f.stats.tokens_per_expert[e];
+  comm->allreduce(counts.data(), static_cast<int64_t>(counts.size()), DType::I64, dist::ReduceOp::Sum);
+  dist::DispatchShape rows{R, cfg.n_experts, cfg.d_model, 4}, ones{R, cfg.n_experts, 1, 4};
+  const dist::DispatchBytes b = dist::dispatch_bytes(rows, counts), w = dist::dispatch_bytes(ones, counts);
+  const int64_t predicted =
+      2 * b.sent[me] + 2 * b.received[me] + w.sent[me] + w.received[me] + (R - 1) * (cfg.n_experts / R) * 8;
+  EXPECT_EQ(measured, predicted) << "rank " << me;
+  EXPECT_GT(b.sent[me] + b.received[me], 0) << "the routing sent nothing: the check says little";
 }
 
 TEST_F(ExpertParallelLayer, ExpertsMustSplitEvenly) {
