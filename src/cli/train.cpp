@@ -54,7 +54,7 @@ std::unique_ptr<dist::ParallelGroups> make_parallel(const TrainArgs& a) {
 train::TrainSummary run_train_ranks(TrainArgs& a, double limit_s, const dist::ParallelGroups* par) {
   train::TrainSummary s;
   if (!a.resume.empty()) {
-    s = train::resume(a.resume, a.opt.steps, a.opt.halt_after, limit_s, a.opt.quiet, par);
+    s = train::resume(a.resume, a.opt.steps, a.opt.halt_after, limit_s, a.opt.quiet, par, a.opt.ep_chunks);
   } else {
     a.opt.model = build_model(a.model, a.opt.seq_len);
     a.opt.model.vocab_size = a.opt.vocab_size;  // replaced by the tokenizer's size
@@ -136,6 +136,10 @@ void register_train(CLI::App& app, Registry& reg) {
       ->group("Parallelism");
   c->add_option("--comm-timeout", a->comm_timeout_s,
                 "Seconds a rank waits for its peers before stopping with an error (0 = forever)")
+      ->capture_default_str()
+      ->group("Parallelism");
+  c->add_option("--ep-chunks", o.ep_chunks,
+                "Token chunks per MoE layer: one chunk's all-to-all overlaps another's expert compute")
       ->capture_default_str()
       ->group("Parallelism");
   c->add_flag("--hierarchical-a2a", a->hierarchical,

@@ -80,6 +80,7 @@ void validate(const TrainOptions& o) {
   MOE_CHECK(o.min_lr_ratio >= 0 && o.min_lr_ratio <= 1, "train: min_lr_ratio must be in [0, 1]");
   MOE_CHECK(o.warmup_steps >= 0, "train: --warmup must be >= 0");
   MOE_CHECK(o.grad_clip >= 0, "train: --clip must be >= 0 (0 = off)");
+  MOE_CHECK(o.ep_chunks >= 1, "train: --ep-chunks must be >= 1, got ", o.ep_chunks);
   MOE_CHECK(o.log_every >= 1 && o.eval_batches >= 1, "train: --log-every and --eval-batches must be >= 1");
   MOE_CHECK(o.eval_every >= 0 && o.checkpoint_every >= 0, "train: --eval-every and --checkpoint-every must be >= 0");
 }
@@ -384,6 +385,7 @@ void set_parallel(Run& r, const dist::ParallelGroups* par) {
 ExpertParallel expert_parallel(const Run& r) {
   ExpertParallel ep;
   if (r.par && r.par->ep->size() > 1) ep.comm = r.par->ep;
+  ep.chunks = r.opt.ep_chunks;
   return ep;
 }
 
@@ -432,6 +434,7 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
     r.opt.run_dir = opt_in.run_dir;
     // What is not saved with the run: this invocation's own settings.
     r.opt.quiet = opt_in.quiet;
+    r.opt.ep_chunks = opt_in.ep_chunks;
     r.opt.fault_nan_step = opt_in.fault_nan_step;
     r.opt.fault_exit_step = opt_in.fault_exit_step;
     r.opt.fault_hang_step = opt_in.fault_hang_step;
@@ -461,7 +464,7 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
 }
 
 TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t halt_after, double time_limit_s,
-                    bool quiet, const dist::ParallelGroups* par) {
+                    bool quiet, const dist::ParallelGroups* par, int ep_chunks) {
   Run r;
   r.dir = run_dir;
   MOE_CHECK(fs::exists(r.dir / "train_options.json"), "resume: '", run_dir, "' is not a run directory (no ",
@@ -469,6 +472,7 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
   r.opt = train_options_from_json(read_file(r.dir / "train_options.json"));
   r.opt.run_dir = run_dir;
   r.opt.quiet = quiet;
+  r.opt.ep_chunks = ep_chunks;
   if (override_steps > 0) r.opt.steps = override_steps;
   validate(r.opt);
   set_parallel(r, par);

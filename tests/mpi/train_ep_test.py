@@ -3,7 +3,8 @@
 
   train_ep_test.py MOE_BINARY CASE      CASE: match | resume | fault | errors
 
-match:  the same run with 1 process, 2 ranks (EP 2), 4 ranks (EP 4) and 4 ranks (EP 2 x DP 2): the
+match:  the same run with 1 process, 2 ranks (EP 2), 4 ranks (EP 4), 4 ranks (EP 2 x DP 2), 4 ranks
+        (EP 4, two-stage all-to-all as 2 nodes x 2) and 2 ranks with 3 overlap chunks: the
         loss sequences agree to 2e-4 relative (the sums of the router's and the replicated weights'
         gradients over ranks are taken in another order, and each rank's balancing loss covers its
         own tokens); the checkpoint is a sharded Hugging Face checkpoint that `moe eval` loads in one
@@ -84,10 +85,12 @@ def case_match(moe, tmp, data):
     single = os.path.join(tmp, "single")
     train(moe, single, data, extra=common)
     ref = losses(single)
-    for ranks, ep in ((2, 2), (4, 4), (4, 2)):
-        out = os.path.join(tmp, f"r{ranks}ep{ep}")
-        train(moe, out, data, ranks, ep, common)
-        same_losses(losses(out), ref, f"{ranks} ranks, expert-parallel {ep}")
+    for ranks, ep, extra in ((2, 2, []), (4, 4, []), (4, 2, []), (4, 4, ["--hierarchical-a2a", "--ranks-per-node", "2"]),
+                             (2, 2, ["--ep-chunks", "3"])):
+        out = os.path.join(tmp, f"r{ranks}ep{ep}" + ("h" if "--hierarchical-a2a" in extra else "") +
+                           ("c" if "--ep-chunks" in extra else ""))
+        train(moe, out, data, ranks, ep, common + extra)
+        same_losses(losses(out), ref, f"{ranks} ranks, expert-parallel {ep} {' '.join(extra)}")
         ck = os.path.join(out, "checkpoint")
         index = json.load(open(os.path.join(ck, "model.safetensors.index.json")))
         files = sorted(set(index["weight_map"].values()))

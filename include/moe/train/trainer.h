@@ -50,6 +50,8 @@ struct TrainOptions {
   double time_limit_s = 0;          // stop (with a checkpoint) after this much training time; 0 = none
   int64_t halt_after = 0;           // stop after this many steps of THIS invocation (tests, time boxes)
   int64_t fault_nan_step = -1;      // fault injection for tests: poison this step's gradient with NaN
+  int ep_chunks = 1;                // expert parallelism: token chunks per MoE layer whose exchange
+                                    // overlaps another chunk's compute (ExpertParallel::chunks)
   int64_t fault_exit_step = -1;     // fault injection for tests: the last rank of a parallel run exits
                                     // at the start of this step (a crashed process)
   int64_t fault_hang_step = -1;     // ... or stops answering (sleeps) there
@@ -88,6 +90,7 @@ TrainSummary train(const TrainOptions& opt, const dist::ParallelGroups* par = nu
 // optimizer state an uninterrupted run would have had. `override_steps` > 0 changes the total step
 // count (and with it the schedule); halt_after / time_limit_s / quiet apply to this invocation.
 TrainSummary resume(const std::string& run_dir, int64_t override_steps = 0, int64_t halt_after = 0,
-                    double time_limit_s = 0, bool quiet = false, const dist::ParallelGroups* par = nullptr);
+                    double time_limit_s = 0, bool quiet = false, const dist::ParallelGroups* par = nullptr,
+                    int ep_chunks = 1);
 
 }  // namespace moe::train
