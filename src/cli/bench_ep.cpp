@@ -139,7 +139,8 @@ int run(const BenchEpOptions& o) {
                     {"expert_gflops", k.flops / t / 1e9},
                     {"alltoall_ms", a * 1e3},
                     {"bytes_sent_rank0", k.bytes_sent},
-                    {"bytes_predicted_rank0", k.bytes_predicted}});
+                    {"bytes_predicted_rank0", k.bytes_predicted},
+                    {"bytes_match", k.bytes_sent == k.bytes_predicted}});
   }
   const double base = median(cfgs.front().step_s);
   if (o.json) {
