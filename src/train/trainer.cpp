@@ -250,6 +250,8 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       if (o.fault_hang_step == r.step) std::this_thread::sleep_for(std::chrono::hours(1));
     }
     const auto t0 = Clock::now();
+    if (parallel)
+      for (dist::Communicator* c : {r.par->world.get(), r.par->ep.get(), r.par->dp.get()}) c->reset_stats();
     r.model->zero_grads();
     double loss_sum = 0, aux = 0;
     int64_t count = 0;
@@ -305,6 +307,20 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     r.model->update_router_biases(acc);
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();
     r.elapsed_s += dt;
+    // Communication of this step: the slowest rank's all-to-all and all-reduce time, the bytes
+    // all ranks sent to others (all-to-all) and reduced.
+    double comm[4] = {0, 0, 0, 0};
+    if (parallel) {
+      for (dist::Communicator* c : {r.par->world.get(), r.par->ep.get(), r.par->dp.get()}) {
+        const dist::CommStats& cs = c->stats();
+        comm[0] += cs.alltoall_s, comm[1] += static_cast<double>(cs.alltoall_bytes_sent);
+        comm[2] += cs.allreduce_s, comm[3] += static_cast<double>(cs.allreduce_bytes);
+      }
+      double mx[2] = {comm[0], comm[2]}, sm[2] = {comm[1], comm[3]};
+      r.par->world->allreduce(mx, 2, DType::F64, dist::ReduceOp::Max);
+      r.par->world->allreduce(sm, 2, DType::F64, dist::ReduceOp::Sum);
+      comm[0] = mx[0], comm[2] = mx[1], comm[1] = sm[0], comm[3] = sm[1];
+    }
     r.tokens += B * S * A;
     ++r.step, ++done;
     const double loss = loss_sum / static_cast<double>(std::max<int64_t>(count, 1));
@@ -336,6 +352,9 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
              {"moe_layers", acc.moe_layers},
              {"imbalance", imb},
              {"expert_load", load}});
+    if (parallel) emit(r, {{"type", "comm"}, {"step", r.step}, {"ranks", W}, {"expert_parallel", r.par->ep->size()},
+                           {"alltoall_s", comm[0]}, {"alltoall_bytes", comm[1]}, {"allreduce_s", comm[2]},
+                           {"allreduce_bytes", comm[3]}});
     const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
     const double eta = run_s / static_cast<double>(done) * static_cast<double>(o.steps - r.step);
     if (r.step % o.log_every == 0 || r.step == o.steps) {
