@@ -4,7 +4,7 @@
 // `--tokens` tokens.
 //
 // Per chunk count (ExpertParallel::chunks, the overlap of one chunk's exchange with another's
-// compute) the ranks run `warmup` untimed steps, then `iters` timed ones, each between barriers;
+// compute; 0 = the single-process layer without a dispatcher exchange, one rank only) the ranks run `warmup` untimed steps, then `iters` timed ones, each between barriers;
 // reported: the median over steps of the slowest rank's time, the layer's tokens/s over all ranks
 // and its expert GFLOP/s, the all-to-all's share of the step, and the bytes each rank sent to the
 // others per step, next to the bytes the cost model of `moe plan` (dist::dispatch_bytes) gives for
@@ -59,7 +59,7 @@ int run(const BenchEpOptions& o) {
   MOE_CHECK(o.tokens >= 0 && o.d_model >= 1 && o.d_ff >= 1 && o.experts >= 1, "bench ep: sizes must be positive");
   MOE_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "bench ep: --top-k must be in [1, --experts]");
   MOE_CHECK(o.iters >= 1 && o.warmup >= 0, "bench ep: --iters must be >= 1 and --warmup >= 0");
-  for (int c : o.chunks) MOE_CHECK(c >= 1, "bench ep: --chunks values must be >= 1, got ", c);
+  for (int c : o.chunks) MOE_CHECK(c >= 0, "bench ep: --chunks values must be >= 0, got ", c);
   if (o.threads > 0) set_num_threads(o.threads);
   std::shared_ptr<dist::Communicator> world = dist::launched_by_mpi() ? dist::mpi_world()
                                                                       : std::shared_ptr<dist::Communicator>(
@@ -82,7 +82,9 @@ int run(const BenchEpOptions& o) {
   for (int c : o.chunks) {
     Config k;
     k.chunks = c;
-    k.layer = std::make_unique<MoELayer>(cfg, DType::F32, kernels::Backend::Cpu, false, ExpertParallel{world, c});
+    MOE_CHECK(c > 0 || R == 1, "bench ep: --chunks 0 (the single-process layer) needs one rank");
+    k.layer = std::make_unique<MoELayer>(cfg, DType::F32, kernels::Backend::Cpu, false,
+                                         c == 0 ? ExpertParallel{} : ExpertParallel{world, c});
     k.layer->init_params(7);
     cfgs.push_back(std::move(k));
   }
@@ -164,7 +166,8 @@ int run(const BenchEpOptions& o) {
               "speed-up", "bytes sent r0", "cost model r0");
   for (size_t i = 0; i < cfgs.size(); ++i) {
     const auto& r = rows[i];
-    std::printf("%7d %10.2f %12.0f %10.2f %12.2f %8.2fx %16lld %16lld\n", cfgs[i].chunks, r["step_ms"].get<double>(),
+    std::printf("%7s %10.2f %12.0f %10.2f %12.2f %8.2fx %16lld %16lld\n",
+                cfgs[i].chunks == 0 ? "local" : std::to_string(cfgs[i].chunks).c_str(), r["step_ms"].get<double>(),
                 r["tokens_per_s"].get<double>(), r["expert_gflops"].get<double>(), r["alltoall_ms"].get<double>(),
                 base / median(cfgs[i].step_s), (long long)cfgs[i].bytes_sent, (long long)cfgs[i].bytes_predicted);
   }
@@ -182,7 +185,8 @@ void add_bench_ep(CLI::App& bench, Registry& reg) {
   c->add_option("--d-ff", o->d_ff, "Expert width (SwiGLU)")->capture_default_str();
   c->add_option("--experts", o->experts, "Routed experts (a multiple of the ranks)")->capture_default_str();
   c->add_option("--top-k", o->top_k, "Experts per token")->capture_default_str();
-  c->add_option("--chunks", o->chunks, "Token chunks to compare (overlap of exchange and compute)")
+  c->add_option("--chunks", o->chunks,
+                "Token chunks to compare (overlap of exchange and compute); 0 = the single-process layer (one rank)")
       ->delimiter(',')
       ->capture_default_str();
   c->add_option("--iters", o->iters, "Timed steps; the median is reported")->capture_default_str();
