@@ -5,10 +5,34 @@
 namespace moe {
 
 template <typename T>
-void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, ExpertBatch<T>& batch) {
-  T_ = r.n_tokens;
-  N_ = r.n_assign;
+void TokenSum<T>::build(kernels::Backend backend, int64_t n_tokens, int64_t n_assign, const int32_t* token, int64_t d) {
+  backend_ = backend;
+  T_ = n_tokens;
   d_ = d;
+  offsets_.assign(static_cast<size_t>(T_ + 1), 0);
+  assign_.assign(static_cast<size_t>(n_assign), 0);
+  std::vector<int32_t> unused(static_cast<size_t>(n_assign));
+  if (n_assign > 0)
+    kernels::permute(backend_, {n_assign, T_, token, nullptr, offsets_.data(), assign_.data(), unused.data()});
+}
+
+template <typename T>
+void TokenSum<T>::sum(const T* rows, const int32_t* pos, T* y) const {
+  if (T_ == 0) return;
+  kernels::CombineArgs<T> a;
+  a.T_ = T_;
+  a.D = d_;
+  a.tok_offsets = offsets_.data();
+  a.tok_assign = assign_.data();
+  a.pos = pos;
+  a.X = rows;
+  a.Y = y;
+  kernels::combine(backend_, a);
+}
+
+template <typename T>
+void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, ExpertBatch<T>& batch) {
+  N_ = r.n_assign;
   const int32_t* expert = N_ ? r.expert.data<int32_t>() : nullptr;
   const int32_t* token = N_ ? r.token.data<int32_t>() : nullptr;
   const uint8_t* kept = N_ ? r.kept.data<uint8_t>() : nullptr;
@@ -36,26 +60,12 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
   slot_.resize(static_cast<size_t>(N_));
   for (int64_t a = 0; a < N_; ++a) slot_[a] = pos_[a] < 0 ? -1 : static_cast<int32_t>(a);
 
-  // Group assignments by token (the same stable counting sort, keyed by token) for the combine.
-  tok_offsets_.assign(static_cast<size_t>(T_ + 1), 0);
-  tok_assign_.assign(static_cast<size_t>(N_), 0);
-  std::vector<int32_t> unused(static_cast<size_t>(N_));
-  if (N_ > 0)
-    kernels::permute(backend_, {N_, T_, token, nullptr, tok_offsets_.data(), tok_assign_.data(), unused.data()});
+  by_token_.build(backend_, r.n_tokens, N_, token, d);
 }
 
 template <typename T>
 void LocalDispatcher<T>::combine(const T* out, T* y) {
-  if (T_ == 0) return;
-  kernels::CombineArgs<T> a;
-  a.T_ = T_;
-  a.D = d_;
-  a.tok_offsets = tok_offsets_.data();
-  a.tok_assign = tok_assign_.data();
-  a.pos = slot_.data();
-  a.X = out;
-  a.Y = y;
-  kernels::combine(backend_, a);
+  by_token_.sum(out, slot_.data(), y);
 }
 
 template <typename T>
@@ -66,19 +76,12 @@ void LocalDispatcher<T>::return_dweight(const T* d_row_weight, T* d_weight) {
 
 template <typename T>
 void LocalDispatcher<T>::dispatch_backward(const T* d_rows, T* dx) {
-  if (T_ == 0) return;
   // dx[t] = Σ over t's kept assignments of d_rows[pos[a]]: a combine with unit weights.
-  kernels::CombineArgs<T> a;
-  a.T_ = T_;
-  a.D = d_;
-  a.tok_offsets = tok_offsets_.data();
-  a.tok_assign = tok_assign_.data();
-  a.pos = pos_.data();
-  a.X = d_rows;
-  a.Y = dx;
-  kernels::combine(backend_, a);
+  by_token_.sum(d_rows, pos_.data(), dx);
 }
 
+template class TokenSum<float>;
+template class TokenSum<double>;
 template class LocalDispatcher<float>;
 template class LocalDispatcher<double>;
 

@@ -71,20 +71,6 @@ void AllToAllDispatcher<T>::to_receive_order(const T* rows, int64_t width, std::
 }
 
 template <typename T>
-void AllToAllDispatcher<T>::sum_per_token(const T* rows, const int32_t* pos, T* y) const {
-  if (T_ == 0) return;
-  kernels::CombineArgs<T> a;
-  a.T_ = T_;
-  a.D = d_;
-  a.tok_offsets = tok_offsets_.data();
-  a.tok_assign = tok_assign_.data();
-  a.pos = pos;
-  a.X = rows;
-  a.Y = y;
-  kernels::combine(backend_, a);
-}
-
-template <typename T>
 void AllToAllDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, ExpertBatch<T>& batch) {
   const int R = comm_.size();
   T_ = r.n_tokens;
@@ -155,19 +141,14 @@ void AllToAllDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Ex
   batch.out_row = recv_index_;  // outputs land in receive order, ready to go back
   batch.out_rows = M;
 
-  // Assignments grouped by token (stable) for the combine.
-  tok_offsets_.assign(static_cast<size_t>(T_ + 1), 0);
-  tok_assign_.assign(static_cast<size_t>(N_), 0);
-  std::vector<int32_t> unused(static_cast<size_t>(N_));
-  if (N_ > 0)
-    kernels::permute(backend_, {N_, T_, token, nullptr, tok_offsets_.data(), tok_assign_.data(), unused.data()});
+  by_token_.build(backend_, T_, N_, token, d);
 }
 
 template <typename T>
 void AllToAllDispatcher<T>::combine(const T* out, T* y) {
   std::vector<T> back;  // (S, d) the weighted outputs of this rank's sent rows
   from_experts(out, d_, back);
-  sum_per_token(back.data(), pos_.data(), y);
+  by_token_.sum(back.data(), pos_.data(), y);
 }
 
 template <typename T>
@@ -195,7 +176,7 @@ void AllToAllDispatcher<T>::dispatch_backward(const T* d_rows, T* dx) {
   std::vector<T> recv_order, back;
   to_receive_order(d_rows, d_, recv_order);
   from_experts(recv_order.data(), d_, back);
-  sum_per_token(back.data(), pos_.data(), dx);
+  by_token_.sum(back.data(), pos_.data(), dx);
 }
 
 template class AllToAllDispatcher<float>;

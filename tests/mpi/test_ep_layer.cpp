@@ -13,37 +13,20 @@
 #include <tuple>
 #include <utility>
 
-#include "moe/core/rng.h"
 #include "moe/dist/comm.h"
 #include "moe/dist/plan.h"
 #include "moe/moe/expert_parallel.h"
+#include "layer_testutil.h"
 #include "moe/moe/layer.h"
 #include "mpi_testutil.h"
 
 namespace moe {
 namespace {
 
-Tensor random_tensor(const Shape& s, DType dt, uint64_t seed) {
-  Tensor t = Tensor::empty(s, dt, "random");
-  Rng(seed).fill_normal(t, 0.0, 1.0);
-  return t;
-}
-
 bool bit_equal(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape() || a.dtype() != b.dtype()) return false;
   const size_t bytes = static_cast<size_t>(a.numel()) * static_cast<size_t>(dtype_bits(a.dtype())) / 8;
   return bytes == 0 || std::memcmp(a.raw(), b.raw(), bytes) == 0;
-}
-
-double max_rel(const Tensor& a, const Tensor& b) {
-  double num = 0, den = 1e-30;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    const double x = a.get(i), y = b.get(i);
-    if (std::isnan(x) || std::isnan(y)) return INFINITY;
-    num = std::max(num, std::abs(x - y));
-    den = std::max(den, std::abs(y));
-  }
-  return num / den;
 }
 
 // Rows [first, first + n) of (T, d) tensor t, as a contiguous copy.
@@ -101,18 +84,18 @@ void ExpertParallelLayer::run_case(const Case& cs) {
   for (int r = 0; r < R; ++r) n[r] = cs.tokens_per_rank.empty() ? 7 + 3 * r : cs.tokens_per_rank[r % cs.tokens_per_rank.size()];
   int64_t T = 0, start = 0;
   for (int r = 0; r < R; ++r) T += n[r], start += r < me ? n[r] : 0;
-  const Tensor X = random_tensor({T, d}, cs.dtype, 5);   // every rank draws all tokens
-  const Tensor DY = random_tensor({T, d}, cs.dtype, 6);
+  const Tensor X = testing::random_tensor({T, d}, cs.dtype, 5);   // every rank draws all tokens
+  const Tensor DY = testing::random_tensor({T, d}, cs.dtype, 6);
   const Tensor x = rows(X, start, n[me]), dy = rows(DY, start, n[me]);
 
   // Local tokens: outputs, input and router gradients.
   const MoEForward fe = ep.forward(x);
   const MoEForward fr = full.forward(x);
-  EXPECT_TRUE(bit_equal(fe.y, fr.y)) << "rank " << me << ": y differs, max rel " << max_rel(fe.y, fr.y);
+  EXPECT_TRUE(bit_equal(fe.y, fr.y)) << "rank " << me << ": y differs, max rel " << testing::rel_err(fe.y, fr.y);
   const MoEGrads ge = ep.backward(fe, dy);
   const MoEGrads gr = full.backward(fr, dy);
-  EXPECT_TRUE(bit_equal(ge.dx, gr.dx)) << "rank " << me << ": dx differs, max rel " << max_rel(ge.dx, gr.dx);
-  EXPECT_TRUE(bit_equal(ge.router_w, gr.router_w)) << "router grad, max rel " << max_rel(ge.router_w, gr.router_w);
+  EXPECT_TRUE(bit_equal(ge.dx, gr.dx)) << "rank " << me << ": dx differs, max rel " << testing::rel_err(ge.dx, gr.dx);
+  EXPECT_TRUE(bit_equal(ge.router_w, gr.router_w)) << "router grad, max rel " << testing::rel_err(ge.router_w, gr.router_w);
   EXPECT_EQ(fe.stats.routed_per_expert, fr.stats.routed_per_expert);
   if (cfg.shared_width() > 0) {
     EXPECT_TRUE(bit_equal(ge.shared_w_up, gr.shared_w_up));
@@ -147,7 +130,7 @@ void ExpertParallelLayer::run_case(const Case& cs) {
                             {"w_gate", &ge.w_gate, &gall.w_gate}}) {
     if (!a->defined()) continue;
     const Tensor ref = rows(*b, first, El);
-    const double err = max_rel(*a, ref);
+    const double err = testing::rel_err(*a, ref);
     EXPECT_LE(err, tol) << "rank " << me << ": grad " << name << " max rel " << err;
     // With chunks an expert's rows are summed chunk by chunk: equal within rounding only.
     if (dropless && cs.chunks == 1) {
@@ -237,10 +220,10 @@ TEST_F(ExpertParallelLayer, BytesSentMatchTheCostModel) {
   MoELayer ep(cfg, DType::F32, kernels::Backend::Cpu, false, ExpertParallel{comm});
   ep.init_params(3);
   const int64_t n = 11 + 5 * me;
-  const Tensor x = random_tensor({n, cfg.d_model}, DType::F32, 40 + me);
+  const Tensor x = testing::random_tensor({n, cfg.d_model}, DType::F32, 40 + me);
   comm->reset_stats();
   const MoEForward f = ep.forward(x);
-  ep.backward(f, random_tensor({n, cfg.d_model}, DType::F32, 50 + me));
+  ep.backward(f, testing::random_tensor({n, cfg.d_model}, DType::F32, 50 + me));
   const int64_t measured = comm->stats().alltoall_bytes_sent;
 
   std::vector<int64_t> counts(static_cast<size_t>(R * cfg.n_experts), 0);  // (source rank, expert)

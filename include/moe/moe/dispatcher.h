@@ -53,6 +53,23 @@ class Dispatcher {
   virtual void dispatch_backward(const T* d_rows, T* dx) = 0;
 };
 
+// Each token's assignments in assignment order (a stable counting sort by token), and the combine
+// that sums them: the last step of every dispatcher.
+template <typename T>
+class TokenSum {
+ public:
+  void build(kernels::Backend backend, int64_t n_tokens, int64_t n_assign, const int32_t* token, int64_t d);
+  // y (T, d) = Σ over token t's assignments a with pos[a] >= 0, in assignment order, of rows[pos[a]].
+  // Overwrites y.
+  void sum(const T* rows, const int32_t* pos, T* y) const;
+
+ private:
+  kernels::Backend backend_ = kernels::Backend::Cpu;
+  int64_t T_ = 0, d_ = 0;
+  std::vector<int32_t> offsets_;  // (T + 1)
+  std::vector<int32_t> assign_;   // (N)
+};
+
 // Single-process dispatcher: stable counting sort by expert (kernels::permute), gather fused into
 // the expert GEMM, combine through kernels::combine in assignment order.
 template <typename T>
@@ -68,12 +85,11 @@ class LocalDispatcher final : public Dispatcher<T> {
  private:
   int64_t E_;
   kernels::Backend backend_;
-  int64_t T_ = 0, N_ = 0, d_ = 0;
-  std::vector<int32_t> pos_;          // (N) sorted row of each assignment, -1 when dropped
-  std::vector<int32_t> slot_;         // (N) a when assignment a is kept, -1 when dropped
-  std::vector<int32_t> perm_;         // (M) assignment of each sorted row
-  std::vector<int32_t> tok_offsets_;  // (T + 1) assignments grouped by token
-  std::vector<int32_t> tok_assign_;   // (N)
+  int64_t N_ = 0;
+  std::vector<int32_t> pos_;   // (N) sorted row of each assignment, -1 when dropped
+  std::vector<int32_t> slot_;  // (N) a when assignment a is kept, -1 when dropped
+  std::vector<int32_t> perm_;  // (M) assignment of each sorted row
+  TokenSum<T> by_token_;
 };
 
 }  // namespace moe

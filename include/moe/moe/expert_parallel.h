@@ -52,7 +52,6 @@ class AllToAllDispatcher final : public Dispatcher<T> {
   void from_experts(const T* send, int64_t width, std::vector<T>& recv);
   // Scatters batch-ordered rows (M, width) into receive order.
   void to_receive_order(const T* rows, int64_t width, std::vector<T>& out) const;
-  void sum_per_token(const T* rows, const int32_t* pos, T* y) const;
 
   int64_t E_, El_;
   dist::Communicator& comm_;
@@ -63,8 +62,7 @@ class AllToAllDispatcher final : public Dispatcher<T> {
   std::vector<int32_t> pos_;          // (N) sent row of each assignment, -1 when dropped
   std::vector<int64_t> send_rows_, recv_rows_;  // (R)
   std::vector<int32_t> recv_index_;   // (M) receive row of each batch row (= batch.gather)
-  std::vector<int32_t> tok_offsets_;  // (T + 1) assignments grouped by token
-  std::vector<int32_t> tok_assign_;   // (N)
+  TokenSum<T> by_token_;
   std::vector<T> x_recv_;             // (M, d) the rows this rank's experts compute
   std::vector<T> dy_recv_;            // (M, d) their upstream gradients (backward)
 };
