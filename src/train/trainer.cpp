@@ -166,7 +166,8 @@ double evaluate(Run& r) {
 // the previous checkpoint in place).
 void save_checkpoint(Run& r) {
   const fs::path ck = r.dir / "checkpoint", tmp = r.dir / "checkpoint.tmp", old = r.dir / "checkpoint.old";
-  if (par::active(r.par)) {
+  const bool parallel = par::active(r.par);
+  if (parallel) {
     par::on_root(r.par, "preparing the checkpoint", [&] {
       fs::remove_all(tmp);
       fs::create_directories(tmp);
@@ -174,22 +175,22 @@ void save_checkpoint(Run& r) {
     par::save_sharded(*r.par, *r.model, *r.adam, tmp.string());
   }
   par::on_root(r.par, "writing the checkpoint", [&] {
-  if (!par::active(r.par)) {
-    fs::remove_all(tmp);
-    model::save_pretrained(*r.model, tmp.string());
-    save_safetensors((tmp / "optimizer.safetensors").string(), r.adam->export_state());
-  }
-  r.tok.save((tmp / "tokenizer.json").string());
-  const SamplerPosition pos = r.sampler->position();
-  const json state = {{"step", r.step},         {"tokens", r.tokens},
-                      {"elapsed_s", r.elapsed_s}, {"sampler", {{"epoch", pos.epoch}, {"index", pos.index}}},
-                      {"saved", iso_now()}};
-  write_file_atomic(tmp / "trainer_state.json", state.dump(2) + "\n");
-  // Swap: checkpoint -> checkpoint.old, checkpoint.tmp -> checkpoint, drop checkpoint.old.
-  fs::remove_all(old);
-  if (fs::exists(ck)) fs::rename(ck, old);
-  fs::rename(tmp, ck);
-  fs::remove_all(old);
+    if (!parallel) {
+      fs::remove_all(tmp);
+      model::save_pretrained(*r.model, tmp.string());
+      save_safetensors((tmp / "optimizer.safetensors").string(), r.adam->export_state());
+    }
+    r.tok.save((tmp / "tokenizer.json").string());
+    const SamplerPosition pos = r.sampler->position();
+    const json state = {{"step", r.step},         {"tokens", r.tokens},
+                        {"elapsed_s", r.elapsed_s}, {"sampler", {{"epoch", pos.epoch}, {"index", pos.index}}},
+                        {"saved", iso_now()}};
+    write_file_atomic(tmp / "trainer_state.json", state.dump(2) + "\n");
+    // Swap: checkpoint -> checkpoint.old, checkpoint.tmp -> checkpoint, drop checkpoint.old.
+    fs::remove_all(old);
+    if (fs::exists(ck)) fs::rename(ck, old);
+    fs::rename(tmp, ck);
+    fs::remove_all(old);
   });
 }
 
