@@ -1,6 +1,7 @@
 // `moe train`: train an MoE language model (defaults: a small qwen3_moe on the English text of
 // Debian's fortunes package), or `moe train --resume RUN_DIR` to continue one.
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -81,9 +82,11 @@ int run_train(TrainArgs& a) {
     if (!par) throw;
     // One rank's error (a peer that stopped answering, a full disk): report it and bring the whole
     // job down rather than leave the other ranks waiting in a collective.
-    std::string msg = e.what();
+    std::string msg = cat("moe: error: rank ", par->world->rank(), ": ", e.what());
     std::replace(msg.begin(), msg.end(), '\n', ' ');
-    std::cerr << "moe: error: rank " << par->world->rank() << ": " << msg << std::endl;
+    msg += '\n';
+    std::fputs(msg.c_str(), stderr);  // one write, so that mpirun forwards the line whole
+    std::fflush(stderr);
     par->world->abort_job(dynamic_cast<const dist::CommError*>(&e) ? kExitFailure : kExitUsage);
   }
   if (par && par->world->rank() != 0) return kExitOk;

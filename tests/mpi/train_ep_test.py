@@ -139,7 +139,7 @@ def case_fault(moe, tmp, data):
         check(p.returncode != 0, f"{mode}: the job exited 0")
         check(took < 60, f"{mode}: the job took {took:.0f} s to end")
         if pattern:
-            check(pattern in p.stderr and "moe: error: rank 0" in p.stderr, f"{mode}: stderr {p.stderr[-2000:]}")
+            check(pattern in p.stderr and "moe: error: rank 0: " in p.stderr, f"{mode}: stderr {p.stderr[-2000:]}")
         state = json.load(open(os.path.join(out, "checkpoint", "trainer_state.json")))
         check(state["step"] == 4, f"{mode}: checkpoint at step {state['step']}")
         run(mpirun(2) + [moe, "train", "--resume", out, "--threads", "1", "--quiet", "--expert-parallel", "2"])
