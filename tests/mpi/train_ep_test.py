@@ -5,9 +5,9 @@
 
 match:  the same run with 1 process, 2 ranks (EP 2), 4 ranks (EP 4), 4 ranks (EP 2 x DP 2), 4 ranks
         (EP 4, two-stage all-to-all as 2 nodes x 2) and 2 ranks with 3 overlap chunks: the
-        loss sequences agree to 2e-4 relative (the sums of the router's and the replicated weights'
-        gradients over ranks are taken in another order, and each rank's balancing loss covers its
-        own tokens); the checkpoint is a sharded Hugging Face checkpoint that `moe eval` loads in one
+        loss sequences agree to 2e-4 relative (each rank's balancing losses cover its own tokens, and
+        the gradient sums over ranks are taken in another order); without balancing losses to 1e-6
+        (summation order only); the checkpoint is a sharded Hugging Face checkpoint that `moe eval` loads in one
         process.
 resume: an EP 2 run halted at step 4, resumed with 1 process and with 4 ranks (EP 4), continues
         the loss sequence of the uninterrupted EP 2 run (same tolerance).
@@ -98,6 +98,15 @@ def case_match(moe, tmp, data):
         for i in range(ep):
             check(os.path.exists(os.path.join(ck, f"optimizer-{i + 1:05d}-of-{ep:05d}.safetensors")), "optimizer shard")
         check(not os.path.exists(os.path.join(out, "checkpoint.tmp")), "checkpoint.tmp left behind")
+    # Without the balancing losses (which each rank takes over its own tokens) only the order of the
+    # gradient sums differs: the losses agree to rounding.
+    no_bal = common + ["--aux-coef", "0", "--z-coef", "0"]
+    train(moe, os.path.join(tmp, "single_nb"), data, extra=no_bal)
+    train(moe, os.path.join(tmp, "ep_nb"), data, 2, 2, no_bal)
+    a, b = losses(os.path.join(tmp, "ep_nb")), losses(os.path.join(tmp, "single_nb"))
+    worst = max(abs(a[s] - b[s]) / abs(b[s]) for s in b)
+    print(f"without balancing losses: max relative loss difference {worst:.2e}")
+    check(sorted(a) == sorted(b) and worst <= 1e-6, f"without balancing losses the losses differ by {worst:.2e}")
     # The sharded checkpoint loads in one process and gives the loss of the single-process one.
     e1 = json.loads(run([moe, "eval", "--model", os.path.join(tmp, "r2ep2", "checkpoint"), "--data", data,
                          "--json", "--seq-len", "32"]).stdout)
