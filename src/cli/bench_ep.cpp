@@ -95,7 +95,7 @@ int run(const BenchEpOptions& o) {
       world->reset_stats();
       const auto t0 = Clock::now();
       const MoEForward f = k.layer->forward(x);
-      const MoEGrads g = k.layer->backward(f, dy);
+      k.layer->backward(f, dy);
       double t = std::chrono::duration<double>(Clock::now() - t0).count();
       const dist::CommStats st = world->stats();
       double a2a = st.alltoall_s;
@@ -109,26 +109,14 @@ int run(const BenchEpOptions& o) {
       std::vector<int64_t> counts(static_cast<size_t>(R * o.experts), 0);
       for (int64_t e = 0; e < o.experts; ++e) counts[me * o.experts + e] = f.stats.tokens_per_expert[e];
       world->allreduce(counts.data(), static_cast<int64_t>(counts.size()), DType::I64, dist::ReduceOp::Sum);
-      dist::DispatchShape sh;
-      sh.ep = R;
-      sh.n_experts = o.experts;
-      sh.hidden = o.d_model;
-      sh.elem_bytes = 4;
-      const int64_t rows_bytes = dist::dispatch_bytes(sh, counts).sent[me];
-      sh.hidden = 1;
-      const int64_t weight_bytes = dist::dispatch_bytes(sh, counts).sent[me];
-      const int64_t count_bytes = int64_t{k.chunks} * (R - 1) * (o.experts / R) * 8;  // once per chunk
-      // dispatch and dy rows go out (sent), combine and dx rows come back (this rank sends what it
-      // received); likewise the weights go out and their gradients come back.
-      sh.hidden = o.d_model;
-      const int64_t rows_back = dist::dispatch_bytes(sh, counts).received[me];
-      sh.hidden = 1;
-      const int64_t weights_back = dist::dispatch_bytes(sh, counts).received[me];
-      k.bytes_predicted = 2 * rows_bytes + 2 * rows_back + weight_bytes + weights_back + count_bytes;
+      // One value per row (routing weights out, their gradients back); a token row is d of them
+      // (dispatch and dy rows out, combine and dx rows back); the counts go once per chunk.
+      const dist::DispatchBytes one = dist::dispatch_bytes({R, o.experts, 1, 4}, counts);
+      const int64_t count_bytes = int64_t{k.chunks} * (R - 1) * (o.experts / R) * 8;
+      k.bytes_predicted = (2 * o.d_model + 1) * (one.sent[me] + one.received[me]) + count_bytes;
       double fl = k.layer->expert_flops(f.stats, o.tokens) * 3.0;  // forward + backward (2x)
       world->allreduce(&fl, 1, DType::F64, dist::ReduceOp::Sum);
       k.flops = fl;
-      (void)g;
     }
   }
   if (me != 0) return kExitOk;

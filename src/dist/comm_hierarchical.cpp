@@ -173,10 +173,7 @@ class HierarchicalCommunicator final : public Communicator {
   // Stats of one alltoallv as the flat exchange it stands for (payload to and from other ranks).
   void account(const std::vector<int64_t>& send_counts, const std::vector<int64_t>& recv_counts, int64_t elem,
                Clock::time_point t0) {
-    stats_.alltoall_calls += 1;
-    stats_.alltoall_bytes_sent += detail::bytes_to_others(send_counts, rank(), elem);
-    stats_.alltoall_bytes_received += detail::bytes_to_others(recv_counts, rank(), elem);
-    stats_.alltoall_s += detail::seconds_since(t0);
+    detail::record_alltoall(stats_, send_counts, recv_counts, rank(), elem, detail::seconds_since(t0));
   }
 
   // The inner calls share what is left of this call's timeout.

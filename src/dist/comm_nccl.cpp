@@ -147,10 +147,7 @@ class NcclCommunicator final : public Communicator {
     }
     nccl(ncclGroupEnd(), "alltoallv");
     wait("alltoallv", t0);
-    stats_.alltoall_calls += 1;
-    stats_.alltoall_bytes_sent += detail::bytes_to_others(send_counts, rank_, elem);
-    stats_.alltoall_bytes_received += detail::bytes_to_others(recv_counts, rank_, elem);
-    stats_.alltoall_s += detail::seconds_since(t0);
+    detail::record_alltoall(stats_, send_counts, recv_counts, rank_, elem, detail::seconds_since(t0));
   }
 
   std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts) override {

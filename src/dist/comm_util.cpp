@@ -72,4 +72,12 @@ int64_t bytes_to_others(const std::vector<int64_t>& counts, int self, int64_t el
   return total * elem;
 }
 
+void record_alltoall(CommStats& stats, const std::vector<int64_t>& send_counts,
+                     const std::vector<int64_t>& recv_counts, int self, int64_t elem, double seconds) {
+  stats.alltoall_calls += 1;
+  stats.alltoall_bytes_sent += bytes_to_others(send_counts, self, elem);
+  stats.alltoall_bytes_received += bytes_to_others(recv_counts, self, elem);
+  stats.alltoall_s += seconds;
+}
+
 }  // namespace moe::dist::detail

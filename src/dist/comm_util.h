@@ -28,6 +28,10 @@ void check_root(const Communicator& comm, const char* op, int root);
 // Payload bytes to / from other ranks (the self block excluded), for CommStats.
 int64_t bytes_to_others(const std::vector<int64_t>& counts, int self, int64_t elem);
 
+// Adds one alltoallv to `stats`: a call, its payload to and from other ranks, the seconds it took.
+void record_alltoall(CommStats& stats, const std::vector<int64_t>& send_counts,
+                     const std::vector<int64_t>& recv_counts, int self, int64_t elem, double seconds);
+
 // Seconds since `t0` on the steady clock.
 inline double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -80,7 +80,6 @@ void AllToAllDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Ex
   const int32_t* token = N_ ? r.token.data<int32_t>() : nullptr;
   const uint8_t* kept = N_ ? r.kept.data<uint8_t>() : nullptr;
   const T* weight = N_ ? r.weight.data<T>() : nullptr;
-  token_.assign(token, token + N_);
 
   // Kept assignments sorted by expert (stable): experts are laid out rank-major, so this is also
   // the send order by destination rank.
@@ -106,12 +105,12 @@ void AllToAllDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Ex
   const int64_t M = total(recv_rows_);
 
   // The rows and their routing weights, in send order.
-  std::vector<int32_t> send_tok(static_cast<size_t>(S));
+  send_tok_.resize(static_cast<size_t>(S));
   std::vector<T> send_w(static_cast<size_t>(S)), w_recv;
-  for (int64_t i = 0; i < S; ++i) send_tok[i] = token[perm_[i]], send_w[i] = weight[perm_[i]];
+  for (int64_t i = 0; i < S; ++i) send_tok_[i] = token[perm_[i]], send_w[i] = weight[perm_[i]];
   {
     std::vector<T> xs(static_cast<size_t>(S * d));
-    gather_rows(x, send_tok.data(), S, d, xs.data());
+    gather_rows(x, send_tok_.data(), S, d, xs.data());
     to_experts(xs.data(), d, x_recv_);
   }
   to_experts(send_w.data(), 1, w_recv);
@@ -153,11 +152,9 @@ void AllToAllDispatcher<T>::combine(const T* out, T* y) {
 
 template <typename T>
 const T* AllToAllDispatcher<T>::grad_rows(const T* dy) {
-  const int64_t S = static_cast<int64_t>(perm_.size());
-  std::vector<int32_t> send_tok(static_cast<size_t>(S));
-  for (int64_t i = 0; i < S; ++i) send_tok[i] = token_[perm_[i]];
+  const int64_t S = static_cast<int64_t>(send_tok_.size());
   std::vector<T> dys(static_cast<size_t>(S * d_));
-  gather_rows(dy, send_tok.data(), S, d_, dys.data());
+  gather_rows(dy, send_tok_.data(), S, d_, dys.data());
   to_experts(dys.data(), d_, dy_recv_);
   return dy_recv_.data();
 }

@@ -271,7 +271,12 @@ void zero_grads(std::vector<ParamRef>& params) {
 double clip_grad_norm(std::vector<ParamRef>& params, double max_norm) {
   MOE_CHECK(std::isfinite(max_norm) && max_norm > 0.0,
             "clip_grad_norm: max_norm must be finite and > 0, got ", max_norm);
-  const double norm = grad_norm(params);
+  return clip_grad_norm(params, max_norm, grad_norm(params));
+}
+
+double clip_grad_norm(std::vector<ParamRef>& params, double max_norm, double norm) {
+  MOE_CHECK(std::isfinite(max_norm) && max_norm > 0.0,
+            "clip_grad_norm: max_norm must be finite and > 0, got ", max_norm);
   if (std::isfinite(norm) && norm > max_norm) scale_grads(params, max_norm / norm);
   return norm;
 }

@@ -299,11 +299,7 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       r.tokens += B * S * A;
       continue;
     }
-    if (o.grad_clip > 0 && parallel) {
-      if (gnorm > o.grad_clip) scale_grads(refs, o.grad_clip / gnorm);
-    } else if (o.grad_clip > 0) {
-      clip_grad_norm(refs, o.grad_clip);
-    }
+    if (o.grad_clip > 0) clip_grad_norm(refs, o.grad_clip, gnorm);
     r.adam->step(refs, lr);
     r.model->update_router_biases(acc);
     const double dt = std::chrono::duration<double>(Clock::now() - t0).count();

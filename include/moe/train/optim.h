@@ -108,6 +108,9 @@ void zero_grads(std::vector<ParamRef>& params);
 // should skip the step). torch.nn.utils.clip_grad_norm_ scales by max_norm / (norm + 1e-6) whenever
 // that is below 1: the two differ by a relative 1e-6 / norm in the clipped gradients.
 double clip_grad_norm(std::vector<ParamRef>& params, double max_norm);
+// The same with the norm already known (e.g. a norm over gradients sharded across ranks): scales
+// by max_norm / norm when norm > max_norm (and is finite); returns norm.
+double clip_grad_norm(std::vector<ParamRef>& params, double max_norm, double norm);
 
 // ---------------------------------------------------------------------------------------------
 // Learning rate: linear warmup, then cosine decay to min_lr. `step` is the 0-based index of the
