@@ -1,7 +1,8 @@
 // CPU fused expert FFN ops on the blocked GEMM engine (gemm_engine.h).
 //   grouped_ffn_up: per output tile (expert, row tile, F tile) the gate and up tiles are computed
-//     by the same thread into thread-local scratch, and the activation runs in the epilogue while
-//     the tiles are hot: H (and the saved pre-activations) are written once.
+//     as one GEMM tile (gate columns, then up columns: A packed once) into thread-local scratch,
+//     and the activation runs in the epilogue while the tile is hot: H (and the saved
+//     pre-activations) are written once.
 //   grouped_ffn_down_backward: per tile q = dY[row(p)] · W_down_e, then the d-activation in the
 //     epilogue writes dG and dU (no dH buffer). The per-row dot <q, h> is summed per tile in double
 //     into its own slot and the slots are added in tile order afterwards, so every result is
@@ -23,14 +24,14 @@ struct Tile {
   int64_t e, i0, i1, j0, j1;  // expert; rows [i0, i1) of the expert; columns [j0, j1)
 };
 
-// Output tiles of every expert with rows, rows x N each.
-std::vector<Tile> list_tiles(const int32_t* offsets, int64_t E, int64_t N) {
+// Output tiles of every expert with rows, rows x N each, at most kMT x nc.
+std::vector<Tile> list_tiles(const int32_t* offsets, int64_t E, int64_t N, int64_t nc = kNC) {
   std::vector<Tile> tiles;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t rows = offsets[e + 1] - offsets[e];
-    for (int64_t i0 = 0; i0 < rows; i0 += kMC) {
-      for (int64_t j0 = 0; j0 < N; j0 += kNC) {
-        tiles.push_back({e, i0, i0 + kMC < rows ? i0 + kMC : rows, j0, j0 + kNC < N ? j0 + kNC : N});
+    for (int64_t i0 = 0; i0 < rows; i0 += kMT) {
+      for (int64_t j0 = 0; j0 < N; j0 += nc) {
+        tiles.push_back({e, i0, i0 + kMT < rows ? i0 + kMT : rows, j0, j0 + nc < N ? j0 + nc : N});
       }
     }
   }
@@ -86,34 +87,43 @@ inline T act_grad(Activation act, T u) {
 template <typename T>
 void grouped_ffn_up(const FfnUpArgs<T>& g) {
   const bool swiglu = g.act == Activation::SwiGLU;
-  const std::vector<Tile> tiles = list_tiles(g.offsets, g.E, g.F);
+  // SwiGLU: a tile's gate columns [j0, j1) and up columns [j0, j1) are one GEMM tile of 2 (j1 - j0)
+  // columns (W_gate's rows, then W_up's), so the A rows are packed once for both.
+  const int64_t width = swiglu ? kNC / 2 : kNC;
+  const std::vector<Tile> tiles = list_tiles(g.offsets, g.E, g.F, width);
   parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
     const Tile& tl = tiles[static_cast<size_t>(t)];
     const int64_t off = g.offsets[tl.e], mc = tl.i1 - tl.i0, nc = tl.j1 - tl.j0;
     GemmProblem<T> p;
     p.M = g.offsets[tl.e + 1] - off;
-    p.N = g.F;
     p.K = g.K;
     p.A = rows_of(g.A, g.lda, g.gather, off);
-    p.B = Operand<T>{g.W_up + tl.e * g.F * g.K, 1, g.K, nullptr};  // W_e (F, K) read transposed
-    thread_local std::vector<T> u_buf, g_buf;
-    T* su = scratch(u_buf, kMC * kNC);  // (mc, nc) up tile
-    gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, su, nc);
-    T* sg = nullptr;  // (mc, nc) gate tile
+    const int64_t ncols = swiglu ? 2 * nc : nc;  // columns of the scratch tile
     if (swiglu) {
-      sg = scratch(g_buf, kMC * kNC);
-      p.B.base = g.W_gate + tl.e * g.F * g.K;
-      gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sg, nc);
+      p.N = 2 * nc;  // columns [0, nc): W_gate_e rows j0.., [nc, 2 nc): W_up_e rows j0..
+      p.B = Operand<T>{g.W_gate + (tl.e * g.F + tl.j0) * g.K, 1, g.K, nullptr};
+      p.B.cbase2 = g.W_up + (tl.e * g.F + tl.j0) * g.K;
+      p.B.csplit = nc;
+    } else {
+      p.N = g.F;
+      p.B = Operand<T>{g.W_up + tl.e * g.F * g.K, 1, g.K, nullptr};  // W_e (F, K) read transposed
+    }
+    thread_local std::vector<T> s_buf;
+    T* st = scratch(s_buf, kMT * kNC);  // (mc, ncols): [gate | up] or up
+    if (swiglu) {
+      gemm_tile_to(p, tl.i0, tl.i1, 0, ncols, st, ncols);
+    } else {
+      gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, st, ncols);
     }
     for (int64_t i = 0; i < mc; ++i) {
       const int64_t row = off + tl.i0 + i;
-      const T* u = su + i * nc;
+      const T* u = st + i * ncols + (swiglu ? nc : 0);
       if (g.U) {
         T* dst = g.U + row * g.ldu + tl.j0;
         for (int64_t j = 0; j < nc; ++j) dst[j] = u[j];
       }
       if (swiglu) {
-        const T* gt = sg + i * nc;
+        const T* gt = st + i * ncols;
         if (g.G) {
           T* dst = g.G + row * g.ldg + tl.j0;
           for (int64_t j = 0; j < nc; ++j) dst[j] = gt[j];
@@ -147,7 +157,7 @@ void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
     p.A = rows_of(g.dY, g.ldy, g.gather, off);
     p.B = Operand<T>{g.W_down + tl.e * g.D * g.F, g.F, 1, nullptr};  // W_e (D, F) = (K, N)
     thread_local std::vector<T> q_buf;
-    T* sq = scratch(q_buf, kMC * kNC);  // (mc, nc) q = dY · W_down_e
+    T* sq = scratch(q_buf, kMT * kNC);  // (mc, nc) q = dY · W_down_e
     gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sq, nc);
     for (int64_t i = 0; i < mc; ++i) {
       const int64_t row = off + tl.i0 + i;
@@ -203,7 +213,7 @@ void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& g) {
     const T* w = g.W + tl.e * g.N * g.K;
     p.B = g.trans_w ? Operand<T>{w, g.N, 1, nullptr} : Operand<T>{w, 1, g.K, nullptr};
     thread_local std::vector<T> c_buf;
-    T* sc = scratch(c_buf, kMC * kNC);  // (mc, nc)
+    T* sc = scratch(c_buf, kMT * kNC);  // (mc, nc)
     gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sc, nc);
     for (int64_t i = 0; i < mc; ++i) {
       const int64_t row = off + tl.i0 + i;

@@ -21,9 +21,9 @@ struct Tile {
 
 // Appends the tiles of a problem with an M x N output.
 void add_tiles(std::vector<Tile>& tiles, int64_t problem, int64_t M, int64_t N) {
-  for (int64_t i0 = 0; i0 < M; i0 += kMC) {
+  for (int64_t i0 = 0; i0 < M; i0 += kMT) {
     for (int64_t j0 = 0; j0 < N; j0 += kNC) {
-      tiles.push_back({problem, i0, i0 + kMC < M ? i0 + kMC : M, j0, j0 + kNC < N ? j0 + kNC : N});
+      tiles.push_back({problem, i0, i0 + kMT < M ? i0 + kMT : M, j0, j0 + kNC < N ? j0 + kNC : N});
     }
   }
 }

@@ -25,6 +25,14 @@ MOE_INLINE const T* row_ptr(const Operand<T>& o, int64_t r) {
   return o.base + row * o.rs;
 }
 
+// Start of operand column c (row 0), following cmap, and cbase2 past the column split.
+template <typename T>
+MOE_INLINE const T* col_ptr(const Operand<T>& o, int64_t c) {
+  const int64_t col = o.cmap ? o.cmap[c] : c;
+  if (o.cbase2 && col >= o.csplit) return o.cbase2 + (col - o.csplit) * o.cs;
+  return o.base + col * o.cs;
+}
+
 // Packs A[i0 : i0 + mc, k0 : k0 + kc] into panels of MR rows: dst[panel][k][i], zero padded.
 template <typename T, int MR>
 MOE_INLINE void pack_a(const Operand<T>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* dst) {
@@ -126,14 +134,14 @@ MOE_INLINE void pack_b(const Operand<T>& B, int64_t k0, int64_t kc, int64_t j0, 
         const bool more = jp + 2 * NR <= nc;
         for (int jj = 0; jj < NR; ++jj) {
           const int64_t c = j0 + jp + jj, c2 = c + NR;
-          col[jj] = B.base + (B.cmap ? B.cmap[c] : c) * B.cs + k0;
-          if (more) next[jj] = B.base + (B.cmap ? B.cmap[c2] : c2) * B.cs + k0;
+          col[jj] = col_ptr(B, c) + k0;
+          if (more) next[jj] = col_ptr(B, c2) + k0;
         }
         pack_b_kcontig_32(col, more ? next : nullptr, kc, panel);
         continue;
       }
     }
-    if (B.cs == 1 && cols == NR && !B.cmap) {  // rows of B are contiguous: copy NR at a time
+    if (B.cs == 1 && cols == NR && !B.cmap && !B.cbase2) {  // rows of B are contiguous: copy NR at a time
       for (int64_t k = 0; k < kc; ++k) {
         const T* src = row_ptr(B, k0 + k) + (j0 + jp);
         for (int jj = 0; jj < NR; ++jj) panel[k * NR + jj] = src[jj];
@@ -148,7 +156,7 @@ MOE_INLINE void pack_b(const Operand<T>& B, int64_t k0, int64_t kc, int64_t j0, 
       const int64_t c = j0 + jp + jj;
       const int64_t coff = (B.cmap ? B.cmap[c] : c) * B.cs;
       if (!B.base2) {
-        const T* col = B.base + coff;
+        const T* col = col_ptr(B, c);
         for (int64_t k = 0; k < kc; ++k) {
           const int64_t r = k0 + k;
           panel[k * NR + jj] = col[(B.map ? B.map[r] : r) * B.rs];
@@ -250,15 +258,14 @@ MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64
     return;
   }
   thread_local std::vector<T> a_buf, b_buf;
-  const int64_t mc_pad = (mc + MR - 1) / MR * MR, nc_pad = (nc + NR - 1) / NR * NR;
-  T* ap = scratch(a_buf, mc_pad * kKC);  // (mc_pad / MR, kc, MR)
-  T* bp = scratch(b_buf, nc_pad * kKC);  // (nc_pad / NR, kc, NR)
+  const int64_t nc_pad = (nc + NR - 1) / NR * NR;
+  T* ap = scratch(a_buf, kMC * kKC);     // one block of rows: (kMC / MR, kc, MR)
+  T* bp = scratch(b_buf, nc_pad * kKC);  // (nc_pad / NR, kc, NR), shared by the tile's row blocks
   alignas(64) T out[MR * NR];            // (MR, NR)
   for (int64_t k0 = 0; k0 < p.K; k0 += kKC) {
     const int64_t kc = p.K - k0 < kKC ? p.K - k0 : kKC;
     const bool first = k0 == 0;
     pack_b<T, NR>(p.B, k0, kc, j0, nc, bp);
-    pack_a<T, MR>(p.A, i0, mc, k0, kc, ap);
     // Adds (or, in the first K block, writes) one computed row piece o (cols) to C row i, column jp.
     auto store = [&](int64_t i, int64_t jp, int64_t cols, const T* o) {
       T* c = C + i * ldc + jp;  // (cols)
@@ -270,31 +277,35 @@ MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64
         for (int64_t j = 0; j < cols; ++j) c[j] = p.alpha * o[j] + p.beta * c[j];
       }
     };
-    const int64_t full = mc / MR * MR;  // rows in full MR panels
-    for (int64_t jp = 0; jp < nc; jp += NR) {
-      const int64_t cols = nc - jp < NR ? nc - jp : NR;
-      for (int64_t ip = 0; ip < full; ip += MR) {
-        micro_kernel<T, MR, NR, VB>(kc, ap + ip * kc, bp + jp * kc, out);
-        for (int64_t i = 0; i < MR; ++i) store(ip + i, jp, cols, out + i * NR);
-      }
-    }
-    if (full == mc) continue;
-    constexpr int NP = 4;
-    alignas(64) T rout[NP * NR];  // (NP, NR)
-    const T* ar = ap + full * kc;  // the last, partial panel (kc, MR)
-    for (int64_t i = 0; i < mc - full; ++i) {
-      for (int64_t jp = 0; jp < nc; jp += NP * NR) {
-        const int64_t np = (nc - jp + NR - 1) / NR < NP ? (nc - jp + NR - 1) / NR : NP;
-        const T* b = bp + jp * kc;
-        switch (np) {
-          case 4: row_kernel<T, NR, VB, 4>(kc, ar + i, MR, b, NR * kc, rout); break;
-          case 3: row_kernel<T, NR, VB, 3>(kc, ar + i, MR, b, NR * kc, rout); break;
-          case 2: row_kernel<T, NR, VB, 2>(kc, ar + i, MR, b, NR * kc, rout); break;
-          default: row_kernel<T, NR, VB, 1>(kc, ar + i, MR, b, NR * kc, rout); break;
+    for (int64_t ib = 0; ib < mc; ib += kMC) {  // blocks of kMC rows against the packed B
+      const int64_t mb = mc - ib < kMC ? mc - ib : kMC;
+      pack_a<T, MR>(p.A, i0 + ib, mb, k0, kc, ap);
+      const int64_t full = mb / MR * MR;  // rows in full MR panels
+      for (int64_t jp = 0; jp < nc; jp += NR) {
+        const int64_t cols = nc - jp < NR ? nc - jp : NR;
+        for (int64_t ip = 0; ip < full; ip += MR) {
+          micro_kernel<T, MR, NR, VB>(kc, ap + ip * kc, bp + jp * kc, out);
+          for (int64_t i = 0; i < MR; ++i) store(ib + ip + i, jp, cols, out + i * NR);
         }
-        for (int64_t q = 0; q < np; ++q) {
-          const int64_t j = jp + q * NR;
-          store(full + i, j, nc - j < NR ? nc - j : NR, rout + q * NR);
+      }
+      if (full == mb) continue;
+      constexpr int NP = 4;
+      alignas(64) T rout[NP * NR];  // (NP, NR)
+      const T* ar = ap + full * kc;  // the last, partial panel (kc, MR)
+      for (int64_t i = 0; i < mb - full; ++i) {
+        for (int64_t jp = 0; jp < nc; jp += NP * NR) {
+          const int64_t np = (nc - jp + NR - 1) / NR < NP ? (nc - jp + NR - 1) / NR : NP;
+          const T* b = bp + jp * kc;
+          switch (np) {
+            case 4: row_kernel<T, NR, VB, 4>(kc, ar + i, MR, b, NR * kc, rout); break;
+            case 3: row_kernel<T, NR, VB, 3>(kc, ar + i, MR, b, NR * kc, rout); break;
+            case 2: row_kernel<T, NR, VB, 2>(kc, ar + i, MR, b, NR * kc, rout); break;
+            default: row_kernel<T, NR, VB, 1>(kc, ar + i, MR, b, NR * kc, rout); break;
+          }
+          for (int64_t q = 0; q < np; ++q) {
+            const int64_t j = jp + q * NR;
+            store(ib + full + i, j, nc - j < NR ? nc - j : NR, rout + q * NR);
+          }
         }
       }
     }

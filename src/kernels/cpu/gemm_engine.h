@@ -3,9 +3,12 @@
 // One problem is C (M, N) = alpha * A (M, K) · B (K, N) + beta * C, where each operand is read
 // through strides and an optional row map (the gather of token rows happens while packing, so no
 // permuted copy of the activations is made). Work is split into output tiles of at most
-// kMC x kNC; a tile is computed by exactly one thread:
-//   for each K block of kKC:  pack B (kKC x kNC) in panels of NR columns, A (kMC x kKC) in panels
-//                             of MR rows, run the MR x NR register-tiled micro-kernel per panel pair
+// kMT x kNC; a tile is computed by exactly one thread:
+//   for each K block of kKC:  pack B (kKC x kNC) in panels of NR columns once, then for each block
+//                             of kMC rows pack A (kMC x kKC) in panels of MR rows and run the
+//                             MR x NR register-tiled micro-kernel per panel pair
+// (B's packing is shared by the kMT / kMC row blocks of a tile: packing it per kMC rows cost about
+// a seventh of a large GEMM's time).
 // Each element is the sum over K blocks (in order) of a sequential sum within the block, so results
 // do not depend on the thread count or on which tile a thread takes. The micro-kernel is compiled
 // for several instruction sets (function-level target attributes), picked once at run time.
@@ -18,7 +21,9 @@ namespace moe::kernels::cpu {
 
 // Element (r, c) of an operand = base[row(r) * rs + col(c) * cs], row(r) = map ? map[r] : r,
 // col(c) = cmap ? cmap[c] : c. With base2 set, rows row(r) >= split read base2[(row(r) - split) * rs
-// + col(c) * cs] instead (two weight stacks one after the other, without a copy).
+// + col(c) * cs] instead (two weight stacks one after the other, without a copy). With cbase2 set
+// (B operands only, not with base2), columns col(c) >= csplit read cbase2[row(r) * rs + (col(c) -
+// csplit) * cs] (two weights side by side: the gate and up projections as one GEMM).
 template <typename T>
 struct Operand {
   const T* base = nullptr;
@@ -28,6 +33,8 @@ struct Operand {
   const int32_t* cmap = nullptr;
   const T* base2 = nullptr;
   int64_t split = 0;
+  const T* cbase2 = nullptr;
+  int64_t csplit = 0;
 };
 
 template <typename T>
@@ -42,11 +49,14 @@ struct GemmProblem {
 };
 
 // Tile sizes shared by all instruction sets (kMC is a multiple of every MR, kNC of every NR).
+// Rows per output tile (kMT) do not change any result: only kKC and the micro-kernel's shape fix
+// the order of the sums.
+constexpr int64_t kMT = 384;
 constexpr int64_t kMC = 96;
 constexpr int64_t kNC = 256;
 constexpr int64_t kKC = 256;
 
-// Computes C[i0:i1, j0:j1] of the problem; i1 - i0 <= kMC, j1 - j0 <= kNC.
+// Computes C[i0:i1, j0:j1] of the problem; i1 - i0 <= kMT, j1 - j0 <= kNC.
 template <typename T>
 void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 
