@@ -240,9 +240,10 @@ void grouped_gemm_wgrad(Backend b, const GroupedWgradArgs<T>& g) {
   check_rows_ptr(op, "dC", g.dC, rows);
   check_rows_ptr(op, "A", g.A, rows);
   check_stride(op, "ldc", g.ldc, g.N);
-  check_stride(op, "lda", g.lda, g.K);
+  check_stride(op, "lda", g.lda, g.a_preact && g.act == Activation::SwiGLU ? 2 * g.K : g.K);
   if (g.gather && rows > 0) check_rows(op, "gather", g.gather, rows);
   if (g.dC_gather && rows > 0) check_rows(op, "dC_gather", g.dC_gather, rows);
+  MOE_CHECK(!g.a_scale || g.a_preact, op, ": a_scale scales pre-activation rows (a_preact) only");
   switch (b) {
     case Backend::Ref:
       return ref::grouped_gemm_wgrad(g);
@@ -251,6 +252,7 @@ void grouped_gemm_wgrad(Backend b, const GroupedWgradArgs<T>& g) {
     case Backend::Cuda:
       check_cuda<T>(op);
       MOE_CHECK(g.dC_gather == nullptr, op, ": dC_gather is not implemented on cuda");
+      MOE_CHECK(!g.a_preact && g.a_scale == nullptr, op, ": a_preact and a_scale are not implemented on cuda");
 #ifdef MOE_HAVE_CUDA
       if constexpr (std::is_same_v<T, float>) cuda::grouped_gemm_wgrad(g);
 #endif
@@ -485,7 +487,7 @@ void grouped_gemm_scatter(Backend b, const GroupedGemmScatterArgs<T>& g) {
   if (g.K > 0) {
     check_rows_ptr(op, "A", g.A, rows);
     check_ptr(op, "W", g.W);
-    check_stride(op, "lda", g.lda, g.K);
+    check_stride(op, "lda", g.lda, g.a_preact && g.act == Activation::SwiGLU ? 2 * g.K : g.K);
   }
   if (g.gather && rows > 0) check_rows(op, "gather", g.gather, rows);
   if (g.out_row && rows > 0) check_rows(op, "out_row", g.out_row, rows);

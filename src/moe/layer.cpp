@@ -42,10 +42,12 @@ void mm(Backend be, int64_t M, int64_t N, int64_t K, const T* A, bool ta, const 
   kernels::gemm(be, g);
 }
 
-// dW_e (N, K) = Σ_p dC[crow(p)]^T · A[row(p)], dC rows of stride ldc read through dC_gather.
+// dW_e (N, K) = Σ_p dC[crow(p)]^T · A[row(p)], dC rows of stride ldc read through dC_gather. With
+// preact, A holds saved pre-activations and row p stands for a_scale[p] * act(A[p]).
 template <typename T>
 void wgrad_rows(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const T* dC, int64_t ldc,
-                const int32_t* dC_gather, const T* A, bool gather, T* dW, T beta = 0) {
+                const int32_t* dC_gather, const T* A, bool gather, T* dW, T beta = 0,
+                const kernels::Activation* preact = nullptr, const T* a_scale = nullptr) {
   kernels::GroupedWgradArgs<T> g;
   g.E = static_cast<int64_t>(b.offsets.size()) - 1;
   g.N = N;
@@ -55,10 +57,15 @@ void wgrad_rows(Backend be, const ExpertBatch<T>& b, int64_t N, int64_t K, const
   g.ldc = ldc;
   g.dC_gather = dC_gather;
   g.A = A;
-  g.lda = K;
+  g.lda = preact && *preact == Activation::SwiGLU ? 2 * K : K;
   g.gather = gather && !b.gather.empty() ? b.gather.data() : nullptr;
   g.dW = dW;
   g.beta = beta;
+  if (preact) {  // A = a_scale * act(saved pre-activations), made while packing
+    g.a_preact = true;
+    g.act = *preact;
+    g.a_scale = a_scale;
+  }
   kernels::grouped_gemm_wgrad(be, g);
 }
 
@@ -74,7 +81,8 @@ PreAct<T> pre_act(bool swiglu, T* base, int64_t F) {
   return swiglu ? PreAct<T>{base, base + F, 2 * F} : PreAct<T>{nullptr, base, F};
 }
 
-// H (M, F) = act([G | U]) of A's rows through the fused gate/up grouped GEMM; saves G and U.
+// [G | U] (or U) of A's rows through the fused gate/up grouped GEMM, and H (M, F) = act([G | U])
+// when H is not null.
 template <typename T>
 void ffn_up(Backend be, Activation a, const ExpertBatch<T>& b, int64_t F, int64_t K, const T* A, const T* Wg,
             const T* Wu, PreAct<T> pa, T* H) {
@@ -217,6 +225,9 @@ struct Saved {
   Tensor GUs, g;             // shared experts: pre-activations (T, 2Fs) or (T, Fs), gate (T, 1)
   ExpertBatch<T> shared;     // the shared FFN as one expert over all T rows
   bool bf16 = false;         // ran on bf16 expert weights: inference only, nothing saved
+  // Backward writes the pre-activations' gradients over them (parts[].GU, GUs): one backward per
+  // forward.
+  mutable bool consumed = false;
 };
 
 const uint16_t* bf16_ptr(const Tensor& t) {
@@ -388,11 +399,11 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
       }
       return;
     }
-    // Only the pre-activations stay for backward; H and the expert outputs are freed after use.
+    // Only the pre-activations stay for backward; the hidden activation H is never stored (the
+    // down projection makes it from [G | U] while packing its A panels).
     p.GU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "expert pre-activations");
-    Tensor H = Tensor::empty({M, F}, dt, "expert hidden");
     ffn_up<T>(be, cfg.activation, b, F, d, b.x_rows, ptr<T>(P.w_gate), P.w_up.data<T>(),
-              pre_act(swiglu, ptr<T>(p.GU), F), ptr<T>(H));
+              pre_act(swiglu, ptr<T>(p.GU), F), nullptr);
     // Down projection; its epilogue scales each row by its routing weight and stores it at its
     // row of the output buffer (the row of its assignment for the local dispatcher, so the combine
     // is a plain per-token sum of k rows in slot order; the row it came in for the all-to-all).
@@ -401,8 +412,10 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
     gs.N = d;
     gs.K = F;
     gs.offsets = b.offsets.data();
-    gs.A = ptr<T>(H);
-    gs.lda = F;
+    gs.A = ptr<T>(p.GU);
+    gs.lda = swiglu ? 2 * F : F;
+    gs.a_preact = true;
+    gs.act = cfg.activation;
     gs.W = P.w_down.data<T>();
     gs.scale = w_rows.data();
     gs.out_row = b.out_row.data();
@@ -432,10 +445,21 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
       }
     } else {
       S.GUs = Tensor::empty({nT, swiglu ? 2 * Fs : Fs}, dt, "shared pre-activations");
-      Tensor Hs = Tensor::empty({nT, Fs}, dt, "shared hidden");
       ffn_up<T>(be, cfg.activation, S.shared, Fs, d, x, ptr<T>(P.shared_w_gate), P.shared_w_up.data<T>(),
-                pre_act(swiglu, ptr<T>(S.GUs), Fs), ptr<T>(Hs));
-      mm<T>(be, nT, d, Fs, ptr<T>(Hs), false, P.shared_w_down.data<T>(), true, ptr<T>(Ys));
+                pre_act(swiglu, ptr<T>(S.GUs), Fs), nullptr);
+      kernels::GroupedGemmScatterArgs<T> gs;  // Ys = act(GUs) · W_sd^T, H made while packing
+      gs.E = 1;
+      gs.N = d;
+      gs.K = Fs;
+      gs.offsets = S.shared.offsets.data();
+      gs.A = ptr<T>(S.GUs);
+      gs.lda = swiglu ? 2 * Fs : Fs;
+      gs.a_preact = true;
+      gs.act = cfg.activation;
+      gs.W = P.shared_w_down.data<T>();
+      gs.C = ptr<T>(Ys);
+      gs.ldc = d;
+      kernels::grouped_gemm_scatter(be, gs);
     }
     T* y = out.y.data<T>();
     const T* ys = ptr<T>(Ys);
@@ -471,6 +495,9 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   const Saved<T>& S = *static_cast<const Saved<T>*>(fwd.saved.get());
   MOE_CHECK(!S.bf16, "MoE backward: this forward ran on bf16 or executor-held expert weights (an inference path "
                      "that keeps no activations); call set_bf16_expert_weights(false) to train");
+  MOE_CHECK(!S.consumed, "MoE backward: this forward's backward has already run (it writes the gradients of the "
+                         "saved pre-activations over them); run the forward again");
+  S.consumed = true;
   const Routing& r = fwd.routing;
   const int64_t nT = r.n_tokens, N = r.n_assign;
   check_shape(dy_in, {nT, d}, "dy");
@@ -516,16 +543,16 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
     const T beta = c == 0 ? T(0) : T(1);
     const T* dY = dYs[c];
     dw_rows[c].resize(static_cast<size_t>(M));
-    const PreAct<T> pa = pre_act(swiglu, ptr<T>(p.GU), F);
-    Tensor dGU = Tensor::empty({M, swiglu ? 2 * F : F}, dt, "d expert pre-activations");
-    const PreAct<T> dpa = pre_act(swiglu, ptr<T>(dGU), F);
-    Tensor Hs = Tensor::empty({M, F}, dt, "weighted expert hidden");
-    ffn_down_backward<T>(be, cfg.activation, b, F, d, dY, b.weight.data(), P.w_down.data<T>(), pa, dpa, ptr<T>(Hs),
-                         dw_rows[c].data());
-    // d W_down_e (d, F) = Σ_p (w_p dy_t)^T h_p = Σ_p dy_t^T Hs_p: dy's token rows read by gather.
+    // d W_down_e (d, F) = Σ_p (w_p dy_t)^T h_p: dy's token rows read by gather, w_p h_p made from
+    // the saved [G | U] while packing (no H buffer). It runs first: the fused backward below writes
+    // [dG | dU] over [G | U].
     const int32_t* tok = b.gather.empty() ? nullptr : b.gather.data();
-    wgrad_rows<T>(be, b, d, F, dY, d, tok, ptr<T>(Hs), false, g.w_down.data<T>(), beta);
-    Hs = Tensor();
+    wgrad_rows<T>(be, b, d, F, dY, d, tok, ptr<T>(p.GU), false, g.w_down.data<T>(), beta, &cfg.activation,
+                  b.weight.data());
+    const PreAct<T> pa = pre_act(swiglu, ptr<T>(p.GU), F);
+    const PreAct<T> dpa = pa;  // in place
+    ffn_down_backward<T>(be, cfg.activation, b, F, d, dY, b.weight.data(), P.w_down.data<T>(), pa, dpa, nullptr,
+                         dw_rows[c].data());
     wgrad_rows<T>(be, b, F, d, dpa.U, dpa.ld, nullptr, b.x_rows, true, g.w_up.data<T>(), beta);
     if (swiglu) wgrad_rows<T>(be, b, F, d, dpa.G, dpa.ld, nullptr, b.x_rows, true, g.w_gate.data<T>(), beta);
     // Input gradient: one grouped GEMM over K = 2F, then each token sums its rows in fixed order.
@@ -578,14 +605,13 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   if (Fs > 0) {
     const T* gate = cfg.shared_gate ? ptr<T>(S.g) : nullptr;  // (T) or null
     std::vector<T> dgate(cfg.shared_gate ? static_cast<size_t>(nT) : 0);
+    // W_sd's gradient Σ dy^T (gate * h) from the saved pre-activations first, then [dG | dU] over them.
+    wgrad_rows<T>(be, S.shared, d, Fs, dy, d, nullptr, ptr<T>(S.GUs), false, g.shared_w_down.data<T>(), T(0),
+                  &cfg.activation, gate);
     const PreAct<T> pa = pre_act(swiglu, ptr<T>(S.GUs), Fs);
-    Tensor dGUs = Tensor::empty({nT, swiglu ? 2 * Fs : Fs}, dt, "d shared pre-activations");
-    const PreAct<T> dpa = pre_act(swiglu, ptr<T>(dGUs), Fs);
-    Tensor Hss = Tensor::empty({nT, Fs}, dt, "gated shared hidden");
-    ffn_down_backward<T>(be, cfg.activation, S.shared, Fs, d, dy, gate, P.shared_w_down.data<T>(), pa, dpa,
-                         ptr<T>(Hss), cfg.shared_gate ? dgate.data() : nullptr);
-    wgrad_rows<T>(be, S.shared, d, Fs, dy, d, nullptr, ptr<T>(Hss), false, g.shared_w_down.data<T>());
-    Hss = Tensor();
+    const PreAct<T> dpa = pa;  // in place
+    ffn_down_backward<T>(be, cfg.activation, S.shared, Fs, d, dy, gate, P.shared_w_down.data<T>(), pa, dpa, nullptr,
+                         cfg.shared_gate ? dgate.data() : nullptr);
     if (cfg.shared_gate) {
       Tensor dgl = Tensor::empty({nT, 1}, dt, "d shared gate logit");
       T* dz = dgl.data<T>();

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "moe/core/error.h"
 #include "op_cases.h"
@@ -28,6 +29,24 @@ double tol_sum(int64_t n, double magnitude) {
 
 double sigmoid(double a) { return 1.0 / (1.0 + std::exp(-a)); }
 
+// h of element k of a stored pre-activation row x ([G | U] with halves of `half` values for
+// SwiGLU, else `half` values U) and a bound on its rounding error (the elementwise chain, 16 u
+// relative to its largest factors).
+template <typename T>
+double pre_h(Activation act, int64_t half, const double* x, int64_t k, double& err) {
+  const double u16 = 16 * unit_roundoff<T>();
+  if (act == Activation::SwiGLU) {
+    const double gv = x[k], u = x[half + k];
+    err = u16 * (std::fabs(gv) + 1) * std::fabs(u);
+    return gv * sigmoid(gv) * u;
+  }
+  const double u = x[k];
+  err = u16 * (std::fabs(u) + 1);
+  if (act == Activation::Relu) return std::max(u, 0.0);
+  if (act == Activation::Silu) return u * sigmoid(u);
+  return 0.5 * u * (1.0 + std::erf(u / std::sqrt(2.0)));
+}
+
 struct FfnShape {
   int64_t T, E, k;
   Pattern pattern = Pattern::Random;
@@ -39,12 +58,15 @@ struct FfnShape {
   bool optional = true;  // optional outputs requested (G/U for up; Hs, dscale and scale for down)
   double beta = 0;       // cat only
   bool trans_w = false;  // scatter only
+  bool preact = false;   // scatter and wgrad(dC_gather): A given as pre-activations (a_preact)
+  bool inplace = false;  // down backward: dG, dU written over G, U (packed only)
 };
 
 std::string ffn_params(const FfnShape& s) {
   return cat("T=", s.T, ",E=", s.E, ",k=", s.k, ",", pattern_name(s.pattern), s.drop > 0 ? cat(",drop=", s.drop) : "",
              ",F=", s.F, ",K=", s.K, ",", kernels::activation_name(s.act), s.gather ? ",gather" : ",gather=null",
-             s.packed ? ",packed" : "", s.optional ? "" : ",no-optional", s.beta != 0 ? cat(",beta=", s.beta) : "");
+             s.packed ? ",packed" : "", s.optional ? "" : ",no-optional", s.beta != 0 ? cat(",beta=", s.beta) : "",
+             s.preact ? ",preact" : "", s.inplace ? ",inplace" : "");
 }
 
 template <typename T>
@@ -78,6 +100,8 @@ class FfnBase : public OpCase {
     return e;
   }
   int64_t ld() const { return swiglu() && s_.packed ? 2 * s_.F : s_.F; }
+  // Width of the A rows a preact case stores: ld() for pre-activations, else F.
+  int64_t a_width() const { return s_.preact ? (swiglu() ? 2 * s_.F : s_.F) : s_.F; }
   FfnShape s_;
 };
 
@@ -230,6 +254,10 @@ class FfnDownBackwardCase : public FfnBase<T> {
     const int64_t uoff = this->swiglu() && s.packed ? s.F : 0;
     T* gu = b.arg<T>(kGU);
     T* dgu = b.arg<T>(kDGU);
+    if (s.inplace && dgu) {  // dG, dU over G, U: run on a copy of GU held in dGU
+      std::copy(gu, gu + b[kGU].count, dgu);
+      gu = dgu;
+    }
     g.G = this->swiglu() ? gu : nullptr, g.ldg = this->ld();
     g.U = sep ? b.arg<T>(kU) : (gu ? gu + uoff : nullptr), g.ldu = sep ? s.F : this->ld();
     g.dG = this->swiglu() ? dgu : nullptr, g.lddg = this->ld();
@@ -373,7 +401,7 @@ class ScatterCase : public FfnBase<T> {
     const Routing rt = this->routing(seed);
     const Rng rng(seed);
     Buffers b;
-    this->add_common(rng, rt, s.F, b);
+    this->add_common(rng, rt, this->a_width(), b);
     b.add<T>("W", s.E * s.F * s.K);
     b.add<T>("scale", s.optional ? rt.rows() : 0);
     b.add<int32_t>("out_row", s.gather ? rt.rows() : 0);
@@ -388,7 +416,8 @@ class ScatterCase : public FfnBase<T> {
     const FfnShape& s = this->s_;
     kernels::GroupedGemmScatterArgs<T> g;
     g.E = s.E, g.N = s.K, g.K = s.F;
-    g.offsets = b.arg<int32_t>(0), g.A = b.arg<T>(2), g.lda = s.F;
+    g.offsets = b.arg<int32_t>(0), g.A = b.arg<T>(2), g.lda = this->a_width();
+    g.a_preact = s.preact, g.act = s.act;
     g.gather = s.gather ? b.arg<int32_t>(1) : nullptr;
     g.W = b.arg<T>(kW), g.trans_w = s.trans_w;
     g.scale = s.optional ? b.arg<T>(kScale) : nullptr;
@@ -403,13 +432,20 @@ class ScatterCase : public FfnBase<T> {
       const int64_t e = this->expert_of(in, p), row = this->row_of(in, p);
       const double sc = s.optional ? std::fabs(in[kScale].get(p)) : 1.0;
       const int64_t out = s.gather ? in.host<int32_t>(kOut)[p] : p;
+      std::vector<double> a(static_cast<size_t>(s.F)), aerr(static_cast<size_t>(s.F), 0.0);
+      std::vector<double> x(static_cast<size_t>(this->a_width()));
+      for (int64_t k = 0; k < this->a_width(); ++k) x[static_cast<size_t>(k)] = in[2].get(row * this->a_width() + k);
+      for (int64_t k = 0; k < s.F; ++k)
+        a[static_cast<size_t>(k)] =
+            s.preact ? pre_h<T>(s.act, s.F, x.data(), k, aerr[static_cast<size_t>(k)]) : x[static_cast<size_t>(k)];
       for (int64_t n = 0; n < s.K; ++n) {
-        double mag = 0;
+        double mag = 0, herr = 0;
         for (int64_t k = 0; k < s.F; ++k) {
-          const int64_t w = e * s.F * s.K + (s.trans_w ? k * s.K + n : n * s.F + k);
-          mag += std::fabs(in[2].get(row * s.F + k) * in[kW].get(w));
+          const double w = std::fabs(in[kW].get(e * s.F * s.K + (s.trans_w ? k * s.K + n : n * s.F + k)));
+          mag += std::fabs(a[static_cast<size_t>(k)]) * w;
+          herr += aerr[static_cast<size_t>(k)] * w;
         }
-        tol[static_cast<size_t>(out * s.K + n)] = tol_sum<T>(s.F + 2, sc * mag);
+        tol[static_cast<size_t>(out * s.K + n)] = tol_sum<T>(s.F + 2, sc * mag) + sc * herr;
       }
     }
     return tol;
@@ -440,18 +476,24 @@ class WgradGatherCase : public FfnBase<T> {
     const Rng rng(seed);
     Buffers b;
     this->add_common(rng, rt, s.F, b);  // X is dC: (T or rows, F)
-    b.add<T>("A", rt.rows() * s.K);
+    b.add<T>("A", rt.rows() * a_w());
     b.add<T>("dW", s.E * s.F * s.K, Role::Out);
+    b.add<T>("a_scale", s.preact && s.optional ? rt.rows() : 0);
     fill_values(rng.fork(11), b.host<T>(kA), b[kA].count);
+    fill_values(rng.fork(12), b.host<T>(kScale), b[kScale].count);
     return b;
   }
+  // A's row width: K values, or with preact the pre-activations of K values (2K for SwiGLU).
+  int64_t a_w() const { return this->s_.preact && this->swiglu() ? 2 * this->s_.K : this->s_.K; }
   void run(Backend be, Buffers& b) const override {
     const FfnShape& s = this->s_;
     kernels::GroupedWgradArgs<T> g;
     g.E = s.E, g.N = s.F, g.K = s.K;
     g.offsets = b.arg<int32_t>(0);
     g.dC = b.arg<T>(2), g.ldc = s.F, g.dC_gather = s.gather ? b.arg<int32_t>(1) : nullptr;
-    g.A = b.arg<T>(kA), g.lda = s.K;
+    g.A = b.arg<T>(kA), g.lda = a_w();
+    g.a_preact = s.preact, g.act = s.act;
+    g.a_scale = s.preact && s.optional ? b.arg<T>(kScale) : nullptr;
     g.dW = b.arg<T>(kDW);
     kernels::grouped_gemm_wgrad(be, g);
   }
@@ -459,13 +501,35 @@ class WgradGatherCase : public FfnBase<T> {
     const FfnShape& s = this->s_;
     std::vector<double> tol(static_cast<size_t>(in[id].count), 0.0);
     const int32_t* off = in.host<int32_t>(0);
+    // A's values (scale * h with preact) and their errors, (rows, K).
+    const int64_t M = this->rows(in);
+    std::vector<double> a(static_cast<size_t>(M * s.K)), aerr(static_cast<size_t>(M * s.K), 0.0);
+    std::vector<double> x(static_cast<size_t>(a_w()));
+    for (int64_t p = 0; p < M; ++p) {
+      for (int64_t k = 0; k < a_w(); ++k) x[static_cast<size_t>(k)] = in[kA].get(p * a_w() + k);
+      const double sc = s.preact && s.optional ? in[kScale].get(p) : 1.0;
+      for (int64_t k = 0; k < s.K; ++k) {
+        const size_t i = static_cast<size_t>(p * s.K + k);
+        if (!s.preact) {
+          a[i] = x[static_cast<size_t>(k)];
+          continue;
+        }
+        double err = 0;
+        const double h = pre_h<T>(s.act, s.K, x.data(), k, err);
+        a[i] = sc * h;
+        aerr[i] = std::fabs(sc) * (err + unit_roundoff<T>() * std::fabs(h));
+      }
+    }
     for (int64_t e = 0; e < s.E; ++e) {
       for (int64_t n = 0; n < s.F; ++n) {
         for (int64_t k = 0; k < s.K; ++k) {
-          double mag = 0;
-          for (int64_t p = off[e]; p < off[e + 1]; ++p)
-            mag += std::fabs(in[2].get(this->row_of(in, p) * s.F + n) * in[kA].get(p * s.K + k));
-          tol[static_cast<size_t>((e * s.F + n) * s.K + k)] = tol_sum<T>(off[e + 1] - off[e] + 1, mag);
+          double mag = 0, herr = 0;
+          for (int64_t p = off[e]; p < off[e + 1]; ++p) {
+            const double dc = std::fabs(in[2].get(this->row_of(in, p) * s.F + n));
+            mag += dc * std::fabs(a[static_cast<size_t>(p * s.K + k)]);
+            herr += dc * aerr[static_cast<size_t>(p * s.K + k)];
+          }
+          tol[static_cast<size_t>((e * s.F + n) * s.K + k)] = tol_sum<T>(off[e + 1] - off[e] + 1, mag) + herr;
         }
       }
     }
@@ -478,7 +542,7 @@ class WgradGatherCase : public FfnBase<T> {
   }
 
  private:
-  enum { kA = 3, kDW = 4 };
+  enum { kA = 3, kDW = 4, kScale = 5 };
 };
 
 template <typename T>
@@ -497,6 +561,25 @@ void add_ffn_cases_typed(CaseList& out) {
   shapes.push_back({20, 4, 2, Pattern::Random, 1.0, 8, 8});               // everything dropped: no rows
   shapes.push_back({0, 4, 2, Pattern::Random, 0, 8, 8});                  // no tokens
   shapes.push_back({200, 3, 2, Pattern::Random, 0.1, 300, 270});          // several row, column and K tiles
+  // A as pre-activations (scatter, wgrad) and the down backward in place, every activation.
+  std::vector<FfnShape> pre;
+  for (Activation act : {Activation::SwiGLU, Activation::Gelu, Activation::Relu, Activation::Silu}) {
+    pre.push_back({17, 4, 2, Pattern::Random, 0.2, 13, 11, act, true});
+    pre.push_back({17, 4, 2, Pattern::Random, 0.2, 13, 11, act, false, true, false});
+  }
+  pre.push_back({200, 3, 2, Pattern::Random, 0.1, 300, 270});  // several row, column and K tiles
+  pre.push_back({45, 16, 2, Pattern::EvenOnly, 0, 10, 6});
+  for (FfnShape s : pre) {
+    s.preact = true;
+    FfnShape sc = s;
+    sc.trans_w = !s.gather;
+    out.push_back(std::make_unique<ScatterCase<T>>(sc));
+    out.push_back(std::make_unique<WgradGatherCase<T>>(s));
+    FfnShape ip = s;
+    ip.preact = false;
+    ip.inplace = true;
+    out.push_back(std::make_unique<FfnDownBackwardCase<T>>(ip));
+  }
   for (const FfnShape& s : shapes) {
     out.push_back(std::make_unique<FfnUpCase<T>>(s));
     out.push_back(std::make_unique<FfnDownBackwardCase<T>>(s));

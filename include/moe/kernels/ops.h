@@ -58,6 +58,14 @@ struct PermuteArgs {
 };
 void permute(Backend b, const PermuteArgs& args);
 
+// Activation of an expert FFN (see the activation ops below).
+enum class Activation { SwiGLU, Gelu, Relu, Silu };
+
+// An A operand given as saved pre-activations (a_preact): row q of A is the activation h of the
+// stored row, computed while the GEMM packs its operands (no H buffer): SwiGLU rows [G | U] of 2K
+// values give h = silu(G) * U (K values); the other activations read K values U and give act(U).
+// lda is the stride of the stored rows. Not implemented on the cuda backend (moe::Error).
+
 // ---------------------------------------------------------------------------------------------
 // grouped_gemm: one GEMM per expert over its rows, all experts in one call.
 //   For expert e and each row p in [offsets[e], offsets[e+1]):
@@ -97,13 +105,18 @@ struct GroupedWgradArgs {
   // When set, dC's row for sorted row p is dC_gather[p] (e.g. the token row of dY), else p.
   // Not implemented on the cuda backend (moe::Error).
   const int32_t* dC_gather = nullptr;  // (offsets[E]) or null
+  // A as saved pre-activations (see a_preact above), its row for sorted row p scaled by a_scale[p]
+  // (null: no scale): W_down's gradient Σ dY^T (scale * h) from [G | U] without an H buffer.
+  bool a_preact = false;
+  Activation act = Activation::SwiGLU;
+  const T* a_scale = nullptr;  // (offsets[E]) or null
 };
 template <typename T>
 void grouped_gemm_wgrad(Backend b, const GroupedWgradArgs<T>& args);
 
 // ---------------------------------------------------------------------------------------------
-// Activations. SwiGLU: out = silu(a) * b. Gelu (exact, erf), Relu, Silu: out = act(a), b unused.
-enum class Activation { SwiGLU, Gelu, Relu, Silu };
+// Activations (the ops below). SwiGLU: out = silu(a) * b. Gelu (exact, erf), Relu, Silu: out =
+// act(a), b unused.
 const char* activation_name(Activation a);
 Activation activation_from_name(const std::string& name);  // "swiglu", "gelu", "relu", "silu"
 
@@ -207,7 +220,8 @@ void grouped_ffn_up(Backend b, const FfnUpArgs<T>& args);
 //                       dU[p] = dH * act'(u)                               (otherwise)
 //   dscale[p] = <q, h>  (the gradient of scale[p]; when dscale is not null)
 //   Hs[p]     = scale[p] * h  (when Hs is not null: the A operand of W_down's weight gradient)
-//   scale null means all ones. W_down_e is (D, F).
+//   scale null means all ones. W_down_e is (D, F). dG and dU may be G and U themselves (the same
+//   rows and strides): each element is read before its gradient is written over it.
 template <typename T>
 struct FfnDownBackwardArgs {
   Activation act = Activation::SwiGLU;
@@ -270,6 +284,9 @@ struct GroupedGemmScatterArgs {
   const int32_t* out_row = nullptr;  // (offsets[E]) or null
   T* C = nullptr;                    // rows of length N, row stride ldc
   int64_t ldc = 0;
+  // A as saved pre-activations (see a_preact above): the down projection of [G | U] without H.
+  bool a_preact = false;
+  Activation act = Activation::SwiGLU;
 };
 template <typename T>
 void grouped_gemm_scatter(Backend b, const GroupedGemmScatterArgs<T>& args);

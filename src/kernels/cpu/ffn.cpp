@@ -7,7 +7,8 @@
 //     epilogue writes dG and dU (no dH buffer). The per-row dot <q, h> is summed per tile in double
 //     into its own slot and the slots are added in tile order afterwards, so every result is
 //     independent of the thread count.
-//   grouped_gemm_scatter: per tile, the scaled rows are stored at their output rows (one owner each).
+//   grouped_gemm_scatter: per tile, the scaled rows are stored at their output rows (one owner each);
+//     with a_preact the A rows are the activation of saved pre-activations, made while packing.
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -210,6 +211,11 @@ void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& g) {
     p.N = g.N;
     p.K = g.K;
     p.A = rows_of(g.A, g.lda, g.gather, off);
+    if (g.a_preact) {  // A[p, k] = h[p, k] of the stored pre-activations
+      p.A.pre = true;
+      p.A.act = g.act;
+      p.A.xoff = g.K;
+    }
     const T* w = g.W + tl.e * g.N * g.K;
     p.B = g.trans_w ? Operand<T>{w, g.N, 1, nullptr} : Operand<T>{w, 1, g.K, nullptr};
     thread_local std::vector<T> c_buf;

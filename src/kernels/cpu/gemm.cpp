@@ -98,6 +98,12 @@ void grouped_gemm_wgrad(const GroupedWgradArgs<T>& g) {
                       : Operand<T>{g.dC + off * g.ldc, 1, g.ldc, nullptr};
     p.B = g.gather ? Operand<T>{g.A, g.lda, 1, g.gather + off}
                    : Operand<T>{g.A + off * g.lda, g.lda, 1, nullptr};
+    if (g.a_preact) {  // B[p, k] = a_scale[p] * h[p, k] of the stored pre-activations
+      p.B.pre = true;
+      p.B.act = g.act;
+      p.B.xoff = g.K;
+      p.B.rscale = g.a_scale ? g.a_scale + off : nullptr;
+    }
     p.C = g.dW + e * g.N * g.K;
     p.ldc = g.K;
     p.alpha = T(1);

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -33,10 +34,64 @@ MOE_INLINE const T* col_ptr(const Operand<T>& o, int64_t c) {
   return o.base + col * o.cs;
 }
 
+// exp(x) for float, vectorisable (no libm call): range reduction by ln 2 and a degree-6
+// polynomial, about 2 ulp over the clamped range. Double uses std::exp.
+MOE_INLINE float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  const float n = __builtin_rintf(x * 1.44269504088896341f);
+  float r = x - n * 0.693359375f;  // ln 2 in two parts (Cody-Waite)
+  r = r - n * -2.12194440e-4f;
+  float q = 1.9875691500e-4f;
+  q = q * r + 1.3981999507e-3f;
+  q = q * r + 8.3334519073e-3f;
+  q = q * r + 4.1665795894e-2f;
+  q = q * r + 1.6666665459e-1f;
+  q = q * r + 5.0000001201e-1f;
+  q = q * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return q * scale;
+}
+MOE_INLINE double exp_approx(double x) { return std::exp(x); }
+
+// act(e) (SwiGLU: silu(e) * e2), the formulas of the activation ops.
+template <typename T>
+MOE_INLINE T act_of(Activation act, T e, T e2) {
+  switch (act) {
+    case Activation::SwiGLU:
+      return e / (T(1) + exp_approx(-e)) * e2;
+    case Activation::Silu:
+      return e / (T(1) + exp_approx(-e));
+    case Activation::Relu:
+      return e < T(0) ? T(0) : e;
+    case Activation::Gelu:
+      return e * (T(0.5) * (T(1) + std::erf(e * T(0.70710678118654752440))));
+  }
+  return e;
+}
+
+// dst[c] = operand row r's elements src[c] (c < n, contiguous) through the packing activation.
+template <typename T>
+MOE_INLINE void pre_row(const Operand<T>& o, int64_t r, const T* __restrict src, int64_t n, T* __restrict dst) {
+  const T s = o.rscale ? o.rscale[r] : T(1);
+  const T* __restrict src2 = src + o.xoff;
+  switch (o.act) {
+    case Activation::SwiGLU:
+      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] / (T(1) + exp_approx(-src[c])) * src2[c]);
+      return;
+    case Activation::Silu:
+      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] / (T(1) + exp_approx(-src[c])));
+      return;
+    default:
+      for (int64_t c = 0; c < n; ++c) dst[c] = s * act_of(o.act, src[c], T(0));
+  }
+}
+
 // Packs A[i0 : i0 + mc, k0 : k0 + kc] into panels of MR rows: dst[panel][k][i], zero padded.
 template <typename T, int MR>
 MOE_INLINE void pack_a(const Operand<T>& A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, T* dst) {
-  if (A.rs == 1 && !A.map && !A.base2) {
+  if (A.rs == 1 && !A.map && !A.base2 && !A.pre) {
     // Transposed operand (rows contiguous along i, e.g. dC^T of a weight gradient): read MR
     // consecutive elements per k instead of one strided column per row.
     for (int64_t ip = 0; ip < mc; ip += MR) {
@@ -65,7 +120,11 @@ MOE_INLINE void pack_a(const Operand<T>& A, int64_t i0, int64_t mc, int64_t k0, 
         continue;
       }
       const T* src = row_ptr(A, r) + k0 * A.cs;
-      if (A.cs == 1) {
+      if (A.pre) {  // cs == 1
+        T row[kKC];
+        pre_row(A, r, src, kc, row);
+        for (int64_t k = 0; k < kc; ++k) panel[k * MR + ii] = row[k];
+      } else if (A.cs == 1) {
         for (int64_t k = 0; k < kc; ++k) panel[k * MR + ii] = src[k];
       } else {
         for (int64_t k = 0; k < kc; ++k) panel[k * MR + ii] = src[k * A.cs];
@@ -128,7 +187,7 @@ MOE_INLINE void pack_b(const Operand<T>& B, int64_t k0, int64_t kc, int64_t j0, 
     T* panel = dst + jp * kc;  // (kc, NR)
     const int64_t cols = nc - jp < NR ? nc - jp : NR;
     if constexpr (std::is_same_v<T, float> && NR == 32) {
-      if (B.rs == 1 && cols == NR && !B.map && !B.base2) {  // columns contiguous along k
+      if (B.rs == 1 && cols == NR && !B.map && !B.base2 && !B.pre) {  // columns contiguous along k
         const float* col[32];
         const float* next[32];
         const bool more = jp + 2 * NR <= nc;
@@ -144,7 +203,19 @@ MOE_INLINE void pack_b(const Operand<T>& B, int64_t k0, int64_t kc, int64_t j0, 
     if (B.cs == 1 && cols == NR && !B.cmap && !B.cbase2) {  // rows of B are contiguous: copy NR at a time
       for (int64_t k = 0; k < kc; ++k) {
         const T* src = row_ptr(B, k0 + k) + (j0 + jp);
-        for (int jj = 0; jj < NR; ++jj) panel[k * NR + jj] = src[jj];
+        if (B.pre) {
+          pre_row(B, k0 + k, src, NR, panel + k * NR);
+        } else {
+          for (int jj = 0; jj < NR; ++jj) panel[k * NR + jj] = src[jj];
+        }
+      }
+      continue;
+    }
+    if (B.pre) {  // cs == 1, a partial panel
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* src = row_ptr(B, k0 + k) + (j0 + jp);
+        pre_row(B, k0 + k, src, cols, panel + k * NR);
+        for (int64_t jj = cols; jj < NR; ++jj) panel[k * NR + jj] = T(0);
       }
       continue;
     }

@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <string>
 
+#include "moe/kernels/ops.h"
+
 namespace moe::kernels::cpu {
 
 // Element (r, c) of an operand = base[row(r) * rs + col(c) * cs], row(r) = map ? map[r] : r,
@@ -35,6 +37,15 @@ struct Operand {
   int64_t split = 0;
   const T* cbase2 = nullptr;
   int64_t csplit = 0;
+  // Activation applied while packing (A operands with cs == 1, B operands with cs == 1; not with
+  // cmap, base2 or cbase2): element (r, c) = rscale[r] * act(e) with e the stored element; SwiGLU
+  // reads silu(e) * e' with e' the element xoff places after e (pre-activation rows [G | U]).
+  // rscale null means no scale. So the activation H of saved pre-activations (and scale * H) is an
+  // operand without an H buffer.
+  bool pre = false;
+  Activation act = Activation::SwiGLU;
+  int64_t xoff = 0;
+  const T* rscale = nullptr;
 };
 
 template <typename T>

@@ -129,11 +129,27 @@ void grouped_gemm_cat(const GroupedGemmCatArgs<T>& g) {
 }
 
 template <typename T>
+void preact_row(Activation act, const T* a, int64_t K, T scale, T* out) {
+  for (int64_t k = 0; k < K; ++k) {
+    const double h = act == Activation::SwiGLU ? act_value(Activation::Silu, a[k]) * static_cast<double>(a[K + k])
+                                               : act_value(act, a[k]);
+    out[k] = scale * static_cast<T>(h);  // h rounded to T, as an H buffer would hold it
+  }
+}
+template void preact_row<float>(Activation, const float*, int64_t, float, float*);
+template void preact_row<double>(Activation, const double*, int64_t, double, double*);
+
+template <typename T>
 void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& g) {
+  std::vector<T> h(g.a_preact ? static_cast<size_t>(g.K) : 0);
   for (int64_t e = 0; e < g.E; ++e) {
     const T* w = g.W + e * g.N * g.K;  // (N, K), or (K, N) when trans_w
     for (int64_t p = g.offsets[e]; p < g.offsets[e + 1]; ++p) {
       const T* a = g.A + (g.gather ? g.gather[p] : p) * g.lda;  // (K)
+      if (g.a_preact) {
+        preact_row(g.act, a, g.K, T(1), h.data());
+        a = h.data();
+      }
       const double s = g.scale ? static_cast<double>(g.scale[p]) : 1.0;
       T* c = g.C + (g.out_row ? g.out_row[p] : p) * g.ldc;  // (N)
       for (int64_t n = 0; n < g.N; ++n) {

@@ -42,4 +42,9 @@ void grouped_gemm_cat(const GroupedGemmCatArgs<T>& args);
 template <typename T>
 void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& args);
 
+// out (K) = scale * h of one stored pre-activation row a (see a_preact in moe/kernels/ops.h), each
+// h rounded to T first.
+template <typename T>
+void preact_row(Activation act, const T* a, int64_t K, T scale, T* out);
+
 }  // namespace moe::kernels::ref
