@@ -11,15 +11,16 @@
 // and up, N = d_model, K = d_ff for down; the best of --dense-reps reps.
 //
 // Activation memory (act_peak_mb): glibc's mmap threshold is fixed at 128 KiB first, so the resident
-// set follows live memory. After the parameters, x and dy exist and one untimed forward+backward
-// has run (and been freed), the peak (VmHWM) is reset and one more forward+backward runs:
+// set follows live memory. The gradients (dx and every parameter's) are kept from pass to pass, as
+// a training loop keeps them (MoELayer::backward_into adds into them; PyTorch's .grad tensors in
+// bench/torch_moe_block.py are kept the same way). After the parameters, x, dy and the gradients
+// exist (one untimed forward+backward has allocated and written the gradients, and freed the
+// rest), the peak (VmHWM) is reset and one more forward+backward runs:
 //   fwd_peak_mb     = VmHWM after its forward - VmRSS before it
-//   fwd_bwd_peak_mb = VmHWM after its backward - VmRSS before it (gradients included)
-//   act_peak_mb     = max(fwd_peak_mb, fwd_bwd_peak_mb - grads_mb)
-// with grads_mb the gradients backward returns (dx and every parameter's). Backward allocates all of
-// them at its start and they live to its end, so the subtraction is exact for a peak in backward:
-// act_peak_mb is what forward+backward needs beyond parameters, inputs (x, dy) and gradients, the
-// same quantity bench/torch_moe_block.py measures with its .grad tensors allocated beforehand.
+//   fwd_bwd_peak_mb = VmHWM after its backward - VmRSS before it
+//   act_peak_mb     = max(fwd_peak_mb, fwd_bwd_peak_mb)
+// what forward+backward needs beyond parameters, inputs (x, dy) and gradients (grads_mb is their
+// size, for reference): the quantity bench/torch_moe_block.py measures.
 
 #include <algorithm>
 #include <chrono>
@@ -115,24 +116,25 @@ double grads_bytes(const MoEGrads& g) {
 // One untimed forward+backward, then the measured one (see the top of this file).
 void measure_memory(const MoELayer& layer, const Tensor& x, const Tensor& dy, BenchLayerResult& r) {
   const bool train = !layer.has_bf16_expert_weights();  // the bf16 path is forward only
+  MoEGrads grads;  // kept from pass to pass; the untimed pass allocates and writes them
   {
     MoEForward f = layer.forward(x);
-    if (train) (void)layer.backward(f, dy);
+    if (train) layer.backward_into(f, dy, grads);
   }
   r.peak_reset = reset_peak_rss();
   r.rss_before_mb = current_rss_mib();
-  double grads = 0, hwm_fwd = 0;
+  double hwm_fwd = 0;
   {
     MoEForward f = layer.forward(x);
     hwm_fwd = peak_rss_hwm_mib();
-    if (train) grads = grads_bytes(layer.backward(f, dy));
+    if (train) layer.backward_into(f, dy, grads);
   }
   const double hwm = peak_rss_hwm_mib();
-  r.grads_mb = grads / (1024.0 * 1024.0);
+  r.grads_mb = grads_bytes(grads) / (1024.0 * 1024.0);
   if (hwm >= 0 && hwm_fwd >= 0 && r.rss_before_mb >= 0) {
     r.fwd_peak_mb = std::max(0.0, hwm_fwd - r.rss_before_mb);
     r.fwd_bwd_peak_mb = std::max(0.0, hwm - r.rss_before_mb);
-    r.act_peak_mb = std::max(r.fwd_peak_mb, r.fwd_bwd_peak_mb - r.grads_mb);
+    r.act_peak_mb = std::max(r.fwd_peak_mb, r.fwd_bwd_peak_mb);
   }
 }
 
@@ -198,16 +200,18 @@ BenchLayerResult bench(const BenchLayerOptions& o) {
     }
     r.f32_fwd_ms = median(f32);
   } else {
-    // Forward + backward.
+    // Forward + backward, accumulating into gradients kept from step to step (as a training loop
+    // keeps its parameters' gradients; the PyTorch block keeps its .grad tensors the same way).
+    MoEGrads grads;
     for (int i = 0; i < o.warmup; ++i) {
       MoEForward f = layer.forward(x);
-      (void)layer.backward(f, dy);
+      layer.backward_into(f, dy, grads);
     }
     std::vector<double> fwd_bwd;
     for (int i = 0; i < o.iters; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       MoEForward f = layer.forward(x);
-      MoEGrads g = layer.backward(f, dy);
+      layer.backward_into(f, dy, grads);
       fwd_bwd.push_back(ms_since(t0));
     }
     r.fwd_bwd_ms = median(fwd_bwd);
@@ -364,7 +368,7 @@ void print_table(const BenchLayerOptions& o, const BenchLayerResult& r) {
   std::printf("  per expert   ");
   for (int64_t n : r.stats.tokens_per_expert) std::printf(" %lld", static_cast<long long>(n));
   std::printf("\n  act memory    %.1f MiB forward+backward beyond params, x, dy and gradients "
-              "(forward %.1f MiB; forward+backward %.1f MiB with the %.1f MiB of gradients)%s\n",
+              "(forward %.1f MiB, backward %.1f MiB; gradients kept between passes %.1f MiB)%s\n",
               r.act_peak_mb, r.fwd_peak_mb, r.fwd_bwd_peak_mb, r.grads_mb,
               r.peak_reset ? "" : "; peak not resettable: upper bound");
   std::printf("  peak RSS      %.1f MiB\n", r.peak_rss_mb);
@@ -428,12 +432,12 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
       "layer's median expert GFLOP/s over it.\n"
       "\n"
       "Memory: glibc's mmap threshold is fixed at 128 KiB, so freed buffers leave the resident set.\n"
-      "After params, x, dy and one untimed forward+backward, the peak (VmHWM) is reset through\n"
-      "/proc/self/clear_refs and one forward+backward runs; against VmRSS before it: fwd_peak_mb =\n"
-      "VmHWM after forward - before, fwd_bwd_peak_mb = VmHWM after backward - before (gradients\n"
-      "included), act_peak_mb = max(fwd_peak_mb, fwd_bwd_peak_mb - grads_mb), grads_mb = dx and every\n"
-      "parameter gradient (all allocated at the start of backward): the memory forward+backward needs\n"
-      "beyond parameters, inputs (x, dy) and gradients.\n"      "When the peak cannot be reset (peak_reset false) both are upper bounds. peak_rss_mb is the\n"
+      "Gradients (dx and every parameter's, grads_mb) are kept from pass to pass, as a training loop\n"
+      "keeps them. After params, x, dy and one untimed forward+backward (which writes the gradients),\n"
+      "the peak (VmHWM) is reset through /proc/self/clear_refs and one forward+backward runs; against\n"
+      "VmRSS before it: fwd_peak_mb = VmHWM after forward - before, fwd_bwd_peak_mb = VmHWM after\n"
+      "backward - before, act_peak_mb = the larger: the memory forward+backward needs beyond\n"
+      "parameters, inputs (x, dy) and gradients.\n"      "When the peak cannot be reset (peak_reset false) both are upper bounds. peak_rss_mb is the\n"
       "resident peak (getrusage), which Linux resets with VmHWM: the peak from that pass on (timed\n"
       "passes and dense GEMM included). Timings run under the same malloc setting. MiB throughout.\n"
       "\n"

@@ -296,13 +296,19 @@ struct Transformer::Impl {
     // --- FFN: x_out = x_mid + ffn(rmsnorm(x_mid))
     Tensor dh2 = Tensor::empty({N, d}, dt);
     if (const MoELayer* moe = m.moe_[l].get()) {
-      // The layer differentiates <dy, y> + aux_scale · aux directly (aux_scale may be 0).
-      MoEGrads g = moe->backward(s.moe, dx, opt.aux_scale);
-      const Tensor* gs[8] = {&g.router_w,      &g.w_gate,      &g.w_up,          &g.w_down,
-                             &g.shared_w_gate, &g.shared_w_up, &g.shared_w_down, &g.shared_gate_w};
-      for (int i = 0; i < 8; ++i)
-        if (P.moe[i] >= 0 && gs[i]->defined()) axpy<T>(G<T>(m, P.moe[i]), gs[i]->data<T>(), gs[i]->numel());
-      std::memcpy(dh2.data<T>(), g.dx.data<T>(), sizeof(T) * N * d);
+      // The layer differentiates <dy, y> + aux_scale · aux directly (aux_scale may be 0), adding
+      // its parameters' gradients into the model's (views in the layer's shapes) and writing dx
+      // into dh2.
+      const MoEParams& mp = moe->params();
+      MoEGrads g;
+      Tensor* gs[8] = {&g.router_w,      &g.w_gate,      &g.w_up,          &g.w_down,
+                       &g.shared_w_gate, &g.shared_w_up, &g.shared_w_down, &g.shared_gate_w};
+      const Tensor* ps[8] = {&mp.router_w,      &mp.w_gate,      &mp.w_up,          &mp.w_down,
+                             &mp.shared_w_gate, &mp.shared_w_up, &mp.shared_w_down, &mp.shared_gate_w};
+      for (int i = 0; i < 8; ++i)  // a parameter the model does not index gets a throwaway gradient
+        if (ps[i]->defined() && P.moe[i] >= 0) *gs[i] = m.params_[P.moe[i]].grad.reshape(ps[i]->shape());
+      g.dx = dh2;
+      moe->backward_into(s.moe, dx, g, opt.aux_scale);
       s.moe = MoEForward();
     } else {
       const int64_t F = c.intermediate_size;

@@ -482,8 +482,21 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
   return out;
 }
 
+// A gradient target of backward_into: an existing tensor (checked; the gradient is added to it),
+// or a new one (written; zeros when `zero`, for paths that may not write it).
+bool grad_target(Tensor& t, const Shape& shape, DType dt, const char* name, bool zero) {
+  if (t.defined()) {
+    check_shape(t, shape, name);
+    t.check_dtype(dt, name);
+    MOE_CHECK(t.is_contiguous(), "MoE backward: gradient '", name, "' must be contiguous");
+    return true;
+  }
+  t = zero ? Tensor::zeros(shape, dt, name) : Tensor::empty(shape, dt, name);
+  return false;
+}
+
 template <typename T>
-MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& dy_in, double aux_scale) {
+void backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& dy_in, double aux_scale, MoEGrads& g) {
   const MoEConfig& cfg = L.config();
   const MoEParams& P = L.params();
   const Backend be = L.backend();
@@ -497,7 +510,6 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
                      "that keeps no activations); call set_bf16_expert_weights(false) to train");
   MOE_CHECK(!S.consumed, "MoE backward: this forward's backward has already run (it writes the gradients of the "
                          "saved pre-activations over them); run the forward again");
-  S.consumed = true;
   const Routing& r = fwd.routing;
   const int64_t nT = r.n_tokens, N = r.n_assign;
   check_shape(dy_in, {nT, d}, "dy");
@@ -506,20 +518,33 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
   const T* dy = dy_t.data<T>();
   const T* x = ptr<T>(S.x);
 
-  MoEGrads g;
-  g.dx = Tensor::zeros({nT, d}, dt, "dx");
-  g.router_w = Tensor::zeros({E, d}, dt, "d router_w");
-  if (swiglu) g.w_gate = Tensor::zeros({El, F, d}, dt, "d w_gate");
-  g.w_up = Tensor::zeros({El, F, d}, dt, "d w_up");
-  g.w_down = Tensor::zeros({El, d, F}, dt, "d w_down");
+  // Gradients are written by the GEMMs below with beta 0, or added with beta 1 where the caller
+  // passed a tensor to accumulate into (add_*). New ones start as zeros only where a path may skip
+  // them (no tokens here: no router or shared-expert pass; no tokens anywhere: no expert pass).
+  const bool ep = L.expert_parallel().comm != nullptr;
+  const bool skip_experts = nT == 0 && !ep, skip_rest = nT == 0;
+  // dx is always overwritten: the combine writes every token's row.
+  if (!g.dx.defined() || g.dx.shape() != Shape{nT, d}) grad_target(g.dx, {nT, d}, dt, "dx", true);
+  g.dx.check_dtype(dt, "dx");
+  MOE_CHECK(g.dx.is_contiguous(), "MoE backward: gradient 'dx' must be contiguous");
+  const bool add_router = grad_target(g.router_w, {E, d}, dt, "d router_w", skip_rest);
+  const bool add_gate = swiglu && grad_target(g.w_gate, {El, F, d}, dt, "d w_gate", skip_experts);
+  const bool add_up = grad_target(g.w_up, {El, F, d}, dt, "d w_up", skip_experts);
+  const bool add_down = grad_target(g.w_down, {El, d, F}, dt, "d w_down", skip_experts);
+  bool add_sgate = false, add_sup = false, add_sdown = false, add_sg = false;
   if (Fs > 0) {
-    if (swiglu) g.shared_w_gate = Tensor::zeros({Fs, d}, dt, "d shared_w_gate");
-    g.shared_w_up = Tensor::zeros({Fs, d}, dt, "d shared_w_up");
-    g.shared_w_down = Tensor::zeros({d, Fs}, dt, "d shared_w_down");
-    if (cfg.shared_gate) g.shared_gate_w = Tensor::zeros({1, d}, dt, "d shared_gate_w");
+    add_sgate = swiglu && grad_target(g.shared_w_gate, {Fs, d}, dt, "d shared_w_gate", skip_rest);
+    add_sup = grad_target(g.shared_w_up, {Fs, d}, dt, "d shared_w_up", skip_rest);
+    add_sdown = grad_target(g.shared_w_down, {d, Fs}, dt, "d shared_w_down", skip_rest);
+    if (cfg.shared_gate) add_sg = grad_target(g.shared_gate_w, {1, d}, dt, "d shared_gate_w", skip_rest);
   }
+  auto beta_of = [](bool add) { return add ? T(1) : T(0); };
+  S.consumed = true;  // from here on the saved pre-activations are overwritten
   // Under expert parallelism a rank without tokens still computes the rows others sent it.
-  if (nT == 0 && !L.expert_parallel().comm) return g;
+  if (skip_experts) {
+    std::fill_n(g.dx.data<T>(), nT * d, T(0));
+    return;
+  }
   T* dx = g.dx.data<T>();
 
   // Expert backward, fused: the down projection's backward with the d-activation in its epilogue
@@ -540,21 +565,22 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
     const Part<T>& p = S.parts[c];
     const ExpertBatch<T>& b = p.batch;
     const int64_t M = b.rows;
-    const T beta = c == 0 ? T(0) : T(1);
+    auto beta = [&](bool add) { return c == 0 && !add ? T(0) : T(1); };
     const T* dY = dYs[c];
     dw_rows[c].resize(static_cast<size_t>(M));
     // d W_down_e (d, F) = Σ_p (w_p dy_t)^T h_p: dy's token rows read by gather, w_p h_p made from
     // the saved [G | U] while packing (no H buffer). It runs first: the fused backward below writes
     // [dG | dU] over [G | U].
     const int32_t* tok = b.gather.empty() ? nullptr : b.gather.data();
-    wgrad_rows<T>(be, b, d, F, dY, d, tok, ptr<T>(p.GU), false, g.w_down.data<T>(), beta, &cfg.activation,
-                  b.weight.data());
+    wgrad_rows<T>(be, b, d, F, dY, d, tok, ptr<T>(p.GU), false, g.w_down.data<T>(), beta(add_down),
+                  &cfg.activation, b.weight.data());
     const PreAct<T> pa = pre_act(swiglu, ptr<T>(p.GU), F);
     const PreAct<T> dpa = pa;  // in place
     ffn_down_backward<T>(be, cfg.activation, b, F, d, dY, b.weight.data(), P.w_down.data<T>(), pa, dpa, nullptr,
                          dw_rows[c].data());
-    wgrad_rows<T>(be, b, F, d, dpa.U, dpa.ld, nullptr, b.x_rows, true, g.w_up.data<T>(), beta);
-    if (swiglu) wgrad_rows<T>(be, b, F, d, dpa.G, dpa.ld, nullptr, b.x_rows, true, g.w_gate.data<T>(), beta);
+    wgrad_rows<T>(be, b, F, d, dpa.U, dpa.ld, nullptr, b.x_rows, true, g.w_up.data<T>(), beta(add_up));
+    if (swiglu)
+      wgrad_rows<T>(be, b, F, d, dpa.G, dpa.ld, nullptr, b.x_rows, true, g.w_gate.data<T>(), beta(add_gate));
     // Input gradient: one grouped GEMM over K = 2F, then each token sums its rows in fixed order.
     d_rows[c] = Tensor::empty({M, d}, dt, "d expert in");
     ffn_input_grad<T>(be, swiglu, b, d, F, dpa, ptr<T>(P.w_gate), P.w_up.data<T>(), ptr<T>(d_rows[c]));
@@ -571,8 +597,8 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
     p.disp->dispatch_backward(ptr<T>(d_rows[c]), dx + p.t0 * d);
     d_rows[c] = Tensor();
   };
-  detail::pipeline(n_parts, L.expert_parallel().comm != nullptr, send, compute, finish);
-  if (nT == 0) return g;
+  detail::pipeline(n_parts, ep, send, compute, finish);
+  if (skip_rest) return;
 
   // Router: d_weight -> d_logits, plus the balancing losses' gradients.
   std::vector<double> dl(static_cast<size_t>(nT * E), 0.0);
@@ -589,7 +615,7 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
     }
   }
   Tensor dlog = Tensor::from(dl, {nT, E}, dt, "d router logits");
-  mm<T>(be, E, d, nT, dlog.data<T>(), true, ptr<T>(S.x_r), false, g.router_w.data<T>());
+  mm<T>(be, E, d, nT, dlog.data<T>(), true, ptr<T>(S.x_r), false, g.router_w.data<T>(), beta_of(add_router));
   if (S.jitter.defined()) {
     Tensor dxr = Tensor::empty({nT, d}, dt, "d router input");
     mm<T>(be, nT, d, E, dlog.data<T>(), false, P.router_w.data<T>(), false, dxr.data<T>());
@@ -606,8 +632,8 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
     const T* gate = cfg.shared_gate ? ptr<T>(S.g) : nullptr;  // (T) or null
     std::vector<T> dgate(cfg.shared_gate ? static_cast<size_t>(nT) : 0);
     // W_sd's gradient Σ dy^T (gate * h) from the saved pre-activations first, then [dG | dU] over them.
-    wgrad_rows<T>(be, S.shared, d, Fs, dy, d, nullptr, ptr<T>(S.GUs), false, g.shared_w_down.data<T>(), T(0),
-                  &cfg.activation, gate);
+    wgrad_rows<T>(be, S.shared, d, Fs, dy, d, nullptr, ptr<T>(S.GUs), false, g.shared_w_down.data<T>(),
+                  beta_of(add_sdown), &cfg.activation, gate);
     const PreAct<T> pa = pre_act(swiglu, ptr<T>(S.GUs), Fs);
     const PreAct<T> dpa = pa;  // in place
     ffn_down_backward<T>(be, cfg.activation, S.shared, Fs, d, dy, gate, P.shared_w_down.data<T>(), pa, dpa, nullptr,
@@ -617,15 +643,17 @@ MoEGrads backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& d
       T* dz = dgl.data<T>();
       for (int64_t t = 0; t < nT; ++t)
         dz[t] = static_cast<T>(static_cast<double>(dgate[t]) * gate[t] * (1.0 - static_cast<double>(gate[t])));
-      mm<T>(be, 1, d, nT, dz, true, x, false, g.shared_gate_w.data<T>());
+      mm<T>(be, 1, d, nT, dz, true, x, false, g.shared_gate_w.data<T>(), beta_of(add_sg));
       mm<T>(be, nT, d, 1, dz, false, P.shared_gate_w.data<T>(), false, dx, T(1));
     }
-    wgrad_rows<T>(be, S.shared, Fs, d, dpa.U, dpa.ld, nullptr, x, false, g.shared_w_up.data<T>());
-    if (swiglu) wgrad_rows<T>(be, S.shared, Fs, d, dpa.G, dpa.ld, nullptr, x, false, g.shared_w_gate.data<T>());
+    wgrad_rows<T>(be, S.shared, Fs, d, dpa.U, dpa.ld, nullptr, x, false, g.shared_w_up.data<T>(), beta_of(add_sup));
+    if (swiglu)
+      wgrad_rows<T>(be, S.shared, Fs, d, dpa.G, dpa.ld, nullptr, x, false, g.shared_w_gate.data<T>(),
+                    beta_of(add_sgate));
     ffn_input_grad<T>(be, swiglu, S.shared, d, Fs, dpa, ptr<T>(P.shared_w_gate), P.shared_w_up.data<T>(), dx,
                       T(1));
   }
-  return g;
+  return;
 }
 
 }  // namespace
@@ -707,10 +735,16 @@ MoEForward MoELayer::forward(const Tensor& x, const ForwardOptions& opt) const {
 }
 
 MoEGrads MoELayer::backward(const MoEForward& fwd, const Tensor& dy, double aux_scale) const {
+  MoEGrads g;
+  backward_into(fwd, dy, g, aux_scale);
+  return g;
+}
+
+void MoELayer::backward_into(const MoEForward& fwd, const Tensor& dy, MoEGrads& acc, double aux_scale) const {
   check_params();
   MOE_CHECK(std::isfinite(aux_scale), "MoELayer::backward: aux_scale must be finite, got ", aux_scale);
-  if (dtype_ == DType::F64) return backward_impl<double>(*this, fwd, dy, aux_scale);
-  return backward_impl<float>(*this, fwd, dy, aux_scale);
+  if (dtype_ == DType::F64) return backward_impl<double>(*this, fwd, dy, aux_scale, acc);
+  backward_impl<float>(*this, fwd, dy, aux_scale, acc);
 }
 
 void MoELayer::set_bf16_expert_weights(bool on) {

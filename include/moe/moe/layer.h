@@ -163,6 +163,12 @@ class MoELayer {
   // dy: (T, d). Gradients of  L = <dy, y> + aux_scale · stats.total_loss()  w.r.t. x and every
   // parameter (aux_scale = 0: the balancing losses contribute nothing).
   MoEGrads backward(const MoEForward& fwd, const Tensor& dy, double aux_scale = 1.0) const;
+  // The same gradients into tensors the caller keeps between steps (as a training loop keeps its
+  // parameters' gradients): each parameter gradient defined in `acc` (its parameter's shape and
+  // dtype, contiguous) gets this backward's gradient added to it, an undefined one is allocated
+  // and set; acc.dx is overwritten (allocated when undefined or of another shape). No gradient
+  // buffer is allocated or zeroed when all are given. A forward's backward runs once (either call).
+  void backward_into(const MoEForward& fwd, const Tensor& dy, MoEGrads& acc, double aux_scale = 1.0) const;
 
   // Inference path with bf16 expert weights: rounds the current expert weights (routed and shared)
   // to bf16 and runs the forward's expert GEMMs on them with fp32 accumulation (AVX512-BF16 where
