@@ -51,6 +51,9 @@ void grouped_gemm_bf16w(Backend b, const GroupedGemmBf16Args& g) {
     check_ptr(op, "W", g.W);
     check_stride(op, "lda", g.lda, g.K);
   }
+  MOE_CHECK(!(g.scale || g.out_row) || g.beta == 0.0f, op, ": scale and out_row store rows (beta must be 0, got ",
+            g.beta, ")");
+  if (g.out_row && rows > 0) check_rows(op, "out_row", g.out_row, rows);
   if (g.gather) check_rows(op, "gather", g.gather, rows);
   if (rows == 0) return;
   if (b == Backend::Ref) return ref::grouped_gemm_bf16w(g);

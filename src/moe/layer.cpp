@@ -237,13 +237,16 @@ const uint16_t* bf16_ptr(const Tensor& t) {
 }
 
 // Expert FFN on bf16 weights (inference): out (M, d) = act(x_rows · W_g^T, x_rows · W_u^T) · W_d^T
-// per expert, rows as in the batch, fp32 activations rounded to bf16 inside the GEMMs.
+// per expert, rows as in the batch, fp32 activations rounded to bf16 inside the GEMMs. With scale
+// or out_row, row p of the result is stored scaled by scale[p] at out row out_row[p] (the down
+// projection's epilogue, as grouped_gemm_scatter does).
 void ffn_bf16(Backend be, const MoEConfig& cfg, const ExpertBatch<float>& b, int64_t F, const Tensor& Wg,
-              const Tensor& Wu, const Tensor& Wd, float* out) {
+              const Tensor& Wu, const Tensor& Wd, float* out, const float* scale = nullptr,
+              const int32_t* out_row = nullptr) {
   const int64_t M = b.rows, d = cfg.d_model;
   const bool swiglu = is_swiglu(cfg);
   auto grouped_bf16 = [&](const float* A, int64_t lda, const int32_t* gather, const Tensor& W, int64_t N,
-                          int64_t K, float* C) {
+                          int64_t K, float* C, const float* sc = nullptr, const int32_t* orow = nullptr) {
     kernels::GroupedGemmBf16Args g;
     g.E = static_cast<int64_t>(b.offsets.size()) - 1;
     g.N = N;
@@ -255,6 +258,8 @@ void ffn_bf16(Backend be, const MoEConfig& cfg, const ExpertBatch<float>& b, int
     g.W = bf16_ptr(W);
     g.C = C;
     g.ldc = N;
+    g.scale = sc;
+    g.out_row = orow;
     kernels::grouped_gemm_bf16w(be, g);
   };
   const int32_t* gather = b.gather.empty() ? nullptr : b.gather.data();
@@ -273,7 +278,7 @@ void ffn_bf16(Backend be, const MoEConfig& cfg, const ExpertBatch<float>& b, int
   kernels::activation(be, a);
   G = Tensor();
   U = Tensor();
-  grouped_bf16(H.data<float>(), F, nullptr, Wd, d, F, out);
+  grouped_bf16(H.data<float>(), F, nullptr, Wd, d, F, out, scale, out_row);
 }
 
 template <typename T>
@@ -373,8 +378,13 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
     O = Tensor::empty({b.out_rows, d}, dt, "weighted expert out");
     if (S.bf16) {
       if constexpr (std::is_same_v<T, float>) {
+        if (!ex) {  // the down projection stores each weighted row at its output row
+          const Bf16ExpertWeights& W = L.bf16_expert_weights();
+          ffn_bf16(be, cfg, b, F, W.w_gate, W.w_up, W.w_down, ptr<float>(O), w_rows.data(), b.out_row.data());
+          return;
+        }
         Tensor Ob = Tensor::empty({M, d}, dt, "expert out");  // (M, d) sorted rows
-        if (ex) {
+        {
           ExpertRows rows;
           rows.n_experts = E;
           rows.d_model = d;
@@ -386,9 +396,6 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
           rows.gather = b.gather.empty() ? nullptr : b.gather.data();
           rows.out = Ob.data<float>();
           ex->run(rows);
-        } else {
-          const Bf16ExpertWeights& W = L.bf16_expert_weights();
-          ffn_bf16(be, cfg, b, F, W.w_gate, W.w_up, W.w_down, Ob.data<float>());
         }
         const float* ob = Ob.data<float>();
         float* o = ptr<float>(O);

@@ -323,6 +323,57 @@ void expect_error(F&& fn, const std::vector<std::string>& parts) {
   }
 }
 
+// scale / out_row (the down projection's epilogue): row p lands at out_row[p] scaled by scale[p],
+// bit-identical to the plain call followed by that scatter, on every instruction set and backend;
+// rows not named by out_row are untouched; K = 0 writes zeros there; beta != 0 is refused.
+TEST(OpsBf16, ScaleAndOutRowStoreRowsLikeTheScatter) {
+  IsaGuard guard;
+  for (const Case& c : {Case{{5, 0, 17, 3}, 37, 41, true}, Case{{300, 2}, 70, 520, true, true},
+                        Case{{4, 4}, 9, 0}}) {
+    const Data d = make_data(c, 11);
+    Lcg rng(5);
+    std::vector<float> scale(static_cast<size_t>(d.rows));
+    for (auto& v : scale) v = rng.uniform();
+    // out_row: a permutation of the rows into a C with two spare rows (left untouched).
+    std::vector<int32_t> out_row(static_cast<size_t>(d.rows));
+    for (int64_t p = 0; p < d.rows; ++p) out_row[static_cast<size_t>(p)] = static_cast<int32_t>(p);
+    for (int64_t p = d.rows - 1; p > 0; --p)
+      std::swap(out_row[static_cast<size_t>(p)], out_row[rng.next() % static_cast<uint32_t>(p + 1)]);
+    for (auto& r : out_row) r += 1;
+    for (Backend be : {Backend::Ref, Backend::Cpu}) {
+      for (const char* isa : kIsas) {
+        if (be == Backend::Cpu && !kernels::gemm_bf16_isa_supported(isa)) continue;
+        if (be == Backend::Cpu) kernels::set_gemm_bf16_isa(isa);
+        SCOPED_TRACE(c.name() + " " + kernels::backend_name(be) + " " + isa);
+        std::vector<float> plain = run(be, c, d);
+        std::vector<float> C(static_cast<size_t>((d.rows + 2) * d.ldc), 7.0f);
+        kernels::GroupedGemmBf16Args g = d.args(c, C);
+        g.scale = scale.data();
+        g.out_row = out_row.data();
+        kernels::grouped_gemm_bf16w(be, g);
+        for (int64_t p = 0; p < d.rows; ++p) {
+          for (int64_t n = 0; n < c.N; ++n) {
+            const float want = scale[static_cast<size_t>(p)] * plain[static_cast<size_t>(p * d.ldc + n)];
+            ASSERT_EQ(C[static_cast<size_t>(out_row[static_cast<size_t>(p)] * d.ldc + n)], want) << p << "," << n;
+          }
+        }
+        for (int64_t n = 0; n < c.N; ++n) {  // rows 0 and rows + 1 are no row's output
+          ASSERT_EQ(C[static_cast<size_t>(n)], 7.0f);
+          ASSERT_EQ(C[static_cast<size_t>((d.rows + 1) * d.ldc + n)], 7.0f);
+        }
+        if (be == Backend::Ref) break;  // one pass for the reference
+      }
+    }
+    std::vector<float> C(static_cast<size_t>((d.rows + 2) * d.ldc), 7.0f);
+    kernels::GroupedGemmBf16Args g = d.args(c, C);
+    g.out_row = out_row.data();
+    g.beta = 1.0f;
+    if (d.rows > 0) {
+      EXPECT_THROW(kernels::grouped_gemm_bf16w(Backend::Cpu, g), Error);
+    }
+  }
+}
+
 TEST(OpsBf16, BadInputsThrow) {
   std::vector<float> buf(64, 1.0f);
   std::vector<uint16_t> w(64, f32_to_bf16(1.0f));

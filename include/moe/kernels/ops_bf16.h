@@ -25,6 +25,9 @@ namespace moe::kernels {
 //   W_e = W + e * N * K; op(W_e) = W_e^T when W_e is stored (N, K) (trans_w == false, the layout of
 //   nn.Linear weights), or W_e when stored (K, N) (trans_w == true).
 //   beta == 0 overwrites C (NaN in C does not propagate).
+//   With scale or out_row (beta must be 0), row p is stored as grouped_gemm_scatter stores it:
+//     C[out_row[p], :] = scale[p] * (bf16(A[row(p), :]) · op(W_e))   (scale null: 1; out_row null: p)
+//   the down projection writing each assignment's weighted output at its row, without a copy.
 struct GroupedGemmBf16Args {
   int64_t E = 0, N = 0, K = 0;
   const int32_t* offsets = nullptr;  // (E + 1)
@@ -33,9 +36,11 @@ struct GroupedGemmBf16Args {
   const int32_t* gather = nullptr;  // (offsets[E]) or null
   const uint16_t* W = nullptr;      // bf16 (E, N, K), or (E, K, N) when trans_w
   bool trans_w = false;
-  float* C = nullptr;  // (offsets[E], N), row stride ldc
+  float* C = nullptr;  // (offsets[E], N), or rows out_row[p], row stride ldc
   int64_t ldc = 0;
   float beta = 0;
+  const float* scale = nullptr;      // (offsets[E]) or null
+  const int32_t* out_row = nullptr;  // (offsets[E]) or null; must not repeat
 };
 void grouped_gemm_bf16w(Backend b, const GroupedGemmBf16Args& args);
 

@@ -49,9 +49,11 @@ struct Problem {
   const int32_t* map = nullptr;
   const uint16_t* W = nullptr;  // (N, K), or (K, N) when trans_w
   bool trans_w = false;
-  float* C = nullptr;  // (M, N), row stride ldc
+  float* C = nullptr;  // (M, N), row stride ldc; with scale or out_row, rows out_row[i] (or i)
   int64_t ldc = 0;
   float beta = 0;
+  const float* scale = nullptr;      // (M) or null
+  const int32_t* out_row = nullptr;  // (M) or null
 };
 
 // f32 -> bf16 bits, round to nearest even, NaN stays a quiet NaN: moe::f32_to_bf16 without the branch,
@@ -384,11 +386,16 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
   const int64_t mc = i1 - i0, nc = j1 - j0;
   if (p.K == 0 || (p.beta != 0.0f && p.beta != 1.0f)) {  // C = beta * C (zero when beta == 0)
     for (int64_t i = i0; i < i1; ++i) {
-      float* c = p.C + i * p.ldc;
+      float* c = p.C + (p.out_row ? p.out_row[i] : i) * p.ldc;
       for (int64_t j = j0; j < j1; ++j) c[j] = p.beta == 0.0f ? 0.0f : p.beta * c[j];
     }
     if (p.K == 0) return;
   }
+  // The tile's C: in place, or with scale / out_row a scratch tile stored by the epilogue below.
+  const bool scatter = p.scale || p.out_row;
+  thread_local std::vector<float> c_buf;
+  float* const C0 = scatter ? scratch(c_buf, mc * nc) : p.C + i0 * p.ldc + j0;  // element (i0, j0)
+  const int64_t ldc = scatter ? nc : p.ldc;
   thread_local std::vector<uint32_t> a_buf, b_buf;
   const int64_t mc_pad = (mc + MR - 1) / MR * MR, nc_pad = (nc + NR - 1) / NR * NR;
   uint32_t* ap = scratch(a_buf, mc_pad * (kKC / 2));  // (mc_pad, kp)
@@ -411,23 +418,31 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
       const int64_t cols = nc - jp < NR ? nc - jp : NR;
       for (int64_t ip = 0; ip < mc; ip += MR) {
         const int64_t rows = mc - ip < MR ? mc - ip : MR;
-        float* c = p.C + (i0 + ip) * p.ldc + j0 + jp;  // (rows, cols)
+        float* c = C0 + ip * ldc + jp;  // (rows, cols)
         if (rows == MR && cols == NR) {
-          Kern::run(kp, ap + ip * kp, bp + jp * kp, c, p.ldc, load);
+          Kern::run(kp, ap + ip * kp, bp + jp * kp, c, ldc, load);
           continue;
         }
         if (load) {
           for (int64_t i = 0; i < MR; ++i) {
             for (int64_t j = 0; j < NR; ++j)
-              edge[i * NR + j] = i < rows && j < cols ? c[i * p.ldc + j] : 0.0f;
+              edge[i * NR + j] = i < rows && j < cols ? c[i * ldc + j] : 0.0f;
           }
         }
         Kern::run(kp, ap + ip * kp, bp + jp * kp, edge, NR, load);
         for (int64_t i = 0; i < rows; ++i) {
-          for (int64_t j = 0; j < cols; ++j) c[i * p.ldc + j] = edge[i * NR + j];
+          for (int64_t j = 0; j < cols; ++j) c[i * ldc + j] = edge[i * NR + j];
         }
       }
     }
+  }
+  if (!scatter) return;
+  for (int64_t i = 0; i < mc; ++i) {  // epilogue: scaled rows to their output rows
+    const int64_t r = i0 + i;
+    const float s = p.scale ? p.scale[r] : 1.0f;
+    float* dst = p.C + (p.out_row ? p.out_row[r] : r) * p.ldc + j0;
+    const float* src = C0 + i * nc;
+    for (int64_t j = 0; j < nc; ++j) dst[j] = s * src[j];
   }
 }
 
@@ -522,9 +537,11 @@ void grouped_gemm_bf16w(const GroupedGemmBf16Args& g) {
     p.map = g.gather ? g.gather + off : nullptr;
     p.W = g.W + e * g.N * g.K;
     p.trans_w = g.trans_w;
-    p.C = g.C + off * g.ldc;
+    p.C = g.out_row ? g.C : g.C + off * g.ldc;  // out_row holds absolute rows of C
     p.ldc = g.ldc;
     p.beta = g.beta;
+    p.scale = g.scale ? g.scale + off : nullptr;
+    p.out_row = g.out_row ? g.out_row + off : nullptr;
     const int64_t q = static_cast<int64_t>(problems.size());
     problems.push_back(p);
     for (int64_t i0 = 0; i0 < p.M; i0 += kMC) {

@@ -19,6 +19,11 @@ void grouped_gemm_bf16w(const GroupedGemmBf16Args& g) {
           const uint16_t wv = g.trans_w ? w[k * g.N + n] : w[n * g.K + k];  // op(W_e)[k, n]
           acc += static_cast<double>(bf16_to_f32(f32_to_bf16(a[k]))) * static_cast<double>(bf16_to_f32(wv));
         }
+        if (g.scale || g.out_row) {  // beta == 0 here
+          const float s = g.scale ? g.scale[p] : 1.0f;
+          g.C[(g.out_row ? g.out_row[p] : p) * g.ldc + n] = s * static_cast<float>(acc);
+          continue;
+        }
         float& c = g.C[p * g.ldc + n];
         if (g.beta != 0.0f) acc += static_cast<double>(g.beta) * static_cast<double>(c);
         c = static_cast<float>(acc);
