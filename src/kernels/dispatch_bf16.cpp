@@ -49,7 +49,7 @@ void grouped_gemm_bf16w(Backend b, const GroupedGemmBf16Args& g) {
   if (g.K > 0) {
     check_rows_ptr(op, "A", g.A, rows);
     check_ptr(op, "W", g.W);
-    check_stride(op, "lda", g.lda, g.K);
+    check_stride(op, "lda", g.lda, g.a_preact && g.act == Activation::SwiGLU ? 2 * g.K : g.K);
   }
   MOE_CHECK(!(g.scale || g.out_row) || g.beta == 0.0f, op, ": scale and out_row store rows (beta must be 0, got ",
             g.beta, ")");

@@ -236,49 +236,43 @@ const uint16_t* bf16_ptr(const Tensor& t) {
   return static_cast<const uint16_t*>(t.raw());
 }
 
-// Expert FFN on bf16 weights (inference): out (M, d) = act(x_rows · W_g^T, x_rows · W_u^T) · W_d^T
-// per expert, rows as in the batch, fp32 activations rounded to bf16 inside the GEMMs. With scale
-// or out_row, row p of the result is stored scaled by scale[p] at out row out_row[p] (the down
-// projection's epilogue, as grouped_gemm_scatter does).
-void ffn_bf16(Backend be, const MoEConfig& cfg, const ExpertBatch<float>& b, int64_t F, const Tensor& Wg,
-              const Tensor& Wu, const Tensor& Wd, float* out, const float* scale = nullptr,
-              const int32_t* out_row = nullptr) {
+// Expert FFN on bf16 weights (inference): out (M, d) = act(x_rows · W_in^T) · W_d^T per expert, rows
+// as in the batch, fp32 activations rounded to bf16 inside the GEMMs. W_in is [gate; up] per expert
+// for SwiGLU (one GEMM gives [G | U]), up otherwise; the down projection makes h from the
+// pre-activations while packing (no H buffer). With scale or out_row, row p of the result is
+// stored scaled by scale[p] at out row out_row[p] (as grouped_gemm_scatter does).
+void ffn_bf16(Backend be, const MoEConfig& cfg, const ExpertBatch<float>& b, int64_t F, const Tensor& W_in,
+              const Tensor& Wd, float* out, const float* scale = nullptr, const int32_t* out_row = nullptr) {
   const int64_t M = b.rows, d = cfg.d_model;
-  const bool swiglu = is_swiglu(cfg);
-  auto grouped_bf16 = [&](const float* A, int64_t lda, const int32_t* gather, const Tensor& W, int64_t N,
-                          int64_t K, float* C, const float* sc = nullptr, const int32_t* orow = nullptr) {
-    kernels::GroupedGemmBf16Args g;
-    g.E = static_cast<int64_t>(b.offsets.size()) - 1;
-    g.N = N;
-    g.K = K;
-    g.offsets = b.offsets.data();
-    g.A = A;
-    g.lda = lda;
-    g.gather = gather;
-    g.W = bf16_ptr(W);
-    g.C = C;
-    g.ldc = N;
-    g.scale = sc;
-    g.out_row = orow;
-    kernels::grouped_gemm_bf16w(be, g);
-  };
-  const int32_t* gather = b.gather.empty() ? nullptr : b.gather.data();
-  Tensor G, U = Tensor::empty({M, F}, DType::F32, "expert up"), H = Tensor::empty({M, F}, DType::F32, "expert hidden");
-  if (swiglu) {
-    G = Tensor::empty({M, F}, DType::F32, "expert gate");
-    grouped_bf16(b.x_rows, d, gather, Wg, F, d, G.data<float>());
-  }
-  grouped_bf16(b.x_rows, d, gather, Wu, F, d, U.data<float>());
-  kernels::ActivationArgs<float> a;  // SwiGLU: silu(G) * U; plain FFN: act(U)
-  a.act = cfg.activation;
-  a.n = M * F;
-  a.a = swiglu ? G.data<float>() : U.data<float>();
-  a.b = swiglu ? U.data<float>() : nullptr;
-  a.out = H.data<float>();
-  kernels::activation(be, a);
-  G = Tensor();
-  U = Tensor();
-  grouped_bf16(H.data<float>(), F, nullptr, Wd, d, F, out, scale, out_row);
+  const int64_t n_in = is_swiglu(cfg) ? 2 * F : F;
+  Tensor GU = Tensor::empty({M, n_in}, DType::F32, "expert pre-activations");
+  kernels::GroupedGemmBf16Args g;
+  g.E = static_cast<int64_t>(b.offsets.size()) - 1;
+  g.N = n_in;
+  g.K = d;
+  g.offsets = b.offsets.data();
+  g.A = b.x_rows;
+  g.lda = d;
+  g.gather = b.gather.empty() ? nullptr : b.gather.data();
+  g.W = bf16_ptr(W_in);
+  g.C = GU.data<float>();
+  g.ldc = n_in;
+  kernels::grouped_gemm_bf16w(be, g);
+  kernels::GroupedGemmBf16Args dn;
+  dn.E = g.E;
+  dn.N = d;
+  dn.K = F;
+  dn.offsets = b.offsets.data();
+  dn.A = GU.data<float>();
+  dn.lda = n_in;
+  dn.a_preact = true;
+  dn.act = cfg.activation;
+  dn.W = bf16_ptr(Wd);
+  dn.C = out;
+  dn.ldc = d;
+  dn.scale = scale;
+  dn.out_row = out_row;
+  kernels::grouped_gemm_bf16w(be, dn);
 }
 
 template <typename T>
@@ -380,7 +374,7 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
       if constexpr (std::is_same_v<T, float>) {
         if (!ex) {  // the down projection stores each weighted row at its output row
           const Bf16ExpertWeights& W = L.bf16_expert_weights();
-          ffn_bf16(be, cfg, b, F, W.w_gate, W.w_up, W.w_down, ptr<float>(O), w_rows.data(), b.out_row.data());
+          ffn_bf16(be, cfg, b, F, W.w_in, W.w_down, ptr<float>(O), w_rows.data(), b.out_row.data());
           return;
         }
         Tensor Ob = Tensor::empty({M, d}, dt, "expert out");  // (M, d) sorted rows
@@ -448,7 +442,7 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
     if (S.bf16 && L.has_bf16_expert_weights()) {
       if constexpr (std::is_same_v<T, float>) {
         const Bf16ExpertWeights& W = L.bf16_expert_weights();
-        ffn_bf16(be, cfg, S.shared, Fs, W.shared_w_gate, W.shared_w_up, W.shared_w_down, ptr<float>(Ys));
+        ffn_bf16(be, cfg, S.shared, Fs, W.shared_w_in, W.shared_w_down, ptr<float>(Ys));
       }
     } else {
       S.GUs = Tensor::empty({nT, swiglu ? 2 * Fs : Fs}, dt, "shared pre-activations");
@@ -760,11 +754,24 @@ void MoELayer::set_bf16_expert_weights(bool on) {
   MOE_CHECK(dtype_ == DType::F32, "bf16 expert weights need an f32 layer, this one is ", dtype_name(dtype_));
   check_params();
   auto round = [](const Tensor& t) { return t.defined() ? t.to(DType::BF16) : Tensor(); };
-  bf16_.w_gate = round(params_.w_gate);
-  bf16_.w_up = round(params_.w_up);
+  // [gate; up] per expert (n experts of F rows each), or up alone.
+  auto round_in = [&](const Tensor& gate, const Tensor& up, int64_t n, int64_t F) {
+    if (!up.defined() || !gate.defined()) return round(up);
+    const Tensor g = round(gate), u = round(up);
+    const int64_t d = cfg_.d_model;
+    Tensor w = Tensor::empty(n == 0 ? Shape{2 * F, d} : Shape{n, 2 * F, d}, DType::BF16, "bf16 w_in");
+    auto* dst = static_cast<uint16_t*>(w.raw());
+    const auto* gs = static_cast<const uint16_t*>(g.raw());
+    const auto* us = static_cast<const uint16_t*>(u.raw());
+    for (int64_t e = 0; e < std::max<int64_t>(n, 1); ++e) {
+      std::copy_n(gs + e * F * d, F * d, dst + e * 2 * F * d);
+      std::copy_n(us + e * F * d, F * d, dst + e * 2 * F * d + F * d);
+    }
+    return w;
+  };
+  if (params_.w_up.defined()) bf16_.w_in = round_in(params_.w_gate, params_.w_up, local_experts_, cfg_.d_ff);
   bf16_.w_down = round(params_.w_down);
-  bf16_.shared_w_gate = round(params_.shared_w_gate);
-  bf16_.shared_w_up = round(params_.shared_w_up);
+  bf16_.shared_w_in = round_in(params_.shared_w_gate, params_.shared_w_up, 0, cfg_.shared_width());
   bf16_.shared_w_down = round(params_.shared_w_down);
 }
 
@@ -779,8 +786,7 @@ void MoELayer::set_external_experts(bool on) {
     params_.w_gate = Tensor();
     params_.w_up = Tensor();
     params_.w_down = Tensor();
-    bf16_.w_gate = Tensor();
-    bf16_.w_up = Tensor();
+    bf16_.w_in = Tensor();
     bf16_.w_down = Tensor();
   } else {
     const int64_t El = local_experts_, d = cfg_.d_model, F = cfg_.d_ff;

@@ -374,6 +374,59 @@ TEST(OpsBf16, ScaleAndOutRowStoreRowsLikeTheScatter) {
   }
 }
 
+// a_preact: A given as pre-activations ([G | U] rows for SwiGLU), h made while packing. Every
+// instruction set against the reference: the GEMM bound plus, per term, h's own error (a few ulp
+// of exp) that may move its bf16 rounding by one bf16 ulp (2^-8 relative).
+TEST(OpsBf16, PreActivationRowsMatchRef) {
+  IsaGuard guard;
+  using kernels::Activation;
+  for (Activation act : {Activation::SwiGLU, Activation::Gelu, Activation::Relu, Activation::Silu}) {
+    const int64_t K = 300, N = 37, width = act == Activation::SwiGLU ? 2 * K : K;
+    const std::vector<int32_t> offsets = {0, 9, 9, 31};
+    std::vector<int32_t> gather(31);
+    Lcg rng(3);
+    for (auto& r : gather) r = static_cast<int32_t>(rng.next() % 20u);
+    std::vector<float> A(static_cast<size_t>(20 * width));
+    for (auto& v : A) v = 3.0f * rng.uniform();
+    std::vector<uint16_t> W(static_cast<size_t>(3 * N * K));
+    for (auto& v : W) v = f32_to_bf16(rng.uniform());
+    auto run_pre = [&](Backend be) {
+      std::vector<float> C(static_cast<size_t>(31 * N), std::numeric_limits<float>::quiet_NaN());
+      kernels::GroupedGemmBf16Args g;
+      g.E = 3, g.N = N, g.K = K, g.offsets = offsets.data(), g.A = A.data(), g.lda = width;
+      g.gather = gather.data(), g.W = W.data(), g.C = C.data(), g.ldc = N;
+      g.a_preact = true, g.act = act;
+      kernels::grouped_gemm_bf16w(be, g);
+      return C;
+    };
+    const std::vector<float> ref = run_pre(Backend::Ref);
+    for (const char* isa : kIsas) {
+      if (!kernels::gemm_bf16_isa_supported(isa)) continue;
+      kernels::set_gemm_bf16_isa(isa);
+      const std::vector<float> got = run_pre(Backend::Cpu);
+      for (int64_t p = 0; p < 31; ++p) {
+        const int64_t e = p < 9 ? 0 : 2;
+        const float* a = A.data() + gather[static_cast<size_t>(p)] * width;
+        for (int64_t n = 0; n < N; ++n) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            const double u = a[k], gv = act == Activation::SwiGLU ? a[k] : 0.0;
+            const double h = act == Activation::SwiGLU ? gv / (1 + std::exp(-gv)) * a[K + k]
+                             : act == Activation::Relu ? std::max(u, 0.0)
+                             : act == Activation::Silu ? u / (1 + std::exp(-u))
+                                                       : 0.5 * u * (1 + std::erf(u / std::sqrt(2.0)));
+            s += std::fabs(h * bf16_to_f32(W[static_cast<size_t>((e * N + n) * K + k)]));
+          }
+          const double bound = (K + 4) * std::ldexp(1.0, -24) * s + std::ldexp(1.0, -7) * s / std::sqrt(double(K));
+          const size_t at = static_cast<size_t>(p * N + n);
+          ASSERT_LE(std::fabs(double(got[at]) - double(ref[at])), bound)
+              << kernels::activation_name(act) << " " << isa << " row " << p << " col " << n;
+        }
+      }
+    }
+  }
+}
+
 TEST(OpsBf16, BadInputsThrow) {
   std::vector<float> buf(64, 1.0f);
   std::vector<uint16_t> w(64, f32_to_bf16(1.0f));

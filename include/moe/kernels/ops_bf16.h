@@ -41,6 +41,10 @@ struct GroupedGemmBf16Args {
   float beta = 0;
   const float* scale = nullptr;      // (offsets[E]) or null
   const int32_t* out_row = nullptr;  // (offsets[E]) or null; must not repeat
+  // A as saved pre-activations (see a_preact in moe/kernels/ops.h): row p of A is act of the
+  // stored row (SwiGLU: silu(G) * U of [G | U], lda >= 2K), made while packing, then rounded to bf16.
+  bool a_preact = false;
+  Activation act = Activation::SwiGLU;
 };
 void grouped_gemm_bf16w(Backend b, const GroupedGemmBf16Args& args);
 

@@ -49,9 +49,11 @@ struct MoEParams {
 };
 
 // Expert weights rounded to bf16 (uint16 bit patterns) for the inference forward pass.
+// SwiGLU's gate and up weights are one tensor, each expert's gate rows then its up rows, so one GEMM
+// computes both; other activations have w_up only.
 struct Bf16ExpertWeights {
-  Tensor w_gate, w_up, w_down;                       // bf16 (E, F, d), (E, F, d), (E, d, F)
-  Tensor shared_w_gate, shared_w_up, shared_w_down;  // bf16 (Fs, d), (Fs, d), (d, Fs)
+  Tensor w_in, w_down;                // bf16 (E, 2F, d) [gate; up] or (E, F, d) up, and (E, d, F)
+  Tensor shared_w_in, shared_w_down;  // bf16 (2Fs, d) or (Fs, d), and (d, Fs)
 };
 
 // Gradients; same names and shapes as MoEParams (router_bias has none), plus dx.
@@ -175,7 +177,7 @@ class MoELayer {
   // the CPU has it). A snapshot: call again after changing the weights; `false` drops it. Such a
   // forward keeps no activations and cannot be differentiated (backward throws). f32 layers only.
   void set_bf16_expert_weights(bool on);
-  bool has_bf16_expert_weights() const { return bf16_.w_up.defined() || bf16_.shared_w_up.defined(); }
+  bool has_bf16_expert_weights() const { return bf16_.w_in.defined() || bf16_.shared_w_in.defined(); }
   const Bf16ExpertWeights& bf16_expert_weights() const { return bf16_; }
 
   // Inference with an executor: the routed experts' FFNs are computed by `ex` instead of from

@@ -27,6 +27,7 @@
 
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "kernels/cpu/act_inline.h"
 #include "moe/kernels/ops_bf16.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
@@ -54,6 +55,8 @@ struct Problem {
   float beta = 0;
   const float* scale = nullptr;      // (M) or null
   const int32_t* out_row = nullptr;  // (M) or null
+  bool pre = false;                  // A rows are pre-activations: A = act(row), made while packing
+  Activation act = Activation::SwiGLU;
 };
 
 // f32 -> bf16 bits, round to nearest even, NaN stays a quiet NaN: moe::f32_to_bf16 without the branch,
@@ -85,6 +88,11 @@ MOE_INLINE void pack_a(const Problem& p, int64_t i0, int64_t mc, int64_t mc_pad,
     }
     const int64_t r = i0 + i;
     const float* __restrict src = p.A + (p.map ? p.map[r] : r) * p.lda + k0;
+    float h[kKC];
+    if (p.pre) {  // [G | U] (or U) -> h, then rounded like any A row
+      act_row(p.act, src, p.K, kc, 1.0f, h);
+      src = h;
+    }
     for (int64_t q = 0; q < pairs; ++q) d[q] = round_bf16(src[2 * q]) | (round_bf16(src[2 * q + 1]) << 16);
     if (kc & 1) d[pairs] = round_bf16(src[kc - 1]);
   }
@@ -542,6 +550,8 @@ void grouped_gemm_bf16w(const GroupedGemmBf16Args& g) {
     p.beta = g.beta;
     p.scale = g.scale ? g.scale + off : nullptr;
     p.out_row = g.out_row ? g.out_row + off : nullptr;
+    p.pre = g.a_preact;
+    p.act = g.act;
     const int64_t q = static_cast<int64_t>(problems.size());
     problems.push_back(p);
     for (int64_t i0 = 0; i0 < p.M; i0 += kMC) {

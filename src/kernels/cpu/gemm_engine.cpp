@@ -1,6 +1,7 @@
 // The blocked GEMM engine: packing, the register-tiled micro-kernel and one output tile.
 // See gemm_engine.h for the blocking scheme and why it is deterministic.
 #include "kernels/cpu/gemm_engine.h"
+#include "kernels/cpu/act_inline.h"
 
 #include <immintrin.h>
 
@@ -34,58 +35,10 @@ MOE_INLINE const T* col_ptr(const Operand<T>& o, int64_t c) {
   return o.base + col * o.cs;
 }
 
-// exp(x) for float, vectorisable (no libm call): range reduction by ln 2 and a degree-6
-// polynomial, about 2 ulp over the clamped range. Double uses std::exp.
-MOE_INLINE float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = __builtin_rintf(x * 1.44269504088896341f);
-  float r = x - n * 0.693359375f;  // ln 2 in two parts (Cody-Waite)
-  r = r - n * -2.12194440e-4f;
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  q = q * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  __builtin_memcpy(&scale, &bits, sizeof scale);
-  return q * scale;
-}
-MOE_INLINE double exp_approx(double x) { return std::exp(x); }
-
-// act(e) (SwiGLU: silu(e) * e2), the formulas of the activation ops.
-template <typename T>
-MOE_INLINE T act_of(Activation act, T e, T e2) {
-  switch (act) {
-    case Activation::SwiGLU:
-      return e / (T(1) + exp_approx(-e)) * e2;
-    case Activation::Silu:
-      return e / (T(1) + exp_approx(-e));
-    case Activation::Relu:
-      return e < T(0) ? T(0) : e;
-    case Activation::Gelu:
-      return e * (T(0.5) * (T(1) + std::erf(e * T(0.70710678118654752440))));
-  }
-  return e;
-}
-
 // dst[c] = operand row r's elements src[c] (c < n, contiguous) through the packing activation.
 template <typename T>
 MOE_INLINE void pre_row(const Operand<T>& o, int64_t r, const T* __restrict src, int64_t n, T* __restrict dst) {
-  const T s = o.rscale ? o.rscale[r] : T(1);
-  const T* __restrict src2 = src + o.xoff;
-  switch (o.act) {
-    case Activation::SwiGLU:
-      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] / (T(1) + exp_approx(-src[c])) * src2[c]);
-      return;
-    case Activation::Silu:
-      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] / (T(1) + exp_approx(-src[c])));
-      return;
-    default:
-      for (int64_t c = 0; c < n; ++c) dst[c] = s * act_of(o.act, src[c], T(0));
-  }
+  act_row(o.act, src, o.xoff, n, o.rscale ? o.rscale[r] : T(1), dst);
 }
 
 // Packs A[i0 : i0 + mc, k0 : k0 + kc] into panels of MR rows: dst[panel][k][i], zero padded.
