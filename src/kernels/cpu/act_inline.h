@@ -2,6 +2,8 @@
 // operand transforms that turn saved pre-activations [G | U] into h = silu(G) · U on the fly.
 #pragma once
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 
@@ -11,26 +13,43 @@ namespace moe::kernels::cpu {
 
 #define MOE_ACT_INLINE inline __attribute__((always_inline))
 
-// exp(x) for float: range reduction by ln 2 (Cody-Waite) and a degree-6 polynomial, about 2 ulp
-// over the clamped range [-87, 88]. Double uses std::exp.
-MOE_ACT_INLINE float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-  const float n = __builtin_rintf(x * 1.44269504088896341f);
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float q = 1.9875691500e-4f;
-  q = q * r + 1.3981999507e-3f;
-  q = q * r + 8.3334519073e-3f;
-  q = q * r + 4.1665795894e-2f;
-  q = q * r + 1.6666665459e-1f;
-  q = q * r + 5.0000001201e-1f;
-  q = q * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  __builtin_memcpy(&scale, &bits, sizeof scale);
-  return q * scale;
+// exp(x) in float for x <= 0 (arguments of a softmax after the max is subtracted), within 1 ulp
+// (measured over [−88, 0]). Written by hand because std::exp on floats is a library call the
+// compiler cannot vectorise: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, the degree-6
+// polynomial of Cephes' expf, and 2^n built in the exponent bits. Only integer selects (no float
+// compare, no float-to-int conversion), so GCC vectorises a loop over it without
+// -fno-trapping-math. Arguments below −88 (and −inf) are clamped to −88 through their bits (for a
+// negative float, a larger magnitude has larger bits); where 2^n would be denormal (x below about
+// −87.3) the result is 0, which a softmax cannot tell from the true value. NaN stays NaN.
+// Not for x > 88 (2^n overflows the exponent field).
+MOE_ACT_INLINE float exp_nonpositive(float x_in) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  constexpr float kRound = 12582912.0f;  // 1.5 · 2^23: t = x log2e + kRound holds round(x log2e)
+  const float x =
+      std::bit_cast<float>(std::min(std::bit_cast<uint32_t>(x_in), std::bit_cast<uint32_t>(-88.0f)));
+  const float t = x * kLog2e + kRound;  // in its low mantissa bits
+  const float n = t - kRound;
+  const int32_t ni = std::bit_cast<int32_t>(t) - std::bit_cast<int32_t>(kRound);  // n as an integer
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.0f;
+  const float two_n = std::bit_cast<float>(static_cast<uint32_t>(ni + 127) << 23);
+  const int32_t keep = -static_cast<int32_t>(ni >= -126);  // all ones, or 0 where 2^n is denormal
+  return std::bit_cast<float>(std::bit_cast<int32_t>(y * two_n) & keep);
 }
-MOE_ACT_INLINE double exp_approx(double x) { return std::exp(x); }
+
+// sigmoid(x) = 1 / (1 + exp(-x)) through exp of -|x| <= 0: e / (1 + e) for x < 0. Double uses std::exp.
+MOE_ACT_INLINE float sigmoid_fast(float x) {
+  const float e = exp_nonpositive(-std::fabs(x));
+  return (std::bit_cast<int32_t>(x) < 0 ? e : 1.0f) / (1.0f + e);  // an integer select (vectorises)
+}
+MOE_ACT_INLINE double sigmoid_fast(double x) { return 1.0 / (1.0 + std::exp(-x)); }
 
 // dst[c] = s * act(src[c]) for c < n (SwiGLU: s * silu(src[c]) * src[c + xoff]), the formulas of
 // the activation ops.
@@ -40,10 +59,10 @@ MOE_ACT_INLINE void act_row(Activation act, const T* __restrict src, int64_t xof
   const T* __restrict src2 = src + xoff;
   switch (act) {
     case Activation::SwiGLU:
-      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] / (T(1) + exp_approx(-src[c])) * src2[c]);
+      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] * sigmoid_fast(src[c]) * src2[c]);
       return;
     case Activation::Silu:
-      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] / (T(1) + exp_approx(-src[c])));
+      for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] * sigmoid_fast(src[c]));
       return;
     case Activation::Relu:
       for (int64_t c = 0; c < n; ++c) dst[c] = s * (src[c] < T(0) ? T(0) : src[c]);
