@@ -377,20 +377,19 @@ MoEForward forward_impl(const MoELayer& L, const Tensor& x_in, const ForwardOpti
           ffn_bf16(be, cfg, b, F, W.w_in, W.w_down, ptr<float>(O), w_rows.data(), b.out_row.data());
           return;
         }
+        // The executor writes sorted rows; they are weighted and moved to their output rows here.
         Tensor Ob = Tensor::empty({M, d}, dt, "expert out");  // (M, d) sorted rows
-        {
-          ExpertRows rows;
-          rows.n_experts = E;
-          rows.d_model = d;
-          rows.d_ff = F;
-          rows.act = cfg.activation;
-          rows.offsets = b.offsets.data();
-          rows.x = ptr<float>(S.x);
-          rows.n_tokens = nT;
-          rows.gather = b.gather.empty() ? nullptr : b.gather.data();
-          rows.out = Ob.data<float>();
-          ex->run(rows);
-        }
+        ExpertRows rows;
+        rows.n_experts = E;
+        rows.d_model = d;
+        rows.d_ff = F;
+        rows.act = cfg.activation;
+        rows.offsets = b.offsets.data();
+        rows.x = ptr<float>(S.x);
+        rows.n_tokens = nT;
+        rows.gather = b.gather.empty() ? nullptr : b.gather.data();
+        rows.out = Ob.data<float>();
+        ex->run(rows);
         const float* ob = Ob.data<float>();
         float* o = ptr<float>(O);
         parallel_for(M, std::max<int64_t>(1, 4096 / d), [&](int64_t lo, int64_t hi) {
@@ -525,7 +524,8 @@ void backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& dy_in
   const bool ep = L.expert_parallel().comm != nullptr;
   const bool skip_experts = nT == 0 && !ep, skip_rest = nT == 0;
   // dx is always overwritten: the combine writes every token's row.
-  if (!g.dx.defined() || g.dx.shape() != Shape{nT, d}) grad_target(g.dx, {nT, d}, dt, "dx", true);
+  if (g.dx.defined() && g.dx.shape() != Shape{nT, d}) g.dx = Tensor();  // another batch's: replaced
+  if (!g.dx.defined()) grad_target(g.dx, {nT, d}, dt, "dx", true);
   g.dx.check_dtype(dt, "dx");
   MOE_CHECK(g.dx.is_contiguous(), "MoE backward: gradient 'dx' must be contiguous");
   const bool add_router = grad_target(g.router_w, {E, d}, dt, "d router_w", skip_rest);
@@ -654,7 +654,6 @@ void backward_impl(const MoELayer& L, const MoEForward& fwd, const Tensor& dy_in
     ffn_input_grad<T>(be, swiglu, S.shared, d, Fs, dpa, ptr<T>(P.shared_w_gate), P.shared_w_up.data<T>(), dx,
                       T(1));
   }
-  return;
 }
 
 }  // namespace

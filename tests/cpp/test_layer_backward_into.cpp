@@ -97,6 +97,10 @@ TEST(LayerBackwardInto, SecondBackwardOfOneForwardIsAnError) {
     EXPECT_NE(std::string(e.what()).find("already run"), std::string::npos) << e.what();
   }
   EXPECT_NO_THROW(layer.backward(layer.forward(x), dy));  // a new forward is fine
+  MoEGrads other;  // dx of another batch's shape is replaced, not an error
+  other.dx = Tensor::zeros({9, 8});
+  layer.backward_into(layer.forward(x), dy, other);
+  EXPECT_EQ(other.dx.shape(), (Shape{5, 8}));
 }
 
 // No tokens: new gradients are zeros, given ones keep their values.
