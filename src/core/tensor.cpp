@@ -5,6 +5,8 @@
 #include <new>
 #include <sstream>
 
+#include <sys/mman.h>
+
 #include "moe/core/parallel.h"
 
 namespace moe {
@@ -24,7 +26,23 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
+// Buffers of at least kHugeMin bytes are 2 MiB aligned and marked for transparent huge pages
+// (where the kernel offers them on request, "madvise" mode): their first touch then faults once per
+// 2 MiB instead of once per 4 KiB. Activations of a large MoE layer are fresh mappings every step
+// (glibc maps big blocks and unmaps them on free), and those faults cost ~5% of a step here.
+constexpr size_t kHuge = size_t{2} << 20;
+constexpr size_t kHugeMin = size_t{8} << 20;
+
 void* aligned_alloc64(size_t bytes) {
+  if (bytes >= kHugeMin) {
+    const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
+    void* p = std::aligned_alloc(kHuge, rounded);
+    if (!p) throw Error(cat("out of memory allocating ", bytes, " bytes"));
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, rounded, MADV_HUGEPAGE);  // a hint: without huge pages nothing changes
+#endif
+    return p;
+  }
   const size_t rounded = (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
   if (!p) throw Error(cat("out of memory allocating ", bytes, " bytes"));
