@@ -2,8 +2,10 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
 #include <new>
 #include <sstream>
+#include <vector>
 
 #include <sys/mman.h>
 
@@ -51,8 +53,146 @@ void* aligned_alloc64(size_t bytes) {
 
 void aligned_free64(void* p) { std::free(p); }
 
-Storage::Storage(size_t bytes) : data_(aligned_alloc64(bytes)), bytes_(bytes) {}
-Storage::~Storage() { aligned_free64(data_); }
+namespace {
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+#else
+constexpr bool kSanitized = false;
+#endif
+
+constexpr size_t kCacheMin = size_t{1} << 20;
+
+// The size class of a buffer of `bytes` (0: too small to cache).
+size_t block_class(size_t bytes) {
+  if (bytes < kCacheMin) return 0;
+  const size_t step = bytes >= kHugeMin ? kHuge : size_t{64} << 10;
+  return (bytes + step - 1) / step * step;
+}
+
+size_t default_cache_limit() {
+  if (const char* env = std::getenv("MOE_TENSOR_CACHE_MB")) {
+    char* end = nullptr;
+    const unsigned long long mb = std::strtoull(env, &end, 10);
+    if (end != env && *end == '\0') return static_cast<size_t>(mb) << 20;
+  }
+  return kSanitized ? 0 : size_t{1024} << 20;
+}
+
+// Free blocks, oldest first; a handful at a time, so linear scans are cheap.
+struct BlockCache {
+  std::mutex mu;
+  std::vector<std::pair<size_t, void*>> blocks;
+  size_t held = 0;
+  size_t limit = default_cache_limit();
+  uint64_t reused = 0, fresh = 0;
+
+  void* take(size_t cls) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t i = blocks.size(); i-- > 0;) {  // the most recently freed of its class
+      if (blocks[i].first != cls) continue;
+      void* p = blocks[i].second;
+      blocks.erase(blocks.begin() + static_cast<std::ptrdiff_t>(i));
+      held -= cls;
+      ++reused;
+      return p;
+    }
+    ++fresh;
+    return nullptr;
+  }
+  // Keeps p (class cls) or frees it; frees the oldest blocks beyond the limit.
+  void give(size_t cls, void* p) {
+    std::vector<void*> out;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (cls > limit) {
+        out.push_back(p);
+      } else {
+        blocks.emplace_back(cls, p);
+        held += cls;
+        size_t drop = 0;
+        while (held > limit) {
+          held -= blocks[drop].first;
+          out.push_back(blocks[drop].second);
+          ++drop;
+        }
+        blocks.erase(blocks.begin(), blocks.begin() + static_cast<std::ptrdiff_t>(drop));
+      }
+    }
+    for (void* q : out) aligned_free64(q);
+  }
+  void release_all() {
+    std::vector<std::pair<size_t, void*>> out;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      out.swap(blocks);
+      held = 0;
+    }
+    for (auto& b : out) aligned_free64(b.second);
+  }
+};
+
+// Never destroyed: tensors in static objects may be freed after any destructor would have run.
+// The blocks it holds at exit stay reachable from it.
+BlockCache& block_cache() {
+  static BlockCache* c = new BlockCache;
+  return *c;
+}
+
+}  // namespace
+
+TensorCacheStats tensor_cache_stats() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  TensorCacheStats s;
+  s.held_bytes = c.held;
+  s.held_blocks = c.blocks.size();
+  s.limit_bytes = c.limit;
+  s.reused = c.reused;
+  s.fresh = c.fresh;
+  return s;
+}
+
+void tensor_cache_release() { block_cache().release_all(); }
+
+void set_tensor_cache_limit(size_t bytes) {
+  BlockCache& c = block_cache();
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    c.limit = bytes;
+  }
+  c.release_all();
+}
+
+Storage::Storage(size_t bytes) : bytes_(bytes), block_(block_class(bytes)) {
+  if (block_ != 0) {
+    BlockCache& c = block_cache();
+    data_ = c.take(block_);
+    if (data_ != nullptr) return;
+    try {
+      data_ = aligned_alloc64(block_);
+    } catch (const Error&) {
+      c.release_all();  // the cache's blocks may be what the system is short of
+      data_ = aligned_alloc64(block_);
+    }
+    return;
+  }
+  data_ = aligned_alloc64(bytes);
+}
+
+Storage::~Storage() {
+  if (block_ != 0) {
+    block_cache().give(block_, data_);
+  } else {
+    aligned_free64(data_);
+  }
+}
 
 static Shape contiguous_strides(const Shape& shape) {
   Shape st(shape.size());

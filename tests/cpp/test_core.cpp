@@ -90,6 +90,60 @@ TEST(Tensor, ShapeChecksNameTheTensor) {
   EXPECT_THROW(Tensor::empty({2, -1}), Error);
 }
 
+// The tensor buffer cache: freed buffers of >= 1 MiB come back to the next tensor of their size
+// class, zeros() still zeroes them, the limit evicts the oldest, and release empties it.
+TEST(TensorCache, ReusesFreedBuffersWithinItsLimit) {
+  const TensorCacheStats before = tensor_cache_stats();
+  set_tensor_cache_limit(size_t{64} << 20);
+  void* first = nullptr;
+  {
+    Tensor a = Tensor::full({1 << 18}, 3.0, DType::F32, "a");  // 1 MiB
+    first = a.data<float>();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 64, 0u);
+  }
+  TensorCacheStats s = tensor_cache_stats();
+  EXPECT_EQ(s.held_blocks, 1u);
+  EXPECT_EQ(s.held_bytes, size_t{1} << 20);
+  {
+    // Same size class (1 MiB + 4 KiB rounds to 1 MiB + 64 KiB: another class, so not this block).
+    Tensor other = Tensor::empty({(1 << 18) + 1024}, DType::F32, "other");
+    EXPECT_NE(other.data<float>(), first);
+    Tensor b = Tensor::zeros({1 << 18}, DType::F32, "b");
+    EXPECT_EQ(b.data<float>(), first);  // the kept block, zeroed again
+    for (int64_t i = 0; i < b.numel(); ++i) ASSERT_EQ(b.data<float>()[i], 0.0f) << i;
+    EXPECT_EQ(tensor_cache_stats().held_blocks, 0u);
+  }
+  EXPECT_EQ(tensor_cache_stats().held_blocks, 2u);
+  // Huge-page classes (>= 8 MiB) are 2 MiB aligned, cached the same way.
+  {
+    Tensor big = Tensor::empty({(size_t{9} << 20) / 4}, DType::F32, "big");
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(big.data<float>()) % (size_t{2} << 20), 0u);
+  }
+  s = tensor_cache_stats();
+  EXPECT_EQ(s.held_blocks, 3u);
+  EXPECT_EQ(s.held_bytes, (size_t{1} << 20) + (size_t{1088} << 10) + (size_t{10} << 20));
+  // Over the limit the blocks freed longest ago go first.
+  set_tensor_cache_limit(size_t{12} << 20);
+  EXPECT_EQ(tensor_cache_stats().held_blocks, 0u);  // a new limit releases what is held
+  { Tensor a = Tensor::empty({1 << 18}, DType::F32, "a"); }
+  { Tensor big = Tensor::empty({(size_t{10} << 20) / 4}, DType::F32, "big"); }
+  { Tensor c = Tensor::empty({(size_t{2} << 20) / 4}, DType::F32, "c"); }  // 1 + 10 + 2 > 12: the 1 MiB goes
+  s = tensor_cache_stats();
+  EXPECT_EQ(s.held_blocks, 2u);
+  EXPECT_EQ(s.held_bytes, size_t{12} << 20);
+  // Below 1 MiB nothing is kept; a block over the whole limit is not kept either.
+  { Tensor small = Tensor::empty({1000}, DType::F32, "small"); }
+  { Tensor huge = Tensor::empty({(size_t{14} << 20) / 4}, DType::F32, "huge"); }
+  EXPECT_EQ(tensor_cache_stats().held_bytes, size_t{12} << 20);
+  tensor_cache_release();
+  EXPECT_EQ(tensor_cache_stats().held_bytes, 0u);
+  // Off: nothing kept.
+  set_tensor_cache_limit(0);
+  { Tensor a = Tensor::empty({1 << 18}, DType::F32, "a"); }
+  EXPECT_EQ(tensor_cache_stats().held_blocks, 0u);
+  set_tensor_cache_limit(before.limit_bytes);
+}
+
 TEST(Threads, SettableAndValidated) {
   const int saved = num_threads();
   set_num_threads(3);
