@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/act_inline.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_engine.h"
 #include "moe/core/parallel.h"
@@ -81,6 +82,59 @@ inline T act_grad(Activation act, T u) {
       return s * (T(1) + u * (T(1) - s));
     }
   }
+}
+
+// The SwiGLU backward of one tile row (n <= kNC columns), in place where dg == g and du == u:
+// with sg = sigmoid(g), h = silu(g) u and dh = s q:  dg = dh u sg (1 + g (1 - sg)), du = dh silu(g),
+// hs = s h (when wanted), and the return value <q, h> summed in double over 8 lanes (lane j % 8,
+// each in column order, then the lanes pairwise): a fixed order, so the result does not depend on
+// the thread count, and one the compiler can vectorise (as sigmoid_fast is).
+template <typename T>
+MOE_ACT_INLINE double swiglu_bwd_row_body(int64_t n, T s, const T* __restrict q, const T* g, const T* u, T* dg, T* du,
+                                          T* __restrict hs) {
+  alignas(64) T gl[kNC], ul[kNC], h[kNC];  // copies: dg, du may be g, u
+  for (int64_t j = 0; j < n; ++j) {
+    gl[j] = g[j];
+    ul[j] = u[j];
+  }
+  T* __restrict dgr = dg;
+  T* __restrict dur = du;
+  for (int64_t j = 0; j < n; ++j) {
+    const T sg = sigmoid_fast(gl[j]), silu = gl[j] * sg, dh = s * q[j];
+    h[j] = silu * ul[j];
+    dgr[j] = dh * ul[j] * (sg * (T(1) + gl[j] * (T(1) - sg)));
+    dur[j] = dh * silu;
+  }
+  if (hs)
+    for (int64_t j = 0; j < n; ++j) hs[j] = s * h[j];
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+#pragma GCC unroll 8
+    for (int l = 0; l < 8; ++l) acc[l] += static_cast<double>(q[j + l]) * static_cast<double>(h[j + l]);
+  }
+  for (int l = 0; j < n; ++j, ++l) acc[l] += static_cast<double>(q[j]) * static_cast<double>(h[j]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+template <typename T>
+double swiglu_bwd_row_generic(int64_t n, T s, const T* q, const T* g, const T* u, T* dg, T* du, T* hs) {
+  return swiglu_bwd_row_body(n, s, q, g, u, dg, du, hs);
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) double swiglu_bwd_row_avx512(int64_t n, T s, const T* q, const T* g, const T* u,
+                                                                T* dg, T* du, T* hs) {
+  return swiglu_bwd_row_body(n, s, q, g, u, dg, du, hs);
+}
+
+template <typename T>
+double swiglu_bwd_row(int64_t n, T s, const T* q, const T* g, const T* u, T* dg, T* du, T* hs) {
+  static const bool avx512 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") != 0;
+  }();
+  return avx512 ? swiglu_bwd_row_avx512(n, s, q, g, u, dg, du, hs) : swiglu_bwd_row_generic(n, s, q, g, u, dg, du, hs);
 }
 
 }  // namespace
@@ -169,15 +223,7 @@ void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
       T* hs = g.Hs ? g.Hs + row * g.ldhs + tl.j0 : nullptr;
       double dot = 0;
       if (swiglu) {
-        const T* gt = g.G + row * g.ldg + tl.j0;
-        T* dg = g.dG + row * g.lddg + tl.j0;
-        for (int64_t j = 0; j < nc; ++j) {
-          const T sg = sigmoid(gt[j]), silu = gt[j] * sg, h = silu * u[j], dh = s * q[j];
-          dg[j] = dh * u[j] * (sg * (T(1) + gt[j] * (T(1) - sg)));
-          du[j] = dh * silu;
-          if (hs) hs[j] = s * h;
-          dot += static_cast<double>(q[j]) * static_cast<double>(h);
-        }
+        dot = swiglu_bwd_row(nc, s, q, g.G + row * g.ldg + tl.j0, u, g.dG + row * g.lddg + tl.j0, du, hs);
       } else {
         for (int64_t j = 0; j < nc; ++j) {
           const T h = act_value(g.act, u[j]), dh = s * q[j];
