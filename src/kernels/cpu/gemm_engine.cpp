@@ -308,6 +308,20 @@ MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64
       for (int64_t jp = 0; jp < nc; jp += NR) {
         const int64_t cols = nc - jp < NR ? nc - jp : NR;
         for (int64_t ip = 0; ip < full; ip += MR) {
+          // The C rows the next micro-tile stores to are requested now, while this one computes:
+          // where K is short (a weight gradient over one expert's ~256 tokens) each C element gets
+          // few FMAs per visit, and waiting for its cache lines cost ~7% of a weight gradient's time.
+          {
+            int64_t nip = ip + MR, njp = jp;
+            if (nip >= full) nip = 0, njp = jp + NR;
+            if (njp < nc) {
+              const T* c = C + (ib + nip) * ldc + njp;
+              const int64_t ncols = nc - njp < NR ? nc - njp : NR;
+              for (int64_t i = 0; i < MR; ++i)
+                for (int64_t j = 0; j < ncols; j += 64 / static_cast<int64_t>(sizeof(T)))
+                  __builtin_prefetch(c + i * ldc + j, 1, 3);
+            }
+          }
           micro_kernel<T, MR, NR, VB>(kc, ap + ip * kc, bp + jp * kc, out);
           for (int64_t i = 0; i < MR; ++i) store(ib + ip + i, jp, cols, out + i * NR);
         }
