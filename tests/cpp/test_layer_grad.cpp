@@ -5,6 +5,7 @@
 #include <cstring>
 #include <functional>
 
+#include "kernels/cpu/gemm_engine.h"
 #include "layer_testutil.h"
 #include "moe/core/parallel.h"
 
@@ -214,6 +215,42 @@ TEST(LayerDeterminism, BitIdenticalAcrossThreadCounts) {
     EXPECT_TRUE(bit_equal(gs[i].w_down, gs[0].w_down));
     EXPECT_TRUE(bit_equal(gs[i].router_w, gs[0].router_w));
     EXPECT_TRUE(bit_equal(gs[i].shared_w_up, gs[0].shared_w_up));
+  }
+}
+
+// Widths over 256 columns: the grouped GEMMs' tiles are as wide as the thread count allows
+// (kernels::cpu::tile_width: one 768-column tile per expert with 1 thread, 256 with 4 here), which
+// must change no result, the routing weights' gradient (summed per 256 columns) included.
+TEST(LayerDeterminism, BitIdenticalAcrossTileWidths) {
+  MoEConfig c = small_config(640, 576, 4, 2);
+  c.n_shared_experts = 1;
+  const int saved = num_threads();
+  MoELayer layer(c, DType::F32, kernels::Backend::Cpu);
+  layer.init_params(7);
+  const Tensor x = random_tensor({300, 640}, DType::F32, 8);
+  const Tensor dy = random_tensor({300, 640}, DType::F32, 9);
+  std::vector<MoEForward> fw;
+  std::vector<MoEGrads> gs;
+  for (int nt : {1, 2, 4}) {
+    set_num_threads(nt);
+    // ~150 rows per expert: 4 row tiles.
+    if (nt == 1) {
+      EXPECT_EQ(kernels::cpu::tile_width(4, 640), 768);
+    } else if (nt == 4) {
+      EXPECT_EQ(kernels::cpu::tile_width(4, 640), kernels::cpu::kNC);
+    }
+    fw.push_back(layer.forward(x));
+    gs.push_back(layer.backward(fw.back(), dy));
+  }
+  set_num_threads(saved);
+  for (size_t i = 1; i < fw.size(); ++i) {
+    EXPECT_TRUE(bit_equal(fw[i].y, fw[0].y)) << "y differs at thread setting " << i;
+    EXPECT_TRUE(bit_equal(gs[i].dx, gs[0].dx));
+    EXPECT_TRUE(bit_equal(gs[i].w_gate, gs[0].w_gate));
+    EXPECT_TRUE(bit_equal(gs[i].w_up, gs[0].w_up));
+    EXPECT_TRUE(bit_equal(gs[i].w_down, gs[0].w_down));
+    EXPECT_TRUE(bit_equal(gs[i].router_w, gs[0].router_w));
+    EXPECT_TRUE(bit_equal(gs[i].shared_w_down, gs[0].shared_w_down));
   }
 }
 

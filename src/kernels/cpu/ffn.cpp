@@ -26,8 +26,13 @@ struct Tile {
   int64_t e, i0, i1, j0, j1;  // expert; rows [i0, i1) of the expert; columns [j0, j1)
 };
 
-// Output tiles of every expert with rows, rows x N each, at most kMT x nc.
-std::vector<Tile> list_tiles(const int32_t* offsets, int64_t E, int64_t N, int64_t nc = kNC) {
+// Output tiles of every expert with rows, rows x N each, at most kMT x nc; nc 0: tile_width's.
+std::vector<Tile> list_tiles(const int32_t* offsets, int64_t E, int64_t N, int64_t nc = 0) {
+  if (nc <= 0) {
+    int64_t row_tiles = 0;
+    for (int64_t e = 0; e < E; ++e) row_tiles += (offsets[e + 1] - offsets[e] + kMT - 1) / kMT;
+    nc = tile_width(row_tiles, N);
+  }
   std::vector<Tile> tiles;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t rows = offsets[e + 1] - offsets[e];
@@ -200,7 +205,9 @@ void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
   const bool swiglu = g.act == Activation::SwiGLU;
   const std::vector<Tile> tiles = list_tiles(g.offsets, g.E, g.F);
   const int64_t M = g.offsets[g.E];
-  const int64_t ntj = (g.F + kNC - 1) / kNC;  // column tiles per row
+  // The dot of each row is summed per chunk of kNC columns (whatever the tile width), then over
+  // the chunks in order: the same sums for every tile width and thread count.
+  const int64_t ntj = (g.F + kNC - 1) / kNC;  // column chunks per row
   std::vector<double> partial(g.dscale ? static_cast<size_t>(M * ntj) : 0);  // (M, ntj)
   parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
     const Tile& tl = tiles[static_cast<size_t>(t)];
@@ -212,27 +219,30 @@ void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
     p.A = rows_of(g.dY, g.ldy, g.gather, off);
     p.B = Operand<T>{g.W_down + tl.e * g.D * g.F, g.F, 1, nullptr};  // W_e (D, F) = (K, N)
     thread_local std::vector<T> q_buf;
-    T* sq = scratch(q_buf, kMT * kNC);  // (mc, nc) q = dY · W_down_e
+    T* sq = scratch(q_buf, mc * nc);  // (mc, nc) q = dY · W_down_e
     gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sq, nc);
     for (int64_t i = 0; i < mc; ++i) {
       const int64_t row = off + tl.i0 + i;
       const T s = g.scale ? g.scale[row] : T(1);
-      const T* q = sq + i * nc;
-      const T* u = g.U + row * g.ldu + tl.j0;
-      T* du = g.dU + row * g.lddu + tl.j0;
-      T* hs = g.Hs ? g.Hs + row * g.ldhs + tl.j0 : nullptr;
-      double dot = 0;
-      if (swiglu) {
-        dot = swiglu_bwd_row(nc, s, q, g.G + row * g.ldg + tl.j0, u, g.dG + row * g.lddg + tl.j0, du, hs);
-      } else {
-        for (int64_t j = 0; j < nc; ++j) {
-          const T h = act_value(g.act, u[j]), dh = s * q[j];
-          du[j] = dh * act_grad(g.act, u[j]);
-          if (hs) hs[j] = s * h;
-          dot += static_cast<double>(q[j]) * static_cast<double>(h);
+      for (int64_t jc = 0; jc < nc; jc += kNC) {  // chunks of kNC columns
+        const int64_t n = nc - jc < kNC ? nc - jc : kNC, j0 = tl.j0 + jc;
+        const T* q = sq + i * nc + jc;
+        const T* u = g.U + row * g.ldu + j0;
+        T* du = g.dU + row * g.lddu + j0;
+        T* hs = g.Hs ? g.Hs + row * g.ldhs + j0 : nullptr;
+        double dot = 0;
+        if (swiglu) {
+          dot = swiglu_bwd_row(n, s, q, g.G + row * g.ldg + j0, u, g.dG + row * g.lddg + j0, du, hs);
+        } else {
+          for (int64_t j = 0; j < n; ++j) {
+            const T h = act_value(g.act, u[j]), dh = s * q[j];
+            du[j] = dh * act_grad(g.act, u[j]);
+            if (hs) hs[j] = s * h;
+            dot += static_cast<double>(q[j]) * static_cast<double>(h);
+          }
         }
+        if (g.dscale) partial[static_cast<size_t>(row * ntj + j0 / kNC)] = dot;
       }
-      if (g.dscale) partial[static_cast<size_t>(row * ntj + tl.j0 / kNC)] = dot;
     }
   });
   if (g.dscale) {
@@ -265,7 +275,7 @@ void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& g) {
     const T* w = g.W + tl.e * g.N * g.K;
     p.B = g.trans_w ? Operand<T>{w, g.N, 1, nullptr} : Operand<T>{w, 1, g.K, nullptr};
     thread_local std::vector<T> c_buf;
-    T* sc = scratch(c_buf, kMT * kNC);  // (mc, nc)
+    T* sc = scratch(c_buf, mc * nc);  // (mc, nc)
     gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sc, nc);
     for (int64_t i = 0; i < mc; ++i) {
       const int64_t row = off + tl.i0 + i;

@@ -19,20 +19,23 @@ struct Tile {
   int64_t i0, i1, j0, j1;
 };
 
-// Appends the tiles of a problem with an M x N output.
-void add_tiles(std::vector<Tile>& tiles, int64_t problem, int64_t M, int64_t N) {
+// Appends the tiles of a problem with an M x N output, nc columns wide.
+void add_tiles(std::vector<Tile>& tiles, int64_t problem, int64_t M, int64_t N, int64_t nc) {
   for (int64_t i0 = 0; i0 < M; i0 += kMT) {
-    for (int64_t j0 = 0; j0 < N; j0 += kNC) {
-      tiles.push_back({problem, i0, i0 + kMT < M ? i0 + kMT : M, j0, j0 + kNC < N ? j0 + kNC : N});
+    for (int64_t j0 = 0; j0 < N; j0 += nc) {
+      tiles.push_back({problem, i0, i0 + kMT < M ? i0 + kMT : M, j0, j0 + nc < N ? j0 + nc : N});
     }
   }
 }
 
+// Tiles as wide as tile_width allows for the row tiles of all problems together.
 template <typename T>
 void run(const std::vector<GemmProblem<T>>& problems) {
+  int64_t row_tiles = 0;
+  for (const GemmProblem<T>& p : problems) row_tiles += (p.M + kMT - 1) / kMT;
   std::vector<Tile> tiles;
   for (size_t q = 0; q < problems.size(); ++q)
-    add_tiles(tiles, static_cast<int64_t>(q), problems[q].M, problems[q].N);
+    add_tiles(tiles, static_cast<int64_t>(q), problems[q].M, problems[q].N, tile_width(row_tiles, problems[q].N));
   parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
     const Tile& tile = tiles[static_cast<size_t>(t)];
     gemm_tile(problems[static_cast<size_t>(tile.problem)], tile.i0, tile.i1, tile.j0, tile.j1);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
+#include "moe/core/parallel.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
 
@@ -436,6 +437,15 @@ void tile_dispatch(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, 
 }
 
 }  // namespace
+
+int64_t tile_width(int64_t row_tiles, int64_t N) {
+  const int64_t want = 4 * static_cast<int64_t>(num_threads());
+  for (int64_t parts = 1;; parts *= 2) {
+    const int64_t w = ((N + parts - 1) / parts + kNC - 1) / kNC * kNC;
+    if (w <= kNC) return kNC;
+    if (row_tiles * ((N + w - 1) / w) >= want) return w;
+  }
+}
 
 template <typename T>
 void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {

@@ -2,9 +2,9 @@
 //
 // One problem is C (M, N) = alpha * A (M, K) · B (K, N) + beta * C, where each operand is read
 // through strides and an optional row map (the gather of token rows happens while packing, so no
-// permuted copy of the activations is made). Work is split into output tiles of at most
-// kMT x kNC; a tile is computed by exactly one thread:
-//   for each K block of kKC:  pack B (kKC x kNC) in panels of NR columns once, then for each block
+// permuted copy of the activations is made). Work is split into output tiles of at most kMT rows
+// and tile_width columns (kNC or a multiple); a tile is computed by exactly one thread:
+//   for each K block of kKC:  pack B (kKC x width) in panels of NR columns once, then for each block
 //                             of kMC rows pack A (kMC x kKC) in panels of MR rows and run the
 //                             MR x NR register-tiled micro-kernel per panel pair
 // (B's packing is shared by the kMT / kMC row blocks of a tile: packing it per kMC rows cost about
@@ -67,7 +67,14 @@ constexpr int64_t kMC = 96;
 constexpr int64_t kNC = 256;
 constexpr int64_t kKC = 256;
 
-// Computes C[i0:i1, j0:j1] of the problem; i1 - i0 <= kMT, j1 - j0 <= kNC.
+// Column width of the output tiles of a grouped op with `row_tiles` tiles of rows and N columns:
+// the widest of N, N/2, N/4, ... (multiples of kNC, at least kNC) that still gives every thread at
+// least 4 tiles (dynamic scheduling evens out uneven experts). A wider tile packs its A rows (a
+// gather, or an activation made while packing) once for more columns. The width changes no result:
+// only kKC and the micro-kernel fix the order of the sums.
+int64_t tile_width(int64_t row_tiles, int64_t N);
+
+// Computes C[i0:i1, j0:j1] of the problem; i1 - i0 <= kMT (any width j1 - j0).
 template <typename T>
 void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1);
 
