@@ -259,7 +259,14 @@ Tensor Tensor::from(const std::vector<double>& values, const Shape& shape, DType
   MOE_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "tensor '", name, "': ",
             values.size(), " values do not fill shape ", shape_str(shape));
   Tensor t = empty(shape, dtype, std::move(name));
-  for (size_t i = 0; i < values.size(); ++i) t.set(static_cast<int64_t>(i), values[i]);
+  if (dtype == DType::F64) {
+    if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(double));
+  } else if (dtype == DType::F32) {
+    float* p = t.data<float>();
+    for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<float>(values[i]);
+  } else {
+    for (size_t i = 0; i < values.size(); ++i) t.set(static_cast<int64_t>(i), values[i]);
+  }
   return t;
 }
 
@@ -347,8 +354,16 @@ void Tensor::set(int64_t flat, double v) {
 }
 
 std::vector<double> Tensor::to_vector() const {
-  std::vector<double> out(static_cast<size_t>(numel()));
-  for (int64_t i = 0; i < numel(); ++i) out[static_cast<size_t>(i)] = get(i);
+  const int64_t n = numel();
+  std::vector<double> out(static_cast<size_t>(n));
+  if (is_contiguous() && dtype_ == DType::F64) {
+    if (n > 0) std::memcpy(out.data(), raw(), static_cast<size_t>(n) * sizeof(double));
+  } else if (is_contiguous() && dtype_ == DType::F32) {
+    const float* p = data<float>();
+    for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = p[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = get(i);
+  }
   return out;
 }
 
