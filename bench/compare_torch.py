@@ -155,6 +155,11 @@ def main():
     p.add_argument("--torch-iters", type=int, default=1,
                    help="torch timed runs (default 1: a forward+backward takes about a minute on mixtral-small)")
     p.add_argument("--dense-reps", type=int, default=3, help="reps of each side's dense GEMM rate (default 3)")
+    p.add_argument("--torch-blas-dir", default=None, metavar="DIR",
+                   help="put DIR (a ':' list) first on the torch run's LD_LIBRARY_PATH, so torch loads the "
+                        "libblas.so.3 there (e.g. /usr/lib/x86_64-linux-gnu/blas:/usr/lib/x86_64-linux-gnu/lapack: "
+                        "Debian's reference BLAS and LAPACK instead of the system alternatives); the BLAS "
+                        "torch loaded is printed either way")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--timeout", type=int, default=3600, help="seconds per run")
     p.add_argument("--json-out", default=None, help="also write every run's JSON here")
@@ -190,6 +195,12 @@ def main():
 
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     torch_env = dict(env, MALLOC_MMAP_THRESHOLD_=MMAP_THRESHOLD)
+    if a.torch_blas_dir:
+        for d in a.torch_blas_dir.split(os.pathsep):
+            if not os.path.isdir(d):
+                p.error(f"--torch-blas-dir: no directory {d}")
+        torch_env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            x for x in [a.torch_blas_dir, torch_env.get("LD_LIBRARY_PATH", "")] if x)
     print(f"compare_torch: {a.moe} vs {a.python} torch, {a.threads} threads, seed {a.seed}; "
           f"engine warmup {a.warmup} iters {a.iters}, torch warmup {a.torch_warmup} iters {a.torch_iters}",
           flush=True)
@@ -219,7 +230,7 @@ def main():
                          "--iters", str(a.torch_iters)]
             tor_objs, tor_cpu, tor_others = run_json(torch_cmd, torch_env, a.timeout)
             tor = tor_objs[0]
-            print(" done", flush=True)
+            print(f" done (torch's BLAS: {tor.get('blas') or 'unknown'})", flush=True)
             need(eng, ["gflops_fwd", "gflops_fwd_bwd", "fwd_bwd_ms", "act_peak_mb", "dense_gflops",
                        "fwd_vs_dense", "fwd_bwd_vs_dense"], "moe bench layer")
             need(tor, ["gflops_fwd", "gflops_fwd_bwd", "fwd_bwd_ms", "act_peak_mb"], "torch_moe_block.py")

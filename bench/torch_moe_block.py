@@ -236,8 +236,18 @@ def bench_shape(torch, a, shape_name, T, d, F, E, k, S):
     def gf(flops, ms):
         return round(flops / (ms * 1e6), 3) if ms > 0 else 0.0
 
+    def blas_library():
+        """The BLAS shared library mapped into this process (torch.mm's), or None."""
+        try:
+            with open("/proc/self/maps") as f:
+                paths = {line.split()[-1] for line in f if "/" in line}
+        except OSError:
+            return None
+        hits = sorted(p for p in paths if "blas" in os.path.basename(p).lower())
+        return ", ".join(hits) if hits else None
+
     r = {
-        "command": "torch_moe_block", "torch": torch.__version__, "shape": shape_name,
+        "command": "torch_moe_block", "torch": torch.__version__, "blas": blas_library(), "shape": shape_name,
         "dtype": "f32", "threads": torch.get_num_threads(),
         "tokens": T, "d_model": d, "d_ff": F, "experts": E, "top_k": k, "shared_experts": S,
         "norm_topk": a.norm_topk, "warmup": a.warmup, "iters": a.iters, "seed": a.seed,
