@@ -5,6 +5,10 @@
 // prompts run round-robin over the configurations (each prefills its prompt and decodes --new-tokens
 // greedily; the decode phase alone is timed and counted). The generated tokens must be identical
 // across configurations (checked).
+// "optimal" is not a policy but a bound: every expert resident, each use recorded, and Belady's MIN
+// replayed offline on that sequence with the budget's capacity (infer::simulate_optimal_cache),
+// starting from the same warm fill; its hit rate is the best any policy without prefetch can reach,
+// and it has no decode speed of its own.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -42,6 +46,7 @@ struct ConfigResult {
   std::string name;
   double fraction = 0;
   int64_t resident = 0;
+  bool optimal = false;  // a replayed bound (no decode speed)
   double decode_tps = 0, decode_s = 0;
   int64_t tokens = 0;
   infer::ExpertStoreStats st;  // decode phases only
@@ -75,6 +80,8 @@ void add_stats(infer::ExpertStoreStats& a, const infer::ExpertStoreStats& b) {
 struct ConfigRun {
   ConfigResult r;
   infer::InferenceModel im;
+  std::vector<int64_t> uses;      // "optimal": every use, prefill and decode
+  std::vector<uint8_t> counted;   // ... and whether it is a decode-phase use
 };
 
 ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const std::string& name, double fraction) {
@@ -82,7 +89,8 @@ ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const s
   std::string policy = name, extra;
   if (const size_t plus = name.find('+'); plus != std::string::npos) policy = name.substr(0, plus), extra = name.substr(plus + 1);
   MOE_CHECK(extra.empty() || extra == "prefetch", "bench offload: configuration '", name,
-            "' must be POLICY or POLICY+prefetch (POLICY: lru, lfu, activation, resident)");
+            "' must be POLICY or POLICY+prefetch (POLICY: lru, lfu, activation, resident), or optimal");
+  MOE_CHECK(policy != "optimal" || extra.empty(), "bench offload: 'optimal' is a replayed bound without prefetch");
   f.no_prefetch = extra.empty();
   ConfigRun c;
   c.r.name = name;
@@ -90,15 +98,21 @@ ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const s
   const model::ModelConfig mc = model::load_model_config(dir + "/config.json");
   int64_t n_experts = 0;
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) n_experts += mc.is_moe_layer(l) ? mc.num_experts : 0;
-  if (policy == "resident") {
+  const int64_t budget = std::max<int64_t>(3, static_cast<int64_t>(fraction * static_cast<double>(n_experts) + 0.5));
+  if (policy == "resident" || policy == "optimal") {
     f.resident_experts = n_experts;  // every expert in a store, for the same kernels
   } else {
     f.policy = policy;
-    f.resident_experts = std::max<int64_t>(3, static_cast<int64_t>(fraction * static_cast<double>(n_experts) + 0.5));
+    f.resident_experts = budget;
   }
   f.cache_gb = 0;
   c.im = load_for_inference(dir, a.bf16, f);
   c.r.resident = c.im.store->stats().capacity;
+  if (policy == "optimal") {
+    c.r.optimal = true;
+    c.r.resident = budget;
+    c.im.store->record_uses(true);
+  }
   return c;
 }
 
@@ -108,6 +122,13 @@ void run_prompt(ConfigRun& c, const BenchOffloadArgs& a, const std::vector<int32
   model::KVCache cache = m.new_cache(static_cast<int64_t>(p.size()) + a.new_tokens + 1);
   Tensor logits = m.decode(cache, p.data(), static_cast<int64_t>(p.size()));
   c.im.store->reset_stats();
+  auto take = [&](bool decode) {  // "optimal": the uses of the phase just run
+    if (!c.r.optimal) return;
+    const std::vector<int64_t> u = c.im.store->take_uses();
+    c.uses.insert(c.uses.end(), u.begin(), u.end());
+    c.counted.insert(c.counted.end(), u.size(), decode ? 1 : 0);
+  };
+  take(false);
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < a.new_tokens; ++i) {
     const float* l = logits.data<float>();
@@ -117,7 +138,28 @@ void run_prompt(ConfigRun& c, const BenchOffloadArgs& a, const std::vector<int32
   }
   c.r.decode_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   c.r.tokens += a.new_tokens;
+  take(true);
   add_stats(c.r.st, c.im.store->stats());
+}
+
+// "optimal": Belady's MIN over the recorded uses with the budget's capacity, from the warm fill
+// (the first `resident` experts in layer order, as a store with that budget starts).
+void replay_optimal(ConfigRun& c) {
+  std::vector<int64_t> warm(static_cast<size_t>(c.r.resident));
+  for (int64_t i = 0; i < c.r.resident; ++i) warm[static_cast<size_t>(i)] = i;
+  const infer::OptimalCacheResult o = infer::simulate_optimal_cache(c.uses, c.counted, c.r.resident, warm);
+  infer::ExpertStoreStats& st = c.r.st;
+  st.hits = o.hits;
+  st.misses = o.misses;
+  st.loads = o.misses;
+  st.bytes_moved = static_cast<uint64_t>(o.misses) * st.expert_bytes;
+  st.stall_seconds = 0;
+  st.load_seconds = 0;
+  st.evictions = 0;
+  st.capacity = c.r.resident;
+  st.layer_hits.clear();
+  st.layer_uses.clear();
+  c.r.decode_tps = 0;
 }
 
 std::string plot_svg(const std::vector<ConfigResult>& rs, const std::vector<double>& fractions) {
@@ -132,8 +174,10 @@ std::string plot_svg(const std::vector<ConfigResult>& rs, const std::vector<doub
       s.first.color = s.second.color = svg::palette(order.size() - 1);
       s.first.markers = s.second.markers = true;
     }
-    by[r.name].first.x.push_back(100.0 * r.fraction);
-    by[r.name].first.y.push_back(r.decode_tps);
+    if (!r.optimal) {  // a replayed bound has no decode speed
+      by[r.name].first.x.push_back(100.0 * r.fraction);
+      by[r.name].first.y.push_back(r.decode_tps);
+    }
     by[r.name].second.x.push_back(100.0 * r.fraction);
     by[r.name].second.y.push_back(100.0 * r.st.hit_rate());
   }
@@ -148,7 +192,10 @@ std::string plot_svg(const std::vector<ConfigResult>& rs, const std::vector<doub
   hit.id = "hit";
   hit.title = "Expert hit rate against the resident budget";
   hit.y_label = "hit rate (%)";
-  for (const std::string& n : order) tps.series.push_back(by[n].first), hit.series.push_back(by[n].second);
+  for (const std::string& n : order) {
+    if (!by[n].first.x.empty()) tps.series.push_back(by[n].first);
+    hit.series.push_back(by[n].second);
+  }
   return "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1300\" height=\"420\"><g>" + svg::line_plot(tps) +
          "</g><g transform=\"translate(650,0)\">" + svg::line_plot(hit) + "</g></svg>\n";
 }
@@ -191,6 +238,7 @@ int run_bench_offload(const BenchOffloadArgs& a) {
       for (ConfigRun& c : runs) run_prompt(c, a, p);
     for (ConfigRun& c : runs) {
       c.r.decode_tps = c.r.decode_s > 0 ? static_cast<double>(c.r.tokens) / c.r.decode_s : 0;
+      if (c.r.optimal) replay_optimal(c);
       if (!a.json)
         std::fprintf(stderr, "  %-22s %5.1f%%: %.2f tokens/s, hit rate %.1f%%\n", c.r.name.c_str(), 100 * fr,
                      c.r.decode_tps, 100 * c.r.st.hit_rate());
@@ -214,17 +262,25 @@ int run_bench_offload(const BenchOffloadArgs& a) {
     j["outputs_identical"] = identical;
     for (const ConfigResult& r : rs)
       j["runs"].push_back({{"config", r.name}, {"resident_fraction", r.fraction}, {"resident_experts", r.resident},
-                           {"decode_tokens_per_s", r.decode_tps}, {"decode_s", r.decode_s},
-                           {"experts", store_json(r.st)}});
+                           {"decode_tokens_per_s", r.optimal ? nlohmann::json() : nlohmann::json(r.decode_tps)},
+                           {"decode_s", r.optimal ? nlohmann::json() : nlohmann::json(r.decode_s)},
+                           {"replayed_bound", r.optimal}, {"experts", store_json(r.st)}});
     std::cout << j.dump() << "\n";
   } else {
     std::printf("%-22s %9s %9s %10s %8s %10s %9s %9s\n", "config", "resident", "tokens/s", "vs first", "hit %",
                 "MiB moved", "stall s", "prefetch");
-    for (const ConfigResult& r : rs)
+    for (const ConfigResult& r : rs) {
+      if (r.optimal) {
+        std::printf("%-22s %4lld/%3.0f%% %9s %10s %8.1f %10.1f %9s %9s\n", r.name.c_str(), (long long)r.resident,
+                    100 * r.fraction, "-", "-", 100 * r.st.hit_rate(),
+                    static_cast<double>(r.st.bytes_moved) / 1048576.0, "-", "-");
+        continue;
+      }
       std::printf("%-22s %4lld/%3.0f%% %9.2f %9.2fx %8.1f %10.1f %9.2f %4lld/%lld\n", r.name.c_str(),
                   (long long)r.resident, 100 * r.fraction, r.decode_tps, r.decode_tps / std::max(1e-12, rs[0].decode_tps),
                   100 * r.st.hit_rate(), static_cast<double>(r.st.bytes_moved) / 1048576.0, r.st.stall_seconds,
                   (long long)r.st.prefetch_used, (long long)r.st.prefetch_issued);
+    }
     std::printf("generated tokens identical across configurations: %s\n", identical ? "yes" : "NO");
   }
   MOE_CHECK(identical, "bench offload: configurations generated different tokens");
@@ -238,7 +294,9 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   CLI::App* c = bench.add_subcommand("offload", "Decode speed and expert hit rate of offloaded experts, per cache policy");
   c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
   c->add_option("--prompts", a->prompts, "Text file the prompts are cut from")->required();
-  c->add_option("--configs", a->configs, "Comma-separated POLICY or POLICY+prefetch (lru, lfu, activation, resident)")
+  c->add_option("--configs", a->configs,
+                "Comma-separated POLICY or POLICY+prefetch (lru, lfu, activation, resident), or optimal (Belady's "
+                "MIN replayed on the recorded uses: the best hit rate without prefetch)")
       ->capture_default_str();
   c->add_option("--resident-fraction", a->fractions, "Comma-separated shares of all experts kept resident")
       ->capture_default_str();

@@ -9,7 +9,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <iterator>
+#include <limits>
 #include <mutex>
+#include <set>
+#include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include "expert_io.h"
 #include "expert_store_internal.h"
@@ -326,4 +332,53 @@ void StoreImpl::predict(int64_t li, const float* x, int64_t n) {
 }
 
 }  // namespace detail
+OptimalCacheResult simulate_optimal_cache(const std::vector<int64_t>& uses, const std::vector<uint8_t>& counted,
+                                          int64_t capacity, const std::vector<int64_t>& initial) {
+  MOE_CHECK(capacity >= 1, "optimal cache: capacity must be >= 1, got ", capacity);
+  MOE_CHECK(counted.empty() || counted.size() == uses.size(), "optimal cache: ", counted.size(),
+            " counted flags for ", uses.size(), " uses");
+  MOE_CHECK(static_cast<int64_t>(initial.size()) <= capacity, "optimal cache: ", initial.size(),
+            " experts resident at the start exceed the capacity ", capacity);
+  const int64_t n = static_cast<int64_t>(uses.size());
+  constexpr int64_t kNever = std::numeric_limits<int64_t>::max();
+  // next[i]: the position of the next use of uses[i] after i (kNever: none).
+  std::vector<int64_t> next(static_cast<size_t>(n), kNever);
+  std::unordered_map<int64_t, int64_t> seen;  // id -> its next position, scanning backwards
+  for (int64_t i = n - 1; i >= 0; --i) {
+    auto it = seen.find(uses[i]);
+    if (it != seen.end()) next[i] = it->second;
+    seen[uses[i]] = i;
+  }
+  // Resident experts keyed by their next use (ties: the larger id first, so the replay is fixed).
+  std::set<std::pair<int64_t, int64_t>> by_next;
+  std::unordered_map<int64_t, int64_t> key_of;  // id -> its next use in by_next
+  for (int64_t id : initial) {
+    if (key_of.count(id)) continue;
+    auto it = seen.find(id);
+    const int64_t first = it == seen.end() ? kNever : it->second;
+    by_next.insert({first, id});
+    key_of[id] = first;
+  }
+  OptimalCacheResult r;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = uses[i];
+    const bool count = counted.empty() || counted[i] != 0;
+    auto k = key_of.find(id);
+    if (k != key_of.end()) {
+      r.hits += count ? 1 : 0;
+      by_next.erase({k->second, id});
+    } else {
+      r.misses += count ? 1 : 0;
+      if (static_cast<int64_t>(by_next.size()) >= capacity) {
+        const auto victim = std::prev(by_next.end());  // next use farthest ahead
+        key_of.erase(victim->second);
+        by_next.erase(victim);
+      }
+    }
+    by_next.insert({next[i], id});
+    key_of[id] = next[i];
+  }
+  return r;
+}
+
 }  // namespace moe::infer

@@ -59,6 +59,8 @@ class StoreImpl : public ExpertStore {
   std::string format() const override { return S_.fmt_name; }
   const ExpertStoreOptions& options() const override { return opt_; }
   std::string describe() const override;
+  void record_uses(bool on) override;
+  std::vector<int64_t> take_uses() override;
 
   int64_t layer_index(int64_t li) const { return S_.layers[li]; }
   // The executor body for MoE layer li.
@@ -93,6 +95,8 @@ class StoreImpl : public ExpertStore {
   bool stop_ = false;
   uint64_t tick_ = 0;
   ExpertStoreStats stats_;
+  bool record_ = false;
+  std::vector<int64_t> uses_;  // recorded uses (record_uses)
 
   // activation-aware policy state
   int64_t cur_layer_ = -1;

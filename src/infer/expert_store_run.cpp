@@ -191,6 +191,7 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     (hit ? stats_.hits : stats_.misses) += 1;
     stats_.layer_hits[li][e] += hit ? 1 : 0;
     ++stats_.layer_uses[li][e];
+    if (record_) uses_.push_back(id);
     cv_.notify_all();
   }
   release.armed = false;
@@ -204,6 +205,18 @@ ExpertStoreStats StoreImpl::stats() const {
   s.resident = 0;
   for (const Entry& e : entries_) s.resident += e.state == Entry::Ready ? 1 : 0;
   return s;
+}
+
+void StoreImpl::record_uses(bool on) {
+  std::lock_guard<std::mutex> g(mu_);
+  record_ = on;
+}
+
+std::vector<int64_t> StoreImpl::take_uses() {
+  std::lock_guard<std::mutex> g(mu_);
+  std::vector<int64_t> out;
+  out.swap(uses_);
+  return out;
 }
 
 void StoreImpl::reset_stats() {

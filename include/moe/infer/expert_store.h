@@ -97,7 +97,26 @@ class ExpertStore {
   virtual std::string format() const = 0;        // "f32", "bf16", "int8", "int4", "mixed"
   virtual const ExpertStoreOptions& options() const = 0;
   virtual std::string describe() const = 0;       // one line: format, budget, policy, io
+  // Use recording (off by default): when on, every expert use is appended, in order, as
+  // moe_layer * n_experts + expert (MoE layers counted in model order, the warm fill's order).
+  // take_uses returns what was recorded since the last call and clears it.
+  virtual void record_uses(bool on) = 0;
+  virtual std::vector<int64_t> take_uses() = 0;
 };
+
+// The best any replacement policy without prefetch can do on a sequence of expert uses: Belady's
+// MIN (on a miss, evict the resident expert whose next use lies farthest ahead), replayed offline.
+// uses: expert ids in order; counted[i] != 0: use i is counted (e.g. the decode phase only; empty:
+// all); resident at the start: `initial` (at most `capacity` of them). Misses load into a free slot
+// or the evicted one; a bound for LRU, LFU and the activation policy on the same sequence and budget.
+// (A layer's step asks for a set of experts at once; a policy serving the set without evicting its
+// members is matched by a sequential one in any order of the set, so the order within a step does
+// not weaken the bound.)
+struct OptimalCacheResult {
+  int64_t hits = 0, misses = 0;
+};
+OptimalCacheResult simulate_optimal_cache(const std::vector<int64_t>& uses, const std::vector<uint8_t>& counted,
+                                          int64_t capacity, const std::vector<int64_t>& initial);
 
 // A model ready for inference from `dir`: float experts held in the model (optionally bf16), or,
 // when the checkpoint is quantized or `offload` sets a budget, experts held by an ExpertStore.
