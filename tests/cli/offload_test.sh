@@ -37,15 +37,23 @@ assert off["experts"]["prefetch_issued"] == 0
 PY
 
 "$moe" bench offload --model "$tmp/m" --prompts "$tmp/text.txt" --num-prompts 2 --prompt-tokens 8 --new-tokens 4 \
-  --resident-fraction 0.25,0.5 --configs lru,activation+prefetch,resident --threads 1 --plot "$tmp/p.svg" --json \
+  --resident-fraction 0.25,0.5 --configs lru,activation+prefetch,resident,optimal --threads 1 --plot "$tmp/p.svg" --json \
   >"$tmp/bench.json" 2>"$tmp/err" || fail "bench offload failed: $(cat "$tmp/err")"
 python3 - "$tmp/bench.json" <<'PY' || fail "bench offload JSON: $(cat "$tmp/bench.json")"
 import json, sys
 j = json.load(open(sys.argv[1]))
 assert j["outputs_identical"] is True
-assert len(j["runs"]) == 6, len(j["runs"])
+assert len(j["runs"]) == 8, len(j["runs"])
 for r in j["runs"]:
-    assert r["decode_tokens_per_s"] > 0 and 0 <= r["experts"]["hit_rate"] <= 1, r
+    assert 0 <= r["experts"]["hit_rate"] <= 1, r
+    if r["config"] == "optimal":  # a replayed bound: no speed, at least LRU's hits at the same budget
+        assert r["replayed_bound"] is True and r["decode_tokens_per_s"] is None, r
+        lru = [x for x in j["runs"] if x["config"] == "lru" and x["resident_fraction"] == r["resident_fraction"]][0]
+        assert r["resident_experts"] == lru["resident_experts"], (r, lru)
+        assert r["experts"]["hit_rate"] >= lru["experts"]["hit_rate"], (r, lru)
+        assert r["experts"]["hits"] + r["experts"]["misses"] == lru["experts"]["hits"] + lru["experts"]["misses"]
+    else:
+        assert r["decode_tokens_per_s"] > 0 and r["replayed_bound"] is False, r
 PY
 grep -q "<svg" "$tmp/p.svg" || fail "no plot written"
 
