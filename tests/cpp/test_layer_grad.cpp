@@ -189,56 +189,20 @@ bool bit_equal(const Tensor& a, const Tensor& b) {
   return a.shape() == b.shape() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
 }
 
-// The same inputs give bit-identical outputs and gradients for 1, 2 and 4 threads.
-TEST(LayerDeterminism, BitIdenticalAcrossThreadCounts) {
-  MoEConfig c = small_config(32, 48, 16, 4);
-  c.n_shared_experts = 1;
-  c.balance.aux_coef = 0.01;
-  c.balance.z_coef = 0.001;
-  const int saved = num_threads();
-  std::vector<MoEForward> fw;
-  std::vector<MoEGrads> gs;
-  MoELayer layer(c, DType::F32, kernels::Backend::Cpu);
-  layer.init_params(3);
-  const Tensor x = random_tensor({203, 32}, DType::F32, 4);
-  const Tensor dy = random_tensor({203, 32}, DType::F32, 5);
-  for (int nt : {1, 2, 4}) {
-    set_num_threads(nt);
-    fw.push_back(layer.forward(x));
-    gs.push_back(layer.backward(fw.back(), dy));
-  }
-  set_num_threads(saved);
-  for (size_t i = 1; i < fw.size(); ++i) {
-    EXPECT_TRUE(bit_equal(fw[i].y, fw[0].y)) << "y differs at thread setting " << i;
-    EXPECT_TRUE(bit_equal(gs[i].dx, gs[0].dx));
-    EXPECT_TRUE(bit_equal(gs[i].w_gate, gs[0].w_gate));
-    EXPECT_TRUE(bit_equal(gs[i].w_down, gs[0].w_down));
-    EXPECT_TRUE(bit_equal(gs[i].router_w, gs[0].router_w));
-    EXPECT_TRUE(bit_equal(gs[i].shared_w_up, gs[0].shared_w_up));
-  }
-}
-
-// Widths over 256 columns: the grouped GEMMs' tiles are as wide as the thread count allows
-// (kernels::cpu::tile_width: one 768-column tile per expert with 1 thread, 256 with 4 here), which
-// must change no result, the routing weights' gradient (summed per 256 columns) included.
-TEST(LayerDeterminism, BitIdenticalAcrossTileWidths) {
-  MoEConfig c = small_config(640, 576, 4, 2);
-  c.n_shared_experts = 1;
+// Runs forward and backward of `c` on x, dy (T, d) with 1, 2 and 4 threads (each = 1 thread, or 2,
+// or 4, after `at_threads` ran) and expects the output and every gradient bit-identical.
+void expect_same_for_1_2_4_threads(const MoEConfig& c, uint64_t seed, int64_t T,
+                                   const std::function<void(int)>& at_threads = nullptr) {
   const int saved = num_threads();
   MoELayer layer(c, DType::F32, kernels::Backend::Cpu);
-  layer.init_params(7);
-  const Tensor x = random_tensor({300, 640}, DType::F32, 8);
-  const Tensor dy = random_tensor({300, 640}, DType::F32, 9);
+  layer.init_params(seed);
+  const Tensor x = random_tensor({T, c.d_model}, DType::F32, seed + 1);
+  const Tensor dy = random_tensor({T, c.d_model}, DType::F32, seed + 2);
   std::vector<MoEForward> fw;
   std::vector<MoEGrads> gs;
   for (int nt : {1, 2, 4}) {
     set_num_threads(nt);
-    // ~150 rows per expert: 4 row tiles.
-    if (nt == 1) {
-      EXPECT_EQ(kernels::cpu::tile_width(4, 640), 768);
-    } else if (nt == 4) {
-      EXPECT_EQ(kernels::cpu::tile_width(4, 640), kernels::cpu::kNC);
-    }
+    if (at_threads) at_threads(nt);
     fw.push_back(layer.forward(x));
     gs.push_back(layer.backward(fw.back(), dy));
   }
@@ -250,8 +214,34 @@ TEST(LayerDeterminism, BitIdenticalAcrossTileWidths) {
     EXPECT_TRUE(bit_equal(gs[i].w_up, gs[0].w_up));
     EXPECT_TRUE(bit_equal(gs[i].w_down, gs[0].w_down));
     EXPECT_TRUE(bit_equal(gs[i].router_w, gs[0].router_w));
+    EXPECT_TRUE(bit_equal(gs[i].shared_w_up, gs[0].shared_w_up));
     EXPECT_TRUE(bit_equal(gs[i].shared_w_down, gs[0].shared_w_down));
   }
+}
+
+// The same inputs give bit-identical outputs and gradients for 1, 2 and 4 threads.
+TEST(LayerDeterminism, BitIdenticalAcrossThreadCounts) {
+  MoEConfig c = small_config(32, 48, 16, 4);
+  c.n_shared_experts = 1;
+  c.balance.aux_coef = 0.01;
+  c.balance.z_coef = 0.001;
+  expect_same_for_1_2_4_threads(c, 3, 203);
+}
+
+// Widths over 256 columns: the grouped GEMMs' tiles are as wide as the thread count allows
+// (kernels::cpu::tile_width: one 768-column tile per expert with 1 thread, 256 with 4 here), which
+// must change no result, the routing weights' gradient (summed per 256 columns) included.
+TEST(LayerDeterminism, BitIdenticalAcrossTileWidths) {
+  MoEConfig c = small_config(640, 576, 4, 2);
+  c.n_shared_experts = 1;
+  expect_same_for_1_2_4_threads(c, 7, 300, [](int nt) {
+    // ~150 rows per expert: 4 row tiles.
+    if (nt == 1) {
+      EXPECT_EQ(kernels::cpu::tile_width(4, 640), 768);
+    } else if (nt == 4) {
+      EXPECT_EQ(kernels::cpu::tile_width(4, 640), kernels::cpu::kNC);
+    }
+  });
 }
 
 }  // namespace
