@@ -259,13 +259,11 @@ Tensor Tensor::from(const std::vector<double>& values, const Shape& shape, DType
   MOE_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "tensor '", name, "': ",
             values.size(), " values do not fill shape ", shape_str(shape));
   Tensor t = empty(shape, dtype, std::move(name));
+  const int64_t n = static_cast<int64_t>(values.size());
   if (dtype == DType::F64) {
-    if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(double));
-  } else if (dtype == DType::F32) {
-    float* p = t.data<float>();
-    for (size_t i = 0; i < values.size(); ++i) p[i] = static_cast<float>(values[i]);
-  } else {
-    for (size_t i = 0; i < values.size(); ++i) t.set(static_cast<int64_t>(i), values[i]);
+    if (n > 0) std::memcpy(t.raw(), values.data(), values.size() * sizeof(double));
+  } else if (!convert_contiguous(DType::F64, values.data(), dtype, t.raw(), n)) {
+    for (int64_t i = 0; i < n; ++i) t.set(i, values[static_cast<size_t>(i)]);
   }
   return t;
 }
@@ -358,10 +356,7 @@ std::vector<double> Tensor::to_vector() const {
   std::vector<double> out(static_cast<size_t>(n));
   if (is_contiguous() && dtype_ == DType::F64) {
     if (n > 0) std::memcpy(out.data(), raw(), static_cast<size_t>(n) * sizeof(double));
-  } else if (is_contiguous() && dtype_ == DType::F32) {
-    const float* p = data<float>();
-    for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = p[i];
-  } else {
+  } else if (!is_contiguous() || !convert_contiguous(dtype_, raw(), DType::F64, out.data(), n)) {
     for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = get(i);
   }
   return out;

@@ -108,7 +108,10 @@ TEST(TensorCache, ReusesFreedBuffersWithinItsLimit) {
     // Same size class (1 MiB + 4 KiB rounds to 1 MiB + 64 KiB: another class, so not this block).
     Tensor other = Tensor::empty({(1 << 18) + 1024}, DType::F32, "other");
     EXPECT_NE(other.data<float>(), first);
+    const TensorCacheStats before_b = tensor_cache_stats();
     Tensor b = Tensor::zeros({1 << 18}, DType::F32, "b");
+    EXPECT_EQ(tensor_cache_stats().reused, before_b.reused + 1);
+    EXPECT_EQ(tensor_cache_stats().fresh, before_b.fresh);
     EXPECT_EQ(b.data<float>(), first);  // the kept block, zeroed again
     for (int64_t i = 0; i < b.numel(); ++i) ASSERT_EQ(b.data<float>()[i], 0.0f) << i;
     EXPECT_EQ(tensor_cache_stats().held_blocks, 0u);
