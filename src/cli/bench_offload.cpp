@@ -38,7 +38,7 @@ struct BenchOffloadArgs {
   int64_t n_prompts = 4, prompt_tokens = 64, new_tokens = 32;
   int threads = 0;
   bool json = false, bf16 = false;
-  std::string plot;
+  std::string plot, trace;
   OffloadFlags base;  // io, format, miss, prefetch depth
 };
 
@@ -88,10 +88,11 @@ ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const s
   OffloadFlags f = a.base;
   std::string policy = name, extra;
   if (const size_t plus = name.find('+'); plus != std::string::npos) policy = name.substr(0, plus), extra = name.substr(plus + 1);
-  MOE_CHECK(extra.empty() || extra == "prefetch", "bench offload: configuration '", name,
-            "' must be POLICY or POLICY+prefetch (POLICY: lru, lfu, activation, resident), or optimal");
+  MOE_CHECK(extra.empty() || extra == "prefetch" || extra == "pregate", "bench offload: configuration '", name,
+            "' must be POLICY, POLICY+prefetch or POLICY+pregate (POLICY: lru, lfu, activation, resident), or optimal");
   MOE_CHECK(policy != "optimal" || extra.empty(), "bench offload: 'optimal' is a replayed bound without prefetch");
   f.no_prefetch = extra.empty();
+  if (extra == "pregate") f.predictor = "pregate";  // prefetch by pre-gating whatever --expert-predictor says
   ConfigRun c;
   c.r.name = name;
   c.r.fraction = fraction;
@@ -160,6 +161,22 @@ void replay_optimal(ConfigRun& c) {
   st.layer_hits.clear();
   st.layer_uses.clear();
   c.r.decode_tps = 0;
+}
+
+// --trace: the uses "optimal" recorded, one JSON object per budget and line: ids (moe_layer · E +
+// expert, in order), and per use whether it belongs to a decode phase (each prompt is a prefill
+// run then a decode run).
+void write_trace(const ConfigRun& c, const std::string& path, double fraction) {
+  std::ofstream f(path, std::ios::app);
+  MOE_CHECK(f.good(), "bench offload: cannot write '", path, "'");
+  nlohmann::json j;
+  j["resident_fraction"] = fraction;
+  j["resident_experts"] = c.r.resident;
+  j["layers"] = c.r.st.layers.size();
+  j["experts_per_layer"] = c.r.st.layer_uses.empty() ? 0 : c.r.st.layer_uses[0].size();
+  j["uses"] = c.uses;
+  j["decode"] = c.counted;
+  f << j.dump() << "\n";
 }
 
 std::string plot_svg(const std::vector<ConfigResult>& rs, const std::vector<double>& fractions) {
@@ -238,6 +255,7 @@ int run_bench_offload(const BenchOffloadArgs& a) {
       for (ConfigRun& c : runs) run_prompt(c, a, p);
     for (ConfigRun& c : runs) {
       c.r.decode_tps = c.r.decode_s > 0 ? static_cast<double>(c.r.tokens) / c.r.decode_s : 0;
+      if (c.r.optimal && !a.trace.empty()) write_trace(c, a.trace, fr);
       if (c.r.optimal) replay_optimal(c);
       if (!a.json)
         std::fprintf(stderr, "  %-22s %5.1f%%: %.2f tokens/s, hit rate %.1f%%\n", c.r.name.c_str(), 100 * fr,
@@ -298,7 +316,7 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
   c->add_option("--prompts", a->prompts, "Text file the prompts are cut from")->required();
   c->add_option("--configs", a->configs,
-                "Comma-separated POLICY or POLICY+prefetch (lru, lfu, activation, resident), or optimal (Belady's "
+                "Comma-separated POLICY, POLICY+prefetch or POLICY+pregate (lru, lfu, activation, resident), or optimal (Belady's "
                 "MIN replayed on the recorded uses: the best hit rate without prefetch)")
       ->capture_default_str();
   c->add_option("--resident-fraction", a->fractions, "Comma-separated shares of all experts kept resident")
@@ -314,8 +332,14 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   c->add_option("--prefetch-depth", a->base.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
   c->add_option("--prefetch-experts", a->base.prefetch_experts, "Experts predicted per layer (0: top-k)")
       ->capture_default_str();
+  c->add_option("--expert-predictor", a->base.predictor,
+                "Predictor of POLICY+prefetch: auto (the model's expert_predictor.safetensors if present, else "
+                "pre-gating), pregate, or a file (POLICY+pregate always pre-gates)")
+      ->capture_default_str();
   c->add_option("--plot", a->plot, "Write an SVG plot of tokens/s and hit rate against the budget");
   c->add_flag("--json", a->json, "Print one JSON object");
+  c->add_option("--trace", a->trace,
+                "Append the uses 'optimal' recorded to FILE (one JSON line per budget: ids, decode flags)");
   c->callback([&reg, a] { reg.action = [a] { return run_bench_offload(*a); }; });
 }
 

@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
   moe::cli::register_init(app, reg);
   moe::cli::register_quantize(app, reg);
   moe::cli::register_prune(app, reg);
+  moe::cli::register_predictor(app, reg);
   moe::cli::register_report(app, reg);
   moe::cli::register_serve(app, reg);
   moe::cli::register_plan(app, reg);

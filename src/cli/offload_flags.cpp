@@ -13,6 +13,10 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
   c->add_option("--prefetch-depth", f.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
   c->add_option("--prefetch-experts", f.prefetch_experts, "Experts predicted per layer (0: the router's top-k)")
       ->capture_default_str();
+  c->add_option("--expert-predictor", f.predictor,
+                "What predicts the experts to prefetch: auto (the model's expert_predictor.safetensors if present, "
+                "else pregate), pregate, or a file written by `moe predictor`")
+      ->capture_default_str();
   c->add_option("--expert-io", f.io, "Reading offloaded experts: mmap (page cache) or direct (O_DIRECT, disk)")
       ->capture_default_str();
   c->add_option("--io-threads", f.io_threads, "Loader threads (expert reads in flight at once)")->capture_default_str();
@@ -32,6 +36,7 @@ infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, cons
   o.store.prefetch = !f.no_prefetch;
   o.store.prefetch_depth = f.prefetch_depth;
   o.store.prefetch_experts = f.prefetch_experts;
+  o.store.predictor = f.predictor;
   o.store.io = infer::expert_io_from_name(f.io);
   o.store.io_threads = f.io_threads;
   o.store.miss = infer::miss_mode_from_name(f.miss);

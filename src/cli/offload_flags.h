@@ -19,6 +19,7 @@ struct OffloadFlags {
   bool no_prefetch = false;
   int prefetch_depth = 1;
   int64_t prefetch_experts = 0;
+  std::string predictor = "auto";
   std::string io = "mmap";
   int io_threads = 2;
   std::string miss = "load";

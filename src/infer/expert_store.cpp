@@ -288,29 +288,23 @@ void StoreImpl::loader_loop() {
   }
 }
 
-// Pre-gating: the experts layer li + 1 .. li + depth are expected to route to, from this layer's
-// input x (n, d) scaled to the later layer's RMSNorm weight. Marks them predicted and queues them.
-void StoreImpl::predict(int64_t li, const float* x, int64_t n) {
-  const int64_t L = static_cast<int64_t>(S_.layers.size()), E = S_.E, d = S_.d;
+// The experts layers li + 1 .. li + depth are expected to route to, from this layer's input x (n, d)
+// and choices (the learned predictor where it has weights for the pair, else pre-gating): each token
+// votes for its predicted top-k. Marks them predicted and queues them, nearest layer first.
+void StoreImpl::predict(int64_t li, const float* x, int64_t n, const std::vector<int32_t>& chosen) {
+  const int64_t L = static_cast<int64_t>(S_.layers.size()), E = S_.E, d = S_.d, tk = S_.top_k;
   const int64_t k = opt_.prefetch_experts > 0 ? opt_.prefetch_experts : S_.top_k;
   const int64_t cap = std::max<int64_t>(k, std::min<int64_t>(E, (capacity_ - 2) / (2 * std::max(1, opt_.prefetch_depth))));
   std::vector<std::pair<int64_t, int64_t>> order;  // (layer, expert) to queue, nearest layer first
+  std::vector<float> s(static_cast<size_t>(E));
+  std::vector<int64_t> idx(static_cast<size_t>(E));
   for (int64_t dl = 1; dl <= opt_.prefetch_depth && li + dl < L; ++dl) {
-    const PreGate& g = S_.gates[li + dl];
-    const std::vector<float>& r = S_.ln_ratio[li][dl - 1];
     std::vector<int64_t> votes(static_cast<size_t>(E), 0);
-    std::vector<float> xs(static_cast<size_t>(d));
-    std::vector<double> s(static_cast<size_t>(E));
-    std::vector<int64_t> idx(static_cast<size_t>(E));
     for (int64_t t = 0; t < n; ++t) {
-      for (int64_t i = 0; i < d; ++i) xs[i] = x[t * d + i] * r[i];
-      for (int64_t e = 0; e < E; ++e) {
-        const float* w = g.w + e * d;
-        double acc = 0;
-        for (int64_t i = 0; i < d; ++i) acc += static_cast<double>(w[i]) * xs[i];
-        if (g.sigmoid) acc = 1.0 / (1.0 + std::exp(-acc));
-        s[e] = acc + (g.bias ? g.bias[e] : 0.0);
-      }
+      const float* xt = x + t * d;
+      const int32_t* ct = chosen.data() + t * tk;
+      if (!(S_.learned && S_.learned->score(li, dl, xt, ct, tk, s.data())))
+        S_.pregate->score(li, dl, xt, ct, tk, s.data());
       for (int64_t e = 0; e < E; ++e) idx[e] = e;
       std::partial_sort(idx.begin(), idx.begin() + std::min(k, E), idx.end(),
                         [&](int64_t a, int64_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });

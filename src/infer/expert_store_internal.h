@@ -12,16 +12,10 @@
 #include <vector>
 
 #include "expert_io.h"
+#include "moe/infer/expert_predictor.h"
 #include "moe/infer/expert_store.h"
 
 namespace moe::infer::detail {
-
-// The router of one MoE layer, for pre-gating (pointers into the model's parameters).
-struct PreGate {
-  const float* w = nullptr;     // (E, d)
-  const float* bias = nullptr;  // (E) selection bias, or null
-  bool sigmoid = false;
-};
 
 struct StoreSetup {
   std::vector<int64_t> layers;       // transformer index of each MoE layer
@@ -31,8 +25,9 @@ struct StoreSetup {
   std::string fmt_name;
   std::vector<ExpertSource> src;     // (L · E), id = moe_layer · E + expert
   std::unique_ptr<SourceFiles> files;
-  std::vector<PreGate> gates;        // (L)
-  std::vector<std::vector<std::vector<float>>> ln_ratio;  // [li][dl - 1] (d): RMSNorm weight of li+dl over li's
+  std::unique_ptr<PreGating> pregate;         // prefetch predictions for any (li, dl)
+  std::unique_ptr<ExpertPredictor> learned;   // ... preferred where it has weights (null: none)
+  std::string predictor_name;                 // "pre-gating" or the predictor file
 };
 
 struct Entry {
@@ -61,6 +56,8 @@ class StoreImpl : public ExpertStore {
   std::string describe() const override;
   void record_uses(bool on) override;
   std::vector<int64_t> take_uses() override;
+  void record_routing(bool on) override;
+  RoutingSamples take_routing() override;
 
   int64_t layer_index(int64_t li) const { return S_.layers[li]; }
   // The executor body for MoE layer li.
@@ -73,7 +70,8 @@ class StoreImpl : public ExpertStore {
   int64_t victim(double* wait_out) const;
   int take_slot();
   void loader_loop();
-  void predict(int64_t li, const float* x, int64_t n);
+  // chosen: (n, top_k) experts layer li chose per token (-1: none)
+  void predict(int64_t li, const float* x, int64_t n, const std::vector<int32_t>& chosen);
   void learn(int64_t li, const std::vector<int32_t>& active);
   uint8_t* slot_ptr(int s) const { return pool_ + static_cast<uint64_t>(s) * slot_bytes_; }
   // Waits until `id` is Ready and pinned (loading it on the loader thread if needed); returns false
@@ -97,6 +95,8 @@ class StoreImpl : public ExpertStore {
   ExpertStoreStats stats_;
   bool record_ = false;
   std::vector<int64_t> uses_;  // recorded uses (record_uses)
+  bool record_routing_ = false;
+  RoutingSamples routing_;     // recorded routing (record_routing)
 
   // activation-aware policy state
   int64_t cur_layer_ = -1;

@@ -95,13 +95,32 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     const int64_t m = rows.offsets[e + 1] - rows.offsets[e];
     if (m > 0) active.push_back(static_cast<int32_t>(e)), max_rows = std::max(max_rows, m);
   }
+  const bool prefetch = opt_.prefetch && capacity_ < static_cast<int64_t>(entries_.size());
+  bool recording;
   {
     std::lock_guard<std::mutex> g(mu_);
     cur_layer_ = li;
     active_now_ = active;
     learn(li, active);
+    recording = record_routing_;
   }
-  if (opt_.prefetch && capacity_ < static_cast<int64_t>(entries_.size())) predict(li, rows.x, rows.n_tokens);
+  if (prefetch || recording) {
+    // each token's chosen experts, in expert order (-1 where it chose fewer than top-k)
+    const int64_t n = rows.n_tokens, tk = S_.top_k;
+    std::vector<int32_t> chosen(static_cast<size_t>(n * tk), -1);
+    std::vector<int32_t> count(static_cast<size_t>(n), 0);
+    for (int64_t e = 0; e < E; ++e)
+      for (int32_t r = rows.offsets[e]; r < rows.offsets[e + 1]; ++r) {
+        const int64_t t = rows.gather ? rows.gather[r] : r;
+        if (t >= 0 && t < n && count[t] < tk) chosen[t * tk + count[t]++] = static_cast<int32_t>(e);
+      }
+    if (recording) {
+      std::lock_guard<std::mutex> g(mu_);
+      routing_.x[li].insert(routing_.x[li].end(), rows.x, rows.x + n * d);
+      routing_.experts[li].insert(routing_.experts[li].end(), chosen.begin(), chosen.end());
+    }
+    if (prefetch) predict(li, rows.x, n, chosen);
+  }
   // Resident experts first: their compute overlaps the loads of the others.
   const bool upfront = static_cast<int64_t>(active.size()) <= capacity_ - 2;
   if (upfront) {
@@ -219,6 +238,28 @@ std::vector<int64_t> StoreImpl::take_uses() {
   return out;
 }
 
+void StoreImpl::record_routing(bool on) {
+  std::lock_guard<std::mutex> g(mu_);
+  record_routing_ = on;
+  const size_t L = S_.layers.size();
+  if (routing_.x.size() != L) routing_.x.assign(L, {}), routing_.experts.assign(L, {});
+}
+
+RoutingSamples StoreImpl::take_routing() {
+  std::lock_guard<std::mutex> g(mu_);
+  RoutingSamples out;
+  out.d = S_.d;
+  out.E = S_.E;
+  out.top_k = S_.top_k;
+  out.x.swap(routing_.x);
+  out.experts.swap(routing_.experts);
+  const size_t L = S_.layers.size();
+  routing_.x.assign(L, {});
+  routing_.experts.assign(L, {});
+  if (out.x.size() != L) out.x.assign(L, {}), out.experts.assign(L, {});
+  return out;
+}
+
 void StoreImpl::reset_stats() {
   std::lock_guard<std::mutex> g(mu_);
   ExpertStoreStats s;
@@ -232,7 +273,7 @@ std::string StoreImpl::describe() const {
   const int64_t n = static_cast<int64_t>(entries_.size());
   return cat("experts ", S_.fmt_name, ", ", capacity_, " of ", n, " resident (",
              static_cast<double>(capacity_ * slot_bytes_) / 1048576.0, " MiB), policy ", cache_policy_name(opt_.policy),
-             ", prefetch ", opt_.prefetch ? cat("depth ", opt_.prefetch_depth) : std::string("off"), ", io ",
+             ", prefetch ", opt_.prefetch ? cat("depth ", opt_.prefetch_depth, " by ", S_.predictor_name) : std::string("off"), ", io ",
              expert_io_name(opt_.io), ", miss ", miss_mode_name(opt_.miss));
 }
 
@@ -311,7 +352,6 @@ class ExpertLocator {
   std::vector<std::string> paths_;
 };
 
-const float* f32_data(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
 }  // namespace
 
 std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const std::string& dir,
@@ -373,26 +413,23 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
                     "checkpoint written by `moe quantize`)"));
   }
   S.files = std::make_unique<detail::SourceFiles>(loc.paths(), opt.io == ExpertIo::Direct);
+  S.pregate = std::make_unique<PreGating>(m, opt.prefetch_depth);
+  S.predictor_name = "pre-gating";
+  std::string pred_path;
+  if (opt.predictor == "auto") {
+    const std::filesystem::path p = std::filesystem::path(dir) / kExpertPredictorFile;
+    if (std::filesystem::exists(p)) pred_path = p.string();
+  } else if (opt.predictor != "pregate") {
+    MOE_CHECK(std::filesystem::exists(opt.predictor), "expert store: predictor file '", opt.predictor,
+              "' does not exist (or use auto, pregate)");
+    pred_path = opt.predictor;
+  }
+  if (!pred_path.empty()) {
+    S.learned = std::make_unique<ExpertPredictor>(load_expert_predictor(pred_path));
+    S.learned->check_matches(m, pred_path);
+    S.predictor_name = pred_path;
+  }
   const int64_t L = static_cast<int64_t>(S.layers.size());
-  std::vector<const float*> ln(static_cast<size_t>(L));
-  for (int64_t li = 0; li < L; ++li) {
-    const MoELayer* layer = m.moe_layer(S.layers[li]);
-    detail::PreGate g;
-    g.w = f32_data(layer->params().router_w);
-    g.bias = layer->config().router.use_bias ? f32_data(layer->params().router_bias) : nullptr;
-    g.sigmoid = layer->config().router.score == ScoreFn::Sigmoid;
-    S.gates.push_back(g);
-    ln[li] = f32_data(m.param(cat("model.layers.", S.layers[li], ".post_attention_layernorm.weight")).value);
-  }
-  S.ln_ratio.resize(static_cast<size_t>(L));
-  for (int64_t li = 0; li < L; ++li) {
-    for (int64_t dl = 1; dl <= opt.prefetch_depth && li + dl < L; ++dl) {
-      std::vector<float> r(static_cast<size_t>(S.d), 1.0f);
-      for (int64_t i = 0; i < S.d; ++i)
-        if (std::fabs(ln[li][i]) > 1e-12f) r[i] = ln[li + dl][i] / ln[li][i];
-      S.ln_ratio[li].push_back(std::move(r));
-    }
-  }
   auto impl = std::make_shared<detail::StoreImpl>(std::move(S), opt);
   for (int64_t li = 0; li < L; ++li)
     m.mutable_moe_layer(impl->layer_index(li))->set_expert_executor(std::make_shared<detail::LayerExecutor>(impl, li));

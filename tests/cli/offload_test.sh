@@ -2,7 +2,8 @@
 # Expert offloading from the command line: `moe generate` gives the same tokens with every expert
 # resident and with a quarter of them (LRU without prefetch, O_DIRECT reads) and reports the store's
 # counters; `moe bench offload` runs its configurations side by side, checks their outputs agree and
-# writes its plot; bad flags exit 2 with one error line.
+# writes its plot and trace; `moe predictor` fits the expert predictor that prefetch then finds in
+# the model directory (same tokens); bad flags exit 2 with one error line.
 #
 #   offload_test.sh MOE_BINARY TOKENIZER_JSON
 set -uo pipefail
@@ -56,6 +57,40 @@ for r in j["runs"]:
         assert r["decode_tokens_per_s"] > 0 and r["replayed_bound"] is False, r
 PY
 grep -q "<svg" "$tmp/p.svg" || fail "no plot written"
+
+# the learned expert predictor: fitted on the text, found in the model directory, same tokens
+"$moe" predictor --model "$tmp/m" --calibration "$tmp/text.txt" --depth 2 --holdout 0.25 --seq-len 32 --threads 1 \
+  --json >"$tmp/pred.json" 2>"$tmp/err" || fail "predictor failed: $(cat "$tmp/err")"
+[[ -f "$tmp/m/expert_predictor.safetensors" ]] || fail "predictor wrote no file"
+python3 - "$tmp/pred.json" <<'PY' || fail "predictor JSON: $(cat "$tmp/pred.json")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["depth"] == 2 and j["k"] == 2 and j["fit_tokens"] > 0 and j["heldout_tokens"] > 0, j
+assert len(j["pairs"]) == 3, j["pairs"]  # 3 MoE layers: 0->1, 0->2, 1->2
+for p in j["pairs"]:
+    assert 0 <= p["learned_recall_at_k"] <= 1 and 0 <= p["pregate_recall_at_k"] <= 1, p
+    assert p["uses"] == ("learned" if p["learned_recall_at_k"] >= p["pregate_recall_at_k"] else "pregate"), p
+assert j["mean_recall_at_k"] >= j["mean_pregate_recall_at_k"] - 1e-12, j
+PY
+"$moe" "${gen[@]}" --resident-experts 6 --cache-policy lru --prefetch-depth 2 >"$tmp/pred_gen.json" \
+  2>"$tmp/err" || fail "generate with the learned predictor failed: $(cat "$tmp/err")"
+python3 -c "import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); assert a['tokens']==b['tokens']" \
+  "$tmp/full.json" "$tmp/pred_gen.json" || fail "the learned predictor changed the tokens"
+"$moe" bench offload --model "$tmp/m" --prompts "$tmp/text.txt" --num-prompts 2 --prompt-tokens 8 --new-tokens 4 \
+  --configs lru+prefetch,lru+pregate,optimal --threads 1 --trace "$tmp/trace.jsonl" >"$tmp/out" 2>"$tmp/err" ||
+  fail "bench offload with the predictor failed: $(cat "$tmp/err")"
+python3 - "$tmp/trace.jsonl" <<'PY' || fail "trace: $(cat "$tmp/trace.jsonl")"
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+assert len(lines) == 1, len(lines)
+t = json.loads(lines[0])
+assert t["layers"] == 3 and t["experts_per_layer"] == 8 and len(t["uses"]) == len(t["decode"]) > 0, t
+assert all(0 <= u < 24 for u in t["uses"]) and set(t["decode"]) == {0, 1}
+PY
+"$moe" "${gen[@]}" --resident-experts 6 --expert-predictor "$tmp/none.safetensors" >/dev/null 2>"$tmp/err"
+rc=$?
+[[ $rc == 2 ]] && grep -q "predictor file .*none.safetensors' does not exist" "$tmp/err" ||
+  fail "--expert-predictor missing file: exit $rc, $(cat "$tmp/err")"
 
 "$moe" "${gen[@]}" --cache-policy fifo --resident-experts 6 >/dev/null 2>"$tmp/err"
 rc=$?

@@ -10,10 +10,11 @@
 // Each MoE layer gets an ExpertExecutor (moe/moe/layer.h) that, for the experts a forward routed to:
 // pins those already resident (a hit), loads the others (a miss: read from the source, converted to
 // the compute format, placed in a slot freed by the cache policy), computes each expert's FFN and
-// unpins it. Eviction never drops a pinned expert or one still loading. Prefetch applies the next
-// MoE layers' routers to the current layer's input (pre-gating) and loads the predicted experts on a
-// loader thread while the current layer computes. Outputs do not depend on the budget, the policy or
-// the prefetch (each expert is computed by the same kernel on the same weights whichever tier it came
+// unpins it. Eviction never drops a pinned expert or one still loading. Prefetch predicts the next
+// MoE layers' experts from the current layer's router input and choices (pre-gating, or a predictor
+// learned on calibration text: moe/infer/expert_predictor.h) and loads them on loader threads while
+// the current layer computes. Outputs do not depend on the budget, the policy, the predictor or the
+// prefetch (each expert is computed by the same kernel on the same weights whichever tier it came
 // from). The executors serve one forward at a time (the engine's thread); statistics may be read
 // from any thread.
 #pragma once
@@ -23,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "moe/infer/expert_predictor.h"
 #include "moe/model/transformer.h"
 
 namespace moe::infer {
@@ -53,6 +55,10 @@ struct ExpertStoreOptions {
   bool prefetch = true;
   int prefetch_depth = 1;         // MoE layers ahead to predict
   int64_t prefetch_experts = 0;   // experts predicted per layer (0: the router's top-k)
+  // What predicts the next layers' experts (moe/infer/expert_predictor.h): "auto" (the model
+  // directory's expert_predictor.safetensors when present, else pre-gating), "pregate", or the path
+  // of a predictor file written by `moe predictor`.
+  std::string predictor = "auto";
   ExpertIo io = ExpertIo::Mmap;
   int io_threads = 2;             // loader threads (reads in flight at once)
   MissMode miss = MissMode::Load;
@@ -102,6 +108,10 @@ class ExpertStore {
   // take_uses returns what was recorded since the last call and clears it.
   virtual void record_uses(bool on) = 0;
   virtual std::vector<int64_t> take_uses() = 0;
+  // Routing recording (off by default): every token's router input and chosen experts, per MoE
+  // layer, for fitting an ExpertPredictor. take_routing returns what was recorded and clears it.
+  virtual void record_routing(bool on) = 0;
+  virtual RoutingSamples take_routing() = 0;
 };
 
 // The best any replacement policy without prefetch can do on a sequence of expert uses: Belady's

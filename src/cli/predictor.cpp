@@ -1,0 +1,166 @@
+// `moe predictor --model DIR --calibration FILE.txt [--depth 2] [--holdout 0.2] [--out FILE]
+// [--seq-len N] [--max-tokens N] [--epochs N] [--lr X] [--json]`: records the routing of every MoE layer on
+// calibration text (all experts resident), fits the expert predictor of moe/infer/expert_predictor.h
+// on the first part, reports its recall on the held-out rest beside pre-gating's, leaves to
+// pre-gating the layer pairs where it does better, and writes the predictor
+// (by default into the model directory, where the expert store finds it: --expert-predictor auto).
+#include <algorithm>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "cli/model_dir.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/infer/expert_predictor.h"
+#include "moe/infer/expert_store.h"
+#include "moe/train/data.h"
+#include "moe/train/tokenizer.h"
+
+namespace moe::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct PredictorArgs {
+  std::string model, calibration, out;
+  int64_t depth = 2, seq_len = 0, max_tokens = 65536;
+  double holdout = 0.2;
+  infer::PredictorFitOptions fit;
+  bool json = false;
+  int threads = 0;
+};
+
+// Runs `tokens` through the model in windows of seq_len (a prefill each) with routing recorded.
+infer::RoutingSamples record(infer::InferenceModel& im, const int32_t* tokens, int64_t n, int64_t seq_len) {
+  im.store->take_routing();
+  im.store->record_routing(true);
+  for (int64_t pos = 0; pos < n; pos += seq_len) {
+    const int64_t len = std::min(seq_len, n - pos);
+    model::KVCache cache = im.model->new_cache(len);
+    im.model->decode(cache, tokens + pos, len);
+  }
+  im.store->record_routing(false);
+  return im.store->take_routing();
+}
+
+int run_predictor(const PredictorArgs& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  const std::string dir = resolve_model_dir(a.model);
+  MOE_CHECK(a.depth >= 1 && a.depth <= 8, "predictor: --depth must be in [1, 8], got ", a.depth);
+  MOE_CHECK(a.holdout >= 0 && a.holdout < 1, "predictor: --holdout must be in [0, 1), got ", a.holdout);
+  MOE_CHECK(a.max_tokens >= 2, "predictor: --max-tokens must be >= 2, got ", a.max_tokens);
+  const std::string tp = find_tokenizer(dir);
+  MOE_CHECK(!tp.empty(), "predictor: no tokenizer.json next to the model in '", dir, "'");
+  MOE_CHECK(fs::exists(a.calibration), "predictor: calibration file '", a.calibration, "' does not exist");
+  std::vector<int32_t> toks = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
+  if (static_cast<int64_t>(toks.size()) > a.max_tokens) toks.resize(static_cast<size_t>(a.max_tokens));
+  const int64_t n = static_cast<int64_t>(toks.size());
+  const int64_t n_eval = static_cast<int64_t>(a.holdout * static_cast<double>(n));
+  MOE_CHECK(n - n_eval >= 16, "predictor: calibration file '", a.calibration, "' gives ", n,
+            " tokens; at least 16 are needed to fit (after the held-out share)");
+
+  infer::InferenceLoadOptions lo;
+  lo.offload = true;  // every expert resident, in a store that records the routing
+  lo.store.resident_experts = -1;
+  lo.store.prefetch = false;
+  lo.store.predictor = "pregate";
+  infer::InferenceModel im = infer::load_inference_model(dir, lo);
+  const model::ModelConfig& c = im.model->config();
+  const int64_t S = a.seq_len > 0 ? a.seq_len : std::min<int64_t>(c.max_position_embeddings, 256);
+  MOE_CHECK(S <= c.max_position_embeddings, "predictor: --seq-len ", S, " exceeds the model's context ",
+            c.max_position_embeddings);
+  std::vector<int64_t> layers;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (im.model->moe_layer(l)) layers.push_back(l);
+
+  const infer::RoutingSamples fit_s = record(im, toks.data(), n - n_eval, S);
+  const infer::PreGating pg(*im.model, a.depth);
+  infer::ExpertPredictor p = infer::fit_expert_predictor(fit_s, layers, a.depth, a.fit, &pg);
+  const std::string out = a.out.empty() ? (fs::path(dir) / infer::kExpertPredictorFile).string() : a.out;
+
+  // recall on the held-out tokens (or on the fitted ones when there are none)
+  const infer::RoutingSamples eval_s = n_eval > 0 ? record(im, toks.data() + (n - n_eval), n_eval, S) : fit_s;
+  const int64_t k = c.num_experts_per_tok;
+  const int64_t k2 = std::min<int64_t>(2 * k, c.num_experts);
+  const auto learned_k = infer::predictor_recall(p, eval_s, a.depth, k);
+  const auto learned_2k = infer::predictor_recall(p, eval_s, a.depth, k2);
+  const auto pregate_k = infer::predictor_recall(pg, eval_s, a.depth, k);
+  const auto pregate_2k = infer::predictor_recall(pg, eval_s, a.depth, k2);
+  MOE_CHECK(learned_k.size() == pregate_k.size(), "predictor: internal error (recall pairs differ)");
+  // A pair whose learned recall@k is below pre-gating's is left to pre-gating (its weights dropped).
+  double mean_l = 0, mean_p = 0;
+  std::vector<bool> kept(learned_k.size(), true);
+  for (size_t i = 0; i < learned_k.size(); ++i) {
+    kept[i] = learned_k[i].recall >= pregate_k[i].recall;
+    if (!kept[i]) p.W[learned_k[i].li][learned_k[i].dl - 1].clear();
+    mean_l += std::max(learned_k[i].recall, pregate_k[i].recall), mean_p += pregate_k[i].recall;
+  }
+  infer::save_expert_predictor(p, out);
+  if (!learned_k.empty()) mean_l /= static_cast<double>(learned_k.size()), mean_p /= static_cast<double>(learned_k.size());
+
+  if (a.json) {
+    nlohmann::json pairs = nlohmann::json::array();
+    for (size_t i = 0; i < learned_k.size(); ++i)
+      pairs.push_back({{"from_layer", layers[learned_k[i].li]},
+                       {"to_layer", layers[learned_k[i].li + learned_k[i].dl]},
+                       {"ahead", learned_k[i].dl},
+                       {"uses", kept[i] ? "learned" : "pregate"},
+                       {"learned_recall_at_k", learned_k[i].recall},
+                       {"learned_recall_at_2k", learned_2k[i].recall},
+                       {"pregate_recall_at_k", pregate_k[i].recall},
+                       {"pregate_recall_at_2k", pregate_2k[i].recall}});
+    std::cout << nlohmann::json{{"out", out},
+                                {"fit_tokens", n - n_eval},
+                                {"heldout_tokens", n_eval},
+                                {"depth", a.depth},
+                                {"k", k},
+                                {"mean_recall_at_k", mean_l},
+                                {"mean_pregate_recall_at_k", mean_p},
+                                {"pairs", pairs}}
+                     .dump()
+              << "\n";
+    return kExitOk;
+  }
+  std::cout << "fitted on " << n - n_eval << " tokens; recall on " << (n_eval > 0 ? n_eval : n - n_eval)
+            << (n_eval > 0 ? " held-out" : " fitted (no held-out share)") << " tokens: the share of the experts a "
+            << "layer chose that are among the " << k << " (or " << k2 << ") predicted\n";
+  std::printf("%-10s %-6s %12s %12s %12s %12s %9s\n", "layers", "ahead", "learned@k", "pregate@k", "learned@2k",
+              "pregate@2k", "uses");
+  for (size_t i = 0; i < learned_k.size(); ++i) {
+    const std::string pair = cat(layers[learned_k[i].li], "->", layers[learned_k[i].li + learned_k[i].dl]);
+    std::printf("%-10s %-6lld %11.1f%% %11.1f%% %11.1f%% %11.1f%% %9s\n", pair.c_str(), (long long)learned_k[i].dl,
+                100 * learned_k[i].recall, 100 * pregate_k[i].recall, 100 * learned_2k[i].recall,
+                100 * pregate_2k[i].recall, kept[i] ? "learned" : "pregate");
+  }
+  std::printf("mean recall@%lld: with this predictor %.1f%%, pre-gating alone %.1f%%\nwrote %s\n", (long long)k,
+              100 * mean_l, 100 * mean_p, out.c_str());
+  return kExitOk;
+}
+
+}  // namespace
+
+void register_predictor(CLI::App& app, Registry& reg) {
+  auto a = std::make_shared<PredictorArgs>();
+  CLI::App* c = app.add_subcommand(
+      "predictor", "Fit the expert predictor that prefetching uses (on calibration text) and report its recall");
+  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  c->add_option("--calibration", a->calibration, "Text file (or directory) encoded with the model's tokenizer")
+      ->required();
+  c->add_option("--depth", a->depth, "MoE layers ahead to predict")->capture_default_str();
+  c->add_option("--holdout", a->holdout, "Share of the calibration tokens (the last ones) kept out of the fit to "
+                                         "measure recall")
+      ->capture_default_str();
+  c->add_option("--out", a->out, "Predictor file (default: expert_predictor.safetensors in the model directory)");
+  c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 256))");
+  c->add_option("--max-tokens", a->max_tokens, "Calibration tokens used at most")->capture_default_str();
+  c->add_option("--epochs", a->fit.epochs, "Passes over the calibration tokens")->capture_default_str();
+  c->add_option("--lr", a->fit.lr, "Adam learning rate of the fit")->capture_default_str();
+  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  c->add_flag("--json", a->json, "Print one JSON object");
+  c->callback([&reg, a] { reg.action = [a] { return run_predictor(*a); }; });
+}
+
+}  // namespace moe::cli
