@@ -131,27 +131,92 @@ const uint8_t* SourceFiles::mapped(const Span& s) const {
 
 const uint8_t* SourceFiles::fetch(const Span& s, Buffer& bounce) const {
   if (!direct_) return mapped(s);
-  MOE_CHECK(s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file], "' is shorter than its header says (",
-            sizes_[s.file], " bytes, a tensor ends at ", s.offset + s.bytes, ")");
-  const uint64_t begin = s.offset / kAlign * kAlign, end = round_up(s.offset + s.bytes, kAlign);
-  uint8_t* buf = bounce.ensure(end - begin);
-  uint64_t done = 0;
-  while (done < end - begin) {
-    const ssize_t r = ::pread(fds_[s.file], buf + done, end - begin - done, static_cast<off_t>(begin + done));
-    if (r < 0 && errno == EINTR) continue;
-    MOE_CHECK(r >= 0, "expert store: reading '", paths_[s.file], "' at ", begin + done, ": ", std::strerror(errno));
-    if (r == 0) break;  // end of file: the last block is short
-    done += static_cast<uint64_t>(r);
+  std::vector<const uint8_t*> p;
+  fetch_many({s}, bounce, p);
+  return p[0];
+}
+
+void SourceFiles::fetch_many(const std::vector<Span>& spans, Buffer& bounce, std::vector<const uint8_t*>& ptrs) const {
+  ptrs.assign(spans.size(), nullptr);
+  if (!direct_) {
+    for (size_t i = 0; i < spans.size(); ++i) ptrs[i] = mapped(spans[i]);
+    return;
   }
-  MOE_CHECK(begin + done >= s.offset + s.bytes, "expert store: '", paths_[s.file], "' ended at ", begin + done,
-            " bytes, before the tensor's end at ", s.offset + s.bytes);
-  return buf + (s.offset - begin);
+  for (const Span& s : spans)
+    MOE_CHECK(s.file >= 0 && s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file],
+              "' is shorter than its header says (", sizes_[s.file], " bytes, a tensor ends at ", s.offset + s.bytes, ")");
+  // Runs of spans (by file, then offset) with gaps of at most kCoalesceGap, each read with one
+  // aligned pread into its own part of the bounce buffer.
+  std::vector<size_t> order(spans.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+    return spans[a].file != spans[b].file ? spans[a].file < spans[b].file : spans[a].offset < spans[b].offset;
+  });
+  struct Run {
+    int file;
+    uint64_t begin, end;  // aligned
+    size_t first, last;   // [first, last) in order
+    uint64_t at = 0;      // offset in the bounce buffer
+  };
+  std::vector<Run> runs;
+  for (size_t j = 0; j < order.size(); ++j) {
+    const Span& s = spans[order[j]];
+    const uint64_t b = s.offset / kAlign * kAlign, e = round_up(s.offset + s.bytes, kAlign);
+    if (!runs.empty() && runs.back().file == s.file && b <= runs.back().end + kCoalesceGap) {
+      runs.back().end = std::max(runs.back().end, e);
+      runs.back().last = j + 1;
+    } else {
+      runs.push_back({s.file, b, e, j, j + 1});
+    }
+  }
+  uint64_t total = 0;
+  for (Run& r : runs) r.at = total, total += r.end - r.begin;
+  uint8_t* buf = bounce.ensure(total);
+  for (const Run& run : runs) {
+    uint64_t done = 0;
+    const uint64_t want = run.end - run.begin;
+    while (done < want) {
+      const ssize_t r = ::pread(fds_[run.file], buf + run.at + done, want - done, static_cast<off_t>(run.begin + done));
+      if (r < 0 && errno == EINTR) continue;
+      MOE_CHECK(r >= 0, "expert store: reading '", paths_[run.file], "' at ", run.begin + done, ": ",
+                std::strerror(errno));
+      if (r == 0) break;  // end of file: the last block is short
+      done += static_cast<uint64_t>(r);
+    }
+    for (size_t j = run.first; j < run.last; ++j) {
+      const Span& s = spans[order[j]];
+      MOE_CHECK(run.begin + done >= s.offset + s.bytes, "expert store: '", paths_[run.file], "' ended at ",
+                run.begin + done, " bytes, before the tensor's end at ", s.offset + s.bytes);
+      ptrs[order[j]] = buf + run.at + (s.offset - run.begin);
+    }
+  }
 }
 
 ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot, Buffer& scratch) {
+  // every span of the expert fetched at once (one read per run of nearby spans with O_DIRECT)
+  std::vector<Span> spans;
+  for (const MatrixSource& m : s.m) {
+    if (m.N == 0) continue;
+    if (m.bits) {
+      spans.push_back(m.q);
+      spans.push_back(m.scales);
+      if (m.mins.bytes) spans.push_back(m.mins);
+    } else {
+      spans.push_back(m.w);
+    }
+  }
+  std::vector<const uint8_t*> src;
+  files.fetch_many(spans, scratch, src);
   ExpertView v;
   v.fmt = fmt;
   uint8_t* p = slot;
+  size_t next = 0;
+  auto copy = [&](const Span& sp) {
+    std::memcpy(p, src[next++], sp.bytes);
+    const uint8_t* at = p;
+    p += round_up(sp.bytes, 64);
+    return at;
+  };
   for (int i = 0; i < 3; ++i) {
     const MatrixSource& m = s.m[i];
     if (m.N == 0) continue;
@@ -162,22 +227,14 @@ ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format f
       q.N = m.N;
       q.K = m.K;
       q.group = m.group;
-      files.read(m.q, p, scratch);
-      q.q = p;
-      p += round_up(m.q.bytes, 64);
-      files.read(m.scales, p, scratch);
-      q.scales = reinterpret_cast<const uint16_t*>(p);
-      p += round_up(m.scales.bytes, 64);
-      if (m.mins.bytes) {
-        files.read(m.mins, p, scratch);
-        q.mins = reinterpret_cast<const uint16_t*>(p);
-        p += round_up(m.mins.bytes, 64);
-      }
+      q.q = copy(m.q);
+      q.scales = reinterpret_cast<const uint16_t*>(copy(m.scales));
+      if (m.mins.bytes) q.mins = reinterpret_cast<const uint16_t*>(copy(m.mins));
       continue;
     }
     MOE_CHECK(fmt != Format::Quant, "expert store: a float expert cannot be computed in the quantized format");
     const int64_t n = m.N * m.K;
-    convert(files.fetch(m.w, scratch), m.w.dtype, n, fmt, p);  // a copy when the dtype is the format's
+    convert(src[next++], m.w.dtype, n, fmt, p);  // a copy when the dtype is the format's
     v.w[i] = p;
     p += round_up(static_cast<uint64_t>(n) * elem_bytes(fmt), 64);
   }

@@ -78,6 +78,11 @@ class SourceFiles {
   // file on a short read.
   const uint8_t* fetch(const Span& s, Buffer& bounce) const;
   void read(const Span& s, uint8_t* dst, Buffer& bounce) const { std::memcpy(dst, fetch(s, bounce), s.bytes); }
+  // The bytes of several spans at once: ptrs[i] for spans[i]. With O_DIRECT, spans of one file that
+  // lie close together (gaps up to kCoalesceGap) are read with one pread each run, since a read's
+  // latency costs more than reading a short gap. Pointers stay valid until bounce is used again.
+  static constexpr uint64_t kCoalesceGap = 128 * 1024;
+  void fetch_many(const std::vector<Span>& spans, Buffer& bounce, std::vector<const uint8_t*>& ptrs) const;
 
  private:
   std::vector<std::string> paths_;
