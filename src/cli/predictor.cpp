@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 
 struct PredictorArgs {
   std::string model, calibration, out;
-  int64_t depth = 2, seq_len = 0, max_tokens = 65536;
+  int64_t depth = 2, seq_len = 0, max_tokens = 0;
   double holdout = 0.2;
   infer::PredictorFitOptions fit;
   bool json = false;
@@ -51,16 +51,23 @@ int run_predictor(const PredictorArgs& a) {
   const std::string dir = resolve_model_dir(a.model);
   MOE_CHECK(a.depth >= 1 && a.depth <= 8, "predictor: --depth must be in [1, 8], got ", a.depth);
   MOE_CHECK(a.holdout >= 0 && a.holdout < 1, "predictor: --holdout must be in [0, 1), got ", a.holdout);
-  MOE_CHECK(a.max_tokens >= 2, "predictor: --max-tokens must be >= 2, got ", a.max_tokens);
+  MOE_CHECK(a.max_tokens >= 0, "predictor: --max-tokens must be >= 0, got ", a.max_tokens);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "predictor: no tokenizer.json next to the model in '", dir, "'");
   MOE_CHECK(fs::exists(a.calibration), "predictor: calibration file '", a.calibration, "' does not exist");
   std::vector<int32_t> toks = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
-  if (static_cast<int64_t>(toks.size()) > a.max_tokens) toks.resize(static_cast<size_t>(a.max_tokens));
+  const model::ModelConfig mc = model::load_model_config(dir + "/config.json");
+  int64_t n_moe = 0;
+  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) n_moe += mc.is_moe_layer(l) ? 1 : 0;
+  // The recorded router inputs are held in memory (n_moe · d floats a token): by default at most
+  // 65,536 tokens and 2 GiB of them.
+  const int64_t per_token = std::max<int64_t>(1, n_moe * mc.hidden_size * 4);
+  const int64_t cap = a.max_tokens > 0 ? a.max_tokens : std::min<int64_t>(65536, (int64_t{2} << 30) / per_token);
+  if (static_cast<int64_t>(toks.size()) > cap) toks.resize(static_cast<size_t>(cap));
   const int64_t n = static_cast<int64_t>(toks.size());
   const int64_t n_eval = static_cast<int64_t>(a.holdout * static_cast<double>(n));
-  MOE_CHECK(n - n_eval >= 16, "predictor: calibration file '", a.calibration, "' gives ", n,
-            " tokens; at least 16 are needed to fit (after the held-out share)");
+  MOE_CHECK(n - n_eval >= 16, "predictor: ", n, " calibration tokens (from '", a.calibration,
+            "', at most --max-tokens) leave ", n - n_eval, " to fit after the held-out share; at least 16 are needed");
 
   infer::InferenceLoadOptions lo;
   lo.offload = true;  // every expert resident, in a store that records the routing
@@ -155,7 +162,9 @@ void register_predictor(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   c->add_option("--out", a->out, "Predictor file (default: expert_predictor.safetensors in the model directory)");
   c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 256))");
-  c->add_option("--max-tokens", a->max_tokens, "Calibration tokens used at most")->capture_default_str();
+  c->add_option("--max-tokens", a->max_tokens,
+                "Calibration tokens used at most (0: 65,536, fewer when their router inputs would pass 2 GiB)")
+      ->capture_default_str();
   c->add_option("--epochs", a->fit.epochs, "Passes over the calibration tokens")->capture_default_str();
   c->add_option("--lr", a->fit.lr, "Adam learning rate of the fit")->capture_default_str();
   c->add_option("--threads", a->threads, "Threads (default: all cores)");
