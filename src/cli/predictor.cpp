@@ -142,8 +142,12 @@ int run_predictor(const PredictorArgs& a) {
                 100 * learned_k[i].recall, 100 * pregate_k[i].recall, 100 * learned_2k[i].recall,
                 100 * pregate_2k[i].recall, kept[i] ? "learned" : "pregate");
   }
-  std::printf("mean recall@%lld: with this predictor %.1f%%, pre-gating alone %.1f%%\nwrote %s\n", (long long)k,
-              100 * mean_l, 100 * mean_p, out.c_str());
+  if (learned_k.empty())
+    std::printf("the model has %zu MoE layer(s): there is no later MoE layer to predict\nwrote %s\n", layers.size(),
+                out.c_str());
+  else
+    std::printf("mean recall@%lld: with this predictor %.1f%%, pre-gating alone %.1f%%\nwrote %s\n", (long long)k,
+                100 * mean_l, 100 * mean_p, out.c_str());
   return kExitOk;
 }
 
