@@ -54,6 +54,22 @@ inline ModelConfig tiny_config(Arch arch) {
 }
 
 // n token ids in [0, V) from a seed.
+// A mixtral with enough experts for expert-store budgets to matter: 4 MoE layers x 8 experts, top-2.
+inline ModelConfig offload_config() {
+  ModelConfig c = tiny_config(Arch::Mixtral);
+  c.hidden_size = 32;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 8;
+  c.num_hidden_layers = 4;
+  c.num_experts = 8;
+  c.num_experts_per_tok = 2;
+  c.intermediate_size = 64;
+  c.vocab_size = 37;
+  c.initializer_range = 0.2;
+  return c;
+}
+
 inline std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
   const Rng r(seed);
   std::vector<int32_t> t(static_cast<size_t>(n));

@@ -21,26 +21,11 @@
 namespace moe::infer {
 namespace {
 
-model::ModelConfig store_config() {
-  model::ModelConfig c = model::testing::tiny_config(model::Arch::Mixtral);
-  c.hidden_size = 32;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 8;
-  c.num_hidden_layers = 4;
-  c.num_experts = 8;
-  c.num_experts_per_tok = 2;
-  c.intermediate_size = 64;
-  c.vocab_size = 37;
-  c.initializer_range = 0.2;
-  return c;
-}
-
 class ExpertStoreTest : public train::testing::TempDirTest {
  protected:
   void SetUp() override {
     TempDirTest::SetUp();
-    model::Transformer m(store_config());
+    model::Transformer m(model::testing::offload_config());
     m.init_params(7);
     dir = file("model");
     model::save_pretrained(m, dir);
