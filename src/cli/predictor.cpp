@@ -1,5 +1,5 @@
 // `moe predictor --model DIR --calibration FILE.txt [--depth 2] [--holdout 0.2] [--out FILE]
-// [--seq-len N] [--max-tokens N] [--epochs N] [--lr X] [--json]`: records the routing of every MoE layer on
+// [--seq-len N] [--generate N] [--no-next-token] [--max-tokens N] [--epochs N] [--lr X] [--json]`: records the routing of every MoE layer on
 // calibration text (all experts resident), fits the expert predictor of moe/infer/expert_predictor.h
 // on the first part, reports its recall on the held-out rest beside pre-gating's, leaves to
 // pre-gating the layer pairs where it does better, and writes the predictor
@@ -26,24 +26,37 @@ namespace fs = std::filesystem;
 
 struct PredictorArgs {
   std::string model, calibration, out;
-  int64_t depth = 2, seq_len = 0, max_tokens = 0;
+  int64_t depth = 2, seq_len = 0, max_tokens = 0, generate = 32;
+  bool no_next_token = false;
   double holdout = 0.2;
   infer::PredictorFitOptions fit;
   bool json = false;
   int threads = 0;
 };
 
-// Runs `tokens` through the model in windows of seq_len (a prefill each) with routing recorded.
-infer::RoutingSamples record(infer::InferenceModel& im, const int32_t* tokens, int64_t n, int64_t seq_len) {
+// Runs `tokens` through the model in windows of seq_len with routing recorded: each window is a
+// sequence, prefilled, then continued by `generate` greedily decoded tokens (what the pairs into the
+// next token learn from).
+infer::RoutingSamples record(infer::InferenceModel& im, const int32_t* tokens, int64_t n, int64_t seq_len,
+                             int64_t generate) {
+  infer::RoutingSamples all;
   im.store->take_routing();
-  im.store->record_routing(true);
+  const int64_t ctx = im.model->config().max_position_embeddings;
   for (int64_t pos = 0; pos < n; pos += seq_len) {
-    const int64_t len = std::min(seq_len, n - pos);
-    model::KVCache cache = im.model->new_cache(len);
-    im.model->decode(cache, tokens + pos, len);
+    const int64_t len = std::min(seq_len, n - pos), more = std::max<int64_t>(0, std::min(generate, ctx - len));
+    model::KVCache cache = im.model->new_cache(len + more);
+    im.store->record_routing(true);
+    Tensor logits = im.model->decode(cache, tokens + pos, len);
+    all.append(im.store->take_routing(), true, false);
+    for (int64_t i = 0; i < more; ++i) {
+      const float* l = logits.data<float>();
+      const int32_t next = static_cast<int32_t>(std::max_element(l, l + logits.numel()) - l);
+      logits = im.model->decode(cache, &next, 1);
+      all.append(im.store->take_routing(), false, true);
+    }
+    im.store->record_routing(false);
   }
-  im.store->record_routing(false);
-  return im.store->take_routing();
+  return all;
 }
 
 int run_predictor(const PredictorArgs& a) {
@@ -52,6 +65,7 @@ int run_predictor(const PredictorArgs& a) {
   MOE_CHECK(a.depth >= 1 && a.depth <= 8, "predictor: --depth must be in [1, 8], got ", a.depth);
   MOE_CHECK(a.holdout >= 0 && a.holdout < 1, "predictor: --holdout must be in [0, 1), got ", a.holdout);
   MOE_CHECK(a.max_tokens >= 0, "predictor: --max-tokens must be >= 0, got ", a.max_tokens);
+  MOE_CHECK(a.generate >= 0, "predictor: --generate must be >= 0, got ", a.generate);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "predictor: no tokenizer.json next to the model in '", dir, "'");
   MOE_CHECK(fs::exists(a.calibration), "predictor: calibration file '", a.calibration, "' does not exist");
@@ -83,71 +97,104 @@ int run_predictor(const PredictorArgs& a) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (im.model->moe_layer(l)) layers.push_back(l);
 
-  const infer::RoutingSamples fit_s = record(im, toks.data(), n - n_eval, S);
+  const infer::RoutingSamples fit_s = record(im, toks.data(), n - n_eval, S, a.generate);
   const infer::PreGating pg(*im.model, a.depth);
   infer::ExpertPredictor p = infer::fit_expert_predictor(fit_s, layers, a.depth, a.fit, &pg);
+  if (a.no_next_token)  // keep the pairs within a token only
+    for (size_t li = 0; li < p.W.size(); ++li)
+      for (size_t j = 0; j < p.W[li].size(); ++j)
+        if (infer::predicted_token_offset(static_cast<int64_t>(li), static_cast<int64_t>(j) + 1,
+                                          static_cast<int64_t>(layers.size())) > 0)
+          p.W[li][j].clear();
   const std::string out = a.out.empty() ? (fs::path(dir) / infer::kExpertPredictorFile).string() : a.out;
 
   // recall on the held-out tokens (or on the fitted ones when there are none)
-  const infer::RoutingSamples eval_s = n_eval > 0 ? record(im, toks.data() + (n - n_eval), n_eval, S) : fit_s;
+  const infer::RoutingSamples eval_s = n_eval > 0 ? record(im, toks.data() + (n - n_eval), n_eval, S, a.generate) : fit_s;
   const int64_t k = c.num_experts_per_tok;
   const int64_t k2 = std::min<int64_t>(2 * k, c.num_experts);
   const auto learned_k = infer::predictor_recall(p, eval_s, a.depth, k);
   const auto learned_2k = infer::predictor_recall(p, eval_s, a.depth, k2);
   const auto pregate_k = infer::predictor_recall(pg, eval_s, a.depth, k);
   const auto pregate_2k = infer::predictor_recall(pg, eval_s, a.depth, k2);
-  MOE_CHECK(learned_k.size() == pregate_k.size(), "predictor: internal error (recall pairs differ)");
+  const int64_t L = static_cast<int64_t>(layers.size());
+  // pre-gating's recall of a pair, or -1 where it predicts nothing (the next token's layers)
+  auto find = [](const std::vector<infer::PredictorRecall>& v, const infer::PredictorRecall& r) {
+    for (const infer::PredictorRecall& x : v)
+      if (x.li == r.li && x.dl == r.dl) return x.recall;
+    return -1.0;
+  };
   // A pair whose learned recall@k is below pre-gating's is left to pre-gating (its weights dropped).
-  double mean_l = 0, mean_p = 0;
+  // Means are over the pairs within a token (where both predict) and over those into the next token.
+  double mean_l = 0, mean_p = 0, mean_next = 0;
+  int64_t n_within = 0, n_next = 0;
   std::vector<bool> kept(learned_k.size(), true);
   for (size_t i = 0; i < learned_k.size(); ++i) {
-    kept[i] = learned_k[i].recall >= pregate_k[i].recall;
+    const double pk = find(pregate_k, learned_k[i]);
+    kept[i] = learned_k[i].recall >= pk;
     if (!kept[i]) p.W[learned_k[i].li][learned_k[i].dl - 1].clear();
-    mean_l += std::max(learned_k[i].recall, pregate_k[i].recall), mean_p += pregate_k[i].recall;
+    if (pk < 0) {
+      mean_next += learned_k[i].recall, ++n_next;
+    } else {
+      mean_l += std::max(learned_k[i].recall, pk), mean_p += pk, ++n_within;
+    }
   }
   infer::save_expert_predictor(p, out);
-  if (!learned_k.empty()) mean_l /= static_cast<double>(learned_k.size()), mean_p /= static_cast<double>(learned_k.size());
+  if (n_within > 0) mean_l /= static_cast<double>(n_within), mean_p /= static_cast<double>(n_within);
+  if (n_next > 0) mean_next /= static_cast<double>(n_next);
+  auto to_layer = [&](const infer::PredictorRecall& r) {
+    return layers[static_cast<size_t>(infer::predicted_layer(r.li, r.dl, L))];
+  };
+  auto next_token = [&](const infer::PredictorRecall& r) { return infer::predicted_token_offset(r.li, r.dl, L) > 0; };
 
   if (a.json) {
+    auto opt = [](double v) { return v < 0 ? nlohmann::json() : nlohmann::json(v); };
     nlohmann::json pairs = nlohmann::json::array();
     for (size_t i = 0; i < learned_k.size(); ++i)
       pairs.push_back({{"from_layer", layers[learned_k[i].li]},
-                       {"to_layer", layers[learned_k[i].li + learned_k[i].dl]},
+                       {"to_layer", to_layer(learned_k[i])},
+                       {"next_token", next_token(learned_k[i])},
                        {"ahead", learned_k[i].dl},
                        {"uses", kept[i] ? "learned" : "pregate"},
                        {"learned_recall_at_k", learned_k[i].recall},
                        {"learned_recall_at_2k", learned_2k[i].recall},
-                       {"pregate_recall_at_k", pregate_k[i].recall},
-                       {"pregate_recall_at_2k", pregate_2k[i].recall}});
+                       {"pregate_recall_at_k", opt(find(pregate_k, learned_k[i]))},
+                       {"pregate_recall_at_2k", opt(find(pregate_2k, learned_k[i]))}});
     std::cout << nlohmann::json{{"out", out},
-                                {"fit_tokens", n - n_eval},
-                                {"heldout_tokens", n_eval},
+                                {"fit_text_tokens", n - n_eval},
+                                {"fit_tokens", fit_s.tokens()},
+                                {"heldout_text_tokens", n_eval},
+                                {"heldout_tokens", n_eval > 0 ? eval_s.tokens() : 0},
                                 {"depth", a.depth},
                                 {"k", k},
                                 {"mean_recall_at_k", mean_l},
                                 {"mean_pregate_recall_at_k", mean_p},
+                                {"mean_next_token_recall_at_k", opt(n_next > 0 ? mean_next : -1.0)},
                                 {"pairs", pairs}}
                      .dump()
               << "\n";
     return kExitOk;
   }
-  std::cout << "fitted on " << n - n_eval << " tokens; recall on " << (n_eval > 0 ? n_eval : n - n_eval)
-            << (n_eval > 0 ? " held-out" : " fitted (no held-out share)") << " tokens: the share of the experts a "
-            << "layer chose that are among the " << k << " (or " << k2 << ") predicted\n";
-  std::printf("%-10s %-6s %12s %12s %12s %12s %9s\n", "layers", "ahead", "learned@k", "pregate@k", "learned@2k",
+  std::cout << "fitted on " << fit_s.tokens() << " tokens (" << n - n_eval << " of text, the rest generated); recall on "
+            << eval_s.tokens() << (n_eval > 0 ? " held-out" : " fitted (no held-out share)")
+            << " tokens: the share of the experts a layer chose that are among the " << k << " (or " << k2
+            << ") predicted\n";
+  std::printf("%-14s %-6s %12s %12s %12s %12s %9s\n", "layers", "ahead", "learned@k", "pregate@k", "learned@2k",
               "pregate@2k", "uses");
+  auto pct = [](double v) { return v < 0 ? std::string("-") : cat(round_to(100 * v, 1), "%"); };
   for (size_t i = 0; i < learned_k.size(); ++i) {
-    const std::string pair = cat(layers[learned_k[i].li], "->", layers[learned_k[i].li + learned_k[i].dl]);
-    std::printf("%-10s %-6lld %11.1f%% %11.1f%% %11.1f%% %11.1f%% %9s\n", pair.c_str(), (long long)learned_k[i].dl,
-                100 * learned_k[i].recall, 100 * pregate_k[i].recall, 100 * learned_2k[i].recall,
-                100 * pregate_2k[i].recall, kept[i] ? "learned" : "pregate");
+    const infer::PredictorRecall& r = learned_k[i];
+    const std::string pair = cat(layers[r.li], "->", to_layer(r), next_token(r) ? " next" : "");
+    std::printf("%-14s %-6lld %11.1f%% %12s %11.1f%% %12s %9s\n", pair.c_str(), (long long)r.dl, 100 * r.recall,
+                pct(find(pregate_k, r)).c_str(), 100 * learned_2k[i].recall, pct(find(pregate_2k, r)).c_str(),
+                kept[i] ? "learned" : "pregate");
   }
-  if (learned_k.empty())
-    std::printf("the model has %zu MoE layer(s): there is no later MoE layer to predict\nwrote %s\n", layers.size(),
-                out.c_str());
-  else
-    std::printf("mean recall@%lld: with this predictor %.1f%%, pre-gating alone %.1f%%\nwrote %s\n", (long long)k,
-                100 * mean_l, 100 * mean_p, out.c_str());
+  if (n_next > 0)
+    std::printf("mean recall@%lld into the next token's layers (pre-gating has none): %.1f%%\n", (long long)k,
+                100 * mean_next);
+  if (n_within > 0)
+    std::printf("mean recall@%lld within a token: with this predictor %.1f%%, pre-gating alone %.1f%%\n",
+                (long long)k, 100 * mean_l, 100 * mean_p);
+  std::printf("wrote %s\n", out.c_str());
   return kExitOk;
 }
 
@@ -166,6 +213,12 @@ void register_predictor(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   c->add_option("--out", a->out, "Predictor file (default: expert_predictor.safetensors in the model directory)");
   c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 256))");
+  c->add_option("--generate", a->generate,
+                "Tokens decoded greedily after each calibration window (the pairs into the next token learn "
+                "from them)")
+      ->capture_default_str();
+  c->add_flag("--no-next-token", a->no_next_token,
+             "Predict within a token only (no pairs into the next token's first layers)");
   c->add_option("--max-tokens", a->max_tokens,
                 "Calibration tokens used at most (0: 65,536, fewer when their router inputs would pass 2 GiB)")
       ->capture_default_str();

@@ -29,6 +29,44 @@ std::vector<int64_t> moe_layers(const model::Transformer& m) {
 
 }  // namespace
 
+void RoutingSamples::append(RoutingSamples&& o, bool new_sequence, bool generated_tokens) {
+  const int64_t n0 = tokens(), n1 = o.tokens();
+  if (x.empty()) {
+    d = o.d, E = o.E, top_k = o.top_k;
+    x.resize(o.x.size());
+    experts.resize(o.experts.size());
+  }
+  MOE_CHECK(o.d == d && o.E == E && o.top_k == top_k && o.x.size() == x.size() && o.experts.size() == experts.size(),
+            "routing samples: appending samples of another shape");
+  if (n1 == 0) return;
+  for (size_t l = 0; l < x.size(); ++l) {
+    x[l].insert(x[l].end(), o.x[l].begin(), o.x[l].end());
+    experts[l].insert(experts[l].end(), o.experts[l].begin(), o.experts[l].end());
+  }
+  // per-token flags, materialised once any is needed
+  auto extend = [&](std::vector<uint8_t>& mine, const std::vector<uint8_t>& theirs, bool all_of_them) {
+    mine.resize(static_cast<size_t>(n0), 0);
+    if (theirs.empty())
+      mine.resize(static_cast<size_t>(n0 + n1), all_of_them ? 1 : 0);
+    else
+      mine.insert(mine.end(), theirs.begin(), theirs.end());
+  };
+  const bool had_starts = !seq_start.empty();
+  extend(seq_start, o.seq_start, false);
+  if (!had_starts && n0 > 0) seq_start[0] = 1;
+  if (n0 == 0 || new_sequence) seq_start[static_cast<size_t>(n0)] = 1;
+  if (!generated.empty() || !o.generated.empty() || generated_tokens) {
+    extend(generated, o.generated, generated_tokens);
+    if (generated_tokens) std::fill(generated.begin() + n0, generated.end(), 1);
+  }
+}
+
+bool RoutingSamples::next_token_sample(int64_t t) const {
+  if (!continues(t)) return false;
+  if (generated.empty()) return true;
+  return generated[static_cast<size_t>(t + 1)] != 0;
+}
+
 PreGating::PreGating(const model::Transformer& m, int64_t depth) : depth_(depth) {
   MOE_CHECK(m.dtype() == DType::F32, "pre-gating: the model must be f32");
   const std::vector<int64_t> layers = moe_layers(m);
@@ -155,25 +193,37 @@ ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<
   const int64_t P = d + E + 1, B = std::min<int64_t>(opt.batch, N);
   std::vector<float> logits(static_cast<size_t>(B * E));
   std::vector<double> grad(static_cast<size_t>(P * E)), m1(grad.size()), m2(grad.size());
+  std::vector<int64_t> rows;  // the source tokens of a pair
   for (int64_t li = 0; li < L; ++li) {
-    for (int64_t dl = 1; dl <= depth && li + dl < L; ++dl) {
+    for (int64_t dl = 1; dl <= depth && li + dl < 2 * L; ++dl) {
       // Softmax regression of the chosen set (each chosen expert 1/n of the target), minibatch Adam
       // from pre-gating's map (or zero), tokens in order: the fit is deterministic.
+      const int64_t tl = predicted_layer(li, dl, L), off = predicted_token_offset(li, dl, L);
+      rows.clear();
+      for (int64_t t = 0; t < N; ++t)
+        if (off == 0 || s.next_token_sample(t)) rows.push_back(t);
       std::vector<float> W(static_cast<size_t>(P * E), 0.0f);
+      if (rows.empty()) {  // nothing to fit (no sequence goes on): left to pre-gating
+        p.W[li].emplace_back();
+        continue;
+      }
       if (init) init->linear_map(li, dl, W.data());
       std::fill(m1.begin(), m1.end(), 0.0);
       std::fill(m2.begin(), m2.end(), 0.0);
       int64_t step = 0;
       const float* X = s.x[li].data();
       const int32_t* C = s.experts[li].data();
-      const int32_t* T = s.experts[li + dl].data();
+      const int32_t* T = s.experts[tl].data() + off * k;  // row t: the target of source token t
+      const int64_t R = static_cast<int64_t>(rows.size());
       for (int64_t ep = 0; ep < opt.epochs; ++ep) {
-        for (int64_t b0 = 0; b0 < N; b0 += B) {
-          const int64_t nb = std::min(B, N - b0);
+        for (int64_t b0 = 0; b0 < R; b0 += B) {
+          const int64_t nb = std::min(B, R - b0);
           std::fill(grad.begin(), grad.end(), 0.0);
           for (int64_t t = 0; t < nb; ++t) {
-            const float* x = X + (b0 + t) * d;
-            const int32_t* c = C + (b0 + t) * k;
+            const int64_t src = rows[static_cast<size_t>(b0 + t)];
+            const float* x = X + src * d;
+            const int32_t* c = C + src * k;
+            const int32_t* y = T + src * k;
             float* z = &logits[t * E];
             // the same arithmetic as ExpertPredictor::score
             std::vector<double> acc(static_cast<size_t>(E), 0.0);
@@ -190,12 +240,11 @@ ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<
             double sum = 0;
             for (int64_t e = 0; e < E; ++e) acc[e] = std::exp(acc[e] - mx), sum += acc[e];
             int64_t nt = 0;
-            for (int64_t j = 0; j < k; ++j) nt += T[(b0 + t) * k + j] >= 0 && T[(b0 + t) * k + j] < E ? 1 : 0;
+            for (int64_t j = 0; j < k; ++j) nt += y[j] >= 0 && y[j] < E ? 1 : 0;
             for (int64_t e = 0; e < E; ++e) z[e] = static_cast<float>(acc[e] / sum);  // probabilities
             if (nt > 0)
               for (int64_t j = 0; j < k; ++j) {
-                const int32_t e = T[(b0 + t) * k + j];
-                if (e >= 0 && e < E) z[e] -= 1.0f / static_cast<float>(nt);
+                if (y[j] >= 0 && y[j] < E) z[y[j]] -= 1.0f / static_cast<float>(nt);
               }
             else
               std::fill(z, z + E, 0.0f);
@@ -221,8 +270,8 @@ ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<
         }
       }
       for (float v : W)
-        MOE_CHECK(std::isfinite(v), "expert predictor: the fit of MoE layer ", layers[li], " -> ", layers[li + dl],
-                  " diverged (lower the learning rate)");
+        MOE_CHECK(std::isfinite(v), "expert predictor: the fit of MoE layer ", layers[li], " -> ", layers[tl],
+                  off ? " of the next token" : "", " diverged (lower the learning rate)");
       p.W[li].push_back(std::move(W));
     }
   }
@@ -237,17 +286,19 @@ std::vector<PredictorRecall> predictor_recall(const ExpertScorer& p, const Routi
   std::vector<float> sc(static_cast<size_t>(E));
   std::vector<int64_t> idx(static_cast<size_t>(E));
   for (int64_t li = 0; li < L; ++li) {
-    for (int64_t dl = 1; dl <= depth && li + dl < L; ++dl) {
+    for (int64_t dl = 1; dl <= depth && li + dl < 2 * L; ++dl) {
+      const int64_t tl = predicted_layer(li, dl, L), off = predicted_token_offset(li, dl, L);
       int64_t found = 0, total = 0;
       bool any = true;
       for (int64_t t = 0; t < N && any; ++t) {
+        if (off == 1 && !s.next_token_sample(t)) continue;
         any = p.score(li, dl, &s.x[li][t * d], &s.experts[li][t * tk], tk, sc.data());
         if (!any) break;
         std::iota(idx.begin(), idx.end(), 0);
         std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
                           [&](int64_t a, int64_t b) { return sc[a] > sc[b] || (sc[a] == sc[b] && a < b); });
         for (int64_t j = 0; j < tk; ++j) {
-          const int32_t e = s.experts[li + dl][t * tk + j];
+          const int32_t e = s.experts[tl][(t + off) * tk + j];
           found += std::find(idx.begin(), idx.begin() + k, e) != idx.begin() + k ? 1 : 0;
           ++total;
         }
@@ -332,7 +383,7 @@ ExpertPredictor load_expert_predictor(const std::string& path) {
   p.W.resize(static_cast<size_t>(L));
   size_t expected = 0;
   for (int64_t li = 0; li < L; ++li)
-    for (int64_t dl = 1; dl <= p.depth && li + dl < L; ++dl) {
+    for (int64_t dl = 1; dl <= p.depth && li + dl < 2 * L; ++dl) {
       const std::string name = cat("predictor.", li, ".", dl);
       if (!r.contains(name)) {  // a pair left to pre-gating
         p.W[li].emplace_back();

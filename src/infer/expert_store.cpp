@@ -288,8 +288,9 @@ void StoreImpl::loader_loop() {
   }
 }
 
-// The experts layers li + 1 .. li + depth are expected to route to, from this layer's input x (n, d)
-// and choices (the learned predictor where it has weights for the pair, else pre-gating): each token
+// The experts the next `depth` MoE layers are expected to route to (wrapping into the next token's
+// first layers where the learned predictor has such pairs), from this layer's input x (n, d) and
+// choices (the learned predictor where it has weights for the pair, else pre-gating): each token
 // votes for its predicted top-k. Marks them predicted and queues them, nearest layer first.
 void StoreImpl::predict(int64_t li, const float* x, int64_t n, const std::vector<int32_t>& chosen) {
   const int64_t L = static_cast<int64_t>(S_.layers.size()), E = S_.E, d = S_.d, tk = S_.top_k;
@@ -298,21 +299,30 @@ void StoreImpl::predict(int64_t li, const float* x, int64_t n, const std::vector
   std::vector<std::pair<int64_t, int64_t>> order;  // (layer, expert) to queue, nearest layer first
   std::vector<float> s(static_cast<size_t>(E));
   std::vector<int64_t> idx(static_cast<size_t>(E));
-  for (int64_t dl = 1; dl <= opt_.prefetch_depth && li + dl < L; ++dl) {
+  for (int64_t dl = 1; dl <= opt_.prefetch_depth && li + dl < 2 * L; ++dl) {
+    // a pair into the next token (the first layers of the next decode step) predicts from the last
+    // token's row only, and only the learned predictor has such pairs
+    const int64_t tl = predicted_layer(li, dl, L);
+    const bool next = predicted_token_offset(li, dl, L) > 0;
+    if (next && !(S_.learned && S_.learned->has(li, dl))) break;
     std::vector<int64_t> votes(static_cast<size_t>(E), 0);
-    for (int64_t t = 0; t < n; ++t) {
+    bool any = false;
+    for (int64_t t = next ? n - 1 : 0; t < n; ++t) {
       const float* xt = x + t * d;
       const int32_t* ct = chosen.data() + t * tk;
-      if (!(S_.learned && S_.learned->score(li, dl, xt, ct, tk, s.data())))
-        S_.pregate->score(li, dl, xt, ct, tk, s.data());
+      if (!(S_.learned && S_.learned->score(li, dl, xt, ct, tk, s.data())) &&
+          !S_.pregate->score(li, dl, xt, ct, tk, s.data()))
+        break;
+      any = true;
       for (int64_t e = 0; e < E; ++e) idx[e] = e;
       std::partial_sort(idx.begin(), idx.begin() + std::min(k, E), idx.end(),
                         [&](int64_t a, int64_t b) { return s[a] > s[b] || (s[a] == s[b] && a < b); });
       for (int64_t j = 0; j < std::min(k, E); ++j) ++votes[idx[j]];
     }
+    if (!any) continue;
     for (int64_t e = 0; e < E; ++e) idx[e] = e;
     std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return votes[a] > votes[b]; });
-    for (int64_t j = 0; j < std::min(cap, E) && votes[idx[j]] > 0; ++j) order.emplace_back(li + dl, idx[j]);
+    for (int64_t j = 0; j < std::min(cap, E) && votes[idx[j]] > 0; ++j) order.emplace_back(tl, idx[j]);
   }
   std::lock_guard<std::mutex> g(mu_);
   std::fill(predicted_.begin(), predicted_.end(), 0);

@@ -65,13 +65,25 @@ grep -q "<svg" "$tmp/p.svg" || fail "no plot written"
 python3 - "$tmp/pred.json" <<'PY' || fail "predictor JSON: $(cat "$tmp/pred.json")"
 import json, sys
 j = json.load(open(sys.argv[1]))
-assert j["depth"] == 2 and j["k"] == 2 and j["fit_tokens"] > 0 and j["heldout_tokens"] > 0, j
-assert len(j["pairs"]) == 3, j["pairs"]  # 3 MoE layers: 0->1, 0->2, 1->2
+assert j["depth"] == 2 and j["k"] == 2 and j["fit_tokens"] > j["fit_text_tokens"] > 0, j
+assert j["heldout_tokens"] > j["heldout_text_tokens"] > 0, j
+# 3 MoE layers at depth 2: 0->1, 0->2, 1->2 within a token; 1->0, 2->0, 2->1 into the next token
+pairs = sorted((p["from_layer"], p["to_layer"], p["next_token"]) for p in j["pairs"])
+assert pairs == [(0, 1, False), (0, 2, False), (1, 0, True), (1, 2, False), (2, 0, True), (2, 1, True)], pairs
 for p in j["pairs"]:
-    assert 0 <= p["learned_recall_at_k"] <= 1 and 0 <= p["pregate_recall_at_k"] <= 1, p
-    assert p["uses"] == ("learned" if p["learned_recall_at_k"] >= p["pregate_recall_at_k"] else "pregate"), p
+    assert 0 <= p["learned_recall_at_k"] <= 1, p
+    if p["next_token"]:  # pre-gating predicts nothing there
+        assert p["pregate_recall_at_k"] is None and p["uses"] == "learned", p
+    else:
+        assert 0 <= p["pregate_recall_at_k"] <= 1, p
+        assert p["uses"] == ("learned" if p["learned_recall_at_k"] >= p["pregate_recall_at_k"] else "pregate"), p
 assert j["mean_recall_at_k"] >= j["mean_pregate_recall_at_k"] - 1e-12, j
+assert 0 <= j["mean_next_token_recall_at_k"] <= 1, j
 PY
+"$moe" predictor --model "$tmp/m" --calibration "$tmp/text.txt" --depth 2 --seq-len 32 --threads 1 --no-next-token \
+  --out "$tmp/within.safetensors" --json >"$tmp/within.json" 2>"$tmp/err" || fail "predictor --no-next-token: $(cat "$tmp/err")"
+python3 -c "import json,sys; p=json.load(open(sys.argv[1]))['pairs']; assert len(p)==3 and not any(x['next_token'] for x in p), p" \
+  "$tmp/within.json" || fail "--no-next-token kept pairs into the next token: $(cat "$tmp/within.json")"
 "$moe" "${gen[@]}" --resident-experts 6 --cache-policy lru --prefetch-depth 2 >"$tmp/pred_gen.json" \
   2>"$tmp/err" || fail "generate with the learned predictor failed: $(cat "$tmp/err")"
 python3 -c "import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); assert a['tokens']==b['tokens']" \

@@ -21,8 +21,9 @@
 namespace moe::infer {
 namespace {
 
-// Samples of L layers where layer l + 1 chooses the top-k of A_l x_l (a planted linear rule) and
-// layer 0 the top-k of a random map.
+// Samples of L layers (one sequence) where layer l + 1 chooses the top-k of A_l x_l (a planted
+// linear rule) and layer 0 of token t the top-k of A_0 x_{L-1} of token t - 1 (of its own x for the
+// first token).
 RoutingSamples planted(int64_t L, int64_t d, int64_t E, int64_t k, int64_t N, uint64_t seed) {
   const Rng rng(seed);
   uint64_t ctr = 0;
@@ -38,9 +39,11 @@ RoutingSamples planted(int64_t L, int64_t d, int64_t E, int64_t k, int64_t N, ui
   std::vector<float> sc(static_cast<size_t>(E));
   std::vector<int32_t> idx(static_cast<size_t>(E));
   for (int64_t l = 0; l < L; ++l)
-    for (int64_t t = 0; t < N; ++t) {
+    for (int64_t t = 0; t < N; ++t)
       for (int64_t i = 0; i < d; ++i) s.x[l][t * d + i] = static_cast<float>(rng.normal(ctr++));
-      const float* x = l == 0 ? &s.x[0][t * d] : &s.x[l - 1][t * d];
+  for (int64_t l = 0; l < L; ++l)
+    for (int64_t t = 0; t < N; ++t) {
+      const float* x = l > 0 ? &s.x[l - 1][t * d] : t > 0 ? &s.x[L - 1][(t - 1) * d] : &s.x[0][t * d];
       for (int64_t e = 0; e < E; ++e) {
         double acc = 0;
         for (int64_t i = 0; i < d; ++i) acc += A[l][e * d + i] * x[i];
@@ -67,19 +70,54 @@ TEST(ExpertPredictorFit, RecoversAPlantedLinearRuleDeterministically) {
   opt.lr = 1e-2;
   const ExpertPredictor p = fit_expert_predictor(train, {0, 1, 2}, 2, opt);
   ASSERT_EQ(p.W.size(), 3u);
-  ASSERT_EQ(p.W[0].size(), 2u);  // 0 -> 1, 0 -> 2
-  ASSERT_EQ(p.W[1].size(), 1u);  // 1 -> 2
-  EXPECT_TRUE(p.W[2].empty());
+  for (const auto& w : p.W) ASSERT_EQ(w.size(), 2u);  // 0->1, 0->2; 1->2, 1->0'; 2->0', 2->1' (': next token)
+  EXPECT_EQ(predicted_layer(2, 1, 3), 0);
+  EXPECT_EQ(predicted_token_offset(2, 1, 3), 1);
+  // the planted pairs, 1 layer ahead (into the next token for 2 -> 0)
   const std::vector<PredictorRecall> r = predictor_recall(p, test, 1, 2);
-  ASSERT_EQ(r.size(), 2u);
+  ASSERT_EQ(r.size(), 3u);
   for (const PredictorRecall& x : r) EXPECT_GT(x.recall, 0.9) << x.li << " -> +" << x.dl;
-  // chance is 2 of 8; a pair that carries no rule (0 -> 2 depends on x_1, drawn independently) stays low
+  // chance is 2 of 8; the pairs 2 layers ahead carry no rule (their target depends on an input drawn
+  // independently of the source) and stay low
   const std::vector<PredictorRecall> r2 = predictor_recall(p, test, 2, 2);
-  ASSERT_EQ(r2.size(), 3u);
-  EXPECT_LT(r2[1].recall, 0.5);
-  EXPECT_EQ(r2[1].dl, 2);
+  ASSERT_EQ(r2.size(), 6u);
+  for (const PredictorRecall& x : r2)
+    if (x.dl == 2) {
+      EXPECT_LT(x.recall, 0.5) << x.li << " -> +" << x.dl;
+    }
   const ExpertPredictor again = fit_expert_predictor(train, {0, 1, 2}, 2, opt);
   EXPECT_EQ(again.W, p.W);
+}
+
+TEST(ExpertPredictorFit, NextTokenPairsNeedTheSequenceToGoOn) {
+  RoutingSamples one = planted(2, 4, 4, 2, 60, 5);
+  // every token its own sequence: nothing to fit into the next token
+  RoutingSamples apart;
+  for (int64_t t = 0; t < 60; ++t) {
+    RoutingSamples u;
+    u.d = 4, u.E = 4, u.top_k = 2;
+    u.x.resize(2);
+    u.experts.resize(2);
+    for (int l = 0; l < 2; ++l) {
+      u.x[l].assign(one.x[l].begin() + t * 4, one.x[l].begin() + (t + 1) * 4);
+      u.experts[l].assign(one.experts[l].begin() + t * 2, one.experts[l].begin() + (t + 1) * 2);
+    }
+    apart.append(std::move(u), true, false);
+  }
+  ASSERT_EQ(apart.tokens(), 60);
+  ASSERT_EQ(apart.seq_start.size(), 60u);
+  EXPECT_EQ(apart.x, one.x);
+  EXPECT_FALSE(apart.continues(0));
+  EXPECT_TRUE(one.continues(0));
+  EXPECT_FALSE(one.continues(59));
+  const ExpertPredictor p = fit_expert_predictor(apart, {0, 1}, 2);
+  EXPECT_TRUE(p.has(0, 1));   // 0 -> 1 within the token
+  EXPECT_FALSE(p.has(0, 2));  // 0 -> 0 of the next token
+  EXPECT_FALSE(p.has(1, 1));  // 1 -> 0 of the next token
+  EXPECT_FALSE(p.has(1, 2));
+  EXPECT_TRUE(predictor_recall(p, apart, 2, 2).size() == 1u);
+  const ExpertPredictor q = fit_expert_predictor(one, {0, 1}, 2);
+  EXPECT_TRUE(q.has(0, 2) && q.has(1, 1) && q.has(1, 2));
 }
 
 TEST(ExpertPredictorFit, BadSamplesAreRefused) {
