@@ -88,8 +88,10 @@ ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const s
   OffloadFlags f = a.base;
   std::string policy = name, extra;
   if (const size_t plus = name.find('+'); plus != std::string::npos) policy = name.substr(0, plus), extra = name.substr(plus + 1);
-  MOE_CHECK(extra.empty() || extra == "prefetch" || extra == "pregate", "bench offload: configuration '", name,
-            "' must be POLICY, POLICY+prefetch or POLICY+pregate (POLICY: lru, lfu, activation, resident), or optimal");
+  MOE_CHECK(extra.empty() || extra == "prefetch" || extra == "pregate", "bench offload: configuration '",
+            name,
+            "' must be POLICY, POLICY+prefetch or POLICY+pregate (POLICY: lru, lfu, activation, resident), "
+            "or optimal");
   MOE_CHECK(policy != "optimal" || extra.empty(), "bench offload: 'optimal' is a replayed bound without prefetch");
   f.no_prefetch = extra.empty();
   if (extra == "pregate") f.predictor = "pregate";  // prefetch by pre-gating whatever --expert-predictor says
@@ -316,7 +318,8 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
   c->add_option("--prompts", a->prompts, "Text file the prompts are cut from")->required();
   c->add_option("--configs", a->configs,
-                "Comma-separated POLICY, POLICY+prefetch or POLICY+pregate (lru, lfu, activation, resident), or optimal (Belady's "
+                "Comma-separated POLICY, POLICY+prefetch or POLICY+pregate (lru, lfu, activation, resident), "
+                "or optimal (Belady's "
                 "MIN replayed on the recorded uses: the best hit rate without prefetch)")
       ->capture_default_str();
   c->add_option("--resident-fraction", a->fractions, "Comma-separated shares of all experts kept resident")
@@ -332,9 +335,10 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   c->add_option("--prefetch-depth", a->base.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
   c->add_option("--prefetch-experts", a->base.prefetch_experts, "Experts predicted per layer (0: top-k)")
       ->capture_default_str();
-  c->add_option("--expert-predictor", a->base.predictor,
-                "Predictor of POLICY+prefetch: auto (the model's expert_predictor.safetensors if present, else "
-                "pre-gating), pregate, or a file (POLICY+pregate always pre-gates)")
+  c->add_option(
+       "--expert-predictor", a->base.predictor,
+       "Predictor of POLICY+prefetch: auto (the model's expert_predictor.safetensors if present, else "
+       "pre-gating), pregate, or a file (POLICY+pregate always pre-gates)")
       ->capture_default_str();
   c->add_option("--plot", a->plot, "Write an SVG plot of tokens/s and hit rate against the budget");
   c->add_flag("--json", a->json, "Print one JSON object");

@@ -13,9 +13,10 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
   c->add_option("--prefetch-depth", f.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
   c->add_option("--prefetch-experts", f.prefetch_experts, "Experts predicted per layer (0: the router's top-k)")
       ->capture_default_str();
-  c->add_option("--expert-predictor", f.predictor,
-                "What predicts the experts to prefetch: auto (the model's expert_predictor.safetensors if present, "
-                "else pregate), pregate, or a file written by `moe predictor`")
+  c->add_option(
+       "--expert-predictor", f.predictor,
+       "What predicts the experts to prefetch: auto (the model's expert_predictor.safetensors if present, "
+       "else pregate), pregate, or a file written by `moe predictor`")
       ->capture_default_str();
   c->add_option("--expert-io", f.io, "Reading offloaded experts: mmap (page cache) or direct (O_DIRECT, disk)")
       ->capture_default_str();

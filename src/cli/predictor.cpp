@@ -1,9 +1,9 @@
 // `moe predictor --model DIR --calibration FILE.txt [--depth 2] [--holdout 0.2] [--out FILE]
-// [--seq-len N] [--generate N] [--no-next-token] [--max-tokens N] [--epochs N] [--lr X] [--json]`: records the routing of every MoE layer on
-// calibration text (all experts resident), fits the expert predictor of moe/infer/expert_predictor.h
-// on the first part, reports its recall on the held-out rest beside pre-gating's, leaves to
-// pre-gating the layer pairs where it does better, and writes the predictor
-// (by default into the model directory, where the expert store finds it: --expert-predictor auto).
+// [--seq-len N] [--generate N] [--no-next-token] [--max-tokens N] [--epochs N] [--lr X] [--json]`: records
+// the routing of every MoE layer on calibration text (all experts resident), fits the expert predictor of
+// moe/infer/expert_predictor.h on the first part, reports its recall on the held-out rest beside
+// pre-gating's, leaves to pre-gating the layer pairs where it does better, and writes the predictor (by
+// default into the model directory, where the expert store finds it: --expert-predictor auto).
 #include <algorithm>
 #include <filesystem>
 #include <iostream>
@@ -43,7 +43,8 @@ infer::RoutingSamples record(infer::InferenceModel& im, const int32_t* tokens, i
   im.store->take_routing();
   const int64_t ctx = im.model->config().max_position_embeddings;
   for (int64_t pos = 0; pos < n; pos += seq_len) {
-    const int64_t len = std::min(seq_len, n - pos), more = std::max<int64_t>(0, std::min(generate, ctx - len));
+    const int64_t len = std::min(seq_len, n - pos),
+                  more = std::max<int64_t>(0, std::min(generate, ctx - len));
     model::KVCache cache = im.model->new_cache(len + more);
     im.store->record_routing(true);
     Tensor logits = im.model->decode(cache, tokens + pos, len);
@@ -74,14 +75,16 @@ int run_predictor(const PredictorArgs& a) {
   int64_t n_moe = 0;
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) n_moe += mc.is_moe_layer(l) ? 1 : 0;
   // The recorded router inputs are held in memory (n_moe · d floats a token): by default at most
-  // 65,536 tokens and 2 GiB of them.
+  // 65,536 tokens of text and 2 GiB of them (the generated tokens add generate / seq_len more).
   const int64_t per_token = std::max<int64_t>(1, n_moe * mc.hidden_size * 4);
-  const int64_t cap = a.max_tokens > 0 ? a.max_tokens : std::min<int64_t>(65536, (int64_t{2} << 30) / per_token);
+  const int64_t cap =
+      a.max_tokens > 0 ? a.max_tokens : std::min<int64_t>(65536, (int64_t{2} << 30) / per_token);
   if (static_cast<int64_t>(toks.size()) > cap) toks.resize(static_cast<size_t>(cap));
   const int64_t n = static_cast<int64_t>(toks.size());
   const int64_t n_eval = static_cast<int64_t>(a.holdout * static_cast<double>(n));
   MOE_CHECK(n - n_eval >= 16, "predictor: ", n, " calibration tokens (from '", a.calibration,
-            "', at most --max-tokens) leave ", n - n_eval, " to fit after the held-out share; at least 16 are needed");
+            "', at most --max-tokens) leave ", n - n_eval,
+            " to fit after the held-out share; at least 16 are needed");
 
   infer::InferenceLoadOptions lo;
   lo.offload = true;  // every expert resident, in a store that records the routing
@@ -109,7 +112,8 @@ int run_predictor(const PredictorArgs& a) {
   const std::string out = a.out.empty() ? (fs::path(dir) / infer::kExpertPredictorFile).string() : a.out;
 
   // recall on the held-out tokens (or on the fitted ones when there are none)
-  const infer::RoutingSamples eval_s = n_eval > 0 ? record(im, toks.data() + (n - n_eval), n_eval, S, a.generate) : fit_s;
+  const infer::RoutingSamples eval_s =
+      n_eval > 0 ? record(im, toks.data() + (n - n_eval), n_eval, S, a.generate) : fit_s;
   const int64_t k = c.num_experts_per_tok;
   const int64_t k2 = std::min<int64_t>(2 * k, c.num_experts);
   const auto learned_k = infer::predictor_recall(p, eval_s, a.depth, k);
@@ -144,7 +148,9 @@ int run_predictor(const PredictorArgs& a) {
   auto to_layer = [&](const infer::PredictorRecall& r) {
     return layers[static_cast<size_t>(infer::predicted_layer(r.li, r.dl, L))];
   };
-  auto next_token = [&](const infer::PredictorRecall& r) { return infer::predicted_token_offset(r.li, r.dl, L) > 0; };
+  auto next_token = [&](const infer::PredictorRecall& r) {
+    return infer::predicted_token_offset(r.li, r.dl, L) > 0;
+  };
 
   if (a.json) {
     auto opt = [](double v) { return v < 0 ? nlohmann::json() : nlohmann::json(v); };
@@ -174,19 +180,20 @@ int run_predictor(const PredictorArgs& a) {
               << "\n";
     return kExitOk;
   }
-  std::cout << "fitted on " << fit_s.tokens() << " tokens (" << n - n_eval << " of text, the rest generated); recall on "
-            << eval_s.tokens() << (n_eval > 0 ? " held-out" : " fitted (no held-out share)")
+  std::cout << "fitted on " << fit_s.tokens() << " tokens (" << n - n_eval
+            << " of text, the rest generated); recall on " << eval_s.tokens()
+            << (n_eval > 0 ? " held-out" : " fitted (no held-out share)")
             << " tokens: the share of the experts a layer chose that are among the " << k << " (or " << k2
             << ") predicted\n";
-  std::printf("%-14s %-6s %12s %12s %12s %12s %9s\n", "layers", "ahead", "learned@k", "pregate@k", "learned@2k",
-              "pregate@2k", "uses");
+  std::printf("%-14s %-6s %12s %12s %12s %12s %9s\n", "layers", "ahead", "learned@k", "pregate@k",
+              "learned@2k", "pregate@2k", "uses");
   auto pct = [](double v) { return v < 0 ? std::string("-") : cat(round_to(100 * v, 1), "%"); };
   for (size_t i = 0; i < learned_k.size(); ++i) {
     const infer::PredictorRecall& r = learned_k[i];
     const std::string pair = cat(layers[r.li], "->", to_layer(r), next_token(r) ? " next" : "");
-    std::printf("%-14s %-6lld %11.1f%% %12s %11.1f%% %12s %9s\n", pair.c_str(), (long long)r.dl, 100 * r.recall,
-                pct(find(pregate_k, r)).c_str(), 100 * learned_2k[i].recall, pct(find(pregate_2k, r)).c_str(),
-                kept[i] ? "learned" : "pregate");
+    std::printf("%-14s %-6lld %11.1f%% %12s %11.1f%% %12s %9s\n", pair.c_str(), (long long)r.dl,
+                100 * r.recall, pct(find(pregate_k, r)).c_str(), 100 * learned_2k[i].recall,
+                pct(find(pregate_2k, r)).c_str(), kept[i] ? "learned" : "pregate");
   }
   if (n_next > 0)
     std::printf("mean recall@%lld into the next token's layers (pre-gating has none): %.1f%%\n", (long long)k,
@@ -203,24 +210,29 @@ int run_predictor(const PredictorArgs& a) {
 void register_predictor(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<PredictorArgs>();
   CLI::App* c = app.add_subcommand(
-      "predictor", "Fit the expert predictor that prefetching uses (on calibration text) and report its recall");
+      "predictor",
+      "Fit the expert predictor that prefetching uses (on calibration text) and report its recall");
   c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
-  c->add_option("--calibration", a->calibration, "Text file (or directory) encoded with the model's tokenizer")
+  c->add_option("--calibration", a->calibration,
+                "Text file (or directory) encoded with the model's tokenizer")
       ->required();
   c->add_option("--depth", a->depth, "MoE layers ahead to predict")->capture_default_str();
-  c->add_option("--holdout", a->holdout, "Share of the calibration tokens (the last ones) kept out of the fit to "
-                                         "measure recall")
+  c->add_option("--holdout", a->holdout,
+                "Share of the calibration tokens (the last ones) kept out of the fit to "
+                "measure recall")
       ->capture_default_str();
-  c->add_option("--out", a->out, "Predictor file (default: expert_predictor.safetensors in the model directory)");
+  c->add_option("--out", a->out,
+                "Predictor file (default: expert_predictor.safetensors in the model directory)");
   c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 256))");
   c->add_option("--generate", a->generate,
                 "Tokens decoded greedily after each calibration window (the pairs into the next token learn "
                 "from them)")
       ->capture_default_str();
   c->add_flag("--no-next-token", a->no_next_token,
-             "Predict within a token only (no pairs into the next token's first layers)");
-  c->add_option("--max-tokens", a->max_tokens,
-                "Calibration tokens used at most (0: 65,536, fewer when their router inputs would pass 2 GiB)")
+              "Predict within a token only (no pairs into the next token's first layers)");
+  c->add_option(
+       "--max-tokens", a->max_tokens,
+       "Calibration tokens used at most (0: 65,536, fewer when their router inputs would pass 2 GiB)")
       ->capture_default_str();
   c->add_option("--epochs", a->fit.epochs, "Passes over the calibration tokens")->capture_default_str();
   c->add_option("--lr", a->fit.lr, "Adam learning rate of the fit")->capture_default_str();

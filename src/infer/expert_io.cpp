@@ -136,7 +136,8 @@ const uint8_t* SourceFiles::fetch(const Span& s, Buffer& bounce) const {
   return p[0];
 }
 
-void SourceFiles::fetch_many(const std::vector<Span>& spans, Buffer& bounce, std::vector<const uint8_t*>& ptrs) const {
+void SourceFiles::fetch_many(const std::vector<Span>& spans, Buffer& bounce,
+                             std::vector<const uint8_t*>& ptrs) const {
   ptrs.assign(spans.size(), nullptr);
   if (!direct_) {
     for (size_t i = 0; i < spans.size(); ++i) ptrs[i] = mapped(spans[i]);
@@ -144,7 +145,8 @@ void SourceFiles::fetch_many(const std::vector<Span>& spans, Buffer& bounce, std
   }
   for (const Span& s : spans)
     MOE_CHECK(s.file >= 0 && s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file],
-              "' is shorter than its header says (", sizes_[s.file], " bytes, a tensor ends at ", s.offset + s.bytes, ")");
+              "' is shorter than its header says (", sizes_[s.file], " bytes, a tensor ends at ",
+              s.offset + s.bytes, ")");
   // Runs of spans (by file, then offset) with gaps of at most kCoalesceGap, each read with one
   // aligned pread into its own part of the bounce buffer.
   std::vector<size_t> order(spans.size());
@@ -176,7 +178,8 @@ void SourceFiles::fetch_many(const std::vector<Span>& spans, Buffer& bounce, std
     uint64_t done = 0;
     const uint64_t want = run.end - run.begin;
     while (done < want) {
-      const ssize_t r = ::pread(fds_[run.file], buf + run.at + done, want - done, static_cast<off_t>(run.begin + done));
+      const ssize_t r =
+          ::pread(fds_[run.file], buf + run.at + done, want - done, static_cast<off_t>(run.begin + done));
       if (r < 0 && errno == EINTR) continue;
       MOE_CHECK(r >= 0, "expert store: reading '", paths_[run.file], "' at ", run.begin + done, ": ",
                 std::strerror(errno));

@@ -1,4 +1,4 @@
-// Expert predictors for prefetching: pre-gating and a ridge-regression predictor learned on
+// Expert predictors for prefetching: pre-gating and a softmax-regression predictor learned on
 // calibration text (moe/infer/expert_predictor.h).
 #include "moe/infer/expert_predictor.h"
 
@@ -36,7 +36,8 @@ void RoutingSamples::append(RoutingSamples&& o, bool new_sequence, bool generate
     x.resize(o.x.size());
     experts.resize(o.experts.size());
   }
-  MOE_CHECK(o.d == d && o.E == E && o.top_k == top_k && o.x.size() == x.size() && o.experts.size() == experts.size(),
+  MOE_CHECK(o.d == d && o.E == E && o.top_k == top_k && o.x.size() == x.size() &&
+                o.experts.size() == experts.size(),
             "routing samples: appending samples of another shape");
   if (n1 == 0) return;
   for (size_t l = 0; l < x.size(); ++l) {
@@ -67,7 +68,7 @@ bool RoutingSamples::next_token_sample(int64_t t) const {
   return generated[static_cast<size_t>(t + 1)] != 0;
 }
 
-PreGating::PreGating(const model::Transformer& m, int64_t depth) : depth_(depth) {
+PreGating::PreGating(const model::Transformer& m, int64_t depth) {
   MOE_CHECK(m.dtype() == DType::F32, "pre-gating: the model must be f32");
   const std::vector<int64_t> layers = moe_layers(m);
   MOE_CHECK(!layers.empty(), "pre-gating: the model has no MoE layer");
@@ -157,18 +158,19 @@ void ExpertPredictor::check_matches(const model::Transformer& m, const std::stri
     return s.str();
   };
   MOE_CHECK(layers == ml, what, ": fitted for MoE layers [", str(layers), "], the model has [", str(ml), "]");
-  MOE_CHECK(d == c.d_model && E == c.n_experts && top_k == c.router.top_k, what, ": fitted for d ", d, ", ", E,
-            " experts, top-", top_k, "; the model has d ", c.d_model, ", ", c.n_experts, " experts, top-",
+  MOE_CHECK(d == c.d_model && E == c.n_experts && top_k == c.router.top_k, what, ": fitted for d ", d, ", ",
+            E, " experts, top-", top_k, "; the model has d ", c.d_model, ", ", c.n_experts, " experts, top-",
             c.router.top_k);
 }
 
-ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<int64_t>& layers, int64_t depth,
-                                     const PredictorFitOptions& opt, const PreGating* init) {
+ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<int64_t>& layers,
+                                     int64_t depth, const PredictorFitOptions& opt, const PreGating* init) {
   const int64_t L = static_cast<int64_t>(s.x.size()), d = s.d, E = s.E, k = s.top_k;
   MOE_CHECK(L >= 1 && L == static_cast<int64_t>(s.experts.size()) && L == static_cast<int64_t>(layers.size()),
             "expert predictor: samples of ", L, " layers with ", s.experts.size(), " expert lists for ",
             layers.size(), " MoE layers");
-  MOE_CHECK(d >= 1 && E >= 2 && k >= 1 && k <= E, "expert predictor: bad shape d ", d, ", E ", E, ", top-k ", k);
+  MOE_CHECK(d >= 1 && E >= 2 && k >= 1 && k <= E, "expert predictor: bad shape d ", d, ", E ", E, ", top-k ",
+            k);
   MOE_CHECK(depth >= 1, "expert predictor: depth must be >= 1, got ", depth);
   MOE_CHECK(opt.epochs >= 1 && opt.batch >= 1 && opt.lr > 0 && std::isfinite(opt.lr) && opt.weight_decay >= 0,
             "expert predictor: bad fit options (epochs ", opt.epochs, ", batch ", opt.batch, ", lr ", opt.lr,
@@ -176,11 +178,13 @@ ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<
   const int64_t N = s.tokens();
   MOE_CHECK(N >= 1, "expert predictor: no calibration tokens");
   for (int64_t li = 0; li < L; ++li) {
-    MOE_CHECK(static_cast<int64_t>(s.x[li].size()) == N * d && static_cast<int64_t>(s.experts[li].size()) == N * k,
-              "expert predictor: layer ", li, " has ", s.x[li].size() / static_cast<size_t>(d), " tokens, layer 0 has ",
-              N);
+    MOE_CHECK(
+        static_cast<int64_t>(s.x[li].size()) == N * d && static_cast<int64_t>(s.experts[li].size()) == N * k,
+        "expert predictor: layer ", li, " has ", s.x[li].size() / static_cast<size_t>(d),
+        " tokens, layer 0 has ", N);
     for (float v : s.x[li])
-      MOE_CHECK(std::isfinite(v), "expert predictor: a router input of MoE layer ", layers[li], " is not finite");
+      MOE_CHECK(std::isfinite(v), "expert predictor: a router input of MoE layer ", layers[li],
+                " is not finite");
   }
   ExpertPredictor p;
   p.d = d;

@@ -304,7 +304,7 @@ void StoreImpl::predict(int64_t li, const float* x, int64_t n, const std::vector
     // token's row only, and only the learned predictor has such pairs
     const int64_t tl = predicted_layer(li, dl, L);
     const bool next = predicted_token_offset(li, dl, L) > 0;
-    if (next && !(S_.learned && S_.learned->has(li, dl))) break;
+    if (next && !(S_.learned && S_.learned->has(li, dl))) continue;
     std::vector<int64_t> votes(static_cast<size_t>(E), 0);
     bool any = false;
     for (int64_t t = next ? n - 1 : 0; t < n; ++t) {

@@ -25,9 +25,9 @@ struct StoreSetup {
   std::string fmt_name;
   std::vector<ExpertSource> src;     // (L · E), id = moe_layer · E + expert
   std::unique_ptr<SourceFiles> files;
-  std::unique_ptr<PreGating> pregate;         // prefetch predictions for any (li, dl)
-  std::unique_ptr<ExpertPredictor> learned;   // ... preferred where it has weights (null: none)
-  std::string predictor_name;                 // "pre-gating" or the predictor file
+  std::unique_ptr<PreGating> pregate;        // predictions within a token
+  std::unique_ptr<ExpertPredictor> learned;  // ... preferred where it has weights (null: none)
+  std::string predictor_name;                // "pre-gating" or the predictor file
 };
 
 struct Entry {
@@ -96,7 +96,7 @@ class StoreImpl : public ExpertStore {
   bool record_ = false;
   std::vector<int64_t> uses_;  // recorded uses (record_uses)
   bool record_routing_ = false;
-  RoutingSamples routing_;     // recorded routing (record_routing)
+  RoutingSamples routing_;  // recorded routing (record_routing)
 
   // activation-aware policy state
   int64_t cur_layer_ = -1;

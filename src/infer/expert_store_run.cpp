@@ -271,10 +271,12 @@ void StoreImpl::reset_stats() {
 
 std::string StoreImpl::describe() const {
   const int64_t n = static_cast<int64_t>(entries_.size());
-  return cat("experts ", S_.fmt_name, ", ", capacity_, " of ", n, " resident (",
-             static_cast<double>(capacity_ * slot_bytes_) / 1048576.0, " MiB), policy ", cache_policy_name(opt_.policy),
-             ", prefetch ", opt_.prefetch ? cat("depth ", opt_.prefetch_depth, " by ", S_.predictor_name) : std::string("off"), ", io ",
-             expert_io_name(opt_.io), ", miss ", miss_mode_name(opt_.miss));
+  return cat(
+      "experts ", S_.fmt_name, ", ", capacity_, " of ", n, " resident (",
+      static_cast<double>(capacity_ * slot_bytes_) / 1048576.0, " MiB), policy ",
+      cache_policy_name(opt_.policy), ", prefetch ",
+      opt_.prefetch ? cat("depth ", opt_.prefetch_depth, " by ", S_.predictor_name) : std::string("off"),
+      ", io ", expert_io_name(opt_.io), ", miss ", miss_mode_name(opt_.miss));
 }
 
 }  // namespace detail

@@ -35,12 +35,11 @@ TEST_F(ExpertIoTest, CoalescedDirectReadsGiveTheMappedBytes) {
   };
   const uint64_t end_a = a.size();
   const std::vector<Span> spans = {
-      span(0, 1000, 5000),                 // with the next: a gap of 1 KB, one read
-      span(0, 7000, 300000),
-      span(0, 2 * 1024 * 1024, 4096),     // far away: a read of its own
-      span(1, 10, 60000),                 // another file
-      span(0, end_a - 77, 77),            // the file's unaligned end
-      span(0, 1500, 100),                 // overlapping an earlier span
+      span(0, 1000, 5000),                                      // with the next: a gap of 1 KB, one read
+      span(0, 7000, 300000),   span(0, 2 * 1024 * 1024, 4096),  // far away: a read of its own
+      span(1, 10, 60000),                                       // another file
+      span(0, end_a - 77, 77),                                  // the file's unaligned end
+      span(0, 1500, 100),                                       // overlapping an earlier span
   };
   const SourceFiles mapped(paths, false), direct(paths, true);
   Buffer bm, bd;

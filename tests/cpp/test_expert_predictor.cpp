@@ -50,7 +50,8 @@ RoutingSamples planted(int64_t L, int64_t d, int64_t E, int64_t k, int64_t N, ui
         sc[e] = static_cast<float>(acc);
       }
       std::iota(idx.begin(), idx.end(), 0);
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) { return sc[a] > sc[b]; });
+      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                        [&](int32_t a, int32_t b) { return sc[a] > sc[b]; });
       std::sort(idx.begin(), idx.begin() + k);
       for (int64_t j = 0; j < k; ++j) s.experts[l][t * k + j] = idx[j];
     }
@@ -261,7 +262,8 @@ TEST_F(ExpertPredictorStoreTest, LearnedPredictorKeepsOutputsAndIsFoundInTheMode
       o.prefetch_depth = 2;
       o.predictor = which;
       InferenceModel im = load(o);
-      EXPECT_EQ(im.store->describe().find(kExpertPredictorFile) != std::string::npos, std::string(which) == "auto")
+      EXPECT_EQ(im.store->describe().find(kExpertPredictorFile) != std::string::npos,
+                std::string(which) == "auto")
           << im.store->describe();
       const std::vector<float> got = run(im);
       ASSERT_EQ(got, ref) << which << " " << cache_policy_name(pol);

@@ -35,7 +35,9 @@ struct RoutingSamples {
   std::vector<std::vector<int32_t>> experts;  // [li] (N, top_k)
   std::vector<uint8_t> seq_start;             // (N) 1 where a sequence starts; empty: one sequence
   std::vector<uint8_t> generated;             // (N) 1 where the model chose the token (greedy); empty: none
-  int64_t tokens() const { return x.empty() ? 0 : static_cast<int64_t>(x[0].size()) / std::max<int64_t>(1, d); }
+  int64_t tokens() const {
+    return x.empty() ? 0 : static_cast<int64_t>(x[0].size()) / std::max<int64_t>(1, d);
+  }
   // True when token t + 1 exists and follows token t in its sequence.
   bool continues(int64_t t) const {
     return t + 1 < tokens() && (seq_start.empty() || !seq_start[static_cast<size_t>(t + 1)]);
@@ -61,7 +63,8 @@ class ExpertScorer {
   virtual ~ExpertScorer() = default;
   // x: (d) router input of layer li; chosen: the n experts layer li chose for that token; out: (E).
   // Returns false when it has nothing for (li, dl).
-  virtual bool score(int64_t li, int64_t dl, const float* x, const int32_t* chosen, int64_t n, float* out) const = 0;
+  virtual bool score(int64_t li, int64_t dl, const float* x, const int32_t* chosen, int64_t n,
+                     float* out) const = 0;
 };
 
 class PreGating : public ExpertScorer {
@@ -70,7 +73,8 @@ class PreGating : public ExpertScorer {
   // model: it must outlive this), for distances 1 .. depth within a token (it has nothing for the
   // next token's layers).
   PreGating(const model::Transformer& m, int64_t depth);
-  bool score(int64_t li, int64_t dl, const float* x, const int32_t* chosen, int64_t n, float* out) const override;
+  bool score(int64_t li, int64_t dl, const float* x, const int32_t* chosen, int64_t n,
+             float* out) const override;
   // The linear part of score(li, dl) in ExpertPredictor's layout: rows 0..d-1 of W (d + E + 1, E)
   // get the rescaled router, the last row its selection bias (softmax routers only); the rows of
   // the chosen experts are left as they are. False when there is no such pair.
@@ -82,8 +86,8 @@ class PreGating : public ExpertScorer {
     const float* bias = nullptr;  // (E) selection bias, or null
     bool sigmoid = false;
   };
-  int64_t d_ = 0, E_ = 0, depth_ = 0;
-  std::vector<Gate> gates_;                          // (L)
+  int64_t d_ = 0, E_ = 0;
+  std::vector<Gate> gates_;                             // (L)
   std::vector<std::vector<std::vector<float>>> ratio_;  // [li][dl - 1] (d)
 };
 
@@ -96,10 +100,11 @@ class ExpertPredictor : public ExpertScorer {
   // it, or for the next token's layers predicts nothing)
   std::vector<std::vector<std::vector<float>>> W;
 
-  bool score(int64_t li, int64_t dl, const float* x, const int32_t* chosen, int64_t n, float* out) const override;
+  bool score(int64_t li, int64_t dl, const float* x, const int32_t* chosen, int64_t n,
+             float* out) const override;
   bool has(int64_t li, int64_t dl) const {
-    return li >= 0 && dl >= 1 && li < static_cast<int64_t>(W.size()) && dl <= static_cast<int64_t>(W[li].size()) &&
-           !W[li][dl - 1].empty();
+    return li >= 0 && dl >= 1 && li < static_cast<int64_t>(W.size()) &&
+           dl <= static_cast<int64_t>(W[li].size()) && !W[li][dl - 1].empty();
   }
   // Throws moe::Error unless it was fitted for this model (same MoE layers, d, E, top-k).
   void check_matches(const model::Transformer& m, const std::string& what) const;
@@ -114,8 +119,9 @@ struct PredictorFitOptions {
   int64_t epochs = 4, batch = 256;
   double lr = 3e-3, weight_decay = 1e-5;
 };
-ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<int64_t>& layers, int64_t depth,
-                                     const PredictorFitOptions& opt = {}, const PreGating* init = nullptr);
+ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<int64_t>& layers,
+                                     int64_t depth, const PredictorFitOptions& opt = {},
+                                     const PreGating* init = nullptr);
 
 // Held-out quality: for each pair (li, dl) the scorer has, the share of the experts the predicted
 // layer chose that are among the scorer's `k` best (recall at k).
