@@ -102,13 +102,9 @@ int run_predictor(const PredictorArgs& a) {
 
   const infer::RoutingSamples fit_s = record(im, toks.data(), n - n_eval, S, a.generate);
   const infer::PreGating pg(*im.model, a.depth);
-  infer::ExpertPredictor p = infer::fit_expert_predictor(fit_s, layers, a.depth, a.fit, &pg);
-  if (a.no_next_token)  // keep the pairs within a token only
-    for (size_t li = 0; li < p.W.size(); ++li)
-      for (size_t j = 0; j < p.W[li].size(); ++j)
-        if (infer::predicted_token_offset(static_cast<int64_t>(li), static_cast<int64_t>(j) + 1,
-                                          static_cast<int64_t>(layers.size())) > 0)
-          p.W[li][j].clear();
+  infer::PredictorFitOptions fo = a.fit;
+  fo.next_token = !a.no_next_token;
+  infer::ExpertPredictor p = infer::fit_expert_predictor(fit_s, layers, a.depth, fo, &pg);
   const std::string out = a.out.empty() ? (fs::path(dir) / infer::kExpertPredictorFile).string() : a.out;
 
   // recall on the held-out tokens (or on the fitted ones when there are none)

@@ -129,13 +129,6 @@ const uint8_t* SourceFiles::mapped(const Span& s) const {
   return maps_[s.file] + s.offset;
 }
 
-const uint8_t* SourceFiles::fetch(const Span& s, Buffer& bounce) const {
-  if (!direct_) return mapped(s);
-  std::vector<const uint8_t*> p;
-  fetch_many({s}, bounce, p);
-  return p[0];
-}
-
 void SourceFiles::fetch_many(const std::vector<Span>& spans, Buffer& bounce,
                              std::vector<const uint8_t*>& ptrs) const {
   ptrs.assign(spans.size(), nullptr);

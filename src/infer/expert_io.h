@@ -73,14 +73,11 @@ class SourceFiles {
   bool direct() const { return direct_; }
   // Mapped bytes of a span (mmap only).
   const uint8_t* mapped(const Span& s) const;
-  // A span's bytes: in the mapping (mmap), or read with aligned O_DIRECT reads into `bounce`, a
-  // buffer this call grows as needed (direct; valid until bounce is used again). Throws naming the
-  // file on a short read.
-  const uint8_t* fetch(const Span& s, Buffer& bounce) const;
-  void read(const Span& s, uint8_t* dst, Buffer& bounce) const { std::memcpy(dst, fetch(s, bounce), s.bytes); }
-  // The bytes of several spans at once: ptrs[i] for spans[i]. With O_DIRECT, spans of one file that
-  // lie close together (gaps up to kCoalesceGap) are read with one pread each run, since a read's
-  // latency costs more than reading a short gap. Pointers stay valid until bounce is used again.
+  // The bytes of spans: ptrs[i] for spans[i], in the mapping (mmap), or read with aligned O_DIRECT
+  // reads into `bounce`, a buffer this call grows as needed (direct). With O_DIRECT, spans of one
+  // file that lie close together (gaps up to kCoalesceGap) are read with one pread per run, since a
+  // read's latency costs more than reading a short gap. Pointers stay valid until bounce is used
+  // again. Throws naming the file on a span past its end or a short read.
   static constexpr uint64_t kCoalesceGap = 128 * 1024;
   void fetch_many(const std::vector<Span>& spans, Buffer& bounce, std::vector<const uint8_t*>& ptrs) const;
 

@@ -20,6 +20,41 @@ const float* param_data(const model::Transformer& m, const std::string& name) {
   throw Error(cat("expert predictor: the model has no parameter '", name, "'"));
 }
 
+// acc (E) = [x, onehot(chosen), 1] · W for W (d + E + 1, E): the predictor's scores, in double.
+void linear_scores(const float* W, int64_t d, int64_t E, const float* x, const int32_t* chosen, int64_t n,
+                   double* acc) {
+  std::fill(acc, acc + E, 0.0);
+  for (int64_t i = 0; i < d; ++i) {
+    const double xi = x[i];
+    const float* row = W + i * E;
+    for (int64_t e = 0; e < E; ++e) acc[e] += xi * row[e];
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    if (chosen[j] < 0 || chosen[j] >= E) continue;
+    const float* row = W + (d + chosen[j]) * E;
+    for (int64_t e = 0; e < E; ++e) acc[e] += row[e];
+  }
+  const float* bias = W + (d + E) * E;
+  for (int64_t e = 0; e < E; ++e) acc[e] += bias[e];
+}
+
+std::string join(const std::vector<int64_t>& v) {
+  std::ostringstream s;
+  for (size_t i = 0; i < v.size(); ++i) s << (i ? "," : "") << v[i];
+  return s.str();
+}
+
+// The whole of `s` as a decimal integer, or false.
+bool parse_int(const std::string& s, int64_t* out) {
+  size_t used = 0;
+  try {
+    *out = std::stoll(s, &used);
+  } catch (...) {
+    return false;
+  }
+  return !s.empty() && used == s.size();
+}
+
 std::vector<int64_t> moe_layers(const model::Transformer& m) {
   std::vector<int64_t> out;
   for (int64_t l = 0; l < m.config().num_hidden_layers; ++l)
@@ -131,20 +166,9 @@ bool ExpertPredictor::score(int64_t li, int64_t dl, const float* x, const int32_
   if (li < 0 || dl < 1 || li >= static_cast<int64_t>(W.size()) || dl > static_cast<int64_t>(W[li].size()) ||
       W[li][dl - 1].empty())
     return false;
-  const float* w = W[li][dl - 1].data();
-  std::vector<double> acc(static_cast<size_t>(E), 0.0);
-  for (int64_t i = 0; i < d; ++i) {
-    const double xi = x[i];
-    const float* row = w + i * E;
-    for (int64_t e = 0; e < E; ++e) acc[e] += xi * row[e];
-  }
-  for (int64_t j = 0; j < n; ++j) {
-    if (chosen[j] < 0 || chosen[j] >= E) continue;
-    const float* row = w + (d + chosen[j]) * E;
-    for (int64_t e = 0; e < E; ++e) acc[e] += row[e];
-  }
-  const float* bias = w + (d + E) * E;
-  for (int64_t e = 0; e < E; ++e) out[e] = static_cast<float>(acc[e] + bias[e]);
+  std::vector<double> acc(static_cast<size_t>(E));
+  linear_scores(W[li][dl - 1].data(), d, E, x, chosen, n, acc.data());
+  for (int64_t e = 0; e < E; ++e) out[e] = static_cast<float>(acc[e]);
   return true;
 }
 
@@ -152,12 +176,8 @@ void ExpertPredictor::check_matches(const model::Transformer& m, const std::stri
   const std::vector<int64_t> ml = moe_layers(m);
   MOE_CHECK(!ml.empty(), what, ": the model has no MoE layer");
   const MoEConfig& c = m.moe_layer(ml[0])->config();
-  auto str = [](const std::vector<int64_t>& v) {
-    std::ostringstream s;
-    for (size_t i = 0; i < v.size(); ++i) s << (i ? "," : "") << v[i];
-    return s.str();
-  };
-  MOE_CHECK(layers == ml, what, ": fitted for MoE layers [", str(layers), "], the model has [", str(ml), "]");
+  MOE_CHECK(layers == ml, what, ": fitted for MoE layers [", join(layers), "], the model has [", join(ml),
+            "]");
   MOE_CHECK(d == c.d_model && E == c.n_experts && top_k == c.router.top_k, what, ": fitted for d ", d, ", ",
             E, " experts, top-", top_k, "; the model has d ", c.d_model, ", ", c.n_experts, " experts, top-",
             c.router.top_k);
@@ -195,7 +215,8 @@ ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<
   p.calibration_tokens = N;
   p.W.resize(static_cast<size_t>(L));
   const int64_t P = d + E + 1, B = std::min<int64_t>(opt.batch, N);
-  std::vector<float> logits(static_cast<size_t>(B * E));
+  std::vector<double> acc(static_cast<size_t>(E));
+  std::vector<float> z(static_cast<size_t>(E));
   std::vector<double> grad(static_cast<size_t>(P * E)), m1(grad.size()), m2(grad.size());
   std::vector<int64_t> rows;  // the source tokens of a pair
   for (int64_t li = 0; li < L; ++li) {
@@ -207,7 +228,7 @@ ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<
       for (int64_t t = 0; t < N; ++t)
         if (off == 0 || s.next_token_sample(t)) rows.push_back(t);
       std::vector<float> W(static_cast<size_t>(P * E), 0.0f);
-      if (rows.empty()) {  // nothing to fit (no sequence goes on): left to pre-gating
+      if (rows.empty() || (off > 0 && !opt.next_token)) {  // nothing to fit: left to pre-gating
         p.W[li].emplace_back();
         continue;
       }
@@ -228,30 +249,17 @@ ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<
             const float* x = X + src * d;
             const int32_t* c = C + src * k;
             const int32_t* y = T + src * k;
-            float* z = &logits[t * E];
-            // the same arithmetic as ExpertPredictor::score
-            std::vector<double> acc(static_cast<size_t>(E), 0.0);
-            for (int64_t i = 0; i < d; ++i) {
-              const double xi = x[i];
-              const float* row = &W[i * E];
-              for (int64_t e = 0; e < E; ++e) acc[e] += xi * row[e];
-            }
-            for (int64_t j = 0; j < k; ++j)
-              if (c[j] >= 0 && c[j] < E)
-                for (int64_t e = 0; e < E; ++e) acc[e] += W[(d + c[j]) * E + e];
-            double mx = -1e300;
-            for (int64_t e = 0; e < E; ++e) acc[e] += W[(d + E) * E + e], mx = std::max(mx, acc[e]);
+            linear_scores(W.data(), d, E, x, c, k, acc.data());  // the arithmetic of score()
+            const double mx = *std::max_element(acc.begin(), acc.end());
             double sum = 0;
             for (int64_t e = 0; e < E; ++e) acc[e] = std::exp(acc[e] - mx), sum += acc[e];
             int64_t nt = 0;
             for (int64_t j = 0; j < k; ++j) nt += y[j] >= 0 && y[j] < E ? 1 : 0;
-            for (int64_t e = 0; e < E; ++e) z[e] = static_cast<float>(acc[e] / sum);  // probabilities
+            // z = probabilities - target (each chosen expert 1/nt); zero when the target chose none
+            for (int64_t e = 0; e < E; ++e) z[e] = nt > 0 ? static_cast<float>(acc[e] / sum) : 0.0f;
             if (nt > 0)
-              for (int64_t j = 0; j < k; ++j) {
+              for (int64_t j = 0; j < k; ++j)
                 if (y[j] >= 0 && y[j] < E) z[y[j]] -= 1.0f / static_cast<float>(nt);
-              }
-            else
-              std::fill(z, z + E, 0.0f);
             // dW += f^T (p - y)
             for (int64_t i = 0; i < d; ++i) {
               const double xi = x[i];
@@ -294,7 +302,7 @@ std::vector<PredictorRecall> predictor_recall(const ExpertScorer& p, const Routi
       const int64_t tl = predicted_layer(li, dl, L), off = predicted_token_offset(li, dl, L);
       int64_t found = 0, total = 0;
       bool any = true;
-      for (int64_t t = 0; t < N && any; ++t) {
+      for (int64_t t = 0; t < N; ++t) {
         if (off == 1 && !s.next_token_sample(t)) continue;
         any = p.score(li, dl, &s.x[li][t * d], &s.experts[li][t * tk], tk, sc.data());
         if (!any) break;
@@ -326,15 +334,13 @@ void save_expert_predictor(const ExpertPredictor& p, const std::string& path) {
       std::copy(p.W[li][j].begin(), p.W[li][j].end(), w.data<float>());
       t[cat("predictor.", li, ".", j + 1)] = w;
     }
-  std::ostringstream layers;
-  for (size_t i = 0; i < p.layers.size(); ++i) layers << (i ? "," : "") << p.layers[i];
   save_safetensors(path, t,
                    {{"format", "moe-expert-predictor"},
                     {"d", std::to_string(p.d)},
                     {"experts", std::to_string(p.E)},
                     {"top_k", std::to_string(p.top_k)},
                     {"depth", std::to_string(p.depth)},
-                    {"moe_layers", layers.str()},
+                    {"moe_layers", join(p.layers)},
                     {"calibration_tokens", std::to_string(p.calibration_tokens)}});
 }
 
@@ -351,13 +357,7 @@ ExpertPredictor load_expert_predictor(const std::string& path) {
   auto integer = [&](const char* key, int64_t lo) {
     const std::string& v = field(key);
     int64_t x = 0;
-    size_t used = 0;
-    try {
-      x = std::stoll(v, &used);
-    } catch (...) {
-      used = 0;
-    }
-    MOE_CHECK(used == v.size() && !v.empty() && x >= lo, path, ": metadata '", key, "' = '", v,
+    MOE_CHECK(parse_int(v, &x) && x >= lo, path, ": metadata '", key, "' = '", v,
               "' is not an integer >= ", lo);
     return x;
   };
@@ -371,14 +371,8 @@ ExpertPredictor load_expert_predictor(const std::string& path) {
   std::stringstream ls(field("moe_layers"));
   std::string item;
   while (std::getline(ls, item, ',')) {
-    size_t used = 0;
     int64_t v = -1;
-    try {
-      v = std::stoll(item, &used);
-    } catch (...) {
-      used = 0;
-    }
-    MOE_CHECK(used == item.size() && v >= 0 && (p.layers.empty() || v > p.layers.back()), path,
+    MOE_CHECK(parse_int(item, &v) && v >= 0 && (p.layers.empty() || v > p.layers.back()), path,
               ": metadata moe_layers '", field("moe_layers"), "' is not an increasing list of layer indices");
     p.layers.push_back(v);
   }

@@ -54,8 +54,9 @@ TEST_F(ExpertIoTest, CoalescedDirectReadsGiveTheMappedBytes) {
     EXPECT_EQ(std::string(reinterpret_cast<const char*>(pm[i]), spans[i].bytes), want) << "mapped span " << i;
     EXPECT_EQ(std::string(reinterpret_cast<const char*>(pd[i]), spans[i].bytes), want) << "direct span " << i;
   }
-  // one span, as fetch reads it
-  EXPECT_EQ(std::string(reinterpret_cast<const char*>(direct.fetch(spans[4], bd)), 77), a.substr(end_a - 77));
+  // the unaligned end alone
+  direct.fetch_many({spans[4]}, bd, pd);
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(pd[0]), 77), a.substr(end_a - 77));
   // past the end of the file
   try {
     direct.fetch_many({span(1, 69000, 2000)}, bd, pd);

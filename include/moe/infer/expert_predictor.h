@@ -118,6 +118,7 @@ class ExpertPredictor : public ExpertScorer {
 struct PredictorFitOptions {
   int64_t epochs = 4, batch = 256;
   double lr = 3e-3, weight_decay = 1e-5;
+  bool next_token = true;  // false: no pairs into the next token (left empty)
 };
 ExpertPredictor fit_expert_predictor(const RoutingSamples& s, const std::vector<int64_t>& layers,
                                      int64_t depth, const PredictorFitOptions& opt = {},
