@@ -23,6 +23,8 @@
 
 #include "moe/core/rng.h"
 #include "moe/kernels/ops.h"
+#include "moe/kernels/ops_bf16.h"
+#include "moe/kernels/ops_quant.h"
 
 namespace moe::ops_test {
 
@@ -123,10 +125,16 @@ class OpCase {
   virtual std::string name() const = 0;  // e.g. "gemm[f32](M=7,N=5,K=3,ta=1,tb=0,beta=0)"
   virtual std::string op() const = 0;    // e.g. "gemm"
   virtual bool is_double() const = 0;
-  bool supports(Backend b) const { return b != Backend::Cuda || !is_double(); }
   // The buffers of one check, inputs drawn from `seed`.
   virtual Buffers make(uint64_t seed) const = 0;
+  // Runs the op (kernels::run) on backend b over `bufs`.
   virtual void run(Backend b, Buffers& bufs) const = 0;
+  // What the op table says of the op's arguments over `bufs` on backend b (kernels::supports).
+  virtual kernels::Support supports(Backend b, Buffers& bufs) const = 0;
+  kernels::Support supports(Backend b) const {
+    Buffers bufs = make(0);
+    return supports(b, bufs);
+  }
   // Per-element absolute tolerance of output `id` against the reference, from the inputs `in`;
   // kNotCompared for elements that are not part of the output (row padding). The default is exact
   // equality.
@@ -138,6 +146,16 @@ class OpCase {
   virtual double flops() const = 0;
   virtual double bytes() const = 0;  // memory traffic of one run, roughly
 };
+
+// A case defines `template <class F> decltype(auto) with_args(Buffers& b, F&& f) const`, which builds
+// the op's Args over `b` and returns f(args); this macro turns it into run and supports.
+#define MOE_OP_CASE_ARGS                                                                                 \
+  void run(Backend be, Buffers& bufs) const override {                                                   \
+    with_args(bufs, [be](const auto& args) { kernels::run(be, args); });                                 \
+  }                                                                                                      \
+  kernels::Support supports(Backend be, Buffers& bufs) const override {                                  \
+    return with_args(bufs, [be](const auto& args) { return kernels::supports(be, args); });              \
+  }
 
 using CaseList = std::vector<std::unique_ptr<OpCase>>;
 

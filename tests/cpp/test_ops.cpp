@@ -1,13 +1,16 @@
 // The op consistency test over all backends (cases: test_ops_cases*.cpp, harness: op_cases.h).
-//   test  Ops/OpsBackend.MatchesRef/<backend>: every case, two fresh seeds, vs the Ref backend.
+//   test  Ops/OpsCase.MatchesRef/<case>__<backend>: one case on one backend, two fresh seeds, vs Ref.
 //   grad  OpsGrad.* (test_ops_grad.cpp): backward ops vs finite differences in double.
 //   perf  OpsPerf.Rates: GFLOP/s and GB/s per op and backend; runs only with MOE_OPS_PERF=1.
 #include <gtest/gtest.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cctype>
 #include <cstdlib>
+#include <set>
 #include <string>
+#include <vector>
 
 #include "moe/core/parallel.h"
 #include "op_cases.h"
@@ -15,35 +18,87 @@
 namespace moe::ops_test {
 namespace {
 
-class OpsBackend : public testing::TestWithParam<Backend> {};
+// One test per (case, backend): Ops/OpsCase.MatchesRef/<case>__<backend>, so that one op on one
+// backend runs alone by filter (--gtest_filter='Ops/OpsCase.MatchesRef/grouped_gemm_f32*__cpu').
+// A pair the op table does not support is skipped with the table's reason, never thrown.
+struct CaseParam {
+  size_t index = 0;  // into all_cases()
+  Backend backend = Backend::Cpu;
+  std::string name;  // the case's name as a test name (letters, digits, underscores)
+};
 
-TEST_P(OpsBackend, MatchesRef) {
-  const Backend b = GetParam();
-  if (b == Backend::Cuda && !have_gpu()) GTEST_SKIP() << "skipped: no GPU";
-  const CaseList cases = consistency_cases();
-  int checks = 0, unsupported = 0;
-  for (const auto& c : cases) {
-    if (!c->supports(b)) {
-      ++unsupported;
-      continue;
-    }
-    for (uint64_t seed : {uint64_t{1}, uint64_t{2}}) {  // fresh inputs per check
-      const Buffers in = c->make(seed * 7919 + 17);
-      const Buffers ref = run_case(*c, Backend::Ref, in);
-      const Buffers got = run_case(*c, b, in);
-      EXPECT_TRUE(compare_outputs(*c, in, ref, got))
-          << "seed " << seed << ", backend " << kernels::backend_name(b);
-      ++checks;
-    }
-  }
-  std::printf("[ ops ] %s: %zu cases, %d checks, %d cases not supported (double on cuda)\n",
-              kernels::backend_name(b), cases.size(), checks, unsupported);
+const CaseList& all_cases() {
+  static const CaseList cases = consistency_cases();
+  return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(Ops, OpsBackend, testing::Values(Backend::Ref, Backend::Cpu, Backend::Cuda),
-                         [](const testing::TestParamInfo<Backend>& param) {
-                           return std::string(kernels::backend_name(param.param));
-                         });
+std::string test_name(const std::string& case_name) {
+  std::string out;
+  for (char ch : case_name) {
+    const bool word = std::isalnum(static_cast<unsigned char>(ch)) != 0 || ch == '.';
+    if (ch == '=') continue;  // "M=7" -> "M7"
+    if (word) {
+      out += ch == '.' ? 'p' : ch;
+    } else if (!out.empty() && out.back() != '_') {
+      out += '_';
+    }
+  }
+  while (!out.empty() && out.back() == '_') out.pop_back();
+  return out;
+}
+
+std::vector<CaseParam> case_params() {
+  std::vector<CaseParam> out;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < all_cases().size(); ++i) {
+    std::string name = test_name(all_cases()[i]->name());
+    if (!seen.insert(name).second) name.append("_").append(std::to_string(i));  // keep names unique
+    for (Backend b : {Backend::Ref, Backend::Cpu, Backend::Cuda}) {
+      CaseParam p;
+      p.index = i, p.backend = b;
+      p.name.append(name).append("__").append(kernels::backend_name(b));
+      out.push_back(std::move(p));
+    }
+  }
+  return out;
+}
+
+class OpsCase : public testing::TestWithParam<CaseParam> {};
+
+TEST_P(OpsCase, MatchesRef) {
+  const OpCase& c = *all_cases()[GetParam().index];
+  const Backend b = GetParam().backend;
+  if (const kernels::Support s = c.supports(b); !s) GTEST_SKIP() << "not supported: " << s.reason;
+  if (!kernels::backend_available(b)) GTEST_SKIP() << "skipped: the " << kernels::backend_name(b) << " backend is not available here";
+  for (uint64_t seed : {uint64_t{1}, uint64_t{2}}) {  // fresh inputs per check
+    const Buffers in = c.make(seed * 7919 + 17);
+    const Buffers ref = run_case(c, Backend::Ref, in);
+    const Buffers got = run_case(c, b, in);
+    EXPECT_TRUE(compare_outputs(c, in, ref, got)) << c.name() << ", seed " << seed << ", backend "
+                                                  << kernels::backend_name(b);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Ops, OpsCase, testing::ValuesIn(case_params()),
+                         [](const testing::TestParamInfo<CaseParam>& param) { return param.param.name; });
+
+// What the op table says of each case: Ref and Cpu run every case; Cuda runs only float cases and
+// only ops with a CUDA implementation, and says why not otherwise.
+TEST(OpsCase, SupportsEveryCaseOnHostBackends) {
+  for (const auto& c : all_cases()) {
+    for (Backend b : {Backend::Ref, Backend::Cpu}) {
+      const kernels::Support s = c->supports(b);
+      EXPECT_TRUE(s.ok) << c->name() << " on " << kernels::backend_name(b) << ": " << s.reason;
+    }
+    const kernels::Support cuda = c->supports(Backend::Cuda);
+    if (c->is_double()) {
+      EXPECT_FALSE(cuda.ok) << c->name();
+    }
+    if (!cuda.ok) {
+      EXPECT_NE(cuda.reason.find("cuda"), std::string::npos) << c->name() << ": " << cuda.reason;
+    }
+  }
+}
 
 // The harness itself: a poisoned (NaN) output never passes, the reference passes against itself.
 TEST(OpsHarness, PoisonedOutputsAreDetected) {
@@ -80,7 +135,7 @@ TEST(OpsPerf, Rates) {
   std::printf("%-72s %-7s %10s %10s %9s\n", "case", "backend", "time (us)", "GFLOP/s", "GB/s");
   for (const auto& c : perf_cases()) {
     for (Backend b : kernels::available_backends()) {
-      if (b == Backend::Ref || !c->supports(b)) continue;
+      if (b == Backend::Ref || !c->supports(b).ok) continue;
       Buffers bufs = c->make(1);
       const double t = seconds_per_run(*c, b, bufs);
       std::printf("%-72s %-7s %10.1f %10.2f %9.2f\n", c->name().c_str(), kernels::backend_name(b), t * 1e6,

@@ -81,15 +81,17 @@ class GemmCase : public TypedCase<T> {
     if (s_.beta != 0) fill_values(rng.fork(2), b.host<T>(kC), b[kC].count, s_.int_range);
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     kernels::GemmArgs<T> g;
     g.M = s_.M, g.N = s_.N, g.K = s_.K;
     g.A = b.arg<T>(kA), g.lda = lda(), g.trans_a = s_.ta;
     g.B = b.arg<T>(kB), g.ldb = ldb(), g.trans_b = s_.tb;
     g.C = b.arg<T>(kC), g.ldc = ldc();
     g.alpha = static_cast<T>(s_.alpha), g.beta = static_cast<T>(s_.beta);
-    kernels::gemm(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     std::vector<double> tol(static_cast<size_t>(in[id].count), kNotCompared);  // padding stays out
     for (int64_t i = 0; i < s_.M; ++i) {
@@ -153,7 +155,8 @@ class PermuteCase : public TypedCase<float> {
     if (with_kept_) std::copy(rt.kept.begin(), rt.kept.end(), b.host<uint8_t>(kKept));
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     kernels::PermuteArgs p;
     p.N = r_.T * r_.k;
     p.E = r_.E;
@@ -162,8 +165,9 @@ class PermuteCase : public TypedCase<float> {
     p.offsets = b.arg<int32_t>(kOffsets);
     p.perm = b.arg<int32_t>(kPerm);
     p.pos = b.arg<int32_t>(kPos);
-    kernels::permute(be, p);
+    return f(p);
   }
+  MOE_OP_CASE_ARGS
   // Only the first offsets[E] entries of perm are defined.
   int64_t compare_count(const Buffers& ref, int id) const override {
     if (id == kPerm) return static_cast<int64_t>(ref[kOffsets].get(r_.E));
@@ -246,7 +250,8 @@ class GroupedGemmCase : public GroupedBase<T> {
     if (s.beta != 0) fill_values(rng.fork(12), b.host<T>(kC), b[kC].count, s.int_range);
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     const GroupedShape& s = this->s_;
     kernels::GroupedGemmArgs<T> g;
     g.E = s.route.E, g.N = s.N, g.K = s.K;
@@ -256,8 +261,9 @@ class GroupedGemmCase : public GroupedBase<T> {
     g.W = b.arg<T>(kW), g.trans_w = s.trans_w;
     g.C = b.arg<T>(kC), g.ldc = this->ldc();
     g.beta = static_cast<T>(s.beta);
-    kernels::grouped_gemm(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     const GroupedShape& s = this->s_;
     std::vector<double> tol(static_cast<size_t>(in[id].count), kNotCompared);  // padding stays out
@@ -307,7 +313,8 @@ class WgradCase : public GroupedBase<T> {
     if (s.beta != 0) fill_values(rng.fork(12), b.host<T>(kDW), b[kDW].count, s.int_range);
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     const GroupedShape& s = this->s_;
     kernels::GroupedWgradArgs<T> g;
     g.E = s.route.E, g.N = s.N, g.K = s.K;
@@ -317,8 +324,9 @@ class WgradCase : public GroupedBase<T> {
     g.gather = s.gather ? b.arg<int32_t>(1) : nullptr;
     g.dW = b.arg<T>(kDW);
     g.beta = static_cast<T>(s.beta);
-    kernels::grouped_gemm_wgrad(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     const GroupedShape& s = this->s_;
     std::vector<double> tol(static_cast<size_t>(in[id].count), 0.0);

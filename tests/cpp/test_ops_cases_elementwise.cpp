@@ -75,7 +75,8 @@ class ActivationCase : public Typed<T> {
     fill_values(rng.fork(2), b.host<T>(kDout), b[kDout].count);
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     if (!backward_) {
       kernels::ActivationArgs<T> g;
       g.act = act_;
@@ -83,8 +84,7 @@ class ActivationCase : public Typed<T> {
       g.a = b.arg<T>(kA);
       g.b = b.arg<T>(kB);
       g.out = b.arg<T>(kOut);
-      kernels::activation(be, g);
-      return;
+      return f(g);
     }
     kernels::ActivationBackwardArgs<T> g;
     g.act = act_;
@@ -94,8 +94,9 @@ class ActivationCase : public Typed<T> {
     g.dout = b.arg<T>(kDout);
     g.da = b.arg<T>(kOut);
     g.db = b.arg<T>(kDb);
-    kernels::activation_backward(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     std::vector<double> tol(static_cast<size_t>(in[id].count), 0.0);
     if (act_ == Activation::Relu) return tol;  // max and a select: exact
@@ -193,7 +194,8 @@ class CombineCase : public Typed<T> {
     if (s_.beta != 0) fill_values(rng.fork(25), b.host<T>(kY), b[kY].count);
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     if (!backward_) {
       kernels::CombineArgs<T> g;
       g.T_ = s_.T;
@@ -205,8 +207,7 @@ class CombineCase : public Typed<T> {
       g.X = b.arg<T>(kX);
       g.Y = b.arg<T>(kY);
       g.beta = static_cast<T>(s_.beta);
-      kernels::combine(be, g);
-      return;
+      return f(g);
     }
     kernels::CombineBackwardArgs<T> g;
     g.N = s_.T * s_.k;
@@ -218,8 +219,9 @@ class CombineCase : public Typed<T> {
     g.X = b.arg<T>(kX);
     g.dX = b.arg<T>(kDX);
     g.dweight = b.arg<T>(kDweight);
-    kernels::combine_backward(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     std::vector<double> tol(static_cast<size_t>(in[id].count), 0.0);
     if (in[id].count == 0) return tol;

@@ -137,7 +137,8 @@ class FfnUpCase : public FfnBase<T> {
     if (!this->swiglu()) return b.arg<T>(kGU);
     return this->s_.packed ? b.arg<T>(kGU) + this->s_.F : b.arg<T>(kU);
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     const FfnShape& s = this->s_;
     kernels::FfnUpArgs<T> g;
     g.act = s.act, g.E = s.E, g.F = s.F, g.K = s.K;
@@ -147,8 +148,9 @@ class FfnUpCase : public FfnBase<T> {
     g.H = b.arg<T>(kH), g.ldh = s.F;
     g.G = g_ptr(b), g.ldg = this->ld();
     g.U = u_ptr(b), g.ldu = this->swiglu() && !s.packed ? s.F : this->ld();
-    kernels::grouped_ffn_up(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   // Exact dot of row p with weight row f of W, and its tolerance.
   void dot(const Buffers& in, int w_id, int64_t p, int64_t f, double& val, double& tol) const {
     const FfnShape& s = this->s_;
@@ -242,7 +244,8 @@ class FfnDownBackwardCase : public FfnBase<T> {
   }
   int u_id() const { return this->swiglu() && !this->s_.packed ? kU : kGU; }
   int du_id() const { return this->swiglu() && !this->s_.packed ? kDU : kDGU; }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     const FfnShape& s = this->s_;
     const bool sep = this->swiglu() && !s.packed;
     kernels::FfnDownBackwardArgs<T> g;
@@ -264,8 +267,9 @@ class FfnDownBackwardCase : public FfnBase<T> {
     g.dU = sep ? b.arg<T>(kDU) : (dgu ? dgu + uoff : nullptr), g.lddu = sep ? s.F : this->ld();
     g.Hs = s.optional ? b.arg<T>(kHs) : nullptr, g.ldhs = s.F;
     g.dscale = s.optional ? b.arg<T>(kDscale) : nullptr;
-    kernels::grouped_ffn_down_backward(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     const FfnShape& s = this->s_;
     std::vector<double> tol(static_cast<size_t>(in[id].count), kNotCompared);
@@ -346,7 +350,8 @@ class GemmCatCase : public FfnBase<T> {
     if (s.beta != 0) fill_values(rng.fork(13), b.host<T>(kC), b[kC].count);
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     const FfnShape& s = this->s_;
     kernels::GroupedGemmCatArgs<T> g;
     g.E = s.E, g.N = s.K, g.K1 = s.F, g.K2 = k2();
@@ -354,8 +359,9 @@ class GemmCatCase : public FfnBase<T> {
     g.gather = s.gather ? b.arg<int32_t>(1) : nullptr;
     g.W1 = b.arg<T>(kW1), g.W2 = b.arg<T>(kW2);
     g.C = b.arg<T>(kC), g.ldc = s.K, g.beta = static_cast<T>(s.beta);
-    kernels::grouped_gemm_cat(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     const FfnShape& s = this->s_;
     std::vector<double> tol(static_cast<size_t>(in[id].count), kNotCompared);
@@ -412,7 +418,8 @@ class ScatterCase : public FfnBase<T> {
     for (int64_t p = 0; s.gather && p < rt.rows(); ++p) b.host<int32_t>(kOut)[p] = rt.perm[p];
     return b;
   }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     const FfnShape& s = this->s_;
     kernels::GroupedGemmScatterArgs<T> g;
     g.E = s.E, g.N = s.K, g.K = s.F;
@@ -423,8 +430,9 @@ class ScatterCase : public FfnBase<T> {
     g.scale = s.optional ? b.arg<T>(kScale) : nullptr;
     g.out_row = s.gather ? b.arg<int32_t>(kOut) : nullptr;
     g.C = b.arg<T>(kC), g.ldc = s.K;
-    kernels::grouped_gemm_scatter(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     const FfnShape& s = this->s_;
     std::vector<double> tol(static_cast<size_t>(in[id].count), 0.0);  // rows not written: exact
@@ -485,7 +493,8 @@ class WgradGatherCase : public FfnBase<T> {
   }
   // A's row width: K values, or with preact the pre-activations of K values (2K for SwiGLU).
   int64_t a_w() const { return this->s_.preact && this->swiglu() ? 2 * this->s_.K : this->s_.K; }
-  void run(Backend be, Buffers& b) const override {
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
     const FfnShape& s = this->s_;
     kernels::GroupedWgradArgs<T> g;
     g.E = s.E, g.N = s.F, g.K = s.K;
@@ -495,8 +504,9 @@ class WgradGatherCase : public FfnBase<T> {
     g.a_preact = s.preact, g.act = s.act;
     g.a_scale = s.preact && s.optional ? b.arg<T>(kScale) : nullptr;
     g.dW = b.arg<T>(kDW);
-    kernels::grouped_gemm_wgrad(be, g);
+    return f(g);
   }
+  MOE_OP_CASE_ARGS
   std::vector<double> tolerance(const Buffers& in, int id) const override {
     const FfnShape& s = this->s_;
     std::vector<double> tol(static_cast<size_t>(in[id].count), 0.0);

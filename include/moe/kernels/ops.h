@@ -1,23 +1,38 @@
 // The op list. Each op has a parameter struct (explicit sizes and strides, raw pointers) and up to
-// three implementations behind one dispatch point:
+// three implementations, one row of the op table (src/kernels/op_table.h):
 //   Backend::Ref  — plain loops, double accumulation: the readable definition (src/kernels/ref)
 //   Backend::Cpu  — the fast CPU path, threaded (src/kernels/cpu)
 //   Backend::Cuda — CUDA kernels; pointers are device pointers (src/kernels/cuda)
 // Ops are templates over the element type T = float or double (double for references and gradient
 // checks). Every op is deterministic: the same inputs give bit-identical outputs for any thread count.
+//
+// Every op runs on an Exec: a Context (backend, stream, workspace; moe/kernels/context.h) or a bare
+// Backend (its default context). `supports(backend, args)` says beforehand whether a backend runs an
+// op on given arguments; `run` on an unsupported pair throws moe::Error with the same reason.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "moe/kernels/context.h"
+
 namespace moe::kernels {
 
-enum class Backend { Ref, Cpu, Cuda };
-const char* backend_name(Backend b);
-Backend backend_from_name(const std::string& name);  // "ref", "cpu", "cuda"; throws moe::Error
-bool backend_available(Backend b);                   // Cuda: built with CUDA and a GPU is present
-std::vector<Backend> available_backends();
+// ---------------------------------------------------------------------------------------------
+// The op table's generic entry points, defined for the Args type of every op below (and of the
+// weight-format GEMMs in ops_bf16.h / ops_quant.h):
+//   run(exec, args)      validates args (moe::Error naming the op, argument and value) and runs the op
+//   supports(b, args)    whether backend b runs the op on these args, and why not
+//   op_flops / op_bytes  its arithmetic and memory traffic (offset arrays are read on the host)
+template <class Args>
+void run(Exec e, const Args& args);
+template <class Args>
+Support supports(Backend b, const Args& args);
+template <class Args>
+double op_flops(const Args& args);
+template <class Args>
+double op_bytes(const Args& args);
 
 // ---------------------------------------------------------------------------------------------
 // gemm: C (M, N) = alpha * op(A) · op(B) + beta * C
@@ -39,7 +54,9 @@ struct GemmArgs {
   T beta = 0;
 };
 template <typename T>
-void gemm(Backend b, const GemmArgs<T>& args);
+void gemm(Exec e, const GemmArgs<T>& args) {
+  run(e, args);
+}
 
 // ---------------------------------------------------------------------------------------------
 // permute: stable counting sort of N assignments by expert.
@@ -56,7 +73,7 @@ struct PermuteArgs {
   int32_t* perm = nullptr;          // (N) out, the first offsets[E] entries are written
   int32_t* pos = nullptr;           // (N) out
 };
-void permute(Backend b, const PermuteArgs& args);
+inline void permute(Exec e, const PermuteArgs& args) { run(e, args); }
 
 // Activation of an expert FFN (see the activation ops below).
 enum class Activation { SwiGLU, Gelu, Relu, Silu };
@@ -86,7 +103,9 @@ struct GroupedGemmArgs {
   T beta = 0;
 };
 template <typename T>
-void grouped_gemm(Backend b, const GroupedGemmArgs<T>& args);
+void grouped_gemm(Exec e, const GroupedGemmArgs<T>& args) {
+  run(e, args);
+}
 
 // grouped_gemm_wgrad: weight gradient of grouped_gemm (trans_w == false layout).
 //   dW_e (N, K) = beta * dW_e + Σ_{p in expert e} dC[p, :]^T · A[row(p), :]
@@ -112,7 +131,9 @@ struct GroupedWgradArgs {
   const T* a_scale = nullptr;  // (offsets[E]) or null
 };
 template <typename T>
-void grouped_gemm_wgrad(Backend b, const GroupedWgradArgs<T>& args);
+void grouped_gemm_wgrad(Exec e, const GroupedWgradArgs<T>& args) {
+  run(e, args);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Activations (the ops below). SwiGLU: out = silu(a) * b. Gelu (exact, erf), Relu, Silu: out =
@@ -129,7 +150,9 @@ struct ActivationArgs {
   T* out = nullptr;      // (n)
 };
 template <typename T>
-void activation(Backend b, const ActivationArgs<T>& args);
+void activation(Exec e, const ActivationArgs<T>& args) {
+  run(e, args);
+}
 
 // da = dout * d out/da; db = dout * d out/db (SwiGLU only; may be null otherwise).
 template <typename T>
@@ -143,7 +166,9 @@ struct ActivationBackwardArgs {
   T* db = nullptr;
 };
 template <typename T>
-void activation_backward(Backend b, const ActivationBackwardArgs<T>& args);
+void activation_backward(Exec e, const ActivationBackwardArgs<T>& args) {
+  run(e, args);
+}
 
 // ---------------------------------------------------------------------------------------------
 // combine: the weighted sum of each token's expert outputs.
@@ -163,7 +188,9 @@ struct CombineArgs {
   T beta = 0;
 };
 template <typename T>
-void combine(Backend b, const CombineArgs<T>& args);
+void combine(Exec e, const CombineArgs<T>& args) {
+  run(e, args);
+}
 
 // combine_backward: for every kept assignment a of token t = token[a]:
 //   dX[pos[a], :] = weight[a] * dY[t, :]          (weight null: dY[t, :])
@@ -181,7 +208,9 @@ struct CombineBackwardArgs {
   T* dweight = nullptr;             // (N) or null
 };
 template <typename T>
-void combine_backward(Backend b, const CombineBackwardArgs<T>& args);
+void combine_backward(Exec e, const CombineBackwardArgs<T>& args) {
+  run(e, args);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Fused expert FFN ops (CPU and Ref; the cuda backend throws "not implemented on cuda").
@@ -211,7 +240,9 @@ struct FfnUpArgs {
   int64_t ldu = 0;
 };
 template <typename T>
-void grouped_ffn_up(Backend b, const FfnUpArgs<T>& args);
+void grouped_ffn_up(Exec e, const FfnUpArgs<T>& args) {
+  run(e, args);
+}
 
 // grouped_ffn_down_backward: the backward of  out[p] = scale[p] * (H[p] · W_down_e^T)  where H is
 // the activation of the saved pre-activations G, U (see grouped_ffn_up), as one grouped GEMM with
@@ -245,7 +276,9 @@ struct FfnDownBackwardArgs {
   T* dscale = nullptr;               // (offsets[E]) or null
 };
 template <typename T>
-void grouped_ffn_down_backward(Backend b, const FfnDownBackwardArgs<T>& args);
+void grouped_ffn_down_backward(Exec e, const FfnDownBackwardArgs<T>& args) {
+  run(e, args);
+}
 
 // grouped_gemm_cat: a grouped GEMM whose K dimension is two weight stacks one after the other
 // (the input gradient [dG | dU] · [W_gate; W_up] in one pass over K = K1 + K2):
@@ -265,7 +298,9 @@ struct GroupedGemmCatArgs {
   T beta = 0;
 };
 template <typename T>
-void grouped_gemm_cat(Backend b, const GroupedGemmCatArgs<T>& args);
+void grouped_gemm_cat(Exec e, const GroupedGemmCatArgs<T>& args) {
+  run(e, args);
+}
 
 // grouped_gemm_scatter: a grouped GEMM whose epilogue scales each row and stores it at its own
 // output row (the down projection writing each assignment's weighted output in slot order):
@@ -289,6 +324,8 @@ struct GroupedGemmScatterArgs {
   Activation act = Activation::SwiGLU;
 };
 template <typename T>
-void grouped_gemm_scatter(Backend b, const GroupedGemmScatterArgs<T>& args);
+void grouped_gemm_scatter(Exec e, const GroupedGemmScatterArgs<T>& args) {
+  run(e, args);
+}
 
 }  // namespace moe::kernels

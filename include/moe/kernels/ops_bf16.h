@@ -46,7 +46,7 @@ struct GroupedGemmBf16Args {
   bool a_preact = false;
   Activation act = Activation::SwiGLU;
 };
-void grouped_gemm_bf16w(Backend b, const GroupedGemmBf16Args& args);
+inline void grouped_gemm_bf16w(Exec e, const GroupedGemmBf16Args& args) { run(e, args); }
 
 // gemm_bf16w: the dense case, C (M, N) = beta * C + bf16(A) (M, K) · op(W); one expert, no gather.
 struct GemmBf16Args {
@@ -59,7 +59,7 @@ struct GemmBf16Args {
   int64_t ldc = 0;
   float beta = 0;
 };
-void gemm_bf16w(Backend b, const GemmBf16Args& args);
+inline void gemm_bf16w(Exec e, const GemmBf16Args& args) { run(e, args); }
 
 // Instruction set of the Cpu bf16-weight micro-kernel: "generic", "avx2", "avx512" (bf16 -> fp32 and
 // FMA) or "avx512bf16" (vdpbf16ps). The best one the machine supports is picked at start-up;

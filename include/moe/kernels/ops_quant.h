@@ -43,7 +43,7 @@ struct GemmQuantArgs {
   int64_t ldc = 0;
   float beta = 0;
 };
-void gemm_qw(Backend b, const GemmQuantArgs& args);
+inline void gemm_qw(Exec e, const GemmQuantArgs& args) { run(e, args); }
 
 // A quantized matrix that owns its storage (tensors so that it can be written to safetensors):
 // q is I8 (N, K) for int8 or U8 (N, K / 2) for int4; scales F16 (N, K / group); mins F16 (N, K / group)

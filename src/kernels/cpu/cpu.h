@@ -1,9 +1,11 @@
 // Threaded CPU implementations (moe::parallel_for / parallel_items). Deterministic: every output
 // element has exactly one owner and a fixed summation order that does not depend on the thread
-// count. Arguments have been validated by the dispatcher (src/kernels/dispatch.cpp).
+// count. Arguments have been validated by the op table (src/kernels/op_table.h, rows_*.h).
 #pragma once
 
 #include "moe/kernels/ops.h"
+#include "moe/kernels/ops_bf16.h"
+#include "moe/kernels/ops_quant.h"
 
 namespace moe::kernels::cpu {
 
@@ -41,5 +43,9 @@ void grouped_gemm_cat(const GroupedGemmCatArgs<T>& args);
 
 template <typename T>
 void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& args);
+
+// The weight-format GEMMs (moe/kernels/ops_bf16.h, moe/kernels/ops_quant.h).
+void grouped_gemm_bf16w(const GroupedGemmBf16Args& args);
+void gemm_qw(const GemmQuantArgs& args);
 
 }  // namespace moe::kernels::cpu

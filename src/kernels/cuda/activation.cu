@@ -72,13 +72,15 @@ unsigned blocks_for(int64_t n) {
 
 }  // namespace
 
-void activation(const ActivationArgs<float>& g) {
-  forward_kernel<<<blocks_for(g.n), kThreads>>>(g);
+void activation(const ActivationArgs<float>& g, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  forward_kernel<<<blocks_for(g.n), kThreads, 0, stream>>>(g);
   check_status(cudaGetLastError(), "activation (cuda)");
 }
 
-void activation_backward(const ActivationBackwardArgs<float>& g) {
-  backward_kernel<<<blocks_for(g.n), kThreads>>>(g);
+void activation_backward(const ActivationBackwardArgs<float>& g, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  backward_kernel<<<blocks_for(g.n), kThreads, 0, stream>>>(g);
   check_status(cudaGetLastError(), "activation_backward (cuda)");
 }
 

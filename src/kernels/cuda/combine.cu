@@ -62,13 +62,15 @@ unsigned blocks_for(int64_t n) { return static_cast<unsigned>(n < kMaxBlocks ? n
 
 }  // namespace
 
-void combine(const CombineArgs<float>& g) {
-  combine_kernel<<<blocks_for(g.T_), kThreads>>>(g);
+void combine(const CombineArgs<float>& g, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  combine_kernel<<<blocks_for(g.T_), kThreads, 0, stream>>>(g);
   check_status(cudaGetLastError(), "combine (cuda)");
 }
 
-void combine_backward(const CombineBackwardArgs<float>& g) {
-  combine_backward_kernel<<<blocks_for(g.N), kThreads>>>(g);
+void combine_backward(const CombineBackwardArgs<float>& g, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  combine_backward_kernel<<<blocks_for(g.N), kThreads, 0, stream>>>(g);
   check_status(cudaGetLastError(), "combine_backward (cuda)");
 }
 

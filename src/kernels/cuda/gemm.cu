@@ -111,7 +111,8 @@ unsigned grouped_blocks() {
 
 }  // namespace
 
-void gemm(const GemmArgs<float>& g) {
+void gemm(const GemmArgs<float>& g, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
   Problem p;
   p.M = g.M;
   p.N = g.N;
@@ -123,18 +124,20 @@ void gemm(const GemmArgs<float>& g) {
   p.alpha = g.alpha;
   p.beta = g.beta;
   const unsigned row_blocks = tiles(g.M) < 65535u ? tiles(g.M) : 65535u;  // the kernel loops over the rest
-  gemm_kernel<<<dim3(tiles(g.N), row_blocks), dim3(kTile, kTile)>>>(p);
+  gemm_kernel<<<dim3(tiles(g.N), row_blocks), dim3(kTile, kTile), 0, stream>>>(p);
   check_status(cudaGetLastError(), "gemm (cuda)");
 }
 
-void grouped_gemm(const GroupedGemmArgs<float>& g) {
+void grouped_gemm(const GroupedGemmArgs<float>& g, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
   if (g.N == 0) return;
-  grouped_kernel<<<dim3(tiles(g.N), grouped_blocks()), dim3(kTile, kTile)>>>(g);
+  grouped_kernel<<<dim3(tiles(g.N), grouped_blocks()), dim3(kTile, kTile), 0, stream>>>(g);
   check_status(cudaGetLastError(), "grouped_gemm (cuda)");
 }
 
-void grouped_gemm_wgrad(const GroupedWgradArgs<float>& g) {
-  wgrad_kernel<<<dim3(tiles(g.K), tiles(g.N), static_cast<unsigned>(g.E)), dim3(kTile, kTile)>>>(g);
+void grouped_gemm_wgrad(const GroupedWgradArgs<float>& g, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
+  wgrad_kernel<<<dim3(tiles(g.K), tiles(g.N), static_cast<unsigned>(g.E)), dim3(kTile, kTile), 0, stream>>>(g);
   check_status(cudaGetLastError(), "grouped_gemm_wgrad (cuda)");
 }
 

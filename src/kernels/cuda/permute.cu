@@ -3,7 +3,8 @@
 //   scan:  offsets, and each chunk's first slot per expert (in place)             base (C, E)
 //   place: each assignment's rank among the earlier kept ones of its expert in its chunk
 // All integer: the result is exact and independent of scheduling. Expert ids outside [0, E) are
-// flagged on the device; the host reads the flag (one synchronisation) and throws moe::Error.
+// flagged on the device and recorded in the context's error record: no host synchronisation here;
+// Context::synchronize throws moe::Error naming the first bad id (the default context does so at once).
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda.h"
@@ -17,7 +18,7 @@ constexpr int kChunk = 256;  // assignments per chunk = threads per block
 
 __device__ bool is_kept(const PermuteArgs& p, int64_t a) { return p.kept == nullptr || p.kept[a] != 0; }
 
-// counts (C, E); bad: the smallest index of an out-of-range expert id (initialised to N).
+// counts (C, E); bad: the smallest index of an out-of-range expert id (initialised to all ones).
 __global__ void count_kernel(PermuteArgs p, int32_t* counts, unsigned long long* bad) {
   extern __shared__ int32_t hist[];  // (E)
   for (int64_t e = threadIdx.x; e < p.E; e += blockDim.x) hist[e] = 0;
@@ -79,37 +80,43 @@ __global__ void place_kernel(PermuteArgs p, const int32_t* base) {
   p.pos[a] = slot;
 }
 
+// After the three kernels: when an expert id was out of range (bad < N), the first one goes into the
+// context's error record (unless an earlier op already recorded one), read at Context::synchronize.
+__global__ void record_kernel(PermuteArgs p, const unsigned long long* bad, DeviceError* err) {
+  const unsigned long long a = *bad;
+  if (a >= static_cast<unsigned long long>(p.N) || err->code != 0) return;
+  err->code = 1;
+  err->index = static_cast<int64_t>(a);
+  err->value = p.expert[a];
+  err->bound = p.E;
+}
+
 }  // namespace
 
-void permute(const PermuteArgs& p) {
+void permute(const PermuteArgs& p, Context& ctx) {
+  const auto stream = static_cast<cudaStream_t>(ctx.stream());
   const int64_t chunks = (p.N + kChunk - 1) / kChunk;
   const size_t hist_bytes = static_cast<size_t>(p.E) * sizeof(int32_t);
   MOE_CHECK(hist_bytes <= 48 * 1024, "permute (cuda): E = ", p.E, " exceeds the shared-memory histogram");
   if (chunks == 0) {  // no assignments: offsets are all zero
-    check_status(cudaMemset(p.offsets, 0, static_cast<size_t>(p.E + 1) * sizeof(int32_t)), "permute (cuda)");
+    check_status(cudaMemsetAsync(p.offsets, 0, static_cast<size_t>(p.E + 1) * sizeof(int32_t), stream),
+                 "permute (cuda)");
     return;
   }
-  int32_t* counts = nullptr;          // (chunks, E)
-  unsigned long long* bad = nullptr;  // (1)
-  check_status(
-      cudaMallocAsync(reinterpret_cast<void**>(&counts), static_cast<size_t>(chunks) * hist_bytes, 0),
-      "permute (cuda)");
-  check_status(cudaMallocAsync(reinterpret_cast<void**>(&bad), sizeof(*bad), 0), "permute (cuda)");
-  const unsigned long long none = static_cast<unsigned long long>(p.N);
-  check_status(cudaMemcpyAsync(bad, &none, sizeof(none), cudaMemcpyHostToDevice, 0), "permute (cuda)");
-  count_kernel<<<static_cast<unsigned>(chunks), kChunk, hist_bytes>>>(p, counts, bad);
-  scan_kernel<<<1, 1024>>>(p, counts, chunks);
-  place_kernel<<<static_cast<unsigned>(chunks), kChunk>>>(p, counts);
-  unsigned long long first_bad = none;
-  const int status = cudaMemcpy(&first_bad, bad, sizeof(first_bad), cudaMemcpyDeviceToHost);
-  (void)cudaFreeAsync(counts, 0);
-  (void)cudaFreeAsync(bad, 0);
-  check_status(status, "permute (cuda)");
-  if (first_bad < none) {
-    int32_t e = 0;
-    check_status(cudaMemcpy(&e, p.expert + first_bad, sizeof(e), cudaMemcpyDeviceToHost), "permute (cuda)");
-    throw Error(cat("permute: expert[", first_bad, "] = ", e, " is outside [0, E = ", p.E, ")"));
-  }
+  // Scratch from the context's workspace (no per-call allocation): the first-bad-index flag, then
+  // counts (chunks, E).
+  constexpr size_t kFlagBytes = 256;  // keeps counts aligned
+  auto* scratch = static_cast<unsigned char*>(ctx.workspace().reserve(kFlagBytes + static_cast<size_t>(chunks) * hist_bytes));
+  auto* bad = reinterpret_cast<unsigned long long*>(scratch);  // (1)
+  auto* counts = reinterpret_cast<int32_t*>(scratch + kFlagBytes);  // (chunks, E)
+  DeviceError* err = ctx.device_error();
+  // bad starts as all ones (no bad id; atomicMin lowers it): a memset, no copy from the host.
+  check_status(cudaMemsetAsync(bad, 0xff, sizeof(*bad), stream), "permute (cuda)");
+  count_kernel<<<static_cast<unsigned>(chunks), kChunk, hist_bytes, stream>>>(p, counts, bad);
+  scan_kernel<<<1, 1024, 0, stream>>>(p, counts, chunks);
+  place_kernel<<<static_cast<unsigned>(chunks), kChunk, 0, stream>>>(p, counts);
+  record_kernel<<<1, 1, 0, stream>>>(p, bad, err);
+  check_status(cudaGetLastError(), "permute (cuda)");
 }
 
 }  // namespace moe::kernels::cuda

@@ -43,4 +43,8 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
 
 void synchronize() { check_status(cudaDeviceSynchronize(), "cuda::synchronize"); }
 
+void stream_synchronize(void* stream) {
+  check_status(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cuda::stream_synchronize");
+}
+
 }  // namespace moe::kernels::cuda

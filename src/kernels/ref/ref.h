@@ -1,9 +1,11 @@
 // Reference implementations: plain loops with double accumulation. They are the definition of each
 // op in include/moe/kernels/ops.h; the fast backends are tested against them. Arguments have been
-// validated by the dispatcher (src/kernels/dispatch.cpp).
+// validated by the op table (src/kernels/op_table.h, rows_*.h).
 #pragma once
 
 #include "moe/kernels/ops.h"
+#include "moe/kernels/ops_bf16.h"
+#include "moe/kernels/ops_quant.h"
 
 namespace moe::kernels::ref {
 
@@ -46,5 +48,9 @@ void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& args);
 // h rounded to T first.
 template <typename T>
 void preact_row(Activation act, const T* a, int64_t K, T scale, T* out);
+
+// The weight-format GEMMs (moe/kernels/ops_bf16.h, moe/kernels/ops_quant.h).
+void grouped_gemm_bf16w(const GroupedGemmBf16Args& args);
+void gemm_qw(const GemmQuantArgs& args);
 
 }  // namespace moe::kernels::ref
