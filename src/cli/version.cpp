@@ -20,6 +20,20 @@ std::string compiler_string() {
 #endif
 }
 
+// The op table: one line per op with the backends that implement it (whether or not present here).
+void print_ops() {
+  std::cout << "ops (implemented on):\n";
+  for (const kernels::OpInfo& op : kernels::op_table()) {
+    std::cout << "  " << op.name;
+    for (int b = 0; b < 3; ++b) {
+      if (op.backend[b]) std::cout << " " << kernels::backend_name(static_cast<kernels::Backend>(b));
+    }
+    std::cout << "\n";
+  }
+}
+
+bool g_ops = false;
+
 int run_version() {
   std::cout << "moe.cpp " << MOE_VERSION << "\n";
   std::cout << "compiler: " << compiler_string() << "\n";
@@ -36,6 +50,7 @@ int run_version() {
   if (dist::nccl_compiled()) std::cout << " nccl";
   std::cout << "\n";
   std::cout << "threads: " << num_threads() << "\n";
+  if (g_ops) print_ops();
   return kExitOk;
 }
 
@@ -43,6 +58,7 @@ int run_version() {
 
 void register_version(CLI::App& app, Registry& reg) {
   CLI::App* sub = app.add_subcommand("version", "Print the version, build and available backends");
+  sub->add_flag("--ops", g_ops, "Also list every op of the op table with the backends that implement it");
   sub->callback([&reg] { reg.action = run_version; });
 }
 

@@ -32,7 +32,7 @@ using kernels::Backend;
 
 // ---- buffers ----
 
-enum class Elem { F32, F64, I32, U8 };
+enum class Elem { F32, F64, I32, U8, U16 };  // U16: bf16 / f16 bit patterns
 enum class Role { In, Out, InOut };  // Out: poisoned before the run; Out and InOut: compared after
 
 template <typename U>
@@ -43,10 +43,12 @@ constexpr Elem elem_of() {
     return Elem::F64;
   else if constexpr (std::is_same_v<U, int32_t>)
     return Elem::I32;
+  else if constexpr (std::is_same_v<U, uint16_t>)
+    return Elem::U16;
   else
     return Elem::U8;
 }
-inline size_t elem_size(Elem e) { return e == Elem::F64 ? 8 : e == Elem::U8 ? 1 : 4; }
+inline size_t elem_size(Elem e) { return e == Elem::F64 ? 8 : e == Elem::U8 ? 1 : e == Elem::U16 ? 2 : 4; }
 
 struct Buffer {
   std::string name;
@@ -127,8 +129,8 @@ class OpCase {
   virtual bool is_double() const = 0;
   // The buffers of one check, inputs drawn from `seed`.
   virtual Buffers make(uint64_t seed) const = 0;
-  // Runs the op (kernels::run) on backend b over `bufs`.
-  virtual void run(Backend b, Buffers& bufs) const = 0;
+  // Runs the op (kernels::run) over `bufs` on a backend (its default context) or a Context.
+  virtual void run(kernels::Exec e, Buffers& bufs) const = 0;
   // What the op table says of the op's arguments over `bufs` on backend b (kernels::supports).
   virtual kernels::Support supports(Backend b, Buffers& bufs) const = 0;
   kernels::Support supports(Backend b) const {
@@ -150,8 +152,8 @@ class OpCase {
 // A case defines `template <class F> decltype(auto) with_args(Buffers& b, F&& f) const`, which builds
 // the op's Args over `b` and returns f(args); this macro turns it into run and supports.
 #define MOE_OP_CASE_ARGS                                                                                 \
-  void run(Backend be, Buffers& bufs) const override {                                                   \
-    with_args(bufs, [be](const auto& args) { kernels::run(be, args); });                                 \
+  void run(kernels::Exec e, Buffers& bufs) const override {                                              \
+    with_args(bufs, [e](const auto& args) { kernels::run(e, args); });                                   \
   }                                                                                                      \
   kernels::Support supports(Backend be, Buffers& bufs) const override {                                  \
     return with_args(bufs, [be](const auto& args) { return kernels::supports(be, args); });              \

@@ -367,6 +367,8 @@ void add_combine_perf_cases(CaseList& out);
 // Defined in test_ops_cases_ffn.cpp: the fused expert FFN ops.
 void add_ffn_cases(CaseList& out);
 void add_ffn_perf_cases(CaseList& out);
+// Defined in test_ops_cases_weights.cpp: the GEMMs over bf16 and int8/int4 weights.
+void add_weight_format_cases(CaseList& out);
 
 namespace {
 
@@ -440,6 +442,7 @@ CaseList consistency_cases() {
   add_activation_cases(out);
   add_combine_cases(out);
   add_ffn_cases(out);
+  add_weight_format_cases(out);
   return out;
 }
 

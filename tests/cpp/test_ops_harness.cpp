@@ -35,6 +35,11 @@ double Buffer::get(int64_t i) const {
     }
     case Elem::U8:
       return *p;
+    case Elem::U16: {
+      uint16_t v;
+      std::memcpy(&v, p, sizeof v);
+      return v;
+    }
   }
   return 0;
 }
