@@ -205,7 +205,7 @@ void add_bench_alltoall(CLI::App& bench, Registry& reg) {
       ->capture_default_str();
   c->add_option("--timeout", o->timeout, "Seconds a collective may wait for the other ranks (0 = forever)")
       ->capture_default_str();
-  c->add_flag("--json", o->json, "Print one JSON object (rank 0)");
+  add_json_flag(c, o->json, "Print one JSON object (rank 0)");
   c->footer(
       "Run under mpirun, e.g. mpirun -np 4 build/moe bench alltoall --hierarchical --ranks-per-node 2.\n"
       "GB/s per rank = bytes sent to the other ranks / time of the slowest rank. Row 'counts': exchange_counts\n"

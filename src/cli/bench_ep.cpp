@@ -60,7 +60,7 @@ int run(const BenchEpOptions& o) {
   MOE_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "bench ep: --top-k must be in [1, --experts]");
   MOE_CHECK(o.iters >= 1 && o.warmup >= 0, "bench ep: --iters must be >= 1 and --warmup >= 0");
   for (int c : o.chunks) MOE_CHECK(c >= 0, "bench ep: --chunks values must be >= 0, got ", c);
-  if (o.threads > 0) set_num_threads(o.threads);
+  apply_threads(o.threads);
   std::shared_ptr<dist::Communicator> world = dist::launched_by_mpi() ? dist::mpi_world()
                                                                       : std::shared_ptr<dist::Communicator>(
                                                                             dist::self_communicator());
@@ -179,9 +179,9 @@ void add_bench_ep(CLI::App& bench, Registry& reg) {
       ->capture_default_str();
   c->add_option("--iters", o->iters, "Timed steps; the median is reported")->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
-  c->add_option("--threads", o->threads, "Threads per rank (default: all cores, or MOE_NUM_THREADS)");
+  add_threads_flag(c, o->threads);
   c->add_option("--timeout", o->timeout, "Seconds a collective may wait for the other ranks")->capture_default_str();
-  c->add_flag("--json", o->json, "Print one JSON object (rank 0)");
+  add_json_flag(c, o->json, "Print one JSON object (rank 0)");
   c->callback([&reg, o] { reg.action = [o] { return run(*o); }; });
 }
 

@@ -133,7 +133,7 @@ LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_
 }
 
 int run_bench_generate(const BenchGenArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   MOE_CHECK(a.prompt_tokens >= 1, "bench generate: --prompt-tokens must be >= 1");
   MOE_CHECK(a.new_tokens >= 1, "bench generate: --new-tokens must be >= 1");
   const std::vector<int64_t> levels = parse_levels(a.concurrency);
@@ -192,17 +192,17 @@ int run_bench_generate(const BenchGenArgs& a) {
 void add_bench_generate(CLI::App& bench, Registry& reg) {
   auto a = std::make_shared<BenchGenArgs>();
   CLI::App* c = bench.add_subcommand("generate", "Serving throughput and latency of the continuous-batching engine");
-  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->model);
   c->add_option("--concurrency", a->concurrency, "Concurrent requests, one run per level (comma-separated)")
       ->capture_default_str();
   c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt (random ids)")->capture_default_str();
   c->add_option("--new-tokens", a->new_tokens, "Tokens generated per request (greedy)")->capture_default_str();
   c->add_option("--max-batch-tokens", a->max_batch_tokens, "Tokens per forward pass at most")->capture_default_str();
   c->add_option("--kv-block-size", a->kv_block_size, "Positions per KV cache block")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
-  c->add_option("--seed", a->seed, "Seed of the random prompts")->capture_default_str();
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_seed_flag(c, a->seed, "the random prompts");
+  add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_bench_generate(*a); }; });
 }

@@ -161,7 +161,7 @@ BenchLayerResult bench(const BenchLayerOptions& o) {
   const MoEConfig cfg = make_config(o);
   const kernels::Backend backend = kernels::backend_from_name(o.backend);
   MOE_CHECK(kernels::backend_available(backend), "backend '", o.backend, "' is not available in this build");
-  if (o.threads > 0) set_num_threads(o.threads);
+  apply_threads(o.threads);
 
   MoELayer layer(cfg, DType::F32, backend);
   layer.init_params(o.seed);
@@ -413,20 +413,20 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
       ->capture_default_str();
   sub->add_option("--capacity-factor", opts->capacity_factor, "Capacity factor (0 = dropless)")
       ->capture_default_str();
-  sub->add_option("--threads", opts->threads, "CPU threads (0 = OpenMP default)")->capture_default_str();
+  add_threads_flag(sub, opts->threads);
   sub->add_option("--warmup", opts->warmup, "Untimed runs before timing")->capture_default_str();
   sub->add_option("--iters", opts->iters, "Timed runs; the median is reported")->capture_default_str();
   sub->add_option("--backend", opts->backend, "Kernel backend")
       ->check(CLI::IsMember({"ref", "cpu"}))
       ->capture_default_str();
-  sub->add_option("--seed", opts->seed, "Seed of the parameters and inputs")->capture_default_str();
+  add_seed_flag(sub, opts->seed, "the parameters and inputs");
   sub->add_option("--weights", opts->weights, "Weight dtype of the experts: f32, or bf16 (forward only; the f32 forward is timed beside it)")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
   sub->add_option("--dense-reps", opts->dense_reps,
                   "Timed reps of the dense GEMM ceiling, best one reported (0 = skip)")
       ->capture_default_str();
-  sub->add_flag("--json", opts->json, "Print one JSON object instead of a table");
+  add_json_flag(sub, opts->json, "Print one JSON object instead of a table");
   sub->footer(
       "Prints median forward and forward+backward times, expert-matmul GFLOP/s (forward+backward counts\n"
       "3x the forward FLOPs), tokens per expert and peak RSS. --tokens 0 is rejected (exit 2).\n"

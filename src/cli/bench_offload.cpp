@@ -220,7 +220,7 @@ std::string plot_svg(const std::vector<ConfigResult>& rs, const std::vector<doub
 }
 
 int run_bench_offload(const BenchOffloadArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   MOE_CHECK(a.n_prompts >= 1 && a.prompt_tokens >= 1 && a.new_tokens >= 1,
             "bench offload: --num-prompts, --prompt-tokens and --new-tokens must be >= 1");
   const std::string dir = resolve_model_dir(a.model);
@@ -315,7 +315,7 @@ int run_bench_offload(const BenchOffloadArgs& a) {
 void add_bench_offload(CLI::App& bench, Registry& reg) {
   auto a = std::make_shared<BenchOffloadArgs>();
   CLI::App* c = bench.add_subcommand("offload", "Decode speed and expert hit rate of offloaded experts, per cache policy");
-  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->model);
   c->add_option("--prompts", a->prompts, "Text file the prompts are cut from")->required();
   c->add_option("--configs", a->configs,
                 "Comma-separated POLICY, POLICY+prefetch or POLICY+pregate (lru, lfu, activation, resident), "
@@ -327,7 +327,7 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   c->add_option("--num-prompts", a->n_prompts, "Prompts")->capture_default_str();
   c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt")->capture_default_str();
   c->add_option("--new-tokens", a->new_tokens, "Tokens decoded per prompt (greedy)")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 dense linears");
   c->add_option("--expert-io", a->base.io, "mmap (page cache) or direct (O_DIRECT, disk)")->capture_default_str();
   c->add_option("--io-threads", a->base.io_threads, "Loader threads")->capture_default_str();
@@ -341,7 +341,7 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
        "pre-gating), pregate, or a file (POLICY+pregate always pre-gates)")
       ->capture_default_str();
   c->add_option("--plot", a->plot, "Write an SVG plot of tokens/s and hit rate against the budget");
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_json_flag(c, a->json);
   c->add_option("--trace", a->trace,
                 "Append the uses 'optimal' recorded to FILE (one JSON line per budget: ids, decode flags)");
   c->callback([&reg, a] { reg.action = [a] { return run_bench_offload(*a); }; });

@@ -140,7 +140,7 @@ int run_bench_quant(const BenchQuantOptions& o) {
   MOE_CHECK(o.warmup >= 0, "bench quant: --warmup must be >= 0, got ", o.warmup);
   MOE_CHECK(o.copies >= 1, "bench quant: --copies must be >= 1, got ", o.copies);
   for (int64_t m : o.ms) MOE_CHECK(m >= 1, "bench quant: --m values must be >= 1, got ", m);
-  if (o.threads > 0) set_num_threads(o.threads);
+  apply_threads(o.threads);
   if (!o.isa.empty()) kernels::set_gemm_quant_isa(o.isa);
   std::vector<std::pair<int64_t, int64_t>> shapes;
   for (const std::string& s : o.shapes) {
@@ -202,15 +202,15 @@ void add_bench_quant(CLI::App& bench, Registry& reg) {
   c->add_option("--group-size", o->group, "Quantization group")
       ->check(CLI::IsMember({32, 64, 128}))
       ->capture_default_str();
-  c->add_option("--threads", o->threads, "CPU threads (0 = OpenMP default)")->capture_default_str();
+  add_threads_flag(c, o->threads);
   c->add_option("--iters", o->iters, "Timed repetitions; the median is reported")->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed repetitions first")->capture_default_str();
   c->add_option("--copies", o->copies, "Distinct weight matrices per kind, cycled (weights from memory)")
       ->capture_default_str();
-  c->add_option("--seed", o->seed, "Seed of weights and inputs")->capture_default_str();
+  add_seed_flag(c, o->seed, "weights and inputs");
   c->add_option("--isa", o->isa,
                 "Instruction set of gemm_qw: generic, avx2, avx512 (default: the best supported)");
-  c->add_flag("--json", o->json, "Print one JSON object");
+  add_json_flag(c, o->json);
   c->footer(
       "Kinds: f32 = kernels::gemm with f32 weights, bf16 = kernels::gemm_bf16w, int8 / int4 = "
       "kernels::gemm_qw\n"

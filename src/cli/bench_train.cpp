@@ -48,7 +48,7 @@ double forward_flops_per_token(const model::ModelConfig& c, int64_t S) {
 }
 
 int run_bench_train(const BenchTrainArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   MOE_CHECK(a.iters >= 1 && a.warmup >= 0, "bench train: --iters must be >= 1 and --warmup >= 0");
   MOE_CHECK(a.seq_len >= 1 && a.batch >= 1, "bench train: --seq-len and --batch-size must be >= 1");
   model::ModelConfig c = build_model(a.model, a.seq_len);
@@ -120,10 +120,10 @@ void add_bench_train(CLI::App& bench, Registry& reg) {
   c->add_option("--batch-size", a->batch, "Sequences per step")->capture_default_str();
   c->add_option("--iters", a->iters, "Timed steps (the median is reported)")->capture_default_str();
   c->add_option("--warmup", a->warmup, "Untimed steps first")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
-  c->add_option("--seed", a->seed, "Seed")->capture_default_str();
+  add_threads_flag(c, a->threads);
+  add_seed_flag(c, a->seed, "the parameters and the data order");
   c->add_flag("--bf16", a->bf16, "bf16 compute for the dense linear layers");
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_bench_train(*a); }; });
 }
 

@@ -3,7 +3,34 @@
 
 #include <sys/resource.h>
 
+#include "moe/core/parallel.h"
+
 namespace moe::cli {
+
+CLI::Option* add_threads_flag(CLI::App* c, int& threads) {
+  return c
+      ->add_option("--threads", threads,
+                   "CPU threads (0 = the default: MOE_NUM_THREADS when set, else all cores; at most " +
+                       std::to_string(kMaxThreads) + ")")
+      ->check(CLI::Range(0, kMaxThreads))
+      ->capture_default_str();
+}
+
+void apply_threads(int threads) {
+  if (threads > 0) set_num_threads(threads);
+}
+
+CLI::Option* add_json_flag(CLI::App* c, bool& json, const std::string& help) {
+  return c->add_flag("--json", json, help);
+}
+
+CLI::Option* add_model_flag(CLI::App* c, std::string& model, const std::string& help) {
+  return c->add_option("--model", model, help)->required();
+}
+
+CLI::Option* add_seed_flag(CLI::App* c, uint64_t& seed, const std::string& what) {
+  return c->add_option("--seed", seed, "Seed of " + what)->capture_default_str();
+}
 
 double peak_rss_mb() {
   struct rusage ru {};

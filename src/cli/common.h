@@ -57,6 +57,22 @@ void register_serve(CLI::App& app, Registry& reg);
 // `moe plan` (src/cli/plan.cpp): EP x DP layouts of MoE training on a GPU cluster, predicted.
 void register_plan(CLI::App& app, Registry& reg);
 
+// ---- The flags many subcommands share: defined once (name, meaning, range), applied in one place ----
+
+// The most threads --threads accepts (a larger count is a typo, and OpenMP fails on it).
+inline constexpr int kMaxThreads = 1024;
+// --threads N: CPU threads; 0 (the default) means MOE_NUM_THREADS when set, else every core.
+CLI::Option* add_threads_flag(CLI::App* c, int& threads);
+// Sets the thread count of the library when --threads was given (N > 0).
+void apply_threads(int threads);
+// --json: print one JSON object (the help may say more).
+CLI::Option* add_json_flag(CLI::App* c, bool& json, const std::string& help = "Print one JSON object");
+// --model DIR (required): a model directory (Hugging Face layout) or a run directory of `moe train`.
+CLI::Option* add_model_flag(CLI::App* c, std::string& model,
+                            const std::string& help = "Model directory (Hugging Face layout) or run directory");
+// --seed N: the seed of what `what` names, default shown.
+CLI::Option* add_seed_flag(CLI::App* c, uint64_t& seed, const std::string& what);
+
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();
 

@@ -64,7 +64,7 @@ int run_compare(const EvalArgs& a, const model::Transformer& m, const std::strin
 }
 
 int run_eval(const EvalArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   MOE_CHECK(a.data.empty() != a.tokens.empty(), "eval: give exactly one of --data FILE and --tokens LIST");
   MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "eval: --skip-threshold must be >= 0, got ",
             a.skip_threshold);
@@ -144,17 +144,17 @@ int run_eval(const EvalArgs& a) {
 void register_eval(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* c = app.add_subcommand("eval", "Cross-entropy and perplexity of a model on text or tokens");
-  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->model);
   c->add_option("--data", a->data, "Text file (or directory) encoded with the model's tokenizer.json");
   c->add_option("--tokens", a->tokens, "Comma-separated token ids")->delimiter(',');
   c->add_option("--seq-len", a->seq_len, "Window length (default min(context, 512))");
   c->add_option("--batch", a->batch, "Windows per forward pass")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  add_threads_flag(c, a->threads);
   c->add_option("--compare", a->compare,
                 "Base model directory: also report its perplexity, KL(base || model) and top-1 agreement");
   c->add_option("--skip-threshold", a->skip_threshold,
                 "Skip routed experts of --model whose routing weight is below this (0 = off)");
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_eval(*a); }; });
 }

@@ -28,7 +28,7 @@ struct GenArgs {
 };
 
 int run_generate(GenArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "generate: --skip-threshold must be >= 0, got ",
             a.skip_threshold);
   a.opt.sampling.validate();
@@ -78,13 +78,13 @@ int run_generate(GenArgs& a) {
 void register_generate(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<GenArgs>();
   CLI::App* c = app.add_subcommand("generate", "Continue a prompt with a model (KV cache; greedy at temperature 0)");
-  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->model);
   c->add_option("--prompt", a->prompt, "Text to continue")->required();
   c->add_option("--max-tokens", a->opt.max_new_tokens, "New tokens at most")->capture_default_str();
   c->add_option("--temperature", a->opt.sampling.temperature, "0 = greedy")->capture_default_str();
   c->add_option("--top-p", a->opt.sampling.top_p, "Nucleus sampling mass")->capture_default_str();
   c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")->capture_default_str();
-  c->add_option("--seed", a->opt.sampling.seed, "Sampling seed")->capture_default_str();
+  add_seed_flag(c, a->opt.sampling.seed, "the sampling");
   c->add_option("--repetition-penalty", a->opt.sampling.repetition_penalty,
                 "Divide positive (multiply negative) logits of tokens already seen (1 = off)")
       ->capture_default_str();
@@ -94,11 +94,11 @@ void register_generate(CLI::App& app, Registry& reg) {
   c->add_option("--presence-penalty", a->opt.sampling.presence_penalty,
                 "Subtract this from tokens present in the output, in [-2, 2]")
       ->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_option("--skip-threshold", a->skip_threshold,
                 "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
-  c->add_flag("--json", a->json, "Print one JSON object instead of streaming text");
+  add_json_flag(c, a->json, "Print one JSON object instead of streaming text");
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });
 }

@@ -53,7 +53,7 @@ void register_init(CLI::App& app, Registry& reg) {
   add_model_flags(c, a->model);
   c->add_option("--vocab", a->vocab, "Vocabulary size (default: the config's)");
   c->add_option("--context", a->context, "max_position_embeddings (default: the config's)");
-  c->add_option("--seed", a->seed, "Initialisation seed")->capture_default_str();
+  add_seed_flag(c, a->seed, "the initialisation");
   c->add_flag("--overwrite", a->overwrite, "Replace a checkpoint already in --out");
   c->callback([&reg, a] { reg.action = [a] { return run_init(*a); }; });
 }

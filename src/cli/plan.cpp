@@ -303,7 +303,7 @@ void register_plan(CLI::App& app, Registry& reg) {
   sub->add_option("--load-file", a->load_file,
                   "Measured per-expert loads: JSON list, list per layer, or a metrics.jsonl of moe train");
   sub->add_option("--trials", a->trials, "Monte Carlo trials of the routing loads")->capture_default_str();
-  sub->add_option("--seed", a->seed, "Seed of the Monte Carlo")->capture_default_str();
+  add_seed_flag(sub, a->seed, "the Monte Carlo");
   sub->add_flag("--hierarchical", a->hierarchical, "Two-stage all-to-all (inside nodes, then across)");
   sub->add_option("--a2a-overlap", a->a2a_overlap, "Fraction of all-to-all time hidden by compute")
       ->capture_default_str();
@@ -313,7 +313,7 @@ void register_plan(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   sub->add_option("--ep", a->ep, "Evaluate only these EP sizes (comma-separated)")->delimiter(',');
   sub->add_option("--top", a->top, "Print only the first N layouts (0: all)");
-  sub->add_flag("--json", a->json, "Print JSON instead of the table");
+  add_json_flag(sub, a->json, "Print JSON instead of the table");
   sub->callback([&reg, a, sub] {
     for (PlanArgs::Override& o : a->overrides) o.given = sub->count(o.flag) > 0;
     reg.action = [a] { return run_plan(*a); };

@@ -61,7 +61,7 @@ infer::RoutingSamples record(infer::InferenceModel& im, const int32_t* tokens, i
 }
 
 int run_predictor(const PredictorArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   const std::string dir = resolve_model_dir(a.model);
   MOE_CHECK(a.depth >= 1 && a.depth <= 8, "predictor: --depth must be in [1, 8], got ", a.depth);
   MOE_CHECK(a.holdout >= 0 && a.holdout < 1, "predictor: --holdout must be in [0, 1), got ", a.holdout);
@@ -208,7 +208,7 @@ void register_predictor(CLI::App& app, Registry& reg) {
   CLI::App* c = app.add_subcommand(
       "predictor",
       "Fit the expert predictor that prefetching uses (on calibration text) and report its recall");
-  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->model);
   c->add_option("--calibration", a->calibration,
                 "Text file (or directory) encoded with the model's tokenizer")
       ->required();
@@ -232,8 +232,8 @@ void register_predictor(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   c->add_option("--epochs", a->fit.epochs, "Passes over the calibration tokens")->capture_default_str();
   c->add_option("--lr", a->fit.lr, "Adam learning rate of the fit")->capture_default_str();
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_threads_flag(c, a->threads);
+  add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_predictor(*a); }; });
 }
 

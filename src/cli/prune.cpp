@@ -29,7 +29,7 @@ struct PruneArgs {
 };
 
 int run_prune(const PruneArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   const std::string dir = resolve_model_dir(a.model);
   MOE_CHECK(a.keep >= 1, "prune: --keep must be >= 1, got ", a.keep);
   std::error_code ec;
@@ -99,7 +99,7 @@ void register_prune(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<PruneArgs>();
   CLI::App* c = app.add_subcommand(
       "prune", "Remove each MoE layer's least-used experts (measured on calibration text)");
-  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->model);
   c->add_option("--keep", a->keep, "Experts kept per MoE layer (top-k <= K < experts)")->required();
   c->add_option("--calibration", a->calibration,
                 "Text file (or directory) encoded with the model's tokenizer")
@@ -107,9 +107,9 @@ void register_prune(CLI::App& app, Registry& reg) {
   c->add_option("--out", a->out, "Output model directory")->required();
   c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 512))");
   c->add_option("--usage-out", a->usage_out, "Also write the measured expert usage (JSON)");
-  c->add_option("--threads", a->threads, "Threads (default: all cores)");
+  add_threads_flag(c, a->threads);
   c->add_flag("--overwrite", a->overwrite, "Replace a checkpoint already in --out");
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_prune(*a); }; });
 }
 

@@ -77,7 +77,7 @@ int run_quantize(const QuantArgs& a) {
 void register_quantize(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<QuantArgs>();
   CLI::App* c = app.add_subcommand("quantize", "Write a checkpoint with group-wise int8/int4 experts");
-  c->add_option("--model", a->src, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->src);
   c->add_option("--out", a->out, "Output model directory (must be empty or absent, unless --overwrite)")
       ->required();
   c->add_option("--bits", a->opt.bits, "Bits per expert weight")->required()->check(CLI::IsMember({4, 8}));
@@ -93,7 +93,7 @@ void register_quantize(CLI::App& app, Registry& reg) {
       ->check(CLI::Range(0.0, 1.0));
   c->add_option("--usage", a->opt.usage_file, "Expert usage JSON measured on calibration text");
   c->add_flag("--overwrite", a->opt.overwrite, "Replace the files of a non-empty --out");
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_json_flag(c, a->json);
   c->footer(
       "Routed experts' gate/up/down weights become int8 (symmetric, one f16 scale per group) or int4\n"
       "(asymmetric, f16 scale and min per group); shared experts, dense layers, router, norms and\n"

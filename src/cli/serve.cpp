@@ -102,7 +102,7 @@ sigset_t stop_signals() {
 }
 
 int run_serve(ServeArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "serve: --skip-threshold must be >= 0, got ",
             a.skip_threshold);
   if (a.opt.api_key.empty())
@@ -163,11 +163,11 @@ void register_serve(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<ServeArgs>();
   infer::ServerOptions& o = a->opt;
   CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server (continuous batching)");
-  c->add_option("--model", a->model, "Model directory (Hugging Face layout) or run directory")->required();
+  add_model_flag(c, a->model);
   c->add_option("--host", o.host, "Address to listen on")->capture_default_str();
   c->add_option("--port", o.port, "Port (0 = any free port)")->capture_default_str();
   c->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
-  c->add_option("--threads", a->threads, "Compute threads (default: all cores)");
+  add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_offload_flags(c, a->offload);
   c->add_option("--skip-threshold", a->skip_threshold,

@@ -72,7 +72,7 @@ train::TrainSummary run_train_ranks(TrainArgs& a, double limit_s, const dist::Pa
 }
 
 int run_train(TrainArgs& a) {
-  if (a.threads > 0) set_num_threads(a.threads);
+  apply_threads(a.threads);
   const double limit_s = a.time_limit_min * 60.0;
   const std::unique_ptr<dist::ParallelGroups> par = make_parallel(a);
   train::TrainSummary s;
@@ -123,7 +123,7 @@ void register_train(CLI::App& app, Registry& reg) {
   c->add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
   c->add_option("--clip", o.grad_clip, "Gradient clipping max norm (0 = off)")->capture_default_str();
   c->add_flag("--bf16", o.bf16, "bf16 compute for the dense linear layers (f32 master weights and experts)");
-  c->add_option("--seed", o.seed, "Seed of init, data order and router jitter")->capture_default_str();
+  add_seed_flag(c, o.seed, "init, data order and router jitter");
   c->add_option("--log-every", o.log_every, "Progress line every N steps")->capture_default_str();
   c->add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = at the end)")->capture_default_str();
   c->add_option("--eval-batches", o.eval_batches, "Validation batches per evaluation")->capture_default_str();
@@ -131,7 +131,7 @@ void register_train(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   c->add_option("--time-limit", a->time_limit_min, "Stop with a checkpoint after this many minutes (0 = none)");
   c->add_option("--halt-after", o.halt_after, "Stop with a checkpoint after N steps of this invocation");
-  c->add_option("--threads", a->threads, "Threads (default: all cores, or MOE_NUM_THREADS)");
+  add_threads_flag(c, a->threads);
   c->add_flag("--quiet", o.quiet, "No progress lines");
   c->add_option("--expert-parallel", a->expert_parallel,
                 "Under mpirun: shard the experts over groups of this many ranks (the rest is data parallel)")

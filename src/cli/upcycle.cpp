@@ -52,8 +52,8 @@ void register_upcycle(CLI::App& app, Registry& reg) {
   c->add_option("--top-k", a->opt.top_k, "Copies per token")->capture_default_str();
   c->add_option("--split", a->opt.split, "Cut each copy into this many finer experts")->capture_default_str();
   c->add_option("--keep-dense", a->opt.keep_dense, "qwen: layers that stay dense")->delimiter(',');
-  c->add_option("--seed", a->opt.seed, "Router init seed")->capture_default_str();
-  c->add_flag("--json", a->json, "Print one JSON object");
+  add_seed_flag(c, a->opt.seed, "the router init");
+  add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_upcycle(*a); }; });
 }
 
