@@ -26,7 +26,7 @@ class OpsGrad : public testing::TestWithParam<Backend> {
   void SetUp() override {
     if (GetParam() == Backend::Cuda) {
       GTEST_SKIP() << "skipped: grad mode runs in double and the cuda backend is float-only "
-                      "(its backward ops are checked against Ref by Ops/OpsBackend.MatchesRef/cuda)";
+                      "(its backward ops are checked against Ref by Ops/OpsCase.MatchesRef/*__cuda)";
     }
   }
 };
