@@ -5,6 +5,7 @@
 #include "cli/common.h"
 #include "moe/core/parallel.h"
 #include "moe/dist/comm.h"
+#include "moe/kernels/isa.h"
 #include "moe/kernels/ops.h"
 
 namespace moe::cli {
@@ -50,6 +51,7 @@ int run_version() {
   if (dist::nccl_compiled()) std::cout << " nccl";
   std::cout << "\n";
   std::cout << "threads: " << num_threads() << "\n";
+  std::cout << "cpu instruction sets: " << kernels::cpu_isa_summary() << "\n";
   if (g_ops) print_ops();
   return kExitOk;
 }

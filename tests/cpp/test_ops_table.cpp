@@ -11,6 +11,7 @@
 
 #include "moe/core/error.h"
 #include "moe/kernels/context.h"
+#include "moe/kernels/isa.h"
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
@@ -171,6 +172,46 @@ TEST(OpContext, CudaContextWithoutGpuFailsClearly) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("activation: "), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("cuda backend is not available"), std::string::npos) << e.what();
+  }
+}
+
+// One registry of instruction sets: a cap applies to every family (each takes its best set under
+// it), one family can be set alone, and names are checked against the family and the CPU.
+TEST(CpuIsa, OneRegistryForEveryFamily) {
+  struct Restore {
+    std::string f32 = kernels::gemm_isa(), bf16 = kernels::gemm_bf16_isa(), quant = kernels::gemm_quant_isa();
+    ~Restore() {
+      kernels::set_gemm_isa(f32);
+      kernels::set_gemm_bf16_isa(bf16);
+      kernels::set_gemm_quant_isa(quant);
+    }
+  } restore;
+  EXPECT_EQ(kernels::cpu_isa_names().front(), "generic");
+  EXPECT_TRUE(kernels::cpu_isa_supported("generic"));
+  EXPECT_FALSE(kernels::cpu_isa_supported("sse9"));
+  kernels::set_cpu_isa("generic");
+  EXPECT_EQ(kernels::cpu_isa_summary(), "f32 generic, bf16 generic, int8/int4 generic");
+  if (kernels::cpu_isa_supported("avx2")) {
+    kernels::set_cpu_isa("avx2");
+    EXPECT_EQ(kernels::cpu_isa_summary(), "f32 avx2, bf16 avx2, int8/int4 avx2");
+  }
+  if (kernels::cpu_isa_supported("avx512bf16")) {
+    kernels::set_cpu_isa("avx512bf16");  // the f32 and quantized families top out at avx512
+    EXPECT_EQ(kernels::cpu_isa_summary(), "f32 avx512, bf16 avx512bf16, int8/int4 avx512");
+  }
+  kernels::set_cpu_isa("generic");
+  kernels::set_gemm_bf16_isa(restore.bf16);  // one family alone
+  EXPECT_EQ(std::string(kernels::gemm_isa()), "generic");
+  EXPECT_EQ(std::string(kernels::gemm_bf16_isa()), restore.bf16);
+  EXPECT_THROW(kernels::set_cpu_isa("sse9"), Error);
+  EXPECT_FALSE(kernels::gemm_isa_supported("avx512bf16"));  // no f32 kernel of that name
+  try {
+    kernels::set_gemm_quant_isa("avx512bf16");
+    ADD_FAILURE() << "no moe::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("gemm_qw: unknown instruction set 'avx512bf16' (expected generic, avx2 or avx512)"),
+              std::string::npos)
+        << e.what();
   }
 }
 

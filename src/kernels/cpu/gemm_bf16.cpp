@@ -28,6 +28,7 @@
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "kernels/cpu/act_inline.h"
+#include "kernels/cpu/isa.h"
 #include "moe/kernels/ops_bf16.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
@@ -475,40 +476,6 @@ __attribute__((target("avx512f,avx512bf16"))) void tile_avx512bf16(const Problem
   tile_impl<KernAvx512Bf16>(p, i0, i1, j0, j1);
 }
 
-enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kIsaCount = 4 };
-const char* const kIsaNames[kIsaCount] = {"generic", "avx2", "avx512", "avx512bf16"};
-
-bool supported(int isa) {
-  __builtin_cpu_init();
-  switch (isa) {
-    case kGeneric:
-      return true;
-    case kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case kAvx512:
-      return __builtin_cpu_supports("avx512f");
-    case kAvx512Bf16:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
-  }
-  return false;
-}
-
-int best_isa() {
-  for (int isa = kIsaCount - 1; isa > kGeneric; --isa) {
-    if (supported(isa)) return isa;
-  }
-  return kGeneric;
-}
-
-std::atomic<int> g_isa{best_isa()};
-
-int isa_index(const std::string& name) {
-  for (int i = 0; i < kIsaCount; ++i) {
-    if (name == kIsaNames[i]) return i;
-  }
-  return -1;
-}
-
 void run_tile(int isa, const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
   switch (isa) {
     case kAvx512Bf16:
@@ -560,7 +527,7 @@ void grouped_gemm_bf16w(const GroupedGemmBf16Args& g) {
       }
     }
   }
-  const int isa = g_isa.load(std::memory_order_relaxed);
+  const int isa = cpu::isa(Family::Bf16);
   parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
     const Tile& tile = tiles[static_cast<size_t>(t)];
     run_tile(isa, problems[static_cast<size_t>(tile.problem)], tile.i0, tile.i1, tile.j0, tile.j1);
@@ -568,22 +535,3 @@ void grouped_gemm_bf16w(const GroupedGemmBf16Args& g) {
 }
 
 }  // namespace moe::kernels::cpu
-
-namespace moe::kernels {
-
-const char* gemm_bf16_isa() { return cpu::kIsaNames[cpu::g_isa.load()]; }
-
-bool gemm_bf16_isa_supported(const std::string& name) {
-  const int i = cpu::isa_index(name);
-  return i >= 0 && cpu::supported(i);
-}
-
-void set_gemm_bf16_isa(const std::string& name) {
-  const int i = cpu::isa_index(name);
-  MOE_CHECK(i >= 0, "gemm_bf16w: unknown instruction set '", name,
-            "' (expected generic, avx2, avx512 or avx512bf16)");
-  MOE_CHECK(cpu::supported(i), "gemm_bf16w: instruction set '", name, "' is not supported by this CPU");
-  cpu::g_isa.store(i);
-}
-
-}  // namespace moe::kernels

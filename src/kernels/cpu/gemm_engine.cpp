@@ -1,6 +1,7 @@
 // The blocked GEMM engine: packing, the register-tiled micro-kernel and one output tile.
 // See gemm_engine.h for the blocking scheme and why it is deterministic.
 #include "kernels/cpu/gemm_engine.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/act_inline.h"
 
 #include <immintrin.h>
@@ -374,59 +375,13 @@ __attribute__((target("avx512f"))) void tile_avx512(const GemmProblem<T>& p, int
   tile_impl<T, 6, 128 / static_cast<int>(sizeof(T)), 64>(p, i0, i1, j0, j1, C, ldc);
 }
 
-enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-const char* const kIsaNames[] = {"generic", "avx2", "avx512"};
-
-bool supported(int isa) {
-  __builtin_cpu_init();
-  switch (isa) {
-    case kGeneric:
-      return true;
-    case kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case kAvx512:
-      return __builtin_cpu_supports("avx512f");
-  }
-  return false;
-}
-
-int best_isa() {
-  for (int isa = kAvx512; isa > kGeneric; --isa) {
-    if (supported(isa)) return isa;
-  }
-  return kGeneric;
-}
-
-std::atomic<int> g_isa{best_isa()};
-
-int isa_index(const std::string& name) {
-  for (int i = 0; i < 3; ++i) {
-    if (name == kIsaNames[i]) return i;
-  }
-  return -1;
-}
-
 }  // namespace
-
-const char* gemm_isa() { return kIsaNames[g_isa.load()]; }
-
-bool gemm_isa_supported(const std::string& name) {
-  const int i = isa_index(name);
-  return i >= 0 && supported(i);
-}
-
-void set_gemm_isa(const std::string& name) {
-  const int i = isa_index(name);
-  MOE_CHECK(i >= 0, "gemm: unknown instruction set '", name, "' (expected generic, avx2 or avx512)");
-  MOE_CHECK(supported(i), "gemm: instruction set '", name, "' is not supported by this CPU");
-  g_isa.store(i);
-}
 
 namespace {
 
 template <typename T>
 void tile_dispatch(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* C, int64_t ldc) {
-  switch (g_isa.load(std::memory_order_relaxed)) {
+  switch (isa(Family::F32)) {
     case kAvx512:
       return tile_avx512(p, i0, i1, j0, j1, C, ldc);
     case kAvx2:

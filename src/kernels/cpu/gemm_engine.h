@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <string>
 
+#include "moe/kernels/isa.h"
 #include "moe/kernels/ops.h"
 
 namespace moe::kernels::cpu {
@@ -83,11 +84,10 @@ void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int6
 template <typename T>
 void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* out, int64_t ldo);
 
-// Instruction set of the micro-kernel: "generic", "avx2" (with FMA) or "avx512". The best one the
-// machine supports is picked at start-up; set_gemm_isa (for tests and benchmarks) throws
-// moe::Error on a name that is unknown or not supported here.
-const char* gemm_isa();
-void set_gemm_isa(const std::string& name);
-bool gemm_isa_supported(const std::string& name);
+// Instruction set of the micro-kernel ("generic", "avx2" with FMA, "avx512"): the f32 family of the
+// one registry (moe/kernels/isa.h), named here too for the engine's callers.
+using kernels::gemm_isa;
+using kernels::gemm_isa_supported;
+using kernels::set_gemm_isa;
 
 }  // namespace moe::kernels::cpu

@@ -28,6 +28,7 @@
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "kernels/cpu/isa.h"
 #include "moe/kernels/ops_quant.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
@@ -248,39 +249,6 @@ struct Vx {
 
 }  // namespace avx512_isa
 
-enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kIsaCount = 3 };
-const char* const kIsaNames[kIsaCount] = {"generic", "avx2", "avx512"};
-
-bool supported(int isa) {
-  __builtin_cpu_init();
-  switch (isa) {
-    case kGeneric:
-      return true;
-    case kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
-    case kAvx512:
-      return __builtin_cpu_supports("avx512f") && supported(kAvx2);
-  }
-  return false;
-}
-
-int best_isa() {
-  for (int isa = kIsaCount - 1; isa > kGeneric; --isa) {
-    if (supported(isa)) return isa;
-  }
-  return kGeneric;
-}
-
-std::atomic<int> g_isa{best_isa()};
-
-int isa_index(const std::string& name) {
-  for (int i = 0; i < kIsaCount; ++i) {
-    if (name == kIsaNames[i]) return i;
-  }
-  return -1;
-}
-
 }  // namespace
 
 void gemm_qw(const GemmQuantArgs& g) {
@@ -301,7 +269,7 @@ void gemm_qw(const GemmQuantArgs& g) {
   x.C = g.C;
   x.ldc = g.ldc;
   x.beta = g.beta;
-  const int isa = g_isa.load(std::memory_order_relaxed);
+  const int isa = cpu::isa(Family::Quant);
   const int64_t blocks = (x.N + kNB - 1) / kNB;
   // At least ~2^18 multiply-adds per thread: smaller calls are not worth waking a thread for.
   const int64_t per_block = std::max<int64_t>(1, x.M * x.K * kNB);
@@ -319,21 +287,3 @@ void gemm_qw(const GemmQuantArgs& g) {
 }
 
 }  // namespace moe::kernels::cpu
-
-namespace moe::kernels {
-
-const char* gemm_quant_isa() { return cpu::kIsaNames[cpu::g_isa.load()]; }
-
-bool gemm_quant_isa_supported(const std::string& name) {
-  const int i = cpu::isa_index(name);
-  return i >= 0 && cpu::supported(i);
-}
-
-void set_gemm_quant_isa(const std::string& name) {
-  const int i = cpu::isa_index(name);
-  MOE_CHECK(i >= 0, "gemm_qw: unknown instruction set '", name, "' (expected generic, avx2 or avx512)");
-  MOE_CHECK(cpu::supported(i), "gemm_qw: instruction set '", name, "' is not supported by this CPU");
-  cpu::g_isa.store(i);
-}
-
-}  // namespace moe::kernels

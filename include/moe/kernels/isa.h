@@ -1,0 +1,24 @@
+// The CPU instruction sets of the kernels: one registry for every kernel family, chosen at run time
+// from CPUID (src/kernels/cpu/isa.h). Names: "generic", "avx2", "avx512", "avx512bf16".
+//
+//   cpu_isa_summary()        "f32 avx512, bf16 avx512bf16, int8/int4 avx512" (what runs now)
+//   set_cpu_isa("avx2")      caps every family at avx2 (each takes its best set <= the cap)
+//   set_gemm_bf16_isa(...)   one family exactly (tests and benchmarks of that family)
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace moe::kernels {
+
+std::vector<std::string> cpu_isa_names();              // every known name, lowest first
+bool cpu_isa_supported(const std::string& name);       // a known name that this CPU runs
+void set_cpu_isa(const std::string& cap);              // throws moe::Error on unknown or unsupported
+std::string cpu_isa_summary();
+
+// Per family: the f32 GEMM engine (gemm, grouped_gemm and the fused FFN ops: generic, avx2, avx512).
+const char* gemm_isa();
+void set_gemm_isa(const std::string& name);
+bool gemm_isa_supported(const std::string& name);
+
+}  // namespace moe::kernels
