@@ -25,8 +25,8 @@
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/train/data.h"
+#include "moe/train/svg.h"
 #include "moe/train/tokenizer.h"
-#include "train/report_svg.h"
 
 namespace moe::cli {
 
