@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes src/train/unicode_classes.inc: the character classes of the GPT-2 pre-tokenisation pattern.
+"""Writes src/text/unicode_classes.inc: the character classes of the GPT-2 pre-tokenisation pattern.
 
 The pre-tokenizer patterns (GPT-2, Qwen2/Llama-3, DeepSeek-V3) need \\p{L} (letters), \\p{N} (numbers),
 \\p{M} (marks), \\p{P} (punctuation), \\p{S} (symbols) and \\s (Unicode White_Space). C++ has no Unicode category lookup (std::regex has no \\p{..}), so the classes
@@ -66,7 +66,7 @@ def main():
     for i in range(0, len(items), 6):
         lines.append(" ".join(items[i:i + 6]))
     lines.append("#endif")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "train", "unicode_classes.inc")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "text", "unicode_classes.inc")
     with open(path, "w", encoding="ascii") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {len(entries)} ranges to {os.path.normpath(path)}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes src/train/unicode_nfc.inc: the tables of Unicode NFC normalization (src/train/normalize.cpp).
+"""Writes src/text/unicode_nfc.inc: the tables of Unicode NFC normalization (src/text/normalize.cpp).
 
 Hugging Face tokenizers with an NFC normalizer (Qwen2, GPT-NeoX/OLMoE) compose text before they
 split it. C++ has no normalization, so the three tables NFC needs come from Python's unicodedata:
@@ -56,7 +56,7 @@ def main():
     lines += ["#endif", "#ifdef MOE_NFC_COMPOSE"]
     lines += rows([f"{{0x{a:X},0x{b:X},0x{c:X}}}," for a, b, c in compose], 6)
     lines += ["#endif"]
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "train", "unicode_nfc.inc")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "text", "unicode_nfc.inc")
     with open(path, "w", encoding="ascii") as f:
         f.write("\n".join(lines) + "\n")
     print(f"wrote {len(ccc)} ccc ranges, {len(decomp)} decompositions, {len(compose)} compositions")

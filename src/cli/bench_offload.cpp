@@ -24,9 +24,9 @@
 #include "cli/offload_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
-#include "moe/train/tokenizer.h"
-#include "train/report_svg.h"
+#include "moe/train/svg.h"
 
 namespace moe::cli {
 
@@ -226,7 +226,7 @@ int run_bench_offload(const BenchOffloadArgs& a) {
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "bench offload: no tokenizer.json next to the model in '", dir, "'");
-  const std::vector<int32_t> text = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.prompts));
+  const std::vector<int32_t> text = text::Tokenizer::load(tp).encode(train::read_text_corpus(a.prompts));
   // prompts: consecutive windows spread evenly over the text
   std::vector<std::vector<int32_t>> prompts;
   const int64_t n = static_cast<int64_t>(text.size());

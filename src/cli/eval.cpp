@@ -16,8 +16,8 @@
 #include "moe/core/parallel.h"
 #include "moe/infer/compare.h"
 #include "moe/model/transformer.h"
+#include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
-#include "moe/train/tokenizer.h"
 
 namespace moe::cli {
 namespace {
@@ -79,11 +79,11 @@ int run_eval(const EvalArgs& a) {
     const std::string tp = find_tokenizer(dir);
     MOE_CHECK(!tp.empty(), "eval: --data needs a tokenizer.json next to the model in '", dir, "'; use --tokens");
     const std::string text = train::read_text_corpus(a.data);
-    toks = train::Tokenizer::load(tp).encode(text);
+    toks = text::Tokenizer::load(tp).encode(text);
     if (!base_dir.empty()) {
       const std::string btp = find_tokenizer(base_dir);
       MOE_CHECK(!btp.empty(), "eval: --compare: no tokenizer.json next to the base model in '", base_dir, "'");
-      MOE_CHECK(train::Tokenizer::load(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp, "' and '",
+      MOE_CHECK(text::Tokenizer::load(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp, "' and '",
                 btp, "' encode --data differently; the models must share a tokenizer");
     }
   } else {

@@ -16,8 +16,8 @@
 #include "moe/core/parallel.h"
 #include "moe/infer/expert_predictor.h"
 #include "moe/infer/expert_store.h"
+#include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
-#include "moe/train/tokenizer.h"
 
 namespace moe::cli {
 namespace {
@@ -70,7 +70,7 @@ int run_predictor(const PredictorArgs& a) {
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "predictor: no tokenizer.json next to the model in '", dir, "'");
   MOE_CHECK(fs::exists(a.calibration), "predictor: calibration file '", a.calibration, "' does not exist");
-  std::vector<int32_t> toks = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
+  std::vector<int32_t> toks = text::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
   const model::ModelConfig mc = model::load_model_config(dir + "/config.json");
   int64_t n_moe = 0;
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) n_moe += mc.is_moe_layer(l) ? 1 : 0;

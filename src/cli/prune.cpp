@@ -13,8 +13,8 @@
 #include "moe/core/parallel.h"
 #include "moe/infer/calibrate.h"
 #include "moe/model/prune.h"
+#include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
-#include "moe/train/tokenizer.h"
 
 namespace moe::cli {
 namespace {
@@ -39,7 +39,7 @@ int run_prune(const PruneArgs& a) {
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "prune: no tokenizer.json next to the model in '", dir, "'");
   MOE_CHECK(fs::exists(a.calibration), "prune: calibration file '", a.calibration, "' does not exist");
-  const std::vector<int32_t> toks = train::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
+  const std::vector<int32_t> toks = text::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
   MOE_CHECK(!toks.empty(), "prune: calibration file '", a.calibration, "' gives no tokens");
 
   const model::Transformer m = model::load_pretrained(dir);

@@ -19,7 +19,7 @@
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/infer/server.h"
-#include "moe/train/tokenizer.h"
+#include "moe/text/tokenizer.h"
 
 namespace moe::cli {
 namespace {
@@ -42,8 +42,8 @@ std::string token_text(const nlohmann::json& v) {
 
 // The chat template: --chat-template, else tokenizer_config.json's chat_template, else the
 // model family's when the tokenizer has its tokens, else plain.
-infer::ChatTemplate choose_template(const std::string& name, const std::string& tokenizer_path,
-                                    const model::ModelConfig& cfg, const train::Tokenizer& tok) {
+text::ChatTemplate choose_template(const std::string& name, const std::string& tokenizer_path,
+                                    const model::ModelConfig& cfg, const text::Tokenizer& tok) {
   namespace fs = std::filesystem;
   nlohmann::json tc;
   const fs::path tc_path = fs::path(tokenizer_path).parent_path() / "tokenizer_config.json";
@@ -55,10 +55,10 @@ infer::ChatTemplate choose_template(const std::string& name, const std::string& 
       throw Error(cat(tc_path.string(), ": invalid JSON: ", e.what()));
     }
   }
-  infer::ChatFormat fmt = infer::ChatFormat::Plain;
+  text::ChatFormat fmt = text::ChatFormat::Plain;
   bool known = false;
   if (!name.empty()) {
-    fmt = infer::chat_format_from_name(name);
+    fmt = text::chat_format_from_name(name);
     known = true;
   }
   if (!known && tc.is_object() && tc.contains("chat_template")) {
@@ -69,27 +69,27 @@ infer::ChatTemplate choose_template(const std::string& name, const std::string& 
       for (const auto& x : ct)
         if (x.is_object() && x.value("name", "") == "default" && x.contains("template") && x["template"].is_string())
           jinja = x["template"].get<std::string>();
-    known = infer::chat_format_from_jinja(jinja, &fmt);
+    known = text::chat_format_from_jinja(jinja, &fmt);
   }
   if (!known) {
-    infer::ChatFormat family = infer::ChatFormat::Plain;
+    text::ChatFormat family = text::ChatFormat::Plain;
     switch (cfg.arch) {
-      case model::Arch::Qwen2Moe: family = infer::ChatFormat::Qwen2; break;
-      case model::Arch::Qwen3Moe: family = infer::ChatFormat::ChatMl; break;
-      case model::Arch::Mixtral: family = infer::ChatFormat::Mistral; break;
-      case model::Arch::Olmoe: family = infer::ChatFormat::Tulu; break;
-      case model::Arch::DeepseekV3: family = infer::ChatFormat::DeepSeek; break;
+      case model::Arch::Qwen2Moe: family = text::ChatFormat::Qwen2; break;
+      case model::Arch::Qwen3Moe: family = text::ChatFormat::ChatMl; break;
+      case model::Arch::Mixtral: family = text::ChatFormat::Mistral; break;
+      case model::Arch::Olmoe: family = text::ChatFormat::Tulu; break;
+      case model::Arch::DeepseekV3: family = text::ChatFormat::DeepSeek; break;
     }
     // Models trained here are qwen3_moe without chat tokens: those get the plain format.
-    const infer::ChatTemplate t = infer::default_chat_template(family);
-    if (family != infer::ChatFormat::Plain && tok.token_id(t.end_of_turn()) >= 0) fmt = family;
+    const text::ChatTemplate t = text::default_chat_template(family);
+    if (family != text::ChatFormat::Plain && tok.token_id(t.end_of_turn()) >= 0) fmt = family;
   }
-  infer::ChatTemplate t = infer::default_chat_template(fmt);
+  text::ChatTemplate t = text::default_chat_template(fmt);
   if (tc.is_object()) {
     if (tc.contains("bos_token") && !tc["bos_token"].is_null()) t.bos_token = token_text(tc["bos_token"]);
     if (tc.contains("eos_token") && !tc["eos_token"].is_null()) t.eos_token = token_text(tc["eos_token"]);
   }
-  if (fmt == infer::ChatFormat::Plain && tok.eos_id() >= 0) t.eos_token = tok.token_bytes(tok.eos_id());
+  if (fmt == text::ChatFormat::Plain && tok.eos_id() >= 0) t.eos_token = tok.token_bytes(tok.eos_id());
   return t;
 }
 
@@ -108,11 +108,11 @@ int run_serve(ServeArgs& a) {
   if (a.opt.api_key.empty())
     if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
   a.opt.validate();
-  if (!a.chat_template.empty()) infer::chat_format_from_name(a.chat_template);  // a bad name fails first
+  if (!a.chat_template.empty()) text::chat_format_from_name(a.chat_template);  // a bad name fails first
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");
-  train::Tokenizer tok = train::Tokenizer::load(tp);
+  text::Tokenizer tok = text::Tokenizer::load(tp);
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
   model::Transformer& m = *im.model;
   m.set_expert_skip_threshold(a.skip_threshold);
@@ -121,7 +121,7 @@ int run_serve(ServeArgs& a) {
   const model::ModelConfig& cfg = m.config();
   MOE_CHECK(tok.vocab_size() <= cfg.vocab_size, "serve: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", cfg.vocab_size);
-  const infer::ChatTemplate chat = choose_template(a.chat_template, tp, cfg, tok);
+  const text::ChatTemplate chat = choose_template(a.chat_template, tp, cfg, tok);
   std::vector<int32_t> stop_ids;
   auto add_stop = [&](int64_t id) {
     if (id >= 0 && id < cfg.vocab_size && std::find(stop_ids.begin(), stop_ids.end(), id) == stop_ids.end())
@@ -146,7 +146,7 @@ int run_serve(ServeArgs& a) {
     server.stop();
   });
   std::cerr << "moe serve: " << model::arch_name(cfg.arch) << " model '" << a.opt.served_model_name << "', context "
-            << cfg.max_position_embeddings << ", chat template " << infer::chat_format_name(chat.format) << ", "
+            << cfg.max_position_embeddings << ", chat template " << text::chat_format_name(chat.format) << ", "
             << num_threads() << " threads" << (a.opt.api_key.empty() ? "" : ", API key required") << "\n";
   std::cout << "listening on http://" << a.opt.host << ":" << port << std::endl;
   server.run();

@@ -52,8 +52,8 @@ std::string random_id(const char* prefix) {
 
 struct Server::Impl {
   const model::Transformer& model;
-  train::Tokenizer tok;
-  ChatTemplate chat;
+  text::Tokenizer tok;
+  text::ChatTemplate chat;
   std::vector<int32_t> stop_ids;
   std::vector<char> hidden;  // per model token id: prints nothing (stop ids, special tokens, padding ids)
   ServerOptions opt;
@@ -70,7 +70,7 @@ struct Server::Impl {
   int64_t rate_tokens = 0;
   double rate = 0;
 
-  Impl(const model::Transformer& m, train::Tokenizer t, ChatTemplate c, std::vector<int32_t> stops, ServerOptions o)
+  Impl(const model::Transformer& m, text::Tokenizer t, text::ChatTemplate c, std::vector<int32_t> stops, ServerOptions o)
       : model(m), tok(std::move(t)), chat(std::move(c)), stop_ids(std::move(stops)), opt(std::move(o)) {
     opt.validate();
     ctx = model.config().max_position_embeddings;
@@ -78,7 +78,7 @@ struct Server::Impl {
     const int64_t V = model.config().vocab_size;
     hidden.assign(static_cast<size_t>(V), 0);
     for (int64_t i = tok.vocab_size(); i < V; ++i) hidden[static_cast<size_t>(i)] = 1;
-    for (const train::AddedToken& a : tok.added_tokens())
+    for (const text::AddedToken& a : tok.added_tokens())
       if (a.special && a.id >= 0 && a.id < V) hidden[static_cast<size_t>(a.id)] = 1;
     for (int32_t s : stop_ids)
       if (s >= 0 && s < V) hidden[static_cast<size_t>(s)] = 1;
@@ -111,7 +111,7 @@ std::vector<int32_t> Server::Impl::prompt_tokens(const CompletionParams& p) cons
   if (p.chat) {
     std::string text;
     try {
-      text = apply_chat_template(chat, p.messages);
+      text = text::apply_chat_template(chat, p.messages);
     } catch (const ApiError&) {
       throw;
     } catch (const Error& e) {
@@ -126,7 +126,7 @@ std::vector<int32_t> Server::Impl::prompt_tokens(const CompletionParams& p) cons
                        "invalid_request_error", "prompt");
     ids = p.prompt_tokens;
   } else {
-    train::EncodeOptions eo;
+    text::EncodeOptions eo;
     eo.add_special_tokens = true;  // as Hugging Face tokenizers do by default: BOS for Mixtral, DeepSeek-V3
     ids = tok.encode(p.prompt, eo);
   }
@@ -376,7 +376,7 @@ void Server::Impl::routes() {
   });
 }
 
-Server::Server(const model::Transformer& m, train::Tokenizer tok, ChatTemplate chat, std::vector<int32_t> stop_ids,
+Server::Server(const model::Transformer& m, text::Tokenizer tok, text::ChatTemplate chat, std::vector<int32_t> stop_ids,
                ServerOptions opt)
     : impl_(std::make_unique<Impl>(m, std::move(tok), std::move(chat), std::move(stop_ids), std::move(opt))) {}
 

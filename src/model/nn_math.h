@@ -7,11 +7,11 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cpu/act_inline.h"
+#include "moe/kernels/math_inline.h"
 
 namespace moe::nn::detail {
 
-using kernels::cpu::exp_nonpositive;  // exp(x) in float for x <= 0, vectorisable (kernels/cpu/act_inline.h)
+using kernels::exp_nonpositive;  // exp(x) in float for x <= 0, vectorisable (moe/kernels/math_inline.h)
 
 // x[j] = exp(x[j] − shift) for j < n, with shift >= every x[j] (so the arguments are <= 0).
 inline void exp_shifted(float* x, int64_t n, float shift) {

@@ -39,7 +39,7 @@ Tensor select_rows(const Tensor& t, const std::vector<int64_t>& idx) {
 }
 
 // The `n` best experts among `cand` by (weight desc, count desc, index asc).
-std::vector<int64_t> best_of(const infer::LayerUsage& u, std::vector<int64_t> cand, int64_t n) {
+std::vector<int64_t> best_of(const LayerUsage& u, std::vector<int64_t> cand, int64_t n) {
   std::stable_sort(cand.begin(), cand.end(), [&u](int64_t a, int64_t b) {
     if (u.weight[a] != u.weight[b]) return u.weight[a] > u.weight[b];
     if (u.count[a] != u.count[b]) return u.count[a] > u.count[b];
@@ -51,7 +51,7 @@ std::vector<int64_t> best_of(const infer::LayerUsage& u, std::vector<int64_t> ca
 
 }  // namespace
 
-PrunePlan plan_prune(const ModelConfig& c, const infer::ExpertUsage& usage, int64_t keep) {
+PrunePlan plan_prune(const ModelConfig& c, const ExpertUsage& usage, int64_t keep) {
   const MoEConfig mc = c.moe_layer_config();
   const int64_t E = c.num_experts, k = c.num_experts_per_tok;
   MOE_CHECK(mc.router.routing == RouterType::TokenChoice, "prune: the router is '",
@@ -78,7 +78,7 @@ PrunePlan plan_prune(const ModelConfig& c, const infer::ExpertUsage& usage, int6
   plan.config.validate();
 
   for (size_t i = 0; i < moe_layers.size(); ++i) {
-    const infer::LayerUsage& u = usage.layers[i];
+    const LayerUsage& u = usage.layers[i];
     MOE_CHECK(u.layer == moe_layers[i], "prune: usage entry ", i, " is layer ", u.layer,
               ", expected MoE layer ", moe_layers[i]);
     MOE_CHECK(static_cast<int64_t>(u.count.size()) == E && static_cast<int64_t>(u.weight.size()) == E,

@@ -123,8 +123,9 @@ QuantConfig parse_quant_config(const ojson& q, const std::string& what) {
   return c;
 }
 
-// Routing weight per expert of each MoE layer, from infer::save_expert_usage's JSON
-// ({"tokens": N, "layers": [{"layer": l, "count": [...], "weight": [...]}, ...]}), by layer index.
+// Routing weight per expert of each MoE layer, from save_expert_usage's JSON
+// (moe/model/expert_usage.h: {"tokens": N, "layers": [{"layer": l, "count": [...], "weight": [...]},
+// ...]}), by layer index.
 std::map<int64_t, std::vector<double>> read_usage_weights(const std::string& path) {
   const ojson j = read_json_file(path);
   MOE_CHECK(

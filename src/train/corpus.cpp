@@ -4,8 +4,8 @@
 #include <filesystem>
 #include <system_error>
 
-#include "io_util.h"
 #include "moe/core/error.h"
+#include "moe/core/file_io.h"
 #include "moe/train/data.h"
 
 namespace moe::train {
@@ -48,12 +48,12 @@ std::vector<int64_t> token_counts(const TokenShard& shard, int64_t vocab_size) {
 
 std::string read_text_corpus(const std::string& path) {
   std::error_code ec;
-  if (!fs::is_directory(path, ec)) return detail::read_file(path, cat("corpus file '", path, "'"));
+  if (!fs::is_directory(path, ec)) return io::read_file(path, cat("corpus file '", path, "'"));
   const std::vector<fs::path> files = sorted_files(path);
   MOE_CHECK(!files.empty(), "corpus directory '", path, "' holds no regular files");
   std::string text;
   for (const fs::path& f : files) {
-    text += detail::read_file(f.string(), cat("corpus file '", f.string(), "'"));
+    text += io::read_file(f.string(), cat("corpus file '", f.string(), "'"));
     if (!text.empty() && text.back() != '\n') text.push_back('\n');
   }
   return text;
@@ -72,7 +72,7 @@ std::string fortunes_corpus(const std::string& dir) {
             dir, "' (expected the ~45 of the full package): ", install_hint());
   std::string text;
   for (const fs::path& f : files) {
-    const std::string body = detail::read_file(f.string(), cat("fortune file '", f.string(), "'"));
+    const std::string body = io::read_file(f.string(), cat("fortune file '", f.string(), "'"));
     // Copy line by line; a line that is exactly "%" (the separator) becomes an empty line.
     for (size_t pos = 0; pos < body.size();) {
       size_t end = body.find('\n', pos);
@@ -101,7 +101,7 @@ size_t validation_split(std::string_view text, double val_fraction) {
   return target;
 }
 
-PrepareResult prepare_shards(std::string_view text, const Tokenizer& tok, const std::string& train_path,
+PrepareResult prepare_shards(std::string_view text, const text::Tokenizer& tok, const std::string& train_path,
                              const std::string& val_path, const PrepareOptions& opts) {
   std::string train_text, val_text;
   if (opts.val_every > 0) {

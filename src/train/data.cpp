@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "io_util.h"
 #include "moe/core/error.h"
+#include "moe/core/file_io.h"
 #include "moe/core/rng.h"
 
 namespace moe::train {
@@ -49,7 +49,7 @@ void write_shard(const std::string& path, const std::vector<int32_t>& tokens, in
   std::memcpy(header + 12, &dtype, 4);
   std::memcpy(header + 16, &count, 8);
   std::memcpy(header + 24, &vocab, 4);
-  detail::write_file_atomic(path, where(path), [&](std::ostream& out) {
+  io::write_file_atomic(path, where(path), [&](std::ostream& out) {
     out.write(reinterpret_cast<const char*>(header), kShardHeaderBytes);
     if (dtype == 4) {
       out.write(reinterpret_cast<const char*>(tokens.data()),

@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/core/error.h"
+#include "moe/core/file_io.h"
 #include "moe/model/safetensors.h"
-#include "train/io_util.h"
 
 namespace moe::train::par {
 
@@ -175,9 +175,9 @@ void save_sharded(const dist::ParallelGroups& g, const model::Transformer& m, co
             }
         }
         const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
-        detail::write_file_atomic((fs::path(dir) / "model.safetensors.index.json").string(), "checkpoint index",
+        io::write_file_atomic((fs::path(dir) / "model.safetensors.index.json").string(), "checkpoint index",
                                   [&](std::ostream& f) { f << index.dump(2) << "\n"; });
-        detail::write_file_atomic((fs::path(dir) / "config.json").string(), "config.json",
+        io::write_file_atomic((fs::path(dir) / "config.json").string(), "config.json",
                                   [&](std::ostream& f) { f << model::to_json(cfg) << "\n"; });
       }
     } catch (const std::exception& e) {

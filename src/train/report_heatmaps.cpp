@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "moe/core/error.h"
-#include "train/report_svg.h"
+#include "moe/train/svg.h"
 
 namespace moe::train {
 namespace {

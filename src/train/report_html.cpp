@@ -10,8 +10,8 @@
 
 #include "moe/core/error.h"
 #include "moe/train/report.h"
+#include "moe/train/svg.h"
 #include "train/report_heatmaps.h"
-#include "train/report_svg.h"
 
 namespace moe::train {
 namespace {

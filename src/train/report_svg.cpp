@@ -1,5 +1,5 @@
 // Inline SVG line plots and heat maps for the training report (see report_svg.h).
-#include "train/report_svg.h"
+#include "moe/train/svg.h"
 
 #include <algorithm>
 #include <array>

@@ -18,9 +18,9 @@
 #include "moe/core/error.h"
 #include "moe/model/safetensors.h"
 #include "moe/model/transformer.h"
+#include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
 #include "moe/train/optim.h"
-#include "moe/train/tokenizer.h"
 #include "train/parallel.h"
 
 namespace moe::train {
@@ -91,7 +91,7 @@ struct Run {
   int world = 1, wrank = 0;                   // ranks, this rank
   TrainOptions opt;
   fs::path dir;
-  Tokenizer tok;
+  text::Tokenizer tok;
   TokenShard train_shard, val_shard;
   std::unique_ptr<model::Transformer> model;
   std::unique_ptr<AdamW> adam;
@@ -425,13 +425,13 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
       // Continue from an existing model (e.g. an upcycled one): its tokenizer, config and weights.
       const fs::path tp = fs::path(r.opt.init_from) / "tokenizer.json";
       MOE_CHECK(fs::exists(tp), "train: --init ", r.opt.init_from, " has no tokenizer.json");
-      r.tok = Tokenizer::load(tp.string());
+      r.tok = text::Tokenizer::load(tp.string());
       r.opt.model = model::load_model_config((fs::path(r.opt.init_from) / "config.json").string());
       r.opt.vocab_size = r.tok.vocab_size();
       MOE_CHECK(r.tok.vocab_size() <= r.opt.model.vocab_size, "train: --init tokenizer has ", r.tok.vocab_size(),
                 " tokens, the model's vocabulary ", r.opt.model.vocab_size);
     } else {
-      r.tok = Tokenizer::train_bpe(text, r.opt.vocab_size);
+      r.tok = text::Tokenizer::train_bpe(text, r.opt.vocab_size);
     }
     r.tok.save((r.dir / "tokenizer.json").string());
     PrepareOptions po;
@@ -454,7 +454,7 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
     r.opt.fault_nan_step = opt_in.fault_nan_step;
     r.opt.fault_exit_step = opt_in.fault_exit_step;
     r.opt.fault_hang_step = opt_in.fault_hang_step;
-    r.tok = Tokenizer::load((r.dir / "tokenizer.json").string());
+    r.tok = text::Tokenizer::load((r.dir / "tokenizer.json").string());
   }
   open_data(r);
 
@@ -496,7 +496,7 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
   if (!fs::exists(ck / "trainer_state.json") && fs::exists(r.dir / "checkpoint.old" / "trainer_state.json"))
     ck = r.dir / "checkpoint.old";  // killed between the two renames of a save
   MOE_CHECK(fs::exists(ck / "trainer_state.json"), "resume: '", run_dir, "' has no checkpoint yet");
-  r.tok = Tokenizer::load((r.dir / "tokenizer.json").string());
+  r.tok = text::Tokenizer::load((r.dir / "tokenizer.json").string());
   open_data(r);
   // Any checkpoint loads with any number of ranks: each reads its experts' weights and moments.
   r.model = std::make_unique<model::Transformer>(model::load_pretrained(ck.string(), DType::F32, false,

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
-#include "moe/train/tokenizer.h"
 #include "train_testutil.h"
 
 namespace moe::train {
@@ -285,7 +285,7 @@ TEST_F(DataCorpusTest, ValidationSplitsAtAParagraph) {
 TEST_F(DataCorpusTest, PrepareWritesTrainAndValidationShards) {
   std::string text;
   for (int i = 0; i < 200; ++i) text += "Fortune number " + std::to_string(i) + " says hello.\n\n";
-  const Tokenizer tok = Tokenizer::train_bpe(text, 300);
+  const text::Tokenizer tok = text::Tokenizer::train_bpe(text, 300);
   const PrepareResult r = prepare_shards(text, tok, file("train.bin"), file("val.bin"));
   const TokenShard train(file("train.bin")), val(file("val.bin"));
   EXPECT_EQ(r.train_tokens, train.size());
@@ -300,7 +300,7 @@ TEST_F(DataCorpusTest, PrepareWritesTrainAndValidationShards) {
 TEST_F(DataCorpusTest, PrepareEveryNthDocumentForValidation) {
   std::string text;
   for (int i = 0; i < 10; ++i) text += "doc " + std::to_string(i) + "\nline\n\n";
-  const Tokenizer tok = Tokenizer::train_bpe(text, 300);
+  const text::Tokenizer tok = text::Tokenizer::train_bpe(text, 300);
   PrepareOptions po;
   po.val_every = 4;
   prepare_shards(text, tok, file("train.bin"), file("val.bin"), po);

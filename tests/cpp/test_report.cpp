@@ -16,7 +16,7 @@
 
 #include "moe/core/error.h"
 #include "moe/train/report.h"
-#include "train/report_svg.h"
+#include "moe/train/svg.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;

@@ -1,4 +1,4 @@
-// Chat templates (src/infer/chat_template.cpp) against the published Jinja templates rendered by
+// Chat templates (src/text/chat_template.cpp) against the published Jinja templates rendered by
 // Hugging Face transformers (tests/fixtures/chat_templates/make_expected.py -> expected.json).
 #include <gtest/gtest.h>
 
@@ -6,13 +6,13 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/core/error.h"
-#include "moe/infer/chat_template.h"
-#include "moe/train/tokenizer.h"
+#include "moe/text/chat_template.h"
+#include "moe/text/tokenizer.h"
 
 namespace {
 
-using moe::infer::ChatFormat;
-using moe::infer::ChatMessage;
+using moe::text::ChatFormat;
+using moe::text::ChatMessage;
 
 nlohmann::json expected() {
   std::ifstream f(std::string(MOE_TEST_FIXTURES) + "/chat_templates/expected.json");
@@ -27,10 +27,10 @@ TEST(ChatTemplate, MatchesTransformersRendering) {
     std::vector<ChatMessage> msgs;
     for (const auto& m : conv) msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
     for (const char* fmt : {"qwen2", "chatml", "mistral", "tulu", "deepseek"}) {
-      moe::infer::ChatTemplate t = moe::infer::default_chat_template(moe::infer::chat_format_from_name(fmt));
+      moe::text::ChatTemplate t = moe::text::default_chat_template(moe::text::chat_format_from_name(fmt));
       EXPECT_EQ(t.bos_token, e[fmt]["bos_token"].get<std::string>()) << fmt;
       EXPECT_EQ(t.eos_token, e[fmt]["eos_token"].get<std::string>()) << fmt;
-      EXPECT_EQ(moe::infer::apply_chat_template(t, msgs), e[fmt]["conversations"][name].get<std::string>())
+      EXPECT_EQ(moe::text::apply_chat_template(t, msgs), e[fmt]["conversations"][name].get<std::string>())
           << fmt << " / " << name;
       ++checked;
     }
@@ -46,12 +46,12 @@ TEST(ChatTemplate, TokenIdsMatchTransformers) {
   for (const char* fmt : {"qwen2", "chatml", "mistral", "tulu", "deepseek"}) {
     const std::string tp =
         std::string(MOE_TEST_FIXTURES) + "/tokenizers/" + e[fmt]["tokenizer"].get<std::string>() + "/tokenizer.json";
-    const moe::train::Tokenizer tok = moe::train::Tokenizer::load(tp);
-    const auto t = moe::infer::default_chat_template(moe::infer::chat_format_from_name(fmt));
+    const moe::text::Tokenizer tok = moe::text::Tokenizer::load(tp);
+    const auto t = moe::text::default_chat_template(moe::text::chat_format_from_name(fmt));
     for (const auto& [name, conv] : e["_conversations"].items()) {
       std::vector<ChatMessage> msgs;
       for (const auto& m : conv) msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-      EXPECT_EQ(tok.encode(moe::infer::apply_chat_template(t, msgs)), e[fmt]["ids"][name].get<std::vector<int32_t>>())
+      EXPECT_EQ(tok.encode(moe::text::apply_chat_template(t, msgs)), e[fmt]["ids"][name].get<std::vector<int32_t>>())
           << fmt << " / " << name;
       ++checked;
     }
@@ -60,20 +60,20 @@ TEST(ChatTemplate, TokenIdsMatchTransformers) {
 }
 
 TEST(ChatTemplate, PlainFormat) {
-  moe::infer::ChatTemplate t = moe::infer::default_chat_template(ChatFormat::Plain);
-  EXPECT_EQ(moe::infer::apply_chat_template(t, {{"system", "S"}, {"user", "U"}, {"assistant", "A"}, {"user", "V"}}),
+  moe::text::ChatTemplate t = moe::text::default_chat_template(ChatFormat::Plain);
+  EXPECT_EQ(moe::text::apply_chat_template(t, {{"system", "S"}, {"user", "U"}, {"assistant", "A"}, {"user", "V"}}),
             "System: S\n\nUser: U\n\nAssistant: A\n\nUser: V\n\nAssistant:");
 }
 
 TEST(ChatTemplate, Errors) {
-  const auto t = moe::infer::default_chat_template(ChatFormat::Mistral);
-  EXPECT_THROW(moe::infer::apply_chat_template(t, {}), moe::Error);
-  EXPECT_THROW(moe::infer::apply_chat_template(t, {{"tool", "x"}}), moe::Error);
+  const auto t = moe::text::default_chat_template(ChatFormat::Mistral);
+  EXPECT_THROW(moe::text::apply_chat_template(t, {}), moe::Error);
+  EXPECT_THROW(moe::text::apply_chat_template(t, {{"tool", "x"}}), moe::Error);
   // Mixtral's template refuses two user turns in a row and a system message after the first.
-  EXPECT_THROW(moe::infer::apply_chat_template(t, {{"user", "a"}, {"user", "b"}}), moe::Error);
-  EXPECT_THROW(moe::infer::apply_chat_template(t, {{"user", "a"}, {"system", "b"}}), moe::Error);
+  EXPECT_THROW(moe::text::apply_chat_template(t, {{"user", "a"}, {"user", "b"}}), moe::Error);
+  EXPECT_THROW(moe::text::apply_chat_template(t, {{"user", "a"}, {"system", "b"}}), moe::Error);
   try {
-    moe::infer::chat_format_from_name("llama9");
+    moe::text::chat_format_from_name("llama9");
     FAIL();
   } catch (const moe::Error& e) {
     EXPECT_NE(std::string(e.what()).find("chatml"), std::string::npos);
@@ -82,17 +82,17 @@ TEST(ChatTemplate, Errors) {
 
 TEST(ChatTemplate, RecognisesJinja) {
   ChatFormat f = ChatFormat::Plain;
-  EXPECT_TRUE(moe::infer::chat_format_from_jinja("{{'<|im_start|>' + message['role']}}", &f));
+  EXPECT_TRUE(moe::text::chat_format_from_jinja("{{'<|im_start|>' + message['role']}}", &f));
   EXPECT_EQ(f, ChatFormat::ChatMl);
-  EXPECT_TRUE(moe::infer::chat_format_from_jinja("'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>'", &f));
+  EXPECT_TRUE(moe::text::chat_format_from_jinja("'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>'", &f));
   EXPECT_EQ(f, ChatFormat::Qwen2);
-  EXPECT_TRUE(moe::infer::chat_format_from_jinja("{{ '[INST] ' + message['content'] }}", &f));
+  EXPECT_TRUE(moe::text::chat_format_from_jinja("{{ '[INST] ' + message['content'] }}", &f));
   EXPECT_EQ(f, ChatFormat::Mistral);
-  EXPECT_TRUE(moe::infer::chat_format_from_jinja("{{ '<|assistant|>\\n' }}", &f));
+  EXPECT_TRUE(moe::text::chat_format_from_jinja("{{ '<|assistant|>\\n' }}", &f));
   EXPECT_EQ(f, ChatFormat::Tulu);
-  EXPECT_TRUE(moe::infer::chat_format_from_jinja("{{'<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>'}}", &f));
+  EXPECT_TRUE(moe::text::chat_format_from_jinja("{{'<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>'}}", &f));
   EXPECT_EQ(f, ChatFormat::DeepSeek);
-  EXPECT_FALSE(moe::infer::chat_format_from_jinja("{{ messages }}", &f));
+  EXPECT_FALSE(moe::text::chat_format_from_jinja("{{ messages }}", &f));
 }
 
 }  // namespace

@@ -10,15 +10,15 @@
 #include <vector>
 
 #include "moe/core/rng.h"
-#include "moe/train/tokenizer.h"
-#include "train/pretokenize.h"
+#include "moe/text/tokenizer.h"
+#include "text/pretokenize.h"
 #include "train_testutil.h"
 
-namespace moe::train {
+namespace moe::text {
 namespace {
 
 using detail::pretokenize;
-using testing::expect_error;
+using train::testing::expect_error;
 
 std::vector<std::string> split(std::string_view s) {
   std::vector<std::string> out;
@@ -351,7 +351,7 @@ TEST(TokenizerEncode, BadIdsAndEmptyTokenizer) {
 // ---------------------------------------------------------------------------------------------
 // tokenizer.json
 
-using TokenizerFileTest = testing::TempDirTest;
+using TokenizerFileTest = train::testing::TempDirTest;
 
 TEST_F(TokenizerFileTest, SaveThenLoadEncodesTheSame) {
   const Tokenizer& tok = sample_tokenizer();
@@ -482,4 +482,4 @@ TEST_F(TokenizerFileTest, PythonTokenizersAgreesWhenInstalled) {
 }
 
 }  // namespace
-}  // namespace moe::train
+}  // namespace moe::text

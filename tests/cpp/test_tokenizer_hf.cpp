@@ -12,15 +12,15 @@
 
 #include <nlohmann/json.hpp>
 
-#include "moe/train/tokenizer.h"
-#include "train/normalize.h"
-#include "train/pretok_patterns.h"
+#include "moe/text/tokenizer.h"
+#include "text/normalize.h"
+#include "text/pretok_patterns.h"
 #include "train_testutil.h"
 
-namespace moe::train {
+namespace moe::text {
 namespace {
 
-using testing::expect_error;
+using train::testing::expect_error;
 
 std::string fixture(const std::string& family) {
   return std::string(MOE_TEST_FIXTURES) + "/tokenizers/" + family;
@@ -63,7 +63,7 @@ TEST(TokenizerHf, EncodesAndDecodesLikeHuggingFace) {
   }
 }
 
-using TokenizerHfFile = testing::TempDirTest;
+using TokenizerHfFile = train::testing::TempDirTest;
 
 TEST_F(TokenizerHfFile, SaveThenLoadKeepsThePipeline) {
   for (const Family& f : kFamilies) {
@@ -226,4 +226,4 @@ TEST_F(TokenizerHfFile, UnsupportedFieldsAreErrors) {
 }
 
 }  // namespace
-}  // namespace moe::train
+}  // namespace moe::text

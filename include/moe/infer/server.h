@@ -25,11 +25,11 @@
 #include <nlohmann/json.hpp>
 
 #include "moe/core/error.h"
-#include "moe/infer/chat_template.h"
-#include "moe/infer/expert_store.h"
 #include "moe/infer/engine.h"
+#include "moe/infer/expert_store.h"
 #include "moe/infer/sampler.h"
-#include "moe/train/tokenizer.h"
+#include "moe/text/chat_template.h"
+#include "moe/text/tokenizer.h"
 
 namespace moe::infer {
 
@@ -52,7 +52,7 @@ struct CompletionParams {
   std::string prompt;                  // /v1/completions with a text prompt
   std::vector<int32_t> prompt_tokens;  // /v1/completions with a token-id prompt
   bool prompt_is_tokens = false;
-  std::vector<ChatMessage> messages;   // /v1/chat/completions
+  std::vector<text::ChatMessage> messages;   // /v1/chat/completions
   int64_t max_tokens = -1;             // -1: not given (completions: 16; chat: what the context leaves)
   SamplingOptions sampling;            // seed: random unless seed_given
   bool seed_given = false;
@@ -161,7 +161,7 @@ class Server {
  public:
   // The model and tokenizer must outlive the server. stop_ids: tokens that end a reply (the
   // tokenizer's end-of-text, the model's eos, the chat template's end-of-turn token).
-  Server(const model::Transformer& m, train::Tokenizer tok, ChatTemplate chat, std::vector<int32_t> stop_ids,
+  Server(const model::Transformer& m, text::Tokenizer tok, text::ChatTemplate chat, std::vector<int32_t> stop_ids,
          ServerOptions opt);
   ~Server();
   Server(const Server&) = delete;

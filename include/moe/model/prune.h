@@ -1,5 +1,5 @@
 // Expert pruning: each MoE layer keeps the K experts that received the largest share of routing
-// weight on calibration text (moe/infer/calibrate.h); the router rows (and the selection bias,
+// weight on calibration text (moe/model/expert_usage.h); the router rows (and the selection bias,
 // e_score_correction_bias) of the kept experts stay, in their original order, and the experts are
 // renumbered 0..K-1. docs/PRUNING.md states the score and what the pruned model computes.
 #pragma once
@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "moe/infer/calibrate.h"
+#include "moe/model/expert_usage.h"
 #include "moe/model/model_config.h"
 #include "moe/model/transformer.h"
 
@@ -35,7 +35,7 @@ struct PrunePlan {
 // keeps its K / G best experts, so every kept expert stays in its group; otherwise the K best of
 // the layer and groups_reset. Throws moe::Error when K < top_k or K >= E, the router is not token
 // choice, or the usage does not match the config's MoE layers and expert count.
-PrunePlan plan_prune(const ModelConfig& c, const infer::ExpertUsage& usage, int64_t keep);
+PrunePlan plan_prune(const ModelConfig& c, const ExpertUsage& usage, int64_t keep);
 
 // The pruned model (of m's dtype): every tensor of m, with each MoE layer's router rows, selection bias
 // and experts taken from plan.layers[i].kept. Throws when the plan does not match m.

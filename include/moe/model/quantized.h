@@ -53,7 +53,8 @@ struct QuantizeOptions {
   int64_t group = 64;       // a multiple of 32 that divides every quantized K
   bool attention = false;   // also the attention projections (hf_names: q/k/v/o; deepseek_v3's MLA ones)
   // Mixed precision: the fraction mixed_fraction of each MoE layer's experts with the lowest routing
-  // weight in usage_file (infer::save_expert_usage's JSON) get mixed_bits instead of bits.
+  // weight in usage_file (save_expert_usage's JSON, moe/model/expert_usage.h) get mixed_bits
+  // instead of bits.
   int mixed_bits = 0;       // 0 (off), 4 or 8
   double mixed_fraction = 0;
   std::string usage_file;

@@ -17,7 +17,7 @@
 #include <string_view>
 #include <vector>
 
-#include "moe/train/tokenizer.h"
+#include "moe/text/tokenizer.h"
 
 namespace moe::train {
 
@@ -146,7 +146,7 @@ size_t validation_split(std::string_view text, double val_fraction);
 // Encodes text[0, split) into a train shard and text[split, end) into a validation shard, where
 // split = validation_split(text, opts.val_fraction); or, with opts.val_every = n > 0, documents
 // n-1, 2n-1, ... into the validation shard and the others into the train shard. Deterministic.
-PrepareResult prepare_shards(std::string_view text, const Tokenizer& tok, const std::string& train_path,
+PrepareResult prepare_shards(std::string_view text, const text::Tokenizer& tok, const std::string& train_path,
                              const std::string& val_path, const PrepareOptions& opts = {});
 
 // Entropy in nats per token of the shard's token frequencies, -sum p log p: the loss of the best

@@ -2,7 +2,7 @@
 
 #include "pretokenize.h"
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 namespace {
 
@@ -214,4 +214,4 @@ void split_isolated(SplitPattern p, std::string_view literal, std::string_view p
   if (gap < piece.size()) out.push_back(piece.substr(gap));
 }
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

@@ -20,7 +20,7 @@
 #include "pretokenize.h"
 #include "tokenizer_impl.h"
 
-namespace moe::train {
+namespace moe::text {
 
 namespace {
 
@@ -197,4 +197,4 @@ Tokenizer Tokenizer::train_bpe(std::string_view text, int32_t vocab_size, const 
   return Tokenizer(std::move(impl));
 }
 
-}  // namespace moe::train
+}  // namespace moe::text

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 // Character classes of the GPT-2 pre-tokenisation pattern.
 enum class CharClass : uint8_t { Letter, Number, Space, Other };
@@ -58,4 +58,4 @@ bool unicode_str_to_bytes(std::string_view s, std::string& raw);
 int utf8_decode(std::string_view s, size_t pos, uint32_t& cp);
 bool valid_utf8(std::string_view s);
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 // Unicode Normalization Form C of UTF-8 text: canonical decomposition, canonical ordering of
 // combining marks, canonical composition (composition exclusions honoured; Hangul by arithmetic).
@@ -15,4 +15,4 @@ std::string nfc(std::string_view s);
 // Every non-overlapping occurrence of `from` (left to right) replaced by `to`; `from` non-empty.
 std::string replace_all(std::string_view s, std::string_view from, std::string_view to);
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

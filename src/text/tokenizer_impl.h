@@ -1,4 +1,4 @@
-// The state behind moe::train::Tokenizer, shared by training (bpe_train.cpp), encoding
+// The state behind moe::text::Tokenizer, shared by training (bpe_train.cpp), encoding
 // (tokenizer.cpp) and tokenizer.json I/O (tokenizer_json.cpp).
 #pragma once
 
@@ -11,10 +11,10 @@
 #include <utility>
 #include <vector>
 
-#include "moe/train/tokenizer.h"
+#include "moe/text/tokenizer.h"
 #include "pretok_patterns.h"
 
-namespace moe::train {
+namespace moe::text {
 
 struct Tokenizer::Impl {
   struct Merge {
@@ -122,4 +122,4 @@ struct Tokenizer::Impl {
   std::string decoder_input(int32_t id) const;
 };
 
-}  // namespace moe::train
+}  // namespace moe::text

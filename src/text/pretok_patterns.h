@@ -7,7 +7,7 @@
 #include <string_view>
 #include <vector>
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 enum class SplitPattern : uint8_t {
   Gpt2,            // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -37,4 +37,4 @@ size_t split_match_end(SplitPattern p, std::string_view literal, std::string_vie
 void split_isolated(SplitPattern p, std::string_view literal, std::string_view piece,
                     std::vector<std::string_view>& out);
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

@@ -9,7 +9,7 @@
 
 #include "tokenizer_impl.h"
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 // The "type" of a section, or a description of what it is instead.
 std::string type_of(const nlohmann::json& v);
@@ -21,4 +21,4 @@ void read_pre_tokenizer(const nlohmann::json& root, Tokenizer::Impl& m, const st
 void read_decoder(const nlohmann::json& root, Tokenizer::Impl& m, const std::string& where);
 void read_post_processor(const nlohmann::json& root, Tokenizer::Impl& m, const std::string& where);
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

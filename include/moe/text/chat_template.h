@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-namespace moe::infer {
+namespace moe::text {
 
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
@@ -50,4 +50,4 @@ bool chat_format_from_jinja(const std::string& jinja, ChatFormat* out);
 // must alternate user/assistant starting with user).
 std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages);
 
-}  // namespace moe::infer
+}  // namespace moe::text

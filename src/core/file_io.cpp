@@ -1,4 +1,4 @@
-#include "io_util.h"
+#include "moe/core/file_io.h"
 
 #include <cerrno>
 #include <cstring>
@@ -9,7 +9,7 @@
 
 #include "moe/core/error.h"
 
-namespace moe::train::detail {
+namespace moe::io {
 
 std::string read_file(const std::string& path, const std::string& what) {
   std::error_code ec;
@@ -55,4 +55,4 @@ void write_file_atomic(const std::string& path, const std::string& what,
   }
 }
 
-}  // namespace moe::train::detail
+}  // namespace moe::io

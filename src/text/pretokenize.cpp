@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <array>
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 namespace {
 
@@ -237,4 +237,4 @@ bool unicode_str_to_bytes(std::string_view s, std::string& raw) {
   return true;
 }
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

@@ -2,7 +2,7 @@
 
 #include "moe/core/error.h"
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 namespace {
 
@@ -242,4 +242,4 @@ void read_post_processor(const json& root, Impl& m, const std::string& where) {
   }
 }
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

@@ -4,6 +4,8 @@
 // the input (fixed number formatting, no clock, no randomness).
 //
 // All text is HTML-escaped; every id is prefixed with the plot's `id`, so many plots share a page.
+// A public header of the train layer, so that the `moe` tool's benchmarks (bench offload) plot with
+// it too.
 #pragma once
 
 #include <limits>

@@ -1,11 +1,12 @@
-// File helpers of the train layer: whole-file reads and atomic writes (temp file + rename).
+// File helpers: whole-file reads and atomic writes (temp file + rename), for the layers that read
+// and write text files (tokenizer.json, corpora, shards, checkpoint indexes).
 #pragma once
 
 #include <functional>
 #include <ostream>
 #include <string>
 
-namespace moe::train::detail {
+namespace moe::io {
 
 // Contents of a regular file; `what` names it in errors ("tokenizer.json 'x.json'").
 std::string read_file(const std::string& path, const std::string& what);
@@ -15,4 +16,4 @@ std::string read_file(const std::string& path, const std::string& what);
 void write_file_atomic(const std::string& path, const std::string& what,
                        const std::function<void(std::ostream&)>& write);
 
-}  // namespace moe::train::detail
+}  // namespace moe::io

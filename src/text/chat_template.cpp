@@ -1,8 +1,8 @@
-#include "moe/infer/chat_template.h"
+#include "moe/text/chat_template.h"
 
 #include "moe/core/error.h"
 
-namespace moe::infer {
+namespace moe::text {
 namespace {
 
 struct FormatName {
@@ -176,4 +176,4 @@ std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMes
   return "";
 }
 
-}  // namespace moe::infer
+}  // namespace moe::text

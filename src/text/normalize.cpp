@@ -7,7 +7,7 @@
 
 #include "pretokenize.h"
 
-namespace moe::train::detail {
+namespace moe::text::detail {
 
 namespace {
 
@@ -189,4 +189,4 @@ std::string replace_all(std::string_view s, std::string_view from, std::string_v
   return out;
 }
 
-}  // namespace moe::train::detail
+}  // namespace moe::text::detail

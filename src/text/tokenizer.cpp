@@ -10,7 +10,7 @@
 #include "pretokenize.h"
 #include "tokenizer_impl.h"
 
-namespace moe::train {
+namespace moe::text {
 
 namespace {
 
@@ -478,4 +478,4 @@ std::pair<std::string, std::string> Tokenizer::merge(int32_t rank) const {
   return {impl_->tokens[m.left], impl_->tokens[m.right]};
 }
 
-}  // namespace moe::train
+}  // namespace moe::text

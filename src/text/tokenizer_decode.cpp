@@ -6,7 +6,7 @@
 #include "pretokenize.h"
 #include "tokenizer_impl.h"
 
-namespace moe::train {
+namespace moe::text {
 
 namespace {
 
@@ -171,4 +171,4 @@ std::string Tokenizer::token_bytes(int32_t id) const {
   return t;
 }
 
-}  // namespace moe::train
+}  // namespace moe::text

@@ -37,7 +37,7 @@
 #include <utility>
 #include <vector>
 
-namespace moe::train {
+namespace moe::text {
 
 // One entry of "added_tokens" in tokenizer.json.
 struct AddedToken {
@@ -112,11 +112,11 @@ class Tokenizer {
   // Merge `rank` as raw bytes (left, right).
   std::pair<std::string, std::string> merge(int32_t rank) const;
 
-  struct Impl;  // internal (src/train/tokenizer_impl.h)
+  struct Impl;  // internal (src/text/tokenizer_impl.h)
 
  private:
   explicit Tokenizer(std::shared_ptr<const Impl> impl);
   std::shared_ptr<const Impl> impl_;  // immutable once built: copies share it
 };
 
-}  // namespace moe::train
+}  // namespace moe::text

@@ -8,13 +8,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "io_util.h"
 #include "moe/core/error.h"
+#include "moe/core/file_io.h"
 #include "pretokenize.h"
 #include "tokenizer_impl.h"
 #include "tokenizer_pipeline.h"
 
-namespace moe::train {
+namespace moe::text {
 
 namespace {
 
@@ -97,7 +97,7 @@ std::pair<std::string, std::string> parse_merge(const json& v, size_t i, const s
 
 Tokenizer Tokenizer::load(const std::string& path) {
   const std::string where = cat("tokenizer.json '", path, "'");
-  const std::string text = detail::read_file(path, where);
+  const std::string text = io::read_file(path, where);
   json root;
   try {
     root = json::parse(text);
@@ -264,7 +264,7 @@ void Tokenizer::save(const std::string& path) const {
   } catch (const ordered_json::exception& ex) {
     throw Error(cat(where, ": cannot be written: ", ex.what()));
   }
-  detail::write_file_atomic(path, where, [&](std::ostream& out) { out << text << '\n'; });
+  io::write_file_atomic(path, where, [&](std::ostream& out) { out << text << '\n'; });
 }
 
-}  // namespace moe::train
+}  // namespace moe::text
