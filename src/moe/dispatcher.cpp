@@ -1,6 +1,7 @@
 #include "moe/moe/dispatcher.h"
 
 #include "moe/core/error.h"
+#include "moe/layer_steps.h"
 
 namespace moe {
 
@@ -49,10 +50,12 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
   batch.x_rows = x;
   batch.gather.resize(static_cast<size_t>(M));
   batch.weight.resize(static_cast<size_t>(M));
-  for (int64_t p = 0; p < M; ++p) {
-    batch.gather[p] = token[perm_[p]];
-    batch.weight[p] = weight[perm_[p]];
-  }
+  detail::sorted_rows<T>({.rows = M,
+                          .perm = perm_.data(),
+                          .token = token,
+                          .weight = weight,
+                          .gather = batch.gather.data(),
+                          .row_weight = batch.weight.data()});
   // Each row's weighted output goes to the row of its assignment, so the combine is a plain
   // per-token sum of k rows in assignment order.
   batch.out_row = perm_;

@@ -205,9 +205,140 @@ int64_t expert_choice_capacity(const RouterConfig& rc, int64_t T, int64_t E) {
   return std::min(C, T);
 }
 
+namespace {
+
+// The assignments of one routing before they become tensors, weights in double.
+struct Selection {
+  int64_t capacity = 0;
+  std::vector<int32_t> token, expert;  // (N) each
+  std::vector<double> weight;          // (N)
+  std::vector<uint8_t> kept;           // (N)
+};
+
+// What the selection policies read. The unfused policies (all but token choice) need l and s; token
+// choice reads the logits tensor row by row and writes the scores itself.
+struct SelectArgs {
+  const RouterConfig* rc = nullptr;
+  int64_t T = 0, E = 0;
+  const Tensor* logits = nullptr;          // (T, E) contiguous, f32 or f64
+  const std::vector<double>* l = nullptr;  // (T, E) logits in double, unfused policies only
+  const std::vector<double>* s = nullptr;  // (T, E) scores in double, unfused policies only
+  const std::vector<double>* b = nullptr;  // (E) selection bias
+  const Tensor* token_ids = nullptr;       // (T) i32, hash routing only
+  Tensor* scores = nullptr;                // (T, E) out, token choice only
+};
+
+// Expert choice: each expert takes the C tokens with the largest scores; a = e * C + c.
+Selection select_expert_choice(const SelectArgs& a) {
+  const RouterConfig& rc = *a.rc;
+  const int64_t T = a.T, E = a.E;
+  const std::vector<double>& s = *a.s;
+  Selection sel;
+  const int64_t C = T == 0 ? 0 : expert_choice_capacity(rc, T, E);
+  sel.capacity = C;
+  const int64_t N = E * C;
+  sel.token.resize(N);
+  sel.expert.resize(N);
+  sel.weight.resize(N);
+  sel.kept.assign(N, 1);
+  parallel_for(E, 1, [&](int64_t e0, int64_t e1) {
+    std::vector<double> col(static_cast<size_t>(T));
+    std::vector<int32_t> top(static_cast<size_t>(C));
+    for (int64_t e = e0; e < e1; ++e) {
+      for (int64_t t = 0; t < T; ++t) col[t] = s[t * E + e];
+      topk_desc(col.data(), T, C, top.data());
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t i = e * C + c;
+        sel.token[i] = top[c];
+        sel.expert[i] = static_cast<int32_t>(e);
+        sel.weight[i] = rc.scaling * s[top[c] * E + e];
+      }
+    }
+  });
+  return sel;
+}
+
+// Hash routing's token ids (T), checked.
+std::vector<int32_t> hash_ids(const Tensor* token_ids, int64_t T) {
+  MOE_CHECK(token_ids && token_ids->defined(), "hash routing needs token ids (ForwardOptions::token_ids)");
+  check_shape(*token_ids, {T}, "token_ids");
+  token_ids->check_dtype(DType::I32, "token_ids");
+  const Tensor tc = token_ids->contiguous();
+  std::vector<int32_t> ids(tc.data<int32_t>(), tc.data<int32_t>() + T);
+  for (int64_t t = 0; t < T; ++t)
+    MOE_CHECK(ids[t] >= 0, "token_ids: negative id ", ids[t], " at position ", t);
+  return ids;
+}
+
+// Hash, balanced and (unfused) token choice: token t's k experts and weights from l and s.
+void select_rows_unfused(const SelectArgs& a, const std::vector<int32_t>& ids,
+                         const std::vector<double>& plan, Selection& sel) {
+  const RouterConfig& rc = *a.rc;
+  const int64_t E = a.E, k = rc.top_k;
+  const std::vector<double>& l = *a.l;
+  const std::vector<double>& s = *a.s;
+  const std::vector<double>& b = *a.b;
+  parallel_for(a.T, row_grain(E), [&](int64_t t0, int64_t t1) {
+    std::vector<double> v(static_cast<size_t>(E));
+    for (int64_t t = t0; t < t1; ++t) {
+      int32_t* idx = &sel.expert[t * k];
+      if (rc.routing == RouterType::Hash) {
+        const uint64_t h0 = splitmix64(rc.hash_seed ^ static_cast<uint64_t>(ids[t]));
+        for (int64_t j = 0; j < k; ++j) {
+          int64_t e =
+              static_cast<int64_t>(splitmix64(h0 + static_cast<uint64_t>(j)) % static_cast<uint64_t>(E));
+          while (std::find(idx, idx + j, static_cast<int32_t>(e)) != idx + j) e = (e + 1) % E;
+          idx[j] = static_cast<int32_t>(e);
+        }
+      } else if (rc.routing == RouterType::Balanced) {
+        topk_desc(&plan[t * E], E, k, idx);
+      } else {
+        const double* base = rc.order == TopkOrder::TopkThenSoftmax ? &l[t * E] : &s[t * E];
+        for (int64_t e = 0; e < E; ++e) v[e] = base[e] + b[e];
+        if (rc.n_groups > 1) mask_groups(rc, E, v.data());
+        topk_desc(v.data(), E, k, idx);
+      }
+      token_weights(rc, &l[t * E], &s[t * E], idx, k, &sel.weight[t * k]);
+      for (int64_t j = 0; j < k; ++j) sel.token[t * k + j] = static_cast<int32_t>(t);
+    }
+  });
+}
+
+// Token choice, hash and balanced routing: k experts per token, a = t * k + j, then capacity.
+Selection select_token_major(const SelectArgs& a) {
+  const RouterConfig& rc = *a.rc;
+  const int64_t T = a.T, E = a.E, k = rc.top_k;
+  const bool fused = rc.routing == RouterType::TokenChoice;
+  Selection sel;
+  const int64_t N = T * k;
+  sel.token.resize(N);
+  sel.expert.resize(N);
+  sel.weight.resize(N);
+  std::vector<int32_t> ids;  // (T)
+  if (rc.routing == RouterType::Hash) ids = hash_ids(a.token_ids, T);
+  std::vector<double> plan;  // (T, E)
+  if (rc.routing == RouterType::Balanced && T > 0) plan = sinkhorn(*a.l, T, E, k, rc.sinkhorn_iters);
+
+  if (fused && T > 0) {
+    if (a.logits->dtype() == DType::F64)
+      token_choice_fused(rc, a.logits->data<double>(), T, E, *a.b, a.scores->data<double>(), sel.expert,
+                         sel.weight);
+    else
+      token_choice_fused(rc, a.logits->data<float>(), T, E, *a.b, a.scores->data<float>(), sel.expert,
+                         sel.weight);
+    for (int64_t i = 0; i < N; ++i) sel.token[i] = static_cast<int32_t>(i / k);
+  }
+  if (!fused) select_rows_unfused(a, ids, plan, sel);
+  sel.capacity = T == 0 ? 0 : token_capacity(rc, T, E);
+  apply_capacity(rc, T, k, E, sel.capacity, sel.expert, sel.weight, sel.kept);
+  return sel;
+}
+
+}  // namespace
+
 Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t, const Tensor* token_ids) {
   const RouterConfig& rc = cfg.router;
-  const int64_t E = cfg.n_experts, k = rc.top_k;
+  const int64_t E = cfg.n_experts;
   check_shape(logits_t, {-1, E}, "router logits");
   const int64_t T = logits_t.size(0);
   const DType dt = logits_t.dtype();
@@ -221,7 +352,7 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
     l = logits_c.to(DType::F64).to_vector();
     score_rows(rc.score, l, T, E, s);
   }
-  std::vector<double> b(static_cast<size_t>(E), 0.0);
+  std::vector<double> b(static_cast<size_t>(E), 0.0);  // (E)
   if (rc.use_bias && bias_t.defined()) {
     check_shape(bias_t, {E}, "router_bias");
     b = bias_t.to_vector();
@@ -230,93 +361,28 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   Routing r;
   r.n_tokens = T;
   if (fused) r.scores = Tensor::empty({T, E}, dt, "scores");
-  std::vector<int32_t> token, expert;
-  std::vector<double> weight;
-  std::vector<uint8_t> kept;
+  const SelectArgs args{.rc = &rc,
+                        .T = T,
+                        .E = E,
+                        .logits = &logits_c,
+                        .l = &l,
+                        .s = &s,
+                        .b = &b,
+                        .token_ids = token_ids,
+                        .scores = &r.scores};
+  const Selection sel =
+      rc.routing == RouterType::ExpertChoice ? select_expert_choice(args) : select_token_major(args);
 
-  if (rc.routing == RouterType::ExpertChoice) {
-    const int64_t C = T == 0 ? 0 : expert_choice_capacity(rc, T, E);
-    r.capacity = C;
-    const int64_t N = E * C;
-    token.resize(N);
-    expert.resize(N);
-    weight.resize(N);
-    kept.assign(N, 1);
-    parallel_for(E, 1, [&](int64_t e0, int64_t e1) {
-      std::vector<double> col(static_cast<size_t>(T));
-      std::vector<int32_t> top(static_cast<size_t>(C));
-      for (int64_t e = e0; e < e1; ++e) {
-        for (int64_t t = 0; t < T; ++t) col[t] = s[t * E + e];
-        topk_desc(col.data(), T, C, top.data());
-        for (int64_t c = 0; c < C; ++c) {
-          const int64_t a = e * C + c;
-          token[a] = top[c];
-          expert[a] = static_cast<int32_t>(e);
-          weight[a] = rc.scaling * s[top[c] * E + e];
-        }
-      }
-    });
-  } else {
-    const int64_t N = T * k;
-    token.resize(N);
-    expert.resize(N);
-    weight.resize(N);
-    std::vector<int32_t> ids;
-    if (rc.routing == RouterType::Hash) {
-      MOE_CHECK(token_ids && token_ids->defined(), "hash routing needs token ids (ForwardOptions::token_ids)");
-      check_shape(*token_ids, {T}, "token_ids");
-      token_ids->check_dtype(DType::I32, "token_ids");
-      const Tensor tc = token_ids->contiguous();
-      ids.assign(tc.data<int32_t>(), tc.data<int32_t>() + T);
-      for (int64_t t = 0; t < T; ++t)
-        MOE_CHECK(ids[t] >= 0, "token_ids: negative id ", ids[t], " at position ", t);
-    }
-    std::vector<double> plan;
-    if (rc.routing == RouterType::Balanced && T > 0) plan = sinkhorn(l, T, E, k, rc.sinkhorn_iters);
-
-    if (fused && T > 0) {
-      if (dt == DType::F64)
-        token_choice_fused(rc, logits_c.data<double>(), T, E, b, r.scores.data<double>(), expert, weight);
-      else
-        token_choice_fused(rc, logits_c.data<float>(), T, E, b, r.scores.data<float>(), expert, weight);
-      for (int64_t a = 0; a < N; ++a) token[a] = static_cast<int32_t>(a / k);
-    }
-    if (!fused) parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
-      std::vector<double> v(static_cast<size_t>(E));
-      for (int64_t t = t0; t < t1; ++t) {
-        int32_t* idx = &expert[t * k];
-        if (rc.routing == RouterType::Hash) {
-          const uint64_t h0 = splitmix64(rc.hash_seed ^ static_cast<uint64_t>(ids[t]));
-          for (int64_t j = 0; j < k; ++j) {
-            int64_t e = static_cast<int64_t>(splitmix64(h0 + static_cast<uint64_t>(j)) % static_cast<uint64_t>(E));
-            while (std::find(idx, idx + j, static_cast<int32_t>(e)) != idx + j) e = (e + 1) % E;
-            idx[j] = static_cast<int32_t>(e);
-          }
-        } else if (rc.routing == RouterType::Balanced) {
-          topk_desc(&plan[t * E], E, k, idx);
-        } else {
-          const double* base = rc.order == TopkOrder::TopkThenSoftmax ? &l[t * E] : &s[t * E];
-          for (int64_t e = 0; e < E; ++e) v[e] = base[e] + b[e];
-          if (rc.n_groups > 1) mask_groups(rc, E, v.data());
-          topk_desc(v.data(), E, k, idx);
-        }
-        token_weights(rc, &l[t * E], &s[t * E], idx, k, &weight[t * k]);
-        for (int64_t j = 0; j < k; ++j) token[t * k + j] = static_cast<int32_t>(t);
-      }
-    });
-    r.capacity = T == 0 ? 0 : token_capacity(rc, T, E);
-    apply_capacity(rc, T, k, E, r.capacity, expert, weight, kept);
-  }
-
-  const int64_t N = static_cast<int64_t>(token.size());
+  const int64_t N = static_cast<int64_t>(sel.token.size());
+  r.capacity = sel.capacity;
   r.n_assign = N;
   r.token = Tensor::empty({N}, DType::I32, "token");
   r.expert = Tensor::empty({N}, DType::I32, "expert");
   r.kept = Tensor::empty({N}, DType::U8, "kept");
-  std::copy(token.begin(), token.end(), r.token.data<int32_t>());
-  std::copy(expert.begin(), expert.end(), r.expert.data<int32_t>());
-  std::copy(kept.begin(), kept.end(), r.kept.data<uint8_t>());
-  r.weight = Tensor::from(weight, {N}, dt, "weight");
+  std::copy(sel.token.begin(), sel.token.end(), r.token.data<int32_t>());
+  std::copy(sel.expert.begin(), sel.expert.end(), r.expert.data<int32_t>());
+  std::copy(sel.kept.begin(), sel.kept.end(), r.kept.data<uint8_t>());
+  r.weight = Tensor::from(sel.weight, {N}, dt, "weight");
   r.logits = logits_c;
   if (!fused) r.scores = Tensor::from(s, {T, E}, dt, "scores");
   return r;

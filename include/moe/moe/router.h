@@ -7,9 +7,23 @@
 
 #include "moe/core/tensor.h"
 #include "moe/moe/config.h"
-#include "moe/moe/layer.h"
 
 namespace moe {
+
+// The routing decision: a list of N assignments (token, expert, weight). For token choice, hash and
+// balanced routing N = T * k and assignment a = t * k + j is token t's j-th choice (best first);
+// for expert choice N = E * C and a = e * C + c is expert e's c-th token (best first).
+struct Routing {
+  int64_t n_tokens = 0;
+  int64_t n_assign = 0;
+  int64_t capacity = 0;  // per expert; 0 in dropless mode
+  Tensor token;    // (N) i32
+  Tensor expert;   // (N) i32
+  Tensor weight;   // (N) layer dtype: the combine weight, before dropping (a dropped one is simply not used)
+  Tensor kept;     // (N) u8: 0 when dropped by capacity
+  Tensor logits;   // (T, E) router logits (after jitter of the input, if any)
+  Tensor scores;   // (T, E) softmax or sigmoid of the logits
+};
 
 // logits: (T, E) of dtype F32 or F64. bias: (E) or undefined. token_ids: (T) i32, needed for hash.
 // Fills every field of Routing (weights in the logits' dtype).

@@ -1,0 +1,34 @@
+// OffloadedExperts: experts whose weights the layer does not hold (offloaded or quantized experts,
+// moe/infer/expert_store.h), computed by the layer's ExpertExecutor on the thread running the
+// forward.
+#include "moe/experts.h"
+#include "moe/layer_steps.h"
+
+namespace moe::detail {
+
+// The executor writes each row's unweighted output in expert order; the rows are then weighted and
+// moved to their output rows.
+void OffloadedExperts::forward(const ExpertsForwardArgs<float>& a) const {
+  const ExpertBatch<float>& b = *a.batch;
+  const int64_t M = b.rows, d = a_.shape.d_model;
+  Tensor rows_out = Tensor::empty({M, d}, DType::F32, "expert out");  // (M, d) in expert order
+  ExpertRows rows;
+  rows.n_experts = a_.n_experts;
+  rows.d_model = d;
+  rows.d_ff = a_.shape.d_ff;
+  rows.act = a_.shape.act;
+  rows.offsets = b.offsets.data();
+  rows.x = a_.x;
+  rows.n_tokens = a_.n_tokens;
+  rows.gather = b.gather.empty() ? nullptr : b.gather.data();
+  rows.out = rows_out.data<float>();
+  a_.executor->run(rows);
+  scale_scatter_rows<float>({.rows = M,
+                             .d = d,
+                             .src = rows_out.data<float>(),
+                             .scale = a.scale,
+                             .out_row = a.out_row,
+                             .dst = a.out});
+}
+
+}  // namespace moe::detail

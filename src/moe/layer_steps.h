@@ -1,0 +1,156 @@
+// The MoE layer's steps around the expert GEMMs: the router GEMM and jitter, the routing
+// statistics, the split of a routing into token chunks, and the moves of rows between assignment
+// order and expert order. Each is a function of a plain parameter struct (sizes and pointers, no
+// layer object), the form of a kernel op, so that each can become one.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "moe/kernels/ops.h"
+#include "moe/moe/layer.h"
+#include "moe/moe/router.h"
+
+namespace moe::detail {
+
+template <typename T>
+T* ptr(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+
+// C (M, N) = op(A) · op(B) + beta · C, contiguous row-major operands.
+template <typename T>
+struct MatmulArgs {
+  int64_t M = 0, N = 0, K = 0;
+  const T* A = nullptr;  // (M, K), or (K, M) when trans_a
+  bool trans_a = false;
+  const T* B = nullptr;  // (K, N), or (N, K) when trans_b
+  bool trans_b = false;
+  T* C = nullptr;  // (M, N)
+  T beta = 0;
+};
+
+template <typename T>
+void matmul(kernels::Backend be, const MatmulArgs<T>& a) {
+  kernels::GemmArgs<T> g;
+  g.M = a.M;
+  g.N = a.N;
+  g.K = a.K;
+  g.A = a.A;
+  g.lda = a.trans_a ? a.M : a.K;
+  g.trans_a = a.trans_a;
+  g.B = a.B;
+  g.ldb = a.trans_b ? a.K : a.N;
+  g.trans_b = a.trans_b;
+  g.C = a.C;
+  g.ldc = a.N;
+  g.beta = a.beta;
+  kernels::gemm(be, g);
+}
+
+// Router input jitter (training): jitter[i] = 1 − eps + 2·eps·u(i) and x_r[i] = x[i] · jitter[i],
+// u the stream Rng(seed).fork(step), so the same whatever the thread count.
+template <typename T>
+struct RouterJitterArgs {
+  int64_t n = 0;  // T · d
+  double eps = 0.0;
+  uint64_t seed = 0, step = 0;
+  const T* x = nullptr;  // (T, d)
+  T* jitter = nullptr;   // (T, d) out
+  T* x_r = nullptr;      // (T, d) out
+};
+template <typename T>
+void router_jitter(const RouterJitterArgs<T>& a);
+
+// Per-expert counts of a routing's N assignments, added to the outputs: the routed weight of each
+// expert (before capacity and skipping), its kept assignments, and the assignments not kept.
+template <typename T>
+struct ExpertCountsArgs {
+  int64_t n_assign = 0;
+  const int32_t* expert = nullptr;  // (N)
+  const uint8_t* kept = nullptr;    // (N)
+  const T* weight = nullptr;        // (N)
+  double* routed_weight = nullptr;  // (E)
+  int64_t* kept_count = nullptr;    // (E)
+  int64_t* not_kept = nullptr;      // (1)
+};
+template <typename T>
+void expert_counts(const ExpertCountsArgs<T>& a);
+
+// The statistics and balancing losses of a routing (docs/MOE_LAYER.md section 7). `skipped` of its
+// assignments that are not kept were skipped for a low weight, the others dropped by capacity.
+struct RoutingStatsArgs {
+  const MoEConfig* cfg = nullptr;
+  const Routing* routing = nullptr;  // weights of dtype T
+  int64_t skipped = 0;
+};
+template <typename T>
+MoEStats routing_stats(const RoutingStatsArgs& a);
+
+// The assignments of tokens [t0, t1) of a routing, their tokens counted from t0.
+struct TokenChunk {
+  int64_t t0 = 0, t1 = 0;
+  Routing routing;              // the chunk's assignments, in the whole routing's order
+  std::vector<int32_t> assign;  // (N_chunk) index of each in the whole routing; empty: the same
+};
+
+// Splits a routing into n_chunks chunks of contiguous tokens, chunk c holding [c·T/n, (c+1)·T/n).
+// One chunk is the routing itself (no copy of its assignments).
+struct SplitRoutingArgs {
+  const Routing* routing = nullptr;  // weights of dtype T
+  int64_t n_chunks = 1;
+};
+template <typename T>
+std::vector<TokenChunk> split_routing(const SplitRoutingArgs& a);
+
+// The rows of a dispatch in expert order: row p is assignment perm[p], reads token row gather[p]
+// and carries that assignment's combine weight.
+template <typename T>
+struct SortedRowsArgs {
+  int64_t rows = 0;                // M
+  const int32_t* perm = nullptr;   // (M) assignment of each row
+  const int32_t* token = nullptr;  // (N) token of each assignment
+  const T* weight = nullptr;       // (N) combine weight of each assignment
+  int32_t* gather = nullptr;       // (M) out: token row of each row
+  T* row_weight = nullptr;         // (M) out: combine weight of each row
+};
+template <typename T>
+void sorted_rows(const SortedRowsArgs<T>& a);
+
+// dst[out_row[p]] = scale[p] · src[p] for the M rows p, each d long: expert-ordered rows, weighted,
+// moved to their output rows.
+template <typename T>
+struct ScaleScatterArgs {
+  int64_t rows = 0, d = 0;
+  const T* src = nullptr;            // (M, d)
+  const T* scale = nullptr;          // (M)
+  const int32_t* out_row = nullptr;  // (M) distinct
+  T* dst = nullptr;                  // (rows of the output, d)
+};
+template <typename T>
+void scale_scatter_rows(const ScaleScatterArgs<T>& a);
+
+// y[t] += gate[t] · src[t] for the T rows t, each d long (y += src where gate is null).
+template <typename T>
+struct AddGatedRowsArgs {
+  int64_t rows = 0, d = 0;
+  const T* gate = nullptr;  // (T) or null
+  const T* src = nullptr;   // (T, d)
+  T* y = nullptr;           // (T, d)
+};
+template <typename T>
+void add_gated_rows(const AddGatedRowsArgs<T>& a);
+
+// dst[index[i]] = src[i] for the n entries i: a token chunk's values per assignment into the
+// whole routing's.
+template <typename T>
+struct ScatterAssignArgs {
+  int64_t n = 0;
+  const int32_t* index = nullptr;  // (n)
+  const T* src = nullptr;          // (n)
+  T* dst = nullptr;                // (N)
+};
+template <typename T>
+void scatter_assign(const ScatterAssignArgs<T>& a);
+
+}  // namespace moe::detail
