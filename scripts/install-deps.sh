@@ -14,6 +14,7 @@ PACKAGES=(
   cmake               # >= 3.24; Debian 12 has 3.25
   ninja-build         # faster builds; scripts/build.sh falls back to make without it
   git
+  clang-format        # the formatting check of the sources (scripts/check-format.sh, CTest format.check)
   pkg-config
   libgtest-dev        # GoogleTest
   libgmock-dev        # GoogleMock

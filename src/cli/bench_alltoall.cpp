@@ -47,9 +47,12 @@ struct Row {
 int64_t parse_size(const std::string& s) {
   int64_t mult = 1;
   std::string num = s;
-  if (!num.empty() && (num.back() == 'K' || num.back() == 'k')) mult = 1024, num.pop_back();
-  else if (!num.empty() && (num.back() == 'M' || num.back() == 'm')) mult = 1024 * 1024, num.pop_back();
-  else if (!num.empty() && (num.back() == 'G' || num.back() == 'g')) mult = 1024 * 1024 * 1024, num.pop_back();
+  if (!num.empty() && (num.back() == 'K' || num.back() == 'k'))
+    mult = 1024, num.pop_back();
+  else if (!num.empty() && (num.back() == 'M' || num.back() == 'm'))
+    mult = 1024 * 1024, num.pop_back();
+  else if (!num.empty() && (num.back() == 'G' || num.back() == 'g'))
+    mult = 1024 * 1024 * 1024, num.pop_back();
   int64_t v = -1;
   size_t used = 0;
   try {
@@ -71,14 +74,16 @@ double slowest_median(dist::Communicator& world, std::vector<double> times) {
 // Block (src -> dst) of `block` bytes: byte i is (src · 31 + dst · 7 + i) mod 251.
 void fill(std::vector<unsigned char>& send, int me, int p, int64_t block) {
   for (int d = 0; d < p; ++d) {
-    for (int64_t i = 0; i < block; ++i) send[d * block + i] = static_cast<unsigned char>((me * 31 + d * 7 + i) % 251);
+    for (int64_t i = 0; i < block; ++i)
+      send[d * block + i] = static_cast<unsigned char>((me * 31 + d * 7 + i) % 251);
   }
 }
 void verify(const std::vector<unsigned char>& recv, int me, int p, int64_t block, const char* variant) {
   for (int s = 0; s < p; ++s) {
     for (int64_t i = 0; i < block; ++i) {
-      MOE_CHECK(recv[s * block + i] == static_cast<unsigned char>((s * 31 + me * 7 + i) % 251), "bench alltoall: ",
-                variant, " all-to-all delivered a wrong byte ", i, " from rank ", s, " to rank ", me);
+      MOE_CHECK(recv[s * block + i] == static_cast<unsigned char>((s * 31 + me * 7 + i) % 251),
+                "bench alltoall: ", variant, " all-to-all delivered a wrong byte ", i, " from rank ", s,
+                " to rank ", me);
     }
   }
 }
@@ -143,7 +148,9 @@ int run(const BenchAlltoallOptions& o) {
   std::vector<int64_t> sizes;
   for (const std::string& s : o.sizes) sizes.push_back(parse_size(s));
   std::shared_ptr<dist::Communicator> world =
-      dist::launched_by_mpi() && dist::mpi_compiled() ? dist::mpi_world() : std::shared_ptr<dist::Communicator>(dist::self_communicator());
+      dist::launched_by_mpi() && dist::mpi_compiled()
+          ? dist::mpi_world()
+          : std::shared_ptr<dist::Communicator>(dist::self_communicator());
   world->set_timeout(o.timeout);
   std::unique_ptr<dist::Communicator> two_stage;
   if (o.hierarchical) {
@@ -180,11 +187,13 @@ int run(const BenchAlltoallOptions& o) {
     return kExitOk;
   }
   std::printf("bench alltoall: %d ranks (%s)%s, median of %d of the slowest rank\n", world->size(),
-              world->backend().c_str(), two_stage ? cat(", two-stage: ", two_stage->backend()).c_str() : "", o.iters);
+              world->backend().c_str(), two_stage ? cat(", two-stage: ", two_stage->backend()).c_str() : "",
+              o.iters);
   std::printf("%-13s %12s %14s %12s %10s\n", "variant", "block B", "B to others", "us", "GB/s");
   for (const Row& r : rows) {
-    std::printf("%-13s %12lld %14lld %12.2f %10.3f\n", r.variant.c_str(), static_cast<long long>(r.block_bytes),
-                static_cast<long long>(r.bytes_to_others), r.us, r.gbps);
+    std::printf("%-13s %12lld %14lld %12.2f %10.3f\n", r.variant.c_str(),
+                static_cast<long long>(r.block_bytes), static_cast<long long>(r.bytes_to_others), r.us,
+                r.gbps);
   }
   return kExitOk;
 }
@@ -193,13 +202,15 @@ int run(const BenchAlltoallOptions& o) {
 
 void add_bench_alltoall(CLI::App& bench, Registry& reg) {
   auto o = std::make_shared<BenchAlltoallOptions>();
-  CLI::App* c = bench.add_subcommand("alltoall", "All-to-all bandwidth and latency of the expert-parallel communicator (run under mpirun)");
+  CLI::App* c = bench.add_subcommand(
+      "alltoall", "All-to-all bandwidth and latency of the expert-parallel communicator (run under mpirun)");
   c->add_option("--sizes", o->sizes, "Bytes per block (one block to every rank); K, M, G suffixes")
       ->delimiter(',')
       ->capture_default_str();
   c->add_option("--iters", o->iters, "Timed calls per size; the median is reported")->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed calls first")->capture_default_str();
-  c->add_flag("--hierarchical", o->hierarchical, "Also time the two-stage all-to-all (intra-node, then inter-node)");
+  c->add_flag("--hierarchical", o->hierarchical,
+              "Also time the two-stage all-to-all (intra-node, then inter-node)");
   c->add_option("--ranks-per-node", o->ranks_per_node,
                 "Ranks per node of the two-stage all-to-all (0 = detect ranks sharing memory)")
       ->capture_default_str();
@@ -208,7 +219,8 @@ void add_bench_alltoall(CLI::App& bench, Registry& reg) {
   add_json_flag(c, o->json, "Print one JSON object (rank 0)");
   c->footer(
       "Run under mpirun, e.g. mpirun -np 4 build/moe bench alltoall --hierarchical --ranks-per-node 2.\n"
-      "GB/s per rank = bytes sent to the other ranks / time of the slowest rank. Row 'counts': exchange_counts\n"
+      "GB/s per rank = bytes sent to the other ranks / time of the slowest rank. Row 'counts': "
+      "exchange_counts\n"
       "(one int64 to every rank), the latency a dispatch pays before its all-to-all.");
   c->callback([&reg, o] { reg.action = [o] { return run(*o); }; });
 }

@@ -34,19 +34,19 @@ void gemm_nt(kernels::Backend be, int64_t M, int64_t N, int64_t K, const float* 
 }  // namespace
 
 DenseGemmResult measure_dense_gemm(const DenseGemmSpec& s) {
-  MOE_CHECK(s.rows >= 1 && s.F >= 1 && s.d >= 1, "dense GEMM: sizes must be >= 1, got rows ", s.rows,
-            ", F ", s.F, ", d ", s.d);
+  MOE_CHECK(s.rows >= 1 && s.F >= 1 && s.d >= 1, "dense GEMM: sizes must be >= 1, got rows ", s.rows, ", F ",
+            s.F, ", d ", s.d);
   MOE_CHECK(s.mats == 2 || s.mats == 3, "dense GEMM: mats must be 2 or 3, got ", s.mats);
   MOE_CHECK(s.reps >= 1, "dense GEMM: reps must be >= 1, got ", s.reps);
 
   const Rng rng(s.seed);
-  Tensor x = Tensor::empty({s.rows, s.d}, DType::F32, "dense x");      // (M, d)
-  Tensor wg = Tensor::empty({s.F, s.d}, DType::F32, "dense w_gate");   // (F, d)
-  Tensor wu = Tensor::empty({s.F, s.d}, DType::F32, "dense w_up");     // (F, d)
-  Tensor wd = Tensor::empty({s.d, s.F}, DType::F32, "dense w_down");   // (d, F)
-  Tensor g = Tensor::empty({s.rows, s.F}, DType::F32, "dense gate");   // (M, F)
-  Tensor u = Tensor::empty({s.rows, s.F}, DType::F32, "dense up");     // (M, F)
-  Tensor y = Tensor::empty({s.rows, s.d}, DType::F32, "dense out");    // (M, d)
+  Tensor x = Tensor::empty({s.rows, s.d}, DType::F32, "dense x");     // (M, d)
+  Tensor wg = Tensor::empty({s.F, s.d}, DType::F32, "dense w_gate");  // (F, d)
+  Tensor wu = Tensor::empty({s.F, s.d}, DType::F32, "dense w_up");    // (F, d)
+  Tensor wd = Tensor::empty({s.d, s.F}, DType::F32, "dense w_down");  // (d, F)
+  Tensor g = Tensor::empty({s.rows, s.F}, DType::F32, "dense gate");  // (M, F)
+  Tensor u = Tensor::empty({s.rows, s.F}, DType::F32, "dense up");    // (M, F)
+  Tensor y = Tensor::empty({s.rows, s.d}, DType::F32, "dense out");   // (M, d)
   rng.fork(1).fill_normal(x, 0.0, 1.0);
   rng.fork(2).fill_normal(wg, 0.0, 1.0 / std::sqrt(static_cast<double>(s.d)));
   rng.fork(3).fill_normal(wu, 0.0, 1.0 / std::sqrt(static_cast<double>(s.d)));

@@ -17,16 +17,16 @@ struct DenseGemmSpec {
   int64_t F = 0;     // FFN width
   int64_t d = 0;     // model width
   int mats = 3;
-  int reps = 3;      // timed reps (after one untimed one); >= 1
+  int reps = 3;  // timed reps (after one untimed one); >= 1
   kernels::Backend backend = kernels::Backend::Cpu;
   uint64_t seed = 0;
 };
 
 struct DenseGemmResult {
-  double flops = 0;         // per rep
-  double best_ms = 0;       // fastest rep
+  double flops = 0;    // per rep
+  double best_ms = 0;  // fastest rep
   double median_ms = 0;
-  double gflops_best = 0;   // flops / best_ms
+  double gflops_best = 0;  // flops / best_ms
   double gflops_median = 0;
 };
 

@@ -4,14 +4,14 @@
 // `--tokens` tokens.
 //
 // Per chunk count (ExpertParallel::chunks, the overlap of one chunk's exchange with another's
-// compute; 0 = the single-process layer without a dispatcher exchange, one rank only) the ranks run `warmup` untimed steps, then `iters` timed ones, each between barriers;
-// reported: the median over steps of the slowest rank's time, the layer's tokens/s over all ranks
-// and its expert GFLOP/s, the all-to-all's share of the step, and the bytes each rank sent to the
-// others per step, next to the bytes the cost model of `moe plan` (dist::dispatch_bytes) gives for
-// the same routing: four exchanges of d-wide rows (dispatch, combine, dy, dx), two of one value per
-// row (the routing weights and their gradients) and the row counts, E/ranks int64 to every rank
-// (once per chunk).
-// Configurations alternate within each iteration so that all see the same machine state.
+// compute; 0 = the single-process layer without a dispatcher exchange, one rank only) the ranks run `warmup`
+// untimed steps, then `iters` timed ones, each between barriers; reported: the median over steps of the
+// slowest rank's time, the layer's tokens/s over all ranks and its expert GFLOP/s, the all-to-all's share of
+// the step, and the bytes each rank sent to the others per step, next to the bytes the cost model of `moe
+// plan` (dist::dispatch_bytes) gives for the same routing: four exchanges of d-wide rows (dispatch, combine,
+// dy, dx), two of one value per row (the routing weights and their gradients) and the row counts, E/ranks
+// int64 to every rank (once per chunk). Configurations alternate within each iteration so that all see the
+// same machine state.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -56,17 +56,19 @@ double median(std::vector<double> v) {
 }
 
 int run(const BenchEpOptions& o) {
-  MOE_CHECK(o.tokens >= 0 && o.d_model >= 1 && o.d_ff >= 1 && o.experts >= 1, "bench ep: sizes must be positive");
+  MOE_CHECK(o.tokens >= 0 && o.d_model >= 1 && o.d_ff >= 1 && o.experts >= 1,
+            "bench ep: sizes must be positive");
   MOE_CHECK(o.top_k >= 1 && o.top_k <= o.experts, "bench ep: --top-k must be in [1, --experts]");
   MOE_CHECK(o.iters >= 1 && o.warmup >= 0, "bench ep: --iters must be >= 1 and --warmup >= 0");
   for (int c : o.chunks) MOE_CHECK(c >= 0, "bench ep: --chunks values must be >= 0, got ", c);
   apply_threads(o.threads);
-  std::shared_ptr<dist::Communicator> world = dist::launched_by_mpi() ? dist::mpi_world()
-                                                                      : std::shared_ptr<dist::Communicator>(
-                                                                            dist::self_communicator());
+  std::shared_ptr<dist::Communicator> world =
+      dist::launched_by_mpi() ? dist::mpi_world()
+                              : std::shared_ptr<dist::Communicator>(dist::self_communicator());
   world->set_timeout(o.timeout);
   const int R = world->size(), me = world->rank();
-  MOE_CHECK(o.experts % R == 0, "bench ep: --experts ", o.experts, " must be a multiple of the ranks (", R, ")");
+  MOE_CHECK(o.experts % R == 0, "bench ep: --experts ", o.experts, " must be a multiple of the ranks (", R,
+            ")");
 
   MoEConfig cfg;
   cfg.d_model = o.d_model;
@@ -146,18 +148,20 @@ int run(const BenchEpOptions& o) {
               << "\n";
     return kExitOk;
   }
-  std::printf("expert-parallel MoE layer, forward + backward f32: %d ranks x %lld tokens, d %lld, d_ff %lld, %lld "
-              "experts top-%d, %d threads per rank\n",
-              R, (long long)o.tokens, (long long)o.d_model, (long long)o.d_ff, (long long)o.experts, o.top_k,
-              num_threads());
-  std::printf("%7s %10s %12s %10s %12s %9s %16s %16s\n", "chunks", "step ms", "tokens/s", "GFLOP/s", "all2all ms",
-              "speed-up", "bytes sent r0", "cost model r0");
+  std::printf(
+      "expert-parallel MoE layer, forward + backward f32: %d ranks x %lld tokens, d %lld, d_ff %lld, %lld "
+      "experts top-%d, %d threads per rank\n",
+      R, (long long)o.tokens, (long long)o.d_model, (long long)o.d_ff, (long long)o.experts, o.top_k,
+      num_threads());
+  std::printf("%7s %10s %12s %10s %12s %9s %16s %16s\n", "chunks", "step ms", "tokens/s", "GFLOP/s",
+              "all2all ms", "speed-up", "bytes sent r0", "cost model r0");
   for (size_t i = 0; i < cfgs.size(); ++i) {
     const auto& r = rows[i];
     std::printf("%7s %10.2f %12.0f %10.2f %12.2f %8.2fx %16lld %16lld\n",
-                cfgs[i].chunks == 0 ? "local" : std::to_string(cfgs[i].chunks).c_str(), r["step_ms"].get<double>(),
-                r["tokens_per_s"].get<double>(), r["expert_gflops"].get<double>(), r["alltoall_ms"].get<double>(),
-                base / median(cfgs[i].step_s), (long long)cfgs[i].bytes_sent, (long long)cfgs[i].bytes_predicted);
+                cfgs[i].chunks == 0 ? "local" : std::to_string(cfgs[i].chunks).c_str(),
+                r["step_ms"].get<double>(), r["tokens_per_s"].get<double>(), r["expert_gflops"].get<double>(),
+                r["alltoall_ms"].get<double>(), base / median(cfgs[i].step_s), (long long)cfgs[i].bytes_sent,
+                (long long)cfgs[i].bytes_predicted);
   }
   return kExitOk;
 }
@@ -166,21 +170,24 @@ int run(const BenchEpOptions& o) {
 
 void add_bench_ep(CLI::App& bench, Registry& reg) {
   auto o = std::make_shared<BenchEpOptions>();
-  CLI::App* c = bench.add_subcommand("ep", "One expert-parallel MoE layer (forward + backward) under mpirun: step "
-                                           "time, overlap chunks, all-to-all bytes against the cost model");
+  CLI::App* c = bench.add_subcommand("ep",
+                                     "One expert-parallel MoE layer (forward + backward) under mpirun: step "
+                                     "time, overlap chunks, all-to-all bytes against the cost model");
   c->add_option("--tokens", o->tokens, "Tokens per rank")->capture_default_str();
   c->add_option("--d-model", o->d_model, "Hidden size")->capture_default_str();
   c->add_option("--d-ff", o->d_ff, "Expert width (SwiGLU)")->capture_default_str();
   c->add_option("--experts", o->experts, "Routed experts (a multiple of the ranks)")->capture_default_str();
   c->add_option("--top-k", o->top_k, "Experts per token")->capture_default_str();
-  c->add_option("--chunks", o->chunks,
-                "Token chunks to compare (overlap of exchange and compute); 0 = the single-process layer (one rank)")
+  c->add_option(
+       "--chunks", o->chunks,
+       "Token chunks to compare (overlap of exchange and compute); 0 = the single-process layer (one rank)")
       ->delimiter(',')
       ->capture_default_str();
   c->add_option("--iters", o->iters, "Timed steps; the median is reported")->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed steps first")->capture_default_str();
   add_threads_flag(c, o->threads);
-  c->add_option("--timeout", o->timeout, "Seconds a collective may wait for the other ranks")->capture_default_str();
+  c->add_option("--timeout", o->timeout, "Seconds a collective may wait for the other ranks")
+      ->capture_default_str();
   add_json_flag(c, o->json, "Print one JSON object (rank 0)");
   c->callback([&reg, o] { reg.action = [o] { return run(*o); }; });
 }

@@ -118,9 +118,11 @@ LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_
     if (!ts.empty()) first_done = std::max(first_done, ts[0]);
   }
   r.forward_passes = st.forward_passes;
-  r.mean_batch = st.forward_passes ? static_cast<double>(st.batch_seqs_sum) / static_cast<double>(st.forward_passes) : 0;
+  r.mean_batch =
+      st.forward_passes ? static_cast<double>(st.batch_seqs_sum) / static_cast<double>(st.forward_passes) : 0;
   r.mean_batch_tokens =
-      st.forward_passes ? static_cast<double>(st.batch_tokens_sum) / static_cast<double>(st.forward_passes) : 0;
+      st.forward_passes ? static_cast<double>(st.batch_tokens_sum) / static_cast<double>(st.forward_passes)
+                        : 0;
   // Prefill rate: prompt tokens over the time until the last first token; decode rate: the tokens
   // after each request's first over the rest of the run.
   r.prefill_tps = first_done > 0 ? static_cast<double>(r.prompt_tokens) / first_done : 0;
@@ -165,25 +167,30 @@ int run_bench_generate(const BenchGenArgs& a) {
                              {"mean_batch_seqs", round_sig(r.mean_batch, 4)},
                              {"mean_batch_tokens", round_sig(r.mean_batch_tokens, 4)},
                              {"forward_passes", r.forward_passes},
-                             {"ttft_s", {{"p50", round_sig(r.ttft_p50, 4)}, {"p90", round_sig(r.ttft_p90, 4)},
-                                         {"p99", round_sig(r.ttft_p99, 4)}}},
-                             {"tpot_s", {{"p50", round_sig(r.tpot_p50, 4)}, {"p90", round_sig(r.tpot_p90, 4)},
-                                         {"p99", round_sig(r.tpot_p99, 4)}}}});
+                             {"ttft_s",
+                              {{"p50", round_sig(r.ttft_p50, 4)},
+                               {"p90", round_sig(r.ttft_p90, 4)},
+                               {"p99", round_sig(r.ttft_p99, 4)}}},
+                             {"tpot_s",
+                              {{"p50", round_sig(r.tpot_p50, 4)},
+                               {"p90", round_sig(r.tpot_p90, 4)},
+                               {"p99", round_sig(r.tpot_p99, 4)}}}});
     std::cout << j.dump() << "\n";
     return kExitOk;
   }
-  std::printf("%s: %.2fM parameters (%.2fM active), %d threads, prompts of %lld tokens, %lld new tokens each\n",
-              model::arch_name(c.arch), c.n_params() / 1e6, c.n_active_params() / 1e6, num_threads(),
-              (long long)a.prompt_tokens, (long long)a.new_tokens);
-  std::printf("%5s %10s %10s %10s %7s %7s | %23s | %23s\n", "conc", "prefill/s", "decode/s", "total/s", "seqs",
-              "tokens",
-              "TTFT p50/p90/p99 (ms)", "per token p50/p90/p99 (ms)");
+  std::printf(
+      "%s: %.2fM parameters (%.2fM active), %d threads, prompts of %lld tokens, %lld new tokens each\n",
+      model::arch_name(c.arch), c.n_params() / 1e6, c.n_active_params() / 1e6, num_threads(),
+      (long long)a.prompt_tokens, (long long)a.new_tokens);
+  std::printf("%5s %10s %10s %10s %7s %7s | %23s | %23s\n", "conc", "prefill/s", "decode/s", "total/s",
+              "seqs", "tokens", "TTFT p50/p90/p99 (ms)", "per token p50/p90/p99 (ms)");
   for (const LevelResult& r : rs)
     std::printf("%5lld %10.1f %10.1f %10.1f %7.2f %7.1f | %7.1f %7.1f %7.1f | %7.1f %7.1f %7.1f\n",
-                (long long)r.concurrency, r.prefill_tps, r.decode_tps, r.total_tps, r.mean_batch, r.mean_batch_tokens,
-                r.ttft_p50 * 1e3, r.ttft_p90 * 1e3,
-                r.ttft_p99 * 1e3, r.tpot_p50 * 1e3, r.tpot_p90 * 1e3, r.tpot_p99 * 1e3);
-  if (im.store) std::printf("%s\n%s\n", im.store->describe().c_str(), store_summary(im.store->stats()).c_str());
+                (long long)r.concurrency, r.prefill_tps, r.decode_tps, r.total_tps, r.mean_batch,
+                r.mean_batch_tokens, r.ttft_p50 * 1e3, r.ttft_p90 * 1e3, r.ttft_p99 * 1e3, r.tpot_p50 * 1e3,
+                r.tpot_p90 * 1e3, r.tpot_p99 * 1e3);
+  if (im.store)
+    std::printf("%s\n%s\n", im.store->describe().c_str(), store_summary(im.store->stats()).c_str());
   return kExitOk;
 }
 
@@ -191,13 +198,16 @@ int run_bench_generate(const BenchGenArgs& a) {
 
 void add_bench_generate(CLI::App& bench, Registry& reg) {
   auto a = std::make_shared<BenchGenArgs>();
-  CLI::App* c = bench.add_subcommand("generate", "Serving throughput and latency of the continuous-batching engine");
+  CLI::App* c =
+      bench.add_subcommand("generate", "Serving throughput and latency of the continuous-batching engine");
   add_model_flag(c, a->model);
   c->add_option("--concurrency", a->concurrency, "Concurrent requests, one run per level (comma-separated)")
       ->capture_default_str();
   c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt (random ids)")->capture_default_str();
-  c->add_option("--new-tokens", a->new_tokens, "Tokens generated per request (greedy)")->capture_default_str();
-  c->add_option("--max-batch-tokens", a->max_batch_tokens, "Tokens per forward pass at most")->capture_default_str();
+  c->add_option("--new-tokens", a->new_tokens, "Tokens generated per request (greedy)")
+      ->capture_default_str();
+  c->add_option("--max-batch-tokens", a->max_batch_tokens, "Tokens per forward pass at most")
+      ->capture_default_str();
   c->add_option("--kv-block-size", a->kv_block_size, "Positions per KV cache block")->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");

@@ -76,7 +76,7 @@ struct BenchLayerResult {
   double peak_rss_mb = 0;
   // Memory of one forward+backward (see the top of this file), MiB.
   double fwd_peak_mb = 0, fwd_bwd_peak_mb = 0, act_peak_mb = 0, grads_mb = 0, rss_before_mb = 0;
-  bool peak_reset = false;       // /proc/self/clear_refs worked; otherwise VmHWM is the process peak
+  bool peak_reset = false;  // /proc/self/clear_refs worked; otherwise VmHWM is the process peak
   bool mmap_threshold_fixed = false;
   // Dense GEMM ceiling (dense_reps > 0).
   bool dense = false;
@@ -296,8 +296,8 @@ void print_json(const BenchLayerOptions& o, const BenchLayerResult& r) {
   const double g_fwd = gflops(r.flops_fwd, r.fwd_ms), g_fwd_bwd = gflops(3.0 * r.flops_fwd, r.fwd_bwd_ms);
   if (o.weights == "bf16") {
     // No backward on bf16 weights: forward+backward fields are null; the f32 forward is beside it.
-    for (const char* k : {"fwd_bwd_ms", "fwd_bwd_ms_min", "flops_fwd_bwd", "gflops_fwd_bwd", "fwd_bwd_peak_mb",
-                          "grads_mb"})
+    for (const char* k :
+         {"fwd_bwd_ms", "fwd_bwd_ms_min", "flops_fwd_bwd", "gflops_fwd_bwd", "fwd_bwd_peak_mb", "grads_mb"})
       j[k] = nullptr;
     j["f32_fwd_ms"] = round_to(r.f32_fwd_ms, 6);
     j["f32_gflops_fwd"] = round_sig(gflops(r.flops_fwd, r.f32_fwd_ms), 5);
@@ -328,9 +328,10 @@ void print_json(const BenchLayerOptions& o, const BenchLayerResult& r) {
 }
 
 void print_table(const BenchLayerOptions& o, const BenchLayerResult& r) {
-  std::printf("moe bench layer: f32 activations, %s expert weights, backend %s, %d thread%s, median of %d "
-              "(after %d warmup)\n",
-              o.weights.c_str(), o.backend.c_str(), r.threads, r.threads == 1 ? "" : "s", o.iters, o.warmup);
+  std::printf(
+      "moe bench layer: f32 activations, %s expert weights, backend %s, %d thread%s, median of %d "
+      "(after %d warmup)\n",
+      o.weights.c_str(), o.backend.c_str(), r.threads, r.threads == 1 ? "" : "s", o.iters, o.warmup);
   std::printf("  shape       tokens %lld  d_model %lld  d_ff %lld  experts %lld  top_k %d  shared %lld\n",
               static_cast<long long>(o.tokens), static_cast<long long>(o.d_model),
               static_cast<long long>(o.d_ff), static_cast<long long>(o.experts), o.top_k,
@@ -348,10 +349,12 @@ void print_table(const BenchLayerOptions& o, const BenchLayerResult& r) {
     }
     return std::string(buf);
   };
-  std::printf("  %-12s %12.3f %12.3f %14.2f %10s\n", "forward", r.fwd_ms, r.fwd_ms_min, g_fwd, ratio(g_fwd).c_str());
+  std::printf("  %-12s %12.3f %12.3f %14.2f %10s\n", "forward", r.fwd_ms, r.fwd_ms_min, g_fwd,
+              ratio(g_fwd).c_str());
   if (o.weights == "bf16") {
     std::printf("  %-12s %12.3f %12s %14.2f %10s   (bf16 forward is %.2fx the f32 forward)\n", "f32 forward",
-                r.f32_fwd_ms, "-", gflops(r.flops_fwd, r.f32_fwd_ms), ratio(gflops(r.flops_fwd, r.f32_fwd_ms)).c_str(),
+                r.f32_fwd_ms, "-", gflops(r.flops_fwd, r.f32_fwd_ms),
+                ratio(gflops(r.flops_fwd, r.f32_fwd_ms)).c_str(),
                 r.fwd_ms > 0 ? r.f32_fwd_ms / r.fwd_ms : 0.0);
   } else {
     std::printf("  %-12s %12.3f %12.3f %14.2f %10s\n", "fwd+bwd", r.fwd_bwd_ms, r.fwd_bwd_ms_min, g_fwd_bwd,
@@ -360,10 +363,11 @@ void print_table(const BenchLayerOptions& o, const BenchLayerResult& r) {
   if (r.dense) {
     std::printf("  %-12s %12.3f %12.3f %14.2f %10s\n\n", "dense GEMM", r.dense_r.median_ms, r.dense_r.best_ms,
                 r.dense_r.gflops_best, "1");
-    std::printf("  dense GEMM    kernels::gemm (cpu), M %lld  N %lld  K %lld in the expert layout, best of %d "
-                "(its rate is the best rep's)\n",
-                static_cast<long long>(r.dense_m), static_cast<long long>(r.dense_n),
-                static_cast<long long>(r.dense_k), o.dense_reps);
+    std::printf(
+        "  dense GEMM    kernels::gemm (cpu), M %lld  N %lld  K %lld in the expert layout, best of %d "
+        "(its rate is the best rep's)\n",
+        static_cast<long long>(r.dense_m), static_cast<long long>(r.dense_n),
+        static_cast<long long>(r.dense_k), o.dense_reps);
   } else {
     std::printf("\n  dense GEMM    skipped (--dense-reps 0)\n");
   }
@@ -372,10 +376,11 @@ void print_table(const BenchLayerOptions& o, const BenchLayerResult& r) {
               static_cast<long long>(r.stats.dropped));
   std::printf("  per expert   ");
   for (int64_t n : r.stats.tokens_per_expert) std::printf(" %lld", static_cast<long long>(n));
-  std::printf("\n  act memory    %.1f MiB forward+backward beyond params, x, dy and gradients "
-              "(forward %.1f MiB, backward %.1f MiB; gradients kept between passes %.1f MiB)%s\n",
-              r.act_peak_mb, r.fwd_peak_mb, r.fwd_bwd_peak_mb, r.grads_mb,
-              r.peak_reset ? "" : "; peak not resettable: upper bound");
+  std::printf(
+      "\n  act memory    %.1f MiB forward+backward beyond params, x, dy and gradients "
+      "(forward %.1f MiB, backward %.1f MiB; gradients kept between passes %.1f MiB)%s\n",
+      r.act_peak_mb, r.fwd_peak_mb, r.fwd_bwd_peak_mb, r.grads_mb,
+      r.peak_reset ? "" : "; peak not resettable: upper bound");
   std::printf("  peak RSS      %.1f MiB\n", r.peak_rss_mb);
 }
 
@@ -420,7 +425,9 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
       ->check(CLI::IsMember({"ref", "cpu"}))
       ->capture_default_str();
   add_seed_flag(sub, opts->seed, "the parameters and inputs");
-  sub->add_option("--weights", opts->weights, "Weight dtype of the experts: f32, or bf16 (forward only; the f32 forward is timed beside it)")
+  sub->add_option(
+         "--weights", opts->weights,
+         "Weight dtype of the experts: f32, or bf16 (forward only; the f32 forward is timed beside it)")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
   sub->add_option("--dense-reps", opts->dense_reps,
@@ -443,11 +450,13 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
       "VmRSS before it: fwd_peak_mb = VmHWM after forward - before, fwd_bwd_peak_mb = VmHWM after\n"
       "backward - before, act_peak_mb = the larger: the memory forward+backward needs beyond\n"
       "parameters, inputs (x, dy) and gradients. The tensor cache (freed buffers >= 1 MiB kept for\n"
-      "reuse, MOE_TENSOR_CACHE_MB) is emptied before that pass and warm in the timed ones.\n"      "When the peak cannot be reset (peak_reset false) both are upper bounds. peak_rss_mb is the\n"
+      "reuse, MOE_TENSOR_CACHE_MB) is emptied before that pass and warm in the timed ones.\n"
+      "When the peak cannot be reset (peak_reset false) both are upper bounds. peak_rss_mb is the\n"
       "resident peak (getrusage), which Linux resets with VmHWM: the peak from that pass on (timed\n"
       "passes and dense GEMM included). Timings run under the same malloc setting. MiB throughout.\n"
       "\n"
-      "--weights bf16 rounds the expert weights to bf16 (inference path): forward only, timed beside the f32\n"
+      "--weights bf16 rounds the expert weights to bf16 (inference path): forward only, timed beside the "
+      "f32\n"
       "forward of the same layer (f32_fwd_ms, bf16_vs_f32_fwd); forward+backward fields are null.");
   sub->callback([&reg, opts] { reg.action = [opts] { return run_bench_layer(*opts); }; });
 }

@@ -12,9 +12,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <map>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -69,7 +69,8 @@ void add_stats(infer::ExpertStoreStats& a, const infer::ExpertStoreStats& b) {
   a.evictions += b.evictions, a.bytes_moved += b.bytes_moved, a.stall_seconds += b.stall_seconds;
   a.load_seconds += b.load_seconds;
   a.capacity = b.capacity, a.expert_bytes = b.expert_bytes, a.layers = b.layers;
-  if (a.layer_hits.empty()) a.layer_hits = b.layer_hits, a.layer_uses = b.layer_uses;
+  if (a.layer_hits.empty())
+    a.layer_hits = b.layer_hits, a.layer_uses = b.layer_uses;
   else
     for (size_t l = 0; l < b.layer_hits.size(); ++l)
       for (size_t e = 0; e < b.layer_hits[l].size(); ++e)
@@ -80,19 +81,22 @@ void add_stats(infer::ExpertStoreStats& a, const infer::ExpertStoreStats& b) {
 struct ConfigRun {
   ConfigResult r;
   infer::InferenceModel im;
-  std::vector<int64_t> uses;      // "optimal": every use, prefill and decode
-  std::vector<uint8_t> counted;   // ... and whether it is a decode-phase use
+  std::vector<int64_t> uses;     // "optimal": every use, prefill and decode
+  std::vector<uint8_t> counted;  // ... and whether it is a decode-phase use
 };
 
-ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const std::string& name, double fraction) {
+ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const std::string& name,
+                      double fraction) {
   OffloadFlags f = a.base;
   std::string policy = name, extra;
-  if (const size_t plus = name.find('+'); plus != std::string::npos) policy = name.substr(0, plus), extra = name.substr(plus + 1);
+  if (const size_t plus = name.find('+'); plus != std::string::npos)
+    policy = name.substr(0, plus), extra = name.substr(plus + 1);
   MOE_CHECK(extra.empty() || extra == "prefetch" || extra == "pregate", "bench offload: configuration '",
             name,
             "' must be POLICY, POLICY+prefetch or POLICY+pregate (POLICY: lru, lfu, activation, resident), "
             "or optimal");
-  MOE_CHECK(policy != "optimal" || extra.empty(), "bench offload: 'optimal' is a replayed bound without prefetch");
+  MOE_CHECK(policy != "optimal" || extra.empty(),
+            "bench offload: 'optimal' is a replayed bound without prefetch");
   f.no_prefetch = extra.empty();
   if (extra == "pregate") f.predictor = "pregate";  // prefetch by pre-gating whatever --expert-predictor says
   ConfigRun c;
@@ -101,7 +105,8 @@ ConfigRun make_config(const std::string& dir, const BenchOffloadArgs& a, const s
   const model::ModelConfig mc = model::load_model_config(dir + "/config.json");
   int64_t n_experts = 0;
   for (int64_t l = 0; l < mc.num_hidden_layers; ++l) n_experts += mc.is_moe_layer(l) ? mc.num_experts : 0;
-  const int64_t budget = std::max<int64_t>(3, static_cast<int64_t>(fraction * static_cast<double>(n_experts) + 0.5));
+  const int64_t budget =
+      std::max<int64_t>(3, static_cast<int64_t>(fraction * static_cast<double>(n_experts) + 0.5));
   if (policy == "resident" || policy == "optimal") {
     f.resident_experts = n_experts;  // every expert in a store, for the same kernels
   } else {
@@ -230,8 +235,8 @@ int run_bench_offload(const BenchOffloadArgs& a) {
   // prompts: consecutive windows spread evenly over the text
   std::vector<std::vector<int32_t>> prompts;
   const int64_t n = static_cast<int64_t>(text.size());
-  MOE_CHECK(n >= a.prompt_tokens, "bench offload: '", a.prompts, "' has ", n, " tokens, fewer than --prompt-tokens ",
-            a.prompt_tokens);
+  MOE_CHECK(n >= a.prompt_tokens, "bench offload: '", a.prompts, "' has ", n,
+            " tokens, fewer than --prompt-tokens ", a.prompt_tokens);
   for (int64_t i = 0; i < a.n_prompts; ++i) {
     const int64_t start = (n - a.prompt_tokens) * i / std::max<int64_t>(1, a.n_prompts);
     prompts.emplace_back(text.begin() + start, text.begin() + start + a.prompt_tokens);
@@ -281,27 +286,32 @@ int run_bench_offload(const BenchOffloadArgs& a) {
     j["new_tokens"] = a.new_tokens;
     j["outputs_identical"] = identical;
     for (const ConfigResult& r : rs)
-      j["runs"].push_back({{"config", r.name}, {"resident_fraction", r.fraction}, {"resident_experts", r.resident},
-                           {"decode_tokens_per_s", r.optimal ? nlohmann::json() : nlohmann::json(r.decode_tps)},
-                           {"decode_s", r.optimal ? nlohmann::json() : nlohmann::json(r.decode_s)},
-                           {"replayed_bound", r.optimal}, {"experts", store_json(r.st)}});
+      j["runs"].push_back(
+          {{"config", r.name},
+           {"resident_fraction", r.fraction},
+           {"resident_experts", r.resident},
+           {"decode_tokens_per_s", r.optimal ? nlohmann::json() : nlohmann::json(r.decode_tps)},
+           {"decode_s", r.optimal ? nlohmann::json() : nlohmann::json(r.decode_s)},
+           {"replayed_bound", r.optimal},
+           {"experts", store_json(r.st)}});
     std::cout << j.dump() << "\n";
   } else {
-    std::printf("%-22s %9s %9s %10s %8s %10s %9s %9s\n", "config", "resident", "tokens/s", "vs first", "hit %",
-                "MiB moved", "stall s", "prefetch");
+    std::printf("%-22s %9s %9s %10s %8s %10s %9s %9s\n", "config", "resident", "tokens/s", "vs first",
+                "hit %", "MiB moved", "stall s", "prefetch");
     double first_tps = 0;  // "vs first": the first configuration that has a speed
     for (const ConfigResult& r : rs)
       if (!r.optimal && first_tps == 0) first_tps = r.decode_tps;
     for (const ConfigResult& r : rs) {
       if (r.optimal) {
-        std::printf("%-22s %4lld/%3.0f%% %9s %10s %8.1f %10.1f %9s %9s\n", r.name.c_str(), (long long)r.resident,
-                    100 * r.fraction, "-", "-", 100 * r.st.hit_rate(),
+        std::printf("%-22s %4lld/%3.0f%% %9s %10s %8.1f %10.1f %9s %9s\n", r.name.c_str(),
+                    (long long)r.resident, 100 * r.fraction, "-", "-", 100 * r.st.hit_rate(),
                     static_cast<double>(r.st.bytes_moved) / 1048576.0, "-", "-");
         continue;
       }
       std::printf("%-22s %4lld/%3.0f%% %9.2f %9.2fx %8.1f %10.1f %9.2f %4lld/%lld\n", r.name.c_str(),
-                  (long long)r.resident, 100 * r.fraction, r.decode_tps, r.decode_tps / std::max(1e-12, first_tps),
-                  100 * r.st.hit_rate(), static_cast<double>(r.st.bytes_moved) / 1048576.0, r.st.stall_seconds,
+                  (long long)r.resident, 100 * r.fraction, r.decode_tps,
+                  r.decode_tps / std::max(1e-12, first_tps), 100 * r.st.hit_rate(),
+                  static_cast<double>(r.st.bytes_moved) / 1048576.0, r.st.stall_seconds,
                   (long long)r.st.prefetch_used, (long long)r.st.prefetch_issued);
     }
     std::printf("generated tokens identical across configurations: %s\n", identical ? "yes" : "NO");
@@ -314,7 +324,8 @@ int run_bench_offload(const BenchOffloadArgs& a) {
 
 void add_bench_offload(CLI::App& bench, Registry& reg) {
   auto a = std::make_shared<BenchOffloadArgs>();
-  CLI::App* c = bench.add_subcommand("offload", "Decode speed and expert hit rate of offloaded experts, per cache policy");
+  CLI::App* c = bench.add_subcommand(
+      "offload", "Decode speed and expert hit rate of offloaded experts, per cache policy");
   add_model_flag(c, a->model);
   c->add_option("--prompts", a->prompts, "Text file the prompts are cut from")->required();
   c->add_option("--configs", a->configs,
@@ -329,10 +340,13 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
   c->add_option("--new-tokens", a->new_tokens, "Tokens decoded per prompt (greedy)")->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 dense linears");
-  c->add_option("--expert-io", a->base.io, "mmap (page cache) or direct (O_DIRECT, disk)")->capture_default_str();
+  c->add_option("--expert-io", a->base.io, "mmap (page cache) or direct (O_DIRECT, disk)")
+      ->capture_default_str();
   c->add_option("--io-threads", a->base.io_threads, "Loader threads")->capture_default_str();
-  c->add_option("--expert-format", a->base.format, "Resident expert format: auto, bf16, f32")->capture_default_str();
-  c->add_option("--prefetch-depth", a->base.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
+  c->add_option("--expert-format", a->base.format, "Resident expert format: auto, bf16, f32")
+      ->capture_default_str();
+  c->add_option("--prefetch-depth", a->base.prefetch_depth, "MoE layers ahead to prefetch")
+      ->capture_default_str();
   c->add_option("--prefetch-experts", a->base.prefetch_experts, "Experts predicted per layer (0: top-k)")
       ->capture_default_str();
   c->add_option(

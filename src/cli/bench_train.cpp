@@ -32,8 +32,10 @@ struct BenchTrainArgs {
 // head) + the causal attention scores and values (2 · 2 · hd · hq · S/2 on average).
 double forward_flops_per_token(const model::ModelConfig& c, int64_t S) {
   const double d = static_cast<double>(c.hidden_size), hd = static_cast<double>(c.head_dim_or_default());
-  const double hq = static_cast<double>(c.num_attention_heads), hkv = static_cast<double>(c.num_key_value_heads);
-  double per_layer_attn = 2 * (d * hq * hd * 2 + d * hkv * hd * 2) + 2 * 2 * hd * hq * static_cast<double>(S) / 2;
+  const double hq = static_cast<double>(c.num_attention_heads),
+               hkv = static_cast<double>(c.num_key_value_heads);
+  double per_layer_attn =
+      2 * (d * hq * hd * 2 + d * hkv * hd * 2) + 2 * 2 * hd * hq * static_cast<double>(S) / 2;
   double total = 2 * d * static_cast<double>(c.vocab_size);
   const MoEConfig m = c.moe_layer_config();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -65,8 +67,10 @@ int run_bench_train(const BenchTrainArgs& a) {
   std::vector<int32_t> tok(static_cast<size_t>(n)), tgt(static_cast<size_t>(n));
   const Rng rng(a.seed);
   for (int64_t i = 0; i < n; ++i) {
-    tok[i] = static_cast<int32_t>(rng.below(static_cast<uint64_t>(2 * i), static_cast<uint64_t>(c.vocab_size)));
-    tgt[i] = static_cast<int32_t>(rng.below(static_cast<uint64_t>(2 * i + 1), static_cast<uint64_t>(c.vocab_size)));
+    tok[i] =
+        static_cast<int32_t>(rng.below(static_cast<uint64_t>(2 * i), static_cast<uint64_t>(c.vocab_size)));
+    tgt[i] = static_cast<int32_t>(
+        rng.below(static_cast<uint64_t>(2 * i + 1), static_cast<uint64_t>(c.vocab_size)));
   }
   std::vector<double> ms;
   double loss = 0;
@@ -103,8 +107,8 @@ int run_bench_train(const BenchTrainArgs& a) {
     std::printf("%s: %.2fM parameters (%.2fM active), batch %lld x %lld tokens, %d threads\n",
                 model::arch_name(c.arch), c.n_params() / 1e6, c.n_active_params() / 1e6, (long long)a.batch,
                 (long long)a.seq_len, num_threads());
-    std::printf("training step %.1f ms (median of %d) | %.0f tokens/s | %.1f GFLOP/s | peak RSS %.0f MiB\n", step_ms,
-                a.iters, tps, flops / (step_ms / 1e3) / 1e9, peak_rss_mb());
+    std::printf("training step %.1f ms (median of %d) | %.0f tokens/s | %.1f GFLOP/s | peak RSS %.0f MiB\n",
+                step_ms, a.iters, tps, flops / (step_ms / 1e3) / 1e9, peak_rss_mb());
   }
   return kExitOk;
 }
@@ -113,7 +117,8 @@ int run_bench_train(const BenchTrainArgs& a) {
 
 void add_bench_train(CLI::App& bench, Registry& reg) {
   auto a = std::make_shared<BenchTrainArgs>();
-  CLI::App* c = bench.add_subcommand("train", "Time one training step (forward, backward, AdamW) of a transformer");
+  CLI::App* c =
+      bench.add_subcommand("train", "Time one training step (forward, backward, AdamW) of a transformer");
   add_model_flags(c, a->model);
   c->add_option("--vocab", a->vocab, "Vocabulary size")->capture_default_str();
   c->add_option("--seq-len", a->seq_len, "Tokens per sequence")->capture_default_str();

@@ -68,8 +68,9 @@ void apply_threads(int threads);
 // --json: print one JSON object (the help may say more).
 CLI::Option* add_json_flag(CLI::App* c, bool& json, const std::string& help = "Print one JSON object");
 // --model DIR (required): a model directory (Hugging Face layout) or a run directory of `moe train`.
-CLI::Option* add_model_flag(CLI::App* c, std::string& model,
-                            const std::string& help = "Model directory (Hugging Face layout) or run directory");
+CLI::Option* add_model_flag(
+    CLI::App* c, std::string& model,
+    const std::string& help = "Model directory (Hugging Face layout) or run directory");
 // --seed N: the seed of what `what` names, default shown.
 CLI::Option* add_seed_flag(CLI::App* c, uint64_t& seed, const std::string& what);
 

@@ -33,14 +33,15 @@ struct EvalArgs {
 };
 
 // --compare: both models on the same tokens.
-int run_compare(const EvalArgs& a, const model::Transformer& m, const std::string& dir, const std::string& base_dir,
-                const std::vector<int32_t>& toks, int64_t S) {
-  const infer::InferenceModel base_im = load_for_inference(base_dir, false, OffloadFlags());  // quantized bases too
+int run_compare(const EvalArgs& a, const model::Transformer& m, const std::string& dir,
+                const std::string& base_dir, const std::vector<int32_t>& toks, int64_t S) {
+  const infer::InferenceModel base_im =
+      load_for_inference(base_dir, false, OffloadFlags());  // quantized bases too
   const model::Transformer& base = *base_im.model;
   MOE_CHECK(base.config().vocab_size == m.config().vocab_size, "eval: --compare: the base model has ",
             base.config().vocab_size, " tokens in its vocabulary, the model ", m.config().vocab_size);
-  MOE_CHECK(S <= base.config().max_position_embeddings, "eval: --seq-len ", S, " exceeds the base model's context ",
-            base.config().max_position_embeddings);
+  MOE_CHECK(S <= base.config().max_position_embeddings, "eval: --seq-len ", S,
+            " exceeds the base model's context ", base.config().max_position_embeddings);
   const infer::CompareResult r = infer::compare_models(base, m, toks, S, a.batch);
   if (a.json) {
     std::cout << nlohmann::json{{"model", dir},
@@ -66,8 +67,8 @@ int run_compare(const EvalArgs& a, const model::Transformer& m, const std::strin
 int run_eval(const EvalArgs& a) {
   apply_threads(a.threads);
   MOE_CHECK(a.data.empty() != a.tokens.empty(), "eval: give exactly one of --data FILE and --tokens LIST");
-  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "eval: --skip-threshold must be >= 0, got ",
-            a.skip_threshold);
+  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0,
+            "eval: --skip-threshold must be >= 0, got ", a.skip_threshold);
   const std::string dir = resolve_model_dir(a.model);
   const std::string base_dir = a.compare.empty() ? std::string() : resolve_model_dir(a.compare);
   infer::InferenceModel im = load_for_inference(dir, false, a.offload);
@@ -77,14 +78,16 @@ int run_eval(const EvalArgs& a) {
   std::vector<int32_t> toks;
   if (!a.data.empty()) {
     const std::string tp = find_tokenizer(dir);
-    MOE_CHECK(!tp.empty(), "eval: --data needs a tokenizer.json next to the model in '", dir, "'; use --tokens");
+    MOE_CHECK(!tp.empty(), "eval: --data needs a tokenizer.json next to the model in '", dir,
+              "'; use --tokens");
     const std::string text = train::read_text_corpus(a.data);
     toks = text::Tokenizer::load(tp).encode(text);
     if (!base_dir.empty()) {
       const std::string btp = find_tokenizer(base_dir);
-      MOE_CHECK(!btp.empty(), "eval: --compare: no tokenizer.json next to the base model in '", base_dir, "'");
-      MOE_CHECK(text::Tokenizer::load(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp, "' and '",
-                btp, "' encode --data differently; the models must share a tokenizer");
+      MOE_CHECK(!btp.empty(), "eval: --compare: no tokenizer.json next to the base model in '", base_dir,
+                "'");
+      MOE_CHECK(text::Tokenizer::load(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp,
+                "' and '", btp, "' encode --data differently; the models must share a tokenizer");
     }
   } else {
     for (size_t i = 0; i < a.tokens.size(); ++i) {
@@ -133,7 +136,8 @@ int run_eval(const EvalArgs& a) {
     std::cout << "loss " << mean << "  ppl " << std::exp(mean) << "  tokens " << count;
     if (a.skip_threshold > 0)
       std::cout << "  experts skipped "
-                << 100.0 * static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1)) << "%";
+                << 100.0 * static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1))
+                << "%";
     std::cout << "\n";
   }
   return kExitOk;

@@ -29,8 +29,8 @@ struct GenArgs {
 
 int run_generate(GenArgs& a) {
   apply_threads(a.threads);
-  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "generate: --skip-threshold must be >= 0, got ",
-            a.skip_threshold);
+  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0,
+            "generate: --skip-threshold must be >= 0, got ", a.skip_threshold);
   a.opt.sampling.validate();
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
@@ -44,7 +44,8 @@ int run_generate(GenArgs& a) {
   // The special tokens of the file's post-processor (<s> for Llama-style files), as transformers adds them.
   std::vector<int32_t> prompt = tok.encode(a.prompt, {.add_special_tokens = true});
   if (prompt.empty()) {
-    MOE_CHECK(tok.eos_id() >= 0, "generate: empty prompt and the tokenizer has no end-of-text token to start from");
+    MOE_CHECK(tok.eos_id() >= 0,
+              "generate: empty prompt and the tokenizer has no end-of-text token to start from");
     prompt.push_back(tok.eos_id());  // start a new document
   }
   a.opt.eos_id = tok.eos_id();
@@ -59,16 +60,21 @@ int run_generate(GenArgs& a) {
     if (t != tok.eos_id() && t < tok.vocab_size()) shown.push_back(t);
   const double tps = r.decode_s > 0 ? static_cast<double>(r.tokens.size()) / r.decode_s : 0;
   if (a.json) {
-    nlohmann::json j = {{"prompt", a.prompt},   {"text", tok.decode(shown)},    {"tokens", r.tokens},
-                        {"prompt_tokens", prompt.size()}, {"finish_reason", r.finish_reason},
-                        {"prefill_s", r.prefill_s}, {"decode_tokens_per_s", tps}};
+    nlohmann::json j = {{"prompt", a.prompt},
+                        {"text", tok.decode(shown)},
+                        {"tokens", r.tokens},
+                        {"prompt_tokens", prompt.size()},
+                        {"finish_reason", r.finish_reason},
+                        {"prefill_s", r.prefill_s},
+                        {"decode_tokens_per_s", tps}};
     if (im.store) j["experts"] = store_json(im.store->stats());
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << "\n";
     std::cerr << "[" << r.tokens.size() << " tokens, " << static_cast<int64_t>(tps) << " tokens/s, "
               << r.finish_reason << "]\n";
-    if (im.store) std::cerr << "[" << im.store->describe() << "; " << store_summary(im.store->stats()) << "]\n";
+    if (im.store)
+      std::cerr << "[" << im.store->describe() << "; " << store_summary(im.store->stats()) << "]\n";
   }
   return kExitOk;
 }
@@ -77,13 +83,15 @@ int run_generate(GenArgs& a) {
 
 void register_generate(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<GenArgs>();
-  CLI::App* c = app.add_subcommand("generate", "Continue a prompt with a model (KV cache; greedy at temperature 0)");
+  CLI::App* c =
+      app.add_subcommand("generate", "Continue a prompt with a model (KV cache; greedy at temperature 0)");
   add_model_flag(c, a->model);
   c->add_option("--prompt", a->prompt, "Text to continue")->required();
   c->add_option("--max-tokens", a->opt.max_new_tokens, "New tokens at most")->capture_default_str();
   c->add_option("--temperature", a->opt.sampling.temperature, "0 = greedy")->capture_default_str();
   c->add_option("--top-p", a->opt.sampling.top_p, "Nucleus sampling mass")->capture_default_str();
-  c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")->capture_default_str();
+  c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")
+      ->capture_default_str();
   add_seed_flag(c, a->opt.sampling.seed, "the sampling");
   c->add_option("--repetition-penalty", a->opt.sampling.repetition_penalty,
                 "Divide positive (multiply negative) logits of tokens already seen (1 = off)")

@@ -15,7 +15,8 @@ namespace moe::cli {
 struct ModelFlags {
   std::string arch = "qwen3_moe";
   std::string model_config;  // a config.json to start from
-  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, experts = 0, top_k = 0, expert_width = 0;
+  int64_t layers = 0, hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, experts = 0, top_k = 0,
+          expert_width = 0;
   int64_t shared_width = -1, dense_width = 0;
   std::vector<int64_t> dense_layers;
   bool tie = false;

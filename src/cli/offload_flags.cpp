@@ -7,24 +7,30 @@ namespace moe::cli {
 void add_offload_flags(CLI::App* c, OffloadFlags& f) {
   c->add_option("--resident-experts", f.resident_experts,
                 "Offload experts: keep at most N routed experts (all layers together) in memory");
-  c->add_option("--expert-cache-gb", f.cache_gb, "Offload experts: memory budget for resident experts in GiB");
-  c->add_option("--cache-policy", f.policy, "Expert cache policy: lru, lfu, activation")->capture_default_str();
+  c->add_option("--expert-cache-gb", f.cache_gb,
+                "Offload experts: memory budget for resident experts in GiB");
+  c->add_option("--cache-policy", f.policy, "Expert cache policy: lru, lfu, activation")
+      ->capture_default_str();
   c->add_flag("--no-prefetch", f.no_prefetch, "Do not prefetch the next layers' predicted experts");
   c->add_option("--prefetch-depth", f.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
-  c->add_option("--prefetch-experts", f.prefetch_experts, "Experts predicted per layer (0: the router's top-k)")
+  c->add_option("--prefetch-experts", f.prefetch_experts,
+                "Experts predicted per layer (0: the router's top-k)")
       ->capture_default_str();
   c->add_option(
        "--expert-predictor", f.predictor,
        "What predicts the experts to prefetch: auto (the model's expert_predictor.safetensors if present, "
        "else pregate), pregate, or a file written by `moe predictor`")
       ->capture_default_str();
-  c->add_option("--expert-io", f.io, "Reading offloaded experts: mmap (page cache) or direct (O_DIRECT, disk)")
+  c->add_option("--expert-io", f.io,
+                "Reading offloaded experts: mmap (page cache) or direct (O_DIRECT, disk)")
       ->capture_default_str();
-  c->add_option("--io-threads", f.io_threads, "Loader threads (expert reads in flight at once)")->capture_default_str();
+  c->add_option("--io-threads", f.io_threads, "Loader threads (expert reads in flight at once)")
+      ->capture_default_str();
   c->add_option("--expert-miss", f.miss,
                 "On a miss: load, compute (from the mapped checkpoint, no load), auto (cost model)")
       ->capture_default_str();
-  c->add_option("--expert-format", f.format, "Resident expert format: auto, bf16, f32")->capture_default_str();
+  c->add_option("--expert-format", f.format, "Resident expert format: auto, bf16, f32")
+      ->capture_default_str();
 }
 
 infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f) {

@@ -36,14 +36,15 @@ struct ServeArgs {
 // tokenizer_config.json's token fields are a string or {"content": string}.
 std::string token_text(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content") && v["content"].is_string()) return v["content"].get<std::string>();
+  if (v.is_object() && v.contains("content") && v["content"].is_string())
+    return v["content"].get<std::string>();
   return "";
 }
 
 // The chat template: --chat-template, else tokenizer_config.json's chat_template, else the
 // model family's when the tokenizer has its tokens, else plain.
 text::ChatTemplate choose_template(const std::string& name, const std::string& tokenizer_path,
-                                    const model::ModelConfig& cfg, const text::Tokenizer& tok) {
+                                   const model::ModelConfig& cfg, const text::Tokenizer& tok) {
   namespace fs = std::filesystem;
   nlohmann::json tc;
   const fs::path tc_path = fs::path(tokenizer_path).parent_path() / "tokenizer_config.json";
@@ -67,18 +68,29 @@ text::ChatTemplate choose_template(const std::string& name, const std::string& t
     if (ct.is_string()) jinja = ct.get<std::string>();
     if (ct.is_array())  // [{"name": "default", "template": "..."}, ...]
       for (const auto& x : ct)
-        if (x.is_object() && x.value("name", "") == "default" && x.contains("template") && x["template"].is_string())
+        if (x.is_object() && x.value("name", "") == "default" && x.contains("template") &&
+            x["template"].is_string())
           jinja = x["template"].get<std::string>();
     known = text::chat_format_from_jinja(jinja, &fmt);
   }
   if (!known) {
     text::ChatFormat family = text::ChatFormat::Plain;
     switch (cfg.arch) {
-      case model::Arch::Qwen2Moe: family = text::ChatFormat::Qwen2; break;
-      case model::Arch::Qwen3Moe: family = text::ChatFormat::ChatMl; break;
-      case model::Arch::Mixtral: family = text::ChatFormat::Mistral; break;
-      case model::Arch::Olmoe: family = text::ChatFormat::Tulu; break;
-      case model::Arch::DeepseekV3: family = text::ChatFormat::DeepSeek; break;
+      case model::Arch::Qwen2Moe:
+        family = text::ChatFormat::Qwen2;
+        break;
+      case model::Arch::Qwen3Moe:
+        family = text::ChatFormat::ChatMl;
+        break;
+      case model::Arch::Mixtral:
+        family = text::ChatFormat::Mistral;
+        break;
+      case model::Arch::Olmoe:
+        family = text::ChatFormat::Tulu;
+        break;
+      case model::Arch::DeepseekV3:
+        family = text::ChatFormat::DeepSeek;
+        break;
     }
     // Models trained here are qwen3_moe without chat tokens: those get the plain format.
     const text::ChatTemplate t = text::default_chat_template(family);
@@ -103,8 +115,8 @@ sigset_t stop_signals() {
 
 int run_serve(ServeArgs& a) {
   apply_threads(a.threads);
-  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0, "serve: --skip-threshold must be >= 0, got ",
-            a.skip_threshold);
+  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0,
+            "serve: --skip-threshold must be >= 0, got ", a.skip_threshold);
   if (a.opt.api_key.empty())
     if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
   a.opt.validate();
@@ -145,9 +157,10 @@ int run_serve(ServeArgs& a) {
     sigwait(&set, &sig);
     server.stop();
   });
-  std::cerr << "moe serve: " << model::arch_name(cfg.arch) << " model '" << a.opt.served_model_name << "', context "
-            << cfg.max_position_embeddings << ", chat template " << text::chat_format_name(chat.format) << ", "
-            << num_threads() << " threads" << (a.opt.api_key.empty() ? "" : ", API key required") << "\n";
+  std::cerr << "moe serve: " << model::arch_name(cfg.arch) << " model '" << a.opt.served_model_name
+            << "', context " << cfg.max_position_embeddings << ", chat template "
+            << text::chat_format_name(chat.format) << ", " << num_threads() << " threads"
+            << (a.opt.api_key.empty() ? "" : ", API key required") << "\n";
   std::cout << "listening on http://" << a.opt.host << ":" << port << std::endl;
   server.run();
   server.stop();
@@ -166,23 +179,29 @@ void register_serve(CLI::App& app, Registry& reg) {
   add_model_flag(c, a->model);
   c->add_option("--host", o.host, "Address to listen on")->capture_default_str();
   c->add_option("--port", o.port, "Port (0 = any free port)")->capture_default_str();
-  c->add_option("--api-key", o.api_key, "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
+  c->add_option("--api-key", o.api_key,
+                "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_offload_flags(c, a->offload);
   c->add_option("--skip-threshold", a->skip_threshold,
                 "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
-  c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")->capture_default_str();
+  c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")
+      ->capture_default_str();
   c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")->capture_default_str();
-  c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")->capture_default_str();
-  c->add_option("--max-body-bytes", o.max_body_bytes, "Largest request body (beyond: 413)")->capture_default_str();
+  c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")
+      ->capture_default_str();
+  c->add_option("--max-body-bytes", o.max_body_bytes, "Largest request body (beyond: 413)")
+      ->capture_default_str();
   c->add_option("--max-prompt-tokens", o.max_prompt_tokens, "Longest prompt accepted (0 = the context - 1)")
       ->capture_default_str();
   c->add_option("--max-tokens-limit", o.max_tokens_limit, "Largest max_tokens accepted (0 = the context)")
       ->capture_default_str();
-  c->add_option("--chat-template", a->chat_template,
-                "chatml, qwen2, mistral, tulu, deepseek or plain (default: from tokenizer_config.json / the model)");
-  c->add_option("--served-model-name", o.served_model_name, "Model id in the API (default: the directory name)");
+  c->add_option(
+      "--chat-template", a->chat_template,
+      "chatml, qwen2, mistral, tulu, deepseek or plain (default: from tokenizer_config.json / the model)");
+  c->add_option("--served-model-name", o.served_model_name,
+                "Model id in the API (default: the directory name)");
   c->callback([&reg, a] { reg.action = [a] { return run_serve(*a); }; });
 }
 

@@ -35,8 +35,9 @@ std::unique_ptr<dist::ParallelGroups> make_parallel(const TrainArgs& a) {
   MOE_CHECK(a.expert_parallel >= 1, "--expert-parallel must be >= 1, got ", a.expert_parallel);
   MOE_CHECK(a.comm_timeout_s >= 0, "--comm-timeout must be >= 0 seconds (0 = wait forever)");
   if (!dist::launched_by_mpi()) {
-    MOE_CHECK(a.expert_parallel == 1, "--expert-parallel ", a.expert_parallel,
-              " needs that many processes: start it with `mpirun -np N build/moe train --expert-parallel K ...`");
+    MOE_CHECK(
+        a.expert_parallel == 1, "--expert-parallel ", a.expert_parallel,
+        " needs that many processes: start it with `mpirun -np N build/moe train --expert-parallel K ...`");
     return nullptr;
   }
   std::shared_ptr<dist::Communicator> world = dist::mpi_world();
@@ -50,7 +51,6 @@ std::unique_ptr<dist::ParallelGroups> make_parallel(const TrainArgs& a) {
   g->dp->set_timeout(a.comm_timeout_s);
   return g;
 }
-
 
 train::TrainSummary run_train_ranks(TrainArgs& a, double limit_s, const dist::ParallelGroups* par) {
   train::TrainSummary s;
@@ -90,9 +90,9 @@ int run_train(TrainArgs& a) {
     par->world->abort_job(dynamic_cast<const dist::CommError*>(&e) ? kExitFailure : kExitUsage);
   }
   if (par && par->world->rank() != 0) return kExitOk;
-  std::cout << "done: " << s.steps_done << " steps, train loss " << s.final_loss << ", val loss " << s.eval_loss
-            << " (unigram entropy " << s.unigram_entropy << "), " << static_cast<int64_t>(s.tokens_per_s)
-            << " tokens/s";
+  std::cout << "done: " << s.steps_done << " steps, train loss " << s.final_loss << ", val loss "
+            << s.eval_loss << " (unigram entropy " << s.unigram_entropy << "), "
+            << static_cast<int64_t>(s.tokens_per_s) << " tokens/s";
   if (s.skipped) std::cout << ", " << s.skipped << " steps skipped (non-finite)";
   std::cout << "\ncheckpoint: " << s.checkpoint << "\n";
   return kExitOk;
@@ -103,14 +103,16 @@ int run_train(TrainArgs& a) {
 void register_train(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<TrainArgs>();
   a->opt.steps = 0;  // 0 = the default (or, with --resume, the run's own)
-  CLI::App* c = app.add_subcommand("train", "Train an MoE language model (default: a small qwen3_moe on the "
-                                            "fortunes corpus) or resume one");
+  CLI::App* c = app.add_subcommand("train",
+                                   "Train an MoE language model (default: a small qwen3_moe on the "
+                                   "fortunes corpus) or resume one");
   train::TrainOptions& o = a->opt;
   c->add_option("--out", o.run_dir, "Run directory")->capture_default_str();
   c->add_option("--data", o.data, "Text file or directory of text files (default: the fortunes package)");
   c->add_option("--resume", a->resume, "Continue the run in this directory from its last checkpoint");
   c->add_flag("--overwrite", a->overwrite, "Delete an existing run in --out first");
-  c->add_option("--init", o.init_from, "Start from this model directory's weights and tokenizer (e.g. `moe upcycle`)");
+  c->add_option("--init", o.init_from,
+                "Start from this model directory's weights and tokenizer (e.g. `moe upcycle`)");
   add_model_flags(c, a->model);
   c->add_option("--vocab-size", o.vocab_size, "BPE vocabulary size")->capture_default_str();
   c->add_option("--seq-len", o.seq_len, "Tokens per sequence")->capture_default_str();
@@ -125,11 +127,13 @@ void register_train(CLI::App& app, Registry& reg) {
   c->add_flag("--bf16", o.bf16, "bf16 compute for the dense linear layers (f32 master weights and experts)");
   add_seed_flag(c, o.seed, "init, data order and router jitter");
   c->add_option("--log-every", o.log_every, "Progress line every N steps")->capture_default_str();
-  c->add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = at the end)")->capture_default_str();
+  c->add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = at the end)")
+      ->capture_default_str();
   c->add_option("--eval-batches", o.eval_batches, "Validation batches per evaluation")->capture_default_str();
   c->add_option("--checkpoint-every", o.checkpoint_every, "Checkpoint every N steps (0 = at the end)")
       ->capture_default_str();
-  c->add_option("--time-limit", a->time_limit_min, "Stop with a checkpoint after this many minutes (0 = none)");
+  c->add_option("--time-limit", a->time_limit_min,
+                "Stop with a checkpoint after this many minutes (0 = none)");
   c->add_option("--halt-after", o.halt_after, "Stop with a checkpoint after N steps of this invocation");
   add_threads_flag(c, a->threads);
   c->add_flag("--quiet", o.quiet, "No progress lines");
@@ -153,7 +157,8 @@ void register_train(CLI::App& app, Registry& reg) {
       ->group("Parallelism");
   c->add_option("--fault-nan-step", o.fault_nan_step, "Testing: poison the gradient of this step with NaN")
       ->group("Testing");
-  c->add_option("--fault-exit-step", o.fault_exit_step, "Testing: the last rank exits at the start of this step")
+  c->add_option("--fault-exit-step", o.fault_exit_step,
+                "Testing: the last rank exits at the start of this step")
       ->group("Testing");
   c->add_option("--fault-hang-step", o.fault_hang_step, "Testing: the last rank stops answering at this step")
       ->group("Testing");

@@ -33,8 +33,8 @@ int run_upcycle(const UpArgs& a) {
               << "\n";
   } else {
     std::cout << "wrote " << a.out << ": " << model::arch_name(c.arch) << ", " << r.converted_layers
-              << " layers upcycled to " << c.num_experts << " experts of width " << c.expert_width() << " (top-"
-              << c.num_experts_per_tok << "), " << c.n_params() / 1e6 << "M parameters\n"
+              << " layers upcycled to " << c.num_experts << " experts of width " << c.expert_width()
+              << " (top-" << c.num_experts_per_tok << "), " << c.n_params() / 1e6 << "M parameters\n"
               << "continue training with: moe train --init " << a.out << " --out RUN_DIR\n";
   }
   return kExitOk;
@@ -44,8 +44,10 @@ int run_upcycle(const UpArgs& a) {
 
 void register_upcycle(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<UpArgs>();
-  CLI::App* c = app.add_subcommand("upcycle", "Turn a dense checkpoint into an MoE one (experts copied from the FFN)");
-  c->add_option("--model", a->src, "Dense model directory (llama, mistral, qwen3, or qwen MoE with dense layers)")
+  CLI::App* c =
+      app.add_subcommand("upcycle", "Turn a dense checkpoint into an MoE one (experts copied from the FFN)");
+  c->add_option("--model", a->src,
+                "Dense model directory (llama, mistral, qwen3, or qwen MoE with dense layers)")
       ->required();
   c->add_option("--out", a->out, "Output model directory")->required();
   c->add_option("--experts", a->opt.n_experts, "Copies of the FFN")->capture_default_str();

@@ -6,30 +6,48 @@ namespace moe {
 
 int dtype_bits(DType t) {
   switch (t) {
-    case DType::F32: return 32;
-    case DType::F64: return 64;
-    case DType::BF16: return 16;
-    case DType::F16: return 16;
-    case DType::I8: return 8;
-    case DType::I4: return 4;
-    case DType::I32: return 32;
-    case DType::I64: return 64;
-    case DType::U8: return 8;
+    case DType::F32:
+      return 32;
+    case DType::F64:
+      return 64;
+    case DType::BF16:
+      return 16;
+    case DType::F16:
+      return 16;
+    case DType::I8:
+      return 8;
+    case DType::I4:
+      return 4;
+    case DType::I32:
+      return 32;
+    case DType::I64:
+      return 64;
+    case DType::U8:
+      return 8;
   }
   throw Error("dtype_bits: invalid dtype");
 }
 
 const char* dtype_name(DType t) {
   switch (t) {
-    case DType::F32: return "f32";
-    case DType::F64: return "f64";
-    case DType::BF16: return "bf16";
-    case DType::F16: return "f16";
-    case DType::I8: return "i8";
-    case DType::I4: return "i4";
-    case DType::I32: return "i32";
-    case DType::I64: return "i64";
-    case DType::U8: return "u8";
+    case DType::F32:
+      return "f32";
+    case DType::F64:
+      return "f64";
+    case DType::BF16:
+      return "bf16";
+    case DType::F16:
+      return "f16";
+    case DType::I8:
+      return "i8";
+    case DType::I4:
+      return "i4";
+    case DType::I32:
+      return "i32";
+    case DType::I64:
+      return "i64";
+    case DType::U8:
+      return "u8";
   }
   return "invalid";
 }
@@ -60,9 +78,9 @@ uint16_t f32_to_f16(float f) {
   if (absx < 0x38800000u) {
     // Subnormal half (or zero): value = m * 2^-24.
     if (absx < 0x33000000u) return static_cast<uint16_t>(sign);  // < 2^-25 rounds to zero
-    const uint32_t e = absx >> 23;                                // biased f32 exponent
-    const uint32_t m = (absx & 0x7fffffu) | 0x800000u;            // 24-bit significand
-    const int shift = static_cast<int>(126 - e);                   // to 2^-24 units
+    const uint32_t e = absx >> 23;                               // biased f32 exponent
+    const uint32_t m = (absx & 0x7fffffu) | 0x800000u;           // 24-bit significand
+    const int shift = static_cast<int>(126 - e);                 // to 2^-24 units
     uint32_t r = m >> shift;
     const uint32_t rem = m & ((1u << shift) - 1u);
     const uint32_t half = 1u << (shift - 1);

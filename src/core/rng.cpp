@@ -61,7 +61,8 @@ void Rng::fill_uniform(Tensor& t, double lo, double hi) const {
   if (t.dtype() == DType::F32 && t.is_contiguous()) {
     float* p = t.data<float>();
     parallel_for(n, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) p[i] = static_cast<float>(lo + (hi - lo) * uniform(static_cast<uint64_t>(i)));
+      for (int64_t i = b; i < e; ++i)
+        p[i] = static_cast<float>(lo + (hi - lo) * uniform(static_cast<uint64_t>(i)));
     });
     return;
   }
@@ -73,7 +74,8 @@ void Rng::fill_normal(Tensor& t, double mean, double stddev, uint64_t offset) co
   if (t.dtype() == DType::F32 && t.is_contiguous()) {
     float* p = t.data<float>();
     parallel_for(n, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) p[i] = static_cast<float>(mean + stddev * normal(offset + static_cast<uint64_t>(i)));
+      for (int64_t i = b; i < e; ++i)
+        p[i] = static_cast<float>(mean + stddev * normal(offset + static_cast<uint64_t>(i)));
     });
     return;
   }

@@ -223,7 +223,9 @@ bool convert_contiguous(DType from, const void* src, DType to, void* dst, int64_
   } else if (from == DType::F32 && to == DType::F64) {
     run([&](int64_t i) { static_cast<double*>(dst)[i] = static_cast<const float*>(src)[i]; });
   } else if (from == DType::F64 && to == DType::F32) {
-    run([&](int64_t i) { static_cast<float*>(dst)[i] = static_cast<float>(static_cast<const double*>(src)[i]); });
+    run([&](int64_t i) {
+      static_cast<float*>(dst)[i] = static_cast<float>(static_cast<const double*>(src)[i]);
+    });
   } else {
     return false;
   }
@@ -256,8 +258,8 @@ Tensor Tensor::full(const Shape& shape, double value, DType dtype, std::string n
 }
 
 Tensor Tensor::from(const std::vector<double>& values, const Shape& shape, DType dtype, std::string name) {
-  MOE_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "tensor '", name, "': ",
-            values.size(), " values do not fill shape ", shape_str(shape));
+  MOE_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "tensor '", name, "': ", values.size(),
+            " values do not fill shape ", shape_str(shape));
   Tensor t = empty(shape, dtype, std::move(name));
   const int64_t n = static_cast<int64_t>(values.size());
   if (dtype == DType::F64) {
@@ -288,8 +290,8 @@ void* Tensor::raw() const {
 }
 
 void Tensor::check_dtype(DType expected, const char* what) const {
-  MOE_CHECK(dtype_ == expected, "tensor '", what ? what : name_.c_str(), "': expected dtype ", dtype_name(expected),
-            ", got ", dtype_name(dtype_));
+  MOE_CHECK(dtype_ == expected, "tensor '", what ? what : name_.c_str(), "': expected dtype ",
+            dtype_name(expected), ", got ", dtype_name(dtype_));
 }
 
 int64_t Tensor::storage_index(int64_t flat) const {
@@ -309,14 +311,22 @@ double Tensor::get(int64_t flat) const {
   const int64_t i = storage_index(flat);
   const void* base = storage_->data();
   switch (dtype_) {
-    case DType::F32: return static_cast<const float*>(base)[i];
-    case DType::F64: return static_cast<const double*>(base)[i];
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::I8: return static_cast<const int8_t*>(base)[i];
-    case DType::I32: return static_cast<const int32_t*>(base)[i];
-    case DType::I64: return static_cast<double>(static_cast<const int64_t*>(base)[i]);
-    case DType::U8: return static_cast<const uint8_t*>(base)[i];
+    case DType::F32:
+      return static_cast<const float*>(base)[i];
+    case DType::F64:
+      return static_cast<const double*>(base)[i];
+    case DType::BF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::F16:
+      return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::I8:
+      return static_cast<const int8_t*>(base)[i];
+    case DType::I32:
+      return static_cast<const int32_t*>(base)[i];
+    case DType::I64:
+      return static_cast<double>(static_cast<const int64_t*>(base)[i]);
+    case DType::U8:
+      return static_cast<const uint8_t*>(base)[i];
     case DType::I4: {
       const uint8_t b = static_cast<const uint8_t*>(base)[i / 2];
       int v = (i % 2 == 0) ? (b & 0xf) : (b >> 4);
@@ -333,19 +343,36 @@ void Tensor::set(int64_t flat, double v) {
   const int64_t i = storage_index(flat);
   void* base = storage_->data();
   switch (dtype_) {
-    case DType::F32: static_cast<float*>(base)[i] = static_cast<float>(v); break;
-    case DType::F64: static_cast<double*>(base)[i] = v; break;
-    case DType::BF16: static_cast<uint16_t*>(base)[i] = f32_to_bf16(static_cast<float>(v)); break;
-    case DType::F16: static_cast<uint16_t*>(base)[i] = f32_to_f16(static_cast<float>(v)); break;
-    case DType::I8: static_cast<int8_t*>(base)[i] = static_cast<int8_t>(v); break;
-    case DType::I32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v); break;
-    case DType::I64: static_cast<int64_t*>(base)[i] = static_cast<int64_t>(v); break;
-    case DType::U8: static_cast<uint8_t*>(base)[i] = static_cast<uint8_t>(v); break;
+    case DType::F32:
+      static_cast<float*>(base)[i] = static_cast<float>(v);
+      break;
+    case DType::F64:
+      static_cast<double*>(base)[i] = v;
+      break;
+    case DType::BF16:
+      static_cast<uint16_t*>(base)[i] = f32_to_bf16(static_cast<float>(v));
+      break;
+    case DType::F16:
+      static_cast<uint16_t*>(base)[i] = f32_to_f16(static_cast<float>(v));
+      break;
+    case DType::I8:
+      static_cast<int8_t*>(base)[i] = static_cast<int8_t>(v);
+      break;
+    case DType::I32:
+      static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v);
+      break;
+    case DType::I64:
+      static_cast<int64_t*>(base)[i] = static_cast<int64_t>(v);
+      break;
+    case DType::U8:
+      static_cast<uint8_t*>(base)[i] = static_cast<uint8_t>(v);
+      break;
     case DType::I4: {
       MOE_CHECK(v >= -8 && v <= 7, "tensor '", name_, "': value ", v, " does not fit int4");
       auto* b = static_cast<uint8_t*>(base) + i / 2;
       const uint8_t nib = static_cast<uint8_t>(static_cast<int>(v) & 0xf);
-      *b = (i % 2 == 0) ? static_cast<uint8_t>((*b & 0xf0) | nib) : static_cast<uint8_t>((*b & 0x0f) | (nib << 4));
+      *b = (i % 2 == 0) ? static_cast<uint8_t>((*b & 0xf0) | nib)
+                        : static_cast<uint8_t>((*b & 0x0f) | (nib << 4));
       break;
     }
   }
@@ -363,8 +390,8 @@ std::vector<double> Tensor::to_vector() const {
 }
 
 Tensor Tensor::reshape(const Shape& shape) const {
-  MOE_CHECK(shape_numel(shape) == numel(), "tensor '", name_, "': cannot reshape ", shape_str(shape_),
-            " to ", shape_str(shape));
+  MOE_CHECK(shape_numel(shape) == numel(), "tensor '", name_, "': cannot reshape ", shape_str(shape_), " to ",
+            shape_str(shape));
   MOE_CHECK(is_contiguous(), "tensor '", name_, "': reshape needs a contiguous tensor");
   Tensor t = *this;
   t.shape_ = shape;
@@ -433,7 +460,8 @@ void Tensor::copy_from(const Tensor& src) {
     return;
   }
   const int64_t n = numel();
-  if (is_contiguous() && src.is_contiguous() && convert_contiguous(src.dtype_, src.raw(), dtype_, raw(), n)) return;
+  if (is_contiguous() && src.is_contiguous() && convert_contiguous(src.dtype_, src.raw(), dtype_, raw(), n))
+    return;
   for (int64_t i = 0; i < n; ++i) set(i, src.get(i));
 }
 

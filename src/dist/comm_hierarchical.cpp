@@ -30,7 +30,8 @@ using Clock = std::chrono::steady_clock;
 // Adds what `world` did during one pass-through call to `stats`.
 class StatsDelta {
  public:
-  StatsDelta(const Communicator& world, CommStats& stats) : world_(world), stats_(stats), before_(world.stats()) {}
+  StatsDelta(const Communicator& world, CommStats& stats)
+      : world_(world), stats_(stats), before_(world.stats()) {}
   ~StatsDelta() {
     const CommStats& a = world_.stats();
     stats_.alltoall_calls += a.alltoall_calls - before_.alltoall_calls;
@@ -87,7 +88,8 @@ class HierarchicalCommunicator final : public Communicator {
     }
     std::vector<int64_t> cnt(static_cast<size_t>(L) * N);
     sync_timeout(node_.get(), t0);
-    node_->alltoallv(mine.data(), std::vector<int64_t>(L, N), cnt.data(), std::vector<int64_t>(L, N), DType::I64);
+    node_->alltoallv(mine.data(), std::vector<int64_t>(L, N), cnt.data(), std::vector<int64_t>(L, N),
+                     DType::I64);
 
     // Stage 1: pack my blocks ordered (dl, dn) and exchange inside the node.
     const std::vector<int64_t> soff = detail::prefix_offsets(send_counts);
@@ -105,7 +107,8 @@ class HierarchicalCommunicator final : public Communicator {
     for (int dl = 0; dl < L; ++dl) {
       for (int dn = 0; dn < N; ++dn) {
         const int d = dn * L + dl;
-        if (send_counts[d] > 0) std::memcpy(pack_.data() + pos, src + soff[d] * elem, static_cast<size_t>(send_counts[d] * elem));
+        if (send_counts[d] > 0)
+          std::memcpy(pack_.data() + pos, src + soff[d] * elem, static_cast<size_t>(send_counts[d] * elem));
         pos += send_counts[d] * elem;
       }
     }
@@ -122,7 +125,9 @@ class HierarchicalCommunicator final : public Communicator {
     for (int dn = 0; dn < N; ++dn) {
       for (int l = 0; l < L; ++l) {
         const int64_t c = cnt[l * N + dn];
-        if (c > 0) std::memcpy(pack_.data() + pos, mid_.data() + mid_off[l * N + dn] * elem, static_cast<size_t>(c * elem));
+        if (c > 0)
+          std::memcpy(pack_.data() + pos, mid_.data() + mid_off[l * N + dn] * elem,
+                      static_cast<size_t>(c * elem));
         pos += c * elem;
         s2_counts[dn] += c;
         r2_counts[dn] += recv_counts[dn * L + l];
@@ -203,8 +208,9 @@ std::unique_ptr<Communicator> hierarchical(std::shared_ptr<Communicator> world, 
   if (per_node == 0) {
     per_node = detail::mpi_ranks_per_node(*world);
     if (per_node == 0) {
-      MOE_CHECK(world->size() == 1, "dist: hierarchical(): cannot detect the ranks per node of communicator '",
-                world->name(), "' (", world->backend(), "); pass ranks_per_node");
+      MOE_CHECK(world->size() == 1,
+                "dist: hierarchical(): cannot detect the ranks per node of communicator '", world->name(),
+                "' (", world->backend(), "); pass ranks_per_node");
       per_node = 1;
     }
   }

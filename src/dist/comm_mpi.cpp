@@ -1,13 +1,14 @@
 // The MPI communicator (Open MPI; host memory).
 //
 // Every collective is nonblocking MPI calls (MPI_Iallreduce, MPI_Ibcast, MPI_Iallgather, MPI_Ialltoall,
-// MPI_Ibarrier, MPI_Isend/MPI_Irecv) followed by a loop on MPI_Test until they complete or timeout_s() has passed; then dist::CommError. The loop spins
-// for the first 50 µs, then yields the core, and after 20 ms sleeps 100 µs between tests, so ranks
-// that wait long (or share cores) do not burn them.
+// MPI_Ibarrier, MPI_Isend/MPI_Irecv) followed by a loop on MPI_Test until they complete or timeout_s() has
+// passed; then dist::CommError. The loop spins for the first 50 µs, then yields the core, and after 20 ms
+// sleeps 100 µs between tests, so ranks that wait long (or share cores) do not burn them.
 //
-// alltoallv is point-to-point (MPI_Irecv / MPI_Isend per non-empty block), so that blocks beyond int counts can go in pieces that both sides agree on.
-// Counts: MPI takes int counts. Messages and collectives beyond mpi_count_limit() (INT_MAX) elements
-// go in pieces; Open MPI 4.1 (Debian 12) has no large-count MPI_*_c calls.
+// alltoallv is point-to-point (MPI_Irecv / MPI_Isend per non-empty block), so that blocks beyond int counts
+// can go in pieces that both sides agree on. Counts: MPI takes int counts. Messages and collectives beyond
+// mpi_count_limit() (INT_MAX) elements go in pieces; Open MPI 4.1 (Debian 12) has no large-count MPI_*_c
+// calls.
 //
 // Sum of f32/f64 is a left fold in rank order done here ((b0 + b1) + b2 ...), not MPI_Allreduce,
 // whose order of operations is up to the implementation: each rank receives every rank's copy of a
@@ -49,7 +50,9 @@ namespace detail {
 namespace {
 int64_t g_count_limit = INT_MAX;
 }
-void set_mpi_count_limit(int64_t limit) { g_count_limit = limit <= 0 ? INT_MAX : std::min<int64_t>(limit, INT_MAX); }
+void set_mpi_count_limit(int64_t limit) {
+  g_count_limit = limit <= 0 ? INT_MAX : std::min<int64_t>(limit, INT_MAX);
+}
 int64_t mpi_count_limit() { return g_count_limit; }
 }  // namespace detail
 
@@ -101,32 +104,47 @@ std::string mpi_error_string(int rc) {
 // A datatype of `elem` bytes, for moving data (no arithmetic).
 MPI_Datatype move_type(int64_t elem) {
   switch (elem) {
-    case 1: return MPI_BYTE;
-    case 2: return MPI_UINT16_T;
-    case 4: return MPI_UINT32_T;
-    case 8: return MPI_UINT64_T;
-    default: throw Error(cat("dist: no MPI datatype of ", elem, " bytes"));
+    case 1:
+      return MPI_BYTE;
+    case 2:
+      return MPI_UINT16_T;
+    case 4:
+      return MPI_UINT32_T;
+    case 8:
+      return MPI_UINT64_T;
+    default:
+      throw Error(cat("dist: no MPI datatype of ", elem, " bytes"));
   }
 }
 
 // The datatype MPI reduces `dtype` as, or null when MPI cannot.
 MPI_Datatype reduce_type(DType dtype) {
   switch (dtype) {
-    case DType::F32: return MPI_FLOAT;
-    case DType::F64: return MPI_DOUBLE;
-    case DType::I8: return MPI_INT8_T;
-    case DType::I32: return MPI_INT32_T;
-    case DType::I64: return MPI_INT64_T;
-    case DType::U8: return MPI_UINT8_T;
-    default: return MPI_DATATYPE_NULL;
+    case DType::F32:
+      return MPI_FLOAT;
+    case DType::F64:
+      return MPI_DOUBLE;
+    case DType::I8:
+      return MPI_INT8_T;
+    case DType::I32:
+      return MPI_INT32_T;
+    case DType::I64:
+      return MPI_INT64_T;
+    case DType::U8:
+      return MPI_UINT8_T;
+    default:
+      return MPI_DATATYPE_NULL;
   }
 }
 
 MPI_Op mpi_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return MPI_SUM;
-    case ReduceOp::Max: return MPI_MAX;
-    case ReduceOp::Min: return MPI_MIN;
+    case ReduceOp::Sum:
+      return MPI_SUM;
+    case ReduceOp::Max:
+      return MPI_MAX;
+    case ReduceOp::Min:
+      return MPI_MIN;
   }
   return MPI_SUM;
 }
@@ -142,7 +160,8 @@ void fold_rank_order(const T* parts, int64_t len, int nparts, T* out) {  // part
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator(MPI_Comm comm, std::string name, bool owned) : comm_(comm), name_(std::move(name)), owned_(owned) {
+  MpiCommunicator(MPI_Comm comm, std::string name, bool owned)
+      : comm_(comm), name_(std::move(name)), owned_(owned) {
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
   }
@@ -168,8 +187,8 @@ class MpiCommunicator final : public Communicator {
     if (send == recv && sdispl.back() > 0) {
       throw Error(cat("dist: ", detail::describe(*this, "alltoallv"), ": send and recv are the same buffer"));
     }
-    alltoallv_p2p(static_cast<const char*>(send), send_counts, sdispl, static_cast<char*>(recv), recv_counts, rdispl,
-                  elem, t0);
+    alltoallv_p2p(static_cast<const char*>(send), send_counts, sdispl, static_cast<char*>(recv), recv_counts,
+                  rdispl, elem, t0);
     detail::record_alltoall(stats_, send_counts, recv_counts, rank_, elem, detail::seconds_since(t0));
   }
 
@@ -192,8 +211,8 @@ class MpiCommunicator final : public Communicator {
     detail::check_buffer(*this, "allreduce", "buf", buf, n);
     MPI_Datatype t = reduce_type(dtype);
     if (t == MPI_DATATYPE_NULL) {
-      throw Error(cat("dist: ", detail::describe(*this, "allreduce"), ": MPI cannot reduce ", dtype_name(dtype),
-                      "; reduce in f32"));
+      throw Error(cat("dist: ", detail::describe(*this, "allreduce"), ": MPI cannot reduce ",
+                      dtype_name(dtype), "; reduce in f32"));
     }
     usable("allreduce");
     if (op == ReduceOp::Sum && dtype == DType::F32) {
@@ -205,8 +224,9 @@ class MpiCommunicator final : public Communicator {
       for (int64_t done = 0; done < n;) {
         const int64_t len = std::min(n - done, detail::mpi_count_limit());
         MPI_Request req;
-        check(MPI_Iallreduce(MPI_IN_PLACE, p + done * elem, static_cast<int>(len), t, mpi_op(op), comm_, &req),
-              "allreduce");
+        check(
+            MPI_Iallreduce(MPI_IN_PLACE, p + done * elem, static_cast<int>(len), t, mpi_op(op), comm_, &req),
+            "allreduce");
         wait(&req, 1, "allreduce", t0);
         done += len;
       }
@@ -237,7 +257,8 @@ class MpiCommunicator final : public Communicator {
     if (n * size_ <= detail::mpi_count_limit()) {
       MPI_Datatype t = move_type(elem);
       MPI_Request req;
-      check(MPI_Iallgather(send, static_cast<int>(n), t, out, static_cast<int>(n), t, comm_, &req), "allgather");
+      check(MPI_Iallgather(send, static_cast<int>(n), t, out, static_cast<int>(n), t, comm_, &req),
+            "allgather");
       wait(&req, 1, "allgather", t0);
     } else {  // large: every rank broadcasts its part, in pieces
       if (n > 0) std::memmove(out + rank_ * n * elem, send, static_cast<size_t>(n * elem));
@@ -254,7 +275,8 @@ class MpiCommunicator final : public Communicator {
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
-    if (color < 0) throw Error(cat("dist: ", detail::describe(*this, "split"), ": color ", color, " is negative"));
+    if (color < 0)
+      throw Error(cat("dist: ", detail::describe(*this, "split"), ": color ", color, " is negative"));
     usable("split");
     barrier_named("split");  // MPI_Comm_split has no timeout: first make sure every rank is here
     MPI_Comm sub = MPI_COMM_NULL;
@@ -289,8 +311,9 @@ class MpiCommunicator final : public Communicator {
     const int per_node = all[0];
     for (int r = 0; r < size_; ++r) {
       if (all[2 * r] != per_node || all[2 * r + 1] != r % per_node) {
-        throw Error(cat("dist: communicator '", name_, "': the ranks are not laid out node-major with equal ranks per ",
-                        "node (rank ", r, " is local rank ", all[2 * r + 1], " of ", all[2 * r],
+        throw Error(cat("dist: communicator '", name_,
+                        "': the ranks are not laid out node-major with equal ranks per ", "node (rank ", r,
+                        " is local rank ", all[2 * r + 1], " of ", all[2 * r],
                         " on its node); pass ranks_per_node explicitly"));
       }
     }
@@ -313,7 +336,8 @@ class MpiCommunicator final : public Communicator {
   }
 
   void check(int rc, const char* op) {
-    if (rc != MPI_SUCCESS) fail(cat("dist: ", detail::describe(*this, op), " failed: ", mpi_error_string(rc)));
+    if (rc != MPI_SUCCESS)
+      fail(cat("dist: ", detail::describe(*this, op), " failed: ", mpi_error_string(rc)));
   }
 
   // Tests `reqs` until all complete or timeout_s() has passed since t0 (the start of the call).
@@ -358,9 +382,9 @@ class MpiCommunicator final : public Communicator {
   // block's size, so they agree without asking each other (a choice between MPI_Ialltoallv and this
   // by the counts of one rank would not: another rank's counts may differ). MPI keeps messages
   // between two ranks with one tag in order, also across successive calls. Empty blocks send nothing.
-  void alltoallv_p2p(const char* send, const std::vector<int64_t>& sc, const std::vector<int64_t>& sd, char* recv,
-                        const std::vector<int64_t>& rc, const std::vector<int64_t>& rd, int64_t elem,
-                        Clock::time_point t0) {
+  void alltoallv_p2p(const char* send, const std::vector<int64_t>& sc, const std::vector<int64_t>& sd,
+                     char* recv, const std::vector<int64_t>& rc, const std::vector<int64_t>& rd, int64_t elem,
+                     Clock::time_point t0) {
     const int64_t piece = detail::mpi_count_limit();
     std::vector<MPI_Request> reqs;
     for (int k = 1; k < size_; ++k) {
@@ -368,7 +392,8 @@ class MpiCommunicator final : public Communicator {
       for (int64_t off = 0; off < rc[r] * elem; off += piece) {
         const int64_t len = std::min(piece, rc[r] * elem - off);
         reqs.emplace_back();
-        check(MPI_Irecv(recv + rd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kAlltoallTag, comm_, &reqs.back()),
+        check(MPI_Irecv(recv + rd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kAlltoallTag, comm_,
+                        &reqs.back()),
               "alltoallv");
       }
     }
@@ -377,11 +402,13 @@ class MpiCommunicator final : public Communicator {
       for (int64_t off = 0; off < sc[r] * elem; off += piece) {
         const int64_t len = std::min(piece, sc[r] * elem - off);
         reqs.emplace_back();
-        check(MPI_Isend(send + sd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kAlltoallTag, comm_, &reqs.back()),
+        check(MPI_Isend(send + sd[r] * elem + off, static_cast<int>(len), MPI_BYTE, r, kAlltoallTag, comm_,
+                        &reqs.back()),
               "alltoallv");
       }
     }
-    if (sc[rank_] > 0) std::memcpy(recv + rd[rank_] * elem, send + sd[rank_] * elem, static_cast<size_t>(sc[rank_] * elem));
+    if (sc[rank_] > 0)
+      std::memcpy(recv + rd[rank_] * elem, send + sd[rank_] * elem, static_cast<size_t>(sc[rank_] * elem));
     if (!reqs.empty()) wait(reqs.data(), static_cast<int>(reqs.size()), "alltoallv", t0);
   }
 
@@ -391,17 +418,20 @@ class MpiCommunicator final : public Communicator {
   void rank_order_sum(T* buf, int64_t n, Clock::time_point t0) {
     if (size_ == 1) return;
     const int64_t seg = detail::mpi_count_limit();
-    for (int64_t done = 0; done < n; done += seg) rank_order_sum_segment(buf + done, std::min(seg, n - done), t0);
+    for (int64_t done = 0; done < n; done += seg)
+      rank_order_sum_segment(buf + done, std::min(seg, n - done), t0);
   }
 
   template <typename T>
   void rank_order_sum_segment(T* buf, int64_t n, Clock::time_point t0) {
     MPI_Datatype t = move_type(sizeof(T));
     const int p = size_;
-    if (n * p <= std::min<int64_t>(65536, detail::mpi_count_limit())) {  // small: gather whole, fold everywhere
+    if (n * p <=
+        std::min<int64_t>(65536, detail::mpi_count_limit())) {  // small: gather whole, fold everywhere
       std::vector<T> all(static_cast<size_t>(n * p));
       MPI_Request req;
-      check(MPI_Iallgather(buf, static_cast<int>(n), t, all.data(), static_cast<int>(n), t, comm_, &req), "allreduce");
+      check(MPI_Iallgather(buf, static_cast<int>(n), t, all.data(), static_cast<int>(n), t, comm_, &req),
+            "allreduce");
       wait(&req, 1, "allreduce", t0);
       fold_rank_order(all.data(), n, p, buf);
       return;
@@ -415,7 +445,8 @@ class MpiCommunicator final : public Communicator {
     std::vector<int> rcounts(static_cast<size_t>(p), mine), rdispl(static_cast<size_t>(p));
     for (int q = 0; q < p; ++q) rdispl[q] = q * mine;
     MPI_Request req;
-    check(MPI_Ialltoallv(buf, len.data(), lo.data(), t, parts.data(), rcounts.data(), rdispl.data(), t, comm_, &req),
+    check(MPI_Ialltoallv(buf, len.data(), lo.data(), t, parts.data(), rcounts.data(), rdispl.data(), t, comm_,
+                         &req),
           "allreduce");
     wait(&req, 1, "allreduce", t0);
     fold_rank_order(parts.data(), mine, p, buf + lo[rank_]);

@@ -56,23 +56,35 @@ void cuda_check(cudaError_t e, const char* what) {
 
 ncclDataType_t nccl_type(DType dtype, const char* op) {
   switch (dtype) {
-    case DType::F32: return ncclFloat32;
-    case DType::F64: return ncclFloat64;
-    case DType::BF16: return ncclBfloat16;
-    case DType::F16: return ncclFloat16;
-    case DType::I8: return ncclInt8;
-    case DType::I32: return ncclInt32;
-    case DType::I64: return ncclInt64;
-    case DType::U8: return ncclUint8;
-    default: throw Error(cat("dist: nccl: ", op, ": dtype ", dtype_name(dtype), " is not supported"));
+    case DType::F32:
+      return ncclFloat32;
+    case DType::F64:
+      return ncclFloat64;
+    case DType::BF16:
+      return ncclBfloat16;
+    case DType::F16:
+      return ncclFloat16;
+    case DType::I8:
+      return ncclInt8;
+    case DType::I32:
+      return ncclInt32;
+    case DType::I64:
+      return ncclInt64;
+    case DType::U8:
+      return ncclUint8;
+    default:
+      throw Error(cat("dist: nccl: ", op, ": dtype ", dtype_name(dtype), " is not supported"));
   }
 }
 
 ncclRedOp_t nccl_op(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return ncclSum;
-    case ReduceOp::Max: return ncclMax;
-    case ReduceOp::Min: return ncclMin;
+    case ReduceOp::Sum:
+      return ncclSum;
+    case ReduceOp::Max:
+      return ncclMax;
+    case ReduceOp::Min:
+      return ncclMin;
   }
   return ncclSum;
 }
@@ -98,7 +110,8 @@ bool wait_enqueued(ncclComm_t comm, Clock::time_point t0, double timeout_s, cons
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, int device, std::string name) : comm_(comm), device_(device), name_(std::move(name)) {
+  NcclCommunicator(ncclComm_t comm, int device, std::string name)
+      : comm_(comm), device_(device), name_(std::move(name)) {
     ncclCommUserRank(comm_, &rank_);
     ncclCommCount(comm_, &size_);
     cuda_check(cudaSetDevice(device_), "cudaSetDevice");
@@ -131,17 +144,20 @@ class NcclCommunicator final : public Communicator {
     const auto t0 = Clock::now();
     const int64_t elem = detail::check_alltoallv(*this, send, send_counts, recv, recv_counts, dtype);
     begin("alltoallv");
-    const std::vector<int64_t> so = detail::prefix_offsets(send_counts), ro = detail::prefix_offsets(recv_counts);
+    const std::vector<int64_t> so = detail::prefix_offsets(send_counts),
+                               ro = detail::prefix_offsets(recv_counts);
     const char* s = static_cast<const char*>(send);
     char* r = static_cast<char*>(recv);
     nccl(ncclGroupStart(), "alltoallv");
     for (int p = 0; p < size_; ++p) {
       if (send_counts[p] > 0) {
-        nccl(ncclSend(s + so[p] * elem, static_cast<size_t>(send_counts[p] * elem), ncclUint8, p, comm_, stream_),
+        nccl(ncclSend(s + so[p] * elem, static_cast<size_t>(send_counts[p] * elem), ncclUint8, p, comm_,
+                      stream_),
              "alltoallv");
       }
       if (recv_counts[p] > 0) {
-        nccl(ncclRecv(r + ro[p] * elem, static_cast<size_t>(recv_counts[p] * elem), ncclUint8, p, comm_, stream_),
+        nccl(ncclRecv(r + ro[p] * elem, static_cast<size_t>(recv_counts[p] * elem), ncclUint8, p, comm_,
+                      stream_),
              "alltoallv");
       }
     }
@@ -157,8 +173,9 @@ class NcclCommunicator final : public Communicator {
     int64_t* d_send = scratch_;
     int64_t* d_recv = scratch_ + size_;
     std::vector<int64_t> out(static_cast<size_t>(size_), -1);
-    cuda(cudaMemcpyAsync(d_send, send_counts.data(), sizeof(int64_t) * size_, cudaMemcpyHostToDevice, stream_),
-         "exchange_counts");
+    cuda(
+        cudaMemcpyAsync(d_send, send_counts.data(), sizeof(int64_t) * size_, cudaMemcpyHostToDevice, stream_),
+        "exchange_counts");
     nccl(ncclGroupStart(), "exchange_counts");
     for (int p = 0; p < size_; ++p) {
       nccl(ncclSend(d_send + p, 1, ncclInt64, p, comm_, stream_), "exchange_counts");
@@ -178,7 +195,8 @@ class NcclCommunicator final : public Communicator {
     const int64_t elem = detail::element_bytes(dtype, "allreduce");
     detail::check_buffer(*this, "allreduce", "buf", buf, n);
     begin("allreduce");
-    nccl(ncclAllReduce(buf, buf, static_cast<size_t>(n), nccl_type(dtype, "allreduce"), nccl_op(op), comm_, stream_),
+    nccl(ncclAllReduce(buf, buf, static_cast<size_t>(n), nccl_type(dtype, "allreduce"), nccl_op(op), comm_,
+                       stream_),
          "allreduce");
     wait("allreduce", t0);
     stats_.allreduce_calls += 1;
@@ -192,7 +210,8 @@ class NcclCommunicator final : public Communicator {
     detail::check_root(*this, "broadcast", root);
     begin("broadcast");
     const int64_t elem = detail::element_bytes(dtype, "broadcast");
-    nccl(ncclBroadcast(buf, buf, static_cast<size_t>(n * elem), ncclUint8, root, comm_, stream_), "broadcast");
+    nccl(ncclBroadcast(buf, buf, static_cast<size_t>(n * elem), ncclUint8, root, comm_, stream_),
+         "broadcast");
     wait("broadcast", t0);
     stats_.broadcast_calls += 1;
     stats_.broadcast_s += detail::seconds_since(t0);
@@ -211,13 +230,15 @@ class NcclCommunicator final : public Communicator {
   void barrier() override {
     const auto t0 = Clock::now();
     begin("barrier");
-    nccl(ncclAllReduce(scratch_ + 2 * size_, scratch_ + 2 * size_, 1, ncclInt64, ncclSum, comm_, stream_), "barrier");
+    nccl(ncclAllReduce(scratch_ + 2 * size_, scratch_ + 2 * size_, 1, ncclInt64, ncclSum, comm_, stream_),
+         "barrier");
     wait("barrier", t0);
   }
 
   std::unique_ptr<Communicator> split(int color, int key, const std::string& name) override {
     const auto t0 = Clock::now();
-    if (color < 0) throw Error(cat("dist: ", detail::describe(*this, "split"), ": color ", color, " is negative"));
+    if (color < 0)
+      throw Error(cat("dist: ", detail::describe(*this, "split"), ": color ", color, " is negative"));
     begin("split");
     ncclConfig_t config = nonblocking_config();
     ncclComm_t sub = nullptr;
@@ -236,7 +257,8 @@ class NcclCommunicator final : public Communicator {
     std::fflush(nullptr);
     ncclCommAbort(comm_);
     broken_ = true;
-    if (mpi_compiled() && launched_by_mpi()) mpi_world()->abort_job(code);  // the bootstrap brings the job down
+    if (mpi_compiled() && launched_by_mpi())
+      mpi_world()->abort_job(code);  // the bootstrap brings the job down
     std::exit(code);
   }
 
@@ -258,10 +280,12 @@ class NcclCommunicator final : public Communicator {
              " s: a peer never called it, called a different collective, or died"));
   }
   void nccl(ncclResult_t r, const char* op) {
-    if (r != ncclSuccess && r != ncclInProgress) fail(cat("dist: ", detail::describe(*this, op), " failed: ", ncclGetErrorString(r)));
+    if (r != ncclSuccess && r != ncclInProgress)
+      fail(cat("dist: ", detail::describe(*this, op), " failed: ", ncclGetErrorString(r)));
   }
   void cuda(cudaError_t e, const char* op) {
-    if (e != cudaSuccess) fail(cat("dist: ", detail::describe(*this, op), " failed: ", cudaGetErrorString(e)));
+    if (e != cudaSuccess)
+      fail(cat("dist: ", detail::describe(*this, op), " failed: ", cudaGetErrorString(e)));
   }
   void wait_enqueued_or_fail(const char* op, Clock::time_point t0) {
     bool ok = false;
@@ -281,7 +305,8 @@ class NcclCommunicator final : public Communicator {
       if (q != cudaErrorNotReady) cuda(q, op);
       ncclResult_t st = ncclSuccess;
       ncclCommGetAsyncError(comm_, &st);
-      if (st != ncclSuccess && st != ncclInProgress) fail(cat("dist: ", detail::describe(*this, op), " failed: ", ncclGetErrorString(st)));
+      if (st != ncclSuccess && st != ncclInProgress)
+        fail(cat("dist: ", detail::describe(*this, op), " failed: ", ncclGetErrorString(st)));
       const double waited = detail::seconds_since(t0);
       if (timeout_s_ > 0 && waited >= timeout_s_) timed_out(op, t0);
       if (waited > 20e-3) {
@@ -312,8 +337,8 @@ std::unique_ptr<Communicator> nccl_communicator(Communicator& bootstrap, int dev
   if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
     throw Error("dist: nccl_communicator(): no CUDA device is present");
   }
-  MOE_CHECK(device >= 0 && device < count, "dist: nccl_communicator(): device ", device, " is not one of the ", count,
-            " CUDA devices");
+  MOE_CHECK(device >= 0 && device < count, "dist: nccl_communicator(): device ", device,
+            " is not one of the ", count, " CUDA devices");
   cuda_check(cudaSetDevice(device), "cudaSetDevice");
   ncclUniqueId id{};
   if (bootstrap.rank() == 0) {
@@ -324,8 +349,8 @@ std::unique_ptr<Communicator> nccl_communicator(Communicator& bootstrap, int dev
   ncclConfig_t config = nonblocking_config();
   ncclComm_t comm = nullptr;
   const ncclResult_t r = ncclCommInitRankConfig(&comm, bootstrap.size(), id, bootstrap.rank(), &config);
-  const std::string what = cat("nccl_communicator() over '", bootstrap.name(), "' (rank ", bootstrap.rank(), " of ",
-                               bootstrap.size(), ", device ", device, ")");
+  const std::string what = cat("nccl_communicator() over '", bootstrap.name(), "' (rank ", bootstrap.rank(),
+                               " of ", bootstrap.size(), ", device ", device, ")");
   if (r != ncclSuccess && r != ncclInProgress) {
     throw CommError(cat("dist: ", what, ": ncclCommInitRankConfig failed: ", ncclGetErrorString(r)));
   }

@@ -26,7 +26,8 @@ class SelfCommunicator final : public Communicator {
                  const std::vector<int64_t>& recv_counts, DType dtype) override {
     const auto t0 = Clock::now();
     const int64_t elem = detail::check_alltoallv(*this, send, send_counts, recv, recv_counts, dtype);
-    if (send_counts[0] > 0 && send != recv) std::memmove(recv, send, static_cast<size_t>(send_counts[0] * elem));
+    if (send_counts[0] > 0 && send != recv)
+      std::memmove(recv, send, static_cast<size_t>(send_counts[0] * elem));
     stats_.alltoall_calls += 1;  // the self block is not counted in the bytes
     stats_.alltoall_s += detail::seconds_since(t0);
   }
@@ -60,7 +61,8 @@ class SelfCommunicator final : public Communicator {
   void barrier() override {}
 
   std::unique_ptr<Communicator> split(int color, int, const std::string& name) override {
-    if (color < 0) throw Error(cat("dist: ", detail::describe(*this, "split"), ": color ", color, " is negative"));
+    if (color < 0)
+      throw Error(cat("dist: ", detail::describe(*this, "split"), ": color ", color, " is negative"));
     auto c = std::make_unique<SelfCommunicator>(name);
     c->set_timeout(timeout_s());
     return c;

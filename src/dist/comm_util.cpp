@@ -38,7 +38,8 @@ void check_buffer(const Communicator& comm, const char* op, const char* what, co
 
 void check_root(const Communicator& comm, const char* op, int root) {
   if (root < 0 || root >= comm.size()) {
-    throw Error(cat("dist: ", describe(comm, op), ": root ", root, " is not a rank (size ", comm.size(), ")"));
+    throw Error(
+        cat("dist: ", describe(comm, op), ": root ", root, " is not a rank (size ", comm.size(), ")"));
   }
 }
 

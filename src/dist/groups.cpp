@@ -3,10 +3,12 @@
 
 namespace moe::dist {
 
-ParallelGroups make_groups(std::shared_ptr<Communicator> world, int ep, bool hierarchical_ep, int ranks_per_node) {
+ParallelGroups make_groups(std::shared_ptr<Communicator> world, int ep, bool hierarchical_ep,
+                           int ranks_per_node) {
   MOE_CHECK(world != nullptr, "dist: make_groups(): world is null");
   MOE_CHECK(ep >= 1 && world->size() % ep == 0, "dist: make_groups(): expert-parallel size ep = ", ep,
-            " must be >= 1 and divide the world size ", world->size(), " (communicator '", world->name(), "')");
+            " must be >= 1 and divide the world size ", world->size(), " (communicator '", world->name(),
+            "')");
   const int rank = world->rank();
   const int ep_rank = rank % ep, dp_rank = rank / ep;  // rank = dp_rank · ep + ep_rank
   ParallelGroups g;

@@ -38,7 +38,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
 
 struct Pending {
   uint64_t id = 0;
@@ -69,9 +71,9 @@ struct Engine::Impl {
   model::PagedKVCache kv;  // engine thread (its size fields are read by submit: immutable)
 
   mutable std::mutex mu;
-  std::condition_variable cv_work;  // the engine thread waits for work, cancels or stop
-  std::condition_variable cv_room;  // run_all waits for room in the queue
-  std::deque<Pending> queue;        // mu
+  std::condition_variable cv_work;       // the engine thread waits for work, cancels or stop
+  std::condition_variable cv_room;       // run_all waits for room in the queue
+  std::deque<Pending> queue;             // mu
   std::unordered_set<uint64_t> live;     // mu: queued or running ids
   std::unordered_set<uint64_t> cancels;  // mu: asked for, not yet handled
   bool stop = false;                     // mu
@@ -86,7 +88,8 @@ struct Engine::Impl {
     opt.validate();
     const model::ModelConfig& c = m.config();
     int64_t blocks = opt.kv_blocks;
-    if (blocks == 0) blocks = opt.max_running * ((c.max_position_embeddings + opt.kv_block_size - 1) / opt.kv_block_size);
+    if (blocks == 0)
+      blocks = opt.max_running * ((c.max_position_embeddings + opt.kv_block_size - 1) / opt.kv_block_size);
     kv = model::PagedKVCache(model::kv_dims(c), m.dtype(), opt.kv_block_size, blocks);
     st.kv_blocks_total = blocks;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
@@ -100,12 +103,13 @@ struct Engine::Impl {
     const model::ModelConfig& c = m.config();
     MOE_CHECK(!r.prompt.empty(), "request: the prompt has no tokens");
     for (size_t i = 0; i < r.prompt.size(); ++i)
-      MOE_CHECK(r.prompt[i] >= 0 && r.prompt[i] < c.vocab_size, "request: prompt token ", i, " (id ", r.prompt[i],
-                ") is outside the vocabulary [0, ", c.vocab_size, ")");
+      MOE_CHECK(r.prompt[i] >= 0 && r.prompt[i] < c.vocab_size, "request: prompt token ", i, " (id ",
+                r.prompt[i], ") is outside the vocabulary [0, ", c.vocab_size, ")");
     MOE_CHECK(r.max_new_tokens >= 0, "request: max_new_tokens must be >= 0, got ", r.max_new_tokens);
     const int64_t ctx = static_cast<int64_t>(r.prompt.size()) + r.max_new_tokens;
-    MOE_CHECK(ctx <= c.max_position_embeddings, "request: prompt (", r.prompt.size(), " tokens) + max_new_tokens (",
-              r.max_new_tokens, ") exceeds the model's context of ", c.max_position_embeddings, " tokens");
+    MOE_CHECK(ctx <= c.max_position_embeddings, "request: prompt (", r.prompt.size(),
+              " tokens) + max_new_tokens (", r.max_new_tokens, ") exceeds the model's context of ",
+              c.max_position_embeddings, " tokens");
     MOE_CHECK(kv.blocks_for(ctx) <= kv.n_blocks(), "request: ", ctx, " positions need ", kv.blocks_for(ctx),
               " KV blocks but the pool has only ", kv.n_blocks());
     r.sampling.validate();
@@ -120,7 +124,9 @@ struct Engine::Impl {
         ++st.requests_rejected;
         return std::nullopt;
       }
-      cv_room.wait(lk, [&] { return stop || static_cast<int64_t>(queue.size()) < std::max<int64_t>(opt.max_queue, 1); });
+      cv_room.wait(lk, [&] {
+        return stop || static_cast<int64_t>(queue.size()) < std::max<int64_t>(opt.max_queue, 1);
+      });
       MOE_CHECK(!stop, "engine: submit() while the engine is shutting down");
     }
     const uint64_t id = next_id++;
@@ -172,9 +178,7 @@ struct Engine::Impl {
   }
 
   // Removes the sequences marked done (null entries) from `running`.
-  void compact() {
-    running.erase(std::remove(running.begin(), running.end(), nullptr), running.end());
-  }
+  void compact() { running.erase(std::remove(running.begin(), running.end(), nullptr), running.end()); }
 
   // One engine iteration after admission: batch, forward, sample, retire.
   void step() {
@@ -280,10 +284,14 @@ struct Engine::Impl {
           continue;
         }
       }
-      const bool stop_id = std::find(s->req.stop_ids.begin(), s->req.stop_ids.end(), t) != s->req.stop_ids.end();
-      if (!go_on || stop_id) done.push_back({s, {"stop", ""}});
-      else if (static_cast<int64_t>(s->out.size()) >= s->req.max_new_tokens) done.push_back({s, {"length", ""}});
-      else s->has_next = true;
+      const bool stop_id =
+          std::find(s->req.stop_ids.begin(), s->req.stop_ids.end(), t) != s->req.stop_ids.end();
+      if (!go_on || stop_id)
+        done.push_back({s, {"stop", ""}});
+      else if (static_cast<int64_t>(s->out.size()) >= s->req.max_new_tokens)
+        done.push_back({s, {"length", ""}});
+      else
+        s->has_next = true;
     }
     {
       std::lock_guard<std::mutex> lk(mu);
@@ -322,7 +330,8 @@ struct Engine::Impl {
         bool admitted = false;
         while (!queue.empty() && static_cast<int64_t>(running.size()) < opt.max_running) {
           Pending& p = queue.front();
-          const int64_t need = kv.blocks_for(static_cast<int64_t>(p.req.prompt.size()) + p.req.max_new_tokens);
+          const int64_t need =
+              kv.blocks_for(static_cast<int64_t>(p.req.prompt.size()) + p.req.max_new_tokens);
           if (need > kv.free_blocks()) break;
           auto s = std::make_unique<Seq>();
           s->id = p.id;
@@ -362,7 +371,8 @@ struct Engine::Impl {
   }
 };
 
-Engine::Engine(const model::Transformer& model, EngineOptions opt) : impl_(std::make_unique<Impl>(model, opt)) {
+Engine::Engine(const model::Transformer& model, EngineOptions opt)
+    : impl_(std::make_unique<Impl>(model, opt)) {
   impl_->thread = std::thread([this] { impl_->loop(); });
 }
 

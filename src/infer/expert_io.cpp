@@ -86,7 +86,8 @@ uint64_t slot_bytes(const ExpertSource& s, Format fmt) {
   return b;
 }
 
-SourceFiles::SourceFiles(std::vector<std::string> paths, bool direct) : paths_(std::move(paths)), direct_(direct) {
+SourceFiles::SourceFiles(std::vector<std::string> paths, bool direct)
+    : paths_(std::move(paths)), direct_(direct) {
   for (const std::string& p : paths_) {
     const int fd = ::open(p.c_str(), O_RDONLY | (direct ? O_DIRECT : 0));
     if (fd < 0) {
@@ -95,7 +96,8 @@ SourceFiles::SourceFiles(std::vector<std::string> paths, bool direct) : paths_(s
         if (maps_[i]) ::munmap(maps_[i], sizes_[i]);
         ::close(fds_[i]);
       }
-      throw Error(cat("expert store: cannot open '", p, "'", direct ? " with O_DIRECT" : "", ": ", std::strerror(err)));
+      throw Error(cat("expert store: cannot open '", p, "'", direct ? " with O_DIRECT" : "", ": ",
+                      std::strerror(err)));
     }
     struct stat st {};
     ::fstat(fd, &st);
@@ -124,8 +126,9 @@ SourceFiles::~SourceFiles() {
 
 const uint8_t* SourceFiles::mapped(const Span& s) const {
   MOE_CHECK(!direct_ && s.file >= 0 && maps_[s.file], "expert store: no mapping of the checkpoint");
-  MOE_CHECK(s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file], "' is shorter than its header says (",
-            sizes_[s.file], " bytes, a tensor ends at ", s.offset + s.bytes, ")");
+  MOE_CHECK(s.offset + s.bytes <= sizes_[s.file], "expert store: '", paths_[s.file],
+            "' is shorter than its header says (", sizes_[s.file], " bytes, a tensor ends at ",
+            s.offset + s.bytes, ")");
   return maps_[s.file] + s.offset;
 }
 
@@ -188,7 +191,8 @@ void SourceFiles::fetch_many(const std::vector<Span>& spans, Buffer& bounce,
   }
 }
 
-ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot, Buffer& scratch) {
+ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot,
+                       Buffer& scratch) {
   // every span of the expert fetched at once (one read per run of nearby spans with O_DIRECT)
   std::vector<Span> spans;
   for (const MatrixSource& m : s.m) {
@@ -228,7 +232,8 @@ ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format f
       if (m.mins.bytes) q.mins = reinterpret_cast<const uint16_t*>(copy(m.mins));
       continue;
     }
-    MOE_CHECK(fmt != Format::Quant, "expert store: a float expert cannot be computed in the quantized format");
+    MOE_CHECK(fmt != Format::Quant,
+              "expert store: a float expert cannot be computed in the quantized format");
     const int64_t n = m.N * m.K;
     convert(src[next++], m.w.dtype, n, fmt, p);  // a copy when the dtype is the format's
     v.w[i] = p;
@@ -257,8 +262,8 @@ bool view_in_place(const SourceFiles& files, const ExpertSource& s, Format fmt, 
       // f16 scales must be 2-byte aligned in the mapping (safetensors writers align by element size)
       if ((reinterpret_cast<uintptr_t>(q.scales) | reinterpret_cast<uintptr_t>(q.mins)) & 1) return false;
     } else {
-      const bool same =
-          (fmt == Format::F32 && m.w.dtype == DType::F32) || (fmt == Format::BF16 && m.w.dtype == DType::BF16);
+      const bool same = (fmt == Format::F32 && m.w.dtype == DType::F32) ||
+                        (fmt == Format::BF16 && m.w.dtype == DType::BF16);
       if (!same) return false;
       const uint8_t* p = files.mapped(m.w);
       if (reinterpret_cast<uintptr_t>(p) % elem_bytes(fmt)) return false;
@@ -290,12 +295,15 @@ void linear(const ExpertView& w, int i, int64_t m, int64_t N, int64_t K, const f
   };
   switch (w.fmt) {
     case Format::F32:
-      grouped(kernels::GroupedGemmArgs<float>(), static_cast<const float*>(w.w[i]),
-              [](const kernels::GroupedGemmArgs<float>& g) { kernels::grouped_gemm(kernels::Backend::Cpu, g); });
+      grouped(
+          kernels::GroupedGemmArgs<float>(), static_cast<const float*>(w.w[i]),
+          [](const kernels::GroupedGemmArgs<float>& g) { kernels::grouped_gemm(kernels::Backend::Cpu, g); });
       break;
     case Format::BF16:
       grouped(kernels::GroupedGemmBf16Args(), static_cast<const uint16_t*>(w.w[i]),
-              [](const kernels::GroupedGemmBf16Args& g) { kernels::grouped_gemm_bf16w(kernels::Backend::Cpu, g); });
+              [](const kernels::GroupedGemmBf16Args& g) {
+                kernels::grouped_gemm_bf16w(kernels::Backend::Cpu, g);
+              });
       break;
     case Format::Quant: {
       kernels::GemmQuantArgs g;

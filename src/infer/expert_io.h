@@ -57,7 +57,7 @@ struct ExpertSource {
 struct ExpertView {
   Format fmt = Format::BF16;
   const void* w[3] = {nullptr, nullptr, nullptr};  // f32 or bf16 (N, K) row-major
-  kernels::QuantWeight q[3];                         // Format::Quant
+  kernels::QuantWeight q[3];                       // Format::Quant
 };
 
 // Bytes a slot needs for this expert in format fmt (each component 64-byte aligned).
@@ -92,7 +92,8 @@ class SourceFiles {
 // Reads expert `s` into `slot` (slot_bytes(s, fmt) bytes, 64-byte aligned), converting float weights
 // to fmt; returns the view. `scratch` is a reusable buffer for conversions and O_DIRECT reads.
 // Quantized sources need fmt Quant and float sources F32 or BF16 (moe::Error otherwise).
-ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot, Buffer& scratch);
+ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot,
+                       Buffer& scratch);
 // A view straight into the mapping when the checkpoint holds the expert in `fmt` already (mmap io);
 // false otherwise.
 bool view_in_place(const SourceFiles& files, const ExpertSource& s, Format fmt, ExpertView* view);

@@ -75,8 +75,10 @@ StoreImpl::StoreImpl(StoreSetup setup, const ExpertStoreOptions& opt) : S_(std::
   MOE_CHECK(cap >= std::min<int64_t>(3, n), "expert store: the budget holds ", cap, " expert(s) of ", sb,
             " bytes; at least 3 are needed (one computing, one loading, one prefetching)");
   capacity_ = cap;
-  MOE_CHECK(sb == 0 || static_cast<uint64_t>(cap) <= (uint64_t{1} << 62) / sb, "expert store: budget too large");
-  pool_ = static_cast<uint8_t*>(std::aligned_alloc(4096, std::max<uint64_t>(4096, (cap * sb + 4095) / 4096 * 4096)));
+  MOE_CHECK(sb == 0 || static_cast<uint64_t>(cap) <= (uint64_t{1} << 62) / sb,
+            "expert store: budget too large");
+  pool_ = static_cast<uint8_t*>(
+      std::aligned_alloc(4096, std::max<uint64_t>(4096, (cap * sb + 4095) / 4096 * 4096)));
   MOE_CHECK(pool_, "expert store: cannot allocate ", cap * sb, " bytes for ", cap, " resident experts");
   for (int64_t i = cap - 1; i >= 0; --i) free_.push_back(static_cast<int>(i));
   const int64_t L = static_cast<int64_t>(S_.layers.size()), E = S_.E;
@@ -295,7 +297,8 @@ void StoreImpl::loader_loop() {
 void StoreImpl::predict(int64_t li, const float* x, int64_t n, const std::vector<int32_t>& chosen) {
   const int64_t L = static_cast<int64_t>(S_.layers.size()), E = S_.E, d = S_.d, tk = S_.top_k;
   const int64_t k = opt_.prefetch_experts > 0 ? opt_.prefetch_experts : S_.top_k;
-  const int64_t cap = std::max<int64_t>(k, std::min<int64_t>(E, (capacity_ - 2) / (2 * std::max(1, opt_.prefetch_depth))));
+  const int64_t cap =
+      std::max<int64_t>(k, std::min<int64_t>(E, (capacity_ - 2) / (2 * std::max(1, opt_.prefetch_depth))));
   std::vector<std::pair<int64_t, int64_t>> order;  // (layer, expert) to queue, nearest layer first
   std::vector<float> s(static_cast<size_t>(E));
   std::vector<int64_t> idx(static_cast<size_t>(E));
@@ -336,8 +339,9 @@ void StoreImpl::predict(int64_t li, const float* x, int64_t n, const std::vector
 }
 
 }  // namespace detail
-OptimalCacheResult simulate_optimal_cache(const std::vector<int64_t>& uses, const std::vector<uint8_t>& counted,
-                                          int64_t capacity, const std::vector<int64_t>& initial) {
+OptimalCacheResult simulate_optimal_cache(const std::vector<int64_t>& uses,
+                                          const std::vector<uint8_t>& counted, int64_t capacity,
+                                          const std::vector<int64_t>& initial) {
   MOE_CHECK(capacity >= 1, "optimal cache: capacity must be >= 1, got ", capacity);
   MOE_CHECK(counted.empty() || counted.size() == uses.size(), "optimal cache: ", counted.size(),
             " counted flags for ", uses.size(), " uses");

@@ -18,12 +18,12 @@
 namespace moe::infer::detail {
 
 struct StoreSetup {
-  std::vector<int64_t> layers;       // transformer index of each MoE layer
+  std::vector<int64_t> layers;  // transformer index of each MoE layer
   int64_t E = 0, d = 0, F = 0, top_k = 0;
   kernels::Activation act = kernels::Activation::SwiGLU;
   Format fmt = Format::BF16;
   std::string fmt_name;
-  std::vector<ExpertSource> src;     // (L · E), id = moe_layer · E + expert
+  std::vector<ExpertSource> src;  // (L · E), id = moe_layer · E + expert
   std::unique_ptr<SourceFiles> files;
   std::unique_ptr<PreGating> pregate;        // predictions within a token
   std::unique_ptr<ExpertPredictor> learned;  // ... preferred where it has weights (null: none)
@@ -33,15 +33,15 @@ struct StoreSetup {
 struct Entry {
   enum State { Absent, Loading, Ready } state = Absent;
   int slot = -1;
-  int pins = 0;                  // computing, or wanted by the running layer
-  bool prefetched = false;       // loaded by a prefetch and not used since
+  int pins = 0;             // computing, or wanted by the running layer
+  bool prefetched = false;  // loaded by a prefetch and not used since
   bool loading_prefetch = false;
-  bool queued_pin = false;       // a pin taken by the running layer before computing its experts
-  bool queued_miss = false;      // ... for a load it queued (a miss)
+  bool queued_pin = false;   // a pin taken by the running layer before computing its experts
+  bool queued_miss = false;  // ... for a load it queued (a miss)
   uint64_t last_use = 0;
   int64_t uses = 0;
   ExpertView view;
-  std::string error;             // the last failed load's message
+  std::string error;  // the last failed load's message
 };
 
 class StoreImpl : public ExpertStore {
@@ -100,10 +100,10 @@ class StoreImpl : public ExpertStore {
 
   // activation-aware policy state
   int64_t cur_layer_ = -1;
-  std::vector<int32_t> active_now_;               // experts the running layer uses
-  std::vector<double> freq_;                      // (L · E) per-pass use rate (moving average)
-  std::vector<double> trans_;                     // (L - 1, E, E) co-use counts of layer li and li + 1
-  std::vector<uint8_t> predicted_;                // (L · E) named by the latest pre-gating
+  std::vector<int32_t> active_now_;                // experts the running layer uses
+  std::vector<double> freq_;                       // (L · E) per-pass use rate (moving average)
+  std::vector<double> trans_;                      // (L - 1, E, E) co-use counts of layer li and li + 1
+  std::vector<uint8_t> predicted_;                 // (L · E) named by the latest pre-gating
   std::vector<std::vector<int32_t>> last_active_;  // per layer, experts used by its last run
   int64_t last_layer_run_ = -1;
 

@@ -77,7 +77,8 @@ bool StoreImpl::acquire(int64_t id, ExpertView* view, bool* hit) {
     stats_.stall_seconds += seconds_since(t0);
     if (e.state != Entry::Ready) {
       --e.pins;
-      throw Error(cat("expert store: loading expert ", id % S_.E, " of layer ", S_.layers[id / S_.E], ": ", e.error));
+      throw Error(
+          cat("expert store: loading expert ", id % S_.E, " of layer ", S_.layers[id / S_.E], ": ", e.error));
     }
   }
   if (e.prefetched) ++stats_.prefetch_used, e.prefetched = false;
@@ -87,8 +88,9 @@ bool StoreImpl::acquire(int64_t id, ExpertView* view, bool* hit) {
 
 void StoreImpl::run(int64_t li, const ExpertRows& rows) {
   const int64_t E = S_.E, d = S_.d, F = S_.F;
-  MOE_CHECK(rows.n_experts == E && rows.d_model == d && rows.d_ff == F, "expert store: layer shape (E ", rows.n_experts,
-            ", d ", rows.d_model, ", F ", rows.d_ff, ") differs from the checkpoint's (", E, ", ", d, ", ", F, ")");
+  MOE_CHECK(rows.n_experts == E && rows.d_model == d && rows.d_ff == F, "expert store: layer shape (E ",
+            rows.n_experts, ", d ", rows.d_model, ", F ", rows.d_ff, ") differs from the checkpoint's (", E,
+            ", ", d, ", ", F, ")");
   std::vector<int32_t> active;
   int64_t max_rows = 0;
   for (int64_t e = 0; e < E; ++e) {
@@ -288,7 +290,8 @@ class ExpertLocator {
   ExpertLocator(const std::string& dir, const model::QuantConfig& qc) : dir_(dir), qc_(qc) {
     locs_ = model::checkpoint_locations(dir);
     for (const auto& [name, loc] : locs_)
-      if (!file_index_.count(loc.file)) file_index_[loc.file] = static_cast<int>(paths_.size()), paths_.push_back(loc.file);
+      if (!file_index_.count(loc.file))
+        file_index_[loc.file] = static_cast<int>(paths_.size()), paths_.push_back(loc.file);
   }
   const std::vector<std::string>& paths() const { return paths_; }
 
@@ -298,13 +301,15 @@ class ExpertLocator {
     m.K = K;
     const std::string base = weight_name.substr(0, weight_name.size() - std::string(".weight").size());
     if (locs_.count(base + ".qweight")) {
-      MOE_CHECK(qc_.bits > 0, dir_, ": tensor '", base, ".qweight' but config.json has no quantization_config");
+      MOE_CHECK(qc_.bits > 0, dir_, ": tensor '", base,
+                ".qweight' but config.json has no quantization_config");
       const model::TensorLocation& q = get(base + ".qweight");
       m.bits = q.dtype == DType::I8 ? 8 : 4;
       m.group = qc_.group;
       MOE_CHECK(q.dtype == DType::I8 || q.dtype == DType::U8, where(q), ": tensor '", base,
                 ".qweight' has dtype ", dtype_name(q.dtype), "; expected I8 (int8) or U8 (int4)");
-      MOE_CHECK(K % m.group == 0, dir_, ": group size ", m.group, " does not divide ", K, " for '", base, "'");
+      MOE_CHECK(K % m.group == 0, dir_, ": group size ", m.group, " does not divide ", K, " for '", base,
+                "'");
       expect(base + ".qweight", q, {N, m.bits == 8 ? K : K / 2});
       m.q = span(q);
       const model::TensorLocation& s = get(base + ".scales");
@@ -318,8 +323,8 @@ class ExpertLocator {
       return m;
     }
     const model::TensorLocation& w = get(weight_name);
-    MOE_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F16, where(w), ": tensor '",
-              weight_name, "' has dtype ", dtype_name(w.dtype), "; expected a float type");
+    MOE_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16 || w.dtype == DType::F16, where(w),
+              ": tensor '", weight_name, "' has dtype ", dtype_name(w.dtype), "; expected a float type");
     expect(weight_name, w, {N, K});
     m.w = span(w);
     return m;
@@ -332,11 +337,13 @@ class ExpertLocator {
     return it->second;
   }
   std::string where(const model::TensorLocation& l) const { return cat("checkpoint ", l.file); }
-  void expect(const std::string& name, const model::TensorLocation& l, const Shape& s, DType dt = DType::F32) const {
-    MOE_CHECK(l.shape == s, where(l), ": tensor '", name, "': expected shape ", shape_str(s), ", got ", shape_str(l.shape));
+  void expect(const std::string& name, const model::TensorLocation& l, const Shape& s,
+              DType dt = DType::F32) const {
+    MOE_CHECK(l.shape == s, where(l), ": tensor '", name, "': expected shape ", shape_str(s), ", got ",
+              shape_str(l.shape));
     if (dt != DType::F32)
-      MOE_CHECK(l.dtype == dt, where(l), ": tensor '", name, "' has dtype ", dtype_name(l.dtype), "; expected ",
-                dtype_name(dt));
+      MOE_CHECK(l.dtype == dt, where(l), ": tensor '", name, "' has dtype ", dtype_name(l.dtype),
+                "; expected ", dtype_name(dt));
   }
   detail::Span span(const model::TensorLocation& l) const {
     detail::Span s;
@@ -358,15 +365,17 @@ class ExpertLocator {
 
 std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const std::string& dir,
                                                  const ExpertStoreOptions& opt) {
-  MOE_CHECK(m.external_experts(), "expert store: the model holds its own expert weights; build it with "
-                                  "external_experts (load_pretrained(dir, F32, true))");
+  MOE_CHECK(m.external_experts(),
+            "expert store: the model holds its own expert weights; build it with "
+            "external_experts (load_pretrained(dir, F32, true))");
   MOE_CHECK(m.dtype() == DType::F32, "expert store: the model must be f32");
   MOE_CHECK(opt.prefetch_depth >= 1, "expert store: prefetch depth must be >= 1, got ", opt.prefetch_depth);
   MOE_CHECK(opt.io_threads >= 1 && opt.io_threads <= 64, "expert store: io threads must be in [1, 64], got ",
             opt.io_threads);
-  MOE_CHECK(opt.cache_gb >= 0 && std::isfinite(opt.cache_gb), "expert store: --expert-cache-gb must be >= 0, got ",
-            opt.cache_gb);
-  MOE_CHECK(opt.resident_experts >= -1, "expert store: --resident-experts must be >= 0, got ", opt.resident_experts);
+  MOE_CHECK(opt.cache_gb >= 0 && std::isfinite(opt.cache_gb),
+            "expert store: --expert-cache-gb must be >= 0, got ", opt.cache_gb);
+  MOE_CHECK(opt.resident_experts >= -1, "expert store: --resident-experts must be >= 0, got ",
+            opt.resident_experts);
   const model::ModelConfig& cfg = m.config();
   const model::QuantConfig qc = model::read_quant_config(dir);
   const ExpertLocator loc(dir, qc);
@@ -393,15 +402,16 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
       for (const detail::MatrixSource& x : s.m) {
         if (x.N == 0) continue;
         (x.bits ? any_q : any_f) = true;
-        if (x.bits && std::find(bits_seen.begin(), bits_seen.end(), x.bits) == bits_seen.end()) bits_seen.push_back(x.bits);
+        if (x.bits && std::find(bits_seen.begin(), bits_seen.end(), x.bits) == bits_seen.end())
+          bits_seen.push_back(x.bits);
       }
       S.src.push_back(s);
     }
   }
   MOE_CHECK(!(any_q && any_f), "checkpoint ", dir, ": some experts are quantized and some are not");
   if (any_q) {
-    MOE_CHECK(opt.format == "auto", "checkpoint ", dir, " holds quantized experts; --expert-format ", opt.format,
-              " cannot be used (their format is the checkpoint's)");
+    MOE_CHECK(opt.format == "auto", "checkpoint ", dir, " holds quantized experts; --expert-format ",
+              opt.format, " cannot be used (their format is the checkpoint's)");
     S.fmt = detail::Format::Quant;
     S.fmt_name = bits_seen.size() > 1 ? "mixed int4/int8" : bits_seen[0] == 4 ? "int4" : "int8";
   } else if (opt.format == "auto" || opt.format == "bf16") {
@@ -411,8 +421,8 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
     S.fmt = detail::Format::F32;
     S.fmt_name = "f32";
   } else {
-    throw Error(cat("expert store: unknown expert format '", opt.format, "' (auto, bf16, f32; int8/int4 come from a ",
-                    "checkpoint written by `moe quantize`)"));
+    throw Error(cat("expert store: unknown expert format '", opt.format,
+                    "' (auto, bf16, f32; int8/int4 come from a ", "checkpoint written by `moe quantize`)"));
   }
   S.files = std::make_unique<detail::SourceFiles>(loc.paths(), opt.io == ExpertIo::Direct);
   S.pregate = std::make_unique<PreGating>(m, opt.prefetch_depth);
@@ -434,7 +444,8 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
   const int64_t L = static_cast<int64_t>(S.layers.size());
   auto impl = std::make_shared<detail::StoreImpl>(std::move(S), opt);
   for (int64_t li = 0; li < L; ++li)
-    m.mutable_moe_layer(impl->layer_index(li))->set_expert_executor(std::make_shared<detail::LayerExecutor>(impl, li));
+    m.mutable_moe_layer(impl->layer_index(li))
+        ->set_expert_executor(std::make_shared<detail::LayerExecutor>(impl, li));
   return impl;
 }
 

@@ -7,8 +7,8 @@
 
 namespace moe::infer {
 
-GenerateResult generate(const model::Transformer& m, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
-                        const std::function<bool(int32_t)>& on_token) {
+GenerateResult generate(const model::Transformer& m, const std::vector<int32_t>& prompt,
+                        const GenerateOptions& opt, const std::function<bool(int32_t)>& on_token) {
   using Clock = std::chrono::steady_clock;
   opt.sampling.validate();
   MOE_CHECK(!prompt.empty(), "generate: the prompt has no tokens");
@@ -17,7 +17,8 @@ GenerateResult generate(const model::Transformer& m, const std::vector<int32_t>&
   MOE_CHECK(static_cast<int64_t>(prompt.size()) <= ctx, "generate: the prompt has ", prompt.size(),
             " tokens; the model's context is ", ctx);
   const int64_t V = m.config().vocab_size;
-  model::KVCache cache = m.new_cache(std::min<int64_t>(ctx, static_cast<int64_t>(prompt.size()) + opt.max_new_tokens));
+  model::KVCache cache =
+      m.new_cache(std::min<int64_t>(ctx, static_cast<int64_t>(prompt.size()) + opt.max_new_tokens));
   GenerateResult r;
   r.finish_reason = "length";
   auto t0 = Clock::now();

@@ -21,7 +21,8 @@ bool ends_with(const std::string& s, const std::string& t) {
 model::TensorSource dequantizing_source(model::TensorSource src, const model::QuantConfig& qc) {
   std::set<std::string> bases;
   for (const std::string& n : src.names)
-    if (ends_with(n, kQ) && n.find(".experts.") == std::string::npos) bases.insert(n.substr(0, n.size() - kQ.size()));
+    if (ends_with(n, kQ) && n.find(".experts.") == std::string::npos)
+      bases.insert(n.substr(0, n.size() - kQ.size()));
   if (bases.empty()) return src;
   model::TensorSource out;
   for (const std::string& n : src.names) {
@@ -40,8 +41,8 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
     Tensor q = src.load(base + kQ);
     const int bits = q.dtype() == DType::I8 ? 8 : 4;
     Tensor mins = bits == 4 ? src.load(base + ".mins") : Tensor();
-    const kernels::QuantizedMatrix m =
-        kernels::quantized_from_tensors(bits, group, std::move(q), src.load(base + ".scales"), std::move(mins), base);
+    const kernels::QuantizedMatrix m = kernels::quantized_from_tensors(
+        bits, group, std::move(q), src.load(base + ".scales"), std::move(mins), base);
     const int64_t N = m.N, K = m.K;
     Tensor w = Tensor::empty({N, K}, DType::F32, name);
     kernels::dequantize_matrix(m.view(), w.data<float>());
@@ -60,7 +61,8 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
   const model::QuantConfig qc = model::read_quant_config(dir);
   const bool store = opt.offload || qc.bits > 0;
   InferenceModel r;
-  r.model = std::make_unique<model::Transformer>(model::load_model_config(dir + "/config.json"), DType::F32, store);
+  r.model =
+      std::make_unique<model::Transformer>(model::load_model_config(dir + "/config.json"), DType::F32, store);
   model::TensorSource src = model::checkpoint_source(dir);
   if (qc.bits > 0) src = dequantizing_source(std::move(src), qc);
   try {

@@ -11,8 +11,10 @@
 namespace moe::infer {
 
 void SamplingOptions::validate() const {
-  MOE_CHECK(std::isfinite(temperature) && temperature >= 0, "sampling: temperature must be >= 0, got ", temperature);
-  MOE_CHECK(std::isfinite(top_p) && top_p > 0 && top_p <= 1, "sampling: top_p must be in (0, 1], got ", top_p);
+  MOE_CHECK(std::isfinite(temperature) && temperature >= 0, "sampling: temperature must be >= 0, got ",
+            temperature);
+  MOE_CHECK(std::isfinite(top_p) && top_p > 0 && top_p <= 1, "sampling: top_p must be in (0, 1], got ",
+            top_p);
   MOE_CHECK(top_k >= 0, "sampling: top_k must be >= 0, got ", top_k);
   MOE_CHECK(std::isfinite(repetition_penalty) && repetition_penalty > 0,
             "sampling: repetition_penalty must be > 0, got ", repetition_penalty);
@@ -27,7 +29,8 @@ std::vector<float> apply_penalties(const float* logits, int64_t V, const Samplin
   opt.validate();
   std::vector<float> out(logits, logits + V);
   auto check = [&](int32_t t, const char* where) {
-    MOE_CHECK(t >= 0 && t < V, "sampling: ", where, " token id ", t, " is outside the vocabulary [0, ", V, ")");
+    MOE_CHECK(t >= 0 && t < V, "sampling: ", where, " token id ", t, " is outside the vocabulary [0, ", V,
+              ")");
   };
   if (opt.repetition_penalty != 1.0) {
     std::vector<uint8_t> seen(static_cast<size_t>(V), 0);
@@ -72,7 +75,8 @@ int32_t sample_token(const float* logits, int64_t V, const SamplingOptions& opt,
   for (int64_t i = 0; i < V; ++i)
     if (logits[i] != -INFINITY) idx.push_back(static_cast<int32_t>(i));
   std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-  if (opt.top_k > 0 && static_cast<int64_t>(idx.size()) > opt.top_k) idx.resize(static_cast<size_t>(opt.top_k));
+  if (opt.top_k > 0 && static_cast<int64_t>(idx.size()) > opt.top_k)
+    idx.resize(static_cast<size_t>(opt.top_k));
   // Softmax at temperature T over the candidates, in double.
   std::vector<double> p(idx.size());
   const double mx = logits[idx[0]];

@@ -70,7 +70,8 @@ struct Server::Impl {
   int64_t rate_tokens = 0;
   double rate = 0;
 
-  Impl(const model::Transformer& m, text::Tokenizer t, text::ChatTemplate c, std::vector<int32_t> stops, ServerOptions o)
+  Impl(const model::Transformer& m, text::Tokenizer t, text::ChatTemplate c, std::vector<int32_t> stops,
+       ServerOptions o)
       : model(m), tok(std::move(t)), chat(std::move(c)), stop_ids(std::move(stops)), opt(std::move(o)) {
     opt.validate();
     ctx = model.config().max_position_embeddings;
@@ -102,7 +103,9 @@ void Server::Impl::authenticate(const httplib::Request& req) const {
   if (opt.api_key.empty()) return;
   const std::string h = req.get_header_value("Authorization");
   const std::string want = "Bearer " + opt.api_key;
-  if (h.empty()) throw ApiError(401, "missing API key: send 'Authorization: Bearer KEY'", "authentication_error", "", "invalid_api_key");
+  if (h.empty())
+    throw ApiError(401, "missing API key: send 'Authorization: Bearer KEY'", "authentication_error", "",
+                   "invalid_api_key");
   if (h != want) throw ApiError(401, "invalid API key", "authentication_error", "", "invalid_api_key");
 }
 
@@ -122,8 +125,10 @@ std::vector<int32_t> Server::Impl::prompt_tokens(const CompletionParams& p) cons
     const int64_t V = model.config().vocab_size;
     for (size_t i = 0; i < p.prompt_tokens.size(); ++i)
       if (p.prompt_tokens[i] >= V)
-        throw ApiError(400, cat("'prompt[", i, "]' = ", p.prompt_tokens[i], " is outside the vocabulary of ", V, " tokens"),
-                       "invalid_request_error", "prompt");
+        throw ApiError(
+            400,
+            cat("'prompt[", i, "]' = ", p.prompt_tokens[i], " is outside the vocabulary of ", V, " tokens"),
+            "invalid_request_error", "prompt");
     ids = p.prompt_tokens;
   } else {
     text::EncodeOptions eo;
@@ -154,11 +159,12 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   int64_t max_new = p.max_tokens;
   if (max_new >= 0) {
     if (max_new > limit)
-      throw ApiError(400, cat("max_tokens = ", max_new, " is above this server's limit of ", limit), "invalid_request_error",
-                     max_param);
+      throw ApiError(400, cat("max_tokens = ", max_new, " is above this server's limit of ", limit),
+                     "invalid_request_error", max_param);
     if (max_new > room)
-      throw ApiError(400, cat("the prompt (", n_prompt, " tokens) plus max_tokens (", max_new,
-                              ") is more than the model's context of ", ctx, " tokens"),
+      throw ApiError(400,
+                     cat("the prompt (", n_prompt, " tokens) plus max_tokens (", max_new,
+                         ") is more than the model's context of ", ctx, " tokens"),
                      "invalid_request_error", max_param, "context_length_exceeded");
   } else {
     max_new = std::min(limit, chat_endpoint ? room : std::min<int64_t>(16, room));
@@ -172,7 +178,8 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   r.sampling = p.sampling;
   if (!p.ignore_eos) r.stop_ids = stop_ids;
   r.on_token = [this, st](int32_t t) {
-    if (t < 0 || static_cast<size_t>(t) >= hidden.size() || hidden[static_cast<size_t>(t)]) return !st->text.stopped();
+    if (t < 0 || static_cast<size_t>(t) >= hidden.size() || hidden[static_cast<size_t>(t)])
+      return !st->text.stopped();
     std::string piece = st->text.push(tok.token_bytes(t));
     if (!piece.empty()) {
       std::lock_guard<std::mutex> lock(st->mu);
@@ -200,7 +207,8 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   }
   if (!id) {
     res.set_header("Retry-After", "1");
-    throw ApiError(429, "the server is busy: the request queue is full; retry later", "server_overloaded", "", "queue_full");
+    throw ApiError(429, "the server is busy: the request queue is full; retry later", "server_overloaded", "",
+                   "queue_full");
   }
   {
     std::lock_guard<std::mutex> lock(live_mu);
@@ -220,7 +228,8 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
       fin = st->fin;
     }
     forget(*id);
-    if (fin.finish_reason == "cancelled") throw ApiError(503, "the request was cancelled (server shutting down)", "server_error");
+    if (fin.finish_reason == "cancelled")
+      throw ApiError(503, "the request was cancelled (server shutting down)", "server_error");
     if (fin.finish_reason == "error") throw ApiError(500, "generation failed: " + fin.error, "server_error");
     const int64_t n_out = static_cast<int64_t>(fin.tokens.size());
     const json body = chat_endpoint ? chat_response(ids, text, fin.finish_reason, n_prompt, n_out)
@@ -244,7 +253,8 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
         Finished fin;
         {
           std::unique_lock<std::mutex> lock(st->mu);
-          st->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return st->done || !st->released.empty(); });
+          st->cv.wait_for(lock, std::chrono::milliseconds(500),
+                          [&] { return st->done || !st->released.empty(); });
           piece.swap(st->released);
           done = st->done;
           if (done) fin = st->fin;
@@ -252,15 +262,18 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
         std::string out;
         if (chat_ep && *first) out += sse_data(chat_chunk(ids, "", true, ""));
         *first = false;
-        if (!piece.empty()) out += sse_data(chat_ep ? chat_chunk(ids, piece, false, "") : completion_chunk(ids, piece, ""));
+        if (!piece.empty())
+          out += sse_data(chat_ep ? chat_chunk(ids, piece, false, "") : completion_chunk(ids, piece, ""));
         if (done) {
           if (fin.finish_reason == "stop" || fin.finish_reason == "length") {
             out += sse_data(chat_ep ? chat_chunk(ids, "", false, fin.finish_reason)
                                     : completion_chunk(ids, "", fin.finish_reason));
-            if (usage) out += sse_data(usage_chunk(ids, chat_ep, n_prompt, static_cast<int64_t>(fin.tokens.size())));
+            if (usage)
+              out += sse_data(usage_chunk(ids, chat_ep, n_prompt, static_cast<int64_t>(fin.tokens.size())));
           } else {
             const ApiError e(fin.finish_reason == "error" ? 500 : 503,
-                             fin.finish_reason == "error" ? "generation failed: " + fin.error : "the request was cancelled",
+                             fin.finish_reason == "error" ? "generation failed: " + fin.error
+                                                          : "the request was cancelled",
                              "server_error");
             out += "data: " + error_body(e) + "\n\n";
           }
@@ -301,7 +314,8 @@ std::string Server::Impl::metrics_text() {
 }
 
 void Server::Impl::routes() {
-  http.new_task_queue = [n = opt.http_threads > 0 ? opt.http_threads : opt.engine.max_running + opt.engine.max_queue + 16] {
+  http.new_task_queue = [n = opt.http_threads > 0 ? opt.http_threads
+                                                  : opt.engine.max_running + opt.engine.max_queue + 16] {
     return new httplib::ThreadPool(static_cast<size_t>(n));
   };
   http.set_payload_max_length(static_cast<size_t>(opt.max_body_bytes));
@@ -323,21 +337,23 @@ void Server::Impl::routes() {
     };
   };
   http.Get("/health", wrap([](const httplib::Request&, httplib::Response& res) {
-    res.set_content(R"({"status":"ok"})", "application/json");
-  }));
-  http.Get("/v1/models", wrap([this](const httplib::Request& req, httplib::Response& res) {
-    authenticate(req);
-    const json m = {{"id", opt.served_model_name},
-                    {"object", "model"},
-                    {"created", static_cast<int64_t>(std::time(nullptr))},
-                    {"owned_by", "moe.cpp"},
-                    {"max_model_len", ctx}};
-    res.set_content(json_dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
-  }));
+             res.set_content(R"({"status":"ok"})", "application/json");
+           }));
+  http.Get(
+      "/v1/models", wrap([this](const httplib::Request& req, httplib::Response& res) {
+        authenticate(req);
+        const json m = {{"id", opt.served_model_name},
+                        {"object", "model"},
+                        {"created", static_cast<int64_t>(std::time(nullptr))},
+                        {"owned_by", "moe.cpp"},
+                        {"max_model_len", ctx}};
+        res.set_content(json_dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
+      }));
   http.Get("/metrics", wrap([this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
-  }));
-  http.Post("/v1/completions", wrap([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); }));
+             res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
+           }));
+  http.Post("/v1/completions",
+            wrap([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); }));
   http.Post("/v1/chat/completions",
             wrap([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, true); }));
   // Everything else: 405 on a known path with the wrong method, else 404.
@@ -346,10 +362,12 @@ void Server::Impl::routes() {
       if (req.path == p) {
         const bool post = req.path.rfind("/v1/c", 0) == 0;
         res.set_header("Allow", post ? "POST" : "GET, HEAD");
-        throw ApiError(405, cat("method ", req.method, " is not allowed on ", req.path, "; use ", post ? "POST" : "GET"),
-                       "invalid_request_error", "", "method_not_allowed");
+        throw ApiError(
+            405, cat("method ", req.method, " is not allowed on ", req.path, "; use ", post ? "POST" : "GET"),
+            "invalid_request_error", "", "method_not_allowed");
       }
-    throw ApiError(404, cat("no such endpoint: ", req.method, " ", req.path), "invalid_request_error", "", "not_found");
+    throw ApiError(404, cat("no such endpoint: ", req.method, " ", req.path), "invalid_request_error", "",
+                   "not_found");
   });
   http.Get(".*", fallback);
   http.Post(".*", fallback);
@@ -365,9 +383,10 @@ void Server::Impl::routes() {
     if (res.status == 413) msg = "the request body is larger than this server accepts (--max-body-bytes)";
     send_error(res, ApiError(res.status, msg, type));
   });
-  http.set_exception_handler([send_error](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
-    send_error(res, ApiError(500, "internal error", "server_error"));
-  });
+  http.set_exception_handler(
+      [send_error](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+        send_error(res, ApiError(500, "internal error", "server_error"));
+      });
   http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
     std::string ep = "other";
     for (const char* p : kKnownPaths)
@@ -376,9 +395,10 @@ void Server::Impl::routes() {
   });
 }
 
-Server::Server(const model::Transformer& m, text::Tokenizer tok, text::ChatTemplate chat, std::vector<int32_t> stop_ids,
-               ServerOptions opt)
-    : impl_(std::make_unique<Impl>(m, std::move(tok), std::move(chat), std::move(stop_ids), std::move(opt))) {}
+Server::Server(const model::Transformer& m, text::Tokenizer tok, text::ChatTemplate chat,
+               std::vector<int32_t> stop_ids, ServerOptions opt)
+    : impl_(std::make_unique<Impl>(m, std::move(tok), std::move(chat), std::move(stop_ids), std::move(opt))) {
+}
 
 Server::~Server() {
   stop();

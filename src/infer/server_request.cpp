@@ -11,7 +11,10 @@ namespace moe::infer {
 using nlohmann::json;
 
 ApiError::ApiError(int status_, std::string message, std::string type_, std::string param_, std::string code_)
-    : Error(std::move(message)), status(status_), type(std::move(type_)), param(std::move(param_)),
+    : Error(std::move(message)),
+      status(status_),
+      type(std::move(type_)),
+      param(std::move(param_)),
       code(std::move(code_)) {}
 
 std::string error_body(const ApiError& e) {
@@ -61,7 +64,8 @@ bool get_int(const json& body, const char* name, int64_t* out) {
   const json& v = field(body, name);
   if (v.is_null()) return false;
   if (v.is_number_integer()) {
-    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    if (v.is_number_unsigned() &&
+        v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
       bad(name, cat("'", name, "' is too large"));
     *out = v.get<int64_t>();
     return true;
@@ -123,9 +127,11 @@ void parse_prompt(const json& body, CompletionParams& p) {
   if (ids->empty()) bad("prompt", "'prompt' has no tokens");
   for (size_t i = 0; i < ids->size(); ++i) {
     const json& t = (*ids)[i];
-    if (!t.is_number_integer()) bad("prompt", cat("'prompt[", i, "]' must be a token id (integer), got ", type_name(t)));
+    if (!t.is_number_integer())
+      bad("prompt", cat("'prompt[", i, "]' must be a token id (integer), got ", type_name(t)));
     const int64_t id = t.get<int64_t>();
-    if (id < 0 || id > std::numeric_limits<int32_t>::max()) bad("prompt", cat("'prompt[", i, "]' = ", id, " is not a token id"));
+    if (id < 0 || id > std::numeric_limits<int32_t>::max())
+      bad("prompt", cat("'prompt[", i, "]' = ", id, " is not a token id"));
     p.prompt_tokens.push_back(static_cast<int32_t>(id));
   }
   p.prompt_is_tokens = true;
@@ -139,8 +145,10 @@ std::string message_content(const json& c, size_t i) {
   std::string s;
   for (size_t k = 0; k < c.size(); ++k) {  // [{"type":"text","text":"..."}]
     const json& part = c[k];
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
-      bad(param, cat("'", param, "[", k, "]' must be {\"type\": \"text\", \"text\": string}; only text is supported"));
+    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+        !part["text"].is_string())
+      bad(param, cat("'", param, "[", k,
+                     "]' must be {\"type\": \"text\", \"text\": string}; only text is supported"));
     s += part["text"].get<std::string>();
   }
   return s;
@@ -172,9 +180,11 @@ CompletionParams parse_completion_request(std::string_view text, bool chat) {
   try {
     body = json::parse(text);
   } catch (const json::parse_error& e) {
-    throw ApiError(400, cat("the request body is not valid JSON: ", e.what()), "invalid_request_error", "", "invalid_json");
+    throw ApiError(400, cat("the request body is not valid JSON: ", e.what()), "invalid_request_error", "",
+                   "invalid_json");
   }
-  if (!body.is_object()) throw ApiError(400, cat("the request body must be a JSON object, got ", type_name(body)));
+  if (!body.is_object())
+    throw ApiError(400, cat("the request body must be a JSON object, got ", type_name(body)));
 
   CompletionParams p;
   p.chat = chat;
@@ -189,13 +199,15 @@ CompletionParams parse_completion_request(std::string_view text, bool chat) {
   if (get_int(body, "best_of", &best_of) && best_of != 1) bad("best_of", "only best_of = 1 is supported");
   if (!chat && get_bool(body, "echo", false)) bad("echo", "echo = true is not supported");
   const json& lp = field(body, "logprobs");
-  if (!(lp.is_null() || (lp.is_boolean() && !lp.get<bool>()) || (lp.is_number_integer() && lp.get<int64_t>() == 0)))
+  if (!(lp.is_null() || (lp.is_boolean() && !lp.get<bool>()) ||
+        (lp.is_number_integer() && lp.get<int64_t>() == 0)))
     bad("logprobs", "logprobs are not supported");
   if (!field(body, "suffix").is_null()) bad("suffix", "'suffix' is not supported");
   if (!field(body, "tools").is_null() && !(field(body, "tools").is_array() && field(body, "tools").empty()))
     bad("tools", "tools are not supported");
 
-  const char* max_name = chat && !field(body, "max_completion_tokens").is_null() ? "max_completion_tokens" : "max_tokens";
+  const char* max_name =
+      chat && !field(body, "max_completion_tokens").is_null() ? "max_completion_tokens" : "max_tokens";
   if (get_int(body, max_name, &p.max_tokens) && p.max_tokens < 0)
     bad(max_name, cat("'", max_name, "' must be >= 0, got ", p.max_tokens));
 
@@ -211,9 +223,11 @@ CompletionParams parse_completion_request(std::string_view text, bool chat) {
   }
   int64_t seed = 0;
   p.seed_given = get_int(body, "seed", &seed);
-  s.seed = p.seed_given ? static_cast<uint64_t>(seed) : std::random_device{}() * 0x100000001ull + std::random_device{}();
+  s.seed = p.seed_given ? static_cast<uint64_t>(seed)
+                        : std::random_device{}() * 0x100000001ull + std::random_device{}();
   s.repetition_penalty = get_number(body, "repetition_penalty", 1.0);
-  if (!(s.repetition_penalty > 0)) bad("repetition_penalty", cat("'repetition_penalty' must be > 0, got ", s.repetition_penalty));
+  if (!(s.repetition_penalty > 0))
+    bad("repetition_penalty", cat("'repetition_penalty' must be > 0, got ", s.repetition_penalty));
   s.frequency_penalty = get_number(body, "frequency_penalty", 0.0);
   if (std::fabs(s.frequency_penalty) > 2) bad("frequency_penalty", "'frequency_penalty' must be in [-2, 2]");
   s.presence_penalty = get_number(body, "presence_penalty", 0.0);

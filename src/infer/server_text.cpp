@@ -15,9 +15,12 @@ size_t utf8_complete_prefix(std::string_view s) {
     const unsigned char c = static_cast<unsigned char>(s[n - back]);
     if ((c & 0xC0) == 0x80) continue;  // a continuation byte: keep looking
     size_t len = 1;
-    if ((c & 0xE0) == 0xC0) len = 2;
-    else if ((c & 0xF0) == 0xE0) len = 3;
-    else if ((c & 0xF8) == 0xF0) len = 4;
+    if ((c & 0xE0) == 0xC0)
+      len = 2;
+    else if ((c & 0xF0) == 0xE0)
+      len = 3;
+    else if ((c & 0xF8) == 0xF0)
+      len = 4;
     return len > back ? n - back : n;  // the sequence is cut short: hold it back
   }
   return n;  // only continuation bytes (invalid): release them
@@ -91,7 +94,8 @@ json completion_chunk(const ResponseIds& ids, const std::string& text, const std
   return j;
 }
 
-json chat_chunk(const ResponseIds& ids, const std::string& content, bool role_delta, const std::string& finish_reason) {
+json chat_chunk(const ResponseIds& ids, const std::string& content, bool role_delta,
+                const std::string& finish_reason) {
   json delta = json::object();
   if (role_delta) delta["role"] = "assistant";
   if (role_delta || !content.empty()) delta["content"] = content;

@@ -19,17 +19,17 @@ namespace moe::kernels {
 // ---------------------------------------------------------------------------------------------
 // The rows. A new op adds its Args here (and to op_table() below).
 
-#define MOE_OP_ROWS_TYPED(T)                           \
-  MOE_OP_ROW_INSTANTIATE(GemmArgs<T>)                  \
-  MOE_OP_ROW_INSTANTIATE(GroupedGemmArgs<T>)           \
-  MOE_OP_ROW_INSTANTIATE(GroupedWgradArgs<T>)          \
-  MOE_OP_ROW_INSTANTIATE(ActivationArgs<T>)            \
-  MOE_OP_ROW_INSTANTIATE(ActivationBackwardArgs<T>)    \
-  MOE_OP_ROW_INSTANTIATE(CombineArgs<T>)               \
-  MOE_OP_ROW_INSTANTIATE(CombineBackwardArgs<T>)       \
-  MOE_OP_ROW_INSTANTIATE(FfnUpArgs<T>)                 \
-  MOE_OP_ROW_INSTANTIATE(FfnDownBackwardArgs<T>)       \
-  MOE_OP_ROW_INSTANTIATE(GroupedGemmCatArgs<T>)        \
+#define MOE_OP_ROWS_TYPED(T)                        \
+  MOE_OP_ROW_INSTANTIATE(GemmArgs<T>)               \
+  MOE_OP_ROW_INSTANTIATE(GroupedGemmArgs<T>)        \
+  MOE_OP_ROW_INSTANTIATE(GroupedWgradArgs<T>)       \
+  MOE_OP_ROW_INSTANTIATE(ActivationArgs<T>)         \
+  MOE_OP_ROW_INSTANTIATE(ActivationBackwardArgs<T>) \
+  MOE_OP_ROW_INSTANTIATE(CombineArgs<T>)            \
+  MOE_OP_ROW_INSTANTIATE(CombineBackwardArgs<T>)    \
+  MOE_OP_ROW_INSTANTIATE(FfnUpArgs<T>)              \
+  MOE_OP_ROW_INSTANTIATE(FfnDownBackwardArgs<T>)    \
+  MOE_OP_ROW_INSTANTIATE(GroupedGemmCatArgs<T>)     \
   MOE_OP_ROW_INSTANTIATE(GroupedGemmScatterArgs<T>)
 
 MOE_OP_ROWS_TYPED(float)
@@ -65,7 +65,8 @@ namespace table {
 
 void require_cuda_device(const char* op) {
 #ifdef MOE_HAVE_CUDA
-  MOE_CHECK(cuda::device_count() > 0, op, ": the cuda backend is not available (no GPU or CUDA driver found)");
+  MOE_CHECK(cuda::device_count() > 0, op,
+            ": the cuda backend is not available (no GPU or CUDA driver found)");
 #else
   throw Error(cat(op, ": the cuda backend is not available (this build has no CUDA support)"));
 #endif

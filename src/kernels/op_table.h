@@ -57,7 +57,8 @@ Support supports(Backend b, const Args& a) {
       break;
     case Backend::Cuda:
 #ifndef MOE_HAVE_CUDA
-      return Support::no("not implemented on cuda: the cuda backend is not available (this build has no CUDA support)");
+      return Support::no(
+          "not implemented on cuda: the cuda backend is not available (this build has no CUDA support)");
 #else
       if (!std::is_same_v<typename ElemOf<Args>::type, float>) {
         return Support::no("not implemented on cuda: the cuda backend supports float only, not double");
@@ -127,10 +128,10 @@ double op_bytes(const Args& args) {
   return OpRow<Args>::bytes(args);
 }
 
-#define MOE_OP_ROW_INSTANTIATE(...)                                         \
-  template void run<__VA_ARGS__>(Exec, const __VA_ARGS__&);                 \
-  template Support supports<__VA_ARGS__>(Backend, const __VA_ARGS__&);      \
-  template double op_flops<__VA_ARGS__>(const __VA_ARGS__&);                \
+#define MOE_OP_ROW_INSTANTIATE(...)                                    \
+  template void run<__VA_ARGS__>(Exec, const __VA_ARGS__&);            \
+  template Support supports<__VA_ARGS__>(Backend, const __VA_ARGS__&); \
+  template double op_flops<__VA_ARGS__>(const __VA_ARGS__&);           \
   template double op_bytes<__VA_ARGS__>(const __VA_ARGS__&);
 
 }  // namespace moe::kernels

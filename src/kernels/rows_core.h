@@ -180,7 +180,8 @@ struct OpRow<GroupedWgradArgs<T>> {
   static DeviceFn<Args> cuda() { return nullptr; }
 #endif
   static Support limits(Backend b, const Args& g) {
-    if (b == Backend::Cuda && g.dC_gather != nullptr) return Support::no("dC_gather is not implemented on cuda");
+    if (b == Backend::Cuda && g.dC_gather != nullptr)
+      return Support::no("dC_gather is not implemented on cuda");
     if (b == Backend::Cuda && (g.a_preact || g.a_scale != nullptr)) {
       return Support::no("a_preact and a_scale are not implemented on cuda");
     }

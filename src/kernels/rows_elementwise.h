@@ -7,7 +7,9 @@ namespace moe::kernels {
 
 namespace rows {
 // Rough arithmetic per element of an activation (exp, division and products), for the perf mode.
-inline double act_flops(Activation a) { return a == Activation::SwiGLU ? 6.0 : a == Activation::Relu ? 1.0 : 5.0; }
+inline double act_flops(Activation a) {
+  return a == Activation::SwiGLU ? 6.0 : a == Activation::Relu ? 1.0 : 5.0;
+}
 }  // namespace rows
 
 // ---------------------------------------------------------------------------------------------
@@ -144,7 +146,8 @@ struct OpRow<CombineBackwardArgs<T>> {
       if (rows::on_host(b)) {
         // dX and X may be null only when they have no rows, i.e. every assignment is dropped.
         if (g.dX == nullptr) rows::check_all_dropped(name, "dX", g.pos, nullptr, g.N);
-        if (g.dweight && g.X == nullptr) rows::check_all_dropped(name, "X (needed for dweight)", g.pos, nullptr, g.N);
+        if (g.dweight && g.X == nullptr)
+          rows::check_all_dropped(name, "X (needed for dweight)", g.pos, nullptr, g.N);
       } else {
         check_ptr(name, "dX", g.dX);
         if (g.dweight) check_ptr(name, "X (needed for dweight)", g.X);

@@ -170,8 +170,8 @@ struct OpRow<GroupedGemmScatterArgs<T>> {
   static double flops(const Args& g) { return 2.0 * rows::host_rows(g.offsets, g.E) * g.N * g.K; }
   static double bytes(const Args& g) {
     const double R = rows::host_rows(g.offsets, g.E);
-    return sizeof(T) * (R * rows::a_row_len(g.a_preact, g.act, g.K) + static_cast<double>(g.E) * g.N * g.K +
-                        R * g.N);
+    return sizeof(T) *
+           (R * rows::a_row_len(g.a_preact, g.act, g.K) + static_cast<double>(g.E) * g.N * g.K + R * g.N);
   }
 };
 

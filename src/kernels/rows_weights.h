@@ -53,8 +53,17 @@ struct OpRow<GemmBf16Args> {
   template <HostFn<GroupedGemmBf16Args> grouped>
   static void as_grouped(const Args& g) {
     const int32_t offsets[2] = {0, static_cast<int32_t>(g.M)};
-    grouped(GroupedGemmBf16Args{.E = 1, .N = g.N, .K = g.K, .offsets = offsets, .A = g.A, .lda = g.lda,
-                                .W = g.W, .trans_w = g.trans_w, .C = g.C, .ldc = g.ldc, .beta = g.beta});
+    grouped(GroupedGemmBf16Args{.E = 1,
+                                .N = g.N,
+                                .K = g.K,
+                                .offsets = offsets,
+                                .A = g.A,
+                                .lda = g.lda,
+                                .W = g.W,
+                                .trans_w = g.trans_w,
+                                .C = g.C,
+                                .ldc = g.ldc,
+                                .beta = g.beta});
   }
   static HostFn<Args> ref() { return &as_grouped<&ref::grouped_gemm_bf16w>; }
   static HostFn<Args> cpu() { return &as_grouped<&cpu::grouped_gemm_bf16w>; }

@@ -36,14 +36,15 @@ inline void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, c
     }
   }
   if (W) {
-  kernels::GemmArgs<T> g;
-  g.M = n, g.N = out, g.K = in;
-  g.A = x, g.lda = in;
-  g.B = W, g.ldb = in, g.trans_b = true;
-  g.C = y, g.ldc = out;
-  kernels::gemm(Backend::Cpu, g);
+    kernels::GemmArgs<T> g;
+    g.M = n, g.N = out, g.K = in;
+    g.A = x, g.lda = in;
+    g.B = W, g.ldb = in, g.trans_b = true;
+    g.C = y, g.ldc = out;
+    kernels::gemm(Backend::Cpu, g);
   }
-  if (b) parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
+  if (b)
+    parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
         for (int64_t o = 0; o < out; ++o) y[r * out + o] += b[o];
     });
@@ -52,15 +53,16 @@ inline void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, c
 // Backward of linear: dW += dyᵀ x; db += Σ_rows dy; dx (n, in) = dy W (+= when accumulate_dx).
 // With a bf16 copy, dx uses it (bf16 compute); the weight gradient is always f32.
 template <typename T>
-inline void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, LinW<T> lw, T* dW, T* db, T* dx,
-                     bool accumulate_dx) {
+inline void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, LinW<T> lw, T* dW,
+                            T* db, T* dx, bool accumulate_dx) {
   kernels::GemmArgs<T> gw;
   gw.M = out, gw.N = in, gw.K = n;
   gw.A = dy, gw.lda = out, gw.trans_a = true;
   gw.B = x, gw.ldb = in;
   gw.C = dW, gw.ldc = in, gw.beta = 1;
   kernels::gemm(Backend::Cpu, gw);
-  if (db) parallel_for(out, 16, [&](int64_t o0, int64_t o1) {
+  if (db)
+    parallel_for(out, 16, [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) {
         T s = 0;
         for (int64_t r = 0; r < n; ++r) s += dy[r * out + o];

@@ -24,14 +24,14 @@ namespace moe::model::detail {
 constexpr double kMlaLatentNormEps = 1e-6;
 
 struct MlaShape {
-  int64_t N = 0;        // tokens
-  int64_t d = 0;        // hidden size
+  int64_t N = 0;  // tokens
+  int64_t d = 0;  // hidden size
   int64_t heads = 0;
-  int64_t q_lora = 0;   // 0: plain q_proj
+  int64_t q_lora = 0;  // 0: plain q_proj
   int64_t kv_lora = 0;
-  int64_t nope = 0;     // qk_nope_head_dim
-  int64_t rope = 0;     // qk_rope_head_dim
-  int64_t vd = 0;       // v_head_dim
+  int64_t nope = 0;  // qk_nope_head_dim
+  int64_t rope = 0;  // qk_rope_head_dim
+  int64_t vd = 0;    // v_head_dim
   int64_t qk() const { return nope + rope; }
 };
 
@@ -43,12 +43,13 @@ struct MlaRope {
 
 template <typename T>
 struct MlaWeights {
-  LinW<T> q, q_a, q_b, kv_a, kv_b;  // q_proj (H·qk, d) | q_a_proj (q_lora, d), q_b_proj (H·qk, q_lora);
-                                    // kv_a_proj_with_mqa (kv_lora + rope, d), kv_b_proj (H·(nope+vd), kv_lora)
-  const T* q_a_bias = nullptr;      // (q_lora), attention_bias only
-  const T* q_a_norm = nullptr;      // (q_lora)
-  const T* kv_a_bias = nullptr;     // (kv_lora + rope), attention_bias only
-  const T* kv_a_norm = nullptr;     // (kv_lora)
+  LinW<T> q, q_a, q_b, kv_a,
+      kv_b;                      // q_proj (H·qk, d) | q_a_proj (q_lora, d), q_b_proj (H·qk, q_lora);
+                                 // kv_a_proj_with_mqa (kv_lora + rope, d), kv_b_proj (H·(nope+vd), kv_lora)
+  const T* q_a_bias = nullptr;   // (q_lora), attention_bias only
+  const T* q_a_norm = nullptr;   // (q_lora)
+  const T* kv_a_bias = nullptr;  // (kv_lora + rope), attention_bias only
+  const T* kv_a_norm = nullptr;  // (kv_lora)
 };
 
 // Gradients, accumulated (+=); null where the model has no such tensor.
@@ -60,19 +61,19 @@ struct MlaGrads {
 
 // Activations kept for the backward.
 struct MlaSaved {
-  Tensor qa, qa_n, rstd_qa;    // (N, q_lora) x2, (N)
-  Tensor c, c_n, rstd_c;       // (N, kv_lora) x2, (N)
+  Tensor qa, qa_n, rstd_qa;  // (N, q_lora) x2, (N)
+  Tensor c, c_n, rstd_c;     // (N, kv_lora) x2, (N)
 };
 
 // h (N, d) -> q (N, H·qk), k (N, H·qk), v (N, H·vd); pos (N) absolute positions.
 template <typename T>
-void mla_qkv_forward(const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& r, const T* h, const int32_t* pos,
-                     T* q, T* k, T* v, MlaSaved& s);
+void mla_qkv_forward(const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& r, const T* h,
+                     const int32_t* pos, T* q, T* k, T* v, MlaSaved& s);
 
 // The transpose: from dq, dk (N, H·qk) and dv (N, H·vd) (dq and dk are used as scratch) to the
 // weight gradients (accumulated) and dh (N, d) (overwritten).
 template <typename T>
-void mla_qkv_backward(const MlaShape& sh, const MlaWeights<T>& w, const MlaGrads<T>& g, const MlaRope& r, const T* h,
-                      const int32_t* pos, const MlaSaved& s, T* dq, T* dk, const T* dv, T* dh);
+void mla_qkv_backward(const MlaShape& sh, const MlaWeights<T>& w, const MlaGrads<T>& g, const MlaRope& r,
+                      const T* h, const int32_t* pos, const MlaSaved& s, T* dq, T* dk, const T* dv, T* dh);
 
 }  // namespace moe::model::detail

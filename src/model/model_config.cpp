@@ -11,17 +11,24 @@
 namespace moe::model {
 
 namespace {
-const std::pair<const char*, Arch> kArch[] = {
-    {"mixtral", Arch::Mixtral}, {"qwen2_moe", Arch::Qwen2Moe}, {"qwen3_moe", Arch::Qwen3Moe}, {"olmoe", Arch::Olmoe},
-    {"deepseek_v3", Arch::DeepseekV3}};
+const std::pair<const char*, Arch> kArch[] = {{"mixtral", Arch::Mixtral},
+                                              {"qwen2_moe", Arch::Qwen2Moe},
+                                              {"qwen3_moe", Arch::Qwen3Moe},
+                                              {"olmoe", Arch::Olmoe},
+                                              {"deepseek_v3", Arch::DeepseekV3}};
 
 const char* hf_class(Arch a) {
   switch (a) {
-    case Arch::Mixtral: return "MixtralForCausalLM";
-    case Arch::Qwen2Moe: return "Qwen2MoeForCausalLM";
-    case Arch::Qwen3Moe: return "Qwen3MoeForCausalLM";
-    case Arch::Olmoe: return "OlmoeForCausalLM";
-    case Arch::DeepseekV3: return "DeepseekV3ForCausalLM";
+    case Arch::Mixtral:
+      return "MixtralForCausalLM";
+    case Arch::Qwen2Moe:
+      return "Qwen2MoeForCausalLM";
+    case Arch::Qwen3Moe:
+      return "Qwen3MoeForCausalLM";
+    case Arch::Olmoe:
+      return "OlmoeForCausalLM";
+    case Arch::DeepseekV3:
+      return "DeepseekV3ForCausalLM";
   }
   return "";
 }
@@ -49,7 +56,8 @@ int64_t token_id(const json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return -1;
   if (it->is_array()) return it->empty() ? -1 : token_id(json{{key, (*it)[0]}}, key);
-  MOE_CHECK(it->is_number_integer(), "config.json: key '", key, "': expected an integer, got ", it->type_name());
+  MOE_CHECK(it->is_number_integer(), "config.json: key '", key, "': expected an integer, got ",
+            it->type_name());
   return it->get<int64_t>();
 }
 
@@ -57,8 +65,8 @@ int64_t token_id(const json& j, const char* key) {
 // ("rope_parameters", rope_theta inside). Keys that would change the math and are not supported are
 // an error naming them.
 void parse_rope_scaling(const json& j, ModelConfig& c) {
-  const char* key = j.contains("rope_parameters") && !j["rope_parameters"].is_null() ? "rope_parameters"
-                                                                                      : "rope_scaling";
+  const char* key =
+      j.contains("rope_parameters") && !j["rope_parameters"].is_null() ? "rope_parameters" : "rope_scaling";
   if (!j.contains(key) || j[key].is_null()) return;
   const json& r = j[key];
   MOE_CHECK(r.is_object(), "config.json: key '", key, "' must be an object or null");
@@ -74,8 +82,8 @@ void parse_rope_scaling(const json& j, ModelConfig& c) {
     if (k == "type" || k == "rope_type") {
       MOE_CHECK(it->is_string(), "config.json: key '", full, "': expected a string");
       s.type = it->get<std::string>();
-      MOE_CHECK(s.type == "default" || s.type == "yarn", "config.json: key '", full, "': rope scaling '", s.type,
-                "' is not supported for deepseek_v3 (supported: yarn, default)");
+      MOE_CHECK(s.type == "default" || s.type == "yarn", "config.json: key '", full, "': rope scaling '",
+                s.type, "' is not supported for deepseek_v3 (supported: yarn, default)");
     } else if (k == "rope_theta") {
       num(c.rope_theta);
     } else if (k == "factor") {
@@ -196,9 +204,11 @@ std::vector<double> ModelConfig::rope_inv_freq() const {
   if (!rope_scaling.yarn()) return inv;
   const RopeScaling& r = rope_scaling;
   const double base = rope_theta, d = static_cast<double>(dim);
-  const double omax = static_cast<double>(r.original_max_position_embeddings > 0 ? r.original_max_position_embeddings
-                                                                                 : max_position_embeddings);
-  auto correction_dim = [&](double rot) { return d * std::log(omax / (rot * 2 * M_PI)) / (2 * std::log(base)); };
+  const double omax = static_cast<double>(
+      r.original_max_position_embeddings > 0 ? r.original_max_position_embeddings : max_position_embeddings);
+  auto correction_dim = [&](double rot) {
+    return d * std::log(omax / (rot * 2 * M_PI)) / (2 * std::log(base));
+  };
   double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
   if (r.truncate) low = std::floor(low), high = std::ceil(high);
   low = std::max(low, 0.0), high = std::min(high, d - 1);
@@ -280,14 +290,16 @@ void ModelConfig::validate() const {
   MOE_CHECK(vocab_size > 0, "config.json: vocab_size must be > 0, got ", vocab_size);
   MOE_CHECK(hidden_size > 0, "config.json: hidden_size must be > 0, got ", hidden_size);
   MOE_CHECK(num_hidden_layers > 0, "config.json: num_hidden_layers must be > 0, got ", num_hidden_layers);
-  MOE_CHECK(num_attention_heads > 0, "config.json: num_attention_heads must be > 0, got ", num_attention_heads);
+  MOE_CHECK(num_attention_heads > 0, "config.json: num_attention_heads must be > 0, got ",
+            num_attention_heads);
   MOE_CHECK(num_key_value_heads > 0 && num_attention_heads % num_key_value_heads == 0,
             "config.json: num_key_value_heads = ", num_key_value_heads,
             " must be > 0 and divide num_attention_heads = ", num_attention_heads);
-  MOE_CHECK(head_dim > 0 || hidden_size % num_attention_heads == 0, "config.json: hidden_size = ", hidden_size,
+  MOE_CHECK(head_dim > 0 || hidden_size % num_attention_heads == 0,
+            "config.json: hidden_size = ", hidden_size,
             " is not divisible by num_attention_heads = ", num_attention_heads, " and head_dim is not set");
-  MOE_CHECK(mla() || head_dim_or_default() % 2 == 0, "config.json: head_dim must be even for rotary embeddings, got ",
-            head_dim_or_default());
+  MOE_CHECK(mla() || head_dim_or_default() % 2 == 0,
+            "config.json: head_dim must be even for rotary embeddings, got ", head_dim_or_default());
   MOE_CHECK(arch != Arch::Olmoe || head_dim == 0 || head_dim * num_attention_heads == hidden_size,
             "config.json: olmoe needs head_dim · num_attention_heads == hidden_size");
   MOE_CHECK(num_experts > 0, "config.json: the number of experts must be > 0, got ", num_experts);
@@ -296,13 +308,16 @@ void ModelConfig::validate() const {
   MOE_CHECK(expert_width() > 0, "config.json: ",
             (arch == Arch::Mixtral || arch == Arch::Olmoe) ? "intermediate_size" : "moe_intermediate_size",
             " (the expert width) must be > 0, got ", expert_width());
-  MOE_CHECK(decoder_sparse_step >= 1, "config.json: decoder_sparse_step must be >= 1, got ", decoder_sparse_step);
+  MOE_CHECK(decoder_sparse_step >= 1, "config.json: decoder_sparse_step must be >= 1, got ",
+            decoder_sparse_step);
   for (int64_t l : mlp_only_layers)
-    MOE_CHECK(l >= 0 && l < num_hidden_layers, "config.json: mlp_only_layers entry ", l, " is not a layer index");
+    MOE_CHECK(l >= 0 && l < num_hidden_layers, "config.json: mlp_only_layers entry ", l,
+              " is not a layer index");
   bool any_dense = false;
   for (int64_t l = 0; l < num_hidden_layers; ++l) any_dense = any_dense || !is_moe_layer(l);
   MOE_CHECK(!any_dense || intermediate_size > 0, "config.json: dense layers need intermediate_size > 0");
-  MOE_CHECK(std::isfinite(rope_theta) && rope_theta > 0, "config.json: rope_theta must be > 0, got ", rope_theta);
+  MOE_CHECK(std::isfinite(rope_theta) && rope_theta > 0, "config.json: rope_theta must be > 0, got ",
+            rope_theta);
   MOE_CHECK(std::isfinite(rms_norm_eps) && rms_norm_eps > 0, "config.json: rms_norm_eps must be > 0, got ",
             rms_norm_eps);
   MOE_CHECK(max_position_embeddings > 0, "config.json: max_position_embeddings must be > 0");
@@ -321,8 +336,8 @@ void ModelConfig::validate_mla() const {
   MOE_CHECK(q_lora_rank >= 0, p, "q_lora_rank must be > 0 or null, got ", q_lora_rank);
   MOE_CHECK(kv_lora_rank > 0, p, "kv_lora_rank must be > 0, got ", kv_lora_rank);
   MOE_CHECK(qk_nope_head_dim >= 0, p, "qk_nope_head_dim must be >= 0, got ", qk_nope_head_dim);
-  MOE_CHECK(qk_rope_head_dim > 0 && qk_rope_head_dim % 2 == 0, p, "qk_rope_head_dim must be even and > 0, got ",
-            qk_rope_head_dim);
+  MOE_CHECK(qk_rope_head_dim > 0 && qk_rope_head_dim % 2 == 0, p,
+            "qk_rope_head_dim must be even and > 0, got ", qk_rope_head_dim);
   MOE_CHECK(v_head_dim > 0, p, "v_head_dim must be > 0, got ", v_head_dim);
   MOE_CHECK(head_dim == 0 || head_dim == qk_rope_head_dim, p, "head_dim = ", head_dim,
             " must equal qk_rope_head_dim = ", qk_rope_head_dim);
@@ -332,14 +347,15 @@ void ModelConfig::validate_mla() const {
             first_k_dense_replace);
   MOE_CHECK(n_group >= 1 && num_experts % n_group == 0, p, "n_group = ", n_group,
             " must be >= 1 and divide n_routed_experts = ", num_experts);
-  MOE_CHECK(num_experts / n_group >= 2, p, "each of the n_group = ", n_group,
-            " expert groups needs >= 2 experts (the group score is the sum of its top 2), n_routed_experts = ",
-            num_experts);
-  MOE_CHECK(topk_group >= 1 && topk_group <= n_group, p, "topk_group must be in [1, n_group = ", n_group, "], got ",
-            topk_group);
-  MOE_CHECK(num_experts_per_tok <= topk_group * (num_experts / n_group), p, "num_experts_per_tok = ",
-            num_experts_per_tok, " exceeds the ", topk_group * (num_experts / n_group),
-            " experts of the topk_group eligible groups");
+  MOE_CHECK(
+      num_experts / n_group >= 2, p, "each of the n_group = ", n_group,
+      " expert groups needs >= 2 experts (the group score is the sum of its top 2), n_routed_experts = ",
+      num_experts);
+  MOE_CHECK(topk_group >= 1 && topk_group <= n_group, p, "topk_group must be in [1, n_group = ", n_group,
+            "], got ", topk_group);
+  MOE_CHECK(num_experts_per_tok <= topk_group * (num_experts / n_group), p,
+            "num_experts_per_tok = ", num_experts_per_tok, " exceeds the ",
+            topk_group * (num_experts / n_group), " experts of the topk_group eligible groups");
   MOE_CHECK(std::isfinite(routed_scaling_factor) && routed_scaling_factor > 0, p,
             "routed_scaling_factor must be > 0, got ", routed_scaling_factor);
   const RopeScaling& r = rope_scaling;
@@ -348,11 +364,13 @@ void ModelConfig::validate_mla() const {
   if (r.yarn()) {
     MOE_CHECK(std::isfinite(r.factor) && r.factor > 0, p, "rope_scaling.factor must be > 0, got ", r.factor);
     MOE_CHECK(r.original_max_position_embeddings >= 0, p,
-              "rope_scaling.original_max_position_embeddings must be > 0, got ", r.original_max_position_embeddings);
-    MOE_CHECK(std::isfinite(r.beta_fast) && r.beta_fast > 0 && std::isfinite(r.beta_slow) && r.beta_slow > 0, p,
-              "rope_scaling.beta_fast and beta_slow must be > 0, got ", r.beta_fast, " and ", r.beta_slow);
-    MOE_CHECK(std::isfinite(r.mscale) && std::isfinite(r.mscale_all_dim) && r.attention_factor >= 0, p,
-              "rope_scaling mscale, mscale_all_dim and attention_factor must be finite (attention_factor >= 0)");
+              "rope_scaling.original_max_position_embeddings must be > 0, got ",
+              r.original_max_position_embeddings);
+    MOE_CHECK(std::isfinite(r.beta_fast) && r.beta_fast > 0 && std::isfinite(r.beta_slow) && r.beta_slow > 0,
+              p, "rope_scaling.beta_fast and beta_slow must be > 0, got ", r.beta_fast, " and ", r.beta_slow);
+    MOE_CHECK(
+        std::isfinite(r.mscale) && std::isfinite(r.mscale_all_dim) && r.attention_factor >= 0, p,
+        "rope_scaling mscale, mscale_all_dim and attention_factor must be finite (attention_factor >= 0)");
   }
 }
 
@@ -363,9 +381,9 @@ int64_t ModelConfig::attention_params() const {
     const int64_t qk = qk_head_dim(), b = mla_bias ? 1 : 0;
     int64_t attn = q_lora_rank > 0 ? d * q_lora_rank + b * q_lora_rank + q_lora_rank + q_lora_rank * hq * qk
                                    : d * hq * qk;
-    attn += (d + b) * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;    // kv_a_proj_with_mqa, kv_a_layernorm
-    attn += kv_lora_rank * hq * (qk_nope_head_dim + v_head_dim);           // kv_b_proj
-    attn += hq * v_head_dim * d + b * d;                                   // o_proj
+    attn += (d + b) * (kv_lora_rank + qk_rope_head_dim) + kv_lora_rank;  // kv_a_proj_with_mqa, kv_a_layernorm
+    attn += kv_lora_rank * hq * (qk_nope_head_dim + v_head_dim);         // kv_b_proj
+    attn += hq * v_head_dim * d + b * d;                                 // o_proj
     return attn;
   }
   int64_t attn = d * hq * hd * 2 + d * hkv * hd * 2;
@@ -379,7 +397,8 @@ int64_t ModelConfig::n_params() const {
   const int64_t d = hidden_size;
   const int64_t attn = attention_params();
   const MoEConfig m = moe_layer_config();
-  const int64_t moe = m.n_experts * 3 * m.d_ff * d + m.n_experts * d + 3 * m.shared_width() * d + (m.shared_gate ? d : 0);
+  const int64_t moe =
+      m.n_experts * 3 * m.d_ff * d + m.n_experts * d + 3 * m.shared_width() * d + (m.shared_gate ? d : 0);
   const int64_t dense = 3 * intermediate_size * d;
   int64_t total = vocab_size * d * (tie_word_embeddings ? 1 : 2) + d;
   for (int64_t l = 0; l < num_hidden_layers; ++l) total += attn + 2 * d + (is_moe_layer(l) ? moe : dense);
@@ -443,18 +462,21 @@ ModelConfig model_config_from_json(const std::string& text) {
   if (c.arch == Arch::Qwen2Moe) get(j, "shared_expert_intermediate_size", c.shared_expert_intermediate_size);
   if (c.arch == Arch::Olmoe) {
     // transformers' OLMoE supports clip_qkv; this engine does not, so refuse rather than differ.
-    MOE_CHECK(!j.contains("clip_qkv") || j["clip_qkv"].is_null(), "config.json: olmoe clip_qkv is not supported");
+    MOE_CHECK(!j.contains("clip_qkv") || j["clip_qkv"].is_null(),
+              "config.json: olmoe clip_qkv is not supported");
   }
   if (j.contains("moe_cpp")) {
     const json& x = j["moe_cpp"];
     MOE_CHECK(x.is_object(), "config.json: 'moe_cpp' must be an object");
     for (auto it = x.begin(); it != x.end(); ++it)
-      MOE_CHECK(it.key() == "router" || it.key() == "balance", "config.json: unknown key 'moe_cpp.", it.key(), "'");
+      MOE_CHECK(it.key() == "router" || it.key() == "balance", "config.json: unknown key 'moe_cpp.", it.key(),
+                "'");
     // Parse with the layer-config reader (same field names as docs/MOE_LAYER.md).
     json layer = {{"d_model", c.hidden_size}, {"d_ff", 1}, {"n_experts", c.num_experts}};
     if (x.contains("router")) layer["router"] = x["router"];
     if (x.contains("balance")) layer["balance"] = x["balance"];
-    if (!layer.contains("router") || !layer["router"].contains("top_k")) layer["router"]["top_k"] = c.num_experts_per_tok;
+    if (!layer.contains("router") || !layer["router"].contains("top_k"))
+      layer["router"]["top_k"] = c.num_experts_per_tok;
     MoEConfig m = moe_config_from_json(layer.dump());
     c.router_extra = m.router;
     c.balance_extra = m.balance;
@@ -503,8 +525,8 @@ void to_json_deepseek_v3(const ModelConfig& c, json& j) {
   json rope = nullptr;
   if (c.rope_scaling.yarn()) {
     const RopeScaling& r = c.rope_scaling;
-    rope = {{"type", "yarn"}, {"rope_type", "yarn"}, {"factor", r.factor}, {"beta_fast", r.beta_fast},
-            {"beta_slow", r.beta_slow}, {"truncate", r.truncate}};
+    rope = {{"type", "yarn"},           {"rope_type", "yarn"},      {"factor", r.factor},
+            {"beta_fast", r.beta_fast}, {"beta_slow", r.beta_slow}, {"truncate", r.truncate}};
     if (r.mscale != 0) rope["mscale"] = r.mscale;
     if (r.mscale_all_dim != 0) rope["mscale_all_dim"] = r.mscale_all_dim;
     if (r.attention_factor > 0) rope["attention_factor"] = r.attention_factor;
@@ -565,7 +587,8 @@ std::string to_json(const ModelConfig& c) {
         j["attention_bias"] = false;
       }
       break;
-    case Arch::DeepseekV3: break;
+    case Arch::DeepseekV3:
+      break;
     case Arch::Olmoe:
       j["num_experts"] = c.num_experts;
       j["norm_topk_prob"] = c.norm_topk_prob;

@@ -137,11 +137,12 @@ void rope_apply(const RopeArgs& a, const int32_t* pos, T* x, double sign) {
   const int64_t half = a.hd / 2, ld = a.ld > 0 ? a.ld : a.hd, row = a.heads * ld;
   std::vector<double> inv_freq(static_cast<size_t>(half));  // (hd/2)
   for (int64_t i = 0; i < half; ++i)
-    inv_freq[i] = a.inv_freq ? a.inv_freq[i]
-                             : 1.0 / std::pow(a.theta, static_cast<double>(2 * i) / static_cast<double>(a.hd));
+    inv_freq[i] = a.inv_freq
+                      ? a.inv_freq[i]
+                      : 1.0 / std::pow(a.theta, static_cast<double>(2 * i) / static_cast<double>(a.hd));
   const int64_t grain = std::max<int64_t>(1, 8192 / std::max<int64_t>(1, row));
   parallel_for(a.n, grain, [&](int64_t r0, int64_t r1) {
-    std::vector<T> cs(static_cast<size_t>(2 * half));  // cos (hd/2), then ±sin (hd/2)
+    std::vector<T> cs(static_cast<size_t>(2 * half));                   // cos (hd/2), then ±sin (hd/2)
     std::vector<T> tmp(a.interleaved ? static_cast<size_t>(a.hd) : 0);  // (hd) one head, interleaved only
     T* c = cs.data();
     T* s = cs.data() + half;
@@ -169,7 +170,7 @@ void rope_apply(const RopeArgs& a, const int32_t* pos, T* x, double sign) {
           }
           continue;
         }
-        T* x0 = xh;        // (hd/2) first half
+        T* x0 = xh;         // (hd/2) first half
         T* x1 = x0 + half;  // (hd/2) second half
         for (int64_t i = 0; i < half; ++i) {
           const T u = x0[i], v = x1[i];

@@ -5,24 +5,24 @@
 #include <cstring>
 #include <type_traits>
 
+#include "model/linear.h"
+#include "model/mla.h"
+#include "model/transformer_parts.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/model/nn.h"
 #include "moe/model/transformer.h"
-#include "model/linear.h"
-#include "model/mla.h"
-#include "model/transformer_parts.h"
 
 namespace moe::model {
 
 namespace {
 
-using detail::LinW;
+using detail::axpy;
 using detail::linear;
 using detail::linear_backward;
-using detail::axpy;
+using detail::LinW;
 
 template <typename T>
 T sigmoid(T g) {
@@ -37,7 +37,7 @@ struct LayerSaved {
   Tensor x_mid, rstd2, h2;              // (N, d), (N), (N, d)
   Tensor g, u, a;                       // dense FFN (N, F)
   MoEForward moe;
-  detail::MlaSaved mla;                 // deepseek_v3 latent attention
+  detail::MlaSaved mla;  // deepseek_v3 latent attention
 };
 
 struct Saved {
@@ -63,7 +63,8 @@ struct Transformer::Impl {
   static LinW<T> LW(const Transformer& m, int i) {
     LinW<T> r;
     r.w = W<T>(m, i);
-    if (m.bf16_compute_ && i >= 0 && m.bf16_[i].defined()) r.bf16 = static_cast<const uint16_t*>(m.bf16_[i].raw());
+    if (m.bf16_compute_ && i >= 0 && m.bf16_[i].defined())
+      r.bf16 = static_cast<const uint16_t*>(m.bf16_[i].raw());
     return r;
   }
   template <typename T>
@@ -100,7 +101,8 @@ struct Transformer::Impl {
     const ModelConfig& c = m.cfg_;
     detail::MlaShape sh;
     sh.N = N, sh.d = c.hidden_size, sh.heads = c.num_attention_heads, sh.q_lora = c.q_lora_rank;
-    sh.kv_lora = c.kv_lora_rank, sh.nope = c.qk_nope_head_dim, sh.rope = c.qk_rope_head_dim, sh.vd = c.v_head_dim;
+    sh.kv_lora = c.kv_lora_rank, sh.nope = c.qk_nope_head_dim, sh.rope = c.qk_rope_head_dim,
+    sh.vd = c.v_head_dim;
     return sh;
   }
   template <typename T>
@@ -132,7 +134,8 @@ struct Transformer::Impl {
 
   // h1 = rmsnorm(x); q, k, v projections; q/k norm; rotary embedding at `pos`.
   template <typename T>
-  static void qkv(const Transformer& m, int64_t l, const Tensor& x, int64_t N, const int32_t* pos, LayerSaved& s) {
+  static void qkv(const Transformer& m, int64_t l, const Tensor& x, int64_t N, const int32_t* pos,
+                  LayerSaved& s) {
     const ModelConfig& c = m.cfg_;
     const LayerIndex& P = m.index_.layers[l];
     const int64_t d = c.hidden_size, hd = c.head_dim_or_default();
@@ -140,13 +143,15 @@ struct Transformer::Impl {
     const DType dt = m.dtype_;
     s.rstd1 = Tensor::empty({N}, dt);
     s.h1 = Tensor::empty({N, d}, dt);
-    nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln1), s.h1.data<T>(), s.rstd1.data<T>());
+    nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln1), s.h1.data<T>(),
+                           s.rstd1.data<T>());
     if (c.mla()) {
       const int64_t qk = c.qk_head_dim(), vd = c.v_head_dim_or_default();
-      s.q = Tensor::empty({N, hq * qk}, dt), s.k = Tensor::empty({N, hq * qk}, dt), s.v = Tensor::empty({N, hq * vd}, dt);
+      s.q = Tensor::empty({N, hq * qk}, dt), s.k = Tensor::empty({N, hq * qk}, dt),
+      s.v = Tensor::empty({N, hq * vd}, dt);
       const std::vector<double> inv_freq = c.rope_inv_freq();
-      detail::mla_qkv_forward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_rope(m, inv_freq), s.h1.data<T>(), pos,
-                                 s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.mla);
+      detail::mla_qkv_forward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_rope(m, inv_freq), s.h1.data<T>(),
+                                 pos, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.mla);
       return;
     }
     s.q = Tensor::empty({N, Dq}, dt), s.k = Tensor::empty({N, Dk}, dt), s.v = Tensor::empty({N, Dk}, dt);
@@ -183,7 +188,8 @@ struct Transformer::Impl {
     if (keep) s.x_mid = x.clone();
     s.rstd2 = Tensor::empty({N}, dt);
     s.h2 = Tensor::empty({N, d}, dt);
-    nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln2), s.h2.data<T>(), s.rstd2.data<T>());
+    nn::rmsnorm_forward<T>({N, d, c.rms_norm_eps}, x.data<T>(), W<T>(m, P.ln2), s.h2.data<T>(),
+                           s.rstd2.data<T>());
     if (const MoELayer* moe = m.moe_[l].get()) {
       ForwardOptions fo;
       fo.training = opt && opt->training;
@@ -224,11 +230,11 @@ struct Transformer::Impl {
   }
 
   template <typename T>
-  static Tensor forward(const Transformer& m, const int32_t* tokens, int64_t B, int64_t S, const StepOptions* opt,
-                        Saved* sv, StepResult* res) {
+  static Tensor forward(const Transformer& m, const int32_t* tokens, int64_t B, int64_t S,
+                        const StepOptions* opt, Saved* sv, StepResult* res) {
     MOE_CHECK(B > 0 && S > 0, "batch and sequence length must be > 0, got B = ", B, ", S = ", S);
-    MOE_CHECK(S <= m.cfg_.max_position_embeddings, "sequence length ", S, " exceeds max_position_embeddings = ",
-              m.cfg_.max_position_embeddings);
+    MOE_CHECK(S <= m.cfg_.max_position_embeddings, "sequence length ", S,
+              " exceeds max_position_embeddings = ", m.cfg_.max_position_embeddings);
     const ModelConfig& c = m.cfg_;
     const int64_t N = B * S;
     Tensor x = embed<T>(m, tokens, N);  // (N, d)
@@ -244,7 +250,8 @@ struct Transformer::Impl {
       qkv<T>(m, l, x, N, pos.data(), s);
       s.attn = Tensor::empty({N, c.num_attention_heads * aa.vdim()}, m.dtype_);
       s.lse = Tensor::empty({B, c.num_attention_heads, S}, m.dtype_);
-      nn::attention_forward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(), s.lse.data<T>());
+      nn::attention_forward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(),
+                               s.lse.data<T>());
       out_and_ffn<T>(m, l, x, N, &tok, opt, s, sv != nullptr);
       if (m.moe_[l] && res) {
         res->moe_layers.push_back(l);
@@ -259,8 +266,8 @@ struct Transformer::Impl {
   // Transpose of qkv() (not deepseek_v3): dq, dk, dv (used as scratch) to the projection
   // gradients and dh1 (N, d) (overwritten).
   template <typename T>
-  static void qkv_backward(Transformer& m, int64_t l, LayerSaved& s, int64_t N, const int32_t* pos, Tensor& dq,
-                           Tensor& dk, Tensor& dv, Tensor& dh1) {
+  static void qkv_backward(Transformer& m, int64_t l, LayerSaved& s, int64_t N, const int32_t* pos,
+                           Tensor& dq, Tensor& dk, Tensor& dv, Tensor& dh1) {
     const ModelConfig& c = m.cfg_;
     const LayerIndex& P = m.index_.layers[l];
     const int64_t d = c.hidden_size, hd = c.head_dim_or_default();
@@ -278,9 +285,12 @@ struct Transformer::Impl {
                               dk.data<T>(), G<T>(m, P.k_norm));
     }
     const T* h1 = s.h1.data<T>();
-    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, LW<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b), dh1.data<T>(), false);
-    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, LW<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b), dh1.data<T>(), true);
-    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, LW<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b), dh1.data<T>(), true);
+    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, LW<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b),
+                       dh1.data<T>(), false);
+    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, LW<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b),
+                       dh1.data<T>(), true);
+    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, LW<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b),
+                       dh1.data<T>(), true);
   }
 
   template <typename T>
@@ -313,7 +323,8 @@ struct Transformer::Impl {
     } else {
       const int64_t F = c.intermediate_size;
       Tensor da = Tensor::empty({N, F}, dt);  // (N, F)
-      linear_backward<T>(s.a.data<T>(), dxp, N, F, d, LW<T>(m, P.down), G<T>(m, P.down), nullptr, da.data<T>(), false);
+      linear_backward<T>(s.a.data<T>(), dxp, N, F, d, LW<T>(m, P.down), G<T>(m, P.down), nullptr,
+                         da.data<T>(), false);
       T* dap = da.data<T>();
       T* gp = s.g.data<T>();  // reused in place as dg
       T* up = s.u.data<T>();  // reused in place as du
@@ -325,8 +336,10 @@ struct Transformer::Impl {
           gp[i] = dg;
         }
       });
-      linear_backward<T>(s.h2.data<T>(), gp, N, d, F, LW<T>(m, P.gate), G<T>(m, P.gate), nullptr, dh2.data<T>(), false);
-      linear_backward<T>(s.h2.data<T>(), up, N, d, F, LW<T>(m, P.up), G<T>(m, P.up), nullptr, dh2.data<T>(), true);
+      linear_backward<T>(s.h2.data<T>(), gp, N, d, F, LW<T>(m, P.gate), G<T>(m, P.gate), nullptr,
+                         dh2.data<T>(), false);
+      linear_backward<T>(s.h2.data<T>(), up, N, d, F, LW<T>(m, P.up), G<T>(m, P.up), nullptr, dh2.data<T>(),
+                         true);
     }
     Tensor tmp = Tensor::empty({N, d}, dt);
     nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, s.x_mid.data<T>(), W<T>(m, P.ln2), s.rstd2.data<T>(),
@@ -336,17 +349,18 @@ struct Transformer::Impl {
     // --- attention: x_mid = x_in + o_proj(attn(...rmsnorm(x_in)))
     const nn::AttentionArgs aa = attention_args(m, B, S, S);
     Tensor dattn = Tensor::empty({N, hq * aa.vdim()}, dt);
-    linear_backward<T>(s.attn.data<T>(), dxp, N, hq * aa.vdim(), d, LW<T>(m, P.o_w), G<T>(m, P.o_w), G<T>(m, P.o_b),
-                       dattn.data<T>(), false);
+    linear_backward<T>(s.attn.data<T>(), dxp, N, hq * aa.vdim(), d, LW<T>(m, P.o_w), G<T>(m, P.o_w),
+                       G<T>(m, P.o_b), dattn.data<T>(), false);
     Tensor dq = Tensor::empty({N, hq * aa.hd}, dt), dk = Tensor::empty({N, hkv * aa.hd}, dt);
     Tensor dv = Tensor::empty({N, hkv * aa.vdim()}, dt);
-    nn::attention_backward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(), s.lse.data<T>(),
-                              dattn.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
+    nn::attention_backward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(),
+                              s.lse.data<T>(), dattn.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
     Tensor dh1 = Tensor::empty({N, d}, dt);
     if (c.mla()) {
       const std::vector<double> inv_freq = c.rope_inv_freq();
-      detail::mla_qkv_backward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_grads<T>(m, l), mla_rope(m, inv_freq),
-                                  s.h1.data<T>(), pos, s.mla, dq.data<T>(), dk.data<T>(), dv.data<T>(), dh1.data<T>());
+      detail::mla_qkv_backward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_grads<T>(m, l),
+                                  mla_rope(m, inv_freq), s.h1.data<T>(), pos, s.mla, dq.data<T>(),
+                                  dk.data<T>(), dv.data<T>(), dh1.data<T>());
     } else {
       qkv_backward<T>(m, l, s, N, pos, dq, dk, dv, dh1);
     }
@@ -367,17 +381,19 @@ struct Transformer::Impl {
     const nn::CrossEntropyResult ce =
         nn::cross_entropy<T>(N, V, logits.data<T>(), targets, logits.data<T>(), opt.ce_scale);
     res.loss_sum = ce.loss_sum, res.count = ce.count;
-    if (!std::isfinite(res.loss_sum) || !std::isfinite(res.aux_loss)) return res;  // the caller skips the step
+    if (!std::isfinite(res.loss_sum) || !std::isfinite(res.aux_loss))
+      return res;  // the caller skips the step
 
     Tensor dhf = Tensor::empty({N, d}, m.dtype_);
-    linear_backward<T>(sv.hf.data<T>(), logits.data<T>(), N, d, V, LW<T>(m, m.index_.head), G<T>(m, m.index_.head),
-                       nullptr, dhf.data<T>(), false);
+    linear_backward<T>(sv.hf.data<T>(), logits.data<T>(), N, d, V, LW<T>(m, m.index_.head),
+                       G<T>(m, m.index_.head), nullptr, dhf.data<T>(), false);
     logits = Tensor();
     Tensor dx = Tensor::empty({N, d}, m.dtype_);
-    nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, sv.x_final.data<T>(), W<T>(m, m.index_.norm), sv.rstd_f.data<T>(),
-                            dhf.data<T>(), dx.data<T>(), G<T>(m, m.index_.norm));
+    nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, sv.x_final.data<T>(), W<T>(m, m.index_.norm),
+                            sv.rstd_f.data<T>(), dhf.data<T>(), dx.data<T>(), G<T>(m, m.index_.norm));
     const std::vector<int32_t> pos = positions(B, S, 0);
-    for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l) layer_backward<T>(m, l, sv.layers[l], dx, B, S, pos.data(), opt);
+    for (int64_t l = c.num_hidden_layers - 1; l >= 0; --l)
+      layer_backward<T>(m, l, sv.layers[l], dx, B, S, pos.data(), opt);
     // Embedding rows: serial, so repeated tokens add in a fixed order.
     T* dE = G<T>(m, m.index_.embed);
     const T* dxp = dx.data<T>();
@@ -408,7 +424,8 @@ struct Transformer::Impl {
     MOE_CHECK(static_cast<int64_t>(cache.k.size()) == c.num_hidden_layers && cache.v.size() == cache.k.size(),
               "decode: the KV cache was not made by this model's new_cache()");
     const int64_t p0 = cache.len;
-    MOE_CHECK(p0 + n <= cache.max_len, "decode: ", p0 + n, " positions exceed the KV cache length ", cache.max_len);
+    MOE_CHECK(p0 + n <= cache.max_len, "decode: ", p0 + n, " positions exceed the KV cache length ",
+              cache.max_len);
     const int64_t hq = c.num_attention_heads, hkv = c.num_key_value_heads;
     const int64_t hd = c.qk_head_dim(), hdv = c.v_head_dim_or_default();
     Tensor x = embed<T>(m, tokens, n);
@@ -435,12 +452,15 @@ struct Transformer::Impl {
 void Transformer::set_bf16_compute(bool on) {
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 compute needs an f32 model, this one is ", dtype_name(dtype_));
   bf16_compute_ = on;
-  if (on) refresh_bf16();
-  else bf16_.clear();
+  if (on)
+    refresh_bf16();
+  else
+    bf16_.clear();
 }
 
 void Transformer::set_bf16_inference(bool on) {
-  MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ", dtype_name(dtype_));
+  MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ",
+            dtype_name(dtype_));
   set_bf16_compute(on);
   for (auto& l : moe_)
     if (l) l->set_bf16_expert_weights(on);
@@ -471,7 +491,8 @@ void Transformer::refresh_bf16() const {
 
 StepResult Transformer::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                                          const StepOptions& opt) {
-  MOE_CHECK(!bf16_inference_, "forward_backward: the model is in bf16 inference mode (set_bf16_inference(false) first)");
+  MOE_CHECK(!bf16_inference_,
+            "forward_backward: the model is in bf16 inference mode (set_bf16_inference(false) first)");
   ensure_grads();
   refresh_bf16();
   return dtype_ == DType::F64 ? Impl::forward_backward<double>(*this, tokens, targets, B, S, opt)
@@ -520,8 +541,10 @@ Tensor embed(const Transformer& m, const int32_t* tokens, int64_t n) {
 
 Qkv qkv(const Transformer& m, int64_t l, const Tensor& x, const int32_t* pos) {
   LayerSaved s;
-  if (m.dtype() == DType::F64) Transformer::Impl::qkv<double>(m, l, x, x.shape()[0], pos, s);
-  else Transformer::Impl::qkv<float>(m, l, x, x.shape()[0], pos, s);
+  if (m.dtype() == DType::F64)
+    Transformer::Impl::qkv<double>(m, l, x, x.shape()[0], pos, s);
+  else
+    Transformer::Impl::qkv<float>(m, l, x, x.shape()[0], pos, s);
   return {s.q, s.k, s.v};
 }
 
@@ -531,8 +554,10 @@ void out_and_ffn(const Transformer& m, int64_t l, Tensor& x, const Tensor& attn,
   s.attn = attn;
   StepOptions opt;
   opt.training = false;
-  if (m.dtype() == DType::F64) Transformer::Impl::out_and_ffn<double>(m, l, x, x.shape()[0], &tokens, &opt, s, false);
-  else Transformer::Impl::out_and_ffn<float>(m, l, x, x.shape()[0], &tokens, &opt, s, false);
+  if (m.dtype() == DType::F64)
+    Transformer::Impl::out_and_ffn<double>(m, l, x, x.shape()[0], &tokens, &opt, s, false);
+  else
+    Transformer::Impl::out_and_ffn<float>(m, l, x, x.shape()[0], &tokens, &opt, s, false);
   if (stats && m.moe_layer(l)) *stats = s.moe.stats;
 }
 

@@ -24,11 +24,11 @@ KVDims kv_dims(const ModelConfig& c) {
 PagedKVCache::PagedKVCache(const KVDims& dims, DType dtype, int64_t block_size, int64_t n_blocks)
     : dims_(dims), dtype_(dtype), block_size_(block_size), n_blocks_(n_blocks) {
   MOE_CHECK(block_size >= 1, "paged KV cache: block size must be >= 1, got ", block_size);
-  MOE_CHECK(n_blocks >= 1 && n_blocks < (int64_t{1} << 31), "paged KV cache: the number of blocks must be in [1, 2^31), got ",
-            n_blocks);
+  MOE_CHECK(n_blocks >= 1 && n_blocks < (int64_t{1} << 31),
+            "paged KV cache: the number of blocks must be in [1, 2^31), got ", n_blocks);
   MOE_CHECK(dims.layers >= 1 && dims.hkv >= 1 && dims.k_dim >= 1 && dims.v_dim >= 1,
-            "paged KV cache: bad dimensions (layers ", dims.layers, ", hkv ", dims.hkv, ", k_dim ", dims.k_dim,
-            ", v_dim ", dims.v_dim, ")");
+            "paged KV cache: bad dimensions (layers ", dims.layers, ", hkv ", dims.hkv, ", k_dim ",
+            dims.k_dim, ", v_dim ", dims.v_dim, ")");
   MOE_CHECK(dtype == DType::F32 || dtype == DType::F64, "paged KV cache: dtype must be f32 or f64, got ",
             dtype_name(dtype));
   for (int64_t l = 0; l < dims.layers; ++l) {
@@ -36,14 +36,15 @@ PagedKVCache::PagedKVCache(const KVDims& dims, DType dtype, int64_t block_size, 
     v_.push_back(Tensor::empty({n_blocks, block_size, dims.hkv, dims.v_dim}, dtype, cat("kv_cache.v.", l)));
   }
   free_.resize(static_cast<size_t>(n_blocks));
-  for (int64_t b = 0; b < n_blocks; ++b) free_[static_cast<size_t>(b)] = static_cast<int32_t>(n_blocks - 1 - b);
+  for (int64_t b = 0; b < n_blocks; ++b)
+    free_[static_cast<size_t>(b)] = static_cast<int32_t>(n_blocks - 1 - b);
   in_use_.assign(static_cast<size_t>(n_blocks), 0);
 }
 
 void PagedKVCache::allocate(std::vector<int32_t>& table, int64_t n) {
   MOE_CHECK(n >= 0, "paged KV cache: cannot allocate ", n, " blocks");
-  MOE_CHECK(n <= free_blocks(), "paged KV cache: out of blocks (", n, " wanted, ", free_blocks(), " of ", n_blocks_,
-            " free)");
+  MOE_CHECK(n <= free_blocks(), "paged KV cache: out of blocks (", n, " wanted, ", free_blocks(), " of ",
+            n_blocks_, " free)");
   for (int64_t i = 0; i < n; ++i) {
     const int32_t b = free_.back();
     free_.pop_back();
@@ -67,9 +68,10 @@ void PagedKVCache::free(std::vector<int32_t>& table) {
 
 template <typename T>
 void paged_attention(const std::vector<BatchSeq>& seqs, const T* q, const T* k_pool, const T* v_pool,
-                     int64_t block_size, int64_t hq, int64_t hkv, int64_t k_dim, int64_t v_dim, double scale, T* out) {
-  MOE_CHECK(hq >= 1 && hkv >= 1 && hq % hkv == 0, "paged_attention: hq (", hq, ") must be a multiple of hkv (", hkv,
-            ")");
+                     int64_t block_size, int64_t hq, int64_t hkv, int64_t k_dim, int64_t v_dim, double scale,
+                     T* out) {
+  MOE_CHECK(hq >= 1 && hkv >= 1 && hq % hkv == 0, "paged_attention: hq (", hq,
+            ") must be a multiple of hkv (", hkv, ")");
   const T sc = static_cast<T>(scale != 0 ? scale : 1.0 / std::sqrt(static_cast<double>(k_dim)));
   std::vector<int64_t> row0(seqs.size() + 1, 0);  // first row of each sequence in q / out
   for (size_t s = 0; s < seqs.size(); ++s) row0[s + 1] = row0[s] + seqs[s].n;
@@ -95,7 +97,8 @@ void paged_attention(const std::vector<BatchSeq>& seqs, const T* q, const T* k_p
         mx = std::max(mx, w[static_cast<size_t>(j)]);
       }
       T l = 0;
-      for (int64_t j = 0; j < nk; ++j) l += w[static_cast<size_t>(j)] = std::exp(w[static_cast<size_t>(j)] - mx);
+      for (int64_t j = 0; j < nk; ++j)
+        l += w[static_cast<size_t>(j)] = std::exp(w[static_cast<size_t>(j)] - mx);
       T* o = out + r * ldo + h * v_dim;
       std::fill(o, o + v_dim, T(0));
       for (int64_t j = 0; j < nk; ++j) {
@@ -110,22 +113,26 @@ void paged_attention(const std::vector<BatchSeq>& seqs, const T* q, const T* k_p
   });
 }
 
-template void paged_attention<float>(const std::vector<BatchSeq>&, const float*, const float*, const float*, int64_t,
-                                     int64_t, int64_t, int64_t, int64_t, double, float*);
-template void paged_attention<double>(const std::vector<BatchSeq>&, const double*, const double*, const double*,
-                                      int64_t, int64_t, int64_t, int64_t, int64_t, double, double*);
+template void paged_attention<float>(const std::vector<BatchSeq>&, const float*, const float*, const float*,
+                                     int64_t, int64_t, int64_t, int64_t, int64_t, double, float*);
+template void paged_attention<double>(const std::vector<BatchSeq>&, const double*, const double*,
+                                      const double*, int64_t, int64_t, int64_t, int64_t, int64_t, double,
+                                      double*);
 
 namespace {
 
 // Copies the new rows of k or v (N, hkv·dim) into the cache blocks of their positions.
 template <typename T>
-void write_cache(const std::vector<BatchSeq>& seqs, const T* rows, int64_t width, int64_t block_size, T* pool) {
+void write_cache(const std::vector<BatchSeq>& seqs, const T* rows, int64_t width, int64_t block_size,
+                 T* pool) {
   int64_t r0 = 0;
   for (const BatchSeq& s : seqs) {
     parallel_for(s.n, 64, [&](int64_t i0, int64_t i1) {
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t p = s.start + i;
-        T* dst = pool + ((*s.block_table)[static_cast<size_t>(p / block_size)] * block_size + p % block_size) * width;
+        T* dst =
+            pool +
+            ((*s.block_table)[static_cast<size_t>(p / block_size)] * block_size + p % block_size) * width;
         std::memcpy(dst, rows + (r0 + i) * width, sizeof(T) * static_cast<size_t>(width));
       }
     });
@@ -141,8 +148,9 @@ void attention_layer(const Transformer& m, PagedKVCache& cache, int64_t l, const
   const int64_t bs = cache.block_size();
   write_cache<T>(seqs, a.k.data<T>(), d.hkv * d.k_dim, bs, cache.k(l).data<T>());
   write_cache<T>(seqs, a.v.data<T>(), d.hkv * d.v_dim, bs, cache.v(l).data<T>());
-  paged_attention<T>(seqs, a.q.data<T>(), cache.k(l).data<T>(), cache.v(l).data<T>(), bs, c.num_attention_heads, d.hkv,
-                     d.k_dim, d.v_dim, c.mla() ? c.attention_scale() : 0.0, attn.data<T>());
+  paged_attention<T>(seqs, a.q.data<T>(), cache.k(l).data<T>(), cache.v(l).data<T>(), bs,
+                     c.num_attention_heads, d.hkv, d.k_dim, d.v_dim, c.mla() ? c.attention_scale() : 0.0,
+                     attn.data<T>());
 }
 
 }  // namespace
@@ -159,9 +167,11 @@ BatchResult forward_batch(const Transformer& m, PagedKVCache& cache, const std::
     const BatchSeq& q = seqs[s];
     MOE_CHECK(q.n >= 1 && q.tokens, "forward_batch: sequence ", s, " has no tokens");
     MOE_CHECK(q.start >= 0 && q.start + q.n <= c.max_position_embeddings, "forward_batch: sequence ", s,
-              " reaches position ", q.start + q.n, " beyond max_position_embeddings = ", c.max_position_embeddings);
-    MOE_CHECK(q.block_table && static_cast<int64_t>(q.block_table->size()) * cache.block_size() >= q.start + q.n,
-              "forward_batch: the block table of sequence ", s, " does not cover ", q.start + q.n, " positions");
+              " reaches position ", q.start + q.n,
+              " beyond max_position_embeddings = ", c.max_position_embeddings);
+    MOE_CHECK(
+        q.block_table && static_cast<int64_t>(q.block_table->size()) * cache.block_size() >= q.start + q.n,
+        "forward_batch: the block table of sequence ", s, " does not cover ", q.start + q.n, " positions");
     for (int32_t b : *q.block_table)
       MOE_CHECK(b >= 0 && b < cache.n_blocks(), "forward_batch: sequence ", s, " names block ", b, " of ",
                 cache.n_blocks());
@@ -186,8 +196,10 @@ BatchResult forward_batch(const Transformer& m, PagedKVCache& cache, const std::
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const parts::Qkv a = parts::qkv(m, l, x, pos.data());
     Tensor attn = Tensor::empty({N, c.num_attention_heads * d.v_dim}, m.dtype());  // (N, hq·v_dim)
-    if (m.dtype() == DType::F64) attention_layer<double>(m, cache, l, seqs, a, attn);
-    else attention_layer<float>(m, cache, l, seqs, a, attn);
+    if (m.dtype() == DType::F64)
+      attention_layer<double>(m, cache, l, seqs, a, attn);
+    else
+      attention_layer<float>(m, cache, l, seqs, a, attn);
     MoEStats st;
     parts::out_and_ffn(m, l, x, attn, tok, &st);
     if (m.moe_layer(l)) {
@@ -203,8 +215,8 @@ BatchResult forward_batch(const Transformer& m, PagedKVCache& cache, const std::
   Tensor xs = Tensor::empty({nk, dm}, m.dtype());  // (nk, d) the rows whose logits are wanted
   const size_t es = m.dtype() == DType::F64 ? sizeof(double) : sizeof(float);
   for (int64_t i = 0; i < nk; ++i)
-    std::memcpy(static_cast<char*>(xs.raw()) + i * dm * es, static_cast<const char*>(x.raw()) + keep[i] * dm * es,
-                es * static_cast<size_t>(dm));
+    std::memcpy(static_cast<char*>(xs.raw()) + i * dm * es,
+                static_cast<const char*>(x.raw()) + keep[i] * dm * es, es * static_cast<size_t>(dm));
   res.logits = parts::head(m, xs);
   return res;
 }

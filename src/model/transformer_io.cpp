@@ -2,8 +2,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <nlohmann/json.hpp>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "model/hf_names.h"
@@ -87,7 +87,8 @@ void Transformer::build_params() {
     }
     P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
     if (c.is_moe_layer(l)) {
-      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, kernels::Backend::Cpu, external_experts_, ep_);
+      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, kernels::Backend::Cpu,
+                                           external_experts_, ep_);
       MoEParams& mp = moe_[l]->params();
       const std::string mpre = moe_prefix(c, l);
       P.moe[0] = add_param(mpre + ".gate.weight", mp.router_w, true);
@@ -99,7 +100,8 @@ void Transformer::build_params() {
       const Tensor* shared[4] = {&mp.shared_w_gate, &mp.shared_w_up, &mp.shared_w_down, &mp.shared_gate_w};
       for (int i = 0; i < 4; ++i)
         if (shared[i]->defined())
-          P.moe[4 + i] = add_param(mpre + (c.mla() ? kSharedExpertsSuffix : kSharedSuffix)[i], *shared[i], true);
+          P.moe[4 + i] =
+              add_param(mpre + (c.mla() ? kSharedExpertsSuffix : kSharedSuffix)[i], *shared[i], true);
     } else {
       const int64_t F = c.intermediate_size;
       P.gate = add_param(pre + "mlp.gate_proj.weight", mat(F, d), true);
@@ -142,8 +144,9 @@ void Transformer::init_params(uint64_t seed) {
     NamedParam& p = params_[i];
     if (p.value.dim() == 1) continue;  // norms stay one, biases zero
     // A rank's expert slice takes the values of the whole tensor at its place.
-    const uint64_t offset =
-        is_expert_param(p.name) ? static_cast<uint64_t>(first_expert() * (p.value.numel() / p.value.size(0))) : 0;
+    const uint64_t offset = is_expert_param(p.name)
+                                ? static_cast<uint64_t>(first_expert() * (p.value.numel() / p.value.size(0)))
+                                : 0;
     rng.fork(i + 1).fill_normal(p.value, 0.0, cfg_.initializer_range, offset);
   }
   for (auto& m : moe_)
@@ -169,7 +172,8 @@ void Transformer::zero_grads() {
 void Transformer::update_router_biases(const StepResult& r) {
   for (size_t i = 0; i < r.moe_layers.size(); ++i) {
     const int64_t l = r.moe_layers[i];
-    MOE_CHECK(l >= 0 && l < cfg_.num_hidden_layers && moe_[l], "update_router_biases: layer ", l, " is not MoE");
+    MOE_CHECK(l >= 0 && l < cfg_.num_hidden_layers && moe_[l], "update_router_biases: layer ", l,
+              " is not MoE");
     moe_[l]->update_bias(r.stats[i]);
   }
 }
@@ -184,7 +188,9 @@ MoELayer* Transformer::mutable_moe_layer(int64_t layer) {
   return moe_[layer].get();
 }
 
-bool Transformer::is_expert_param(const std::string& name) { return name.find(".experts.w_") != std::string::npos; }
+bool Transformer::is_expert_param(const std::string& name) {
+  return name.find(".experts.w_") != std::string::npos;
+}
 
 int64_t Transformer::first_expert() const {
   for (const auto& m : moe_)
@@ -193,8 +199,9 @@ int64_t Transformer::first_expert() const {
 }
 
 std::map<std::string, Tensor> Transformer::hf_state_dict() const {
-  MOE_CHECK(!external_experts_, "hf_state_dict: this model's expert weights are held outside it (offloaded or "
-                                "quantized experts); it cannot be saved as a float checkpoint");
+  MOE_CHECK(!external_experts_,
+            "hf_state_dict: this model's expert weights are held outside it (offloaded or "
+            "quantized experts); it cannot be saved as a float checkpoint");
   std::map<std::string, Tensor> sd;
   for (size_t i = 0; i < params_.size(); ++i) {
     if (params_[i].name.find(".experts.w_") != std::string::npos) continue;
@@ -207,9 +214,11 @@ std::map<std::string, Tensor> Transformer::hf_state_dict() const {
     std::string names[3];
     for (int64_t e = 0; e < moe_[l]->local_experts(); ++e) {
       hf_names::expert_names(cfg_, l, moe_[l]->first_expert() + e, names);
-      sd[names[0]] = mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}).to(DType::F32);
+      sd[names[0]] =
+          mp.w_gate.slice(0, e, e + 1).reshape({mp.w_gate.size(1), mp.w_gate.size(2)}).to(DType::F32);
       sd[names[1]] = mp.w_up.slice(0, e, e + 1).reshape({mp.w_up.size(1), mp.w_up.size(2)}).to(DType::F32);
-      sd[names[2]] = mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}).to(DType::F32);
+      sd[names[2]] =
+          mp.w_down.slice(0, e, e + 1).reshape({mp.w_down.size(1), mp.w_down.size(2)}).to(DType::F32);
     }
     if (moe_[l]->config().router.use_bias) sd[pre + kBiasSuffix] = mp.router_bias.to(DType::F32);
   }
@@ -231,8 +240,8 @@ void Transformer::load_hf_state_dict(const TensorSource& source) {
     const Tensor src = source.load(name);
     const std::string in = source.file ? " in " + source.file(name) : std::string();
     const DType t = src.dtype();
-    MOE_CHECK(t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64, "checkpoint: tensor '", name,
-              "'", in, " has dtype ", dtype_name(t), "; expected a float type");
+    MOE_CHECK(t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64,
+              "checkpoint: tensor '", name, "'", in, " has dtype ", dtype_name(t), "; expected a float type");
     MOE_CHECK(src.shape() == dst.shape(), "checkpoint: tensor '", name, "'", in, ": expected shape ",
               shape_str(dst.shape()), ", got ", shape_str(src.shape()));
     Tensor d = dst;
@@ -275,8 +284,8 @@ void Transformer::load_hf_state_dict(const TensorSource& source) {
   int n_unexpected = 0;
   for (const std::string& name : sd)
     if (!used.count(name) && n_unexpected++ < 5) unexpected += (unexpected.empty() ? "" : ", ") + name;
-  MOE_CHECK(n_unexpected == 0, "checkpoint: ", n_unexpected, " unexpected tensor(s) for a ", arch_name(cfg_.arch),
-            " model of this config: ", unexpected, n_unexpected > 5 ? ", ..." : "");
+  MOE_CHECK(n_unexpected == 0, "checkpoint: ", n_unexpected, " unexpected tensor(s) for a ",
+            arch_name(cfg_.arch), " model of this config: ", unexpected, n_unexpected > 5 ? ", ..." : "");
 }
 
 void save_pretrained(const Transformer& m, const std::string& dir) {

@@ -37,13 +37,14 @@ ModelConfig target_config(const json& src, const UpcycleOptions& o, int64_t& den
       MOE_CHECK(!src.contains(k) || src[k].is_null() || (src[k].is_boolean() && !src[k].get<bool>()),
                 "upcycle: ", type, " with '", k, "' set is not supported");
     for (const char* k : {"attention_bias", "mlp_bias"})
-      MOE_CHECK(!src.contains(k) || !src[k].get<bool>(), "upcycle: ", type, " with ", k, " = true is not supported");
+      MOE_CHECK(!src.contains(k) || !src[k].get<bool>(), "upcycle: ", type, " with ", k,
+                " = true is not supported");
     json j = src;
     j["model_type"] = type == "qwen3" ? "qwen3_moe" : "mixtral";
     MOE_CHECK(src.contains("intermediate_size"), "config.json: missing 'intermediate_size'");
     dense_width = src["intermediate_size"].get<int64_t>();
-    MOE_CHECK(dense_width % o.split == 0, "upcycle: intermediate_size ", dense_width, " is not divisible by split ",
-              o.split);
+    MOE_CHECK(dense_width % o.split == 0, "upcycle: intermediate_size ", dense_width,
+              " is not divisible by split ", o.split);
     j["num_experts_per_tok"] = o.top_k * o.split;
     if (type == "qwen3") {
       j["num_experts"] = o.n_experts * o.split;
@@ -52,7 +53,8 @@ ModelConfig target_config(const json& src, const UpcycleOptions& o, int64_t& den
       j["mlp_only_layers"] = o.keep_dense;
       j["decoder_sparse_step"] = 1;
     } else {
-      MOE_CHECK(o.keep_dense.empty(), "upcycle: mixtral has MoE in every layer; --keep-dense needs a qwen source");
+      MOE_CHECK(o.keep_dense.empty(),
+                "upcycle: mixtral has MoE in every layer; --keep-dense needs a qwen source");
       j["num_local_experts"] = o.n_experts * o.split;
       j["intermediate_size"] = dense_width / o.split;
     }
@@ -63,8 +65,8 @@ ModelConfig target_config(const json& src, const UpcycleOptions& o, int64_t& den
     bool any_dense = false, any_moe = false;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) (c.is_moe_layer(l) ? any_moe : any_dense) = true;
     MOE_CHECK(any_dense, "upcycle: the ", type, " checkpoint has no dense layer to convert");
-    MOE_CHECK(dense_width % o.split == 0, "upcycle: intermediate_size ", dense_width, " is not divisible by split ",
-              o.split);
+    MOE_CHECK(dense_width % o.split == 0, "upcycle: intermediate_size ", dense_width,
+              " is not divisible by split ", o.split);
     if (any_moe) {
       MOE_CHECK(c.num_experts == o.n_experts * o.split && c.moe_intermediate_size == dense_width / o.split &&
                     c.num_experts_per_tok == o.top_k * o.split,
@@ -89,10 +91,11 @@ ModelConfig target_config(const json& src, const UpcycleOptions& o, int64_t& den
 }  // namespace
 
 UpcycleResult upcycle(const std::string& src_dir, const std::string& dst_dir, const UpcycleOptions& o) {
-  MOE_CHECK(o.n_experts >= 1 && o.top_k >= 1 && o.top_k <= o.n_experts, "upcycle: need 1 <= top_k <= n_experts, got ",
-            "top_k ", o.top_k, ", n_experts ", o.n_experts);
+  MOE_CHECK(o.n_experts >= 1 && o.top_k >= 1 && o.top_k <= o.n_experts,
+            "upcycle: need 1 <= top_k <= n_experts, got ", "top_k ", o.top_k, ", n_experts ", o.n_experts);
   MOE_CHECK(o.split >= 1, "upcycle: split must be >= 1, got ", o.split);
-  MOE_CHECK(fs::absolute(src_dir) != fs::absolute(dst_dir), "upcycle: the output must differ from the source");
+  MOE_CHECK(fs::absolute(src_dir) != fs::absolute(dst_dir),
+            "upcycle: the output must differ from the source");
   const json src_cfg = read_json(fs::path(src_dir) / "config.json");
   int64_t F = 0;
   UpcycleResult res;
@@ -107,8 +110,8 @@ UpcycleResult upcycle(const std::string& src_dir, const std::string& dst_dir, co
   auto source = [&](const std::string& name, const Shape& shape) -> const Tensor& {
     auto it = src.find(name);
     MOE_CHECK(it != src.end(), "upcycle: the source has no tensor '", name, "'");
-    MOE_CHECK(it->second.shape() == shape, "upcycle: source tensor '", name, "': expected shape ", shape_str(shape),
-              ", got ", shape_str(it->second.shape()));
+    MOE_CHECK(it->second.shape() == shape, "upcycle: source tensor '", name, "': expected shape ",
+              shape_str(shape), ", got ", shape_str(it->second.shape()));
     used.insert(name);
     return it->second;
   };
@@ -143,7 +146,8 @@ UpcycleResult upcycle(const std::string& src_dir, const std::string& dst_dir, co
   }
   // Everything else is copied by name; routers of converted layers keep their fresh init.
   for (auto& [name, t] : dst) {
-    if (used.count(name) || name.find(".experts.") != std::string::npos || name.find("shared_expert") != std::string::npos)
+    if (used.count(name) || name.find(".experts.") != std::string::npos ||
+        name.find("shared_expert") != std::string::npos)
       continue;
     if (src.count(name)) {
       t = source(name, t.shape()).to(DType::F32);
@@ -154,18 +158,20 @@ UpcycleResult upcycle(const std::string& src_dir, const std::string& dst_dir, co
   }
   // Routed experts of layers that were MoE already come from the source as they are.
   for (auto& [name, t] : dst)
-    if (!used.count(name) && src.count(name) && (name.find(".experts.") != std::string::npos ||
-                                                 name.find("shared_expert") != std::string::npos))
+    if (!used.count(name) && src.count(name) &&
+        (name.find(".experts.") != std::string::npos || name.find("shared_expert") != std::string::npos))
       t = source(name, t.shape()).to(DType::F32);
   for (const auto& [name, t] : src) {
     if (used.count(name)) continue;
     const bool tied_head = name == "lm_head.weight" && c.tie_word_embeddings;
-    MOE_CHECK(tied_head, "upcycle: source tensor '", name, "' has no place in the ", arch_name(c.arch), " model");
+    MOE_CHECK(tied_head, "upcycle: source tensor '", name, "' has no place in the ", arch_name(c.arch),
+              " model");
   }
   m.load_hf_state_dict(dst);
   save_pretrained(m, dst_dir);
   const fs::path tok = fs::path(src_dir) / "tokenizer.json";
-  if (fs::exists(tok)) fs::copy_file(tok, fs::path(dst_dir) / "tokenizer.json", fs::copy_options::overwrite_existing);
+  if (fs::exists(tok))
+    fs::copy_file(tok, fs::path(dst_dir) / "tokenizer.json", fs::copy_options::overwrite_existing);
   return res;
 }
 

@@ -46,10 +46,12 @@ BalanceLosses balance_losses(const MoEConfig& cfg, const Routing& r, double* dl)
       for (int64_t t = 0; t < T; ++t) P += p[t * E + e];
       sum += static_cast<double>(c[e]) * P / static_cast<double>(T);
     }
-    const double scale = bc.aux_coef * static_cast<double>(E) / (static_cast<double>(k) * static_cast<double>(T));
+    const double scale =
+        bc.aux_coef * static_cast<double>(E) / (static_cast<double>(k) * static_cast<double>(T));
     out.aux = scale * sum;
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t e = 0; e < E; ++e) dp[t * E + e] += scale * static_cast<double>(c[e]) / static_cast<double>(T);
+      for (int64_t e = 0; e < E; ++e)
+        dp[t * E + e] += scale * static_cast<double>(c[e]) / static_cast<double>(T);
   }
 
   if (bc.seq_aux_coef != 0) {

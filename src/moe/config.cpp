@@ -28,11 +28,14 @@ const std::pair<const char*, RouterType> kRouting[] = {{"token_choice", RouterTy
                                                        {"expert_choice", RouterType::ExpertChoice},
                                                        {"hash", RouterType::Hash},
                                                        {"balanced", RouterType::Balanced}};
-const std::pair<const char*, ScoreFn> kScore[] = {{"softmax", ScoreFn::Softmax}, {"sigmoid", ScoreFn::Sigmoid}};
+const std::pair<const char*, ScoreFn> kScore[] = {{"softmax", ScoreFn::Softmax},
+                                                  {"sigmoid", ScoreFn::Sigmoid}};
 const std::pair<const char*, TopkOrder> kOrder[] = {{"score_then_topk", TopkOrder::ScoreThenTopk},
                                                     {"topk_then_softmax", TopkOrder::TopkThenSoftmax}};
-const std::pair<const char*, GroupScore> kGroup[] = {{"max", GroupScore::Max}, {"sum_top2", GroupScore::SumTop2}};
-const std::pair<const char*, DropPolicy> kDrop[] = {{"position", DropPolicy::Position}, {"probs", DropPolicy::Probs}};
+const std::pair<const char*, GroupScore> kGroup[] = {{"max", GroupScore::Max},
+                                                     {"sum_top2", GroupScore::SumTop2}};
+const std::pair<const char*, DropPolicy> kDrop[] = {{"position", DropPolicy::Position},
+                                                    {"probs", DropPolicy::Probs}};
 }  // namespace
 
 const char* router_type_name(RouterType r) { return enum_name(r, kRouting); }
@@ -55,18 +58,21 @@ void MoEConfig::validate() const {
             "], got k = ", r.top_k);
   MOE_CHECK(r.n_groups >= 1 && n_experts % r.n_groups == 0, "config: n_groups = ", r.n_groups,
             " must be >= 1 and divide n_experts = ", n_experts);
-  MOE_CHECK(r.topk_groups >= 1 && r.topk_groups <= r.n_groups, "config: topk_groups must be in [1, n_groups = ",
-            r.n_groups, "], got ", r.topk_groups);
+  MOE_CHECK(r.topk_groups >= 1 && r.topk_groups <= r.n_groups,
+            "config: topk_groups must be in [1, n_groups = ", r.n_groups, "], got ", r.topk_groups);
   MOE_CHECK(r.top_k <= r.topk_groups * (n_experts / r.n_groups), "config: top_k = ", r.top_k, " exceeds the ",
-            r.topk_groups * (n_experts / r.n_groups), " experts eligible in topk_groups = ", r.topk_groups, " groups");
+            r.topk_groups * (n_experts / r.n_groups), " experts eligible in topk_groups = ", r.topk_groups,
+            " groups");
   MOE_CHECK(r.order == TopkOrder::ScoreThenTopk || r.score == ScoreFn::Softmax,
             "config: order 'topk_then_softmax' needs score 'softmax'");
   MOE_CHECK(r.routing != RouterType::ExpertChoice || r.n_groups == 1,
             "config: group-limited routing (n_groups > 1) does not apply to expert_choice routing");
-  MOE_CHECK(std::isfinite(r.scaling) && r.scaling > 0, "config: scaling must be finite and > 0, got ", r.scaling);
+  MOE_CHECK(std::isfinite(r.scaling) && r.scaling > 0, "config: scaling must be finite and > 0, got ",
+            r.scaling);
   MOE_CHECK(std::isfinite(r.capacity_factor) && r.capacity_factor >= 0,
             "config: capacity_factor must be >= 0 (0 = dropless), got ", r.capacity_factor);
-  MOE_CHECK(r.jitter_eps >= 0 && r.jitter_eps < 1, "config: jitter_eps must be in [0, 1), got ", r.jitter_eps);
+  MOE_CHECK(r.jitter_eps >= 0 && r.jitter_eps < 1, "config: jitter_eps must be in [0, 1), got ",
+            r.jitter_eps);
   MOE_CHECK(std::isfinite(r.skip_threshold) && r.skip_threshold >= 0,
             "config: skip_threshold must be finite and >= 0 (0 = off), got ", r.skip_threshold);
   MOE_CHECK(r.sinkhorn_iters >= 0, "config: sinkhorn_iters must be >= 0, got ", r.sinkhorn_iters);
@@ -82,36 +88,35 @@ void MoEConfig::validate() const {
 std::string to_json(const MoEConfig& c) {
   const RouterConfig& r = c.router;
   const BalanceConfig& b = c.balance;
-  nlohmann::json j = {
-      {"d_model", c.d_model},
-      {"d_ff", c.d_ff},
-      {"n_experts", c.n_experts},
-      {"activation", kernels::activation_name(c.activation)},
-      {"n_shared_experts", c.n_shared_experts},
-      {"d_ff_shared", c.d_ff_shared},
-      {"shared_gate", c.shared_gate},
-      {"router",
-       {{"routing", router_type_name(r.routing)},
-        {"score", score_fn_name(r.score)},
-        {"order", topk_order_name(r.order)},
-        {"top_k", r.top_k},
-        {"normalize", r.normalize},
-        {"scaling", r.scaling},
-        {"n_groups", r.n_groups},
-        {"topk_groups", r.topk_groups},
-        {"group_score", group_score_name(r.group_score)},
-        {"use_bias", r.use_bias},
-        {"jitter_eps", r.jitter_eps},
-        {"capacity_factor", r.capacity_factor},
-        {"drop_policy", drop_policy_name(r.drop_policy)},
-        {"sinkhorn_iters", r.sinkhorn_iters},
-        {"hash_seed", r.hash_seed}}},
-      {"balance",
-       {{"aux_coef", b.aux_coef},
-        {"seq_aux_coef", b.seq_aux_coef},
-        {"seq_len", b.seq_len},
-        {"z_coef", b.z_coef},
-        {"bias_update_rate", b.bias_update_rate}}}};
+  nlohmann::json j = {{"d_model", c.d_model},
+                      {"d_ff", c.d_ff},
+                      {"n_experts", c.n_experts},
+                      {"activation", kernels::activation_name(c.activation)},
+                      {"n_shared_experts", c.n_shared_experts},
+                      {"d_ff_shared", c.d_ff_shared},
+                      {"shared_gate", c.shared_gate},
+                      {"router",
+                       {{"routing", router_type_name(r.routing)},
+                        {"score", score_fn_name(r.score)},
+                        {"order", topk_order_name(r.order)},
+                        {"top_k", r.top_k},
+                        {"normalize", r.normalize},
+                        {"scaling", r.scaling},
+                        {"n_groups", r.n_groups},
+                        {"topk_groups", r.topk_groups},
+                        {"group_score", group_score_name(r.group_score)},
+                        {"use_bias", r.use_bias},
+                        {"jitter_eps", r.jitter_eps},
+                        {"capacity_factor", r.capacity_factor},
+                        {"drop_policy", drop_policy_name(r.drop_policy)},
+                        {"sinkhorn_iters", r.sinkhorn_iters},
+                        {"hash_seed", r.hash_seed}}},
+                      {"balance",
+                       {{"aux_coef", b.aux_coef},
+                        {"seq_aux_coef", b.seq_aux_coef},
+                        {"seq_len", b.seq_len},
+                        {"z_coef", b.z_coef},
+                        {"bias_update_rate", b.bias_update_rate}}}};
   if (r.skip_threshold != 0.0) j["router"]["skip_threshold"] = r.skip_threshold;  // written only when on
   return j.dump(2);
 }
@@ -145,9 +150,11 @@ MoEConfig moe_config_from_json(const std::string& text) {
     throw Error(cat("config: invalid JSON: ", e.what()));
   }
   MOE_CHECK(j.is_object(), "config: expected a JSON object");
-  reject_unknown(j, "", {"d_model", "d_ff", "n_experts", "activation", "n_shared_experts", "d_ff_shared", "shared_gate",
-                         "router", "balance"});
-  for (const char* req : {"d_model", "d_ff", "n_experts"}) MOE_CHECK(j.contains(req), "config: missing '", req, "'");
+  reject_unknown(j, "",
+                 {"d_model", "d_ff", "n_experts", "activation", "n_shared_experts", "d_ff_shared",
+                  "shared_gate", "router", "balance"});
+  for (const char* req : {"d_model", "d_ff", "n_experts"})
+    MOE_CHECK(j.contains(req), "config: missing '", req, "'");
   MoEConfig c;
   get(j, "", "d_model", c.d_model);
   get(j, "", "d_ff", c.d_ff);
@@ -163,15 +170,18 @@ MoEConfig moe_config_from_json(const std::string& text) {
   if (j.contains("router")) {
     const auto& r = j["router"];
     MOE_CHECK(r.is_object(), "config: 'router' must be an object");
-    reject_unknown(r, "router.", {"routing", "score", "order", "top_k", "normalize", "scaling", "n_groups",
-                                  "topk_groups", "group_score", "use_bias", "jitter_eps", "capacity_factor",
-                                  "drop_policy", "sinkhorn_iters", "hash_seed", "skip_threshold"});
+    reject_unknown(r, "router.",
+                   {"routing", "score", "order", "top_k", "normalize", "scaling", "n_groups", "topk_groups",
+                    "group_score", "use_bias", "jitter_eps", "capacity_factor", "drop_policy",
+                    "sinkhorn_iters", "hash_seed", "skip_threshold"});
     RouterConfig& rc = c.router;
     if (r.contains("routing")) get(r, "router.", "routing", s), rc.routing = router_type_from_name(s);
     if (r.contains("score")) get(r, "router.", "score", s), rc.score = score_fn_from_name(s);
     if (r.contains("order")) get(r, "router.", "order", s), rc.order = topk_order_from_name(s);
-    if (r.contains("group_score")) get(r, "router.", "group_score", s), rc.group_score = group_score_from_name(s);
-    if (r.contains("drop_policy")) get(r, "router.", "drop_policy", s), rc.drop_policy = drop_policy_from_name(s);
+    if (r.contains("group_score"))
+      get(r, "router.", "group_score", s), rc.group_score = group_score_from_name(s);
+    if (r.contains("drop_policy"))
+      get(r, "router.", "drop_policy", s), rc.drop_policy = drop_policy_from_name(s);
     get(r, "router.", "top_k", rc.top_k);
     get(r, "router.", "normalize", rc.normalize);
     get(r, "router.", "scaling", rc.scaling);

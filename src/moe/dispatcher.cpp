@@ -6,7 +6,8 @@
 namespace moe {
 
 template <typename T>
-void TokenSum<T>::build(kernels::Backend backend, int64_t n_tokens, int64_t n_assign, const int32_t* token, int64_t d) {
+void TokenSum<T>::build(kernels::Backend backend, int64_t n_tokens, int64_t n_assign, const int32_t* token,
+                        int64_t d) {
   backend_ = backend;
   T_ = n_tokens;
   d_ = d;
@@ -14,7 +15,8 @@ void TokenSum<T>::build(kernels::Backend backend, int64_t n_tokens, int64_t n_as
   assign_.assign(static_cast<size_t>(n_assign), 0);
   std::vector<int32_t> unused(static_cast<size_t>(n_assign));
   if (n_assign > 0)
-    kernels::permute(backend_, {n_assign, T_, token, nullptr, offsets_.data(), assign_.data(), unused.data()});
+    kernels::permute(backend_,
+                     {n_assign, T_, token, nullptr, offsets_.data(), assign_.data(), unused.data()});
 }
 
 template <typename T>
@@ -43,7 +45,8 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
   batch.offsets.assign(static_cast<size_t>(E_ + 1), 0);
   perm_.assign(static_cast<size_t>(N_), 0);
   pos_.assign(static_cast<size_t>(N_), -1);
-  if (N_ > 0) kernels::permute(backend_, {N_, E_, expert, kept, batch.offsets.data(), perm_.data(), pos_.data()});
+  if (N_ > 0)
+    kernels::permute(backend_, {N_, E_, expert, kept, batch.offsets.data(), perm_.data(), pos_.data()});
   const int64_t M = batch.offsets[E_];
   perm_.resize(static_cast<size_t>(M));
   batch.rows = M;

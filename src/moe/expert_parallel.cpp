@@ -8,9 +8,10 @@
 namespace moe {
 
 ExpertShard expert_shard(int64_t n_experts, int rank, int size) {
-  MOE_CHECK(size >= 1 && rank >= 0 && rank < size, "expert parallelism: rank ", rank, " of ", size, " is invalid");
-  MOE_CHECK(n_experts % size == 0, "expert parallelism: ", n_experts, " experts cannot be split evenly over ", size,
-            " ranks (the expert-parallel size must divide the number of experts)");
+  MOE_CHECK(size >= 1 && rank >= 0 && rank < size, "expert parallelism: rank ", rank, " of ", size,
+            " is invalid");
+  MOE_CHECK(n_experts % size == 0, "expert parallelism: ", n_experts, " experts cannot be split evenly over ",
+            size, " ranks (the expert-parallel size must divide the number of experts)");
   const int64_t El = n_experts / size;
   return {rank * El, El};
 }
@@ -20,7 +21,8 @@ ExpertShard expert_shard(int64_t n_experts, const dist::Communicator& comm) {
 }
 
 template <typename T>
-AllToAllDispatcher<T>::AllToAllDispatcher(int64_t n_experts, dist::Communicator& comm, kernels::Backend backend)
+AllToAllDispatcher<T>::AllToAllDispatcher(int64_t n_experts, dist::Communicator& comm,
+                                          kernels::Backend backend)
     : E_(n_experts), El_(expert_shard(n_experts, comm).count), comm_(comm), backend_(backend) {}
 
 namespace {
@@ -50,13 +52,15 @@ int64_t total(const std::vector<int64_t>& v) {
 template <typename T>
 void AllToAllDispatcher<T>::to_experts(const T* send, int64_t width, std::vector<T>& recv) {
   recv.resize(static_cast<size_t>(total(recv_rows_) * width));
-  comm_.alltoallv(send, scaled(send_rows_, width), recv.data(), scaled(recv_rows_, width), dtype_of<T>::value);
+  comm_.alltoallv(send, scaled(send_rows_, width), recv.data(), scaled(recv_rows_, width),
+                  dtype_of<T>::value);
 }
 
 template <typename T>
 void AllToAllDispatcher<T>::from_experts(const T* send, int64_t width, std::vector<T>& recv) {
   recv.resize(static_cast<size_t>(total(send_rows_) * width));
-  comm_.alltoallv(send, scaled(recv_rows_, width), recv.data(), scaled(send_rows_, width), dtype_of<T>::value);
+  comm_.alltoallv(send, scaled(recv_rows_, width), recv.data(), scaled(send_rows_, width),
+                  dtype_of<T>::value);
 }
 
 template <typename T>
@@ -93,8 +97,8 @@ void AllToAllDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Ex
   // Row counts per (destination rank, local expert), exchanged first: (R, El) each way.
   std::vector<int64_t> send_counts(static_cast<size_t>(E_)), recv_counts(static_cast<size_t>(E_));
   for (int64_t e = 0; e < E_; ++e) send_counts[e] = offsets[e + 1] - offsets[e];
-  comm_.alltoallv(send_counts.data(), std::vector<int64_t>(R, El_), recv_counts.data(), std::vector<int64_t>(R, El_),
-                  DType::I64);
+  comm_.alltoallv(send_counts.data(), std::vector<int64_t>(R, El_), recv_counts.data(),
+                  std::vector<int64_t>(R, El_), DType::I64);
   send_rows_.assign(R, 0);
   recv_rows_.assign(R, 0);
   for (int j = 0; j < R; ++j)
@@ -130,7 +134,8 @@ void AllToAllDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Ex
     int64_t base = 0;
     for (int i = 0; i < R; ++i)
       for (int64_t le = 0; le < El_; ++le)
-        for (int64_t q = 0; q < recv_counts[i * El_ + le]; ++q) recv_index_[fill[le]++] = static_cast<int32_t>(base++);
+        for (int64_t q = 0; q < recv_counts[i * El_ + le]; ++q)
+          recv_index_[fill[le]++] = static_cast<int32_t>(base++);
   }
   batch.rows = M;
   batch.x_rows = x_recv_.data();

@@ -19,8 +19,13 @@ bool is_swiglu(const MoEConfig& c) { return c.activation == kernels::Activation:
 
 }  // namespace
 
-MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts, ExpertParallel ep)
-    : cfg_(std::move(cfg)), dtype_(dtype), backend_(backend), external_experts_(external_experts), ep_(std::move(ep)) {
+MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts,
+                   ExpertParallel ep)
+    : cfg_(std::move(cfg)),
+      dtype_(dtype),
+      backend_(backend),
+      external_experts_(external_experts),
+      ep_(std::move(ep)) {
   cfg_.validate();
   MOE_CHECK(dtype == DType::F32 || dtype == DType::F64, "MoE layer: dtype must be f32 or f64, got ",
             dtype_name(dtype));
@@ -68,7 +73,8 @@ void MoELayer::init_params(uint64_t seed) {
 }
 
 void MoELayer::check_params() const {
-  const int64_t E = cfg_.n_experts, El = local_experts_, d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width();
+  const int64_t E = cfg_.n_experts, El = local_experts_, d = cfg_.d_model, F = cfg_.d_ff,
+                Fs = cfg_.shared_width();
   auto check = [&](const Tensor& t, const Shape& s, const char* name) {
     check_shape(t, s, name);
     t.check_dtype(dtype_, name);
@@ -136,7 +142,8 @@ void MoELayer::set_bf16_expert_weights(bool on) {
 }
 
 void MoELayer::set_expert_executor(std::shared_ptr<ExpertExecutor> ex) {
-  MOE_CHECK(!ex || dtype_ == DType::F32, "an expert executor needs an f32 layer, this one is ", dtype_name(dtype_));
+  MOE_CHECK(!ex || dtype_ == DType::F32, "an expert executor needs an f32 layer, this one is ",
+            dtype_name(dtype_));
   executor_ = std::move(ex);
 }
 

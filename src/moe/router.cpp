@@ -112,8 +112,9 @@ void token_weights(const RouterConfig& rc, const double* l, const double* s, con
 // logits' dtype. The arithmetic is the same sequence of double operations as the multi-pass
 // form (score_rows, then selection), so decisions and weights are identical.
 template <typename T>
-void token_choice_fused(const RouterConfig& rc, const T* logits, int64_t T_, int64_t E, const std::vector<double>& b,
-                        T* scores, std::vector<int32_t>& expert, std::vector<double>& weight) {
+void token_choice_fused(const RouterConfig& rc, const T* logits, int64_t T_, int64_t E,
+                        const std::vector<double>& b, T* scores, std::vector<int32_t>& expert,
+                        std::vector<double>& weight) {
   const int64_t k = rc.top_k;
   parallel_for(T_, row_grain(E), [&](int64_t t0, int64_t t1) {
     std::vector<double> l(static_cast<size_t>(E)), s(static_cast<size_t>(E)), v(static_cast<size_t>(E));
@@ -196,12 +197,14 @@ void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out) {
 
 int64_t token_capacity(const RouterConfig& rc, int64_t T, int64_t E) {
   if (rc.capacity_factor <= 0) return 0;
-  return static_cast<int64_t>(std::ceil(rc.capacity_factor * static_cast<double>(T * rc.top_k) / static_cast<double>(E)));
+  return static_cast<int64_t>(
+      std::ceil(rc.capacity_factor * static_cast<double>(T * rc.top_k) / static_cast<double>(E)));
 }
 
 int64_t expert_choice_capacity(const RouterConfig& rc, int64_t T, int64_t E) {
   const double cf = rc.capacity_factor > 0 ? rc.capacity_factor : 1.0;
-  const int64_t C = static_cast<int64_t>(std::ceil(cf * static_cast<double>(T * rc.top_k) / static_cast<double>(E)));
+  const int64_t C =
+      static_cast<int64_t>(std::ceil(cf * static_cast<double>(T * rc.top_k) / static_cast<double>(E)));
   return std::min(C, T);
 }
 
@@ -342,7 +345,8 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   check_shape(logits_t, {-1, E}, "router logits");
   const int64_t T = logits_t.size(0);
   const DType dt = logits_t.dtype();
-  MOE_CHECK(dt == DType::F32 || dt == DType::F64, "router logits: dtype must be f32 or f64, got ", dtype_name(dt));
+  MOE_CHECK(dt == DType::F32 || dt == DType::F64, "router logits: dtype must be f32 or f64, got ",
+            dtype_name(dt));
 
   // The fused single-pass path covers token choice; the other policies need all of l and s.
   const bool fused = rc.routing == RouterType::TokenChoice;

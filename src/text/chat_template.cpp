@@ -14,17 +14,23 @@ constexpr FormatName kFormats[] = {{ChatFormat::ChatMl, "chatml"},     {ChatForm
                                    {ChatFormat::DeepSeek, "deepseek"}, {ChatFormat::Plain, "plain"}};
 
 // DeepSeek's markers: fullwidth vertical bars (U+FF5C) and lower one-eighth blocks (U+2581).
-const std::string kDsBos = "<\xEF\xBD\x9C" "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
-const std::string kDsEos = "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+const std::string kDsBos =
+    "<\xEF\xBD\x9C"
+    "begin\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
+const std::string kDsEos =
+    "<\xEF\xBD\x9C"
+    "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>";
 const std::string kDsUser = "<\xEF\xBD\x9CUser\xEF\xBD\x9C>";
-const std::string kDsAssistant = "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>";
+const std::string kDsAssistant =
+    "<\xEF\xBD\x9C"
+    "Assistant\xEF\xBD\x9C>";
 
 void check_roles(const std::vector<ChatMessage>& messages) {
   MOE_CHECK(!messages.empty(), "chat template: the conversation has no messages");
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& r = messages[i].role;
-    MOE_CHECK(r == "system" || r == "user" || r == "assistant", "chat template: messages[", i, "].role is '", r,
-              "'; expected system, user or assistant");
+    MOE_CHECK(r == "system" || r == "user" || r == "assistant", "chat template: messages[", i, "].role is '",
+              r, "'; expected system, user or assistant");
   }
 }
 
@@ -32,7 +38,8 @@ void check_roles(const std::vector<ChatMessage>& messages) {
 // Qwen3's template gives the same text for plain messages, without the default system message.
 std::string render_chatml(const std::vector<ChatMessage>& m, bool default_system) {
   std::string s;
-  if (default_system && m[0].role != "system") s += "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n";
+  if (default_system && m[0].role != "system")
+    s += "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n";
   for (const ChatMessage& x : m) s += "<|im_start|>" + x.role + "\n" + x.content + "<|im_end|>\n";
   return s + "<|im_start|>assistant\n";
 }
@@ -50,11 +57,12 @@ std::string render_mistral(const ChatTemplate& t, const std::vector<ChatMessage>
   std::string s = t.bos_token;
   for (size_t i = first; i < m.size(); ++i) {
     const bool want_user = (i - first) % 2 == 0;
-    MOE_CHECK(m[i].role != "system", "chat template (mistral): only the first message may be a system message (messages[",
-              i, "])");
+    MOE_CHECK(m[i].role != "system",
+              "chat template (mistral): only the first message may be a system message (messages[", i, "])");
     MOE_CHECK((m[i].role == "user") == want_user,
               "chat template (mistral): after the optional system message, roles must alternate "
-              "user/assistant/user/...; messages[", i, "] is ", m[i].role);
+              "user/assistant/user/...; messages[",
+              i, "] is ", m[i].role);
     if (m[i].role == "user") {
       if (i == first && system != nullptr)
         s += " [INST] " + *system + "\n\n" + m[i].content + " [/INST]";
@@ -128,11 +136,23 @@ ChatTemplate default_chat_template(ChatFormat f) {
   t.format = f;
   switch (f) {
     case ChatFormat::ChatMl:
-    case ChatFormat::Qwen2: t.eos_token = "<|im_end|>"; break;
-    case ChatFormat::Mistral: t.bos_token = "<s>"; t.eos_token = "</s>"; break;
-    case ChatFormat::Tulu: t.bos_token = t.eos_token = "<|endoftext|>"; break;
-    case ChatFormat::DeepSeek: t.bos_token = kDsBos; t.eos_token = kDsEos; break;
-    case ChatFormat::Plain: t.eos_token = "<|endoftext|>"; break;
+    case ChatFormat::Qwen2:
+      t.eos_token = "<|im_end|>";
+      break;
+    case ChatFormat::Mistral:
+      t.bos_token = "<s>";
+      t.eos_token = "</s>";
+      break;
+    case ChatFormat::Tulu:
+      t.bos_token = t.eos_token = "<|endoftext|>";
+      break;
+    case ChatFormat::DeepSeek:
+      t.bos_token = kDsBos;
+      t.eos_token = kDsEos;
+      break;
+    case ChatFormat::Plain:
+      t.eos_token = "<|endoftext|>";
+      break;
   }
   return t;
 }
@@ -140,9 +160,12 @@ ChatTemplate default_chat_template(ChatFormat f) {
 std::string ChatTemplate::end_of_turn() const {
   switch (format) {
     case ChatFormat::ChatMl:
-    case ChatFormat::Qwen2: return "<|im_end|>";
-    case ChatFormat::DeepSeek: return kDsEos;
-    default: return eos_token;
+    case ChatFormat::Qwen2:
+      return "<|im_end|>";
+    case ChatFormat::DeepSeek:
+      return kDsEos;
+    default:
+      return eos_token;
   }
 }
 
@@ -166,12 +189,18 @@ bool chat_format_from_jinja(const std::string& j, ChatFormat* out) {
 std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& messages) {
   check_roles(messages);
   switch (t.format) {
-    case ChatFormat::ChatMl: return render_chatml(messages, false);
-    case ChatFormat::Qwen2: return render_chatml(messages, true);
-    case ChatFormat::Mistral: return render_mistral(t, messages);
-    case ChatFormat::Tulu: return render_tulu(t, messages);
-    case ChatFormat::DeepSeek: return render_deepseek(t, messages);
-    case ChatFormat::Plain: return render_plain(t, messages);
+    case ChatFormat::ChatMl:
+      return render_chatml(messages, false);
+    case ChatFormat::Qwen2:
+      return render_chatml(messages, true);
+    case ChatFormat::Mistral:
+      return render_mistral(t, messages);
+    case ChatFormat::Tulu:
+      return render_tulu(t, messages);
+    case ChatFormat::DeepSeek:
+      return render_deepseek(t, messages);
+    case ChatFormat::Plain:
+      return render_plain(t, messages);
   }
   return "";
 }

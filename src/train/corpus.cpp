@@ -111,13 +111,14 @@ PrepareResult prepare_shards(std::string_view text, const text::Tokenizer& tok, 
       size_t end = text.find("\n\n", pos);
       end = end == std::string_view::npos ? text.size() : end + 2;
       while (end < text.size() && text[end] == '\n') ++end;
-      (doc % opts.val_every == opts.val_every - 1 ? val_text : train_text).append(text.substr(pos, end - pos));
+      (doc % opts.val_every == opts.val_every - 1 ? val_text : train_text)
+          .append(text.substr(pos, end - pos));
       pos = end;
     }
   }
   // Too few documents for that (text without blank lines): fall back to the fraction split.
   if (opts.val_every > 0 && static_cast<double>(val_text.size()) < 0.25 * static_cast<double>(text.size()) /
-                                                                          static_cast<double>(opts.val_every)) {
+                                                                       static_cast<double>(opts.val_every)) {
     train_text.clear(), val_text.clear();
   }
   if (train_text.empty() && val_text.empty()) {

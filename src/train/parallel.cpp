@@ -2,11 +2,11 @@
 
 #include <cmath>
 #include <cstdio>
-#include <functional>
-#include <set>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "moe/core/error.h"
 #include "moe/core/file_io.h"
@@ -138,7 +138,8 @@ void save_sharded(const dist::ParallelGroups& g, const model::Transformer& m, co
           for (const std::string& n : model::expert_weight_names(cfg, l, e)) expert_names.insert(n);
       }
       if (er != 0)
-        for (auto it = sd.begin(); it != sd.end();) it = expert_names.count(it->first) ? std::next(it) : sd.erase(it);
+        for (auto it = sd.begin(); it != sd.end();)
+          it = expert_names.count(it->first) ? std::next(it) : sd.erase(it);
       save_safetensors((fs::path(dir) / shard_name("model", er, ep)).string(), sd, {{"format", "pt"}});
 
       // Optimizer: stacked expert moments split into one entry per expert under its global name.
@@ -176,15 +177,16 @@ void save_sharded(const dist::ParallelGroups& g, const model::Transformer& m, co
         }
         const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", wm}};
         io::write_file_atomic((fs::path(dir) / "model.safetensors.index.json").string(), "checkpoint index",
-                                  [&](std::ostream& f) { f << index.dump(2) << "\n"; });
+                              [&](std::ostream& f) { f << index.dump(2) << "\n"; });
         io::write_file_atomic((fs::path(dir) / "config.json").string(), "config.json",
-                                  [&](std::ostream& f) { f << model::to_json(cfg) << "\n"; });
+                              [&](std::ostream& f) { f << model::to_json(cfg) << "\n"; });
       }
     } catch (const std::exception& e) {
       error = e.what();
     }
   }
-  all_ok(&g, error.empty(), error.empty() ? "writing the checkpoint shards" : "writing the checkpoint shards (" + error + ")");
+  all_ok(&g, error.empty(),
+         error.empty() ? "writing the checkpoint shards" : "writing the checkpoint shards (" + error + ")");
 }
 
 std::map<std::string, Tensor> load_optimizer_state(const std::string& dir, const model::Transformer& m) {

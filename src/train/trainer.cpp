@@ -62,8 +62,10 @@ std::string fmt_duration(double s) {
   if (!std::isfinite(s) || s < 0) return "?";
   const int64_t t = static_cast<int64_t>(s + 0.5);
   char buf[32];
-  if (t >= 3600) std::snprintf(buf, sizeof buf, "%lldh%02lldm", (long long)(t / 3600), (long long)(t % 3600 / 60));
-  else std::snprintf(buf, sizeof buf, "%lldm%02llds", (long long)(t / 60), (long long)(t % 60));
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%lldh%02lldm", (long long)(t / 3600), (long long)(t % 3600 / 60));
+  else
+    std::snprintf(buf, sizeof buf, "%lldm%02llds", (long long)(t / 60), (long long)(t % 60));
   return buf;
 }
 
@@ -82,7 +84,8 @@ void validate(const TrainOptions& o) {
   MOE_CHECK(o.grad_clip >= 0, "train: --clip must be >= 0 (0 = off)");
   MOE_CHECK(o.ep_chunks >= 1, "train: --ep-chunks must be >= 1, got ", o.ep_chunks);
   MOE_CHECK(o.log_every >= 1 && o.eval_batches >= 1, "train: --log-every and --eval-batches must be >= 1");
-  MOE_CHECK(o.eval_every >= 0 && o.checkpoint_every >= 0, "train: --eval-every and --checkpoint-every must be >= 0");
+  MOE_CHECK(o.eval_every >= 0 && o.checkpoint_every >= 0,
+            "train: --eval-every and --checkpoint-every must be >= 0");
 }
 
 // Everything a run holds in memory.
@@ -182,8 +185,10 @@ void save_checkpoint(Run& r) {
     }
     r.tok.save((tmp / "tokenizer.json").string());
     const SamplerPosition pos = r.sampler->position();
-    const json state = {{"step", r.step},         {"tokens", r.tokens},
-                        {"elapsed_s", r.elapsed_s}, {"sampler", {{"epoch", pos.epoch}, {"index", pos.index}}},
+    const json state = {{"step", r.step},
+                        {"tokens", r.tokens},
+                        {"elapsed_s", r.elapsed_s},
+                        {"sampler", {{"epoch", pos.epoch}, {"index", pos.index}}},
                         {"saved", iso_now()}};
     write_file_atomic(tmp / "trainer_state.json", state.dump(2) + "\n");
     // Swap: checkpoint -> checkpoint.old, checkpoint.tmp -> checkpoint, drop checkpoint.old.
@@ -199,7 +204,8 @@ void open_data(Run& r) {
   r.val_shard = TokenShard((r.dir / "data" / "val.bin").string());
   const int64_t need = r.opt.batch_size * r.opt.seq_len + 1;
   MOE_CHECK(r.train_shard.size() >= need, "train: the corpus has ", r.train_shard.size(),
-            " training tokens; one batch needs ", need, " (reduce --batch-size or --seq-len, or use more text)");
+            " training tokens; one batch needs ", need,
+            " (reduce --batch-size or --seq-len, or use more text)");
   MOE_CHECK(r.val_shard.size() >= r.opt.seq_len + 1, "train: the validation split has ", r.val_shard.size(),
             " tokens; it needs at least seq_len + 1 = ", r.opt.seq_len + 1);
   SamplerOptions so;
@@ -271,7 +277,8 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       loss_sum += res.loss_sum, count += res.count, aux += res.aux_loss / static_cast<double>(A);
       finite = finite && std::isfinite(res.loss_sum) && std::isfinite(res.aux_loss);
       if (!finite && !parallel) break;  // ranks keep in step: every one runs every micro-batch
-      if (acc.stats.empty()) acc = res;
+      if (acc.stats.empty())
+        acc = res;
       else
         for (size_t i = 0; i < acc.stats.size(); ++i)
           for (size_t e = 0; e < acc.stats[i].routed_per_expert.size(); ++e)
@@ -286,7 +293,7 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       par::allreduce_step(*r.par, loss_sum, count, aux, acc.stats);
       par::allreduce_grads(*r.par, refs);
     }
-    const double gnorm = !finite ? std::numeric_limits<double>::quiet_NaN()
+    const double gnorm = !finite    ? std::numeric_limits<double>::quiet_NaN()
                          : parallel ? par::global_grad_norm(*r.par, refs)
                                     : grad_norm(refs);
     const double lr = sched.at(r.step);
@@ -327,7 +334,8 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     double imb_max = 0;
     for (const MoEStats& st : acc.stats) {
       double tot = 0, mx = 0;
-      for (int64_t c : st.routed_per_expert) tot += static_cast<double>(c), mx = std::max(mx, static_cast<double>(c));
+      for (int64_t c : st.routed_per_expert)
+        tot += static_cast<double>(c), mx = std::max(mx, static_cast<double>(c));
       json row = json::array();
       for (int64_t c : st.routed_per_expert) row.push_back(tot > 0 ? static_cast<double>(c) / tot : 0.0);
       const double ib = tot > 0 ? mx * static_cast<double>(st.routed_per_expert.size()) / tot : 0.0;
@@ -349,17 +357,24 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
              {"moe_layers", acc.moe_layers},
              {"imbalance", imb},
              {"expert_load", load}});
-    if (parallel) emit(r, {{"type", "comm"}, {"step", r.step}, {"ranks", W}, {"expert_parallel", r.par->ep->size()},
-                           {"alltoall_s", comm[0]}, {"alltoall_bytes", comm[1]}, {"allreduce_s", comm[2]},
-                           {"allreduce_bytes", comm[3]}});
+    if (parallel)
+      emit(r, {{"type", "comm"},
+               {"step", r.step},
+               {"ranks", W},
+               {"expert_parallel", r.par->ep->size()},
+               {"alltoall_s", comm[0]},
+               {"alltoall_bytes", comm[1]},
+               {"allreduce_s", comm[2]},
+               {"allreduce_bytes", comm[3]}});
     const double run_s = std::chrono::duration<double>(Clock::now() - t_start).count();
     const double eta = run_s / static_cast<double>(done) * static_cast<double>(o.steps - r.step);
     if (r.step % o.log_every == 0 || r.step == o.steps) {
       char line[256];
-      std::snprintf(line, sizeof line,
-                    "step %5lld/%lld | loss %.4f | aux %.4f | lr %.2e | %6.0f tok/s | imbalance %.2f | eta %s",
-                    (long long)r.step, (long long)o.steps, win_loss / win_n, win_aux / win_n, lr,
-                    static_cast<double>(r.tokens) / std::max(r.elapsed_s, 1e-9), imb_max, fmt_duration(eta).c_str());
+      std::snprintf(
+          line, sizeof line,
+          "step %5lld/%lld | loss %.4f | aux %.4f | lr %.2e | %6.0f tok/s | imbalance %.2f | eta %s",
+          (long long)r.step, (long long)o.steps, win_loss / win_n, win_aux / win_n, lr,
+          static_cast<double>(r.tokens) / std::max(r.elapsed_s, 1e-9), imb_max, fmt_duration(eta).c_str());
       print(line);
       sum.final_loss = win_loss / win_n;
       win_loss = win_aux = 0, win_n = 0;
@@ -368,8 +383,10 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     if ((o.eval_every > 0 && r.step % o.eval_every == 0) || last) {
       const double el = evaluate(r);
       sum.eval_loss = el;
-      emit(r, {{"type", "eval"}, {"step", r.step}, {"loss", el}, {"ppl", std::exp(el)}, {"tokens", r.tokens}});
-      print(cat("eval  step ", r.step, " | val loss ", el, " | ppl ", std::exp(el), " | unigram ", r.unigram_val));
+      emit(r,
+           {{"type", "eval"}, {"step", r.step}, {"loss", el}, {"ppl", std::exp(el)}, {"tokens", r.tokens}});
+      print(cat("eval  step ", r.step, " | val loss ", el, " | ppl ", std::exp(el), " | unigram ",
+                r.unigram_val));
     }
     if ((o.checkpoint_every > 0 && r.step % o.checkpoint_every == 0) || last) save_checkpoint(r);
   }
@@ -415,7 +432,8 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
   r.dir = r.opt.run_dir;
   // Rank 0 prepares the run directory (tokenizer, token shards, options); the others read them.
   par::on_root(r.par, "preparing the run", [&] {
-    MOE_CHECK(!fs::exists(r.dir / "metrics.jsonl") && !fs::exists(r.dir / "checkpoint"), "train: '", r.opt.run_dir,
+    MOE_CHECK(!fs::exists(r.dir / "metrics.jsonl") && !fs::exists(r.dir / "checkpoint"), "train: '",
+              r.opt.run_dir,
               "' already holds a run (use --resume to continue it, or --overwrite to start again)");
     fs::create_directories(r.dir / "data");
 
@@ -428,15 +446,16 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
       r.tok = text::Tokenizer::load(tp.string());
       r.opt.model = model::load_model_config((fs::path(r.opt.init_from) / "config.json").string());
       r.opt.vocab_size = r.tok.vocab_size();
-      MOE_CHECK(r.tok.vocab_size() <= r.opt.model.vocab_size, "train: --init tokenizer has ", r.tok.vocab_size(),
-                " tokens, the model's vocabulary ", r.opt.model.vocab_size);
+      MOE_CHECK(r.tok.vocab_size() <= r.opt.model.vocab_size, "train: --init tokenizer has ",
+                r.tok.vocab_size(), " tokens, the model's vocabulary ", r.opt.model.vocab_size);
     } else {
       r.tok = text::Tokenizer::train_bpe(text, r.opt.vocab_size);
     }
     r.tok.save((r.dir / "tokenizer.json").string());
     PrepareOptions po;
     po.val_every = 50;  // 2% of the documents, spread over the whole corpus
-    prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(), (r.dir / "data" / "val.bin").string(), po);
+    prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(),
+                   (r.dir / "data" / "val.bin").string(), po);
     if (r.opt.init_from.empty()) {
       r.opt.model.vocab_size = r.tok.vocab_size();
       r.opt.model.eos_token_id = r.tok.eos_id();
@@ -472,15 +491,16 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
     write_run_line(r, false);
   }
   if (!r.opt.quiet && par::is_root(r.par))
-    std::printf("model %s: %.2fM parameters (%.2fM active per token), %lld train tokens, unigram entropy %.3f\n",
-                model::arch_name(r.opt.model.arch), r.opt.model.n_params() / 1e6,
-                r.opt.model.n_active_params() / 1e6, (long long)r.train_shard.size(), r.unigram);
+    std::printf(
+        "model %s: %.2fM parameters (%.2fM active per token), %lld train tokens, unigram entropy %.3f\n",
+        model::arch_name(r.opt.model.arch), r.opt.model.n_params() / 1e6, r.opt.model.n_active_params() / 1e6,
+        (long long)r.train_shard.size(), r.unigram);
   TrainSummary s = loop(r, r.opt.halt_after, r.opt.time_limit_s);
   return s;
 }
 
-TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t halt_after, double time_limit_s,
-                    bool quiet, const dist::ParallelGroups* par, int ep_chunks) {
+TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t halt_after,
+                    double time_limit_s, bool quiet, const dist::ParallelGroups* par, int ep_chunks) {
   Run r;
   r.dir = run_dir;
   MOE_CHECK(fs::exists(r.dir / "train_options.json"), "resume: '", run_dir, "' is not a run directory (no ",
@@ -499,8 +519,8 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
   r.tok = text::Tokenizer::load((r.dir / "tokenizer.json").string());
   open_data(r);
   // Any checkpoint loads with any number of ranks: each reads its experts' weights and moments.
-  r.model = std::make_unique<model::Transformer>(model::load_pretrained(ck.string(), DType::F32, false,
-                                                                        expert_parallel(r)));
+  r.model = std::make_unique<model::Transformer>(
+      model::load_pretrained(ck.string(), DType::F32, false, expert_parallel(r)));
   r.model->set_bf16_compute(r.opt.bf16);
   r.adam = std::make_unique<AdamW>(AdamWConfig{r.opt.beta1, r.opt.beta2, 1e-8, r.opt.weight_decay});
   std::vector<ParamRef> refs = param_refs(*r.model);
@@ -511,7 +531,8 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
     r.step = st.at("step").get<int64_t>();
     r.tokens = st.at("tokens").get<int64_t>();
     r.elapsed_s = st.at("elapsed_s").get<double>();
-    r.sampler->set_position({st.at("sampler").at("epoch").get<uint64_t>(), st.at("sampler").at("index").get<uint64_t>()});
+    r.sampler->set_position(
+        {st.at("sampler").at("epoch").get<uint64_t>(), st.at("sampler").at("index").get<uint64_t>()});
   } catch (const json::exception& e) {
     throw Error(cat("resume: ", (ck / "trainer_state.json").string(), " is malformed: ", e.what()));
   }
@@ -522,7 +543,9 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
     open_metrics(r);
     write_run_line(r, true);
   }
-  if (!quiet && par::is_root(r.par)) std::printf("resumed %s at step %lld of %lld\n", run_dir.c_str(), (long long)r.step, (long long)r.opt.steps);
+  if (!quiet && par::is_root(r.par))
+    std::printf("resumed %s at step %lld of %lld\n", run_dir.c_str(), (long long)r.step,
+                (long long)r.opt.steps);
   return loop(r, halt_after, time_limit_s);
 }
 

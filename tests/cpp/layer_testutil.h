@@ -28,10 +28,14 @@ inline Tensor random_tensor(const Shape& s, DType dt, uint64_t seed, double stdd
 
 // All parameter tensors of a layer by name (defined ones only), in a fixed order.
 inline std::vector<std::pair<std::string, Tensor*>> param_list(MoEParams& p) {
-  std::vector<std::pair<std::string, Tensor*>> v = {
-      {"router_w", &p.router_w},           {"w_gate", &p.w_gate},           {"w_up", &p.w_up},
-      {"w_down", &p.w_down},               {"shared_w_gate", &p.shared_w_gate}, {"shared_w_up", &p.shared_w_up},
-      {"shared_w_down", &p.shared_w_down}, {"shared_gate_w", &p.shared_gate_w}};
+  std::vector<std::pair<std::string, Tensor*>> v = {{"router_w", &p.router_w},
+                                                    {"w_gate", &p.w_gate},
+                                                    {"w_up", &p.w_up},
+                                                    {"w_down", &p.w_down},
+                                                    {"shared_w_gate", &p.shared_w_gate},
+                                                    {"shared_w_up", &p.shared_w_up},
+                                                    {"shared_w_down", &p.shared_w_down},
+                                                    {"shared_gate_w", &p.shared_gate_w}};
   std::vector<std::pair<std::string, Tensor*>> out;
   for (auto& e : v)
     if (e.second->defined()) out.push_back(e);

@@ -28,7 +28,7 @@ inline ModelConfig tiny_config(Arch arch) {
   c.moe_intermediate_size = 5;
   c.max_position_embeddings = 64;
   c.router_aux_loss_coef = 0.01;
-  c.initializer_range = 0.5;  // large weights so that every term matters in the gradient check
+  c.initializer_range = 0.5;                // large weights so that every term matters in the gradient check
   if (arch == Arch::Olmoe) c.head_dim = 2;  // olmoe: heads · head_dim == hidden
   if (arch == Arch::Qwen2Moe) {
     c.shared_expert_intermediate_size = 7;
@@ -73,7 +73,8 @@ inline ModelConfig offload_config() {
 inline std::vector<int32_t> random_tokens(int64_t n, int64_t V, uint64_t seed) {
   const Rng r(seed);
   std::vector<int32_t> t(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = static_cast<int32_t>(r.below(static_cast<uint64_t>(i), V));
+  for (int64_t i = 0; i < n; ++i)
+    t[static_cast<size_t>(i)] = static_cast<int32_t>(r.below(static_cast<uint64_t>(i), V));
   return t;
 }
 

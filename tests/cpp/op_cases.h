@@ -33,7 +33,7 @@ using kernels::Backend;
 // ---- buffers ----
 
 enum class Elem { F32, F64, I32, U8, U16 };  // U16: bf16 / f16 bit patterns
-enum class Role { In, Out, InOut };  // Out: poisoned before the run; Out and InOut: compared after
+enum class Role { In, Out, InOut };          // Out: poisoned before the run; Out and InOut: compared after
 
 template <typename U>
 constexpr Elem elem_of() {
@@ -151,12 +151,12 @@ class OpCase {
 
 // A case defines `template <class F> decltype(auto) with_args(Buffers& b, F&& f) const`, which builds
 // the op's Args over `b` and returns f(args); this macro turns it into run and supports.
-#define MOE_OP_CASE_ARGS                                                                                 \
-  void run(kernels::Exec e, Buffers& bufs) const override {                                              \
-    with_args(bufs, [e](const auto& args) { kernels::run(e, args); });                                   \
-  }                                                                                                      \
-  kernels::Support supports(Backend be, Buffers& bufs) const override {                                  \
-    return with_args(bufs, [be](const auto& args) { return kernels::supports(be, args); });              \
+#define MOE_OP_CASE_ARGS                                                                    \
+  void run(kernels::Exec e, Buffers& bufs) const override {                                 \
+    with_args(bufs, [e](const auto& args) { kernels::run(e, args); });                      \
+  }                                                                                         \
+  kernels::Support supports(Backend be, Buffers& bufs) const override {                     \
+    return with_args(bufs, [be](const auto& args) { return kernels::supports(be, args); }); \
   }
 
 using CaseList = std::vector<std::unique_ptr<OpCase>>;

@@ -23,7 +23,8 @@ struct IsaRestore {
 };
 
 // C (M, N) = A (M, K) · W (N, K)^T, the layout of every linear layer.
-std::vector<float> linear(const std::vector<float>& a, const std::vector<float>& w, int64_t M, int64_t N, int64_t K) {
+std::vector<float> linear(const std::vector<float>& a, const std::vector<float>& w, int64_t M, int64_t N,
+                          int64_t K) {
   std::vector<float> c(static_cast<size_t>(M * N), -7.0f);  // poisoned
   kernels::GemmArgs<float> g;
   g.M = M, g.N = N, g.K = K;
@@ -38,7 +39,8 @@ TEST(BatchInvariance, GemmRowsEqualTheSameRowsAlone) {
   IsaRestore restore;
   // K over two K blocks (kKC = 256), N over two column tiles with a ragged last panel.
   const int64_t K = 300, N = 300;
-  const Tensor wt = testing::random_tensor({N, K}, DType::F32, 1), at = testing::random_tensor({13, K}, DType::F32, 2);
+  const Tensor wt = testing::random_tensor({N, K}, DType::F32, 1),
+               at = testing::random_tensor({13, K}, DType::F32, 2);
   const std::vector<float> w(wt.data<float>(), wt.data<float>() + wt.numel());
   const std::vector<float> a(at.data<float>(), at.data<float>() + at.numel());
   for (const char* isa : {"generic", "avx2", "avx512"}) {

@@ -54,7 +54,8 @@ TEST_F(CheckpointErrors, ShardedLoadsTheSameWeights) {
   write_sharded(m, dir_ / "ok");
   const Transformer back = model::load_pretrained((dir_ / "ok").string());
   for (size_t i = 0; i < m.parameters().size(); ++i)
-    EXPECT_EQ(m.parameters()[i].value.to_vector(), back.parameters()[i].value.to_vector()) << m.parameters()[i].name;
+    EXPECT_EQ(m.parameters()[i].value.to_vector(), back.parameters()[i].value.to_vector())
+        << m.parameters()[i].name;
 }
 
 TEST_F(CheckpointErrors, WrongShapeNamesTensorAndFile) {
@@ -63,7 +64,7 @@ TEST_F(CheckpointErrors, WrongShapeNamesTensorAndFile) {
   const std::string bad = "model.layers.1.self_attn.k_proj.weight";
   write_sharded(m, dir_ / "bad", {{bad, Tensor::zeros({3, 8})}});
   train::testing::expect_error([&] { model::load_pretrained((dir_ / "bad").string()); },
-                        {bad, "model-00002-of-00002.safetensors", "(4, 8)", "(3, 8)"});
+                               {bad, "model-00002-of-00002.safetensors", "(4, 8)", "(3, 8)"});
 }
 
 TEST_F(CheckpointErrors, TruncatedOrMissingShardNamesTheFile) {
@@ -73,10 +74,10 @@ TEST_F(CheckpointErrors, TruncatedOrMissingShardNamesTheFile) {
   const auto shard = dir_ / "cut" / "model-00002-of-00002.safetensors";
   std::filesystem::resize_file(shard, std::filesystem::file_size(shard) - 8);
   train::testing::expect_error([&] { model::load_pretrained((dir_ / "cut").string()); },
-                        {"model-00002-of-00002.safetensors"});
+                               {"model-00002-of-00002.safetensors"});
   std::filesystem::remove(shard);
   train::testing::expect_error([&] { model::load_pretrained((dir_ / "cut").string()); },
-                        {"model-00002-of-00002.safetensors"});
+                               {"model-00002-of-00002.safetensors"});
 }
 
 }  // namespace

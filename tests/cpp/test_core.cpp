@@ -28,14 +28,15 @@ TEST(DType, F16RoundTripsEveryHalf) {
     ASSERT_EQ(f32_to_f16(f16_to_f32(static_cast<uint16_t>(h))), h) << std::hex << h;
   }
   EXPECT_EQ(f16_to_f32(0x3C00), 1.0f);
-  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
-  EXPECT_EQ(f32_to_f16(65520.0f), 0x7C00);               // overflow to inf
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));         // smallest subnormal
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7C00);                      // overflow to inf
   EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3C00);  // tie to even
   EXPECT_TRUE(std::isnan(f16_to_f32(f32_to_f16(NAN))));
 }
 
 TEST(DType, NamesRoundTripAndUnknownIsAnError) {
-  for (DType t : {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I8, DType::I4, DType::I32, DType::I64})
+  for (DType t :
+       {DType::F32, DType::F64, DType::BF16, DType::F16, DType::I8, DType::I4, DType::I32, DType::I64})
     EXPECT_EQ(dtype_from_name(dtype_name(t)), t);
   EXPECT_THROW(dtype_from_name("f8"), Error);
 }

@@ -90,10 +90,14 @@ TEST(DeepseekV3, PublishedConfigSizesAndYarnMatchTransformers) {
   // transformers 5.23.0: ROPE_INIT_FUNCTIONS["yarn"] (float32) and yarn_apply_mscale.
   const std::vector<double> inv = c.rope_inv_freq();
   ASSERT_EQ(inv.size(), 32u);
-  const std::pair<int, double> want[] = {{0, 1.0},          {5, 2.371373624e-01}, {10, 5.623412877e-02},
-                                         {16, 5.500000436e-03}, {20, 7.905694074e-04}, {31, 3.333803534e-06}};
+  const std::pair<int, double> want[] = {{0, 1.0},
+                                         {5, 2.371373624e-01},
+                                         {10, 5.623412877e-02},
+                                         {16, 5.500000436e-03},
+                                         {20, 7.905694074e-04},
+                                         {31, 3.333803534e-06}};
   for (const auto& [i, v] : want) EXPECT_NEAR(inv[i], v, 1e-6 * v) << i;  // f32 there
-  EXPECT_EQ(c.rope_attention_factor(), 1.0);  // mscale == mscale_all_dim
+  EXPECT_EQ(c.rope_attention_factor(), 1.0);                              // mscale == mscale_all_dim
   EXPECT_NEAR(c.attention_scale(), 0.1352337788608801, 1e-15);
   // mscale without mscale_all_dim: attention factor 0.1 ln(factor) + 1, softmax scale untouched.
   ModelConfig d = c;
@@ -109,14 +113,16 @@ TEST(DeepseekV3, PublishedConfigSizesAndYarnMatchTransformers) {
   EXPECT_TRUE(e.rope_scaling.yarn());
   EXPECT_EQ(to_json(model_config_from_json(to_json(c))), to_json(c));
   // q_lora_rank null: a plain q_proj.
-  const ModelConfig q = model_config_from_json(replaced(kDeepseekV3, R"("q_lora_rank": 1536)", R"("q_lora_rank": null)"));
+  const ModelConfig q =
+      model_config_from_json(replaced(kDeepseekV3, R"("q_lora_rank": 1536)", R"("q_lora_rank": null)"));
   EXPECT_EQ(q.q_lora_rank, 0);
   EXPECT_EQ(to_json(model_config_from_json(to_json(q))), to_json(q));
 }
 
 TEST(DeepseekV3, InconsistentConfigsAreErrorsNamingTheKey) {
   const std::string c = kDeepseekV3;
-  expect_error(replaced(c, R"("num_key_value_heads": 128)", R"("num_key_value_heads": 64)"), "num_key_value_heads");
+  expect_error(replaced(c, R"("num_key_value_heads": 128)", R"("num_key_value_heads": 64)"),
+               "num_key_value_heads");
   expect_error(replaced(c, R"("n_group": 8)", R"("n_group": 6)"), "n_group");
   expect_error(replaced(c, R"("topk_group": 4)", R"("topk_group": 9)"), "topk_group");
   expect_error(replaced(replaced(c, R"("topk_group": 4)", R"("topk_group": 1)"), R"("n_routed_experts": 256)",
@@ -159,7 +165,8 @@ TEST(DeepseekV3, CheckpointRoundTripWithSelectionBiasAndBadShapes) {
          {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.kv_a_proj_with_mqa.weight",
           "model.layers.0.self_attn.kv_a_layernorm.weight", "model.layers.1.self_attn.kv_b_proj.weight",
           "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.gate.e_score_correction_bias",
-          "model.layers.1.mlp.experts.3.up_proj.weight", "model.layers.1.mlp.shared_experts.down_proj.weight"})
+          "model.layers.1.mlp.experts.3.up_proj.weight",
+          "model.layers.1.mlp.shared_experts.down_proj.weight"})
       EXPECT_TRUE(rd.contains(name)) << name;
     EXPECT_FALSE(rd.contains("model.layers.0.mlp.gate.e_score_correction_bias"));  // dense layer
   }
@@ -167,7 +174,8 @@ TEST(DeepseekV3, CheckpointRoundTripWithSelectionBiasAndBadShapes) {
   EXPECT_EQ(r.logits(tok.data(), 1, 8).to_vector(), biased);
   // A kv_b_proj of the wrong shape names the tensor and both shapes.
   auto sd = m.hf_state_dict();
-  sd["model.layers.1.self_attn.kv_b_proj.weight"] = Tensor::zeros({2 * 4, 4});  // (heads · (nope + v), kv_lora)
+  sd["model.layers.1.self_attn.kv_b_proj.weight"] =
+      Tensor::zeros({2 * 4, 4});  // (heads · (nope + v), kv_lora)
   try {
     m.load_hf_state_dict(sd);
     ADD_FAILURE() << "expected an error";
@@ -208,13 +216,15 @@ TEST(DeepseekV3, AttentionWithValueHeadDimMatchesZeroPadding) {
     // The same sums with zeros added; the gemm may group them differently: within 1e-12.
     auto near = [](const std::vector<double>& x, const std::vector<double>& y, const char* what) {
       ASSERT_EQ(x.size(), y.size()) << what;
-      for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], y[i], 1e-12 * (1 + std::abs(y[i]))) << what << i;
+      for (size_t i = 0; i < x.size(); ++i)
+        EXPECT_NEAR(x[i], y[i], 1e-12 * (1 + std::abs(y[i]))) << what << i;
     };
     near(pad(out, hdv), pout, "out");
     near(lse, plse, "lse");
-    std::vector<double> dq(q.size()), dk(k.size()), dv(v.size()), pdq(qp.size()), pdk(kp.size()), pdv(vp.size());
-    nn::attention_backward<double>(a, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), dq.data(),
-                                   dk.data(), dv.data());
+    std::vector<double> dq(q.size()), dk(k.size()), dv(v.size()), pdq(qp.size()), pdk(kp.size()),
+        pdv(vp.size());
+    nn::attention_backward<double>(a, q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(),
+                                   dq.data(), dk.data(), dv.data());
     nn::attention_backward<double>(p, qp.data(), kp.data(), vp.data(), pout.data(), plse.data(), doutp.data(),
                                    pdq.data(), pdk.data(), pdv.data());
     near(pad(dq, hd), pdq, "dq");
@@ -231,7 +241,8 @@ TEST(DeepseekV3, InterleavedScaledStridedRope) {
   const std::vector<int32_t> pos = {0, 3, 7, 20, 41};
   const std::vector<double> x0 = random_vec(n * heads * ld, 7);
   nn::RopeArgs a;
-  a.n = n, a.heads = heads, a.hd = hd, a.inv_freq = freq.data(), a.mscale = 1.3, a.ld = ld, a.interleaved = true;
+  a.n = n, a.heads = heads, a.hd = hd, a.inv_freq = freq.data(), a.mscale = 1.3, a.ld = ld,
+  a.interleaved = true;
   std::vector<double> x = x0;
   nn::rope_forward<double>(a, pos.data(), x.data() + off);
   // Reference: de-interleave each head's tail, plain rope (contiguous), times mscale.
@@ -254,6 +265,7 @@ TEST(DeepseekV3, InterleavedScaledStridedRope) {
   nn::rope_backward<double>(a, pos.data(), y.data() + off);
   double lhs = 0, rhs = 0;
   for (int64_t r = 0; r < n * heads; ++r)
-    for (int64_t j = off; j < off + hd; ++j) lhs += x[r * ld + j] * y0[r * ld + j], rhs += x0[r * ld + j] * y[r * ld + j];
+    for (int64_t j = off; j < off + hd; ++j)
+      lhs += x[r * ld + j] * y0[r * ld + j], rhs += x0[r * ld + j] * y[r * ld + j];
   EXPECT_NEAR(lhs, rhs, 1e-10 * std::abs(lhs));
 }

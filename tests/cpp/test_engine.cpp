@@ -61,7 +61,8 @@ Request greedy(int64_t prompt_len, int64_t max_new, uint64_t seed) {
 }
 
 std::vector<Request> mixed_requests() {
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 5}, {3, 10}, {7, 1}, {12, 8}, {20, 12}, {5, 0}, {9, 6}};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 5},   {3, 10}, {7, 1}, {12, 8},
+                                                           {20, 12}, {5, 0},  {9, 6}};
   std::vector<Request> rs;
   for (size_t i = 0; i < shapes.size(); ++i) rs.push_back(greedy(shapes[i].first, shapes[i].second, 40 + i));
   return rs;
@@ -212,7 +213,8 @@ TEST(Engine, StopIdsAndOnTokenFalse) {
   r.stop_ids = {99999, full.tokens[k]};
   const Finished s = e.run_all({r})[0];
   EXPECT_EQ(s.finish_reason, "stop");
-  EXPECT_EQ(s.tokens, std::vector<int32_t>(full.tokens.begin(), full.tokens.begin() + static_cast<long>(k + 1)));
+  EXPECT_EQ(s.tokens,
+            std::vector<int32_t>(full.tokens.begin(), full.tokens.begin() + static_cast<long>(k + 1)));
   Request q = greedy(6, 20, 8);
   int calls = 0;
   q.on_token = [&](int32_t) { return ++calls < 3; };
@@ -318,7 +320,8 @@ TEST(Sampler, PenaltiesByHand) {
   // Sampling with penalties stays deterministic in (seed, draw).
   o.temperature = 1;
   o.seed = 5;
-  for (uint64_t d = 0; d < 10; ++d) EXPECT_EQ(sample_token(logits, 5, o, d, h), sample_token(logits, 5, o, d, h));
+  for (uint64_t d = 0; d < 10; ++d)
+    EXPECT_EQ(sample_token(logits, 5, o, d, h), sample_token(logits, 5, o, d, h));
   // Ranges.
   for (double bad : {0.0, -1.0, std::nan("")}) {
     SamplingOptions b;

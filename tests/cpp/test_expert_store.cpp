@@ -73,7 +73,8 @@ TEST_F(ExpertStoreTest, OutputsDoNotDependOnBudgetPolicyPrefetchOrIo) {
           o.io = io;
           ExpertStoreStats st;
           const std::vector<float> got = run(o, &st);
-          SCOPED_TRACE(cat(cache_policy_name(p), " prefetch ", prefetch, " io ", expert_io_name(io), " budget ", budget));
+          SCOPED_TRACE(cat(cache_policy_name(p), " prefetch ", prefetch, " io ", expert_io_name(io),
+                           " budget ", budget));
           ASSERT_EQ(got.size(), ref.size());
           for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(got[i], ref[i]) << "logit " << i;
           EXPECT_EQ(st.hits + st.misses, sf.hits);  // every expert use counted once
@@ -288,7 +289,8 @@ TEST_F(ExpertStoreTest, MissingOrMisshapedExpertTensorIsNamed) {
 // Round-trips the (N, K) f32 matrix t through the group-wise format, in place.
 void fake_quantize(Tensor t, int bits, int64_t group) {
   Tensor c = t.contiguous();
-  const kernels::QuantizedMatrix q = kernels::quantize_matrix(c.data<float>(), c.size(0), c.size(1), bits, group);
+  const kernels::QuantizedMatrix q =
+      kernels::quantize_matrix(c.data<float>(), c.size(0), c.size(1), bits, group);
   kernels::dequantize_matrix(q.view(), c.data<float>());
   t.copy_from(c);
 }

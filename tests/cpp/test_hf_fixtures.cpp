@@ -45,6 +45,7 @@ TEST_P(HfFixture, LogitsAndGreedyTokensMatchTransformers) {
   EXPECT_EQ(r.tokens, want_tokens);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transformers, HfFixture, ::testing::Values("mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3",
-                                                            "deepseek_v3_qproj"),
+INSTANTIATE_TEST_SUITE_P(Transformers, HfFixture,
+                         ::testing::Values("mixtral", "qwen2_moe", "olmoe", "qwen3_moe", "deepseek_v3",
+                                           "deepseek_v3_qproj"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });

@@ -17,7 +17,8 @@ void expect_error(F&& fn, std::initializer_list<const char*> needles) {
     ADD_FAILURE() << "no moe::Error thrown";
   } catch (const Error& e) {
     const std::string msg = e.what();
-    for (const char* n : needles) EXPECT_NE(msg.find(n), std::string::npos) << "message: " << msg << "\nmissing: " << n;
+    for (const char* n : needles)
+      EXPECT_NE(msg.find(n), std::string::npos) << "message: " << msg << "\nmissing: " << n;
   }
 }
 
@@ -56,14 +57,22 @@ TEST(LayerErrors, WrongGradientShape) {
   MoELayer layer(small_config(8, 6, 4, 2));
   layer.init_params(1);
   const MoEForward f = layer.forward(random_tensor({5, 8}, DType::F32, 1));
-  expect_error([&] { layer.backward(f, random_tensor({4, 8}, DType::F32, 2)); }, {"'dy'", "(5, 8)", "(4, 8)"});
+  expect_error(
+      [&] {
+        layer.backward(f, random_tensor({4, 8}, DType::F32, 2));
+      },
+      {"'dy'", "(5, 8)", "(4, 8)"});
 }
 
 TEST(LayerErrors, WrongParameterShape) {
   MoELayer layer(small_config(8, 6, 4, 2));
   layer.init_params(1);
   layer.params().w_down = Tensor::zeros({4, 6, 8}, DType::F32, "w_down");
-  expect_error([&] { layer.forward(random_tensor({5, 8}, DType::F32, 1)); }, {"w_down", "(4, 8, 6)", "(4, 6, 8)"});
+  expect_error(
+      [&] {
+        layer.forward(random_tensor({5, 8}, DType::F32, 1));
+      },
+      {"w_down", "(4, 8, 6)", "(4, 6, 8)"});
 }
 
 TEST(LayerErrors, ZeroTokensGiveEmptyOutputs) {
@@ -134,8 +143,12 @@ TEST(LayerErrors, ConfigJson) {
   expect_error([] { moe_config_from_json("{\"d_model\": 8, \"d_ff\": 8}"); }, {"missing 'n_experts'"});
   expect_error([] { moe_config_from_json("{\"d_model\": 8, \"d_ff\": 8, \"n_experts\": 4, \"bogus\": 1}"); },
                {"unknown key 'bogus'"});
-  expect_error([] { moe_config_from_json("{\"d_model\": 8, \"d_ff\": 8, \"n_experts\": 4, \"router\": {\"score\": \"tanh\"}}"); },
-               {"score function 'tanh'", "softmax"});
+  expect_error(
+      [] {
+        moe_config_from_json(
+            "{\"d_model\": 8, \"d_ff\": 8, \"n_experts\": 4, \"router\": {\"score\": \"tanh\"}}");
+      },
+      {"score function 'tanh'", "softmax"});
   expect_error([] { moe_config_from_json("{\"d_model\": \"eight\", \"d_ff\": 8, \"n_experts\": 4}"); },
                {"d_model", "wrong type"});
   expect_error([] { moe_config_from_json("{not json"); }, {"invalid JSON"});

@@ -24,7 +24,11 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
 std::vector<Case> cases() {
   return {
       {"softmax_top2", [](MoEConfig&) {}},
-      {"softmax_normalize_scaled", [](MoEConfig& c) { c.router.normalize = true; c.router.scaling = 2.5; }},
+      {"softmax_normalize_scaled",
+       [](MoEConfig& c) {
+         c.router.normalize = true;
+         c.router.scaling = 2.5;
+       }},
       {"topk_then_softmax", [](MoEConfig& c) { c.router.order = TopkOrder::TopkThenSoftmax; }},
       {"sigmoid_groups_bias_shared",
        [](MoEConfig& c) {
@@ -37,34 +41,55 @@ std::vector<Case> cases() {
          c.router.use_bias = true;
          c.n_shared_experts = 1;
        }},
-      {"softmax_groups_max", [](MoEConfig& c) {
+      {"softmax_groups_max",
+       [](MoEConfig& c) {
          c.n_experts = 8;
          c.router.n_groups = 4;
          c.router.topk_groups = 2;
          c.router.group_score = GroupScore::Max;
        }},
       {"k1", [](MoEConfig& c) { c.router.top_k = 1; }},
-      {"k_equals_E", [](MoEConfig& c) { c.router.top_k = 4; c.router.normalize = true; }},
+      {"k_equals_E",
+       [](MoEConfig& c) {
+         c.router.top_k = 4;
+         c.router.normalize = true;
+       }},
       {"capacity_position", [](MoEConfig& c) { c.router.capacity_factor = 0.5; }},
-      {"capacity_probs", [](MoEConfig& c) { c.router.capacity_factor = 0.75; c.router.drop_policy = DropPolicy::Probs; }},
+      {"capacity_probs",
+       [](MoEConfig& c) {
+         c.router.capacity_factor = 0.75;
+         c.router.drop_policy = DropPolicy::Probs;
+       }},
       {"expert_choice", [](MoEConfig& c) { c.router.routing = RouterType::ExpertChoice; }},
-      {"hash", [](MoEConfig& c) { c.router.routing = RouterType::Hash; c.router.normalize = true; }},
+      {"hash",
+       [](MoEConfig& c) {
+         c.router.routing = RouterType::Hash;
+         c.router.normalize = true;
+       }},
       {"balanced", [](MoEConfig& c) { c.router.routing = RouterType::Balanced; }},
       {"gelu_experts", [](MoEConfig& c) { c.activation = kernels::Activation::Gelu; }},
       {"relu_experts", [](MoEConfig& c) { c.activation = kernels::Activation::Relu; }},
-      {"silu_experts_shared", [](MoEConfig& c) {
+      {"silu_experts_shared",
+       [](MoEConfig& c) {
          c.activation = kernels::Activation::Silu;
          c.n_shared_experts = 2;
          c.d_ff_shared = 3;
        }},
-      {"shared_gate", [](MoEConfig& c) { c.n_shared_experts = 1; c.d_ff_shared = 5; c.shared_gate = true; }},
-      {"losses_softmax", [](MoEConfig& c) {
+      {"shared_gate",
+       [](MoEConfig& c) {
+         c.n_shared_experts = 1;
+         c.d_ff_shared = 5;
+         c.shared_gate = true;
+       }},
+      {"losses_softmax",
+       [](MoEConfig& c) {
          c.balance.aux_coef = 0.3;
          c.balance.seq_aux_coef = 0.2;
          c.balance.seq_len = 3;
          c.balance.z_coef = 0.05;
        }},
-      {"losses_sigmoid", [](MoEConfig& c) {
+      {"losses_sigmoid",
+       [](MoEConfig& c) {
          c.router.score = ScoreFn::Sigmoid;
          c.balance.aux_coef = 0.3;
          c.balance.seq_aux_coef = 0.2;
@@ -72,7 +97,8 @@ std::vector<Case> cases() {
        }},
       {"jitter_training", [](MoEConfig& c) { c.router.jitter_eps = 0.1; }, 9, true},
       {"one_token", [](MoEConfig&) {}, 1},
-      {"experts_128_top8", [](MoEConfig& c) {
+      {"experts_128_top8",
+       [](MoEConfig& c) {
          c.n_experts = 128;
          c.router.top_k = 8;
          c.router.normalize = true;

@@ -4,9 +4,9 @@
 //   perf  OpsPerf.Rates: GFLOP/s and GB/s per op and backend; runs only with MOE_OPS_PERF=1.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
-#include <cctype>
 #include <cstdlib>
 #include <set>
 #include <string>
@@ -69,13 +69,14 @@ TEST_P(OpsCase, MatchesRef) {
   const OpCase& c = *all_cases()[GetParam().index];
   const Backend b = GetParam().backend;
   if (const kernels::Support s = c.supports(b); !s) GTEST_SKIP() << "not supported: " << s.reason;
-  if (!kernels::backend_available(b)) GTEST_SKIP() << "skipped: the " << kernels::backend_name(b) << " backend is not available here";
+  if (!kernels::backend_available(b))
+    GTEST_SKIP() << "skipped: the " << kernels::backend_name(b) << " backend is not available here";
   for (uint64_t seed : {uint64_t{1}, uint64_t{2}}) {  // fresh inputs per check
     const Buffers in = c.make(seed * 7919 + 17);
     const Buffers ref = run_case(c, Backend::Ref, in);
     const Buffers got = run_case(c, b, in);
-    EXPECT_TRUE(compare_outputs(c, in, ref, got)) << c.name() << ", seed " << seed << ", backend "
-                                                  << kernels::backend_name(b);
+    EXPECT_TRUE(compare_outputs(c, in, ref, got))
+        << c.name() << ", seed " << seed << ", backend " << kernels::backend_name(b);
   }
 }
 

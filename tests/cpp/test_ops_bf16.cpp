@@ -328,8 +328,8 @@ void expect_error(F&& fn, const std::vector<std::string>& parts) {
 // rows not named by out_row are untouched; K = 0 writes zeros there; beta != 0 is refused.
 TEST(OpsBf16, ScaleAndOutRowStoreRowsLikeTheScatter) {
   IsaGuard guard;
-  for (const Case& c : {Case{{5, 0, 17, 3}, 37, 41, true}, Case{{300, 2}, 70, 520, true, true},
-                        Case{{4, 4}, 9, 0}}) {
+  for (const Case& c :
+       {Case{{5, 0, 17, 3}, 37, 41, true}, Case{{300, 2}, 70, 520, true, true}, Case{{4, 4}, 9, 0}}) {
     const Data d = make_data(c, 11);
     Lcg rng(5);
     std::vector<float> scale(static_cast<size_t>(d.rows));
@@ -354,7 +354,8 @@ TEST(OpsBf16, ScaleAndOutRowStoreRowsLikeTheScatter) {
         for (int64_t p = 0; p < d.rows; ++p) {
           for (int64_t n = 0; n < c.N; ++n) {
             const float want = scale[static_cast<size_t>(p)] * plain[static_cast<size_t>(p * d.ldc + n)];
-            ASSERT_EQ(C[static_cast<size_t>(out_row[static_cast<size_t>(p)] * d.ldc + n)], want) << p << "," << n;
+            ASSERT_EQ(C[static_cast<size_t>(out_row[static_cast<size_t>(p)] * d.ldc + n)], want)
+                << p << "," << n;
           }
         }
         for (int64_t n = 0; n < c.N; ++n) {  // rows 0 and rows + 1 are no row's output
@@ -417,7 +418,8 @@ TEST(OpsBf16, PreActivationRowsMatchRef) {
                                                        : 0.5 * u * (1 + std::erf(u / std::sqrt(2.0)));
             s += std::fabs(h * bf16_to_f32(W[static_cast<size_t>((e * N + n) * K + k)]));
           }
-          const double bound = (K + 4) * std::ldexp(1.0, -24) * s + std::ldexp(1.0, -7) * s / std::sqrt(double(K));
+          const double bound =
+              (K + 4) * std::ldexp(1.0, -24) * s + std::ldexp(1.0, -7) * s / std::sqrt(double(K));
           const size_t at = static_cast<size_t>(p * N + n);
           ASSERT_LE(std::fabs(double(got[at]) - double(ref[at])), bound)
               << kernels::activation_name(act) << " " << isa << " row " << p << " col " << n;

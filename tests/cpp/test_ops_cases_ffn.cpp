@@ -1,5 +1,6 @@
 // Cases of the fused expert FFN ops: grouped_ffn_up, grouped_ffn_down_backward, grouped_gemm_cat,
-// grouped_gemm_scatter, and grouped_gemm_wgrad with a gathered dC. Tolerance principles: see test_ops_cases.cpp.
+// grouped_gemm_scatter, and grouped_gemm_wgrad with a gathered dC. Tolerance principles: see
+// test_ops_cases.cpp.
 //  * GEMM parts: (n + 4) u * Σ|terms| (Higham's gamma_n bound plus the reference's rounding).
 //  * Epilogues: the GEMM error e of a pre-activation propagates through the activation with at most
 //    its derivative bound (|silu'| <= 1.1, |gelu'| <= 1.13, |relu'| <= 1), and the elementwise chain
@@ -63,10 +64,11 @@ struct FfnShape {
 };
 
 std::string ffn_params(const FfnShape& s) {
-  return cat("T=", s.T, ",E=", s.E, ",k=", s.k, ",", pattern_name(s.pattern), s.drop > 0 ? cat(",drop=", s.drop) : "",
-             ",F=", s.F, ",K=", s.K, ",", kernels::activation_name(s.act), s.gather ? ",gather" : ",gather=null",
-             s.packed ? ",packed" : "", s.optional ? "" : ",no-optional", s.beta != 0 ? cat(",beta=", s.beta) : "",
-             s.preact ? ",preact" : "", s.inplace ? ",inplace" : "");
+  return cat(
+      "T=", s.T, ",E=", s.E, ",k=", s.k, ",", pattern_name(s.pattern),
+      s.drop > 0 ? cat(",drop=", s.drop) : "", ",F=", s.F, ",K=", s.K, ",", kernels::activation_name(s.act),
+      s.gather ? ",gather" : ",gather=null", s.packed ? ",packed" : "", s.optional ? "" : ",no-optional",
+      s.beta != 0 ? cat(",beta=", s.beta) : "", s.preact ? ",preact" : "", s.inplace ? ",inplace" : "");
 }
 
 template <typename T>
@@ -80,7 +82,9 @@ class FfnBase : public OpCase {
   bool swiglu() const { return s_.act == Activation::SwiGLU; }
 
  protected:
-  Routing routing(uint64_t seed) const { return make_routing(Rng(seed), s_.T, s_.E, s_.k, s_.pattern, s_.drop); }
+  Routing routing(uint64_t seed) const {
+    return make_routing(Rng(seed), s_.T, s_.E, s_.k, s_.pattern, s_.drop);
+  }
   // Buffers 0, 1, 2: offsets (E + 1), gather (rows), rows source X (T or rows, width) N(0, 1).
   void add_common(const Rng& rng, const Routing& rt, int64_t width, Buffers& b) const {
     b.add<int32_t>("offsets", s_.E + 1);
@@ -298,7 +302,7 @@ class FfnDownBackwardCase : public FfnBase<T> {
           t_hs = u16 * sc * (ag + 1) * au;
         } else {
           const double sg = sigmoid(u);
-          h = s.act == Activation::Relu ? std::max(u, 0.0)
+          h = s.act == Activation::Relu   ? std::max(u, 0.0)
               : s.act == Activation::Silu ? u * sg
                                           : 0.5 * u * (1.0 + std::erf(u / std::sqrt(2.0)));
           t_du = sc * (kActSlope * tq + u16 * aq * (au + 1));
@@ -371,7 +375,8 @@ class GemmCatCase : public FfnBase<T> {
       for (int64_t n = 0; n < s.K; ++n) {
         double mag = s.beta != 0 ? std::fabs(s.beta * in[kC].get(p * s.K + n)) : 0.0;
         for (int64_t k = 0; k < kk(); ++k) {
-          const double w = k < s.F ? in[kW1].get((e * s.F + k) * s.K + n) : in[kW2].get((e * s.F + k - s.F) * s.K + n);
+          const double w =
+              k < s.F ? in[kW1].get((e * s.F + k) * s.K + n) : in[kW2].get((e * s.F + k - s.F) * s.K + n);
           mag += std::fabs(in[2].get(row * kk() + k) * w);
         }
         tol[static_cast<size_t>(p * s.K + n)] = tol_sum<T>(kk() + 1, mag);
@@ -442,10 +447,11 @@ class ScatterCase : public FfnBase<T> {
       const int64_t out = s.gather ? in.host<int32_t>(kOut)[p] : p;
       std::vector<double> a(static_cast<size_t>(s.F)), aerr(static_cast<size_t>(s.F), 0.0);
       std::vector<double> x(static_cast<size_t>(this->a_width()));
-      for (int64_t k = 0; k < this->a_width(); ++k) x[static_cast<size_t>(k)] = in[2].get(row * this->a_width() + k);
+      for (int64_t k = 0; k < this->a_width(); ++k)
+        x[static_cast<size_t>(k)] = in[2].get(row * this->a_width() + k);
       for (int64_t k = 0; k < s.F; ++k)
-        a[static_cast<size_t>(k)] =
-            s.preact ? pre_h<T>(s.act, s.F, x.data(), k, aerr[static_cast<size_t>(k)]) : x[static_cast<size_t>(k)];
+        a[static_cast<size_t>(k)] = s.preact ? pre_h<T>(s.act, s.F, x.data(), k, aerr[static_cast<size_t>(k)])
+                                             : x[static_cast<size_t>(k)];
       for (int64_t n = 0; n < s.K; ++n) {
         double mag = 0, herr = 0;
         for (int64_t k = 0; k < s.F; ++k) {
@@ -561,16 +567,17 @@ void add_ffn_cases_typed(CaseList& out) {
   for (Activation act : {Activation::SwiGLU, Activation::Gelu, Activation::Relu, Activation::Silu}) {
     for (bool gather : {true, false}) shapes.push_back({17, 4, 2, Pattern::Random, 0.2, 13, 11, act, gather});
   }
-  shapes.push_back({17, 4, 2, Pattern::Random, 0, 13, 11, Activation::SwiGLU, true, false});        // G, U apart
-  shapes.push_back({17, 4, 2, Pattern::Random, 0, 13, 11, Activation::SwiGLU, true, true, false});  // no optional
+  shapes.push_back({17, 4, 2, Pattern::Random, 0, 13, 11, Activation::SwiGLU, true, false});  // G, U apart
+  shapes.push_back(
+      {17, 4, 2, Pattern::Random, 0, 13, 11, Activation::SwiGLU, true, true, false});  // no optional
   shapes.push_back({17, 4, 2, Pattern::Random, 0, 13, 11, Activation::Gelu, false, true, false});
-  shapes.push_back({61, 8, 1, Pattern::AllToOne, 0, 9, 7});               // one expert has every row; k = 1
-  shapes.push_back({45, 16, 2, Pattern::EvenOnly, 0, 10, 6});             // odd experts have no rows
-  shapes.push_back({9, 4, 4, Pattern::Random, 0, 7, 5});                  // k = E
+  shapes.push_back({61, 8, 1, Pattern::AllToOne, 0, 9, 7});    // one expert has every row; k = 1
+  shapes.push_back({45, 16, 2, Pattern::EvenOnly, 0, 10, 6});  // odd experts have no rows
+  shapes.push_back({9, 4, 4, Pattern::Random, 0, 7, 5});       // k = E
   shapes.push_back({5, 1, 1, Pattern::Random, 0, 6, 4, Activation::SwiGLU, false});  // E = 1
-  shapes.push_back({20, 4, 2, Pattern::Random, 1.0, 8, 8});               // everything dropped: no rows
-  shapes.push_back({0, 4, 2, Pattern::Random, 0, 8, 8});                  // no tokens
-  shapes.push_back({200, 3, 2, Pattern::Random, 0.1, 300, 270});          // several row, column and K tiles
+  shapes.push_back({20, 4, 2, Pattern::Random, 1.0, 8, 8});       // everything dropped: no rows
+  shapes.push_back({0, 4, 2, Pattern::Random, 0, 8, 8});          // no tokens
+  shapes.push_back({200, 3, 2, Pattern::Random, 0.1, 300, 270});  // several row, column and K tiles
   // A as pre-activations (scatter, wgrad) and the down backward in place, every activation.
   std::vector<FfnShape> pre;
   for (Activation act : {Activation::SwiGLU, Activation::Gelu, Activation::Relu, Activation::Silu}) {

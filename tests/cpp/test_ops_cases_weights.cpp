@@ -66,7 +66,8 @@ class Bf16GroupedCase : public OpCase {
     fill_values(rng.fork(1), b.host<float>(kA), b[kA].count);  // not bf16-exact: the packing rounds
     std::vector<float> w(static_cast<size_t>(b[kW].count));
     fill_values(rng.fork(2), w.data(), b[kW].count);
-    for (int64_t i = 0; i < b[kW].count; ++i) b.host<uint16_t>(kW)[i] = f32_to_bf16(w[static_cast<size_t>(i)]);
+    for (int64_t i = 0; i < b[kW].count; ++i)
+      b.host<uint16_t>(kW)[i] = f32_to_bf16(w[static_cast<size_t>(i)]);
     if (s_.beta != 0) fill_values(rng.fork(3), b.host<float>(kC), b[kC].count);
     return b;
   }
@@ -100,9 +101,7 @@ class Bf16GroupedCase : public OpCase {
     return tol;
   }
   double flops() const override { return 2.0 * s_.T * s_.k * s_.N * s_.K; }
-  double bytes() const override {
-    return 4.0 * s_.T * s_.k * (s_.K + s_.N) + 2.0 * s_.E * s_.N * s_.K;
-  }
+  double bytes() const override { return 4.0 * s_.T * s_.k * (s_.K + s_.N) + 2.0 * s_.E * s_.N * s_.K; }
 
  private:
   enum { kOffsets, kGather, kA, kW, kC };
@@ -116,7 +115,7 @@ struct DenseShape {
   int64_t M, N, K;
   int bits = 16;  // 16: bf16 (gemm_bf16w); 8, 4: gemm_qw
   int64_t group = 64;
-  bool gather = false;  // gemm_qw only
+  bool gather = false;   // gemm_qw only
   bool trans_w = false;  // gemm_bf16w only
   double beta = 0;
 };
@@ -127,8 +126,9 @@ class DenseWeightCase : public OpCase {
   std::string op() const override { return s_.bits == 16 ? "gemm_bf16w" : "gemm_qw"; }
   bool is_double() const override { return false; }
   std::string name() const override {
-    return cat(op(), "(M=", s_.M, ",N=", s_.N, ",K=", s_.K, s_.bits == 16 ? "" : cat(",int", s_.bits, ",group=", s_.group),
-               s_.gather ? ",gather" : "", s_.trans_w ? ",trans_w" : "", ",beta=", s_.beta, ")");
+    return cat(op(), "(M=", s_.M, ",N=", s_.N, ",K=", s_.K,
+               s_.bits == 16 ? "" : cat(",int", s_.bits, ",group=", s_.group), s_.gather ? ",gather" : "",
+               s_.trans_w ? ",trans_w" : "", ",beta=", s_.beta, ")");
   }
   int64_t lda() const { return s_.K + 3; }
   int64_t ldc() const { return s_.N + 2; }
@@ -142,7 +142,8 @@ class DenseWeightCase : public OpCase {
     b.add<float>("W (dequantised, for the tolerance)", s_.N * s_.K);
     fill_values(rng.fork(1), b.host<float>(kA), b[kA].count);
     for (int64_t m = 0; m < s_.M && s_.gather; ++m) {
-      b.host<int32_t>(kGather)[m] = static_cast<int32_t>(rng.below(static_cast<uint64_t>(m), static_cast<uint64_t>(a_rows())));
+      b.host<int32_t>(kGather)[m] =
+          static_cast<int32_t>(rng.below(static_cast<uint64_t>(m), static_cast<uint64_t>(a_rows())));
     }
     if (s_.beta != 0) fill_values(rng.fork(2), b.host<float>(kC), b[kC].count);
     std::vector<float> w(static_cast<size_t>(s_.N * s_.K));
@@ -165,7 +166,8 @@ class DenseWeightCase : public OpCase {
     const int mi = b.add<uint16_t>("W.mins", s_.bits == 4 ? q.mins.numel() : 0);
     std::copy_n(static_cast<const uint8_t*>(q.q.raw()), q.q.nbytes(), b.host<uint8_t>(qi));
     std::copy_n(static_cast<const uint16_t*>(q.scales.raw()), q.scales.numel(), b.host<uint16_t>(si));
-    if (s_.bits == 4) std::copy_n(static_cast<const uint16_t*>(q.mins.raw()), q.mins.numel(), b.host<uint16_t>(mi));
+    if (s_.bits == 4)
+      std::copy_n(static_cast<const uint16_t*>(q.mins.raw()), q.mins.numel(), b.host<uint16_t>(mi));
     return b;
   }
   template <class F>
@@ -178,7 +180,8 @@ class DenseWeightCase : public OpCase {
       return f(g);
     }
     kernels::GemmQuantArgs g;
-    g.M = s_.M, g.A = b.arg<float>(kA), g.lda = lda(), g.gather = s_.gather ? b.arg<int32_t>(kGather) : nullptr;
+    g.M = s_.M, g.A = b.arg<float>(kA), g.lda = lda(),
+    g.gather = s_.gather ? b.arg<int32_t>(kGather) : nullptr;
     g.W.bits = s_.bits, g.W.N = s_.N, g.W.K = s_.K, g.W.group = s_.group;
     g.W.q = b.arg<uint8_t>(kW0), g.W.scales = b.arg<uint16_t>(kW0 + 1);
     g.W.mins = s_.bits == 4 ? b.arg<uint16_t>(kW0 + 2) : nullptr;
@@ -196,7 +199,8 @@ class DenseWeightCase : public OpCase {
           const double a = in[kA].get(row * lda() + k);
           mag += std::fabs((s_.bits == 16 ? bf16_round(a) : a) * in[kWd].get(n * s_.K + k));
         }
-        const double terms = s_.bits == 16 ? static_cast<double>(s_.K + 4) : static_cast<double>(s_.K) / 8 + 8;
+        const double terms =
+            s_.bits == 16 ? static_cast<double>(s_.K + 4) : static_cast<double>(s_.K) / 8 + 8;
         tol[static_cast<size_t>(m * ldc() + n)] = terms * std::ldexp(mag, -24);
       }
     }
@@ -217,7 +221,8 @@ void add_weight_format_cases(CaseList& out) {
   // several row and column tiles, padded strides, accumulation into C, K = 0.
   for (bool gather : {true, false}) {
     for (bool trans_w : {false, true}) {
-      out.push_back(std::make_unique<Bf16GroupedCase>(Bf16Shape{17, 4, 2, Pattern::Random, 37, 29, gather, trans_w}));
+      out.push_back(
+          std::make_unique<Bf16GroupedCase>(Bf16Shape{17, 4, 2, Pattern::Random, 37, 29, gather, trans_w}));
       out.push_back(std::make_unique<Bf16GroupedCase>(
           Bf16Shape{50, 8, 1, Pattern::AllToOne, 70, 301, gather, trans_w}));
     }

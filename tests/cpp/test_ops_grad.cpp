@@ -241,7 +241,8 @@ TEST_P(OpsGrad, FfnDownBackward) {
         }
       }
       for (size_t p = 0; p < scale.size(); ++p)
-        ASSERT_NEAR(ds[p], numeric(scale[p]), 1e-7 * (1 + std::fabs(ds[p]))) << what << " dscale[" << p << "]";
+        ASSERT_NEAR(ds[p], numeric(scale[p]), 1e-7 * (1 + std::fabs(ds[p])))
+            << what << " dscale[" << p << "]";
       // Hs = scale * h: the weight gradient of W_down is Σ dY^T Hs, i.e. d L / d W_down.
       std::vector<double> dWd(W.size(), NAN);
       kernels::GroupedWgradArgs<double> w;
@@ -255,7 +256,8 @@ TEST_P(OpsGrad, FfnDownBackward) {
         W[i] = w0 - h;
         const double lm = loss();
         W[i] = w0;
-        ASSERT_NEAR(dWd[i], (lp - lm) / (2 * h), 1e-7 * (1 + std::fabs(dWd[i]))) << what << " dW_down[" << i << "]";
+        ASSERT_NEAR(dWd[i], (lp - lm) / (2 * h), 1e-7 * (1 + std::fabs(dWd[i])))
+            << what << " dW_down[" << i << "]";
       }
     }
   }

@@ -220,7 +220,8 @@ TEST(RouterTopk, SelectionMatchesStableSort) {
     for (int64_t k = 1; k <= n; ++k) {
       std::vector<int32_t> got(static_cast<size_t>(k), -1);
       topk_desc(v.data(), n, k, got.data());
-      for (int64_t j = 0; j < k; ++j) ASSERT_EQ(got[j], order[j]) << "n = " << n << ", k = " << k << ", j = " << j;
+      for (int64_t j = 0; j < k; ++j)
+        ASSERT_EQ(got[j], order[j]) << "n = " << n << ", k = " << k << ", j = " << j;
     }
   }
 }

@@ -30,11 +30,13 @@ TEST(OpTable, ListsEveryOpWithItsBackends) {
     EXPECT_TRUE(r.backend[static_cast<int>(Backend::Ref)]) << r.name << ": every op has a reference";
     EXPECT_TRUE(r.backend[static_cast<int>(Backend::Cpu)]) << r.name;
   }
-  const std::set<std::string> with_cuda = {"gemm",       "permute",           "grouped_gemm", "grouped_gemm_wgrad",
-                                           "activation", "activation_backward", "combine",      "combine_backward"};
-  for (const char* op : {"gemm", "permute", "grouped_gemm", "grouped_gemm_wgrad", "activation", "activation_backward",
-                         "combine", "combine_backward", "grouped_ffn_up", "grouped_ffn_down_backward",
-                         "grouped_gemm_cat", "grouped_gemm_scatter", "grouped_gemm_bf16w", "gemm_bf16w", "gemm_qw"}) {
+  const std::set<std::string> with_cuda = {
+      "gemm",    "permute",         "grouped_gemm", "grouped_gemm_wgrad", "activation", "activation_backward",
+      "combine", "combine_backward"};
+  for (const char* op :
+       {"gemm", "permute", "grouped_gemm", "grouped_gemm_wgrad", "activation", "activation_backward",
+        "combine", "combine_backward", "grouped_ffn_up", "grouped_ffn_down_backward", "grouped_gemm_cat",
+        "grouped_gemm_scatter", "grouped_gemm_bf16w", "gemm_bf16w", "gemm_qw"}) {
     ASSERT_TRUE(names.count(op)) << "no row for " << op;
     for (const auto& r : rows) {
       if (r.name != op) continue;
@@ -91,7 +93,8 @@ TEST(OpTable, SupportsEveryOpOnEveryBackend) {
     kernels::grouped_ffn_up(Backend::Cuda, up);
     ADD_FAILURE() << "no moe::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("grouped_ffn_up: not implemented on cuda"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("grouped_ffn_up: not implemented on cuda"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -209,7 +212,8 @@ TEST(CpuIsa, OneRegistryForEveryFamily) {
     kernels::set_gemm_quant_isa("avx512bf16");
     ADD_FAILURE() << "no moe::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("gemm_qw: unknown instruction set 'avx512bf16' (expected generic, avx2 or avx512)"),
+    EXPECT_NE(std::string(e.what()).find(
+                  "gemm_qw: unknown instruction set 'avx512bf16' (expected generic, avx2 or avx512)"),
               std::string::npos)
         << e.what();
   }

@@ -6,11 +6,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "model_testutil.h"
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
 #include "moe/model/paged_kv.h"
 #include "moe/model/transformer.h"
-#include "model_testutil.h"
 
 using namespace moe;
 using namespace moe::model;
@@ -19,7 +19,6 @@ namespace {
 
 using moe::model::testing::random_tokens;
 ModelConfig tiny(Arch arch) { return moe::model::testing::tiny_config(arch); }
-
 
 // Runs the sequences through forward_batch in chunks (sequence s's chunk at step k has
 // 1 + (s + k) % 4 tokens; finished sequences drop out), asking for the logits of every chunk's last
@@ -209,7 +208,8 @@ TEST(PagedBatch, BadSequencesAreClearErrors) {
   cache.allocate(table, 1);
   const std::vector<int32_t> tok = {1, 2, 3, 4, 5};
   EXPECT_THROW(forward_batch(m, cache, {}), Error);
-  EXPECT_THROW(forward_batch(m, cache, {BatchSeq{tok.data(), 5, 0, &table, true}}), Error);  // table too short
+  EXPECT_THROW(forward_batch(m, cache, {BatchSeq{tok.data(), 5, 0, &table, true}}),
+               Error);  // table too short
   EXPECT_THROW(forward_batch(m, cache, {BatchSeq{tok.data(), 0, 0, &table, true}}), Error);  // no tokens
   const std::vector<int32_t> bad = {1, 99};
   EXPECT_THROW(forward_batch(m, cache, {BatchSeq{bad.data(), 2, 0, &table, true}}), Error);  // id >= V

@@ -10,7 +10,9 @@
 namespace moe::testing {
 namespace {
 
-Tensor logits_of(const std::vector<double>& v, int64_t T, int64_t E) { return Tensor::from(v, {T, E}, DType::F64, "logits"); }
+Tensor logits_of(const std::vector<double>& v, int64_t T, int64_t E) {
+  return Tensor::from(v, {T, E}, DType::F64, "logits");
+}
 
 std::vector<int32_t> experts(const Routing& r) {
   return std::vector<int32_t>(r.expert.data<int32_t>(), r.expert.data<int32_t>() + r.n_assign);
@@ -60,8 +62,9 @@ TEST(Router, BiasSelectsButDoesNotWeight) {
 }
 
 TEST(Router, GroupLimitedPicksInsideBestGroups) {
-  // 8 experts in 4 groups of 2; group scores (sum_top2): g0 = 0.9+0.8, g1 = 1.0+0.0, g2 = 0.7+0.6, g3 = 0.1+0.2.
-  // Best two groups: g0 (1.7) and g2 (1.3); expert 2 (1.0, in g1) is excluded although it is the top score.
+  // 8 experts in 4 groups of 2; group scores (sum_top2): g0 = 0.9+0.8, g1 = 1.0+0.0, g2 = 0.7+0.6, g3 =
+  // 0.1+0.2. Best two groups: g0 (1.7) and g2 (1.3); expert 2 (1.0, in g1) is excluded although it is the top
+  // score.
   MoEConfig c = small_config(4, 4, 8, 2);
   c.router.score = ScoreFn::Sigmoid;
   c.router.n_groups = 4;
@@ -111,7 +114,8 @@ TEST(Router, ExpertChoiceTakesExactlyCapacityPerExpert) {
   // Each expert's tokens are its best by score, in descending order.
   for (int64_t e = 0; e < 4; ++e)
     for (int64_t j = 1; j < 5; ++j)
-      EXPECT_GE(r.scores.get(r.token.get(e * 5 + j - 1) * 4 + e), r.scores.get(r.token.get(e * 5 + j) * 4 + e));
+      EXPECT_GE(r.scores.get(r.token.get(e * 5 + j - 1) * 4 + e),
+                r.scores.get(r.token.get(e * 5 + j) * 4 + e));
 }
 
 TEST(Router, HashIsDeterministicAndDistinct) {

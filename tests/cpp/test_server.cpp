@@ -32,7 +32,8 @@ ApiError refused(const std::string& body, bool chat = false) {
 }
 
 TEST(ServerRequest, CompletionFields) {
-  const CompletionParams p = parse(R"({"model":"x","prompt":"Hello","max_tokens":7,"temperature":0.5,"top_p":0.9,
+  const CompletionParams p =
+      parse(R"({"model":"x","prompt":"Hello","max_tokens":7,"temperature":0.5,"top_p":0.9,
     "top_k":40,"seed":3,"stop":["\n","END"],"repetition_penalty":1.1,"frequency_penalty":0.5,"presence_penalty":-0.5,
     "stream":true,"stream_options":{"include_usage":true},"n":1,"echo":false,"user":"u","logprobs":null})");
   EXPECT_EQ(p.prompt, "Hello");
@@ -62,7 +63,8 @@ TEST(ServerRequest, Defaults) {
   EXPECT_TRUE(p.stop.empty());
   EXPECT_FALSE(p.sampling.has_penalties());
   // null means "the default"; 16.0 is an integer; top_k -1 means all; a single stop string.
-  const CompletionParams q = parse(R"({"prompt":"x","max_tokens":16.0,"temperature":null,"top_k":-1,"stop":"##"})");
+  const CompletionParams q =
+      parse(R"({"prompt":"x","max_tokens":16.0,"temperature":null,"top_k":-1,"stop":"##"})");
   EXPECT_EQ(q.max_tokens, 16);
   EXPECT_EQ(q.sampling.temperature, 1.0);
   EXPECT_EQ(q.sampling.top_k, 0);
@@ -82,7 +84,8 @@ TEST(ServerRequest, TokenPrompts) {
 TEST(ServerRequest, Chat) {
   const CompletionParams p = parse(R"({"messages":[{"role":"system","content":"S"},{"role":"user",
     "content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},{"role":"assistant","content":null},
-    {"role":"developer","content":"D"}],"max_completion_tokens":5})", true);
+    {"role":"developer","content":"D"}],"max_completion_tokens":5})",
+                                   true);
   ASSERT_EQ(p.messages.size(), 4u);
   EXPECT_EQ(p.messages[1].content, "ab");
   EXPECT_EQ(p.messages[2].content, "");
@@ -128,7 +131,8 @@ TEST(ServerRequest, Refusals) {
 }
 
 TEST(ServerRequest, ErrorBody) {
-  const json j = json::parse(moe::infer::error_body(ApiError(400, "bad \"x\"", "invalid_request_error", "x")));
+  const json j =
+      json::parse(moe::infer::error_body(ApiError(400, "bad \"x\"", "invalid_request_error", "x")));
   EXPECT_EQ(j["error"]["message"], "bad \"x\"");
   EXPECT_EQ(j["error"]["type"], "invalid_request_error");
   EXPECT_EQ(j["error"]["param"], "x");
@@ -221,7 +225,8 @@ TEST(ServerText, Chunks) {
   EXPECT_EQ(r["choices"][0]["message"]["content"], "text\n");
   EXPECT_EQ(r["usage"], (json{{"prompt_tokens", 5}, {"completion_tokens", 2}, {"total_tokens", 7}}));
   // Invalid UTF-8 (a token cut mid-character at the end) becomes U+FFFD, not an exception.
-  const json bad = json::parse(moe::infer::json_dump(moe::infer::completion_response(ids, "a\xE2\x82", "stop", 1, 1)));
+  const json bad =
+      json::parse(moe::infer::json_dump(moe::infer::completion_response(ids, "a\xE2\x82", "stop", 1, 1)));
   EXPECT_EQ(bad["choices"][0]["text"], "a\xEF\xBF\xBD");
 }
 

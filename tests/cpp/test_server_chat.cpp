@@ -25,7 +25,8 @@ TEST(ChatTemplate, MatchesTransformersRendering) {
   int checked = 0;
   for (const auto& [name, conv] : e["_conversations"].items()) {
     std::vector<ChatMessage> msgs;
-    for (const auto& m : conv) msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    for (const auto& m : conv)
+      msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
     for (const char* fmt : {"qwen2", "chatml", "mistral", "tulu", "deepseek"}) {
       moe::text::ChatTemplate t = moe::text::default_chat_template(moe::text::chat_format_from_name(fmt));
       EXPECT_EQ(t.bos_token, e[fmt]["bos_token"].get<std::string>()) << fmt;
@@ -44,14 +45,16 @@ TEST(ChatTemplate, TokenIdsMatchTransformers) {
   const nlohmann::json e = expected();
   int checked = 0;
   for (const char* fmt : {"qwen2", "chatml", "mistral", "tulu", "deepseek"}) {
-    const std::string tp =
-        std::string(MOE_TEST_FIXTURES) + "/tokenizers/" + e[fmt]["tokenizer"].get<std::string>() + "/tokenizer.json";
+    const std::string tp = std::string(MOE_TEST_FIXTURES) + "/tokenizers/" +
+                           e[fmt]["tokenizer"].get<std::string>() + "/tokenizer.json";
     const moe::text::Tokenizer tok = moe::text::Tokenizer::load(tp);
     const auto t = moe::text::default_chat_template(moe::text::chat_format_from_name(fmt));
     for (const auto& [name, conv] : e["_conversations"].items()) {
       std::vector<ChatMessage> msgs;
-      for (const auto& m : conv) msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-      EXPECT_EQ(tok.encode(moe::text::apply_chat_template(t, msgs)), e[fmt]["ids"][name].get<std::vector<int32_t>>())
+      for (const auto& m : conv)
+        msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+      EXPECT_EQ(tok.encode(moe::text::apply_chat_template(t, msgs)),
+                e[fmt]["ids"][name].get<std::vector<int32_t>>())
           << fmt << " / " << name;
       ++checked;
     }
@@ -61,8 +64,9 @@ TEST(ChatTemplate, TokenIdsMatchTransformers) {
 
 TEST(ChatTemplate, PlainFormat) {
   moe::text::ChatTemplate t = moe::text::default_chat_template(ChatFormat::Plain);
-  EXPECT_EQ(moe::text::apply_chat_template(t, {{"system", "S"}, {"user", "U"}, {"assistant", "A"}, {"user", "V"}}),
-            "System: S\n\nUser: U\n\nAssistant: A\n\nUser: V\n\nAssistant:");
+  EXPECT_EQ(
+      moe::text::apply_chat_template(t, {{"system", "S"}, {"user", "U"}, {"assistant", "A"}, {"user", "V"}}),
+      "System: S\n\nUser: U\n\nAssistant: A\n\nUser: V\n\nAssistant:");
 }
 
 TEST(ChatTemplate, Errors) {
@@ -84,13 +88,17 @@ TEST(ChatTemplate, RecognisesJinja) {
   ChatFormat f = ChatFormat::Plain;
   EXPECT_TRUE(moe::text::chat_format_from_jinja("{{'<|im_start|>' + message['role']}}", &f));
   EXPECT_EQ(f, ChatFormat::ChatMl);
-  EXPECT_TRUE(moe::text::chat_format_from_jinja("'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>'", &f));
+  EXPECT_TRUE(
+      moe::text::chat_format_from_jinja("'<|im_start|>system\\nYou are a helpful assistant.<|im_end|>'", &f));
   EXPECT_EQ(f, ChatFormat::Qwen2);
   EXPECT_TRUE(moe::text::chat_format_from_jinja("{{ '[INST] ' + message['content'] }}", &f));
   EXPECT_EQ(f, ChatFormat::Mistral);
   EXPECT_TRUE(moe::text::chat_format_from_jinja("{{ '<|assistant|>\\n' }}", &f));
   EXPECT_EQ(f, ChatFormat::Tulu);
-  EXPECT_TRUE(moe::text::chat_format_from_jinja("{{'<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>'}}", &f));
+  EXPECT_TRUE(
+      moe::text::chat_format_from_jinja("{{'<\xEF\xBD\x9C"
+                                        "Assistant\xEF\xBD\x9C>'}}",
+                                        &f));
   EXPECT_EQ(f, ChatFormat::DeepSeek);
   EXPECT_FALSE(moe::text::chat_format_from_jinja("{{ messages }}", &f));
 }

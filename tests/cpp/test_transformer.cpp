@@ -6,12 +6,12 @@
 #include <filesystem>
 #include <fstream>
 
+#include "model_testutil.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
 #include "moe/model/safetensors.h"
 #include "moe/model/transformer.h"
-#include "model_testutil.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
@@ -22,10 +22,9 @@ namespace {
 using moe::model::testing::random_tokens;
 ModelConfig tiny(Arch arch) { return moe::model::testing::tiny_config(arch); }
 
-
 // Loss as differentiated: ce_scale · Σ CE + aux_scale · Σ aux.
-double total_loss(const Transformer& m, const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt, int64_t B,
-                  int64_t S, const StepOptions& o) {
+double total_loss(const Transformer& m, const std::vector<int32_t>& tok, const std::vector<int32_t>& tgt,
+                  int64_t B, int64_t S, const StepOptions& o) {
   const StepResult r = m.evaluate(tok.data(), tgt.data(), B, S);
   return o.ce_scale * r.loss_sum + o.aux_scale * r.aux_loss;
 }
@@ -39,7 +38,8 @@ TEST_P(TransformerGrad, FiniteDifferencesMatchBackward) {
   Transformer m(cfg, DType::F64);
   m.init_params(7);
   const int64_t B = 2, S = 5;
-  std::vector<int32_t> tok = random_tokens(B * S, cfg.vocab_size, 1), tgt = random_tokens(B * S, cfg.vocab_size, 2);
+  std::vector<int32_t> tok = random_tokens(B * S, cfg.vocab_size, 1),
+                       tgt = random_tokens(B * S, cfg.vocab_size, 2);
   tgt[3] = -1;  // an ignored target
   StepOptions o;
   o.ce_scale = 1.0 / 9.0;
@@ -71,7 +71,9 @@ TEST_P(TransformerGrad, FiniteDifferencesMatchBackward) {
 INSTANTIATE_TEST_SUITE_P(Arch, TransformerGrad,
                          ::testing::Values(Arch::Mixtral, Arch::Qwen2Moe, Arch::Qwen3Moe, Arch::Olmoe,
                                            Arch::DeepseekV3),
-                         [](const ::testing::TestParamInfo<Arch>& p) { return std::string(arch_name(p.param)); });
+                         [](const ::testing::TestParamInfo<Arch>& p) {
+                           return std::string(arch_name(p.param));
+                         });
 
 TEST(Transformer, DecodeWithCacheMatchesFullForward) {
   for (Arch a : {Arch::Qwen2Moe, Arch::Olmoe, Arch::DeepseekV3}) {
@@ -84,7 +86,8 @@ TEST(Transformer, DecodeWithCacheMatchesFullForward) {
     KVCache cache = m.new_cache(16);
     // A prompt of 4 tokens, then one token at a time.
     Tensor last = m.decode(cache, tok.data(), 4);
-    for (int64_t v = 0; v < cfg.vocab_size; ++v) EXPECT_NEAR(last.get(v), full.get(3 * cfg.vocab_size + v), 2e-5);
+    for (int64_t v = 0; v < cfg.vocab_size; ++v)
+      EXPECT_NEAR(last.get(v), full.get(3 * cfg.vocab_size + v), 2e-5);
     for (int64_t t = 4; t < S; ++t) {
       last = m.decode(cache, tok.data() + t, 1);
       for (int64_t v = 0; v < cfg.vocab_size; ++v)
@@ -120,7 +123,8 @@ TEST(Transformer, AuxScaleZeroIsTheGradientWithoutBalancingLosses) {
 
 TEST(Transformer, GradientsBitIdenticalAcrossThreadCounts) {
   const ModelConfig cfg = tiny(Arch::Qwen2Moe);
-  const std::vector<int32_t> tok = random_tokens(24, cfg.vocab_size, 8), tgt = random_tokens(24, cfg.vocab_size, 9);
+  const std::vector<int32_t> tok = random_tokens(24, cfg.vocab_size, 8),
+                             tgt = random_tokens(24, cfg.vocab_size, 9);
   std::vector<std::vector<double>> ref;
   const int saved = num_threads();
   for (int threads : {1, 2, 4}) {
@@ -133,8 +137,10 @@ TEST(Transformer, GradientsBitIdenticalAcrossThreadCounts) {
     m.forward_backward(tok.data(), tgt.data(), 3, 8, o);
     std::vector<std::vector<double>> g;
     for (const NamedParam& p : m.parameters()) g.push_back(p.grad.to_vector());
-    if (ref.empty()) ref = g;
-    else EXPECT_EQ(g, ref) << threads << " threads";
+    if (ref.empty())
+      ref = g;
+    else
+      EXPECT_EQ(g, ref) << threads << " threads";
   }
   set_num_threads(saved);
 }
@@ -193,7 +199,8 @@ TEST(ModelConfig, JsonRoundTripAndErrors) {
     EXPECT_EQ(to_json(model_config_from_json(to_json(c))), to_json(c));
   }
   // A Hugging Face Mixtral config.
-  const char* mixtral = R"({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000,
+  const char* mixtral =
+      R"({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000,
     "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
     "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2, "rope_theta": 1e6,
     "rms_norm_eps": 1e-5, "max_position_embeddings": 32768, "bos_token_id": 1, "eos_token_id": 2,
@@ -202,7 +209,7 @@ TEST(ModelConfig, JsonRoundTripAndErrors) {
   EXPECT_EQ(m.head_dim_or_default(), 128);
   EXPECT_EQ(m.expert_width(), 14336);
   EXPECT_TRUE(m.moe_layer_config().router.normalize);
-  EXPECT_NEAR(static_cast<double>(m.n_params()) / 1e9, 46.7, 0.1);         // Mixtral-8x7B
+  EXPECT_NEAR(static_cast<double>(m.n_params()) / 1e9, 46.7, 0.1);  // Mixtral-8x7B
   EXPECT_NEAR(static_cast<double>(m.n_active_params()) / 1e9, 12.9, 0.1);
   EXPECT_THROW(model_config_from_json(R"({"model_type": "llama"})"), Error);
   EXPECT_THROW(model_config_from_json("{"), Error);
@@ -241,7 +248,8 @@ TEST(Transformer, GradientAccumulationEqualsTheWholeBatch) {
   cfg.router_aux_loss_coef = 0;
   Transformer m(cfg, DType::F64);
   m.init_params(12);
-  const std::vector<int32_t> tok = random_tokens(12, cfg.vocab_size, 30), tgt = random_tokens(12, cfg.vocab_size, 31);
+  const std::vector<int32_t> tok = random_tokens(12, cfg.vocab_size, 30),
+                             tgt = random_tokens(12, cfg.vocab_size, 31);
   StepOptions o;
   o.ce_scale = 1.0 / 12;
   m.zero_grads();
@@ -264,7 +272,8 @@ TEST(Transformer, Bf16ComputeIsCloseToF32AndOffIsExact) {
   const ModelConfig cfg = tiny(Arch::Qwen2Moe);  // dense layer, biases, shared expert
   Transformer m(cfg);
   m.init_params(40);
-  const std::vector<int32_t> tok = random_tokens(16, cfg.vocab_size, 41), tgt = random_tokens(16, cfg.vocab_size, 42);
+  const std::vector<int32_t> tok = random_tokens(16, cfg.vocab_size, 41),
+                             tgt = random_tokens(16, cfg.vocab_size, 42);
   const StepResult f32 = m.evaluate(tok.data(), tgt.data(), 2, 8);
   m.zero_grads();
   m.forward_backward(tok.data(), tgt.data(), 2, 8, {});
@@ -288,7 +297,8 @@ TEST(Transformer, Bf16ComputeIsCloseToF32AndOffIsExact) {
   for (const NamedParam& p : m.parameters()) {
     const std::vector<double> g = p.grad.to_vector();
     double num = 0, den = 0;
-    for (size_t j = 0; j < g.size(); ++j) num += (g[j] - g32[i][j]) * (g[j] - g32[i][j]), den += g32[i][j] * g32[i][j];
+    for (size_t j = 0; j < g.size(); ++j)
+      num += (g[j] - g32[i][j]) * (g[j] - g32[i][j]), den += g32[i][j] * g32[i][j];
     EXPECT_LT(std::sqrt(num), std::max(0.05 * std::sqrt(den), 0.01 * largest)) << p.name;  // bf16: 8 bits
     ++i;
   }
@@ -314,8 +324,8 @@ TEST(Transformer, ShardedCheckpointLoadsAndAMissingShardIsAClearError) {
   for (const auto& [name, t] : sd) {
     const bool in_a = name.rfind("model.layers.0.", 0) == 0;
     (in_a ? a : b)[name] = t;
-    index += cat(first ? "" : ", ", "\"", name, "\": \"", in_a ? "model-00001-of-00002" : "model-00002-of-00002",
-                 ".safetensors\"");
+    index += cat(first ? "" : ", ", "\"", name, "\": \"",
+                 in_a ? "model-00001-of-00002" : "model-00002-of-00002", ".safetensors\"");
     first = false;
   }
   index += "}}";
@@ -324,7 +334,8 @@ TEST(Transformer, ShardedCheckpointLoadsAndAMissingShardIsAClearError) {
   save_safetensors((dir / "model-00002-of-00002.safetensors").string(), b);
   std::ofstream(dir / "model.safetensors.index.json") << index;
   const std::vector<int32_t> tok = random_tokens(5, cfg.vocab_size, 51);
-  EXPECT_EQ(load_pretrained(dir.string()).logits(tok.data(), 1, 5).to_vector(), m.logits(tok.data(), 1, 5).to_vector());
+  EXPECT_EQ(load_pretrained(dir.string()).logits(tok.data(), 1, 5).to_vector(),
+            m.logits(tok.data(), 1, 5).to_vector());
   fs::remove(dir / "model-00002-of-00002.safetensors");
   try {
     load_pretrained(dir.string());

@@ -60,7 +60,8 @@ TEST(Upcycle, Split1ComputesTheDenseFunction) {
   Transformer moe = load_pretrained(dst.p.string());
   EXPECT_TRUE(moe.moe_layer(0) && moe.moe_layer(1));
   const std::vector<int32_t> tok = {1, 5, 7, 2, 12, 0, 3};
-  const std::vector<double> a = dense.logits(tok.data(), 1, 7).to_vector(), b = moe.logits(tok.data(), 1, 7).to_vector();
+  const std::vector<double> a = dense.logits(tok.data(), 1, 7).to_vector(),
+                            b = moe.logits(tok.data(), 1, 7).to_vector();
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-5 * (1 + std::abs(a[i]))) << i;
 }
@@ -112,10 +113,11 @@ TEST(Upcycle, LlamaBecomesMixtralAndBadSourcesAreErrors) {
   }
   fs::create_directories(src.p);
   save_safetensors((src.p / "model.safetensors").string(), sd);
-  nlohmann::json cfg = {{"model_type", "llama"}, {"vocab_size", 13}, {"hidden_size", 8}, {"intermediate_size", 12},
-                        {"num_hidden_layers", 2}, {"num_attention_heads", 2}, {"num_key_value_heads", 1},
-                        {"head_dim", 4}, {"max_position_embeddings", 32}, {"rms_norm_eps", 1e-6},
-                        {"rope_theta", 10000.0}, {"tie_word_embeddings", false}, {"rope_scaling", nullptr}};
+  nlohmann::json cfg = {{"model_type", "llama"},    {"vocab_size", 13},       {"hidden_size", 8},
+                        {"intermediate_size", 12},  {"num_hidden_layers", 2}, {"num_attention_heads", 2},
+                        {"num_key_value_heads", 1}, {"head_dim", 4},          {"max_position_embeddings", 32},
+                        {"rms_norm_eps", 1e-6},     {"rope_theta", 10000.0},  {"tie_word_embeddings", false},
+                        {"rope_scaling", nullptr}};
   std::ofstream(src.p / "config.json") << cfg.dump();
   UpcycleOptions o;
   o.n_experts = 3;

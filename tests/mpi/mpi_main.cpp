@@ -20,11 +20,13 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
   // The test's name is kept here: UnitTest::current_test_info() would take a lock that GoogleTest
   // holds while it reports a part result.
-  void OnTestStart(const ::testing::TestInfo& t) override { test_ = std::string(t.test_suite_name()) + "." + t.name(); }
+  void OnTestStart(const ::testing::TestInfo& t) override {
+    test_ = std::string(t.test_suite_name()) + "." + t.name();
+  }
   void OnTestPartResult(const ::testing::TestPartResult& r) override {
     if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s: %s:%d: %s\n", rank_, test_.c_str(), r.file_name() ? r.file_name() : "?",
-                 r.line_number(), r.message());
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: %s\n", rank_, test_.c_str(),
+                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
   }
 
  private:
@@ -53,13 +55,15 @@ void MpiTest::SetUp() {
 void MpiTest::TearDown() {
   int64_t failed = HasFailure() ? 1 : 0;
   g_world->allreduce(&failed, 1, DType::I64, dist::ReduceOp::Max);
-  if (failed != 0 && !HasFailure()) ADD_FAILURE() << "this test failed on another rank (see its [rank N] lines)";
+  if (failed != 0 && !HasFailure())
+    ADD_FAILURE() << "this test failed on another rank (see its [rank N] lines)";
   comm_.reset();
 }
 
 uint64_t MpiTest::shared_seed() {
   uint64_t seed = 0;
-  if (comm_->rank() == 0) seed = (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
+  if (comm_->rank() == 0)
+    seed = (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();
   comm_->broadcast(&seed, 1, DType::I64, 0);
   return seed;
 }
@@ -86,7 +90,8 @@ int main(int argc, char** argv) {
     int64_t failed = rc != 0 ? 1 : 0;
     g_world->set_timeout(120);
     g_world->allreduce(&failed, 1, moe::DType::I64, moe::dist::ReduceOp::Max);
-    if (rank == 0 && failed != 0 && rc == 0) std::fprintf(stderr, "moe_mpi_tests: a test failed on another rank\n");
+    if (rank == 0 && failed != 0 && rc == 0)
+      std::fprintf(stderr, "moe_mpi_tests: a test failed on another rank\n");
     g_world.reset();
     return failed != 0 ? 1 : 0;
   } catch (const std::exception& e) {

@@ -35,13 +35,34 @@ namespace {
 
 void store(DType t, unsigned char* p, double v) {
   switch (t) {
-    case DType::F32: { const float x = static_cast<float>(v); std::memcpy(p, &x, 4); break; }
-    case DType::F64: std::memcpy(p, &v, 8); break;
-    case DType::I64: { const int64_t x = static_cast<int64_t>(v); std::memcpy(p, &x, 8); break; }
-    case DType::I32: { const int32_t x = static_cast<int32_t>(v); std::memcpy(p, &x, 4); break; }
-    case DType::U8: *p = static_cast<unsigned char>(static_cast<int64_t>(v) % 251); break;  // never the poison 255
-    case DType::BF16: { const uint16_t x = f32_to_bf16(static_cast<float>(v)); std::memcpy(p, &x, 2); break; }
-    default: FAIL() << "run_alltoallv: dtype " << dtype_name(t) << " not covered";
+    case DType::F32: {
+      const float x = static_cast<float>(v);
+      std::memcpy(p, &x, 4);
+      break;
+    }
+    case DType::F64:
+      std::memcpy(p, &v, 8);
+      break;
+    case DType::I64: {
+      const int64_t x = static_cast<int64_t>(v);
+      std::memcpy(p, &x, 8);
+      break;
+    }
+    case DType::I32: {
+      const int32_t x = static_cast<int32_t>(v);
+      std::memcpy(p, &x, 4);
+      break;
+    }
+    case DType::U8:
+      *p = static_cast<unsigned char>(static_cast<int64_t>(v) % 251);
+      break;  // never the poison 255
+    case DType::BF16: {
+      const uint16_t x = f32_to_bf16(static_cast<float>(v));
+      std::memcpy(p, &x, 2);
+      break;
+    }
+    default:
+      FAIL() << "run_alltoallv: dtype " << dtype_name(t) << " not covered";
   }
 }
 
@@ -54,7 +75,8 @@ std::vector<unsigned char> send_bytes(int me, const std::vector<int64_t>& counts
   std::vector<unsigned char> send(static_cast<size_t>(n) * elem);
   int64_t pos = 0;
   for (size_t d = 0; d < counts.size(); ++d) {
-    for (int64_t i = 0; i < counts[d]; ++i, ++pos) store(dtype, send.data() + pos * elem, block_value(me, static_cast<int>(d), i));
+    for (int64_t i = 0; i < counts[d]; ++i, ++pos)
+      store(dtype, send.data() + pos * elem, block_value(me, static_cast<int>(d), i));
   }
   return send;
 }

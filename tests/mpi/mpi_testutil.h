@@ -59,7 +59,9 @@ struct CountMatrix {
 CountMatrix random_counts(int size, uint64_t seed, int64_t max_count);
 
 // The value of element i of the block from rank s to rank d: exact in every dtype used (< 2^24).
-inline double block_value(int s, int d, int64_t i) { return static_cast<double>((s * 64 + d) * 4096 + i % 4096); }
+inline double block_value(int s, int d, int64_t i) {
+  return static_cast<double>((s * 64 + d) * 4096 + i % 4096);
+}
 
 // What rank `me` sends: block d holds counts[d] elements block_value(me, d, i), in `dtype`.
 std::vector<unsigned char> send_bytes(int me, const std::vector<int64_t>& counts, DType dtype);

@@ -2,10 +2,10 @@
 // with 2 and 4 ranks (tests/mpi/CMakeLists.txt).
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <type_traits>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "dist/comm_mpi.h"
 #include "mpi_testutil.h"
@@ -28,7 +28,8 @@ std::vector<T> rank_input(uint64_t seed, int r, int64_t n) {
   std::mt19937_64 rng(seed + static_cast<uint64_t>(r));
   std::uniform_real_distribution<double> u(-1, 1);
   std::vector<T> v(static_cast<size_t>(n));
-  for (T& x : v) x = std::is_floating_point_v<T> ? static_cast<T>(u(rng)) : static_cast<T>(rng() % 2001) - 1000;
+  for (T& x : v)
+    x = std::is_floating_point_v<T> ? static_cast<T>(u(rng)) : static_cast<T>(rng() % 2001) - 1000;
   return v;
 }
 
@@ -56,8 +57,9 @@ void check_allreduce(dist::Communicator& c, uint64_t seed, int64_t n, ReduceOp o
   int64_t bad = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (std::memcmp(&buf[i], &want[i], sizeof(T)) != 0 && bad++ < 5) {
-      ADD_FAILURE() << "allreduce " << dtype_name(dtype_of<T>::value) << " op " << static_cast<int>(op) << " n = " << n
-                    << ": element " << i << " is " << buf[i] << ", expected " << want[i] << " (rank " << c.rank() << ")";
+      ADD_FAILURE() << "allreduce " << dtype_name(dtype_of<T>::value) << " op " << static_cast<int>(op)
+                    << " n = " << n << ": element " << i << " is " << buf[i] << ", expected " << want[i]
+                    << " (rank " << c.rank() << ")";
     }
   }
   EXPECT_EQ(bad, 0);
@@ -103,7 +105,8 @@ TEST_F(MpiTest, ExchangeCounts) {
   for (int j = 0; j < size(); ++j) send[j] = 1000 * rank() + j + (int64_t{1} << 40);  // beyond 32 bits
   const std::vector<int64_t> got = comm().exchange_counts(send);
   ASSERT_EQ(got.size(), send.size());
-  for (int i = 0; i < size(); ++i) EXPECT_EQ(got[i], 1000 * i + rank() + (int64_t{1} << 40)) << "from rank " << i;
+  for (int i = 0; i < size(); ++i)
+    EXPECT_EQ(got[i], 1000 * i + rank() + (int64_t{1} << 40)) << "from rank " << i;
 }
 
 TEST_F(MpiTest, AllreduceEveryOpAndDtype) {
@@ -137,9 +140,11 @@ TEST_F(MpiTest, BroadcastFromEveryRoot) {
     CountLimit lim(limit);
     for (int root = 0; root < size(); ++root) {
       std::vector<double> buf(1000);
-      for (size_t i = 0; i < buf.size(); ++i) buf[i] = rank() == root ? block_value(root, 0, i) : std::nan("");
+      for (size_t i = 0; i < buf.size(); ++i)
+        buf[i] = rank() == root ? block_value(root, 0, i) : std::nan("");
       comm().broadcast(buf.data(), 1000, DType::F64, root);
-      for (size_t i = 0; i < buf.size(); ++i) ASSERT_EQ(buf[i], block_value(root, 0, i)) << "root " << root << " i " << i;
+      for (size_t i = 0; i < buf.size(); ++i)
+        ASSERT_EQ(buf[i], block_value(root, 0, i)) << "root " << root << " i " << i;
     }
   }
 }
@@ -210,7 +215,8 @@ TEST_F(MpiTest, StatsCountBytesToOtherRanks) {
 }
 
 TEST_F(MpiTest, BadArgumentsThrowBeforeCommunicating) {
-  const std::vector<int64_t> short_counts(static_cast<size_t>(size()) + 1, 0), zero(static_cast<size_t>(size()), 0);
+  const std::vector<int64_t> short_counts(static_cast<size_t>(size()) + 1, 0),
+      zero(static_cast<size_t>(size()), 0);
   std::vector<int64_t> negative = zero;
   negative[0] = -1;
   float x[4] = {};

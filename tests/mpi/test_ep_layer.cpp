@@ -13,10 +13,10 @@
 #include <tuple>
 #include <utility>
 
+#include "layer_testutil.h"
 #include "moe/dist/comm.h"
 #include "moe/dist/plan.h"
 #include "moe/moe/expert_parallel.h"
-#include "layer_testutil.h"
 #include "moe/moe/layer.h"
 #include "mpi_testutil.h"
 
@@ -36,8 +36,8 @@ struct Case {
   MoEConfig cfg;
   DType dtype = DType::F32;
   std::vector<int64_t> tokens_per_rank;  // empty: 7 + 3·rank
-  bool favour_rank0 = false;            // selection bias sends every token to rank 0's experts
-  int chunks = 1;                       // token chunks (overlap of exchange and compute)
+  bool favour_rank0 = false;             // selection bias sends every token to rank 0's experts
+  int chunks = 1;                        // token chunks (overlap of exchange and compute)
 };
 
 MoEConfig base_config(int64_t E, int k) {
@@ -81,21 +81,25 @@ void ExpertParallelLayer::run_case(const Case& cs) {
   EXPECT_TRUE(bit_equal(ep.params().router_w, full.params().router_w));
 
   std::vector<int64_t> n(R);
-  for (int r = 0; r < R; ++r) n[r] = cs.tokens_per_rank.empty() ? 7 + 3 * r : cs.tokens_per_rank[r % cs.tokens_per_rank.size()];
+  for (int r = 0; r < R; ++r)
+    n[r] = cs.tokens_per_rank.empty() ? 7 + 3 * r : cs.tokens_per_rank[r % cs.tokens_per_rank.size()];
   int64_t T = 0, start = 0;
   for (int r = 0; r < R; ++r) T += n[r], start += r < me ? n[r] : 0;
-  const Tensor X = testing::random_tensor({T, d}, cs.dtype, 5);   // every rank draws all tokens
+  const Tensor X = testing::random_tensor({T, d}, cs.dtype, 5);  // every rank draws all tokens
   const Tensor DY = testing::random_tensor({T, d}, cs.dtype, 6);
   const Tensor x = rows(X, start, n[me]), dy = rows(DY, start, n[me]);
 
   // Local tokens: outputs, input and router gradients.
   const MoEForward fe = ep.forward(x);
   const MoEForward fr = full.forward(x);
-  EXPECT_TRUE(bit_equal(fe.y, fr.y)) << "rank " << me << ": y differs, max rel " << testing::rel_err(fe.y, fr.y);
+  EXPECT_TRUE(bit_equal(fe.y, fr.y)) << "rank " << me << ": y differs, max rel "
+                                     << testing::rel_err(fe.y, fr.y);
   const MoEGrads ge = ep.backward(fe, dy);
   const MoEGrads gr = full.backward(fr, dy);
-  EXPECT_TRUE(bit_equal(ge.dx, gr.dx)) << "rank " << me << ": dx differs, max rel " << testing::rel_err(ge.dx, gr.dx);
-  EXPECT_TRUE(bit_equal(ge.router_w, gr.router_w)) << "router grad, max rel " << testing::rel_err(ge.router_w, gr.router_w);
+  EXPECT_TRUE(bit_equal(ge.dx, gr.dx))
+      << "rank " << me << ": dx differs, max rel " << testing::rel_err(ge.dx, gr.dx);
+  EXPECT_TRUE(bit_equal(ge.router_w, gr.router_w))
+      << "router grad, max rel " << testing::rel_err(ge.router_w, gr.router_w);
   EXPECT_EQ(fe.stats.routed_per_expert, fr.stats.routed_per_expert);
   if (cfg.shared_width() > 0) {
     EXPECT_TRUE(bit_equal(ge.shared_w_up, gr.shared_w_up));
@@ -117,7 +121,8 @@ void ExpertParallelLayer::run_case(const Case& cs) {
       if (r == 0) {
         gall = std::move(g);
       } else {
-        for (auto [a, b] : {std::pair<Tensor*, Tensor*>{&gall.w_up, &g.w_up}, {&gall.w_down, &g.w_down},
+        for (auto [a, b] : {std::pair<Tensor*, Tensor*>{&gall.w_up, &g.w_up},
+                            {&gall.w_down, &g.w_down},
                             {&gall.w_gate, &g.w_gate}})
           if (a->defined())
             for (int64_t i = 0; i < a->numel(); ++i) a->set(i, a->get(i) + b->get(i));
@@ -125,17 +130,18 @@ void ExpertParallelLayer::run_case(const Case& cs) {
     }
   }
   const double tol = cs.dtype == DType::F64 ? 1e-12 : 1e-5;
-  for (auto [name, a, b] : {std::tuple<const char*, const Tensor*, const Tensor*>{"w_up", &ge.w_up, &gall.w_up},
-                            {"w_down", &ge.w_down, &gall.w_down},
-                            {"w_gate", &ge.w_gate, &gall.w_gate}}) {
+  for (auto [name, a, b] :
+       {std::tuple<const char*, const Tensor*, const Tensor*>{"w_up", &ge.w_up, &gall.w_up},
+        {"w_down", &ge.w_down, &gall.w_down},
+        {"w_gate", &ge.w_gate, &gall.w_gate}}) {
     if (!a->defined()) continue;
     const Tensor ref = rows(*b, first, El);
     const double err = testing::rel_err(*a, ref);
     EXPECT_LE(err, tol) << "rank " << me << ": grad " << name << " max rel " << err;
     // With chunks an expert's rows are summed chunk by chunk: equal within rounding only.
     if (dropless && cs.chunks == 1) {
-      EXPECT_TRUE(bit_equal(*a, ref)) << "rank " << me << ": grad " << name << " not bit-identical (max rel " << err
-                                      << ")";
+      EXPECT_TRUE(bit_equal(*a, ref))
+          << "rank " << me << ": grad " << name << " not bit-identical (max rel " << err << ")";
     }
   }
 }

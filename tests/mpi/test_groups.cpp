@@ -84,7 +84,8 @@ TEST_F(MpiTest, GroupsLayout) {
     const int base = mpi_world_comm().rank() - rank();  // the test communicator is the world in order
     const std::vector<int32_t> ep_members = members(*g.ep), dp_members = members(*g.dp);
     for (int i = 0; i < ep; ++i) EXPECT_EQ(ep_members[i], base + g.dp_rank() * ep + i) << "ep member " << i;
-    for (int i = 0; i < size() / ep; ++i) EXPECT_EQ(dp_members[i], base + i * ep + g.ep_rank()) << "dp member " << i;
+    for (int i = 0; i < size() / ep; ++i)
+      EXPECT_EQ(dp_members[i], base + i * ep + g.ep_rank()) << "dp member " << i;
     run_alltoallv(*g.ep, random_counts(ep, seed + ep, 50), DType::F32);
     double grad = g.ep_rank() * 100 + g.dp_rank();  // the dp group sums one shard's replicas
     g.dp->allreduce(&grad, 1, DType::F64, dist::ReduceOp::Sum);

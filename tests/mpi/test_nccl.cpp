@@ -31,7 +31,8 @@ class NcclTest : public MpiTest {
     if (cudaGetDeviceCount(&devices) != cudaSuccess) devices = 0;
     int64_t usable = devices >= size() ? 1 : 0;  // every rank must agree to skip
     comm().allreduce(&usable, 1, DType::I64, dist::ReduceOp::Min);
-    if (usable == 0) GTEST_SKIP() << "needs one GPU per rank (" << devices << " GPUs, " << size() << " ranks)";
+    if (usable == 0)
+      GTEST_SKIP() << "needs one GPU per rank (" << devices << " GPUs, " << size() << " ranks)";
     nccl_ = dist::nccl_communicator(comm(), rank() % devices);
   }
   void TearDown() override {

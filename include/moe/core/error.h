@@ -25,7 +25,7 @@ std::string cat(Args&&... args) {
 }  // namespace moe
 
 // MOE_CHECK(cond, parts...) throws moe::Error(cat(parts...)) when cond is false.
-#define MOE_CHECK(cond, ...)                                 \
-  do {                                                       \
+#define MOE_CHECK(cond, ...)                                  \
+  do {                                                        \
     if (!(cond)) throw ::moe::Error(::moe::cat(__VA_ARGS__)); \
   } while (0)

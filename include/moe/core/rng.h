@@ -21,9 +21,9 @@ class Rng {
   // A different, independent stream of the same seed (e.g. per step or per tensor).
   Rng fork(uint64_t stream) const { return Rng(seed_, stream_ * 0x9E3779B97F4A7C15ull + stream + 1); }
 
-  uint32_t bits(uint64_t i) const;      // 32 random bits for index i
-  double uniform(uint64_t i) const;     // in [0, 1), 53-bit resolution
-  double normal(uint64_t i) const;      // standard normal (Box-Muller on one Philox block)
+  uint32_t bits(uint64_t i) const;               // 32 random bits for index i
+  double uniform(uint64_t i) const;              // in [0, 1), 53-bit resolution
+  double normal(uint64_t i) const;               // standard normal (Box-Muller on one Philox block)
   uint64_t below(uint64_t i, uint64_t n) const;  // integer in [0, n), n >= 1
 
   // Fill any float tensor (contiguous or not) in logical element order, in parallel.

@@ -38,12 +38,12 @@ struct TensorCacheStats {
   size_t held_bytes = 0;  // bytes of free blocks kept now
   size_t held_blocks = 0;
   size_t limit_bytes = 0;
-  uint64_t reused = 0;    // allocations served from the cache
-  uint64_t fresh = 0;     // cacheable allocations that went to the system
+  uint64_t reused = 0;  // allocations served from the cache
+  uint64_t fresh = 0;   // cacheable allocations that went to the system
 };
 TensorCacheStats tensor_cache_stats();
-void tensor_cache_release();                 // returns every kept block to the system
-void set_tensor_cache_limit(size_t bytes);   // 0 turns the cache off (and releases it)
+void tensor_cache_release();                // returns every kept block to the system
+void set_tensor_cache_limit(size_t bytes);  // 0 turns the cache off (and releases it)
 
 class Storage {
  public:

@@ -36,7 +36,7 @@ struct CommStats {
   int64_t alltoall_bytes_received = 0;  // payload received from other ranks
   double alltoall_s = 0;                // wall time inside alltoallv (counts exchange included)
   int64_t allreduce_calls = 0;
-  int64_t allreduce_bytes = 0;          // elements · size of the buffers reduced
+  int64_t allreduce_bytes = 0;  // elements · size of the buffers reduced
   double allreduce_s = 0;
   int64_t broadcast_calls = 0;
   double broadcast_s = 0;

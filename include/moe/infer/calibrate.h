@@ -20,6 +20,7 @@ using model::save_expert_usage;
 
 // Runs the model (forward only) over `tokens` in windows of `seq_len` and sums the routing
 // statistics of every MoE layer. Throws moe::Error when tokens is empty or an id is out of range.
-ExpertUsage measure_expert_usage(const model::Transformer& m, const std::vector<int32_t>& tokens, int64_t seq_len);
+ExpertUsage measure_expert_usage(const model::Transformer& m, const std::vector<int32_t>& tokens,
+                                 int64_t seq_len);
 
 }  // namespace moe::infer

@@ -38,21 +38,21 @@ struct EngineOptions {
 // What a request ended with.
 struct Finished {
   uint64_t id = 0;
-  std::vector<int32_t> tokens;      // the new tokens (a stop id that ended it is included)
-  std::string finish_reason;        // "stop" (a stop id, or on_token returned false), "length"
-                                    // (max_new_tokens or the model's context), "cancelled", "error"
-  std::string error;                // set when finish_reason == "error"
+  std::vector<int32_t> tokens;  // the new tokens (a stop id that ended it is included)
+  std::string finish_reason;    // "stop" (a stop id, or on_token returned false), "length"
+                                // (max_new_tokens or the model's context), "cancelled", "error"
+  std::string error;            // set when finish_reason == "error"
   int64_t prompt_tokens = 0;
-  double queue_s = 0;               // submit -> admission
-  double ttft_s = 0;                // submit -> first new token
-  double total_s = 0;               // submit -> finish
+  double queue_s = 0;  // submit -> admission
+  double ttft_s = 0;   // submit -> first new token
+  double total_s = 0;  // submit -> finish
 };
 
 struct Request {
-  std::vector<int32_t> prompt;     // non-empty; prompt + max_new_tokens <= max_position_embeddings
-  int64_t max_new_tokens = 128;    // >= 0 (0: only the prompt is processed)
+  std::vector<int32_t> prompt;   // non-empty; prompt + max_new_tokens <= max_position_embeddings
+  int64_t max_new_tokens = 128;  // >= 0 (0: only the prompt is processed)
   SamplingOptions sampling;
-  std::vector<int32_t> stop_ids;   // generation ends after producing one of these
+  std::vector<int32_t> stop_ids;  // generation ends after producing one of these
   // Called on the engine thread for every new token, in order. Returning false ends the request
   // with finish_reason "stop" (stop strings are detected this way by the caller). May be empty.
   std::function<bool(int32_t token)> on_token;
@@ -62,21 +62,21 @@ struct Request {
 };
 
 struct EngineStats {
-  int64_t queued = 0;               // waiting now
-  int64_t running = 0;              // admitted now
-  int64_t requests_finished = 0;    // since start
-  int64_t requests_rejected = 0;    // submit() refused (queue full)
-  int64_t prompt_tokens = 0;        // prefilled since start
-  int64_t generated_tokens = 0;     // sampled since start
+  int64_t queued = 0;             // waiting now
+  int64_t running = 0;            // admitted now
+  int64_t requests_finished = 0;  // since start
+  int64_t requests_rejected = 0;  // submit() refused (queue full)
+  int64_t prompt_tokens = 0;      // prefilled since start
+  int64_t generated_tokens = 0;   // sampled since start
   int64_t forward_passes = 0;
-  int64_t batch_tokens_last = 0;    // tokens in the latest forward pass
-  int64_t batch_seqs_last = 0;      // sequences in the latest forward pass
-  int64_t batch_tokens_sum = 0;     // over all forward passes (mean = sum / forward_passes)
+  int64_t batch_tokens_last = 0;  // tokens in the latest forward pass
+  int64_t batch_seqs_last = 0;    // sequences in the latest forward pass
+  int64_t batch_tokens_sum = 0;   // over all forward passes (mean = sum / forward_passes)
   int64_t batch_seqs_sum = 0;
-  double busy_s = 0;                // time spent in forward passes and sampling
+  double busy_s = 0;  // time spent in forward passes and sampling
   int64_t kv_blocks_total = 0, kv_blocks_used = 0;
-  std::vector<int64_t> moe_layers;                   // layer index of each row below
-  std::vector<std::vector<int64_t>> expert_hits;     // per MoE layer, per expert: tokens routed
+  std::vector<int64_t> moe_layers;                // layer index of each row below
+  std::vector<std::vector<int64_t>> expert_hits;  // per MoE layer, per expert: tokens routed
 };
 
 class Engine {

@@ -53,17 +53,18 @@ struct ExpertStoreOptions {
   double cache_gb = 0;            // budget in GiB of expert weights; > 0 takes precedence
   CachePolicy policy = CachePolicy::Activation;
   bool prefetch = true;
-  int prefetch_depth = 1;         // MoE layers ahead to predict
-  int64_t prefetch_experts = 0;   // experts predicted per layer (0: the router's top-k)
+  int prefetch_depth = 1;        // MoE layers ahead to predict
+  int64_t prefetch_experts = 0;  // experts predicted per layer (0: the router's top-k)
   // What predicts the next layers' experts (moe/infer/expert_predictor.h): "auto" (the model
   // directory's expert_predictor.safetensors when present, else pre-gating), "pregate", or the path
   // of a predictor file written by `moe predictor`.
   std::string predictor = "auto";
   ExpertIo io = ExpertIo::Mmap;
-  int io_threads = 2;             // loader threads (reads in flight at once)
+  int io_threads = 2;  // loader threads (reads in flight at once)
   MissMode miss = MissMode::Load;
-  std::string format = "auto";    // "f32", "bf16", or "auto": the checkpoint's int8/int4 if quantized, else bf16
-  bool warm = true;               // fill the budget at start (experts in layer order), not counted in stats
+  std::string format =
+      "auto";        // "f32", "bf16", or "auto": the checkpoint's int8/int4 if quantized, else bf16
+  bool warm = true;  // fill the budget at start (experts in layer order), not counted in stats
 };
 
 struct ExpertStoreStats {
@@ -73,11 +74,11 @@ struct ExpertStoreStats {
   int64_t computed_in_place = 0;  // misses computed from the mapped checkpoint without a load
   int64_t prefetch_issued = 0, prefetch_used = 0, prefetch_wasted = 0;  // wasted: evicted unused
   int64_t loads = 0, evictions = 0;
-  uint64_t bytes_moved = 0;       // bytes read from the checkpoint for loads
-  double stall_seconds = 0;       // time the forward waited for weights
-  double load_seconds = 0;        // time spent loading (loader thread and forward together)
-  int64_t capacity = 0, resident = 0;  // slots, and experts resident now
-  uint64_t expert_bytes = 0;      // bytes of one slot
+  uint64_t bytes_moved = 0;                      // bytes read from the checkpoint for loads
+  double stall_seconds = 0;                      // time the forward waited for weights
+  double load_seconds = 0;                       // time spent loading (loader thread and forward together)
+  int64_t capacity = 0, resident = 0;            // slots, and experts resident now
+  uint64_t expert_bytes = 0;                     // bytes of one slot
   std::vector<int64_t> layers;                   // transformer index of each MoE layer
   std::vector<std::vector<int64_t>> layer_hits;  // per MoE layer, per expert
   std::vector<std::vector<int64_t>> layer_uses;  // per MoE layer, per expert
@@ -100,9 +101,9 @@ class ExpertStore {
 
   virtual ExpertStoreStats stats() const = 0;
   virtual void reset_stats() = 0;
-  virtual std::string format() const = 0;        // "f32", "bf16", "int8", "int4", "mixed"
+  virtual std::string format() const = 0;  // "f32", "bf16", "int8", "int4", "mixed"
   virtual const ExpertStoreOptions& options() const = 0;
-  virtual std::string describe() const = 0;       // one line: format, budget, policy, io
+  virtual std::string describe() const = 0;  // one line: format, budget, policy, io
   // Use recording (off by default): when on, every expert use is appended, in order, as
   // moe_layer * n_experts + expert (MoE layers counted in model order, the warm fill's order).
   // take_uses returns what was recorded since the last call and clears it.
@@ -125,8 +126,9 @@ class ExpertStore {
 struct OptimalCacheResult {
   int64_t hits = 0, misses = 0;
 };
-OptimalCacheResult simulate_optimal_cache(const std::vector<int64_t>& uses, const std::vector<uint8_t>& counted,
-                                          int64_t capacity, const std::vector<int64_t>& initial);
+OptimalCacheResult simulate_optimal_cache(const std::vector<int64_t>& uses,
+                                          const std::vector<uint8_t>& counted, int64_t capacity,
+                                          const std::vector<int64_t>& initial);
 
 // A model ready for inference from `dir`: float experts held in the model (optionally bf16), or,
 // when the checkpoint is quantized or `offload` sets a budget, experts held by an ExpertStore.
@@ -135,8 +137,8 @@ struct InferenceModel {
   std::shared_ptr<ExpertStore> store;  // null when the experts are in the model
 };
 struct InferenceLoadOptions {
-  bool bf16 = false;             // bf16 dense linears (and bf16 experts when they are in the model)
-  bool offload = false;          // use an ExpertStore even for a float checkpoint
+  bool bf16 = false;     // bf16 dense linears (and bf16 experts when they are in the model)
+  bool offload = false;  // use an ExpertStore even for a float checkpoint
   ExpertStoreOptions store;
 };
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt);

@@ -25,7 +25,7 @@ struct SamplingOptions {
   bool has_penalties() const {
     return repetition_penalty != 1.0 || frequency_penalty != 0.0 || presence_penalty != 0.0;
   }
-  void validate() const;     // throws moe::Error naming the bad option
+  void validate() const;  // throws moe::Error naming the bad option
 };
 
 // Picks a token id in [0, V) from logits (V). `draw` indexes the random stream (one per token).

@@ -36,8 +36,8 @@ namespace moe::infer {
 // A request the server refuses: HTTP status and the fields of the OpenAI error object.
 class ApiError : public Error {
  public:
-  ApiError(int status, std::string message, std::string type = "invalid_request_error", std::string param = "",
-           std::string code = "");
+  ApiError(int status, std::string message, std::string type = "invalid_request_error",
+           std::string param = "", std::string code = "");
   int status;
   std::string type, param, code;  // param/code "" are written as null
 };
@@ -52,14 +52,14 @@ struct CompletionParams {
   std::string prompt;                  // /v1/completions with a text prompt
   std::vector<int32_t> prompt_tokens;  // /v1/completions with a token-id prompt
   bool prompt_is_tokens = false;
-  std::vector<text::ChatMessage> messages;   // /v1/chat/completions
-  int64_t max_tokens = -1;             // -1: not given (completions: 16; chat: what the context leaves)
-  SamplingOptions sampling;            // seed: random unless seed_given
+  std::vector<text::ChatMessage> messages;  // /v1/chat/completions
+  int64_t max_tokens = -1;                  // -1: not given (completions: 16; chat: what the context leaves)
+  SamplingOptions sampling;                 // seed: random unless seed_given
   bool seed_given = false;
-  std::vector<std::string> stop;       // at most 4, none empty
+  std::vector<std::string> stop;  // at most 4, none empty
   bool stream = false;
-  bool include_usage = false;          // stream_options.include_usage
-  bool ignore_eos = false;             // vLLM's extension: generate through end-of-text tokens
+  bool include_usage = false;  // stream_options.include_usage
+  bool ignore_eos = false;     // vLLM's extension: generate through end-of-text tokens
 };
 
 // Parses and validates the JSON body of /v1/completions (chat = false) or /v1/chat/completions.
@@ -76,7 +76,7 @@ class TextStream {
  public:
   explicit TextStream(std::vector<std::string> stops = {});
   std::string push(std::string_view bytes);  // the text newly released (may be empty)
-  std::string flush();                        // at the end: what is still held back ("" once stopped)
+  std::string flush();                       // at the end: what is still held back ("" once stopped)
   bool stopped() const { return stopped_; }
   const std::string& text() const { return text_; }  // everything released so far
 
@@ -93,7 +93,7 @@ size_t utf8_complete_prefix(std::string_view s);
 // ---- responses ----
 
 struct ResponseIds {
-  std::string id;     // "cmpl-..." or "chatcmpl-..."
+  std::string id;  // "cmpl-..." or "chatcmpl-..."
   int64_t created = 0;
   std::string model;
 };
@@ -103,16 +103,20 @@ std::string sse_data(const nlohmann::json& j);   // "data: {...}\n\n"
 inline const char* sse_done() { return "data: [DONE]\n\n"; }
 nlohmann::json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 // One streamed piece; finish_reason "" = null. Chat chunks: role_delta adds "role":"assistant".
-nlohmann::json completion_chunk(const ResponseIds& ids, const std::string& text, const std::string& finish_reason);
+nlohmann::json completion_chunk(const ResponseIds& ids, const std::string& text,
+                                const std::string& finish_reason);
 nlohmann::json chat_chunk(const ResponseIds& ids, const std::string& content, bool role_delta,
                           const std::string& finish_reason);
 // A streamed final chunk with usage and no choices (stream_options.include_usage).
-nlohmann::json usage_chunk(const ResponseIds& ids, bool chat, int64_t prompt_tokens, int64_t completion_tokens);
+nlohmann::json usage_chunk(const ResponseIds& ids, bool chat, int64_t prompt_tokens,
+                           int64_t completion_tokens);
 // Whole (non-streamed) responses.
-nlohmann::json completion_response(const ResponseIds& ids, const std::string& text, const std::string& finish_reason,
-                                   int64_t prompt_tokens, int64_t completion_tokens);
-nlohmann::json chat_response(const ResponseIds& ids, const std::string& content, const std::string& finish_reason,
-                             int64_t prompt_tokens, int64_t completion_tokens);
+nlohmann::json completion_response(const ResponseIds& ids, const std::string& text,
+                                   const std::string& finish_reason, int64_t prompt_tokens,
+                                   int64_t completion_tokens);
+nlohmann::json chat_response(const ResponseIds& ids, const std::string& content,
+                             const std::string& finish_reason, int64_t prompt_tokens,
+                             int64_t completion_tokens);
 
 // ---- metrics ----
 
@@ -122,7 +126,7 @@ class ServerMetrics {
   static const std::vector<double>& buckets();  // histogram upper bounds in seconds (+Inf implied)
   void count_request(const std::string& endpoint, int status);
   void observe(double latency_s, double ttft_s);  // a finished generation request
-  void count_finish(const std::string& reason);  // "stop", "length", "cancelled", "error"
+  void count_finish(const std::string& reason);   // "stop", "length", "cancelled", "error"
   // Prometheus text exposition (version 0.0.4) of these counters and the engine's stats.
   // tokens_per_s: the generation rate to report (computed by the caller between scrapes).
   std::string render(const EngineStats& s, double tokens_per_s, double uptime_s) const;
@@ -154,15 +158,15 @@ struct ServerOptions {
   int64_t http_threads = 0;          // 0 = engine max_running + max_queue + 16
   EngineOptions engine;
   std::shared_ptr<const ExpertStore> expert_store;  // offloaded experts: their counters in /metrics
-  void validate() const;             // throws moe::Error naming the bad option
+  void validate() const;                            // throws moe::Error naming the bad option
 };
 
 class Server {
  public:
   // The model and tokenizer must outlive the server. stop_ids: tokens that end a reply (the
   // tokenizer's end-of-text, the model's eos, the chat template's end-of-turn token).
-  Server(const model::Transformer& m, text::Tokenizer tok, text::ChatTemplate chat, std::vector<int32_t> stop_ids,
-         ServerOptions opt);
+  Server(const model::Transformer& m, text::Tokenizer tok, text::ChatTemplate chat,
+         std::vector<int32_t> stop_ids, ServerOptions opt);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

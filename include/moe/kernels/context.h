@@ -52,10 +52,10 @@ class Workspace {
 // A device-side error record: ops that validate data on the device (expert ids in permute) write the
 // first problem here instead of synchronising; Context::synchronize reads it.
 struct DeviceError {
-  int32_t code = 0;     // 0: none; 1: an expert id outside [0, bound)
-  int32_t value = 0;    // the bad value
-  int64_t index = 0;    // where it was found
-  int64_t bound = 0;    // the range it had to be in
+  int32_t code = 0;   // 0: none; 1: an expert id outside [0, bound)
+  int32_t value = 0;  // the bad value
+  int64_t index = 0;  // where it was found
+  int64_t bound = 0;  // the range it had to be in
 };
 
 class Context {
@@ -96,8 +96,8 @@ Context& default_context(Backend b);
 // Exec so that both `op(ctx, args)` and `op(Backend::Cpu, args)` work.
 class Exec {
  public:
-  Exec(Context& ctx) : ctx_(&ctx) {}                     // NOLINT(google-explicit-constructor)
-  Exec(Backend b) : ctx_(&default_context(b)) {}         // NOLINT(google-explicit-constructor)
+  Exec(Context& ctx) : ctx_(&ctx) {}              // NOLINT(google-explicit-constructor)
+  Exec(Backend b) : ctx_(&default_context(b)) {}  // NOLINT(google-explicit-constructor)
   Context& context() const { return *ctx_; }
   Backend backend() const { return ctx_->backend(); }
 
@@ -118,8 +118,8 @@ struct Support {
 
 // One row of the op table as data (for listings: `moe version`, the harness).
 struct OpInfo {
-  std::string name;            // "grouped_gemm[f32]"
-  bool backend[3] = {};        // an implementation exists for Ref, Cpu, Cuda (indexed by Backend)
+  std::string name;      // "grouped_gemm[f32]"
+  bool backend[3] = {};  // an implementation exists for Ref, Cpu, Cuda (indexed by Backend)
 };
 std::vector<OpInfo> op_table();
 

@@ -11,9 +11,9 @@
 
 namespace moe::kernels {
 
-std::vector<std::string> cpu_isa_names();              // every known name, lowest first
-bool cpu_isa_supported(const std::string& name);       // a known name that this CPU runs
-void set_cpu_isa(const std::string& cap);              // throws moe::Error on unknown or unsupported
+std::vector<std::string> cpu_isa_names();         // every known name, lowest first
+bool cpu_isa_supported(const std::string& name);  // a known name that this CPU runs
+void set_cpu_isa(const std::string& cap);         // throws moe::Error on unknown or unsupported
 std::string cpu_isa_summary();
 
 // Per family: the f32 GEMM engine (gemm, grouped_gemm and the fused FFN ops: generic, avx2, avx512).

@@ -95,10 +95,10 @@ struct GroupedGemmArgs {
   const int32_t* offsets = nullptr;  // (E + 1)
   const T* A = nullptr;              // rows of length K, row stride lda
   int64_t lda = 0;
-  const int32_t* gather = nullptr;   // (offsets[E]) or null
-  const T* W = nullptr;              // (E, N, K), or (E, K, N) when trans_w
+  const int32_t* gather = nullptr;  // (offsets[E]) or null
+  const T* W = nullptr;             // (E, N, K), or (E, K, N) when trans_w
   bool trans_w = false;
-  T* C = nullptr;                    // (offsets[E], N), row stride ldc
+  T* C = nullptr;  // (offsets[E], N), row stride ldc
   int64_t ldc = 0;
   T beta = 0;
 };
@@ -116,10 +116,10 @@ struct GroupedWgradArgs {
   const int32_t* offsets = nullptr;  // (E + 1)
   const T* dC = nullptr;             // (offsets[E], N), row stride ldc
   int64_t ldc = 0;
-  const T* A = nullptr;              // rows of length K, row stride lda
+  const T* A = nullptr;  // rows of length K, row stride lda
   int64_t lda = 0;
-  const int32_t* gather = nullptr;   // (offsets[E]) or null
-  T* dW = nullptr;                   // (E, N, K)
+  const int32_t* gather = nullptr;  // (offsets[E]) or null
+  T* dW = nullptr;                  // (E, N, K)
   T beta = 0;
   // When set, dC's row for sorted row p is dC_gather[p] (e.g. the token row of dY), else p.
   // Not implemented on the cuda backend (moe::Error).
@@ -144,7 +144,7 @@ Activation activation_from_name(const std::string& name);  // "swiglu", "gelu", 
 template <typename T>
 struct ActivationArgs {
   Activation act = Activation::SwiGLU;
-  int64_t n = 0;       // elements
+  int64_t n = 0;         // elements
   const T* a = nullptr;  // (n) gate pre-activation (SwiGLU) or input
   const T* b = nullptr;  // (n) up projection (SwiGLU only)
   T* out = nullptr;      // (n)
@@ -197,15 +197,15 @@ void combine(Exec e, const CombineArgs<T>& args) {
 //   dweight[a]    = <dY[t, :], X[pos[a], :]>     (when dweight is not null; 0 for dropped a)
 template <typename T>
 struct CombineBackwardArgs {
-  int64_t N = 0;                    // assignments
+  int64_t N = 0;  // assignments
   int64_t D = 0;
-  const int32_t* token = nullptr;   // (N)
-  const int32_t* pos = nullptr;     // (N)
-  const T* weight = nullptr;        // (N) or null
-  const T* dY = nullptr;            // (T, D)
-  const T* X = nullptr;             // (M, D), needed for dweight
-  T* dX = nullptr;                  // (M, D)
-  T* dweight = nullptr;             // (N) or null
+  const int32_t* token = nullptr;  // (N)
+  const int32_t* pos = nullptr;    // (N)
+  const T* weight = nullptr;       // (N) or null
+  const T* dY = nullptr;           // (T, D)
+  const T* X = nullptr;            // (M, D), needed for dweight
+  T* dX = nullptr;                 // (M, D)
+  T* dweight = nullptr;            // (N) or null
 };
 template <typename T>
 void combine_backward(Exec e, const CombineBackwardArgs<T>& args) {
@@ -229,14 +229,14 @@ struct FfnUpArgs {
   const int32_t* offsets = nullptr;  // (E + 1)
   const T* A = nullptr;              // rows of length K, row stride lda
   int64_t lda = 0;
-  const int32_t* gather = nullptr;   // (offsets[E]) or null
-  const T* W_gate = nullptr;         // (E, F, K), SwiGLU only
-  const T* W_up = nullptr;           // (E, F, K)
-  T* H = nullptr;                    // (offsets[E], F), row stride ldh, or null
+  const int32_t* gather = nullptr;  // (offsets[E]) or null
+  const T* W_gate = nullptr;        // (E, F, K), SwiGLU only
+  const T* W_up = nullptr;          // (E, F, K)
+  T* H = nullptr;                   // (offsets[E], F), row stride ldh, or null
   int64_t ldh = 0;
-  T* G = nullptr;                    // (offsets[E], F), row stride ldg, or null (SwiGLU only)
+  T* G = nullptr;  // (offsets[E], F), row stride ldg, or null (SwiGLU only)
   int64_t ldg = 0;
-  T* U = nullptr;                    // (offsets[E], F), row stride ldu, or null
+  T* U = nullptr;  // (offsets[E], F), row stride ldu, or null
   int64_t ldu = 0;
 };
 template <typename T>
@@ -260,20 +260,20 @@ struct FfnDownBackwardArgs {
   const int32_t* offsets = nullptr;  // (E + 1)
   const T* dY = nullptr;             // rows of length D, row stride ldy
   int64_t ldy = 0;
-  const int32_t* gather = nullptr;   // (offsets[E]) or null
-  const T* scale = nullptr;          // (offsets[E]) or null
-  const T* W_down = nullptr;         // (E, D, F)
-  const T* G = nullptr;              // (offsets[E], F), row stride ldg (SwiGLU only)
+  const int32_t* gather = nullptr;  // (offsets[E]) or null
+  const T* scale = nullptr;         // (offsets[E]) or null
+  const T* W_down = nullptr;        // (E, D, F)
+  const T* G = nullptr;             // (offsets[E], F), row stride ldg (SwiGLU only)
   int64_t ldg = 0;
-  const T* U = nullptr;              // (offsets[E], F), row stride ldu
+  const T* U = nullptr;  // (offsets[E], F), row stride ldu
   int64_t ldu = 0;
-  T* dG = nullptr;                   // (offsets[E], F), row stride lddg (SwiGLU only)
+  T* dG = nullptr;  // (offsets[E], F), row stride lddg (SwiGLU only)
   int64_t lddg = 0;
-  T* dU = nullptr;                   // (offsets[E], F), row stride lddu
+  T* dU = nullptr;  // (offsets[E], F), row stride lddu
   int64_t lddu = 0;
-  T* Hs = nullptr;                   // (offsets[E], F), row stride ldhs, or null
+  T* Hs = nullptr;  // (offsets[E], F), row stride ldhs, or null
   int64_t ldhs = 0;
-  T* dscale = nullptr;               // (offsets[E]) or null
+  T* dscale = nullptr;  // (offsets[E]) or null
 };
 template <typename T>
 void grouped_ffn_down_backward(Exec e, const FfnDownBackwardArgs<T>& args) {
@@ -290,10 +290,10 @@ struct GroupedGemmCatArgs {
   const int32_t* offsets = nullptr;  // (E + 1)
   const T* A = nullptr;              // rows of length K1 + K2, row stride lda
   int64_t lda = 0;
-  const int32_t* gather = nullptr;   // (offsets[E]) or null
-  const T* W1 = nullptr;             // (E, K1, N)
-  const T* W2 = nullptr;             // (E, K2, N)
-  T* C = nullptr;                    // (offsets[E], N), row stride ldc
+  const int32_t* gather = nullptr;  // (offsets[E]) or null
+  const T* W1 = nullptr;            // (E, K1, N)
+  const T* W2 = nullptr;            // (E, K2, N)
+  T* C = nullptr;                   // (offsets[E], N), row stride ldc
   int64_t ldc = 0;
   T beta = 0;
 };
@@ -312,8 +312,8 @@ struct GroupedGemmScatterArgs {
   const int32_t* offsets = nullptr;  // (E + 1)
   const T* A = nullptr;              // rows of length K, row stride lda
   int64_t lda = 0;
-  const int32_t* gather = nullptr;   // (offsets[E]) or null
-  const T* W = nullptr;              // (E, N, K), or (E, K, N) when trans_w
+  const int32_t* gather = nullptr;  // (offsets[E]) or null
+  const T* W = nullptr;             // (E, N, K), or (E, K, N) when trans_w
   bool trans_w = false;
   const T* scale = nullptr;          // (offsets[E]) or null
   const int32_t* out_row = nullptr;  // (offsets[E]) or null

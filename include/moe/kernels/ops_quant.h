@@ -24,7 +24,7 @@ namespace moe::kernels {
 
 // A view of one quantized (N, K) matrix. K % group == 0; group is a multiple of 32.
 struct QuantWeight {
-  int bits = 4;                      // 8 or 4
+  int bits = 4;  // 8 or 4
   int64_t N = 0, K = 0, group = 64;
   const uint8_t* q = nullptr;        // int8: (N, K) bytes (int8_t); int4: (N, K / 2) bytes
   const uint16_t* scales = nullptr;  // f16 (N, K / group)
@@ -58,8 +58,9 @@ struct QuantizedMatrix {
 
 // Round-to-nearest quantization of an f32 (N, K) row-major matrix (the scale and min are rounded to
 // f16 first, outwards: min down and scale up so that the group's range stays covered, and q computed
-// from the rounded values, so dequantisation errors are at most half a step; src/kernels/quant.cpp). Throws moe::Error on bits other than 4/8, a group that is not a multiple of 32 or does not
-// divide K, or a non-finite weight (naming `name`).
+// from the rounded values, so dequantisation errors are at most half a step; src/kernels/quant.cpp). Throws
+// moe::Error on bits other than 4/8, a group that is not a multiple of 32 or does not divide K, or a
+// non-finite weight (naming `name`).
 QuantizedMatrix quantize_matrix(const float* W, int64_t N, int64_t K, int bits, int64_t group,
                                 const std::string& name = "weight");
 // Wraps loaded tensors (checking dtypes and shapes, naming `name` in errors).

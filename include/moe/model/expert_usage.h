@@ -11,14 +11,14 @@
 namespace moe::model {
 
 struct LayerUsage {
-  int64_t layer = 0;              // transformer layer index
-  std::vector<int64_t> count;     // (E) assignments routed to each expert (before capacity)
-  std::vector<double> weight;     // (E) sum of their combine weights
+  int64_t layer = 0;           // transformer layer index
+  std::vector<int64_t> count;  // (E) assignments routed to each expert (before capacity)
+  std::vector<double> weight;  // (E) sum of their combine weights
 };
 
 struct ExpertUsage {
-  int64_t tokens = 0;             // tokens run
-  std::vector<LayerUsage> layers; // one per MoE layer, in layer order
+  int64_t tokens = 0;              // tokens run
+  std::vector<LayerUsage> layers;  // one per MoE layer, in layer order
 };
 
 // JSON: {"tokens": N, "layers": [{"layer": l, "count": [...], "weight": [...]}, ...]}.

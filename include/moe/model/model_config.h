@@ -29,7 +29,7 @@
 namespace moe::model {
 
 enum class Arch { Mixtral, Qwen2Moe, Qwen3Moe, Olmoe, DeepseekV3 };
-const char* arch_name(Arch a);           // the Hugging Face model_type
+const char* arch_name(Arch a);            // the Hugging Face model_type
 Arch arch_from_name(const std::string&);  // throws moe::Error listing the supported ones
 
 enum class QkNorm { None, PerHead, Full };  // qwen3_moe: RMSNorm(head_dim); olmoe: RMSNorm(heads · head_dim)
@@ -40,9 +40,9 @@ enum class QkNorm { None, PerHead, Full };  // qwen3_moe: RMSNorm(head_dim); olm
 struct RopeScaling {
   std::string type = "default";
   double factor = 1.0;
-  double mscale = 0;                  // 0 = absent
-  double mscale_all_dim = 0;          // 0 = absent
-  double attention_factor = 0;        // 0 = derived from factor, mscale, mscale_all_dim
+  double mscale = 0;                             // 0 = absent
+  double mscale_all_dim = 0;                     // 0 = absent
+  double attention_factor = 0;                   // 0 = derived from factor, mscale, mscale_all_dim
   int64_t original_max_position_embeddings = 0;  // 0 = max_position_embeddings
   double beta_fast = 32, beta_slow = 1;
   bool truncate = true;
@@ -56,15 +56,15 @@ struct ModelConfig {
   int64_t num_hidden_layers = 0;
   int64_t num_attention_heads = 0;
   int64_t num_key_value_heads = 0;
-  int64_t head_dim = 0;                 // 0 = hidden_size / num_attention_heads
-  int64_t intermediate_size = 0;        // dense FFN width (mixtral, olmoe: the expert width)
-  int64_t moe_intermediate_size = 0;    // expert width (qwen2_moe, qwen3_moe)
+  int64_t head_dim = 0;                         // 0 = hidden_size / num_attention_heads
+  int64_t intermediate_size = 0;                // dense FFN width (mixtral, olmoe: the expert width)
+  int64_t moe_intermediate_size = 0;            // expert width (qwen2_moe, qwen3_moe)
   int64_t shared_expert_intermediate_size = 0;  // qwen2_moe
   int64_t num_experts = 0;
   int64_t num_experts_per_tok = 0;
-  bool norm_topk_prob = false;          // mixtral always renormalises
-  int64_t decoder_sparse_step = 1;      // qwen: layer i is MoE when (i + 1) % step == 0 ...
-  std::vector<int64_t> mlp_only_layers; // ... and i is not listed here
+  bool norm_topk_prob = false;           // mixtral always renormalises
+  int64_t decoder_sparse_step = 1;       // qwen: layer i is MoE when (i + 1) % step == 0 ...
+  std::vector<int64_t> mlp_only_layers;  // ... and i is not listed here
   double rope_theta = 10000.0;
   double rms_norm_eps = 1e-6;
   int64_t max_position_embeddings = 4096;
@@ -75,27 +75,27 @@ struct ModelConfig {
   int64_t bos_token_id = -1;
   int64_t eos_token_id = -1;
   // deepseek_v3 (num_experts holds n_routed_experts; head_dim is qk_rope_head_dim, as transformers sets it)
-  int64_t n_shared_experts = 0;         // ungated shared experts, each moe_intermediate_size wide
-  int64_t first_k_dense_replace = 0;    // layers < this are dense (intermediate_size)
-  int64_t n_group = 1;                  // expert groups of the group-limited router ...
-  int64_t topk_group = 1;               // ... of which the best topk_group are eligible
+  int64_t n_shared_experts = 0;       // ungated shared experts, each moe_intermediate_size wide
+  int64_t first_k_dense_replace = 0;  // layers < this are dense (intermediate_size)
+  int64_t n_group = 1;                // expert groups of the group-limited router ...
+  int64_t topk_group = 1;             // ... of which the best topk_group are eligible
   double routed_scaling_factor = 1.0;
-  int64_t q_lora_rank = 0;              // 0 (null in config.json) = plain q_proj
+  int64_t q_lora_rank = 0;  // 0 (null in config.json) = plain q_proj
   int64_t kv_lora_rank = 0;
   int64_t qk_nope_head_dim = 0;
   int64_t qk_rope_head_dim = 0;
   int64_t v_head_dim = 0;
   bool rope_interleave = true;
-  bool mla_bias = false;                // config.json attention_bias: q_a_proj, kv_a_proj_with_mqa, o_proj
+  bool mla_bias = false;  // config.json attention_bias: q_a_proj, kv_a_proj_with_mqa, o_proj
   RopeScaling rope_scaling;
   // "moe_cpp" extension: router and balancing options beyond the architecture's own. The fields
   // that the architecture defines (top_k, normalisation, aux coefficient) are taken from above.
   RouterConfig router_extra;
   BalanceConfig balance_extra;
-  bool has_extra = false;               // write the "moe_cpp" key
+  bool has_extra = false;  // write the "moe_cpp" key
 
   int64_t head_dim_or_default() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
-  int64_t expert_width() const;         // per architecture
+  int64_t expert_width() const;  // per architecture
   bool is_moe_layer(int64_t layer) const;
   bool attention_bias() const { return arch == Arch::Qwen2Moe; }  // q/k/v projection biases
   bool mla() const { return arch == Arch::DeepseekV3; }           // multi-head latent attention
@@ -114,7 +114,7 @@ struct ModelConfig {
   MoEConfig moe_layer_config() const;
   // Throws moe::Error naming the first invalid field.
   void validate() const;
-  void validate_mla() const;       // the deepseek_v3 fields
+  void validate_mla() const;         // the deepseek_v3 fields
   int64_t attention_params() const;  // per layer
   // Parameters: total, and active per token (k routed experts + everything else).
   int64_t n_params() const;
@@ -125,6 +125,6 @@ struct ModelConfig {
 // missing required keys and invalid values are a moe::Error naming the key.
 ModelConfig model_config_from_json(const std::string& json_text);
 ModelConfig load_model_config(const std::string& path);  // a config.json file
-std::string to_json(const ModelConfig& c);                // includes "model_type" and "architectures"
+std::string to_json(const ModelConfig& c);               // includes "model_type" and "architectures"
 
 }  // namespace moe::model

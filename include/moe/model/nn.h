@@ -15,8 +15,8 @@ namespace moe::nn {
 // ---------------------------------------------------------------------------------------------
 // RMSNorm over the last dimension:  y = x · rstd · w,  rstd = 1 / sqrt(mean(x²) + eps).
 struct RmsNormArgs {
-  int64_t n = 0;       // rows
-  int64_t d = 0;       // features
+  int64_t n = 0;  // rows
+  int64_t d = 0;  // features
   double eps = 1e-6;
 };
 // x, y: (n, d); w: (d); rstd: (n) saved for backward (may be null when not needed). y may alias x.
@@ -25,8 +25,7 @@ void rmsnorm_forward(const RmsNormArgs& a, const T* x, const T* w, T* y, T* rstd
 // dx = ∂L/∂x (overwritten; may alias dy), dw += ∂L/∂w (accumulated; may be null). rstd may be null:
 // it is then recomputed from x.
 template <typename T>
-void rmsnorm_backward(const RmsNormArgs& a, const T* x, const T* w, const T* rstd, const T* dy, T* dx,
-                      T* dw);
+void rmsnorm_backward(const RmsNormArgs& a, const T* x, const T* w, const T* rstd, const T* dy, T* dx, T* dw);
 
 // ---------------------------------------------------------------------------------------------
 // Rotary position embedding, Hugging Face "rotate_half" convention, applied in place to each head:

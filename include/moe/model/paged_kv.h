@@ -73,9 +73,9 @@ struct BatchSeq {
 };
 
 struct BatchResult {
-  Tensor logits;                        // (number of sequences with want_logits, V), in batch order
-  std::vector<int64_t> moe_layers;      // layer index of each entry of stats
-  std::vector<MoEStats> stats;          // per MoE layer, over all the batch's tokens
+  Tensor logits;                    // (number of sequences with want_logits, V), in batch order
+  std::vector<int64_t> moe_layers;  // layer index of each entry of stats
+  std::vector<MoEStats> stats;      // per MoE layer, over all the batch's tokens
 };
 
 // Writes the new tokens' keys and values into the cache and returns the requested logits. The
@@ -89,6 +89,7 @@ BatchResult forward_batch(const Transformer& m, PagedKVCache& cache, const std::
 // scale 0 means 1/sqrt(k_dim).
 template <typename T>
 void paged_attention(const std::vector<BatchSeq>& seqs, const T* q, const T* k_pool, const T* v_pool,
-                     int64_t block_size, int64_t hq, int64_t hkv, int64_t k_dim, int64_t v_dim, double scale, T* out);
+                     int64_t block_size, int64_t hq, int64_t hkv, int64_t k_dim, int64_t v_dim, double scale,
+                     T* out);
 
 }  // namespace moe::model

@@ -23,9 +23,9 @@
 namespace moe::model {
 
 struct QuantConfig {
-  int bits = 0;                  // 0: not quantized
+  int bits = 0;  // 0: not quantized
   int64_t group = 64;
-  bool attention = false;        // attention projections quantized too
+  bool attention = false;                     // attention projections quantized too
   std::vector<std::vector<int>> expert_bits;  // per MoE layer (in layer order), per expert; empty: all `bits`
 };
 
@@ -49,27 +49,27 @@ kernels::QuantizedMatrix load_quantized(const TensorSource& src, const std::stri
 // ---- writing: `moe quantize` ----
 
 struct QuantizeOptions {
-  int bits = 4;             // 8 or 4
-  int64_t group = 64;       // a multiple of 32 that divides every quantized K
-  bool attention = false;   // also the attention projections (hf_names: q/k/v/o; deepseek_v3's MLA ones)
+  int bits = 4;            // 8 or 4
+  int64_t group = 64;      // a multiple of 32 that divides every quantized K
+  bool attention = false;  // also the attention projections (hf_names: q/k/v/o; deepseek_v3's MLA ones)
   // Mixed precision: the fraction mixed_fraction of each MoE layer's experts with the lowest routing
   // weight in usage_file (save_expert_usage's JSON, moe/model/expert_usage.h) get mixed_bits
   // instead of bits.
-  int mixed_bits = 0;       // 0 (off), 4 or 8
+  int mixed_bits = 0;  // 0 (off), 4 or 8
   double mixed_fraction = 0;
   std::string usage_file;
-  bool overwrite = false;   // replace the files of a non-empty dst
+  bool overwrite = false;  // replace the files of a non-empty dst
 };
 
 struct QuantizeResult {
-  QuantConfig config;                 // what was written into quantization_config
-  int64_t expert_tensors = 0;         // routed-expert linears quantized
-  int64_t attention_tensors = 0;      // attention linears quantized
-  int64_t expert_params = 0;          // their elements
-  int64_t expert_bytes_before = 0;    // in the source checkpoint (its dtype)
-  int64_t expert_bytes_after = 0;     // qweight + scales + mins
+  QuantConfig config;               // what was written into quantization_config
+  int64_t expert_tensors = 0;       // routed-expert linears quantized
+  int64_t attention_tensors = 0;    // attention linears quantized
+  int64_t expert_params = 0;        // their elements
+  int64_t expert_bytes_before = 0;  // in the source checkpoint (its dtype)
+  int64_t expert_bytes_after = 0;   // qweight + scales + mins
   int64_t attention_bytes_before = 0, attention_bytes_after = 0;
-  int64_t file_bytes = 0;             // dst/model.safetensors
+  int64_t file_bytes = 0;  // dst/model.safetensors
 };
 
 // Reads the checkpoint in src_dir tensor by tensor (f32, bf16 or f16 linears), quantizes every routed
@@ -79,6 +79,7 @@ struct QuantizeResult {
 // generation_config.json where present. Throws moe::Error, before writing anything, on bad options, a
 // non-empty dst_dir without overwrite, a source that is already quantized, a quantized linear whose K
 // is not a multiple of group, or a usage file that does not match the model.
-QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string& dst_dir, const QuantizeOptions& opt);
+QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string& dst_dir,
+                                   const QuantizeOptions& opt);
 
 }  // namespace moe::model

@@ -40,20 +40,20 @@ struct NamedParam {
 };
 
 struct StepOptions {
-  double ce_scale = 1.0;    // multiplies the summed cross-entropy in the gradient
-  double aux_scale = 1.0;   // multiplies the summed balancing losses in the gradient
-  bool training = true;     // router jitter
-  uint64_t step = 0;        // jitter stream
+  double ce_scale = 1.0;   // multiplies the summed cross-entropy in the gradient
+  double aux_scale = 1.0;  // multiplies the summed balancing losses in the gradient
+  bool training = true;    // router jitter
+  uint64_t step = 0;       // jitter stream
   uint64_t seed = 0;
   bool check_finite = false;
 };
 
 struct StepResult {
-  double loss_sum = 0;       // Σ CE over counted targets
-  int64_t count = 0;         // counted targets (target >= 0)
-  double aux_loss = 0;       // Σ over MoE layers of their balancing loss (unscaled)
-  std::vector<int64_t> moe_layers;   // layer index of each entry of stats
-  std::vector<MoEStats> stats;       // per MoE layer
+  double loss_sum = 0;              // Σ CE over counted targets
+  int64_t count = 0;                // counted targets (target >= 0)
+  double aux_loss = 0;              // Σ over MoE layers of their balancing loss (unscaled)
+  std::vector<int64_t> moe_layers;  // layer index of each entry of stats
+  std::vector<MoEStats> stats;      // per MoE layer
   double mean_loss() const { return count > 0 ? loss_sum / static_cast<double>(count) : 0.0; }
 };
 
@@ -62,14 +62,14 @@ struct StepResult {
 // caches the decompressed per-head keys and values.
 struct KVCache {
   int64_t max_len = 0;
-  int64_t len = 0;                 // positions filled
-  std::vector<Tensor> k, v;        // per layer (max_len, hkv, hd_k), (max_len, hkv, hd_v)
+  int64_t len = 0;           // positions filled
+  std::vector<Tensor> k, v;  // per layer (max_len, hkv, hd_k), (max_len, hkv, hd_v)
 };
 
 // Named tensors read on demand: a checkpoint's files (checkpoint_source) or a map in memory.
 struct TensorSource {
-  std::vector<std::string> names;                   // every tensor the source holds
-  std::function<Tensor(const std::string&)> load;   // reads one; throws moe::Error naming file and tensor
+  std::vector<std::string> names;                       // every tensor the source holds
+  std::function<Tensor(const std::string&)> load;       // reads one; throws moe::Error naming file and tensor
   std::function<std::string(const std::string&)> file;  // the file holding a tensor, for errors (optional)
 };
 
@@ -98,8 +98,8 @@ class Transformer {
   std::vector<NamedParam>& parameters() { return params_; }
   const std::vector<NamedParam>& parameters() const { return params_; }
   NamedParam& param(const std::string& name);  // throws when absent
-  void zero_grads();    // allocates the gradients first when needed
-  void ensure_grads();  // allocates zero gradients for parameters that have none yet
+  void zero_grads();                           // allocates the gradients first when needed
+  void ensure_grads();                         // allocates zero gradients for parameters that have none yet
 
   // Forward and backward of a micro-batch; tokens and targets (B, S) i32 (target < 0 = ignored).
   StepResult forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
@@ -154,9 +154,10 @@ class Transformer {
   struct LayerIndex {
     int ln1 = -1, ln2 = -1;
     int q_w = -1, q_b = -1, k_w = -1, k_b = -1, v_w = -1, v_b = -1, o_w = -1, q_norm = -1, k_norm = -1;
-    int o_b = -1;                       // o_proj bias (deepseek_v3 attention_bias)
+    int o_b = -1;  // o_proj bias (deepseek_v3 attention_bias)
     // deepseek_v3 latent attention (q_w is q_proj when q_lora_rank is null)
-    int q_a_w = -1, q_a_b = -1, q_a_norm = -1, q_b_w = -1, kv_a_w = -1, kv_a_b = -1, kv_a_norm = -1, kv_b_w = -1;
+    int q_a_w = -1, q_a_b = -1, q_a_norm = -1, q_b_w = -1, kv_a_w = -1, kv_a_b = -1, kv_a_norm = -1,
+        kv_b_w = -1;
     int gate = -1, up = -1, down = -1;  // dense FFN
     // MoE block: router_w, w_gate, w_up, w_down, shared_w_gate, shared_w_up, shared_w_down, shared_gate_w
     int moe[8] = {-1, -1, -1, -1, -1, -1, -1, -1};

@@ -22,11 +22,11 @@
 namespace moe::model {
 
 struct UpcycleOptions {
-  int64_t n_experts = 8;               // copies of the FFN
-  int64_t top_k = 2;                   // copies per token
-  int64_t split = 1;                   // slices per copy (fine-grained experts)
-  std::vector<int64_t> keep_dense;     // layers that stay dense (qwen only)
-  uint64_t seed = 0;                   // router init
+  int64_t n_experts = 8;            // copies of the FFN
+  int64_t top_k = 2;                // copies per token
+  int64_t split = 1;                // slices per copy (fine-grained experts)
+  std::vector<int64_t> keep_dense;  // layers that stay dense (qwen only)
+  uint64_t seed = 0;                // router init
 };
 
 struct UpcycleResult {

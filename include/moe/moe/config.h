@@ -20,27 +20,27 @@ const char* topk_order_name(TopkOrder o);
 const char* group_score_name(GroupScore g);
 const char* drop_policy_name(DropPolicy d);
 RouterType router_type_from_name(const std::string& s);  // token_choice | expert_choice | hash | balanced
-ScoreFn score_fn_from_name(const std::string& s);     // softmax | sigmoid
-TopkOrder topk_order_from_name(const std::string& s); // score_then_topk | topk_then_softmax
-GroupScore group_score_from_name(const std::string& s); // max | sum_top2
-DropPolicy drop_policy_from_name(const std::string& s); // position | probs
+ScoreFn score_fn_from_name(const std::string& s);        // softmax | sigmoid
+TopkOrder topk_order_from_name(const std::string& s);    // score_then_topk | topk_then_softmax
+GroupScore group_score_from_name(const std::string& s);  // max | sum_top2
+DropPolicy drop_policy_from_name(const std::string& s);  // position | probs
 
 struct RouterConfig {
   RouterType routing = RouterType::TokenChoice;
   ScoreFn score = ScoreFn::Softmax;
   TopkOrder order = TopkOrder::ScoreThenTopk;
   int top_k = 2;
-  bool normalize = false;         // renormalise the k selected weights to sum to 1
-  double scaling = 1.0;           // routed scaling factor applied to the weights
-  int n_groups = 1;               // group-limited routing: experts split in n_groups contiguous groups
-  int topk_groups = 1;            // ... of which the best topk_groups are eligible
+  bool normalize = false;  // renormalise the k selected weights to sum to 1
+  double scaling = 1.0;    // routed scaling factor applied to the weights
+  int n_groups = 1;        // group-limited routing: experts split in n_groups contiguous groups
+  int topk_groups = 1;     // ... of which the best topk_groups are eligible
   GroupScore group_score = GroupScore::SumTop2;
-  bool use_bias = false;          // per-expert selection bias (aux-loss-free balancing)
-  double jitter_eps = 0.0;        // training only: router input scaled by U(1-eps, 1+eps)
-  double capacity_factor = 0.0;   // 0 = dropless; > 0: capacity per expert = ceil(cf * T * k / E)
+  bool use_bias = false;         // per-expert selection bias (aux-loss-free balancing)
+  double jitter_eps = 0.0;       // training only: router input scaled by U(1-eps, 1+eps)
+  double capacity_factor = 0.0;  // 0 = dropless; > 0: capacity per expert = ceil(cf * T * k / E)
   DropPolicy drop_policy = DropPolicy::Position;
-  int sinkhorn_iters = 8;         // balanced routing
-  uint64_t hash_seed = 0;         // hash routing
+  int sinkhorn_iters = 8;  // balanced routing
+  uint64_t hash_seed = 0;  // hash routing
   // Inference only (a forward with ForwardOptions::training false): assignments whose combine
   // weight is below this are not computed (dropped like capacity drops; the other weights are not
   // renormalised). 0 = off. docs/PRUNING.md.
@@ -48,21 +48,21 @@ struct RouterConfig {
 };
 
 struct BalanceConfig {
-  double aux_coef = 0.0;       // Switch/GShard auxiliary loss coefficient α
-  double seq_aux_coef = 0.0;   // sequence-level auxiliary loss coefficient
-  int64_t seq_len = 0;         // sequence length for the sequence-level loss (0 = whole batch)
-  double z_coef = 0.0;         // router z-loss coefficient
+  double aux_coef = 0.0;          // Switch/GShard auxiliary loss coefficient α
+  double seq_aux_coef = 0.0;      // sequence-level auxiliary loss coefficient
+  int64_t seq_len = 0;            // sequence length for the sequence-level loss (0 = whole batch)
+  double z_coef = 0.0;            // router z-loss coefficient
   double bias_update_rate = 0.0;  // γ of the aux-loss-free bias update
 };
 
 struct MoEConfig {
   int64_t d_model = 0;
-  int64_t d_ff = 0;            // width of each routed expert
+  int64_t d_ff = 0;  // width of each routed expert
   int64_t n_experts = 0;
   kernels::Activation activation = kernels::Activation::SwiGLU;  // SwiGLU, or Gelu/Relu/Silu for plain FFN
   int64_t n_shared_experts = 0;
-  int64_t d_ff_shared = 0;     // width of each shared expert (0 = d_ff)
-  bool shared_gate = false;    // Qwen2-MoE style sigmoid gate on the shared experts' output
+  int64_t d_ff_shared = 0;   // width of each shared expert (0 = d_ff)
+  bool shared_gate = false;  // Qwen2-MoE style sigmoid gate on the shared experts' output
   RouterConfig router;
   BalanceConfig balance;
 

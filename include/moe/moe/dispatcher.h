@@ -19,13 +19,13 @@ namespace moe {
 // weighted output goes to row out_row[p] of an output buffer of out_rows rows.
 template <typename T>
 struct ExpertBatch {
-  int64_t rows = 0;                 // M
-  std::vector<int32_t> offsets;     // (E_local + 1)
-  const T* x_rows = nullptr;        // source rows, row stride d
-  std::vector<int32_t> gather;      // (M) or empty
-  std::vector<T> weight;            // (M) the routing weight of each row
-  std::vector<int32_t> out_row;     // (M) distinct rows of the output buffer
-  int64_t out_rows = 0;             // rows of the output buffer
+  int64_t rows = 0;              // M
+  std::vector<int32_t> offsets;  // (E_local + 1)
+  const T* x_rows = nullptr;     // source rows, row stride d
+  std::vector<int32_t> gather;   // (M) or empty
+  std::vector<T> weight;         // (M) the routing weight of each row
+  std::vector<int32_t> out_row;  // (M) distinct rows of the output buffer
+  int64_t out_rows = 0;          // rows of the output buffer
 };
 
 // Forward:  dispatch -> the layer computes out[out_row[p]] = weight[p] · FFN_e(row p) -> combine.

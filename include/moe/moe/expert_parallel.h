@@ -57,14 +57,14 @@ class AllToAllDispatcher final : public Dispatcher<T> {
   dist::Communicator& comm_;
   kernels::Backend backend_;
   int64_t T_ = 0, N_ = 0, d_ = 0;
-  std::vector<int32_t> perm_;         // (S) assignment of each sent row (sorted by expert)
-  std::vector<int32_t> send_tok_;     // (S) token of each sent row
-  std::vector<int32_t> pos_;          // (N) sent row of each assignment, -1 when dropped
+  std::vector<int32_t> perm_;                   // (S) assignment of each sent row (sorted by expert)
+  std::vector<int32_t> send_tok_;               // (S) token of each sent row
+  std::vector<int32_t> pos_;                    // (N) sent row of each assignment, -1 when dropped
   std::vector<int64_t> send_rows_, recv_rows_;  // (R)
-  std::vector<int32_t> recv_index_;   // (M) receive row of each batch row (= batch.gather)
+  std::vector<int32_t> recv_index_;             // (M) receive row of each batch row (= batch.gather)
   TokenSum<T> by_token_;
-  std::vector<T> x_recv_;             // (M, d) the rows this rank's experts compute
-  std::vector<T> dy_recv_;            // (M, d) their upstream gradients (backward)
+  std::vector<T> x_recv_;   // (M, d) the rows this rank's experts compute
+  std::vector<T> dy_recv_;  // (M, d) their upstream gradients (backward)
 };
 
 }  // namespace moe

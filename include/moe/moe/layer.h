@@ -36,7 +36,8 @@ struct ExpertParallel {
 };
 
 // Parameters, all of the layer's dtype. Under expert parallelism the routed experts' tensors hold
-// only this rank's El = E / R experts (E replaced by El below). Shapes with E experts, F = d_ff, Fs = shared width, d = d_model.
+// only this rank's El = E / R experts (E replaced by El below). Shapes with E experts, F = d_ff, Fs = shared
+// width, d = d_model.
 struct MoEParams {
   Tensor router_w;       // (E, d)      gate: logits = x · router_w^T
   Tensor router_bias;    // (E)         selection-only bias (aux-loss-free balancing); no gradient
@@ -65,24 +66,24 @@ struct MoEGrads {
 };
 
 struct MoEStats {
-  std::vector<int64_t> routed_per_expert;  // assignments chosen per expert, before capacity
+  std::vector<int64_t> routed_per_expert;        // assignments chosen per expert, before capacity
   std::vector<double> routed_weight_per_expert;  // sum of the combine weights of those assignments
-  std::vector<int64_t> tokens_per_expert;  // assignments computed per expert, after capacity
-  int64_t dropped = 0;                     // assignments dropped by capacity
-  int64_t skipped = 0;                     // assignments skipped for a weight below router.skip_threshold
-  double imbalance = 0.0;                  // max / mean of routed_per_expert (1 = balanced)
-  double aux_loss = 0.0;                   // α-weighted Switch/GShard loss
-  double seq_aux_loss = 0.0;               // weighted sequence-level loss
-  double z_loss = 0.0;                     // weighted router z-loss
+  std::vector<int64_t> tokens_per_expert;        // assignments computed per expert, after capacity
+  int64_t dropped = 0;                           // assignments dropped by capacity
+  int64_t skipped = 0;        // assignments skipped for a weight below router.skip_threshold
+  double imbalance = 0.0;     // max / mean of routed_per_expert (1 = balanced)
+  double aux_loss = 0.0;      // α-weighted Switch/GShard loss
+  double seq_aux_loss = 0.0;  // weighted sequence-level loss
+  double z_loss = 0.0;        // weighted router z-loss
   double total_loss() const { return aux_loss + seq_aux_loss + z_loss; }
 };
 
 struct ForwardOptions {
-  bool training = false;     // enables router jitter
-  uint64_t step = 0;         // picks the jitter noise stream
-  uint64_t seed = 0;         // jitter seed
+  bool training = false;              // enables router jitter
+  uint64_t step = 0;                  // picks the jitter noise stream
+  uint64_t seed = 0;                  // jitter seed
   const Tensor* token_ids = nullptr;  // (T) i32; required for hash routing
-  bool check_finite = false; // throw moe::Error when x contains NaN/Inf
+  bool check_finite = false;          // throw moe::Error when x contains NaN/Inf
 };
 
 struct MoEForward {
@@ -100,8 +101,8 @@ struct ExpertRows {
   const int32_t* offsets = nullptr;  // (E + 1)
   const float* x = nullptr;          // (n_tokens, d) the layer input (router input), contiguous
   int64_t n_tokens = 0;
-  const int32_t* gather = nullptr;   // (M) token of each sorted row, or null
-  float* out = nullptr;              // (M, d) expert FFN output of each sorted row (unweighted), overwritten
+  const int32_t* gather = nullptr;  // (M) token of each sorted row, or null
+  float* out = nullptr;             // (M, d) expert FFN output of each sorted row (unweighted), overwritten
 };
 
 // Computes a layer's routed experts on weights the layer does not hold itself (offloaded or quantized

@@ -17,12 +17,12 @@ struct Routing {
   int64_t n_tokens = 0;
   int64_t n_assign = 0;
   int64_t capacity = 0;  // per expert; 0 in dropless mode
-  Tensor token;    // (N) i32
-  Tensor expert;   // (N) i32
-  Tensor weight;   // (N) layer dtype: the combine weight, before dropping (a dropped one is simply not used)
-  Tensor kept;     // (N) u8: 0 when dropped by capacity
-  Tensor logits;   // (T, E) router logits (after jitter of the input, if any)
-  Tensor scores;   // (T, E) softmax or sigmoid of the logits
+  Tensor token;          // (N) i32
+  Tensor expert;         // (N) i32
+  Tensor weight;  // (N) layer dtype: the combine weight, before dropping (a dropped one is simply not used)
+  Tensor kept;    // (N) u8: 0 when dropped by capacity
+  Tensor logits;  // (T, E) router logits (after jitter of the input, if any)
+  Tensor scores;  // (T, E) softmax or sigmoid of the logits
 };
 
 // logits: (T, E) of dtype F32 or F64. bias: (E) or undefined. token_ids: (T) i32, needed for hash.

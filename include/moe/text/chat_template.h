@@ -3,13 +3,15 @@
 // tokenizer_config.json template for conversations of plain text messages (docs/SERVING.md lists
 // the exact output of each).
 //
-//   chatml    Qwen1.5/Qwen2-MoE, Qwen3-MoE:  <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n
+//   chatml    Qwen1.5/Qwen2-MoE, Qwen3-MoE:  <|im_start|>ROLE\nCONTENT<|im_end|>\n ...
+//   <|im_start|>assistant\n
 //             (qwen2 adds Qwen1.5's default system message "You are a helpful assistant." when the
 //             conversation has none; chatml does not, as Qwen3's template.)
 //   mistral   Mixtral-8x7B-Instruct: <s> [INST] SYSTEM\n\nUSER [/INST] ASSISTANT</s> [INST] USER [/INST]
-//   tulu      OLMoE-Instruct: BOS<|system|>\nS\n<|user|>\nU\n<|assistant|>\nA EOS\n<|user|>\nU\n<|assistant|>\n
-//   deepseek  DeepSeek-V3 (deepseek_v3): <｜begin▁of▁sentence｜>SYSTEM<｜User｜>U<｜Assistant｜>A<｜end▁of▁sentence｜>...<｜Assistant｜>
-//   plain     models trained here (no chat tokens): "System: S\n\nUser: U\n\nAssistant: A\n\n...Assistant:"
+//   tulu      OLMoE-Instruct: BOS<|system|>\nS\n<|user|>\nU\n<|assistant|>\nA
+//   EOS\n<|user|>\nU\n<|assistant|>\n deepseek  DeepSeek-V3 (deepseek_v3):
+//   <｜begin▁of▁sentence｜>SYSTEM<｜User｜>U<｜Assistant｜>A<｜end▁of▁sentence｜>...<｜Assistant｜> plain
+//   models trained here (no chat tokens): "System: S\n\nUser: U\n\nAssistant: A\n\n...Assistant:"
 #pragma once
 
 #include <string>

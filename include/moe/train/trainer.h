@@ -26,36 +26,36 @@ namespace moe::train {
 
 struct TrainOptions {
   std::string run_dir = "runs/fortunes";
-  std::string data;                 // text file or directory; empty = the fortunes corpus
-  std::string init_from;            // start from this model directory (its config, weights and
-                                    // tokenizer.json), e.g. one made by `moe upcycle`
-  model::ModelConfig model;         // vocab_size is set from the tokenizer
-  int32_t vocab_size = 4096;        // BPE vocabulary
+  std::string data;           // text file or directory; empty = the fortunes corpus
+  std::string init_from;      // start from this model directory (its config, weights and
+                              // tokenizer.json), e.g. one made by `moe upcycle`
+  model::ModelConfig model;   // vocab_size is set from the tokenizer
+  int32_t vocab_size = 4096;  // BPE vocabulary
   int64_t seq_len = 128;
-  int64_t batch_size = 16;          // sequences per micro-batch
-  int64_t grad_accum = 1;           // micro-batches per optimizer step
-  int64_t steps = 800;              // optimizer steps
+  int64_t batch_size = 16;  // sequences per micro-batch
+  int64_t grad_accum = 1;   // micro-batches per optimizer step
+  int64_t steps = 800;      // optimizer steps
   double lr = 3e-3;
-  double min_lr_ratio = 0.1;        // min_lr = lr · ratio
+  double min_lr_ratio = 0.1;  // min_lr = lr · ratio
   int64_t warmup_steps = 40;
   double weight_decay = 0.1;
   double beta1 = 0.9, beta2 = 0.95;
-  double grad_clip = 1.0;           // 0 = off
-  bool bf16 = false;                // bf16 compute of the dense linear layers (Transformer::set_bf16_compute)
+  double grad_clip = 1.0;  // 0 = off
+  bool bf16 = false;       // bf16 compute of the dense linear layers (Transformer::set_bf16_compute)
   uint64_t seed = 1;
   int64_t log_every = 10;
-  int64_t eval_every = 100;         // 0 = only at the end
+  int64_t eval_every = 100;  // 0 = only at the end
   int64_t eval_batches = 8;
-  int64_t checkpoint_every = 100;   // 0 = only at the end
-  double time_limit_s = 0;          // stop (with a checkpoint) after this much training time; 0 = none
-  int64_t halt_after = 0;           // stop after this many steps of THIS invocation (tests, time boxes)
-  int64_t fault_nan_step = -1;      // fault injection for tests: poison this step's gradient with NaN
-  int ep_chunks = 1;                // expert parallelism: token chunks per MoE layer whose exchange
-                                    // overlaps another chunk's compute (ExpertParallel::chunks)
-  int64_t fault_exit_step = -1;     // fault injection for tests: the last rank of a parallel run exits
-                                    // at the start of this step (a crashed process)
-  int64_t fault_hang_step = -1;     // ... or stops answering (sleeps) there
-  bool quiet = false;               // no progress lines on stdout
+  int64_t checkpoint_every = 100;  // 0 = only at the end
+  double time_limit_s = 0;         // stop (with a checkpoint) after this much training time; 0 = none
+  int64_t halt_after = 0;          // stop after this many steps of THIS invocation (tests, time boxes)
+  int64_t fault_nan_step = -1;     // fault injection for tests: poison this step's gradient with NaN
+  int ep_chunks = 1;               // expert parallelism: token chunks per MoE layer whose exchange
+                                   // overlaps another chunk's compute (ExpertParallel::chunks)
+  int64_t fault_exit_step = -1;    // fault injection for tests: the last rank of a parallel run exits
+                                   // at the start of this step (a crashed process)
+  int64_t fault_hang_step = -1;    // ... or stops answering (sleeps) there
+  bool quiet = false;              // no progress lines on stdout
 };
 
 // The default model: a small qwen3_moe (4 layers, d 256, 8 heads / 4 KV heads, 8 experts top-2 of
@@ -66,13 +66,13 @@ std::string to_json(const TrainOptions& o);
 TrainOptions train_options_from_json(const std::string& text);  // errors name the key
 
 struct TrainSummary {
-  int64_t steps_done = 0;           // optimizer steps completed in total (across resumes)
-  int64_t skipped = 0;              // steps skipped for a non-finite loss or gradient (this invocation)
-  double final_loss = 0;            // mean training loss of the last logged window
-  double eval_loss = 0;             // last evaluation
-  double unigram_entropy = 0;       // of the train shard, nats/token
-  double tokens_per_s = 0;          // this invocation
-  std::string checkpoint;           // path of the last checkpoint
+  int64_t steps_done = 0;      // optimizer steps completed in total (across resumes)
+  int64_t skipped = 0;         // steps skipped for a non-finite loss or gradient (this invocation)
+  double final_loss = 0;       // mean training loss of the last logged window
+  double eval_loss = 0;        // last evaluation
+  double unigram_entropy = 0;  // of the train shard, nats/token
+  double tokens_per_s = 0;     // this invocation
+  std::string checkpoint;      // path of the last checkpoint
 };
 
 // Trains a new run in opt.run_dir (which must not hold a run yet). Throws moe::Error on bad options.

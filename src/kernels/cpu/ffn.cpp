@@ -96,8 +96,8 @@ inline T act_grad(Activation act, T u) {
 // each in column order, then the lanes pairwise): a fixed order, so the result does not depend on
 // the thread count, and one the compiler can vectorise (as sigmoid_fast is).
 template <typename T>
-MOE_ACT_INLINE double swiglu_bwd_row_body(int64_t n, T s, const T* __restrict q, const T* g, const T* u, T* dg, T* du,
-                                          T* __restrict hs) {
+MOE_ACT_INLINE double swiglu_bwd_row_body(int64_t n, T s, const T* __restrict q, const T* g, const T* u,
+                                          T* dg, T* du, T* __restrict hs) {
   alignas(64) T gl[kNC], ul[kNC], h[kNC];  // copies: dg, du may be g, u
   for (int64_t j = 0; j < n; ++j) {
     gl[j] = g[j];
@@ -129,15 +129,16 @@ double swiglu_bwd_row_generic(int64_t n, T s, const T* q, const T* g, const T* u
 }
 
 template <typename T>
-__attribute__((target("avx512f"))) double swiglu_bwd_row_avx512(int64_t n, T s, const T* q, const T* g, const T* u,
-                                                                T* dg, T* du, T* hs) {
+__attribute__((target("avx512f"))) double swiglu_bwd_row_avx512(int64_t n, T s, const T* q, const T* g,
+                                                                const T* u, T* dg, T* du, T* hs) {
   return swiglu_bwd_row_body(n, s, q, g, u, dg, du, hs);
 }
 
 // avx512: the GEMM engine's instruction set (gemm_isa) is AVX-512, so the epilogue follows it.
 template <typename T>
 double swiglu_bwd_row(bool avx512, int64_t n, T s, const T* q, const T* g, const T* u, T* dg, T* du, T* hs) {
-  return avx512 ? swiglu_bwd_row_avx512(n, s, q, g, u, dg, du, hs) : swiglu_bwd_row_generic(n, s, q, g, u, dg, du, hs);
+  return avx512 ? swiglu_bwd_row_avx512(n, s, q, g, u, dg, du, hs)
+                : swiglu_bwd_row_generic(n, s, q, g, u, dg, du, hs);
 }
 
 }  // namespace
@@ -206,7 +207,7 @@ void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
   const int64_t M = g.offsets[g.E];
   // The dot of each row is summed per chunk of kNC columns (whatever the tile width), then over
   // the chunks in order: the same sums for every tile width and thread count.
-  const int64_t ntj = (g.F + kNC - 1) / kNC;  // column chunks per row
+  const int64_t ntj = (g.F + kNC - 1) / kNC;                                 // column chunks per row
   std::vector<double> partial(g.dscale ? static_cast<size_t>(M * ntj) : 0);  // (M, ntj)
   parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
     const Tile& tl = tiles[static_cast<size_t>(t)];

@@ -35,7 +35,8 @@ void run(const std::vector<GemmProblem<T>>& problems) {
   for (const GemmProblem<T>& p : problems) row_tiles += (p.M + kMT - 1) / kMT;
   std::vector<Tile> tiles;
   for (size_t q = 0; q < problems.size(); ++q)
-    add_tiles(tiles, static_cast<int64_t>(q), problems[q].M, problems[q].N, tile_width(row_tiles, problems[q].N));
+    add_tiles(tiles, static_cast<int64_t>(q), problems[q].M, problems[q].N,
+              tile_width(row_tiles, problems[q].N));
   parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
     const Tile& tile = tiles[static_cast<size_t>(t)];
     gemm_tile(problems[static_cast<size_t>(tile.problem)], tile.i0, tile.i1, tile.j0, tile.j1);
@@ -95,7 +96,7 @@ void grouped_gemm_wgrad(const GroupedWgradArgs<T>& g) {
     GemmProblem<T> p;
     p.M = g.N;
     p.N = g.K;
-    p.K = rows;                                               // 0 rows: dW_e = beta * dW_e
+    p.K = rows;  // 0 rows: dW_e = beta * dW_e
     // dC_e^T [n, p] = dC[dC_row(off + p), n]: the gathered rows become gathered columns.
     p.A = g.dC_gather ? Operand<T>{g.dC, 1, g.ldc, nullptr, g.dC_gather + off}
                       : Operand<T>{g.dC + off * g.ldc, 1, g.ldc, nullptr};

@@ -25,10 +25,10 @@
 #include <string>
 #include <vector>
 
-#include "moe/core/error.h"
-#include "moe/core/parallel.h"
 #include "kernels/cpu/act_inline.h"
 #include "kernels/cpu/isa.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
 #include "moe/kernels/ops_bf16.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
@@ -434,8 +434,7 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
         }
         if (load) {
           for (int64_t i = 0; i < MR; ++i) {
-            for (int64_t j = 0; j < NR; ++j)
-              edge[i * NR + j] = i < rows && j < cols ? c[i * ldc + j] : 0.0f;
+            for (int64_t j = 0; j < NR; ++j) edge[i * NR + j] = i < rows && j < cols ? c[i * ldc + j] : 0.0f;
           }
         }
         Kern::run(kp, ap + ip * kp, bp + jp * kp, edge, NR, load);

@@ -1,8 +1,8 @@
 // The blocked GEMM engine: packing, the register-tiled micro-kernel and one output tile.
 // See gemm_engine.h for the blocking scheme and why it is deterministic.
 #include "kernels/cpu/gemm_engine.h"
-#include "kernels/cpu/isa.h"
 #include "kernels/cpu/act_inline.h"
+#include "kernels/cpu/isa.h"
 
 #include <immintrin.h>
 
@@ -39,7 +39,8 @@ MOE_INLINE const T* col_ptr(const Operand<T>& o, int64_t c) {
 
 // dst[c] = operand row r's elements src[c] (c < n, contiguous) through the packing activation.
 template <typename T>
-MOE_INLINE void pre_row(const Operand<T>& o, int64_t r, const T* __restrict src, int64_t n, T* __restrict dst) {
+MOE_INLINE void pre_row(const Operand<T>& o, int64_t r, const T* __restrict src, int64_t n,
+                        T* __restrict dst) {
   act_row(o.act, src, o.xoff, n, o.rscale ? o.rscale[r] : T(1), dst);
 }
 
@@ -234,8 +235,8 @@ MOE_INLINE void micro_kernel(int64_t kc, const T* __restrict a, const T* __restr
 // is the same sequential sum over k, with the same operations, as micro_kernel's, so a row's result
 // does not depend on how many rows the GEMM has (batch invariance).
 template <typename T, int NR, int VB, int NP>
-MOE_INLINE void row_kernel(int64_t kc, const T* __restrict a, int64_t as, const T* __restrict b, int64_t bstride,
-                           T* __restrict out) {
+MOE_INLINE void row_kernel(int64_t kc, const T* __restrict a, int64_t as, const T* __restrict b,
+                           int64_t bstride, T* __restrict out) {
   typedef T vec __attribute__((vector_size(VB)));
   constexpr int kLanes = VB / static_cast<int>(sizeof(T));
   constexpr int NV = NR / kLanes;
@@ -330,17 +331,25 @@ MOE_INLINE void tile_impl(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64
       }
       if (full == mb) continue;
       constexpr int NP = 4;
-      alignas(64) T rout[NP * NR];  // (NP, NR)
+      alignas(64) T rout[NP * NR];   // (NP, NR)
       const T* ar = ap + full * kc;  // the last, partial panel (kc, MR)
       for (int64_t i = 0; i < mb - full; ++i) {
         for (int64_t jp = 0; jp < nc; jp += NP * NR) {
           const int64_t np = (nc - jp + NR - 1) / NR < NP ? (nc - jp + NR - 1) / NR : NP;
           const T* b = bp + jp * kc;
           switch (np) {
-            case 4: row_kernel<T, NR, VB, 4>(kc, ar + i, MR, b, NR * kc, rout); break;
-            case 3: row_kernel<T, NR, VB, 3>(kc, ar + i, MR, b, NR * kc, rout); break;
-            case 2: row_kernel<T, NR, VB, 2>(kc, ar + i, MR, b, NR * kc, rout); break;
-            default: row_kernel<T, NR, VB, 1>(kc, ar + i, MR, b, NR * kc, rout); break;
+            case 4:
+              row_kernel<T, NR, VB, 4>(kc, ar + i, MR, b, NR * kc, rout);
+              break;
+            case 3:
+              row_kernel<T, NR, VB, 3>(kc, ar + i, MR, b, NR * kc, rout);
+              break;
+            case 2:
+              row_kernel<T, NR, VB, 2>(kc, ar + i, MR, b, NR * kc, rout);
+              break;
+            default:
+              row_kernel<T, NR, VB, 1>(kc, ar + i, MR, b, NR * kc, rout);
+              break;
           }
           for (int64_t q = 0; q < np; ++q) {
             const int64_t j = jp + q * NR;
@@ -380,7 +389,8 @@ __attribute__((target("avx512f"))) void tile_avx512(const GemmProblem<T>& p, int
 namespace {
 
 template <typename T>
-void tile_dispatch(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* C, int64_t ldc) {
+void tile_dispatch(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* C,
+                   int64_t ldc) {
   switch (isa(Family::F32)) {
     case kAvx512:
       return tile_avx512(p, i0, i1, j0, j1, C, ldc);
@@ -408,7 +418,8 @@ void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int6
 }
 
 template <typename T>
-void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* out, int64_t ldo) {
+void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* out,
+                  int64_t ldo) {
   GemmProblem<T> q = p;
   q.beta = T(0);
   tile_dispatch(q, i0, i1, j0, j1, out, ldo);
@@ -416,7 +427,8 @@ void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, i
 
 template void gemm_tile<float>(const GemmProblem<float>&, int64_t, int64_t, int64_t, int64_t);
 template void gemm_tile<double>(const GemmProblem<double>&, int64_t, int64_t, int64_t, int64_t);
-template void gemm_tile_to<float>(const GemmProblem<float>&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
+template void gemm_tile_to<float>(const GemmProblem<float>&, int64_t, int64_t, int64_t, int64_t, float*,
+                                  int64_t);
 template void gemm_tile_to<double>(const GemmProblem<double>&, int64_t, int64_t, int64_t, int64_t, double*,
                                    int64_t);
 

@@ -82,7 +82,8 @@ void gemm_tile(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int6
 // Computes alpha * A[i0:i1, :] · B[:, j0:j1] into out (i1 - i0, j1 - j0), row stride ldo, ignoring
 // p.C and p.beta: the raw tile for a fused epilogue. Same sums, in the same order, as gemm_tile.
 template <typename T>
-void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* out, int64_t ldo);
+void gemm_tile_to(const GemmProblem<T>& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, T* out,
+                  int64_t ldo);
 
 // Instruction set of the micro-kernel ("generic", "avx2" with FMA, "avx512"): the f32 family of the
 // one registry (moe/kernels/isa.h), named here too for the engine's callers.

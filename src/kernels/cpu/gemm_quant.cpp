@@ -24,11 +24,11 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/quant_format.h"
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
-#include "kernels/cpu/isa.h"
 #include "moe/kernels/ops_quant.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
@@ -37,8 +37,8 @@ namespace moe::kernels::cpu {
 
 namespace {
 
-constexpr int64_t kNB = 16;         // columns per parallel block
-constexpr int64_t kMS = 64;         // rows per pass (the activation copy holds kMS rows of K)
+constexpr int64_t kNB = 16;            // columns per parallel block
+constexpr int64_t kMS = 64;            // rows per pass (the activation copy holds kMS rows of K)
 constexpr int64_t kDirectRows = 4;     // rows of the micro-kernel
 constexpr int64_t kDirectMaxRows = 8;  // up to this many rows: dequantise in registers
 

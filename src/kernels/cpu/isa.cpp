@@ -18,9 +18,9 @@ namespace {
 const char* const kNames[kIsaCount] = {"generic", "avx2", "avx512", "avx512bf16"};
 
 struct FamilyInfo {
-  const char* op;    // the op named in errors
+  const char* op;     // the op named in errors
   const char* label;  // in the summary
-  int top;           // the highest instruction set the family has kernels for
+  int top;            // the highest instruction set the family has kernels for
 };
 const FamilyInfo kFamilies[static_cast<int>(Family::Count)] = {
     {"gemm", "f32", kAvx512}, {"gemm_bf16w", "bf16", kAvx512Bf16}, {"gemm_qw", "int8/int4", kAvx512}};
@@ -46,7 +46,8 @@ const char* name_of(Family f) { return kNames[isa(f)]; }
 // Names the family accepts, for error messages: "generic, avx2 or avx512".
 std::string expected(Family f) {
   std::string s;
-  for (int i = 0; i <= info(f).top; ++i) s += std::string(i == 0 ? "" : i == info(f).top ? " or " : ", ") + kNames[i];
+  for (int i = 0; i <= info(f).top; ++i)
+    s += std::string(i == 0 ? "" : i == info(f).top ? " or " : ", ") + kNames[i];
   return s;
 }
 
@@ -71,7 +72,8 @@ bool cpu_runs(int isa) {
     case kGeneric:
       return true;
     case kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
     case kAvx512:
       return __builtin_cpu_supports("avx512f") && cpu_runs(kAvx2);
     case kAvx512Bf16:

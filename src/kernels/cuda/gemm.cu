@@ -137,7 +137,8 @@ void grouped_gemm(const GroupedGemmArgs<float>& g, Context& ctx) {
 
 void grouped_gemm_wgrad(const GroupedWgradArgs<float>& g, Context& ctx) {
   const auto stream = static_cast<cudaStream_t>(ctx.stream());
-  wgrad_kernel<<<dim3(tiles(g.K), tiles(g.N), static_cast<unsigned>(g.E)), dim3(kTile, kTile), 0, stream>>>(g);
+  wgrad_kernel<<<dim3(tiles(g.K), tiles(g.N), static_cast<unsigned>(g.E)), dim3(kTile, kTile), 0, stream>>>(
+      g);
   check_status(cudaGetLastError(), "grouped_gemm_wgrad (cuda)");
 }
 

@@ -106,8 +106,9 @@ void permute(const PermuteArgs& p, Context& ctx) {
   // Scratch from the context's workspace (no per-call allocation): the first-bad-index flag, then
   // counts (chunks, E).
   constexpr size_t kFlagBytes = 256;  // keeps counts aligned
-  auto* scratch = static_cast<unsigned char*>(ctx.workspace().reserve(kFlagBytes + static_cast<size_t>(chunks) * hist_bytes));
-  auto* bad = reinterpret_cast<unsigned long long*>(scratch);  // (1)
+  auto* scratch = static_cast<unsigned char*>(
+      ctx.workspace().reserve(kFlagBytes + static_cast<size_t>(chunks) * hist_bytes));
+  auto* bad = reinterpret_cast<unsigned long long*>(scratch);       // (1)
   auto* counts = reinterpret_cast<int32_t*>(scratch + kFlagBytes);  // (chunks, E)
   DeviceError* err = ctx.device_error();
   // bad starts as all ones (no bad id; atomicMin lowers it): a memset, no copy from the host.

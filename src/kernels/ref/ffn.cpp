@@ -58,7 +58,7 @@ void grouped_ffn_up(const FfnUpArgs<T>& g) {
   const bool swiglu = g.act == Activation::SwiGLU;
   for (int64_t e = 0; e < g.E; ++e) {
     const T* wg = swiglu ? g.W_gate + e * g.F * g.K : nullptr;  // (F, K)
-    const T* wu = g.W_up + e * g.F * g.K;                        // (F, K)
+    const T* wu = g.W_up + e * g.F * g.K;                       // (F, K)
     for (int64_t p = g.offsets[e]; p < g.offsets[e + 1]; ++p) {
       const T* a = g.A + (g.gather ? g.gather[p] : p) * g.lda;  // (K)
       for (int64_t f = 0; f < g.F; ++f) {
@@ -131,8 +131,9 @@ void grouped_gemm_cat(const GroupedGemmCatArgs<T>& g) {
 template <typename T>
 void preact_row(Activation act, const T* a, int64_t K, T scale, T* out) {
   for (int64_t k = 0; k < K; ++k) {
-    const double h = act == Activation::SwiGLU ? act_value(Activation::Silu, a[k]) * static_cast<double>(a[K + k])
-                                               : act_value(act, a[k]);
+    const double h = act == Activation::SwiGLU
+                         ? act_value(Activation::Silu, a[k]) * static_cast<double>(a[K + k])
+                         : act_value(act, a[k]);
     out[k] = scale * static_cast<T>(h);  // h rounded to T, as an H buffer would hold it
   }
 }

@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "moe/core/dtype.h"
 #include "kernels/ref/ref.h"
+#include "moe/core/dtype.h"
 #include "moe/kernels/ops_bf16.h"
 
 namespace moe::kernels::ref {
