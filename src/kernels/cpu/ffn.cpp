@@ -17,6 +17,7 @@
 #include "kernels/cpu/act_inline.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_engine.h"
+#include "kernels/cpu/isa.h"
 #include "moe/core/parallel.h"
 
 namespace moe::kernels::cpu {
@@ -134,11 +135,14 @@ __attribute__((target("avx512f"))) double swiglu_bwd_row_avx512(int64_t n, T s, 
   return swiglu_bwd_row_body(n, s, q, g, u, dg, du, hs);
 }
 
-// avx512: the GEMM engine's instruction set (gemm_isa) is AVX-512, so the epilogue follows it.
 template <typename T>
-double swiglu_bwd_row(bool avx512, int64_t n, T s, const T* q, const T* g, const T* u, T* dg, T* du, T* hs) {
-  return avx512 ? swiglu_bwd_row_avx512(n, s, q, g, u, dg, du, hs)
-                : swiglu_bwd_row_generic(n, s, q, g, u, dg, du, hs);
+using SwigluRowFn = double (*)(int64_t n, T s, const T* q, const T* g, const T* u, T* dg, T* du, T* hs);
+
+// The row epilogue of the GEMM engine's instruction set: AVX-512 when the engine's is.
+template <typename T>
+SwigluRowFn<T> swiglu_bwd_row() {
+  if (isa(Family::F32) == kAvx512) return &swiglu_bwd_row_avx512<T>;
+  return &swiglu_bwd_row_generic<T>;
 }
 
 }  // namespace
@@ -202,7 +206,7 @@ void grouped_ffn_up(const FfnUpArgs<T>& g) {
 template <typename T>
 void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
   const bool swiglu = g.act == Activation::SwiGLU;
-  const bool avx512 = std::strcmp(gemm_isa(), "avx512") == 0;
+  const SwigluRowFn<T> swiglu_row = swiglu_bwd_row<T>();
   const std::vector<Tile> tiles = list_tiles(g.offsets, g.E, g.F);
   const int64_t M = g.offsets[g.E];
   // The dot of each row is summed per chunk of kNC columns (whatever the tile width), then over
@@ -232,7 +236,7 @@ void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
         T* hs = g.Hs ? g.Hs + row * g.ldhs + j0 : nullptr;
         double dot = 0;
         if (swiglu) {
-          dot = swiglu_bwd_row(avx512, n, s, q, g.G + row * g.ldg + j0, u, g.dG + row * g.lddg + j0, du, hs);
+          dot = swiglu_row(n, s, q, g.G + row * g.ldg + j0, u, g.dG + row * g.lddg + j0, du, hs);
         } else {
           for (int64_t j = 0; j < n; ++j) {
             const T h = act_value(g.act, u[j]), dh = s * q[j];
