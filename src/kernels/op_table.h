@@ -128,6 +128,18 @@ double op_bytes(const Args& args) {
   return OpRow<Args>::bytes(args);
 }
 
+// A row's Cuda entry point for an op templated on T: fn for float when built with CUDA, else none.
+#ifdef MOE_HAVE_CUDA
+#define MOE_OP_ROW_CUDA_FLOAT(fn)                       \
+  static DeviceFn<Args> cuda() {                        \
+    if constexpr (std::is_same_v<T, float>) return &fn; \
+    return nullptr;                                     \
+  }
+#else
+#define MOE_OP_ROW_CUDA_FLOAT(fn) \
+  static DeviceFn<Args> cuda() { return nullptr; }
+#endif
+
 #define MOE_OP_ROW_INSTANTIATE(...)                                    \
   template void run<__VA_ARGS__>(Exec, const __VA_ARGS__&);            \
   template Support supports<__VA_ARGS__>(Backend, const __VA_ARGS__&); \

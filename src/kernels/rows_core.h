@@ -53,14 +53,7 @@ struct OpRow<GemmArgs<T>> {
   static constexpr const char* name = "gemm";
   static HostFn<Args> ref() { return &ref::gemm<T>; }
   static HostFn<Args> cpu() { return &cpu::gemm<T>; }
-#ifdef MOE_HAVE_CUDA
-  static DeviceFn<Args> cuda() {
-    if constexpr (std::is_same_v<T, float>) return &cuda::gemm;
-    return nullptr;
-  }
-#else
-  static DeviceFn<Args> cuda() { return nullptr; }
-#endif
+  MOE_OP_ROW_CUDA_FLOAT(cuda::gemm)
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend, const Args& g) {
     using namespace validate;
@@ -129,14 +122,7 @@ struct OpRow<GroupedGemmArgs<T>> {
   static constexpr const char* name = "grouped_gemm";
   static HostFn<Args> ref() { return &ref::grouped_gemm<T>; }
   static HostFn<Args> cpu() { return &cpu::grouped_gemm<T>; }
-#ifdef MOE_HAVE_CUDA
-  static DeviceFn<Args> cuda() {
-    if constexpr (std::is_same_v<T, float>) return &cuda::grouped_gemm;
-    return nullptr;
-  }
-#else
-  static DeviceFn<Args> cuda() { return nullptr; }
-#endif
+  MOE_OP_ROW_CUDA_FLOAT(cuda::grouped_gemm)
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend b, const Args& g) {
     using namespace validate;
@@ -171,14 +157,7 @@ struct OpRow<GroupedWgradArgs<T>> {
   static constexpr const char* name = "grouped_gemm_wgrad";
   static HostFn<Args> ref() { return &ref::grouped_gemm_wgrad<T>; }
   static HostFn<Args> cpu() { return &cpu::grouped_gemm_wgrad<T>; }
-#ifdef MOE_HAVE_CUDA
-  static DeviceFn<Args> cuda() {
-    if constexpr (std::is_same_v<T, float>) return &cuda::grouped_gemm_wgrad;
-    return nullptr;
-  }
-#else
-  static DeviceFn<Args> cuda() { return nullptr; }
-#endif
+  MOE_OP_ROW_CUDA_FLOAT(cuda::grouped_gemm_wgrad)
   static Support limits(Backend b, const Args& g) {
     if (b == Backend::Cuda && g.dC_gather != nullptr)
       return Support::no("dC_gather is not implemented on cuda");

@@ -19,14 +19,7 @@ struct OpRow<ActivationArgs<T>> {
   static constexpr const char* name = "activation";
   static HostFn<Args> ref() { return &ref::activation<T>; }
   static HostFn<Args> cpu() { return &cpu::activation<T>; }
-#ifdef MOE_HAVE_CUDA
-  static DeviceFn<Args> cuda() {
-    if constexpr (std::is_same_v<T, float>) return &cuda::activation;
-    return nullptr;
-  }
-#else
-  static DeviceFn<Args> cuda() { return nullptr; }
-#endif
+  MOE_OP_ROW_CUDA_FLOAT(cuda::activation)
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend, const Args& g) {
     using namespace validate;
@@ -49,14 +42,7 @@ struct OpRow<ActivationBackwardArgs<T>> {
   static constexpr const char* name = "activation_backward";
   static HostFn<Args> ref() { return &ref::activation_backward<T>; }
   static HostFn<Args> cpu() { return &cpu::activation_backward<T>; }
-#ifdef MOE_HAVE_CUDA
-  static DeviceFn<Args> cuda() {
-    if constexpr (std::is_same_v<T, float>) return &cuda::activation_backward;
-    return nullptr;
-  }
-#else
-  static DeviceFn<Args> cuda() { return nullptr; }
-#endif
+  MOE_OP_ROW_CUDA_FLOAT(cuda::activation_backward)
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend, const Args& g) {
     using namespace validate;
@@ -81,14 +67,7 @@ struct OpRow<CombineArgs<T>> {
   static constexpr const char* name = "combine";
   static HostFn<Args> ref() { return &ref::combine<T>; }
   static HostFn<Args> cpu() { return &cpu::combine<T>; }
-#ifdef MOE_HAVE_CUDA
-  static DeviceFn<Args> cuda() {
-    if constexpr (std::is_same_v<T, float>) return &cuda::combine;
-    return nullptr;
-  }
-#else
-  static DeviceFn<Args> cuda() { return nullptr; }
-#endif
+  MOE_OP_ROW_CUDA_FLOAT(cuda::combine)
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend b, const Args& g) {
     using namespace validate;
@@ -125,14 +104,7 @@ struct OpRow<CombineBackwardArgs<T>> {
   static constexpr const char* name = "combine_backward";
   static HostFn<Args> ref() { return &ref::combine_backward<T>; }
   static HostFn<Args> cpu() { return &cpu::combine_backward<T>; }
-#ifdef MOE_HAVE_CUDA
-  static DeviceFn<Args> cuda() {
-    if constexpr (std::is_same_v<T, float>) return &cuda::combine_backward;
-    return nullptr;
-  }
-#else
-  static DeviceFn<Args> cuda() { return nullptr; }
-#endif
+  MOE_OP_ROW_CUDA_FLOAT(cuda::combine_backward)
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend b, const Args& g) {
     using namespace validate;
