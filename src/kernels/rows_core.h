@@ -35,6 +35,45 @@ inline double host_rows(const int32_t* offsets, int64_t E) {
   return offsets != nullptr && E > 0 ? static_cast<double>(offsets[E]) : 0.0;
 }
 
+// Length of a stored A row when A is given as pre-activations (SwiGLU keeps [G | U]).
+inline int64_t a_row_len(bool a_preact, Activation act, int64_t K) {
+  return a_preact && act == Activation::SwiGLU ? 2 * K : K;
+}
+
+// The checks every grouped GEMM over (E, N, K) shares: the sizes, offsets, C (rows, N), A (rows of
+// at least a_len values) and the weights W when K > 0, and the gather. Returns the number of sorted
+// rows (-1 on Cuda, where offsets live on the device), or -2 when there is nothing to do (E or N 0).
+struct GroupedCheck {
+  const char* op = "";
+  int64_t E = 0, N = 0, K = 0;
+  const int32_t* offsets = nullptr;
+  const void* C = nullptr;
+  int64_t ldc = 0;
+  const void* A = nullptr;
+  int64_t lda = 0, a_len = 0;
+  const void* W = nullptr;
+  const int32_t* gather = nullptr;
+};
+constexpr int64_t kNothingToDo = -2;
+
+inline int64_t check_grouped(Backend b, const GroupedCheck& c) {
+  check_size(c.op, "E", c.E);
+  check_size(c.op, "N", c.N);
+  check_size(c.op, "K", c.K);
+  if (c.E == 0 || c.N == 0) return kNothingToDo;
+  check_ptr(c.op, "offsets", c.offsets);
+  const int64_t rows = sorted_rows(b, c.op, c.offsets, c.E);
+  check_rows_ptr(c.op, "C", c.C, rows);
+  check_stride(c.op, "ldc", c.ldc, c.N);
+  if (c.K > 0) {
+    check_rows_ptr(c.op, "A", c.A, rows);
+    check_ptr(c.op, "W", c.W);
+    check_stride(c.op, "lda", c.lda, c.a_len);
+  }
+  if (c.gather && rows > 0) check_rows(c.op, "gather", c.gather, rows);
+  return rows;
+}
+
 // A null row buffer is fine only when no assignment (list[i], or i when list is null) is kept.
 inline void check_all_dropped(const char* op, const char* name, const int32_t* pos, const int32_t* list,
                               int64_t n) {
@@ -125,22 +164,18 @@ struct OpRow<GroupedGemmArgs<T>> {
   MOE_OP_ROW_CUDA_FLOAT(cuda::grouped_gemm)
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend b, const Args& g) {
-    using namespace validate;
-    check_size(name, "E", g.E);
-    check_size(name, "N", g.N);
-    check_size(name, "K", g.K);
-    if (g.E == 0 || g.N == 0) return false;
-    check_ptr(name, "offsets", g.offsets);
-    const int64_t rows = rows::sorted_rows(b, name, g.offsets, g.E);
-    check_rows_ptr(name, "C", g.C, rows);
-    check_stride(name, "ldc", g.ldc, g.N);
-    if (g.K > 0) {
-      check_rows_ptr(name, "A", g.A, rows);
-      check_ptr(name, "W", g.W);
-      check_stride(name, "lda", g.lda, g.K);
-    }
-    if (g.gather && rows > 0) check_rows(name, "gather", g.gather, rows);
-    return true;
+    return rows::check_grouped(b, {.op = name,
+                                   .E = g.E,
+                                   .N = g.N,
+                                   .K = g.K,
+                                   .offsets = g.offsets,
+                                   .C = g.C,
+                                   .ldc = g.ldc,
+                                   .A = g.A,
+                                   .lda = g.lda,
+                                   .a_len = g.K,
+                                   .W = g.W,
+                                   .gather = g.gather}) != rows::kNothingToDo;
   }
   static double flops(const Args& g) { return 2.0 * rows::host_rows(g.offsets, g.E) * g.N * g.K; }
   static double bytes(const Args& g) {
@@ -178,7 +213,7 @@ struct OpRow<GroupedWgradArgs<T>> {
     check_rows_ptr(name, "dC", g.dC, rows);
     check_rows_ptr(name, "A", g.A, rows);
     check_stride(name, "ldc", g.ldc, g.N);
-    check_stride(name, "lda", g.lda, g.a_preact && g.act == Activation::SwiGLU ? 2 * g.K : g.K);
+    check_stride(name, "lda", g.lda, rows::a_row_len(g.a_preact, g.act, g.K));
     if (g.gather && rows > 0) check_rows(name, "gather", g.gather, rows);
     if (g.dC_gather && rows > 0) check_rows(name, "dC_gather", g.dC_gather, rows);
     MOE_CHECK(!g.a_scale || g.a_preact, name, ": a_scale scales pre-activation rows (a_preact) only");
@@ -187,7 +222,7 @@ struct OpRow<GroupedWgradArgs<T>> {
   static double flops(const Args& g) { return 2.0 * rows::host_rows(g.offsets, g.E) * g.N * g.K; }
   static double bytes(const Args& g) {
     const double R = rows::host_rows(g.offsets, g.E);
-    const double a_len = g.a_preact && g.act == Activation::SwiGLU ? 2.0 * g.K : static_cast<double>(g.K);
+    const double a_len = static_cast<double>(rows::a_row_len(g.a_preact, g.act, g.K));
     return sizeof(T) * (R * g.N + R * a_len + (g.beta != T(0) ? 2.0 : 1.0) * g.E * g.N * g.K);
   }
 };

@@ -6,13 +6,6 @@
 
 namespace moe::kernels {
 
-namespace rows {
-// Length of a stored A row when A is given as pre-activations (SwiGLU keeps [G | U]).
-inline int64_t a_row_len(bool a_preact, Activation act, int64_t K) {
-  return a_preact && act == Activation::SwiGLU ? 2 * K : K;
-}
-}  // namespace rows
-
 // ---------------------------------------------------------------------------------------------
 template <typename T>
 struct OpRow<FfnUpArgs<T>> {
@@ -149,22 +142,20 @@ struct OpRow<GroupedGemmScatterArgs<T>> {
   static DeviceFn<Args> cuda() { return nullptr; }
   static Support limits(Backend, const Args&) { return Support::yes(); }
   static bool validate(Backend b, const Args& g) {
-    using namespace validate;
-    check_size(name, "E", g.E);
-    check_size(name, "N", g.N);
-    check_size(name, "K", g.K);
-    if (g.E == 0 || g.N == 0) return false;
-    check_ptr(name, "offsets", g.offsets);
-    const int64_t rows = rows::sorted_rows(b, name, g.offsets, g.E);
-    check_rows_ptr(name, "C", g.C, rows);
-    check_stride(name, "ldc", g.ldc, g.N);
-    if (g.K > 0) {
-      check_rows_ptr(name, "A", g.A, rows);
-      check_ptr(name, "W", g.W);
-      check_stride(name, "lda", g.lda, rows::a_row_len(g.a_preact, g.act, g.K));
-    }
-    if (g.gather && rows > 0) check_rows(name, "gather", g.gather, rows);
-    if (g.out_row && rows > 0) check_rows(name, "out_row", g.out_row, rows);
+    const int64_t rows = rows::check_grouped(b, {.op = name,
+                                                 .E = g.E,
+                                                 .N = g.N,
+                                                 .K = g.K,
+                                                 .offsets = g.offsets,
+                                                 .C = g.C,
+                                                 .ldc = g.ldc,
+                                                 .A = g.A,
+                                                 .lda = g.lda,
+                                                 .a_len = rows::a_row_len(g.a_preact, g.act, g.K),
+                                                 .W = g.W,
+                                                 .gather = g.gather});
+    if (rows == rows::kNothingToDo) return false;
+    if (g.out_row && rows > 0) validate::check_rows(name, "out_row", g.out_row, rows);
     return true;
   }
   static double flops(const Args& g) { return 2.0 * rows::host_rows(g.offsets, g.E) * g.N * g.K; }
