@@ -48,8 +48,9 @@ std::vector<int64_t> parse_levels(const std::string& s) {
     } catch (...) {
       used = 0;
     }
-    MOE_CHECK(used == item.size() && !item.empty() && v >= 1, "bench generate: --concurrency '", s,
-              "' must be a comma-separated list of integers >= 1");
+    MOE_CHECK(used == item.size() && !item.empty() && v >= 1 && v <= infer::kMaxRunning,
+              "bench generate: --concurrency '", s, "' must be a comma-separated list of integers in [1, ",
+              infer::kMaxRunning, "]");
     out.push_back(v);
   }
   MOE_CHECK(!out.empty(), "bench generate: --concurrency is empty");
@@ -203,12 +204,18 @@ void add_bench_generate(CLI::App& bench, Registry& reg) {
   add_model_flag(c, a->model);
   c->add_option("--concurrency", a->concurrency, "Concurrent requests, one run per level (comma-separated)")
       ->capture_default_str();
-  c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt (random ids)")->capture_default_str();
+  c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt (random ids)")
+      ->check(in_range(1, 1 << 24))
+      ->capture_default_str();
   c->add_option("--new-tokens", a->new_tokens, "Tokens generated per request (greedy)")
+      ->check(in_range(1, 1 << 24))
       ->capture_default_str();
   c->add_option("--max-batch-tokens", a->max_batch_tokens, "Tokens per forward pass at most")
+      ->check(in_range(1, infer::kMaxBatchTokens))
       ->capture_default_str();
-  c->add_option("--kv-block-size", a->kv_block_size, "Positions per KV cache block")->capture_default_str();
+  c->add_option("--kv-block-size", a->kv_block_size, "Positions per KV cache block")
+      ->check(in_range(1, infer::kMaxKvBlockSize))
+      ->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_seed_flag(c, a->seed, "the random prompts");

@@ -3,6 +3,11 @@
 
 #include <sys/resource.h>
 
+#include <cmath>
+#include <iomanip>
+#include <limits>
+#include <sstream>
+
 #include "moe/core/parallel.h"
 
 namespace moe::cli {
@@ -12,7 +17,7 @@ CLI::Option* add_threads_flag(CLI::App* c, int& threads) {
       ->add_option("--threads", threads,
                    "CPU threads (0 = the default: MOE_NUM_THREADS when set, else all cores; at most " +
                        std::to_string(kMaxThreads) + ")")
-      ->check(CLI::Range(0, kMaxThreads))
+      ->check(in_range(0, kMaxThreads))
       ->capture_default_str();
 }
 
@@ -30,6 +35,40 @@ CLI::Option* add_model_flag(CLI::App* c, std::string& model, const std::string& 
 
 CLI::Option* add_seed_flag(CLI::App* c, uint64_t& seed, const std::string& what) {
   return c->add_option("--seed", seed, "Seed of " + what)->capture_default_str();
+}
+
+namespace {
+std::string fmt_bound(double v) {
+  std::ostringstream o;
+  o << std::setprecision(15) << v;
+  return o.str();
+}
+
+CLI::Validator range_validator(double lo, double hi, const std::string& what) {
+  return CLI::Validator(
+      [lo, hi, what](std::string& in) -> std::string {
+        double v = 0;
+        size_t used = 0;
+        try {
+          v = std::stod(in, &used);
+        } catch (...) {
+          used = 0;
+        }
+        if (used != in.size() || in.empty() || !std::isfinite(v))
+          return "expected a number, got '" + in + "'";
+        if (v < lo || v > hi) return "must be " + what + ", got " + in;
+        return {};
+      },
+      what);
+}
+}  // namespace
+
+CLI::Validator at_least(double lo) {
+  return range_validator(lo, std::numeric_limits<double>::max(), ">= " + fmt_bound(lo));
+}
+
+CLI::Validator in_range(double lo, double hi) {
+  return range_validator(lo, hi, "in [" + fmt_bound(lo) + ", " + fmt_bound(hi) + "]");
 }
 
 double peak_rss_mb() {

@@ -74,6 +74,12 @@ CLI::Option* add_model_flag(
 // --seed N: the seed of what `what` names, default shown.
 CLI::Option* add_seed_flag(CLI::App* c, uint64_t& seed, const std::string& what);
 
+// Validators of numeric flags with one-line messages ("--experts: must be >= 1, got 0"): sizes and
+// counts are at_least(1), coefficients and rates at_least(0); an upper bound where a larger value
+// would exhaust the machine.
+CLI::Validator at_least(double lo);
+CLI::Validator in_range(double lo, double hi);
+
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();
 

@@ -51,8 +51,9 @@ void register_init(CLI::App& app, Registry& reg) {
   CLI::App* c = app.add_subcommand("init", "Write a randomly initialised checkpoint of a model shape");
   c->add_option("--out", a->out, "Model directory to write")->required();
   add_model_flags(c, a->model);
-  c->add_option("--vocab", a->vocab, "Vocabulary size (default: the config's)");
-  c->add_option("--context", a->context, "max_position_embeddings (default: the config's)");
+  c->add_option("--vocab", a->vocab, "Vocabulary size (default: the config's)")->check(at_least(1));
+  c->add_option("--context", a->context, "max_position_embeddings (default: the config's)")
+      ->check(at_least(1));
   add_seed_flag(c, a->seed, "the initialisation");
   c->add_flag("--overwrite", a->overwrite, "Replace a checkpoint already in --out");
   c->callback([&reg, a] { reg.action = [a] { return run_init(*a); }; });

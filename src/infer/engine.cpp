@@ -27,11 +27,16 @@
 namespace moe::infer {
 
 void EngineOptions::validate() const {
-  MOE_CHECK(max_batch_tokens >= 1, "engine: max_batch_tokens must be >= 1, got ", max_batch_tokens);
-  MOE_CHECK(max_running >= 1, "engine: max_running must be >= 1, got ", max_running);
-  MOE_CHECK(max_queue >= 0, "engine: max_queue must be >= 0, got ", max_queue);
-  MOE_CHECK(kv_block_size >= 1, "engine: kv_block_size must be >= 1, got ", kv_block_size);
-  MOE_CHECK(kv_blocks >= 0, "engine: kv_blocks must be >= 0 (0 = automatic), got ", kv_blocks);
+  MOE_CHECK(max_batch_tokens >= 1 && max_batch_tokens <= kMaxBatchTokens,
+            "engine: max_batch_tokens must be in [1, ", kMaxBatchTokens, "], got ", max_batch_tokens);
+  MOE_CHECK(max_running >= 1 && max_running <= kMaxRunning, "engine: max_running must be in [1, ",
+            kMaxRunning, "], got ", max_running);
+  MOE_CHECK(max_queue >= 0 && max_queue <= kMaxQueue, "engine: max_queue must be in [0, ", kMaxQueue,
+            "], got ", max_queue);
+  MOE_CHECK(kv_block_size >= 1 && kv_block_size <= kMaxKvBlockSize, "engine: kv_block_size must be in [1, ",
+            kMaxKvBlockSize, "], got ", kv_block_size);
+  MOE_CHECK(kv_blocks >= 0 && kv_blocks <= kMaxKvBlocks, "engine: kv_blocks must be in [0, ", kMaxKvBlocks,
+            "] (0 = automatic), got ", kv_blocks);
 }
 
 namespace {

@@ -61,8 +61,9 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
   const model::QuantConfig qc = model::read_quant_config(dir);
   const bool store = opt.offload || qc.bits > 0;
   InferenceModel r;
-  r.model =
-      std::make_unique<model::Transformer>(model::load_model_config(dir + "/config.json"), DType::F32, store);
+  const model::ModelConfig cfg = model::load_model_config(dir + "/config.json");
+  model::check_checkpoint_shape(cfg, dir);
+  r.model = std::make_unique<model::Transformer>(cfg, DType::F32, store);
   model::TensorSource src = model::checkpoint_source(dir);
   if (qc.bits > 0) src = dequantizing_source(std::move(src), qc);
   try {

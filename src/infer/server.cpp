@@ -17,10 +17,12 @@ using Clock = std::chrono::steady_clock;
 
 void ServerOptions::validate() const {
   MOE_CHECK(port >= 0 && port <= 65535, "serve: --port must be in [0, 65535], got ", port);
-  MOE_CHECK(max_body_bytes >= 1, "serve: --max-body-bytes must be >= 1, got ", max_body_bytes);
+  MOE_CHECK(max_body_bytes >= 1 && max_body_bytes <= kMaxBodyBytes, "serve: --max-body-bytes must be in [1, ",
+            kMaxBodyBytes, "], got ", max_body_bytes);
   MOE_CHECK(max_prompt_tokens >= 0, "serve: --max-prompt-tokens must be >= 0, got ", max_prompt_tokens);
   MOE_CHECK(max_tokens_limit >= 0, "serve: --max-tokens-limit must be >= 0, got ", max_tokens_limit);
-  MOE_CHECK(http_threads >= 0, "serve: http_threads must be >= 0, got ", http_threads);
+  MOE_CHECK(http_threads >= 0 && http_threads <= kMaxHttpThreads, "serve: http_threads must be in [0, ",
+            kMaxHttpThreads, "], got ", http_threads);
   engine.validate();
 }
 
@@ -38,6 +40,31 @@ struct Live {
 };
 
 const char* kKnownPaths[] = {"/health", "/v1/models", "/metrics", "/v1/completions", "/v1/chat/completions"};
+
+// A request body, read as it arrives; more than max_bytes (chunked or not) is a 413 and the
+// connection is closed (the rest of the body is never read).
+std::string read_body(const httplib::Request& req, const httplib::ContentReader& reader, int64_t max_bytes,
+                      httplib::Response& res) {
+  std::string body;
+  // A declared length over the limit is refused without reading (the library then skips the body).
+  bool too_large = req.has_header("Content-Length") &&
+                   req.get_header_value<uint64_t>("Content-Length") > static_cast<uint64_t>(max_bytes);
+  if (!too_large)
+    reader([&](const char* data, size_t n) {
+      if (body.size() + n > static_cast<size_t>(max_bytes)) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+  if (too_large) {
+    res.set_header("Connection", "close");
+    throw ApiError(413, cat("the request body is larger than ", max_bytes, " bytes (--max-body-bytes)"),
+                   "invalid_request_error", "", "payload_too_large");
+  }
+  return body;
+}
 
 std::string random_id(const char* prefix) {
   static const char* hex = "0123456789abcdef";
@@ -90,7 +117,8 @@ struct Server::Impl {
   void routes();
   void authenticate(const httplib::Request& req) const;
   std::vector<int32_t> prompt_tokens(const CompletionParams& p) const;
-  void generate(const httplib::Request& req, httplib::Response& res, bool chat_endpoint);
+  void generate(const httplib::Request& req, const std::string& req_body, httplib::Response& res,
+                bool chat_endpoint);
   std::string metrics_text();
 
   void forget(uint64_t id) {
@@ -142,10 +170,11 @@ std::vector<int32_t> Server::Impl::prompt_tokens(const CompletionParams& p) cons
   return ids;
 }
 
-void Server::Impl::generate(const httplib::Request& req, httplib::Response& res, bool chat_endpoint) {
+void Server::Impl::generate(const httplib::Request& req, const std::string& req_body, httplib::Response& res,
+                            bool chat_endpoint) {
   authenticate(req);
   if (stopping) throw ApiError(503, "the server is shutting down", "server_error");
-  const CompletionParams p = parse_completion_request(req.body, chat_endpoint);
+  const CompletionParams p = parse_completion_request(req_body, chat_endpoint);
   std::vector<int32_t> prompt = prompt_tokens(p);
   const int64_t n_prompt = static_cast<int64_t>(prompt.size());
   const char* prompt_param = chat_endpoint ? "messages" : "prompt";
@@ -314,8 +343,11 @@ std::string Server::Impl::metrics_text() {
 }
 
 void Server::Impl::routes() {
+  // One HTTP thread per request in flight (running or queued) plus a few for /health and /metrics,
+  // at most kDefaultHttpThreads unless set: requests beyond the pool wait for a thread.
+  const int64_t wanted = opt.engine.max_running + opt.engine.max_queue + 16;
   http.new_task_queue = [n = opt.http_threads > 0 ? opt.http_threads
-                                                  : opt.engine.max_running + opt.engine.max_queue + 16] {
+                                                  : std::min(wanted, kDefaultHttpThreads)] {
     return new httplib::ThreadPool(static_cast<size_t>(n));
   };
   http.set_payload_max_length(static_cast<size_t>(opt.max_body_bytes));
@@ -352,10 +384,18 @@ void Server::Impl::routes() {
   http.Get("/metrics", wrap([this](const httplib::Request&, httplib::Response& res) {
              res.set_content(metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
            }));
-  http.Post("/v1/completions",
-            wrap([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); }));
-  http.Post("/v1/chat/completions",
-            wrap([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, true); }));
+  // The completion bodies are read here, through a content reader, so a chunked body is bounded by
+  // max_body_bytes as it streams (the library's own limit covers Content-Length bodies only).
+  auto completion = [this, wrap](bool chat_endpoint) {
+    return [this, wrap, chat_endpoint](const httplib::Request& req, httplib::Response& res,
+                                       const httplib::ContentReader& reader) {
+      wrap([&](const httplib::Request& r, httplib::Response& s) {
+        generate(r, read_body(r, reader, opt.max_body_bytes, s), s, chat_endpoint);
+      })(req, res);
+    };
+  };
+  http.Post("/v1/completions", completion(false));
+  http.Post("/v1/chat/completions", completion(true));
   // Everything else: 405 on a known path with the wrong method, else 404.
   auto fallback = wrap([](const httplib::Request& req, httplib::Response& res) {
     for (const char* p : kKnownPaths)

@@ -179,7 +179,7 @@ CompletionParams parse_completion_request(std::string_view text, bool chat) {
   json body;
   try {
     body = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a syntax error, or a number out of range (1e309)
     throw ApiError(400, cat("the request body is not valid JSON: ", e.what()), "invalid_request_error", "",
                    "invalid_json");
   }

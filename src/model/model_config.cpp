@@ -286,7 +286,43 @@ MoEConfig ModelConfig::moe_layer_config() const {
   return m;
 }
 
+namespace {
+// Upper bounds of a config's sizes: several times the largest published MoE models (vocabularies
+// of ~260K, widths of ~16K, ~100 layers, ~400 experts), low enough that every product the engine
+// forms from them (a layer's expert weights E·3·d_ff·d, the parameter count) fits in int64, so a
+// hostile or mistyped config.json is refused before anything is allocated.
+struct SizeBound {
+  const char* key;
+  int64_t value, max;
+};
+constexpr int64_t kMaxParams = int64_t{1} << 41;  // 2.2·10^12 parameters
+
+void check_bounds(std::initializer_list<SizeBound> bounds) {
+  for (const SizeBound& b : bounds)
+    MOE_CHECK(b.value <= b.max, "config.json: ", b.key, " = ", b.value,
+              " is larger than this engine's limit ", b.max);
+}
+}  // namespace
+
 void ModelConfig::validate() const {
+  check_bounds({{"vocab_size", vocab_size, int64_t{1} << 22},
+                {"hidden_size", hidden_size, int64_t{1} << 16},
+                {"num_hidden_layers", num_hidden_layers, 1024},
+                {"num_attention_heads", num_attention_heads, 1024},
+                {"num_key_value_heads", num_key_value_heads, 1024},
+                {"head_dim", head_dim, 4096},
+                {"intermediate_size", intermediate_size, int64_t{1} << 18},
+                {"moe_intermediate_size", moe_intermediate_size, int64_t{1} << 18},
+                {"shared_expert_intermediate_size", shared_expert_intermediate_size, int64_t{1} << 18},
+                {"num_experts", num_experts, int64_t{1} << 14},
+                {"n_shared_experts", n_shared_experts, 64},
+                {"n_group", n_group, int64_t{1} << 14},
+                {"max_position_embeddings", max_position_embeddings, int64_t{1} << 24},
+                {"q_lora_rank", q_lora_rank, int64_t{1} << 16},
+                {"kv_lora_rank", kv_lora_rank, int64_t{1} << 16},
+                {"qk_nope_head_dim", qk_nope_head_dim, 4096},
+                {"qk_rope_head_dim", qk_rope_head_dim, 4096},
+                {"v_head_dim", v_head_dim, 4096}});
   MOE_CHECK(vocab_size > 0, "config.json: vocab_size must be > 0, got ", vocab_size);
   MOE_CHECK(hidden_size > 0, "config.json: hidden_size must be > 0, got ", hidden_size);
   MOE_CHECK(num_hidden_layers > 0, "config.json: num_hidden_layers must be > 0, got ", num_hidden_layers);
@@ -326,6 +362,8 @@ void ModelConfig::validate() const {
   // bos/eos ids are metadata (transformers' default configs carry ids of the full-size vocabulary
   // into tiny test models); generation stops on the tokenizer's end-of-text token.
   moe_layer_config().validate();
+  MOE_CHECK(n_params() <= kMaxParams, "config.json: the model would have ", n_params(),
+            " parameters, more than this engine's limit ", kMaxParams);
 }
 
 void ModelConfig::validate_mla() const {

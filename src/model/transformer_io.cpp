@@ -1,5 +1,6 @@
 // Parameters of the transformer: creation, initialisation, Hugging Face names and checkpoints.
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -394,10 +395,33 @@ TensorSource checkpoint_source(const std::string& dir) {
   return src;
 }
 
+void check_checkpoint_shape(const ModelConfig& cfg, const std::string& dir) {
+  const std::map<std::string, TensorLocation> loc = checkpoint_locations(dir);
+  const char* embed = "model.embed_tokens.weight";
+  const auto it = loc.find(embed);
+  MOE_CHECK(it != loc.end(), dir, ": checkpoint: missing tensor '", embed, "'");
+  const Shape want{cfg.vocab_size, cfg.hidden_size};
+  MOE_CHECK(it->second.shape == want, dir, ": checkpoint: tensor '", embed, "' has shape ",
+            shape_str(it->second.shape),
+            " but config.json says (vocab_size, hidden_size) = ", shape_str(want));
+  std::vector<char> seen(static_cast<size_t>(cfg.num_hidden_layers), 0);
+  const std::string pre = "model.layers.";
+  for (const auto& kv : loc) {
+    if (kv.first.compare(0, pre.size(), pre) != 0) continue;
+    const int64_t l = std::atoll(kv.first.c_str() + pre.size());
+    if (l >= 0 && l < cfg.num_hidden_layers) seen[static_cast<size_t>(l)] = 1;
+  }
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
+    MOE_CHECK(seen[static_cast<size_t>(l)], dir, ": checkpoint: no tensors of layer ", l,
+              " but config.json says ", "num_hidden_layers = ", cfg.num_hidden_layers);
+}
+
 Transformer load_pretrained(const std::string& dir, DType dtype, bool external_experts, ExpertParallel ep) {
   const fs::path p(dir);
   MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
-  Transformer m(load_model_config((p / "config.json").string()), dtype, external_experts, std::move(ep));
+  const ModelConfig cfg = load_model_config((p / "config.json").string());
+  check_checkpoint_shape(cfg, dir);
+  Transformer m(cfg, dtype, external_experts, std::move(ep));
   const TensorSource sd = checkpoint_source(dir);
   try {
     m.load_hf_state_dict(sd);

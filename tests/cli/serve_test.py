@@ -66,6 +66,19 @@ class Server:
         except json.JSONDecodeError:
             return r.status, r, text
 
+    def chunked(self, path, pieces):
+        """(status, headers, parsed JSON or text) of a POST sent with Transfer-Encoding: chunked."""
+        c = self.conn()
+        c.request("POST", path, body=iter([p.encode("utf-8") for p in pieces]),
+                  headers={**AUTH, "Content-Type": "application/json"}, encode_chunked=True)
+        r = c.getresponse()
+        text = r.read().decode("utf-8")
+        c.close()
+        try:
+            return r.status, r, json.loads(text)
+        except json.JSONDecodeError:
+            return r.status, r, text
+
     def post(self, path, body, key=True):
         return self.request("POST", path, body, AUTH if key else None)
 
@@ -240,12 +253,18 @@ def errors(s):
         ("token outside vocab", lambda: s.post("/v1/completions", {"prompt": [1, 10 ** 6]}), 400, "prompt"),
         ("body too large", lambda: s.request("POST", "/v1/completions", headers=AUTH,
                                              raw=json.dumps({"prompt": "x" * 5000})), 413, None),
+        ("chunked body too large", lambda: s.chunked("/v1/completions", ['{"prompt": "'] + ["x" * 1000] * 6 + ['"}']),
+         413, None),
+        ("number out of range", lambda: s.request("POST", "/v1/completions", headers=AUTH,
+                                                  raw='{"prompt": "x", "temperature": 1e309}'), 400, None),
         ("unknown route", lambda: s.request("GET", "/v2/nothing", headers=AUTH), 404, None),
         ("wrong method", lambda: s.request("GET", "/v1/completions", headers=AUTH), 405, None),
         ("no API key", lambda: s.post("/v1/completions", {"prompt": "x"}, key=False), 401, None),
         ("bad API key", lambda: s.request("POST", "/v1/completions", {"prompt": "x"},
                                           {"Authorization": "Bearer nope"}), 401, None),
     ]
+    status, _, j = s.chunked("/v1/completions", ['{"prompt": "o', 'k", "max_tokens": 2}'])
+    check(status == 200, f"a small chunked body: status {status}: {j}")
     for name, call, want, param in cases:
         status, r, j = call()
         try:

@@ -80,5 +80,32 @@ TEST_F(CheckpointErrors, TruncatedOrMissingShardNamesTheFile) {
                                {"model-00002-of-00002.safetensors"});
 }
 
+// A config.json that claims more than its checkpoint holds (layers, vocabulary, width) is refused
+// from the headers, before the model it describes is allocated; sizes beyond the engine's limits
+// are refused when the config is read, whatever the checkpoint.
+TEST_F(CheckpointErrors, ConfigLargerThanCheckpointIsRefusedBeforeAllocating) {
+  Transformer m(small_mixtral());
+  m.init_params(5);
+  write_sharded(m, dir_ / "ck");
+  auto with_config = [&](const std::string& key, int64_t value) {
+    nlohmann::json j = nlohmann::json::parse(model::to_json(m.config()));
+    j[key] = value;
+    std::ofstream(dir_ / "ck" / "config.json") << j.dump();
+    return (dir_ / "ck").string();
+  };
+  train::testing::expect_error([&] { model::load_pretrained(with_config("num_hidden_layers", 1000)); },
+                               {"no tensors of layer 2", "num_hidden_layers = 1000"});
+  train::testing::expect_error([&] { model::load_pretrained(with_config("vocab_size", 4000000)); },
+                               {"model.embed_tokens.weight", "(13, 8)", "(4000000, 8)"});
+  train::testing::expect_error([&] { model::load_pretrained(with_config("hidden_size", 4096)); },
+                               {"model.embed_tokens.weight", "(13, 8)"});
+  train::testing::expect_error([&] { model::load_pretrained(with_config("num_hidden_layers", 1000000)); },
+                               {"num_hidden_layers = 1000000", "limit"});
+  train::testing::expect_error([&] { model::load_pretrained(with_config("hidden_size", int64_t{1} << 62)); },
+                               {"hidden_size", "limit"});
+  train::testing::expect_error([&] { model::load_pretrained(with_config("num_local_experts", 1 << 20)); },
+                               {"limit"});
+}
+
 }  // namespace
 }  // namespace moe

@@ -25,6 +25,14 @@
 
 namespace moe::infer {
 
+// Upper bounds of the options (validate() refuses larger values): far above what one process
+// serves, low enough that nothing sized from them (KV pool, queues, threads) can exhaust memory.
+constexpr int64_t kMaxBatchTokens = int64_t{1} << 20;
+constexpr int64_t kMaxRunning = 4096;
+constexpr int64_t kMaxQueue = int64_t{1} << 16;
+constexpr int64_t kMaxKvBlockSize = int64_t{1} << 16;
+constexpr int64_t kMaxKvBlocks = int64_t{1} << 24;
+
 struct EngineOptions {
   int64_t max_batch_tokens = 512;  // tokens in one forward pass (decodes + prefill chunks), >= 1
   int64_t max_running = 16;        // sequences admitted at once (decoding or prefilling), >= 1

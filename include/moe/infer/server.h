@@ -147,6 +147,10 @@ class ServerMetrics {
 
 // ---- the server ----
 
+constexpr int64_t kMaxBodyBytes = int64_t{1} << 30;
+constexpr int64_t kMaxHttpThreads = 4096;
+constexpr int64_t kDefaultHttpThreads = 256;
+
 struct ServerOptions {
   std::string host = "127.0.0.1";
   int port = 8080;                   // 0 = any free port
@@ -155,7 +159,7 @@ struct ServerOptions {
   int64_t max_body_bytes = 1 << 20;  // larger bodies get 413
   int64_t max_prompt_tokens = 0;     // 0 = the model's context - 1
   int64_t max_tokens_limit = 0;      // largest max_tokens accepted; 0 = the model's context
-  int64_t http_threads = 0;          // 0 = engine max_running + max_queue + 16
+  int64_t http_threads = 0;          // 0 = engine max_running + max_queue + 16, at most kDefaultHttpThreads
   EngineOptions engine;
   std::shared_ptr<const ExpertStore> expert_store;  // offloaded experts: their counters in /metrics
   void validate() const;                            // throws moe::Error naming the bad option

@@ -200,6 +200,11 @@ struct TensorLocation {
   uint64_t bytes = 0;
 };
 std::map<std::string, TensorLocation> checkpoint_locations(const std::string& dir);
+// Checks, from the headers only and before a model of `cfg` is allocated, that the checkpoint in
+// `dir` is one of that shape: its token embedding is (vocab_size, hidden_size) and every layer
+// 0..num_hidden_layers-1 has tensors. A config.json that claims more than its checkpoint holds is
+// refused here instead of allocating the model it describes.
+void check_checkpoint_shape(const ModelConfig& cfg, const std::string& dir);
 // Reads config.json and model.safetensors (or a sharded model.safetensors.index.json) from `dir`.
 // external_experts: see the Transformer constructor (the checkpoint's expert tensors are not read).
 // ep: expert parallelism (only this rank's experts are read).
