@@ -343,7 +343,8 @@ void Tokenizer::Impl::encode_plain(std::string_view text, bool at_start, std::ve
       it->second.second = out.size() - it->second.first;
     } else {
       const auto [start, count] = it->second;
-      out.reserve(out.size() + count);
+      // push_back grows geometrically (a reserve of exactly size + count here would reallocate on
+      // every repeated word: quadratic in the text). Each value is read before the push.
       for (size_t k = 0; k < count; ++k) {
         const int32_t v = out[start + k];
         out.push_back(v);

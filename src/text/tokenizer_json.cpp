@@ -3,6 +3,7 @@
 // Vocabulary keys and merges are written in GPT-2's printable form of the bytes ("Ġthe" for " the");
 // added tokens appear in the vocabulary under their raw content, as the Hugging Face trainer
 // writes them.
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -147,6 +148,24 @@ Tokenizer Tokenizer::load(const std::string& path) {
     key_id[key] = id;
     n = std::max<int64_t>(n, id + 1);
   }
+  // Ids must cover 0..n-1, so n is at most the number of entries: checked before the table of n
+  // tokens is allocated (an id of 10^8 among a few tokens would otherwise ask for gigabytes).
+  const int64_t entries = static_cast<int64_t>(key_id.size() + m.added.size());
+  if (n > entries) {  // name the first missing id (from the sorted ids, not a table of n)
+    std::vector<int32_t> ids;
+    ids.reserve(static_cast<size_t>(entries));
+    for (const auto& kv : key_id) ids.push_back(kv.second);
+    for (const AddedToken& a : m.added) ids.push_back(a.id);
+    std::sort(ids.begin(), ids.end());
+    int64_t missing = 0;
+    for (int32_t id : ids)
+      if (id == missing)
+        ++missing;
+      else if (id > missing)
+        break;
+    throw Error(cat(where, ": no token has id ", missing, " (ids must cover 0..", n - 1, ")"));
+  }
+  MOE_CHECK(n <= kMaxVocab, where, ": ", n, " tokens is more than this engine's limit ", kMaxVocab);
   m.tokens.assign(static_cast<size_t>(n), std::string());
   std::vector<bool> filled(static_cast<size_t>(n), false);
   std::string raw;

@@ -4,6 +4,8 @@
 // cases, the hand-written pattern matchers on chosen strings, and the errors for what is not supported.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
@@ -213,6 +215,10 @@ TEST_F(TokenizerHfFile, UnsupportedFieldsAreErrors) {
              {"special_tokens", nlohmann::json::object()}};
        },
        {"post_processor", "no ids for '<s>'"}},
+      // Refused before a table of 10^8 tokens is allocated.
+      {"huge id",
+       [](auto& j) { j["model"]["vocab"]["zzzz"] = 100000000; },
+       {"no token has id", "ids must cover 0..100000000"}},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
@@ -223,6 +229,45 @@ TEST_F(TokenizerHfFile, UnsupportedFieldsAreErrors) {
     parts.push_back(p);
     expect_error([&] { Tokenizer::load(p); }, parts);
   }
+}
+
+// Encoding is linear in the input: 1 MB of text that repeats (the worst case for a per-word cache),
+// one unbroken word, runs of spaces and digits, and random bytes take at most a fixed multiple of
+// 10x the time of 100 KB of the same (quadratic work would take about 100x). Summed over every
+// pipeline and input, best of a few runs, so the timer's noise is small against the totals.
+TEST(TokenizerHf, EncodingIsLinearInTheInput) {
+  std::vector<std::string> units = {"hello world ", "a", " \n\t1234 Ünïcödé 漢字 "};
+  std::string noise;
+  uint64_t z = 7;
+  for (int i = 0; i < 4096; ++i)
+    noise.push_back(static_cast<char>((z = z * 6364136223846793005ULL + 1) >> 56));
+  units.push_back(noise);
+  auto text_of = [](const std::string& unit, size_t bytes) {
+    std::string s;
+    s.reserve(bytes + unit.size());
+    while (s.size() < bytes) s += unit;
+    return s;
+  };
+  auto best_seconds = [](const Tokenizer& tok, const std::string& s, int runs) {
+    double best = 1e30;
+    for (int r = 0; r < runs; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::vector<int32_t> ids = tok.encode(s);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      EXPECT_FALSE(ids.empty());
+      best = std::min(best, dt);
+    }
+    return best;
+  };
+  double small = 0, large = 0;
+  for (const Family& f : kFamilies) {
+    const Tokenizer tok = Tokenizer::load(fixture(f.name) + "/tokenizer.json");
+    for (const std::string& unit : units) {
+      small += best_seconds(tok, text_of(unit, 100000), 3);
+      large += best_seconds(tok, text_of(unit, 1000000), 1);
+    }
+  }
+  EXPECT_LT(large, 30 * small) << "100 KB: " << small << " s, 1 MB: " << large << " s";
 }
 
 }  // namespace

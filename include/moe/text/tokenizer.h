@@ -66,6 +66,10 @@ struct BpeTrainOptions {
   int64_t min_frequency = 2;
 };
 
+// The most tokens a tokenizer may have (as the model config's vocab_size limit): a tokenizer.json
+// with more is refused at load.
+inline constexpr int64_t kMaxVocab = int64_t{1} << 22;
+
 class Tokenizer {
  public:
   Tokenizer();  // empty: no tokens; encode() of non-empty text throws
