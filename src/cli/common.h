@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "moe/core/parallel.h"
+
 namespace moe::cli {
 
 // Exit codes of every subcommand.
@@ -60,7 +62,7 @@ void register_plan(CLI::App& app, Registry& reg);
 // ---- The flags many subcommands share: defined once (name, meaning, range), applied in one place ----
 
 // The most threads --threads accepts (a larger count is a typo, and OpenMP fails on it).
-inline constexpr int kMaxThreads = 1024;
+inline constexpr int kMaxThreads = kMaxThreadCount;
 // --threads N: CPU threads; 0 (the default) means MOE_NUM_THREADS when set, else every core.
 CLI::Option* add_threads_flag(CLI::App* c, int& threads);
 // Sets the thread count of the library when --threads was given (N > 0).

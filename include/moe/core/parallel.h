@@ -10,6 +10,8 @@
 namespace moe {
 
 // Sets the number of threads used by library kernels (>= 1). Throws moe::Error on n < 1.
+// The most threads the library runs (MOE_NUM_THREADS beyond it is clamped, set_num_threads refuses).
+inline constexpr int kMaxThreadCount = 1024;
 void set_num_threads(int n);
 int num_threads();
 
