@@ -21,6 +21,7 @@
 #include "moe/core/error.h"
 #include "moe/infer/expert_store.h"
 #include "moe/infer/generate.h"
+#include "moe/model/nn.h"
 #include "moe/model/transformer.h"
 #include "train_testutil.h"
 
@@ -146,6 +147,14 @@ TEST(ModelBackend, DefaultIsCpuAndCudaIsRefused) {
     EXPECT_NE(std::string(e.what()).find("backend cuda is not supported"), std::string::npos) << e.what();
   }
   EXPECT_EQ(m.backend(), Backend::Cpu);  // unchanged
+  // The attention's products read host buffers: a device backend is refused by name.
+  const nn::AttentionArgs a{1, 2, 2, 2, 1, 4, 0.0};
+  std::vector<float> q(16, 0.5f), kv(8, 0.25f), out(16), lse(4);
+  EXPECT_THROW(
+      nn::attention_forward<float>(Backend::Cuda, a, q.data(), kv.data(), kv.data(), out.data(), lse.data()),
+      Error);
+  nn::attention_forward<float>(Backend::Ref, a, q.data(), kv.data(), kv.data(), out.data(), lse.data());
+  EXPECT_FLOAT_EQ(out[0], 0.25f);  // equal keys: the mean of equal values
 }
 
 // The expert store's executor runs the experts on the backend of the layer it serves.
