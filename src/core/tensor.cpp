@@ -170,7 +170,24 @@ void set_tensor_cache_limit(size_t bytes) {
   c.release_all();
 }
 
-Storage::Storage(size_t bytes) : bytes_(bytes), block_(block_class(bytes)) {
+Storage::Storage(size_t bytes, Placement placement, const char* what) : bytes_(bytes), placement_(placement) {
+  if (placement == Placement::Device) {
+    DeviceMemory& dm = require_device_memory(what);
+    data_ = dm.alloc(bytes);
+    runtime_ = &dm;
+    return;
+  }
+  if (placement == Placement::Pinned) {
+    DeviceMemory* dm = device_memory();
+    if (dm == nullptr || dm->device_count() == 0) {
+      data_ = aligned_alloc64(bytes);  // the documented fallback: ordinary host memory
+      return;
+    }
+    data_ = dm->alloc_pinned(bytes);
+    runtime_ = dm;
+    return;
+  }
+  block_ = block_class(bytes);
   if (block_ != 0) {
     BlockCache& c = block_cache();
     data_ = c.take(block_);
@@ -189,6 +206,10 @@ Storage::Storage(size_t bytes) : bytes_(bytes), block_(block_class(bytes)) {
 Storage::~Storage() {
   if (block_ != 0) {
     block_cache().give(block_, data_);
+  } else if (placement_ == Placement::Device) {
+    runtime_->free(data_);
+  } else if (runtime_ != nullptr) {
+    runtime_->free_pinned(data_);
   } else {
     aligned_free64(data_);
   }
@@ -233,11 +254,11 @@ bool convert_contiguous(DType from, const void* src, DType to, void* dst, int64_
 }
 }  // namespace
 
-Tensor Tensor::empty(const Shape& shape, DType dtype, std::string name) {
+Tensor Tensor::empty(const Shape& shape, DType dtype, std::string name, Placement placement) {
   for (int64_t d : shape)
     MOE_CHECK(d >= 0, "tensor '", name, "': negative dimension in shape ", shape_str(shape));
   Tensor t;
-  t.storage_ = std::make_shared<Storage>(bytes_for(shape_numel(shape), dtype));
+  t.storage_ = std::make_shared<Storage>(bytes_for(shape_numel(shape), dtype), placement, name.c_str());
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
@@ -245,9 +266,13 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, std::string name) {
   return t;
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype, std::string name) {
-  Tensor t = empty(shape, dtype, std::move(name));
-  std::memset(t.storage_->data(), 0, t.storage_->bytes());
+Tensor Tensor::zeros(const Shape& shape, DType dtype, std::string name, Placement placement) {
+  Tensor t = empty(shape, dtype, std::move(name), placement);
+  if (placement == Placement::Device) {
+    t.storage_->runtime()->zero(t.storage_->data(), t.storage_->bytes());
+  } else {
+    std::memset(t.storage_->data(), 0, t.storage_->bytes());
+  }
   return t;
 }
 
@@ -289,6 +314,11 @@ void* Tensor::raw() const {
   return base + offset_ * (dtype_bits(dtype_) / 8);
 }
 
+void Tensor::check_host(const char* op) const {
+  MOE_CHECK(placement() != Placement::Device, "tensor '", name_, "': on device; copy it to the host first (",
+            op, ")");
+}
+
 void Tensor::check_dtype(DType expected, const char* what) const {
   MOE_CHECK(dtype_ == expected, "tensor '", what ? what : name_.c_str(), "': expected dtype ",
             dtype_name(expected), ", got ", dtype_name(dtype_));
@@ -306,6 +336,7 @@ int64_t Tensor::storage_index(int64_t flat) const {
 
 double Tensor::get(int64_t flat) const {
   MOE_CHECK(storage_, "tensor '", name_, "' is undefined");
+  check_host("get");
   MOE_CHECK(flat >= 0 && flat < numel(), "tensor '", name_, "': index ", flat, " out of range for ",
             shape_str(shape_));
   const int64_t i = storage_index(flat);
@@ -338,6 +369,7 @@ double Tensor::get(int64_t flat) const {
 
 void Tensor::set(int64_t flat, double v) {
   MOE_CHECK(storage_, "tensor '", name_, "' is undefined");
+  check_host("set");
   MOE_CHECK(flat >= 0 && flat < numel(), "tensor '", name_, "': index ", flat, " out of range for ",
             shape_str(shape_));
   const int64_t i = storage_index(flat);
@@ -379,6 +411,7 @@ void Tensor::set(int64_t flat, double v) {
 }
 
 std::vector<double> Tensor::to_vector() const {
+  check_host("to_vector");
   const int64_t n = numel();
   std::vector<double> out(static_cast<size_t>(n));
   if (is_contiguous() && dtype_ == DType::F64) {
@@ -423,12 +456,15 @@ Tensor Tensor::transpose(int d0, int d1) const {
 
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
+  check_host("contiguous of a strided tensor");
   return clone();
 }
 
 Tensor Tensor::clone() const {
-  Tensor t = empty(shape_, dtype_, name_);
-  if (is_contiguous() && dtype_ != DType::I4) {
+  Tensor t = empty(shape_, dtype_, name_, placement());
+  if (t.on_device() || on_device()) {
+    t.copy_from(*this);
+  } else if (is_contiguous() && dtype_ != DType::I4) {
     std::memcpy(t.raw(), raw(), nbytes());
   } else {
     t.copy_from(*this);
@@ -437,12 +473,21 @@ Tensor Tensor::clone() const {
 }
 
 Tensor Tensor::to(DType dtype) const {
-  Tensor t = empty(shape_, dtype, name_);
+  if (dtype != dtype_) check_host("dtype conversion");
+  Tensor t = empty(shape_, dtype, name_, on_device() ? Placement::Device : Placement::Host);
   t.copy_from(*this);
   return t;
 }
 
+Tensor Tensor::to(Placement p) const {
+  MOE_CHECK(storage_, "tensor '", name_, "' is undefined");
+  Tensor t = empty(shape_, dtype_, name_, p);
+  t.copy_from(on_device() ? *this : contiguous());
+  return t;
+}
+
 void Tensor::fill(double v) {
+  check_host("fill");
   const int64_t n = numel();
   if (dtype_ == DType::F32 && is_contiguous()) {
     float* p = data<float>();
@@ -455,6 +500,7 @@ void Tensor::fill(double v) {
 void Tensor::copy_from(const Tensor& src) {
   MOE_CHECK(src.shape_ == shape_, "copy into tensor '", name_, "': expected shape ", shape_str(shape_),
             ", got ", shape_str(src.shape_), " from '", src.name_, "'");
+  if (on_device() || src.on_device()) return copy_across(src);
   if (src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous() && dtype_ != DType::I4) {
     std::memcpy(raw(), src.raw(), nbytes());
     return;
@@ -463,6 +509,19 @@ void Tensor::copy_from(const Tensor& src) {
   if (is_contiguous() && src.is_contiguous() && convert_contiguous(src.dtype_, src.raw(), dtype_, raw(), n))
     return;
   for (int64_t i = 0; i < n; ++i) set(i, src.get(i));
+}
+
+void Tensor::copy_across(const Tensor& src) {
+  MOE_CHECK(src.dtype_ == dtype_, "copy into tensor '", name_, "' (", placement_name(placement()), ") from '",
+            src.name_, "' (", placement_name(src.placement()), "): a copy to or from the device ",
+            "keeps the dtype; expected ", dtype_name(dtype_), ", got ", dtype_name(src.dtype_),
+            " (convert on the host)");
+  MOE_CHECK(is_contiguous() && src.is_contiguous(), "copy into tensor '", name_, "' from '", src.name_,
+            "': a copy to or from the device needs both tensors contiguous");
+  const size_t bytes = nbytes();
+  if (bytes == 0) return;
+  DeviceMemory* dm = on_device() ? storage_->runtime() : src.storage_->runtime();
+  dm->copy(raw(), placement(), src.raw(), src.placement(), bytes);
 }
 
 void check_defined(const Tensor& t, const std::string& what) {
@@ -478,6 +537,7 @@ void check_shape(const Tensor& t, const Shape& expected, const std::string& what
 
 void check_finite(const Tensor& t, const std::string& what) {
   check_defined(t, what);
+  MOE_CHECK(!t.on_device(), "tensor '", what, "': on device; copy it to the host first (check_finite)");
   const int64_t n = t.numel();
   auto report = [&](int64_t i, double v) {
     throw Error(cat("tensor '", what, "' of shape ", shape_str(t.shape()), ": non-finite value ", v,

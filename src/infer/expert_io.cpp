@@ -276,8 +276,8 @@ bool view_in_place(const SourceFiles& files, const ExpertSource& s, Format fmt, 
 
 namespace {
 // C (m, N) = rows of A (gathered) · W^T for one weight of the expert.
-void linear(const ExpertView& w, int i, int64_t m, int64_t N, int64_t K, const float* A, int64_t lda,
-            const int32_t* gather, float* C) {
+void linear(kernels::Backend be, const ExpertView& w, int i, int64_t m, int64_t N, int64_t K, const float* A,
+            int64_t lda, const int32_t* gather, float* C) {
   const int32_t offsets[2] = {0, static_cast<int32_t>(m)};
   // f32 and bf16 weights: one expert of the grouped GEMMs (the same kernels as the layer's own path)
   auto grouped = [&](auto args, auto W, auto run) {
@@ -295,15 +295,12 @@ void linear(const ExpertView& w, int i, int64_t m, int64_t N, int64_t K, const f
   };
   switch (w.fmt) {
     case Format::F32:
-      grouped(
-          kernels::GroupedGemmArgs<float>(), static_cast<const float*>(w.w[i]),
-          [](const kernels::GroupedGemmArgs<float>& g) { kernels::grouped_gemm(kernels::Backend::Cpu, g); });
+      grouped(kernels::GroupedGemmArgs<float>(), static_cast<const float*>(w.w[i]),
+              [be](const kernels::GroupedGemmArgs<float>& g) { kernels::grouped_gemm(be, g); });
       break;
     case Format::BF16:
       grouped(kernels::GroupedGemmBf16Args(), static_cast<const uint16_t*>(w.w[i]),
-              [](const kernels::GroupedGemmBf16Args& g) {
-                kernels::grouped_gemm_bf16w(kernels::Backend::Cpu, g);
-              });
+              [be](const kernels::GroupedGemmBf16Args& g) { kernels::grouped_gemm_bf16w(be, g); });
       break;
     case Format::Quant: {
       kernels::GemmQuantArgs g;
@@ -314,26 +311,26 @@ void linear(const ExpertView& w, int i, int64_t m, int64_t N, int64_t K, const f
       g.W = w.q[i];
       g.C = C;
       g.ldc = N;
-      kernels::gemm_qw(kernels::Backend::Cpu, g);
+      kernels::gemm_qw(be, g);
       break;
     }
   }
 }
 }  // namespace
 
-void compute_expert(const ExpertCall& c) {
+void compute_expert(kernels::Backend be, const ExpertCall& c) {
   if (c.m == 0) return;
   const bool swiglu = c.act == kernels::Activation::SwiGLU;
-  if (swiglu) linear(*c.w, 0, c.m, c.F, c.d, c.x, c.d, c.gather, c.G);
-  linear(*c.w, 1, c.m, c.F, c.d, c.x, c.d, c.gather, c.U);
+  if (swiglu) linear(be, *c.w, 0, c.m, c.F, c.d, c.x, c.d, c.gather, c.G);
+  linear(be, *c.w, 1, c.m, c.F, c.d, c.x, c.d, c.gather, c.U);
   kernels::ActivationArgs<float> a;  // SwiGLU: silu(G) * U; plain FFN: act(U)
   a.act = c.act;
   a.n = c.m * c.F;
   a.a = swiglu ? c.G : c.U;
   a.b = swiglu ? c.U : nullptr;
   a.out = c.H;
-  kernels::activation(kernels::Backend::Cpu, a);
-  linear(*c.w, 2, c.m, c.d, c.F, c.H, c.F, nullptr, c.out);
+  kernels::activation(be, a);
+  linear(be, *c.w, 2, c.m, c.d, c.F, c.H, c.F, nullptr, c.out);
 }
 
 }  // namespace moe::infer::detail

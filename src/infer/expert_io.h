@@ -109,6 +109,8 @@ struct ExpertCall {
   float* out = nullptr;
   float *G = nullptr, *U = nullptr, *H = nullptr;
 };
-void compute_expert(const ExpertCall& c);
+// The products and the activation run as ops on backend `be` (the MoE layer's; a host backend: the
+// weights are host memory or a mapped file).
+void compute_expert(kernels::Backend be, const ExpertCall& c);
 
 }  // namespace moe::infer::detail

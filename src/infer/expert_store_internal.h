@@ -19,6 +19,7 @@ namespace moe::infer::detail {
 
 struct StoreSetup {
   std::vector<int64_t> layers;  // transformer index of each MoE layer
+  kernels::Backend backend{};   // set by attach: the model's backend then (for the cost model's timing)
   int64_t E = 0, d = 0, F = 0, top_k = 0;
   kernels::Activation act = kernels::Activation::SwiGLU;
   Format fmt = Format::BF16;
@@ -61,7 +62,8 @@ class StoreImpl : public ExpertStore {
 
   int64_t layer_index(int64_t li) const { return S_.layers[li]; }
   // The executor body for MoE layer li.
-  void run(int64_t li, const ExpertRows& rows);
+  // be: the backend of the MoE layer whose experts run (its ops run there).
+  void run(int64_t li, const ExpertRows& rows, kernels::Backend be);
 
  private:
   void warm();

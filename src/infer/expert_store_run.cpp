@@ -20,12 +20,15 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 class LayerExecutor : public ExpertExecutor {
  public:
-  LayerExecutor(std::shared_ptr<StoreImpl> s, int64_t li) : s_(std::move(s)), li_(li) {}
-  void run(const ExpertRows& rows) override { s_->run(li_, rows); }
+  // layer: the MoE layer that owns this executor (so outlives it); its backend is read per run.
+  LayerExecutor(std::shared_ptr<StoreImpl> s, int64_t li, const MoELayer* layer)
+      : s_(std::move(s)), li_(li), layer_(layer) {}
+  void run(const ExpertRows& rows) override { s_->run(li_, rows, layer_->backend()); }
 
  private:
   std::shared_ptr<StoreImpl> s_;
   int64_t li_;
+  const MoELayer* layer_;
 };
 }  // namespace
 
@@ -86,7 +89,7 @@ bool StoreImpl::acquire(int64_t id, ExpertView* view, bool* hit) {
   return true;
 }
 
-void StoreImpl::run(int64_t li, const ExpertRows& rows) {
+void StoreImpl::run(int64_t li, const ExpertRows& rows, kernels::Backend be) {
   const int64_t E = S_.E, d = S_.d, F = S_.F;
   MOE_CHECK(rows.n_experts == E && rows.d_model == d && rows.d_ff == F, "expert store: layer shape (E ",
             rows.n_experts, ", d ", rows.d_model, ", F ", rows.d_ff, ") differs from the checkpoint's (", E,
@@ -195,7 +198,7 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows) {
     c.H = H_.data();
     if (!rows.gather) c.x = rows.x + static_cast<int64_t>(rows.offsets[e]) * d;
     try {
-      compute_expert(c);
+      compute_expert(be, c);
     } catch (...) {
       if (pinned) {
         std::lock_guard<std::mutex> g(mu_);
@@ -380,6 +383,7 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
   const model::QuantConfig qc = model::read_quant_config(dir);
   const ExpertLocator loc(dir, qc);
   detail::StoreSetup S;
+  S.backend = m.backend();
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
     if (m.moe_layer(l)) S.layers.push_back(l);
   MOE_CHECK(!S.layers.empty(), "expert store: the model has no MoE layer");
@@ -443,9 +447,10 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
   }
   const int64_t L = static_cast<int64_t>(S.layers.size());
   auto impl = std::make_shared<detail::StoreImpl>(std::move(S), opt);
-  for (int64_t li = 0; li < L; ++li)
-    m.mutable_moe_layer(impl->layer_index(li))
-        ->set_expert_executor(std::make_shared<detail::LayerExecutor>(impl, li));
+  for (int64_t li = 0; li < L; ++li) {
+    MoELayer* layer = m.mutable_moe_layer(impl->layer_index(li));
+    layer->set_expert_executor(std::make_shared<detail::LayerExecutor>(impl, li, layer));
+  }
   return impl;
 }
 

@@ -1,5 +1,6 @@
-// Dense linear layers of the transformer, forward and backward, on kernels::gemm (Backend::Cpu),
-// with an optional bf16 copy of the weight (bf16 compute). Shared by transformer.cpp and mla.cpp.
+// Dense linear layers of the transformer, forward and backward, on kernels::gemm on the model's
+// backend (a host backend: the bias loops below read the same buffers), with an optional bf16 copy
+// of the weight (bf16 compute). Shared by transformer.cpp and mla.cpp.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@ struct LinW {
 
 // y (n, out) = x (n, in) · Wᵀ (+ b)
 template <typename T>
-inline void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, const T* b, T* y) {
+inline void linear(Backend be, const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, const T* b, T* y) {
   const T* W = lw.w;
   if constexpr (std::is_same_v<T, float>) {
     if (lw.bf16) {
@@ -31,7 +32,7 @@ inline void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, c
       g.A = x, g.lda = in;
       g.W = lw.bf16, g.trans_w = false;
       g.C = y, g.ldc = out;
-      kernels::gemm_bf16w(Backend::Cpu, g);
+      kernels::gemm_bf16w(be, g);
       W = nullptr;
     }
   }
@@ -41,7 +42,7 @@ inline void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, c
     g.A = x, g.lda = in;
     g.B = W, g.ldb = in, g.trans_b = true;
     g.C = y, g.ldc = out;
-    kernels::gemm(Backend::Cpu, g);
+    kernels::gemm(be, g);
   }
   if (b)
     parallel_for(n, 64, [&](int64_t r0, int64_t r1) {
@@ -53,14 +54,14 @@ inline void linear(const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, c
 // Backward of linear: dW += dyᵀ x; db += Σ_rows dy; dx (n, in) = dy W (+= when accumulate_dx).
 // With a bf16 copy, dx uses it (bf16 compute); the weight gradient is always f32.
 template <typename T>
-inline void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int64_t out, LinW<T> lw, T* dW,
-                            T* db, T* dx, bool accumulate_dx) {
+inline void linear_backward(Backend be, const T* x, const T* dy, int64_t n, int64_t in, int64_t out,
+                            LinW<T> lw, T* dW, T* db, T* dx, bool accumulate_dx) {
   kernels::GemmArgs<T> gw;
   gw.M = out, gw.N = in, gw.K = n;
   gw.A = dy, gw.lda = out, gw.trans_a = true;
   gw.B = x, gw.ldb = in;
   gw.C = dW, gw.ldc = in, gw.beta = 1;
-  kernels::gemm(Backend::Cpu, gw);
+  kernels::gemm(be, gw);
   if (db)
     parallel_for(out, 16, [&](int64_t o0, int64_t o1) {
       for (int64_t o = o0; o < o1; ++o) {
@@ -76,7 +77,7 @@ inline void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int6
       g.A = dy, g.lda = out;
       g.W = lw.bf16, g.trans_w = true;  // stored (out, in) = (K, N)
       g.C = dx, g.ldc = in, g.beta = accumulate_dx ? 1.0f : 0.0f;
-      kernels::gemm_bf16w(Backend::Cpu, g);
+      kernels::gemm_bf16w(be, g);
       return;
     }
   }
@@ -85,7 +86,7 @@ inline void linear_backward(const T* x, const T* dy, int64_t n, int64_t in, int6
   gx.A = dy, gx.lda = out;
   gx.B = lw.w, gx.ldb = in;
   gx.C = dx, gx.ldc = in, gx.beta = accumulate_dx ? 1 : 0;
-  kernels::gemm(Backend::Cpu, gx);
+  kernels::gemm(be, gx);
 }
 
 // dst += a · src

@@ -26,8 +26,8 @@ nn::RopeArgs rope_args(const MlaShape& sh, const MlaRope& r, int64_t heads, int6
 }  // namespace
 
 template <typename T>
-void mla_qkv_forward(const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& r, const T* h,
-                     const int32_t* pos, T* q, T* k, T* v, MlaSaved& s) {
+void mla_qkv_forward(kernels::Backend be, const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& r,
+                     const T* h, const int32_t* pos, T* q, T* k, T* v, MlaSaved& s) {
   const int64_t N = sh.N, d = sh.d, H = sh.heads, qk = sh.qk(), nope = sh.nope, rd = sh.rope, vd = sh.vd;
   const int64_t kvl = sh.kv_lora, kva_w = kvl + rd;
   const DType dt = std::is_same_v<T, double> ? DType::F64 : DType::F32;
@@ -36,17 +36,17 @@ void mla_qkv_forward(const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& 
     const int64_t ql = sh.q_lora;
     s.qa = Tensor::empty({N, ql}, dt), s.qa_n = Tensor::empty({N, ql}, dt),
     s.rstd_qa = Tensor::empty({N}, dt);
-    linear<T>(h, N, d, w.q_a, ql, w.q_a_bias, s.qa.data<T>());
+    linear<T>(be, h, N, d, w.q_a, ql, w.q_a_bias, s.qa.data<T>());
     nn::rmsnorm_forward<T>({N, ql, kMlaLatentNormEps}, s.qa.data<T>(), w.q_a_norm, s.qa_n.data<T>(),
                            s.rstd_qa.data<T>());
-    linear<T>(s.qa_n.data<T>(), N, ql, w.q_b, H * qk, nullptr, q);
+    linear<T>(be, s.qa_n.data<T>(), N, ql, w.q_b, H * qk, nullptr, q);
   } else {
-    linear<T>(h, N, d, w.q, H * qk, nullptr, q);
+    linear<T>(be, h, N, d, w.q, H * qk, nullptr, q);
   }
   nn::rope_forward<T>(rope_args(sh, r, H, qk), pos, q + nope);
   // --- compressed kv and the shared rotary key
   std::vector<T> kva(static_cast<size_t>(N * kva_w));  // (N, kv_lora + rope)
-  linear<T>(h, N, d, w.kv_a, kva_w, w.kv_a_bias, kva.data());
+  linear<T>(be, h, N, d, w.kv_a, kva_w, w.kv_a_bias, kva.data());
   s.c = Tensor::empty({N, kvl}, dt), s.c_n = Tensor::empty({N, kvl}, dt), s.rstd_c = Tensor::empty({N}, dt);
   std::vector<T> kr(static_cast<size_t>(N * rd));  // (N, rope)
   T* cp = s.c.data<T>();
@@ -58,7 +58,7 @@ void mla_qkv_forward(const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& 
   nn::rope_forward<T>(rope_args(sh, r, 1, rd), pos, kr.data());
   // --- per-head keys and values
   std::vector<T> kvb(static_cast<size_t>(N * H * (nope + vd)));  // (N, H, nope + vd)
-  linear<T>(s.c_n.data<T>(), N, kvl, w.kv_b, H * (nope + vd), nullptr, kvb.data());
+  linear<T>(be, s.c_n.data<T>(), N, kvl, w.kv_b, H * (nope + vd), nullptr, kvb.data());
   parallel_for(N, 16, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
       for (int64_t hh = 0; hh < H; ++hh) {
@@ -72,8 +72,9 @@ void mla_qkv_forward(const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& 
 }
 
 template <typename T>
-void mla_qkv_backward(const MlaShape& sh, const MlaWeights<T>& w, const MlaGrads<T>& g, const MlaRope& r,
-                      const T* h, const int32_t* pos, const MlaSaved& s, T* dq, T* dk, const T* dv, T* dh) {
+void mla_qkv_backward(kernels::Backend be, const MlaShape& sh, const MlaWeights<T>& w, const MlaGrads<T>& g,
+                      const MlaRope& r, const T* h, const int32_t* pos, const MlaSaved& s, T* dq, T* dk,
+                      const T* dv, T* dh) {
   const int64_t N = sh.N, d = sh.d, H = sh.heads, qk = sh.qk(), nope = sh.nope, rd = sh.rope, vd = sh.vd;
   const int64_t kvl = sh.kv_lora, kva_w = kvl + rd;
   // --- per-head keys and values back to kv_b_proj's output; the shared rotary key sums its heads
@@ -94,32 +95,32 @@ void mla_qkv_backward(const MlaShape& sh, const MlaWeights<T>& w, const MlaGrads
   nn::RopeArgs ra = rope_args(sh, r, 1, kva_w);
   nn::rope_backward<T>(ra, pos, dkva.data() + kvl);
   std::vector<T> dcn(static_cast<size_t>(N * kvl)), dc(static_cast<size_t>(N * kvl));  // (N, kv_lora) x2
-  linear_backward<T>(s.c_n.data<T>(), dkvb.data(), N, kvl, H * (nope + vd), w.kv_b, g.kv_b, nullptr,
+  linear_backward<T>(be, s.c_n.data<T>(), dkvb.data(), N, kvl, H * (nope + vd), w.kv_b, g.kv_b, nullptr,
                      dcn.data(), false);
   nn::rmsnorm_backward<T>({N, kvl, kMlaLatentNormEps}, s.c.data<T>(), w.kv_a_norm, s.rstd_c.data<T>(),
                           dcn.data(), dc.data(), g.kv_a_norm);
   for (int64_t t = 0; t < N; ++t) std::memcpy(dkva.data() + t * kva_w, dc.data() + t * kvl, sizeof(T) * kvl);
-  linear_backward<T>(h, dkva.data(), N, d, kva_w, w.kv_a, g.kv_a, g.kv_a_bias, dh, false);
+  linear_backward<T>(be, h, dkva.data(), N, d, kva_w, w.kv_a, g.kv_a, g.kv_a_bias, dh, false);
   // --- queries
   nn::rope_backward<T>(rope_args(sh, r, H, qk), pos, dq + nope);
   if (sh.q_lora > 0) {
     const int64_t ql = sh.q_lora;
     std::vector<T> dqan(static_cast<size_t>(N * ql)), dqa(static_cast<size_t>(N * ql));  // (N, q_lora) x2
-    linear_backward<T>(s.qa_n.data<T>(), dq, N, ql, H * qk, w.q_b, g.q_b, nullptr, dqan.data(), false);
+    linear_backward<T>(be, s.qa_n.data<T>(), dq, N, ql, H * qk, w.q_b, g.q_b, nullptr, dqan.data(), false);
     nn::rmsnorm_backward<T>({N, ql, kMlaLatentNormEps}, s.qa.data<T>(), w.q_a_norm, s.rstd_qa.data<T>(),
                             dqan.data(), dqa.data(), g.q_a_norm);
-    linear_backward<T>(h, dqa.data(), N, d, ql, w.q_a, g.q_a, g.q_a_bias, dh, true);
+    linear_backward<T>(be, h, dqa.data(), N, d, ql, w.q_a, g.q_a, g.q_a_bias, dh, true);
   } else {
-    linear_backward<T>(h, dq, N, d, H * qk, w.q, g.q, nullptr, dh, true);
+    linear_backward<T>(be, h, dq, N, d, H * qk, w.q, g.q, nullptr, dh, true);
   }
 }
 
-#define MOE_MLA_INSTANTIATE(T)                                                                         \
-  template void mla_qkv_forward<T>(const MlaShape&, const MlaWeights<T>&, const MlaRope&, const T*,    \
-                                   const int32_t*, T*, T*, T*, MlaSaved&);                             \
-  template void mla_qkv_backward<T>(const MlaShape&, const MlaWeights<T>&, const MlaGrads<T>&,         \
-                                    const MlaRope&, const T*, const int32_t*, const MlaSaved&, T*, T*, \
-                                    const T*, T*);
+#define MOE_MLA_INSTANTIATE(T)                                                                              \
+  template void mla_qkv_forward<T>(kernels::Backend, const MlaShape&, const MlaWeights<T>&, const MlaRope&, \
+                                   const T*, const int32_t*, T*, T*, T*, MlaSaved&);                        \
+  template void mla_qkv_backward<T>(kernels::Backend, const MlaShape&, const MlaWeights<T>&,                \
+                                    const MlaGrads<T>&, const MlaRope&, const T*, const int32_t*,           \
+                                    const MlaSaved&, T*, T*, const T*, T*);
 MOE_MLA_INSTANTIATE(float)
 MOE_MLA_INSTANTIATE(double)
 #undef MOE_MLA_INSTANTIATE

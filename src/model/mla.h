@@ -65,15 +65,17 @@ struct MlaSaved {
   Tensor c, c_n, rstd_c;     // (N, kv_lora) x2, (N)
 };
 
-// h (N, d) -> q (N, H·qk), k (N, H·qk), v (N, H·vd); pos (N) absolute positions.
+// h (N, d) -> q (N, H·qk), k (N, H·qk), v (N, H·vd); pos (N) absolute positions. The projections run
+// on backend `be` (the model's).
 template <typename T>
-void mla_qkv_forward(const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& r, const T* h,
-                     const int32_t* pos, T* q, T* k, T* v, MlaSaved& s);
+void mla_qkv_forward(kernels::Backend be, const MlaShape& sh, const MlaWeights<T>& w, const MlaRope& r,
+                     const T* h, const int32_t* pos, T* q, T* k, T* v, MlaSaved& s);
 
 // The transpose: from dq, dk (N, H·qk) and dv (N, H·vd) (dq and dk are used as scratch) to the
 // weight gradients (accumulated) and dh (N, d) (overwritten).
 template <typename T>
-void mla_qkv_backward(const MlaShape& sh, const MlaWeights<T>& w, const MlaGrads<T>& g, const MlaRope& r,
-                      const T* h, const int32_t* pos, const MlaSaved& s, T* dq, T* dk, const T* dv, T* dh);
+void mla_qkv_backward(kernels::Backend be, const MlaShape& sh, const MlaWeights<T>& w, const MlaGrads<T>& g,
+                      const MlaRope& r, const T* h, const int32_t* pos, const MlaSaved& s, T* dq, T* dk,
+                      const T* dv, T* dh);
 
 }  // namespace moe::model::detail

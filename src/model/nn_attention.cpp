@@ -14,9 +14,9 @@
 //     dS = P ∘ (dP − D),  dQ_blk = scale · dS · K[:nk],  dK[:nk] += scale · dSᵀ · Q_blk,
 //     dV[:nk] += Pᵀ · dO_blk
 //
-// The products run on kernels::gemm (Backend::Cpu). Inside an item they run on the calling thread
-// (moe::parallel_items runs inline in a parallel region); the gemm sums in an order fixed by the
-// shapes, and each item's order of blocks is fixed, so results do not depend on the thread count.
+// The products run on kernels::gemm on the caller's backend (a host backend). Inside an item they run on the
+// calling thread (moe::parallel_items runs inline in a parallel region); the gemm sums in an order fixed by
+// the shapes, and each item's order of blocks is fixed, so results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -45,6 +45,12 @@ void check_attention(const char* op, const AttentionArgs& a) {
   MOE_CHECK(a.hd >= 1, op, ": head dim hd must be >= 1, got ", a.hd);
   MOE_CHECK(a.hd_v >= 0, op, ": value head dim hd_v must be >= 0 (0 = hd), got ", a.hd_v);
   MOE_CHECK(std::isfinite(a.scale), op, ": scale must be finite, got ", a.scale);
+}
+
+// The buffers are host memory and the softmax a host loop: the products must run on the host too.
+void check_host_backend(const char* op, kernels::Backend be) {
+  MOE_CHECK(be != kernels::Backend::Cuda, op, ": backend ", kernels::backend_name(be),
+            " is not supported (host buffers and host softmax; use ref or cpu)");
 }
 
 void check_ptr(const char* op, const char* name, const void* p) {
@@ -79,7 +85,7 @@ struct Layout {
 
 // S (nq, nk) = scale · Q_blk · K[:nk]ᵀ.
 template <typename T>
-void scores(const Layout& L, const Block& k, const T* q, const T* kk, T scale, T* S) {
+void scores(kernels::Backend be, const Layout& L, const Block& k, const T* q, const T* kk, T scale, T* S) {
   kernels::GemmArgs<T> g;
   g.M = k.nq;
   g.N = k.nk;
@@ -92,7 +98,7 @@ void scores(const Layout& L, const Block& k, const T* q, const T* kk, T scale, T
   g.C = S;
   g.ldc = k.nk;
   g.alpha = scale;
-  kernels::gemm(kernels::Backend::Cpu, g);
+  kernels::gemm(be, g);
 }
 
 // Number of keys query r of the block sees.
@@ -114,9 +120,11 @@ Block query_block(const AttentionArgs& a, int64_t b, int64_t h, int64_t qb) {
 }  // namespace
 
 template <typename T>
-void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* v, T* out, T* lse) {
+void attention_forward(kernels::Backend be, const AttentionArgs& a, const T* q, const T* k, const T* v,
+                       T* out, T* lse) {
   const char* op = "attention_forward";
   check_attention(op, a);
+  check_host_backend(op, be);
   if (a.batch == 0 || a.sq == 0) return;
   check_ptr(op, "q", q);
   check_ptr(op, "k", k);
@@ -130,7 +138,7 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
     const int64_t b = item / (a.hq * n_qblocks), h = item / n_qblocks % a.hq, qb = item % n_qblocks;
     const Block blk = query_block(a, b, h, qb);
     std::vector<T> P(static_cast<size_t>(blk.nq * blk.nk));  // (nq, nk): scores, then probabilities
-    scores(L, blk, q, k, scale, P.data());
+    scores(be, L, blk, q, k, scale, P.data());
     for (int64_t r = 0; r < blk.nq; ++r) {
       T* p = P.data() + r * blk.nk;  // (nk)
       const int64_t n_vis = visible(blk, r);
@@ -153,15 +161,16 @@ void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* 
     g.ldb = L.ldv();
     g.C = out + L.orow(b, blk.i0, h);
     g.ldc = L.ldo();
-    kernels::gemm(kernels::Backend::Cpu, g);
+    kernels::gemm(be, g);
   });
 }
 
 template <typename T>
-void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T* v, const T* out,
-                        const T* lse, const T* dout, T* dq, T* dk, T* dv) {
+void attention_backward(kernels::Backend be, const AttentionArgs& a, const T* q, const T* k, const T* v,
+                        const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv) {
   const char* op = "attention_backward";
   check_attention(op, a);
+  check_host_backend(op, be);
   if (a.batch == 0 || a.sk == 0) return;
   check_ptr(op, "dk", dk);
   check_ptr(op, "dv", dv);
@@ -191,7 +200,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
         const size_t sz = static_cast<size_t>(blk.nq * blk.nk);
         P.resize(sz);
         dS.resize(sz);
-        scores(L, blk, q, k, scale, P.data());
+        scores(be, L, blk, q, k, scale, P.data());
         // dP (nq, nk) = dO_blk · V[:nk]ᵀ, into dS.
         kernels::GemmArgs<T> g;
         g.M = blk.nq;
@@ -204,7 +213,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
         g.trans_b = true;
         g.C = dS.data();
         g.ldc = blk.nk;
-        kernels::gemm(kernels::Backend::Cpu, g);
+        kernels::gemm(be, g);
         for (int64_t r = 0; r < blk.nq; ++r) {
           T* p = P.data() + r * blk.nk;    // (nk)
           T* ds = dS.data() + r * blk.nk;  // (nk)
@@ -232,7 +241,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
         g.C = dq + L.qrow(b, blk.i0, h);
         g.ldc = L.ldq();
         g.alpha = scale;
-        kernels::gemm(kernels::Backend::Cpu, g);
+        kernels::gemm(be, g);
         // dK[:nk] (nk, hd) += scale · dSᵀ · Q_blk.
         g = {};
         g.M = blk.nk;
@@ -247,7 +256,7 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
         g.ldc = L.ldk();
         g.alpha = scale;
         g.beta = 1;
-        kernels::gemm(kernels::Backend::Cpu, g);
+        kernels::gemm(be, g);
         // dV[:nk] (nk, hd_v) += Pᵀ · dO_blk.
         g.N = a.vdim();
         g.A = P.data();
@@ -256,16 +265,17 @@ void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T*
         g.C = dv + L.vrow(b, 0, kvh);
         g.ldc = L.ldv();
         g.alpha = 1;
-        kernels::gemm(kernels::Backend::Cpu, g);
+        kernels::gemm(be, g);
       }
     }
   });
 }
 
-#define MOE_NN_ATTENTION_INSTANTIATE(T)                                                             \
-  template void attention_forward<T>(const AttentionArgs&, const T*, const T*, const T*, T*, T*);   \
-  template void attention_backward<T>(const AttentionArgs&, const T*, const T*, const T*, const T*, \
-                                      const T*, const T*, T*, T*, T*);
+#define MOE_NN_ATTENTION_INSTANTIATE(T)                                                                     \
+  template void attention_forward<T>(kernels::Backend, const AttentionArgs&, const T*, const T*, const T*,  \
+                                     T*, T*);                                                               \
+  template void attention_backward<T>(kernels::Backend, const AttentionArgs&, const T*, const T*, const T*, \
+                                      const T*, const T*, const T*, T*, T*, T*);
 MOE_NN_ATTENTION_INSTANTIATE(float)
 MOE_NN_ATTENTION_INSTANTIATE(double)
 #undef MOE_NN_ATTENTION_INSTANTIATE

@@ -150,14 +150,14 @@ struct Transformer::Impl {
       s.q = Tensor::empty({N, hq * qk}, dt), s.k = Tensor::empty({N, hq * qk}, dt),
       s.v = Tensor::empty({N, hq * vd}, dt);
       const std::vector<double> inv_freq = c.rope_inv_freq();
-      detail::mla_qkv_forward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_rope(m, inv_freq), s.h1.data<T>(),
-                                 pos, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.mla);
+      detail::mla_qkv_forward<T>(m.backend_, mla_shape(m, N), mla_weights<T>(m, l), mla_rope(m, inv_freq),
+                                 s.h1.data<T>(), pos, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.mla);
       return;
     }
     s.q = Tensor::empty({N, Dq}, dt), s.k = Tensor::empty({N, Dk}, dt), s.v = Tensor::empty({N, Dk}, dt);
-    linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.q_w), Dq, W<T>(m, P.q_b), s.q.data<T>());
-    linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.k_w), Dk, W<T>(m, P.k_b), s.k.data<T>());
-    linear<T>(s.h1.data<T>(), N, d, LW<T>(m, P.v_w), Dk, W<T>(m, P.v_b), s.v.data<T>());
+    linear<T>(m.backend_, s.h1.data<T>(), N, d, LW<T>(m, P.q_w), Dq, W<T>(m, P.q_b), s.q.data<T>());
+    linear<T>(m.backend_, s.h1.data<T>(), N, d, LW<T>(m, P.k_w), Dk, W<T>(m, P.k_b), s.k.data<T>());
+    linear<T>(m.backend_, s.h1.data<T>(), N, d, LW<T>(m, P.v_w), Dk, W<T>(m, P.v_b), s.v.data<T>());
     const QkNorm qn = c.qk_norm();
     if (qn != QkNorm::None) {
       s.q_raw = s.q.clone(), s.k_raw = s.k.clone();
@@ -182,7 +182,7 @@ struct Transformer::Impl {
     const DType dt = m.dtype_;
     {
       Tensor o = Tensor::empty({N, d}, dt);  // (N, d)
-      linear<T>(s.attn.data<T>(), N, Dv, LW<T>(m, P.o_w), d, W<T>(m, P.o_b), o.data<T>());
+      linear<T>(m.backend_, s.attn.data<T>(), N, Dv, LW<T>(m, P.o_w), d, W<T>(m, P.o_b), o.data<T>());
       axpy<T>(x.data<T>(), o.data<T>(), N * d);
     }
     if (keep) s.x_mid = x.clone();
@@ -202,15 +202,15 @@ struct Transformer::Impl {
     } else {
       const int64_t F = c.intermediate_size;
       s.g = Tensor::empty({N, F}, dt), s.u = Tensor::empty({N, F}, dt), s.a = Tensor::empty({N, F}, dt);
-      linear<T>(s.h2.data<T>(), N, d, LW<T>(m, P.gate), F, nullptr, s.g.data<T>());
-      linear<T>(s.h2.data<T>(), N, d, LW<T>(m, P.up), F, nullptr, s.u.data<T>());
+      linear<T>(m.backend_, s.h2.data<T>(), N, d, LW<T>(m, P.gate), F, nullptr, s.g.data<T>());
+      linear<T>(m.backend_, s.h2.data<T>(), N, d, LW<T>(m, P.up), F, nullptr, s.u.data<T>());
       T* ap = s.a.data<T>();
       const T *gp = s.g.data<T>(), *up = s.u.data<T>();
       parallel_for(N * F, 1 << 14, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) ap[i] = gp[i] * sigmoid(gp[i]) * up[i];
       });
       Tensor y = Tensor::empty({N, d}, dt);  // (N, d)
-      linear<T>(ap, N, F, LW<T>(m, P.down), d, nullptr, y.data<T>());
+      linear<T>(m.backend_, ap, N, F, LW<T>(m, P.down), d, nullptr, y.data<T>());
       axpy<T>(x.data<T>(), y.data<T>(), N * d);
     }
   }
@@ -224,7 +224,7 @@ struct Transformer::Impl {
     nn::rmsnorm_forward<T>({n, d, c.rms_norm_eps}, x.data<T>() + r0 * d, W<T>(m, m.index_.norm), hf.data<T>(),
                            rstd.data<T>());
     Tensor logits = Tensor::empty({n, V}, m.dtype_, "logits");
-    linear<T>(hf.data<T>(), n, d, LW<T>(m, m.index_.head), V, nullptr, logits.data<T>());
+    linear<T>(m.backend_, hf.data<T>(), n, d, LW<T>(m, m.index_.head), V, nullptr, logits.data<T>());
     if (sv) sv->x_final = x.clone(), sv->rstd_f = rstd, sv->hf = hf;
     return logits;
   }
@@ -250,7 +250,7 @@ struct Transformer::Impl {
       qkv<T>(m, l, x, N, pos.data(), s);
       s.attn = Tensor::empty({N, c.num_attention_heads * aa.vdim()}, m.dtype_);
       s.lse = Tensor::empty({B, c.num_attention_heads, S}, m.dtype_);
-      nn::attention_forward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(),
+      nn::attention_forward<T>(m.backend_, aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(),
                                s.lse.data<T>());
       out_and_ffn<T>(m, l, x, N, &tok, opt, s, sv != nullptr);
       if (m.moe_[l] && res) {
@@ -285,12 +285,12 @@ struct Transformer::Impl {
                               dk.data<T>(), G<T>(m, P.k_norm));
     }
     const T* h1 = s.h1.data<T>();
-    linear_backward<T>(h1, dq.data<T>(), N, d, Dq, LW<T>(m, P.q_w), G<T>(m, P.q_w), G<T>(m, P.q_b),
-                       dh1.data<T>(), false);
-    linear_backward<T>(h1, dk.data<T>(), N, d, Dk, LW<T>(m, P.k_w), G<T>(m, P.k_w), G<T>(m, P.k_b),
-                       dh1.data<T>(), true);
-    linear_backward<T>(h1, dv.data<T>(), N, d, Dk, LW<T>(m, P.v_w), G<T>(m, P.v_w), G<T>(m, P.v_b),
-                       dh1.data<T>(), true);
+    linear_backward<T>(m.backend_, h1, dq.data<T>(), N, d, Dq, LW<T>(m, P.q_w), G<T>(m, P.q_w),
+                       G<T>(m, P.q_b), dh1.data<T>(), false);
+    linear_backward<T>(m.backend_, h1, dk.data<T>(), N, d, Dk, LW<T>(m, P.k_w), G<T>(m, P.k_w),
+                       G<T>(m, P.k_b), dh1.data<T>(), true);
+    linear_backward<T>(m.backend_, h1, dv.data<T>(), N, d, Dk, LW<T>(m, P.v_w), G<T>(m, P.v_w),
+                       G<T>(m, P.v_b), dh1.data<T>(), true);
   }
 
   template <typename T>
@@ -323,7 +323,7 @@ struct Transformer::Impl {
     } else {
       const int64_t F = c.intermediate_size;
       Tensor da = Tensor::empty({N, F}, dt);  // (N, F)
-      linear_backward<T>(s.a.data<T>(), dxp, N, F, d, LW<T>(m, P.down), G<T>(m, P.down), nullptr,
+      linear_backward<T>(m.backend_, s.a.data<T>(), dxp, N, F, d, LW<T>(m, P.down), G<T>(m, P.down), nullptr,
                          da.data<T>(), false);
       T* dap = da.data<T>();
       T* gp = s.g.data<T>();  // reused in place as dg
@@ -336,10 +336,10 @@ struct Transformer::Impl {
           gp[i] = dg;
         }
       });
-      linear_backward<T>(s.h2.data<T>(), gp, N, d, F, LW<T>(m, P.gate), G<T>(m, P.gate), nullptr,
+      linear_backward<T>(m.backend_, s.h2.data<T>(), gp, N, d, F, LW<T>(m, P.gate), G<T>(m, P.gate), nullptr,
                          dh2.data<T>(), false);
-      linear_backward<T>(s.h2.data<T>(), up, N, d, F, LW<T>(m, P.up), G<T>(m, P.up), nullptr, dh2.data<T>(),
-                         true);
+      linear_backward<T>(m.backend_, s.h2.data<T>(), up, N, d, F, LW<T>(m, P.up), G<T>(m, P.up), nullptr,
+                         dh2.data<T>(), true);
     }
     Tensor tmp = Tensor::empty({N, d}, dt);
     nn::rmsnorm_backward<T>({N, d, c.rms_norm_eps}, s.x_mid.data<T>(), W<T>(m, P.ln2), s.rstd2.data<T>(),
@@ -349,16 +349,16 @@ struct Transformer::Impl {
     // --- attention: x_mid = x_in + o_proj(attn(...rmsnorm(x_in)))
     const nn::AttentionArgs aa = attention_args(m, B, S, S);
     Tensor dattn = Tensor::empty({N, hq * aa.vdim()}, dt);
-    linear_backward<T>(s.attn.data<T>(), dxp, N, hq * aa.vdim(), d, LW<T>(m, P.o_w), G<T>(m, P.o_w),
-                       G<T>(m, P.o_b), dattn.data<T>(), false);
+    linear_backward<T>(m.backend_, s.attn.data<T>(), dxp, N, hq * aa.vdim(), d, LW<T>(m, P.o_w),
+                       G<T>(m, P.o_w), G<T>(m, P.o_b), dattn.data<T>(), false);
     Tensor dq = Tensor::empty({N, hq * aa.hd}, dt), dk = Tensor::empty({N, hkv * aa.hd}, dt);
     Tensor dv = Tensor::empty({N, hkv * aa.vdim()}, dt);
-    nn::attention_backward<T>(aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(),
+    nn::attention_backward<T>(m.backend_, aa, s.q.data<T>(), s.k.data<T>(), s.v.data<T>(), s.attn.data<T>(),
                               s.lse.data<T>(), dattn.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
     Tensor dh1 = Tensor::empty({N, d}, dt);
     if (c.mla()) {
       const std::vector<double> inv_freq = c.rope_inv_freq();
-      detail::mla_qkv_backward<T>(mla_shape(m, N), mla_weights<T>(m, l), mla_grads<T>(m, l),
+      detail::mla_qkv_backward<T>(m.backend_, mla_shape(m, N), mla_weights<T>(m, l), mla_grads<T>(m, l),
                                   mla_rope(m, inv_freq), s.h1.data<T>(), pos, s.mla, dq.data<T>(),
                                   dk.data<T>(), dv.data<T>(), dh1.data<T>());
     } else {
@@ -385,7 +385,7 @@ struct Transformer::Impl {
       return res;  // the caller skips the step
 
     Tensor dhf = Tensor::empty({N, d}, m.dtype_);
-    linear_backward<T>(sv.hf.data<T>(), logits.data<T>(), N, d, V, LW<T>(m, m.index_.head),
+    linear_backward<T>(m.backend_, sv.hf.data<T>(), logits.data<T>(), N, d, V, LW<T>(m, m.index_.head),
                        G<T>(m, m.index_.head), nullptr, dhf.data<T>(), false);
     logits = Tensor();
     Tensor dx = Tensor::empty({N, d}, m.dtype_);
@@ -441,7 +441,7 @@ struct Transformer::Impl {
       std::memcpy(vc + p0 * hkv * hdv, s.v.data<T>(), sizeof(T) * n * hkv * hdv);
       s.attn = Tensor::empty({n, hq * hdv}, m.dtype_);
       const nn::AttentionArgs aa = attention_args(m, 1, n, p0 + n);
-      nn::attention_forward<T>(aa, s.q.data<T>(), kc, vc, s.attn.data<T>(), nullptr);
+      nn::attention_forward<T>(m.backend_, aa, s.q.data<T>(), kc, vc, s.attn.data<T>(), nullptr);
       out_and_ffn<T>(m, l, x, n, &tok, nullptr, s, false);
     }
     cache.len = p0 + n;
@@ -465,6 +465,15 @@ void Transformer::set_bf16_inference(bool on) {
   for (auto& l : moe_)
     if (l) l->set_bf16_expert_weights(on);
   bf16_inference_ = on;
+}
+
+void Transformer::set_backend(kernels::Backend b) {
+  MOE_CHECK(b != kernels::Backend::Cuda, "model: backend ", kernels::backend_name(b),
+            " is not supported (the model's tensors are host tensors and its norms, rotary embedding and "
+            "softmax run on the host; use ref or cpu)");
+  backend_ = b;
+  for (auto& l : moe_)
+    if (l) l->set_backend(b);
 }
 
 void Transformer::set_expert_skip_threshold(double t) {

@@ -88,8 +88,7 @@ void Transformer::build_params() {
     }
     P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
     if (c.is_moe_layer(l)) {
-      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, kernels::Backend::Cpu,
-                                           external_experts_, ep_);
+      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, backend_, external_experts_, ep_);
       MoEParams& mp = moe_[l]->params();
       const std::string mpre = moe_prefix(c, l);
       P.moe[0] = add_param(mpre + ".gate.weight", mp.router_w, true);

@@ -1,5 +1,12 @@
 // A strided tensor over reference-counted, 64-byte aligned storage.
 //
+// Storage has a placement (moe/core/placement.h): host memory (the default), device memory or pinned
+// host memory. Views share the placement of their storage. Host code reads and writes only Host and
+// Pinned tensors: element access, fill, dtype conversion and strided copies of a Device tensor throw
+// moe::Error ("tensor 'w': on device; copy it to the host first"); raw()/data<T>() give its device
+// pointer, for ops running on the device. Copies between placements are explicit: to(Placement) and
+// copy_from (same dtype, contiguous).
+//
 // Shape and strides are in elements. Views (reshape, slice, transpose) share storage. Every tensor
 // may carry a name, used in error messages ("tensor 'w_gate': expected shape (8, 64, 32), got ...").
 #pragma once
@@ -13,6 +20,7 @@
 
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
+#include "moe/core/placement.h"
 
 namespace moe {
 
@@ -25,8 +33,8 @@ int64_t shape_numel(const Shape& s);
 void* aligned_alloc64(size_t bytes);
 void aligned_free64(void* p);
 
-// Tensor buffer cache. Freed tensor buffers of at least 1 MiB are kept (up to a limit of bytes held)
-// and handed to the next tensor of the same size class instead of going back to the system: a
+// Tensor buffer cache (host placement only). Freed tensor buffers of at least 1 MiB are kept (up to a limit
+// of bytes held) and handed to the next tensor of the same size class instead of going back to the system: a
 // training step allocates the same activation shapes every step, and a fresh mapping costs a page
 // fault and a page clear per page on first touch (9% of a fine-grained MoE layer's forward+backward
 // in the kernel's page clearing here, by perf).
@@ -47,25 +55,34 @@ void set_tensor_cache_limit(size_t bytes);  // 0 turns the cache off (and releas
 
 class Storage {
  public:
-  explicit Storage(size_t bytes);
+  // `what` names the tensor in errors (a Device placement without CUDA or without a device).
+  explicit Storage(size_t bytes, Placement placement = Placement::Host, const char* what = "");
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
+  Placement placement() const { return placement_; }
+  // The device runtime that allocated this block (Device, page-locked Pinned), else null.
+  DeviceMemory* runtime() const { return runtime_; }
 
  private:
   void* data_ = nullptr;
   size_t bytes_ = 0;
   size_t block_ = 0;  // size class of a cacheable block (0: not cacheable)
+  Placement placement_ = Placement::Host;
+  DeviceMemory* runtime_ = nullptr;  // the runtime that allocated a Device or page-locked Pinned block
 };
 
 class Tensor {
  public:
   Tensor() = default;
 
-  static Tensor empty(const Shape& shape, DType dtype = DType::F32, std::string name = {});
-  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, std::string name = {});
+  // placement: where the memory lives; Device throws moe::Error without CUDA or without a device.
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, std::string name = {},
+                      Placement placement = Placement::Host);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, std::string name = {},
+                      Placement placement = Placement::Host);
   static Tensor full(const Shape& shape, double value, DType dtype = DType::F32, std::string name = {});
   // Copies `values` (converted to `dtype`) into a new contiguous tensor of `shape`.
   static Tensor from(const std::vector<double>& values, const Shape& shape, DType dtype = DType::F32,
@@ -81,6 +98,9 @@ class Tensor {
   size_t nbytes() const;  // bytes of the elements this tensor covers when contiguous
   bool is_contiguous() const;
   const std::string& name() const { return name_; }
+  // Where the storage lives (Host for an undefined tensor).
+  Placement placement() const { return storage_ ? storage_->placement() : Placement::Host; }
+  bool on_device() const { return placement() == Placement::Device; }
   Tensor& set_name(std::string n) {
     name_ = std::move(n);
     return *this;
@@ -95,6 +115,7 @@ class Tensor {
   void* raw() const;
 
   // Element access for any float dtype, converted to/from double (slow; for tests and tools).
+  // Host-accessible placements only (as fill, to_vector and the dtype conversions below).
   double get(int64_t flat_index) const;  // index into the logical (row-major) order
   void set(int64_t flat_index, double v);
   std::vector<double> to_vector() const;
@@ -102,11 +123,20 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;  // a view; requires contiguity
   Tensor slice(int d, int64_t begin, int64_t end) const;
   Tensor transpose(int d0, int d1) const;
-  Tensor contiguous() const;  // itself when already contiguous
-  Tensor clone() const;
+  Tensor contiguous() const;  // itself when already contiguous (a strided Device tensor throws)
+  Tensor clone() const;       // same placement; a Device tensor must be contiguous
   Tensor to(DType dtype) const;
+  // A new contiguous tensor in placement p with this one's values (always a copy). Host <-> device
+  // copies are synchronous; a strided Device tensor throws.
+  Tensor to(Placement p) const;
   void fill(double v);
-  void copy_from(const Tensor& src);  // same shape; converts dtype
+  // Same shape. Host-accessible tensors: any strides, converts dtype. With a Device tensor on either
+  // side: same dtype and both contiguous (one synchronous copy through the device runtime).
+  void copy_from(const Tensor& src);
+
+  // Throws moe::Error naming the tensor when its memory is on the device: "tensor 'w': on device;
+  // copy it to the host first (get)". `op` names what needed host access.
+  void check_host(const char* op) const;
 
   // Throws moe::Error naming the tensor `what` (default: its own name) when dtype differs.
   void check_dtype(DType expected, const char* what = nullptr) const;
@@ -120,6 +150,7 @@ class Tensor {
   std::string name_;
 
   int64_t storage_index(int64_t flat_index) const;
+  void copy_across(const Tensor& src);  // copy_from with a Device tensor on either side
 };
 
 // Shape checks with messages that name the tensor: "tensor 'x': expected shape (4, 8), got (4, 7)".

@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "moe/kernels/context.h"
+
 namespace moe::nn {
 
 // ---------------------------------------------------------------------------------------------
@@ -64,6 +66,8 @@ void rope_backward(const RopeArgs& a, const int32_t* pos, T* dx);
 // whose keys are sk long (sk ≥ sq): query i (0-based) sees keys j ≤ (sk − sq) + i. Training uses
 // sq = sk; decoding with a KV cache uses sq = new tokens and sk = cached + new.
 // Values may have another head dim than queries and keys (hd_v; DeepSeek's latent attention).
+// The matrix products run as kernels::gemm on `backend` (a host backend: the buffers are host
+// memory and the softmax is a host loop); the overloads without one use kernels::Backend::Cpu.
 struct AttentionArgs {
   int64_t batch = 0;
   int64_t sq = 0;    // query positions per batch row
@@ -78,13 +82,23 @@ struct AttentionArgs {
 // q: (batch, sq, hq, hd); k: (batch, sk, hkv, hd); v: (batch, sk, hkv, hd_v); out: (batch, sq, hq, hd_v);
 // lse: (batch, hq, sq) log-sum-exp of each query's scaled scores, saved for backward (may be null).
 template <typename T>
-void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* v, T* out, T* lse);
+void attention_forward(kernels::Backend backend, const AttentionArgs& a, const T* q, const T* k, const T* v,
+                       T* out, T* lse);
+template <typename T>
+void attention_forward(const AttentionArgs& a, const T* q, const T* k, const T* v, T* out, T* lse) {
+  attention_forward<T>(kernels::Backend::Cpu, a, q, k, v, out, lse);
+}
 // Gradients (overwritten, not accumulated) dq: like q; dk, dv: like k, v. Recomputes the
 // probabilities from q, k and lse; out and lse (from attention_forward) are required. With sq = 0,
 // dk and dv are zero.
 template <typename T>
+void attention_backward(kernels::Backend backend, const AttentionArgs& a, const T* q, const T* k, const T* v,
+                        const T* out, const T* lse, const T* dout, T* dq, T* dk, T* dv);
+template <typename T>
 void attention_backward(const AttentionArgs& a, const T* q, const T* k, const T* v, const T* out,
-                        const T* lse, const T* dout, T* dq, T* dk, T* dv);
+                        const T* lse, const T* dout, T* dq, T* dk, T* dv) {
+  attention_backward<T>(kernels::Backend::Cpu, a, q, k, v, out, lse, dout, dq, dk, dv);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Cross-entropy of logits (n, V) against integer targets (n); a target < 0 is ignored.

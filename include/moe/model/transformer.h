@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "moe/core/tensor.h"
+#include "moe/kernels/context.h"
 #include "moe/model/model_config.h"
 #include "moe/moe/layer.h"
 
@@ -92,6 +93,14 @@ class Transformer {
   MoELayer* mutable_moe_layer(int64_t layer);  // null for dense layers
   const ModelConfig& config() const { return cfg_; }
   DType dtype() const { return dtype_; }
+
+  // Where the model's ops run: the dense linears' and the attention's matrix products and every MoE
+  // layer (MoELayer::set_backend); Cpu unless set. The model's tensors live on the host and its
+  // norms, rotary embedding and softmax are host loops, so only host backends (Ref, Cpu) are
+  // accepted; Cuda throws moe::Error. Ref runs the reference kernels (double accumulation): the
+  // whole model as the definition a fast backend is tested against.
+  void set_backend(kernels::Backend b);
+  kernels::Backend backend() const { return backend_; }
 
   // Hugging Face-style init: normal(0, initializer_range) for matrices, ones for norms, zero biases.
   void init_params(uint64_t seed);
@@ -172,6 +181,7 @@ class Transformer {
 
   ModelConfig cfg_;
   DType dtype_;
+  kernels::Backend backend_ = kernels::Backend::Cpu;
   std::vector<NamedParam> params_;
   std::vector<std::unique_ptr<MoELayer>> moe_;  // per layer; null for dense layers
   Index index_;
