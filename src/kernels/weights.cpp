@@ -59,10 +59,10 @@ void check_weight_view(const char* op, const WeightView& w) {
     MOE_CHECK(w.scales == nullptr && w.mins == nullptr, op, ": W.scales and W.mins must be null with ", name,
               " weights");
   }
-  MOE_CHECK(w.data_stride == 0 || w.data_stride >= w.expert_data_bytes(), op, ": W.data_stride = ",
-            w.data_stride, " is below one expert's ", w.expert_data_bytes(), " bytes");
-  MOE_CHECK(w.param_stride == 0 || w.param_stride >= w.expert_params(), op, ": W.param_stride = ",
-            w.param_stride, " is below one expert's ", w.expert_params(), " scales");
+  MOE_CHECK(w.data_stride == 0 || w.data_stride >= w.expert_data_bytes(), op,
+            ": W.data_stride = ", w.data_stride, " is below one expert's ", w.expert_data_bytes(), " bytes");
+  MOE_CHECK(w.param_stride == 0 || w.param_stride >= w.expert_params(), op,
+            ": W.param_stride = ", w.param_stride, " is below one expert's ", w.expert_params(), " scales");
   if (w.K == 0 || w.N == 0) return;
   MOE_CHECK(w.data != nullptr, op, ": W.data is null");
   if (is_quantized(w.format)) MOE_CHECK(w.scales != nullptr, op, ": W.scales is null");

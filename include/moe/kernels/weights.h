@@ -29,9 +29,9 @@ inline bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8 || f =
 
 struct WeightView {
   WeightFormat format = WeightFormat::F32;
-  int64_t N = 0, K = 0;              // each expert's op(W_e) is (K, N)
-  bool trans = false;                // stored (K, N) instead of (N, K); f32 and bf16 only
-  const void* data = nullptr;        // (E, N, K) or (E, K, N) elements of the format (int4: (E, N, K / 2) bytes)
+  int64_t N = 0, K = 0;        // each expert's op(W_e) is (K, N)
+  bool trans = false;          // stored (K, N) instead of (N, K); f32 and bf16 only
+  const void* data = nullptr;  // (E, N, K) or (E, K, N) elements of the format (int4: (E, N, K / 2) bytes)
   const uint16_t* scales = nullptr;  // int8 / int4: f16 (E, N, K / group)
   const uint16_t* mins = nullptr;    // int4: f16 (E, N, K / group)
   int64_t group = 0;                 // int8 / int4: consecutive k per scale, a multiple of 32 dividing K
@@ -53,7 +53,8 @@ struct WeightView {
 void check_weight_view(const char* op, const WeightView& w);
 
 // grouped_gemm_w: for expert e and each row p in [offsets[e], offsets[e+1]):
-//   C[p, :] (N) = beta * C[p, :] + a_p (K) · op(W_e)       a_p = A[row(p), :], row(p) = gather ? gather[p] : p
+//   C[p, :] (N) = beta * C[p, :] + a_p (K) · op(W_e)       a_p = A[row(p), :], row(p) = gather ? gather[p] :
+//   p
 // (with a_preact, a_p = act of the stored row: SwiGLU silu(G) * U of [G | U], lda >= 2K; with bf16
 // weights a_p is then rounded to bf16). beta == 0 overwrites C (NaN in C does not propagate).
 // With scale or out_row (beta must be 0), row p is stored as grouped_gemm_scatter stores it:

@@ -36,6 +36,19 @@ TileFn tile_fn(const Format& f) {
   return f.tile[kGeneric];
 }
 
+// Columns per tile: nc, or with widen the widest of N, N/2, N/4, ... (multiples of nc, at least nc)
+// that still gives every thread at least 4 tiles (dynamic scheduling evens out uneven experts). The
+// width changes no result: each format's summation order does not depend on it.
+int64_t tile_cols(const Format& f, int64_t row_tiles, int64_t N) {
+  if (!f.widen) return f.nc;
+  const int64_t want = 4 * static_cast<int64_t>(num_threads());
+  for (int64_t parts = 1;; parts *= 2) {
+    const int64_t w = ((N + parts - 1) / parts + f.nc - 1) / f.nc * f.nc;
+    if (w <= f.nc) return f.nc;
+    if (row_tiles * ((N + w - 1) / w) >= want) return w;
+  }
+}
+
 struct Tile {
   int64_t problem;  // index into the problem list
   int64_t i0, i1, j0, j1;
@@ -70,7 +83,8 @@ void run_tile(TileFn tile, const Problem& p, const Epilogue& ep, const Tile& t) 
     if (p.K == 0) return;
   }
   if (!ep.scatter()) {
-    tile(p, t.i0, t.i1, t.j0, t.j1, {.c = ep.C + t.i0 * ep.ldc + t.j0, .ldc = ep.ldc, .load = ep.beta != 0.0f});
+    tile(p, t.i0, t.i1, t.j0, t.j1,
+         {.c = ep.C + t.i0 * ep.ldc + t.j0, .ldc = ep.ldc, .load = ep.beta != 0.0f});
     return;
   }
   thread_local std::vector<float> c_buf;
@@ -114,18 +128,23 @@ void grouped_gemm_w(const GroupedGemmWArgs& g) {
   std::vector<Epilogue> epilogues;
   std::vector<Tile> tiles;
   double macs = 0;
+  int64_t row_tiles = 0;
   for (int64_t e = 0; e < g.E; ++e) {
     if (g.offsets[e + 1] == g.offsets[e]) continue;
     Problem p;
     Epilogue ep;
     expert_problem(g, e, p, ep);
-    const int64_t q = static_cast<int64_t>(problems.size());
     problems.push_back(p);
     epilogues.push_back(ep);
     macs += static_cast<double>(p.M) * p.N * p.K;
+    row_tiles += (p.M + f.mc - 1) / f.mc;
+  }
+  const int64_t nc = tile_cols(f, row_tiles, g.W.N);
+  for (int64_t q = 0; q < static_cast<int64_t>(problems.size()); ++q) {
+    const Problem& p = problems[static_cast<size_t>(q)];
     for (int64_t i0 = 0; i0 < p.M; i0 += f.mc) {
-      for (int64_t j0 = 0; j0 < p.N; j0 += f.nc) {
-        tiles.push_back({q, i0, i0 + f.mc < p.M ? i0 + f.mc : p.M, j0, j0 + f.nc < p.N ? j0 + f.nc : p.N});
+      for (int64_t j0 = 0; j0 < p.N; j0 += nc) {
+        tiles.push_back({q, i0, i0 + f.mc < p.M ? i0 + f.mc : p.M, j0, j0 + nc < p.N ? j0 + nc : p.N});
       }
     }
   }

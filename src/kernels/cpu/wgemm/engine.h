@@ -2,7 +2,9 @@
 //
 // The engine owns what does not depend on the format:
 //   - the work list: each expert with rows is one Problem; its output is cut into tiles of at most
-//     mc rows x nc columns (the format's tile sizes), listed as (expert, row tile, column tile) and
+//     mc rows x nc columns (the format's tile sizes; with widen, a multiple of nc up to N while every
+//     thread still gets a few tiles, so that a tile's rows are read and packed once for more
+//     columns), listed as (expert, row tile, column tile) and
 //     handed to moe::parallel_items (one thread computes a whole tile), or run on the calling thread
 //     when the call is too small to wake a thread for;
 //   - the activation rows: a_span() reads row r of a problem through the gather and the pre-activation
@@ -48,6 +50,7 @@ using TileFn = void (*)(const Problem& p, int64_t i0, int64_t i1, int64_t j0, in
 
 struct Format {
   int64_t mc = 0, nc = 0;       // tile sizes (rows, columns)
+  bool widen = false;           // columns per tile: a multiple of nc, widened (see tile_cols in engine.cpp)
   int64_t min_parallel = 0;     // multiply-adds below which a call runs on the calling thread
   Family family = Family::F32;  // the instruction-set slot the tile functions follow
   TileFn tile[kIsaCount] = {};  // per instruction set; null: the best one below

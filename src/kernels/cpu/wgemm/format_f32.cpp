@@ -20,8 +20,8 @@ void tile_f32(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, 
   g.A.map = p.map;
   g.A.pre = p.pre;
   g.A.act = p.act;
-  g.A.xoff = p.K;                                    // SwiGLU: U is K values after G
-  g.B.base = static_cast<const float*>(p.W.data);   // op(W) (K, N): stored (N, K), or (K, N) when trans
+  g.A.xoff = p.K;                                  // SwiGLU: U is K values after G
+  g.B.base = static_cast<const float*>(p.W.data);  // op(W) (K, N): stored (N, K), or (K, N) when trans
   g.B.rs = p.W.trans ? p.N : 1;
   g.B.cs = p.W.trans ? 1 : p.K;
   if (!out.load) return gemm_tile_to(g, i0, i1, j0, j1, out.c, out.ldc);
@@ -35,7 +35,8 @@ void tile_f32(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, 
 }  // namespace
 
 const Format& f32_format() {
-  static const Format f{.mc = kMT, .nc = 2 * kNC, .min_parallel = 0, .family = Family::F32, .tile = {&tile_f32}};
+  static const Format f{
+      .mc = kMT, .nc = kNC, .widen = true, .min_parallel = 0, .family = Family::F32, .tile = {&tile_f32}};
   return f;
 }
 

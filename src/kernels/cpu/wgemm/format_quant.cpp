@@ -4,11 +4,10 @@
 // Decoding multiplies a few rows by an expert's whole weight matrix, so the kernel is bound by reading
 // the packed weights: it reads them once per tile, dequantises them in registers and multiplies them
 // with every row of the tile at once (no packed copy of W is made). A tile (from the engine) is at
-// most kMS rows and kTileCols columns; it walks its columns in blocks of kNB and, for each block,
-// either dequantises in registers inside the micro-kernel (up to kDirectMaxRows rows, kDirectRows
-// at a time) or first into a buffer of the block's columns that the micro-kernel then reads for every
-// group of kDirectRows rows.
-// format_quant_body.inc has the kernel and its summation order (the same on both paths).
+// most kMS rows and a multiple of kTileCols columns; it walks its columns in blocks of kNB and, for each
+// block, either dequantises in registers inside the micro-kernel (up to kDirectMaxRows rows, kDirectRows at a
+// time) or first into a buffer of the block's columns that the micro-kernel then reads for every group of
+// kDirectRows rows. format_quant_body.inc has the kernel and its summation order (the same on both paths).
 //
 // The kernel body is compiled once per instruction set: included three times, each time in its own
 // namespace with that set's vector operations (Vx) and under a target pragma, and the set is picked
@@ -34,7 +33,7 @@ namespace {
 
 constexpr int64_t kNB = 16;            // columns per block of scales
 constexpr int64_t kMS = 64;            // rows per tile (the activation copy holds kMS rows of K)
-constexpr int64_t kTileCols = 128;     // columns per tile
+constexpr int64_t kTileCols = 64;      // columns per tile (at least; the engine widens them)
 constexpr int64_t kDirectRows = 4;     // rows of the micro-kernel
 constexpr int64_t kDirectMaxRows = 8;  // up to this many rows: dequantise in registers
 
@@ -68,9 +67,11 @@ Ctx context(const Problem& p, int64_t j0, const TileOut& out) {
 }
 
 template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
+T* scratch(std::vector<T>& v, int64_t n) {  // n elements from a 64-byte boundary (no split vector loads)
+  constexpr int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
+  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(static_cast<size_t>(n + pad));
+  const uintptr_t at = (reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63};
+  return reinterpret_cast<T*>(at);
 }
 
 // ---- portable: 8 lanes in plain arrays (the compiler vectorizes them with what the target has) ----
@@ -263,6 +264,7 @@ struct Vx {
 const Format& int8_format() {
   static const Format f{.mc = kMS,
                         .nc = kTileCols,
+                        .widen = true,
                         .min_parallel = int64_t{1} << 19,  // ~2^18 multiply-adds per thread of two
                         .family = Family::Quant,
                         .tile = {&generic_isa::tile<8>, &avx2_isa::tile<8>, &avx512_isa::tile<8>, nullptr}};
@@ -272,6 +274,7 @@ const Format& int8_format() {
 const Format& int4_format() {
   static const Format f{.mc = kMS,
                         .nc = kTileCols,
+                        .widen = true,
                         .min_parallel = int64_t{1} << 19,
                         .family = Family::Quant,
                         .tile = {&generic_isa::tile<4>, &avx2_isa::tile<4>, &avx512_isa::tile<4>, nullptr}};
