@@ -140,7 +140,8 @@ struct Data {
   }
 };
 
-const WeightFormat kFormats[] = {WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8, WeightFormat::Int4};
+const WeightFormat kFormats[] = {WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8,
+                                 WeightFormat::Int4};
 
 // Restores the default: every family at its best instruction set.
 struct CapGuard {
@@ -170,7 +171,8 @@ TEST(WeightGemm, EveryFormatOnEveryInstructionSetMatchesRef) {
         const Data d(f, s, ++seed);
         const std::vector<float> ref = d.run(Backend::Ref), got = d.run(Backend::Cpu);
         for (int64_t e = 0; e < d.E; ++e) {
-          for (int64_t p = d.offsets[static_cast<size_t>(e)]; p < d.offsets[static_cast<size_t>(e) + 1]; ++p) {
+          for (int64_t p = d.offsets[static_cast<size_t>(e)]; p < d.offsets[static_cast<size_t>(e) + 1];
+               ++p) {
             const int64_t row = s.scatter ? d.out_row[static_cast<size_t>(p)] : p;
             for (int64_t n = 0; n < s.N; ++n) {
               const float r = ref[row * d.ldc + n], g = got[row * d.ldc + n];
@@ -213,7 +215,8 @@ TEST(WeightGemm, ViewErrors) {
         kernels::grouped_gemm_w(b, g);
         ADD_FAILURE() << "no error for " << parts.back();
       } catch (const Error& e) {
-        for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+        for (const std::string& p : parts)
+          EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
       }
     }
   };
