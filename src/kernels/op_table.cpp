@@ -35,6 +35,7 @@ namespace moe::kernels {
 MOE_OP_ROWS_TYPED(float)
 MOE_OP_ROWS_TYPED(double)
 MOE_OP_ROW_INSTANTIATE(PermuteArgs)
+MOE_OP_ROW_INSTANTIATE(GroupedGemmWArgs)
 MOE_OP_ROW_INSTANTIATE(GroupedGemmBf16Args)
 MOE_OP_ROW_INSTANTIATE(GemmBf16Args)
 MOE_OP_ROW_INSTANTIATE(GemmQuantArgs)
@@ -54,6 +55,7 @@ std::vector<OpInfo> op_table() {
   };
   typed(float{});
   rows.push_back(info<PermuteArgs>());
+  rows.push_back(info<GroupedGemmWArgs>());
   rows.push_back(info<GroupedGemmBf16Args>());
   rows.push_back(info<GemmBf16Args>());
   rows.push_back(info<GemmQuantArgs>());

@@ -1,9 +1,11 @@
-// Op cases of the weight-format GEMMs: grouped_gemm_bf16w, gemm_bf16w (moe/kernels/ops_bf16.h) and
+// Op cases of the weight-format GEMMs: grouped_gemm_w over every format (moe/kernels/weights.h), and
+// the format-specific ops that call it, grouped_gemm_bf16w, gemm_bf16w (moe/kernels/ops_bf16.h) and
 // gemm_qw (moe/kernels/ops_quant.h), in the consistency harness beside the f32 ops (every backend,
 // thread-count determinism). Instruction-set sweeps and format details stay in test_ops_bf16.cpp and
 // test_quant.cpp.
 //
 // Tolerances (the principles of test_ops_bf16.cpp and test_quant.cpp):
+//  * f32 weights: the f32 engine sums each K block in order: |cpu - ref| <= (K + 4) 2^-24 S.
 //  * bf16 weights: activations are rounded to bf16 as they are read, and a product of two bf16
 //    values is exact in fp32, so only the K additions (and beta * c) round, each within 2^-24 of a
 //    partial sum bounded by S = sum |bf16(a) w| + |beta c|: |cpu - ref| <= (K + 4) 2^-24 S.
@@ -12,12 +14,15 @@
 //    |cpu - ref| <= (K / 8 + 8) 2^-24 S with S = sum |a w| + |beta c|.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
+#include "moe/kernels/ops_quant.h"
+#include "moe/kernels/weights.h"
 #include "op_cases.h"
 
 namespace moe::ops_test {
@@ -214,6 +219,183 @@ class DenseWeightCase : public OpCase {
   DenseShape s_;
 };
 
+// ---------------------------------------------------------------------------------------------
+// grouped_gemm_w: experts over routed rows in any weight format, with every feature of the op
+// (gather, trans, beta, scale + out_row, a_preact).
+
+using kernels::Activation;
+using kernels::WeightFormat;
+
+struct WShape {
+  int64_t T, E, k;
+  Pattern pattern = Pattern::Random;
+  int64_t N = 0, K = 0;
+  WeightFormat format = WeightFormat::Bf16;
+  int64_t group = 0;  // int8 / int4
+  bool gather = true, trans = false;
+  double beta = 0;
+  bool scatter = false;  // scale and out_row (beta 0)
+  bool preact = false;   // A as pre-activations of act
+  Activation act = Activation::SwiGLU;
+  int64_t pad = 0;
+};
+
+class WGroupedCase : public OpCase {
+ public:
+  explicit WGroupedCase(WShape s) : s_(s) {}
+  std::string op() const override { return "grouped_gemm_w"; }
+  bool is_double() const override { return false; }
+  std::string name() const override {
+    return cat(op(), "[", kernels::weight_format_name(s_.format), "](T=", s_.T, ",E=", s_.E, ",k=", s_.k, ",",
+               pattern_name(s_.pattern), ",N=", s_.N, ",K=", s_.K, s_.group ? cat(",group=", s_.group) : "",
+               s_.gather ? ",gather" : "", s_.trans ? ",trans" : "",
+               s_.beta != 0 ? cat(",beta=", s_.beta) : "", s_.scatter ? ",scale,out_row" : "",
+               s_.preact ? cat(",preact=", kernels::activation_name(s_.act)) : "", s_.pad ? ",padded" : "",
+               ")");
+  }
+  bool swiglu() const { return s_.preact && s_.act == Activation::SwiGLU; }
+  int64_t lda() const { return (swiglu() ? 2 * s_.K : s_.K) + s_.pad; }
+  int64_t ldc() const { return s_.N + s_.pad; }
+  kernels::WeightView view() const {
+    return {.format = s_.format, .N = s_.N, .K = s_.K, .trans = s_.trans, .group = s_.group};
+  }
+  Buffers make(uint64_t seed) const override {
+    const Routing rt = make_routing(Rng(seed), s_.T, s_.E, s_.k, s_.pattern, 0.0);
+    const Rng rng(seed);
+    const kernels::WeightView v = view();
+    const int64_t rows = rt.rows();
+    Buffers b;
+    b.add<int32_t>("offsets", s_.E + 1);
+    b.add<int32_t>("gather", s_.gather ? rows : 0);
+    b.add<float>("A", (s_.gather ? s_.T : rows) * lda());
+    b.add<uint8_t>("W.data", s_.E * v.expert_data_bytes());
+    b.add<uint16_t>("W.scales", s_.E * v.expert_params());
+    b.add<uint16_t>("W.mins", s_.format == WeightFormat::Int4 ? s_.E * v.expert_params() : 0);
+    b.add<float>("W (dequantised (E, N, K), for the tolerance)", s_.E * s_.N * s_.K);
+    b.add<float>("scale", s_.scatter ? rows : 0);
+    b.add<int32_t>("out_row", s_.scatter ? rows : 0);
+    b.add<float>("C", rows * ldc(), s_.beta == 0 ? Role::Out : Role::InOut);
+    std::copy(rt.offsets.begin(), rt.offsets.end(), b.host<int32_t>(kOffsets));
+    for (int64_t p = 0; s_.gather && p < rows; ++p) {
+      b.host<int32_t>(kGather)[p] = rt.perm[p] / static_cast<int32_t>(s_.k);
+    }
+    for (int64_t p = 0; s_.scatter && p < rows; ++p)
+      b.host<int32_t>(kOutRow)[p] = rt.perm[p];  // a permutation
+    fill_values(rng.fork(1), b.host<float>(kA), b[kA].count);
+    if (s_.scatter) fill_values(rng.fork(4), b.host<float>(kScale), rows);
+    if (s_.beta != 0) fill_values(rng.fork(3), b.host<float>(kC), b[kC].count);
+    std::vector<float> w(static_cast<size_t>(s_.N * s_.K));
+    for (int64_t e = 0; e < s_.E; ++e) {
+      fill_values(rng.fork(10 + static_cast<uint64_t>(e)), w.data(), s_.N * s_.K);
+      store_expert(b, e, w);
+    }
+    return b;
+  }
+  template <class F>
+  decltype(auto) with_args(Buffers& b, F&& f) const {
+    kernels::GroupedGemmWArgs g;
+    g.E = s_.E, g.offsets = b.arg<int32_t>(kOffsets);
+    g.A = b.arg<float>(kA), g.lda = lda(), g.gather = s_.gather ? b.arg<int32_t>(kGather) : nullptr;
+    g.W = view();
+    g.W.data = b.arg<uint8_t>(kData), g.W.scales = b.arg<uint16_t>(kScales),
+    g.W.mins = b.arg<uint16_t>(kMins);
+    g.C = b.arg<float>(kC), g.ldc = ldc(), g.beta = static_cast<float>(s_.beta);
+    g.scale = s_.scatter ? b.arg<float>(kScale) : nullptr;
+    g.out_row = s_.scatter ? b.arg<int32_t>(kOutRow) : nullptr;
+    g.a_preact = s_.preact, g.act = s_.act;
+    return f(g);
+  }
+  MOE_OP_CASE_ARGS
+  std::vector<double> tolerance(const Buffers& in, int id) const override;
+  double flops() const override { return 2.0 * s_.T * s_.k * s_.N * s_.K; }
+  double bytes() const override {
+    return 4.0 * s_.T * s_.k * (s_.K + s_.N) + static_cast<double>(s_.E) * view().expert_bytes();
+  }
+
+ private:
+  enum { kOffsets, kGather, kA, kData, kScales, kMins, kWd, kScale, kOutRow, kC };
+  // Expert e's weights w (N, K) in the format, and their dequantised values.
+  void store_expert(Buffers& b, int64_t e, const std::vector<float>& w) const {
+    const kernels::WeightView v = view();
+    uint8_t* data = b.host<uint8_t>(kData) + e * v.expert_data_bytes();
+    float* wd = b.host<float>(kWd) + e * s_.N * s_.K;  // (N, K)
+    if (kernels::is_quantized(s_.format)) {
+      const int bits = s_.format == WeightFormat::Int8 ? 8 : 4;
+      const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), s_.N, s_.K, bits, s_.group, "W");
+      kernels::dequantize_matrix(q.view(), wd);
+      std::copy_n(static_cast<const uint8_t*>(q.q.raw()), q.q.nbytes(), data);
+      std::copy_n(static_cast<const uint16_t*>(q.scales.raw()), q.scales.numel(),
+                  b.host<uint16_t>(kScales) + e * v.expert_params());
+      if (bits == 4) {
+        std::copy_n(static_cast<const uint16_t*>(q.mins.raw()), q.mins.numel(),
+                    b.host<uint16_t>(kMins) + e * v.expert_params());
+      }
+      return;
+    }
+    for (int64_t n = 0; n < s_.N; ++n) {
+      for (int64_t k = 0; k < s_.K; ++k) {
+        const int64_t at = s_.trans ? k * s_.N + n : n * s_.K + k;
+        const float x = w[static_cast<size_t>(n * s_.K + k)];
+        if (s_.format == WeightFormat::Bf16) {
+          const uint16_t h = f32_to_bf16(x);
+          std::memcpy(data + 2 * at, &h, 2);
+          wd[n * s_.K + k] = bf16_to_f32(h);
+        } else {
+          std::memcpy(data + 4 * at, &x, 4);
+          wd[n * s_.K + k] = x;
+        }
+      }
+    }
+  }
+  // Row p's activation value k and a bound on its error (pre-activations: the elementwise chain).
+  double a_value(const Buffers& in, int64_t p, int64_t k, double& err) const {
+    const int64_t row = s_.gather ? in.host<int32_t>(kGather)[p] : p;
+    const float* a = in.host<float>(kA) + row * lda();
+    err = 0;
+    if (!s_.preact) return s_.format == WeightFormat::Bf16 ? bf16_round(a[k]) : a[k];
+    const double x = a[k], sg = 1.0 / (1.0 + std::exp(-x)), u16 = 16 * unit_roundoff<float>();
+    double h = 0;
+    if (s_.act == Activation::SwiGLU) {
+      h = x * sg * a[s_.K + k];
+      err = u16 * (std::fabs(x) + 1) * std::fabs(a[s_.K + k]);
+    } else {
+      h = s_.act == Activation::Relu   ? std::max(x, 0.0)
+          : s_.act == Activation::Silu ? x * sg
+                                       : 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+      err = u16 * (std::fabs(x) + 1);
+    }
+    if (s_.format == WeightFormat::Bf16) err += std::ldexp(std::fabs(h), -8);  // may round one bf16 ulp apart
+    return h;
+  }
+  WShape s_;
+};
+
+std::vector<double> WGroupedCase::tolerance(const Buffers& in, int id) const {
+  std::vector<double> tol(static_cast<size_t>(in[id].count), kNotCompared);  // padding stays out
+  const int32_t* off = in.host<int32_t>(kOffsets);
+  const double terms =
+      kernels::is_quantized(s_.format) ? static_cast<double>(s_.K) / 8 + 10 : static_cast<double>(s_.K + 6);
+  std::vector<double> a(static_cast<size_t>(s_.K)), aerr(static_cast<size_t>(s_.K));
+  for (int64_t e = 0; e < s_.E; ++e) {
+    for (int64_t p = off[e]; p < off[e + 1]; ++p) {
+      for (int64_t k = 0; k < s_.K; ++k)
+        a[static_cast<size_t>(k)] = a_value(in, p, k, aerr[static_cast<size_t>(k)]);
+      const int64_t out = s_.scatter ? in.host<int32_t>(kOutRow)[p] : p;
+      const double sc = s_.scatter ? std::fabs(in[kScale].get(p)) : 1.0;
+      for (int64_t n = 0; n < s_.N; ++n) {
+        double mag = s_.beta != 0 ? std::fabs(s_.beta * in[kC].get(p * ldc() + n)) : 0.0, err = 0;
+        for (int64_t k = 0; k < s_.K; ++k) {
+          const double w = std::fabs(in[kWd].get((e * s_.N + n) * s_.K + k));
+          mag += std::fabs(a[static_cast<size_t>(k)]) * w;
+          err += aerr[static_cast<size_t>(k)] * w;
+        }
+        tol[static_cast<size_t>(out * ldc() + n)] = sc * (terms * std::ldexp(mag, -24) + err);
+      }
+    }
+  }
+  return tol;
+}
+
 }  // namespace
 
 void add_weight_format_cases(CaseList& out) {
@@ -239,6 +421,41 @@ void add_weight_format_cases(CaseList& out) {
   out.push_back(
       std::make_unique<Bf16GroupedCase>(Bf16Shape{12, 4, 2, Pattern::Random, 9, 0, true, false, 0.5}));
   out.push_back(std::make_unique<Bf16GroupedCase>(Bf16Shape{0, 4, 2, Pattern::Random, 8, 8}));
+  // grouped_gemm_w, every format: experts with no rows (EvenOnly), one expert with all rows, gather or
+  // not, padded strides, beta, scale + out_row, pre-activations, odd K (f32, bf16), group sizes and
+  // the register / buffer paths of int8 / int4 (<= 8 and > 8 rows per expert), K = 0, no rows.
+  using WF = WeightFormat;
+  for (WF f : {WF::F32, WF::Bf16, WF::Int8, WF::Int4}) {
+    const bool q = kernels::is_quantized(f);
+    const int64_t g = q ? 32 : 0, K = q ? 64 : 29, K2 = q ? 256 : 301;
+    auto add = [&](WShape s) {
+      s.format = f;
+      if (q) s.group = s.group ? s.group : g;
+      out.push_back(std::make_unique<WGroupedCase>(s));
+    };
+    for (bool gather : {true, false}) {
+      add({.T = 17, .E = 4, .k = 2, .N = 37, .K = K, .gather = gather});
+      add({.T = 50, .E = 8, .k = 1, .pattern = Pattern::AllToOne, .N = 70, .K = K2, .gather = gather});
+    }
+    add({.T = 45, .E = 16, .k = 2, .pattern = Pattern::EvenOnly, .N = 65, .K = q ? 512 : 513});
+    add({.T = 31, .E = 6, .k = 2, .N = 33, .K = K, .pad = 3});
+    add({.T = 31, .E = 6, .k = 2, .N = 37, .K = K, .beta = 1.0, .pad = 2});
+    add({.T = 12, .E = 4, .k = 2, .N = 9, .K = K, .beta = 0.5});
+    add({.T = 23, .E = 4, .k = 2, .N = 40, .K = K, .scatter = true});
+    add({.T = 23, .E = 4, .k = 2, .N = 40, .K = K, .preact = true, .act = Activation::SwiGLU});
+    add({.T = 23, .E = 4, .k = 2, .N = 21, .K = K, .scatter = true, .preact = true, .act = Activation::Gelu});
+    add({.T = 300, .E = 3, .k = 2, .N = 140, .K = K2});
+    add({.T = 12, .E = 4, .k = 2, .N = 9, .K = 0, .beta = 0.5});
+    add({.T = 0, .E = 4, .k = 2, .N = 8, .K = K});
+    if (!q) {
+      add({.T = 17, .E = 4, .k = 2, .N = 37, .K = K, .trans = true});
+      add({.T = 31, .E = 6, .k = 2, .N = 37, .K = K, .trans = true, .beta = 1.0, .pad = 2});
+      add({.T = 9, .E = 4, .k = 4, .N = 17, .K = 2});
+    } else {
+      add({.T = 5, .E = 2, .k = 1, .N = 37, .K = 384, .group = 128});
+      add({.T = 40, .E = 2, .k = 2, .N = 37, .K = 384, .group = 64, .beta = -0.75});
+    }
+  }
   // bf16 dense.
   for (bool trans_w : {false, true}) {
     out.push_back(std::make_unique<DenseWeightCase>(DenseShape{7, 65, 513, 16, 0, false, trans_w}));

@@ -19,7 +19,8 @@
 
 namespace moe::kernels {
 
-// grouped_gemm_bf16w: grouped_gemm (ops.h) with bf16 weights.
+// grouped_gemm_bf16w: grouped_gemm (ops.h) with bf16 weights; grouped_gemm_w (weights.h) with a bf16
+// WeightView, which it calls.
 //   For expert e and each row p in [offsets[e], offsets[e+1]):
 //     C[p, :] (N) = beta * C[p, :] + bf16(A[row(p), :]) (K) · op(W_e)      row(p) = gather ? gather[p] : p
 //   W_e = W + e * N * K; op(W_e) = W_e^T when W_e is stored (N, K) (trans_w == false, the layout of

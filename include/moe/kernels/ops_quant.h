@@ -31,7 +31,8 @@ struct QuantWeight {
   const uint16_t* mins = nullptr;    // f16 (N, K / group); int4 only (null for int8)
 };
 
-// gemm_qw: C (M, N) = beta · C + A_rows (M, K) · dequant(W)^T, where A_rows[m] = A[gather ? gather[m] : m].
+// gemm_qw: C (M, N) = beta · C + A_rows (M, K) · dequant(W)^T, where A_rows[m] = A[gather ? gather[m] : m]:
+// grouped_gemm_w (weights.h) with one expert and an int8 / int4 WeightView, which it calls.
 // beta == 0 overwrites C (NaN in C does not propagate).
 struct GemmQuantArgs {
   int64_t M = 0;

@@ -6,6 +6,7 @@
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
+#include "moe/kernels/weights.h"
 
 namespace moe::kernels::ref {
 
@@ -49,8 +50,8 @@ void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& args);
 template <typename T>
 void preact_row(Activation act, const T* a, int64_t K, T scale, T* out);
 
-// The weight-format GEMMs (moe/kernels/ops_bf16.h, moe/kernels/ops_quant.h).
-void grouped_gemm_bf16w(const GroupedGemmBf16Args& args);
-void gemm_qw(const GemmQuantArgs& args);
+// The GEMM over stored weight formats (moe/kernels/weights.h); grouped_gemm_bf16w, gemm_bf16w and
+// gemm_qw (ops_bf16.h, ops_quant.h) call it (rows_weights.h).
+void grouped_gemm_w(const GroupedGemmWArgs& args);
 
 }  // namespace moe::kernels::ref

@@ -1,14 +1,13 @@
-// CPU quantized-weight GEMM (moe/kernels/ops_quant.h): fp32 activations, int8/int4 weights with f16
-// group scales, fp32 sums.
+// The int8 and int4 weight formats of grouped_gemm_w (engine.h): fp32 activations, int8/int4 weights
+// with f16 group scales (ops_quant.h), fp32 sums.
 //
 // Decoding multiplies a few rows by an expert's whole weight matrix, so the kernel is bound by reading
-// the packed weights: it reads them once per call, dequantises them in registers and multiplies them
-// with every row at once (no packed copy of W is made). Work is split over blocks of kNB columns
-// (moe::parallel_for); a thread takes up to kMS rows at a time and, for each of its column blocks,
-// either dequantises in registers inside the micro-kernel (up to kDirectMaxRows rows, kDirectRows
-// at a time) or first into a buffer of the block's columns that the micro-kernel then reads for every
-// group of kDirectRows rows.
-// gemm_quant_body.inc has the kernel and its summation order (the same on both paths).
+// the packed weights: it reads them once per tile, dequantises them in registers and multiplies them
+// with every row of the tile at once (no packed copy of W is made). A tile (from the engine) is at
+// most kMS rows and a multiple of kTileCols columns; it walks its columns in blocks of kNB and, for each
+// block, either dequantises in registers inside the micro-kernel (up to kDirectMaxRows rows, kDirectRows at a
+// time) or first into a buffer of the block's columns that the micro-kernel then reads for every group of
+// kDirectRows rows. format_quant_body.inc has the kernel and its summation order (the same on both paths).
 //
 // The kernel body is compiled once per instruction set: included three times, each time in its own
 // namespace with that set's vector operations (Vx) and under a target pragma, and the set is picked
@@ -17,51 +16,62 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <vector>
 
-#include "kernels/cpu/isa.h"
+#include "kernels/cpu/wgemm/engine.h"
 #include "kernels/quant_format.h"
 #include "moe/core/dtype.h"
-#include "moe/core/error.h"
-#include "moe/core/parallel.h"
-#include "moe/kernels/ops_quant.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
 
-namespace moe::kernels::cpu {
+namespace moe::kernels::cpu::wgemm {
 
 namespace {
 
-constexpr int64_t kNB = 16;            // columns per parallel block
-constexpr int64_t kMS = 64;            // rows per pass (the activation copy holds kMS rows of K)
+constexpr int64_t kNB = 16;            // columns per block of scales
+constexpr int64_t kMS = 64;            // rows per tile (the activation copy holds kMS rows of K)
+constexpr int64_t kTileCols = 64;      // columns per tile (at least; the engine widens them)
 constexpr int64_t kDirectRows = 4;     // rows of the micro-kernel
 constexpr int64_t kDirectMaxRows = 8;  // up to this many rows: dequantise in registers
 
-// One call, as the kernel sees it.
+// One tile, as the kernel sees it.
 struct Ctx {
-  int bits = 4;
-  int64_t M = 0, N = 0, K = 0, group = 64, ng = 0;  // ng = K / group
-  const float* A = nullptr;
-  int64_t lda = 0;
-  const int32_t* gather = nullptr;
-  const uint8_t* q = nullptr;  // row n at q + n * q_ld
-  int64_t q_ld = 0;            // K (int8) or K / 2 (int4) bytes
-  const uint16_t* scales = nullptr;
-  const uint16_t* mins = nullptr;
-  float* C = nullptr;
-  int64_t ldc = 0;
-  float beta = 0;
+  int64_t N = 0, K = 0, group = 64, ng = 0;  // ng = K / group
+  const uint8_t* q = nullptr;                // row n at q + n * q_ld
+  int64_t q_ld = 0;                          // K (int8) or K / 2 (int4) bytes
+  const uint16_t* scales = nullptr;          // f16 (N, ng)
+  const uint16_t* mins = nullptr;            // f16 (N, ng), int4
+  float* C = nullptr;                        // the tile: column j at C + (j - j_base), row stride ldc
+  int64_t ldc = 0, j_base = 0;
+  bool load = false;  // add to the tile (else overwrite it)
 };
 
+Ctx context(const Problem& p, int64_t j0, const TileOut& out) {
+  Ctx x;
+  x.N = p.N;
+  x.K = p.K;
+  x.group = p.W.group;
+  x.ng = p.K / p.W.group;
+  x.q = static_cast<const uint8_t*>(p.W.data);
+  x.q_ld = p.W.format == WeightFormat::Int8 ? p.K : p.K / 2;
+  x.scales = p.W.scales;
+  x.mins = p.W.mins;
+  x.C = out.c;
+  x.ldc = out.ldc;
+  x.j_base = j0;
+  x.load = out.load;
+  return x;
+}
+
 template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
+T* scratch(std::vector<T>& v, int64_t n) {  // n elements from a 64-byte boundary (no split vector loads)
+  constexpr int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
+  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(static_cast<size_t>(n + pad));
+  const uintptr_t at = (reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63};
+  return reinterpret_cast<T*>(at);
 }
 
 // ---- portable: 8 lanes in plain arrays (the compiler vectorizes them with what the target has) ----
@@ -116,7 +126,7 @@ struct Vx {
   }
 };
 
-#include "kernels/cpu/gemm_quant_body.inc"
+#include "kernels/cpu/wgemm/format_quant_body.inc"
 
 }  // namespace generic_isa
 
@@ -166,7 +176,7 @@ struct Vx {
   }
 };
 
-#include "kernels/cpu/gemm_quant_body.inc"
+#include "kernels/cpu/wgemm/format_quant_body.inc"
 
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -240,7 +250,7 @@ struct Vx {
   }
 };
 
-#include "kernels/cpu/gemm_quant_body.inc"
+#include "kernels/cpu/wgemm/format_quant_body.inc"
 
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -251,39 +261,24 @@ struct Vx {
 
 }  // namespace
 
-void gemm_qw(const GemmQuantArgs& g) {
-  Ctx x;
-  x.bits = g.W.bits;
-  x.M = g.M;
-  x.N = g.W.N;
-  x.K = g.W.K;
-  x.group = g.W.group;
-  x.ng = g.W.K / g.W.group;
-  x.A = g.A;
-  x.lda = g.lda;
-  x.gather = g.gather;
-  x.q = g.W.q;
-  x.q_ld = g.W.bits == 8 ? g.W.K : g.W.K / 2;
-  x.scales = g.W.scales;
-  x.mins = g.W.mins;
-  x.C = g.C;
-  x.ldc = g.ldc;
-  x.beta = g.beta;
-  const int isa = cpu::isa(Family::Quant);
-  const int64_t blocks = (x.N + kNB - 1) / kNB;
-  // At least ~2^18 multiply-adds per thread: smaller calls are not worth waking a thread for.
-  const int64_t per_block = std::max<int64_t>(1, x.M * x.K * kNB);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / per_block);
-  parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
-    switch (isa) {
-      case kAvx512:
-        return avx512_isa::run(x, b0, b1);
-      case kAvx2:
-        return avx2_isa::run(x, b0, b1);
-      default:
-        return generic_isa::run(x, b0, b1);
-    }
-  });
+const Format& int8_format() {
+  static const Format f{.mc = kMS,
+                        .nc = kTileCols,
+                        .widen = true,
+                        .min_parallel = int64_t{1} << 19,  // ~2^18 multiply-adds per thread of two
+                        .family = Family::Quant,
+                        .tile = {&generic_isa::tile<8>, &avx2_isa::tile<8>, &avx512_isa::tile<8>, nullptr}};
+  return f;
 }
 
-}  // namespace moe::kernels::cpu
+const Format& int4_format() {
+  static const Format f{.mc = kMS,
+                        .nc = kTileCols,
+                        .widen = true,
+                        .min_parallel = int64_t{1} << 19,
+                        .family = Family::Quant,
+                        .tile = {&generic_isa::tile<4>, &avx2_isa::tile<4>, &avx512_isa::tile<4>, nullptr}};
+  return f;
+}
+
+}  // namespace moe::kernels::cpu::wgemm

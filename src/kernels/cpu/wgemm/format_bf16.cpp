@@ -1,8 +1,7 @@
-// CPU bf16-weight grouped GEMM (moe/kernels/ops_bf16.h): fp32 activations, bf16 weights, fp32 sums.
+// The bf16 weight format of grouped_gemm_w (engine.h): fp32 activations rounded to bf16 as they are
+// packed, bf16 weights, fp32 sums.
 //
-// Blocking (like the fp32 engine in gemm_engine.h, with its own tile sizes): the output of each
-// expert is split into tiles of at most kMC x kNC, listed as (expert, row tile, column tile) and
-// handed to moe::parallel_items; one thread computes a whole tile:
+// A tile (at most kMC x kNC of one expert's output, from the engine) is computed as
 //   for each K block of kKC (even):  pack W (kKC x kNC) and A (kMC x kKC) as bf16 pairs along K,
 //                                    run the MR x NR register-tiled micro-kernel per panel pair
 // Packed layout. A 32-bit word holds the bf16 pair (k, k + 1) of one row or column, k even, the
@@ -11,29 +10,23 @@
 //   W: panels of NR columns, (kp, NR) words each (the micro-kernel loads NR consecutive words)
 // This is the operand layout of vdpbf16ps, which multiplies the two pairs of a word and adds both
 // products to an fp32 lane. The fallbacks read the same layout and split each word into two fp32
-// values (bf16 -> fp32 is a 16-bit shift), then use FMA. A is rounded to bf16 while it is packed,
-// gathering the token rows at the same time, so no converted or permuted copy of A is made.
+// values (bf16 -> fp32 is a 16-bit shift), then use FMA. A is rounded to bf16 while it is packed (the
+// engine's a_span gathers the rows and makes the pre-activation), so no converted copy of A is made.
 //
-// Determinism: the micro-kernel loads the C tile into its accumulators (after the first K block, or
-// when beta != 0) and adds the K pairs in order, so every element is summed in the same order for
-// any thread count and any tile split.
+// Determinism: the micro-kernel loads the tile into its accumulators (after the first K block, or
+// when the engine asks to add) and adds the K pairs in order, so every element is summed in the same
+// order for any thread count and any tile split.
 #include <immintrin.h>
 
-#include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <vector>
 
-#include "kernels/cpu/act_inline.h"
-#include "kernels/cpu/isa.h"
-#include "moe/core/error.h"
-#include "moe/core/parallel.h"
-#include "moe/kernels/ops_bf16.h"
+#include "kernels/cpu/wgemm/engine.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
 
-namespace moe::kernels::cpu {
+namespace moe::kernels::cpu::wgemm {
 
 namespace {
 
@@ -42,23 +35,6 @@ constexpr int64_t kMC = 264;
 constexpr int64_t kNC = 512;
 constexpr int64_t kKC = 256;
 static_assert(kKC % 2 == 0, "a K block must hold whole bf16 pairs");
-
-// One expert's GEMM: C (M, N) = beta * C + bf16(A[row(i), :]) (M, K) · op(W) (K, N).
-struct Problem {
-  int64_t M = 0, N = 0, K = 0;
-  const float* A = nullptr;  // row(i) = map ? map[i] : i, row stride lda
-  int64_t lda = 0;
-  const int32_t* map = nullptr;
-  const uint16_t* W = nullptr;  // (N, K), or (K, N) when trans_w
-  bool trans_w = false;
-  float* C = nullptr;  // (M, N), row stride ldc; with scale or out_row, rows out_row[i] (or i)
-  int64_t ldc = 0;
-  float beta = 0;
-  const float* scale = nullptr;      // (M) or null
-  const int32_t* out_row = nullptr;  // (M) or null
-  bool pre = false;                  // A rows are pre-activations: A = act(row), made while packing
-  Activation act = Activation::SwiGLU;
-};
 
 // f32 -> bf16 bits, round to nearest even, NaN stays a quiet NaN: moe::f32_to_bf16 without the branch,
 // so that the packing loops vectorize.
@@ -76,6 +52,10 @@ MOE_INLINE uint32_t load_pair(const uint16_t* p) {  // p[0] | p[1] << 16
   return w;
 }
 
+MOE_INLINE const uint16_t* weights(const Problem& p) {  // (N, K), or (K, N) when trans
+  return static_cast<const uint16_t*>(p.W.data);
+}
+
 // Packs rows [i0, i0 + mc) of A, columns [k0, k0 + kc), as bf16 pairs: row i at dst + i * kp;
 // rows mc .. mc_pad - 1 are zero.
 MOE_INLINE void pack_a(const Problem& p, int64_t i0, int64_t mc, int64_t mc_pad, int64_t k0, int64_t kc,
@@ -87,13 +67,8 @@ MOE_INLINE void pack_a(const Problem& p, int64_t i0, int64_t mc, int64_t mc_pad,
       for (int64_t q = 0; q < kp; ++q) d[q] = 0;
       continue;
     }
-    const int64_t r = i0 + i;
-    const float* __restrict src = p.A + (p.map ? p.map[r] : r) * p.lda + k0;
-    float h[kKC];
-    if (p.pre) {  // [G | U] (or U) -> h, then rounded like any A row
-      act_row(p.act, src, p.K, kc, 1.0f, h);
-      src = h;
-    }
+    float h[kKC];  // the pre-activation, if any; then rounded like any A row
+    const float* __restrict src = a_span(p, i0 + i, k0, kc, h);
     for (int64_t q = 0; q < pairs; ++q) d[q] = round_bf16(src[2 * q]) | (round_bf16(src[2 * q + 1]) << 16);
     if (kc & 1) d[pairs] = round_bf16(src[kc - 1]);
   }
@@ -107,9 +82,9 @@ MOE_INLINE void pack_w(const Problem& p, int64_t k0, int64_t kc, int64_t kp, int
   for (int64_t jp = 0; jp < nc; jp += NR) {
     uint32_t* __restrict panel = dst + jp * kp;  // (kp, NR)
     const int64_t cols = nc - jp < NR ? nc - jp : NR;
-    if (p.trans_w) {  // W (K, N): rows k and k + 1 interleaved
+    if (p.W.trans) {  // W (K, N): rows k and k + 1 interleaved
       for (int64_t q = 0; q < kp; ++q) {
-        const uint16_t* __restrict r0 = p.W + (k0 + 2 * q) * p.N + j0 + jp;
+        const uint16_t* __restrict r0 = weights(p) + (k0 + 2 * q) * p.N + j0 + jp;
         uint32_t* __restrict d = panel + q * NR;
         if (q < pairs) {
           const uint16_t* __restrict r1 = r0 + p.N;
@@ -127,7 +102,7 @@ MOE_INLINE void pack_w(const Problem& p, int64_t k0, int64_t kc, int64_t kp, int
         for (int64_t q = 0; q < kp; ++q) panel[q * NR + jj] = 0;
         continue;
       }
-      const uint16_t* __restrict src = p.W + (j0 + jp + jj) * p.K + k0;
+      const uint16_t* __restrict src = weights(p) + (j0 + jp + jj) * p.K + k0;
       for (int64_t q = 0; q < pairs; ++q) panel[q * NR + jj] = load_pair(src + 2 * q);
       if (kc & 1) panel[pairs * NR + jj] = src[kc - 1];
     }
@@ -160,7 +135,7 @@ __attribute__((target("avx512f"))) void pack_w_nk_avx512(const Problem& p, int64
     // Each column's run of kc values lies in its own page, which the hardware prefetcher picks up
     // late: request the next panel's runs while this one is packed (decoding is bound by these reads).
     for (int64_t jn = jp + NR; jn < jp + 2 * NR && jn < nc; ++jn) {
-      const char* run = reinterpret_cast<const char*>(p.W + (j0 + jn) * p.K + k0);
+      const char* run = reinterpret_cast<const char*>(weights(p) + (j0 + jn) * p.K + k0);
       for (int64_t off = 0; off < kc * 2; off += 64) __builtin_prefetch(run + off, 0, 2);  // to L2
     }
     for (int64_t jj = 0; jj < NR; ++jj) {
@@ -168,12 +143,12 @@ __attribute__((target("avx512f"))) void pack_w_nk_avx512(const Problem& p, int64
         for (int64_t q = 0; q < kp; ++q) panel[q * NR + jj] = 0;
         continue;
       }
-      const uint16_t* __restrict src = p.W + (j0 + jp + jj) * p.K + k0;
+      const uint16_t* __restrict src = weights(p) + (j0 + jp + jj) * p.K + k0;
       for (int64_t q = jj < cols_v ? qv : 0; q < pairs; ++q) panel[q * NR + jj] = load_pair(src + 2 * q);
       if (kc & 1) panel[pairs * NR + jj] = src[kc - 1];
     }
     for (int64_t jj0 = 0; jj0 < cols_v; jj0 += 16) {
-      const uint16_t* src = p.W + (j0 + jp + jj0) * p.K + k0;
+      const uint16_t* src = weights(p) + (j0 + jp + jj0) * p.K + k0;
       for (int64_t q0 = 0; q0 < qv; q0 += 16) {
         __m512i r[16];
 #pragma GCC unroll 16
@@ -388,23 +363,14 @@ T* scratch(std::vector<T>& v, int64_t n) {
   return v.data();
 }
 
-// Computes C[i0:i1, j0:j1] of problem p; i1 - i0 <= kMC, j1 - j0 <= kNC.
+// Computes the tile [i0, i1) x [j0, j1) of problem p into out; i1 - i0 <= kMC, j1 - j0 <= kNC.
 template <class Kern>
-MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                          const TileOut& out) {
   constexpr int MR = Kern::MR, NR = Kern::NR;
   const int64_t mc = i1 - i0, nc = j1 - j0;
-  if (p.K == 0 || (p.beta != 0.0f && p.beta != 1.0f)) {  // C = beta * C (zero when beta == 0)
-    for (int64_t i = i0; i < i1; ++i) {
-      float* c = p.C + (p.out_row ? p.out_row[i] : i) * p.ldc;
-      for (int64_t j = j0; j < j1; ++j) c[j] = p.beta == 0.0f ? 0.0f : p.beta * c[j];
-    }
-    if (p.K == 0) return;
-  }
-  // The tile's C: in place, or with scale / out_row a scratch tile stored by the epilogue below.
-  const bool scatter = p.scale || p.out_row;
-  thread_local std::vector<float> c_buf;
-  float* const C0 = scatter ? scratch(c_buf, mc * nc) : p.C + i0 * p.ldc + j0;  // element (i0, j0)
-  const int64_t ldc = scatter ? nc : p.ldc;
+  float* const C0 = out.c;  // element (i0, j0)
+  const int64_t ldc = out.ldc;
   thread_local std::vector<uint32_t> a_buf, b_buf;
   const int64_t mc_pad = (mc + MR - 1) / MR * MR, nc_pad = (nc + NR - 1) / NR * NR;
   uint32_t* ap = scratch(a_buf, mc_pad * (kKC / 2));  // (mc_pad, kp)
@@ -412,9 +378,9 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
   alignas(64) float edge[MR * NR];                    // (MR, NR) for partial register tiles
   for (int64_t k0 = 0; k0 < p.K; k0 += kKC) {
     const int64_t kc = p.K - k0 < kKC ? p.K - k0 : kKC, kp = (kc + 1) / 2;
-    const bool load = k0 > 0 || p.beta != 0.0f;  // beta == 0: the first block overwrites C
+    const bool load = k0 > 0 || out.load;  // else the first block overwrites the tile
     if constexpr (Kern::kSimdPack) {
-      if (!p.trans_w) {
+      if (!p.W.trans) {
         pack_w_nk_avx512<NR>(p, k0, kc, kp, j0, nc, bp);
       } else {
         pack_w<NR>(p, k0, kc, kp, j0, nc, bp);
@@ -444,93 +410,39 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
       }
     }
   }
-  if (!scatter) return;
-  for (int64_t i = 0; i < mc; ++i) {  // epilogue: scaled rows to their output rows
-    const int64_t r = i0 + i;
-    const float s = p.scale ? p.scale[r] : 1.0f;
-    float* dst = p.C + (p.out_row ? p.out_row[r] : r) * p.ldc + j0;
-    const float* src = C0 + i * nc;
-    for (int64_t j = 0; j < nc; ++j) dst[j] = s * src[j];
-  }
 }
 
 // ---- one entry per instruction set; everything above is inlined into each ----
 
-void tile_generic(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-  tile_impl<KernGeneric>(p, i0, i1, j0, j1);
+void tile_generic(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  tile_impl<KernGeneric>(p, i0, i1, j0, j1, out);
 }
 
 __attribute__((target("avx2,fma"))) void tile_avx2(const Problem& p, int64_t i0, int64_t i1, int64_t j0,
-                                                   int64_t j1) {
-  tile_impl<KernAvx2>(p, i0, i1, j0, j1);
+                                                   int64_t j1, const TileOut& out) {
+  tile_impl<KernAvx2>(p, i0, i1, j0, j1, out);
 }
 
 __attribute__((target("avx512f"))) void tile_avx512(const Problem& p, int64_t i0, int64_t i1, int64_t j0,
-                                                    int64_t j1) {
-  tile_impl<KernAvx512>(p, i0, i1, j0, j1);
+                                                    int64_t j1, const TileOut& out) {
+  tile_impl<KernAvx512>(p, i0, i1, j0, j1, out);
 }
 
 __attribute__((target("avx512f,avx512bf16"))) void tile_avx512bf16(const Problem& p, int64_t i0, int64_t i1,
-                                                                   int64_t j0, int64_t j1) {
-  tile_impl<KernAvx512Bf16>(p, i0, i1, j0, j1);
+                                                                   int64_t j0, int64_t j1,
+                                                                   const TileOut& out) {
+  tile_impl<KernAvx512Bf16>(p, i0, i1, j0, j1, out);
 }
-
-void run_tile(int isa, const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-  switch (isa) {
-    case kAvx512Bf16:
-      return tile_avx512bf16(p, i0, i1, j0, j1);
-    case kAvx512:
-      return tile_avx512(p, i0, i1, j0, j1);
-    case kAvx2:
-      return tile_avx2(p, i0, i1, j0, j1);
-    default:
-      return tile_generic(p, i0, i1, j0, j1);
-  }
-}
-
-struct Tile {
-  int64_t problem;  // index into the problem list
-  int64_t i0, i1, j0, j1;
-};
 
 }  // namespace
 
-void grouped_gemm_bf16w(const GroupedGemmBf16Args& g) {
-  std::vector<Problem> problems;
-  std::vector<Tile> tiles;
-  for (int64_t e = 0; e < g.E; ++e) {
-    const int64_t off = g.offsets[e], rows = g.offsets[e + 1] - off;
-    if (rows == 0) continue;
-    Problem p;
-    p.M = rows;
-    p.N = g.N;
-    p.K = g.K;
-    // A[row(i), k]: gathered rows, or the expert's contiguous block of rows.
-    p.A = g.gather ? g.A : g.A + off * g.lda;
-    p.lda = g.lda;
-    p.map = g.gather ? g.gather + off : nullptr;
-    p.W = g.W + e * g.N * g.K;
-    p.trans_w = g.trans_w;
-    p.C = g.out_row ? g.C : g.C + off * g.ldc;  // out_row holds absolute rows of C
-    p.ldc = g.ldc;
-    p.beta = g.beta;
-    p.scale = g.scale ? g.scale + off : nullptr;
-    p.out_row = g.out_row ? g.out_row + off : nullptr;
-    p.pre = g.a_preact;
-    p.act = g.act;
-    const int64_t q = static_cast<int64_t>(problems.size());
-    problems.push_back(p);
-    for (int64_t i0 = 0; i0 < p.M; i0 += kMC) {
-      for (int64_t j0 = 0; j0 < p.N; j0 += kNC) {
-        tiles.push_back({q, i0, i0 + kMC < p.M ? i0 + kMC : p.M, j0, j0 + kNC < p.N ? j0 + kNC : p.N});
-      }
-    }
-  }
-  const int isa = cpu::isa(Family::Bf16);
-  parallel_items(static_cast<int64_t>(tiles.size()), [&](int64_t t) {
-    const Tile& tile = tiles[static_cast<size_t>(t)];
-    run_tile(isa, problems[static_cast<size_t>(tile.problem)], tile.i0, tile.i1, tile.j0, tile.j1);
-  });
+const Format& bf16_format() {
+  static const Format f{.mc = kMC,
+                        .nc = kNC,
+                        .min_parallel = 0,
+                        .family = Family::Bf16,
+                        .tile = {&tile_generic, &tile_avx2, &tile_avx512, &tile_avx512bf16}};
+  return f;
 }
 
-}  // namespace moe::kernels::cpu
+}  // namespace moe::kernels::cpu::wgemm

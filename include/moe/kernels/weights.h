@@ -1,0 +1,82 @@
+// Weights in a storage format, and the one GEMM over them (grouped_gemm_w).
+//
+// A WeightView is E experts' matrices of one format, each op(W_e) (K, N) (the B of C = A · B):
+//   f32   float (N, K), or (K, N) when trans                      w = the stored value
+//   bf16  bf16 bit patterns (uint16_t) (N, K), or (K, N) trans    w = bf16_to_f32(stored)
+//   int8  int8 (N, K), f16 scales (N, K / group)                  w = q · scale   (quant_format.h)
+//   int4  two per byte (N, K / 2), f16 scales and mins            w = q · scale + min
+// (moe/kernels/ops_quant.h describes the int8 / int4 formats.) Expert e's data starts
+// e · data_stride bytes after data, its scales and mins e · param_stride entries after theirs; a
+// stride of 0 means the experts are packed one after the other.
+//
+// Each format keeps its rounding semantics in grouped_gemm_w: with bf16 weights the activations are
+// rounded to bf16 as they are read (every product is then exact in fp32); f32, int8 and int4 multiply
+// the fp32 activations with the fp32 (dequantised) weights.
+#pragma once
+
+#include <cstdint>
+
+#include "moe/kernels/ops.h"
+
+namespace moe::kernels {
+
+enum class WeightFormat : int { F32 = 0, Bf16 = 1, Int8 = 2, Int4 = 3 };
+constexpr int kWeightFormatCount = 4;
+
+const char* weight_format_name(WeightFormat f);  // "f32", "bf16", "int8", "int4"
+int weight_bits(WeightFormat f);                 // bits per stored weight: 32, 16, 8, 4
+inline bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8 || f == WeightFormat::Int4; }
+
+struct WeightView {
+  WeightFormat format = WeightFormat::F32;
+  int64_t N = 0, K = 0;        // each expert's op(W_e) is (K, N)
+  bool trans = false;          // stored (K, N) instead of (N, K); f32 and bf16 only
+  const void* data = nullptr;  // (E, N, K) or (E, K, N) elements of the format (int4: (E, N, K / 2) bytes)
+  const uint16_t* scales = nullptr;  // int8 / int4: f16 (E, N, K / group)
+  const uint16_t* mins = nullptr;    // int4: f16 (E, N, K / group)
+  int64_t group = 0;                 // int8 / int4: consecutive k per scale, a multiple of 32 dividing K
+  int64_t data_stride = 0;           // bytes from one expert's data to the next; 0: expert_data_bytes()
+  int64_t param_stride = 0;          // entries from one expert's scales (mins) to the next; 0: packed
+
+  int64_t expert_data_bytes() const { return N * K * weight_bits(format) / 8; }
+  int64_t expert_params() const { return is_quantized(format) && group > 0 ? N * (K / group) : 0; }
+  int64_t expert_bytes() const {  // data, scales and mins of one expert
+    return expert_data_bytes() + 2 * expert_params() * (format == WeightFormat::Int4 ? 2 : 1);
+  }
+  // The view of expert e alone (strides resolved).
+  WeightView expert(int64_t e) const;
+};
+
+// Throws moe::Error naming `op` and the field on a view grouped_gemm_w cannot read (unknown format,
+// a negative size, a group that is not a multiple of 32 or does not divide K, trans with a quantized
+// format, a null data, scales or mins pointer when K > 0, a stride below one expert's size).
+void check_weight_view(const char* op, const WeightView& w);
+
+// grouped_gemm_w: for expert e and each row p in [offsets[e], offsets[e+1]):
+//   C[p, :] (N) = beta * C[p, :] + a_p (K) · op(W_e)       a_p = A[row(p), :], row(p) = gather ? gather[p] :
+//   p
+// (with a_preact, a_p = act of the stored row: SwiGLU silu(G) * U of [G | U], lda >= 2K; with bf16
+// weights a_p is then rounded to bf16). beta == 0 overwrites C (NaN in C does not propagate).
+// With scale or out_row (beta must be 0), row p is stored as grouped_gemm_scatter stores it:
+//   C[out_row[p], :] = scale[p] * (a_p · op(W_e))   (scale null: 1; out_row null: p)
+// Experts with no rows read nothing. The Cpu result of a row does not depend on the thread count;
+// with int8 / int4 weights it does not depend on the other rows either (a sequence decodes the same
+// alone or in a batch).
+struct GroupedGemmWArgs {
+  int64_t E = 0;
+  const int32_t* offsets = nullptr;  // (E + 1)
+  const float* A = nullptr;          // rows of length K (2K with a_preact SwiGLU), row stride lda
+  int64_t lda = 0;
+  const int32_t* gather = nullptr;  // (offsets[E]) or null
+  WeightView W;                     // E experts, each op(W_e) (K, N)
+  float* C = nullptr;               // (offsets[E], N), or rows out_row[p], row stride ldc
+  int64_t ldc = 0;
+  float beta = 0;
+  const float* scale = nullptr;      // (offsets[E]) or null
+  const int32_t* out_row = nullptr;  // (offsets[E]) or null; must not repeat
+  bool a_preact = false;
+  Activation act = Activation::SwiGLU;
+};
+inline void grouped_gemm_w(Exec e, const GroupedGemmWArgs& args) { run(e, args); }
+
+}  // namespace moe::kernels

@@ -1,0 +1,74 @@
+// The one CPU engine of grouped_gemm_w (moe/kernels/weights.h), for every weight format.
+//
+// The engine owns what does not depend on the format:
+//   - the work list: each expert with rows is one Problem; its output is cut into tiles of at most
+//     mc rows x nc columns (the format's tile sizes; with widen, a multiple of nc up to N while every
+//     thread still gets a few tiles, so that a tile's rows are read and packed once for more
+//     columns), listed as (expert, row tile, column tile) and
+//     handed to moe::parallel_items (one thread computes a whole tile), or run on the calling thread
+//     when the call is too small to wake a thread for;
+//   - the activation rows: a_span() reads row r of a problem through the gather and the pre-activation
+//     (the format rounds or reorders them while it packs);
+//   - the epilogue: beta (C = beta * C first when beta is neither 0 nor 1, so the format only ever
+//     overwrites or adds), and with scale / out_row a scratch tile stored scaled at its output rows.
+// A format supplies a Format row: its tile sizes and, per instruction set, a tile function that packs
+// its weights (B) and runs its micro-kernels:
+//   tile(p, i0, i1, j0, j1, out):  out.c[i, j] (+)= sum_k a_span(p, i0 + i)[k] · op(W)[k, j0 + j]
+//                                   (adding to out.c when out.load, else overwriting it)
+// in a summation order fixed by the format (never by the thread count or the tile's place).
+// Adding a format: its file here (format_<name>.cpp) defining its Format, and one row in
+// format_table() (engine.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/act_inline.h"
+#include "kernels/cpu/isa.h"
+#include "moe/kernels/weights.h"
+
+namespace moe::kernels::cpu::wgemm {
+
+// One expert's GEMM: C (M, N) += a (M, K) · op(W) (K, N), rows a[i] = act?(A[row(i), :]).
+struct Problem {
+  int64_t M = 0, N = 0, K = 0;
+  const float* A = nullptr;  // row(i) = map ? map[i] : i, row stride lda
+  int64_t lda = 0;
+  const int32_t* map = nullptr;  // (M) or null
+  bool pre = false;              // A rows are pre-activations: a = act(row), made while packing
+  Activation act = Activation::SwiGLU;
+  WeightView W;  // this expert's weights (op(W) (K, N))
+};
+
+// Where a tile goes: element (i, j) of the tile at c[i * ldc + j].
+struct TileOut {
+  float* c = nullptr;  // (i1 - i0, j1 - j0), row stride ldc
+  int64_t ldc = 0;
+  bool load = false;  // add to c (else overwrite it)
+};
+
+using TileFn = void (*)(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out);
+
+struct Format {
+  int64_t mc = 0, nc = 0;       // tile sizes (rows, columns)
+  bool widen = false;           // columns per tile: a multiple of nc, widened (see tile_cols in engine.cpp)
+  int64_t min_parallel = 0;     // multiply-adds below which a call runs on the calling thread
+  Family family = Family::F32;  // the instruction-set slot the tile functions follow
+  TileFn tile[kIsaCount] = {};  // per instruction set; null: the best one below
+};
+
+// The formats' rows (format_<name>.cpp).
+const Format& f32_format();
+const Format& bf16_format();
+const Format& int8_format();
+const Format& int4_format();
+
+// Row r of the problem's activations, columns [k0, k0 + kc): a pointer into A, or with pre the
+// activation made into buf (kc floats).
+inline const float* a_span(const Problem& p, int64_t r, int64_t k0, int64_t kc, float* buf) {
+  const float* src = p.A + (p.map ? p.map[r] : r) * p.lda + k0;
+  if (!p.pre) return src;
+  act_row(p.act, src, p.K, kc, 1.0f, buf);  // SwiGLU: U is K values after G
+  return buf;
+}
+
+}  // namespace moe::kernels::cpu::wgemm

@@ -1,0 +1,241 @@
+// grouped_gemm_w (moe/kernels/weights.h): every format on every instruction set of this machine
+// against the reference, bit-identical results for any thread count, and the WeightView checks.
+// (The harness cases of test_ops_cases_weights.cpp cover the features on the default instruction set.)
+//
+// Tolerance: the bound of test_ops_cases_weights.cpp, |cpu - ref| <= terms · 2^-24 · S with
+// S = Σ_k |a_k · w_k| + |beta · c| (a rounded to bf16 with bf16 weights), terms = K + 6 for f32 and
+// bf16 (a sequential sum per K block), K / 8 + 10 for int8 / int4 (>= 8 lanes and a tree).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "moe/core/dtype.h"
+#include "moe/core/error.h"
+#include "moe/core/parallel.h"
+#include "moe/kernels/isa.h"
+#include "moe/kernels/ops_quant.h"
+#include "moe/kernels/weights.h"
+
+namespace moe {
+namespace {
+
+using kernels::Backend;
+using kernels::WeightFormat;
+
+struct Lcg {
+  uint64_t s;
+  explicit Lcg(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint32_t next() {
+    s = s * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<uint32_t>(s >> 33);
+  }
+  float uniform() { return static_cast<float>(next()) * (2.0f / 2147483648.0f) - 1.0f; }
+};
+
+struct Shape {
+  std::vector<int32_t> counts;  // rows per expert
+  int64_t N = 0, K = 0;
+  bool gather = true, scatter = false;
+  float beta = 0;
+};
+
+// One call's buffers in one format; Wd the dequantised weights (E, N, K) for the bound.
+struct Data {
+  WeightFormat format;
+  Shape s;
+  int64_t E = 0, rows = 0, lda = 0, ldc = 0;
+  std::vector<int32_t> offsets, gather, out_row;
+  std::vector<float> A, C0, scale, Wd;
+  std::vector<uint8_t> data;
+  std::vector<uint16_t> scales, mins;
+
+  Data(WeightFormat f, const Shape& shape, uint64_t seed) : format(f), s(shape) {
+    E = static_cast<int64_t>(s.counts.size());
+    offsets.push_back(0);
+    for (int32_t c : s.counts) offsets.push_back(offsets.back() + c);
+    rows = offsets.back();
+    lda = s.K + 3;
+    ldc = s.N + 2;
+    Lcg r(seed);
+    const int64_t a_rows = s.gather ? rows / 2 + 1 : rows;
+    for (int64_t i = 0; i < a_rows * lda; ++i) A.push_back(r.uniform());
+    for (int64_t p = 0; p < rows; ++p) {
+      gather.push_back(static_cast<int32_t>(r.next() % static_cast<uint32_t>(a_rows)));
+      out_row.push_back(static_cast<int32_t>(rows - 1 - p));
+      scale.push_back(r.uniform());
+    }
+    for (int64_t i = 0; i < rows * ldc; ++i) C0.push_back(r.uniform());
+    Wd.resize(static_cast<size_t>(E * s.N * s.K));
+    for (int64_t e = 0; e < E; ++e) {
+      std::vector<float> w(static_cast<size_t>(s.N * s.K));
+      for (float& v : w) v = r.uniform();
+      store(e, w);
+    }
+  }
+  void store(int64_t e, const std::vector<float>& w) {
+    float* wd = Wd.data() + e * s.N * s.K;
+    if (kernels::is_quantized(format)) {
+      const int bits = format == WeightFormat::Int8 ? 8 : 4;
+      const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), s.N, s.K, bits, 64, "W");
+      kernels::dequantize_matrix(q.view(), wd);
+      const auto* qb = static_cast<const uint8_t*>(q.q.raw());
+      data.insert(data.end(), qb, qb + q.q.nbytes());
+      const auto* sc = static_cast<const uint16_t*>(q.scales.raw());
+      scales.insert(scales.end(), sc, sc + q.scales.numel());
+      if (bits == 4) {
+        const auto* mn = static_cast<const uint16_t*>(q.mins.raw());
+        mins.insert(mins.end(), mn, mn + q.mins.numel());
+      }
+      return;
+    }
+    for (int64_t i = 0; i < s.N * s.K; ++i) {
+      float v = w[static_cast<size_t>(i)];
+      if (format == WeightFormat::Bf16) {
+        const uint16_t h = f32_to_bf16(v);
+        data.push_back(static_cast<uint8_t>(h & 0xff));
+        data.push_back(static_cast<uint8_t>(h >> 8));
+        v = bf16_to_f32(h);
+      } else {
+        uint8_t b[4];
+        std::memcpy(b, &v, 4);
+        data.insert(data.end(), b, b + 4);
+      }
+      wd[i] = v;
+    }
+  }
+  kernels::GroupedGemmWArgs args(std::vector<float>& C) const {
+    kernels::GroupedGemmWArgs g;
+    g.E = E, g.offsets = offsets.data(), g.A = A.data(), g.lda = lda;
+    g.gather = s.gather ? gather.data() : nullptr;
+    g.W.format = format, g.W.N = s.N, g.W.K = s.K, g.W.data = data.data();
+    if (kernels::is_quantized(format)) g.W.scales = scales.data(), g.W.group = 64;
+    if (format == WeightFormat::Int4) g.W.mins = mins.data();
+    g.C = C.data(), g.ldc = ldc, g.beta = s.beta;
+    if (s.scatter) g.scale = scale.data(), g.out_row = out_row.data();
+    return g;
+  }
+  std::vector<float> run(Backend b) const {
+    std::vector<float> C = C0;
+    if (s.beta == 0) {
+      for (int64_t p = 0; p < rows; ++p)
+        for (int64_t n = 0; n < s.N; ++n) C[p * ldc + n] = std::numeric_limits<float>::quiet_NaN();
+    }
+    kernels::grouped_gemm_w(b, args(C));
+    return C;
+  }
+  double bound(int64_t e, int64_t p, int64_t n) const {
+    const float* a = A.data() + (s.gather ? gather[static_cast<size_t>(p)] : p) * lda;
+    double S = std::fabs(static_cast<double>(s.beta) * C0[p * ldc + n]);
+    for (int64_t k = 0; k < s.K; ++k) {
+      const double av = format == WeightFormat::Bf16 ? bf16_to_f32(f32_to_bf16(a[k])) : a[k];
+      S += std::fabs(av * Wd[(e * s.N + n) * s.K + k]);
+    }
+    const double terms = kernels::is_quantized(format) ? s.K / 8.0 + 10 : s.K + 6.0;
+    return (s.scatter ? std::fabs(scale[static_cast<size_t>(p)]) : 1.0) * terms * std::ldexp(S, -24);
+  }
+};
+
+const WeightFormat kFormats[] = {WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8,
+                                 WeightFormat::Int4};
+
+// Restores the default: every family at its best instruction set.
+struct CapGuard {
+  ~CapGuard() {
+    std::string best = "generic";
+    for (const std::string& n : kernels::cpu_isa_names())
+      if (kernels::cpu_isa_supported(n)) best = n;
+    kernels::set_cpu_isa(best);
+  }
+};
+
+TEST(WeightGemm, EveryFormatOnEveryInstructionSetMatchesRef) {
+  CapGuard guard;
+  const std::vector<Shape> shapes = {
+      {{3, 0, 70, 9}, 37, 128, true, false, 0.0f},  // an empty expert, > 64 rows, <= 8 and > 8 rows
+      {{5, 12}, 50, 192, true, true, 0.0f},         // scale and out_row
+      {{1, 2}, 33, 64, false, false, 0.5f},         // beta, rows in place
+      {{17}, 70, 256, true, false, 1.0f},
+  };
+  uint64_t seed = 1;
+  int ran = 0;
+  for (const std::string& cap : kernels::cpu_isa_names()) {
+    if (!kernels::cpu_isa_supported(cap)) continue;
+    kernels::set_cpu_isa(cap);
+    for (WeightFormat f : kFormats) {
+      for (const Shape& s : shapes) {
+        const Data d(f, s, ++seed);
+        const std::vector<float> ref = d.run(Backend::Ref), got = d.run(Backend::Cpu);
+        for (int64_t e = 0; e < d.E; ++e) {
+          for (int64_t p = d.offsets[static_cast<size_t>(e)]; p < d.offsets[static_cast<size_t>(e) + 1];
+               ++p) {
+            const int64_t row = s.scatter ? d.out_row[static_cast<size_t>(p)] : p;
+            for (int64_t n = 0; n < s.N; ++n) {
+              const float r = ref[row * d.ldc + n], g = got[row * d.ldc + n];
+              ASSERT_TRUE(std::isfinite(g)) << cap << " " << kernels::weight_format_name(f);
+              ASSERT_LE(std::fabs(double(g) - r), d.bound(e, p, n))
+                  << cap << " " << kernels::weight_format_name(f) << " row " << p << " col " << n;
+            }
+          }
+        }
+        ++ran;
+      }
+    }
+  }
+  EXPECT_GT(ran, 0);
+}
+
+TEST(WeightGemm, BitIdenticalForAnyThreadCount) {
+  const int saved = num_threads();
+  for (WeightFormat f : kFormats) {
+    for (bool scatter : {false, true}) {
+      const Data d(f, {{1, 0, 200, 6, 90}, 300, 256, true, scatter, scatter ? 0.0f : 1.0f}, 7);
+      set_num_threads(1);
+      const std::vector<float> one = d.run(Backend::Cpu);
+      for (int t : {2, 3, 5}) {
+        set_num_threads(t);
+        EXPECT_EQ(std::memcmp(one.data(), d.run(Backend::Cpu).data(), one.size() * sizeof(float)), 0)
+            << kernels::weight_format_name(f) << " threads " << t;
+      }
+    }
+  }
+  set_num_threads(saved);
+}
+
+TEST(WeightGemm, ViewErrors) {
+  const Data d(WeightFormat::Int8, {{2}, 8, 64}, 3);
+  std::vector<float> C(d.C0);
+  auto expect = [&](kernels::GroupedGemmWArgs g, const std::vector<std::string>& parts) {
+    for (Backend b : {Backend::Ref, Backend::Cpu}) {
+      try {
+        kernels::grouped_gemm_w(b, g);
+        ADD_FAILURE() << "no error for " << parts.back();
+      } catch (const Error& e) {
+        for (const std::string& p : parts)
+          EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+      }
+    }
+  };
+  kernels::GroupedGemmWArgs g = d.args(C);
+  g.W.trans = true;
+  expect(g, {"grouped_gemm_w", "W.trans", "int8"});
+  g = d.args(C), g.W.group = 48;
+  expect(g, {"grouped_gemm_w", "W.group", "48"});
+  g = d.args(C), g.W.scales = nullptr;
+  expect(g, {"grouped_gemm_w", "W.scales is null"});
+  g = d.args(C), g.W.format = WeightFormat::Int4;
+  expect(g, {"grouped_gemm_w", "W.mins is null"});
+  g = d.args(C), g.W.format = WeightFormat::Bf16;
+  expect(g, {"grouped_gemm_w", "W.scales and W.mins must be null", "bf16"});
+  g = d.args(C), g.W.data_stride = 10;
+  expect(g, {"grouped_gemm_w", "W.data_stride = 10"});
+  g = d.args(C), g.scale = d.scale.data(), g.beta = 1;
+  expect(g, {"grouped_gemm_w", "beta must be 0"});
+}
+
+}  // namespace
+}  // namespace moe
