@@ -6,6 +6,7 @@
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
+#include "moe/kernels/ops_routing.h"
 
 namespace moe::kernels::cpu {
 
@@ -47,5 +48,12 @@ void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& args);
 // The weight-format GEMMs (moe/kernels/ops_bf16.h, moe/kernels/ops_quant.h).
 void grouped_gemm_bf16w(const GroupedGemmBf16Args& args);
 void gemm_qw(const GemmQuantArgs& args);
+
+// The routing ops (moe/kernels/ops_routing.h).
+template <typename T>
+void router_topk(const RouterTopkArgs<T>& args);
+
+template <typename T>
+void routing_stats(const RoutingStatsArgs<T>& args);
 
 }  // namespace moe::kernels::cpu
