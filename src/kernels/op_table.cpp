@@ -8,6 +8,7 @@
 #include "kernels/rows_core.h"
 #include "kernels/rows_elementwise.h"
 #include "kernels/rows_ffn.h"
+#include "kernels/rows_routing.h"
 #include "kernels/rows_weights.h"
 #include "moe/core/error.h"
 #ifdef MOE_HAVE_CUDA
@@ -39,6 +40,10 @@ MOE_OP_ROW_INSTANTIATE(GroupedGemmWArgs)
 MOE_OP_ROW_INSTANTIATE(GroupedGemmBf16Args)
 MOE_OP_ROW_INSTANTIATE(GemmBf16Args)
 MOE_OP_ROW_INSTANTIATE(GemmQuantArgs)
+MOE_OP_ROW_INSTANTIATE(RouterTopkArgs<float>)
+MOE_OP_ROW_INSTANTIATE(RouterTopkArgs<double>)
+MOE_OP_ROW_INSTANTIATE(RoutingStatsArgs<float>)
+MOE_OP_ROW_INSTANTIATE(RoutingStatsArgs<double>)
 #undef MOE_OP_ROWS_TYPED
 
 std::vector<OpInfo> op_table() {
@@ -59,7 +64,11 @@ std::vector<OpInfo> op_table() {
   rows.push_back(info<GroupedGemmBf16Args>());
   rows.push_back(info<GemmBf16Args>());
   rows.push_back(info<GemmQuantArgs>());
+  rows.push_back(info<RouterTopkArgs<float>>());
+  rows.push_back(info<RoutingStatsArgs<float>>());
   typed(double{});
+  rows.push_back(info<RouterTopkArgs<double>>());
+  rows.push_back(info<RoutingStatsArgs<double>>());
   return rows;
 }
 

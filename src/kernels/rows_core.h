@@ -146,11 +146,27 @@ struct OpRow<PermuteArgs> {
         MOE_CHECK(e >= 0 && e < g.E, name, ": expert[", a, "] = ", e, " is outside [0, E = ", g.E, ")");
       }
     }
+    check_tiles(g);
     return true;
+  }
+  // The tile outputs need tile_m > 0, and the padded rows (at most N + E · (tile_m - 1)) must fit int32.
+  static void check_tiles(const Args& g) {
+    using namespace validate;
+    check_size(name, "tile_m", g.tile_m);
+    const bool wanted = g.tile_offsets || g.tile_expert || g.tile_row;
+    MOE_CHECK(!wanted || g.tile_m > 0, name, ": tile_offsets, tile_expert and tile_row need tile_m > 0, got ",
+              g.tile_m);
+    if (!wanted) return;
+    MOE_CHECK(g.tile_m <= rows::kMaxIndex && g.N + g.E * (g.tile_m - 1) <= rows::kMaxIndex, name,
+              ": tile_m = ", g.tile_m, " pads N = ", g.N, " rows of E = ", g.E,
+              " experts past the int32 tile offsets");
   }
   static double flops(const Args&) { return 0; }
   static double bytes(const Args& g) {
-    return static_cast<double>(g.N) * (4 + (g.kept ? 1 : 0) + 8) + 4.0 * static_cast<double>(g.E + 1);
+    const double tiles = g.tile_m > 0 ? static_cast<double>(g.N) / g.tile_m + g.E : 0.0;
+    return static_cast<double>(g.N) * (4 + (g.kept ? 1 : 0) + 8) + 4.0 * static_cast<double>(g.E + 1) +
+           (g.tile_offsets ? 4.0 * (g.E + 1) : 0) + (g.tile_expert ? 4 * tiles : 0) +
+           (g.tile_row ? 4 * tiles : 0);
   }
 };
 

@@ -15,8 +15,12 @@ void TokenSum<T>::build(kernels::Backend backend, int64_t n_tokens, int64_t n_as
   assign_.assign(static_cast<size_t>(n_assign), 0);
   std::vector<int32_t> unused(static_cast<size_t>(n_assign));
   if (n_assign > 0)
-    kernels::permute(backend_,
-                     {n_assign, T_, token, nullptr, offsets_.data(), assign_.data(), unused.data()});
+    kernels::permute(backend_, {.N = n_assign,
+                                .E = T_,
+                                .expert = token,
+                                .offsets = offsets_.data(),
+                                .perm = assign_.data(),
+                                .pos = unused.data()});
 }
 
 template <typename T>
@@ -46,7 +50,13 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
   perm_.assign(static_cast<size_t>(N_), 0);
   pos_.assign(static_cast<size_t>(N_), -1);
   if (N_ > 0)
-    kernels::permute(backend_, {N_, E_, expert, kept, batch.offsets.data(), perm_.data(), pos_.data()});
+    kernels::permute(backend_, {.N = N_,
+                                .E = E_,
+                                .expert = expert,
+                                .kept = kept,
+                                .offsets = batch.offsets.data(),
+                                .perm = perm_.data(),
+                                .pos = pos_.data()});
   const int64_t M = batch.offsets[E_];
   perm_.resize(static_cast<size_t>(M));
   batch.rows = M;

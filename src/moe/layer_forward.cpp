@@ -94,8 +94,9 @@ void router_input(const MoELayer& L, const ForwardOptions& opt, Saved<T>& S) {
                     .x_r = ptr<T>(S.x_r)});
 }
 
-// Router: logits (T, E) = x_r · W_r^T, then selection, weights and capacity (and, at inference,
-// skipping); the statistics and balancing losses of the result.
+// Router: logits (T, E) = x_r · W_r^T, then selection and weights (token choice: the router_topk
+// op), capacity (and, at inference, skipping); the statistics and balancing losses of the result
+// (the routing_stats op). Every op runs on the layer's backend.
 template <typename T>
 void run_router(const MoELayer& L, const Saved<T>& S, const ForwardOptions& opt, MoEForward& out) {
   const MoEConfig& cfg = L.config();
@@ -109,9 +110,9 @@ void run_router(const MoELayer& L, const Saved<T>& S, const ForwardOptions& opt,
                             .B = L.params().router_w.data<T>(),
                             .trans_b = true,
                             .C = logits.data<T>()});
-  out.routing = route(cfg, logits, L.params().router_bias, opt.token_ids);
+  out.routing = route(cfg, logits, L.params().router_bias, opt.token_ids, L.backend());
   const int64_t skipped = opt.training ? 0 : skip_low_weights(cfg.router, out.routing);
-  out.stats = routing_stats<T>({.cfg = &cfg, .routing = &out.routing, .skipped = skipped});
+  out.stats = moe_stats<T>({.exec = L.backend(), .cfg = &cfg, .routing = &out.routing, .skipped = skipped});
 }
 
 // The routed experts' work in parts: one, or under expert parallelism with chunks, one per token

@@ -2,9 +2,10 @@
 
 #include <algorithm>
 
+#include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
-#include "moe/moe/balance.h"
+#include "moe/kernels/ops_routing.h"
 
 namespace moe::detail {
 
@@ -19,41 +20,111 @@ void router_jitter(const RouterJitterArgs<T>& a) {
   });
 }
 
-template <typename T>
-void expert_counts(const ExpertCountsArgs<T>& a) {
-  for (int64_t i = 0; i < a.n_assign; ++i) {
-    const int32_t e = a.expert[i];
-    a.routed_weight[e] += static_cast<double>(a.weight[i]);
-    if (a.kept[i])
-      ++a.kept_count[e];
-    else
-      ++*a.not_kept;
+namespace {
+
+// The routing_stats op's outputs: the small buffer a step reads back once.
+struct RoutingSums {
+  std::vector<int32_t> routed, kept, seq_routed;  // (E), (E), (Q, E)
+  std::vector<double> weight, prob, seq_prob;     // (E), (E), (Q, E)
+  int32_t not_kept = 0;
+  double lse_sq = 0;
+};
+
+// Which losses a step computes, and its sequences (balance_losses' rules: none without tokens).
+struct LossPlan {
+  bool aux = false, seq = false, z = false;
+  int64_t L = 0, Q = 0;  // tokens per sequence, sequences
+};
+
+LossPlan loss_plan(const BalanceConfig& bc, int64_t T) {
+  LossPlan p;
+  p.aux = T > 0 && bc.aux_coef != 0;
+  p.seq = T > 0 && bc.seq_aux_coef != 0;
+  p.z = T > 0 && bc.z_coef != 0;
+  if (p.seq) {
+    p.L = bc.seq_len > 0 ? bc.seq_len : T;
+    MOE_CHECK(T % p.L == 0, "sequence-level aux loss: token count ", T, " is not a multiple of seq_len ",
+              p.L);
+    p.Q = T / p.L;
   }
+  return p;
 }
 
 template <typename T>
-MoEStats routing_stats(const RoutingStatsArgs& a) {
+RoutingSums routing_sums(const MoEStatsArgs& a, const LossPlan& lp) {
+  const Routing& r = *a.routing;
+  const int64_t E = a.cfg->n_experts, N = r.n_assign, nT = r.n_tokens;
+  RoutingSums s;
+  s.routed.resize(static_cast<size_t>(E));
+  s.kept.resize(static_cast<size_t>(E));
+  s.weight.resize(static_cast<size_t>(E));
+  if (lp.aux) s.prob.resize(static_cast<size_t>(E));
+  if (lp.seq) s.seq_routed.resize(static_cast<size_t>(lp.Q * E));
+  if (lp.seq) s.seq_prob.resize(static_cast<size_t>(lp.Q * E));
+  const bool scores = lp.aux || lp.seq;
+  kernels::routing_stats<T>(a.exec,
+                            {.N = N,
+                             .T_ = nT,
+                             .E = E,
+                             .score = a.cfg->router.score == ScoreFn::Sigmoid ? kernels::RouterScore::Sigmoid
+                                                                              : kernels::RouterScore::Softmax,
+                             .seq_len = lp.L,
+                             .token = N ? r.token.data<int32_t>() : nullptr,
+                             .expert = N ? r.expert.data<int32_t>() : nullptr,
+                             .kept = N ? r.kept.data<uint8_t>() : nullptr,
+                             .weight = N ? r.weight.data<T>() : nullptr,
+                             .scores = scores && nT ? r.scores.data<T>() : nullptr,
+                             .logits = lp.z ? r.logits.data<T>() : nullptr,
+                             .routed = s.routed.data(),
+                             .kept_count = s.kept.data(),
+                             .not_kept = &s.not_kept,
+                             .weight_sum = s.weight.data(),
+                             .prob_sum = lp.aux ? s.prob.data() : nullptr,
+                             .seq_routed = lp.seq ? s.seq_routed.data() : nullptr,
+                             .seq_prob_sum = lp.seq ? s.seq_prob.data() : nullptr,
+                             .lse_sq_sum = lp.z ? &s.lse_sq : nullptr});
+  return s;
+}
+
+// The weighted losses from the sums, in the order of balance_losses' arithmetic (the same values).
+void losses_from(const MoEConfig& cfg, int64_t nT, const LossPlan& lp, const RoutingSums& s, MoEStats& st) {
+  const BalanceConfig& bc = cfg.balance;
+  const int64_t E = cfg.n_experts;
+  const double k = static_cast<double>(cfg.router.top_k), T = static_cast<double>(nT);
+  if (lp.aux) {
+    double sum = 0;  // Σ_e c_e · P_e / T
+    for (int64_t e = 0; e < E; ++e) sum += static_cast<double>(s.routed[e]) * s.prob[e] / T;
+    st.aux_loss = bc.aux_coef * static_cast<double>(E) / (k * T) * sum;
+  }
+  if (lp.seq) {
+    const double L = static_cast<double>(lp.L);
+    const double fscale = static_cast<double>(E) / (k * L);
+    double total = 0;  // Σ_q Σ_e f_e · P^q_e / L
+    for (int64_t i = 0; i < lp.Q * E; ++i)
+      total += fscale * static_cast<double>(s.seq_routed[i]) * s.seq_prob[i] / L;
+    st.seq_aux_loss = bc.seq_aux_coef * total / static_cast<double>(lp.Q);
+  }
+  if (lp.z) st.z_loss = bc.z_coef * s.lse_sq / T;
+}
+
+}  // namespace
+
+template <typename T>
+MoEStats moe_stats(const MoEStatsArgs& a) {
   const Routing& r = *a.routing;
   const int64_t E = a.cfg->n_experts, N = r.n_assign;
+  const LossPlan lp = loss_plan(a.cfg->balance, r.n_tokens);
+  const RoutingSums s = routing_sums<T>(a, lp);
   MoEStats st;
-  st.routed_per_expert = routed_counts(r, E);
-  st.routed_weight_per_expert.assign(static_cast<size_t>(E), 0.0);
-  st.tokens_per_expert.assign(static_cast<size_t>(E), 0);
-  expert_counts<T>({.n_assign = N,
-                    .expert = N ? r.expert.data<int32_t>() : nullptr,
-                    .kept = N ? r.kept.data<uint8_t>() : nullptr,
-                    .weight = N ? r.weight.data<T>() : nullptr,
-                    .routed_weight = st.routed_weight_per_expert.data(),
-                    .kept_count = st.tokens_per_expert.data(),
-                    .not_kept = &st.dropped});
+  st.routed_per_expert.assign(s.routed.begin(), s.routed.end());
+  st.routed_weight_per_expert = s.weight;
+  st.tokens_per_expert.assign(s.kept.begin(), s.kept.end());
   st.skipped = a.skipped;
-  st.dropped -= a.skipped;
-  const int64_t max_c = *std::max_element(st.routed_per_expert.begin(), st.routed_per_expert.end());
+  st.dropped = s.not_kept - a.skipped;
+  const int64_t max_c =
+      E > 0 ? *std::max_element(st.routed_per_expert.begin(), st.routed_per_expert.end()) : 0;
   st.imbalance = N > 0 ? static_cast<double>(max_c) * static_cast<double>(E) / static_cast<double>(N) : 0.0;
-  const BalanceLosses bl = balance_losses(*a.cfg, r, nullptr);
-  st.aux_loss = bl.aux;
-  st.seq_aux_loss = bl.seq_aux;
-  st.z_loss = bl.z;
+  losses_from(*a.cfg, r.n_tokens, lp, s, st);
   return st;
 }
 
@@ -140,8 +211,7 @@ void scatter_assign(const ScatterAssignArgs<T>& a) {
 
 #define MOE_LAYER_STEPS(T)                                                    \
   template void router_jitter<T>(const RouterJitterArgs<T>&);                 \
-  template void expert_counts<T>(const ExpertCountsArgs<T>&);                 \
-  template MoEStats routing_stats<T>(const RoutingStatsArgs&);                \
+  template MoEStats moe_stats<T>(const MoEStatsArgs&);                        \
   template std::vector<TokenChunk> split_routing<T>(const SplitRoutingArgs&); \
   template void sorted_rows<T>(const SortedRowsArgs<T>&);                     \
   template void scale_scatter_rows<T>(const ScaleScatterArgs<T>&);            \

@@ -1,7 +1,7 @@
 // The MoE layer's steps around the expert GEMMs: the router GEMM and jitter, the routing
-// statistics, the split of a routing into token chunks, and the moves of rows between assignment
-// order and expert order. Each is a function of a plain parameter struct (sizes and pointers, no
-// layer object), the form of a kernel op, so that each can become one.
+// statistics (from the routing_stats op), the split of a routing into token chunks, and the moves of
+// rows between assignment order and expert order. Each is a function of a plain parameter struct
+// (sizes and pointers, no layer object), the form of a kernel op, so that each can become one.
 #pragma once
 
 #include <cstdint>
@@ -62,30 +62,19 @@ struct RouterJitterArgs {
 template <typename T>
 void router_jitter(const RouterJitterArgs<T>& a);
 
-// Per-expert counts of a routing's N assignments, added to the outputs: the routed weight of each
-// expert (before capacity and skipping), its kept assignments, and the assignments not kept.
-template <typename T>
-struct ExpertCountsArgs {
-  int64_t n_assign = 0;
-  const int32_t* expert = nullptr;  // (N)
-  const uint8_t* kept = nullptr;    // (N)
-  const T* weight = nullptr;        // (N)
-  double* routed_weight = nullptr;  // (E)
-  int64_t* kept_count = nullptr;    // (E)
-  int64_t* not_kept = nullptr;      // (1)
-};
-template <typename T>
-void expert_counts(const ExpertCountsArgs<T>& a);
-
-// The statistics and balancing losses of a routing (docs/MOE_LAYER.md section 7). `skipped` of its
-// assignments that are not kept were skipped for a low weight, the others dropped by capacity.
-struct RoutingStatsArgs {
+// The statistics and balancing losses of a routing (docs/MOE_LAYER.md sections 5 and 7): one
+// routing_stats op (moe/kernels/ops_routing.h) on `exec` reduces the routing into counts and sums,
+// which are read once here and turned into MoEStats. `skipped` of its assignments that are not kept
+// were skipped for a low weight, the others dropped by capacity. The loss values are those of
+// balance_losses (balance.h), which the backward uses for their gradients.
+struct MoEStatsArgs {
+  kernels::Exec exec = kernels::Backend::Cpu;
   const MoEConfig* cfg = nullptr;
-  const Routing* routing = nullptr;  // weights of dtype T
+  const Routing* routing = nullptr;  // weights, scores and logits of dtype T
   int64_t skipped = 0;
 };
 template <typename T>
-MoEStats routing_stats(const RoutingStatsArgs& a);
+MoEStats moe_stats(const MoEStatsArgs& a);
 
 // The assignments of tokens [t0, t1) of a routing, their tokens counted from t0.
 struct TokenChunk {

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
@@ -49,29 +48,6 @@ double logsumexp(const double* v, int64_t n, int64_t stride = 1) {
   return mx + std::log(z);
 }
 
-// Group-limited masking (DeepSeek-V3): keep the best `topk_groups` of `n_groups` contiguous groups.
-void mask_groups(const RouterConfig& rc, int64_t E, double* v) {
-  const int64_t G = rc.n_groups, per = E / G;
-  std::vector<double> gscore(static_cast<size_t>(G));
-  for (int64_t g = 0; g < G; ++g) {
-    const double* vg = v + g * per;
-    if (rc.group_score == GroupScore::Max || per == 1) {
-      gscore[g] = *std::max_element(vg, vg + per);
-    } else {
-      int32_t top2[2];
-      topk_desc(vg, per, 2, top2);
-      gscore[g] = vg[top2[0]] + vg[top2[1]];
-    }
-  }
-  std::vector<int32_t> keep(static_cast<size_t>(rc.topk_groups));
-  topk_desc(gscore.data(), G, rc.topk_groups, keep.data());
-  std::vector<char> eligible(static_cast<size_t>(G), 0);
-  for (int32_t g : keep) eligible[g] = 1;
-  for (int64_t g = 0; g < G; ++g)
-    if (!eligible[g])
-      for (int64_t i = 0; i < per; ++i) v[g * per + i] = kNegInf;
-}
-
 // Log-domain Sinkhorn balancing of the logits; returns the balanced log-plan (T, E).
 std::vector<double> sinkhorn(const std::vector<double>& l, int64_t T, int64_t E, int64_t k, int iters) {
   std::vector<double> L = l;
@@ -104,32 +80,6 @@ void token_weights(const RouterConfig& rc, const double* l, const double* s, con
   double z = 0;
   for (int64_t j = 0; j < k; ++j) z += s[idx[j]];
   for (int64_t j = 0; j < k; ++j) w[j] = rc.scaling * (rc.normalize ? s[idx[j]] / z : s[idx[j]]);
-}
-
-// Token choice in one pass per row (the common path): the row's logits are read once from the
-// logits tensor (f32 or f64) and widened to double, then score, bias, group limit, top-k and the
-// weights run on that row while it is in cache, and the scores are written out once in the
-// logits' dtype. The arithmetic is the same sequence of double operations as the multi-pass
-// form (score_rows, then selection), so decisions and weights are identical.
-template <typename T>
-void token_choice_fused(const RouterConfig& rc, const T* logits, int64_t T_, int64_t E,
-                        const std::vector<double>& b, T* scores, std::vector<int32_t>& expert,
-                        std::vector<double>& weight) {
-  const int64_t k = rc.top_k;
-  parallel_for(T_, row_grain(E), [&](int64_t t0, int64_t t1) {
-    std::vector<double> l(static_cast<size_t>(E)), s(static_cast<size_t>(E)), v(static_cast<size_t>(E));
-    for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t e = 0; e < E; ++e) l[e] = static_cast<double>(logits[t * E + e]);
-      score_row(rc.score, l.data(), E, s.data());
-      for (int64_t e = 0; e < E; ++e) scores[t * E + e] = static_cast<T>(s[e]);
-      const double* base = rc.order == TopkOrder::TopkThenSoftmax ? l.data() : s.data();
-      for (int64_t e = 0; e < E; ++e) v[e] = base[e] + b[e];
-      if (rc.n_groups > 1) mask_groups(rc, E, v.data());
-      int32_t* idx = &expert[t * k];
-      topk_desc(v.data(), E, k, idx);
-      token_weights(rc, l.data(), s.data(), idx, k, &weight[t * k]);
-    }
-  });
 }
 
 // Capacity dropping for token-major assignments a = t * k + j.
@@ -165,36 +115,6 @@ uint64_t splitmix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out) {
-  // The comparator is a strict total order (value descending, NaN/-inf last, index ascending), so
-  // the result is unique whatever the selection method: small k uses an allocation-free insertion
-  // into the sorted list `out`, larger k a partial sort over an index array.
-  const int64_t kk = std::min(k, n);
-  if (kk <= 0) return;
-  if (kk <= 16) {
-    auto key = [v](int64_t i) { return std::isnan(v[i]) ? kNegInf : v[i]; };
-    int64_t len = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const double vi = key(i);
-      // i comes after every entry already taken (higher index), so it is better than out[j]
-      // only with a strictly larger value.
-      if (len == kk && !(vi > key(out[len - 1]))) continue;
-      int64_t j = len < kk ? len++ : kk - 1;
-      for (; j > 0 && vi > key(out[j - 1]); --j) out[j] = out[j - 1];
-      out[j] = static_cast<int32_t>(i);
-    }
-    return;
-  }
-  std::vector<int32_t> ix(static_cast<size_t>(n));
-  std::iota(ix.begin(), ix.end(), 0);
-  auto better = [v](int32_t a, int32_t b) {
-    const double va = std::isnan(v[a]) ? kNegInf : v[a], vb = std::isnan(v[b]) ? kNegInf : v[b];
-    return va > vb || (va == vb && a < b);
-  };
-  std::partial_sort(ix.begin(), ix.begin() + kk, ix.end(), better);
-  std::copy(ix.begin(), ix.begin() + kk, out);
-}
-
 int64_t token_capacity(const RouterConfig& rc, int64_t T, int64_t E) {
   if (rc.capacity_factor <= 0) return 0;
   return static_cast<int64_t>(
@@ -216,17 +136,19 @@ struct Selection {
   std::vector<int32_t> token, expert;  // (N) each
   std::vector<double> weight;          // (N)
   std::vector<uint8_t> kept;           // (N)
+  Tensor weight_t;                     // (N) in the logits' dtype, when the router_topk op made it
 };
 
-// What the selection policies read. The unfused policies (all but token choice) need l and s; token
-// choice reads the logits tensor row by row and writes the scores itself.
+// What the selection policies read. The host policies (all but token choice) need l and s; token
+// choice runs the router_topk op on the logits tensor, which writes the scores itself.
 struct SelectArgs {
   const RouterConfig* rc = nullptr;
   int64_t T = 0, E = 0;
+  kernels::Exec* exec = nullptr;           // where the router_topk op runs
   const Tensor* logits = nullptr;          // (T, E) contiguous, f32 or f64
-  const std::vector<double>* l = nullptr;  // (T, E) logits in double, unfused policies only
-  const std::vector<double>* s = nullptr;  // (T, E) scores in double, unfused policies only
-  const std::vector<double>* b = nullptr;  // (E) selection bias
+  const std::vector<double>* l = nullptr;  // (T, E) logits in double, host policies only
+  const std::vector<double>* s = nullptr;  // (T, E) scores in double, host policies only
+  const double* bias = nullptr;            // (E) selection bias or null, token choice only
   const Tensor* token_ids = nullptr;       // (T) i32, hash routing only
   Tensor* scores = nullptr;                // (T, E) out, token choice only
 };
@@ -273,16 +195,14 @@ std::vector<int32_t> hash_ids(const Tensor* token_ids, int64_t T) {
   return ids;
 }
 
-// Hash, balanced and (unfused) token choice: token t's k experts and weights from l and s.
-void select_rows_unfused(const SelectArgs& a, const std::vector<int32_t>& ids,
-                         const std::vector<double>& plan, Selection& sel) {
+// Hash and balanced routing: token t's k experts and weights from l and s.
+void select_rows_host(const SelectArgs& a, const std::vector<int32_t>& ids, const std::vector<double>& plan,
+                      Selection& sel) {
   const RouterConfig& rc = *a.rc;
   const int64_t E = a.E, k = rc.top_k;
   const std::vector<double>& l = *a.l;
   const std::vector<double>& s = *a.s;
-  const std::vector<double>& b = *a.b;
   parallel_for(a.T, row_grain(E), [&](int64_t t0, int64_t t1) {
-    std::vector<double> v(static_cast<size_t>(E));
     for (int64_t t = t0; t < t1; ++t) {
       int32_t* idx = &sel.expert[t * k];
       if (rc.routing == RouterType::Hash) {
@@ -293,18 +213,42 @@ void select_rows_unfused(const SelectArgs& a, const std::vector<int32_t>& ids,
           while (std::find(idx, idx + j, static_cast<int32_t>(e)) != idx + j) e = (e + 1) % E;
           idx[j] = static_cast<int32_t>(e);
         }
-      } else if (rc.routing == RouterType::Balanced) {
+      } else {  // balanced
         topk_desc(&plan[t * E], E, k, idx);
-      } else {
-        const double* base = rc.order == TopkOrder::TopkThenSoftmax ? &l[t * E] : &s[t * E];
-        for (int64_t e = 0; e < E; ++e) v[e] = base[e] + b[e];
-        if (rc.n_groups > 1) mask_groups(rc, E, v.data());
-        topk_desc(v.data(), E, k, idx);
       }
       token_weights(rc, &l[t * E], &s[t * E], idx, k, &sel.weight[t * k]);
       for (int64_t j = 0; j < k; ++j) sel.token[t * k + j] = static_cast<int32_t>(t);
     }
   });
+}
+
+// Token choice as one router_topk op: scores (into the Routing's tensor), experts, and the weights
+// both in the logits' dtype (the Routing's) and in double (for capacity by probability).
+template <typename T>
+void token_choice(const SelectArgs& a, Selection& sel) {
+  const RouterConfig& rc = *a.rc;
+  const int64_t N = a.T * rc.top_k;
+  sel.weight_t = Tensor::empty({N}, dtype_of<T>::value, "weight");  // (N)
+  kernels::router_topk<T>(
+      *a.exec,
+      {.T_ = a.T,
+       .E = a.E,
+       .k = rc.top_k,
+       .score = rc.score == ScoreFn::Sigmoid ? kernels::RouterScore::Sigmoid : kernels::RouterScore::Softmax,
+       .order = rc.order == TopkOrder::TopkThenSoftmax ? kernels::RouterOrder::TopkThenSoftmax
+                                                       : kernels::RouterOrder::ScoreThenTopk,
+       .n_groups = rc.n_groups,
+       .topk_groups = rc.topk_groups,
+       .group_score = rc.group_score == GroupScore::Max ? kernels::RouterGroupScore::Max
+                                                        : kernels::RouterGroupScore::SumTop2,
+       .normalize = rc.normalize,
+       .scaling = rc.scaling,
+       .logits = a.T > 0 ? a.logits->data<T>() : nullptr,
+       .bias = a.bias,
+       .scores = a.T > 0 ? a.scores->data<T>() : nullptr,
+       .expert = sel.expert.data(),
+       .weight = a.T > 0 ? sel.weight_t.data<T>() : nullptr,
+       .weight_f64 = sel.weight.data()});
 }
 
 // Token choice, hash and balanced routing: k experts per token, a = t * k + j, then capacity.
@@ -322,16 +266,14 @@ Selection select_token_major(const SelectArgs& a) {
   std::vector<double> plan;  // (T, E)
   if (rc.routing == RouterType::Balanced && T > 0) plan = sinkhorn(*a.l, T, E, k, rc.sinkhorn_iters);
 
-  if (fused && T > 0) {
+  if (fused) {
     if (a.logits->dtype() == DType::F64)
-      token_choice_fused(rc, a.logits->data<double>(), T, E, *a.b, a.scores->data<double>(), sel.expert,
-                         sel.weight);
+      token_choice<double>(a, sel);
     else
-      token_choice_fused(rc, a.logits->data<float>(), T, E, *a.b, a.scores->data<float>(), sel.expert,
-                         sel.weight);
+      token_choice<float>(a, sel);
     for (int64_t i = 0; i < N; ++i) sel.token[i] = static_cast<int32_t>(i / k);
   }
-  if (!fused) select_rows_unfused(a, ids, plan, sel);
+  if (!fused) select_rows_host(a, ids, plan, sel);
   sel.capacity = T == 0 ? 0 : token_capacity(rc, T, E);
   apply_capacity(rc, T, k, E, sel.capacity, sel.expert, sel.weight, sel.kept);
   return sel;
@@ -339,7 +281,8 @@ Selection select_token_major(const SelectArgs& a) {
 
 }  // namespace
 
-Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t, const Tensor* token_ids) {
+Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t, const Tensor* token_ids,
+              kernels::Exec exec) {
   const RouterConfig& rc = cfg.router;
   const int64_t E = cfg.n_experts;
   check_shape(logits_t, {-1, E}, "router logits");
@@ -348,7 +291,7 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   MOE_CHECK(dt == DType::F32 || dt == DType::F64, "router logits: dtype must be f32 or f64, got ",
             dtype_name(dt));
 
-  // The fused single-pass path covers token choice; the other policies need all of l and s.
+  // Token choice is the router_topk op; the other policies need all of l and s on the host.
   const bool fused = rc.routing == RouterType::TokenChoice;
   const Tensor logits_c = logits_t.contiguous();
   std::vector<double> l, s;  // (T, E) each, unfused policies only
@@ -356,7 +299,7 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
     l = logits_c.to(DType::F64).to_vector();
     score_rows(rc.score, l, T, E, s);
   }
-  std::vector<double> b(static_cast<size_t>(E), 0.0);  // (E)
+  std::vector<double> b;  // (E) selection bias, empty without one
   if (rc.use_bias && bias_t.defined()) {
     check_shape(bias_t, {E}, "router_bias");
     b = bias_t.to_vector();
@@ -368,10 +311,11 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   const SelectArgs args{.rc = &rc,
                         .T = T,
                         .E = E,
+                        .exec = &exec,
                         .logits = &logits_c,
                         .l = &l,
                         .s = &s,
-                        .b = &b,
+                        .bias = b.empty() ? nullptr : b.data(),
                         .token_ids = token_ids,
                         .scores = &r.scores};
   const Selection sel =
@@ -386,7 +330,7 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   std::copy(sel.token.begin(), sel.token.end(), r.token.data<int32_t>());
   std::copy(sel.expert.begin(), sel.expert.end(), r.expert.data<int32_t>());
   std::copy(sel.kept.begin(), sel.kept.end(), r.kept.data<uint8_t>());
-  r.weight = Tensor::from(sel.weight, {N}, dt, "weight");
+  r.weight = sel.weight_t.defined() ? sel.weight_t : Tensor::from(sel.weight, {N}, dt, "weight");
   r.logits = logits_c;
   if (!fused) r.scores = Tensor::from(s, {T, E}, dt, "scores");
   return r;

@@ -369,6 +369,9 @@ void add_ffn_cases(CaseList& out);
 void add_ffn_perf_cases(CaseList& out);
 // Defined in test_ops_cases_weights.cpp: the GEMMs over bf16 and int8/int4 weights.
 void add_weight_format_cases(CaseList& out);
+// Defined in test_ops_cases_routing.cpp: router_topk, routing_stats, permute's tile metadata.
+void add_routing_cases(CaseList& out);
+void add_routing_perf_cases(CaseList& out);
 
 namespace {
 
@@ -443,6 +446,7 @@ CaseList consistency_cases() {
   add_combine_cases(out);
   add_ffn_cases(out);
   add_weight_format_cases(out);
+  add_routing_cases(out);
   return out;
 }
 
@@ -458,6 +462,7 @@ CaseList perf_cases() {
   add_activation_perf_cases(out);
   add_combine_perf_cases(out);
   add_ffn_perf_cases(out);
+  add_routing_perf_cases(out);
   return out;
 }
 

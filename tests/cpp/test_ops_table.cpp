@@ -15,6 +15,7 @@
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
+#include "moe/kernels/ops_routing.h"
 #include "op_cases.h"
 
 namespace moe::ops_test {
@@ -36,7 +37,8 @@ TEST(OpTable, ListsEveryOpWithItsBackends) {
   for (const char* op :
        {"gemm", "permute", "grouped_gemm", "grouped_gemm_wgrad", "activation", "activation_backward",
         "combine", "combine_backward", "grouped_ffn_up", "grouped_ffn_down_backward", "grouped_gemm_cat",
-        "grouped_gemm_scatter", "grouped_gemm_w", "grouped_gemm_bf16w", "gemm_bf16w", "gemm_qw"}) {
+        "grouped_gemm_scatter", "grouped_gemm_w", "grouped_gemm_bf16w", "gemm_bf16w", "gemm_qw", "router_topk",
+        "routing_stats"}) {
     ASSERT_TRUE(names.count(op)) << "no row for " << op;
     for (const auto& r : rows) {
       if (r.name != op) continue;
@@ -48,6 +50,8 @@ TEST(OpTable, ListsEveryOpWithItsBackends) {
     }
   }
   EXPECT_TRUE(names.count("grouped_gemm[f64]"));  // double rows: Ref and Cpu (gradient checks)
+  EXPECT_TRUE(names.count("router_topk[f64]"));
+  EXPECT_TRUE(names.count("routing_stats[f64]"));
 }
 
 // supports() for every op on every backend, from one argument set each: Ref and Cpu run them all;
@@ -64,7 +68,14 @@ TEST(OpTable, SupportsEveryOpOnEveryBackend) {
   kernels::GroupedWgradArgs<float> wgrad_preact;
   wgrad_preact.a_preact = true;
   kernels::GemmArgs<double> gemm64;
+  kernels::RouterTopkArgs<float> topk;
+  kernels::RoutingStatsArgs<float> stats;
+  kernels::PermuteArgs tiles;
+  tiles.tile_m = 16;
   for (Backend b : {Backend::Ref, Backend::Cpu}) {
+    EXPECT_TRUE(kernels::supports(b, topk).ok);
+    EXPECT_TRUE(kernels::supports(b, stats).ok);
+    EXPECT_TRUE(kernels::supports(b, tiles).ok);
     EXPECT_TRUE(kernels::supports(b, gemm).ok);
     EXPECT_TRUE(kernels::supports(b, grouped).ok);
     EXPECT_TRUE(kernels::supports(b, up).ok);
@@ -78,10 +89,13 @@ TEST(OpTable, SupportsEveryOpOnEveryBackend) {
   };
   no(kernels::supports(Backend::Cuda, up), "not implemented on cuda");
   no(kernels::supports(Backend::Cuda, qw), "not implemented on cuda");
+  no(kernels::supports(Backend::Cuda, topk), "not implemented on cuda");
+  no(kernels::supports(Backend::Cuda, stats), "not implemented on cuda");
   no(kernels::supports(Backend::Cuda, gemm64), "cuda");
 #ifdef MOE_HAVE_CUDA
   EXPECT_TRUE(kernels::supports(Backend::Cuda, gemm).ok);
   EXPECT_TRUE(kernels::supports(Backend::Cuda, grouped).ok);
+  EXPECT_TRUE(kernels::supports(Backend::Cuda, tiles).ok);
   no(kernels::supports(Backend::Cuda, wgrad_gather), "dC_gather is not implemented on cuda");
   no(kernels::supports(Backend::Cuda, wgrad_preact), "a_preact and a_scale are not implemented on cuda");
   no(kernels::supports(Backend::Cuda, gemm64), "float only");

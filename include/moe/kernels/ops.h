@@ -64,6 +64,14 @@ void gemm(Exec e, const GemmArgs<T>& args) {
 //   perm[p] is the assignment at sorted position p; within an expert, assignments keep index order;
 //   pos[a] is the sorted position of assignment a, or -1 when it is dropped (kept[a] == 0).
 //   kept may be null (all kept). Expert ids outside [0, E) are an error (moe::Error).
+// Tile metadata (optional: each output may be null, and all are by default), for a grouped GEMM
+// that schedules tiles of tile_m rows, none shared by two experts (c_e = kept rows of expert e):
+//   tile_offsets (E + 1): expert e's rows padded to a multiple of tile_m, as an exclusive prefix sum,
+//     tile_offsets[e] = Σ_{e' < e} ceil(c_e' / tile_m) · tile_m
+//   tile i of n_tiles = tile_offsets[E] / tile_m, in expert order: tile_expert[i] is its expert e and
+//     tile_row[i] its first sorted row; it covers the sorted rows
+//     [tile_row[i], min(tile_row[i] + tile_m, offsets[e + 1])) and the padded rows [i, i + 1) · tile_m
+//   n_tiles <= N / tile_m + E, so arrays of that length always suffice. A tile output needs tile_m > 0.
 struct PermuteArgs {
   int64_t N = 0;
   int64_t E = 0;
@@ -72,6 +80,10 @@ struct PermuteArgs {
   int32_t* offsets = nullptr;       // (E + 1) out
   int32_t* perm = nullptr;          // (N) out, the first offsets[E] entries are written
   int32_t* pos = nullptr;           // (N) out
+  int64_t tile_m = 0;               // rows per tile (> 0 when a tile output is wanted)
+  int32_t* tile_offsets = nullptr;  // (E + 1) out or null
+  int32_t* tile_expert = nullptr;   // (n_tiles) out or null
+  int32_t* tile_row = nullptr;      // (n_tiles) out or null
 };
 inline void permute(Exec e, const PermuteArgs& args) { run(e, args); }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "moe/core/tensor.h"
+#include "moe/kernels/ops_routing.h"
 #include "moe/moe/config.h"
 
 namespace moe {
@@ -26,8 +27,11 @@ struct Routing {
 };
 
 // logits: (T, E) of dtype F32 or F64. bias: (E) or undefined. token_ids: (T) i32, needed for hash.
-// Fills every field of Routing (weights in the logits' dtype).
-Routing route(const MoEConfig& cfg, const Tensor& logits, const Tensor& bias, const Tensor* token_ids);
+// Fills every field of Routing (weights in the logits' dtype). Token choice runs as the router_topk
+// op (moe/kernels/ops_routing.h) on `exec`; expert choice, hash, balanced routing and capacity are
+// host code here.
+Routing route(const MoEConfig& cfg, const Tensor& logits, const Tensor& bias, const Tensor* token_ids,
+              kernels::Exec exec = kernels::Backend::Cpu);
 
 // Dynamic expert skipping (inference): marks every kept assignment whose combine weight is below
 // rc.skip_threshold as not kept, leaving the other weights as they are. Returns how many it
@@ -45,8 +49,8 @@ int64_t token_capacity(const RouterConfig& rc, int64_t n_tokens, int64_t n_exper
 int64_t expert_choice_capacity(const RouterConfig& rc, int64_t n_tokens, int64_t n_experts);
 
 // Indices of the k largest values of v[0..n), best first, ties to the lower index; -inf entries
-// are never preferred over finite ones. Exposed for tests.
-void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out);
+// are never preferred over finite ones (the kernels' ranking, moe/kernels/ops_routing.h).
+using kernels::topk_desc;
 
 uint64_t splitmix64(uint64_t z);
 

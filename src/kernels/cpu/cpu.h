@@ -6,6 +6,7 @@
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
+#include "moe/kernels/ops_routing.h"
 #include "moe/kernels/weights.h"
 
 namespace moe::kernels::cpu {
@@ -48,5 +49,12 @@ void grouped_gemm_scatter(const GroupedGemmScatterArgs<T>& args);
 // The GEMM over stored weight formats (moe/kernels/weights.h); grouped_gemm_bf16w, gemm_bf16w and
 // gemm_qw (ops_bf16.h, ops_quant.h) call it (rows_weights.h).
 void grouped_gemm_w(const GroupedGemmWArgs& args);
+
+// The routing ops (moe/kernels/ops_routing.h).
+template <typename T>
+void router_topk(const RouterTopkArgs<T>& args);
+
+template <typename T>
+void routing_stats(const RoutingStatsArgs<T>& args);
 
 }  // namespace moe::kernels::cpu

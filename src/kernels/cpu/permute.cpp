@@ -3,7 +3,8 @@
 //   scan:   offsets, and each chunk's first slot per expert             base (C, E)
 //   pass 2: each chunk places its assignments in index order from base
 // Chunk c's slots for expert e follow those of chunks < c, so the order within an expert is the
-// assignment order (stable), whatever the number of chunks. Integer only: exact.
+// assignment order (stable), whatever the number of chunks. Integer only: exact. Then, when asked,
+// the tile metadata from the offsets.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -12,6 +13,27 @@
 #include "moe/core/parallel.h"
 
 namespace moe::kernels::cpu {
+
+namespace {
+
+// The tile metadata from the offsets: O(E + tiles), serial (a tile list is short next to N).
+void tiles(const PermuteArgs& p) {
+  const int64_t m = p.tile_m;
+  int32_t tile = 0;  // the first tile of expert e
+  if (p.tile_offsets) p.tile_offsets[0] = 0;
+  for (int64_t e = 0; e < p.E; ++e) {
+    const int32_t first = p.offsets[e], rows = p.offsets[e + 1] - first;
+    const int32_t n = static_cast<int32_t>((rows + m - 1) / m);
+    if (p.tile_expert) std::fill(p.tile_expert + tile, p.tile_expert + tile + n, static_cast<int32_t>(e));
+    if (p.tile_row) {
+      for (int32_t i = 0; i < n; ++i) p.tile_row[tile + i] = static_cast<int32_t>(first + i * m);
+    }
+    tile += n;
+    if (p.tile_offsets) p.tile_offsets[e + 1] = static_cast<int32_t>(tile * m);
+  }
+}
+
+}  // namespace
 
 void permute(const PermuteArgs& p) {
   constexpr int64_t kGrain = 32768;  // assignments per chunk at least
@@ -50,6 +72,7 @@ void permute(const PermuteArgs& p) {
       p.pos[a] = static_cast<int32_t>(s);
     }
   });
+  if (p.tile_m > 0) tiles(p);
 }
 
 }  // namespace moe::kernels::cpu

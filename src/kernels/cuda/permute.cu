@@ -5,6 +5,8 @@
 // All integer: the result is exact and independent of scheduling. Expert ids outside [0, E) are
 // flagged on the device and recorded in the context's error record: no host synchronisation here;
 // Context::synchronize throws moe::Error naming the first bad id (the default context does so at once).
+// The tile metadata (tile_m > 0) is a fourth kernel over the offsets, in one block. Not run on a GPU
+// yet (compiled only): the harness cases cover it where a GPU is present.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda.h"
@@ -80,6 +82,29 @@ __global__ void place_kernel(PermuteArgs p, const int32_t* base) {
   p.pos[a] = slot;
 }
 
+// One block: each expert's first tile (a serial scan by thread 0 into start (E + 1), in tiles), then
+// the tile list and tile_offsets with the experts spread over the threads.
+__global__ void tile_kernel(PermuteArgs p, int32_t* start) {
+  const int64_t m = p.tile_m;
+  if (threadIdx.x == 0) {
+    int32_t tile = 0;
+    start[0] = 0;
+    for (int64_t e = 0; e < p.E; ++e) {
+      tile += static_cast<int32_t>((p.offsets[e + 1] - p.offsets[e] + m - 1) / m);
+      start[e + 1] = tile;
+    }
+  }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e <= p.E; e += blockDim.x) {
+    if (p.tile_offsets) p.tile_offsets[e] = static_cast<int32_t>(start[e] * m);
+    if (e == p.E) continue;
+    for (int32_t i = start[e]; i < start[e + 1]; ++i) {
+      if (p.tile_expert) p.tile_expert[i] = static_cast<int32_t>(e);
+      if (p.tile_row) p.tile_row[i] = static_cast<int32_t>(p.offsets[e] + (i - start[e]) * m);
+    }
+  }
+}
+
 // After the three kernels: when an expert id was out of range (bad < N), the first one goes into the
 // context's error record (unless an earlier op already recorded one), read at Context::synchronize.
 __global__ void record_kernel(PermuteArgs p, const unsigned long long* bad, DeviceError* err) {
@@ -98,24 +123,30 @@ void permute(const PermuteArgs& p, Context& ctx) {
   const int64_t chunks = (p.N + kChunk - 1) / kChunk;
   const size_t hist_bytes = static_cast<size_t>(p.E) * sizeof(int32_t);
   MOE_CHECK(hist_bytes <= 48 * 1024, "permute (cuda): E = ", p.E, " exceeds the shared-memory histogram");
-  if (chunks == 0) {  // no assignments: offsets are all zero
-    check_status(cudaMemsetAsync(p.offsets, 0, static_cast<size_t>(p.E + 1) * sizeof(int32_t), stream),
-                 "permute (cuda)");
+  const size_t offsets_bytes = static_cast<size_t>(p.E + 1) * sizeof(int32_t);
+  if (chunks == 0) {  // no assignments: offsets (and tile offsets) are all zero, there are no tiles
+    check_status(cudaMemsetAsync(p.offsets, 0, offsets_bytes, stream), "permute (cuda)");
+    if (p.tile_m > 0 && p.tile_offsets)
+      check_status(cudaMemsetAsync(p.tile_offsets, 0, offsets_bytes, stream), "permute (cuda)");
     return;
   }
   // Scratch from the context's workspace (no per-call allocation): the first-bad-index flag, then
-  // counts (chunks, E).
+  // counts (chunks, E), then each expert's first tile (E + 1).
   constexpr size_t kFlagBytes = 256;  // keeps counts aligned
-  auto* scratch = static_cast<unsigned char*>(
-      ctx.workspace().reserve(kFlagBytes + static_cast<size_t>(chunks) * hist_bytes));
-  auto* bad = reinterpret_cast<unsigned long long*>(scratch);       // (1)
-  auto* counts = reinterpret_cast<int32_t*>(scratch + kFlagBytes);  // (chunks, E)
+  const size_t counts_bytes = static_cast<size_t>(chunks) * hist_bytes;
+  auto* scratch =
+      static_cast<unsigned char*>(ctx.workspace().reserve(kFlagBytes + counts_bytes + offsets_bytes));
+  auto* bad = reinterpret_cast<unsigned long long*>(scratch);                          // (1)
+  auto* counts = reinterpret_cast<int32_t*>(scratch + kFlagBytes);                     // (chunks, E)
+  auto* tile_start = reinterpret_cast<int32_t*>(scratch + kFlagBytes + counts_bytes);  // (E + 1)
   DeviceError* err = ctx.device_error();
   // bad starts as all ones (no bad id; atomicMin lowers it): a memset, no copy from the host.
   check_status(cudaMemsetAsync(bad, 0xff, sizeof(*bad), stream), "permute (cuda)");
   count_kernel<<<static_cast<unsigned>(chunks), kChunk, hist_bytes, stream>>>(p, counts, bad);
   scan_kernel<<<1, 1024, 0, stream>>>(p, counts, chunks);
   place_kernel<<<static_cast<unsigned>(chunks), kChunk, 0, stream>>>(p, counts);
+  if (p.tile_m > 0 && (p.tile_offsets || p.tile_expert || p.tile_row))
+    tile_kernel<<<1, 1024, 0, stream>>>(p, tile_start);
   record_kernel<<<1, 1, 0, stream>>>(p, bad, err);
   check_status(cudaGetLastError(), "permute (cuda)");
 }
