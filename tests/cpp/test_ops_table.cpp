@@ -37,8 +37,8 @@ TEST(OpTable, ListsEveryOpWithItsBackends) {
   for (const char* op :
        {"gemm", "permute", "grouped_gemm", "grouped_gemm_wgrad", "activation", "activation_backward",
         "combine", "combine_backward", "grouped_ffn_up", "grouped_ffn_down_backward", "grouped_gemm_cat",
-        "grouped_gemm_scatter", "grouped_gemm_w", "grouped_gemm_bf16w", "gemm_bf16w", "gemm_qw", "router_topk",
-        "routing_stats"}) {
+        "grouped_gemm_scatter", "grouped_gemm_w", "grouped_gemm_bf16w", "gemm_bf16w", "gemm_qw",
+        "router_topk", "routing_stats"}) {
     ASSERT_TRUE(names.count(op)) << "no row for " << op;
     for (const auto& r : rows) {
       if (r.name != op) continue;
