@@ -24,7 +24,16 @@ std::string shape_str(const Shape& s) {
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  bool negative = false;
+  for (int64_t d : s)
+    if (d == 0) return 0;
+  for (int64_t d : s) {
+    negative = negative || d < 0;
+    MOE_CHECK(!__builtin_mul_overflow(n, d, &n), "shape ", shape_str(s),
+              ": the element count overflows int64");
+  }
+  MOE_CHECK(negative || n <= kMaxTensorElements, "shape ", shape_str(s), " has ", n,
+            " elements, more than a tensor may hold (", kMaxTensorElements, ")");
   return n;
 }
 

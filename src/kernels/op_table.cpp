@@ -8,6 +8,7 @@
 #include "kernels/rows_core.h"
 #include "kernels/rows_elementwise.h"
 #include "kernels/rows_ffn.h"
+#include "kernels/rows_moves.h"
 #include "kernels/rows_routing.h"
 #include "kernels/rows_weights.h"
 #include "moe/core/error.h"
@@ -44,6 +45,14 @@ MOE_OP_ROW_INSTANTIATE(RouterTopkArgs<float>)
 MOE_OP_ROW_INSTANTIATE(RouterTopkArgs<double>)
 MOE_OP_ROW_INSTANTIATE(RoutingStatsArgs<float>)
 MOE_OP_ROW_INSTANTIATE(RoutingStatsArgs<double>)
+MOE_OP_ROW_INSTANTIATE(DispatchRowsArgs<float>)
+MOE_OP_ROW_INSTANTIATE(DispatchRowsArgs<double>)
+MOE_OP_ROW_INSTANTIATE(ScaleScatterRowsArgs<float>)
+MOE_OP_ROW_INSTANTIATE(ScaleScatterRowsArgs<double>)
+MOE_OP_ROW_INSTANTIATE(AddGatedRowsArgs<float>)
+MOE_OP_ROW_INSTANTIATE(AddGatedRowsArgs<double>)
+MOE_OP_ROW_INSTANTIATE(ScatterValuesArgs<float>)
+MOE_OP_ROW_INSTANTIATE(ScatterValuesArgs<double>)
 #undef MOE_OP_ROWS_TYPED
 
 std::vector<OpInfo> op_table() {
@@ -66,9 +75,17 @@ std::vector<OpInfo> op_table() {
   rows.push_back(info<GemmQuantArgs>());
   rows.push_back(info<RouterTopkArgs<float>>());
   rows.push_back(info<RoutingStatsArgs<float>>());
+  rows.push_back(info<DispatchRowsArgs<float>>());
+  rows.push_back(info<ScaleScatterRowsArgs<float>>());
+  rows.push_back(info<AddGatedRowsArgs<float>>());
+  rows.push_back(info<ScatterValuesArgs<float>>());
   typed(double{});
   rows.push_back(info<RouterTopkArgs<double>>());
   rows.push_back(info<RoutingStatsArgs<double>>());
+  rows.push_back(info<DispatchRowsArgs<double>>());
+  rows.push_back(info<ScaleScatterRowsArgs<double>>());
+  rows.push_back(info<AddGatedRowsArgs<double>>());
+  rows.push_back(info<ScatterValuesArgs<double>>());
   return rows;
 }
 

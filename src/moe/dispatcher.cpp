@@ -63,12 +63,14 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
   batch.x_rows = x;
   batch.gather.resize(static_cast<size_t>(M));
   batch.weight.resize(static_cast<size_t>(M));
-  detail::sorted_rows<T>({.rows = M,
-                          .perm = perm_.data(),
-                          .token = token,
-                          .weight = weight,
-                          .gather = batch.gather.data(),
-                          .row_weight = batch.weight.data()});
+  kernels::dispatch_rows<T>(backend_, {.M = M,
+                                       .N = N_,
+                                       .n_tokens = r.n_tokens,
+                                       .perm = perm_.data(),
+                                       .token = token,
+                                       .weight = weight,
+                                       .gather = batch.gather.data(),
+                                       .row_weight = batch.weight.data()});
   // Each row's weighted output goes to the row of its assignment, so the combine is a plain
   // per-token sum of k rows in assignment order.
   batch.out_row = perm_;

@@ -39,7 +39,8 @@ struct ExpertsForwardArgs {
   const ExpertBatch<T>* batch = nullptr;
   const T* scale = nullptr;          // (M) or null: 1
   const int32_t* out_row = nullptr;  // (M) distinct rows, or null: row p
-  T* out = nullptr;                  // (rows of the output, d)
+  T* out = nullptr;                  // (out_rows, d)
+  int64_t out_rows = 0;              // rows of out (out_row's range)
   Tensor* preact = nullptr;          // set to what backward needs, (M, 2F) [G | U] or (M, F) U, by a
                                      // strategy that trains; left as it is by the others
 };

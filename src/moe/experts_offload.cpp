@@ -23,12 +23,14 @@ void OffloadedExperts::forward(const ExpertsForwardArgs<float>& a) const {
   rows.gather = b.gather.empty() ? nullptr : b.gather.data();
   rows.out = rows_out.data<float>();
   a_.executor->run(rows);
-  scale_scatter_rows<float>({.rows = M,
-                             .d = d,
-                             .src = rows_out.data<float>(),
-                             .scale = a.scale,
-                             .out_row = a.out_row,
-                             .dst = a.out});
+  MOE_CHECK(a.scale && a.out_row, "offloaded experts: a forward needs each row's scale and output row");
+  kernels::scale_scatter_rows<float>(a_.shape.backend, {.M = M,
+                                                        .d = d,
+                                                        .dst_rows = a.out_rows,
+                                                        .src = rows_out.data<float>(),
+                                                        .scale = a.scale,
+                                                        .out_row = a.out_row,
+                                                        .dst = a.out});
 }
 
 }  // namespace moe::detail

@@ -110,6 +110,7 @@ const Saved<T>& saved_of(const MoEForward& fwd) {
 template <typename T>
 struct RoutedBackwardArgs {
   const Saved<T>* saved = nullptr;
+  kernels::Backend backend = kernels::Backend::Cpu;
   int64_t d = 0;
   int64_t n_assign = 0;   // N
   bool overlap = false;   // expert parallelism: the parts' exchanges run on a thread
@@ -160,10 +161,11 @@ Tensor routed_backward(const RoutedBackwardArgs<T>& a) {
     } else {
       std::vector<T> dw_chunk(assign.size());  // (N_chunk)
       p.disp->return_dweight(dw_rows[c].data(), dw_chunk.data());
-      scatter_assign<T>({.n = static_cast<int64_t>(assign.size()),
-                         .index = assign.data(),
-                         .src = dw_chunk.data(),
-                         .dst = dw.data<T>()});
+      kernels::scatter_values<T>(a.backend, {.n = static_cast<int64_t>(assign.size()),
+                                             .dst_n = dw.numel(),
+                                             .index = assign.data(),
+                                             .src = dw_chunk.data(),
+                                             .dst = dw.data<T>()});
     }
     p.disp->dispatch_backward(ptr<T>(d_rows[c]), a.dx + p.chunk.t0 * d);
     d_rows[c] = Tensor();
@@ -288,6 +290,7 @@ void layer_backward(const MoELayer& L, const MoEForward& fwd, const Tensor& dy_i
   }
   // The forward in reverse: combine -> experts -> dispatch, router, shared experts.
   const Tensor dw = routed_backward<T>({.saved = &S,
+                                        .backend = L.backend(),
                                         .d = d,
                                         .n_assign = r.n_assign,
                                         .overlap = L.expert_parallel().comm != nullptr,

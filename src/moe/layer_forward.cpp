@@ -148,6 +148,7 @@ void dispatch_experts_combine(const MoELayer& L, Saved<T>& S, T* y) {
                      .scale = b.weight.data(),
                      .out_row = b.out_row.data(),
                      .out = ptr<T>(outs[c]),
+                     .out_rows = b.out_rows,
                      .preact = &p.GU});
   };
   auto combine = [&](size_t c) {
@@ -169,7 +170,7 @@ void add_shared_experts(const MoELayer& L, Saved<T>& S, T* y) {
   S.shared.offsets = {0, static_cast<int32_t>(nT)};
   S.shared.x_rows = x;
   Tensor ys = Tensor::empty({nT, d}, dtype_of<T>::value, "shared out");  // (T, d)
-  S.shared_experts->forward({.batch = &S.shared, .out = ptr<T>(ys), .preact = &S.GUs});
+  S.shared_experts->forward({.batch = &S.shared, .out = ptr<T>(ys), .out_rows = nT, .preact = &S.GUs});
   if (cfg.shared_gate) {
     S.g = Tensor::empty({nT, 1}, dtype_of<T>::value, "shared gate");  // (T, 1)
     T* g = ptr<T>(S.g);
@@ -179,7 +180,8 @@ void add_shared_experts(const MoELayer& L, Saved<T>& S, T* y) {
     for (int64_t t = 0; t < nT; ++t)
       g[t] = static_cast<T>(1.0 / (1.0 + std::exp(-static_cast<double>(g[t]))));
   }
-  add_gated_rows<T>({.rows = nT, .d = d, .gate = ptr<T>(S.g), .src = ptr<T>(ys), .y = y});
+  kernels::add_gated_rows<T>(L.backend(),
+                             {.rows = nT, .d = d, .gate = ptr<T>(S.g), .src = ptr<T>(ys), .y = y});
 }
 
 }  // namespace

@@ -169,54 +169,10 @@ std::vector<TokenChunk> split_routing(const SplitRoutingArgs& a) {
   return chunks;
 }
 
-template <typename T>
-void sorted_rows(const SortedRowsArgs<T>& a) {
-  for (int64_t p = 0; p < a.rows; ++p) {
-    a.gather[p] = a.token[a.perm[p]];
-    a.row_weight[p] = a.weight[a.perm[p]];
-  }
-}
-
-template <typename T>
-void scale_scatter_rows(const ScaleScatterArgs<T>& a) {
-  const int64_t d = a.d;
-  parallel_for(a.rows, std::max<int64_t>(1, 4096 / d), [&](int64_t lo, int64_t hi) {
-    for (int64_t q = lo; q < hi; ++q)
-      for (int64_t i = 0; i < d; ++i) a.dst[a.out_row[q] * d + i] = a.scale[q] * a.src[q * d + i];
-  });
-}
-
-template <typename T>
-void add_gated_rows(const AddGatedRowsArgs<T>& a) {
-  const int64_t d = a.d;
-  const T* g = a.gate;
-  const T* ys = a.src;
-  T* y = a.y;
-  if (g) {
-    parallel_for(a.rows, 16, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t)
-        for (int64_t i = 0; i < d; ++i) y[t * d + i] += g[t] * ys[t * d + i];
-    });
-  } else {
-    parallel_for(a.rows * d, 4096, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) y[i] += ys[i];
-    });
-  }
-}
-
-template <typename T>
-void scatter_assign(const ScatterAssignArgs<T>& a) {
-  for (int64_t i = 0; i < a.n; ++i) a.dst[a.index[i]] = a.src[i];
-}
-
-#define MOE_LAYER_STEPS(T)                                                    \
-  template void router_jitter<T>(const RouterJitterArgs<T>&);                 \
-  template MoEStats moe_stats<T>(const MoEStatsArgs&);                        \
-  template std::vector<TokenChunk> split_routing<T>(const SplitRoutingArgs&); \
-  template void sorted_rows<T>(const SortedRowsArgs<T>&);                     \
-  template void scale_scatter_rows<T>(const ScaleScatterArgs<T>&);            \
-  template void add_gated_rows<T>(const AddGatedRowsArgs<T>&);                \
-  template void scatter_assign<T>(const ScatterAssignArgs<T>&);
+#define MOE_LAYER_STEPS(T)                                    \
+  template void router_jitter<T>(const RouterJitterArgs<T>&); \
+  template MoEStats moe_stats<T>(const MoEStatsArgs&);        \
+  template std::vector<TokenChunk> split_routing<T>(const SplitRoutingArgs&);
 MOE_LAYER_STEPS(float)
 MOE_LAYER_STEPS(double)
 #undef MOE_LAYER_STEPS

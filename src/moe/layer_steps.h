@@ -1,13 +1,13 @@
-// The MoE layer's steps around the expert GEMMs: the router GEMM and jitter, the routing
-// statistics (from the routing_stats op), the split of a routing into token chunks, and the moves of
-// rows between assignment order and expert order. Each is a function of a plain parameter struct
-// (sizes and pointers, no layer object), the form of a kernel op, so that each can become one.
+// The MoE layer's host steps around its ops: the router GEMM's call and the input jitter, MoEStats
+// from the routing_stats op's sums, and the split of a routing into token chunks. The moves of rows
+// between assignment order and expert order are ops (moe/kernels/ops_moves.h).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "moe/kernels/ops.h"
+#include "moe/kernels/ops_moves.h"
 #include "moe/moe/layer.h"
 #include "moe/moe/router.h"
 
@@ -91,55 +91,5 @@ struct SplitRoutingArgs {
 };
 template <typename T>
 std::vector<TokenChunk> split_routing(const SplitRoutingArgs& a);
-
-// The rows of a dispatch in expert order: row p is assignment perm[p], reads token row gather[p]
-// and carries that assignment's combine weight.
-template <typename T>
-struct SortedRowsArgs {
-  int64_t rows = 0;                // M
-  const int32_t* perm = nullptr;   // (M) assignment of each row
-  const int32_t* token = nullptr;  // (N) token of each assignment
-  const T* weight = nullptr;       // (N) combine weight of each assignment
-  int32_t* gather = nullptr;       // (M) out: token row of each row
-  T* row_weight = nullptr;         // (M) out: combine weight of each row
-};
-template <typename T>
-void sorted_rows(const SortedRowsArgs<T>& a);
-
-// dst[out_row[p]] = scale[p] · src[p] for the M rows p, each d long: expert-ordered rows, weighted,
-// moved to their output rows.
-template <typename T>
-struct ScaleScatterArgs {
-  int64_t rows = 0, d = 0;
-  const T* src = nullptr;            // (M, d)
-  const T* scale = nullptr;          // (M)
-  const int32_t* out_row = nullptr;  // (M) distinct
-  T* dst = nullptr;                  // (rows of the output, d)
-};
-template <typename T>
-void scale_scatter_rows(const ScaleScatterArgs<T>& a);
-
-// y[t] += gate[t] · src[t] for the T rows t, each d long (y += src where gate is null).
-template <typename T>
-struct AddGatedRowsArgs {
-  int64_t rows = 0, d = 0;
-  const T* gate = nullptr;  // (T) or null
-  const T* src = nullptr;   // (T, d)
-  T* y = nullptr;           // (T, d)
-};
-template <typename T>
-void add_gated_rows(const AddGatedRowsArgs<T>& a);
-
-// dst[index[i]] = src[i] for the n entries i: a token chunk's values per assignment into the
-// whole routing's.
-template <typename T>
-struct ScatterAssignArgs {
-  int64_t n = 0;
-  const int32_t* index = nullptr;  // (n)
-  const T* src = nullptr;          // (n)
-  T* dst = nullptr;                // (N)
-};
-template <typename T>
-void scatter_assign(const ScatterAssignArgs<T>& a);
 
 }  // namespace moe::detail

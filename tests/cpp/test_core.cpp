@@ -1,6 +1,8 @@
 // Core: dtypes, tensors, allocation, threads, RNG.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include <cmath>
 #include <cstring>
 
@@ -89,6 +91,25 @@ TEST(Tensor, ShapeChecksNameTheTensor) {
   t.set(4, NAN);
   EXPECT_THROW(check_finite(t, "w"), Error);
   EXPECT_THROW(Tensor::empty({2, -1}), Error);
+}
+
+// Sizes from hostile files or flags: an element count that overflows int64, or that exceeds what a
+// tensor may hold, is a moe::Error naming the shape before anything is allocated.
+TEST(Tensor, HugeShapesAreErrorsNotOverflows) {
+  const int64_t big = int64_t{1} << 62;
+  auto expect_msg = [](const std::function<void()>& f, const std::string& part) {
+    try {
+      f();
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  };
+  expect_msg([&] { Tensor::empty({big, 8}); }, "overflows int64");
+  expect_msg([&] { Tensor::zeros({int64_t{1} << 21, int64_t{1} << 20}); }, "more than a tensor may hold");
+  expect_msg([&] { shape_numel({big, big}); }, "overflows int64");
+  EXPECT_EQ(shape_numel({big, big, 0}), 0);
+  EXPECT_EQ(shape_numel({int64_t{1} << 20, int64_t{1} << 20}), int64_t{1} << 40);
 }
 
 // The tensor buffer cache: freed buffers of >= 1 MiB come back to the next tensor of their size

@@ -371,6 +371,7 @@ void add_ffn_perf_cases(CaseList& out);
 void add_weight_format_cases(CaseList& out);
 // Defined in test_ops_cases_routing.cpp: router_topk, routing_stats, permute's tile metadata.
 void add_routing_cases(CaseList& out);
+void add_moves_cases(CaseList& out);
 void add_routing_perf_cases(CaseList& out);
 
 namespace {
@@ -447,6 +448,7 @@ CaseList consistency_cases() {
   add_ffn_cases(out);
   add_weight_format_cases(out);
   add_routing_cases(out);
+  add_moves_cases(out);
   return out;
 }
 

@@ -34,11 +34,28 @@ TEST(OpTable, ListsEveryOpWithItsBackends) {
   const std::set<std::string> with_cuda = {
       "gemm",    "permute",         "grouped_gemm", "grouped_gemm_wgrad", "activation", "activation_backward",
       "combine", "combine_backward"};
-  for (const char* op :
-       {"gemm", "permute", "grouped_gemm", "grouped_gemm_wgrad", "activation", "activation_backward",
-        "combine", "combine_backward", "grouped_ffn_up", "grouped_ffn_down_backward", "grouped_gemm_cat",
-        "grouped_gemm_scatter", "grouped_gemm_w", "grouped_gemm_bf16w", "gemm_bf16w", "gemm_qw",
-        "router_topk", "routing_stats"}) {
+  for (const char* op : {"gemm",
+                         "permute",
+                         "grouped_gemm",
+                         "grouped_gemm_wgrad",
+                         "activation",
+                         "activation_backward",
+                         "combine",
+                         "combine_backward",
+                         "grouped_ffn_up",
+                         "grouped_ffn_down_backward",
+                         "grouped_gemm_cat",
+                         "grouped_gemm_scatter",
+                         "grouped_gemm_w",
+                         "grouped_gemm_bf16w",
+                         "gemm_bf16w",
+                         "gemm_qw",
+                         "router_topk",
+                         "routing_stats",
+                         "dispatch_rows",
+                         "scale_scatter_rows",
+                         "add_gated_rows",
+                         "scatter_values"}) {
     ASSERT_TRUE(names.count(op)) << "no row for " << op;
     for (const auto& r : rows) {
       if (r.name != op) continue;

@@ -27,6 +27,10 @@ namespace moe {
 using Shape = std::vector<int64_t>;
 
 std::string shape_str(const Shape& s);  // "(4, 8)"
+// The most elements one tensor may hold (2^40: terabytes, beyond any machine's memory, far below
+// int64 overflow of its byte count).
+inline constexpr int64_t kMaxTensorElements = int64_t{1} << 40;
+// Product of the dimensions; throws moe::Error when it overflows or exceeds kMaxTensorElements.
 int64_t shape_numel(const Shape& s);
 
 // 64-byte aligned allocation (cache line and AVX-512 register size). Throws moe::Error on failure.

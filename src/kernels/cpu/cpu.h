@@ -5,6 +5,7 @@
 
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
+#include "moe/kernels/ops_moves.h"
 #include "moe/kernels/ops_quant.h"
 #include "moe/kernels/ops_routing.h"
 #include "moe/kernels/weights.h"
@@ -56,5 +57,15 @@ void router_topk(const RouterTopkArgs<T>& args);
 
 template <typename T>
 void routing_stats(const RoutingStatsArgs<T>& args);
+
+// The row moves (moe/kernels/ops_moves.h).
+template <typename T>
+void dispatch_rows(const DispatchRowsArgs<T>& args);
+template <typename T>
+void scale_scatter_rows(const ScaleScatterRowsArgs<T>& args);
+template <typename T>
+void add_gated_rows(const AddGatedRowsArgs<T>& args);
+template <typename T>
+void scatter_values(const ScatterValuesArgs<T>& args);
 
 }  // namespace moe::kernels::cpu
