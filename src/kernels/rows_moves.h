@@ -23,7 +23,8 @@ struct OpRow<DispatchRowsArgs<T>> {
     check_size(name, "M", g.M);
     check_size(name, "N", g.N);
     check_size(name, "n_tokens", g.n_tokens);
-    MOE_CHECK(g.N <= rows::kMaxIndex && g.n_tokens <= rows::kMaxIndex, name, ": N and n_tokens must be < 2^31");
+    MOE_CHECK(g.N <= rows::kMaxIndex && g.n_tokens <= rows::kMaxIndex, name,
+              ": N and n_tokens must be < 2^31");
     if (g.M == 0) return false;
     check_ptr(name, "perm", g.perm);
     check_ptr(name, "token", g.token);
@@ -34,8 +35,8 @@ struct OpRow<DispatchRowsArgs<T>> {
       rows::check_ids(name, "perm", g.perm, g.M, "N", g.N);
       for (int64_t p = 0; p < g.M; ++p) {
         const int32_t t = g.token[g.perm[p]];
-        MOE_CHECK(t >= 0 && t < g.n_tokens, name, ": token[", g.perm[p], "] = ", t, " is outside [0, n_tokens = ",
-                  g.n_tokens, ")");
+        MOE_CHECK(t >= 0 && t < g.n_tokens, name, ": token[", g.perm[p], "] = ", t,
+                  " is outside [0, n_tokens = ", g.n_tokens, ")");
       }
     }
     return true;
@@ -68,7 +69,9 @@ struct OpRow<ScaleScatterRowsArgs<T>> {
     return true;
   }
   static double flops(const Args& g) { return static_cast<double>(g.M) * g.d; }
-  static double bytes(const Args& g) { return static_cast<double>(g.M) * (2.0 * g.d + 1) * sizeof(T) + 4.0 * g.M; }
+  static double bytes(const Args& g) {
+    return static_cast<double>(g.M) * (2.0 * g.d + 1) * sizeof(T) + 4.0 * g.M;
+  }
 };
 
 // ---------------------------------------------------------------------------------------------

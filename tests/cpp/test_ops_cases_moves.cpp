@@ -31,7 +31,8 @@ std::vector<int32_t> shuffled(const Rng& rng, int64_t n) {
   std::vector<int32_t> v(static_cast<size_t>(n));
   std::iota(v.begin(), v.end(), 0);
   for (int64_t i = n - 1; i > 0; --i)
-    std::swap(v[static_cast<size_t>(i)], v[rng.below(static_cast<uint64_t>(i), static_cast<uint64_t>(i + 1))]);
+    std::swap(v[static_cast<size_t>(i)],
+              v[rng.below(static_cast<uint64_t>(i), static_cast<uint64_t>(i + 1))]);
   return v;
 }
 
@@ -157,8 +158,8 @@ class AddGatedCase : public MoveCase<T> {
       const double g = gate_ ? std::fabs(in.host<T>(kGate)[t]) : 1.0;
       for (int64_t i = 0; i < d_; ++i) {
         const int64_t j = t * d_ + i;
-        tol[static_cast<size_t>(j)] = 2 * unit_roundoff<T>() *
-                                      (std::fabs(in.host<T>(kY)[j]) + g * std::fabs(in.host<T>(kSrc)[j]));
+        tol[static_cast<size_t>(j)] =
+            2 * unit_roundoff<T>() * (std::fabs(in.host<T>(kY)[j]) + g * std::fabs(in.host<T>(kSrc)[j]));
       }
     }
     return tol;
@@ -213,7 +214,8 @@ template <typename T>
 void add_typed(CaseList& out) {
   for (auto [M, N, nT] : {std::tuple{0, 8, 4}, {1, 1, 1}, {37, 64, 16}, {64, 64, 32}, {20000, 40000, 5000}})
     out.push_back(std::make_unique<DispatchRowsCase<T>>(M, N, nT));
-  for (auto [M, d, R] : {std::tuple{0, 8, 4}, {5, 0, 5}, {1, 1, 1}, {33, 17, 40}, {64, 256, 64}, {300, 96, 512}})
+  for (auto [M, d, R] :
+       {std::tuple{0, 8, 4}, {5, 0, 5}, {1, 1, 1}, {33, 17, 40}, {64, 256, 64}, {300, 96, 512}})
     out.push_back(std::make_unique<ScaleScatterCase<T>>(M, d, R));
   for (bool gate : {false, true})
     for (auto [rows, d] : {std::pair{0, 8}, {1, 1}, {33, 17}, {257, 128}})

@@ -56,10 +56,10 @@ void scatter_values(const ScatterValuesArgs<T>& a) {
   });
 }
 
-#define MOE_CPU_MOVES(T)                                                   \
-  template void dispatch_rows<T>(const DispatchRowsArgs<T>&);              \
-  template void scale_scatter_rows<T>(const ScaleScatterRowsArgs<T>&);     \
-  template void add_gated_rows<T>(const AddGatedRowsArgs<T>&);             \
+#define MOE_CPU_MOVES(T)                                               \
+  template void dispatch_rows<T>(const DispatchRowsArgs<T>&);          \
+  template void scale_scatter_rows<T>(const ScaleScatterRowsArgs<T>&); \
+  template void add_gated_rows<T>(const AddGatedRowsArgs<T>&);         \
   template void scatter_values<T>(const ScatterValuesArgs<T>&);
 MOE_CPU_MOVES(float)
 MOE_CPU_MOVES(double)

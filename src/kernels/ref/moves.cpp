@@ -33,10 +33,10 @@ void scatter_values(const ScatterValuesArgs<T>& a) {
   for (int64_t i = 0; i < a.n; ++i) a.dst[a.index[i]] = a.src[i];
 }
 
-#define MOE_REF_MOVES(T)                                                   \
-  template void dispatch_rows<T>(const DispatchRowsArgs<T>&);              \
-  template void scale_scatter_rows<T>(const ScaleScatterRowsArgs<T>&);     \
-  template void add_gated_rows<T>(const AddGatedRowsArgs<T>&);             \
+#define MOE_REF_MOVES(T)                                               \
+  template void dispatch_rows<T>(const DispatchRowsArgs<T>&);          \
+  template void scale_scatter_rows<T>(const ScaleScatterRowsArgs<T>&); \
+  template void add_gated_rows<T>(const AddGatedRowsArgs<T>&);         \
   template void scatter_values<T>(const ScatterValuesArgs<T>&);
 MOE_REF_MOVES(float)
 MOE_REF_MOVES(double)
