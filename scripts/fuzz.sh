@@ -107,7 +107,7 @@ for t in "${targets[@]}"; do
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   if ((rc != 0)); then
     echo "fuzz: $t: FAILED (exit $rc) after ${execs:-?} executions; the input is in $artifacts/:" >&2
-    grep -E '^==[0-9]+==|ERROR|runtime error|Test unit written' "$log" | head -n 20 >&2 || true
+    grep -E "^==[0-9]+==|ERROR|runtime error|terminate called|what\(\)|Test unit written" "$log" | head -n 20 >&2 || true
     failed=1
   fi
   summary+=("$(printf '%-18s %12s executions in %5s s  %s' "$t" "${execs:-?}" "$seconds" \
