@@ -56,8 +56,9 @@ if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
   command -v ninja >/dev/null && cmake_args+=(-G Ninja)
   command -v ccache >/dev/null && cmake_args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
   echo "fuzz: configuring $build_dir (clang, MOE_FUZZ=ON)"
-  cmake -S . -B "$build_dir" "${cmake_args[@]}" >"$build_dir.configure.log" 2>&1 ||
-    { cat "$build_dir.configure.log" >&2; exit 1; }
+  mkdir -p "$build_dir"
+  cmake -S . -B "$build_dir" "${cmake_args[@]}" >"$build_dir/configure.log" 2>&1 ||
+    { cat "$build_dir/configure.log" >&2; exit 1; }
 fi
 build_targets=()
 for t in "${targets[@]}"; do build_targets+=("fuzz_$t"); done
