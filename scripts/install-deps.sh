@@ -15,6 +15,9 @@ PACKAGES=(
   ninja-build         # faster builds; scripts/build.sh falls back to make without it
   git
   clang-format        # the formatting check of the sources (scripts/check-format.sh, CTest format.check)
+  clang               # the fuzz build (scripts/fuzz.sh, -DMOE_FUZZ=ON): clang++ with libFuzzer
+  libclang-rt-14-dev  # clang's runtimes: libFuzzer, AddressSanitizer, UBSan
+  libomp-dev          # OpenMP for clang (the library's threads in the fuzz build)
   pkg-config
   libgtest-dev        # GoogleTest
   libgmock-dev        # GoogleMock

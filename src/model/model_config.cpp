@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <type_traits>
 
 #include "moe/core/error.h"
 
@@ -35,11 +37,30 @@ const char* hf_class(Arch a) {
 
 using json = nlohmann::json;
 
+// An integer read from a float (4096.0) or a large unsigned value must be whole and fit V: the
+// conversion of 1e30 to int64_t is undefined behaviour, and 2^64 - 1 would wrap to -1.
+template <typename V>
+void check_integer_range(const json& v, const std::string& what) {
+  if constexpr (std::is_integral_v<V> && !std::is_same_v<V, bool>) {
+    constexpr bool is_signed = std::numeric_limits<V>::is_signed;
+    const double limit = std::ldexp(1.0, std::numeric_limits<V>::digits);  // 2^63 for int64_t
+    if (v.is_number_float()) {
+      const double x = v.get<double>();
+      MOE_CHECK(std::isfinite(x) && x == std::floor(x) && x >= (is_signed ? -limit : 0.0) && x < limit, what,
+                ": expected an integer, got ", v.dump());
+    } else if (v.is_number_unsigned()) {
+      MOE_CHECK(v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<V>::max()), what, ": ",
+                v.dump(), " is out of range");
+    }
+  }
+}
+
 // Reads j[key] into out when present and not null; a wrong type is an error naming the key.
 template <typename V>
 bool get(const json& j, const char* key, V& out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return false;
+  check_integer_range<V>(*it, cat("config.json: key '", key, "'"));
   try {
     out = it->get<V>();
   } catch (const json::exception&) {
@@ -455,7 +476,7 @@ ModelConfig model_config_from_json(const std::string& text) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a syntax error, or a number out of range (1e400)
     throw Error(cat("config.json: invalid JSON: ", e.what()));
   }
   MOE_CHECK(j.is_object(), "config.json: expected a JSON object");

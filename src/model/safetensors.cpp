@@ -59,11 +59,16 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
   // numel with an overflow guard: no valid tensor has more bytes than the buffer.
   uint64_t numel = 1;
   bool too_big = false;
+  // The product of the non-zero sizes must fit int64 even for an empty tensor ([2^40, 2^40, 0]):
+  // the tensor's shape arithmetic (element count, strides) multiplies them.
+  uint64_t nonzero_numel = 1;
   for (const json& d : v["shape"]) {
     MOE_CHECK(d.is_number_unsigned(), what, ": shape ", v["shape"].dump(),
               " has an entry that is not a non-negative integer");
     const uint64_t n = d.get<uint64_t>();
-    MOE_CHECK(n <= static_cast<uint64_t>(INT64_MAX), what, ": shape ", v["shape"].dump(), " is too large");
+    MOE_CHECK(n == 0 || nonzero_numel <= static_cast<uint64_t>(INT64_MAX) / n, what, ": shape ",
+              v["shape"].dump(), " is too large");
+    if (n != 0) nonzero_numel *= n;
     e.shape.push_back(static_cast<int64_t>(n));
     if (n != 0 && numel > data_size / n) too_big = true;
     numel *= n;

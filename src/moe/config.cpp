@@ -1,7 +1,10 @@
 #include "moe/moe/config.h"
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <type_traits>
 
 #include "moe/core/error.h"
 
@@ -123,10 +126,24 @@ std::string to_json(const MoEConfig& c) {
 
 namespace {
 // Reads j[key] into out when present, with a clear error for a wrong type.
+// An integer read from a float or a large unsigned value must be whole and fit V (converting 1e30 to
+// int64_t is undefined behaviour; 2^64 - 1 would wrap to -1).
 template <typename V>
 void get(const nlohmann::json& j, const char* section, const char* key, V& out) {
   auto it = j.find(key);
   if (it == j.end()) return;
+  if constexpr (std::is_integral_v<V> && !std::is_same_v<V, bool>) {
+    const double limit = std::ldexp(1.0, std::numeric_limits<V>::digits);
+    if (it->is_number_float()) {
+      const double x = it->get<double>();
+      MOE_CHECK(std::isfinite(x) && x == std::floor(x) &&
+                    x >= (std::numeric_limits<V>::is_signed ? -limit : 0.0) && x < limit,
+                "config: ", section, key, ": expected an integer, got ", it->dump());
+    } else if (it->is_number_unsigned()) {
+      MOE_CHECK(it->get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<V>::max()),
+                "config: ", section, key, ": ", it->dump(), " is out of range");
+    }
+  }
   try {
     out = it->get<V>();
   } catch (const nlohmann::json::exception& e) {
@@ -146,7 +163,7 @@ MoEConfig moe_config_from_json(const std::string& text) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // a syntax error, or a number out of range (1e400)
     throw Error(cat("config: invalid JSON: ", e.what()));
   }
   MOE_CHECK(j.is_object(), "config: expected a JSON object");

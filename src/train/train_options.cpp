@@ -75,7 +75,7 @@ TrainOptions train_options_from_json(const std::string& text) {
   json j;
   try {
     j = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // a syntax error, or a number out of range (1e400)
     throw Error(cat("train options: invalid JSON: ", e.what()));
   }
   MOE_CHECK(j.is_object() && j.contains("model") && j["model"].is_object(),

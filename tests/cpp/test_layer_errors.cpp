@@ -152,6 +152,9 @@ TEST(LayerErrors, ConfigJson) {
   expect_error([] { moe_config_from_json("{\"d_model\": \"eight\", \"d_ff\": 8, \"n_experts\": 4}"); },
                {"d_model", "wrong type"});
   expect_error([] { moe_config_from_json("{not json"); }, {"invalid JSON"});
+  expect_error([] { moe_config_from_json("{\"d_model\": 1e400}"); }, {"invalid JSON", "number overflow"});
+  expect_error([] { moe_config_from_json("{\"d_model\": 1e30, \"d_ff\": 8, \"n_experts\": 4}"); },
+               {"d_model", "expected an integer"});
   // Round trip.
   MoEConfig c = small_config(8, 6, 4, 2);
   c.router.routing = RouterType::Balanced;

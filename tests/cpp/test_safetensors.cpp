@@ -240,6 +240,17 @@ TEST_F(SafetensorsTest, OffsetsNotMatchingShape) {
                 R"({"w": {"dtype": "F64", "shape": [4294967296, 4294967296, 16], "data_offsets": [0, 8]}})",
                 "abcdefgh");
   expect_error([&] { (void)moe::load_safetensors(q); }, q, {"'w'"});
+  // An empty tensor whose other sizes multiply past int64 (fuzz/regressions/safetensors): refused
+  // before the tensor's shape arithmetic overflows.
+  const std::string r = write_raw(
+      "empty_ovf.safetensors",
+      R"({"w": {"dtype": "F32", "shape": [1099511627776, 1099511627776, 0], "data_offsets": [0, 0]}})", "");
+  expect_error([&] { (void)moe::load_safetensors(r); }, r, {"'w'", "too large"});
+  // An empty tensor with sizes that fit is still read.
+  const std::string ok =
+      write_raw("empty_ok.safetensors",
+                R"({"w": {"dtype": "F32", "shape": [1099511627776, 0], "data_offsets": [0, 0]}})", "");
+  EXPECT_EQ(moe::load_safetensors(ok).at("w").numel(), 0);
 }
 
 TEST_F(SafetensorsTest, OverlappingOffsets) {

@@ -213,6 +213,21 @@ TEST(ModelConfig, JsonRoundTripAndErrors) {
   EXPECT_NEAR(static_cast<double>(m.n_active_params()) / 1e9, 12.9, 0.1);
   EXPECT_THROW(model_config_from_json(R"({"model_type": "llama"})"), Error);
   EXPECT_THROW(model_config_from_json("{"), Error);
+  // A number beyond double (found by fuzz/fuzz_model_config.cpp): a moe::Error, not nlohmann's
+  // out_of_range escaping the library.
+  EXPECT_THROW(model_config_from_json(" 1e10000"), Error);
+  EXPECT_THROW(model_config_from_json(R"({"model_type": "mixtral", "rope_theta": 1e400})"), Error);
+  // An integer key given as a float beyond int64 (found by the fuzzer: undefined behaviour in the
+  // conversion), a fractional one, or an unsigned one beyond int64.
+  const std::string key = "\"intermediate_size\": 14336";
+  for (const char* v : {"7.7e44", "4096.5", "18446744073709551615"}) {
+    std::string huge = mixtral;
+    huge.replace(huge.find(key), key.size(), std::string("\"intermediate_size\": ") + v);
+    EXPECT_THROW(model_config_from_json(huge), Error) << v;
+  }
+  std::string whole = mixtral;  // a whole number written as a float is still accepted
+  whole.replace(whole.find(key), key.size(), "\"intermediate_size\": 14336.0");
+  EXPECT_EQ(model_config_from_json(whole).intermediate_size, 14336);
   std::string bad = mixtral;
   bad.replace(bad.find("\"num_key_value_heads\": 8"), 24, "\"num_key_value_heads\": 5");
   EXPECT_THROW(model_config_from_json(bad), Error);

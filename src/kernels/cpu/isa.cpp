@@ -1,6 +1,7 @@
 // The instruction-set registry (src/kernels/cpu/isa.h, moe/kernels/isa.h).
 #include "kernels/cpu/isa.h"
 
+#include <cpuid.h>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,17 @@ void set_family(Family f, const std::string& name) {
   isa_slot(f).store(i);
 }
 
+// F16C (CPUID leaf 1, ECX bit 29). clang before 16 does not know "f16c" in __builtin_cpu_supports
+// (the fuzz build, -DMOE_FUZZ=ON, uses Debian's clang 14): it reads the CPUID bit itself.
+bool cpu_has_f16c() {
+#if defined(__clang__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+#else
+  return __builtin_cpu_supports("f16c");
+#endif
+}
+
 }  // namespace
 
 bool cpu_runs(int isa) {
@@ -72,8 +84,7 @@ bool cpu_runs(int isa) {
     case kGeneric:
       return true;
     case kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
     case kAvx512:
       return __builtin_cpu_supports("avx512f") && cpu_runs(kAvx2);
     case kAvx512Bf16:
