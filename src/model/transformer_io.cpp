@@ -413,6 +413,15 @@ void check_checkpoint_shape(const ModelConfig& cfg, const std::string& dir) {
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l)
     MOE_CHECK(seen[static_cast<size_t>(l)], dir, ": checkpoint: no tensors of layer ", l,
               " but config.json says ", "num_hidden_layers = ", cfg.num_hidden_layers);
+  // The routed experts: each MoE layer's router has one row per expert.
+  for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
+    if (!cfg.is_moe_layer(l)) continue;
+    const std::string gate = hf_names::moe_prefix(cfg, l) + ".gate.weight";
+    const auto g = loc.find(gate);
+    if (g == loc.end() || g->second.shape.empty()) continue;
+    MOE_CHECK(g->second.shape[0] == cfg.num_experts, dir, ": checkpoint: tensor '", gate, "' has ",
+              g->second.shape[0], " rows but config.json says ", cfg.num_experts, " experts");
+  }
 }
 
 Transformer load_pretrained(const std::string& dir, DType dtype, bool external_experts, ExpertParallel ep) {

@@ -211,9 +211,9 @@ struct TensorLocation {
 };
 std::map<std::string, TensorLocation> checkpoint_locations(const std::string& dir);
 // Checks, from the headers only and before a model of `cfg` is allocated, that the checkpoint in
-// `dir` is one of that shape: its token embedding is (vocab_size, hidden_size) and every layer
-// 0..num_hidden_layers-1 has tensors. A config.json that claims more than its checkpoint holds is
-// refused here instead of allocating the model it describes.
+// `dir` is one of that shape: its token embedding is (vocab_size, hidden_size), every layer
+// 0..num_hidden_layers-1 has tensors and each MoE layer's router has num_experts rows. A config.json that
+// claims more than its checkpoint holds is refused here instead of allocating the model it describes.
 void check_checkpoint_shape(const ModelConfig& cfg, const std::string& dir);
 // Reads config.json and model.safetensors (or a sharded model.safetensors.index.json) from `dir`.
 // external_experts: see the Transformer constructor (the checkpoint's expert tensors are not read).
