@@ -69,17 +69,10 @@ std::vector<double> sinkhorn(const std::vector<double>& l, int64_t T, int64_t E,
 // Token-choice style weights for a token's chosen experts idx[0..k).
 void token_weights(const RouterConfig& rc, const double* l, const double* s, const int32_t* idx, int64_t k,
                    double* w) {
-  if (rc.order == TopkOrder::TopkThenSoftmax) {
-    double mx = kNegInf;
-    for (int64_t j = 0; j < k; ++j) mx = std::max(mx, l[idx[j]]);
-    double z = 0;
-    for (int64_t j = 0; j < k; ++j) z += (w[j] = std::exp(l[idx[j]] - mx));
-    for (int64_t j = 0; j < k; ++j) w[j] = rc.scaling * w[j] / z;
-    return;
-  }
-  double z = 0;
-  for (int64_t j = 0; j < k; ++j) z += s[idx[j]];
-  for (int64_t j = 0; j < k; ++j) w[j] = rc.scaling * (rc.normalize ? s[idx[j]] / z : s[idx[j]]);
+  const kernels::RouterOrder order = rc.order == TopkOrder::TopkThenSoftmax
+                                         ? kernels::RouterOrder::TopkThenSoftmax
+                                         : kernels::RouterOrder::ScoreThenTopk;
+  kernels::topk_weights(order, rc.normalize, rc.scaling, l, s, idx, k, w);
 }
 
 // Capacity dropping for token-major assignments a = t * k + j.

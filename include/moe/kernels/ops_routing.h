@@ -25,6 +25,13 @@ enum class RouterGroupScore { Max, SumTop2 };
 // unique). Writes min(k, n) indices; allocation-free for k <= 16.
 void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out);
 
+// The combine weights w (k) of a token's chosen experts idx (k), from its logits l (E) and scores
+// s (E): scaling · softmax over the k chosen logits (TopkThenSoftmax), else scaling · s[idx[j]],
+// divided by their sum when normalize. The Cpu router_topk and the host routings (hash, balanced)
+// use it.
+void topk_weights(RouterOrder order, bool normalize, double scaling, const double* l, const double* s,
+                  const int32_t* idx, int64_t k, double* w);
+
 // ---------------------------------------------------------------------------------------------
 // router_topk: each token's k experts and combine weights from its router logits, row by row, in
 // double (l = the row's logits widened to double):

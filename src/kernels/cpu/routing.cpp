@@ -64,6 +64,21 @@ void topk_into(const double* v, int64_t n, int64_t k, int32_t* out, int32_t* scr
 
 void topk_desc(const double* v, int64_t n, int64_t k, int32_t* out) { topk_into(v, n, k, out, nullptr); }
 
+void topk_weights(RouterOrder order, bool normalize, double scaling, const double* l, const double* s,
+                  const int32_t* idx, int64_t k, double* w) {
+  if (order == RouterOrder::TopkThenSoftmax) {
+    double mx = kNegInf;
+    for (int64_t j = 0; j < k; ++j) mx = std::max(mx, l[idx[j]]);
+    double z = 0;
+    for (int64_t j = 0; j < k; ++j) z += (w[j] = std::exp(l[idx[j]] - mx));
+    for (int64_t j = 0; j < k; ++j) w[j] = scaling * w[j] / z;
+    return;
+  }
+  double z = 0;
+  for (int64_t j = 0; j < k; ++j) z += s[idx[j]];
+  for (int64_t j = 0; j < k; ++j) w[j] = scaling * (normalize ? s[idx[j]] / z : s[idx[j]]);
+}
+
 namespace cpu {
 
 namespace {
@@ -126,18 +141,7 @@ void limit_groups(const RouterTopkArgs<T>& a, double* v, RowScratch& w) {
 template <typename T>
 void weights_of(const RouterTopkArgs<T>& a, const double* l, const double* s, const int32_t* idx,
                 double* wt) {
-  const int64_t k = a.k;
-  if (a.order == RouterOrder::TopkThenSoftmax) {
-    double mx = kNegInf;
-    for (int64_t j = 0; j < k; ++j) mx = std::max(mx, l[idx[j]]);
-    double z = 0;
-    for (int64_t j = 0; j < k; ++j) z += (wt[j] = std::exp(l[idx[j]] - mx));
-    for (int64_t j = 0; j < k; ++j) wt[j] = a.scaling * wt[j] / z;
-    return;
-  }
-  double z = 0;
-  for (int64_t j = 0; j < k; ++j) z += s[idx[j]];
-  for (int64_t j = 0; j < k; ++j) wt[j] = a.scaling * (a.normalize ? s[idx[j]] / z : s[idx[j]]);
+  topk_weights(a.order, a.normalize, a.scaling, l, s, idx, a.k, wt);
 }
 
 // Token t: scores, selection, weights.
