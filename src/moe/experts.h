@@ -113,7 +113,8 @@ class FusedExperts final : public Experts<T> {
 // bf16 expert weights (uint16 bit patterns), fp32 activations rounded to bf16 inside the GEMMs.
 class Bf16Experts final : public Experts<float> {
  public:
-  // w_in: bf16 (E, 2F, d) [gate; up] per expert for SwiGLU, (E, F, d) up otherwise; w_down (E, d, F).
+  // w_in, w_down: bf16-packed experts (Bf16ExpertWeights): op(W_in) (d, 2F) [gate | up] for SwiGLU,
+  // (d, F) otherwise; op(W_down) (F, d).
   Bf16Experts(FfnShape shape, Tensor w_in, Tensor w_down)
       : shape_(shape), w_in_(std::move(w_in)), w_down_(std::move(w_down)) {}
   void forward(const ExpertsForwardArgs<float>& a) const override;

@@ -4,9 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
+#include <vector>
 
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
+#include "moe/kernels/weights.h"
 #include "moe/layer_internal.h"
 #include "moe/moe/balance.h"
 #include "moe/moe/expert_parallel.h"
@@ -119,26 +122,34 @@ void MoELayer::set_bf16_expert_weights(bool on) {
   if (!on) return;
   MOE_CHECK(dtype_ == DType::F32, "bf16 expert weights need an f32 layer, this one is ", dtype_name(dtype_));
   check_params();
-  auto round = [](const Tensor& t) { return t.defined() ? t.to(DType::BF16) : Tensor(); };
-  // [gate; up] per expert (n experts of F rows each), or up alone.
-  auto round_in = [&](const Tensor& gate, const Tensor& up, int64_t n, int64_t F) {
-    if (!up.defined() || !gate.defined()) return round(up);
-    const Tensor g = round(gate), u = round(up);
-    const int64_t d = cfg_.d_model;
-    Tensor w = Tensor::empty(n == 0 ? Shape{2 * F, d} : Shape{n, 2 * F, d}, DType::BF16, "bf16 w_in");
-    auto* dst = static_cast<uint16_t*>(w.raw());
-    const auto* gs = static_cast<const uint16_t*>(g.raw());
-    const auto* us = static_cast<const uint16_t*>(u.raw());
-    for (int64_t e = 0; e < std::max<int64_t>(n, 1); ++e) {
-      std::copy_n(gs + e * F * d, F * d, dst + e * 2 * F * d);
-      std::copy_n(us + e * F * d, F * d, dst + e * 2 * F * d + F * d);
+  const int64_t d = cfg_.d_model;
+  // n experts' f32 rows of W (rows then cols per expert: op(W) = W^T), packed: gate's rows, then up's.
+  auto pack = [&](std::initializer_list<const Tensor*> parts, int64_t n, int64_t rows_each, int64_t K,
+                  const char* what) {
+    std::vector<const Tensor*> ts;
+    for (const Tensor* t : parts)
+      if (t->defined()) ts.push_back(t);
+    if (ts.empty()) return Tensor();
+    const int64_t N = rows_each * static_cast<int64_t>(ts.size()), E = std::max<int64_t>(n, 1);
+    std::vector<float> w(static_cast<size_t>(N * K));  // one expert's [gate; up] (N, K)
+    Tensor out = Tensor::empty({E, kernels::packed_bf16_bytes(N, K) / 2}, DType::BF16, what);
+    for (int64_t e = 0; e < E; ++e) {
+      for (size_t i = 0; i < ts.size(); ++i)
+        std::copy_n(ts[i]->data<float>() + e * rows_each * K, rows_each * K, w.data() + i * rows_each * K);
+      kernels::pack_bf16_weights({.format = kernels::WeightFormat::F32, .N = N, .K = K, .data = w.data()}, 1,
+                                 static_cast<uint16_t*>(out.raw()) + e * out.size(1), what);
     }
-    return w;
+    return out;
   };
-  if (params_.w_up.defined()) bf16_.w_in = round_in(params_.w_gate, params_.w_up, local_experts_, cfg_.d_ff);
-  bf16_.w_down = round(params_.w_down);
-  bf16_.shared_w_in = round_in(params_.shared_w_gate, params_.shared_w_up, 0, cfg_.shared_width());
-  bf16_.shared_w_down = round(params_.shared_w_down);
+  const int64_t F = cfg_.d_ff, Fs = cfg_.shared_width(), n = local_experts_;
+  if (params_.w_up.defined()) {
+    bf16_.w_in = pack({&params_.w_gate, &params_.w_up}, n, F, d, "bf16 w_in");
+    bf16_.w_down = pack({&params_.w_down}, n, d, F, "bf16 w_down");
+  }
+  if (params_.shared_w_up.defined()) {
+    bf16_.shared_w_in = pack({&params_.shared_w_gate, &params_.shared_w_up}, 0, Fs, d, "bf16 shared_w_in");
+    bf16_.shared_w_down = pack({&params_.shared_w_down}, 0, d, Fs, "bf16 shared_w_down");
+  }
 }
 
 void MoELayer::set_expert_executor(std::shared_ptr<ExpertExecutor> ex) {

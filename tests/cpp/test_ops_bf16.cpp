@@ -22,6 +22,7 @@
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "moe/kernels/isa.h"
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 
@@ -212,9 +213,17 @@ TEST(OpsBf16, BestInstructionSetIsPickedAndUnknownNamesThrow) {
   const std::string best = kernels::gemm_bf16_isa();
   EXPECT_TRUE(kernels::gemm_bf16_isa_supported(best));
   EXPECT_TRUE(kernels::gemm_bf16_isa_supported("generic"));
-  if (kernels::gemm_bf16_isa_supported("avx512bf16")) {
-    EXPECT_EQ(best, "avx512bf16");
+  // Tiles where they run; else vdpbf16ps where it is at least as fast as FMA (AMD), else widening on FMA.
+  __builtin_cpu_init();
+  if (kernels::gemm_bf16_isa_supported("amx")) {
+    EXPECT_EQ(best, "amx");
+  } else if (kernels::gemm_bf16_isa_supported("avx512bf16")) {
+    EXPECT_EQ(best, __builtin_cpu_is("amd") ? "avx512bf16" : "avx512");
   }
+  kernels::set_amx_emulation(true);  // the emulation is a test tool, never the default
+  EXPECT_TRUE(kernels::gemm_bf16_isa_supported("amx"));
+  EXPECT_EQ(kernels::gemm_bf16_isa(), best);
+  kernels::set_amx_emulation(false);
   EXPECT_FALSE(kernels::gemm_bf16_isa_supported("sse9"));
   EXPECT_THROW(kernels::set_gemm_bf16_isa("sse9"), Error);
   std::printf("[ bf16 ] instruction set picked: %s\n", best.c_str());

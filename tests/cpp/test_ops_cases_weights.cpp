@@ -332,11 +332,17 @@ class WGroupedCase : public OpCase {
       }
       return;
     }
+    if (s_.format == WeightFormat::Bf16Packed) {
+      kernels::pack_bf16_weights({.format = WeightFormat::F32, .N = s_.N, .K = s_.K, .data = w.data()}, 1,
+                                 data);
+      for (int64_t i = 0; i < s_.N * s_.K; ++i) wd[i] = bf16_to_f32(f32_to_bf16(w[static_cast<size_t>(i)]));
+      return;
+    }
     for (int64_t n = 0; n < s_.N; ++n) {
       for (int64_t k = 0; k < s_.K; ++k) {
         const int64_t at = s_.trans ? k * s_.N + n : n * s_.K + k;
         const float x = w[static_cast<size_t>(n * s_.K + k)];
-        if (s_.format == WeightFormat::Bf16) {
+        if (kernels::is_bf16(s_.format)) {
           const uint16_t h = f32_to_bf16(x);
           std::memcpy(data + 2 * at, &h, 2);
           wd[n * s_.K + k] = bf16_to_f32(h);
@@ -352,7 +358,7 @@ class WGroupedCase : public OpCase {
     const int64_t row = s_.gather ? in.host<int32_t>(kGather)[p] : p;
     const float* a = in.host<float>(kA) + row * lda();
     err = 0;
-    if (!s_.preact) return s_.format == WeightFormat::Bf16 ? bf16_round(a[k]) : a[k];
+    if (!s_.preact) return kernels::is_bf16(s_.format) ? bf16_round(a[k]) : a[k];
     const double x = a[k], sg = 1.0 / (1.0 + std::exp(-x)), u16 = 16 * unit_roundoff<float>();
     double h = 0;
     if (s_.act == Activation::SwiGLU) {
@@ -364,7 +370,7 @@ class WGroupedCase : public OpCase {
                                        : 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
       err = u16 * (std::fabs(x) + 1);
     }
-    if (s_.format == WeightFormat::Bf16) err += std::ldexp(std::fabs(h), -8);  // may round one bf16 ulp apart
+    if (kernels::is_bf16(s_.format)) err += std::ldexp(std::fabs(h), -8);  // may round one bf16 ulp apart
     return h;
   }
   WShape s_;
@@ -425,7 +431,7 @@ void add_weight_format_cases(CaseList& out) {
   // not, padded strides, beta, scale + out_row, pre-activations, odd K (f32, bf16), group sizes and
   // the register / buffer paths of int8 / int4 (<= 8 and > 8 rows per expert), K = 0, no rows.
   using WF = WeightFormat;
-  for (WF f : {WF::F32, WF::Bf16, WF::Int8, WF::Int4}) {
+  for (WF f : {WF::F32, WF::Bf16, WF::Int8, WF::Int4, WF::Bf16Packed}) {
     const bool q = kernels::is_quantized(f);
     const int64_t g = q ? 32 : 0, K = q ? 64 : 29, K2 = q ? 256 : 301;
     auto add = [&](WShape s) {
@@ -447,7 +453,10 @@ void add_weight_format_cases(CaseList& out) {
     add({.T = 300, .E = 3, .k = 2, .N = 140, .K = K2});
     add({.T = 12, .E = 4, .k = 2, .N = 9, .K = 0, .beta = 0.5});
     add({.T = 0, .E = 4, .k = 2, .N = 8, .K = K});
-    if (!q) {
+    if (f == WF::Bf16Packed) {
+      add({.T = 9, .E = 4, .k = 4, .N = 17, .K = 2});
+      add({.T = 90, .E = 2, .k = 1, .pattern = Pattern::AllToOne, .N = 70, .K = 96});  // rows > an AMX block
+    } else if (!q) {
       add({.T = 17, .E = 4, .k = 2, .N = 37, .K = K, .trans = true});
       add({.T = 31, .E = 6, .k = 2, .N = 37, .K = K, .trans = true, .beta = 1.0, .pad = 2});
       add({.T = 9, .E = 4, .k = 4, .N = 17, .K = 2});

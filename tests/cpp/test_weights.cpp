@@ -18,6 +18,7 @@
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/kernels/isa.h"
+#include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
 #include "moe/kernels/weights.h"
 
@@ -93,6 +94,14 @@ struct Data {
       }
       return;
     }
+    if (format == WeightFormat::Bf16Packed) {  // packed from the f32 values (rounded as it packs)
+      const size_t at = data.size();
+      data.resize(at + static_cast<size_t>(kernels::packed_bf16_bytes(s.N, s.K)));
+      kernels::pack_bf16_weights({.format = WeightFormat::F32, .N = s.N, .K = s.K, .data = w.data()}, 1,
+                                 data.data() + at);
+      for (int64_t i = 0; i < s.N * s.K; ++i) wd[i] = bf16_to_f32(f32_to_bf16(w[static_cast<size_t>(i)]));
+      return;
+    }
     for (int64_t i = 0; i < s.N * s.K; ++i) {
       float v = w[static_cast<size_t>(i)];
       if (format == WeightFormat::Bf16) {
@@ -132,7 +141,7 @@ struct Data {
     const float* a = A.data() + (s.gather ? gather[static_cast<size_t>(p)] : p) * lda;
     double S = std::fabs(static_cast<double>(s.beta) * C0[p * ldc + n]);
     for (int64_t k = 0; k < s.K; ++k) {
-      const double av = format == WeightFormat::Bf16 ? bf16_to_f32(f32_to_bf16(a[k])) : a[k];
+      const double av = kernels::is_bf16(format) ? bf16_to_f32(f32_to_bf16(a[k])) : a[k];
       S += std::fabs(av * Wd[(e * s.N + n) * s.K + k]);
     }
     const double terms = kernels::is_quantized(format) ? s.K / 8.0 + 10 : s.K + 6.0;
@@ -141,11 +150,12 @@ struct Data {
 };
 
 const WeightFormat kFormats[] = {WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8,
-                                 WeightFormat::Int4};
+                                 WeightFormat::Int4, WeightFormat::Bf16Packed};
 
-// Restores the default: every family at its best instruction set.
+// Restores the default: every family at its best instruction set (and the tiles on the hardware).
 struct CapGuard {
   ~CapGuard() {
+    kernels::set_amx_emulation(false);
     std::string best = "generic";
     for (const std::string& n : kernels::cpu_isa_names())
       if (kernels::cpu_isa_supported(n)) best = n;
@@ -155,6 +165,7 @@ struct CapGuard {
 
 TEST(WeightGemm, EveryFormatOnEveryInstructionSetMatchesRef) {
   CapGuard guard;
+  if (!kernels::cpu_isa_supported("amx")) kernels::set_amx_emulation(true);  // the tile code, emulated
   const std::vector<Shape> shapes = {
       {{3, 0, 70, 9}, 37, 128, true, false, 0.0f},  // an empty expert, > 64 rows, <= 8 and > 8 rows
       {{5, 12}, 50, 192, true, true, 0.0f},         // scale and out_row
@@ -235,6 +246,131 @@ TEST(WeightGemm, ViewErrors) {
   expect(g, {"grouped_gemm_w", "W.data_stride = 10"});
   g = d.args(C), g.scale = d.scale.data(), g.beta = 1;
   expect(g, {"grouped_gemm_w", "beta must be 0"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16-packed: the packing, and the kernels that read it.
+
+// Shapes with every edge of the packed kernels: rows below and above a register tile and an AMX
+// block (1, 5, 13, 17, 31, 33, 70 rows), N not a multiple of 16 or of a kernel's panels, K not a
+// multiple of 32 (odd too), K across several K blocks (600), an empty expert.
+std::vector<Shape> packed_shapes() {
+  return {
+      {{1, 0, 5}, 40, 70, true, false, 0.0f},  {{13, 17, 31}, 100, 33, true, true, 0.0f},
+      {{33, 70}, 16, 600, false, false, 0.5f}, {{64, 2}, 130, 256, true, false, 1.0f},
+      {{40}, 7, 31, true, true, 0.0f},
+  };
+}
+
+TEST(WeightGemm, PackingGivesOneLayoutFromEverySource) {
+  const int64_t E = 2, N = 37, K = 45;
+  Lcg r(11);
+  std::vector<float> f(static_cast<size_t>(E * N * K));
+  for (float& v : f) v = r.uniform();
+  std::vector<uint16_t> nk(f.size()), kn(f.size());  // bf16 (E, N, K) and (E, K, N)
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) {
+        const uint16_t h = f32_to_bf16(f[static_cast<size_t>((e * N + n) * K + k)]);
+        nk[static_cast<size_t>((e * N + n) * K + k)] = h;
+        kn[static_cast<size_t>((e * K + k) * N + n)] = h;
+      }
+  const int64_t bytes = E * kernels::packed_bf16_bytes(N, K);
+  EXPECT_EQ(kernels::packed_bf16_bytes(N, K), 3 * 32 * 16 * 4);  // 3 panels, K padded to 64: 32 pairs
+  std::vector<uint8_t> a(static_cast<size_t>(bytes)), b(a.size()), c(a.size());
+  const kernels::WeightView v = kernels::pack_bf16_weights(
+      {.format = WeightFormat::F32, .N = N, .K = K, .data = f.data()}, E, a.data());
+  kernels::pack_bf16_weights({.format = WeightFormat::Bf16, .N = N, .K = K, .data = nk.data()}, E, b.data());
+  kernels::pack_bf16_weights({.format = WeightFormat::Bf16, .N = N, .K = K, .trans = true, .data = kn.data()},
+                             E, c.data());
+  EXPECT_EQ(a, b);
+  EXPECT_EQ(a, c);
+  EXPECT_EQ(v.format, WeightFormat::Bf16Packed);
+  EXPECT_EQ(v.expert_data_bytes(), bytes / E);
+  // Word (q, j) of panel P: op(W)[2q, 16P + j] low, op(W)[2q + 1, 16P + j] high; zero padding.
+  const auto* words = reinterpret_cast<const uint32_t*>(a.data());
+  const int64_t kp = kernels::packed_bf16_pairs(K);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t P = 0; P < 3; ++P)
+      for (int64_t q = 0; q < kp; ++q)
+        for (int64_t j = 0; j < 16; ++j) {
+          const uint32_t w = words[((e * 3 + P) * kp + q) * 16 + j];
+          const int64_t n = 16 * P + j;
+          auto at = [&](int64_t k) -> uint32_t {
+            return n < N && k < K ? nk[static_cast<size_t>((e * N + n) * K + k)] : 0u;
+          };
+          ASSERT_EQ(w, at(2 * q) | (at(2 * q + 1) << 16))
+              << "e " << e << " P " << P << " q " << q << " j " << j;
+        }
+  EXPECT_THROW(kernels::pack_bf16_weights({.format = WeightFormat::Int8, .N = N, .K = K, .data = f.data()}, E,
+                                          a.data()),
+               Error);
+}
+
+TEST(WeightGemm, PackedBf16GivesThePlainBf16Result) {
+  for (const Shape& s : packed_shapes()) {
+    const Data plain(WeightFormat::Bf16, s, 21), packed(WeightFormat::Bf16Packed, s, 21);
+    const std::vector<float> a = plain.run(Backend::Ref), b = packed.run(Backend::Ref);
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);  // the same double sums
+  }
+}
+
+// generic, avx2, avx512 and the amx tiles (emulated) sum in one order with exact products.
+TEST(WeightGemm, PackedKernelsAreBitIdenticalAcrossInstructionSets) {
+  CapGuard guard;
+  const bool hardware = kernels::gemm_bf16_isa_supported("amx");
+  if (!hardware) kernels::set_amx_emulation(true);
+  uint64_t seed = 40;
+  for (const Shape& s : packed_shapes()) {
+    const Data d(WeightFormat::Bf16Packed, s, ++seed);
+    kernels::set_gemm_bf16_isa("generic");
+    const std::vector<float> want = d.run(Backend::Cpu);
+    for (const char* isa : {"avx2", "avx512", "amx"}) {
+      if (!kernels::gemm_bf16_isa_supported(isa) || (hardware && std::string(isa) == "amx")) continue;
+      kernels::set_gemm_bf16_isa(isa);
+      const std::vector<float> got = d.run(Backend::Cpu);
+      EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
+          << isa << " differs from generic, shape N " << s.N << " K " << s.K;
+    }
+  }
+}
+
+// Where the CPU has tiles: the hardware within the bound of the emulation (the manual leaves the
+// order of the additions and the treatment of denormals to the hardware).
+TEST(WeightGemm, AmxTilesMatchTheEmulation) {
+  CapGuard guard;
+  if (!kernels::gemm_bf16_isa_supported("amx")) GTEST_SKIP() << "no AMX tiles on this CPU (or no permission)";
+  uint64_t seed = 60;
+  for (const Shape& s : packed_shapes()) {
+    const Data d(WeightFormat::Bf16Packed, s, ++seed);
+    kernels::set_gemm_bf16_isa("amx");
+    const std::vector<float> hw = d.run(Backend::Cpu);
+    kernels::set_amx_emulation(true);
+    kernels::set_gemm_bf16_isa("amx");
+    const std::vector<float> emu = d.run(Backend::Cpu);
+    kernels::set_amx_emulation(false);
+    for (int64_t e = 0; e < d.E; ++e)
+      for (int64_t p = d.offsets[static_cast<size_t>(e)]; p < d.offsets[static_cast<size_t>(e) + 1]; ++p) {
+        const int64_t row = s.scatter ? d.out_row[static_cast<size_t>(p)] : p;
+        for (int64_t n = 0; n < s.N; ++n)
+          ASSERT_LE(std::fabs(double(hw[row * d.ldc + n]) - emu[row * d.ldc + n]), d.bound(e, p, n));
+      }
+  }
+}
+
+TEST(WeightGemm, PackedViewErrors) {
+  const Data d(WeightFormat::Bf16Packed, {{2}, 8, 64}, 3);
+  std::vector<float> C(d.C0);
+  kernels::GroupedGemmWArgs g = d.args(C);
+  g.W.trans = true;
+  for (Backend b : {Backend::Ref, Backend::Cpu}) {
+    try {
+      kernels::grouped_gemm_w(b, g);
+      ADD_FAILURE() << "no error for trans";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("bf16-packed"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

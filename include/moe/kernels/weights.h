@@ -5,6 +5,10 @@
 //   bf16  bf16 bit patterns (uint16_t) (N, K), or (K, N) trans    w = bf16_to_f32(stored)
 //   int8  int8 (N, K), f16 scales (N, K / group)                  w = q · scale   (quant_format.h)
 //   int4  two per byte (N, K / 2), f16 scales and mins            w = q · scale + min
+//   bf16-packed  bf16 packed once (pack_bf16_weights) in the operand layout of the tile and dot-product
+//         instructions, per expert: ceil(N / 16) panels of 16 columns, each kp = ceil(K / 32) · 16
+//         rows of 16 32-bit words; word (q, j) of panel P holds op(W)[2q, 16P + j] in its low half and
+//         op(W)[2q + 1, 16P + j] in its high half; zero beyond N and K   w = bf16_to_f32(stored)
 // (moe/kernels/ops_quant.h describes the int8 / int4 formats.) Expert e's data starts
 // e · data_stride bytes after data, its scales and mins e · param_stride entries after theirs; a
 // stride of 0 means the experts are packed one after the other.
@@ -20,12 +24,26 @@
 
 namespace moe::kernels {
 
-enum class WeightFormat : int { F32 = 0, Bf16 = 1, Int8 = 2, Int4 = 3 };
-constexpr int kWeightFormatCount = 4;
+enum class WeightFormat : int { F32 = 0, Bf16 = 1, Int8 = 2, Int4 = 3, Bf16Packed = 4 };
+constexpr int kWeightFormatCount = 5;
 
-const char* weight_format_name(WeightFormat f);  // "f32", "bf16", "int8", "int4"
-int weight_bits(WeightFormat f);                 // bits per stored weight: 32, 16, 8, 4
+const char* weight_format_name(WeightFormat f);  // "f32", "bf16", "int8", "int4", "bf16-packed"
+int weight_bits(WeightFormat f);                 // bits per stored weight: 32, 16, 8, 4, 16
 inline bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8 || f == WeightFormat::Int4; }
+// Formats whose activations are rounded to bf16 as they are read (bf16 and bf16-packed).
+inline bool is_bf16(WeightFormat f) { return f == WeightFormat::Bf16 || f == WeightFormat::Bf16Packed; }
+
+// The bf16-packed layout: 16 columns per panel (one 512-bit vector of words, one AMX B tile's width),
+// K padded to a multiple of 32 (one AMX tile row of bf16 values).
+constexpr int64_t kPackedPanel = 16;
+constexpr int64_t kPackedKAlign = 32;
+inline int64_t packed_bf16_pairs(int64_t K) {
+  return (K + kPackedKAlign - 1) / kPackedKAlign * kPackedKAlign / 2;
+}
+inline int64_t packed_bf16_panels(int64_t N) { return (N + kPackedPanel - 1) / kPackedPanel; }
+inline int64_t packed_bf16_bytes(int64_t N, int64_t K) {  // one expert
+  return packed_bf16_panels(N) * packed_bf16_pairs(K) * kPackedPanel * 4;
+}
 
 struct WeightView {
   WeightFormat format = WeightFormat::F32;
@@ -38,7 +56,9 @@ struct WeightView {
   int64_t data_stride = 0;           // bytes from one expert's data to the next; 0: expert_data_bytes()
   int64_t param_stride = 0;          // entries from one expert's scales (mins) to the next; 0: packed
 
-  int64_t expert_data_bytes() const { return N * K * weight_bits(format) / 8; }
+  int64_t expert_data_bytes() const {
+    return format == WeightFormat::Bf16Packed ? packed_bf16_bytes(N, K) : N * K * weight_bits(format) / 8;
+  }
   int64_t expert_params() const { return is_quantized(format) && group > 0 ? N * (K / group) : 0; }
   int64_t expert_bytes() const {  // data, scales and mins of one expert
     return expert_data_bytes() + 2 * expert_params() * (format == WeightFormat::Int4 ? 2 : 1);
@@ -51,6 +71,12 @@ struct WeightView {
 // a negative size, a group that is not a multiple of 32 or does not divide K, trans with a quantized
 // format, a null data, scales or mins pointer when K > 0, a stride below one expert's size).
 void check_weight_view(const char* op, const WeightView& w);
+
+// Packs E experts' weights into the bf16-packed format: src is f32 (rounded to nearest even, NaN stays
+// NaN) or bf16, stored (N, K) or (K, N) (trans); dst holds E · packed_bf16_bytes(N, K) bytes (64-byte
+// aligned is best, none is required) and is written densely (expert e at e · packed_bf16_bytes). Returns the
+// view of dst. Throws moe::Error naming `what` on another source format or a null pointer.
+WeightView pack_bf16_weights(const WeightView& src, int64_t E, void* dst, const char* what = "weights");
 
 // grouped_gemm_w: for expert e and each row p in [offsets[e], offsets[e+1]):
 //   C[p, :] (N) = beta * C[p, :] + a_p (K) · op(W_e)       a_p = A[row(p), :], row(p) = gather ? gather[p] :

@@ -53,9 +53,12 @@ struct MoEParams {
 // Expert weights rounded to bf16 (uint16 bit patterns) for the inference forward pass.
 // SwiGLU's gate and up weights are one tensor, each expert's gate rows then its up rows, so one GEMM
 // computes both; other activations have w_up only.
+// Each tensor holds its experts packed once in the bf16-packed format (moe/kernels/weights.h), as
+// BF16 (E, packed_bf16_bytes(N, K) / 2): op(W) (K, N) of w_in is (d, 2F) [gate | up] or (d, F) up,
+// of w_down (F, d); the shared experts' likewise with E = 1 and Fs.
 struct Bf16ExpertWeights {
-  Tensor w_in, w_down;                // bf16 (E, 2F, d) [gate; up] or (E, F, d) up, and (E, d, F)
-  Tensor shared_w_in, shared_w_down;  // bf16 (2Fs, d) or (Fs, d), and (d, Fs)
+  Tensor w_in, w_down;
+  Tensor shared_w_in, shared_w_down;
 };
 
 // Gradients; same names and shapes as MoEParams (router_bias has none), plus dx.

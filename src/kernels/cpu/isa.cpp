@@ -2,6 +2,9 @@
 #include "kernels/cpu/isa.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <string>
 #include <vector>
 
@@ -16,7 +19,12 @@ namespace cpu {
 
 namespace {
 
-const char* const kNames[kIsaCount] = {"generic", "avx2", "avx512", "avx512bf16"};
+const char* const kNames[kIsaCount] = {"generic", "avx2", "avx512", "avx512bf16", "amx"};
+
+std::atomic<bool>& emulation_flag() {
+  static std::atomic<bool> on{false};
+  return on;
+}
 
 struct FamilyInfo {
   const char* op;     // the op named in errors
@@ -24,11 +32,18 @@ struct FamilyInfo {
   int top;            // the highest instruction set the family has kernels for
 };
 const FamilyInfo kFamilies[static_cast<int>(Family::Count)] = {
-    {"gemm", "f32", kAvx512}, {"gemm_bf16w", "bf16", kAvx512Bf16}, {"gemm_qw", "int8/int4", kAvx512}};
+    {"gemm", "f32", kAvx512}, {"gemm_bf16w", "bf16", kAmx}, {"gemm_qw", "int8/int4", kAvx512}};
 
-int best_below(int cap) {
-  for (int i = cap; i > kGeneric; --i) {
-    if (cpu_runs(i)) return i;
+// The best instruction set at or below cap that the family has and the CPU runs; the bf16 family passes
+// over avx512bf16 where vdpbf16ps is slower than widening to fp32 (fast_dpbf16), and over an emulated
+// amx (a test tool, never a default).
+int best_below(Family f, int cap) {
+  const int top = kFamilies[static_cast<int>(f)].top;
+  for (int i = cap < top ? cap : top; i > kGeneric; --i) {
+    if (!cpu_runs(i)) continue;
+    if (f == Family::Bf16 && i == kAvx512Bf16 && !fast_dpbf16()) continue;
+    if (i == kAmx && amx_emulated()) continue;
+    return i;
   }
   return kGeneric;
 }
@@ -78,6 +93,30 @@ bool cpu_has_f16c() {
 
 }  // namespace
 
+// AMX-TILE and AMX-BF16 (CPUID leaf 7, EDX bits 24 and 22), and Linux's permission to use tile data
+// (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, asked once per process).
+bool hardware_amx() {
+  static const bool ok = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
+    if ((edx & (1u << 24)) == 0 || (edx & (1u << 22)) == 0) return false;
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
+
+bool amx_emulated() { return emulation_flag().load(std::memory_order_relaxed); }
+
+bool fast_dpbf16() {
+  __builtin_cpu_init();
+  return __builtin_cpu_is("amd");
+}
+
 bool cpu_runs(int isa) {
   __builtin_cpu_init();
   switch (isa) {
@@ -89,14 +128,17 @@ bool cpu_runs(int isa) {
       return __builtin_cpu_supports("avx512f") && cpu_runs(kAvx2);
     case kAvx512Bf16:
       return __builtin_cpu_supports("avx512bf16") && cpu_runs(kAvx512);
+    case kAmx:  // the emulation runs anywhere
+      return amx_emulated() || (hardware_amx() && cpu_runs(kAvx512));
   }
   return false;
 }
 
 std::atomic<int>& isa_slot(Family f) {
   // Function-local statics: initialised on first use, whatever the order of static initialisation.
-  static std::atomic<int> slots[static_cast<int>(Family::Count)] = {
-      best_below(kFamilies[0].top), best_below(kFamilies[1].top), best_below(kFamilies[2].top)};
+  static std::atomic<int> slots[static_cast<int>(Family::Count)] = {best_below(Family::F32, kIsaCount - 1),
+                                                                    best_below(Family::Bf16, kIsaCount - 1),
+                                                                    best_below(Family::Quant, kIsaCount - 1)};
   return slots[static_cast<int>(f)];
 }
 
@@ -113,11 +155,14 @@ bool cpu_isa_supported(const std::string& name) {
 
 void set_cpu_isa(const std::string& cap) {
   const int c = cpu::index_of(cap);
-  MOE_CHECK(c >= 0, "unknown instruction set '", cap, "' (expected generic, avx2, avx512 or avx512bf16)");
+  MOE_CHECK(c >= 0, "unknown instruction set '", cap,
+            "' (expected generic, avx2, avx512, avx512bf16 or amx)");
   MOE_CHECK(cpu::cpu_runs(c), "instruction set '", cap, "' is not supported by this CPU");
   for (int f = 0; f < static_cast<int>(Family::Count); ++f) {
-    const int top = cpu::kFamilies[f].top;
-    cpu::isa_slot(static_cast<Family>(f)).store(cpu::best_below(c < top ? c : top));
+    const auto fam = static_cast<Family>(f);
+    int best = cpu::best_below(fam, c);
+    if (c == cpu::kAmx && fam == Family::Bf16 && cpu::amx_emulated()) best = cpu::kAmx;  // asked for by name
+    cpu::isa_slot(fam).store(best);
   }
 }
 
@@ -128,6 +173,13 @@ std::string cpu_isa_summary() {
   }
   return s;
 }
+
+void set_amx_emulation(bool on) {
+  cpu::emulation_flag().store(on);
+  if (!on && cpu::isa(Family::Bf16) == cpu::kAmx && !cpu::hardware_amx())
+    cpu::isa_slot(Family::Bf16).store(cpu::best_below(Family::Bf16, cpu::kAmx));
+}
+bool amx_emulation() { return cpu::amx_emulated(); }
 
 const char* gemm_isa() { return cpu::name_of(Family::F32); }
 void set_gemm_isa(const std::string& name) { cpu::set_family(Family::F32, name); }

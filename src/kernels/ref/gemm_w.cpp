@@ -21,6 +21,11 @@ float weight_at(const WeightView& W, int64_t k, int64_t n) {
       return static_cast<const float*>(W.data)[at];
     case WeightFormat::Bf16:
       return bf16_to_f32(static_cast<const uint16_t*>(W.data)[at]);
+    case WeightFormat::Bf16Packed: {  // word (k / 2, n % 16) of panel n / 16, half k % 2
+      const int64_t word =
+          (n / kPackedPanel * packed_bf16_pairs(W.K) + k / 2) * kPackedPanel + n % kPackedPanel;
+      return bf16_to_f32(static_cast<const uint16_t*>(W.data)[2 * word + k % 2]);
+    }
     case WeightFormat::Int8:
     case WeightFormat::Int4:
       break;
@@ -44,7 +49,7 @@ void activation_rows(const GroupedGemmWArgs& g, int64_t p0, int64_t p1, std::vec
     } else {
       for (int64_t k = 0; k < K; ++k) dst[k] = src[k];
     }
-    if (g.W.format != WeightFormat::Bf16) continue;
+    if (!is_bf16(g.W.format)) continue;
     for (int64_t k = 0; k < K; ++k) dst[k] = bf16_to_f32(f32_to_bf16(dst[k]));
   }
 }

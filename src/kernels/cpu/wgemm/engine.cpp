@@ -18,6 +18,8 @@ const Format& format_table(WeightFormat f) {
   switch (f) {
     case WeightFormat::Bf16:
       return bf16_format();
+    case WeightFormat::Bf16Packed:
+      return bf16_packed_format();
     case WeightFormat::Int8:
       return int8_format();
     case WeightFormat::Int4:

@@ -59,6 +59,7 @@ struct Format {
 // The formats' rows (format_<name>.cpp).
 const Format& f32_format();
 const Format& bf16_format();
+const Format& bf16_packed_format();
 const Format& int8_format();
 const Format& int4_format();
 

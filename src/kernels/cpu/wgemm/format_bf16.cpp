@@ -441,7 +441,9 @@ const Format& bf16_format() {
                         .nc = kNC,
                         .min_parallel = 0,
                         .family = Family::Bf16,
-                        .tile = {&tile_generic, &tile_avx2, &tile_avx512, &tile_avx512bf16}};
+                        .tile = {&tile_generic, &tile_avx2, &tile_avx512, &tile_avx512bf16,
+                                 // amx (Intel): widening beats vdpbf16ps there (isa.h fast_dpbf16)
+                                 &tile_avx512}};
   return f;
 }
 
