@@ -6,6 +6,7 @@
 // rounding (none for int8) whether or not the compiler fuses the multiply and the add.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 namespace moe::kernels::quant {
@@ -18,5 +19,30 @@ inline uint8_t int4_at(const uint8_t* row, int64_t k) {
 
 inline float dequant8(int8_t q, float scale) { return static_cast<float>(q) * scale; }
 inline float dequant4(uint8_t q, float scale, float min) { return static_cast<float>(q) * scale + min; }
+
+// W8A8 (moe/kernels/weights.h, int8-packed): quantizes one activation row to int8 with one scale,
+// s = max |a| / 127, q = a / s rounded to nearest even, stored as q + 128 (unsigned, the operand of the
+// u8 x s8 dot products). Returns s; NaN when the row has a non-finite value (its q are then 0). The
+// reference and every Cpu path call this one function, so they quantize identically.
+inline float quantize_act_row(const float* a, int64_t K, uint8_t* q_plus_128) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t k = 0; k < K; ++k) {
+    const float v = std::fabs(a[k]);
+    finite = finite && v <= 3.4028234663852886e38f;  // false for NaN and inf
+    amax = v > amax ? v : amax;
+  }
+  if (!finite || amax == 0.0f) {
+    for (int64_t k = 0; k < K; ++k) q_plus_128[k] = 128;
+    return finite ? 0.0f : std::nanf("");
+  }
+  const float inv = 127.0f / amax;
+  for (int64_t k = 0; k < K; ++k) {
+    float q = std::nearbyint(a[k] * inv);
+    q = q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q;
+    q_plus_128[k] = static_cast<uint8_t>(static_cast<int32_t>(q) + 128);
+  }
+  return amax / 127.0f;
+}
 
 }  // namespace moe::kernels::quant

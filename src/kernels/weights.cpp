@@ -21,6 +21,8 @@ const char* weight_format_name(WeightFormat f) {
       return "int4";
     case WeightFormat::Bf16Packed:
       return "bf16-packed";
+    case WeightFormat::Int8Packed:
+      return "int8-packed";
   }
   return "?";
 }
@@ -33,6 +35,7 @@ int weight_bits(WeightFormat f) {
     case WeightFormat::Bf16Packed:
       return 16;
     case WeightFormat::Int8:
+    case WeightFormat::Int8Packed:
       return 8;
     case WeightFormat::Int4:
       return 4;
@@ -57,12 +60,18 @@ void check_weight_view(const char* op, const WeightView& w) {
   MOE_CHECK(w.N >= 0, op, ": N must be >= 0, got ", w.N);
   MOE_CHECK(w.K >= 0, op, ": K must be >= 0, got ", w.K);
   const char* name = weight_format_name(w.format);
-  if (is_quantized(w.format)) {
+  if (has_groups(w.format)) {
     MOE_CHECK(!w.trans, op, ": W.trans is not supported with ", name, " weights (stored (N, K) only)");
     MOE_CHECK(w.group > 0 && w.group % 32 == 0, op, ": W.group must be a positive multiple of 32, got ",
               w.group);
     MOE_CHECK(w.K % w.group == 0, op, ": K = ", w.K, " is not a multiple of the group size ", w.group);
-  } else {
+  }
+  if (w.format == WeightFormat::Int8Packed) {
+    MOE_CHECK(w.group <= kMaxPackedInt8Group, op, ": W.group = ", w.group, " is above ", kMaxPackedInt8Group,
+              " with int8-packed weights");
+    MOE_CHECK(w.scales == nullptr && w.mins == nullptr, op,
+              ": W.scales and W.mins must be null with int8-packed weights (they are in W.data)");
+  } else if (!is_quantized(w.format)) {
     MOE_CHECK(w.scales == nullptr && w.mins == nullptr, op, ": W.scales and W.mins must be null with ", name,
               " weights");
   }
@@ -105,6 +114,44 @@ WeightView pack_bf16_weights(const WeightView& src, int64_t E, void* dst, const 
         for (int64_t j = 0; j < kPackedPanel; ++j) {
           const int64_t n = P * kPackedPanel + j;
           panel[q * kPackedPanel + j] = value(w, 2 * q, n) | (value(w, 2 * q + 1, n) << 16);
+        }
+      }
+    }
+  });
+  return out;
+}
+
+WeightView pack_int8_weights(const WeightView& src, int64_t E, void* dst, const char* what) {
+  MOE_CHECK(src.format == WeightFormat::Int8, "pack_int8_weights: ", what, " are ",
+            weight_format_name(src.format), " (expected int8)");
+  check_weight_view("pack_int8_weights", src);
+  MOE_CHECK(src.group <= kMaxPackedInt8Group, "pack_int8_weights: ", what, ": group ", src.group,
+            " is above ", kMaxPackedInt8Group);
+  MOE_CHECK(E >= 0, "pack_int8_weights: ", what, ": negative expert count ", E);
+  const int64_t N = src.N, K = src.K, G = src.group, ng = K / G, panels = packed_bf16_panels(N);
+  const WeightView out{.format = WeightFormat::Int8Packed, .N = N, .K = K, .data = dst, .group = G};
+  if (E == 0 || N == 0 || K == 0) return out;
+  MOE_CHECK(dst != nullptr, "pack_int8_weights: ", what, ": null destination");
+  const int64_t bytes = packed_int8_bytes(N, K, G), words = packed_int8_words_bytes(N, K),
+                params = packed_int8_param_bytes(N, K, G);
+  parallel_for(E * panels, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t e = i / panels, P = i % panels;
+      const WeightView w = src.expert(e);
+      const auto* q = static_cast<const int8_t*>(w.data);  // (N, K)
+      auto* base = static_cast<uint8_t*>(dst) + e * bytes;
+      int8_t* panel = reinterpret_cast<int8_t*>(base) + P * kPackedPanel * K;         // (K / 4, 16, 4)
+      float* scale = reinterpret_cast<float*>(base + words) + P * ng * kPackedPanel;  // (ng, 16)
+      int32_t* sum = reinterpret_cast<int32_t*>(base + words + params) + P * ng * kPackedPanel;  // (ng, 16)
+      for (int64_t j = 0; j < kPackedPanel; ++j) {
+        const int64_t n = P * kPackedPanel + j;
+        for (int64_t k = 0; k < K; ++k)
+          panel[(k / 4 * kPackedPanel + j) * 4 + k % 4] = n < N ? q[n * K + k] : 0;
+        for (int64_t g = 0; g < ng; ++g) {
+          int32_t s = 0;
+          for (int64_t k = g * G; k < (g + 1) * G && n < N; ++k) s += q[n * K + k];
+          scale[g * kPackedPanel + j] = n < N ? f16_to_f32(w.scales[n * ng + g]) : 0.0f;
+          sum[g * kPackedPanel + j] = 128 * s;
         }
       }
     }

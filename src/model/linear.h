@@ -8,31 +8,41 @@
 
 #include "moe/core/parallel.h"
 #include "moe/kernels/ops.h"
-#include "moe/kernels/ops_bf16.h"
+#include "moe/kernels/weights.h"
 
 namespace moe::model::detail {
 
 using kernels::Backend;
 
-// A linear layer's weight (out, in), and its bf16 copy when the model computes in bf16 (f32 only).
+// A linear layer's weight (out, in), and its bf16-packed copies when the model computes in bf16 (f32
+// only, moe/kernels/weights.h): fwd packs op(W) = W^T (in, out) for the forward, bwd op(W) = W
+// (out, in) for the input gradient (null in bf16 inference, which has no backward).
 template <typename T>
 struct LinW {
   const T* w = nullptr;
-  const uint16_t* bf16 = nullptr;
+  const void* bf16_fwd = nullptr;
+  const void* bf16_bwd = nullptr;
 };
+
+// C (n, N) = beta C + A (n, K) · op(W), with op(W) (K, N) packed bf16 (one expert owning every row).
+inline void packed_gemm(Backend be, const float* A, int64_t n, int64_t K, const void* W, int64_t N, float* C,
+                        float beta) {
+  const int32_t offsets[2] = {0, static_cast<int32_t>(n)};
+  kernels::GroupedGemmWArgs g;
+  g.E = 1, g.offsets = offsets;
+  g.A = A, g.lda = K;
+  g.W = {.format = kernels::WeightFormat::Bf16Packed, .N = N, .K = K, .data = W};
+  g.C = C, g.ldc = N, g.beta = beta;
+  kernels::grouped_gemm_w(be, g);
+}
 
 // y (n, out) = x (n, in) · Wᵀ (+ b)
 template <typename T>
 inline void linear(Backend be, const T* x, int64_t n, int64_t in, LinW<T> lw, int64_t out, const T* b, T* y) {
   const T* W = lw.w;
   if constexpr (std::is_same_v<T, float>) {
-    if (lw.bf16) {
-      kernels::GemmBf16Args g;
-      g.M = n, g.N = out, g.K = in;
-      g.A = x, g.lda = in;
-      g.W = lw.bf16, g.trans_w = false;
-      g.C = y, g.ldc = out;
-      kernels::gemm_bf16w(be, g);
+    if (lw.bf16_fwd) {
+      packed_gemm(be, x, n, in, lw.bf16_fwd, out, y, 0.0f);
       W = nullptr;
     }
   }
@@ -71,13 +81,8 @@ inline void linear_backward(Backend be, const T* x, const T* dy, int64_t n, int6
       }
     });
   if constexpr (std::is_same_v<T, float>) {
-    if (lw.bf16) {
-      kernels::GemmBf16Args g;
-      g.M = n, g.N = in, g.K = out;
-      g.A = dy, g.lda = out;
-      g.W = lw.bf16, g.trans_w = true;  // stored (out, in) = (K, N)
-      g.C = dx, g.ldc = in, g.beta = accumulate_dx ? 1.0f : 0.0f;
-      kernels::gemm_bf16w(be, g);
+    if (lw.bf16_bwd) {
+      packed_gemm(be, dy, n, out, lw.bf16_bwd, in, dx, accumulate_dx ? 1.0f : 0.0f);
       return;
     }
   }

@@ -12,6 +12,7 @@
 #include "moe/core/parallel.h"
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
+#include "moe/kernels/weights.h"
 #include "moe/model/nn.h"
 #include "moe/model/transformer.h"
 
@@ -63,8 +64,10 @@ struct Transformer::Impl {
   static LinW<T> LW(const Transformer& m, int i) {
     LinW<T> r;
     r.w = W<T>(m, i);
-    if (m.bf16_compute_ && i >= 0 && m.bf16_[i].defined())
-      r.bf16 = static_cast<const uint16_t*>(m.bf16_[i].raw());
+    if (m.bf16_compute_ && i >= 0 && m.bf16_[i].defined()) {
+      r.bf16_fwd = m.bf16_[i].raw();
+      if (m.bf16_t_[i].defined()) r.bf16_bwd = m.bf16_t_[i].raw();
+    }
     return r;
   }
   template <typename T>
@@ -455,16 +458,17 @@ void Transformer::set_bf16_compute(bool on) {
   if (on)
     refresh_bf16();
   else
-    bf16_.clear();
+    bf16_.clear(), bf16_t_.clear();
 }
 
 void Transformer::set_bf16_inference(bool on) {
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ",
             dtype_name(dtype_));
+  bf16_inference_ = on;  // first: inference packs no copies for the backward
+  bf16_.clear();
   set_bf16_compute(on);
   for (auto& l : moe_)
     if (l) l->set_bf16_expert_weights(on);
-  bf16_inference_ = on;
 }
 
 void Transformer::set_backend(kernels::Backend b) {
@@ -488,13 +492,20 @@ void Transformer::refresh_bf16() const {
     for (int i : {P.q_w, P.k_w, P.v_w, P.o_w, P.gate, P.up, P.down, P.q_a_w, P.q_b_w, P.kv_a_w, P.kv_b_w})
       if (i >= 0) linear.push_back(i);
   bf16_.resize(params_.size());
+  bf16_t_.resize(params_.size());
+  // W (out, in): the forward's op(W) = W^T (in, out) is W stored (N, K); the input gradient's op(W) = W
+  // (out, in) is W stored (K, N), trans.
   for (int i : linear) {
-    if (!bf16_[i].defined()) bf16_[i] = Tensor::empty(params_[i].value.shape(), DType::BF16);
+    const int64_t out = params_[i].value.size(0), in = params_[i].value.numel() / out;
     const float* src = params_[i].value.data<float>();
-    uint16_t* dst = static_cast<uint16_t*>(bf16_[i].raw());
-    parallel_for(params_[i].value.numel(), 1 << 15, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) dst[j] = f32_to_bf16(src[j]);
-    });
+    auto pack = [&](Tensor& t, int64_t N, int64_t K, bool trans) {
+      if (!t.defined()) t = Tensor::empty({kernels::packed_bf16_bytes(N, K) / 2}, DType::BF16, "bf16 linear");
+      kernels::pack_bf16_weights(
+          {.format = kernels::WeightFormat::F32, .N = N, .K = K, .trans = trans, .data = src}, 1, t.raw(),
+          params_[i].name.c_str());
+    };
+    pack(bf16_[i], out, in, false);
+    if (!bf16_inference_) pack(bf16_t_[i], in, out, true);
   }
 }
 

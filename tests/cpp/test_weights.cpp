@@ -94,6 +94,20 @@ struct Data {
       }
       return;
     }
+    if (format == WeightFormat::Int8Packed) {  // the int8 format, packed
+      const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), s.N, s.K, 8, 64, "W");
+      kernels::dequantize_matrix(q.view(), wd);
+      const size_t at = data.size();
+      data.resize(at + static_cast<size_t>(kernels::packed_int8_bytes(s.N, s.K, 64)));
+      kernels::pack_int8_weights({.format = WeightFormat::Int8,
+                                  .N = s.N,
+                                  .K = s.K,
+                                  .data = q.q.raw(),
+                                  .scales = static_cast<const uint16_t*>(q.scales.raw()),
+                                  .group = 64},
+                                 1, data.data() + at);
+      return;
+    }
     if (format == WeightFormat::Bf16Packed) {  // packed from the f32 values (rounded as it packs)
       const size_t at = data.size();
       data.resize(at + static_cast<size_t>(kernels::packed_bf16_bytes(s.N, s.K)));
@@ -122,7 +136,8 @@ struct Data {
     g.E = E, g.offsets = offsets.data(), g.A = A.data(), g.lda = lda;
     g.gather = s.gather ? gather.data() : nullptr;
     g.W.format = format, g.W.N = s.N, g.W.K = s.K, g.W.data = data.data();
-    if (kernels::is_quantized(format)) g.W.scales = scales.data(), g.W.group = 64;
+    if (kernels::is_quantized(format)) g.W.scales = scales.data();
+    if (kernels::has_groups(format)) g.W.group = 64;
     if (format == WeightFormat::Int4) g.W.mins = mins.data();
     g.C = C.data(), g.ldc = ldc, g.beta = s.beta;
     if (s.scatter) g.scale = scale.data(), g.out_row = out_row.data();
@@ -139,18 +154,23 @@ struct Data {
   }
   double bound(int64_t e, int64_t p, int64_t n) const {
     const float* a = A.data() + (s.gather ? gather[static_cast<size_t>(p)] : p) * lda;
-    double S = std::fabs(static_cast<double>(s.beta) * C0[p * ldc + n]);
+    double S = std::fabs(static_cast<double>(s.beta) * C0[p * ldc + n]), amax = 0;
+    for (int64_t k = 0; k < s.K; ++k) amax = std::max(amax, std::fabs(double(a[k])));
     for (int64_t k = 0; k < s.K; ++k) {
-      const double av = kernels::is_bf16(format) ? bf16_to_f32(f32_to_bf16(a[k])) : a[k];
+      double av = kernels::is_bf16(format) ? bf16_to_f32(f32_to_bf16(a[k])) : a[k];
+      if (format == WeightFormat::Int8Packed) av = std::fabs(av) + amax / 254;  // >= |q_k · s_p|
       S += std::fabs(av * Wd[(e * s.N + n) * s.K + k]);
     }
-    const double terms = kernels::is_quantized(format) ? s.K / 8.0 + 10 : s.K + 6.0;
+    // int8-packed: one FMA per group of 64 and the scale's multiply (and the add of beta · c).
+    const double terms = format == WeightFormat::Int8Packed ? s.K / 64.0 + 4
+                         : kernels::is_quantized(format)    ? s.K / 8.0 + 10
+                                                            : s.K + 6.0;
     return (s.scatter ? std::fabs(scale[static_cast<size_t>(p)]) : 1.0) * terms * std::ldexp(S, -24);
   }
 };
 
-const WeightFormat kFormats[] = {WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8,
-                                 WeightFormat::Int4, WeightFormat::Bf16Packed};
+const WeightFormat kFormats[] = {WeightFormat::F32,  WeightFormat::Bf16,       WeightFormat::Int8,
+                                 WeightFormat::Int4, WeightFormat::Bf16Packed, WeightFormat::Int8Packed};
 
 // Restores the default: every family at its best instruction set (and the tiles on the hardware).
 struct CapGuard {
@@ -371,6 +391,133 @@ TEST(WeightGemm, PackedViewErrors) {
       EXPECT_NE(std::string(e.what()).find("bf16-packed"), std::string::npos) << e.what();
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// int8-packed (W8A8): the activation quantization, against the documented formula.
+
+TEST(WeightGemm, Int8PackedFollowsTheW8A8Formula) {
+  CapGuard guard;
+  const int64_t N = 21, K = 128, G = 64;
+  Lcg r(5);
+  std::vector<float> w(static_cast<size_t>(N * K));
+  for (float& v : w) v = r.uniform();
+  const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), N, K, 8, G, "W");
+  std::vector<float> wd(static_cast<size_t>(N * K));
+  kernels::dequantize_matrix(q.view(), wd.data());
+  std::vector<uint8_t> packed(static_cast<size_t>(kernels::packed_int8_bytes(N, K, G)));
+  const kernels::WeightView v =
+      kernels::pack_int8_weights({.format = WeightFormat::Int8,
+                                  .N = N,
+                                  .K = K,
+                                  .data = q.q.raw(),
+                                  .scales = static_cast<const uint16_t*>(q.scales.raw()),
+                                  .group = G},
+                                 1, packed.data());
+  // Rows: random, zero, one with NaN, one with inf, a large one, one with a single non-zero.
+  const int64_t M = 6;
+  std::vector<float> A(static_cast<size_t>(M * K));
+  for (int64_t k = 0; k < K; ++k) {
+    A[static_cast<size_t>(k)] = r.uniform();
+    A[static_cast<size_t>(2 * K + k)] = r.uniform();
+    A[static_cast<size_t>(3 * K + k)] = r.uniform();
+    A[static_cast<size_t>(4 * K + k)] = 1e30f * r.uniform();
+  }
+  A[static_cast<size_t>(2 * K + 7)] = std::numeric_limits<float>::quiet_NaN();
+  A[static_cast<size_t>(3 * K + 100)] = -std::numeric_limits<float>::infinity();
+  A[static_cast<size_t>(5 * K + 33)] = -2.5f;
+  const int32_t offsets[2] = {0, static_cast<int32_t>(M)};
+  for (const std::string isa : {"generic", "avx512"}) {
+    if (!kernels::gemm_quant_isa_supported(isa)) continue;
+    kernels::set_gemm_quant_isa(isa);
+    for (Backend b : {Backend::Ref, Backend::Cpu}) {
+      std::vector<float> C(static_cast<size_t>(M * N), -1.0f);
+      kernels::GroupedGemmWArgs g;
+      g.E = 1, g.offsets = offsets, g.A = A.data(), g.lda = K, g.W = v, g.C = C.data(), g.ldc = N;
+      kernels::grouped_gemm_w(b, g);
+      for (int64_t m = 0; m < M; ++m) {
+        const float* a = A.data() + m * K;
+        double amax = 0;
+        bool finite = true;
+        for (int64_t k = 0; k < K; ++k) {
+          finite = finite && std::isfinite(a[k]);
+          amax = std::max(amax, double(std::fabs(a[k])));
+        }
+        for (int64_t n = 0; n < N; ++n) {
+          const float c = C[static_cast<size_t>(m * N + n)];
+          SCOPED_TRACE(isa + " " + kernels::backend_name(b) + " row " + std::to_string(m));
+          if (!finite) {
+            ASSERT_TRUE(std::isnan(c));
+            continue;
+          }
+          if (amax == 0) {
+            ASSERT_EQ(c, 0.0f);
+            continue;
+          }
+          const float s = static_cast<float>(amax) / 127.0f, inv = 127.0f / static_cast<float>(amax);
+          double want = 0, S = 0, qerr = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            const double qa = std::nearbyint(a[k] * inv), wk = wd[static_cast<size_t>(n * K + k)];
+            want += qa * wk;
+            S += std::fabs(qa * wk);
+            qerr += 0.5 * s * std::fabs(wk);  // |a - q s| <= s / 2
+          }
+          want *= s;
+          ASSERT_LE(std::fabs(c - want), (K / G + 4) * std::ldexp(S * s, -24)) << "col " << n;
+          // and within the quantization error of the f32 product with the dequantised weights
+          double f32 = 0;
+          for (int64_t k = 0; k < K; ++k) f32 += double(a[k]) * wd[static_cast<size_t>(n * K + k)];
+          ASSERT_LE(std::fabs(c - f32), qerr * 1.0001 + (K / G + 4) * std::ldexp(S * s, -24)) << "col " << n;
+        }
+      }
+    }
+  }
+}
+
+// vpdpbusd and the portable kernel: the same integer sums and the same fp32 order.
+TEST(WeightGemm, Int8PackedKernelsAreBitIdentical) {
+  CapGuard guard;
+  if (!kernels::gemm_quant_isa_supported("avx512")) GTEST_SKIP() << "no avx512";
+  const std::vector<Shape> shapes = {{{1, 0, 5, 13}, 40, 64, true, false, 0.0f},
+                                     {{7, 50}, 100, 192, true, true, 0.0f},
+                                     {{33}, 16, 640, false, false, 0.5f},
+                                     {{49, 2}, 130, 128, true, false, 1.0f}};
+  uint64_t seed = 80;
+  for (const Shape& s : shapes) {
+    const Data d(WeightFormat::Int8Packed, s, ++seed);
+    kernels::set_gemm_quant_isa("generic");
+    const std::vector<float> want = d.run(Backend::Cpu);
+    kernels::set_gemm_quant_isa("avx512");
+    const std::vector<float> got = d.run(Backend::Cpu);
+    EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
+        << "N " << s.N << " K " << s.K;
+  }
+}
+
+TEST(WeightGemm, Int8PackingErrors) {
+  std::vector<float> w(64 * 64, 0.5f);
+  const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), 64, 64, 8, 64, "W");
+  std::vector<uint8_t> dst(static_cast<size_t>(kernels::packed_int8_bytes(64, 64, 64)));
+  auto msg = [&](kernels::WeightView src) {
+    try {
+      kernels::pack_int8_weights(src, 1, dst.data(), "experts");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(msg({.format = WeightFormat::Bf16, .N = 64, .K = 64, .data = w.data()}).find("expected int8"),
+            std::string::npos);
+  EXPECT_NE(msg({.format = WeightFormat::Int8, .N = 64, .K = 64, .data = q.q.raw(), .group = 64})
+                .find("W.scales is null"),
+            std::string::npos);
+  const Data d(WeightFormat::Int8Packed, {{2}, 8, 64}, 3);
+  std::vector<float> C(d.C0);
+  kernels::GroupedGemmWArgs g = d.args(C);
+  g.W.group = 2048;  // K is 64: not a multiple either, the first check names the group
+  EXPECT_THROW(kernels::grouped_gemm_w(Backend::Cpu, g), Error);
+  g = d.args(C), g.W.scales = reinterpret_cast<const uint16_t*>(d.data.data());
+  EXPECT_THROW(kernels::grouped_gemm_w(Backend::Ref, g), Error);
 }
 
 }  // namespace

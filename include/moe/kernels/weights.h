@@ -9,6 +9,12 @@
 //         instructions, per expert: ceil(N / 16) panels of 16 columns, each kp = ceil(K / 32) · 16
 //         rows of 16 32-bit words; word (q, j) of panel P holds op(W)[2q, 16P + j] in its low half and
 //         op(W)[2q + 1, 16P + j] in its high half; zero beyond N and K   w = bf16_to_f32(stored)
+//   int8-packed  the int8 format packed once (pack_int8_weights) for integer dot products, and the
+//         activations quantized to int8 per row as they are read (W8A8, below). Per expert, ceil(N / 16)
+//         panels of 16 columns, each K / 4 rows of 16 32-bit words, word (r, j) holding the int8 of
+//         op(W)[4r .. 4r + 3, 16P + j] (k ascending from the low byte); then, per panel and group, the 16
+//         columns' fp32 scales; then, per panel and group, the 16 columns' int32 sums of q times 128.
+//         Zero beyond N. Scales and sums live in data (scales, mins null).     w = q · scale
 // (moe/kernels/ops_quant.h describes the int8 / int4 formats.) Expert e's data starts
 // e · data_stride bytes after data, its scales and mins e · param_stride entries after theirs; a
 // stride of 0 means the experts are packed one after the other.
@@ -24,12 +30,16 @@
 
 namespace moe::kernels {
 
-enum class WeightFormat : int { F32 = 0, Bf16 = 1, Int8 = 2, Int4 = 3, Bf16Packed = 4 };
-constexpr int kWeightFormatCount = 5;
+enum class WeightFormat : int { F32 = 0, Bf16 = 1, Int8 = 2, Int4 = 3, Bf16Packed = 4, Int8Packed = 5 };
+constexpr int kWeightFormatCount = 6;
 
-const char* weight_format_name(WeightFormat f);  // "f32", "bf16", "int8", "int4", "bf16-packed"
-int weight_bits(WeightFormat f);                 // bits per stored weight: 32, 16, 8, 4, 16
+// "f32", "bf16", "int8", "int4", "bf16-packed", "int8-packed"
+const char* weight_format_name(WeightFormat f);
+int weight_bits(WeightFormat f);  // bits per stored weight: 32, 16, 8, 4, 16, 8
+// int8 / int4: integers with f16 group scales (and mins) in their own arrays.
 inline bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8 || f == WeightFormat::Int4; }
+// Formats with a group (a multiple of 32 dividing K): int8, int4, int8-packed.
+inline bool has_groups(WeightFormat f) { return is_quantized(f) || f == WeightFormat::Int8Packed; }
 // Formats whose activations are rounded to bf16 as they are read (bf16 and bf16-packed).
 inline bool is_bf16(WeightFormat f) { return f == WeightFormat::Bf16 || f == WeightFormat::Bf16Packed; }
 
@@ -44,6 +54,18 @@ inline int64_t packed_bf16_panels(int64_t N) { return (N + kPackedPanel - 1) / k
 inline int64_t packed_bf16_bytes(int64_t N, int64_t K) {  // one expert
   return packed_bf16_panels(N) * packed_bf16_pairs(K) * kPackedPanel * 4;
 }
+// The int8-packed layout of one expert: the words, then the scales, then the sums (bytes from data).
+inline int64_t packed_int8_words_bytes(int64_t N, int64_t K) {
+  return packed_bf16_panels(N) * kPackedPanel * K;
+}
+inline int64_t packed_int8_param_bytes(int64_t N, int64_t K, int64_t group) {  // scales or sums
+  return group > 0 ? packed_bf16_panels(N) * (K / group) * kPackedPanel * 4 : 0;
+}
+inline int64_t packed_int8_bytes(int64_t N, int64_t K, int64_t group) {
+  return packed_int8_words_bytes(N, K) + 2 * packed_int8_param_bytes(N, K, group);
+}
+// int8-packed groups: at most this many k (each group's integer sum is then exact in fp32).
+constexpr int64_t kMaxPackedInt8Group = 1024;
 
 struct WeightView {
   WeightFormat format = WeightFormat::F32;
@@ -57,7 +79,9 @@ struct WeightView {
   int64_t param_stride = 0;          // entries from one expert's scales (mins) to the next; 0: packed
 
   int64_t expert_data_bytes() const {
-    return format == WeightFormat::Bf16Packed ? packed_bf16_bytes(N, K) : N * K * weight_bits(format) / 8;
+    if (format == WeightFormat::Bf16Packed) return packed_bf16_bytes(N, K);
+    if (format == WeightFormat::Int8Packed) return packed_int8_bytes(N, K, group);
+    return N * K * weight_bits(format) / 8;
   }
   int64_t expert_params() const { return is_quantized(format) && group > 0 ? N * (K / group) : 0; }
   int64_t expert_bytes() const {  // data, scales and mins of one expert
@@ -77,6 +101,19 @@ void check_weight_view(const char* op, const WeightView& w);
 // aligned is best, none is required) and is written densely (expert e at e · packed_bf16_bytes). Returns the
 // view of dst. Throws moe::Error naming `what` on another source format or a null pointer.
 WeightView pack_bf16_weights(const WeightView& src, int64_t E, void* dst, const char* what = "weights");
+
+// Packs E experts of the int8 format (src: int8 (N, K) with f16 scales, src.group) into the int8-packed
+// format at dst (E · packed_int8_bytes(N, K, group) bytes, expert e at e · that). Returns the view of
+// dst. Throws moe::Error naming `what` on another source format, a group above kMaxPackedInt8Group or
+// a null pointer.
+WeightView pack_int8_weights(const WeightView& src, int64_t E, void* dst, const char* what = "weights");
+
+// W8A8 (int8-packed weights): row p's activations a (K) (after the pre-activation, if any) are
+// quantized as  s_p = max_k |a_k| / 127,  q_k = a_k / s_p rounded to nearest even (in [-127, 127]);
+// a row with a non-finite value gets s_p = NaN (its outputs are NaN). Then, over the groups g in
+// order, with exact integer sums:
+//   C[p, n] = s_p · Σ_g scale[n, g] · Σ_{k in g} q_k · w_q[n, k]
+// (fp32 on the Cpu backend: each group's term is one FMA into the sum, then one multiply by s_p).
 
 // grouped_gemm_w: for expert e and each row p in [offsets[e], offsets[e+1]):
 //   C[p, :] (N) = beta * C[p, :] + a_p (K) · op(W_e)       a_p = A[row(p), :], row(p) = gather ? gather[p] :

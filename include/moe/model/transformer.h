@@ -189,7 +189,9 @@ class Transformer {
   ExpertParallel ep_;
   bool bf16_compute_ = false;
   bool bf16_inference_ = false;
-  mutable std::vector<Tensor> bf16_;  // per parameter: bf16 copy of a linear weight, else undefined
+  // Per parameter: bf16-packed copies of a linear weight (the forward's, and the input gradient's
+  // unless in bf16 inference), else undefined.
+  mutable std::vector<Tensor> bf16_, bf16_t_;
 };
 
 // config.json + model.safetensors in `dir` (created if needed; files written atomically).

@@ -26,6 +26,14 @@ float weight_at(const WeightView& W, int64_t k, int64_t n) {
           (n / kPackedPanel * packed_bf16_pairs(W.K) + k / 2) * kPackedPanel + n % kPackedPanel;
       return bf16_to_f32(static_cast<const uint16_t*>(W.data)[2 * word + k % 2]);
     }
+    case WeightFormat::Int8Packed: {  // byte k % 4 of word (k / 4, n % 16) of panel n / 16; the group's scale
+      const int64_t P = n / kPackedPanel, j = n % kPackedPanel, ng = W.K / W.group;
+      const auto* base = static_cast<const uint8_t*>(W.data);
+      const auto q =
+          static_cast<int8_t>(base[P * kPackedPanel * W.K + (k / 4 * kPackedPanel + j) * 4 + k % 4]);
+      const auto* scales = reinterpret_cast<const float*>(base + packed_int8_words_bytes(W.N, W.K));
+      return static_cast<float>(q) * scales[(P * ng + k / W.group) * kPackedPanel + j];  // exact
+    }
     case WeightFormat::Int8:
     case WeightFormat::Int4:
       break;
@@ -37,10 +45,14 @@ float weight_at(const WeightView& W, int64_t k, int64_t n) {
   return quant::dequant4(quant::int4_at(q + n * (W.K / 2), k), scale, f16_to_f32(W.mins[s]));
 }
 
-// a (rows, K) = the activation rows of rows [p0, p1) of the call, as the format reads them.
-void activation_rows(const GroupedGemmWArgs& g, int64_t p0, int64_t p1, std::vector<float>& a) {
+// a (rows, K) = the activation rows of rows [p0, p1) of the call, as the format reads them; with
+// int8-packed weights the quantized integers, and rs the rows' scales (else 1).
+void activation_rows(const GroupedGemmWArgs& g, int64_t p0, int64_t p1, std::vector<float>& a,
+                     std::vector<float>& rs) {
   const int64_t K = g.W.K;
   a.resize(static_cast<size_t>((p1 - p0) * K));
+  rs.assign(static_cast<size_t>(p1 - p0), 1.0f);
+  std::vector<uint8_t> q(static_cast<size_t>(g.W.format == WeightFormat::Int8Packed ? K : 0));
   for (int64_t p = p0; p < p1; ++p) {
     const float* src = g.A + (g.gather ? g.gather[p] : p) * g.lda;  // (K), or [G | U] (2K)
     float* dst = a.data() + (p - p0) * K;
@@ -48,6 +60,11 @@ void activation_rows(const GroupedGemmWArgs& g, int64_t p0, int64_t p1, std::vec
       preact_row(g.act, src, K, 1.0f, dst);
     } else {
       for (int64_t k = 0; k < K; ++k) dst[k] = src[k];
+    }
+    if (g.W.format == WeightFormat::Int8Packed) {
+      rs[static_cast<size_t>(p - p0)] = quant::quantize_act_row(dst, K, q.data());
+      for (int64_t k = 0; k < K; ++k)
+        dst[k] = static_cast<float>(static_cast<int32_t>(q[static_cast<size_t>(k)]) - 128);
     }
     if (!is_bf16(g.W.format)) continue;
     for (int64_t k = 0; k < K; ++k) dst[k] = bf16_to_f32(f32_to_bf16(dst[k]));
@@ -58,19 +75,20 @@ void activation_rows(const GroupedGemmWArgs& g, int64_t p0, int64_t p1, std::vec
 
 void grouped_gemm_w(const GroupedGemmWArgs& g) {
   const int64_t N = g.W.N, K = g.W.K;
-  std::vector<float> a;
+  std::vector<float> a, rs;
   std::vector<double> w(static_cast<size_t>(K));  // one column of op(W_e)
   for (int64_t e = 0; e < g.E; ++e) {
     const int64_t p0 = g.offsets[e], p1 = g.offsets[e + 1];
     if (p0 == p1) continue;
     const WeightView We = g.W.expert(e);
-    activation_rows(g, p0, p1, a);
+    activation_rows(g, p0, p1, a, rs);
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t k = 0; k < K; ++k) w[static_cast<size_t>(k)] = weight_at(We, k, n);
       for (int64_t p = p0; p < p1; ++p) {
         const float* ap = a.data() + (p - p0) * K;  // (K)
         double acc = 0;
         for (int64_t k = 0; k < K; ++k) acc += static_cast<double>(ap[k]) * w[static_cast<size_t>(k)];
+        acc *= rs[static_cast<size_t>(p - p0)];
         if (g.scale || g.out_row) {  // beta == 0 here
           const float s = g.scale ? g.scale[p] : 1.0f;
           g.C[(g.out_row ? g.out_row[p] : p) * g.ldc + n] = s * static_cast<float>(acc);

@@ -20,6 +20,8 @@ const Format& format_table(WeightFormat f) {
       return bf16_format();
     case WeightFormat::Bf16Packed:
       return bf16_packed_format();
+    case WeightFormat::Int8Packed:
+      return int8_packed_format();
     case WeightFormat::Int8:
       return int8_format();
     case WeightFormat::Int4:

@@ -60,6 +60,7 @@ struct Format {
 const Format& f32_format();
 const Format& bf16_format();
 const Format& bf16_packed_format();
+const Format& int8_packed_format();
 const Format& int8_format();
 const Format& int4_format();
 

@@ -1,0 +1,236 @@
+// The int8-packed weight format of grouped_gemm_w (engine.h): W8A8 on integer dot products. The
+// weights are packed once (pack_int8_weights, moe/kernels/weights.h) in panels of 16 columns whose
+// words hold 4 consecutive k of a column; a call quantizes its activation rows (one scale per row,
+// quant::quantize_act_row, stored as q + 128) and multiplies them with vpdpbusd, which adds the four
+// products of unsigned (activation) and signed (weight) bytes to an int32 lane.
+//
+// A tile (at most kMC rows of one expert and a multiple of 16 columns, from the engine) is computed
+//   quantize its rows (the whole K of each, after the pre-activation if any),
+//   for each group of NV panels and each MR rows, over the groups g of K in order:
+//     i[r, n] = Σ_{k in g} (q_rk + 128) · w_nk           (int32, exact)
+//     f[r, n] = fma(float(i[r, n] - 128 · Σ_{k in g} w_nk), scale[n, g], f[r, n])   (the int32 is exact
+//               in fp32: |Σ q w| <= 1024 · 127² < 2^24)
+//   then C[r, n] = f · s_r (or fma(f, s_r, C) to add).
+// Every instruction set runs this order, so the portable path and vpdpbusd give the same bits, for
+// any thread count; a row's result does not depend on the other rows.
+#include <immintrin.h>
+
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu/wgemm/engine.h"
+#include "kernels/quant_format.h"
+
+#define MOE_INLINE inline __attribute__((always_inline))
+
+namespace moe::kernels::cpu::wgemm {
+
+namespace {
+
+constexpr int64_t kPanel = kPackedPanel;
+constexpr int64_t kMC = 48;   // rows per tile: a multiple of every MR; the tile's rows are quantized whole
+constexpr int64_t kNC = 192;  // a multiple of every NR
+
+// The expert's packed data as the kernels read it.
+struct Packed {
+  const int32_t* words;  // panel P at words + P * K * 4 (K / 4 rows of 16 words)
+  const float* scales;   // panel P, group g at scales + (P * ng + g) * 16
+  const int32_t* sums;   // likewise
+  int64_t K, group, ng;
+};
+
+Packed packed_of(const Problem& p) {
+  const auto* base = static_cast<const uint8_t*>(p.W.data);
+  const int64_t words = packed_int8_words_bytes(p.N, p.K), params = packed_int8_param_bytes(p.N, p.K, p.W.group);
+  return {reinterpret_cast<const int32_t*>(base), reinterpret_cast<const float*>(base + words),
+          reinterpret_cast<const int32_t*>(base + words + params), p.K, p.W.group, p.K / p.W.group};
+}
+
+// One block: R rows of quantized activations (a + r * K bytes, row scales rs) x V panels from panel P.
+struct Block {
+  const uint8_t* a;
+  const float* rs;
+  int64_t P;
+  float* c;
+  int64_t ldc;
+  bool load;
+};
+
+struct KernGeneric {
+  static constexpr int MR = 4, NV = 1;
+  template <int R, int V>
+  static void run(const Packed& w, const Block& b) {
+    float f[R][16 * V] = {};
+    for (int64_t g = 0; g < w.ng; ++g) {
+      for (int v = 0; v < V; ++v) {
+        const int8_t* panel = reinterpret_cast<const int8_t*>(w.words + (b.P + v) * w.K * 4);
+        const float* sc = w.scales + ((b.P + v) * w.ng + g) * kPanel;
+        const int32_t* sm = w.sums + ((b.P + v) * w.ng + g) * kPanel;
+        for (int r = 0; r < R; ++r) {
+          const uint8_t* a = b.a + r * w.K;
+          for (int j = 0; j < 16; ++j) {
+            int32_t acc = 0;
+            for (int64_t k = g * w.group; k < (g + 1) * w.group; ++k)
+              acc += int32_t{a[k]} * int32_t{panel[(k / 4 * kPanel + j) * 4 + k % 4]};
+            f[r][16 * v + j] = std::fma(static_cast<float>(acc - sm[j]), sc[j], f[r][16 * v + j]);
+          }
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < 16 * V; ++j) {
+        float& c = b.c[r * b.ldc + j];
+        c = b.load ? std::fma(f[r][j], b.rs[r], c) : f[r][j] * b.rs[r];
+      }
+    }
+  }
+};
+
+// AVX-512 VNNI: 6 rows x 2 panels of int32 accumulators for a group, folded into as many fp32 ones.
+struct KernVnni {
+  // int32 -> fp32 per lane (a vector-extension conversion: GCC 12's _mm512_cvtepi32_ps trips
+  // -Wmaybe-uninitialized through _mm512_undefined_ps).
+  typedef int32_t v16i __attribute__((vector_size(64)));
+  typedef float v16f __attribute__((vector_size(64)));
+  __attribute__((target("avx512f"))) static MOE_INLINE __m512 to_f32(__m512i x) {
+    return reinterpret_cast<__m512>(__builtin_convertvector(reinterpret_cast<v16i>(x), v16f));
+  }
+  static constexpr int MR = 6, NV = 2;
+  template <int R, int V>
+  __attribute__((target("avx512f,avx512vnni"))) static void run(const Packed& w, const Block& b) {
+    __m512 f[R][V];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) f[r][v] = _mm512_setzero_ps();
+    const int64_t quads = w.group / 4;
+    for (int64_t g = 0; g < w.ng; ++g) {
+      __m512i acc[R][V];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_si512();
+      const int64_t q0 = g * quads;
+      for (int64_t q = q0; q < q0 + quads; ++q) {
+        __m512i wv[V];
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(w.words + (b.P + v) * w.K * 4 + q * kPanel);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          int32_t a4;
+          std::memcpy(&a4, b.a + r * w.K + 4 * q, 4);
+          const __m512i av = _mm512_set1_epi32(a4);
+#pragma GCC unroll 16
+          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, wv[v]);
+        }
+      }
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        const __m512 sc = _mm512_loadu_ps(w.scales + ((b.P + v) * w.ng + g) * kPanel);
+        const __m512i sm = _mm512_loadu_si512(w.sums + ((b.P + v) * w.ng + g) * kPanel);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r)
+          f[r][v] = _mm512_fmadd_ps(to_f32(_mm512_sub_epi32(acc[r][v], sm)), sc, f[r][v]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(b.rs[r]);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        float* c = b.c + r * b.ldc + 16 * v;
+        _mm512_storeu_ps(c, b.load ? _mm512_fmadd_ps(f[r][v], s, _mm512_loadu_ps(c)) : _mm512_mul_ps(f[r][v], s));
+      }
+    }
+  }
+};
+
+template <class Kern>
+using KernFn = void (*)(const Packed&, const Block&);
+
+template <class Kern, size_t... I>
+constexpr auto kern_table(std::index_sequence<I...>) {
+  return std::array<KernFn<Kern>, sizeof...(I)>{
+      &Kern::template run<static_cast<int>(I / Kern::NV) + 1, static_cast<int>(I % Kern::NV) + 1>...};
+}
+
+template <class Kern>
+MOE_INLINE KernFn<Kern> kern_for(int64_t r, int64_t v) {
+  static constexpr auto table = kern_table<Kern>(std::make_index_sequence<Kern::MR * Kern::NV>());
+  return table[static_cast<size_t>((r - 1) * Kern::NV + (v - 1))];
+}
+
+template <typename T>
+T* scratch(std::vector<T>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
+}
+
+template <class Kern>
+MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  constexpr int64_t MR = Kern::MR, NV = Kern::NV;
+  const int64_t mc = i1 - i0, nc = j1 - j0, panels = (nc + kPanel - 1) / kPanel, K = p.K;
+  const Packed w = packed_of(p);
+  thread_local std::vector<uint8_t> q_buf;
+  thread_local std::vector<float> h_buf;
+  uint8_t* q = scratch(q_buf, mc * K);  // (mc, K) activations + 128
+  float* h = scratch(h_buf, K);         // a row's pre-activation
+  float rs[kMC];                        // the rows' scales
+  for (int64_t i = 0; i < mc; ++i) rs[i] = quant::quantize_act_row(a_span(p, i0 + i, 0, K, h), K, q + i * K);
+  alignas(64) float edge[MR * kPanel * NV];
+  for (int64_t P = 0; P < panels; P += NV) {
+    const int64_t v = panels - P < NV ? panels - P : NV;
+    const int64_t cols = nc - P * kPanel < v * kPanel ? nc - P * kPanel : v * kPanel;
+    for (int64_t ip = 0; ip < mc; ip += MR) {
+      const int64_t r = mc - ip < MR ? mc - ip : MR;
+      float* c = out.c + ip * out.ldc + P * kPanel;
+      const auto kern = kern_for<Kern>(r, v);
+      const int64_t width = v * kPanel;
+      if (cols == width) {
+        kern(w, {q + ip * K, rs + ip, j0 / kPanel + P, c, out.ldc, out.load});
+        continue;
+      }
+      for (int64_t ii = 0; ii < r && out.load; ++ii)  // the last panel has columns past N
+        for (int64_t j = 0; j < width; ++j) edge[ii * width + j] = j < cols ? c[ii * out.ldc + j] : 0.0f;
+      kern(w, {q + ip * K, rs + ip, j0 / kPanel + P, edge, width, out.load});
+      for (int64_t ii = 0; ii < r; ++ii)
+        for (int64_t j = 0; j < cols; ++j) c[ii * out.ldc + j] = edge[ii * width + j];
+    }
+  }
+}
+
+void tile_generic(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  tile_impl<KernGeneric>(p, i0, i1, j0, j1, out);
+}
+
+__attribute__((target("avx512f,avx512vnni"))) void tile_vnni(const Problem& p, int64_t i0, int64_t i1,
+                                                             int64_t j0, int64_t j1, const TileOut& out) {
+  tile_impl<KernVnni>(p, i0, i1, j0, j1, out);
+}
+
+// avx512 without VNNI (Skylake-X): the portable kernel.
+void tile_avx512(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  (vnni ? tile_vnni : tile_generic)(p, i0, i1, j0, j1, out);
+}
+
+}  // namespace
+
+const Format& int8_packed_format() {
+  static const Format f{.mc = kMC,
+                        .nc = kNC,
+                        .widen = true,
+                        .min_parallel = 0,
+                        .family = Family::Quant,
+                        .tile = {&tile_generic, &tile_generic, &tile_avx512}};
+  return f;
+}
+
+}  // namespace moe::kernels::cpu::wgemm
