@@ -1,6 +1,7 @@
 // `moe bench quant [--shapes NxK,...] [--m 1,4,16,256] [--group-size G] [--threads T] [--iters I]
 //  [--copies C] [--json]`: the quantized-weight GEMM (kernels::gemm_qw, int8 and int4) beside the f32
-// GEMM (kernels::gemm) and the bf16-weight GEMM (kernels::gemm_bf16w) on the same shapes, in one run.
+// GEMM (kernels::gemm), the bf16-weight GEMM (kernels::gemm_bf16w) and the packed formats of
+// grouped_gemm_w (bf16-packed; int8-packed, W8A8) on the same shapes, in one run.
 //
 // Each kind multiplies M rows by (N, K) weights stored as nn.Linear (out, in). Every kind keeps `copies`
 // distinct weight matrices and cycles through them, so that with the default the weights of a call
@@ -25,6 +26,7 @@
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
+#include "moe/kernels/weights.h"
 
 namespace moe::cli {
 namespace {
@@ -42,7 +44,8 @@ struct BenchQuantOptions {
   bool json = false;
 };
 
-const char* const kKinds[4] = {"f32", "bf16", "int8", "int4"};
+constexpr int kKindCount = 6;
+const char* const kKinds[kKindCount] = {"f32", "bf16", "int8", "int4", "bf16-packed", "w8a8"};
 
 struct Row {
   int64_t N = 0, K = 0, M = 0;
@@ -75,6 +78,8 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
   std::vector<std::vector<float>> w32(C);
   std::vector<std::vector<uint16_t>> w16(C);
   std::vector<kernels::QuantizedMatrix> w8(C), w4(C);
+  std::vector<std::vector<uint8_t>> p16(C), p8(C);  // bf16-packed, int8-packed
+  std::vector<kernels::WeightView> v16(C), v8(C);
   const float scale = 1.0f / std::sqrt(static_cast<float>(K));
   for (int c = 0; c < C; ++c) {
     w32[c].resize(static_cast<size_t>(N * K));
@@ -83,8 +88,21 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
     for (size_t i = 0; i < w32[c].size(); ++i) w16[c][i] = f32_to_bf16(w32[c][i]);
     w8[c] = kernels::quantize_matrix(w32[c].data(), N, K, 8, o.group, "w");
     w4[c] = kernels::quantize_matrix(w32[c].data(), N, K, 4, o.group, "w");
+    p16[c].resize(static_cast<size_t>(kernels::packed_bf16_bytes(N, K)));
+    v16[c] = kernels::pack_bf16_weights(
+        {.format = kernels::WeightFormat::F32, .N = N, .K = K, .data = w32[c].data()}, 1, p16[c].data());
+    p8[c].resize(static_cast<size_t>(kernels::packed_int8_bytes(N, K, o.group)));
+    const kernels::QuantWeight q = w8[c].view();
+    v8[c] = kernels::pack_int8_weights({.format = kernels::WeightFormat::Int8,
+                                        .N = N,
+                                        .K = K,
+                                        .data = q.q,
+                                        .scales = q.scales,
+                                        .group = o.group},
+                                       1, p8[c].data());
   }
-  const int64_t bytes[4] = {4 * N * K, 2 * N * K, w8[0].bytes(), w4[0].bytes()};
+  const int64_t bytes[kKindCount] = {
+      4 * N * K, 2 * N * K, w8[0].bytes(), w4[0].bytes(), v16[0].expert_bytes(), v8[0].expert_bytes()};
   std::vector<Row> rows;
   for (int64_t M : o.ms) {
     std::vector<float> A(static_cast<size_t>(M * K)), Cm(static_cast<size_t>(M * N));
@@ -104,6 +122,14 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
           g.ldc = N;
           return kernels::gemm_bf16w(kernels::Backend::Cpu, g);
         }
+        case 4:
+        case 5: {
+          const int32_t offsets[2] = {0, static_cast<int32_t>(M)};
+          kernels::GroupedGemmWArgs g;
+          g.E = 1, g.offsets = offsets, g.A = A.data(), g.lda = K, g.W = (kind == 4 ? v16 : v8)[c];
+          g.C = Cm.data(), g.ldc = N;
+          return kernels::grouped_gemm_w(kernels::Backend::Cpu, g);
+        }
         default: {
           kernels::GemmQuantArgs g;
           g.M = M, g.A = A.data(), g.lda = K, g.W = (kind == 2 ? w8 : w4)[c].view(), g.C = Cm.data(),
@@ -112,10 +138,10 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
         }
       }
     };
-    std::vector<double> times[4];
+    std::vector<double> times[kKindCount];
     int c = 0;
     for (int it = 0; it < o.warmup + o.iters; ++it) {
-      for (int kind = 0; kind < 4; ++kind) {  // interleaved: every kind sees the same machine state
+      for (int kind = 0; kind < kKindCount; ++kind) {  // interleaved: every kind sees the same machine state
         const auto t0 = std::chrono::steady_clock::now();
         run(kind, c);
         const double ms = ms_since(t0);
@@ -123,7 +149,7 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
       }
       c = (c + 1) % C;
     }
-    for (int kind = 0; kind < 4; ++kind) {
+    for (int kind = 0; kind < kKindCount; ++kind) {
       Row r;
       r.N = N, r.K = K, r.M = M, r.kind = kKinds[kind], r.ms = median(times[kind]),
       r.weight_bytes = bytes[kind];
@@ -179,13 +205,14 @@ int run_bench_quant(const BenchQuantOptions& o) {
       "median of %d\n",
       num_threads(), static_cast<long long>(o.group), kernels::gemm_quant_isa(), kernels::gemm_bf16_isa(),
       o.copies, o.iters);
-  std::printf("%-11s %5s  %-5s %10s %9s %9s %9s\n", "N x K", "M", "kind", "ms", "GFLOP/s", "GB/s", "vs bf16");
+  std::printf("%-11s %5s  %-11s %10s %9s %9s %9s\n", "N x K", "M", "kind", "ms", "GFLOP/s", "GB/s",
+              "vs bf16");
   for (size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
-    const double bf16_ms = rows[i - i % 4 + 1].ms;  // the bf16 row of the same shape and M
+    const double bf16_ms = rows[i - i % kKindCount + 1].ms;  // the bf16 row of the same shape and M
     char shape[32];
     std::snprintf(shape, sizeof shape, "%lldx%lld", static_cast<long long>(r.N), static_cast<long long>(r.K));
-    std::printf("%-11s %5lld  %-5s %10.4f %9.2f %9.2f %8.2fx\n", shape, static_cast<long long>(r.M),
+    std::printf("%-11s %5lld  %-11s %10.4f %9.2f %9.2f %8.2fx\n", shape, static_cast<long long>(r.M),
                 r.kind.c_str(), r.ms, r.gflops, r.gbps, bf16_ms / r.ms);
   }
   return kExitOk;
@@ -214,8 +241,11 @@ void add_bench_quant(CLI::App& bench, Registry& reg) {
   c->footer(
       "Kinds: f32 = kernels::gemm with f32 weights, bf16 = kernels::gemm_bf16w, int8 / int4 = "
       "kernels::gemm_qw\n"
-      "(group-wise, f16 scales). GB/s counts the bytes of the weights (with scales and mins) per call;\n"
-      "'vs bf16' is the bf16 time over the kind's time.");
+      "(group-wise, f16 scales, fp32 activations), bf16-packed = grouped_gemm_w on bf16 weights packed "
+      "once,\n"
+      "w8a8 = grouped_gemm_w on int8 weights packed once with the activations quantized to int8 per row.\n"
+      "GB/s counts the bytes of the weights (with scales and mins) per call; 'vs bf16' is the bf16 time\n"
+      "over the kind's time.");
   c->callback([&reg, o] { reg.action = [o] { return run_bench_quant(*o); }; });
 }
 

@@ -398,7 +398,7 @@ TEST(WeightGemm, PackedViewErrors) {
 
 TEST(WeightGemm, Int8PackedFollowsTheW8A8Formula) {
   CapGuard guard;
-  const int64_t N = 21, K = 128, G = 64;
+  const int64_t N = 21, K = 128, G = 32;
   Lcg r(5);
   std::vector<float> w(static_cast<size_t>(N * K));
   for (float& v : w) v = r.uniform();

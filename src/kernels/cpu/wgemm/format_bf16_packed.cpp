@@ -40,7 +40,7 @@ namespace {
 
 constexpr int64_t kPanel = kPackedPanel;  // 16 columns per packed panel
 constexpr int64_t kMC = 288;              // a multiple of every MR (4, 8, 6, 32)
-constexpr int64_t kNC = 768;              // a multiple of every NR (16, 48, 64, 32)
+constexpr int64_t kNC = 192;              // a multiple of every NR (16, 48, 64, 32); the engine widens it
 constexpr int64_t kKC = 512;              // a multiple of kPackedKAlign
 constexpr int64_t kAmxMinRows = 16;       // fewer rows in a tile: the avx512 widening kernel
 static_assert(kKC % kPackedKAlign == 0, "a K block must be whole AMX tile rows");

@@ -45,9 +45,14 @@ struct Packed {
 
 Packed packed_of(const Problem& p) {
   const auto* base = static_cast<const uint8_t*>(p.W.data);
-  const int64_t words = packed_int8_words_bytes(p.N, p.K), params = packed_int8_param_bytes(p.N, p.K, p.W.group);
-  return {reinterpret_cast<const int32_t*>(base), reinterpret_cast<const float*>(base + words),
-          reinterpret_cast<const int32_t*>(base + words + params), p.K, p.W.group, p.K / p.W.group};
+  const int64_t words = packed_int8_words_bytes(p.N, p.K),
+                params = packed_int8_param_bytes(p.N, p.K, p.W.group);
+  return {reinterpret_cast<const int32_t*>(base),
+          reinterpret_cast<const float*>(base + words),
+          reinterpret_cast<const int32_t*>(base + words + params),
+          p.K,
+          p.W.group,
+          p.K / p.W.group};
 }
 
 // One block: R rows of quantized activations (a + r * K bytes, row scales rs) x V panels from panel P.
@@ -143,7 +148,8 @@ struct KernVnni {
 #pragma GCC unroll 16
       for (int v = 0; v < V; ++v) {
         float* c = b.c + r * b.ldc + 16 * v;
-        _mm512_storeu_ps(c, b.load ? _mm512_fmadd_ps(f[r][v], s, _mm512_loadu_ps(c)) : _mm512_mul_ps(f[r][v], s));
+        _mm512_storeu_ps(
+            c, b.load ? _mm512_fmadd_ps(f[r][v], s, _mm512_loadu_ps(c)) : _mm512_mul_ps(f[r][v], s));
       }
     }
   }
@@ -171,7 +177,8 @@ T* scratch(std::vector<T>& v, int64_t n) {
 }
 
 template <class Kern>
-MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                          const TileOut& out) {
   constexpr int64_t MR = Kern::MR, NV = Kern::NV;
   const int64_t mc = i1 - i0, nc = j1 - j0, panels = (nc + kPanel - 1) / kPanel, K = p.K;
   const Packed w = packed_of(p);
