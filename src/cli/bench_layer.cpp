@@ -64,7 +64,7 @@ struct BenchLayerOptions {
   std::string backend = "cpu";
   uint64_t seed = 42;
   bool json = false;
-  std::string weights = "f32";  // f32 | bf16 (bf16: inference path, forward only)
+  std::string weights = "f32";  // f32 | bf16 (inference path, forward only) | bf16-compute (training)
   int dense_reps = 3;           // 0: skip the dense GEMM ceiling
 };
 
@@ -82,8 +82,8 @@ struct BenchLayerResult {
   bool dense = false;
   int64_t dense_m = 0, dense_n = 0, dense_k = 0;
   DenseGemmResult dense_r;
-  // --weights bf16: the same forward with the f32 weights, timed in the same run.
-  double f32_fwd_ms = 0;
+  // --weights bf16 / bf16-compute: the same forward (and forward+backward) in f32, timed in the same run.
+  double f32_fwd_ms = 0, f32_fwd_bwd_ms = 0;
 };
 
 // Checks of the options that only the tool has; the layer's own fields are checked by
@@ -165,8 +165,9 @@ BenchLayerResult bench(const BenchLayerOptions& o) {
 
   MoELayer layer(cfg, DType::F32, backend);
   layer.init_params(o.seed);
-  const bool bf16 = o.weights == "bf16";
+  const bool bf16 = o.weights == "bf16", bf16_compute = o.weights == "bf16-compute";
   if (bf16) layer.set_bf16_expert_weights(true);
+  if (bf16_compute) layer.set_bf16_compute(true);
   const Rng rng(o.seed);
   Tensor x = Tensor::empty({o.tokens, o.d_model}, DType::F32, "x");    // (T, d)
   Tensor dy = Tensor::empty({o.tokens, o.d_model}, DType::F32, "dy");  // (T, d)
@@ -221,6 +222,23 @@ BenchLayerResult bench(const BenchLayerOptions& o) {
     }
     r.fwd_bwd_ms = median(fwd_bwd);
     r.fwd_bwd_ms_min = *std::min_element(fwd_bwd.begin(), fwd_bwd.end());
+    if (bf16_compute) {  // the f32 forward and forward+backward beside it
+      layer.set_bf16_compute(false);
+      for (int i = 0; i < o.warmup; ++i) {
+        MoEForward f = layer.forward(x);
+        layer.backward_into(f, dy, grads);
+      }
+      std::vector<double> f32, f32_bwd;
+      for (int i = 0; i < o.iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        MoEForward f = layer.forward(x);
+        f32.push_back(ms_since(t0));
+        layer.backward_into(f, dy, grads);
+        f32_bwd.push_back(ms_since(t0));
+      }
+      r.f32_fwd_ms = median(f32);
+      r.f32_fwd_bwd_ms = median(f32_bwd);
+    }
   }
   r.flops_fwd = layer.expert_flops(r.stats, o.tokens);
   r.peak_rss_mb = peak_rss_mb();
@@ -302,6 +320,12 @@ void print_json(const BenchLayerOptions& o, const BenchLayerResult& r) {
     j["f32_fwd_ms"] = round_to(r.f32_fwd_ms, 6);
     j["f32_gflops_fwd"] = round_sig(gflops(r.flops_fwd, r.f32_fwd_ms), 5);
     j["bf16_vs_f32_fwd"] = round_to(r.fwd_ms > 0 ? r.f32_fwd_ms / r.fwd_ms : 0.0, 4);
+  }
+  if (o.weights == "bf16-compute") {
+    j["f32_fwd_ms"] = round_to(r.f32_fwd_ms, 6);
+    j["f32_fwd_bwd_ms"] = round_to(r.f32_fwd_bwd_ms, 6);
+    j["bf16_vs_f32_fwd"] = round_to(r.fwd_ms > 0 ? r.f32_fwd_ms / r.fwd_ms : 0.0, 4);
+    j["bf16_vs_f32_fwd_bwd"] = round_to(r.fwd_bwd_ms > 0 ? r.f32_fwd_bwd_ms / r.fwd_bwd_ms : 0.0, 4);
   }
   if (r.dense) {
     j["dense_backend"] = "cpu";
@@ -427,8 +451,10 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
   add_seed_flag(sub, opts->seed, "the parameters and inputs");
   sub->add_option(
          "--weights", opts->weights,
-         "Weight dtype of the experts: f32, or bf16 (forward only; the f32 forward is timed beside it)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
+         "Expert weights: f32; bf16 (inference copies, forward only; the f32 forward is timed beside it); "
+         "bf16-compute (training: forward and input-gradient GEMMs on bf16 copies, f32 weight gradients; "
+         "the f32 forward and forward+backward are timed beside it)")
+      ->check(CLI::IsMember({"f32", "bf16", "bf16-compute"}))
       ->capture_default_str();
   sub->add_option("--dense-reps", opts->dense_reps,
                   "Timed reps of the dense GEMM ceiling, best one reported (0 = skip)")

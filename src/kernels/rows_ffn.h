@@ -2,7 +2,10 @@
 // grouped_ffn_down_backward, grouped_gemm_cat, grouped_gemm_scatter). Ref and Cpu only so far.
 #pragma once
 
+#include <type_traits>
+
 #include "kernels/rows_core.h"
+#include "moe/kernels/weight_view.h"
 
 namespace moe::kernels {
 
@@ -81,12 +84,23 @@ struct OpRow<FfnDownBackwardArgs<T>> {
       if (g.Hs) check_stride(name, "ldhs", g.ldhs, g.F);
       if (g.D > 0) {
         check_ptr(name, "dY", g.dY);
-        check_ptr(name, "W_down", g.W_down);
+        if (!g.W_down_w.data) check_ptr(name, "W_down", g.W_down);
         check_stride(name, "ldy", g.ldy, g.D);
       }
     }
+    if (g.W_down_w.data) check_weights(g);
     if (g.gather && rows > 0) check_rows(name, "gather", g.gather, rows);
     return true;
+  }
+  // W_down_w: float only, a format without activation quantization, op(W) (D, F).
+  static void check_weights(const Args& g) {
+    const WeightView& w = g.W_down_w;
+    check_weight_view(name, w);
+    MOE_CHECK((std::is_same_v<T, float>), name, ": W_down_w needs float rows");
+    MOE_CHECK(w.format == WeightFormat::F32 || is_bf16(w.format), name, ": W_down_w is ",
+              weight_format_name(w.format), " (f32, bf16 or bf16-packed)");
+    MOE_CHECK(w.K == g.D && w.N == g.F, name, ": W_down_w's op(W) is (", w.K, ", ", w.N,
+              "), expected (D, F) = (", g.D, ", ", g.F, ")");
   }
   static double flops(const Args& g) { return 2.0 * rows::host_rows(g.offsets, g.E) * g.D * g.F; }
   static double bytes(const Args& g) {

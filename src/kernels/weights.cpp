@@ -87,6 +87,48 @@ void check_weight_view(const char* op, const WeightView& w) {
   if (w.format == WeightFormat::Int4) MOE_CHECK(w.mins != nullptr, op, ": W.mins is null");
 }
 
+namespace {
+
+// bf16 bits of a source element: f32 rounded to nearest even (NaN stays a quiet NaN), bf16 as is.
+inline uint32_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : rounded;
+}
+inline uint32_t bf16_bits(uint16_t h) { return h; }
+
+// One panel (kp rows of 16 words) of one expert whose op(W) (K, N) is stored as src.
+template <typename S>
+void pack_panel(const S* src, bool trans, int64_t N, int64_t K, int64_t kp, int64_t P, uint32_t* panel) {
+  const int64_t n0 = P * kPackedPanel, cols = N - n0 < kPackedPanel ? N - n0 : kPackedPanel;
+  if (trans) {  // (K, N): rows 2q and 2q + 1 are contiguous along n
+    for (int64_t q = 0; q < kp; ++q) {
+      uint32_t* d = panel + q * kPackedPanel;
+      const S* r0 = 2 * q < K ? src + 2 * q * N + n0 : nullptr;
+      const S* r1 = 2 * q + 1 < K ? src + (2 * q + 1) * N + n0 : nullptr;
+      for (int64_t j = 0; j < kPackedPanel; ++j) {
+        const uint32_t lo = r0 && j < cols ? bf16_bits(r0[j]) : 0u,
+                       hi = r1 && j < cols ? bf16_bits(r1[j]) : 0u;
+        d[j] = lo | (hi << 16);
+      }
+    }
+    return;
+  }
+  for (int64_t j = 0; j < kPackedPanel; ++j) {  // (N, K): column n0 + j's values are contiguous along k
+    int64_t q = 0;
+    if (j < cols) {
+      const S* row = src + (n0 + j) * K;
+      for (; q < K / 2; ++q)
+        panel[q * kPackedPanel + j] = bf16_bits(row[2 * q]) | (bf16_bits(row[2 * q + 1]) << 16);
+      if (K & 1) panel[q++ * kPackedPanel + j] = bf16_bits(row[K - 1]);
+    }
+    for (; q < kp; ++q) panel[q * kPackedPanel + j] = 0;
+  }
+}
+
+}  // namespace
+
 WeightView pack_bf16_weights(const WeightView& src, int64_t E, void* dst, const char* what) {
   MOE_CHECK(src.format == WeightFormat::F32 || src.format == WeightFormat::Bf16, "pack_bf16_weights: ", what,
             " are ", weight_format_name(src.format), " (expected f32 or bf16)");
@@ -96,25 +138,16 @@ WeightView pack_bf16_weights(const WeightView& src, int64_t E, void* dst, const 
   const WeightView out{.format = WeightFormat::Bf16Packed, .N = N, .K = K, .data = dst};
   if (E == 0 || N == 0 || K == 0) return out;
   MOE_CHECK(src.data != nullptr && dst != nullptr, "pack_bf16_weights: ", what, ": null data");
-  const bool f32 = src.format == WeightFormat::F32;
-  // op(W)[k, n] as bf16 bits (0 beyond K or N).
-  auto value = [&](const WeightView& w, int64_t k, int64_t n) -> uint32_t {
-    if (k >= K || n >= N) return 0;
-    const int64_t at = w.trans ? k * N + n : n * K + k;
-    return f32 ? f32_to_bf16(static_cast<const float*>(w.data)[at])
-               : static_cast<const uint16_t*>(w.data)[at];
-  };
   // One item per (expert, panel): kp rows of 16 words.
   parallel_for(E * panels, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t e = i / panels, P = i % panels;
       const WeightView w = src.expert(e);
       uint32_t* panel = static_cast<uint32_t*>(dst) + (e * panels + P) * kp * kPackedPanel;  // (kp, 16)
-      for (int64_t q = 0; q < kp; ++q) {
-        for (int64_t j = 0; j < kPackedPanel; ++j) {
-          const int64_t n = P * kPackedPanel + j;
-          panel[q * kPackedPanel + j] = value(w, 2 * q, n) | (value(w, 2 * q + 1, n) << 16);
-        }
+      if (src.format == WeightFormat::F32) {
+        pack_panel(static_cast<const float*>(w.data), w.trans, N, K, kp, P, panel);
+      } else {
+        pack_panel(static_cast<const uint16_t*>(w.data), w.trans, N, K, kp, P, panel);
       }
     }
   });

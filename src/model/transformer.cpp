@@ -455,6 +455,10 @@ struct Transformer::Impl {
 void Transformer::set_bf16_compute(bool on) {
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 compute needs an f32 model, this one is ", dtype_name(dtype_));
   bf16_compute_ = on;
+  // The experts compute in bf16 too, except in bf16 inference (its own expert copies) or when their
+  // weights are held outside the layers.
+  for (auto& l : moe_)
+    if (l && !l->external_experts()) l->set_bf16_compute(on && !bf16_inference_);
   if (on)
     refresh_bf16();
   else
@@ -487,6 +491,8 @@ void Transformer::set_expert_skip_threshold(double t) {
 
 void Transformer::refresh_bf16() const {
   if (!bf16_compute_) return;
+  for (const auto& l : moe_)
+    if (l && l->bf16_compute()) l->refresh_bf16_compute();
   std::vector<int> linear = {index_.head};
   for (const LayerIndex& P : index_.layers)
     for (int i : {P.q_w, P.k_w, P.v_w, P.o_w, P.gate, P.up, P.down, P.q_a_w, P.q_b_w, P.kv_a_w, P.kv_b_w})

@@ -92,6 +92,9 @@ struct FfnWeights {
   Tensor gate;  // (E, F, d), SwiGLU only
   Tensor up;    // (E, F, d)
   Tensor down;  // (E, d, F)
+  // bf16 compute (float only; MoELayer::set_bf16_compute): when defined, the forward and
+  // input-gradient GEMMs read these packed copies; the weight gradients still read the f32 rows.
+  Bf16PackedFfn bf16;
 };
 
 template <typename T>

@@ -117,39 +117,77 @@ void MoELayer::backward_into(const MoEForward& fwd, const Tensor& dy, MoEGrads& 
   detail::layer_backward<float>(*this, fwd, dy, aux_scale, acc);
 }
 
+namespace {
+
+// n experts' (E = max(n, 1)) f32 matrices, each the rows of `parts` stacked (rows_each rows of `cols`
+// per part), packed bf16: op(W) is the stack transposed (N = rows, K = cols), or with trans the stack
+// itself (K = rows, N = cols).
+Tensor pack_stack(std::initializer_list<const Tensor*> parts, int64_t n, int64_t rows_each, int64_t cols,
+                  bool trans, const char* what) {
+  std::vector<const Tensor*> ts;
+  for (const Tensor* t : parts)
+    if (t->defined()) ts.push_back(t);
+  if (ts.empty()) return Tensor();
+  const int64_t R = rows_each * static_cast<int64_t>(ts.size()), E = std::max<int64_t>(n, 1);
+  const int64_t N = trans ? cols : R, K = trans ? R : cols;
+  std::vector<float> w(static_cast<size_t>(R * cols));  // one expert's stack (R, cols)
+  Tensor out = Tensor::empty({E, kernels::packed_bf16_bytes(N, K) / 2}, DType::BF16, what);
+  for (int64_t e = 0; e < E; ++e) {
+    for (size_t i = 0; i < ts.size(); ++i)
+      std::copy_n(ts[i]->data<float>() + e * rows_each * cols, rows_each * cols,
+                  w.data() + i * rows_each * cols);
+    kernels::pack_bf16_weights(
+        {.format = kernels::WeightFormat::F32, .N = N, .K = K, .trans = trans, .data = w.data()}, 1,
+        static_cast<uint16_t*>(out.raw()) + e * out.size(1), what);
+  }
+  return out;
+}
+
+}  // namespace
+
 void MoELayer::set_bf16_expert_weights(bool on) {
   bf16_ = Bf16ExpertWeights();
   if (!on) return;
   MOE_CHECK(dtype_ == DType::F32, "bf16 expert weights need an f32 layer, this one is ", dtype_name(dtype_));
   check_params();
-  const int64_t d = cfg_.d_model;
-  // n experts' f32 rows of W (rows then cols per expert: op(W) = W^T), packed: gate's rows, then up's.
-  auto pack = [&](std::initializer_list<const Tensor*> parts, int64_t n, int64_t rows_each, int64_t K,
-                  const char* what) {
-    std::vector<const Tensor*> ts;
-    for (const Tensor* t : parts)
-      if (t->defined()) ts.push_back(t);
-    if (ts.empty()) return Tensor();
-    const int64_t N = rows_each * static_cast<int64_t>(ts.size()), E = std::max<int64_t>(n, 1);
-    std::vector<float> w(static_cast<size_t>(N * K));  // one expert's [gate; up] (N, K)
-    Tensor out = Tensor::empty({E, kernels::packed_bf16_bytes(N, K) / 2}, DType::BF16, what);
-    for (int64_t e = 0; e < E; ++e) {
-      for (size_t i = 0; i < ts.size(); ++i)
-        std::copy_n(ts[i]->data<float>() + e * rows_each * K, rows_each * K, w.data() + i * rows_each * K);
-      kernels::pack_bf16_weights({.format = kernels::WeightFormat::F32, .N = N, .K = K, .data = w.data()}, 1,
-                                 static_cast<uint16_t*>(out.raw()) + e * out.size(1), what);
-    }
-    return out;
-  };
-  const int64_t F = cfg_.d_ff, Fs = cfg_.shared_width(), n = local_experts_;
+  const int64_t d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width(), n = local_experts_;
   if (params_.w_up.defined()) {
-    bf16_.w_in = pack({&params_.w_gate, &params_.w_up}, n, F, d, "bf16 w_in");
-    bf16_.w_down = pack({&params_.w_down}, n, d, F, "bf16 w_down");
+    bf16_.w_in = pack_stack({&params_.w_gate, &params_.w_up}, n, F, d, false, "bf16 w_in");
+    bf16_.w_down = pack_stack({&params_.w_down}, n, d, F, false, "bf16 w_down");
   }
   if (params_.shared_w_up.defined()) {
-    bf16_.shared_w_in = pack({&params_.shared_w_gate, &params_.shared_w_up}, 0, Fs, d, "bf16 shared_w_in");
-    bf16_.shared_w_down = pack({&params_.shared_w_down}, 0, d, Fs, "bf16 shared_w_down");
+    bf16_.shared_w_in =
+        pack_stack({&params_.shared_w_gate, &params_.shared_w_up}, 0, Fs, d, false, "bf16 shared_w_in");
+    bf16_.shared_w_down = pack_stack({&params_.shared_w_down}, 0, d, Fs, false, "bf16 shared_w_down");
   }
+}
+
+void MoELayer::set_bf16_compute(bool on) {
+  MOE_CHECK(!on || dtype_ == DType::F32, "bf16 compute needs an f32 layer, this one is ", dtype_name(dtype_));
+  bf16_compute_ = on;
+  if (on) {
+    refresh_bf16_compute();
+  } else {
+    bf16_routed_ = Bf16PackedFfn(), bf16_shared_ = Bf16PackedFfn();
+  }
+}
+
+void MoELayer::refresh_bf16_compute() {
+  if (!bf16_compute_) return;
+  check_params();
+  const int64_t d = cfg_.d_model;
+  auto pack = [&](const Tensor& gate, const Tensor& up, const Tensor& down, int64_t n, int64_t F) {
+    Bf16PackedFfn p;
+    if (!up.defined()) return p;
+    p.in_fwd = pack_stack({&gate, &up}, n, F, d, false, "bf16 compute w_in");
+    p.in_bwd = pack_stack({&gate, &up}, n, F, d, true, "bf16 compute w_in (backward)");
+    p.down_fwd = pack_stack({&down}, n, d, F, false, "bf16 compute w_down");
+    p.down_bwd = pack_stack({&down}, n, d, F, true, "bf16 compute w_down (backward)");
+    return p;
+  };
+  bf16_routed_ = pack(params_.w_gate, params_.w_up, params_.w_down, local_experts_, cfg_.d_ff);
+  bf16_shared_ =
+      pack(params_.shared_w_gate, params_.shared_w_up, params_.shared_w_down, 0, cfg_.shared_width());
 }
 
 void MoELayer::set_expert_executor(std::shared_ptr<ExpertExecutor> ex) {

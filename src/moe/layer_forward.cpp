@@ -22,6 +22,11 @@ FfnShape expert_shape(const MoELayer& L, int64_t width, const char* name) {
           .name = name};
 }
 
+// The bf16 compute copies when the layer computes in bf16 (its experts then read them), else none.
+inline Bf16PackedFfn bf16_copies(const MoELayer& L, const Bf16PackedFfn& p) {
+  return L.bf16_compute() ? p : Bf16PackedFfn();
+}
+
 // The routed experts' strategy: the executor's when the layer has one (offloaded or quantized
 // experts), else the bf16 weights' when set, else the layer's own weights'.
 template <typename T>
@@ -45,8 +50,9 @@ std::shared_ptr<const Experts<T>> routed_experts(const MoELayer& L, const Tensor
     }
   }
   const MoEParams& P = L.params();
-  return std::make_shared<FusedExperts<T>>(shape,
-                                           FfnWeights{.gate = P.w_gate, .up = P.w_up, .down = P.w_down});
+  return std::make_shared<FusedExperts<T>>(
+      shape,
+      FfnWeights{.gate = P.w_gate, .up = P.w_up, .down = P.w_down, .bf16 = bf16_copies(L, L.bf16_routed())});
 }
 
 // The shared experts' strategy (null without shared experts): the bf16 weights' when set, else the
@@ -63,8 +69,10 @@ std::shared_ptr<const Experts<T>> shared_experts(const MoELayer& L) {
     }
   }
   const MoEParams& P = L.params();
-  return std::make_shared<FusedExperts<T>>(
-      shape, FfnWeights{.gate = P.shared_w_gate, .up = P.shared_w_up, .down = P.shared_w_down});
+  return std::make_shared<FusedExperts<T>>(shape, FfnWeights{.gate = P.shared_w_gate,
+                                                             .up = P.shared_w_up,
+                                                             .down = P.shared_w_down,
+                                                             .bf16 = bf16_copies(L, L.bf16_shared())});
 }
 
 // The dispatcher strategy: all-to-all under expert parallelism, else local.

@@ -300,8 +300,11 @@ TEST(Transformer, Bf16ComputeIsCloseToF32AndOffIsExact) {
   EXPECT_NEAR(b16.loss_sum, f32.loss_sum, 2e-2 * std::abs(f32.loss_sum));
   m.zero_grads();
   m.forward_backward(tok.data(), tgt.data(), 2, 8, {});
-  // Each gradient within 5% of its own norm, or of 1% of the largest one (a gradient that is nearly
-  // zero in exact arithmetic, like the k bias under RoPE, is all rounding noise).
+  // Each gradient within 8% of its own norm, or of 1% of the largest one (a gradient that is nearly
+  // zero in exact arithmetic, like the k bias under RoPE, is all rounding noise). Every GEMM of the
+  // chain, dense and expert, forward and input gradient, rounds its operands to bf16 (2^-8 relative
+  // per product, larger relative to sums that cancel); with the experts in bf16 too the worst
+  // gradient of this random model is 5.6% off (dense linears alone: under 5%).
   double largest = 0;
   for (const auto& g : g32) {
     double n2 = 0;
@@ -314,7 +317,7 @@ TEST(Transformer, Bf16ComputeIsCloseToF32AndOffIsExact) {
     double num = 0, den = 0;
     for (size_t j = 0; j < g.size(); ++j)
       num += (g[j] - g32[i][j]) * (g[j] - g32[i][j]), den += g32[i][j] * g32[i][j];
-    EXPECT_LT(std::sqrt(num), std::max(0.05 * std::sqrt(den), 0.01 * largest)) << p.name;  // bf16: 8 bits
+    EXPECT_LT(std::sqrt(num), std::max(0.08 * std::sqrt(den), 0.01 * largest)) << p.name;  // bf16: 8 bits
     ++i;
   }
   m.set_bf16_compute(false);

@@ -176,10 +176,7 @@ const WeightFormat kFormats[] = {WeightFormat::F32,  WeightFormat::Bf16,       W
 struct CapGuard {
   ~CapGuard() {
     kernels::set_amx_emulation(false);
-    std::string best = "generic";
-    for (const std::string& n : kernels::cpu_isa_names())
-      if (kernels::cpu_isa_supported(n)) best = n;
-    kernels::set_cpu_isa(best);
+    kernels::reset_cpu_isa();
   }
 };
 

@@ -2,7 +2,8 @@
 // from CPUID (src/kernels/cpu/isa.h). Names: "generic", "avx2", "avx512", "avx512bf16", "amx".
 //
 //   cpu_isa_summary()        "f32 avx512, bf16 avx512bf16, int8/int4 avx512" (what runs now)
-//   set_cpu_isa("avx2")      caps every family at avx2 (each takes its best set <= the cap)
+//   set_cpu_isa("avx2")      caps every family at avx2 (each takes the cap when it has it, else its
+//                            best set below)
 //   set_gemm_bf16_isa(...)   one family exactly (tests and benchmarks of that family)
 #pragma once
 
@@ -14,6 +15,7 @@ namespace moe::kernels {
 std::vector<std::string> cpu_isa_names();         // every known name, lowest first
 bool cpu_isa_supported(const std::string& name);  // a known name that this CPU runs
 void set_cpu_isa(const std::string& cap);         // throws moe::Error on unknown or unsupported
+void reset_cpu_isa();                             // every family back to its start-up choice
 std::string cpu_isa_summary();
 
 // The AMX tile code on a portable emulation of the tile instructions (scalar, the order of Intel's

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "moe/kernels/context.h"
+#include "moe/kernels/weight_view.h"
 
 namespace moe::kernels {
 
@@ -265,6 +266,9 @@ void grouped_ffn_up(Exec e, const FfnUpArgs<T>& args) {
 //   Hs[p]     = scale[p] * h  (when Hs is not null: the A operand of W_down's weight gradient)
 //   scale null means all ones. W_down_e is (D, F). dG and dU may be G and U themselves (the same
 //   rows and strides): each element is read before its gradient is written over it.
+//   With W_down_w.data set (T = float; W_down then unused), q = dY[row(p)] · op(W_e) with W_e in a
+//   stored weight format (moe/kernels/weight_view.h: f32, bf16 or bf16-packed; op(W_e) (D, F)) and
+//   that format's rounding (bf16: dY rounded to bf16), as grouped_gemm_w computes it.
 template <typename T>
 struct FfnDownBackwardArgs {
   Activation act = Activation::SwiGLU;
@@ -286,6 +290,7 @@ struct FfnDownBackwardArgs {
   T* Hs = nullptr;  // (offsets[E], F), row stride ldhs, or null
   int64_t ldhs = 0;
   T* dscale = nullptr;  // (offsets[E]) or null
+  WeightView W_down_w;  // or E experts' op(W) (D, F) in a weight format (float only)
 };
 template <typename T>
 void grouped_ffn_down_backward(Exec e, const FfnDownBackwardArgs<T>& args) {

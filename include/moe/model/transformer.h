@@ -127,8 +127,9 @@ class Transformer {
   // their forward and input-gradient GEMMs on bf16 copies of the f32 master weights, with the
   // activations rounded to bf16 as they are read and f32 accumulation (AVX512-BF16 where present);
   // weight gradients, the optimizer and everything else stay f32. The copies are refreshed at the
-  // start of every forward_backward() and evaluate(), and by refresh_bf16(). MoE experts stay f32
-  // in training (the MoE layer's bf16 expert path is inference-only). f32 models only.
+  // start of every forward_backward() and evaluate(), and by refresh_bf16(). The MoE layers' experts
+  // compute in bf16 too (MoELayer::set_bf16_compute: forward and input-gradient GEMMs; their weight
+  // gradients stay f32). f32 models only.
   void set_bf16_compute(bool on);
   bool bf16_compute() const { return bf16_compute_; }
   void refresh_bf16() const;

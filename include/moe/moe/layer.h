@@ -61,6 +61,16 @@ struct Bf16ExpertWeights {
   Tensor shared_w_in, shared_w_down;
 };
 
+// bf16 compute in training (MoELayer::set_bf16_compute): bf16-packed copies of one expert stack for
+// the forward and input-gradient GEMMs, E experts each (op(W) named (K, N)):
+struct Bf16PackedFfn {
+  Tensor in_fwd;    // (d, 2F) [gate | up] (SwiGLU) or (d, F) up: x · op(W) = [G | U]
+  Tensor down_fwd;  // (F, d): h · op(W) = y
+  Tensor down_bwd;  // (d, F): dy · op(W) = dh
+  Tensor in_bwd;    // (2F, d) or (F, d): [dG | dU] · op(W) = dx
+  bool defined() const { return in_fwd.defined(); }
+};
+
 // Gradients; same names and shapes as MoEParams (router_bias has none), plus dx.
 struct MoEGrads {
   Tensor dx;  // (T, d)
@@ -170,6 +180,17 @@ class MoELayer {
   bool has_bf16_expert_weights() const { return bf16_.w_in.defined() || bf16_.shared_w_in.defined(); }
   const Bf16ExpertWeights& bf16_expert_weights() const { return bf16_; }
 
+  // bf16 compute for training: the experts' forward GEMMs and input-gradient GEMMs (routed and shared)
+  // run on bf16-packed copies of the f32 master weights, the activations rounded to bf16 as they are
+  // read and fp32 sums; the weight gradients, the router and everything else stay f32. The copies are
+  // made by refresh_bf16_compute() (call it after every change of the weights, e.g. each optimizer
+  // step; Transformer does). f32 layers only.
+  void set_bf16_compute(bool on);
+  bool bf16_compute() const { return bf16_compute_; }
+  void refresh_bf16_compute();
+  const Bf16PackedFfn& bf16_routed() const { return bf16_routed_; }
+  const Bf16PackedFfn& bf16_shared() const { return bf16_shared_; }
+
   // Inference with an executor: the routed experts' FFNs are computed by `ex` instead of from
   // params().w_gate/w_up/w_down, which may then be left undefined (set_external_experts). Such a
   // forward keeps no activations; backward throws. Router and shared experts stay in the layer.
@@ -194,6 +215,8 @@ class MoELayer {
   kernels::Backend backend_;
   MoEParams params_;
   Bf16ExpertWeights bf16_;
+  bool bf16_compute_ = false;
+  Bf16PackedFfn bf16_routed_, bf16_shared_;
   std::shared_ptr<ExpertExecutor> executor_;
   bool external_experts_ = false;
   ExpertParallel ep_;

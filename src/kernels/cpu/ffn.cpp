@@ -12,12 +12,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/act_inline.h"
 #include "kernels/cpu/cpu.h"
 #include "kernels/cpu/gemm_engine.h"
 #include "kernels/cpu/isa.h"
+#include "kernels/cpu/wgemm/engine.h"
 #include "moe/core/parallel.h"
 
 namespace moe::kernels::cpu {
@@ -221,10 +223,22 @@ void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
     p.N = g.F;
     p.K = g.D;
     p.A = rows_of(g.dY, g.ldy, g.gather, off);
-    p.B = Operand<T>{g.W_down + tl.e * g.D * g.F, g.F, 1, nullptr};  // W_e (D, F) = (K, N)
     thread_local std::vector<T> q_buf;
     T* sq = scratch(q_buf, mc * nc);  // (mc, nc) q = dY · W_down_e
-    gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sq, nc);
+    if constexpr (std::is_same_v<T, float>) {
+      if (g.W_down_w.data) {  // the weights in a stored format: that format's tile
+        wgemm::Problem wp;
+        wp.M = p.M, wp.N = g.F, wp.K = g.D;
+        wp.A = g.gather ? g.dY : g.dY + off * g.ldy, wp.lda = g.ldy;
+        wp.map = g.gather ? g.gather + off : nullptr;
+        wp.W = g.W_down_w.expert(tl.e);
+        wgemm::format_tile(wp, tl.i0, tl.i1, tl.j0, tl.j1, {.c = sq, .ldc = nc, .load = false});
+      }
+    }
+    if (!g.W_down_w.data) {
+      p.B = Operand<T>{g.W_down + tl.e * g.D * g.F, g.F, 1, nullptr};  // W_e (D, F) = (K, N)
+      gemm_tile_to(p, tl.i0, tl.i1, tl.j0, tl.j1, sq, nc);
+    }
     for (int64_t i = 0; i < mc; ++i) {
       const int64_t row = off + tl.i0 + i;
       const T s = g.scale ? g.scale[row] : T(1);

@@ -159,11 +159,16 @@ void set_cpu_isa(const std::string& cap) {
             "' (expected generic, avx2, avx512, avx512bf16 or amx)");
   MOE_CHECK(cpu::cpu_runs(c), "instruction set '", cap, "' is not supported by this CPU");
   for (int f = 0; f < static_cast<int>(Family::Count); ++f) {
+    // A cap the family has is taken as named (also avx512bf16 on Intel, or an emulated amx); otherwise
+    // the family's best choice below it.
     const auto fam = static_cast<Family>(f);
-    int best = cpu::best_below(fam, c);
-    if (c == cpu::kAmx && fam == Family::Bf16 && cpu::amx_emulated()) best = cpu::kAmx;  // asked for by name
-    cpu::isa_slot(fam).store(best);
+    cpu::isa_slot(fam).store(c <= cpu::kFamilies[f].top ? c : cpu::best_below(fam, c));
   }
+}
+
+void reset_cpu_isa() {
+  for (int f = 0; f < static_cast<int>(Family::Count); ++f)
+    cpu::isa_slot(static_cast<Family>(f)).store(cpu::best_below(static_cast<Family>(f), cpu::kIsaCount - 1));
 }
 
 std::string cpu_isa_summary() {

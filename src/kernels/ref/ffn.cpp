@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/ref/ref.h"
+#include "moe/core/dtype.h"
 
 namespace moe::kernels::ref {
 
@@ -82,14 +83,27 @@ void grouped_ffn_up(const FfnUpArgs<T>& g) {
 template <typename T>
 void grouped_ffn_down_backward(const FfnDownBackwardArgs<T>& g) {
   const bool swiglu = g.act == Activation::SwiGLU;
+  const bool stored = g.W_down_w.data != nullptr;  // weights in a format (float rows only)
+  const bool round = stored && is_bf16(g.W_down_w.format);
+  std::vector<double> dyr(static_cast<size_t>(stored ? g.D : 0));
   for (int64_t e = 0; e < g.E; ++e) {
-    const T* w = g.W_down + e * g.D * g.F;  // (D, F)
+    const T* w = stored ? nullptr : g.W_down + e * g.D * g.F;  // (D, F)
+    const WeightView we = stored ? g.W_down_w.expert(e) : WeightView();
     for (int64_t p = g.offsets[e]; p < g.offsets[e + 1]; ++p) {
       const T* dy = g.dY + (g.gather ? g.gather[p] : p) * g.ldy;  // (D)
       const double s = g.scale ? static_cast<double>(g.scale[p]) : 1.0;
       double ds = 0;
+      for (int64_t d = 0; d < static_cast<int64_t>(dyr.size()); ++d) {
+        const float v = static_cast<float>(dy[d]);
+        dyr[static_cast<size_t>(d)] = round ? bf16_to_f32(f32_to_bf16(v)) : v;
+      }
       for (int64_t f = 0; f < g.F; ++f) {
-        const double q = dot(dy, w + f, g.D, g.F);  // (dY · W_down_e)[f]
+        double q = 0;  // (dY · W_down_e)[f]
+        if (stored) {
+          for (int64_t d = 0; d < g.D; ++d) q += dyr[static_cast<size_t>(d)] * weight_at(we, d, f);
+        } else {
+          q = dot(dy, w + f, g.D, g.F);
+        }
         const double u = g.U[p * g.ldu + f];
         double h;
         if (swiglu) {

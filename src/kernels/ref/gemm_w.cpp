@@ -11,7 +11,7 @@
 
 namespace moe::kernels::ref {
 
-namespace {
+namespace {}  // namespace
 
 // op(W)[k, n] of one expert's view, as fp32.
 float weight_at(const WeightView& W, int64_t k, int64_t n) {
@@ -44,6 +44,8 @@ float weight_at(const WeightView& W, int64_t k, int64_t n) {
   if (W.format == WeightFormat::Int8) return quant::dequant8(static_cast<int8_t>(q[n * W.K + k]), scale);
   return quant::dequant4(quant::int4_at(q + n * (W.K / 2), k), scale, f16_to_f32(W.mins[s]));
 }
+
+namespace {
 
 // a (rows, K) = the activation rows of rows [p0, p1) of the call, as the format reads them; with
 // int8-packed weights the quantized integers, and rs the rows' scales (else 1).

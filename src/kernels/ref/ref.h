@@ -54,6 +54,8 @@ void preact_row(Activation act, const T* a, int64_t K, T scale, T* out);
 
 // The GEMM over stored weight formats (moe/kernels/weights.h); grouped_gemm_bf16w, gemm_bf16w and
 // gemm_qw (ops_bf16.h, ops_quant.h) call it (rows_weights.h).
+// op(W)[k, n] of one expert's weight view, as fp32 (the dequantised value for int8 / int4).
+float weight_at(const WeightView& W, int64_t k, int64_t n);
 void grouped_gemm_w(const GroupedGemmWArgs& args);
 
 // The routing ops (moe/kernels/ops_routing.h).

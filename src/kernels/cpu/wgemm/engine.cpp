@@ -123,6 +123,11 @@ void expert_problem(const GroupedGemmWArgs& g, int64_t e, Problem& p, Epilogue& 
 }
 
 }  // namespace
+
+void format_tile(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  tile_fn(format_table(p.W.format))(p, i0, i1, j0, j1, out);
+}
+
 }  // namespace wgemm
 
 void grouped_gemm_w(const GroupedGemmWArgs& g) {

@@ -56,6 +56,11 @@ struct Format {
   TileFn tile[kIsaCount] = {};  // per instruction set; null: the best one below
 };
 
+// One tile of a problem in its weight format's order, without the engine's epilogue (for fused ops
+// that compute their own epilogue from the tile, e.g. grouped_ffn_down_backward):
+//   out.c[i, j] (+)= a_span(p, i0 + i) · op(W)[:, j0 + j]   (i < i1 - i0, j < j1 - j0; j0 a multiple of 16)
+void format_tile(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out);
+
 // The formats' rows (format_<name>.cpp).
 const Format& f32_format();
 const Format& bf16_format();
