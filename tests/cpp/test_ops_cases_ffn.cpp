@@ -10,9 +10,12 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "moe/core/dtype.h"
 #include "moe/core/error.h"
+#include "moe/kernels/weight_view.h"
 #include "op_cases.h"
 
 namespace moe::ops_test {
@@ -61,6 +64,7 @@ struct FfnShape {
   bool trans_w = false;  // scatter only
   bool preact = false;   // scatter and wgrad(dC_gather): A given as pre-activations (a_preact)
   bool inplace = false;  // down backward: dG, dU written over G, U (packed only)
+  bool bf16w = false;    // down backward (f32): W_down as bf16-packed weights (W_down_w), dY rounded to bf16
 };
 
 std::string ffn_params(const FfnShape& s) {
@@ -68,7 +72,8 @@ std::string ffn_params(const FfnShape& s) {
       "T=", s.T, ",E=", s.E, ",k=", s.k, ",", pattern_name(s.pattern),
       s.drop > 0 ? cat(",drop=", s.drop) : "", ",F=", s.F, ",K=", s.K, ",", kernels::activation_name(s.act),
       s.gather ? ",gather" : ",gather=null", s.packed ? ",packed" : "", s.optional ? "" : ",no-optional",
-      s.beta != 0 ? cat(",beta=", s.beta) : "", s.preact ? ",preact" : "", s.inplace ? ",inplace" : "");
+      s.beta != 0 ? cat(",beta=", s.beta) : "", s.preact ? ",preact" : "", s.inplace ? ",inplace" : "",
+      s.bf16w ? ",W=bf16-packed" : "");
 }
 
 template <typename T>
@@ -226,6 +231,7 @@ class FfnDownBackwardCase : public FfnBase<T> {
     this->add_common(rng, rt, s.K, b);  // X is dY (T or rows, D = K)
     const int64_t M = rt.rows();
     b.add<T>("W_down", s.E * s.K * s.F);
+    b.add<uint8_t>("W (bf16-packed)", s.bf16w ? s.E * kernels::packed_bf16_bytes(s.F, s.K) : 0);
     b.add<T>("scale", s.optional ? M : 0);
     b.add<T>("GU", M * this->ld());
     b.add<T>("U", this->swiglu() && !s.packed ? M * s.F : 0);
@@ -234,6 +240,16 @@ class FfnDownBackwardCase : public FfnBase<T> {
     b.add<T>("Hs", s.optional ? M * s.F : 0, Role::Out);
     b.add<T>("dscale", s.optional ? M : 0, Role::Out);
     fill_values(rng.fork(11), b.host<T>(kW), b[kW].count);
+    // bf16-packed W_down: W's values rounded to bf16 (so that W also serves the tolerance), packed as
+    // op(W) (D, F) from W (E, D, F) = (K, N).
+    if (s.bf16w) {
+      for (int64_t i = 0; i < b[kW].count; ++i)
+        b.host<T>(kW)[i] = static_cast<T>(bf16_to_f32(f32_to_bf16(static_cast<float>(b.host<T>(kW)[i]))));
+      if constexpr (std::is_same_v<T, float>)
+        kernels::pack_bf16_weights(
+            {.format = kernels::WeightFormat::F32, .N = s.F, .K = s.K, .trans = true, .data = b.host<T>(kW)}, s.E,
+            b.host<uint8_t>(kWp));
+    }
     fill_values(rng.fork(12), b.host<T>(kScale), b[kScale].count);
     fill_values(rng.fork(13), b.host<T>(kGU), b[kGU].count);
     fill_values(rng.fork(14), b.host<T>(kU), b[kU].count);
@@ -258,6 +274,10 @@ class FfnDownBackwardCase : public FfnBase<T> {
     g.gather = s.gather ? b.arg<int32_t>(1) : nullptr;
     g.scale = s.optional ? b.arg<T>(kScale) : nullptr;
     g.W_down = b.arg<T>(kW);
+    if (s.bf16w) {
+      g.W_down = nullptr;
+      g.W_down_w = {.format = kernels::WeightFormat::Bf16Packed, .N = s.F, .K = s.K, .data = b.arg<uint8_t>(kWp)};
+    }
     const int64_t uoff = this->swiglu() && s.packed ? s.F : 0;
     T* gu = b.arg<T>(kGU);
     T* dgu = b.arg<T>(kDGU);
@@ -286,7 +306,9 @@ class FfnDownBackwardCase : public FfnBase<T> {
       for (int64_t f = 0; f < s.F; ++f) {
         double q = 0, qmag = 0;
         for (int64_t k = 0; k < s.K; ++k) {
-          const double t = in[2].get(row * s.K + k) * in[kW].get((e * s.K + k) * s.F + f);
+          double dy = in[2].get(row * s.K + k);
+          if (s.bf16w) dy = bf16_to_f32(f32_to_bf16(static_cast<float>(dy)));  // as the format reads it
+          const double t = dy * in[kW].get((e * s.K + k) * s.F + f);
           q += t;
           qmag += std::fabs(t);
         }
@@ -325,7 +347,7 @@ class FfnDownBackwardCase : public FfnBase<T> {
   }
 
  private:
-  enum { kW = 3, kScale = 4, kGU = 5, kU = 6, kDGU = 7, kDU = 8, kHs = 9, kDscale = 10 };
+  enum { kW = 3, kWp = 4, kScale = 5, kGU = 6, kU = 7, kDGU = 8, kDU = 9, kHs = 10, kDscale = 11 };
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -596,6 +618,17 @@ void add_ffn_cases_typed(CaseList& out) {
     ip.preact = false;
     ip.inplace = true;
     out.push_back(std::make_unique<FfnDownBackwardCase<T>>(ip));
+  }
+  if constexpr (std::is_same_v<T, float>) {  // the down backward on bf16-packed weights (bf16 compute)
+    // SwiGLU and GELU, gathered or not, G and U apart, no optional outputs, one expert with every row,
+    // experts with none, no tokens, several row, column and K tiles
+    for (FfnShape s : {shapes[0], shapes[1], shapes[2], shapes[8], shapes[9], shapes[11], shapes[12], shapes[16],
+                       shapes[17]}) {
+      s.bf16w = true;
+      out.push_back(std::make_unique<FfnDownBackwardCase<T>>(s));
+      s.inplace = s.packed;
+      if (s.inplace) out.push_back(std::make_unique<FfnDownBackwardCase<T>>(s));
+    }
   }
   for (const FfnShape& s : shapes) {
     out.push_back(std::make_unique<FfnUpCase<T>>(s));
