@@ -68,12 +68,12 @@ struct FfnShape {
 };
 
 std::string ffn_params(const FfnShape& s) {
-  return cat(
-      "T=", s.T, ",E=", s.E, ",k=", s.k, ",", pattern_name(s.pattern),
-      s.drop > 0 ? cat(",drop=", s.drop) : "", ",F=", s.F, ",K=", s.K, ",", kernels::activation_name(s.act),
-      s.gather ? ",gather" : ",gather=null", s.packed ? ",packed" : "", s.optional ? "" : ",no-optional",
-      s.beta != 0 ? cat(",beta=", s.beta) : "", s.preact ? ",preact" : "", s.inplace ? ",inplace" : "",
-      s.bf16w ? ",W=bf16-packed" : "");
+  return cat("T=", s.T, ",E=", s.E, ",k=", s.k, ",", pattern_name(s.pattern),
+             s.drop > 0 ? cat(",drop=", s.drop) : "", ",F=", s.F, ",K=", s.K, ",",
+             kernels::activation_name(s.act), s.gather ? ",gather" : ",gather=null",
+             s.packed ? ",packed" : "", s.optional ? "" : ",no-optional",
+             s.beta != 0 ? cat(",beta=", s.beta) : "", s.preact ? ",preact" : "", s.inplace ? ",inplace" : "",
+             s.bf16w ? ",W=bf16-packed" : "");
 }
 
 template <typename T>
@@ -247,8 +247,8 @@ class FfnDownBackwardCase : public FfnBase<T> {
         b.host<T>(kW)[i] = static_cast<T>(bf16_to_f32(f32_to_bf16(static_cast<float>(b.host<T>(kW)[i]))));
       if constexpr (std::is_same_v<T, float>)
         kernels::pack_bf16_weights(
-            {.format = kernels::WeightFormat::F32, .N = s.F, .K = s.K, .trans = true, .data = b.host<T>(kW)}, s.E,
-            b.host<uint8_t>(kWp));
+            {.format = kernels::WeightFormat::F32, .N = s.F, .K = s.K, .trans = true, .data = b.host<T>(kW)},
+            s.E, b.host<uint8_t>(kWp));
     }
     fill_values(rng.fork(12), b.host<T>(kScale), b[kScale].count);
     fill_values(rng.fork(13), b.host<T>(kGU), b[kGU].count);
@@ -276,7 +276,8 @@ class FfnDownBackwardCase : public FfnBase<T> {
     g.W_down = b.arg<T>(kW);
     if (s.bf16w) {
       g.W_down = nullptr;
-      g.W_down_w = {.format = kernels::WeightFormat::Bf16Packed, .N = s.F, .K = s.K, .data = b.arg<uint8_t>(kWp)};
+      g.W_down_w = {
+          .format = kernels::WeightFormat::Bf16Packed, .N = s.F, .K = s.K, .data = b.arg<uint8_t>(kWp)};
     }
     const int64_t uoff = this->swiglu() && s.packed ? s.F : 0;
     T* gu = b.arg<T>(kGU);
@@ -622,8 +623,8 @@ void add_ffn_cases_typed(CaseList& out) {
   if constexpr (std::is_same_v<T, float>) {  // the down backward on bf16-packed weights (bf16 compute)
     // SwiGLU and GELU, gathered or not, G and U apart, no optional outputs, one expert with every row,
     // experts with none, no tokens, several row, column and K tiles
-    for (FfnShape s : {shapes[0], shapes[1], shapes[2], shapes[8], shapes[9], shapes[11], shapes[12], shapes[16],
-                       shapes[17]}) {
+    for (FfnShape s : {shapes[0], shapes[1], shapes[2], shapes[8], shapes[9], shapes[11], shapes[12],
+                       shapes[16], shapes[17]}) {
       s.bf16w = true;
       out.push_back(std::make_unique<FfnDownBackwardCase<T>>(s));
       s.inplace = s.packed;

@@ -471,10 +471,12 @@ TEST(WeightGemm, Int8PackedFollowsTheW8A8Formula) {
   }
 }
 
-// vpdpbusd and the portable kernel: the same integer sums and the same fp32 order.
+// vpdpbusd, the AMX tiles (emulated where the CPU has none) and the portable kernel: the same integer
+// sums and the same fp32 order.
 TEST(WeightGemm, Int8PackedKernelsAreBitIdentical) {
   CapGuard guard;
   if (!kernels::gemm_quant_isa_supported("avx512")) GTEST_SKIP() << "no avx512";
+  if (!kernels::gemm_quant_isa_supported("amx")) kernels::set_amx_emulation(true);
   const std::vector<Shape> shapes = {{{1, 0, 5, 13}, 40, 64, true, false, 0.0f},
                                      {{7, 50}, 100, 192, true, true, 0.0f},
                                      {{33}, 16, 640, false, false, 0.5f},
@@ -484,10 +486,12 @@ TEST(WeightGemm, Int8PackedKernelsAreBitIdentical) {
     const Data d(WeightFormat::Int8Packed, s, ++seed);
     kernels::set_gemm_quant_isa("generic");
     const std::vector<float> want = d.run(Backend::Cpu);
-    kernels::set_gemm_quant_isa("avx512");
-    const std::vector<float> got = d.run(Backend::Cpu);
-    EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
-        << "N " << s.N << " K " << s.K;
+    for (const char* isa : {"avx512", "amx"}) {
+      kernels::set_gemm_quant_isa(isa);
+      const std::vector<float> got = d.run(Backend::Cpu);
+      EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
+          << isa << ": N " << s.N << " K " << s.K;
+    }
   }
 }
 

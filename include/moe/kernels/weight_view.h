@@ -27,7 +27,6 @@
 
 #include <cstdint>
 
-
 namespace moe::kernels {
 
 enum class WeightFormat : int { F32 = 0, Bf16 = 1, Int8 = 2, Int4 = 3, Bf16Packed = 4, Int8Packed = 5 };

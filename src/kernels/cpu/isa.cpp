@@ -29,18 +29,22 @@ std::atomic<bool>& emulation_flag() {
 struct FamilyInfo {
   const char* op;     // the op named in errors
   const char* label;  // in the summary
-  int top;            // the highest instruction set the family has kernels for
+  unsigned sets;      // the instruction sets the family has kernels for (bit i: Isa i)
+  bool has(int i) const { return i >= 0 && i < kIsaCount && ((sets >> i) & 1u) != 0; }
 };
+constexpr unsigned bit(int i) { return 1u << i; }
+constexpr unsigned kUpToAvx512 = bit(kGeneric) | bit(kAvx2) | bit(kAvx512);
 const FamilyInfo kFamilies[static_cast<int>(Family::Count)] = {
-    {"gemm", "f32", kAvx512}, {"gemm_bf16w", "bf16", kAmx}, {"gemm_qw", "int8/int4", kAvx512}};
+    {"gemm", "f32", kUpToAvx512},
+    {"gemm_bf16w", "bf16", kUpToAvx512 | bit(kAvx512Bf16) | bit(kAmx)},
+    {"gemm_qw", "int8/int4", kUpToAvx512 | bit(kAmx)}};  // amx: the int8-packed format's tiles
 
 // The best instruction set at or below cap that the family has and the CPU runs; the bf16 family passes
 // over avx512bf16 where vdpbf16ps is slower than widening to fp32 (fast_dpbf16), and over an emulated
 // amx (a test tool, never a default).
 int best_below(Family f, int cap) {
-  const int top = kFamilies[static_cast<int>(f)].top;
-  for (int i = cap < top ? cap : top; i > kGeneric; --i) {
-    if (!cpu_runs(i)) continue;
+  for (int i = cap; i > kGeneric; --i) {
+    if (!kFamilies[static_cast<int>(f)].has(i) || !cpu_runs(i)) continue;
     if (f == Family::Bf16 && i == kAvx512Bf16 && !fast_dpbf16()) continue;
     if (i == kAmx && amx_emulated()) continue;
     return i;
@@ -61,21 +65,24 @@ const char* name_of(Family f) { return kNames[isa(f)]; }
 
 // Names the family accepts, for error messages: "generic, avx2 or avx512".
 std::string expected(Family f) {
+  std::vector<std::string> names;
+  for (int i = 0; i < kIsaCount; ++i)
+    if (info(f).has(i)) names.push_back(kNames[i]);
   std::string s;
-  for (int i = 0; i <= info(f).top; ++i)
-    s += std::string(i == 0 ? "" : i == info(f).top ? " or " : ", ") + kNames[i];
+  for (size_t i = 0; i < names.size(); ++i)
+    s += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
   return s;
 }
 
 bool family_supports(Family f, const std::string& name) {
   const int i = index_of(name);
-  return i >= 0 && i <= info(f).top && cpu_runs(i);
+  return info(f).has(i) && cpu_runs(i);
 }
 
 void set_family(Family f, const std::string& name) {
   const int i = index_of(name);
-  MOE_CHECK(i >= 0 && i <= info(f).top, info(f).op, ": unknown instruction set '", name, "' (expected ",
-            expected(f), ")");
+  MOE_CHECK(info(f).has(i), info(f).op, ": unknown instruction set '", name, "' (expected ", expected(f),
+            ")");
   MOE_CHECK(cpu_runs(i), info(f).op, ": instruction set '", name, "' is not supported by this CPU");
   isa_slot(f).store(i);
 }
@@ -162,7 +169,7 @@ void set_cpu_isa(const std::string& cap) {
     // A cap the family has is taken as named (also avx512bf16 on Intel, or an emulated amx); otherwise
     // the family's best choice below it.
     const auto fam = static_cast<Family>(f);
-    cpu::isa_slot(fam).store(c <= cpu::kFamilies[f].top ? c : cpu::best_below(fam, c));
+    cpu::isa_slot(fam).store(cpu::kFamilies[f].has(c) ? c : cpu::best_below(fam, c));
   }
 }
 
@@ -181,8 +188,9 @@ std::string cpu_isa_summary() {
 
 void set_amx_emulation(bool on) {
   cpu::emulation_flag().store(on);
-  if (!on && cpu::isa(Family::Bf16) == cpu::kAmx && !cpu::hardware_amx())
-    cpu::isa_slot(Family::Bf16).store(cpu::best_below(Family::Bf16, cpu::kAmx));
+  for (Family f : {Family::Bf16, Family::Quant})
+    if (!on && cpu::isa(f) == cpu::kAmx && !cpu::hardware_amx())
+      cpu::isa_slot(f).store(cpu::best_below(f, cpu::kAmx));
 }
 bool amx_emulation() { return cpu::amx_emulated(); }
 

@@ -11,8 +11,10 @@
 //     f[r, n] = fma(float(i[r, n] - 128 · Σ_{k in g} w_nk), scale[n, g], f[r, n])   (the int32 is exact
 //               in fp32: |Σ q w| <= 1024 · 127² < 2^24)
 //   then C[r, n] = f · s_r (or fma(f, s_r, C) to add).
-// Every instruction set runs this order, so the portable path and vpdpbusd give the same bits, for
-// any thread count; a row's result does not depend on the other rows.
+// Every instruction set runs this order, so the portable path, vpdpbusd and the AMX tiles (TDPBUSD,
+// hardware or emulated) give the same bits, for any thread count; a row's result does not depend on
+// the other rows. The tiles need groups of whole 64-byte tile rows (group % 64 == 0) and at least
+// kAmxMinRows rows; otherwise the vpdpbusd kernel runs.
 #include <immintrin.h>
 
 #include <array>
@@ -22,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu/wgemm/amx_tiles.h"
 #include "kernels/cpu/wgemm/engine.h"
 #include "kernels/quant_format.h"
 
@@ -34,6 +37,7 @@ namespace {
 constexpr int64_t kPanel = kPackedPanel;
 constexpr int64_t kMC = 48;   // rows per tile: a multiple of every MR; the tile's rows are quantized whole
 constexpr int64_t kNC = 192;  // a multiple of every NR
+constexpr int64_t kAmxMinRows = 16;
 
 // The expert's packed data as the kernels read it.
 struct Packed {
@@ -228,6 +232,103 @@ void tile_avx512(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j
   (vnni ? tile_vnni : tile_generic)(p, i0, i1, j0, j1, out);
 }
 
+// ---- amx: 32 x 32 blocks of 2 x 2 int32 tiles per group, folded into fp32 sums kept in memory ----
+
+// The block's fp32 sums over the groups: rows [0, 32) of q (quantized, row stride K), panels P, P + 1.
+template <class Unit, int V>
+MOE_INLINE void amx_block(const Packed& w, const uint8_t* q, int64_t P, float* f /* (32, 32) */) {
+  alignas(64) int32_t c[32 * 32];  // one group's int32 block
+  for (int64_t i = 0; i < 32 * 32; ++i) f[i] = 0.0f;
+  for (int64_t g = 0; g < w.ng; ++g) {
+    Unit::template zero<0>();
+    Unit::template zero<2>();
+    if constexpr (V == 2) {
+      Unit::template zero<1>();
+      Unit::template zero<3>();
+    }
+    for (int64_t k0 = g * w.group; k0 < (g + 1) * w.group; k0 += 64) {
+      Unit::template load<4>(q + k0, w.K);
+      Unit::template load<5>(q + 16 * w.K + k0, w.K);
+      Unit::template load<6>(w.words + P * w.K * 4 + k0 / 4 * kPanel, 64);
+      Unit::template dpbusd<0, 4, 6>();
+      Unit::template dpbusd<2, 5, 6>();
+      if constexpr (V == 2) {
+        Unit::template load<7>(w.words + (P + 1) * w.K * 4 + k0 / 4 * kPanel, 64);
+        Unit::template dpbusd<1, 4, 7>();
+        Unit::template dpbusd<3, 5, 7>();
+      }
+    }
+    Unit::template store<0>(c, 128);
+    Unit::template store<2>(c + 16 * 32, 128);
+    if constexpr (V == 2) {
+      Unit::template store<1>(c + 16, 128);
+      Unit::template store<3>(c + 16 * 32 + 16, 128);
+    }
+    for (int v = 0; v < V; ++v) {
+      const float* sc = w.scales + ((P + v) * w.ng + g) * kPanel;
+      const int32_t* sm = w.sums + ((P + v) * w.ng + g) * kPanel;
+      for (int r = 0; r < 32; ++r)
+        for (int j = 0; j < 16; ++j) {
+          float& x = f[r * 32 + 16 * v + j];
+          x = std::fma(static_cast<float>(c[r * 32 + 16 * v + j] - sm[j]), sc[j], x);
+        }
+    }
+  }
+}
+
+template <class Unit>
+MOE_INLINE void tile_amx_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                              const TileOut& out) {
+  const int64_t mc = i1 - i0, nc = j1 - j0, panels = (nc + kPanel - 1) / kPanel, K = p.K;
+  const int64_t mc_pad = (mc + 31) / 32 * 32;
+  const Packed w = packed_of(p);
+  thread_local std::vector<uint8_t> q_buf;
+  thread_local std::vector<float> h_buf;
+  uint8_t* q = scratch(q_buf, mc_pad * K);
+  float* h = scratch(h_buf, K);
+  float rs[kMC + 32];
+  for (int64_t i = 0; i < mc_pad; ++i) {
+    if (i < mc) {
+      rs[i] = quant::quantize_act_row(a_span(p, i0 + i, 0, K, h), K, q + i * K);
+    } else {
+      std::memset(q + i * K, 128, static_cast<size_t>(K));  // a zero row
+      rs[i] = 0.0f;
+    }
+  }
+  alignas(64) float f[32 * 32];
+  Unit::begin();
+  for (int64_t P = 0; P < panels; P += 2) {
+    const int64_t v = panels - P < 2 ? panels - P : 2;
+    const int64_t cols = nc - P * kPanel < v * kPanel ? nc - P * kPanel : v * kPanel;
+    for (int64_t ip = 0; ip < mc; ip += 32) {
+      if (v == 2) {
+        amx_block<Unit, 2>(w, q + ip * K, j0 / kPanel + P, f);
+      } else {
+        amx_block<Unit, 1>(w, q + ip * K, j0 / kPanel + P, f);
+      }
+      const int64_t r = mc - ip < 32 ? mc - ip : 32;
+      for (int64_t ii = 0; ii < r; ++ii) {
+        float* c = out.c + (ip + ii) * out.ldc + P * kPanel;
+        for (int64_t j = 0; j < cols; ++j)
+          c[j] = out.load ? std::fma(f[ii * 32 + j], rs[ip + ii], c[j]) : f[ii * 32 + j] * rs[ip + ii];
+      }
+    }
+  }
+  Unit::end();
+}
+
+// The tiles' fp32 fold-in compiled for AVX-512 (every CPU with AMX has it); the emulation portable.
+__attribute__((target("avx512f,fma"))) void tile_amx_hw(const Problem& p, int64_t i0, int64_t i1, int64_t j0,
+                                                        int64_t j1, const TileOut& out) {
+  tile_amx_impl<AmxHw>(p, i0, i1, j0, j1, out);
+}
+
+void tile_amx(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  if (p.W.group % 64 != 0 || i1 - i0 < kAmxMinRows) return tile_avx512(p, i0, i1, j0, j1, out);
+  if (amx_emulated()) return tile_amx_impl<AmxEmu>(p, i0, i1, j0, j1, out);
+  tile_amx_hw(p, i0, i1, j0, j1, out);
+}
+
 }  // namespace
 
 const Format& int8_packed_format() {
@@ -236,7 +337,7 @@ const Format& int8_packed_format() {
                         .widen = true,
                         .min_parallel = 0,
                         .family = Family::Quant,
-                        .tile = {&tile_generic, &tile_generic, &tile_avx512}};
+                        .tile = {&tile_generic, &tile_generic, &tile_avx512, nullptr, &tile_amx}};
   return f;
 }
 
