@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Training step of the same MoE transformer in moe.cpp and in PyTorch eager, side by side.
+"""Training step of the same MoE transformer in moe.cpp and in PyTorch eager, side by side (f32, or bf16).
 
 Runs `moe bench train --json` and bench/torch_train_step.py with the same model, batch and thread
 count, alternating --rounds times (these machines are noisy; the ratio of each round is computed
@@ -22,7 +22,10 @@ MODEL_ARGS = ["layers", "hidden", "heads", "kv_heads", "experts", "top_k", "expe
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--moe", default="build/moe")
-    p.add_argument("--python", default="/usr/bin/python3", help="an interpreter with torch")
+    p.add_argument("--python", "--torch-python", dest="python", default="/usr/bin/python3",
+                   help="an interpreter with torch (a PyTorch 2.x venv: ../shared/peers/torch2.sh)")
+    p.add_argument("--bf16", action="store_true",
+                   help="both sides in bf16: `moe bench train --bf16`, PyTorch under autocast")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
@@ -35,7 +38,7 @@ def main():
     model = []
     for name in MODEL_ARGS:
         model += ["--" + name.replace("_", "-"), str(getattr(a, name))]
-    common = model + ["--threads", str(a.threads), "--iters", str(a.iters)]
+    common = model + ["--threads", str(a.threads), "--iters", str(a.iters)] + (["--bf16"] if a.bf16 else [])
     ours, theirs = [], []
     for _ in range(a.rounds):
         out = subprocess.run([a.moe, "bench", "train", "--json", *common], check=True, capture_output=True, text=True)

@@ -156,6 +156,8 @@ def main():
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--bf16", action="store_true",
+                   help="forward under torch.autocast('cpu', dtype=torch.bfloat16) (the linears in bf16)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -171,7 +173,11 @@ def main():
     for it in range(a.warmup + a.iters):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
-        loss = m(tok, tgt)
+        if a.bf16:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = m(tok, tgt)
+        else:
+            loss = m(tok, tgt)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
         opt.step()
@@ -180,7 +186,7 @@ def main():
     step_ms = statistics.median(times)
     n = a.batch_size * a.seq_len
     print(json.dumps({"impl": "torch", "torch": torch.__version__, "n_params": sum(q.numel() for q in m.parameters()),
-                      "batch": a.batch_size, "seq_len": a.seq_len, "threads": a.threads, "step_ms": step_ms,
+                      "batch": a.batch_size, "seq_len": a.seq_len, "threads": a.threads, "bf16": a.bf16, "step_ms": step_ms,
                       "tokens_per_s": n / (step_ms / 1e3), "loss": float(loss)}))
 
 

@@ -127,7 +127,8 @@ void add_bench_train(CLI::App& bench, Registry& reg) {
   c->add_option("--warmup", a->warmup, "Untimed steps first")->capture_default_str();
   add_threads_flag(c, a->threads);
   add_seed_flag(c, a->seed, "the parameters and the data order");
-  c->add_flag("--bf16", a->bf16, "bf16 compute for the dense linear layers");
+  c->add_flag("--bf16", a->bf16,
+              "bf16 compute: the dense linears' and the experts' forward and input-gradient GEMMs");
   add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_bench_train(*a); }; });
 }

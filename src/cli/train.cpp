@@ -124,7 +124,10 @@ void register_train(CLI::App& app, Registry& reg) {
   c->add_option("--warmup", o.warmup_steps, "Warmup steps")->capture_default_str();
   c->add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
   c->add_option("--clip", o.grad_clip, "Gradient clipping max norm (0 = off)")->capture_default_str();
-  c->add_flag("--bf16", o.bf16, "bf16 compute for the dense linear layers (f32 master weights and experts)");
+  c->add_flag(
+      "--bf16", o.bf16,
+      "bf16 compute for the dense linears and the experts (forward and input-gradient GEMMs; f32 master "
+      "weights, weight gradients and optimizer)");
   add_seed_flag(c, o.seed, "init, data order and router jitter");
   c->add_option("--log-every", o.log_every, "Progress line every N steps")->capture_default_str();
   c->add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = at the end)")

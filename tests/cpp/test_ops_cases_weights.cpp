@@ -299,6 +299,7 @@ class WGroupedCase : public OpCase {
     g.W = view();
     g.W.data = b.arg<uint8_t>(kData), g.W.scales = b.arg<uint16_t>(kScales),
     g.W.mins = b.arg<uint16_t>(kMins);
+    if (!kernels::is_quantized(s_.format)) g.W.scales = nullptr, g.W.mins = nullptr;  // packed: in data
     g.C = b.arg<float>(kC), g.ldc = ldc(), g.beta = static_cast<float>(s_.beta);
     g.scale = s_.scatter ? b.arg<float>(kScale) : nullptr;
     g.out_row = s_.scatter ? b.arg<int32_t>(kOutRow) : nullptr;
@@ -330,6 +331,19 @@ class WGroupedCase : public OpCase {
         std::copy_n(static_cast<const uint16_t*>(q.mins.raw()), q.mins.numel(),
                     b.host<uint16_t>(kMins) + e * v.expert_params());
       }
+      return;
+    }
+    if (s_.format == WeightFormat::Int8Packed) {  // the int8 format, packed
+      const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), s_.N, s_.K, 8, s_.group, "W");
+      kernels::dequantize_matrix(q.view(), wd);
+      const kernels::QuantWeight qv = q.view();
+      kernels::pack_int8_weights({.format = WeightFormat::Int8,
+                                  .N = s_.N,
+                                  .K = s_.K,
+                                  .data = qv.q,
+                                  .scales = qv.scales,
+                                  .group = s_.group},
+                                 1, data);
       return;
     }
     if (s_.format == WeightFormat::Bf16Packed) {
@@ -379,13 +393,25 @@ class WGroupedCase : public OpCase {
 std::vector<double> WGroupedCase::tolerance(const Buffers& in, int id) const {
   std::vector<double> tol(static_cast<size_t>(in[id].count), kNotCompared);  // padding stays out
   const int32_t* off = in.host<int32_t>(kOffsets);
-  const double terms =
-      kernels::is_quantized(s_.format) ? static_cast<double>(s_.K) / 8 + 10 : static_cast<double>(s_.K + 6);
+  // int8-packed: one FMA per group into the sum, the row scale's multiply, beta · c.
+  const double terms = s_.format == WeightFormat::Int8Packed ? static_cast<double>(s_.K / s_.group) + 4
+                       : kernels::is_quantized(s_.format)    ? static_cast<double>(s_.K) / 8 + 10
+                                                             : static_cast<double>(s_.K + 6);
   std::vector<double> a(static_cast<size_t>(s_.K)), aerr(static_cast<size_t>(s_.K));
   for (int64_t e = 0; e < s_.E; ++e) {
     for (int64_t p = off[e]; p < off[e + 1]; ++p) {
       for (int64_t k = 0; k < s_.K; ++k)
         a[static_cast<size_t>(k)] = a_value(in, p, k, aerr[static_cast<size_t>(k)]);
+      if (s_.format == WeightFormat::Int8Packed) {  // W8A8: the row quantized with one scale s
+        double amax = 0;
+        for (double v : a) amax = std::max(amax, std::fabs(v));
+        const double sq = amax / 127;
+        for (size_t k = 0; k < a.size(); ++k) {
+          a[k] = std::fabs(a[k]) + sq / 2;  // >= |q_k · s|
+          // a pre-activation one ulp apart may round to the next code: off by s in one term
+          aerr[k] = aerr[k] > 0 ? sq * 1.01 : 0.0;
+        }
+      }
       const int64_t out = s_.scatter ? in.host<int32_t>(kOutRow)[p] : p;
       const double sc = s_.scatter ? std::fabs(in[kScale].get(p)) : 1.0;
       for (int64_t n = 0; n < s_.N; ++n) {
@@ -431,8 +457,8 @@ void add_weight_format_cases(CaseList& out) {
   // not, padded strides, beta, scale + out_row, pre-activations, odd K (f32, bf16), group sizes and
   // the register / buffer paths of int8 / int4 (<= 8 and > 8 rows per expert), K = 0, no rows.
   using WF = WeightFormat;
-  for (WF f : {WF::F32, WF::Bf16, WF::Int8, WF::Int4, WF::Bf16Packed}) {
-    const bool q = kernels::is_quantized(f);
+  for (WF f : {WF::F32, WF::Bf16, WF::Int8, WF::Int4, WF::Bf16Packed, WF::Int8Packed}) {
+    const bool q = kernels::has_groups(f);
     const int64_t g = q ? 32 : 0, K = q ? 64 : 29, K2 = q ? 256 : 301;
     auto add = [&](WShape s) {
       s.format = f;
