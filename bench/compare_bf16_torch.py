@@ -77,6 +77,8 @@ def main():
     p.add_argument("--iters", type=int, default=3, help="timed runs per side per round (median)")
     p.add_argument("--markdown", action="store_true")
     p.add_argument("--json-out", default=None)
+    p.add_argument("--skip-without-torch", action="store_true",
+                   help="exit 77 (CTest's skip) when --torch-python cannot import torch")
     a = p.parse_args()
     shapes = [s.strip() for s in a.shapes.split(",") if s.strip()]
     bad = [s for s in shapes if s not in SHAPES]
@@ -86,6 +88,9 @@ def main():
         p.error("need --rounds, --iters, --threads >= 1")
     if not os.access(a.moe, os.X_OK):
         p.error(f"no moe binary at {a.moe}")
+    if a.skip_without_torch and subprocess.run([a.torch_python, "-c", "import torch"], capture_output=True).returncode:
+        print(f"{a.torch_python} cannot import torch: skipped")
+        return 77
     env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
     model, _, flags = cpu_info()
     print(f"compare_bf16_torch: {a.moe} vs {a.torch_python}; CPU {model}; flags {' '.join(flags) or '-'}; "

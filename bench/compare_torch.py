@@ -143,7 +143,8 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("--moe", default=os.path.join(REPO, "build", "moe"), help="the moe binary (default build/moe)")
-    p.add_argument("--python", default="/usr/bin/python3", help="python with torch (default Debian's)")
+    p.add_argument("--python", "--torch-python", dest="python", default="/usr/bin/python3",
+                   help="python with torch (default Debian's; a PyTorch 2.x venv: ../shared/peers/torch2.sh)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shapes", default=None, help=f"comma list of {', '.join(SHAPES)} (default: {','.join(FULL)})")
     p.add_argument("--quick", action="store_true",

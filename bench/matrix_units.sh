@@ -46,6 +46,6 @@ if [[ -n "$MODEL" && -n "$Q8" ]]; then
   for run in "$MODEL --bf16" "$Q8 --expert-format auto" "$Q8 --expert-format w8a8"; do
     # shellcheck disable=SC2086
     "$MOE" bench generate --model $run --concurrency 1 --prompt-tokens 512 --new-tokens 16 --threads 2 --json |
-      python3 -c "import json,sys; j=json.load(sys.stdin); r=j['runs'][0] if 'runs' in j else j; print('$run', {k: r[k] for k in r if 'tok' in k or 'ms' in k})"
+      python3 -c "import json,sys; j=json.load(sys.stdin); r=j['levels'][0]; print('$run |', j.get('expert_store', 'experts in the model'), '| prefill', r['prefill_tokens_per_s'], 'tok/s, decode', r['decode_tokens_per_s'], 'tok/s')"
   done
 fi

@@ -59,6 +59,14 @@ grep -q "4 experts in int4" "$tmp/out" || fail "mixed summary: $(cat "$tmp/out")
 tr -d ' \n' <"$tmp/mix/config.json" | grep -q '"expert_bits":\[\[4,8,4,8\],\[8,4,8,4\]\]' ||
   fail "expert_bits: $(cat "$tmp/mix/config.json")"
 
+# W8A8: the int8 checkpoint's experts on int8 dot products (bench generate runs prefill and decode);
+# the int4 checkpoint has no w8a8 form.
+"$moe" bench generate --model "$tmp/q8" --expert-format w8a8 --concurrency 1 --prompt-tokens 24 --new-tokens 4 \
+  --threads 2 --json >"$tmp/out" 2>&1 || fail "bench generate --expert-format w8a8 failed: $(cat "$tmp/out")"
+grep -q 'experts int8 w8a8' "$tmp/out" || fail "bench generate --expert-format w8a8: no 'int8 w8a8' store: $(cat "$tmp/out")"
+expect_error "w8a8 needs int8 experts" bench generate --model "$tmp/q4" --expert-format w8a8 --concurrency 1 \
+  --prompt-tokens 4 --new-tokens 1
+
 # Existing output directory: refused, then replaced with --overwrite.
 expect_error "not empty .*--overwrite" quantize --model "$tmp/m" --out "$tmp/q4" --bits 4 --group-size 32
 "$moe" quantize --model "$tmp/m" --out "$tmp/q4" --bits 8 --group-size 32 --overwrite >/dev/null 2>&1 ||
