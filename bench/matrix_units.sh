@@ -20,7 +20,7 @@ Q8=${4:-}
 cd "$(dirname "$0")/.."
 echo "== CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 echo "== flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(amx|avx512_bf16|avx512_vnni|avx512_fp16|avx_vnni)' | tr '\n' ' ')"
-echo "== instruction sets: $("$MOE" --version 2>/dev/null | head -1)"
+echo "== $("$MOE" --version 2>/dev/null | head -1), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 echo "== 1. bf16 forward against PyTorch"
 python3 bench/compare_bf16_torch.py --moe "$MOE" --torch-python "$PY" --rounds 3 --markdown

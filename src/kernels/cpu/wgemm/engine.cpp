@@ -69,12 +69,6 @@ struct Epilogue {
   float* row(int64_t i) const { return C + (out_row ? out_row[i] : i) * ldc; }
 };
 
-template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
-
 // Computes one tile of problem p: beta first, then the format's tile in place or into a scratch tile
 // stored scaled at its output rows.
 void run_tile(TileFn tile, const Problem& p, const Epilogue& ep, const Tile& t) {

@@ -20,7 +20,10 @@
 // format_table() (engine.cpp).
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "kernels/cpu/act_inline.h"
 #include "kernels/cpu/isa.h"
@@ -76,6 +79,30 @@ inline const float* a_span(const Problem& p, int64_t r, int64_t k0, int64_t kc, 
   if (!p.pre) return src;
   act_row(p.act, src, p.K, kc, 1.0f, buf);  // SwiGLU: U is K values after G
   return buf;
+}
+
+// ---- helpers of the format files ----
+
+// A thread's scratch of n elements from a 64-byte boundary (no vector load splits a cache line),
+// grown and never shrunk; its contents are not kept when it grows.
+template <typename T>
+T* scratch(std::vector<T>& v, int64_t n) {
+  constexpr int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
+  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(static_cast<size_t>(n + pad));
+  const uintptr_t at = (reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63};
+  return reinterpret_cast<T*>(at);
+}
+
+// A register-tiled kernel for r rows (1..Kern::MR) and v panels (1..Kern::NV): Kern::run<R, V> from a
+// table of every instantiation (Fn: their common pointer type).
+template <class Kern, class Fn, size_t... I>
+constexpr std::array<Fn, sizeof...(I)> kern_table(std::index_sequence<I...>) {
+  return {&Kern::template run<static_cast<int>(I / Kern::NV) + 1, static_cast<int>(I % Kern::NV) + 1>...};
+}
+template <class Kern, class Fn>
+inline Fn kern_for(int64_t r, int64_t v) {
+  static constexpr auto table = kern_table<Kern, Fn>(std::make_index_sequence<Kern::MR * Kern::NV>());
+  return table[static_cast<size_t>((r - 1) * Kern::NV + (v - 1))];
 }
 
 }  // namespace moe::kernels::cpu::wgemm

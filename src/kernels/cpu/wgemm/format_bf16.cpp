@@ -357,12 +357,6 @@ static_assert(kNC % KernGeneric::NR == 0 && kNC % KernAvx2::NR == 0 && kNC % Ker
                   kNC % KernAvx512Bf16::NR == 0,
               "kNC must be a multiple of every NR");
 
-template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
-
 // Computes the tile [i0, i1) x [j0, j1) of problem p into out; i1 - i0 <= kMC, j1 - j0 <= kNC.
 template <class Kern>
 MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,

@@ -247,29 +247,10 @@ struct KernAvx512Bf16 {
   }
 };
 
-// The kernel for r rows (1..MR) and v panels (1..NV), from a table of every instantiation.
+// The kernels' common pointer type.
 template <class Kern>
 using KernFn = void (*)(int64_t, const std::conditional_t<Kern::kWords, uint32_t, float>*, int64_t,
                         const uint32_t*, int64_t, float*, int64_t, bool);
-
-template <class Kern, size_t... I>
-constexpr auto kern_table(std::index_sequence<I...>) {
-  using Fn = KernFn<Kern>;
-  return std::array<Fn, sizeof...(I)>{
-      &Kern::template run<static_cast<int>(I / Kern::NV) + 1, static_cast<int>(I % Kern::NV) + 1>...};
-}
-
-template <class Kern>
-MOE_INLINE KernFn<Kern> kern_for(int64_t r, int64_t v) {
-  static constexpr auto table = kern_table<Kern>(std::make_index_sequence<Kern::MR * Kern::NV>());
-  return table[static_cast<size_t>((r - 1) * Kern::NV + (v - 1))];
-}
-
-template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
 
 // Where a block of the tile's output goes: straight to c, or (columns past N in the last panel)
 // through a scratch block whose valid columns are copied out.
@@ -323,7 +304,7 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
       const int64_t cols = nc - P * kPanel < v * kPanel ? nc - P * kPanel : v * kPanel;
       for (int64_t ip = 0; ip < mc; ip += MR) {
         const int64_t r = mc - ip < MR ? mc - ip : MR;
-        const auto kern = kern_for<Kern>(r, v);
+        const auto kern = kern_for<Kern, KernFn<Kern>>(r, v);
         through_edge({out.c + ip * out.ldc + P * kPanel, out.ldc, r, cols, load}, v * kPanel, edge,
                      [&](float* c, int64_t ldc) {
                        kern(kp, ap + ip * la, la, W.at(P, k0 / 2), W.stride(), c, ldc, load);

@@ -159,26 +159,7 @@ struct KernVnni {
   }
 };
 
-template <class Kern>
 using KernFn = void (*)(const Packed&, const Block&);
-
-template <class Kern, size_t... I>
-constexpr auto kern_table(std::index_sequence<I...>) {
-  return std::array<KernFn<Kern>, sizeof...(I)>{
-      &Kern::template run<static_cast<int>(I / Kern::NV) + 1, static_cast<int>(I % Kern::NV) + 1>...};
-}
-
-template <class Kern>
-MOE_INLINE KernFn<Kern> kern_for(int64_t r, int64_t v) {
-  static constexpr auto table = kern_table<Kern>(std::make_index_sequence<Kern::MR * Kern::NV>());
-  return table[static_cast<size_t>((r - 1) * Kern::NV + (v - 1))];
-}
-
-template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
 
 template <class Kern>
 MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
@@ -199,7 +180,7 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
     for (int64_t ip = 0; ip < mc; ip += MR) {
       const int64_t r = mc - ip < MR ? mc - ip : MR;
       float* c = out.c + ip * out.ldc + P * kPanel;
-      const auto kern = kern_for<Kern>(r, v);
+      const auto kern = kern_for<Kern, KernFn>(r, v);
       const int64_t width = v * kPanel;
       if (cols == width) {
         kern(w, {q + ip * K, rs + ip, j0 / kPanel + P, c, out.ldc, out.load});

@@ -66,14 +66,6 @@ Ctx context(const Problem& p, int64_t j0, const TileOut& out) {
   return x;
 }
 
-template <typename T>
-T* scratch(std::vector<T>& v, int64_t n) {  // n elements from a 64-byte boundary (no split vector loads)
-  constexpr int64_t pad = 64 / static_cast<int64_t>(sizeof(T));
-  if (static_cast<int64_t>(v.size()) < n + pad) v.resize(static_cast<size_t>(n + pad));
-  const uintptr_t at = (reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63};
-  return reinterpret_cast<T*>(at);
-}
-
 // ---- portable: 8 lanes in plain arrays (the compiler vectorizes them with what the target has) ----
 namespace generic_isa {
 
