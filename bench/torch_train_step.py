@@ -96,7 +96,7 @@ class SparseMoe(nn.Module):
             slot, tok = torch.where(mask[e])
             if tok.numel() == 0:
                 continue
-            y.index_add_(0, tok, self.experts[e](x[tok]) * w[tok, slot, None])
+            y.index_add_(0, tok, (self.experts[e](x[tok]) * w[tok, slot, None]).to(y.dtype))  # bf16 under autocast
         # Switch aux loss and z-loss, as the engine defines them (docs/MOE_LAYER.md).
         T = x.shape[0]
         counts = mask.sum(dim=(1, 2)).to(x.dtype)
