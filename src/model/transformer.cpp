@@ -469,7 +469,7 @@ void Transformer::set_bf16_inference(bool on) {
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ",
             dtype_name(dtype_));
   bf16_inference_ = on;  // first: inference packs no copies for the backward
-  bf16_.clear();
+  bf16_.clear(), bf16_t_.clear();
   set_bf16_compute(on);
   for (auto& l : moe_)
     if (l) l->set_bf16_expert_weights(on);

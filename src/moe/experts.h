@@ -17,6 +17,7 @@
 
 #include "moe/core/error.h"
 #include "moe/kernels/ops.h"
+#include "moe/kernels/weight_view.h"
 #include "moe/moe/dispatcher.h"
 #include "moe/moe/layer.h"
 
@@ -126,6 +127,13 @@ class Bf16Experts final : public Experts<float> {
   FfnShape shape_;
   Tensor w_in_, w_down_;
 };
+
+// bf16-packed expert weights (Bf16ExpertWeights, Bf16PackedFfn): the view of t, BF16 (E, packed
+// bytes / 2), as E experts of op(W) (K, N); and the forward of Bf16Experts on such copies of W_in
+// and W_down, writing the pre-activations [G | U] (rows, preact width) to GU (experts_bf16.cpp).
+kernels::WeightView packed_view(const Tensor& t, int64_t N, int64_t K);
+void packed_forward(const FfnShape& s, const Tensor& w_in, const Tensor& w_down,
+                    const ExpertsForwardArgs<float>& a, float* GU);
 
 // Experts whose weights the layer does not hold: the executor computes each row's unweighted
 // output in expert order, then the rows are weighted and moved to their output rows.

@@ -6,9 +6,7 @@
 
 namespace moe::detail {
 
-namespace {
-
-// The bf16-packed view of t (BF16 (E, packed bytes / 2)): op(W_e) (K, N).
+// The bf16-packed view of t (BF16 (E, packed bytes / 2)): E experts of op(W) (K, N).
 kernels::WeightView packed_view(const Tensor& t, int64_t N, int64_t K) {
   MOE_CHECK(t.defined(), "bf16 experts: weights not set");
   t.check_dtype(DType::BF16);
@@ -17,39 +15,42 @@ kernels::WeightView packed_view(const Tensor& t, int64_t N, int64_t K) {
   return {.format = kernels::WeightFormat::Bf16Packed, .N = N, .K = K, .data = t.raw()};
 }
 
-}  // namespace
-
-// out (rows, d) = act(x_rows · W_in^T) · W_down^T per expert: one GEMM gives [G | U] (W_in is
-// [gate; up] per expert for SwiGLU), then the down projection makes h from the pre-activations
-// while packing (no H buffer) and stores row p scaled by scale[p] at out_row[p].
-void Bf16Experts::forward(const ExpertsForwardArgs<float>& a) const {
+// [G | U] (rows, n_in) = x_rows · op(W_in), then out = scale · act(G, U) · op(W_down): the down
+// projection makes h from the pre-activations while packing (no H buffer) and stores row p scaled
+// by scale[p] at out_row[p].
+void packed_forward(const FfnShape& s, const Tensor& w_in, const Tensor& w_down,
+                    const ExpertsForwardArgs<float>& a, float* GU) {
   const ExpertBatch<float>& b = *a.batch;
-  const int64_t M = b.rows, d = shape_.d_model, F = shape_.d_ff;
-  const int64_t n_in = shape_.preact_width();
-  Tensor GU = Tensor::empty({M, n_in}, DType::F32, "expert pre-activations");  // (M, 2F) or (M, F)
+  const int64_t d = s.d_model, n_in = s.preact_width();
   kernels::GroupedGemmWArgs up;
   up.E = static_cast<int64_t>(b.offsets.size()) - 1;
   up.offsets = b.offsets.data();
   up.A = b.x_rows;
   up.lda = d;
   up.gather = b.gather.empty() ? nullptr : b.gather.data();
-  up.W = packed_view(w_in_, n_in, d);
-  up.C = GU.data<float>();
+  up.W = packed_view(w_in, n_in, d);
+  up.C = GU;
   up.ldc = n_in;
-  kernels::grouped_gemm_w(shape_.backend, up);
+  kernels::grouped_gemm_w(s.backend, up);
   kernels::GroupedGemmWArgs dn;
   dn.E = up.E;
   dn.offsets = b.offsets.data();
-  dn.A = GU.data<float>();
+  dn.A = GU;
   dn.lda = n_in;
   dn.a_preact = true;
-  dn.act = shape_.act;
-  dn.W = packed_view(w_down_, d, F);
+  dn.act = s.act;
+  dn.W = packed_view(w_down, d, s.d_ff);
   dn.C = a.out;
   dn.ldc = d;
   dn.scale = a.scale;
   dn.out_row = a.out_row;
-  kernels::grouped_gemm_w(shape_.backend, dn);
+  kernels::grouped_gemm_w(s.backend, dn);
+}
+
+void Bf16Experts::forward(const ExpertsForwardArgs<float>& a) const {
+  Tensor GU = Tensor::empty({a.batch->rows, shape_.preact_width()}, DType::F32,
+                            "expert pre-activations");  // (M, 2F) or (M, F)
+  packed_forward(shape_, w_in_, w_down_, a, GU.data<float>());
 }
 
 }  // namespace moe::detail

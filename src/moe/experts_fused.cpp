@@ -80,43 +80,6 @@ void row_wgrad(const FfnShape& s, const ExpertBatch<T>& b, const RowWgradArgs<T>
   kernels::grouped_gemm_wgrad(s.backend, g);
 }
 
-// The bf16-packed view of t: E experts of op(W) (K, N).
-kernels::WeightView packed(const Tensor& t, int64_t N, int64_t K) {
-  MOE_CHECK(t.dim() == 2 && t.size(1) * 2 == kernels::packed_bf16_bytes(N, K), "bf16 compute: tensor '",
-            t.name(), "' does not hold packed (", K, ", ", N, ") experts");
-  return {.format = kernels::WeightFormat::Bf16Packed, .N = N, .K = K, .data = t.raw()};
-}
-
-// bf16 compute's forward: [G | U] = x_rows · op(W_in) and out = scale · act(G, U) · op(W_down), the
-// GEMMs of Bf16Experts on the training copies (the pre-activations stay for backward).
-void bf16_forward(const FfnShape& s, const Bf16PackedFfn& w, const ExpertsForwardArgs<float>& a, float* GU) {
-  const ExpertBatch<float>& b = *a.batch;
-  const int64_t d = s.d_model, n_in = s.preact_width();
-  kernels::GroupedGemmWArgs up;
-  up.E = n_experts(b);
-  up.offsets = b.offsets.data();
-  up.A = b.x_rows;
-  up.lda = d;
-  up.gather = gather_of(b);
-  up.W = packed(w.in_fwd, n_in, d);
-  up.C = GU;
-  up.ldc = n_in;
-  kernels::grouped_gemm_w(s.backend, up);
-  kernels::GroupedGemmWArgs dn;
-  dn.E = up.E;
-  dn.offsets = b.offsets.data();
-  dn.A = GU;
-  dn.lda = n_in;
-  dn.a_preact = true;
-  dn.act = s.act;
-  dn.W = packed(w.down_fwd, d, s.d_ff);
-  dn.C = a.out;
-  dn.ldc = d;
-  dn.scale = a.scale;
-  dn.out_row = a.out_row;
-  kernels::grouped_gemm_w(s.backend, dn);
-}
-
 }  // namespace
 
 template <typename T>
@@ -129,7 +92,7 @@ void FusedExperts<T>::forward(const ExpertsForwardArgs<T>& a) const {
   T* GU = ptr<T>(*a.preact);
   const PreAct<T> pa = pre_act(shape_, GU);
   if constexpr (std::is_same_v<T, float>) {
-    if (w_.bf16.defined()) return bf16_forward(shape_, w_.bf16, a, GU);
+    if (w_.bf16.defined()) return packed_forward(shape_, w_.bf16.in_fwd, w_.bf16.down_fwd, a, GU);
   }
 
   kernels::FfnUpArgs<T> up;  // [G | U] = x_rows · [W_gate_e; W_up_e]^T, one fused grouped GEMM
@@ -217,7 +180,7 @@ void FusedExperts<T>::backward_down(const ExpertsBackwardArgs<T>& a) const {
   g.ldhs = F;
   g.dscale = a.dscale;
   if constexpr (std::is_same_v<T, float>) {
-    if (w_.bf16.defined()) g.W_down_w = packed(w_.bf16.down_bwd, F, d);  // op(W_down) (d, F)
+    if (w_.bf16.defined()) g.W_down_w = packed_view(w_.bf16.down_bwd, F, d);  // op(W_down) (d, F)
   }
   kernels::grouped_ffn_down_backward(shape_.backend, g);
 }
@@ -258,7 +221,7 @@ void FusedExperts<T>::backward_up(const ExpertsBackwardArgs<T>& a) const {
       g.offsets = b.offsets.data();
       g.A = a.preact;
       g.lda = dpa.ld;
-      g.W = packed(w_.bf16.in_bwd, d, shape_.preact_width());
+      g.W = packed_view(w_.bf16.in_bwd, d, shape_.preact_width());
       g.C = ptr<T>(*a.d_in);
       g.ldc = d;
       g.beta = add ? 1.0f : 0.0f;
