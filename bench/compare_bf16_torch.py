@@ -25,17 +25,11 @@ import statistics
 import subprocess
 import sys
 
+from compare_torch import FULL, SHAPES  # the shapes of `moe bench layer` comparisons (this folder)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 TORCH_SCRIPT = os.path.join(HERE, "torch_bf16_forward.py")
-SHAPES = {
-    "mixtral-small": (2048, 1024, 3584, 8, 2, 0),
-    "fine-grained": (2048, 1024, 512, 64, 8, 0),
-    "fine-grained-shared": (2048, 1024, 512, 64, 8, 1),
-    "quick-mixtral": (256, 128, 256, 8, 2, 0),
-    "quick-fine": (256, 128, 64, 16, 4, 0),
-}
-FULL = ["mixtral-small", "fine-grained", "fine-grained-shared"]
 FORMS = ["hf_autocast", "sorted", "grouped_mm"]
 
 

@@ -27,14 +27,7 @@ import json
 import statistics
 import time
 
-SHAPES = {
-    "mixtral-small": (2048, 1024, 3584, 8, 2, 0),
-    "fine-grained": (2048, 1024, 512, 64, 8, 0),
-    "fine-grained-shared": (2048, 1024, 512, 64, 8, 1),
-    "quick-mixtral": (256, 128, 256, 8, 2, 0),
-    "quick-fine": (256, 128, 64, 16, 4, 0),
-    "quick-fine-shared": (256, 128, 64, 16, 4, 1),
-}
+from torch_moe_block import SHAPES, build_block  # the same shapes and HF block (this folder)
 
 
 def median_ms(fn, warmup, iters):
@@ -54,15 +47,9 @@ def grouped_mm_fn(torch):
 
 
 def bench_shape(torch, a, name, T, d, F, E, k, S):
-    import importlib.util
-    import os
-    spec = importlib.util.spec_from_file_location(
-        "torch_moe_block", os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_moe_block.py"))
-    tmb = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tmb)
     fn = torch.nn.functional
     torch.manual_seed(a.seed)
-    block = tmb.build_block(torch, d, F, E, k, S, False).eval()
+    block = build_block(torch, d, F, E, k, S, False).eval()
     x = torch.randn(T, d)
     bf = torch.bfloat16
     # bf16 copies, made once (as an inference server loads them).

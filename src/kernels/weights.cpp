@@ -89,13 +89,8 @@ void check_weight_view(const char* op, const WeightView& w) {
 
 namespace {
 
-// bf16 bits of a source element: f32 rounded to nearest even (NaN stays a quiet NaN), bf16 as is.
-inline uint32_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) | 0x40u) : rounded;
-}
+// bf16 bits of a source element: f32 rounded (moe::f32_to_bf16), bf16 as is.
+inline uint32_t bf16_bits(float f) { return f32_to_bf16(f); }
 inline uint32_t bf16_bits(uint16_t h) { return h; }
 
 // One panel (kp rows of 16 words) of one expert whose op(W) (K, N) is stored as src.

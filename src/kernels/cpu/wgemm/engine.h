@@ -22,6 +22,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -82,6 +83,16 @@ inline const float* a_span(const Problem& p, int64_t r, int64_t k0, int64_t kc, 
 }
 
 // ---- helpers of the format files ----
+
+// f32 -> bf16 bits, round to nearest even, NaN stays a quiet NaN: moe::f32_to_bf16 without the branch,
+// so that the packing loops vectorize.
+inline __attribute__((always_inline)) uint32_t round_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t nan = (u >> 16) | 0x40u;
+  return (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
+}
 
 // A thread's scratch of n elements from a 64-byte boundary (no vector load splits a cache line),
 // grown and never shrunk; its contents are not kept when it grows.

@@ -36,16 +36,6 @@ constexpr int64_t kNC = 512;
 constexpr int64_t kKC = 256;
 static_assert(kKC % 2 == 0, "a K block must hold whole bf16 pairs");
 
-// f32 -> bf16 bits, round to nearest even, NaN stays a quiet NaN: moe::f32_to_bf16 without the branch,
-// so that the packing loops vectorize.
-MOE_INLINE uint32_t round_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t nan = (u >> 16) | 0x40u;
-  return (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
-}
-
 MOE_INLINE uint32_t load_pair(const uint16_t* p) {  // p[0] | p[1] << 16
   uint32_t w;
   std::memcpy(&w, p, 4);

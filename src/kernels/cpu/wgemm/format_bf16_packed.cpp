@@ -45,13 +45,6 @@ constexpr int64_t kKC = 512;              // a multiple of kPackedKAlign
 constexpr int64_t kAmxMinRows = 16;       // fewer rows in a tile: the avx512 widening kernel
 static_assert(kKC % kPackedKAlign == 0, "a K block must be whole AMX tile rows");
 
-MOE_INLINE uint32_t round_bf16(float f) {  // f32 -> bf16 bits, nearest even, NaN stays quiet NaN
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t nan = (u >> 16) | 0x40u;
-  return (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
-}
 MOE_INLINE float bits_f32(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
