@@ -134,7 +134,11 @@ void measure_memory(const MoELayer& layer, const Tensor& x, const Tensor& dy, Be
     hwm_fwd = peak_rss_hwm_mib();
     if (train) layer.backward_into(f, dy, grads);
   }
-  const double hwm = peak_rss_hwm_mib();
+  // A peak cannot fall, but Linux's VmHWM can read lower than a moment before: each thread batches its
+  // resident-page counts (up to 64 pages) before the process total sees them, and tiny layers move
+  // less than that. The peak after backward is at least the one after forward.
+  const double hwm_read = peak_rss_hwm_mib();  // < 0: not readable
+  const double hwm = hwm_read < 0 ? hwm_read : std::max(hwm_read, hwm_fwd);
   r.grads_mb = grads_bytes(grads) / (1024.0 * 1024.0);
   if (hwm >= 0 && hwm_fwd >= 0 && r.rss_before_mb >= 0) {
     r.fwd_peak_mb = std::max(0.0, hwm_fwd - r.rss_before_mb);
