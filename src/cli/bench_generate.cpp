@@ -17,6 +17,7 @@
 #include "cli/model_dir.h"
 #include "cli/offload_flags.h"
 #include "moe/core/error.h"
+#include "moe/core/membw.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
 #include "moe/infer/engine.h"
@@ -33,8 +34,30 @@ struct BenchGenArgs {
   uint64_t seed = 1;
   bool json = false;
   bool bf16 = false;
+  int64_t bandwidth_mib = 1024;
   OffloadFlags offload;
 };
+
+// The weight bytes one token reads alone, and the machine's read bandwidth measured in this run.
+struct Traffic {
+  double bytes_per_token = 0;
+  ReadBandwidth bw;
+};
+
+Traffic weight_traffic(const infer::InferenceModel& im, int64_t bandwidth_mib) {
+  const model::Transformer& m = *im.model;
+  const model::ModelConfig& c = m.config();
+  Traffic t;
+  t.bytes_per_token = m.weight_bytes_per_token().total();
+  if (im.store) {  // the routed experts live in the store: top_k of them per MoE layer
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
+    t.bytes_per_token += static_cast<double>(im.store->stats().expert_bytes) *
+                         static_cast<double>(c.moe_layer_config().router.top_k * moe_layers);
+  }
+  if (bandwidth_mib > 0) t.bw = measure_read_bandwidth(static_cast<size_t>(bandwidth_mib) << 20);
+  return t;
+}
 
 std::vector<int64_t> parse_levels(const std::string& s) {
   std::vector<int64_t> out;
@@ -148,6 +171,12 @@ int run_bench_generate(const BenchGenArgs& a) {
             c.max_position_embeddings);
   std::vector<LevelResult> rs;
   for (int64_t conc : levels) rs.push_back(run_level(m, a, conc));
+  const Traffic tr = weight_traffic(im, a.bandwidth_mib);
+  // Batch 1 reads the weights once per token: its decode rate times the bytes is the rate at which
+  // the weights stream from memory.
+  double weight_gbs = 0;
+  for (const LevelResult& r : rs)
+    if (r.concurrency == 1) weight_gbs = r.decode_tps * tr.bytes_per_token / 1e9;
   if (a.json) {
     nlohmann::json j;
     j["command"] = "bench generate";
@@ -158,6 +187,13 @@ int run_bench_generate(const BenchGenArgs& a) {
     j["prompt_tokens"] = a.prompt_tokens;
     j["new_tokens"] = a.new_tokens;
     j["max_batch_tokens"] = a.max_batch_tokens;
+    j["weight_bytes_per_token"] = round_sig(tr.bytes_per_token, 6);
+    if (weight_gbs > 0) j["decode_weight_gb_per_s"] = round_sig(weight_gbs, 4);
+    if (tr.bw.gb_per_s > 0) {
+      j["read_bandwidth_gb_per_s"] = round_sig(tr.bw.gb_per_s, 4);
+      j["read_bandwidth_mib"] = a.bandwidth_mib;
+      if (weight_gbs > 0) j["decode_bandwidth_fraction"] = round_sig(weight_gbs / tr.bw.gb_per_s, 3);
+    }
     if (im.store) j["experts"] = store_json(im.store->stats()), j["expert_store"] = im.store->describe();
     for (const LevelResult& r : rs)
       j["levels"].push_back({{"concurrency", r.concurrency},
@@ -190,6 +226,14 @@ int run_bench_generate(const BenchGenArgs& a) {
                 (long long)r.concurrency, r.prefill_tps, r.decode_tps, r.total_tps, r.mean_batch,
                 r.mean_batch_tokens, r.ttft_p50 * 1e3, r.ttft_p90 * 1e3, r.ttft_p99 * 1e3, r.tpot_p50 * 1e3,
                 r.tpot_p90 * 1e3, r.tpot_p99 * 1e3);
+  std::printf("weights read per token (batch 1): %.1f MB", tr.bytes_per_token / 1e6);
+  if (weight_gbs > 0) std::printf(", decoding at concurrency 1 streams them at %.1f GB/s", weight_gbs);
+  if (tr.bw.gb_per_s > 0) {
+    std::printf("; this machine reads %.1f GB/s (%d threads, %lld MiB buffer)", tr.bw.gb_per_s, tr.bw.threads,
+                (long long)a.bandwidth_mib);
+    if (weight_gbs > 0) std::printf(": %.0f%% of it", 100.0 * weight_gbs / tr.bw.gb_per_s);
+  }
+  std::printf("\n");
   if (im.store)
     std::printf("%s\n%s\n", im.store->describe().c_str(), store_summary(im.store->stats()).c_str());
   return kExitOk;
@@ -219,6 +263,11 @@ void add_bench_generate(CLI::App& bench, Registry& reg) {
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_seed_flag(c, a->seed, "the random prompts");
+  c->add_option("--bandwidth-mib", a->bandwidth_mib,
+                "Buffer of the memory read-bandwidth measurement printed beside the decode rate, MiB "
+                "(0 = skip it)")
+      ->check(in_range(0, 1 << 16))
+      ->capture_default_str();
   add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_bench_generate(*a); }; });

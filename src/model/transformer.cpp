@@ -489,14 +489,50 @@ void Transformer::set_expert_skip_threshold(double t) {
     if (l) l->set_skip_threshold(t);
 }
 
-void Transformer::refresh_bf16() const {
-  if (!bf16_compute_) return;
-  for (const auto& l : moe_)
-    if (l && l->bf16_compute()) l->refresh_bf16_compute();
+std::vector<int> Transformer::linear_params() const {
   std::vector<int> linear = {index_.head};
   for (const LayerIndex& P : index_.layers)
     for (int i : {P.q_w, P.k_w, P.v_w, P.o_w, P.gate, P.up, P.down, P.q_a_w, P.q_b_w, P.kv_a_w, P.kv_b_w})
       if (i >= 0) linear.push_back(i);
+  return linear;
+}
+
+Transformer::WeightTraffic Transformer::weight_bytes_per_token() const {
+  const double f = dtype_bits(dtype_) / 8.0, half = bf16_inference_ ? 2.0 : f;
+  std::vector<double> per(params_.size(), f);  // bytes per element of each parameter
+  if (bf16_compute_)
+    for (int i : linear_params()) per[static_cast<size_t>(i)] = 2.0;
+  WeightTraffic t;
+  std::vector<bool> routed(params_.size(), false);
+  for (const LayerIndex& P : index_.layers) {
+    if (P.moe[0] < 0) continue;
+    for (int j : {4, 5, 6})  // shared experts: bf16 copies in bf16 inference
+      if (P.moe[j] >= 0) per[static_cast<size_t>(P.moe[j])] = half;
+    for (int j : {1, 2, 3}) {
+      if (P.moe[j] < 0) continue;
+      const NamedParam& p = params_[static_cast<size_t>(P.moe[j])];
+      routed[static_cast<size_t>(P.moe[j])] = true;
+      // (E_local, rows, cols): top_k experts' worth, as a token of batch 1 reads them
+      const double experts = static_cast<double>(p.value.size(0));
+      t.routed += static_cast<double>(p.value.numel()) / experts *
+                  static_cast<double>(cfg_.moe_layer_config().router.top_k) * half;
+    }
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (routed[i]) continue;
+    const Tensor& v = params_[i].value;
+    // The embedding table: one row per token (unless it is the head too).
+    const bool embed_only = static_cast<int>(i) == index_.embed && index_.head != index_.embed;
+    t.dense += static_cast<double>(embed_only ? v.numel() / v.size(0) : v.numel()) * per[i];
+  }
+  return t;
+}
+
+void Transformer::refresh_bf16() const {
+  if (!bf16_compute_) return;
+  for (const auto& l : moe_)
+    if (l && l->bf16_compute()) l->refresh_bf16_compute();
+  const std::vector<int> linear = linear_params();
   bf16_.resize(params_.size());
   bf16_t_.resize(params_.size());
   // W (out, in): the forward's op(W) = W^T (in, out) is W stored (N, K); the input gradient's op(W) = W

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "moe/core/error.h"
+#include "moe/core/membw.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
 #include "moe/core/tensor.h"
@@ -167,6 +169,17 @@ TEST(TensorCache, ReusesFreedBuffersWithinItsLimit) {
   { Tensor a = Tensor::empty({1 << 18}, DType::F32, "a"); }
   EXPECT_EQ(tensor_cache_stats().held_blocks, 0u);
   set_tensor_cache_limit(before.limit_bytes);
+}
+
+// The read-bandwidth probe: a positive rate for what it read, the threads it used, and clear errors.
+TEST(ReadBandwidth, MeasuresAndRefusesBadSizes) {
+  const ReadBandwidth r = measure_read_bandwidth((size_t{4} << 20) + 40, 2);
+  EXPECT_GT(r.gb_per_s, 0.0);
+  EXPECT_EQ(r.bytes, size_t{4} << 20);  // whole cache lines
+  EXPECT_EQ(r.threads, num_threads());
+  EXPECT_EQ(r.repeats, 2);
+  EXPECT_THROW(measure_read_bandwidth(1000), Error);
+  EXPECT_THROW(measure_read_bandwidth(size_t{1} << 20, 0), Error);
 }
 
 TEST(Threads, SettableAndValidated) {

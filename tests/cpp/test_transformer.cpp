@@ -363,3 +363,40 @@ TEST(Transformer, ShardedCheckpointLoadsAndAMissingShardIsAClearError) {
   }
   fs::remove_all(dir);
 }
+
+// The weight bytes a token of batch 1 reads, against a count from the config: f32, then bf16
+// inference (2-byte linears and experts; norms, router and the embedding row stay f32).
+TEST(Transformer, WeightBytesPerTokenCountsWhatADecodeStepReads) {
+  for (Arch arch : {Arch::Mixtral, Arch::Qwen2Moe}) {
+    ModelConfig c = tiny(arch);
+    c.tie_word_embeddings = false;
+    Transformer m(c);
+    const MoEConfig mc = c.moe_layer_config();
+    const int64_t d = c.hidden_size, k = mc.router.top_k;
+    // Parameters not in routed experts, less the embedding table but one row of it (untied).
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe_layer(l) ? 1 : 0;
+    const int64_t routed_all = moe_layers * mc.n_experts * 3 * mc.d_ff * d;
+    const int64_t routed_k = moe_layers * k * 3 * mc.d_ff * d;
+    const int64_t dense = c.n_params() - routed_all - (c.vocab_size - 1) * d;
+    Transformer::WeightTraffic t = m.weight_bytes_per_token();
+    EXPECT_EQ(t.routed, 4.0 * static_cast<double>(routed_k)) << arch_name(arch);
+    EXPECT_EQ(t.dense, 4.0 * static_cast<double>(dense)) << arch_name(arch);
+    m.set_bf16_inference(true);
+    t = m.weight_bytes_per_token();
+    EXPECT_EQ(t.routed, 2.0 * static_cast<double>(routed_k)) << arch_name(arch);
+    // Everything that stays f32: norms, biases, routers (and the shared-expert gate), the embedding row.
+    double f32_params = 0;
+    for (const NamedParam& p : m.parameters())
+      if (p.value.dim() == 1 || p.name.find(".gate.weight") != std::string::npos ||
+          p.name.find("shared_expert_gate") != std::string::npos)
+        f32_params += static_cast<double>(p.value.numel());
+    f32_params += static_cast<double>(d);  // the embedding row
+    EXPECT_EQ(t.dense, 4.0 * f32_params + 2.0 * (static_cast<double>(dense) - f32_params)) << arch_name(arch);
+    EXPECT_LT(t.total(), 0.55 * (4.0 * static_cast<double>(dense + routed_k)));
+    // Tied embeddings: the table is the head, read in full.
+    c.tie_word_embeddings = true;
+    Transformer tied(c);
+    EXPECT_EQ(tied.weight_bytes_per_token().dense, 4.0 * static_cast<double>(c.n_params() - routed_all));
+  }
+}

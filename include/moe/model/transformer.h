@@ -139,6 +139,17 @@ class Transformer {
   void set_bf16_inference(bool on);
   bool bf16_inference() const { return bf16_inference_; }
 
+  // Bytes of weights that the forward of one token reads alone (batch 1) in the current mode: the
+  // dense linears, norms, routers and head in full (bf16 inference: the linears at 2 bytes), one
+  // embedding row, the shared experts, and top_k of the routed experts held here per MoE layer (at
+  // 2 bytes in bf16 inference). External experts are not counted: the expert store adds its own.
+  struct WeightTraffic {
+    double dense = 0;   // everything but the routed experts
+    double routed = 0;  // the top_k routed experts per MoE layer
+    double total() const { return dense + routed; }
+  };
+  WeightTraffic weight_bytes_per_token() const;
+
   // Dynamic expert skipping at inference: sets RouterConfig::skip_threshold of every MoE layer
   // (0 = off; see MoELayer::set_skip_threshold). Forwards with training on are not affected.
   void set_expert_skip_threshold(double t);
@@ -178,6 +189,7 @@ class Transformer {
   };
   void build_params();
   void build_mla_params(int64_t layer);
+  std::vector<int> linear_params() const;  // the weights that bf16 compute packs
   int add_param(const std::string& name, Tensor value, bool decay);
 
   ModelConfig cfg_;
