@@ -44,8 +44,8 @@ struct BenchQuantOptions {
   bool json = false;
 };
 
-constexpr int kKindCount = 6;
-const char* const kKinds[kKindCount] = {"f32", "bf16", "int8", "int4", "bf16-packed", "w8a8"};
+constexpr int kKindCount = 7;
+const char* const kKinds[kKindCount] = {"f32", "bf16", "int8", "int4", "bf16-packed", "w8a8", "w4a8"};
 
 struct Row {
   int64_t N = 0, K = 0, M = 0;
@@ -78,8 +78,8 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
   std::vector<std::vector<float>> w32(C);
   std::vector<std::vector<uint16_t>> w16(C);
   std::vector<kernels::QuantizedMatrix> w8(C), w4(C);
-  std::vector<std::vector<uint8_t>> p16(C), p8(C);  // bf16-packed, int8-packed
-  std::vector<kernels::WeightView> v16(C), v8(C);
+  std::vector<std::vector<uint8_t>> p16(C), p8(C), p4(C);  // bf16-, int8-, int4-packed
+  std::vector<kernels::WeightView> v16(C), v8(C), v4(C);
   const float scale = 1.0f / std::sqrt(static_cast<float>(K));
   for (int c = 0; c < C; ++c) {
     w32[c].resize(static_cast<size_t>(N * K));
@@ -100,9 +100,24 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
                                         .scales = q.scales,
                                         .group = o.group},
                                        1, p8[c].data());
+    p4[c].resize(static_cast<size_t>(kernels::packed_int4_bytes(N, K, o.group)));
+    const kernels::QuantWeight q4 = w4[c].view();
+    v4[c] = kernels::pack_int4_weights({.format = kernels::WeightFormat::Int4,
+                                        .N = N,
+                                        .K = K,
+                                        .data = q4.q,
+                                        .scales = q4.scales,
+                                        .mins = q4.mins,
+                                        .group = o.group},
+                                       1, p4[c].data());
   }
-  const int64_t bytes[kKindCount] = {
-      4 * N * K, 2 * N * K, w8[0].bytes(), w4[0].bytes(), v16[0].expert_bytes(), v8[0].expert_bytes()};
+  const int64_t bytes[kKindCount] = {4 * N * K,
+                                     2 * N * K,
+                                     w8[0].bytes(),
+                                     w4[0].bytes(),
+                                     v16[0].expert_bytes(),
+                                     v8[0].expert_bytes(),
+                                     v4[0].expert_bytes()};
   std::vector<Row> rows;
   for (int64_t M : o.ms) {
     std::vector<float> A(static_cast<size_t>(M * K)), Cm(static_cast<size_t>(M * N));
@@ -123,10 +138,14 @@ std::vector<Row> bench_shape(const BenchQuantOptions& o, int64_t N, int64_t K) {
           return kernels::gemm_bf16w(kernels::Backend::Cpu, g);
         }
         case 4:
-        case 5: {
+        case 5:
+        case 6: {
           const int32_t offsets[2] = {0, static_cast<int32_t>(M)};
           kernels::GroupedGemmWArgs g;
-          g.E = 1, g.offsets = offsets, g.A = A.data(), g.lda = K, g.W = (kind == 4 ? v16 : v8)[c];
+          g.E = 1, g.offsets = offsets, g.A = A.data(), g.lda = K,
+          g.W = (kind == 4   ? v16
+                 : kind == 5 ? v8
+                             : v4)[c];
           g.C = Cm.data(), g.ldc = N;
           return kernels::grouped_gemm_w(kernels::Backend::Cpu, g);
         }
@@ -243,7 +262,8 @@ void add_bench_quant(CLI::App& bench, Registry& reg) {
       "kernels::gemm_qw\n"
       "(group-wise, f16 scales, fp32 activations), bf16-packed = grouped_gemm_w on bf16 weights packed "
       "once,\n"
-      "w8a8 = grouped_gemm_w on int8 weights packed once with the activations quantized to int8 per row.\n"
+      "w8a8 = grouped_gemm_w on int8 weights packed once with the activations quantized to int8 per row;\n"
+      "w4a8 = the same on int4 weights (asymmetric, nibbles unpacked in registers).\n"
       "GB/s counts the bytes of the weights (with scales and mins) per call; 'vs bf16' is the bf16 time\n"
       "over the kind's time.");
   c->callback([&reg, o] { reg.action = [o] { return run_bench_quant(*o); }; });

@@ -30,8 +30,8 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
                 "On a miss: load, compute (from the mapped checkpoint, no load), auto (cost model)")
       ->capture_default_str();
   c->add_option("--expert-format", f.format,
-                "Resident expert format: auto, bf16, f32, or w8a8 (an int8 checkpoint's experts on int8 dot "
-                "products: the activations quantized per row as well)")
+                "Resident expert format: auto, bf16, f32, w8a8 or w4a8 (an int8 or int4 checkpoint's experts "
+                "on integer dot products: the activations quantized to int8 per row as well)")
       ->capture_default_str();
 }
 

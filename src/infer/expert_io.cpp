@@ -83,6 +83,8 @@ uint64_t slot_bytes(const ExpertSource& s, Format fmt) {
       b += round_up(m.q.bytes, 64) + round_up(m.scales.bytes, 64) + round_up(m.mins.bytes, 64);
     else if (fmt == Format::W8A8)
       b += round_up(static_cast<uint64_t>(kernels::packed_int8_bytes(m.N, m.K, m.group)), 64);
+    else if (fmt == Format::W4A8)
+      b += round_up(static_cast<uint64_t>(kernels::packed_int4_bytes(m.N, m.K, m.group)), 64);
     else
       b += round_up(static_cast<uint64_t>(m.N * m.K) * elem_bytes(fmt), 64);
   }
@@ -223,22 +225,32 @@ ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format f
   for (int i = 0; i < 3; ++i) {
     const MatrixSource& m = s.m[i];
     if (m.N == 0) continue;
-    if (m.bits && fmt == Format::W8A8) {  // packed from the fetched int8 and its f16 scales
-      MOE_CHECK(m.bits == 8, "expert store: w8a8 needs int8 experts, this one is int", m.bits);
+    if (m.bits && is_int_packed(fmt)) {  // packed from the fetched integers and their f16 scales (mins)
+      const int bits = fmt == Format::W8A8 ? 8 : 4;
+      MOE_CHECK(m.bits == bits, "expert store: ", bits == 8 ? "w8a8" : "w4a8", " needs int", bits,
+                " experts, this one is int", m.bits);
       kernels::QuantWeight& q = v.q[i];
-      q.bits = 8, q.N = m.N, q.K = m.K, q.group = m.group;
-      std::vector<uint16_t> scales(m.scales.bytes / 2);  // aligned for the packing's reads
+      q.bits = bits, q.N = m.N, q.K = m.K, q.group = m.group;
+      std::vector<uint16_t> scales(m.scales.bytes / 2), mins(m.mins.bytes / 2);  // aligned for the reads
       std::memcpy(scales.data(), src[next + 1], m.scales.bytes);
-      kernels::pack_int8_weights({.format = kernels::WeightFormat::Int8,
-                                  .N = m.N,
-                                  .K = m.K,
-                                  .data = src[next],
-                                  .scales = scales.data(),
-                                  .group = m.group},
-                                 1, p, "expert weights");
-      next += 2;
+      if (bits == 4) std::memcpy(mins.data(), src[next + 2], m.mins.bytes);
+      const kernels::WeightView from{
+          .format = bits == 8 ? kernels::WeightFormat::Int8 : kernels::WeightFormat::Int4,
+          .N = m.N,
+          .K = m.K,
+          .data = src[next],
+          .scales = scales.data(),
+          .mins = bits == 4 ? mins.data() : nullptr,
+          .group = m.group};
+      const int64_t bytes = bits == 8 ? kernels::packed_int8_bytes(m.N, m.K, m.group)
+                                      : kernels::packed_int4_bytes(m.N, m.K, m.group);
+      if (bits == 8)
+        kernels::pack_int8_weights(from, 1, p, "expert weights");
+      else
+        kernels::pack_int4_weights(from, 1, p, "expert weights");
+      next += bits == 8 ? 2 : 3;
       v.w[i] = p;
-      p += round_up(static_cast<uint64_t>(kernels::packed_int8_bytes(m.N, m.K, m.group)), 64);
+      p += round_up(static_cast<uint64_t>(bytes), 64);
       continue;
     }
     if (m.bits) {
@@ -264,7 +276,7 @@ ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format f
 }
 
 bool view_in_place(const SourceFiles& files, const ExpertSource& s, Format fmt, ExpertView* view) {
-  if (files.direct() || fmt == Format::W8A8) return false;  // W8A8: the checkpoint is not packed
+  if (files.direct() || is_int_packed(fmt)) return false;  // W8A8 / W4A8: the checkpoint is not packed
   ExpertView v;
   v.fmt = fmt;
   for (int i = 0; i < 3; ++i) {
@@ -323,11 +335,16 @@ void linear(kernels::Backend be, const ExpertView& w, int i, int64_t m, int64_t 
       grouped(kernels::GroupedGemmBf16Args(), static_cast<const uint16_t*>(w.w[i]),
               [be](const kernels::GroupedGemmBf16Args& g) { kernels::grouped_gemm_bf16w(be, g); });
       break;
-    case Format::W8A8: {
+    case Format::W8A8:
+    case Format::W4A8: {
       kernels::GroupedGemmWArgs g;
       g.E = 1, g.offsets = offsets, g.A = A, g.lda = lda, g.gather = gather;
-      g.W = {
-          .format = kernels::WeightFormat::Int8Packed, .N = N, .K = K, .data = w.w[i], .group = w.q[i].group};
+      g.W = {.format = w.fmt == Format::W8A8 ? kernels::WeightFormat::Int8Packed
+                                             : kernels::WeightFormat::Int4Packed,
+             .N = N,
+             .K = K,
+             .data = w.w[i],
+             .group = w.q[i].group};
       g.C = C, g.ldc = N;
       kernels::grouped_gemm_w(be, g);
       break;

@@ -14,9 +14,10 @@
 
 namespace moe::infer::detail {
 
-// Quant: the checkpoint's int8/int4 as stored (fp32 activations); W8A8: its int8 experts packed for
-// integer dot products with int8 activations (kernels::WeightFormat::Int8Packed).
-enum class Format { F32, BF16, Quant, W8A8 };
+// Quant: the checkpoint's int8/int4 as stored (fp32 activations); W8A8 / W4A8: its int8 / int4 experts
+// packed for integer dot products with int8 activations (kernels::WeightFormat::Int8Packed / Int4Packed).
+enum class Format { F32, BF16, Quant, W8A8, W4A8 };
+inline bool is_int_packed(Format f) { return f == Format::W8A8 || f == Format::W4A8; }
 
 // A growable 4096-byte-aligned buffer (O_DIRECT needs aligned destinations).
 class Buffer {
@@ -58,8 +59,8 @@ struct ExpertSource {
 // Compute-ready pointers to one expert's weights (in a slot or in the mapped file).
 struct ExpertView {
   Format fmt = Format::BF16;
-  const void* w[3] = {nullptr, nullptr, nullptr};  // f32 or bf16 (N, K) row-major; W8A8: int8-packed
-  kernels::QuantWeight q[3];                       // Format::Quant; W8A8: N, K and group
+  const void* w[3] = {nullptr, nullptr, nullptr};  // f32 or bf16 (N, K) row-major; W8A8 / W4A8: packed
+  kernels::QuantWeight q[3];                       // Format::Quant; W8A8 / W4A8: N, K and group
 };
 
 // Bytes a slot needs for this expert in format fmt (each component 64-byte aligned).

@@ -413,15 +413,21 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
     }
   }
   MOE_CHECK(!(any_q && any_f), "checkpoint ", dir, ": some experts are quantized and some are not");
-  if (any_q && opt.format == "w8a8") {
-    MOE_CHECK(bits_seen.size() == 1 && bits_seen[0] == 8, "checkpoint ", dir,
-              ": --expert-format w8a8 needs int8 experts (this checkpoint's are ",
-              bits_seen.size() > 1 ? "mixed int4/int8" : "int4", ")");
-    S.fmt = detail::Format::W8A8;
-    S.fmt_name = "int8 w8a8";
+  const bool int_packed = opt.format == "w8a8" || opt.format == "w4a8";
+  if (any_q && int_packed) {
+    const int bits = opt.format == "w8a8" ? 8 : 4;
+    MOE_CHECK(bits_seen.size() == 1 && bits_seen[0] == bits, "checkpoint ", dir, ": --expert-format ",
+              opt.format, " needs int", bits, " experts (this checkpoint's are ",
+              bits_seen.size() > 1 ? "mixed int4/int8"
+              : bits_seen[0] == 4  ? "int4"
+                                   : "int8",
+              ")");
+    S.fmt = bits == 8 ? detail::Format::W8A8 : detail::Format::W4A8;
+    S.fmt_name = bits == 8 ? "int8 w8a8" : "int4 w4a8";
   } else if (any_q) {
     MOE_CHECK(opt.format == "auto", "checkpoint ", dir, " holds quantized experts; --expert-format ",
-              opt.format, " cannot be used (their format is the checkpoint's; w8a8 for int8 experts)");
+              opt.format,
+              " cannot be used (their format is the checkpoint's; w8a8 for int8 experts, w4a8 for int4)");
     S.fmt = detail::Format::Quant;
     S.fmt_name = bits_seen.size() > 1 ? "mixed int4/int8" : bits_seen[0] == 4 ? "int4" : "int8";
   } else if (opt.format == "auto" || opt.format == "bf16") {
@@ -431,10 +437,11 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
     S.fmt = detail::Format::F32;
     S.fmt_name = "f32";
   } else {
-    MOE_CHECK(opt.format != "w8a8", "checkpoint ", dir,
-              ": --expert-format w8a8 needs an int8 checkpoint (written by `moe quantize --bits 8`)");
+    MOE_CHECK(!int_packed, "checkpoint ", dir, ": --expert-format ", opt.format, " needs an int",
+              opt.format == "w8a8" ? 8 : 4, " checkpoint (written by `moe quantize --bits ",
+              opt.format == "w8a8" ? 8 : 4, "`)");
     throw Error(cat("expert store: unknown expert format '", opt.format,
-                    "' (auto, bf16, f32, w8a8; int8/int4 come from a ",
+                    "' (auto, bf16, f32, w8a8, w4a8; int8/int4 come from a ",
                     "checkpoint written by `moe quantize`)"));
   }
   S.files = std::make_unique<detail::SourceFiles>(loc.paths(), opt.io == ExpertIo::Direct);

@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "kernels/quant_format.h"
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
@@ -23,6 +24,8 @@ const char* weight_format_name(WeightFormat f) {
       return "bf16-packed";
     case WeightFormat::Int8Packed:
       return "int8-packed";
+    case WeightFormat::Int4Packed:
+      return "int4-packed";
   }
   return "?";
 }
@@ -38,6 +41,7 @@ int weight_bits(WeightFormat f) {
     case WeightFormat::Int8Packed:
       return 8;
     case WeightFormat::Int4:
+    case WeightFormat::Int4Packed:
       return 4;
   }
   return 0;
@@ -66,11 +70,11 @@ void check_weight_view(const char* op, const WeightView& w) {
               w.group);
     MOE_CHECK(w.K % w.group == 0, op, ": K = ", w.K, " is not a multiple of the group size ", w.group);
   }
-  if (w.format == WeightFormat::Int8Packed) {
+  if (is_int_packed(w.format)) {
     MOE_CHECK(w.group <= kMaxPackedInt8Group, op, ": W.group = ", w.group, " is above ", kMaxPackedInt8Group,
-              " with int8-packed weights");
-    MOE_CHECK(w.scales == nullptr && w.mins == nullptr, op,
-              ": W.scales and W.mins must be null with int8-packed weights (they are in W.data)");
+              " with ", name, " weights");
+    MOE_CHECK(w.scales == nullptr && w.mins == nullptr, op, ": W.scales and W.mins must be null with ", name,
+              " weights (they are in W.data)");
   } else if (!is_quantized(w.format)) {
     MOE_CHECK(w.scales == nullptr && w.mins == nullptr, op, ": W.scales and W.mins must be null with ", name,
               " weights");
@@ -180,6 +184,47 @@ WeightView pack_int8_weights(const WeightView& src, int64_t E, void* dst, const 
           for (int64_t k = g * G; k < (g + 1) * G && n < N; ++k) s += q[n * K + k];
           scale[g * kPackedPanel + j] = n < N ? f16_to_f32(w.scales[n * ng + g]) : 0.0f;
           sum[g * kPackedPanel + j] = 128 * s;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+WeightView pack_int4_weights(const WeightView& src, int64_t E, void* dst, const char* what) {
+  MOE_CHECK(src.format == WeightFormat::Int4, "pack_int4_weights: ", what, " are ",
+            weight_format_name(src.format), " (expected int4)");
+  check_weight_view("pack_int4_weights", src);
+  MOE_CHECK(src.group <= kMaxPackedInt8Group, "pack_int4_weights: ", what, ": group ", src.group,
+            " is above ", kMaxPackedInt8Group);
+  MOE_CHECK(E >= 0, "pack_int4_weights: ", what, ": negative expert count ", E);
+  const int64_t N = src.N, K = src.K, G = src.group, ng = K / G, panels = packed_bf16_panels(N);
+  const WeightView out{.format = WeightFormat::Int4Packed, .N = N, .K = K, .data = dst, .group = G};
+  if (E == 0 || N == 0 || K == 0) return out;
+  MOE_CHECK(dst != nullptr, "pack_int4_weights: ", what, ": null destination");
+  const int64_t bytes = packed_int4_bytes(N, K, G), words = packed_int4_words_bytes(N, K),
+                params = packed_int8_param_bytes(N, K, G);
+  parallel_for(E * panels, 1, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t e = i / panels, P = i % panels;
+      const WeightView w = src.expert(e);
+      const auto* q = static_cast<const uint8_t*>(w.data);  // (N, K / 2)
+      auto* base = static_cast<uint8_t*>(dst) + e * bytes;
+      uint8_t* panel = base + P * kPackedPanel * K / 2;                                      // (K / 8, 16, 4)
+      float* scale = reinterpret_cast<float*>(base + words) + P * ng * kPackedPanel;         // (ng, 16)
+      float* min = reinterpret_cast<float*>(base + words + params) + P * ng * kPackedPanel;  // (ng, 16)
+      for (int64_t j = 0; j < kPackedPanel; ++j) {
+        const int64_t n = P * kPackedPanel + j;
+        const uint8_t* row = n < N ? q + n * (K / 2) : nullptr;
+        for (int64_t r = 0; r < K / 8; ++r)
+          for (int64_t b = 0; b < 4; ++b)
+            panel[(r * kPackedPanel + j) * 4 + b] =
+                row ? static_cast<uint8_t>(quant::int4_at(row, 8 * r + b) |
+                                           (quant::int4_at(row, 8 * r + 4 + b) << 4))
+                    : 0;
+        for (int64_t g = 0; g < ng; ++g) {
+          scale[g * kPackedPanel + j] = row ? f16_to_f32(w.scales[n * ng + g]) : 0.0f;
+          min[g * kPackedPanel + j] = row ? f16_to_f32(w.mins[n * ng + g]) : 0.0f;
         }
       }
     }

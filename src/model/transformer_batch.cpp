@@ -83,15 +83,18 @@ void paged_attention(const std::vector<BatchSeq>& seqs, const T* q, const T* k_p
     const int64_t h = item % hq, kvh = h / group;
     const BatchSeq& sq = seqs[s];
     const std::vector<int32_t>& table = *sq.block_table;
-    std::vector<T> w(static_cast<size_t>(sq.start + sq.n));  // scores, then weights
+    thread_local std::vector<T> w;  // scores, then weights
+    if (w.size() < static_cast<size_t>(sq.start + sq.n)) w.resize(static_cast<size_t>(sq.start + sq.n));
     for (int64_t i = 0; i < sq.n; ++i) {
       const int64_t r = row0[s] + i, nk = sq.start + i + 1;  // keys 0..start+i
       const T* qr = q + r * ldq + h * k_dim;
       T mx = -INFINITY;
-      for (int64_t j = 0; j < nk; ++j) {
-        const T* kr = k_pool + table[static_cast<size_t>(j / block_size)] * kblock +
-                      ((j % block_size) * hkv + kvh) * k_dim;
+      // Keys and values are visited in position order, block by block (no division per position).
+      for (int64_t j = 0, b = 0, in = 0; j < nk; ++j, in = in + 1 == block_size ? (++b, 0) : in + 1) {
+        const T* kr = k_pool + table[static_cast<size_t>(b)] * kblock + (in * hkv + kvh) * k_dim;
         T dot = 0;
+        // (vector partial sums: the order is fixed by the build, the same for every row and batch)
+#pragma omp simd reduction(+ : dot)
         for (int64_t c = 0; c < k_dim; ++c) dot += qr[c] * kr[c];
         w[static_cast<size_t>(j)] = dot * sc;
         mx = std::max(mx, w[static_cast<size_t>(j)]);
@@ -101,10 +104,10 @@ void paged_attention(const std::vector<BatchSeq>& seqs, const T* q, const T* k_p
         l += w[static_cast<size_t>(j)] = std::exp(w[static_cast<size_t>(j)] - mx);
       T* o = out + r * ldo + h * v_dim;
       std::fill(o, o + v_dim, T(0));
-      for (int64_t j = 0; j < nk; ++j) {
-        const T* vr = v_pool + table[static_cast<size_t>(j / block_size)] * vblock +
-                      ((j % block_size) * hkv + kvh) * v_dim;
+      for (int64_t j = 0, b = 0, in = 0; j < nk; ++j, in = in + 1 == block_size ? (++b, 0) : in + 1) {
+        const T* vr = v_pool + table[static_cast<size_t>(b)] * vblock + (in * hkv + kvh) * v_dim;
         const T p = w[static_cast<size_t>(j)];
+#pragma omp simd
         for (int64_t c = 0; c < v_dim; ++c) o[c] += p * vr[c];
       }
       const T inv = T(1) / l;

@@ -339,23 +339,25 @@ TEST_F(ExpertStoreTest, QuantizedExpertsMatchTheirDequantisedWeights) {
   }
 }
 
-// --expert-format w8a8: int8 experts on integer dot products, the activations quantized per row.
-TEST_F(ExpertStoreTest, W8A8ExpertsMatchTheirReferenceAndStayNearInt8) {
+// --expert-format w8a8 / w4a8: int8 / int4 experts on integer dot products, the activations quantized
+// per row. `dir` is the float checkpoint; qdir (`bits` wide) and other (the other width) are written here.
+void check_int_packed_experts(const std::string& dir, const std::string& qdir, const std::string& other,
+                              int bits) {
+  const std::string format = bits == 8 ? "w8a8" : "w4a8";
   const std::vector<int32_t> toks = model::testing::random_tokens(9, 37, 5);
   model::QuantizeOptions qo;
-  qo.bits = 8;
+  qo.bits = bits;
   qo.group = 32;
-  const std::string q8 = file("q8"), q4 = file("q4");
-  model::quantize_checkpoint(dir, q8, qo);
-  InferenceModel w8a32 = load_inference_model(q8, InferenceLoadOptions());
+  model::quantize_checkpoint(dir, qdir, qo);
+  InferenceModel w8a32 = load_inference_model(qdir, InferenceLoadOptions());
   InferenceLoadOptions lo;
-  lo.store.format = "w8a8";
-  InferenceModel w8a8 = load_inference_model(q8, lo);
+  lo.store.format = format;
+  InferenceModel w8a8 = load_inference_model(qdir, lo);
   ASSERT_TRUE(w8a8.store);
-  EXPECT_EQ(w8a8.store->format(), "int8 w8a8");
+  EXPECT_EQ(w8a8.store->format(), bits == 8 ? "int8 w8a8" : "int4 w4a8");
   const Tensor a = w8a8.model->logits(toks.data(), 1, 9), b = w8a32.model->logits(toks.data(), 1, 9);
   // The reference backend quantizes the activations the same way and sums in double.
-  InferenceModel ref = load_inference_model(q8, lo);
+  InferenceModel ref = load_inference_model(qdir, lo);
   ref.model->set_backend(kernels::Backend::Ref);
   const Tensor r = ref.model->logits(toks.data(), 1, 9);
   for (int64_t i = 0; i < a.numel(); ++i)
@@ -375,28 +377,37 @@ TEST_F(ExpertStoreTest, W8A8ExpertsMatchTheirReferenceAndStayNearInt8) {
   }
   std::sort(rel.begin(), rel.end());
   EXPECT_GT(rel[8], 0.0);
-  EXPECT_LT(rel[4], 0.05) << "median relative rms of a position's logits, w8a8 against w8a32";
+  EXPECT_LT(rel[4], 0.05) << "median relative rms of a position's logits, " << format
+                          << " against fp32 activations";
   // offloaded, from disk: bit-identical to fully resident
   lo.offload = true;
   lo.store.resident_experts = 5;
   lo.store.io = ExpertIo::Direct;
-  InferenceModel om = load_inference_model(q8, lo);
+  InferenceModel om = load_inference_model(qdir, lo);
   const Tensor o = om.model->logits(toks.data(), 1, 9);
   for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(o.data<float>()[i], a.data<float>()[i]) << i;
-  // int4 and float checkpoints have no w8a8 form
-  qo.bits = 4;
-  model::quantize_checkpoint(dir, q4, qo);
+  // checkpoints of the other width and float checkpoints have no such form
+  qo.bits = 12 - bits;
+  model::quantize_checkpoint(dir, other, qo);
   InferenceLoadOptions bad;
   bad.offload = true;  // a float checkpoint uses the store only when offloading
-  bad.store.format = "w8a8";
-  for (const std::string& d : {q4, dir}) {
+  bad.store.format = format;
+  for (const std::string& d : {other, dir}) {
     try {
       load_inference_model(d, bad);
       ADD_FAILURE() << "no error for " << d;
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("w8a8"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(format), std::string::npos) << e.what();
     }
   }
+}
+
+TEST_F(ExpertStoreTest, W8A8ExpertsMatchTheirReferenceAndStayNearInt8) {
+  check_int_packed_experts(dir, file("q8"), file("q4"), 8);
+}
+
+TEST_F(ExpertStoreTest, W4A8ExpertsMatchTheirReferenceAndStayNearInt4) {
+  check_int_packed_experts(dir, file("q4"), file("q8"), 4);
 }
 
 }  // namespace

@@ -346,6 +346,20 @@ class WGroupedCase : public OpCase {
                                  1, data);
       return;
     }
+    if (s_.format == WeightFormat::Int4Packed) {  // the int4 format, packed
+      const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), s_.N, s_.K, 4, s_.group, "W");
+      kernels::dequantize_matrix(q.view(), wd);
+      const kernels::QuantWeight qv = q.view();
+      kernels::pack_int4_weights({.format = WeightFormat::Int4,
+                                  .N = s_.N,
+                                  .K = s_.K,
+                                  .data = qv.q,
+                                  .scales = qv.scales,
+                                  .mins = qv.mins,
+                                  .group = s_.group},
+                                 1, data);
+      return;
+    }
     if (s_.format == WeightFormat::Bf16Packed) {
       kernels::pack_bf16_weights({.format = WeightFormat::F32, .N = s_.N, .K = s_.K, .data = w.data()}, 1,
                                  data);
@@ -393,16 +407,19 @@ class WGroupedCase : public OpCase {
 std::vector<double> WGroupedCase::tolerance(const Buffers& in, int id) const {
   std::vector<double> tol(static_cast<size_t>(in[id].count), kNotCompared);  // padding stays out
   const int32_t* off = in.host<int32_t>(kOffsets);
-  // int8-packed: one FMA per group into the sum, the row scale's multiply, beta · c.
+  // int8-packed: one FMA per group into the sum, the row scale's multiply, beta · c; int4-packed: two
+  // per group, and the reference's weight rounded once.
   const double terms = s_.format == WeightFormat::Int8Packed ? static_cast<double>(s_.K / s_.group) + 4
-                       : kernels::is_quantized(s_.format)    ? static_cast<double>(s_.K) / 8 + 10
-                                                             : static_cast<double>(s_.K + 6);
+                       : s_.format == WeightFormat::Int4Packed
+                           ? 2.0 * static_cast<double>(s_.K / s_.group) + 5
+                       : kernels::is_quantized(s_.format) ? static_cast<double>(s_.K) / 8 + 10
+                                                          : static_cast<double>(s_.K + 6);
   std::vector<double> a(static_cast<size_t>(s_.K)), aerr(static_cast<size_t>(s_.K));
   for (int64_t e = 0; e < s_.E; ++e) {
     for (int64_t p = off[e]; p < off[e + 1]; ++p) {
       for (int64_t k = 0; k < s_.K; ++k)
         a[static_cast<size_t>(k)] = a_value(in, p, k, aerr[static_cast<size_t>(k)]);
-      if (s_.format == WeightFormat::Int8Packed) {  // W8A8: the row quantized with one scale s
+      if (kernels::is_int_packed(s_.format)) {  // W8A8 / W4A8: the row quantized with one scale s
         double amax = 0;
         for (double v : a) amax = std::max(amax, std::fabs(v));
         const double sq = amax / 127;
@@ -457,7 +474,7 @@ void add_weight_format_cases(CaseList& out) {
   // not, padded strides, beta, scale + out_row, pre-activations, odd K (f32, bf16), group sizes and
   // the register / buffer paths of int8 / int4 (<= 8 and > 8 rows per expert), K = 0, no rows.
   using WF = WeightFormat;
-  for (WF f : {WF::F32, WF::Bf16, WF::Int8, WF::Int4, WF::Bf16Packed, WF::Int8Packed}) {
+  for (WF f : {WF::F32, WF::Bf16, WF::Int8, WF::Int4, WF::Bf16Packed, WF::Int8Packed, WF::Int4Packed}) {
     const bool q = kernels::has_groups(f);
     const int64_t g = q ? 32 : 0, K = q ? 64 : 29, K2 = q ? 256 : 301;
     auto add = [&](WShape s) {

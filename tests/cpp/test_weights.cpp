@@ -108,6 +108,21 @@ struct Data {
                                  1, data.data() + at);
       return;
     }
+    if (format == WeightFormat::Int4Packed) {  // the int4 format, packed
+      const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), s.N, s.K, 4, 64, "W");
+      kernels::dequantize_matrix(q.view(), wd);
+      const size_t at = data.size();
+      data.resize(at + static_cast<size_t>(kernels::packed_int4_bytes(s.N, s.K, 64)));
+      kernels::pack_int4_weights({.format = WeightFormat::Int4,
+                                  .N = s.N,
+                                  .K = s.K,
+                                  .data = q.q.raw(),
+                                  .scales = static_cast<const uint16_t*>(q.scales.raw()),
+                                  .mins = static_cast<const uint16_t*>(q.mins.raw()),
+                                  .group = 64},
+                                 1, data.data() + at);
+      return;
+    }
     if (format == WeightFormat::Bf16Packed) {  // packed from the f32 values (rounded as it packs)
       const size_t at = data.size();
       data.resize(at + static_cast<size_t>(kernels::packed_bf16_bytes(s.N, s.K)));
@@ -158,19 +173,22 @@ struct Data {
     for (int64_t k = 0; k < s.K; ++k) amax = std::max(amax, std::fabs(double(a[k])));
     for (int64_t k = 0; k < s.K; ++k) {
       double av = kernels::is_bf16(format) ? bf16_to_f32(f32_to_bf16(a[k])) : a[k];
-      if (format == WeightFormat::Int8Packed) av = std::fabs(av) + amax / 254;  // >= |q_k · s_p|
+      if (kernels::is_int_packed(format)) av = std::fabs(av) + amax / 254;  // >= |q_k · s_p|
       S += std::fabs(av * Wd[(e * s.N + n) * s.K + k]);
     }
-    // int8-packed: one FMA per group of 64 and the scale's multiply (and the add of beta · c).
-    const double terms = format == WeightFormat::Int8Packed ? s.K / 64.0 + 4
-                         : kernels::is_quantized(format)    ? s.K / 8.0 + 10
-                                                            : s.K + 6.0;
+    // int8-packed: one FMA per group of 64 and the scale's multiply (and the add of beta · c);
+    // int4-packed: two per group (the weight q · scale + min is rounded in the reference, too).
+    const double terms = format == WeightFormat::Int8Packed   ? s.K / 64.0 + 4
+                         : format == WeightFormat::Int4Packed ? s.K / 32.0 + 6
+                         : kernels::is_quantized(format)      ? s.K / 8.0 + 10
+                                                              : s.K + 6.0;
     return (s.scatter ? std::fabs(scale[static_cast<size_t>(p)]) : 1.0) * terms * std::ldexp(S, -24);
   }
 };
 
-const WeightFormat kFormats[] = {WeightFormat::F32,  WeightFormat::Bf16,       WeightFormat::Int8,
-                                 WeightFormat::Int4, WeightFormat::Bf16Packed, WeightFormat::Int8Packed};
+const WeightFormat kFormats[] = {WeightFormat::F32,       WeightFormat::Bf16,       WeightFormat::Int8,
+                                 WeightFormat::Int4,      WeightFormat::Bf16Packed, WeightFormat::Int8Packed,
+                                 WeightFormat::Int4Packed};
 
 // Restores the default: every family at its best instruction set (and the tiles on the hardware).
 struct CapGuard {
@@ -393,24 +411,30 @@ TEST(WeightGemm, PackedViewErrors) {
 // ---------------------------------------------------------------------------------------------
 // int8-packed (W8A8): the activation quantization, against the documented formula.
 
-TEST(WeightGemm, Int8PackedFollowsTheW8A8Formula) {
+// int4-packed (W4A8) follows the same formula with the int4 weight q · scale + min: one more FMA per
+// group (the min's), and the reference's weight rounded once.
+void check_w8a8_formula(WeightFormat format) {
   CapGuard guard;
+  const bool int4 = format == WeightFormat::Int4Packed;
   const int64_t N = 21, K = 128, G = 32;
   Lcg r(5);
   std::vector<float> w(static_cast<size_t>(N * K));
   for (float& v : w) v = r.uniform();
-  const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), N, K, 8, G, "W");
+  const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), N, K, int4 ? 4 : 8, G, "W");
   std::vector<float> wd(static_cast<size_t>(N * K));
   kernels::dequantize_matrix(q.view(), wd.data());
-  std::vector<uint8_t> packed(static_cast<size_t>(kernels::packed_int8_bytes(N, K, G)));
-  const kernels::WeightView v =
-      kernels::pack_int8_weights({.format = WeightFormat::Int8,
-                                  .N = N,
-                                  .K = K,
-                                  .data = q.q.raw(),
-                                  .scales = static_cast<const uint16_t*>(q.scales.raw()),
-                                  .group = G},
-                                 1, packed.data());
+  std::vector<uint8_t> packed(
+      static_cast<size_t>(int4 ? kernels::packed_int4_bytes(N, K, G) : kernels::packed_int8_bytes(N, K, G)));
+  const kernels::WeightView src{.format = int4 ? WeightFormat::Int4 : WeightFormat::Int8,
+                                .N = N,
+                                .K = K,
+                                .data = q.q.raw(),
+                                .scales = static_cast<const uint16_t*>(q.scales.raw()),
+                                .mins = int4 ? static_cast<const uint16_t*>(q.mins.raw()) : nullptr,
+                                .group = G};
+  const kernels::WeightView v = int4 ? kernels::pack_int4_weights(src, 1, packed.data())
+                                     : kernels::pack_int8_weights(src, 1, packed.data());
+  const double terms = int4 ? 2.0 * K / G + 5 : K / G + 4.0;
   // Rows: random, zero, one with NaN, one with inf, a large one, one with a single non-zero.
   const int64_t M = 6;
   std::vector<float> A(static_cast<size_t>(M * K));
@@ -460,16 +484,19 @@ TEST(WeightGemm, Int8PackedFollowsTheW8A8Formula) {
             qerr += 0.5 * s * std::fabs(wk);  // |a - q s| <= s / 2
           }
           want *= s;
-          ASSERT_LE(std::fabs(c - want), (K / G + 4) * std::ldexp(S * s, -24)) << "col " << n;
+          ASSERT_LE(std::fabs(c - want), terms * std::ldexp(S * s, -24)) << "col " << n;
           // and within the quantization error of the f32 product with the dequantised weights
           double f32 = 0;
           for (int64_t k = 0; k < K; ++k) f32 += double(a[k]) * wd[static_cast<size_t>(n * K + k)];
-          ASSERT_LE(std::fabs(c - f32), qerr * 1.0001 + (K / G + 4) * std::ldexp(S * s, -24)) << "col " << n;
+          ASSERT_LE(std::fabs(c - f32), qerr * 1.0001 + terms * std::ldexp(S * s, -24)) << "col " << n;
         }
       }
     }
   }
 }
+
+TEST(WeightGemm, Int8PackedFollowsTheW8A8Formula) { check_w8a8_formula(WeightFormat::Int8Packed); }
+TEST(WeightGemm, Int4PackedFollowsTheW4A8Formula) { check_w8a8_formula(WeightFormat::Int4Packed); }
 
 // vpdpbusd, the AMX tiles (emulated where the CPU has none) and the portable kernel: the same integer
 // sums and the same fp32 order.
@@ -492,6 +519,60 @@ TEST(WeightGemm, Int8PackedKernelsAreBitIdentical) {
       EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
           << isa << ": N " << s.N << " K " << s.K;
     }
+  }
+}
+
+// vpdpbusd on the nibbles and the portable kernel: the same integer sums and the same fp32 order.
+TEST(WeightGemm, Int4PackedKernelsAreBitIdentical) {
+  CapGuard guard;
+  if (!kernels::gemm_quant_isa_supported("avx512")) GTEST_SKIP() << "no avx512";
+  const std::vector<Shape> shapes = {{{1, 0, 5, 13}, 40, 64, true, false, 0.0f},
+                                     {{7, 50}, 100, 192, true, true, 0.0f},
+                                     {{33}, 16, 640, false, false, 0.5f},
+                                     {{49, 2}, 130, 128, true, false, 1.0f}};
+  uint64_t seed = 90;
+  for (const Shape& s : shapes) {
+    const Data d(WeightFormat::Int4Packed, s, ++seed);
+    kernels::set_gemm_quant_isa("generic");
+    const std::vector<float> want = d.run(Backend::Cpu);
+    kernels::set_gemm_quant_isa("avx512");
+    const std::vector<float> got = d.run(Backend::Cpu);
+    EXPECT_EQ(std::memcmp(want.data(), got.data(), want.size() * sizeof(float)), 0)
+        << "N " << s.N << " K " << s.K;
+  }
+}
+
+TEST(WeightGemm, Int4PackingErrors) {
+  std::vector<float> w(64 * 64, 0.5f);
+  const kernels::QuantizedMatrix q = kernels::quantize_matrix(w.data(), 64, 64, 4, 64, "W");
+  std::vector<uint8_t> dst(static_cast<size_t>(kernels::packed_int4_bytes(64, 64, 64)));
+  auto msg = [&](kernels::WeightView src) {
+    try {
+      kernels::pack_int4_weights(src, 1, dst.data(), "experts");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(msg({.format = WeightFormat::Int8, .N = 64, .K = 64, .data = q.q.raw()}).find("expected int4"),
+            std::string::npos);
+  EXPECT_NE(msg({.format = WeightFormat::Int4,
+                 .N = 64,
+                 .K = 64,
+                 .data = q.q.raw(),
+                 .scales = static_cast<const uint16_t*>(q.scales.raw()),
+                 .group = 64})
+                .find("W.mins is null"),
+            std::string::npos);
+  const Data d(WeightFormat::Int4Packed, {{2}, 8, 64}, 3);
+  std::vector<float> C(d.C0);
+  kernels::GroupedGemmWArgs g = d.args(C);
+  g.W.mins = reinterpret_cast<const uint16_t*>(d.data.data());
+  try {
+    kernels::grouped_gemm_w(Backend::Cpu, g);
+    ADD_FAILURE() << "no error for mins";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("int4-packed"), std::string::npos) << e.what();
   }
 }
 

@@ -62,9 +62,9 @@ struct ExpertStoreOptions {
   ExpertIo io = ExpertIo::Mmap;
   int io_threads = 2;  // loader threads (reads in flight at once)
   MissMode miss = MissMode::Load;
-  std::string format =
-      "auto";  // "f32", "bf16", "auto" (the checkpoint's int8/int4 if quantized, else bf16), "w8a8" (int8)
-  bool warm = true;  // fill the budget at start (experts in layer order), not counted in stats
+  std::string format = "auto";  // "f32", "bf16", "auto" (the checkpoint's int8/int4 if quantized, else bf16),
+                                // "w8a8" (int8), "w4a8" (int4)
+  bool warm = true;             // fill the budget at start (experts in layer order), not counted in stats
 };
 
 struct ExpertStoreStats {

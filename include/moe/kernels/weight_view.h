@@ -16,6 +16,12 @@
 //         op(W)[4r .. 4r + 3, 16P + j] (k ascending from the low byte); then, per panel and group, the 16
 //         columns' fp32 scales; then, per panel and group, the 16 columns' int32 sums of q times 128.
 //         Zero beyond N. Scales and sums live in data (scales, mins null).     w = q · scale
+//   int4-packed  the int4 format packed once (pack_int4_weights) for integer dot products with int8
+//         activations (W4A8, below). Per expert, ceil(N / 16) panels of 16 columns, each K / 8 rows of
+//         16 32-bit words; byte b (0..3) of word (r, j) holds q[8r + b] in its low nibble and q[8r + 4 + b]
+//         in its high nibble, q the unsigned int4 of op(W)[., 16P + j]; then, per panel and group, the 16
+//         columns' fp32 scales; then, per panel and group, their fp32 mins. Zero beyond N. Scales and
+//         mins live in data (scales, mins null).                       w = q · scale + min
 // (moe/kernels/ops_quant.h describes the int8 / int4 formats.) Expert e's data starts
 // e · data_stride bytes after data, its scales and mins e · param_stride entries after theirs; a
 // stride of 0 means the experts are packed one after the other.
@@ -29,16 +35,28 @@
 
 namespace moe::kernels {
 
-enum class WeightFormat : int { F32 = 0, Bf16 = 1, Int8 = 2, Int4 = 3, Bf16Packed = 4, Int8Packed = 5 };
-constexpr int kWeightFormatCount = 6;
+enum class WeightFormat : int {
+  F32 = 0,
+  Bf16 = 1,
+  Int8 = 2,
+  Int4 = 3,
+  Bf16Packed = 4,
+  Int8Packed = 5,
+  Int4Packed = 6
+};
+constexpr int kWeightFormatCount = 7;
 
-// "f32", "bf16", "int8", "int4", "bf16-packed", "int8-packed"
+// "f32", "bf16", "int8", "int4", "bf16-packed", "int8-packed", "int4-packed"
 const char* weight_format_name(WeightFormat f);
-int weight_bits(WeightFormat f);  // bits per stored weight: 32, 16, 8, 4, 16, 8
+int weight_bits(WeightFormat f);  // bits per stored weight: 32, 16, 8, 4, 16, 8, 4
 // int8 / int4: integers with f16 group scales (and mins) in their own arrays.
 inline bool is_quantized(WeightFormat f) { return f == WeightFormat::Int8 || f == WeightFormat::Int4; }
-// Formats with a group (a multiple of 32 dividing K): int8, int4, int8-packed.
-inline bool has_groups(WeightFormat f) { return is_quantized(f) || f == WeightFormat::Int8Packed; }
+// The packed integer formats, whose activations are quantized to int8 per row (W8A8, W4A8).
+inline bool is_int_packed(WeightFormat f) {
+  return f == WeightFormat::Int8Packed || f == WeightFormat::Int4Packed;
+}
+// Formats with a group (a multiple of 32 dividing K): int8, int4, int8-packed, int4-packed.
+inline bool has_groups(WeightFormat f) { return is_quantized(f) || is_int_packed(f); }
 // Formats whose activations are rounded to bf16 as they are read (bf16 and bf16-packed).
 inline bool is_bf16(WeightFormat f) { return f == WeightFormat::Bf16 || f == WeightFormat::Bf16Packed; }
 
@@ -63,7 +81,14 @@ inline int64_t packed_int8_param_bytes(int64_t N, int64_t K, int64_t group) {  /
 inline int64_t packed_int8_bytes(int64_t N, int64_t K, int64_t group) {
   return packed_int8_words_bytes(N, K) + 2 * packed_int8_param_bytes(N, K, group);
 }
-// int8-packed groups: at most this many k (each group's integer sum is then exact in fp32).
+// The int4-packed layout of one expert: the words, then the scales, then the mins (bytes from data).
+inline int64_t packed_int4_words_bytes(int64_t N, int64_t K) {
+  return packed_bf16_panels(N) * kPackedPanel * K / 2;
+}
+inline int64_t packed_int4_bytes(int64_t N, int64_t K, int64_t group) {
+  return packed_int4_words_bytes(N, K) + 2 * packed_int8_param_bytes(N, K, group);
+}
+// int8- and int4-packed groups: at most this many k (each group's integer sum is then exact in fp32).
 constexpr int64_t kMaxPackedInt8Group = 1024;
 
 struct WeightView {
@@ -80,6 +105,7 @@ struct WeightView {
   int64_t expert_data_bytes() const {
     if (format == WeightFormat::Bf16Packed) return packed_bf16_bytes(N, K);
     if (format == WeightFormat::Int8Packed) return packed_int8_bytes(N, K, group);
+    if (format == WeightFormat::Int4Packed) return packed_int4_bytes(N, K, group);
     return N * K * weight_bits(format) / 8;
   }
   int64_t expert_params() const { return is_quantized(format) && group > 0 ? N * (K / group) : 0; }
@@ -106,5 +132,10 @@ WeightView pack_bf16_weights(const WeightView& src, int64_t E, void* dst, const 
 // dst. Throws moe::Error naming `what` on another source format, a group above kMaxPackedInt8Group or
 // a null pointer.
 WeightView pack_int8_weights(const WeightView& src, int64_t E, void* dst, const char* what = "weights");
+
+// Packs E experts of the int4 format (src: int4 (N, K / 2) with f16 scales and mins, src.group) into the
+// int4-packed format at dst (E · packed_int4_bytes(N, K, group) bytes, expert e at e · that). Returns
+// the view of dst. Throws moe::Error naming `what` as pack_int8_weights does.
+WeightView pack_int4_weights(const WeightView& src, int64_t E, void* dst, const char* what = "weights");
 
 }  // namespace moe::kernels

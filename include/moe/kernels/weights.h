@@ -15,6 +15,10 @@ namespace moe::kernels {
 // order, with exact integer sums:
 //   C[p, n] = s_p · Σ_g scale[n, g] · Σ_{k in g} q_k · w_q[n, k]
 // (fp32 on the Cpu backend: each group's term is one FMA into the sum, then one multiply by s_p).
+// W4A8 (int4-packed weights): the rows quantized the same way, then over the groups g in order
+//   C[p, n] = s_p · Σ_g ( scale[n, g] · Σ_{k in g} q_k · w_q[n, k]  +  min[n, g] · Σ_{k in g} q_k )
+// (fp32 on the Cpu backend: each group's two terms are two FMAs into the sum, the scale's first, then
+// one multiply by s_p), which is s_p · Σ_k q_k · (scale · w_q + min), the int4 weight.
 
 // grouped_gemm_w: for expert e and each row p in [offsets[e], offsets[e+1]):
 //   C[p, :] (N) = beta * C[p, :] + a_p (K) · op(W_e)       a_p = A[row(p), :], row(p) = gather ? gather[p] :

@@ -37,7 +37,8 @@ constexpr unsigned kUpToAvx512 = bit(kGeneric) | bit(kAvx2) | bit(kAvx512);
 const FamilyInfo kFamilies[static_cast<int>(Family::Count)] = {
     {"gemm", "f32", kUpToAvx512},
     {"gemm_bf16w", "bf16", kUpToAvx512 | bit(kAvx512Bf16) | bit(kAmx)},
-    {"gemm_qw", "int8/int4", kUpToAvx512 | bit(kAmx)}};  // amx: the int8-packed format's tiles
+    {"gemm_qw", "int8/int4",
+     kUpToAvx512 | bit(kAmx)}};  // amx: the int8-packed format's tiles (int4-packed: vpdpbusd)
 
 // The best instruction set at or below cap that the family has and the CPU runs; the bf16 family passes
 // over avx512bf16 where vdpbf16ps is slower than widening to fp32 (fast_dpbf16), and over an emulated

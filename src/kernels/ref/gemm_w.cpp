@@ -34,6 +34,17 @@ float weight_at(const WeightView& W, int64_t k, int64_t n) {
       const auto* scales = reinterpret_cast<const float*>(base + packed_int8_words_bytes(W.N, W.K));
       return static_cast<float>(q) * scales[(P * ng + k / W.group) * kPackedPanel + j];  // exact
     }
+    case WeightFormat::Int4Packed: {  // nibble (k % 8 >= 4) of byte k % 4 of word (k / 8, n % 16) of panel
+                                      // n / 16; the group's scale and min
+      const int64_t P = n / kPackedPanel, j = n % kPackedPanel, ng = W.K / W.group;
+      const auto* base = static_cast<const uint8_t*>(W.data);
+      const uint8_t b = base[P * kPackedPanel * W.K / 2 + (k / 8 * kPackedPanel + j) * 4 + k % 4];
+      const auto q = static_cast<uint8_t>(k % 8 >= 4 ? b >> 4 : b & 15u);
+      const auto* scales = reinterpret_cast<const float*>(base + packed_int4_words_bytes(W.N, W.K));
+      const float* mins = scales + packed_int8_param_bytes(W.N, W.K, W.group) / 4;
+      const int64_t s = (P * ng + k / W.group) * kPackedPanel + j;
+      return quant::dequant4(q, scales[s], mins[s]);
+    }
     case WeightFormat::Int8:
     case WeightFormat::Int4:
       break;
@@ -54,7 +65,7 @@ void activation_rows(const GroupedGemmWArgs& g, int64_t p0, int64_t p1, std::vec
   const int64_t K = g.W.K;
   a.resize(static_cast<size_t>((p1 - p0) * K));
   rs.assign(static_cast<size_t>(p1 - p0), 1.0f);
-  std::vector<uint8_t> q(static_cast<size_t>(g.W.format == WeightFormat::Int8Packed ? K : 0));
+  std::vector<uint8_t> q(static_cast<size_t>(is_int_packed(g.W.format) ? K : 0));
   for (int64_t p = p0; p < p1; ++p) {
     const float* src = g.A + (g.gather ? g.gather[p] : p) * g.lda;  // (K), or [G | U] (2K)
     float* dst = a.data() + (p - p0) * K;
@@ -63,7 +74,7 @@ void activation_rows(const GroupedGemmWArgs& g, int64_t p0, int64_t p1, std::vec
     } else {
       for (int64_t k = 0; k < K; ++k) dst[k] = src[k];
     }
-    if (g.W.format == WeightFormat::Int8Packed) {
+    if (is_int_packed(g.W.format)) {
       rs[static_cast<size_t>(p - p0)] = quant::quantize_act_row(dst, K, q.data());
       for (int64_t k = 0; k < K; ++k)
         dst[k] = static_cast<float>(static_cast<int32_t>(q[static_cast<size_t>(k)]) - 128);

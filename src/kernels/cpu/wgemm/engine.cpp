@@ -22,6 +22,8 @@ const Format& format_table(WeightFormat f) {
       return bf16_packed_format();
     case WeightFormat::Int8Packed:
       return int8_packed_format();
+    case WeightFormat::Int4Packed:
+      return int4_packed_format();
     case WeightFormat::Int8:
       return int8_format();
     case WeightFormat::Int4:

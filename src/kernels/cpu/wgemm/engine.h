@@ -70,6 +70,7 @@ const Format& f32_format();
 const Format& bf16_format();
 const Format& bf16_packed_format();
 const Format& int8_packed_format();
+const Format& int4_packed_format();
 const Format& int8_format();
 const Format& int4_format();
 

@@ -1,0 +1,266 @@
+// The int4-packed weight format of grouped_gemm_w (engine.h): W4A8 on integer dot products. The
+// weights are packed once (pack_int4_weights, moe/kernels/weight_view.h) in panels of 16 columns whose
+// words hold 8 consecutive k of a column as nibbles (byte b: k = 8r + b low, 8r + 4 + b high); a call
+// quantizes its activation rows to signed int8 (one scale per row, quant::quantize_act_row) and
+// multiplies them with vpdpbusd, the nibbles masked out to unsigned bytes (0..15) and the activations
+// the signed operand. The weight is w = q · scale + min per group, so a group's term is
+//     scale · Σ_k a_k q_k  +  min · Σ_k a_k
+// with both sums exact in int32 (|Σ a q| <= 1024 · 127 · 15 < 2^24, so exact in fp32 too). Decoding
+// reads half the bytes of int8 weights for the same integer work: one 64-byte load feeds two
+// vpdpbusd per row.
+//
+// A tile (at most kMC rows of one expert and a multiple of 16 columns, from the engine) is computed
+//   quantize its rows (the whole K of each, after the pre-activation if any) and sum each group,
+//   for each group of NV panels and each MR rows, over the groups g of K in order:
+//     i[r, n] = Σ_{k in g} q_rk · w_nk                                         (int32, exact)
+//     f[r, n] = fma(float(i[r, n]), scale[n, g], f[r, n]);  f[r, n] = fma(float(Σ_{k in g} q_rk), min[n, g], f[r, n])
+//   then C[r, n] = f · s_r (or fma(f, s_r, C) to add).
+// The portable kernel and vpdpbusd run this order, so they give the same bits, for any thread count;
+// a row's result does not depend on the other rows (batch invariance).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/wgemm/engine.h"
+#include "kernels/quant_format.h"
+
+#define MOE_INLINE inline __attribute__((always_inline))
+
+namespace moe::kernels::cpu::wgemm {
+
+namespace {
+
+constexpr int64_t kPanel = kPackedPanel;
+constexpr int64_t kMC = 48;   // rows per tile: a multiple of every MR; the tile's rows are quantized whole
+constexpr int64_t kNC = 192;  // a multiple of every NR
+
+// The expert's packed data as the kernels read it.
+struct Packed {
+  const uint32_t* words;  // panel P at words + P * (K / 8) * 16
+  const float* scales;    // panel P, group g at scales + (P * ng + g) * 16
+  const float* mins;      // likewise
+  int64_t K, group, ng;
+};
+
+Packed packed_of(const Problem& p) {
+  const auto* base = static_cast<const uint8_t*>(p.W.data);
+  const int64_t words = packed_int4_words_bytes(p.N, p.K), params = packed_int8_param_bytes(p.N, p.K, p.W.group);
+  return {reinterpret_cast<const uint32_t*>(base),
+          reinterpret_cast<const float*>(base + words),
+          reinterpret_cast<const float*>(base + words + params),
+          p.K,
+          p.W.group,
+          p.K / p.W.group};
+}
+
+// One block: R rows of quantized activations (a + r * K, signed), their group sums (gs + r * ng, as
+// fp32) and scales (rs) x V panels from panel P.
+struct Block {
+  const int8_t* a;
+  const float* gs;
+  const float* rs;
+  int64_t P;
+  float* c;
+  int64_t ldc;
+  bool load;
+};
+
+struct KernGeneric {
+  static constexpr int MR = 4, NV = 1;
+  template <int R, int V>
+  static void run(const Packed& w, const Block& b) {
+    float f[R][16 * V] = {};
+    for (int64_t g = 0; g < w.ng; ++g) {
+      for (int v = 0; v < V; ++v) {
+        const auto* panel = reinterpret_cast<const uint8_t*>(w.words + (b.P + v) * (w.K / 8) * kPanel);
+        const float* sc = w.scales + ((b.P + v) * w.ng + g) * kPanel;
+        const float* mn = w.mins + ((b.P + v) * w.ng + g) * kPanel;
+        for (int r = 0; r < R; ++r) {
+          const int8_t* a = b.a + r * w.K;
+          for (int j = 0; j < 16; ++j) {
+            int32_t acc = 0;
+            for (int64_t k = g * w.group; k < (g + 1) * w.group; ++k) {
+              const uint8_t byte = panel[(k / 8 * kPanel + j) * 4 + k % 4];
+              acc += int32_t{a[k]} * int32_t{k % 8 >= 4 ? byte >> 4 : byte & 15};
+            }
+            float& x = f[r][16 * v + j];
+            x = std::fma(static_cast<float>(acc), sc[j], x);
+            x = std::fma(b.gs[r * w.ng + g], mn[j], x);
+          }
+        }
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      for (int j = 0; j < 16 * V; ++j) {
+        float& c = b.c[r * b.ldc + j];
+        c = b.load ? std::fma(f[r][j], b.rs[r], c) : f[r][j] * b.rs[r];
+      }
+    }
+  }
+};
+
+// AVX-512 VNNI: 4 rows x 2 panels of int32 accumulators for a group, folded into as many fp32 ones.
+struct KernVnni {
+  typedef int32_t v16i __attribute__((vector_size(64)));
+  typedef float v16f __attribute__((vector_size(64)));
+  typedef uint32_t v16u __attribute__((vector_size(64)));
+  // (Vector-extension conversion, masks and shifts: GCC 12's intrinsics for them trip
+  // -Wmaybe-uninitialized through their undefined vectors.)
+  __attribute__((target("avx512f"))) static MOE_INLINE __m512 to_f32(__m512i x) {
+    return reinterpret_cast<__m512>(__builtin_convertvector(reinterpret_cast<v16i>(x), v16f));
+  }
+  static constexpr int MR = 4, NV = 2;
+  template <int R, int V>
+  __attribute__((target("avx512f,avx512vnni"))) static void run(const Packed& w, const Block& b) {
+    __m512 f[R][V];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) f[r][v] = _mm512_setzero_ps();
+    const v16u nib = {0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu,
+                      0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu,
+                      0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu};
+    const int64_t rows = w.group / 8;  // word rows per group
+    for (int64_t g = 0; g < w.ng; ++g) {
+      __m512i acc[R][V];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_si512();
+      for (int64_t q = g * rows; q < (g + 1) * rows; ++q) {
+        __m512i lo[V], hi[V];
+#pragma GCC unroll 16
+        for (int v = 0; v < V; ++v) {
+          v16u x;
+          std::memcpy(&x, w.words + ((b.P + v) * (w.K / 8) + q) * kPanel, 64);
+          lo[v] = reinterpret_cast<__m512i>(x & nib);
+          hi[v] = reinterpret_cast<__m512i>((x >> 4) & nib);
+        }
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          int32_t a4[2];
+          std::memcpy(a4, b.a + r * w.K + 8 * q, 8);
+          const __m512i al = _mm512_set1_epi32(a4[0]), ah = _mm512_set1_epi32(a4[1]);
+#pragma GCC unroll 16
+          for (int v = 0; v < V; ++v) {
+            acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], lo[v], al);
+            acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], hi[v], ah);
+          }
+        }
+      }
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        const __m512 sc = _mm512_loadu_ps(w.scales + ((b.P + v) * w.ng + g) * kPanel);
+        const __m512 mn = _mm512_loadu_ps(w.mins + ((b.P + v) * w.ng + g) * kPanel);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          f[r][v] = _mm512_fmadd_ps(to_f32(acc[r][v]), sc, f[r][v]);
+          f[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(b.gs[r * w.ng + g]), mn, f[r][v]);
+        }
+      }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(b.rs[r]);
+#pragma GCC unroll 16
+      for (int v = 0; v < V; ++v) {
+        float* c = b.c + r * b.ldc + 16 * v;
+        _mm512_storeu_ps(
+            c, b.load ? _mm512_fmadd_ps(f[r][v], s, _mm512_loadu_ps(c)) : _mm512_mul_ps(f[r][v], s));
+      }
+    }
+  }
+};
+
+using KernFn = void (*)(const Packed&, const Block&);
+
+// Quantizes row r's activations to signed int8 at a (K) and sums each group into gs (ng); returns
+// the row's scale (NaN for a non-finite row, whose integers are then 0).
+float quantize_row(const Problem& p, int64_t r, float* h, int8_t* a, float* gs) {
+  const int64_t K = p.K, G = p.W.group;
+  auto* u = reinterpret_cast<uint8_t*>(a);
+  const float s = quant::quantize_act_row(a_span(p, r, 0, K, h), K, u);
+  for (int64_t k = 0; k < K; ++k) u[k] ^= 0x80u;  // q + 128 -> q, two's complement
+  for (int64_t g = 0; g < K / G; ++g) {
+    int32_t sum = 0;
+    for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += a[k];
+    gs[g] = static_cast<float>(sum);  // |sum| <= 1024 · 127: exact
+  }
+  return s;
+}
+
+template <class Kern>
+MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                          const TileOut& out) {
+  constexpr int64_t MR = Kern::MR, NV = Kern::NV;
+  const int64_t mc = i1 - i0, nc = j1 - j0, panels = (nc + kPanel - 1) / kPanel, K = p.K;
+  const int64_t ng = K / p.W.group;
+  const Packed w = packed_of(p);
+  thread_local std::vector<int8_t> q_buf;
+  thread_local std::vector<float> h_buf, gs_buf;
+  int8_t* q = scratch(q_buf, mc * K);  // (mc, K) activations
+  float* h = scratch(h_buf, K);        // a row's pre-activation
+  float* gs = scratch(gs_buf, mc * ng);  // (mc, ng) their group sums
+  float rs[kMC];                         // the rows' scales
+  for (int64_t i = 0; i < mc; ++i) rs[i] = quantize_row(p, i0 + i, h, q + i * K, gs + i * ng);
+  alignas(64) float edge[MR * kPanel * NV];
+  for (int64_t P = 0; P < panels; P += NV) {
+    const int64_t v = panels - P < NV ? panels - P : NV;
+    const int64_t cols = nc - P * kPanel < v * kPanel ? nc - P * kPanel : v * kPanel;
+    for (int64_t ip = 0; ip < mc; ip += MR) {
+      const int64_t r = mc - ip < MR ? mc - ip : MR;
+      float* c = out.c + ip * out.ldc + P * kPanel;
+      const auto kern = kern_for<Kern, KernFn>(r, v);
+      const int64_t width = v * kPanel;
+      const Block blk{q + ip * K, gs + ip * ng, rs + ip, j0 / kPanel + P, c, out.ldc, out.load};
+      if (cols == width) {
+        kern(w, blk);
+        continue;
+      }
+      for (int64_t ii = 0; ii < r && out.load; ++ii)  // the last panel has columns past N
+        for (int64_t j = 0; j < width; ++j) edge[ii * width + j] = j < cols ? c[ii * out.ldc + j] : 0.0f;
+      Block e = blk;
+      e.c = edge, e.ldc = width;
+      kern(w, e);
+      for (int64_t ii = 0; ii < r; ++ii)
+        for (int64_t j = 0; j < cols; ++j) c[ii * out.ldc + j] = edge[ii * width + j];
+    }
+  }
+}
+
+void tile_generic(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  tile_impl<KernGeneric>(p, i0, i1, j0, j1, out);
+}
+
+__attribute__((target("avx512f,avx512vnni"))) void tile_vnni(const Problem& p, int64_t i0, int64_t i1,
+                                                             int64_t j0, int64_t j1, const TileOut& out) {
+  tile_impl<KernVnni>(p, i0, i1, j0, j1, out);
+}
+
+// avx512 without VNNI (Skylake-X): the portable kernel.
+void tile_avx512(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  (vnni ? tile_vnni : tile_generic)(p, i0, i1, j0, j1, out);
+}
+
+}  // namespace
+
+const Format& int4_packed_format() {
+  // No AMX tiles: TDPBUSD reads whole bytes, and the nibbles would have to be unpacked into a tile
+  // first; on AMX machines the vpdpbusd kernel runs (the slot below).
+  static const Format f{.mc = kMC,
+                        .nc = kNC,
+                        .widen = true,
+                        .min_parallel = 0,
+                        .family = Family::Quant,
+                        .tile = {&tile_generic, &tile_generic, &tile_avx512, nullptr, nullptr}};
+  return f;
+}
+
+}  // namespace moe::kernels::cpu::wgemm
