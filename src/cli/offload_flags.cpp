@@ -33,6 +33,11 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
                 "Resident expert format: auto, bf16, f32, w8a8 or w4a8 (an int8 or int4 checkpoint's experts "
                 "on integer dot products: the activations quantized to int8 per row as well)")
       ->capture_default_str();
+  c->add_option("--linear-format", f.linear_format,
+                "Dense linears (attention projections, dense FFNs, output head) with --bf16: bf16, or w8a8 / "
+                "w4a8 (quantized at load in groups of 32, int8 activations per row; implies --bf16)")
+      ->check(CLI::IsMember({"bf16", "w8a8", "w4a8"}))
+      ->capture_default_str();
 }
 
 infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f) {
@@ -50,6 +55,7 @@ infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, cons
   o.store.io_threads = f.io_threads;
   o.store.miss = infer::miss_mode_from_name(f.miss);
   o.store.format = f.format;
+  o.linear_format = f.linear_format;
   return infer::load_inference_model(dir, o);
 }
 

@@ -24,6 +24,7 @@ struct OffloadFlags {
   int io_threads = 2;
   std::string miss = "load";
   std::string format = "auto";
+  std::string linear_format = "bf16";  // the dense linears in bf16 inference: bf16, w8a8, w4a8
   bool offload() const { return resident_experts >= 0 || cache_gb > 0; }
 };
 

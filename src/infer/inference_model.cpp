@@ -76,7 +76,14 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
     if (!opt.offload) so.resident_experts = -1, so.cache_gb = 0;
     r.store = ExpertStore::attach(*r.model, dir, so);
   }
-  if (opt.bf16) r.model->set_bf16_inference(true);
+  if (opt.linear_format == "w8a8" || opt.linear_format == "w4a8") {
+    r.model->set_inference_linear_format(opt.linear_format == "w8a8" ? kernels::WeightFormat::Int8Packed
+                                                                     : kernels::WeightFormat::Int4Packed);
+  } else {
+    MOE_CHECK(opt.linear_format == "bf16", "inference: unknown linear format '", opt.linear_format,
+              "' (bf16, w8a8, w4a8)");
+    if (opt.bf16) r.model->set_bf16_inference(true);
+  }
   return r;
 }
 

@@ -17,21 +17,27 @@ using kernels::Backend;
 // A linear layer's weight (out, in), and its bf16-packed copies when the model computes in bf16 (f32
 // only, moe/kernels/weights.h): fwd packs op(W) = W^T (in, out) for the forward, bwd op(W) = W
 // (out, in) for the input gradient (null in bf16 inference, which has no backward).
+// In bf16 inference the forward's copy may be in an integer format instead (fwd_format, fwd_group:
+// W8A8 / W4A8, Transformer::set_inference_linear_format).
 template <typename T>
 struct LinW {
   const T* w = nullptr;
   const void* bf16_fwd = nullptr;
   const void* bf16_bwd = nullptr;
+  kernels::WeightFormat fwd_format = kernels::WeightFormat::Bf16Packed;
+  int64_t fwd_group = 0;
 };
 
-// C (n, N) = beta C + A (n, K) · op(W), with op(W) (K, N) packed bf16 (one expert owning every row).
+// C (n, N) = beta C + A (n, K) · op(W), with op(W) (K, N) packed (bf16-packed, or an integer format with
+// its group; one expert owning every row).
 inline void packed_gemm(Backend be, const float* A, int64_t n, int64_t K, const void* W, int64_t N, float* C,
-                        float beta) {
+                        float beta, kernels::WeightFormat format = kernels::WeightFormat::Bf16Packed,
+                        int64_t group = 0) {
   const int32_t offsets[2] = {0, static_cast<int32_t>(n)};
   kernels::GroupedGemmWArgs g;
   g.E = 1, g.offsets = offsets;
   g.A = A, g.lda = K;
-  g.W = {.format = kernels::WeightFormat::Bf16Packed, .N = N, .K = K, .data = W};
+  g.W = {.format = format, .N = N, .K = K, .data = W, .group = group};
   g.C = C, g.ldc = N, g.beta = beta;
   kernels::grouped_gemm_w(be, g);
 }
@@ -42,7 +48,7 @@ inline void linear(Backend be, const T* x, int64_t n, int64_t in, LinW<T> lw, in
   const T* W = lw.w;
   if constexpr (std::is_same_v<T, float>) {
     if (lw.bf16_fwd) {
-      packed_gemm(be, x, n, in, lw.bf16_fwd, out, y, 0.0f);
+      packed_gemm(be, x, n, in, lw.bf16_fwd, out, y, 0.0f, lw.fwd_format, lw.fwd_group);
       W = nullptr;
     }
   }

@@ -12,6 +12,7 @@
 #include "moe/core/parallel.h"
 #include "moe/kernels/ops.h"
 #include "moe/kernels/ops_bf16.h"
+#include "moe/kernels/ops_quant.h"
 #include "moe/kernels/weights.h"
 #include "moe/model/nn.h"
 #include "moe/model/transformer.h"
@@ -66,6 +67,8 @@ struct Transformer::Impl {
     r.w = W<T>(m, i);
     if (m.bf16_compute_ && i >= 0 && m.bf16_[i].defined()) {
       r.bf16_fwd = m.bf16_[i].raw();
+      r.fwd_format = m.bf16_fmt_[i];
+      r.fwd_group = kernels::is_int_packed(r.fwd_format) ? kLinearGroup : 0;
       if (m.bf16_t_[i].defined()) r.bf16_bwd = m.bf16_t_[i].raw();
     }
     return r;
@@ -469,10 +472,46 @@ void Transformer::set_bf16_inference(bool on) {
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ",
             dtype_name(dtype_));
   bf16_inference_ = on;  // first: inference packs no copies for the backward
+  if (!on) linear_format_ = kernels::WeightFormat::Bf16Packed;
   bf16_.clear(), bf16_t_.clear();
   set_bf16_compute(on);
   for (auto& l : moe_)
     if (l) l->set_bf16_expert_weights(on);
+}
+
+void Transformer::set_inference_linear_format(kernels::WeightFormat f) {
+  MOE_CHECK(f == kernels::WeightFormat::Bf16Packed || kernels::is_int_packed(f),
+            "inference linear format: ", kernels::weight_format_name(f),
+            " is not one (bf16-packed, int8-packed or int4-packed)");
+  linear_format_ = f;
+  set_bf16_inference(true);
+}
+
+bool Transformer::pack_linear_int(int i, int64_t out, int64_t in) const {
+  const kernels::WeightFormat f = linear_format_;
+  if (!kernels::is_int_packed(f) || in % kLinearGroup != 0) return false;  // such a linear stays bf16
+  const int bits = f == kernels::WeightFormat::Int8Packed ? 8 : 4;
+  const kernels::QuantizedMatrix q = kernels::quantize_matrix(
+      params_[static_cast<size_t>(i)].value.data<float>(), out, in, bits, kLinearGroup, params_[i].name);
+  const kernels::QuantWeight v = q.view();
+  const int64_t bytes = bits == 8 ? kernels::packed_int8_bytes(out, in, kLinearGroup)
+                                  : kernels::packed_int4_bytes(out, in, kLinearGroup);
+  Tensor t = Tensor::empty({bytes}, DType::U8, "packed linear");
+  const kernels::WeightView src{
+      .format = bits == 8 ? kernels::WeightFormat::Int8 : kernels::WeightFormat::Int4,
+      .N = out,
+      .K = in,
+      .data = v.q,
+      .scales = v.scales,
+      .mins = v.mins,
+      .group = kLinearGroup};
+  if (bits == 8)
+    kernels::pack_int8_weights(src, 1, t.raw(), params_[i].name.c_str());
+  else
+    kernels::pack_int4_weights(src, 1, t.raw(), params_[i].name.c_str());
+  bf16_[static_cast<size_t>(i)] = std::move(t);
+  bf16_fmt_[static_cast<size_t>(i)] = f;
+  return true;
 }
 
 void Transformer::set_backend(kernels::Backend b) {
@@ -500,8 +539,13 @@ std::vector<int> Transformer::linear_params() const {
 Transformer::WeightTraffic Transformer::weight_bytes_per_token() const {
   const double f = dtype_bits(dtype_) / 8.0, half = bf16_inference_ ? 2.0 : f;
   std::vector<double> per(params_.size(), f);  // bytes per element of each parameter
-  if (bf16_compute_)
-    for (int i : linear_params()) per[static_cast<size_t>(i)] = 2.0;
+  if (bf16_compute_)  // the packed copies are what the forward reads (bf16, or W8A8 / W4A8 with their scales)
+    for (int i : linear_params())
+      per[static_cast<size_t>(i)] =
+          bf16_[static_cast<size_t>(i)].defined()
+              ? static_cast<double>(bf16_[static_cast<size_t>(i)].nbytes()) /
+                    static_cast<double>(params_[static_cast<size_t>(i)].value.numel())
+              : 2.0;
   WeightTraffic t;
   std::vector<bool> routed(params_.size(), false);
   for (const LayerIndex& P : index_.layers) {
@@ -535,6 +579,7 @@ void Transformer::refresh_bf16() const {
   const std::vector<int> linear = linear_params();
   bf16_.resize(params_.size());
   bf16_t_.resize(params_.size());
+  bf16_fmt_.assign(params_.size(), kernels::WeightFormat::Bf16Packed);
   // W (out, in): the forward's op(W) = W^T (in, out) is W stored (N, K); the input gradient's op(W) = W
   // (out, in) is W stored (K, N), trans.
   for (int i : linear) {
@@ -546,6 +591,7 @@ void Transformer::refresh_bf16() const {
           {.format = kernels::WeightFormat::F32, .N = N, .K = K, .trans = trans, .data = src}, 1, t.raw(),
           params_[i].name.c_str());
     };
+    if (bf16_inference_ && pack_linear_int(i, out, in)) continue;
     pack(bf16_[i], out, in, false);
     if (!bf16_inference_) pack(bf16_t_[i], in, out, true);
   }

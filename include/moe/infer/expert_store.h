@@ -137,7 +137,10 @@ struct InferenceModel {
   std::shared_ptr<ExpertStore> store;  // null when the experts are in the model
 };
 struct InferenceLoadOptions {
-  bool bf16 = false;     // bf16 dense linears (and bf16 experts when they are in the model)
+  bool bf16 = false;  // bf16 dense linears (and bf16 experts when they are in the model)
+  // The dense linears' format in bf16 inference: "bf16", "w8a8" or "w4a8" (Transformer::
+  // set_inference_linear_format; w8a8 / w4a8 turn bf16 on for the rest).
+  std::string linear_format = "bf16";
   bool offload = false;  // use an ExpertStore even for a float checkpoint
   ExpertStoreOptions store;
 };

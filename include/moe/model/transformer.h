@@ -23,6 +23,7 @@
 
 #include "moe/core/tensor.h"
 #include "moe/kernels/context.h"
+#include "moe/kernels/weight_view.h"
 #include "moe/model/model_config.h"
 #include "moe/moe/layer.h"
 
@@ -138,6 +139,15 @@ class Transformer {
   // weights. A snapshot of the current weights; forward_backward() throws while it is on.
   void set_bf16_inference(bool on);
   bool bf16_inference() const { return bf16_inference_; }
+  // bf16 inference with the dense linears' forward copies in an integer format instead: Int8Packed
+  // (W8A8) or Int4Packed (W4A8), quantized from the current f32 weights in groups of kLinearGroup inputs
+  // (int8 symmetric, int4 asymmetric, as `moe quantize` does), their activations quantized to int8 per
+  // row (moe/kernels/weights.h); a linear whose input width is not a multiple of the group stays bf16.
+  // Bf16Packed is plain bf16 inference; set_bf16_inference(false) turns either off. Throws moe::Error
+  // on another format.
+  static constexpr int64_t kLinearGroup = 32;
+  void set_inference_linear_format(kernels::WeightFormat f);
+  kernels::WeightFormat inference_linear_format() const { return linear_format_; }
 
   // Bytes of weights that the forward of one token reads alone (batch 1) in the current mode: the
   // dense linears, norms, routers and head in full (bf16 inference: the linears at 2 bytes), one
@@ -205,6 +215,9 @@ class Transformer {
   // Per parameter: bf16-packed copies of a linear weight (the forward's, and the input gradient's
   // unless in bf16 inference), else undefined.
   mutable std::vector<Tensor> bf16_, bf16_t_;
+  mutable std::vector<kernels::WeightFormat> bf16_fmt_;  // the format of each bf16_ entry
+  kernels::WeightFormat linear_format_ = kernels::WeightFormat::Bf16Packed;
+  bool pack_linear_int(int i, int64_t out, int64_t in) const;  // bf16_[i] in linear_format_, if it can be
 };
 
 // config.json + model.safetensors in `dir` (created if needed; files written atomically).

@@ -13,7 +13,8 @@
 //   quantize its rows (the whole K of each, after the pre-activation if any) and sum each group,
 //   for each group of NV panels and each MR rows, over the groups g of K in order:
 //     i[r, n] = Σ_{k in g} q_rk · w_nk                                         (int32, exact)
-//     f[r, n] = fma(float(i[r, n]), scale[n, g], f[r, n]);  f[r, n] = fma(float(Σ_{k in g} q_rk), min[n, g], f[r, n])
+//     f[r, n] = fma(float(i[r, n]), scale[n, g], f[r, n]);  f[r, n] = fma(float(Σ_{k in g} q_rk), min[n, g],
+//     f[r, n])
 //   then C[r, n] = f · s_r (or fma(f, s_r, C) to add).
 // The portable kernel and vpdpbusd run this order, so they give the same bits, for any thread count;
 // a row's result does not depend on the other rows (batch invariance).
@@ -47,7 +48,8 @@ struct Packed {
 
 Packed packed_of(const Problem& p) {
   const auto* base = static_cast<const uint8_t*>(p.W.data);
-  const int64_t words = packed_int4_words_bytes(p.N, p.K), params = packed_int8_param_bytes(p.N, p.K, p.W.group);
+  const int64_t words = packed_int4_words_bytes(p.N, p.K),
+                params = packed_int8_param_bytes(p.N, p.K, p.W.group);
   return {reinterpret_cast<const uint32_t*>(base),
           reinterpret_cast<const float*>(base + words),
           reinterpret_cast<const float*>(base + words + params),
@@ -201,8 +203,8 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
   const Packed w = packed_of(p);
   thread_local std::vector<int8_t> q_buf;
   thread_local std::vector<float> h_buf, gs_buf;
-  int8_t* q = scratch(q_buf, mc * K);  // (mc, K) activations
-  float* h = scratch(h_buf, K);        // a row's pre-activation
+  int8_t* q = scratch(q_buf, mc * K);    // (mc, K) activations
+  float* h = scratch(h_buf, K);          // a row's pre-activation
   float* gs = scratch(gs_buf, mc * ng);  // (mc, ng) their group sums
   float rs[kMC];                         // the rows' scales
   for (int64_t i = 0; i < mc; ++i) rs[i] = quantize_row(p, i0 + i, h, q + i * K, gs + i * ng);
