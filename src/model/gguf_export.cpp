@@ -1,0 +1,129 @@
+// Export of a model as GGUF, with the metadata keys and tensor names llama.cpp reads for the
+// architecture (llama.cpp's convert_hf_to_gguf.py writes the same for a Hugging Face checkpoint).
+#include <map>
+
+#include "model/gguf_names.h"
+#include "moe/core/error.h"
+#include "moe/model/gguf_model.h"
+
+namespace moe::model {
+
+namespace {
+
+using gguf::GgmlType;
+using gguf_names::Kind;
+
+// llama.cpp's llama_ftype of a file whose matrices are of type t.
+uint32_t file_type(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32:
+      return 0;
+    case GgmlType::F16:
+      return 1;
+    case GgmlType::Q4_0:
+      return 2;
+    case GgmlType::Q8_0:
+      return 7;
+    case GgmlType::BF16:
+      return 32;
+    default:
+      throw Error(cat("export: GGUF type ", gguf::ggml_type_name(static_cast<uint32_t>(t)),
+                      " is not written (f32, f16, bf16, q8_0 and q4_0 are)"));
+  }
+}
+
+std::vector<std::pair<std::string, gguf::Value>> model_metadata(const ModelConfig& c, const std::string& name,
+                                                                 GgmlType type) {
+  const std::string arch = gguf_names::llama_cpp_arch(c.arch), a = arch + ".";
+  auto u32 = [](int64_t v) { return gguf::u32_value(static_cast<uint32_t>(v)); };
+  std::vector<std::pair<std::string, gguf::Value>> kv = {
+      {"general.architecture", gguf::str_value(arch)},
+      {"general.name", gguf::str_value(name.empty() ? std::string(arch_name(c.arch)) : name)},
+      {"general.file_type", u32(file_type(type))},
+      {a + "vocab_size", u32(c.vocab_size)},
+      {a + "block_count", u32(c.num_hidden_layers)},
+      {a + "context_length", u32(c.max_position_embeddings)},
+      {a + "embedding_length", u32(c.hidden_size)},
+      {a + "feed_forward_length", u32(c.intermediate_size)},
+      {a + "attention.head_count", u32(c.num_attention_heads)},
+      {a + "attention.head_count_kv", u32(c.num_key_value_heads)},
+      {a + "rope.freq_base", gguf::f32_value(static_cast<float>(c.rope_theta))},
+      {a + "rope.dimension_count", u32(c.head_dim_or_default())},
+      {a + "attention.layer_norm_rms_epsilon", gguf::f32_value(static_cast<float>(c.rms_norm_eps))},
+      {a + "attention.key_length", u32(c.head_dim_or_default())},
+      {a + "attention.value_length", u32(c.head_dim_or_default())},
+      {a + "expert_count", u32(c.num_experts)},
+      {a + "expert_used_count", u32(c.num_experts_per_tok)},
+      {a + "expert_weights_norm", gguf::bool_value(c.norm_topk_prob || c.arch == Arch::Mixtral)},
+  };
+  if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Qwen3Moe)
+    kv.emplace_back(a + "expert_feed_forward_length", u32(c.moe_intermediate_size));
+  if (c.arch == Arch::Qwen2Moe)
+    kv.emplace_back(a + "expert_shared_feed_forward_length", u32(c.shared_expert_intermediate_size));
+  return kv;
+}
+
+}  // namespace
+
+std::string export_gguf(const Transformer& m, const std::string& path, const GgufExportOptions& opt) {
+  const ModelConfig& c = m.config();
+  MOE_CHECK(!m.external_experts(), "export: the model's experts are held outside it; load it with float experts");
+  gguf::WriteFile f;
+  f.metadata = model_metadata(c, opt.name, opt.type);
+  if (!opt.tokenizer_json.empty()) {
+    for (auto& kv : gguf_tokenizer_metadata(opt.tokenizer_json, c)) f.metadata.push_back(std::move(kv));
+  } else {
+    f.metadata.emplace_back("tokenizer.ggml.model", gguf::str_value("none"));
+  }
+  const std::map<std::string, Tensor> sd = m.hf_state_dict();
+  // The stacked expert tensors of a layer, gathered from the per-expert ones.
+  std::map<std::string, std::vector<Tensor>> stacked;
+  std::vector<std::string> order;  // GGUF names in the order of gguf_names::entries
+  std::map<std::string, Tensor> plain;
+  std::map<std::string, Kind> kind;
+  for (const gguf_names::Entry& e : gguf_names::entries(c)) {
+    const auto it = sd.find(e.hf);
+    MOE_CHECK(it != sd.end(), "export: the model has no tensor '", e.hf, "'");
+    const Tensor t = it->second.contiguous();
+    if (!kind.count(e.gguf)) order.push_back(e.gguf);
+    kind[e.gguf] = e.kind;
+    if (e.kind == Kind::Expert) {
+      stacked[e.gguf].push_back(t);
+    } else if (e.kind == Kind::RopeQ || e.kind == Kind::RopeK) {
+      const int64_t heads = e.kind == Kind::RopeQ ? c.num_attention_heads : c.num_key_value_heads;
+      Tensor out = Tensor::empty(t.shape(), DType::F32);
+      gguf_names::permute_rope_rows(t.data<float>(), out.data<float>(), heads, c.head_dim_or_default(), t.size(1),
+                                    false);
+      plain[e.gguf] = out;
+    } else {  // the shared-expert gate stays (1, d): ne {d, 1}, as the converter writes it
+      plain[e.gguf] = t;
+    }
+  }
+  int64_t fallback = 0;
+  for (const std::string& name : order) {
+    Tensor v;
+    if (kind[name] == Kind::Expert) {
+      const std::vector<Tensor>& parts = stacked[name];
+      const int64_t E = static_cast<int64_t>(parts.size()), R = parts[0].size(0), K = parts[0].size(1);
+      v = Tensor::empty({E, R, K}, DType::F32);  // (E, rows, cols)
+      for (int64_t e = 0; e < E; ++e) v.slice(0, e, e + 1).reshape({R, K}).copy_from(parts[e]);
+    } else {
+      v = plain[name];
+    }
+    // Matrices in the requested type; vectors (norms, biases) and routers f32, as llama.cpp's
+    // converter writes them.
+    const bool router = name.find("ffn_gate_inp") != std::string::npos;
+    GgmlType type = v.dim() >= 2 && !router ? opt.type : GgmlType::F32;
+    if (v.shape().back() % gguf::ggml_block_size(type) != 0) {
+      type = GgmlType::F16;
+      ++fallback;
+    }
+    f.tensors.push_back({name, v, type});
+  }
+  gguf::write_file(path, f);
+  return fallback == 0 ? std::string()
+                       : cat(fallback, " matrices have rows that are not whole ",
+                             gguf::ggml_type_name(static_cast<uint32_t>(opt.type)), " blocks: written as f16");
+}
+
+}  // namespace moe::model

@@ -1,0 +1,110 @@
+// The correspondence between the engine's (Hugging Face) tensor names and llama.cpp's GGUF names,
+// per architecture: one definition for the GGUF loader and the exporter.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/hf_names.h"
+#include "moe/core/error.h"
+#include "moe/model/model_config.h"
+
+namespace moe::model::gguf_names {
+
+// How a GGUF tensor becomes the engine's tensor.
+enum class Kind {
+  Plain,       // same values, same shape (PyTorch order = GGUF ne reversed)
+  RopeQ,       // attn_q of `llama`: rows permuted for interleaved rope (num_attention_heads)
+  RopeK,       // attn_k of `llama` (num_key_value_heads)
+  Expert,      // slice `expert` of a stacked (E, ...) tensor
+  SharedGate,  // qwen2moe's shared-expert gate: (1, d) in the engine, ne {d} or {d, 1} in GGUF
+};
+
+struct Entry {
+  std::string hf;    // engine name
+  std::string gguf;  // GGUF name
+  Kind kind = Kind::Plain;
+  int64_t expert = 0;
+};
+
+inline const char* llama_cpp_arch(Arch a) {
+  switch (a) {
+    case Arch::Mixtral:
+      return "llama";
+    case Arch::Qwen2Moe:
+      return "qwen2moe";
+    case Arch::Qwen3Moe:
+      return "qwen3moe";
+    case Arch::Olmoe:
+      return "olmoe";
+    case Arch::DeepseekV3:
+      break;
+  }
+  throw Error(cat("GGUF: architecture ", arch_name(a), " is not supported (mixtral, qwen2_moe, qwen3_moe and ",
+                  "olmoe are)"));
+}
+
+// Every tensor of a model of config c, with its GGUF name. Stacked expert tensors appear once per
+// expert (Kind::Expert) under the same GGUF name.
+inline std::vector<Entry> entries(const ModelConfig& c) {
+  std::vector<Entry> out;
+  const bool llama = c.arch == Arch::Mixtral;
+  out.push_back({"model.embed_tokens.weight", "token_embd.weight"});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string pre = hf_names::layer_prefix(l), blk = cat("blk.", l, ".");
+    out.push_back({pre + "input_layernorm.weight", blk + "attn_norm.weight"});
+    out.push_back({pre + "self_attn.q_proj.weight", blk + "attn_q.weight", llama ? Kind::RopeQ : Kind::Plain});
+    out.push_back({pre + "self_attn.k_proj.weight", blk + "attn_k.weight", llama ? Kind::RopeK : Kind::Plain});
+    out.push_back({pre + "self_attn.v_proj.weight", blk + "attn_v.weight"});
+    out.push_back({pre + "self_attn.o_proj.weight", blk + "attn_output.weight"});
+    if (c.attention_bias())
+      for (const char* p : {"q", "k", "v"})
+        out.push_back({pre + "self_attn." + p + "_proj.bias", blk + "attn_" + p + ".bias"});
+    if (c.qk_norm() != QkNorm::None) {
+      out.push_back({pre + "self_attn.q_norm.weight", blk + "attn_q_norm.weight"});
+      out.push_back({pre + "self_attn.k_norm.weight", blk + "attn_k_norm.weight"});
+    }
+    out.push_back({pre + "post_attention_layernorm.weight", blk + "ffn_norm.weight"});
+    if (!c.is_moe_layer(l)) {
+      out.push_back({pre + "mlp.gate_proj.weight", blk + "ffn_gate.weight"});
+      out.push_back({pre + "mlp.up_proj.weight", blk + "ffn_up.weight"});
+      out.push_back({pre + "mlp.down_proj.weight", blk + "ffn_down.weight"});
+      continue;
+    }
+    const std::string moe = hf_names::moe_prefix(c, l);
+    out.push_back({moe + ".gate.weight", blk + "ffn_gate_inp.weight"});
+    std::string names[3];
+    const char* stacked[3] = {"ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"};
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      hf_names::expert_names(c, l, e, names);
+      for (int i = 0; i < 3; ++i) out.push_back({names[i], blk + stacked[i], Kind::Expert, e});
+    }
+    if (c.shared_expert_intermediate_size > 0) {
+      out.push_back({moe + ".shared_expert.gate_proj.weight", blk + "ffn_gate_shexp.weight"});
+      out.push_back({moe + ".shared_expert.up_proj.weight", blk + "ffn_up_shexp.weight"});
+      out.push_back({moe + ".shared_expert.down_proj.weight", blk + "ffn_down_shexp.weight"});
+      out.push_back({moe + ".shared_expert_gate.weight", blk + "ffn_gate_inp_shexp.weight", Kind::SharedGate});
+    }
+  }
+  out.push_back({"model.norm.weight", "output_norm.weight"});
+  if (!c.tie_word_embeddings) out.push_back({"lm_head.weight", "output.weight"});
+  return out;
+}
+
+// llama.cpp's LlamaModel.permute on the rows of a (heads · hd, cols) matrix: within each head, row
+// half·hd/2 + i (Hugging Face's half-split layout) goes to row 2i + half (interleaved pairs).
+// inverse = true maps back.
+inline void permute_rope_rows(const float* src, float* dst, int64_t heads, int64_t hd, int64_t cols, bool inverse) {
+  const int64_t half = hd / 2;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t s = 0; s < 2; ++s)
+      for (int64_t i = 0; i < half; ++i) {
+        const int64_t hf_row = h * hd + s * half + i, gg_row = h * hd + 2 * i + s;
+        const float* from = src + (inverse ? gg_row : hf_row) * cols;
+        float* to = dst + (inverse ? hf_row : gg_row) * cols;
+        for (int64_t k = 0; k < cols; ++k) to[k] = from[k];
+      }
+}
+
+}  // namespace moe::model::gguf_names

@@ -1,0 +1,181 @@
+// Models in GGUF files (tests/fixtures/gguf, written by the gguf package from tests/fixtures/hf):
+// each architecture loads with the config and logits of its safetensors checkpoint; quantized files
+// give the logits of the checkpoint with the same quantization applied to its weights; export ->
+// load round trips.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include "moe/core/error.h"
+#include "moe/infer/generate.h"
+#include "moe/model/gguf_model.h"
+#include "moe/model/safetensors.h"
+#include "moe/model/transformer.h"
+
+using namespace moe;
+
+namespace {
+
+const std::string kFixtures = std::string(MOE_TEST_FIXTURES);
+
+struct Prompt {
+  std::vector<int32_t> ids;
+  std::vector<int32_t> greedy;
+};
+
+Prompt prompt_of(const std::string& arch) {
+  const auto exp = load_safetensors(kFixtures + "/hf/" + arch + "/expected.safetensors");
+  Prompt p;
+  for (double v : exp.at("input_ids").to_vector()) p.ids.push_back(static_cast<int32_t>(v));
+  for (double v : exp.at("greedy_ids").to_vector()) p.greedy.push_back(static_cast<int32_t>(v));
+  return p;
+}
+
+std::vector<double> logits(const model::Transformer& m, const Prompt& p) {
+  return m.logits(p.ids.data(), 1, static_cast<int64_t>(p.ids.size())).to_vector();
+}
+
+// max |a - b| / max |b|
+double rel_err(const std::vector<double>& a, const std::vector<double>& b) {
+  double scale = 0, err = 0;
+  for (size_t i = 0; i < b.size(); ++i) scale = std::max(scale, std::abs(b[i]));
+  for (size_t i = 0; i < b.size(); ++i) err = std::max(err, std::abs(a[i] - b[i]));
+  return err / scale;
+}
+
+// The checkpoint with every matrix that the fixture quantizes (2-D and up, rows of whole blocks,
+// not a router) passed through the format: quantize_row then dequantize_row, as ggml does.
+model::Transformer quantized_reference(const std::string& arch, gguf::GgmlType t) {
+  model::Transformer m = model::load_pretrained(kFixtures + "/hf/" + arch);
+  for (model::NamedParam& p : m.parameters()) {
+    const bool router = p.name.find(".gate.weight") != std::string::npos;
+    if (p.value.dim() < 2 || router || p.value.shape().back() % gguf::ggml_block_size(t) != 0) continue;
+    Tensor v = p.value.contiguous();
+    std::vector<uint8_t> q(gguf::ggml_row_bytes(t, v.numel()));
+    gguf::quantize_row(t, v.data<float>(), v.numel(), q.data());
+    gguf::dequantize_row(t, q.data(), v.numel(), p.value.data<float>());
+  }
+  return m;
+}
+
+}  // namespace
+
+class GgufArch : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GgufArch, F32FileGivesTheCheckpointsConfigAndLogits) {
+  const std::string arch = GetParam();
+  const model::Transformer ref = model::load_pretrained(kFixtures + "/hf/" + arch);
+  const model::Transformer m = model::load_gguf(kFixtures + "/gguf/" + arch + ".f32.gguf");
+  const model::ModelConfig &a = m.config(), &b = ref.config();
+  EXPECT_EQ(a.arch, b.arch);
+  EXPECT_EQ(a.vocab_size, b.vocab_size);
+  EXPECT_EQ(a.num_hidden_layers, b.num_hidden_layers);
+  EXPECT_EQ(a.head_dim_or_default(), b.head_dim_or_default());
+  EXPECT_EQ(a.expert_width(), b.expert_width());
+  EXPECT_EQ(a.num_experts, b.num_experts);
+  EXPECT_EQ(a.num_experts_per_tok, b.num_experts_per_tok);
+  EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob);
+  EXPECT_EQ(a.shared_expert_intermediate_size, b.shared_expert_intermediate_size);
+  for (int64_t l = 0; l < a.num_hidden_layers; ++l) EXPECT_EQ(a.is_moe_layer(l), b.is_moe_layer(l)) << l;
+  EXPECT_EQ(a.rms_norm_eps, b.rms_norm_eps);
+  // The same f32 weights (the rope permutation undone exactly): the same logits, bit for bit.
+  const Prompt p = prompt_of(arch);
+  EXPECT_EQ(logits(m, p), logits(ref, p));
+  infer::GenerateOptions o;
+  o.max_new_tokens = static_cast<int64_t>(p.greedy.size());
+  o.sampling.temperature = 0;
+  EXPECT_EQ(infer::generate(m, p.ids, o).tokens, p.greedy);
+}
+
+TEST_P(GgufArch, ExportThenLoadGivesTheSameLogits) {
+  const std::string arch = GetParam();
+  const model::Transformer ref = model::load_pretrained(kFixtures + "/hf/" + arch);
+  const std::string out = (std::filesystem::temp_directory_path() / ("moe_test_export_" + arch + ".gguf")).string();
+  EXPECT_EQ(model::export_gguf(ref, out, {}), "");
+  const model::Transformer m = model::load_gguf(out);
+  const Prompt p = prompt_of(arch);
+  EXPECT_EQ(logits(m, p), logits(ref, p));
+  // The exporter writes what the fixture (the converter's layout) holds: same names, shapes, types.
+  const gguf::Reader mine(out), theirs(kFixtures + "/gguf/" + arch + ".f32.gguf");
+  ASSERT_EQ(mine.tensors().size(), theirs.tensors().size());
+  for (const gguf::TensorInfo& t : theirs.tensors()) {
+    const gguf::TensorInfo* u = mine.find_tensor(t.name);
+    ASSERT_NE(u, nullptr) << t.name;
+    EXPECT_EQ(u->ne, t.ne) << t.name;
+    EXPECT_EQ(mine.read_raw(*u), theirs.read_raw(t)) << t.name;
+  }
+  std::filesystem::remove(out);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GgufArch, ::testing::Values("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+class GgufType : public ::testing::TestWithParam<std::string> {};
+
+// The file's matrices were quantized by the gguf package; the engine's logits of it equal, within
+// f32 rounding, the logits of the checkpoint with its matrices put through the same format here.
+// That equality is the check; the distance to the unquantized logits is reported, and bounded by
+// the format's relative step times a depth factor (generous: it catches a wrong layout, which is
+// an O(1) error, not a rounding difference).
+TEST_P(GgufType, QuantizedFileGivesTheLogitsOfTheQuantizedWeights) {
+  const gguf::GgmlType t = gguf::ggml_type_from_name(GetParam());
+  const model::Transformer m = model::load_gguf(kFixtures + "/gguf/mixtral." + GetParam() + ".gguf");
+  const Prompt p = prompt_of("mixtral");
+  const std::vector<double> got = logits(m, p);
+  EXPECT_LT(rel_err(got, logits(quantized_reference("mixtral", t), p)), 2e-5);
+  const double step = t == gguf::GgmlType::F16 ? 0x1p-11 : t == gguf::GgmlType::BF16 ? 0x1p-8
+                      : t == gguf::GgmlType::Q8_0 ? 1.0 / 127 : 1.0 / 8;
+  const double err = rel_err(got, logits(model::load_pretrained(kFixtures + "/hf/mixtral"), p));
+  RecordProperty("relative_logit_error_vs_f32", std::to_string(err));
+  EXPECT_LT(err, 10 * step);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GgufType, ::testing::Values("f16", "bf16", "q8_0", "q4_0"),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+TEST(GgufModel, ExportQuantizedThenLoadMatchesTheSameQuantization) {
+  const model::Transformer ref = model::load_pretrained(kFixtures + "/hf/mixtral");
+  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_export_q8.gguf").string();
+  model::GgufExportOptions opt;
+  opt.type = gguf::GgmlType::Q8_0;
+  const std::string note = model::export_gguf(ref, out, opt);
+  EXPECT_NE(note.find("written as f16"), std::string::npos) << note;  // rows of 24 are not q8_0 blocks
+  const model::Transformer m = model::load_gguf(out);
+  // The exporter's q8_0 is ggml's: the file equals the gguf package's fixture byte for byte where
+  // both quantize (the f16 fallback differs: the fixture keeps those f32).
+  const gguf::Reader mine(out), theirs(kFixtures + "/gguf/mixtral.q8_0.gguf");
+  for (const gguf::TensorInfo& t : theirs.tensors())
+    if (t.type == gguf::GgmlType::Q8_0) EXPECT_EQ(mine.read_raw(mine.tensor(t.name)), theirs.read_raw(t)) << t.name;
+  std::filesystem::remove(out);
+}
+
+TEST(GgufModel, MissingTensorsAndUnknownArchitecturesAreNamed) {
+  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_gguf_bad_arch.gguf").string();
+  gguf::WriteFile f;
+  f.metadata = {{"general.architecture", gguf::str_value("gpt2")}};
+  gguf::write_file(out, f);
+  try {
+    model::load_gguf(out);
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("architecture 'gpt2' is not supported"), std::string::npos) << e.what();
+  }
+  // A mixtral file without its layer-1 router: refused, naming the tensor.
+  const gguf::Reader r(kFixtures + "/gguf/mixtral.f32.gguf");
+  f.metadata.clear();
+  for (const auto& [k, v] : r.metadata()) f.metadata.emplace_back(k, v);
+  f.tensors.clear();
+  for (const gguf::TensorInfo& t : r.tensors())
+    if (t.name != "blk.1.attn_v.weight") f.tensors.push_back({t.name, r.load_f32(t.name), gguf::GgmlType::F32});
+  gguf::write_file(out, f);
+  try {
+    model::load_gguf(out);
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.self_attn.v_proj.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(out), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(out);
+}
