@@ -86,8 +86,8 @@ int run_eval(const EvalArgs& a) {
       const std::string btp = find_tokenizer(base_dir);
       MOE_CHECK(!btp.empty(), "eval: --compare: no tokenizer.json next to the base model in '", base_dir,
                 "'");
-      MOE_CHECK(load_tokenizer(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp,
-                "' and '", btp, "' encode --data differently; the models must share a tokenizer");
+      MOE_CHECK(load_tokenizer(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp, "' and '",
+                btp, "' encode --data differently; the models must share a tokenizer");
     }
   } else {
     for (size_t i = 0; i < a.tokens.size(); ++i) {

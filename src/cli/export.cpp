@@ -25,15 +25,14 @@ int run_export(const ExportArgs& a) {
   MOE_CHECK(type != gguf::GgmlType::Q4_K && type != gguf::GgmlType::Q6_K, "export: --type ", a.type,
             " is read but not written (f32, f16, bf16, q8_0 and q4_0 are)");
   const std::string dir = resolve_model_dir(a.model);
-  const model::Transformer m =
-      model::is_gguf_path(dir) ? model::load_gguf(dir) : model::load_pretrained(dir);
+  const model::Transformer m = model::is_gguf_path(dir) ? model::load_gguf(dir) : model::load_pretrained(dir);
   model::GgufExportOptions opt;
   opt.type = type;
   opt.name = a.name.empty() ? std::filesystem::path(a.model).filename().string() : a.name;
   const std::string tp = find_tokenizer(dir);
   if (!tp.empty())
-    opt.tokenizer_json =
-        model::is_gguf_path(tp) ? model::gguf_tokenizer_json(gguf::Reader(tp)) : io::read_file(tp, "tokenizer.json");
+    opt.tokenizer_json = model::is_gguf_path(tp) ? model::gguf_tokenizer_json(gguf::Reader(tp))
+                                                 : io::read_file(tp, "tokenizer.json");
   const std::string note = model::export_gguf(m, a.gguf, opt);
   const auto bytes = static_cast<int64_t>(std::filesystem::file_size(a.gguf));
   if (a.json) {
@@ -47,8 +46,8 @@ int run_export(const ExportArgs& a) {
               << "\n";
     return kExitOk;
   }
-  std::cout << "export: wrote " << a.gguf << " (" << model::arch_name(m.config().arch) << ", " << a.type << ", "
-            << bytes << " bytes" << (tp.empty() ? ", no tokenizer" : "") << ")\n";
+  std::cout << "export: wrote " << a.gguf << " (" << model::arch_name(m.config().arch) << ", " << a.type
+            << ", " << bytes << " bytes" << (tp.empty() ? ", no tokenizer" : "") << ")\n";
   if (!note.empty()) std::cout << "export: " << note << "\n";
   return kExitOk;
 }

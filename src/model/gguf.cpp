@@ -1,6 +1,9 @@
 // GGUF reader: header, metadata and tensor infos, validated before anything is allocated.
 #include <algorithm>
 #include <cctype>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -25,8 +28,8 @@ class Cursor {
   uint64_t left() const { return size_ - pos_; }
 
   void bytes(void* dst, uint64_t n, const std::string& what) {
-    MOE_CHECK(n <= left(), "gguf '", path_, "': truncated file: ", what, " needs ", n, " bytes at offset ", pos_,
-              " but only ", left(), " remain");
+    MOE_CHECK(n <= left(), "gguf '", path_, "': truncated file: ", what, " needs ", n, " bytes at offset ",
+              pos_, " but only ", left(), " remain");
     in_.read(static_cast<char*>(dst), static_cast<std::streamsize>(n));
     MOE_CHECK(in_.good(), "gguf '", path_, "': read error at offset ", pos_, " (", what, ")");
     pos_ += n;
@@ -79,7 +82,9 @@ uint64_t min_size(ValueType t) {
 }
 
 bool known_type(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::F64); }
-bool is_int_type(ValueType t) { return t != ValueType::F32 && t != ValueType::F64 && t != ValueType::STRING && t != ValueType::ARRAY; }
+bool is_int_type(ValueType t) {
+  return t != ValueType::F32 && t != ValueType::F64 && t != ValueType::STRING && t != ValueType::ARRAY;
+}
 
 // One scalar of an integer type (bool included) as int64; u64 above INT64_MAX is refused.
 int64_t read_int(Cursor& c, ValueType t, const std::string& what, const std::string& path) {
@@ -110,8 +115,21 @@ int64_t read_int(Cursor& c, ValueType t, const std::string& what, const std::str
   }
 }
 
+// An f32 as the shortest decimal that reads back as the same f32 (1e-6, not 9.99999997e-07): the
+// value the writer most likely meant, as a double.
+double shortest_double(float f) {
+  if (!std::isfinite(f)) return static_cast<double>(f);
+  char buf[32];
+  for (int prec = 1; prec <= 9; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, static_cast<double>(f));
+    const double d = std::strtod(buf, nullptr);
+    if (static_cast<float>(d) == f) return d;
+  }
+  return static_cast<double>(f);
+}
+
 double read_float(Cursor& c, ValueType t, const std::string& what) {
-  return t == ValueType::F32 ? static_cast<double>(c.scalar<float>(what)) : c.scalar<double>(what);
+  return t == ValueType::F32 ? shortest_double(c.scalar<float>(what)) : c.scalar<double>(what);
 }
 
 ValueType read_type(Cursor& c, const std::string& what, const std::string& path) {
@@ -128,7 +146,8 @@ void read_array(Cursor& c, Value& v, const std::string& what, const std::string&
   MOE_CHECK(v.count <= c.left() / need, "gguf '", path, "': ", what, " claims ", v.count, " elements of ",
             value_type_name(v.elem), " but only ", c.left(), " bytes remain in the file");
   if (v.elem == ValueType::ARRAY) {
-    MOE_CHECK(depth == 0, "gguf '", path, "': ", what, ": arrays nested more than two deep are not supported");
+    MOE_CHECK(depth == 0, "gguf '", path, "': ", what,
+              ": arrays nested more than two deep are not supported");
     for (uint64_t i = 0; i < v.count; ++i) {
       Value inner;
       read_array(c, inner, cat(what, "[", i, "]"), path, depth + 1);
@@ -190,10 +209,10 @@ bool ggml_type_supported(uint32_t t) {
 
 const char* ggml_type_name(uint32_t t) {
   // ggml's names (ggml.c type_traits), for the types a file may hold.
-  static const char* const kNames[] = {"f32",  "f16",  "q4_0", "q4_1",  "q4_2", "q4_3",    "q5_0",   "q5_1",
-                                       "q8_0", "q8_1", "q2_K", "q3_K",  "q4_K", "q5_K",    "q6_K",   "q8_K",
-                                       "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s", "iq2_s",
-                                       "iq4_xs", "i8", "i16", "i32", "i64", "f64", "iq1_m", "bf16"};
+  static const char* const kNames[] = {
+      "f32",   "f16",    "q4_0", "q4_1", "q4_2", "q4_3",    "q5_0",   "q5_1",    "q8_0",  "q8_1",   "q2_K",
+      "q3_K",  "q4_K",   "q5_K", "q6_K", "q8_K", "iq2_xxs", "iq2_xs", "iq3_xxs", "iq1_s", "iq4_nl", "iq3_s",
+      "iq2_s", "iq4_xs", "i8",   "i16",  "i32",  "i64",     "f64",    "iq1_m",   "bf16"};
   if (t < sizeof(kNames) / sizeof(kNames[0])) return kNames[t];
   return "unknown";
 }
@@ -201,8 +220,8 @@ const char* ggml_type_name(uint32_t t) {
 GgmlType ggml_type_from_name(const std::string& name) {
   std::string n = name;
   std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_K,
-                     GgmlType::Q6_K}) {
+  for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
+                     GgmlType::Q4_K, GgmlType::Q6_K}) {
     std::string tn = ggml_type_name(static_cast<uint32_t>(t));
     std::transform(tn.begin(), tn.end(), tn.begin(), [](unsigned char ch) { return std::tolower(ch); });
     if (tn == n) return t;
@@ -211,7 +230,7 @@ GgmlType ggml_type_from_name(const std::string& name) {
 }
 
 const char* value_type_name(ValueType t) {
-  static const char* const kNames[] = {"u8",  "i8",    "u16",   "i16", "u32", "i32", "f32",
+  static const char* const kNames[] = {"u8",   "i8",     "u16",   "i16", "u32", "i32", "f32",
                                        "bool", "string", "array", "u64", "i64", "f64"};
   const auto i = static_cast<uint32_t>(t);
   return i < 13 ? kNames[i] : "unknown";
@@ -246,8 +265,8 @@ Reader::Reader(std::string path) : path_(std::move(path)) {
   const auto n_tensors = c.scalar<uint64_t>("tensor count");
   const auto n_kv = c.scalar<uint64_t>("metadata count");
   // Each key/value pair takes at least 8 + 4 + 1 bytes, each tensor info 8 + 4 + 4 + 8.
-  MOE_CHECK(n_kv <= c.left() / 13, "gguf '", p, "': header claims ", n_kv, " metadata pairs but the file has only ",
-            c.left(), " bytes left");
+  MOE_CHECK(n_kv <= c.left() / 13, "gguf '", p, "': header claims ", n_kv,
+            " metadata pairs but the file has only ", c.left(), " bytes left");
   MOE_CHECK(n_tensors <= c.left() / 24, "gguf '", p, "': header claims ", n_tensors,
             " tensors but the file has only ", c.left(), " bytes left");
 
@@ -258,8 +277,9 @@ Reader::Reader(std::string path) : path_(std::move(path)) {
     kv_.emplace(std::move(key), std::move(v));
   }
   if (const Value* a = find("general.alignment")) {
-    MOE_CHECK(a->is_int() && a->i > 0 && (a->i & (a->i - 1)) == 0 && static_cast<uint64_t>(a->i) <= kMaxAlignment,
-              "gguf '", p, "': general.alignment must be a power of two up to ", kMaxAlignment);
+    MOE_CHECK(
+        a->is_int() && a->i > 0 && (a->i & (a->i - 1)) == 0 && static_cast<uint64_t>(a->i) <= kMaxAlignment,
+        "gguf '", p, "': general.alignment must be a power of two up to ", kMaxAlignment);
     alignment_ = static_cast<uint64_t>(a->i);
   }
 
@@ -270,14 +290,16 @@ Reader::Reader(std::string path) : path_(std::move(path)) {
     const std::string what = cat("gguf '", p, "': tensor '", t.name, "'");
     MOE_CHECK(!by_name_.count(t.name), what, " appears twice");
     const auto n_dims = c.scalar<uint32_t>("tensor dims");
-    MOE_CHECK(n_dims >= 1 && n_dims <= kMaxDims, what, " has ", n_dims, " dims (1 to ", kMaxDims, " supported)");
+    MOE_CHECK(n_dims >= 1 && n_dims <= kMaxDims, what, " has ", n_dims, " dims (1 to ", kMaxDims,
+              " supported)");
     int64_t numel = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       const auto v = c.scalar<uint64_t>("tensor dim");
       MOE_CHECK(v >= 1 && v <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()), what, ": dim ", d,
                 " = ", v, " is out of range");
       const auto dv = static_cast<int64_t>(v);
-      MOE_CHECK(numel <= std::numeric_limits<int64_t>::max() / dv, what, ": the product of its dims overflows");
+      MOE_CHECK(numel <= std::numeric_limits<int64_t>::max() / dv, what,
+                ": the product of its dims overflows");
       numel *= dv;
       t.ne.push_back(dv);
     }
@@ -293,20 +315,21 @@ Reader::Reader(std::string path) : path_(std::move(path)) {
     MOE_CHECK(blocks <= std::numeric_limits<uint64_t>::max() / bb, what, ": its size overflows");
     t.bytes = blocks * bb;
     t.offset = c.scalar<uint64_t>("tensor offset");
-    MOE_CHECK(t.offset % alignment_ == 0, what, ": data offset ", t.offset, " is not a multiple of the alignment ",
-              alignment_);
+    MOE_CHECK(t.offset % alignment_ == 0, what, ": data offset ", t.offset,
+              " is not a multiple of the alignment ", alignment_);
     by_name_[t.name] = tensors_.size();
     tensors_.push_back(std::move(t));
   }
   data_start_ = (c.pos() + alignment_ - 1) / alignment_ * alignment_;
-  MOE_CHECK(data_start_ <= file_size_ || tensors_.empty(), "gguf '", p, "': truncated file: the data section at ",
-            data_start_, " starts past the end of the file (", file_size_, " bytes)");
+  MOE_CHECK(data_start_ <= file_size_ || tensors_.empty(), "gguf '", p,
+            "': truncated file: the data section at ", data_start_, " starts past the end of the file (",
+            file_size_, " bytes)");
   const uint64_t data_size = file_size_ >= data_start_ ? file_size_ - data_start_ : 0;
   for (TensorInfo& t : tensors_) {
-    MOE_CHECK(t.offset <= data_size && t.bytes <= data_size - t.offset, "gguf '", p, "': tensor '", t.name, "' (",
-              ggml_type_name(static_cast<uint32_t>(t.type)), ", ne ", shape_str(Shape(t.ne.begin(), t.ne.end())),
-              ", ", t.bytes, " bytes at data offset ", t.offset, ") lies past the end of the file (data section of ",
-              data_size, " bytes)");
+    MOE_CHECK(t.offset <= data_size && t.bytes <= data_size - t.offset, "gguf '", p, "': tensor '", t.name,
+              "' (", ggml_type_name(static_cast<uint32_t>(t.type)), ", ne ",
+              shape_str(Shape(t.ne.begin(), t.ne.end())), ", ", t.bytes, " bytes at data offset ", t.offset,
+              ") lies past the end of the file (data section of ", data_size, " bytes)");
     t.offset += data_start_;
   }
 }
@@ -319,8 +342,8 @@ const Value* Reader::find(const std::string& key) const {
 std::string Reader::get_string(const std::string& key) const {
   const Value* v = find(key);
   MOE_CHECK(v, "gguf '", path_, "': missing metadata '", key, "'");
-  MOE_CHECK(v->type == ValueType::STRING, "gguf '", path_, "': metadata '", key, "' is ", value_type_name(v->type),
-            ", expected a string");
+  MOE_CHECK(v->type == ValueType::STRING, "gguf '", path_, "': metadata '", key, "' is ",
+            value_type_name(v->type), ", expected a string");
   return v->s;
 }
 
@@ -335,8 +358,8 @@ int64_t Reader::get_int(const std::string& key) const {
 double Reader::get_float(const std::string& key) const {
   const Value* v = find(key);
   MOE_CHECK(v, "gguf '", path_, "': missing metadata '", key, "'");
-  MOE_CHECK(v->is_float() || v->is_int(), "gguf '", path_, "': metadata '", key, "' is ", value_type_name(v->type),
-            ", expected a number");
+  MOE_CHECK(v->is_float() || v->is_int(), "gguf '", path_, "': metadata '", key, "' is ",
+            value_type_name(v->type), ", expected a number");
   return v->is_float() ? v->f : static_cast<double>(v->i);
 }
 
@@ -367,8 +390,8 @@ std::vector<uint8_t> Reader::read_raw(const TensorInfo& t) const {
   std::vector<uint8_t> buf(static_cast<size_t>(t.bytes));
   in.seekg(static_cast<std::streamoff>(t.offset));
   in.read(reinterpret_cast<char*>(buf.data()), static_cast<std::streamsize>(t.bytes));
-  MOE_CHECK(in.good(), "gguf '", path_, "': tensor '", t.name, "': read error (", t.bytes, " bytes at offset ",
-            t.offset, ")");
+  MOE_CHECK(in.good(), "gguf '", path_, "': tensor '", t.name, "': read error (", t.bytes,
+            " bytes at offset ", t.offset, ")");
   return buf;
 }
 

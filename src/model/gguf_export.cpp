@@ -33,7 +33,7 @@ uint32_t file_type(GgmlType t) {
 }
 
 std::vector<std::pair<std::string, gguf::Value>> model_metadata(const ModelConfig& c, const std::string& name,
-                                                                 GgmlType type) {
+                                                                GgmlType type) {
   const std::string arch = gguf_names::llama_cpp_arch(c.arch), a = arch + ".";
   auto u32 = [](int64_t v) { return gguf::u32_value(static_cast<uint32_t>(v)); };
   std::vector<std::pair<std::string, gguf::Value>> kv = {
@@ -67,7 +67,8 @@ std::vector<std::pair<std::string, gguf::Value>> model_metadata(const ModelConfi
 
 std::string export_gguf(const Transformer& m, const std::string& path, const GgufExportOptions& opt) {
   const ModelConfig& c = m.config();
-  MOE_CHECK(!m.external_experts(), "export: the model's experts are held outside it; load it with float experts");
+  MOE_CHECK(!m.external_experts(),
+            "export: the model's experts are held outside it; load it with float experts");
   gguf::WriteFile f;
   f.metadata = model_metadata(c, opt.name, opt.type);
   if (!opt.tokenizer_json.empty()) {
@@ -92,8 +93,8 @@ std::string export_gguf(const Transformer& m, const std::string& path, const Ggu
     } else if (e.kind == Kind::RopeQ || e.kind == Kind::RopeK) {
       const int64_t heads = e.kind == Kind::RopeQ ? c.num_attention_heads : c.num_key_value_heads;
       Tensor out = Tensor::empty(t.shape(), DType::F32);
-      gguf_names::permute_rope_rows(t.data<float>(), out.data<float>(), heads, c.head_dim_or_default(), t.size(1),
-                                    false);
+      gguf_names::permute_rope_rows(t.data<float>(), out.data<float>(), heads, c.head_dim_or_default(),
+                                    t.size(1), false);
       plain[e.gguf] = out;
     } else {  // the shared-expert gate stays (1, d): ne {d, 1}, as the converter writes it
       plain[e.gguf] = t;
@@ -121,9 +122,10 @@ std::string export_gguf(const Transformer& m, const std::string& path, const Ggu
     f.tensors.push_back({name, v, type});
   }
   gguf::write_file(path, f);
-  return fallback == 0 ? std::string()
-                       : cat(fallback, " matrices have rows that are not whole ",
-                             gguf::ggml_type_name(static_cast<uint32_t>(opt.type)), " blocks: written as f16");
+  return fallback == 0
+             ? std::string()
+             : cat(fallback, " matrices have rows that are not whole ",
+                   gguf::ggml_type_name(static_cast<uint32_t>(opt.type)), " blocks: written as f16");
 }
 
 }  // namespace moe::model

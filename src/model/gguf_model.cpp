@@ -66,13 +66,14 @@ ModelConfig gguf_model_config(const gguf::Reader& r) {
   c.rms_norm_eps = r.get_float(a + "attention.layer_norm_rms_epsilon", 1e-5);
   c.rope_theta = r.get_float(a + "rope.freq_base", 10000.0);
   c.num_experts = positive(r, a + "expert_count", 0);
-  MOE_CHECK(c.num_experts > 0, "gguf '", p, "': ", a, "expert_count is missing: a dense model (this engine runs ",
-            "mixture-of-experts models)");
+  MOE_CHECK(c.num_experts > 0, "gguf '", p, "': ", a,
+            "expert_count is missing: a dense model (this engine runs ", "mixture-of-experts models)");
   c.num_experts_per_tok = positive(r, a + "expert_used_count");
   const int64_t hd = positive(r, a + "attention.key_length", c.hidden_size / c.num_attention_heads);
   if (hd != c.hidden_size / c.num_attention_heads || c.arch == Arch::Qwen3Moe) c.head_dim = hd;
   const int64_t vd = positive(r, a + "attention.value_length", hd);
-  MOE_CHECK(vd == hd, "gguf '", p, "': value length ", vd, " differs from key length ", hd, " (not supported)");
+  MOE_CHECK(vd == hd, "gguf '", p, "': value length ", vd, " differs from key length ", hd,
+            " (not supported)");
   if (const gguf::Value* rd = r.find(a + "rope.dimension_count"))
     MOE_CHECK(rd->is_int() && rd->i == hd, "gguf '", p, "': ", a, "rope.dimension_count = ", rd->i,
               " (partial rotary embeddings are not supported; head dim ", hd, ")");
@@ -95,10 +96,11 @@ ModelConfig gguf_model_config(const gguf::Reader& r) {
     need(r, blk + "attn_norm.weight");
     if (r.find_tensor(blk + "ffn_gate_inp.weight")) {
       const gguf::TensorInfo& g = need(r, blk + "ffn_gate_exps.weight");
-      MOE_CHECK(g.ne.size() == 3 && g.ne[0] == c.hidden_size && g.ne[2] == c.num_experts, "gguf '", p, "': tensor '",
-                g.name, "' has ne ", shape_str(Shape(g.ne.begin(), g.ne.end())), ", expected {", c.hidden_size,
-                ", F, ", c.num_experts, "}");
-      MOE_CHECK(expert_width == 0 || expert_width == g.ne[1], "gguf '", p, "': expert width differs between layers");
+      MOE_CHECK(g.ne.size() == 3 && g.ne[0] == c.hidden_size && g.ne[2] == c.num_experts, "gguf '", p,
+                "': tensor '", g.name, "' has ne ", shape_str(Shape(g.ne.begin(), g.ne.end())),
+                ", expected {", c.hidden_size, ", F, ", c.num_experts, "}");
+      MOE_CHECK(expert_width == 0 || expert_width == g.ne[1], "gguf '", p,
+                "': expert width differs between layers");
       expert_width = g.ne[1];
       if (const gguf::TensorInfo* s = r.find_tensor(blk + "ffn_gate_shexp.weight")) {
         MOE_CHECK(s->ne.size() == 2, "gguf '", p, "': tensor '", s->name, "' is not a matrix");
@@ -113,16 +115,18 @@ ModelConfig gguf_model_config(const gguf::Reader& r) {
   }
   MOE_CHECK(expert_width > 0, "gguf '", p, "': no layer has experts (blk.N.ffn_gate_inp.weight)");
   MOE_CHECK(c.mlp_only_layers.empty() || c.arch == Arch::Qwen2Moe || c.arch == Arch::Qwen3Moe, "gguf '", p,
-            "': layer ", c.mlp_only_layers.empty() ? 0 : c.mlp_only_layers[0], " has no experts; dense layers are ",
-            "supported for qwen2moe and qwen3moe only");
+            "': layer ", c.mlp_only_layers.empty() ? 0 : c.mlp_only_layers[0],
+            " has no experts; dense layers are ", "supported for qwen2moe and qwen3moe only");
   if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Qwen3Moe) {
     c.moe_intermediate_size = expert_width;
-    c.intermediate_size = dense_width > 0 ? dense_width : positive(r, a + "feed_forward_length", expert_width);
+    c.intermediate_size =
+        dense_width > 0 ? dense_width : positive(r, a + "feed_forward_length", expert_width);
   } else {
     c.intermediate_size = expert_width;
   }
   if (c.arch == Arch::Qwen2Moe) {
-    MOE_CHECK(shared_width > 0, "gguf '", p, "': qwen2moe without a shared expert (blk.N.ffn_gate_shexp.weight)");
+    MOE_CHECK(shared_width > 0, "gguf '", p,
+              "': qwen2moe without a shared expert (blk.N.ffn_gate_shexp.weight)");
     c.shared_expert_intermediate_size = shared_width;
   }
   c.bos_token_id = r.get_int("tokenizer.ggml.bos_token_id", -1);
@@ -163,8 +167,8 @@ TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const Mod
         return r->load_f32(e.gguf).set_name(name);
       case Kind::SharedGate: {
         Tensor t = r->load_f32(e.gguf);
-        MOE_CHECK(t.numel() == cfg.hidden_size, "gguf '", r->path(), "': tensor '", e.gguf, "' has ", t.numel(),
-                  " values, expected ", cfg.hidden_size);
+        MOE_CHECK(t.numel() == cfg.hidden_size, "gguf '", r->path(), "': tensor '", e.gguf, "' has ",
+                  t.numel(), " values, expected ", cfg.hidden_size);
         return t.reshape({1, cfg.hidden_size}).set_name(name);
       }
       case Kind::RopeQ:
@@ -172,8 +176,9 @@ TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const Mod
         const Tensor t = r->load_f32(e.gguf);
         const int64_t heads = e.kind == Kind::RopeQ ? cfg.num_attention_heads : cfg.num_key_value_heads;
         const int64_t hd = cfg.head_dim_or_default();
-        MOE_CHECK(t.dim() == 2 && t.size(0) == heads * hd && hd % 2 == 0, "gguf '", r->path(), "': tensor '", e.gguf,
-                  "' has shape ", shape_str(t.shape()), ", expected (", heads * hd, ", ", cfg.hidden_size, ")");
+        MOE_CHECK(t.dim() == 2 && t.size(0) == heads * hd && hd % 2 == 0, "gguf '", r->path(), "': tensor '",
+                  e.gguf, "' has shape ", shape_str(t.shape()), ", expected (", heads * hd, ", ",
+                  cfg.hidden_size, ")");
         Tensor out = Tensor::empty(t.shape(), DType::F32, name);
         gguf_names::permute_rope_rows(t.data<float>(), out.data<float>(), heads, hd, t.size(1), true);
         return out;

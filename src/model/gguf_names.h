@@ -41,8 +41,8 @@ inline const char* llama_cpp_arch(Arch a) {
     case Arch::DeepseekV3:
       break;
   }
-  throw Error(cat("GGUF: architecture ", arch_name(a), " is not supported (mixtral, qwen2_moe, qwen3_moe and ",
-                  "olmoe are)"));
+  throw Error(cat("GGUF: architecture ", arch_name(a),
+                  " is not supported (mixtral, qwen2_moe, qwen3_moe and ", "olmoe are)"));
 }
 
 // Every tensor of a model of config c, with its GGUF name. Stacked expert tensors appear once per
@@ -54,8 +54,10 @@ inline std::vector<Entry> entries(const ModelConfig& c) {
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const std::string pre = hf_names::layer_prefix(l), blk = cat("blk.", l, ".");
     out.push_back({pre + "input_layernorm.weight", blk + "attn_norm.weight"});
-    out.push_back({pre + "self_attn.q_proj.weight", blk + "attn_q.weight", llama ? Kind::RopeQ : Kind::Plain});
-    out.push_back({pre + "self_attn.k_proj.weight", blk + "attn_k.weight", llama ? Kind::RopeK : Kind::Plain});
+    out.push_back(
+        {pre + "self_attn.q_proj.weight", blk + "attn_q.weight", llama ? Kind::RopeQ : Kind::Plain});
+    out.push_back(
+        {pre + "self_attn.k_proj.weight", blk + "attn_k.weight", llama ? Kind::RopeK : Kind::Plain});
     out.push_back({pre + "self_attn.v_proj.weight", blk + "attn_v.weight"});
     out.push_back({pre + "self_attn.o_proj.weight", blk + "attn_output.weight"});
     if (c.attention_bias())
@@ -84,7 +86,8 @@ inline std::vector<Entry> entries(const ModelConfig& c) {
       out.push_back({moe + ".shared_expert.gate_proj.weight", blk + "ffn_gate_shexp.weight"});
       out.push_back({moe + ".shared_expert.up_proj.weight", blk + "ffn_up_shexp.weight"});
       out.push_back({moe + ".shared_expert.down_proj.weight", blk + "ffn_down_shexp.weight"});
-      out.push_back({moe + ".shared_expert_gate.weight", blk + "ffn_gate_inp_shexp.weight", Kind::SharedGate});
+      out.push_back(
+          {moe + ".shared_expert_gate.weight", blk + "ffn_gate_inp_shexp.weight", Kind::SharedGate});
     }
   }
   out.push_back({"model.norm.weight", "output_norm.weight"});
@@ -95,7 +98,8 @@ inline std::vector<Entry> entries(const ModelConfig& c) {
 // llama.cpp's LlamaModel.permute on the rows of a (heads · hd, cols) matrix: within each head, row
 // half·hd/2 + i (Hugging Face's half-split layout) goes to row 2i + half (interleaved pairs).
 // inverse = true maps back.
-inline void permute_rope_rows(const float* src, float* dst, int64_t heads, int64_t hd, int64_t cols, bool inverse) {
+inline void permute_rope_rows(const float* src, float* dst, int64_t heads, int64_t hd, int64_t cols,
+                              bool inverse) {
   const int64_t half = hd / 2;
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t s = 0; s < 2; ++s)

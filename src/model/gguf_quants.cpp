@@ -4,8 +4,8 @@
 // without floating-point contraction, see CMakeLists.txt).
 //
 //   q8_0  32 values: f16 d, i8 q[32];                      x = d · q
-//   q4_0  32 values: f16 d, u8 qs[16];                     x[j] = d · ((qs[j] & 15) − 8), x[j+16]: high nibble
-//   q4_K  256 values: f16 d, f16 dmin, u8 scales[12], u8 qs[128]; 8 sub-blocks of 32 with 6-bit
+//   q4_0  32 values: f16 d, u8 qs[16];                     x[j] = d · ((qs[j] & 15) − 8), x[j+16]: high
+//   nibble q4_K  256 values: f16 d, f16 dmin, u8 scales[12], u8 qs[128]; 8 sub-blocks of 32 with 6-bit
 //         scale sc and min m: x = (d·sc)·q − (dmin·m); sub-blocks 2i and 2i+1 share the 32 bytes
 //         qs[32i..32i+32) (low, then high nibbles)
 //   q6_K  256 values: u8 ql[128], u8 qh[64], i8 scales[16], f16 d; x = (d·scale)·(q − 32), q 6 bits
@@ -77,8 +77,8 @@ void dequant_q4_k(const uint8_t* b, float* y) {
 }
 
 void dequant_q6_k(const uint8_t* b, float* y) {
-  const uint8_t* ql = b;                                        // (128)
-  const uint8_t* qh = b + 128;                                  // (64)
+  const uint8_t* ql = b;                                      // (128)
+  const uint8_t* qh = b + 128;                                // (64)
   const auto* sc = reinterpret_cast<const int8_t*>(b + 192);  // (16)
   const float d = half_at(b + 208);
   for (int n = 0; n < kQKK; n += 128, y += 128, ql += 64, qh += 32, sc += 8) {
@@ -111,7 +111,8 @@ void quant_q4_0(const float* x, uint8_t* b) {
   const float d = max / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
   put_half(b, d);
   for (int j = 0; j < kQK / 2; ++j) {
-    const auto q0 = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x[j] * id + 8.5f))));
+    const auto q0 =
+        static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x[j] * id + 8.5f))));
     const auto q1 =
         static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>(x[j + kQK / 2] * id + 8.5f))));
     b[2 + j] = static_cast<uint8_t>(q0 | (q1 << 4));

@@ -32,21 +32,24 @@ const char* const kDeepSeekV3Pre =
     R"({"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"\\p{N}{1,3}"},"behavior":"Isolated","invert":false},{"type":"Split","pattern":{"Regex":"[一-龥぀-ゟ゠-ヿ]+"},"behavior":"Isolated","invert":false},{"type":"Split","pattern":{"Regex":"[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+"},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":false}]})";
 
 json byte_level(bool use_regex) {
-  return {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", use_regex}};
+  return {
+      {"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", use_regex}};
 }
 
 json split_then_bytes(const char* regex) {
-  json split = {{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}};
+  json split = {
+      {"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}};
   return {{"type", "Sequence"}, {"pretokenizers", json::array({split, byte_level(false)})}};
 }
 
 json bos_template(const std::string& bos, int64_t id) {
   json tok = {{"SpecialToken", {{"id", bos}, {"type_id", 0}}}};
   json seq = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}};
-  return {{"type", "TemplateProcessing"},
-          {"single", json::array({tok, seq})},
-          {"pair", json::array({tok, seq, tok, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}})},
-          {"special_tokens", {{bos, {{"id", bos}, {"ids", json::array({id})}, {"tokens", json::array({bos})}}}}}};
+  return {
+      {"type", "TemplateProcessing"},
+      {"single", json::array({tok, seq})},
+      {"pair", json::array({tok, seq, tok, {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}})},
+      {"special_tokens", {{bos, {{"id", bos}, {"ids", json::array({id})}, {"tokens", json::array({bos})}}}}}};
 }
 
 // The id of a special token named by metadata key `key`, or -1 when absent or out of range.
@@ -56,7 +59,8 @@ int64_t special_id(const gguf::Reader& r, const std::string& key, size_t n) {
 }
 
 // "a b" merges of a SentencePiece vocabulary, from the scores (see the file comment).
-std::vector<std::string> merges_from_scores(const std::vector<std::string>& tokens, const std::vector<double>& scores,
+std::vector<std::string> merges_from_scores(const std::vector<std::string>& tokens,
+                                            const std::vector<double>& scores,
                                             const std::vector<int64_t>& types) {
   std::unordered_map<std::string, int64_t> id;
   for (size_t i = 0; i < tokens.size(); ++i)
@@ -120,11 +124,18 @@ std::string gguf_tokenizer_json(const gguf::Reader& r) {
   }
   const int64_t bos = special_id(r, "tokenizer.ggml.bos_token_id", n);
   json root = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added}};
-  json m = {{"type", "BPE"},       {"dropout", nullptr},           {"unk_token", nullptr},
-            {"continuing_subword_prefix", nullptr}, {"end_of_word_suffix", nullptr}, {"fuse_unk", false},
-            {"byte_fallback", false}, {"ignore_merges", false}, {"vocab", vocab}};
+  json m = {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", nullptr},
+            {"continuing_subword_prefix", nullptr},
+            {"end_of_word_suffix", nullptr},
+            {"fuse_unk", false},
+            {"byte_fallback", false},
+            {"ignore_merges", false},
+            {"vocab", vocab}};
   if (model == "gpt2") {
-    const bool add_bos = r.has("tokenizer.ggml.add_bos_token") && r.get_int("tokenizer.ggml.add_bos_token") != 0;
+    const bool add_bos =
+        r.has("tokenizer.ggml.add_bos_token") && r.get_int("tokenizer.ggml.add_bos_token") != 0;
     const gguf::Value* mv = r.find("tokenizer.ggml.merges");
     MOE_CHECK(mv && mv->is_array() && mv->elem == gguf::ValueType::STRING, where,
               ": tokenizer.ggml.merges is missing or not an array of strings");
@@ -158,14 +169,16 @@ std::string gguf_tokenizer_json(const gguf::Reader& r) {
     m["fuse_unk"] = true;
     const int64_t unk = special_id(r, "tokenizer.ggml.unknown_token_id", n);
     if (unk >= 0) m["unk_token"] = tokens[unk];
-    const bool prefix = !r.has("tokenizer.ggml.add_space_prefix") || r.get_int("tokenizer.ggml.add_space_prefix") != 0;
+    const bool prefix =
+        !r.has("tokenizer.ggml.add_space_prefix") || r.get_int("tokenizer.ggml.add_space_prefix") != 0;
     json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", "\u2581"}};
-    root["normalizer"] = prefix ? json{{"type", "Sequence"},
-                                       {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\u2581"}},
-                                                                    replace})}}
-                                : replace;
+    root["normalizer"] =
+        prefix ? json{{"type", "Sequence"},
+                      {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\u2581"}}, replace})}}
+               : replace;
     root["pre_tokenizer"] = nullptr;
-    const bool add_bos = !r.has("tokenizer.ggml.add_bos_token") || r.get_int("tokenizer.ggml.add_bos_token") != 0;
+    const bool add_bos =
+        !r.has("tokenizer.ggml.add_bos_token") || r.get_int("tokenizer.ggml.add_bos_token") != 0;
     root["post_processor"] = add_bos && bos >= 0 ? bos_template(tokens[bos], bos) : json(nullptr);
     json dec = json::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
                             {{"type", "ByteFallback"}},
@@ -195,7 +208,8 @@ std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_metadata(const s
   std::vector<int64_t> types;
   auto put = [&](int64_t id, const std::string& s, int64_t type) {
     MOE_CHECK(id >= 0 && id < (int64_t{1} << 24), "export: tokenizer.json: token id ", id, " out of range");
-    if (static_cast<size_t>(id) >= tokens.size()) tokens.resize(static_cast<size_t>(id) + 1), types.resize(tokens.size(), 0);
+    if (static_cast<size_t>(id) >= tokens.size())
+      tokens.resize(static_cast<size_t>(id) + 1), types.resize(tokens.size(), 0);
     tokens[id] = s;
     types[id] = type;
   };
@@ -214,14 +228,16 @@ std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_metadata(const s
         unk = id, types[id] = kUnknown;
       for (const char* b : {"<s>", "<|begin_of_text|>", "<｜begin▁of▁sentence｜>"})
         if (bos < 0 && content == b) bos = id;
-      for (const char* e : {"</s>", "<|endoftext|>", "<|im_end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>"})
+      for (const char* e :
+           {"</s>", "<|endoftext|>", "<|im_end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>"})
         if (eos < 0 && content == e) eos = id;
     }
   for (size_t i = 0; i < tokens.size(); ++i)
     MOE_CHECK(types[i] != 0, "export: tokenizer.json: no token has id ", i);
   std::vector<std::string> merges;
   for (const json& mg : model["merges"])
-    merges.push_back(mg.is_string() ? mg.get<std::string>() : mg[0].get<std::string>() + " " + mg[1].get<std::string>());
+    merges.push_back(mg.is_string() ? mg.get<std::string>()
+                                    : mg[0].get<std::string>() + " " + mg[1].get<std::string>());
   const bool add_bos = root.contains("post_processor") && root["post_processor"].is_object() &&
                        root["post_processor"].value("type", "") == "TemplateProcessing";
   std::vector<std::pair<std::string, gguf::Value>> kv;
@@ -239,7 +255,8 @@ std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_metadata(const s
     kv.emplace_back("tokenizer.ggml.tokens", gguf::str_array(tokens));
     kv.emplace_back("tokenizer.ggml.scores", gguf::f32_array(scores));
     kv.emplace_back("tokenizer.ggml.token_type", gguf::i32_array(types));
-    if (unk >= 0) kv.emplace_back("tokenizer.ggml.unknown_token_id", gguf::u32_value(static_cast<uint32_t>(unk)));
+    if (unk >= 0)
+      kv.emplace_back("tokenizer.ggml.unknown_token_id", gguf::u32_value(static_cast<uint32_t>(unk)));
   } else {
     std::vector<std::string> regexes;  // of the Split pre-tokenizers, in order
     std::function<void(const json&)> walk = [&](const json& p) {

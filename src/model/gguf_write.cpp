@@ -141,13 +141,13 @@ void write_file(const std::string& path, const WriteFile& f) {
   uint64_t offset = 0;
   std::vector<uint64_t> bytes;
   for (const WriteTensor& t : f.tensors) {
-    MOE_CHECK(t.value.defined() && t.value.dim() >= 1 && t.value.dim() <= 4, "gguf writer '", path, "': tensor '",
-              t.name, "' must have 1 to 4 dims");
+    MOE_CHECK(t.value.defined() && t.value.dim() >= 1 && t.value.dim() <= 4, "gguf writer '", path,
+              "': tensor '", t.name, "' must have 1 to 4 dims");
     const Shape& s = t.value.shape();
     const int64_t row = s.back();
     MOE_CHECK(row % ggml_block_size(t.type) == 0, "gguf writer '", path, "': tensor '", t.name, "' ",
-              shape_str(s), ": its last dim is not a multiple of the ", ggml_type_name(static_cast<uint32_t>(t.type)),
-              " block size ", ggml_block_size(t.type));
+              shape_str(s), ": its last dim is not a multiple of the ",
+              ggml_type_name(static_cast<uint32_t>(t.type)), " block size ", ggml_block_size(t.type));
     put_str(head, t.name);
     put<uint32_t>(head, static_cast<uint32_t>(s.size()));
     for (auto it = s.rbegin(); it != s.rend(); ++it) put<uint64_t>(head, static_cast<uint64_t>(*it));

@@ -2,6 +2,7 @@
 // metadata of every type, write -> read round trips, and malformed files refused with a clear error.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -107,15 +108,22 @@ TEST(Gguf, DequantizationMatchesTheGgufPackageBitForBit) {
 TEST(Gguf, QuantizeThenDequantizeStaysWithinTheFormatsStep) {
   std::vector<float> x(64);
   for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i)) * 3.0f;
-  for (gguf::GgmlType t : {gguf::GgmlType::F16, gguf::GgmlType::BF16, gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0}) {
+  for (gguf::GgmlType t :
+       {gguf::GgmlType::F16, gguf::GgmlType::BF16, gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0}) {
     std::vector<uint8_t> q(gguf::ggml_row_bytes(t, 64));
     std::vector<float> y(64);
     gguf::quantize_row(t, x.data(), 64, q.data());
     gguf::dequantize_row(t, q.data(), 64, y.data());
-    // Half a step of the format at the block's largest value (3): q8_0 3/127/2, q4_0 3/8/2 (+ f16 scale).
-    const double step = t == gguf::GgmlType::F16 ? 3 * 0x1p-11 : t == gguf::GgmlType::BF16 ? 3 * 0x1p-8
-                        : t == gguf::GgmlType::Q8_0 ? 3.0 / 127 / 2 * 1.01 : 3.0 / 8 / 2 * 1.01;
-    for (size_t i = 0; i < x.size(); ++i) EXPECT_LE(std::abs(x[i] - y[i]), step) << gguf::ggml_type_name(static_cast<uint32_t>(t)) << " " << i;
+    // Floats: half an ulp at 3. q8_0: half a step d = amax/127, plus 127 times the f16 rounding of d
+    // (2^-12 relative). q4_0: d = amax/8 covers [-8d, 7d], so a value of the opposite sign to the
+    // largest one may be clipped by up to a whole step, plus 8 times the f16 rounding of d.
+    const double d8 = 3.0 / 127, d4 = 3.0 / 8;
+    const double step = t == gguf::GgmlType::F16    ? 3 * 0x1p-11
+                        : t == gguf::GgmlType::BF16 ? 3 * 0x1p-8
+                        : t == gguf::GgmlType::Q8_0 ? d8 * (0.5 + 127 * 0x1p-12)
+                                                    : d4 * (1 + 8 * 0x1p-12);
+    for (size_t i = 0; i < x.size(); ++i)
+      EXPECT_LE(std::abs(x[i] - y[i]), step) << gguf::ggml_type_name(static_cast<uint32_t>(t)) << " " << i;
   }
 }
 
@@ -209,10 +217,12 @@ TEST(Gguf, HugeStringAndArrayLengthsAreRefusedBeforeAllocating) {
   Bytes x;
   x.put<uint32_t>(0x46554747).put<uint32_t>(3).put<uint64_t>(0).put<uint64_t>(1);
   x.put<uint64_t>(uint64_t{1} << 62);  // key length
+  x.b += std::string(64, 'k');
   EXPECT_NE(error_of(x.b).find("has length"), std::string::npos) << error_of(x.b);
   Bytes y;
   y.put<uint32_t>(0x46554747).put<uint32_t>(3).put<uint64_t>(0).put<uint64_t>(1);
-  y.str("tokens").put<uint32_t>(9).put<uint32_t>(8).put<uint64_t>(uint64_t{1} << 61);  // array of 2^61 strings
+  y.str("tokens").put<uint32_t>(9).put<uint32_t>(8).put<uint64_t>(uint64_t{1}
+                                                                  << 61);  // array of 2^61 strings
   EXPECT_NE(error_of(y.b).find("claims"), std::string::npos) << error_of(y.b);
   Bytes z;
   z.put<uint32_t>(0x46554747).put<uint32_t>(3).put<uint64_t>(0).put<uint64_t>(1);
@@ -231,7 +241,8 @@ TEST(Gguf, EveryTruncationOfAValidFileIsAnError) {
 TEST(Gguf, DuplicateTensorNamesAreRefused) {
   Bytes x;
   x.put<uint32_t>(0x46554747).put<uint32_t>(3).put<uint64_t>(2).put<uint64_t>(0);
-  for (int i = 0; i < 2; ++i) x.str("w").put<uint32_t>(1).put<uint64_t>(1).put<uint32_t>(0).put<uint64_t>(i * 32);
+  for (int i = 0; i < 2; ++i)
+    x.str("w").put<uint32_t>(1).put<uint64_t>(1).put<uint32_t>(0).put<uint64_t>(i * 32);
   x.pad(32);
   x.b += std::string(64, '\0');
   EXPECT_NE(error_of(x.b).find("appears twice"), std::string::npos) << error_of(x.b);

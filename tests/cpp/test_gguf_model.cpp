@@ -53,7 +53,8 @@ model::Transformer quantized_reference(const std::string& arch, gguf::GgmlType t
     const bool router = p.name.find(".gate.weight") != std::string::npos;
     if (p.value.dim() < 2 || router) continue;
     // Rows of partial blocks: f16, as the converter writes them.
-    const gguf::GgmlType pt = p.value.shape().back() % gguf::ggml_block_size(t) != 0 ? gguf::GgmlType::F16 : t;
+    const gguf::GgmlType pt =
+        p.value.shape().back() % gguf::ggml_block_size(t) != 0 ? gguf::GgmlType::F16 : t;
     Tensor v = p.value.contiguous();
     std::vector<uint8_t> q(gguf::ggml_row_bytes(pt, v.numel()));
     gguf::quantize_row(pt, v.data<float>(), v.numel(), q.data());
@@ -94,7 +95,8 @@ TEST_P(GgufArch, F32FileGivesTheCheckpointsConfigAndLogits) {
 TEST_P(GgufArch, ExportThenLoadGivesTheSameLogits) {
   const std::string arch = GetParam();
   const model::Transformer ref = model::load_pretrained(kFixtures + "/hf/" + arch);
-  const std::string out = (std::filesystem::temp_directory_path() / ("moe_test_export_" + arch + ".gguf")).string();
+  const std::string out =
+      (std::filesystem::temp_directory_path() / ("moe_test_export_" + arch + ".gguf")).string();
   EXPECT_EQ(model::export_gguf(ref, out, {}), "");
   const model::Transformer m = model::load_gguf(out);
   const Prompt p = prompt_of(arch);
@@ -127,8 +129,10 @@ TEST_P(GgufType, QuantizedFileGivesTheLogitsOfTheQuantizedWeights) {
   const Prompt p = prompt_of("mixtral");
   const std::vector<double> got = logits(m, p);
   EXPECT_LT(rel_err(got, logits(quantized_reference("mixtral", t), p)), 2e-5);
-  const double step = t == gguf::GgmlType::F16 ? 0x1p-11 : t == gguf::GgmlType::BF16 ? 0x1p-8
-                      : t == gguf::GgmlType::Q8_0 ? 1.0 / 127 : 1.0 / 8;
+  const double step = t == gguf::GgmlType::F16    ? 0x1p-11
+                      : t == gguf::GgmlType::BF16 ? 0x1p-8
+                      : t == gguf::GgmlType::Q8_0 ? 1.0 / 127
+                                                  : 1.0 / 8;
   const double err = rel_err(got, logits(model::load_pretrained(kFixtures + "/hf/mixtral"), p));
   RecordProperty("relative_logit_error_vs_f32", std::to_string(err));
   EXPECT_LT(err, 10 * step);
@@ -166,7 +170,8 @@ TEST(GgufModel, MissingTensorsAndUnknownArchitecturesAreNamed) {
     model::load_gguf(out);
     FAIL() << "accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("architecture 'gpt2' is not supported"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("architecture 'gpt2' is not supported"), std::string::npos)
+        << e.what();
   }
   // A mixtral file without its layer-1 router: refused, naming the tensor.
   const gguf::Reader r(kFixtures + "/gguf/mixtral.f32.gguf");
@@ -174,13 +179,15 @@ TEST(GgufModel, MissingTensorsAndUnknownArchitecturesAreNamed) {
   for (const auto& [k, v] : r.metadata()) f.metadata.emplace_back(k, v);
   f.tensors.clear();
   for (const gguf::TensorInfo& t : r.tensors())
-    if (t.name != "blk.1.attn_v.weight") f.tensors.push_back({t.name, r.load_f32(t.name), gguf::GgmlType::F32});
+    if (t.name != "blk.1.attn_v.weight")
+      f.tensors.push_back({t.name, r.load_f32(t.name), gguf::GgmlType::F32});
   gguf::write_file(out, f);
   try {
     model::load_gguf(out);
     FAIL() << "accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("model.layers.1.self_attn.v_proj.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.self_attn.v_proj.weight"), std::string::npos)
+        << e.what();
     EXPECT_NE(std::string(e.what()).find(out), std::string::npos) << e.what();
   }
   std::filesystem::remove(out);

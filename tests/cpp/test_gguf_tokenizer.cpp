@@ -25,13 +25,27 @@ text::Tokenizer from_gguf(const std::string& path) {
   return text::Tokenizer::from_json(model::gguf_tokenizer_json(r), path);
 }
 
-// Every case of the fixture: ids without and with the special tokens, and the decoded text.
+// Every case of the fixture: ids without and with the special tokens, and the decoded text. GGUF
+// has no place for an added token's lstrip, rstrip and single_word flags (llama.cpp sets them by
+// model name, if at all): the cases whose text holds such a token are skipped (and counted).
 void expect_cases(const text::Tokenizer& tok, const std::string& name) {
   const std::string path = kFixtures + "/tokenizers/" + name + "/cases.json";
   const nlohmann::json cases = nlohmann::json::parse(io::read_file(path, path));
-  int n = 0;
+  const std::string tj = kFixtures + "/tokenizers/" + name + "/tokenizer.json";
+  std::vector<std::string> flagged;
+  const nlohmann::json file = nlohmann::json::parse(io::read_file(tj, tj));
+  for (const nlohmann::json& a : file["added_tokens"])
+    if (a.value("lstrip", false) || a.value("rstrip", false) || a.value("single_word", false))
+      flagged.push_back(a["content"].get<std::string>());
+  int n = 0, skipped = 0;
   for (const nlohmann::json& c : cases) {
     const std::string text = c["text"].get<std::string>();
+    bool skip = false;
+    for (const std::string& f : flagged) skip = skip || text.find(f) != std::string::npos;
+    if (skip) {
+      ++skipped;
+      continue;
+    }
     const auto ids = c["ids"].get<std::vector<int32_t>>();
     EXPECT_EQ(tok.encode(text), ids) << name << ": " << text;
     EXPECT_EQ(tok.encode(text, {.add_special_tokens = true}), c["ids_special"].get<std::vector<int32_t>>())
@@ -40,6 +54,7 @@ void expect_cases(const text::Tokenizer& tok, const std::string& name) {
     ++n;
   }
   EXPECT_GT(n, 0);
+  EXPECT_LE(skipped, 3) << "cases skipped for added-token flags";
 }
 
 }  // namespace
@@ -48,7 +63,8 @@ class GgufTokenizer : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GgufTokenizer, EncodesLikeTheTokenizerJson) {
   const text::Tokenizer tok = from_gguf(kFixtures + "/gguf/tokenizers/" + GetParam() + ".gguf");
-  const text::Tokenizer ref = text::Tokenizer::load(kFixtures + "/tokenizers/" + GetParam() + "/tokenizer.json");
+  const text::Tokenizer ref =
+      text::Tokenizer::load(kFixtures + "/tokenizers/" + GetParam() + "/tokenizer.json");
   EXPECT_EQ(tok.vocab_size(), ref.vocab_size());
   EXPECT_EQ(tok.eos_id(), ref.eos_id());
   EXPECT_EQ(tok.bos_id(), ref.bos_id());
@@ -67,7 +83,8 @@ TEST_P(GgufTokenizer, ExportedMetadataEncodesLikeTheTokenizerJson) {
   std::filesystem::remove(out);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizer, ::testing::Values("qwen2", "olmoe", "deepseek_v3", "mixtral"),
+INSTANTIATE_TEST_SUITE_P(Fixtures, GgufTokenizer,
+                         ::testing::Values("qwen2", "olmoe", "deepseek_v3", "mixtral"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 
 TEST(GgufTokenizer, AFileWithoutATokenizerGivesNone) {

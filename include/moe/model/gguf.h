@@ -27,10 +27,10 @@ namespace moe::gguf {
 // The ggml tensor types this engine reads (their numbers in ggml.h); others are refused by name.
 enum class GgmlType : uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q4_K = 12, Q6_K = 14, BF16 = 30 };
 bool ggml_type_supported(uint32_t t);
-const char* ggml_type_name(uint32_t t);         // "q4_K", or "type 7" for one this engine does not know
+const char* ggml_type_name(uint32_t t);            // "q4_K", or "type 7" for one this engine does not know
 GgmlType ggml_type_from_name(const std::string&);  // "f32", "q8_0", ... (case-insensitive); throws
-int64_t ggml_block_size(GgmlType t);            // elements per block (1 for float types)
-int64_t ggml_block_bytes(GgmlType t);           // bytes per block
+int64_t ggml_block_size(GgmlType t);               // elements per block (1 for float types)
+int64_t ggml_block_bytes(GgmlType t);              // bytes per block
 
 // Blocks of ggml's layouts (ggml-common.h), n elements (a multiple of the type's block size):
 // dequantize_row reads n values from `src` (n / block · block_bytes bytes); quantize_row writes
@@ -42,12 +42,24 @@ uint64_t ggml_row_bytes(GgmlType t, int64_t n);  // bytes of n elements (n a mul
 
 // Metadata value types (gguf_type in ggml).
 enum class ValueType : uint32_t {
-  U8 = 0, I8 = 1, U16 = 2, I16 = 3, U32 = 4, I32 = 5, F32 = 6, BOOL = 7, STRING = 8, ARRAY = 9,
-  U64 = 10, I64 = 11, F64 = 12
+  U8 = 0,
+  I8 = 1,
+  U16 = 2,
+  I16 = 3,
+  U32 = 4,
+  I32 = 5,
+  F32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  U64 = 10,
+  I64 = 11,
+  F64 = 12
 };
 const char* value_type_name(ValueType t);
 
-// One metadata value. Scalars: integers in `i` (u64 above INT64_MAX is refused), floats in `f`,
+// One metadata value. Scalars: integers in `i` (u64 above INT64_MAX is refused), floats in `f` (an
+// f32 as the shortest decimal that reads back as that f32: 1e-6 rather than 9.99999997e-07),
 // bools in `i` (0/1), strings in `s`. Arrays: `elem` is the element type and the elements are in
 // `ints` (integer and bool types), `floats` or `strings`; an array of arrays keeps only its count.
 struct Value {
