@@ -63,6 +63,26 @@ std::vector<std::pair<std::string, gguf::Value>> model_metadata(const ModelConfi
   return kv;
 }
 
+// What of this model llama.cpp computes differently (it has no switch for these): said when exporting.
+std::vector<std::string> llama_cpp_differences(const ModelConfig& c) {
+  std::vector<std::string> d;
+  const bool llama_norm =
+      c.arch == Arch::Mixtral || c.arch == Arch::Qwen3Moe;  // llama.cpp renormalises top-k
+  if (c.arch != Arch::Mixtral && c.norm_topk_prob != llama_norm)
+    d.push_back(cat("llama.cpp's ", gguf_names::llama_cpp_arch(c.arch),
+                    llama_norm ? " renormalises" : " does not renormalise",
+                    " the top-k routing weights and this model ", c.norm_topk_prob ? "does" : "does not",
+                    " (norm_topk_prob): its outputs will differ"));
+  bool dense = false;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) dense = dense || !c.is_moe_layer(l);
+  if (dense)
+    d.push_back(
+        "llama.cpp needs experts in every layer and this model has dense layers: it will not load there");
+  if (c.arch == Arch::Olmoe && c.num_key_value_heads != c.num_attention_heads)
+    d.push_back("llama.cpp's olmoe expects as many key/value heads as heads: it will not load there");
+  return d;
+}
+
 }  // namespace
 
 std::string export_gguf(const Transformer& m, const std::string& path, const GgufExportOptions& opt) {
@@ -122,10 +142,14 @@ std::string export_gguf(const Transformer& m, const std::string& path, const Ggu
     f.tensors.push_back({name, v, type});
   }
   gguf::write_file(path, f);
-  return fallback == 0
-             ? std::string()
-             : cat(fallback, " matrices have rows that are not whole ",
-                   gguf::ggml_type_name(static_cast<uint32_t>(opt.type)), " blocks: written as f16");
+  std::vector<std::string> notes;
+  if (fallback > 0)
+    notes.push_back(cat(fallback, " matrices have rows that are not whole ",
+                        gguf::ggml_type_name(static_cast<uint32_t>(opt.type)), " blocks: written as f16"));
+  for (const std::string& n : llama_cpp_differences(c)) notes.push_back(n);
+  std::string out;
+  for (const std::string& n : notes) out += (out.empty() ? "" : "; ") + n;
+  return out;
 }
 
 }  // namespace moe::model

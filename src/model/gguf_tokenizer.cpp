@@ -22,7 +22,7 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-constexpr int kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kByte = 6;
+constexpr int kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6;
 
 const char* const kQwen2Regex =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
@@ -101,13 +101,16 @@ std::string gguf_tokenizer_json(const gguf::Reader& r) {
   MOE_CHECK(tv && tv->is_array() && tv->elem == gguf::ValueType::STRING, where,
             ": tokenizer.ggml.tokens is missing or not an array of strings");
   const std::vector<std::string>& tokens = tv->strings;
-  const size_t n = tokens.size();
+  size_t n = tokens.size();
   std::vector<int64_t> types(n, kNormal);
   if (const gguf::Value* t = r.find("tokenizer.ggml.token_type")) {
     MOE_CHECK(t->is_array() && t->ints.size() == n, where, ": tokenizer.ggml.token_type has ", t->count,
               " entries for ", n, " tokens");
     types = t->ints;
   }
+  // Unused tokens at the end pad the list to the embedding's rows: the tokenizer stops before them
+  // (as Hugging Face's does), so that they decode to nothing.
+  while (n > 0 && types[n - 1] == kUnused) --n;
   json vocab = json::object();
   for (size_t i = 0; i < n; ++i) vocab[tokens[i]] = i;  // a repeated token keeps its last id, as HF's dict
   json added = json::array();
@@ -162,9 +165,10 @@ std::string gguf_tokenizer_json(const gguf::Reader& r) {
     root["decoder"] = byte_level(true);
   } else {
     const gguf::Value* sv = r.find("tokenizer.ggml.scores");
-    MOE_CHECK(sv && sv->is_array() && sv->floats.size() == n, where,
+    MOE_CHECK(sv && sv->is_array() && sv->floats.size() == tokens.size(), where,
               ": tokenizer.ggml.scores is missing or does not have one score per token");
-    m["merges"] = merges_from_scores(tokens, sv->floats, types);
+    m["merges"] = merges_from_scores({tokens.begin(), tokens.begin() + static_cast<std::ptrdiff_t>(n)},
+                                     sv->floats, types);
     m["byte_fallback"] = true;
     m["fuse_unk"] = true;
     const int64_t unk = special_id(r, "tokenizer.ggml.unknown_token_id", n);
@@ -234,6 +238,13 @@ std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_metadata(const s
     }
   for (size_t i = 0; i < tokens.size(); ++i)
     MOE_CHECK(types[i] != 0, "export: tokenizer.json: no token has id ", i);
+  MOE_CHECK(c.vocab_size == 0 || static_cast<int64_t>(tokens.size()) <= c.vocab_size,
+            "export: the tokenizer has ", tokens.size(), " tokens but the model only ", c.vocab_size);
+  // llama.cpp wants one token per embedding row: pad as the converter does ("[PADi]", unused).
+  for (auto i = static_cast<int64_t>(tokens.size()); i < c.vocab_size; ++i) {
+    tokens.push_back(cat("[PAD", i, "]"));
+    types.push_back(kUnused);
+  }
   std::vector<std::string> merges;
   for (const json& mg : model["merges"])
     merges.push_back(mg.is_string() ? mg.get<std::string>()

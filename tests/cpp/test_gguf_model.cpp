@@ -97,7 +97,13 @@ TEST_P(GgufArch, ExportThenLoadGivesTheSameLogits) {
   const model::Transformer ref = model::load_pretrained(kFixtures + "/hf/" + arch);
   const std::string out =
       (std::filesystem::temp_directory_path() / ("moe_test_export_" + arch + ".gguf")).string();
-  EXPECT_EQ(model::export_gguf(ref, out, {}), "");
+  // What llama.cpp cannot run of these fixtures is said: qwen's dense layers, olmoe's kv heads.
+  const std::string note = model::export_gguf(ref, out, {});
+  const std::string want = arch == "mixtral" ? "" : arch == "olmoe" ? "key/value heads" : "dense layers";
+  if (want.empty())
+    EXPECT_EQ(note, "");
+  else
+    EXPECT_NE(note.find(want), std::string::npos) << note;
   const model::Transformer m = model::load_gguf(out);
   const Prompt p = prompt_of(arch);
   EXPECT_EQ(logits(m, p), logits(ref, p));

@@ -52,8 +52,9 @@ struct GgufExportOptions {
   std::string name;                           // general.name
 };
 // Writes the model as GGUF with the metadata and tensor names llama.cpp expects for its
-// architecture. Matrices whose rows are not a whole number of the type's blocks are written as f16
-// (q8_0/q4_0) and counted in the returned note.
+// architecture. Returns a note ("" when none): matrices whose rows are not a whole number of the
+// type's blocks (written as f16), and what llama.cpp cannot reproduce (top-k renormalisation other
+// than its fixed one per architecture, dense layers, olmoe with grouped-query attention).
 std::string export_gguf(const Transformer& m, const std::string& path, const GgufExportOptions& opt);
 
 // Tokenizer metadata: a tokenizer.json (text) from the file's tokenizer.ggml.* keys ("" when the
