@@ -95,10 +95,14 @@ ModelConfig gguf_model_config(const gguf::Reader& r) {
     const std::string blk = cat("blk.", l, ".");
     need(r, blk + "attn_norm.weight");
     if (r.find_tensor(blk + "ffn_gate_inp.weight")) {
-      const gguf::TensorInfo& g = need(r, blk + "ffn_gate_exps.weight");
-      MOE_CHECK(g.ne.size() == 3 && g.ne[0] == c.hidden_size && g.ne[2] == c.num_experts, "gguf '", p,
-                "': tensor '", g.name, "' has ne ", shape_str(Shape(g.ne.begin(), g.ne.end())),
-                ", expected {", c.hidden_size, ", F, ", c.num_experts, "}");
+      // Stacked experts, or (files from before llama.cpp stacked them) one tensor per expert.
+      const gguf::TensorInfo* split =
+          r.find_tensor(blk + "ffn_gate_exps.weight") ? nullptr : r.find_tensor(blk + "ffn_gate.0.weight");
+      const gguf::TensorInfo& g = split ? *split : need(r, blk + "ffn_gate_exps.weight");
+      const size_t dims = split ? 2 : 3;
+      MOE_CHECK(g.ne.size() == dims && g.ne[0] == c.hidden_size && (split || g.ne[2] == c.num_experts),
+                "gguf '", p, "': tensor '", g.name, "' has ne ", shape_str(Shape(g.ne.begin(), g.ne.end())),
+                ", expected {", c.hidden_size, ", F", split ? "" : cat(", ", c.num_experts), "}");
       MOE_CHECK(expert_width == 0 || expert_width == g.ne[1], "gguf '", p,
                 "': expert width differs between layers");
       expert_width = g.ne[1];
@@ -142,7 +146,11 @@ ModelConfig gguf_model_config(const gguf::Reader& r) {
 TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const ModelConfig& c) {
   auto by_hf = std::make_shared<std::map<std::string, gguf_names::Entry>>();
   std::set<std::string> known;
-  for (const gguf_names::Entry& e : gguf_names::entries(c)) {
+  for (gguf_names::Entry e : gguf_names::entries(c)) {
+    if (e.kind == Kind::Expert && !r->find_tensor(e.gguf)) {  // "blk.N.ffn_gate.E.weight", one per expert
+      const std::string legacy = gguf_names::split_expert_name(e.gguf, e.expert);
+      if (r->find_tensor(legacy)) e.gguf = legacy, e.kind = Kind::Plain;
+    }
     (*by_hf)[e.hf] = e;
     known.insert(e.gguf);
   }

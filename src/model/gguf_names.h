@@ -95,6 +95,13 @@ inline std::vector<Entry> entries(const ModelConfig& c) {
   return out;
 }
 
+// The name of expert e's own tensor in files written before llama.cpp stacked the experts:
+// "blk.N.ffn_gate_exps.weight" -> "blk.N.ffn_gate.E.weight" (llama.cpp still reads them).
+inline std::string split_expert_name(const std::string& stacked, int64_t e) {
+  const std::string suffix = "_exps.weight";
+  return stacked.substr(0, stacked.size() - suffix.size()) + cat(".", e, ".weight");
+}
+
 // llama.cpp's LlamaModel.permute on the rows of a (heads · hd, cols) matrix: within each head, row
 // half·hd/2 + i (Hugging Face's half-split layout) goes to row 2i + half (interleaved pairs).
 // inverse = true maps back.

@@ -198,3 +198,29 @@ TEST(GgufModel, MissingTensorsAndUnknownArchitecturesAreNamed) {
   }
   std::filesystem::remove(out);
 }
+
+TEST(GgufModel, ExpertsStoredOnePerTensorLoadAsStacked) {
+  // Files from before llama.cpp stacked the experts hold blk.N.ffn_gate.E.weight, one per expert.
+  const gguf::Reader r(kFixtures + "/gguf/mixtral.f32.gguf");
+  gguf::WriteFile f;
+  for (const auto& [k, v] : r.metadata()) f.metadata.emplace_back(k, v);
+  for (const gguf::TensorInfo& t : r.tensors()) {
+    const Tensor v = r.load_f32(t.name);
+    const size_t at = t.name.find("_exps.weight");
+    if (at == std::string::npos) {
+      f.tensors.push_back({t.name, v, gguf::GgmlType::F32});
+      continue;
+    }
+    for (int64_t e = 0; e < v.size(0); ++e)
+      f.tensors.push_back({t.name.substr(0, at) + "." + std::to_string(e) + ".weight",
+                           v.slice(0, e, e + 1).reshape({v.size(1), v.size(2)}).contiguous(),
+                           gguf::GgmlType::F32});
+  }
+  const std::string out =
+      (std::filesystem::temp_directory_path() / "moe_test_gguf_split_experts.gguf").string();
+  gguf::write_file(out, f);
+  ASSERT_NE(gguf::Reader(out).find_tensor("blk.1.ffn_down.3.weight"), nullptr);
+  const Prompt p = prompt_of("mixtral");
+  EXPECT_EQ(logits(model::load_gguf(out), p), logits(model::load_pretrained(kFixtures + "/hf/mixtral"), p));
+  std::filesystem::remove(out);
+}
