@@ -32,6 +32,44 @@ uint32_t file_type(GgmlType t) {
   }
 }
 
+// deepseek2's keys as the converter writes them: MLA seen as MQA with kv_lora_rank + rope dims per
+// key, the per-head dims under *_mla, the router, YaRN (GGUF keeps 0.1 · mscale_all_dim only).
+void deepseek2_metadata(const ModelConfig& c, std::vector<std::pair<std::string, gguf::Value>>& kv) {
+  const std::string a = "deepseek2.";
+  auto u32 = [](int64_t v) { return gguf::u32_value(static_cast<uint32_t>(v)); };
+  auto set = [&](const std::string& key, gguf::Value v) {
+    for (auto& [k, old] : kv)
+      if (k == key) return void(old = std::move(v));
+    kv.emplace_back(key, std::move(v));
+  };
+  set(a + "attention.head_count_kv", u32(1));
+  set(a + "rope.dimension_count", u32(c.qk_rope_head_dim));
+  set(a + "attention.key_length", u32(c.kv_lora_rank + c.qk_rope_head_dim));
+  set(a + "attention.value_length", u32(c.kv_lora_rank));
+  set(a + "attention.key_length_mla", u32(c.qk_nope_head_dim + c.qk_rope_head_dim));
+  set(a + "attention.value_length_mla", u32(c.v_head_dim));
+  if (c.q_lora_rank > 0) set(a + "attention.q_lora_rank", u32(c.q_lora_rank));
+  set(a + "attention.kv_lora_rank", u32(c.kv_lora_rank));
+  set(a + "leading_dense_block_count", u32(c.first_k_dense_replace));
+  set(a + "expert_shared_count", u32(c.n_shared_experts));
+  set(a + "expert_weights_scale", gguf::f32_value(static_cast<float>(c.routed_scaling_factor)));
+  set(a + "expert_weights_norm", gguf::bool_value(c.norm_topk_prob));
+  set(a + "expert_gating_func", u32(2));  // sigmoid
+  set(a + "expert_group_count", u32(c.n_group));
+  set(a + "expert_group_used_count", u32(c.topk_group));
+  if (c.rope_scaling.yarn()) {
+    const RopeScaling& y = c.rope_scaling;
+    set(a + "rope.scaling.type", gguf::str_value("yarn"));
+    set(a + "rope.scaling.factor", gguf::f32_value(static_cast<float>(y.factor)));
+    set(a + "rope.scaling.original_context_length",
+        u32(y.original_max_position_embeddings > 0 ? y.original_max_position_embeddings
+                                                   : c.max_position_embeddings));
+    set(a + "rope.scaling.yarn_log_multiplier", gguf::f32_value(static_cast<float>(0.1 * y.mscale_all_dim)));
+    set(a + "rope.scaling.yarn_beta_fast", gguf::f32_value(static_cast<float>(y.beta_fast)));
+    set(a + "rope.scaling.yarn_beta_slow", gguf::f32_value(static_cast<float>(y.beta_slow)));
+  }
+}
+
 std::vector<std::pair<std::string, gguf::Value>> model_metadata(const ModelConfig& c, const std::string& name,
                                                                 GgmlType type) {
   const std::string arch = gguf_names::llama_cpp_arch(c.arch), a = arch + ".";
@@ -56,8 +94,9 @@ std::vector<std::pair<std::string, gguf::Value>> model_metadata(const ModelConfi
       {a + "expert_used_count", u32(c.num_experts_per_tok)},
       {a + "expert_weights_norm", gguf::bool_value(c.norm_topk_prob || c.arch == Arch::Mixtral)},
   };
-  if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Qwen3Moe)
+  if (c.arch == Arch::Qwen2Moe || c.arch == Arch::Qwen3Moe || c.mla())
     kv.emplace_back(a + "expert_feed_forward_length", u32(c.moe_intermediate_size));
+  if (c.mla()) deepseek2_metadata(c, kv);
   if (c.arch == Arch::Qwen2Moe)
     kv.emplace_back(a + "expert_shared_feed_forward_length", u32(c.shared_expert_intermediate_size));
   return kv;
@@ -68,13 +107,23 @@ std::vector<std::string> llama_cpp_differences(const ModelConfig& c) {
   std::vector<std::string> d;
   const bool llama_norm =
       c.arch == Arch::Mixtral || c.arch == Arch::Qwen3Moe;  // llama.cpp renormalises top-k
-  if (c.arch != Arch::Mixtral && c.norm_topk_prob != llama_norm)
+  if (c.arch != Arch::Mixtral && !c.mla() && c.norm_topk_prob != llama_norm)
     d.push_back(cat("llama.cpp's ", gguf_names::llama_cpp_arch(c.arch),
                     llama_norm ? " renormalises" : " does not renormalise",
                     " the top-k routing weights and this model ", c.norm_topk_prob ? "does" : "does not",
                     " (norm_topk_prob): its outputs will differ"));
+  if (c.mla() && !c.rope_interleave)
+    d.push_back(
+        "llama.cpp's deepseek2 rotates interleaved pairs and this model half-split ones (rope_interleave "
+        "false): its outputs will differ, and this engine reads the file back as interleaved");
+  if (c.mla() && c.rope_scaling.yarn() && c.rope_scaling.mscale != c.rope_scaling.mscale_all_dim)
+    d.push_back(
+        "GGUF keeps YaRN's mscale_all_dim only (llama.cpp takes mscale equal to it) and this model's "
+        "mscale differs: outputs will differ");
+  if (c.mla() && c.mla_bias)
+    d.push_back("llama.cpp's deepseek2 has no attention biases: it will not load there");
   bool dense = false;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) dense = dense || !c.is_moe_layer(l);
+  for (int64_t l = 0; l < c.num_hidden_layers && !c.mla(); ++l) dense = dense || !c.is_moe_layer(l);
   if (dense)
     d.push_back(
         "llama.cpp needs experts in every layer and this model has dense layers: it will not load there");
@@ -116,6 +165,16 @@ std::string export_gguf(const Transformer& m, const std::string& path, const Ggu
       gguf_names::permute_rope_rows(t.data<float>(), out.data<float>(), heads, c.head_dim_or_default(),
                                     t.size(1), false);
       plain[e.gguf] = out;
+    } else if (e.kind == Kind::KvB) {  // split into attn_k_b (H, r, nope) and attn_v_b (H, v, r)
+      const int64_t H = c.num_attention_heads, R = c.kv_lora_rank, nope = c.qk_nope_head_dim,
+                    v = c.v_head_dim;
+      Tensor k_b = Tensor::empty({H, R, nope}, DType::F32), v_b = Tensor::empty({H, v, R}, DType::F32);
+      gguf_names::split_kv_b(t.data<float>(), k_b.data<float>(), v_b.data<float>(), H, R, nope, v);
+      const std::string vb = e.gguf.substr(0, e.gguf.size() - 15) + "attn_v_b.weight";
+      plain[e.gguf] = k_b;
+      plain[vb] = v_b;
+      order.push_back(vb);
+      kind[vb] = Kind::Plain;
     } else {  // the shared-expert gate stays (1, d): ne {d, 1}, as the converter writes it
       plain[e.gguf] = t;
     }

@@ -1,5 +1,7 @@
 // Loading a model from a GGUF file: the config from llama.cpp's metadata keys, the tensors under the
 // engine's names (gguf_names.h), dequantized to f32.
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -22,8 +24,9 @@ Arch arch_of(const gguf::Reader& r) {
   if (a == "qwen2moe") return Arch::Qwen2Moe;
   if (a == "qwen3moe") return Arch::Qwen3Moe;
   if (a == "olmoe") return Arch::Olmoe;
+  if (a == "deepseek2") return Arch::DeepseekV3;
   throw Error(cat("gguf '", r.path(), "': architecture '", a,
-                  "' is not supported (llama with experts, qwen2moe, qwen3moe and olmoe are)"));
+                  "' is not supported (llama with experts, qwen2moe, qwen3moe, olmoe and deepseek2 are)"));
 }
 
 // The tensor's dims innermost first, or an error naming the expected ones.
@@ -43,6 +46,58 @@ int64_t positive(const gguf::Reader& r, const std::string& key, int64_t fallback
   MOE_CHECK(x > 0 && x <= (int64_t{1} << 31), "gguf '", r.path(), "': metadata '", key, "' = ", x,
             " is out of range");
   return x;
+}
+
+// deepseek2 (DeepSeek-V3 layout): latent attention, sigmoid group-limited router with a selection
+// bias, ungated shared experts, leading dense layers, YaRN. `c` holds the keys common to all.
+void deepseek2_config(const gguf::Reader& r, ModelConfig& c) {
+  const std::string a = "deepseek2.";
+  const std::string& p = r.path();
+  // Absent (the converter writes it only from config.json's scoring_func): sigmoid when the file
+  // has the selection bias of DeepSeek-V3's router, else llama.cpp's default, softmax.
+  const int64_t gating =
+      r.get_int(a + "expert_gating_func",
+                r.find_tensor(cat("blk.", c.num_hidden_layers - 1, ".exp_probs_b.bias")) ? 2 : 1);
+  MOE_CHECK(gating == 2, "gguf '", p, "': deepseek2 with expert_gating_func ", gating,
+            " (softmax, DeepSeek-V2): only the sigmoid router of DeepSeek-V3 (2) is supported");
+  c.num_key_value_heads = c.num_attention_heads;  // the converter writes 1 (MQA view of MLA)
+  c.q_lora_rank = r.get_int(a + "attention.q_lora_rank", 0);
+  c.kv_lora_rank = positive(r, a + "attention.kv_lora_rank");
+  c.qk_rope_head_dim = positive(r, a + "rope.dimension_count");
+  c.head_dim = c.qk_rope_head_dim;
+  // key/value_length_mla: the per-head dims (newer files; older ones have them as key/value_length).
+  const bool mla_keys = r.has(a + "attention.key_length_mla");
+  const int64_t k = positive(r, a + (mla_keys ? "attention.key_length_mla" : "attention.key_length"));
+  c.v_head_dim = positive(r, a + (mla_keys ? "attention.value_length_mla" : "attention.value_length"));
+  MOE_CHECK(k > c.qk_rope_head_dim, "gguf '", p, "': key length ", k, " is not above the rope dims ",
+            c.qk_rope_head_dim);
+  c.qk_nope_head_dim = k - c.qk_rope_head_dim;
+  c.rope_interleave = true;  // llama.cpp's deepseek2 rope rotates adjacent pairs
+  c.first_k_dense_replace = r.get_int(a + "leading_dense_block_count", 0);
+  c.n_shared_experts = r.get_int(a + "expert_shared_count", 0);
+  c.n_group = r.get_int(a + "expert_group_count", 1);
+  c.topk_group = r.get_int(a + "expert_group_used_count", 1);
+  c.routed_scaling_factor = r.get_float(a + "expert_weights_scale", 1.0);
+  c.norm_topk_prob = r.get_int(a + "expert_weights_norm", 0) != 0;
+  const std::string scaling = r.get_string(a + "rope.scaling.type", "none");
+  MOE_CHECK(scaling == "none" || scaling == "yarn", "gguf '", p, "': rope scaling '", scaling,
+            "' is not supported (yarn is)");
+  if (scaling == "yarn") {
+    RopeScaling& y = c.rope_scaling;
+    y.type = "yarn";
+    y.factor = r.get_float(a + "rope.scaling.factor");
+    y.original_max_position_embeddings = positive(r, a + "rope.scaling.original_context_length");
+    // GGUF keeps 0.1 · mscale_all_dim only; llama.cpp takes mscale equal to it.
+    char buf[32];  // 0.1 · 0.8 read back as 0.8, not 0.7999999999999999
+    std::snprintf(buf, sizeof buf, "%.7g", r.get_float(a + "rope.scaling.yarn_log_multiplier", 0) / 0.1);
+    y.mscale_all_dim = std::strtod(buf, nullptr);
+    y.mscale = y.mscale_all_dim;
+    y.beta_fast = r.get_float(a + "rope.scaling.yarn_beta_fast", 32);
+    y.beta_slow = r.get_float(a + "rope.scaling.yarn_beta_slow", 1);
+  }
+  c.mla_bias = r.find_tensor("blk.0.attn_kv_a_mqa.bias") != nullptr;
+  c.moe_intermediate_size = positive(r, a + "expert_feed_forward_length");
+  c.intermediate_size = positive(r, a + "feed_forward_length", c.moe_intermediate_size);
 }
 
 }  // namespace
@@ -69,6 +124,23 @@ ModelConfig gguf_model_config(const gguf::Reader& r) {
   MOE_CHECK(c.num_experts > 0, "gguf '", p, "': ", a,
             "expert_count is missing: a dense model (this engine runs ", "mixture-of-experts models)");
   c.num_experts_per_tok = positive(r, a + "expert_used_count");
+  if (c.arch == Arch::DeepseekV3) {
+    deepseek2_config(r, c);
+    const gguf::TensorInfo& embd = need(r, "token_embd.weight");
+    MOE_CHECK(embd.ne.size() == 2 && embd.ne[0] == c.hidden_size, "gguf '", p,
+              "': tensor 'token_embd.weight' has ne ", shape_str(Shape(embd.ne.begin(), embd.ne.end())),
+              ", expected {", c.hidden_size, ", vocab}");
+    c.vocab_size = embd.ne[1];
+    c.tie_word_embeddings = r.find_tensor("output.weight") == nullptr;
+    c.bos_token_id = r.get_int("tokenizer.ggml.bos_token_id", -1);
+    c.eos_token_id = r.get_int("tokenizer.ggml.eos_token_id", -1);
+    try {
+      c.validate();
+    } catch (const Error& e) {
+      throw Error(cat("gguf '", p, "': ", e.what()));
+    }
+    return c;
+  }
   const int64_t hd = positive(r, a + "attention.key_length", c.hidden_size / c.num_attention_heads);
   if (hd != c.hidden_size / c.num_attention_heads || c.arch == Arch::Qwen3Moe) c.head_dim = hd;
   const int64_t vd = positive(r, a + "attention.value_length", hd);
@@ -151,8 +223,13 @@ TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const Mod
       const std::string legacy = gguf_names::split_expert_name(e.gguf, e.expert);
       if (r->find_tensor(legacy)) e.gguf = legacy, e.kind = Kind::Plain;
     }
+    if (e.kind == Kind::KvB && !r->find_tensor(e.gguf)) {  // files before the k_b/v_b split
+      const std::string joined = e.gguf.substr(0, e.gguf.size() - 15) + "attn_kv_b.weight";
+      if (r->find_tensor(joined)) e.gguf = joined, e.kind = Kind::Plain;
+    }
     (*by_hf)[e.hf] = e;
     known.insert(e.gguf);
+    if (e.kind == Kind::KvB) known.insert(e.gguf.substr(0, e.gguf.size() - 15) + "attn_v_b.weight");
   }
   TensorSource src;
   for (const auto& [hf, e] : *by_hf)
@@ -189,6 +266,19 @@ TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const Mod
                   cfg.hidden_size, ")");
         Tensor out = Tensor::empty(t.shape(), DType::F32, name);
         gguf_names::permute_rope_rows(t.data<float>(), out.data<float>(), heads, hd, t.size(1), true);
+        return out;
+      }
+      case Kind::KvB: {
+        const std::string vb = e.gguf.substr(0, e.gguf.size() - 15) + "attn_v_b.weight";
+        const Tensor k_b = r->load_f32(e.gguf), v_b = r->load_f32(vb);  // (H, r, nope), (H, v, r)
+        const int64_t H = cfg.num_attention_heads, R = cfg.kv_lora_rank, nope = cfg.qk_nope_head_dim,
+                      v = cfg.v_head_dim;
+        MOE_CHECK(k_b.shape() == (Shape{H, R, nope}) && v_b.shape() == (Shape{H, v, R}), "gguf '", r->path(),
+                  "': tensors '", e.gguf, "' ", shape_str(k_b.shape()), " and '", vb, "' ",
+                  shape_str(v_b.shape()), ": expected (", H, ", ", R, ", ", nope, ") and (", H, ", ", v, ", ",
+                  R, ")");
+        Tensor out = Tensor::empty({H * (nope + v), R}, DType::F32, name);
+        gguf_names::join_kv_b(k_b.data<float>(), v_b.data<float>(), out.data<float>(), H, R, nope, v);
         return out;
       }
       case Kind::Expert: {

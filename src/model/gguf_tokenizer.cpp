@@ -191,7 +191,11 @@ std::string gguf_tokenizer_json(const gguf::Reader& r) {
     root["decoder"] = {{"type", "Sequence"}, {"decoders", dec}};
   }
   root["model"] = m;
-  return root.dump();
+  try {
+    return root.dump();
+  } catch (const nlohmann::json::exception& e) {  // a token or merge that is not UTF-8
+    throw Error(cat(where, ": a token or merge is not valid UTF-8 (", e.what(), ")"));
+  }
 }
 
 std::vector<std::pair<std::string, gguf::Value>> gguf_tokenizer_metadata(const std::string& text,

@@ -224,3 +224,53 @@ TEST(GgufModel, ExpertsStoredOnePerTensorLoadAsStacked) {
   EXPECT_EQ(logits(model::load_gguf(out), p), logits(model::load_pretrained(kFixtures + "/hf/mixtral"), p));
   std::filesystem::remove(out);
 }
+
+namespace {
+// deepseek_v3's checkpoint as GGUF can hold it: YaRN's mscale equal to mscale_all_dim (GGUF keeps
+// 0.1 · mscale_all_dim only and llama.cpp takes mscale equal to it; the fixture has 1.0 and 0.8).
+model::Transformer deepseek_reference() {
+  const std::string dir = kFixtures + "/hf/deepseek_v3";
+  model::ModelConfig c = model::load_model_config(dir + "/config.json");
+  c.rope_scaling.mscale = c.rope_scaling.mscale_all_dim;
+  model::Transformer m(c);
+  m.load_hf_state_dict(model::checkpoint_source(dir));
+  return m;
+}
+}  // namespace
+
+TEST(GgufModel, Deepseek2GivesTheCheckpointsConfigAndLogits) {
+  const model::Transformer ref = deepseek_reference();
+  const model::Transformer m = model::load_gguf(kFixtures + "/gguf/deepseek_v3.f32.gguf");
+  const model::ModelConfig &a = m.config(), &b = ref.config();
+  EXPECT_EQ(a.arch, model::Arch::DeepseekV3);
+  EXPECT_EQ(a.q_lora_rank, b.q_lora_rank);
+  EXPECT_EQ(a.kv_lora_rank, b.kv_lora_rank);
+  EXPECT_EQ(a.qk_nope_head_dim, b.qk_nope_head_dim);
+  EXPECT_EQ(a.qk_rope_head_dim, b.qk_rope_head_dim);
+  EXPECT_EQ(a.v_head_dim, b.v_head_dim);
+  EXPECT_EQ(a.n_group, b.n_group);
+  EXPECT_EQ(a.topk_group, b.topk_group);
+  EXPECT_EQ(a.routed_scaling_factor, b.routed_scaling_factor);
+  EXPECT_EQ(a.norm_topk_prob, b.norm_topk_prob);
+  EXPECT_EQ(a.first_k_dense_replace, b.first_k_dense_replace);
+  EXPECT_EQ(a.n_shared_experts, b.n_shared_experts);
+  EXPECT_EQ(a.rope_scaling.factor, b.rope_scaling.factor);
+  EXPECT_EQ(a.rope_scaling.mscale_all_dim, b.rope_scaling.mscale_all_dim);
+  EXPECT_EQ(a.rope_scaling.original_max_position_embeddings, b.rope_scaling.original_max_position_embeddings);
+  EXPECT_EQ(a.rms_norm_eps, b.rms_norm_eps);
+  const Prompt p = prompt_of("deepseek_v3");
+  EXPECT_EQ(logits(m, p), logits(ref, p));
+  // Export writes the converter's layout (k_b/v_b split, metadata) and says what GGUF loses.
+  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_export_deepseek.gguf").string();
+  const model::Transformer hf = model::load_pretrained(kFixtures + "/hf/deepseek_v3");
+  EXPECT_NE(model::export_gguf(hf, out, {}).find("mscale"), std::string::npos);
+  const gguf::Reader mine(out), theirs(kFixtures + "/gguf/deepseek_v3.f32.gguf");
+  ASSERT_EQ(mine.tensors().size(), theirs.tensors().size());
+  for (const gguf::TensorInfo& t : theirs.tensors()) {
+    ASSERT_NE(mine.find_tensor(t.name), nullptr) << t.name;
+    EXPECT_EQ(mine.tensor(t.name).ne, t.ne) << t.name;
+    EXPECT_EQ(mine.read_raw(mine.tensor(t.name)), theirs.read_raw(t)) << t.name;
+  }
+  EXPECT_EQ(logits(model::load_gguf(out), p), logits(ref, p));
+  std::filesystem::remove(out);
+}

@@ -104,3 +104,20 @@ TEST(GgufTokenizer, AnUnsupportedModelIsNamed) {
   }
   std::filesystem::remove(out);
 }
+
+TEST(GgufTokenizer, ATokenThatIsNotUtf8IsAnErrorNotACrash) {
+  // fuzz/regressions/gguf/token_not_utf8: nlohmann's type_error escaped gguf_tokenizer_json.
+  gguf::WriteFile f;
+  f.metadata = {{"tokenizer.ggml.model", gguf::str_value("gpt2")},
+                {"tokenizer.ggml.tokens", gguf::str_array({"a", "b\xff", "ab"})},
+                {"tokenizer.ggml.merges", gguf::str_array({"a b"})}};
+  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_tok_utf8.gguf").string();
+  gguf::write_file(out, f);
+  try {
+    model::gguf_tokenizer_json(gguf::Reader(out));
+    FAIL() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(out);
+}
