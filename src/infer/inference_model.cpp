@@ -60,8 +60,8 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
 
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt) {
   if (model::is_gguf_path(dir)) {  // a GGUF file: float experts in the model
-    MOE_CHECK(!opt.offload, "gguf '", dir, "': expert offloading reads a safetensors checkpoint; ",
-              "convert the file first (or drop the offload flags)");
+    MOE_CHECK(!opt.offload, "gguf '", dir, "': expert offloading reads safetensors checkpoints only; ",
+              "drop the offload flags for a GGUF file");
     InferenceModel r;
     r.model = std::make_unique<model::Transformer>(model::load_gguf(dir));
     if (opt.bf16) r.model->set_bf16_inference(true);
