@@ -395,6 +395,21 @@ std::vector<uint8_t> Reader::read_raw(const TensorInfo& t) const {
   return buf;
 }
 
+Tensor Reader::load_f32_slice(const std::string& name, int64_t i) const {
+  const TensorInfo& t = tensor(name);
+  const int64_t n = t.ne.back();
+  MOE_CHECK(t.ne.size() >= 2 && i >= 0 && i < n, "gguf '", path_, "': tensor '", name, "': slice ", i,
+            " of its outermost dim (", n, ")");
+  TensorInfo part = t;
+  part.ne.pop_back();
+  part.bytes = t.bytes / static_cast<uint64_t>(n);
+  part.offset = t.offset + static_cast<uint64_t>(i) * part.bytes;
+  const std::vector<uint8_t> raw = read_raw(part);
+  Tensor out = Tensor::empty(part.shape(), DType::F32, name);
+  dequantize_row(t.type, raw.data(), part.numel(), out.data<float>());
+  return out;
+}
+
 Tensor Reader::load_f32(const std::string& name) const {
   const TensorInfo& t = tensor(name);
   const std::vector<uint8_t> raw = read_raw(t);

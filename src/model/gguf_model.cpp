@@ -4,7 +4,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
-#include <mutex>
 #include <set>
 
 #include "model/gguf_names.h"
@@ -236,14 +235,8 @@ TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const Mod
     if (r->find_tensor(e.gguf)) src.names.push_back(hf);
   for (const gguf::TensorInfo& t : r->tensors())
     if (!known.count(t.name) && t.name != "rope_freqs.weight") src.names.push_back(t.name);
-  // The stacked expert tensors of the layer read last (gate, up, down), for the next experts' slices.
-  struct Cache {
-    std::mutex mu;
-    std::map<std::string, Tensor> stacked;
-  };
-  auto cache = std::make_shared<Cache>();
   const ModelConfig cfg = c;
-  src.load = [r, by_hf, cache, cfg](const std::string& name) -> Tensor {
+  src.load = [r, by_hf, cfg](const std::string& name) -> Tensor {
     auto it = by_hf->find(name);
     if (it == by_hf->end()) return r->load_f32(name);  // reported as unexpected by the caller
     const gguf_names::Entry& e = it->second;
@@ -281,17 +274,12 @@ TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const Mod
         gguf_names::join_kv_b(k_b.data<float>(), v_b.data<float>(), out.data<float>(), H, R, nope, v);
         return out;
       }
-      case Kind::Expert: {
-        std::lock_guard<std::mutex> lock(cache->mu);
-        auto hit = cache->stacked.find(e.gguf);
-        if (hit == cache->stacked.end()) {
-          if (cache->stacked.size() >= 3) cache->stacked.clear();  // another layer's: release them first
-          hit = cache->stacked.emplace(e.gguf, r->load_f32(e.gguf)).first;
-        }
-        const Tensor& s = hit->second;  // (E, rows, cols)
-        MOE_CHECK(s.dim() == 3 && s.size(0) == cfg.num_experts, "gguf '", r->path(), "': tensor '", e.gguf,
-                  "' has shape ", shape_str(s.shape()), ", expected (", cfg.num_experts, ", rows, cols)");
-        return s.slice(0, e.expert, e.expert + 1).reshape({s.size(1), s.size(2)}).clone().set_name(name);
+      case Kind::Expert: {  // expert e's slice of the stacked (E, rows, cols) tensor, read alone
+        const gguf::TensorInfo& t = r->tensor(e.gguf);
+        MOE_CHECK(t.ne.size() == 3 && t.ne[2] == cfg.num_experts, "gguf '", r->path(), "': tensor '", e.gguf,
+                  "' has ne ", shape_str(Shape(t.ne.begin(), t.ne.end())), ", expected {cols, rows, ",
+                  cfg.num_experts, "}");
+        return r->load_f32_slice(e.gguf, e.expert).set_name(name);
       }
     }
     throw Error("gguf: unreachable");

@@ -247,3 +247,14 @@ TEST(Gguf, DuplicateTensorNamesAreRefused) {
   x.b += std::string(64, '\0');
   EXPECT_NE(error_of(x.b).find("appears twice"), std::string::npos) << error_of(x.b);
 }
+
+TEST(Gguf, ASliceOfTheOutermostDimReadsAloneTheSameValues) {
+  const gguf::Reader r(kFixtures + "/mixtral.q8_0.gguf");
+  const Tensor all = r.load_f32("blk.1.ffn_gate_exps.weight");  // (E, F, d), q8_0
+  ASSERT_EQ(all.dim(), 3);
+  for (int64_t e = 0; e < all.size(0); ++e)
+    EXPECT_EQ(r.load_f32_slice("blk.1.ffn_gate_exps.weight", e).to_vector(),
+              all.slice(0, e, e + 1).contiguous().to_vector())
+        << e;
+  EXPECT_THROW(r.load_f32_slice("blk.1.ffn_gate_exps.weight", all.size(0)), Error);
+}

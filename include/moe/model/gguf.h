@@ -114,6 +114,9 @@ class Reader {
   std::vector<uint8_t> read_raw(const TensorInfo& t) const;      // the tensor's bytes as stored
   // The tensor dequantized to f32, shape in PyTorch order (ne reversed), named `name`.
   Tensor load_f32(const std::string& name) const;
+  // Slice i of the outermost dim (PyTorch dim 0) only, e.g. one expert of a stacked (E, F, d)
+  // tensor: its bytes are read alone (blocks never cross rows).
+  Tensor load_f32_slice(const std::string& name, int64_t i) const;
 
  private:
   std::string path_;

@@ -36,8 +36,9 @@ bool is_gguf_path(const std::string& path);  // a regular file whose name ends i
 ModelConfig gguf_model_config(const gguf::Reader& r);
 
 // The file's tensors under the engine's Hugging Face names, dequantized to f32 as they are read
-// (per-expert names are slices of the stacked tensors; the last stacked tensor read is kept for
-// the next expert). Unknown tensors are listed under their GGUF names, so that loading reports them.
+// (per-expert names are slices of the stacked tensors, each expert's bytes read alone, so loading
+// holds the model plus one tensor). Unknown tensors are listed under their GGUF names, so that loading
+// reports them.
 TensorSource gguf_tensor_source(std::shared_ptr<const gguf::Reader> r, const ModelConfig& c);
 
 // Tensor count per ggml type ("q4_K": 12, ...), for the one-line summary of what was converted.
