@@ -185,7 +185,48 @@ def write_chat_template():
     out(t, "conv_recognised", b"\xff\x00<|im_start|>\x1e\x01hi")
 
 
+# ---- gguf ----
+def gguf_file(kv, tensors, version=3, magic=b"GGUF", counts=None):
+    """kv: [(key, type, packed value)]; tensors: [(name, ne, ggml type, offset)] then data bytes."""
+    s = lambda x: struct.pack("<Q", len(x)) + x.encode()
+    n_t, n_kv = counts if counts else (len(tensors[0]), len(kv))
+    b = magic + struct.pack("<IQQ", version, n_t, n_kv)
+    for key, typ, val in kv:
+        b += s(key) + struct.pack("<I", typ) + val
+    for name, ne, typ, off in tensors[0]:
+        b += s(name) + struct.pack("<I", len(ne)) + struct.pack("<%dQ" % len(ne), *ne) + struct.pack("<IQ", typ, off)
+    b += b"\0" * ((32 - len(b) % 32) % 32)
+    return b + tensors[1]
+
+
+def write_gguf():
+    t = "gguf"
+    s = lambda x: struct.pack("<Q", len(x)) + x.encode()
+    arr = lambda typ, items: struct.pack("<IQ", typ, len(items)) + b"".join(items)
+    kv = [("general.architecture", 8, s("llama")), ("general.alignment", 4, struct.pack("<I", 32)),
+          ("tokenizer.ggml.model", 8, s("gpt2")), ("tokenizer.ggml.pre", 8, s("qwen2")),
+          ("tokenizer.ggml.tokens", 9, arr(8, [s("a"), s("b"), s("ab")])),
+          ("tokenizer.ggml.token_type", 9, arr(5, [struct.pack("<i", 1)] * 3)),
+          ("tokenizer.ggml.merges", 9, arr(8, [s("a b")])), ("f", 6, struct.pack("<f", 0.5)),
+          ("nested", 9, struct.pack("<IQ", 9, 1) + arr(4, [struct.pack("<I", 1)]))]
+    f32_data = f32(*range(8))
+    q8 = struct.pack("<e", 0.5) + bytes(range(32))
+    out(t, "valid_f32", gguf_file(kv, ([("w", [4, 2], 0, 0)], f32_data)))
+    out(t, "valid_q8_0", gguf_file(kv[:2], ([("w", [32], 8, 0)], q8)))
+    out(t, "valid_v2", gguf_file(kv[:1], ([("w", [4, 2], 0, 0)], f32_data), version=2))
+    out(t, "bad_magic", gguf_file(kv, ([("w", [4, 2], 0, 0)], f32_data), magic=b"GGUG"))
+    out(t, "bad_version", gguf_file(kv, ([("w", [4, 2], 0, 0)], f32_data), version=1))
+    out(t, "unknown_type", gguf_file(kv[:1], ([("w", [32], 7, 0)], q8)))
+    out(t, "short_data", gguf_file(kv[:1], ([("w", [4, 2], 0, 0)], f32_data[:-4])))
+    out(t, "huge_counts", gguf_file(kv[:1], ([("w", [4, 2], 0, 0)], f32_data), counts=(1, 1 << 60)))
+    out(t, "huge_dims", gguf_file(kv[:1], ([("w", [1 << 40, 1 << 40], 0, 0)], f32_data)))
+    for name in ("qwen2", "mixtral"):
+        with open(os.path.join(FIXTURES, "gguf", "tokenizers", name + ".gguf"), "rb") as f:
+            out(t, "tokenizer_" + name, f.read())
+
+
 if __name__ == "__main__":
+    write_gguf()
     write_safetensors()
     write_model_config()
     write_tokenizer()

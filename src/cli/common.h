@@ -40,6 +40,8 @@ void register_upcycle(CLI::App& app, Registry& reg);
 void register_init(CLI::App& app, Registry& reg);
 // `moe quantize` (src/cli/quantize.cpp): group-wise int8/int4 experts.
 void register_quantize(CLI::App& app, Registry& reg);
+// `moe export` (src/cli/export.cpp): a model as GGUF for llama.cpp.
+void register_export(CLI::App& app, Registry& reg);
 // `moe bench quant` (src/cli/bench_quant.cpp): quantized-weight GEMM rates.
 void add_bench_quant(CLI::App& bench, Registry& reg);
 void register_prune(CLI::App& app, Registry& reg);

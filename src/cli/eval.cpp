@@ -81,13 +81,13 @@ int run_eval(const EvalArgs& a) {
     MOE_CHECK(!tp.empty(), "eval: --data needs a tokenizer.json next to the model in '", dir,
               "'; use --tokens");
     const std::string text = train::read_text_corpus(a.data);
-    toks = text::Tokenizer::load(tp).encode(text);
+    toks = load_tokenizer(tp).encode(text);
     if (!base_dir.empty()) {
       const std::string btp = find_tokenizer(base_dir);
       MOE_CHECK(!btp.empty(), "eval: --compare: no tokenizer.json next to the base model in '", base_dir,
                 "'");
-      MOE_CHECK(text::Tokenizer::load(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp,
-                "' and '", btp, "' encode --data differently; the models must share a tokenizer");
+      MOE_CHECK(load_tokenizer(btp).encode(text) == toks, "eval: --compare: the tokenizers '", tp, "' and '",
+                btp, "' encode --data differently; the models must share a tokenizer");
     }
   } else {
     for (size_t i = 0; i < a.tokens.size(); ++i) {

@@ -35,7 +35,7 @@ int run_generate(GenArgs& a) {
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "generate: no tokenizer.json next to the model in '", dir, "'");
-  const text::Tokenizer tok = text::Tokenizer::load(tp);
+  const text::Tokenizer tok = load_tokenizer(tp);
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
   model::Transformer& m = *im.model;
   m.set_expert_skip_threshold(a.skip_threshold);

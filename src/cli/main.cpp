@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   moe::cli::register_upcycle(app, reg);
   moe::cli::register_init(app, reg);
   moe::cli::register_quantize(app, reg);
+  moe::cli::register_export(app, reg);
   moe::cli::register_prune(app, reg);
   moe::cli::register_predictor(app, reg);
   moe::cli::register_report(app, reg);

@@ -1,6 +1,9 @@
 #include "offload_flags.h"
 
+#include <iostream>
+
 #include "moe/core/error.h"
+#include "moe/model/gguf_model.h"
 
 namespace moe::cli {
 
@@ -56,6 +59,9 @@ infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, cons
   o.store.miss = infer::miss_mode_from_name(f.miss);
   o.store.format = f.format;
   o.linear_format = f.linear_format;
+  if (model::is_gguf_path(dir))  // one line on what the load converts
+    std::cerr << "gguf: " << dir << ": " << model::gguf_type_summary(gguf::Reader(dir))
+              << " tensors dequantized to f32" << (bf16 ? " (then bf16)" : "") << "\n";
   return infer::load_inference_model(dir, o);
 }
 

@@ -124,7 +124,7 @@ int run_serve(ServeArgs& a) {
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");
-  text::Tokenizer tok = text::Tokenizer::load(tp);
+  text::Tokenizer tok = load_tokenizer(tp);
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
   model::Transformer& m = *im.model;
   m.set_expert_skip_threshold(a.skip_threshold);

@@ -5,6 +5,7 @@
 
 #include "moe/core/error.h"
 #include "moe/infer/expert_store.h"
+#include "moe/model/gguf_model.h"
 #include "moe/model/model_config.h"
 #include "moe/model/quantized.h"
 
@@ -58,6 +59,14 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
 }  // namespace
 
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt) {
+  if (model::is_gguf_path(dir)) {  // a GGUF file: float experts in the model
+    MOE_CHECK(!opt.offload, "gguf '", dir, "': expert offloading reads safetensors checkpoints only; ",
+              "drop the offload flags for a GGUF file");
+    InferenceModel r;
+    r.model = std::make_unique<model::Transformer>(model::load_gguf(dir));
+    if (opt.bf16) r.model->set_bf16_inference(true);
+    return r;
+  }
   const model::QuantConfig qc = model::read_quant_config(dir);
   const bool store = opt.offload || qc.bits > 0;
   InferenceModel r;

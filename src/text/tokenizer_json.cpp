@@ -98,7 +98,10 @@ std::pair<std::string, std::string> parse_merge(const json& v, size_t i, const s
 
 Tokenizer Tokenizer::load(const std::string& path) {
   const std::string where = cat("tokenizer.json '", path, "'");
-  const std::string text = io::read_file(path, where);
+  return from_json(io::read_file(path, where), where);
+}
+
+Tokenizer Tokenizer::from_json(const std::string& text, const std::string& where) {
   json root;
   try {
     root = json::parse(text);

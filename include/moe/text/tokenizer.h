@@ -88,6 +88,9 @@ class Tokenizer {
   // "</s>", "<|end_of_text|>", "<eos>", "<｜end▁of▁sentence｜>", "<|im_end|>",
   // or -1.
   static Tokenizer load(const std::string& path);
+  // The same from the text of a tokenizer.json; `where` names it in errors (e.g. the GGUF file whose
+  // metadata it was made from).
+  static Tokenizer from_json(const std::string& text, const std::string& where);
   // Writes a Hugging Face tokenizer.json (to path + ".tmp", then renamed to path).
   void save(const std::string& path) const;
 
