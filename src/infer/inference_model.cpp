@@ -56,6 +56,17 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
     };
   return out;
 }
+// bf16 inference, with the dense linears in W8A8 / W4A8 when asked.
+void set_precision(model::Transformer& m, const InferenceLoadOptions& opt) {
+  if (opt.linear_format == "w8a8" || opt.linear_format == "w4a8") {
+    m.set_inference_linear_format(opt.linear_format == "w8a8" ? kernels::WeightFormat::Int8Packed
+                                                              : kernels::WeightFormat::Int4Packed);
+    return;
+  }
+  MOE_CHECK(opt.linear_format == "bf16", "inference: unknown linear format '", opt.linear_format,
+            "' (bf16, w8a8, w4a8)");
+  if (opt.bf16) m.set_bf16_inference(true);
+}
 }  // namespace
 
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt) {
@@ -64,7 +75,7 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
               "drop the offload flags for a GGUF file");
     InferenceModel r;
     r.model = std::make_unique<model::Transformer>(model::load_gguf(dir));
-    if (opt.bf16) r.model->set_bf16_inference(true);
+    set_precision(*r.model, opt);
     return r;
   }
   const model::QuantConfig qc = model::read_quant_config(dir);
@@ -85,14 +96,7 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
     if (!opt.offload) so.resident_experts = -1, so.cache_gb = 0;
     r.store = ExpertStore::attach(*r.model, dir, so);
   }
-  if (opt.linear_format == "w8a8" || opt.linear_format == "w4a8") {
-    r.model->set_inference_linear_format(opt.linear_format == "w8a8" ? kernels::WeightFormat::Int8Packed
-                                                                     : kernels::WeightFormat::Int4Packed);
-  } else {
-    MOE_CHECK(opt.linear_format == "bf16", "inference: unknown linear format '", opt.linear_format,
-              "' (bf16, w8a8, w4a8)");
-    if (opt.bf16) r.model->set_bf16_inference(true);
-  }
+  set_precision(*r.model, opt);
   return r;
 }
 
