@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/wgemm/quant_rows.h"
+#include "kernels/quant_format.h"
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
@@ -573,6 +575,47 @@ TEST(WeightGemm, Int4PackingErrors) {
     ADD_FAILURE() << "no error for mins";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("int4-packed"), std::string::npos) << e.what();
+  }
+}
+
+// The AVX-512 activation quantizer against the portable one: the same scale and bytes for ties at .5,
+// codes clamped at +-127, tails shorter than a vector, zero, NaN and inf rows; and its group sums.
+TEST(WeightGemm, Avx512ActivationQuantizerMatchesThePortableOne) {
+  if (!kernels::cpu_isa_supported("avx512") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vl"))
+    GTEST_SKIP() << "no avx512 bw/vl";
+  Lcg r(11);
+  for (int64_t K : {1, 15, 16, 33, 64, 200}) {
+    for (int kind = 0; kind < 5; ++kind) {
+      std::vector<float> a(static_cast<size_t>(K));
+      for (float& v : a) v = r.uniform();
+      if (kind == 1) {  // ties: codes of k + 0.5 after scaling by 127 / 127.0 (amax = 127)
+        for (int64_t k = 0; k < K; ++k) a[static_cast<size_t>(k)] = static_cast<float>(k % 40) - 19.5f;
+        a[0] = 127.0f;
+      }
+      if (kind == 2) std::fill(a.begin(), a.end(), 0.0f);
+      if (kind == 3) a[static_cast<size_t>(K / 2)] = std::numeric_limits<float>::quiet_NaN();
+      if (kind == 4) a[static_cast<size_t>(K - 1)] = -std::numeric_limits<float>::infinity();
+      std::vector<uint8_t> want(static_cast<size_t>(K)), got(static_cast<size_t>(K) + 1, 0xee);
+      const float sw = kernels::quant::quantize_act_row(a.data(), K, want.data());
+      const float sg = kernels::cpu::wgemm::quantize_row_avx512(a.data(), K, 128, got.data());
+      SCOPED_TRACE("K " + std::to_string(K) + " kind " + std::to_string(kind));
+      EXPECT_TRUE(sw == sg || (std::isnan(sw) && std::isnan(sg)));
+      EXPECT_EQ(std::memcmp(want.data(), got.data(), static_cast<size_t>(K)), 0);
+      EXPECT_EQ(got[static_cast<size_t>(K)], 0xee) << "wrote past the row";
+      if (K % 32 != 0) continue;
+      std::vector<uint8_t> s8(static_cast<size_t>(K));
+      std::vector<float> gs(static_cast<size_t>(K / 32), -1.0f);
+      kernels::cpu::wgemm::quantize_row_avx512(a.data(), K, 0, s8.data(), 32, gs.data());
+      for (int64_t g = 0; g < K / 32; ++g) {
+        int32_t sum = 0;
+        for (int64_t k = g * 32; k < (g + 1) * 32; ++k) {
+          EXPECT_EQ(static_cast<uint8_t>(s8[static_cast<size_t>(k)] ^ 0x80u), want[static_cast<size_t>(k)]);
+          sum += static_cast<int8_t>(s8[static_cast<size_t>(k)]);
+        }
+        EXPECT_EQ(gs[static_cast<size_t>(g)], static_cast<float>(sum));
+      }
+    }
   }
 }
 

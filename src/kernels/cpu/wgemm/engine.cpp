@@ -145,6 +145,23 @@ void grouped_gemm_w(const GroupedGemmWArgs& g) {
     row_tiles += (p.M + f.mc - 1) / f.mc;
   }
   const int64_t nc = tile_cols(f, row_tiles, g.W.N);
+  // Pre-activations: the activation rows made once per call, before the tiles (a tile reads its rows
+  // whole, and a row is read by every column tile of its expert: decoding made each one several times).
+  thread_local std::vector<float> act_buf;
+  if (g.a_preact && !problems.empty()) {
+    const int64_t rows = g.offsets[g.E], K = g.W.K;
+    float* h = scratch(act_buf, rows * K);  // (rows, K) in call order
+    parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        act_row(g.act, g.A + (g.gather ? g.gather[r] : r) * g.lda, K, K, 1.0f, h + r * K);
+    });
+    size_t q = 0;
+    for (int64_t e = 0; e < g.E; ++e) {
+      if (g.offsets[e + 1] == g.offsets[e]) continue;
+      Problem& p = problems[q++];
+      p.A = h + g.offsets[e] * K, p.lda = K, p.map = nullptr, p.pre = false;
+    }
+  }
   for (int64_t q = 0; q < static_cast<int64_t>(problems.size()); ++q) {
     const Problem& p = problems[static_cast<size_t>(q)];
     for (int64_t i0 = 0; i0 < p.M; i0 += f.mc) {

@@ -23,9 +23,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/wgemm/engine.h"
+#include "kernels/cpu/wgemm/quant_rows.h"
 #include "kernels/quant_format.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
@@ -181,9 +183,12 @@ using KernFn = void (*)(const Packed&, const Block&);
 
 // Quantizes row r's activations to signed int8 at a (K) and sums each group into gs (ng); returns
 // the row's scale (NaN for a non-finite row, whose integers are then 0).
+// (The AVX-512 path: quantize_row_avx512, the same bytes and sums.)
+template <bool kAvx512>
 float quantize_row(const Problem& p, int64_t r, float* h, int8_t* a, float* gs) {
   const int64_t K = p.K, G = p.W.group;
   auto* u = reinterpret_cast<uint8_t*>(a);
+  if constexpr (kAvx512) return quantize_row_avx512(a_span(p, r, 0, K, h), K, 0, u, G, gs);
   const float s = quant::quantize_act_row(a_span(p, r, 0, K, h), K, u);
   for (int64_t k = 0; k < K; ++k) u[k] ^= 0x80u;  // q + 128 -> q, two's complement
   for (int64_t g = 0; g < K / G; ++g) {
@@ -207,7 +212,8 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
   float* h = scratch(h_buf, K);          // a row's pre-activation
   float* gs = scratch(gs_buf, mc * ng);  // (mc, ng) their group sums
   float rs[kMC];                         // the rows' scales
-  for (int64_t i = 0; i < mc; ++i) rs[i] = quantize_row(p, i0 + i, h, q + i * K, gs + i * ng);
+  for (int64_t i = 0; i < mc; ++i)
+    rs[i] = quantize_row<std::is_same_v<Kern, KernVnni>>(p, i0 + i, h, q + i * K, gs + i * ng);
   alignas(64) float edge[MR * kPanel * NV];
   for (int64_t P = 0; P < panels; P += NV) {
     const int64_t v = panels - P < NV ? panels - P : NV;

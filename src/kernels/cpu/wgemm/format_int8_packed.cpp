@@ -21,11 +21,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "kernels/cpu/wgemm/amx_tiles.h"
 #include "kernels/cpu/wgemm/engine.h"
+#include "kernels/cpu/wgemm/quant_rows.h"
 #include "kernels/quant_format.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
@@ -172,7 +174,13 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
   uint8_t* q = scratch(q_buf, mc * K);  // (mc, K) activations + 128
   float* h = scratch(h_buf, K);         // a row's pre-activation
   float rs[kMC];                        // the rows' scales
-  for (int64_t i = 0; i < mc; ++i) rs[i] = quant::quantize_act_row(a_span(p, i0 + i, 0, K, h), K, q + i * K);
+  for (int64_t i = 0; i < mc; ++i) {
+    const float* row = a_span(p, i0 + i, 0, K, h);
+    if constexpr (std::is_same_v<Kern, KernVnni>)
+      rs[i] = quantize_row_avx512(row, K, 128, q + i * K);
+    else
+      rs[i] = quant::quantize_act_row(row, K, q + i * K);
+  }
   alignas(64) float edge[MR * kPanel * NV];
   for (int64_t P = 0; P < panels; P += NV) {
     const int64_t v = panels - P < NV ? panels - P : NV;
