@@ -117,4 +117,42 @@ inline Fn kern_for(int64_t r, int64_t v) {
   return table[static_cast<size_t>((r - 1) * Kern::NV + (v - 1))];
 }
 
+// The panel loop of the integer-packed formats: over the tile's 16-column panels, NV at a time, and its
+// rows, MR at a time, run(r, v, ip, P, c, ldc) computes rows [ip, ip + r) x panels [P, P + v) of the
+// tile into c (row stride ldc); the last panels, when they reach past the tile's nc columns, go through
+// an edge buffer (loaded from c first when out.load) so the kernel always writes whole panels.
+template <int MR, int NV, class Run>
+inline void run_panels(int64_t mc, int64_t nc, const TileOut& out, Run run) {
+  constexpr int64_t kPanel = kPackedPanel;
+  const int64_t panels = (nc + kPanel - 1) / kPanel;
+  alignas(64) float edge[MR * kPanel * NV];
+  for (int64_t P = 0; P < panels; P += NV) {
+    const int64_t v = panels - P < NV ? panels - P : NV;
+    const int64_t cols = nc - P * kPanel < v * kPanel ? nc - P * kPanel : v * kPanel, width = v * kPanel;
+    for (int64_t ip = 0; ip < mc; ip += MR) {
+      const int64_t r = mc - ip < MR ? mc - ip : MR;
+      float* c = out.c + ip * out.ldc + P * kPanel;
+      if (cols == width) {
+        run(r, v, ip, P, c, out.ldc);
+        continue;
+      }
+      for (int64_t ii = 0; ii < r && out.load; ++ii)
+        for (int64_t j = 0; j < width; ++j) edge[ii * width + j] = j < cols ? c[ii * out.ldc + j] : 0.0f;
+      run(r, v, ip, P, edge, width);
+      for (int64_t ii = 0; ii < r; ++ii)
+        for (int64_t j = 0; j < cols; ++j) c[ii * out.ldc + j] = edge[ii * width + j];
+    }
+  }
+}
+
+// Whether the CPU has AVX512-VNNI (the integer-packed formats' avx512 slot falls back to the portable
+// kernel without it, as on Skylake-X).
+inline bool has_avx512_vnni() {
+  static const bool vnni = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return vnni;
+}
+
 }  // namespace moe::kernels::cpu::wgemm

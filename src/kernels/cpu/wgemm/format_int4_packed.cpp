@@ -203,7 +203,7 @@ template <class Kern>
 MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                           const TileOut& out) {
   constexpr int64_t MR = Kern::MR, NV = Kern::NV;
-  const int64_t mc = i1 - i0, nc = j1 - j0, panels = (nc + kPanel - 1) / kPanel, K = p.K;
+  const int64_t mc = i1 - i0, nc = j1 - j0, K = p.K;
   const int64_t ng = K / p.W.group;
   const Packed w = packed_of(p);
   thread_local std::vector<int8_t> q_buf;
@@ -214,29 +214,9 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
   float rs[kMC];                         // the rows' scales
   for (int64_t i = 0; i < mc; ++i)
     rs[i] = quantize_row<std::is_same_v<Kern, KernVnni>>(p, i0 + i, h, q + i * K, gs + i * ng);
-  alignas(64) float edge[MR * kPanel * NV];
-  for (int64_t P = 0; P < panels; P += NV) {
-    const int64_t v = panels - P < NV ? panels - P : NV;
-    const int64_t cols = nc - P * kPanel < v * kPanel ? nc - P * kPanel : v * kPanel;
-    for (int64_t ip = 0; ip < mc; ip += MR) {
-      const int64_t r = mc - ip < MR ? mc - ip : MR;
-      float* c = out.c + ip * out.ldc + P * kPanel;
-      const auto kern = kern_for<Kern, KernFn>(r, v);
-      const int64_t width = v * kPanel;
-      const Block blk{q + ip * K, gs + ip * ng, rs + ip, j0 / kPanel + P, c, out.ldc, out.load};
-      if (cols == width) {
-        kern(w, blk);
-        continue;
-      }
-      for (int64_t ii = 0; ii < r && out.load; ++ii)  // the last panel has columns past N
-        for (int64_t j = 0; j < width; ++j) edge[ii * width + j] = j < cols ? c[ii * out.ldc + j] : 0.0f;
-      Block e = blk;
-      e.c = edge, e.ldc = width;
-      kern(w, e);
-      for (int64_t ii = 0; ii < r; ++ii)
-        for (int64_t j = 0; j < cols; ++j) c[ii * out.ldc + j] = edge[ii * width + j];
-    }
-  }
+  run_panels<MR, NV>(mc, nc, out, [&](int64_t r, int64_t v, int64_t ip, int64_t P, float* c, int64_t ldc) {
+    kern_for<Kern, KernFn>(r, v)(w, {q + ip * K, gs + ip * ng, rs + ip, j0 / kPanel + P, c, ldc, out.load});
+  });
 }
 
 void tile_generic(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
@@ -250,11 +230,7 @@ __attribute__((target("avx512f,avx512vnni"))) void tile_vnni(const Problem& p, i
 
 // avx512 without VNNI (Skylake-X): the portable kernel.
 void tile_avx512(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
-  static const bool vnni = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni") != 0;
-  }();
-  (vnni ? tile_vnni : tile_generic)(p, i0, i1, j0, j1, out);
+  (has_avx512_vnni() ? tile_vnni : tile_generic)(p, i0, i1, j0, j1, out);
 }
 
 }  // namespace

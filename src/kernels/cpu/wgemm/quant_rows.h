@@ -21,9 +21,8 @@ namespace moe::kernels::cpu::wgemm {
 // Codes of row a (K) at q: q + offset (offset 128: the unsigned bytes of W8A8; 0: the signed codes of
 // W4A8). With gs, the sums of the codes per group of `group` are stored there (as fp32, exact). Returns
 // the row's scale (quant::quantize_act_row's: NaN for a non-finite row, whose codes are then 0).
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline float quantize_row_avx512(const float* a, int64_t K, int offset,
-                                                                             uint8_t* q, int64_t group = 0,
-                                                                             float* gs = nullptr) {
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline float quantize_row_avx512(
+    const float* a, int64_t K, int offset, uint8_t* q, int64_t group = 0, float* gs = nullptr) {
   const __m512 inf = _mm512_set1_ps(INFINITY);
   __m512 vmax = _mm512_setzero_ps();
   bool finite = true;
@@ -47,7 +46,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline float quantize_row_a
     const __mmask16 m = K - k >= 16 ? __mmask16(0xffff) : __mmask16((1u << (K - k)) - 1u);
     __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + k), vinv);
     x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
-    const __m512i c = _mm512_cvtps_epi32(_mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m512i c =
+        _mm512_cvtps_epi32(_mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     _mm_mask_storeu_epi8(q + k, m, _mm512_cvtepi32_epi8(_mm512_add_epi32(c, off)));
     if (gs) {
       gsum = _mm512_add_epi32(gsum, c);
