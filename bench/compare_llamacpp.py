@@ -22,7 +22,9 @@ Each round runs, per format, `llama-bench` (prompt processing of P tokens, then 
 generated, `-r 1`) and `moe bench generate --concurrency 1` with the same P, G and threads, one after
 the other, and with --concurrency levels above 1 `llama-batched-bench -npl C` against
 `moe bench generate --concurrency C`. Medians over the rounds; ratios are moe.cpp / llama.cpp (above 1:
-moe.cpp is faster). The peak resident set of each run comes from /usr/bin/time. moe.cpp's
+moe.cpp is faster). The peak resident set of a llama.cpp run comes from /usr/bin/time; moe.cpp's is
+the one `bench generate` reports (its VmHWM before the read-bandwidth probe, whose buffer would count
+otherwise). moe.cpp's
 `bench generate` also prints the weight bytes a token reads and the machine's read bandwidth, measured
 in the same process, which are reported next to the rates.
 
@@ -153,7 +155,7 @@ def main():
             j, rss = ours_run(args.moe, ours[f], FORMATS[f]["ours"], args, levels)
             lv = {x["concurrency"]: x for x in j["levels"]}
             r["moe_pp"].append(lv[1]["prefill_tokens_per_s"]), r["moe_tg"].append(lv[1]["decode_tokens_per_s"])
-            r["moe_rss"].append(rss)
+            r["moe_rss"].append(j.get("peak_rss_mib", rss))
             for c in r["moe_batched"]:
                 r["moe_batched"][c].append(lv[c]["decode_tokens_per_s"])
             info[f] = {k: j.get(k) for k in ("weight_bytes_per_token", "read_bandwidth_gb_per_s")}

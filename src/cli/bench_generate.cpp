@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli/bench_memory.h"
 #include "cli/common.h"
 #include "cli/model_dir.h"
 #include "cli/offload_flags.h"
@@ -171,6 +172,7 @@ int run_bench_generate(const BenchGenArgs& a) {
             c.max_position_embeddings);
   std::vector<LevelResult> rs;
   for (int64_t conc : levels) rs.push_back(run_level(m, a, conc));
+  const double peak_rss = peak_rss_hwm_mib();  // before the bandwidth probe's buffer
   const Traffic tr = weight_traffic(im, a.bandwidth_mib);
   // Batch 1 reads the weights once per token: its decode rate times the bytes is the rate at which
   // the weights stream from memory.
@@ -188,6 +190,7 @@ int run_bench_generate(const BenchGenArgs& a) {
     j["new_tokens"] = a.new_tokens;
     j["max_batch_tokens"] = a.max_batch_tokens;
     j["weight_bytes_per_token"] = round_sig(tr.bytes_per_token, 6);
+    if (peak_rss >= 0) j["peak_rss_mib"] = round_sig(peak_rss, 5);
     if (weight_gbs > 0) j["decode_weight_gb_per_s"] = round_sig(weight_gbs, 4);
     if (tr.bw.gb_per_s > 0) {
       j["read_bandwidth_gb_per_s"] = round_sig(tr.bw.gb_per_s, 4);

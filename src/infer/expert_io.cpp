@@ -242,15 +242,10 @@ ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format f
           .scales = scales.data(),
           .mins = bits == 4 ? mins.data() : nullptr,
           .group = m.group};
-      const int64_t bytes = bits == 8 ? kernels::packed_int8_bytes(m.N, m.K, m.group)
-                                      : kernels::packed_int4_bytes(m.N, m.K, m.group);
-      if (bits == 8)
-        kernels::pack_int8_weights(from, 1, p, "expert weights");
-      else
-        kernels::pack_int4_weights(from, 1, p, "expert weights");
+      kernels::pack_int_weights(from, 1, p, "expert weights");
       next += bits == 8 ? 2 : 3;
       v.w[i] = p;
-      p += round_up(static_cast<uint64_t>(bytes), 64);
+      p += round_up(static_cast<uint64_t>(kernels::packed_int_bytes(from)), 64);
       continue;
     }
     if (m.bits) {

@@ -232,4 +232,9 @@ WeightView pack_int4_weights(const WeightView& src, int64_t E, void* dst, const 
   return out;
 }
 
+WeightView pack_int_weights(const WeightView& src, int64_t E, void* dst, const char* what) {
+  if (src.format == WeightFormat::Int4) return pack_int4_weights(src, E, dst, what);
+  return pack_int8_weights(src, E, dst, what);  // names any other format as not int8
+}
+
 }  // namespace moe::kernels

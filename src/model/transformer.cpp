@@ -494,9 +494,6 @@ bool Transformer::pack_linear_int(int i, int64_t out, int64_t in) const {
   const kernels::QuantizedMatrix q = kernels::quantize_matrix(
       params_[static_cast<size_t>(i)].value.data<float>(), out, in, bits, kLinearGroup, params_[i].name);
   const kernels::QuantWeight v = q.view();
-  const int64_t bytes = bits == 8 ? kernels::packed_int8_bytes(out, in, kLinearGroup)
-                                  : kernels::packed_int4_bytes(out, in, kLinearGroup);
-  Tensor t = Tensor::empty({bytes}, DType::U8, "packed linear");
   const kernels::WeightView src{
       .format = bits == 8 ? kernels::WeightFormat::Int8 : kernels::WeightFormat::Int4,
       .N = out,
@@ -505,10 +502,8 @@ bool Transformer::pack_linear_int(int i, int64_t out, int64_t in) const {
       .scales = v.scales,
       .mins = v.mins,
       .group = kLinearGroup};
-  if (bits == 8)
-    kernels::pack_int8_weights(src, 1, t.raw(), params_[i].name.c_str());
-  else
-    kernels::pack_int4_weights(src, 1, t.raw(), params_[i].name.c_str());
+  Tensor t = Tensor::empty({kernels::packed_int_bytes(src)}, DType::U8, "packed linear");
+  kernels::pack_int_weights(src, 1, t.raw(), params_[i].name.c_str());
   bf16_[static_cast<size_t>(i)] = std::move(t);
   bf16_fmt_[static_cast<size_t>(i)] = f;
   return true;

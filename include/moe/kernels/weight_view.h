@@ -138,4 +138,12 @@ WeightView pack_int8_weights(const WeightView& src, int64_t E, void* dst, const 
 // the view of dst. Throws moe::Error naming `what` as pack_int8_weights does.
 WeightView pack_int4_weights(const WeightView& src, int64_t E, void* dst, const char* what = "weights");
 
+// The integer-packed form of an int8 or int4 view: pack_int8_weights or pack_int4_weights by src.format
+// (the bytes of one expert: packed_int_bytes). Throws moe::Error naming `what` for another format.
+WeightView pack_int_weights(const WeightView& src, int64_t E, void* dst, const char* what = "weights");
+inline int64_t packed_int_bytes(const WeightView& src) {
+  return src.format == WeightFormat::Int4 ? packed_int4_bytes(src.N, src.K, src.group)
+                                          : packed_int8_bytes(src.N, src.K, src.group);
+}
+
 }  // namespace moe::kernels
