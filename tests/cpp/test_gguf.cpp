@@ -11,6 +11,7 @@
 
 #include "moe/core/error.h"
 #include "moe/model/gguf.h"
+#include "temp_path.h"
 
 using namespace moe;
 
@@ -18,9 +19,7 @@ namespace {
 
 const std::string kFixtures = std::string(MOE_TEST_FIXTURES) + "/gguf";
 
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("moe_test_gguf_" + name)).string();
-}
+std::string temp_path(const std::string& name) { return moe::testutil::unique_temp_path(name); }
 
 // Little-endian byte builder for hand-made files.
 struct Bytes {

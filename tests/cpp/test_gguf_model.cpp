@@ -13,6 +13,7 @@
 #include "moe/model/gguf_model.h"
 #include "moe/model/safetensors.h"
 #include "moe/model/transformer.h"
+#include "temp_path.h"
 
 using namespace moe;
 
@@ -95,8 +96,7 @@ TEST_P(GgufArch, F32FileGivesTheCheckpointsConfigAndLogits) {
 TEST_P(GgufArch, ExportThenLoadGivesTheSameLogits) {
   const std::string arch = GetParam();
   const model::Transformer ref = model::load_pretrained(kFixtures + "/hf/" + arch);
-  const std::string out =
-      (std::filesystem::temp_directory_path() / ("moe_test_export_" + arch + ".gguf")).string();
+  const std::string out = moe::testutil::unique_temp_path(("moe_test_export_" + arch + ".gguf"));
   // What llama.cpp cannot run of these fixtures is said: qwen's dense layers, olmoe's kv heads.
   const std::string note = model::export_gguf(ref, out, {});
   const std::string want = arch == "mixtral" ? "" : arch == "olmoe" ? "key/value heads" : "dense layers";
@@ -149,7 +149,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GgufType, ::testing::Values("f16", "bf16", "q
 
 TEST(GgufModel, ExportQuantizedThenLoadMatchesTheSameQuantization) {
   const model::Transformer ref = model::load_pretrained(kFixtures + "/hf/mixtral");
-  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_export_q8.gguf").string();
+  const std::string out = moe::testutil::unique_temp_path("moe_test_export_q8.gguf");
   model::GgufExportOptions opt;
   opt.type = gguf::GgmlType::Q8_0;
   const std::string note = model::export_gguf(ref, out, opt);
@@ -168,7 +168,7 @@ TEST(GgufModel, ExportQuantizedThenLoadMatchesTheSameQuantization) {
 }
 
 TEST(GgufModel, MissingTensorsAndUnknownArchitecturesAreNamed) {
-  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_gguf_bad_arch.gguf").string();
+  const std::string out = moe::testutil::unique_temp_path("moe_test_gguf_bad_arch.gguf");
   gguf::WriteFile f;
   f.metadata = {{"general.architecture", gguf::str_value("gpt2")}};
   gguf::write_file(out, f);
@@ -216,8 +216,7 @@ TEST(GgufModel, ExpertsStoredOnePerTensorLoadAsStacked) {
                            v.slice(0, e, e + 1).reshape({v.size(1), v.size(2)}).contiguous(),
                            gguf::GgmlType::F32});
   }
-  const std::string out =
-      (std::filesystem::temp_directory_path() / "moe_test_gguf_split_experts.gguf").string();
+  const std::string out = moe::testutil::unique_temp_path("moe_test_gguf_split_experts.gguf");
   gguf::write_file(out, f);
   ASSERT_NE(gguf::Reader(out).find_tensor("blk.1.ffn_down.3.weight"), nullptr);
   const Prompt p = prompt_of("mixtral");
@@ -261,7 +260,7 @@ TEST(GgufModel, Deepseek2GivesTheCheckpointsConfigAndLogits) {
   const Prompt p = prompt_of("deepseek_v3");
   EXPECT_EQ(logits(m, p), logits(ref, p));
   // Export writes the converter's layout (k_b/v_b split, metadata) and says what GGUF loses.
-  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_export_deepseek.gguf").string();
+  const std::string out = moe::testutil::unique_temp_path("moe_test_export_deepseek.gguf");
   const model::Transformer hf = model::load_pretrained(kFixtures + "/hf/deepseek_v3");
   EXPECT_NE(model::export_gguf(hf, out, {}).find("mscale"), std::string::npos);
   const gguf::Reader mine(out), theirs(kFixtures + "/gguf/deepseek_v3.f32.gguf");

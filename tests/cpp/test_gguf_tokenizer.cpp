@@ -13,6 +13,7 @@
 #include "moe/core/file_io.h"
 #include "moe/model/gguf_model.h"
 #include "moe/text/tokenizer.h"
+#include "temp_path.h"
 
 using namespace moe;
 
@@ -76,8 +77,7 @@ TEST_P(GgufTokenizer, ExportedMetadataEncodesLikeTheTokenizerJson) {
   model::ModelConfig c;
   gguf::WriteFile f;
   f.metadata = model::gguf_tokenizer_metadata(io::read_file(tj, tj), c);
-  const std::string out =
-      (std::filesystem::temp_directory_path() / ("moe_test_tok_" + GetParam() + ".gguf")).string();
+  const std::string out = moe::testutil::unique_temp_path("tok_" + GetParam() + ".gguf");
   gguf::write_file(out, f);
   expect_cases(from_gguf(out), GetParam());
   std::filesystem::remove(out);
@@ -94,7 +94,7 @@ TEST(GgufTokenizer, AFileWithoutATokenizerGivesNone) {
 TEST(GgufTokenizer, AnUnsupportedModelIsNamed) {
   gguf::WriteFile f;
   f.metadata = {{"tokenizer.ggml.model", gguf::str_value("bert")}};
-  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_tok_bert.gguf").string();
+  const std::string out = moe::testutil::unique_temp_path("moe_test_tok_bert.gguf");
   gguf::write_file(out, f);
   try {
     model::gguf_tokenizer_json(gguf::Reader(out));
@@ -111,7 +111,7 @@ TEST(GgufTokenizer, ATokenThatIsNotUtf8IsAnErrorNotACrash) {
   f.metadata = {{"tokenizer.ggml.model", gguf::str_value("gpt2")},
                 {"tokenizer.ggml.tokens", gguf::str_array({"a", "b\xff", "ab"})},
                 {"tokenizer.ggml.merges", gguf::str_array({"a b"})}};
-  const std::string out = (std::filesystem::temp_directory_path() / "moe_test_tok_utf8.gguf").string();
+  const std::string out = moe::testutil::unique_temp_path("moe_test_tok_utf8.gguf");
   gguf::write_file(out, f);
   try {
     model::gguf_tokenizer_json(gguf::Reader(out));
