@@ -28,6 +28,13 @@ PACKAGES=(
   libopenmpi-dev      # MPI communicator (expert parallelism on CPUs), src/dist/comm_mpi.cpp
   openmpi-bin         # mpirun, for the MPI tests (tests/mpi) and `moe bench alltoall`
   python3             # test drivers
+  python3-dev         # the Python package moe_cpp: headers of the extension moe_cpp._core (src/python)
+  pybind11-dev        # ... its bindings (CMake finds pybind11's config)
+  python3-pybind11    # ... pybind11 for `pip install --no-build-isolation .`
+  python3-setuptools  # ... `pip install .` (setup.py, pyproject.toml)
+  python3-wheel
+  python3-pip
+  python3-venv        # the install test: a fresh virtual environment (tests/python/install_test.sh)
   python3-numpy       # PyTorch oracle tests
   python3-torch       # PyTorch oracle tests (never a runtime dependency)
   libopenblas0-pthread  # an optimised BLAS under python3-torch, so bench/compare_torch.py is fair

@@ -212,7 +212,11 @@ Storage::Storage(size_t bytes, Placement placement, const char* what) : bytes_(b
   data_ = aligned_alloc64(bytes);
 }
 
+Storage::Storage(void* data, size_t bytes, std::shared_ptr<void> owner)
+    : data_(data), bytes_(bytes), owner_(std::move(owner)), borrowed_(true) {}
+
 Storage::~Storage() {
+  if (borrowed_) return;  // owner_ (if any) lets go of the memory
   if (block_ != 0) {
     block_cache().give(block_, data_);
   } else if (placement_ == Placement::Device) {
@@ -268,6 +272,22 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, std::string name, Placemen
     MOE_CHECK(d >= 0, "tensor '", name, "': negative dimension in shape ", shape_str(shape));
   Tensor t;
   t.storage_ = std::make_shared<Storage>(bytes_for(shape_numel(shape), dtype), placement, name.c_str());
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.name_ = std::move(name);
+  return t;
+}
+
+Tensor Tensor::borrow(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner,
+                      std::string name) {
+  for (int64_t d : shape)
+    MOE_CHECK(d >= 0, "tensor '", name, "': negative dimension in shape ", shape_str(shape));
+  const size_t bytes = bytes_for(shape_numel(shape), dtype);
+  MOE_CHECK(data != nullptr || bytes == 0, "tensor '", name, "': borrowed memory is null for shape ",
+            shape_str(shape));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(data, bytes, std::move(owner));
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;

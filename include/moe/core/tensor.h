@@ -61,6 +61,9 @@ class Storage {
  public:
   // `what` names the tensor in errors (a Device placement without CUDA or without a device).
   explicit Storage(size_t bytes, Placement placement = Placement::Host, const char* what = "");
+  // Host memory this storage does not own: `owner` keeps it alive and is released with the storage
+  // (Tensor::borrow).
+  Storage(void* data, size_t bytes, std::shared_ptr<void> owner);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -76,6 +79,8 @@ class Storage {
   size_t block_ = 0;  // size class of a cacheable block (0: not cacheable)
   Placement placement_ = Placement::Host;
   DeviceMemory* runtime_ = nullptr;  // the runtime that allocated a Device or page-locked Pinned block
+  std::shared_ptr<void> owner_;      // borrowed memory: its owner (nothing is freed here)
+  bool borrowed_ = false;
 };
 
 class Tensor {
@@ -88,6 +93,11 @@ class Tensor {
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, std::string name = {},
                       Placement placement = Placement::Host);
   static Tensor full(const Shape& shape, double value, DType dtype = DType::F32, std::string name = {});
+  // A contiguous host tensor over memory the caller owns (e.g. another framework's tensor): no copy.
+  // `owner` is held as long as any tensor shares this storage (null: the caller keeps `data` alive).
+  // Throws when data is null with a non-empty shape or a dimension is negative.
+  static Tensor borrow(void* data, const Shape& shape, DType dtype, std::shared_ptr<void> owner,
+                       std::string name = {});
   // Copies `values` (converted to `dtype`) into a new contiguous tensor of `shape`.
   static Tensor from(const std::vector<double>& values, const Shape& shape, DType dtype = DType::F32,
                      std::string name = {});

@@ -1,0 +1,15 @@
+"""moe.cpp from Python.
+
+    import moe_cpp                      # the engine: models, tokenizers, generation, training
+    from moe_cpp.torch import MoE       # the engine's MoE layer as a torch.nn.Module (needs PyTorch)
+    moe_cpp.torch.patch(model)          # a transformers MoE model's blocks replaced by the engine's
+
+The extension moe_cpp._core holds the C++ engine; errors it raises are moe_cpp.Error (a ValueError)
+carrying the engine's message.
+"""
+from . import _core
+from ._core import Error, Layer
+
+__version__ = getattr(_core, "__version__", "0")
+
+__all__ = ["Error", "Layer", "__version__"]

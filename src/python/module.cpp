@@ -1,0 +1,16 @@
+// moe_cpp._core: the engine from Python (pybind11). moe::Error becomes Python's ValueError with the
+// engine's message; the Python-facing API is python/moe_cpp.
+#include <pybind11/pybind11.h>
+
+#include "moe/core/error.h"
+#include "python/bindings.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "moe.cpp engine bindings (use the moe_cpp package)";
+  pybind11::register_exception<moe::Error>(m, "Error", PyExc_ValueError);
+#ifdef MOE_VERSION
+  m.attr("__version__") = MOE_VERSION;
+#endif
+  moe::python::bind_layer(m);
+  moe::python::bind_engine(m);
+}
