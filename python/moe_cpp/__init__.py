@@ -8,8 +8,8 @@ The extension moe_cpp._core holds the C++ engine; errors it raises are moe_cpp.E
 carrying the engine's message.
 """
 from . import _core
-from ._core import Error, Layer
+from ._core import Error, Layer, num_threads, set_num_threads
 
 __version__ = getattr(_core, "__version__", "0")
 
-__all__ = ["Error", "Layer", "__version__"]
+__all__ = ["Error", "Layer", "num_threads", "set_num_threads", "__version__"]

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 
 #include "moe/core/error.h"
+#include "moe/core/parallel.h"
 #include "python/bindings.h"
 
 PYBIND11_MODULE(_core, m) {
@@ -11,6 +12,9 @@ PYBIND11_MODULE(_core, m) {
 #ifdef MOE_VERSION
   m.attr("__version__") = MOE_VERSION;
 #endif
+  m.def("set_num_threads", &moe::set_num_threads, pybind11::arg("n"),
+        "Threads of the engine's kernels (OpenMP); the default is MOE_NUM_THREADS when set, else all cores.");
+  m.def("num_threads", &moe::num_threads, "Threads the engine's kernels use.");
   moe::python::bind_layer(m);
   moe::python::bind_engine(m);
 }
