@@ -13,3 +13,8 @@ from ._core import Error, Layer, num_threads, set_num_threads
 __version__ = getattr(_core, "__version__", "0")
 
 __all__ = ["Error", "Layer", "num_threads", "set_num_threads", "__version__"]
+
+# The engine: models, tokenizers, generation, evaluation, training (python/moe_cpp/engine.py).
+from .engine import Generation, Model, Token, Tokenizer, TokenStream, load, train  # noqa: E402
+
+__all__ += ["Generation", "Model", "Token", "Tokenizer", "TokenStream", "load", "train"]

@@ -194,3 +194,4 @@ class MoE(torch.nn.Module):
             raise ValueError("moe_cpp.torch.MoE.routing: no forward has run yet")
         r = self._last_forward.routing()
         return {k: (_tensor(v) if not isinstance(v, int) else v) for k, v in r.items()}
+from .hf import patch, unpatch  # noqa: E402,F401

@@ -15,6 +15,7 @@
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/infer/compare.h"
+#include "moe/infer/evaluate.h"
 #include "moe/model/transformer.h"
 #include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
@@ -102,31 +103,9 @@ int run_eval(const EvalArgs& a) {
             m.config().max_position_embeddings);
   MOE_CHECK(a.batch >= 1, "eval: --batch must be >= 1");
   if (!base_dir.empty()) return run_compare(a, m, dir, base_dir, toks, S);
-  const int64_t n = static_cast<int64_t>(toks.size());
-  double loss = 0;
-  int64_t skipped = 0, routed = 0;  // expert assignments skipped by --skip-threshold, of all routed
-  int64_t count = 0;
-  std::vector<int32_t> in, tgt;
-  int64_t pos = 0;
-  while (pos + 1 < n) {
-    // Up to `batch` full windows, or one shorter final window.
-    const int64_t full = (n - 1 - pos) / S;
-    const int64_t nb = std::min(a.batch, full), len = nb > 0 ? S : n - 1 - pos, rows = nb > 0 ? nb : 1;
-    in.assign(static_cast<size_t>(rows * len), 0), tgt.assign(static_cast<size_t>(rows * len), 0);
-    for (int64_t b = 0; b < rows; ++b)
-      for (int64_t s = 0; s < len; ++s) {
-        in[b * len + s] = toks[pos + b * len + s];
-        tgt[b * len + s] = toks[pos + b * len + s + 1];
-      }
-    const model::StepResult r = m.evaluate(in.data(), tgt.data(), rows, len);
-    loss += r.loss_sum, count += r.count;
-    for (const MoEStats& st : r.stats) {
-      skipped += st.skipped;
-      for (int64_t c : st.routed_per_expert) routed += c;
-    }
-    pos += rows * len;
-  }
-  const double mean = loss / static_cast<double>(count);
+  const infer::EvalResult r = infer::evaluate_tokens(m, toks, S, a.batch);
+  const int64_t count = r.tokens, skipped = r.skipped, routed = r.routed;
+  const double mean = r.loss();
   if (a.json) {
     nlohmann::json j = {{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}};
     if (a.skip_threshold > 0)

@@ -24,20 +24,30 @@ DType dtype_from(const DLDataType& t, const std::string& what) {
   if (t.code == 0 && t.bits == 64) return DType::I64;
   if (t.code == 0 && t.bits == 8) return DType::I8;
   if (t.code == 1 && t.bits == 8) return DType::U8;
-  throw Error(cat("tensor '", what, "': unsupported dtype (DLPack code ", int(t.code), ", ", int(t.bits), " bits)"));
+  throw Error(
+      cat("tensor '", what, "': unsupported dtype (DLPack code ", int(t.code), ", ", int(t.bits), " bits)"));
 }
 
 DLDataType dl_dtype(DType t) {
   switch (t) {
-    case DType::F32: return {2, 32, 1};
-    case DType::F64: return {2, 64, 1};
-    case DType::F16: return {2, 16, 1};
-    case DType::BF16: return {4, 16, 1};
-    case DType::I32: return {0, 32, 1};
-    case DType::I64: return {0, 64, 1};
-    case DType::I8: return {0, 8, 1};
-    case DType::U8: return {1, 8, 1};
-    default: throw Error(cat("dtype ", dtype_name(t), " has no DLPack equivalent"));
+    case DType::F32:
+      return {2, 32, 1};
+    case DType::F64:
+      return {2, 64, 1};
+    case DType::F16:
+      return {2, 16, 1};
+    case DType::BF16:
+      return {4, 16, 1};
+    case DType::I32:
+      return {0, 32, 1};
+    case DType::I64:
+      return {0, 64, 1};
+    case DType::I8:
+      return {0, 8, 1};
+    case DType::U8:
+      return {1, 8, 1};
+    default:
+      throw Error(cat("dtype ", dtype_name(t), " has no DLPack equivalent"));
   }
 }
 
@@ -52,7 +62,8 @@ struct Export {
 
 Tensor from_dlpack(const py::capsule& cap, const std::string& what) {
   MOE_CHECK(std::string(cap.name() ? cap.name() : "") == kCapsule, "tensor '", what,
-            "': expected a DLPack capsule ('dltensor'), got '", cap.name() ? cap.name() : "", "' (already used?)");
+            "': expected a DLPack capsule ('dltensor'), got '", cap.name() ? cap.name() : "",
+            "' (already used?)");
   auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), kCapsule));
   if (m == nullptr) throw py::error_already_set();
   // From here the capsule is ours: its deleter runs with the last tensor over its memory.

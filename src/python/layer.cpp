@@ -21,9 +21,9 @@ namespace {
 
 // The parameters of MoEParams by name (the names of docs/MOE_LAYER.md and the PyTorch oracle).
 const std::vector<std::string>& param_names() {
-  static const std::vector<std::string> names = {"router_w",      "router_bias",   "w_gate",
-                                                 "w_up",          "w_down",        "shared_w_gate",
-                                                 "shared_w_up",   "shared_w_down", "shared_gate_w"};
+  static const std::vector<std::string> names = {"router_w",    "router_bias",   "w_gate",
+                                                 "w_up",        "w_down",        "shared_w_gate",
+                                                 "shared_w_up", "shared_w_down", "shared_gate_w"};
   return names;
 }
 
@@ -99,8 +99,14 @@ class Layer {
     return d;
   }
 
-  void set_bf16_compute(bool on) { layer_.set_bf16_compute(on); }
-  bool bf16_compute() const { return layer_.bf16_compute(); }
+  // The bf16 copies are made by the next forward (the layer holds no weights between calls).
+  void set_bf16_compute(bool on) {
+    MOE_CHECK(!on || layer_.dtype() == DType::F32, "bf16 compute needs an f32 layer, this one is ",
+              dtype_name(layer_.dtype()));
+    bf16_ = on;
+    if (!on) layer_.set_bf16_compute(false);
+  }
+  bool bf16_compute() const { return bf16_; }
   void set_skip_threshold(double t) { layer_.set_skip_threshold(t); }
 
   std::shared_ptr<Forward> forward(const py::capsule& x, const py::dict& params, bool training, uint64_t step,
@@ -113,7 +119,10 @@ class Layer {
     auto out = std::make_shared<Forward>();
     {
       py::gil_scoped_release nogil;
-      if (refresh_bf16 && layer_.bf16_compute()) layer_.refresh_bf16_compute();
+      if (bf16_ && !layer_.bf16_compute())
+        layer_.set_bf16_compute(true);  // packs the copies
+      else if (refresh_bf16 && bf16_)
+        layer_.refresh_bf16_compute();
       ForwardOptions opt;
       opt.training = training;
       opt.step = step;
@@ -176,6 +185,7 @@ class Layer {
   }
 
   MoELayer layer_;
+  bool bf16_ = false;  // bf16 compute asked for (set on the layer by the first forward)
   std::vector<std::pair<std::string, Shape>> shapes_;  // every parameter this config has
 };
 
@@ -184,7 +194,8 @@ class Layer {
 void bind_layer(py::module_& m) {
   py::class_<Forward, std::shared_ptr<Forward>>(m, "Forward",
                                                 "One forward of a Layer: y, routing and statistics.")
-      .def("y", [](const Forward& f) { return to_dlpack(f.f.y); }, "The output (T, d) as a DLPack capsule.")
+      .def(
+          "y", [](const Forward& f) { return to_dlpack(f.f.y); }, "The output (T, d) as a DLPack capsule.")
       .def(
           "release", [](Forward& f) { f.f.saved.reset(); },
           "Drops the activations kept for backward (a forward that will not be differentiated).")
@@ -210,7 +221,8 @@ void bind_layer(py::module_& m) {
           "Assignments (token, expert, weight, kept) and router logits/scores as DLPack capsules.");
 
   py::class_<Layer>(m, "Layer", "The engine's MoE layer over parameters owned by the caller.")
-      .def(py::init<const std::string&, const std::string&>(), py::arg("config_json"), py::arg("dtype") = "f32")
+      .def(py::init<const std::string&, const std::string&>(), py::arg("config_json"),
+           py::arg("dtype") = "f32")
       .def("param_shapes", &Layer::param_shapes)
       .def("init_params", &Layer::init_params, py::arg("seed"))
       .def("set_bf16_compute", &Layer::set_bf16_compute)

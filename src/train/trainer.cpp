@@ -104,6 +104,7 @@ struct Run {
   double elapsed_s = 0;  // training time over all invocations
   double unigram = 0, unigram_val = 0;
   std::ofstream metrics;
+  bool stop_requested = false;  // opt.on_metrics returned false
 };
 
 std::vector<ParamRef> param_refs(model::Transformer& m) {
@@ -130,8 +131,10 @@ void open_metrics(Run& r) {
 
 void emit(Run& r, const json& j) {
   if (!r.metrics.is_open()) return;  // ranks other than 0 write no metrics
-  r.metrics << j.dump() << "\n";
+  const std::string line = j.dump();
+  r.metrics << line << "\n";
   r.metrics.flush();
+  if (r.opt.on_metrics && !r.opt.on_metrics(line)) r.stop_requested = true;
 }
 
 // Mean loss over the first `eval_batches · B` windows of the validation shard (in order). In
@@ -249,7 +252,8 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
   };
   while (r.step < o.steps) {
     const double run_time = std::chrono::duration<double>(Clock::now() - t_start).count();
-    double stop = (halt_after > 0 && done >= halt_after) || (time_limit_s > 0 && run_time >= time_limit_s);
+    double stop = (halt_after > 0 && done >= halt_after) || (time_limit_s > 0 && run_time >= time_limit_s) ||
+                  r.stop_requested;
     if (parallel) r.par->world->allreduce(&stop, 1, DType::F64, dist::ReduceOp::Max);  // all stop together
     if (stop > 0) break;
     if (parallel && r.wrank == W - 1) {  // fault injection (tests)
@@ -501,6 +505,17 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
 
 TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t halt_after,
                     double time_limit_s, bool quiet, const dist::ParallelGroups* par, int ep_chunks) {
+  ResumeOptions ro;
+  ro.override_steps = override_steps, ro.halt_after = halt_after, ro.time_limit_s = time_limit_s;
+  ro.quiet = quiet, ro.ep_chunks = ep_chunks;
+  return resume(run_dir, ro, par);
+}
+
+TrainSummary resume(const std::string& run_dir, const ResumeOptions& ro, const dist::ParallelGroups* par) {
+  const int64_t override_steps = ro.override_steps, halt_after = ro.halt_after;
+  const double time_limit_s = ro.time_limit_s;
+  const bool quiet = ro.quiet;
+  const int ep_chunks = ro.ep_chunks;
   Run r;
   r.dir = run_dir;
   MOE_CHECK(fs::exists(r.dir / "train_options.json"), "resume: '", run_dir, "' is not a run directory (no ",
@@ -509,6 +524,7 @@ TrainSummary resume(const std::string& run_dir, int64_t override_steps, int64_t 
   r.opt.run_dir = run_dir;
   r.opt.quiet = quiet;
   r.opt.ep_chunks = ep_chunks;
+  r.opt.on_metrics = ro.on_metrics;
   if (override_steps > 0) r.opt.steps = override_steps;
   validate(r.opt);
   set_parallel(r, par);

@@ -162,6 +162,27 @@ class Autograd(unittest.TestCase):
         self.assertLess(losses[-1], 0.8 * losses[0])
 
 
+class Bf16Compute(unittest.TestCase):
+    def test_close_to_f32_and_sees_weight_changes(self):
+        torch.manual_seed(3)
+        m32 = MoE(d_model=64, d_ff=96, n_experts=4, top_k=2, seed=5)
+        m16 = MoE(d_model=64, d_ff=96, n_experts=4, top_k=2, seed=5, bf16_compute=True)
+        x = torch.randn(40, 64)
+        for step in range(2):
+            outs = []
+            for m in (m32, m16):
+                xx = x.clone().requires_grad_(True)
+                y = m(xx).y
+                y.square().sum().backward()
+                outs.append((y.detach(), xx.grad, m.w_up.grad.clone()))
+                m.zero_grad(set_to_none=True)
+            for a, b in zip(*outs):
+                self.assertLess(rel_err(b, a), 3e-2)
+            with torch.no_grad():  # a weight change must reach the bf16 copies
+                for m in (m32, m16):
+                    m.w_down.mul_(-1.5)
+
+
 class BadInput(unittest.TestCase):
     def test_config_errors_name_the_field(self):
         with self.assertRaisesRegex(ValueError, "top_k"):

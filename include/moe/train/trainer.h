@@ -56,6 +56,10 @@ struct TrainOptions {
                                    // at the start of this step (a crashed process)
   int64_t fault_hang_step = -1;    // ... or stops answering (sleeps) there
   bool quiet = false;              // no progress lines on stdout
+  // Called on rank 0 with every record written to metrics.jsonl (its JSON text, as written) right
+  // after it is written; returning false stops the run after the current step, with a checkpoint (as
+  // halt_after). An exception it throws propagates out of train() / resume(). Not saved with the run.
+  std::function<bool(const std::string& record)> on_metrics;
 };
 
 // The default model: a small qwen3_moe (4 layers, d 256, 8 heads / 4 KV heads, 8 experts top-2 of
@@ -92,5 +96,16 @@ TrainSummary train(const TrainOptions& opt, const dist::ParallelGroups* par = nu
 TrainSummary resume(const std::string& run_dir, int64_t override_steps = 0, int64_t halt_after = 0,
                     double time_limit_s = 0, bool quiet = false, const dist::ParallelGroups* par = nullptr,
                     int ep_chunks = 1);
+// The same with the options in a struct (and the metrics callback of TrainOptions::on_metrics).
+struct ResumeOptions {
+  int64_t override_steps = 0;
+  int64_t halt_after = 0;
+  double time_limit_s = 0;
+  bool quiet = false;
+  int ep_chunks = 1;
+  std::function<bool(const std::string& record)> on_metrics;
+};
+TrainSummary resume(const std::string& run_dir, const ResumeOptions& ro,
+                    const dist::ParallelGroups* par = nullptr);
 
 }  // namespace moe::train
