@@ -207,14 +207,18 @@ void add_bench_alltoall(CLI::App& bench, Registry& reg) {
   c->add_option("--sizes", o->sizes, "Bytes per block (one block to every rank); K, M, G suffixes")
       ->delimiter(',')
       ->capture_default_str();
-  c->add_option("--iters", o->iters, "Timed calls per size; the median is reported")->capture_default_str();
-  c->add_option("--warmup", o->warmup, "Untimed calls first")->capture_default_str();
+  c->add_option("--iters", o->iters, "Timed calls per size; the median is reported")
+      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+  c->add_option("--warmup", o->warmup, "Untimed calls first")
+      ->check(in_range(0, kMaxRepsFlag))->capture_default_str();
   c->add_flag("--hierarchical", o->hierarchical,
               "Also time the two-stage all-to-all (intra-node, then inter-node)");
   c->add_option("--ranks-per-node", o->ranks_per_node,
                 "Ranks per node of the two-stage all-to-all (0 = detect ranks sharing memory)")
+      ->check(in_range(0, 1 << 16))
       ->capture_default_str();
   c->add_option("--timeout", o->timeout, "Seconds a collective may wait for the other ranks (0 = forever)")
+      ->check(in_range(0, 1e6))
       ->capture_default_str();
   add_json_flag(c, o->json, "Print one JSON object (rank 0)");
   c->footer(

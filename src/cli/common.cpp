@@ -44,9 +44,9 @@ std::string fmt_bound(double v) {
   return o.str();
 }
 
-CLI::Validator range_validator(double lo, double hi, const std::string& what) {
+CLI::Validator range_validator(double lo, double hi, const std::string& what, bool lo_open = false) {
   return CLI::Validator(
-      [lo, hi, what](std::string& in) -> std::string {
+      [lo, hi, what, lo_open](std::string& in) -> std::string {
         double v = 0;
         size_t used = 0;
         try {
@@ -56,7 +56,7 @@ CLI::Validator range_validator(double lo, double hi, const std::string& what) {
         }
         if (used != in.size() || in.empty() || !std::isfinite(v))
           return "expected a number, got '" + in + "'";
-        if (v < lo || v > hi) return "must be " + what + ", got " + in;
+        if (v < lo || v > hi || (lo_open && v == lo)) return "must be " + what + ", got " + in;
         return {};
       },
       what);
@@ -69,6 +69,14 @@ CLI::Validator at_least(double lo) {
 
 CLI::Validator in_range(double lo, double hi) {
   return range_validator(lo, hi, "in [" + fmt_bound(lo) + ", " + fmt_bound(hi) + "]");
+}
+
+CLI::Validator above(double lo) {
+  return range_validator(lo, std::numeric_limits<double>::max(), "> " + fmt_bound(lo), true);
+}
+
+CLI::Validator above_at_most(double lo, double hi) {
+  return range_validator(lo, hi, "in (" + fmt_bound(lo) + ", " + fmt_bound(hi) + "]", true);
 }
 
 double peak_rss_mb() {

@@ -83,6 +83,15 @@ CLI::Option* add_seed_flag(CLI::App* c, uint64_t& seed, const std::string& what)
 // would exhaust the machine.
 CLI::Validator at_least(double lo);
 CLI::Validator in_range(double lo, double hi);
+// (lo, +inf) and (lo, hi]: where lo itself means nothing (a zero learning rate, bandwidth or mass).
+CLI::Validator above(double lo);
+CLI::Validator above_at_most(double lo, double hi);
+// Bounds of the flags that are not model sizes (those are bounded by ModelConfig::validate): tokens
+// of a prompt, sequence or batch, and repetitions (benchmark iterations, warmups, epochs).
+inline constexpr double kMaxTokensFlag = 1 << 24;
+inline constexpr double kMaxRepsFlag = 1e6;
+// Test that every numeric flag of every command carries one of these validators:
+// tests/cli/flag_audit.py (cli.flag_audit).
 
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();

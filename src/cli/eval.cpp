@@ -129,14 +129,18 @@ void register_eval(CLI::App& app, Registry& reg) {
   CLI::App* c = app.add_subcommand("eval", "Cross-entropy and perplexity of a model on text or tokens");
   add_model_flag(c, a->model);
   c->add_option("--data", a->data, "Text file (or directory) encoded with the model's tokenizer.json");
-  c->add_option("--tokens", a->tokens, "Comma-separated token ids")->delimiter(',');
-  c->add_option("--seq-len", a->seq_len, "Window length (default min(context, 512))");
-  c->add_option("--batch", a->batch, "Windows per forward pass")->capture_default_str();
+  c->add_option("--tokens", a->tokens, "Comma-separated token ids")
+      ->check(in_range(0, 1 << 22))->delimiter(',');
+  c->add_option("--seq-len", a->seq_len, "Window length (default min(context, 512))")
+      ->check(in_range(2, kMaxTokensFlag));
+  c->add_option("--batch", a->batch, "Windows per forward pass")
+      ->check(in_range(1, 1 << 16))->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_option("--compare", a->compare,
                 "Base model directory: also report its perplexity, KL(base || model) and top-1 agreement");
   c->add_option("--skip-threshold", a->skip_threshold,
-                "Skip routed experts of --model whose routing weight is below this (0 = off)");
+                "Skip routed experts of --model whose routing weight is below this (0 = off)")
+      ->check(in_range(0, 1));
   add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_eval(*a); }; });

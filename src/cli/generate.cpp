@@ -87,25 +87,33 @@ void register_generate(CLI::App& app, Registry& reg) {
       app.add_subcommand("generate", "Continue a prompt with a model (KV cache; greedy at temperature 0)");
   add_model_flag(c, a->model);
   c->add_option("--prompt", a->prompt, "Text to continue")->required();
-  c->add_option("--max-tokens", a->opt.max_new_tokens, "New tokens at most")->capture_default_str();
-  c->add_option("--temperature", a->opt.sampling.temperature, "0 = greedy")->capture_default_str();
-  c->add_option("--top-p", a->opt.sampling.top_p, "Nucleus sampling mass")->capture_default_str();
+  c->add_option("--max-tokens", a->opt.max_new_tokens, "New tokens at most")
+      ->check(in_range(0, kMaxTokensFlag))->capture_default_str();
+  c->add_option("--temperature", a->opt.sampling.temperature, "0 = greedy")
+      ->check(in_range(0, 1e6))->capture_default_str();
+  c->add_option("--top-p", a->opt.sampling.top_p, "Nucleus sampling mass")
+      ->check(above_at_most(0, 1))->capture_default_str();
   c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")
+      ->check(in_range(0, 1 << 22))
       ->capture_default_str();
   add_seed_flag(c, a->opt.sampling.seed, "the sampling");
   c->add_option("--repetition-penalty", a->opt.sampling.repetition_penalty,
                 "Divide positive (multiply negative) logits of tokens already seen (1 = off)")
+      ->check(above_at_most(0, 1e6))
       ->capture_default_str();
   c->add_option("--frequency-penalty", a->opt.sampling.frequency_penalty,
                 "Subtract this times each token's count in the output, in [-2, 2]")
+      ->check(in_range(-2, 2))
       ->capture_default_str();
   c->add_option("--presence-penalty", a->opt.sampling.presence_penalty,
                 "Subtract this from tokens present in the output, in [-2, 2]")
+      ->check(in_range(-2, 2))
       ->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   c->add_option("--skip-threshold", a->skip_threshold,
-                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
+                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)")
+      ->check(in_range(0, 1));
   add_json_flag(c, a->json, "Print one JSON object instead of streaming text");
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });

@@ -21,6 +21,7 @@ void add_model_flags(CLI::App* c, ModelFlags& f) {
   c->add_option("--shared-width", f.shared_width, "qwen2_moe: shared expert width (default 2 x expert width)")
       ->check(at_least(0));
   c->add_option("--dense-layers", f.dense_layers, "qwen: layers with a dense FFN instead of MoE")
+      ->check(in_range(0, 1023))
       ->delimiter(',');
   c->add_option("--dense-width", f.dense_width, "Width of the dense FFN layers (default 1024)")
       ->check(at_least(1));

@@ -1,5 +1,7 @@
 #include "offload_flags.h"
 
+#include "cli/common.h"
+
 #include <iostream>
 
 #include "moe/core/error.h"
@@ -9,15 +11,19 @@ namespace moe::cli {
 
 void add_offload_flags(CLI::App* c, OffloadFlags& f) {
   c->add_option("--resident-experts", f.resident_experts,
-                "Offload experts: keep at most N routed experts (all layers together) in memory");
+                "Offload experts: keep at most N routed experts (all layers together) in memory")
+      ->check(at_least(0));
   c->add_option("--expert-cache-gb", f.cache_gb,
-                "Offload experts: memory budget for resident experts in GiB");
+                "Offload experts: memory budget for resident experts in GiB")
+      ->check(in_range(0, 1 << 20));
   c->add_option("--cache-policy", f.policy, "Expert cache policy: lru, lfu, activation")
       ->capture_default_str();
   c->add_flag("--no-prefetch", f.no_prefetch, "Do not prefetch the next layers' predicted experts");
-  c->add_option("--prefetch-depth", f.prefetch_depth, "MoE layers ahead to prefetch")->capture_default_str();
+  c->add_option("--prefetch-depth", f.prefetch_depth, "MoE layers ahead to prefetch")
+      ->check(in_range(0, 1024))->capture_default_str();
   c->add_option("--prefetch-experts", f.prefetch_experts,
                 "Experts predicted per layer (0: the router's top-k)")
+      ->check(in_range(0, 1 << 14))
       ->capture_default_str();
   c->add_option(
        "--expert-predictor", f.predictor,
@@ -28,6 +34,7 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
                 "Reading offloaded experts: mmap (page cache) or direct (O_DIRECT, disk)")
       ->capture_default_str();
   c->add_option("--io-threads", f.io_threads, "Loader threads (expert reads in flight at once)")
+      ->check(in_range(1, 256))
       ->capture_default_str();
   c->add_option("--expert-miss", f.miss,
                 "On a miss: load, compute (from the mapped checkpoint, no load), auto (cost model)")

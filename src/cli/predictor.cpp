@@ -212,26 +212,33 @@ void register_predictor(CLI::App& app, Registry& reg) {
   c->add_option("--calibration", a->calibration,
                 "Text file (or directory) encoded with the model's tokenizer")
       ->required();
-  c->add_option("--depth", a->depth, "MoE layers ahead to predict")->capture_default_str();
+  c->add_option("--depth", a->depth, "MoE layers ahead to predict")
+      ->check(in_range(1, 1024))->capture_default_str();
   c->add_option("--holdout", a->holdout,
                 "Share of the calibration tokens (the last ones) kept out of the fit to "
                 "measure recall")
+      ->check(in_range(0, 1))
       ->capture_default_str();
   c->add_option("--out", a->out,
                 "Predictor file (default: expert_predictor.safetensors in the model directory)");
-  c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 256))");
+  c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 256))")
+      ->check(in_range(2, kMaxTokensFlag));
   c->add_option("--generate", a->generate,
                 "Tokens decoded greedily after each calibration window (the pairs into the next token learn "
                 "from them)")
+      ->check(in_range(0, kMaxTokensFlag))
       ->capture_default_str();
   c->add_flag("--no-next-token", a->no_next_token,
               "Predict within a token only (no pairs into the next token's first layers)");
   c->add_option(
        "--max-tokens", a->max_tokens,
        "Calibration tokens used at most (0: 65,536, fewer when their router inputs would pass 2 GiB)")
+      ->check(in_range(0, 1 << 30))
       ->capture_default_str();
-  c->add_option("--epochs", a->fit.epochs, "Passes over the calibration tokens")->capture_default_str();
-  c->add_option("--lr", a->fit.lr, "Adam learning rate of the fit")->capture_default_str();
+  c->add_option("--epochs", a->fit.epochs, "Passes over the calibration tokens")
+      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+  c->add_option("--lr", a->fit.lr, "Adam learning rate of the fit")
+      ->check(above_at_most(0, 1e3))->capture_default_str();
   add_threads_flag(c, a->threads);
   add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_predictor(*a); }; });

@@ -100,12 +100,14 @@ void register_prune(CLI::App& app, Registry& reg) {
   CLI::App* c = app.add_subcommand(
       "prune", "Remove each MoE layer's least-used experts (measured on calibration text)");
   add_model_flag(c, a->model);
-  c->add_option("--keep", a->keep, "Experts kept per MoE layer (top-k <= K < experts)")->required();
+  c->add_option("--keep", a->keep, "Experts kept per MoE layer (top-k <= K < experts)")
+      ->check(in_range(1, 1 << 14))->required();
   c->add_option("--calibration", a->calibration,
                 "Text file (or directory) encoded with the model's tokenizer")
       ->required();
   c->add_option("--out", a->out, "Output model directory")->required();
-  c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 512))");
+  c->add_option("--seq-len", a->seq_len, "Calibration window length (default min(context, 512))")
+      ->check(in_range(2, kMaxTokensFlag));
   c->add_option("--usage-out", a->usage_out, "Also write the measured expert usage (JSON)");
   add_threads_flag(c, a->threads);
   c->add_flag("--overwrite", a->overwrite, "Replace a checkpoint already in --out");

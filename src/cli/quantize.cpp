@@ -90,7 +90,7 @@ void register_quantize(CLI::App& app, Registry& reg) {
       ->check(CLI::IsMember({4, 8}));
   c->add_option("--mixed-fraction", a->opt.mixed_fraction,
                 "Fraction of each MoE layer's experts, lowest routing weight first, that get --mixed-bits")
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(in_range(0, 1));
   c->add_option("--usage", a->opt.usage_file, "Expert usage JSON measured on calibration text");
   c->add_flag("--overwrite", a->opt.overwrite, "Replace the files of a non-empty --out");
   add_json_flag(c, a->json);

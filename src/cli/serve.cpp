@@ -178,24 +178,32 @@ void register_serve(CLI::App& app, Registry& reg) {
   CLI::App* c = app.add_subcommand("serve", "OpenAI-compatible HTTP server (continuous batching)");
   add_model_flag(c, a->model);
   c->add_option("--host", o.host, "Address to listen on")->capture_default_str();
-  c->add_option("--port", o.port, "Port (0 = any free port)")->capture_default_str();
+  c->add_option("--port", o.port, "Port (0 = any free port)")
+      ->check(in_range(0, 65535))->capture_default_str();
   c->add_option("--api-key", o.api_key,
                 "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_offload_flags(c, a->offload);
   c->add_option("--skip-threshold", a->skip_threshold,
-                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
+                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)")
+      ->check(in_range(0, 1));
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")
+      ->check(in_range(1, infer::kMaxBatchTokens))
       ->capture_default_str();
-  c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")->capture_default_str();
+  c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")
+      ->check(in_range(1, infer::kMaxRunning))->capture_default_str();
   c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")
+      ->check(in_range(0, infer::kMaxQueue))
       ->capture_default_str();
   c->add_option("--max-body-bytes", o.max_body_bytes, "Largest request body (beyond: 413)")
+      ->check(in_range(1, infer::kMaxBodyBytes))
       ->capture_default_str();
   c->add_option("--max-prompt-tokens", o.max_prompt_tokens, "Longest prompt accepted (0 = the context - 1)")
+      ->check(in_range(0, kMaxTokensFlag))
       ->capture_default_str();
   c->add_option("--max-tokens-limit", o.max_tokens_limit, "Largest max_tokens accepted (0 = the context)")
+      ->check(in_range(0, kMaxTokensFlag))
       ->capture_default_str();
   c->add_option(
       "--chat-template", a->chat_template,

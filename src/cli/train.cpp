@@ -114,42 +114,61 @@ void register_train(CLI::App& app, Registry& reg) {
   c->add_option("--init", o.init_from,
                 "Start from this model directory's weights and tokenizer (e.g. `moe upcycle`)");
   add_model_flags(c, a->model);
-  c->add_option("--vocab-size", o.vocab_size, "BPE vocabulary size")->capture_default_str();
-  c->add_option("--seq-len", o.seq_len, "Tokens per sequence")->capture_default_str();
-  c->add_option("--batch-size", o.batch_size, "Sequences per micro-batch")->capture_default_str();
-  c->add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step")->capture_default_str();
-  c->add_option("--steps", o.steps, "Optimizer steps (default 800)");
-  c->add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
-  c->add_option("--min-lr-ratio", o.min_lr_ratio, "Final learning rate / peak")->capture_default_str();
-  c->add_option("--warmup", o.warmup_steps, "Warmup steps")->capture_default_str();
-  c->add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
-  c->add_option("--clip", o.grad_clip, "Gradient clipping max norm (0 = off)")->capture_default_str();
+  c->add_option("--vocab-size", o.vocab_size, "BPE vocabulary size")
+      ->check(in_range(300, 1 << 22))->capture_default_str();
+  c->add_option("--seq-len", o.seq_len, "Tokens per sequence")
+      ->check(in_range(2, kMaxTokensFlag))->capture_default_str();
+  c->add_option("--batch-size", o.batch_size, "Sequences per micro-batch")
+      ->check(in_range(1, 1 << 20))->capture_default_str();
+  c->add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step")
+      ->check(in_range(1, 1 << 20))->capture_default_str();
+  c->add_option("--steps", o.steps, "Optimizer steps (default 800)")
+      ->check(in_range(1, 1e12));
+  c->add_option("--lr", o.lr, "Peak learning rate")
+      ->check(above_at_most(0, 1e3))->capture_default_str();
+  c->add_option("--min-lr-ratio", o.min_lr_ratio, "Final learning rate / peak")
+      ->check(in_range(0, 1))->capture_default_str();
+  c->add_option("--warmup", o.warmup_steps, "Warmup steps")
+      ->check(in_range(0, 1e12))->capture_default_str();
+  c->add_option("--weight-decay", o.weight_decay, "AdamW weight decay")
+      ->check(in_range(0, 1e3))->capture_default_str();
+  c->add_option("--clip", o.grad_clip, "Gradient clipping max norm (0 = off)")
+      ->check(in_range(0, 1e12))->capture_default_str();
   c->add_flag(
       "--bf16", o.bf16,
       "bf16 compute for the dense linears and the experts (forward and input-gradient GEMMs; f32 master "
       "weights, weight gradients and optimizer)");
   add_seed_flag(c, o.seed, "init, data order and router jitter");
-  c->add_option("--log-every", o.log_every, "Progress line every N steps")->capture_default_str();
+  c->add_option("--log-every", o.log_every, "Progress line every N steps")
+      ->check(in_range(1, 1e12))->capture_default_str();
   c->add_option("--eval-every", o.eval_every, "Validation loss every N steps (0 = at the end)")
+      ->check(in_range(0, 1e12))
       ->capture_default_str();
-  c->add_option("--eval-batches", o.eval_batches, "Validation batches per evaluation")->capture_default_str();
+  c->add_option("--eval-batches", o.eval_batches, "Validation batches per evaluation")
+      ->check(in_range(1, 1 << 20))->capture_default_str();
   c->add_option("--checkpoint-every", o.checkpoint_every, "Checkpoint every N steps (0 = at the end)")
+      ->check(in_range(0, 1e12))
       ->capture_default_str();
   c->add_option("--time-limit", a->time_limit_min,
-                "Stop with a checkpoint after this many minutes (0 = none)");
-  c->add_option("--halt-after", o.halt_after, "Stop with a checkpoint after N steps of this invocation");
+                "Stop with a checkpoint after this many minutes (0 = none)")
+      ->check(in_range(0, 1e9));
+  c->add_option("--halt-after", o.halt_after, "Stop with a checkpoint after N steps of this invocation")
+      ->check(in_range(1, 1e12));
   add_threads_flag(c, a->threads);
   c->add_flag("--quiet", o.quiet, "No progress lines");
   c->add_option("--expert-parallel", a->expert_parallel,
                 "Under mpirun: shard the experts over groups of this many ranks (the rest is data parallel)")
+      ->check(in_range(1, 1 << 14))
       ->capture_default_str()
       ->group("Parallelism");
   c->add_option("--comm-timeout", a->comm_timeout_s,
                 "Seconds a rank waits for its peers before stopping with an error (0 = forever)")
+      ->check(in_range(0, 1e6))
       ->capture_default_str()
       ->group("Parallelism");
   c->add_option("--ep-chunks", o.ep_chunks,
                 "Token chunks per MoE layer: one chunk's all-to-all overlaps another's expert compute")
+      ->check(in_range(1, 1024))
       ->capture_default_str()
       ->group("Parallelism");
   c->add_flag("--hierarchical-a2a", a->hierarchical,
@@ -157,13 +176,17 @@ void register_train(CLI::App& app, Registry& reg) {
       ->group("Parallelism");
   c->add_option("--ranks-per-node", a->ranks_per_node,
                 "Ranks per node for --hierarchical-a2a (default: detected)")
+      ->check(in_range(1, 1 << 16))
       ->group("Parallelism");
   c->add_option("--fault-nan-step", o.fault_nan_step, "Testing: poison the gradient of this step with NaN")
+      ->check(in_range(0, 1e12))
       ->group("Testing");
   c->add_option("--fault-exit-step", o.fault_exit_step,
                 "Testing: the last rank exits at the start of this step")
+      ->check(in_range(0, 1e12))
       ->group("Testing");
   c->add_option("--fault-hang-step", o.fault_hang_step, "Testing: the last rank stops answering at this step")
+      ->check(in_range(0, 1e12))
       ->group("Testing");
   c->callback([&reg, a] {
     if (a->opt.steps == 0 && a->resume.empty()) a->opt.steps = train::TrainOptions{}.steps;

@@ -205,7 +205,7 @@ def case_errors(moe, tmp, data):
     err([moe, "train", "--out", out, "--data", data], "already holds a run")
     err([moe, "eval", "--model", out, "--tokens", "1,99999"], "outside the vocabulary")
     err([moe, "eval", "--model", out], "exactly one of")
-    err([moe, "generate", "--model", out, "--prompt", "x", "--top-p", "0"], "top_p")
+    err([moe, "generate", "--model", out, "--prompt", "x", "--top-p", "0"], "--top-p")
     # A truncated checkpoint: a clear error, and nothing else is touched.
     st = os.path.join(out, "checkpoint", "model.safetensors")
     size = os.path.getsize(st)
