@@ -208,9 +208,11 @@ void add_bench_alltoall(CLI::App& bench, Registry& reg) {
       ->delimiter(',')
       ->capture_default_str();
   c->add_option("--iters", o->iters, "Timed calls per size; the median is reported")
-      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(1, kMaxRepsFlag))
+      ->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed calls first")
-      ->check(in_range(0, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(0, kMaxRepsFlag))
+      ->capture_default_str();
   c->add_flag("--hierarchical", o->hierarchical,
               "Also time the two-stage all-to-all (intra-node, then inter-node)");
   c->add_option("--ranks-per-node", o->ranks_per_node,

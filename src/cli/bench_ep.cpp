@@ -174,15 +174,16 @@ void add_bench_ep(CLI::App& bench, Registry& reg) {
                                      "One expert-parallel MoE layer (forward + backward) under mpirun: step "
                                      "time, overlap chunks, all-to-all bytes against the cost model");
   c->add_option("--tokens", o->tokens, "Tokens per rank")
-      ->check(in_range(1, kMaxTokensFlag))->capture_default_str();
-  c->add_option("--d-model", o->d_model, "Hidden size")
-      ->check(in_range(1, 1 << 16))->capture_default_str();
+      ->check(in_range(1, kMaxTokensFlag))
+      ->capture_default_str();
+  c->add_option("--d-model", o->d_model, "Hidden size")->check(in_range(1, 1 << 16))->capture_default_str();
   c->add_option("--d-ff", o->d_ff, "Expert width (SwiGLU)")
-      ->check(in_range(1, 1 << 18))->capture_default_str();
+      ->check(in_range(1, 1 << 18))
+      ->capture_default_str();
   c->add_option("--experts", o->experts, "Routed experts (a multiple of the ranks)")
-      ->check(in_range(1, 1 << 14))->capture_default_str();
-  c->add_option("--top-k", o->top_k, "Experts per token")
-      ->check(in_range(1, 1 << 14))->capture_default_str();
+      ->check(in_range(1, 1 << 14))
+      ->capture_default_str();
+  c->add_option("--top-k", o->top_k, "Experts per token")->check(in_range(1, 1 << 14))->capture_default_str();
   c->add_option(
        "--chunks", o->chunks,
        "Token chunks to compare (overlap of exchange and compute); 0 = the single-process layer (one rank)")
@@ -190,9 +191,11 @@ void add_bench_ep(CLI::App& bench, Registry& reg) {
       ->delimiter(',')
       ->capture_default_str();
   c->add_option("--iters", o->iters, "Timed steps; the median is reported")
-      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(1, kMaxRepsFlag))
+      ->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed steps first")
-      ->check(in_range(0, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(0, kMaxRepsFlag))
+      ->capture_default_str();
   add_threads_flag(c, o->threads);
   c->add_option("--timeout", o->timeout, "Seconds a collective may wait for the other ranks")
       ->check(in_range(0, 1e6))

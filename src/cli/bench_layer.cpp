@@ -432,15 +432,20 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
   CLI::App* sub = bench_app.add_subcommand(
       "layer", "Time one MoE layer (f32) forward and forward+backward on random inputs");
   sub->add_option("--tokens", opts->tokens, "Tokens T in the batch (>= 1)")
-      ->check(in_range(1, kMaxTokensFlag))->capture_default_str();
+      ->check(in_range(1, kMaxTokensFlag))
+      ->capture_default_str();
   sub->add_option("--d-model", opts->d_model, "Model width d")
-      ->check(in_range(1, 1 << 16))->capture_default_str();
+      ->check(in_range(1, 1 << 16))
+      ->capture_default_str();
   sub->add_option("--d-ff", opts->d_ff, "Width of each routed expert")
-      ->check(in_range(1, 1 << 18))->capture_default_str();
+      ->check(in_range(1, 1 << 18))
+      ->capture_default_str();
   sub->add_option("--experts", opts->experts, "Routed experts E")
-      ->check(in_range(1, 1 << 14))->capture_default_str();
+      ->check(in_range(1, 1 << 14))
+      ->capture_default_str();
   sub->add_option("--top-k", opts->top_k, "Experts per token k (1 <= k <= E)")
-      ->check(in_range(1, 1 << 14))->capture_default_str();
+      ->check(in_range(1, 1 << 14))
+      ->capture_default_str();
   sub->add_option("--shared-experts", opts->shared_experts, "Shared experts (each of width d_ff)")
       ->check(in_range(0, 64))
       ->capture_default_str();
@@ -455,9 +460,11 @@ void add_bench_layer(CLI::App& bench_app, Registry& reg) {
       ->capture_default_str();
   add_threads_flag(sub, opts->threads);
   sub->add_option("--warmup", opts->warmup, "Untimed runs before timing")
-      ->check(in_range(0, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(0, kMaxRepsFlag))
+      ->capture_default_str();
   sub->add_option("--iters", opts->iters, "Timed runs; the median is reported")
-      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(1, kMaxRepsFlag))
+      ->capture_default_str();
   sub->add_option("--backend", opts->backend, "Kernel backend")
       ->check(CLI::IsMember({"ref", "cpu"}))
       ->capture_default_str();

@@ -335,18 +335,20 @@ void add_bench_offload(CLI::App& bench, Registry& reg) {
       ->capture_default_str();
   c->add_option("--resident-fraction", a->fractions, "Comma-separated shares of all experts kept resident")
       ->capture_default_str();
-  c->add_option("--num-prompts", a->n_prompts, "Prompts")
-      ->check(in_range(1, 1 << 20))->capture_default_str();
+  c->add_option("--num-prompts", a->n_prompts, "Prompts")->check(in_range(1, 1 << 20))->capture_default_str();
   c->add_option("--prompt-tokens", a->prompt_tokens, "Tokens per prompt")
-      ->check(in_range(1, kMaxTokensFlag))->capture_default_str();
+      ->check(in_range(1, kMaxTokensFlag))
+      ->capture_default_str();
   c->add_option("--new-tokens", a->new_tokens, "Tokens decoded per prompt (greedy)")
-      ->check(in_range(1, kMaxTokensFlag))->capture_default_str();
+      ->check(in_range(1, kMaxTokensFlag))
+      ->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 dense linears");
   c->add_option("--expert-io", a->base.io, "mmap (page cache) or direct (O_DIRECT, disk)")
       ->capture_default_str();
   c->add_option("--io-threads", a->base.io_threads, "Loader threads")
-      ->check(in_range(1, 256))->capture_default_str();
+      ->check(in_range(1, 256))
+      ->capture_default_str();
   c->add_option("--expert-format", a->base.format, "Resident expert format: auto, bf16, f32")
       ->capture_default_str();
   c->add_option("--prefetch-depth", a->base.prefetch_depth, "MoE layers ahead to prefetch")

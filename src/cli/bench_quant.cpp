@@ -245,15 +245,19 @@ void add_bench_quant(CLI::App& bench, Registry& reg) {
       "quant", "Quantized-weight GEMM (int8, int4) beside the f32 and bf16-weight GEMMs");
   c->add_option("--shapes", o->shapes, "Weight shapes NxK (out x in)")->delimiter(',')->capture_default_str();
   c->add_option("--m", o->ms, "Rows M (tokens) per call")
-      ->check(in_range(1, 1 << 20))->delimiter(',')->capture_default_str();
+      ->check(in_range(1, 1 << 20))
+      ->delimiter(',')
+      ->capture_default_str();
   c->add_option("--group-size", o->group, "Quantization group")
       ->check(CLI::IsMember({32, 64, 128}))
       ->capture_default_str();
   add_threads_flag(c, o->threads);
   c->add_option("--iters", o->iters, "Timed repetitions; the median is reported")
-      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(1, kMaxRepsFlag))
+      ->capture_default_str();
   c->add_option("--warmup", o->warmup, "Untimed repetitions first")
-      ->check(in_range(0, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(0, kMaxRepsFlag))
+      ->capture_default_str();
   c->add_option("--copies", o->copies, "Distinct weight matrices per kind, cycled (weights from memory)")
       ->check(in_range(1, 1024))
       ->capture_default_str();

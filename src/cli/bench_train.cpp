@@ -120,16 +120,19 @@ void add_bench_train(CLI::App& bench, Registry& reg) {
   CLI::App* c =
       bench.add_subcommand("train", "Time one training step (forward, backward, AdamW) of a transformer");
   add_model_flags(c, a->model);
-  c->add_option("--vocab", a->vocab, "Vocabulary size")
-      ->check(in_range(2, 1 << 22))->capture_default_str();
+  c->add_option("--vocab", a->vocab, "Vocabulary size")->check(in_range(2, 1 << 22))->capture_default_str();
   c->add_option("--seq-len", a->seq_len, "Tokens per sequence")
-      ->check(in_range(2, kMaxTokensFlag))->capture_default_str();
+      ->check(in_range(2, kMaxTokensFlag))
+      ->capture_default_str();
   c->add_option("--batch-size", a->batch, "Sequences per step")
-      ->check(in_range(1, 1 << 20))->capture_default_str();
+      ->check(in_range(1, 1 << 20))
+      ->capture_default_str();
   c->add_option("--iters", a->iters, "Timed steps (the median is reported)")
-      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(1, kMaxRepsFlag))
+      ->capture_default_str();
   c->add_option("--warmup", a->warmup, "Untimed steps first")
-      ->check(in_range(0, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(0, kMaxRepsFlag))
+      ->capture_default_str();
   add_threads_flag(c, a->threads);
   add_seed_flag(c, a->seed, "the parameters and the data order");
   c->add_flag("--bf16", a->bf16,

@@ -130,11 +130,13 @@ void register_eval(CLI::App& app, Registry& reg) {
   add_model_flag(c, a->model);
   c->add_option("--data", a->data, "Text file (or directory) encoded with the model's tokenizer.json");
   c->add_option("--tokens", a->tokens, "Comma-separated token ids")
-      ->check(in_range(0, 1 << 22))->delimiter(',');
+      ->check(in_range(0, 1 << 22))
+      ->delimiter(',');
   c->add_option("--seq-len", a->seq_len, "Window length (default min(context, 512))")
       ->check(in_range(2, kMaxTokensFlag));
   c->add_option("--batch", a->batch, "Windows per forward pass")
-      ->check(in_range(1, 1 << 16))->capture_default_str();
+      ->check(in_range(1, 1 << 16))
+      ->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_option("--compare", a->compare,
                 "Base model directory: also report its perplexity, KL(base || model) and top-1 agreement");

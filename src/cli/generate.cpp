@@ -88,11 +88,14 @@ void register_generate(CLI::App& app, Registry& reg) {
   add_model_flag(c, a->model);
   c->add_option("--prompt", a->prompt, "Text to continue")->required();
   c->add_option("--max-tokens", a->opt.max_new_tokens, "New tokens at most")
-      ->check(in_range(0, kMaxTokensFlag))->capture_default_str();
+      ->check(in_range(0, kMaxTokensFlag))
+      ->capture_default_str();
   c->add_option("--temperature", a->opt.sampling.temperature, "0 = greedy")
-      ->check(in_range(0, 1e6))->capture_default_str();
+      ->check(in_range(0, 1e6))
+      ->capture_default_str();
   c->add_option("--top-p", a->opt.sampling.top_p, "Nucleus sampling mass")
-      ->check(above_at_most(0, 1))->capture_default_str();
+      ->check(above_at_most(0, 1))
+      ->capture_default_str();
   c->add_option("--top-k", a->opt.sampling.top_k, "Sample among the k most likely (0 = all)")
       ->check(in_range(0, 1 << 22))
       ->capture_default_str();

@@ -13,14 +13,14 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
   c->add_option("--resident-experts", f.resident_experts,
                 "Offload experts: keep at most N routed experts (all layers together) in memory")
       ->check(at_least(0));
-  c->add_option("--expert-cache-gb", f.cache_gb,
-                "Offload experts: memory budget for resident experts in GiB")
+  c->add_option("--expert-cache-gb", f.cache_gb, "Offload experts: memory budget for resident experts in GiB")
       ->check(in_range(0, 1 << 20));
   c->add_option("--cache-policy", f.policy, "Expert cache policy: lru, lfu, activation")
       ->capture_default_str();
   c->add_flag("--no-prefetch", f.no_prefetch, "Do not prefetch the next layers' predicted experts");
   c->add_option("--prefetch-depth", f.prefetch_depth, "MoE layers ahead to prefetch")
-      ->check(in_range(0, 1024))->capture_default_str();
+      ->check(in_range(0, 1024))
+      ->capture_default_str();
   c->add_option("--prefetch-experts", f.prefetch_experts,
                 "Experts predicted per layer (0: the router's top-k)")
       ->check(in_range(0, 1 << 14))

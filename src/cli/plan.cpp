@@ -280,15 +280,13 @@ void register_plan(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   sub->add_option("--gpus", a->gpus, "GPUs in all (a whole number of nodes; default 128)")
       ->check(in_range(1, 1 << 24));
-  sub->add_option("--nodes", a->nodes, "Nodes (instead of --gpus)")
-      ->check(in_range(1, 1 << 24));
-  sub->add_option("--gpus-per-node", a->gpus_per_node, "GPUs per node (preset: 8)")
-      ->check(in_range(1, 1024));
+  sub->add_option("--nodes", a->nodes, "Nodes (instead of --gpus)")->check(in_range(1, 1 << 24));
+  sub->add_option("--gpus-per-node", a->gpus_per_node, "GPUs per node (preset: 8)")->check(in_range(1, 1024));
   for (PlanArgs::Override& o : a->overrides) {
     const std::string f = o.flag;
-    CLI::Validator check = f == "--mfu"                                       ? above_at_most(0, 1)
+    CLI::Validator check = f == "--mfu" ? above_at_most(0, 1)
                            : f.find("latency") != std::string::npos || f == "--reserve-gib" ? in_range(0, 1e9)
-                                                                              : above(0);
+                                                                                            : above(0);
     sub->add_option(o.flag, o.value, o.help)->check(check);
   }
   sub->add_option("--global-batch-tokens", a->train.global_batch_tokens,
@@ -299,16 +297,20 @@ void register_plan(CLI::App& app, Registry& reg) {
       ->check(in_range(1, 1e12))
       ->capture_default_str();
   sub->add_option("--seq-len", a->train.seq_len, "Sequence length")
-      ->check(in_range(1, 1e9))->capture_default_str();
+      ->check(in_range(1, 1e9))
+      ->capture_default_str();
   sub->add_option("--act-bytes", a->train.act_bytes, "Bytes per activation element")
-      ->check(in_range(1, 16))->capture_default_str();
+      ->check(in_range(1, 16))
+      ->capture_default_str();
   sub->add_option("--dispatch-bytes", a->dispatch_bytes,
                   "Bytes per element of the forward dispatch rows (1 for fp8; default --act-bytes)")
       ->check(in_range(1, 16));
   sub->add_option("--param-bytes", a->train.param_bytes, "Bytes per parameter")
-      ->check(in_range(1, 16))->capture_default_str();
+      ->check(in_range(1, 16))
+      ->capture_default_str();
   sub->add_option("--grad-bytes", a->train.grad_bytes, "Bytes per gradient element")
-      ->check(in_range(1, 16))->capture_default_str();
+      ->check(in_range(1, 16))
+      ->capture_default_str();
   sub->add_option("--master-bytes", a->train.master_bytes, "Bytes per master weight (0: none)")
       ->check(in_range(0, 16))
       ->capture_default_str();
@@ -318,11 +320,13 @@ void register_plan(CLI::App& app, Registry& reg) {
   sub->add_flag("--recompute", a->train.recompute, "Full activation recomputation");
   sub->add_option("--routing", a->routing, "Routing distribution: uniform or zipf")->capture_default_str();
   sub->add_option("--zipf-s", a->zipf_s, "Zipf exponent (--routing zipf)")
-      ->check(in_range(0, 100))->capture_default_str();
+      ->check(in_range(0, 100))
+      ->capture_default_str();
   sub->add_option("--load-file", a->load_file,
                   "Measured per-expert loads: JSON list, list per layer, or a metrics.jsonl of moe train");
   sub->add_option("--trials", a->trials, "Monte Carlo trials of the routing loads")
-      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(1, kMaxRepsFlag))
+      ->capture_default_str();
   add_seed_flag(sub, a->seed, "the Monte Carlo");
   sub->add_flag("--hierarchical", a->hierarchical, "Two-stage all-to-all (inside nodes, then across)");
   sub->add_option("--a2a-overlap", a->a2a_overlap, "Fraction of all-to-all time hidden by compute")
@@ -334,9 +338,9 @@ void register_plan(CLI::App& app, Registry& reg) {
   sub->add_option("--zero", a->zero, "ZeRO stage 0-3, or auto (per layout the lowest that fits)")
       ->capture_default_str();
   sub->add_option("--ep", a->ep, "Evaluate only these EP sizes (comma-separated)")
-      ->check(in_range(1, 1 << 24))->delimiter(',');
-  sub->add_option("--top", a->top, "Print only the first N layouts (0: all)")
-      ->check(in_range(0, 1e9));
+      ->check(in_range(1, 1 << 24))
+      ->delimiter(',');
+  sub->add_option("--top", a->top, "Print only the first N layouts (0: all)")->check(in_range(0, 1e9));
   add_json_flag(sub, a->json, "Print JSON instead of the table");
   sub->callback([&reg, a, sub] {
     for (PlanArgs::Override& o : a->overrides) o.given = sub->count(o.flag) > 0;

@@ -213,7 +213,8 @@ void register_predictor(CLI::App& app, Registry& reg) {
                 "Text file (or directory) encoded with the model's tokenizer")
       ->required();
   c->add_option("--depth", a->depth, "MoE layers ahead to predict")
-      ->check(in_range(1, 1024))->capture_default_str();
+      ->check(in_range(1, 1024))
+      ->capture_default_str();
   c->add_option("--holdout", a->holdout,
                 "Share of the calibration tokens (the last ones) kept out of the fit to "
                 "measure recall")
@@ -236,9 +237,11 @@ void register_predictor(CLI::App& app, Registry& reg) {
       ->check(in_range(0, 1 << 30))
       ->capture_default_str();
   c->add_option("--epochs", a->fit.epochs, "Passes over the calibration tokens")
-      ->check(in_range(1, kMaxRepsFlag))->capture_default_str();
+      ->check(in_range(1, kMaxRepsFlag))
+      ->capture_default_str();
   c->add_option("--lr", a->fit.lr, "Adam learning rate of the fit")
-      ->check(above_at_most(0, 1e3))->capture_default_str();
+      ->check(above_at_most(0, 1e3))
+      ->capture_default_str();
   add_threads_flag(c, a->threads);
   add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_predictor(*a); }; });

@@ -101,7 +101,8 @@ void register_prune(CLI::App& app, Registry& reg) {
       "prune", "Remove each MoE layer's least-used experts (measured on calibration text)");
   add_model_flag(c, a->model);
   c->add_option("--keep", a->keep, "Experts kept per MoE layer (top-k <= K < experts)")
-      ->check(in_range(1, 1 << 14))->required();
+      ->check(in_range(1, 1 << 14))
+      ->required();
   c->add_option("--calibration", a->calibration,
                 "Text file (or directory) encoded with the model's tokenizer")
       ->required();

@@ -179,7 +179,8 @@ void register_serve(CLI::App& app, Registry& reg) {
   add_model_flag(c, a->model);
   c->add_option("--host", o.host, "Address to listen on")->capture_default_str();
   c->add_option("--port", o.port, "Port (0 = any free port)")
-      ->check(in_range(0, 65535))->capture_default_str();
+      ->check(in_range(0, 65535))
+      ->capture_default_str();
   c->add_option("--api-key", o.api_key,
                 "Require 'Authorization: Bearer KEY' on /v1/* (default: env MOE_API_KEY)");
   add_threads_flag(c, a->threads);
@@ -192,7 +193,8 @@ void register_serve(CLI::App& app, Registry& reg) {
       ->check(in_range(1, infer::kMaxBatchTokens))
       ->capture_default_str();
   c->add_option("--max-running", o.engine.max_running, "Requests decoded at once")
-      ->check(in_range(1, infer::kMaxRunning))->capture_default_str();
+      ->check(in_range(1, infer::kMaxRunning))
+      ->capture_default_str();
   c->add_option("--max-queue", o.engine.max_queue, "Requests waiting at most (beyond: 429)")
       ->check(in_range(0, infer::kMaxQueue))
       ->capture_default_str();

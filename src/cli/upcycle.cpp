@@ -51,13 +51,17 @@ void register_upcycle(CLI::App& app, Registry& reg) {
       ->required();
   c->add_option("--out", a->out, "Output model directory")->required();
   c->add_option("--experts", a->opt.n_experts, "Copies of the FFN")
-      ->check(in_range(1, 1 << 14))->capture_default_str();
+      ->check(in_range(1, 1 << 14))
+      ->capture_default_str();
   c->add_option("--top-k", a->opt.top_k, "Copies per token")
-      ->check(in_range(1, 1 << 14))->capture_default_str();
+      ->check(in_range(1, 1 << 14))
+      ->capture_default_str();
   c->add_option("--split", a->opt.split, "Cut each copy into this many finer experts")
-      ->check(in_range(1, 1024))->capture_default_str();
+      ->check(in_range(1, 1024))
+      ->capture_default_str();
   c->add_option("--keep-dense", a->opt.keep_dense, "qwen: layers that stay dense")
-      ->check(in_range(0, 1023))->delimiter(',');
+      ->check(in_range(0, 1023))
+      ->delimiter(',');
   add_seed_flag(c, a->opt.seed, "the router init");
   add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_upcycle(*a); }; });
