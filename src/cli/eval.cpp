@@ -5,6 +5,7 @@
 // divergence KL(base || model) of their next-token distributions and their top-1 agreement are
 // reported too (moe/infer/compare.h, docs/PRUNING.md); --skip-threshold applies to --model only.
 #include <cmath>
+#include <fstream>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -28,6 +29,7 @@ struct EvalArgs {
   std::vector<int64_t> tokens;
   int64_t seq_len = 0, batch = 8;
   double skip_threshold = 0;
+  double router_top_p = -1;  // adaptive-k routing at inference (-1: the model's own)
   bool json = false;
   int threads = 0;
   OffloadFlags offload;
@@ -65,6 +67,14 @@ int run_compare(const EvalArgs& a, const model::Transformer& m, const std::strin
   return kExitOk;
 }
 
+// Whether path starts with the magic of a token shard (moe/train/data.h).
+bool is_token_shard(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  char magic[8] = {};
+  f.read(magic, 8);
+  return f.gcount() == 8 && std::string(magic, 7) == "MOETOK1";
+}
+
 int run_eval(const EvalArgs& a) {
   apply_threads(a.threads);
   MOE_CHECK(a.data.empty() != a.tokens.empty(), "eval: give exactly one of --data FILE and --tokens LIST");
@@ -75,9 +85,16 @@ int run_eval(const EvalArgs& a) {
   infer::InferenceModel im = load_for_inference(dir, false, a.offload);
   model::Transformer& m = *im.model;
   m.set_expert_skip_threshold(a.skip_threshold);
+  if (a.router_top_p >= 0) m.set_router_top_p(a.router_top_p);
   const int64_t V = m.config().vocab_size;
   std::vector<int32_t> toks;
-  if (!a.data.empty()) {
+  if (!a.data.empty() && is_token_shard(a.data)) {
+    // A token shard of `moe train` (RUN/data/val.bin): ids as they are, checked against the vocabulary.
+    toks = train::TokenShard(a.data).to_vector();
+    for (size_t i = 0; i < toks.size(); ++i)
+      MOE_CHECK(toks[i] >= 0 && toks[i] < V, "eval: token ", i, " = ", toks[i], " of '", a.data,
+                "' is outside the model's vocabulary [0, ", V, ")");
+  } else if (!a.data.empty()) {
     const std::string tp = find_tokenizer(dir);
     MOE_CHECK(!tp.empty(), "eval: --data needs a tokenizer.json next to the model in '", dir,
               "'; use --tokens");
@@ -110,6 +127,12 @@ int run_eval(const EvalArgs& a) {
     nlohmann::json j = {{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}};
     if (a.skip_threshold > 0)
       j["skipped_share"] = static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1));
+    if (!r.routed_per_layer.empty()) {
+      j["mean_k"] = r.mean_k();
+      std::vector<double> per_layer;
+      for (size_t l = 0; l < r.routed_per_layer.size(); ++l) per_layer.push_back(r.mean_k(l));
+      j["mean_k_per_layer"] = per_layer;
+    }
     std::cout << j.dump() << "\n";
   } else {
     std::cout << "loss " << mean << "  ppl " << std::exp(mean) << "  tokens " << count;
@@ -117,6 +140,7 @@ int run_eval(const EvalArgs& a) {
       std::cout << "  experts skipped "
                 << 100.0 * static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1))
                 << "%";
+    if (!r.routed_per_layer.empty()) std::cout << "  mean k " << r.mean_k();
     std::cout << "\n";
   }
   return kExitOk;
@@ -128,7 +152,10 @@ void register_eval(CLI::App& app, Registry& reg) {
   auto a = std::make_shared<EvalArgs>();
   CLI::App* c = app.add_subcommand("eval", "Cross-entropy and perplexity of a model on text or tokens");
   add_model_flag(c, a->model);
-  c->add_option("--data", a->data, "Text file (or directory) encoded with the model's tokenizer.json");
+  c->add_option(
+      "--data", a->data,
+      "Text file (or directory) encoded with the model's tokenizer.json, or a token shard of `moe train` "
+      "(RUN/data/val.bin)");
   c->add_option("--tokens", a->tokens, "Comma-separated token ids")
       ->check(in_range(0, 1 << 22))
       ->delimiter(',');
@@ -142,6 +169,10 @@ void register_eval(CLI::App& app, Registry& reg) {
                 "Base model directory: also report its perplexity, KL(base || model) and top-1 agreement");
   c->add_option("--skip-threshold", a->skip_threshold,
                 "Skip routed experts of --model whose routing weight is below this (0 = off)")
+      ->check(in_range(0, 1));
+  c->add_option("--router-top-p", a->router_top_p,
+                "Adaptive-k routing: each token's experts by score until their mass reaches P (at most the "
+                "model's top-k; 0 = top-k always; default: the model's own)")
       ->check(in_range(0, 1));
   add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);

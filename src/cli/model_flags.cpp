@@ -38,6 +38,16 @@ void add_model_flags(CLI::App* c, ModelFlags& f) {
   c->add_option("--n-groups", f.n_groups, "Group-limited routing: expert groups")->check(at_least(1));
   c->add_option("--topk-groups", f.topk_groups, "Group-limited routing: groups eligible per token")
       ->check(at_least(1));
+  c->add_option("--router-top-p", f.router_top_p,
+                "Adaptive-k (top-p) routing: experts by score until their probability mass reaches P, at "
+                "least --router-min-k and at most --top-k (0 = off)")
+      ->check(in_range(0, 1));
+  c->add_option("--router-min-k", f.min_k, "Adaptive-k routing: experts per token at least (default 1)")
+      ->check(in_range(1, 1 << 14));
+  c->add_option(
+       "--entropy-coef", f.entropy_coef,
+       "Router entropy loss coefficient (with --router-top-p: lower entropy, fewer experts; default 0)")
+      ->check(in_range(0, 1e3));
 }
 
 }  // namespace moe::cli

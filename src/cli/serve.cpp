@@ -31,6 +31,7 @@ struct ServeArgs {
   bool bf16 = false;
   OffloadFlags offload;
   double skip_threshold = 0;  // dynamic expert skipping (0 = off)
+  double router_top_p = -1;   // adaptive-k routing at inference (-1: the model's own)
 };
 
 // tokenizer_config.json's token fields are a string or {"content": string}.
@@ -128,6 +129,7 @@ int run_serve(ServeArgs& a) {
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
   model::Transformer& m = *im.model;
   m.set_expert_skip_threshold(a.skip_threshold);
+  if (a.router_top_p >= 0) m.set_router_top_p(a.router_top_p);
   a.opt.expert_store = im.store;
   if (im.store) std::cerr << "serve: " << im.store->describe() << "\n";
   const model::ModelConfig& cfg = m.config();
@@ -188,6 +190,10 @@ void register_serve(CLI::App& app, Registry& reg) {
   add_offload_flags(c, a->offload);
   c->add_option("--skip-threshold", a->skip_threshold,
                 "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)")
+      ->check(in_range(0, 1));
+  c->add_option("--router-top-p", a->router_top_p,
+                "Adaptive-k routing: each token's experts by score until their mass reaches P (at most the "
+                "model's top-k; 0 = top-k always; default: the model's own)")
       ->check(in_range(0, 1));
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")
       ->check(in_range(1, infer::kMaxBatchTokens))

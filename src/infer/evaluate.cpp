@@ -32,9 +32,12 @@ EvalResult evaluate_tokens(const model::Transformer& m, const std::vector<int32_
       }
     const model::StepResult r = m.evaluate(in.data(), tgt.data(), rows, len);
     res.loss_sum += r.loss_sum, res.tokens += r.count;
-    for (const MoEStats& st : r.stats) {
+    res.positions += rows * len;
+    res.routed_per_layer.resize(r.stats.size(), 0);
+    for (size_t l = 0; l < r.stats.size(); ++l) {
+      const MoEStats& st = r.stats[l];
       res.skipped += st.skipped;
-      for (int64_t c : st.routed_per_expert) res.routed += c;
+      for (int64_t c : st.routed_per_expert) res.routed += c, res.routed_per_layer[l] += c;
     }
     pos += rows * len;
   }

@@ -523,6 +523,11 @@ void Transformer::set_expert_skip_threshold(double t) {
     if (l) l->set_skip_threshold(t);
 }
 
+void Transformer::set_router_top_p(double p, int min_k) {
+  for (auto& l : moe_)
+    if (l) l->set_router_top_p(p, min_k);
+}
+
 std::vector<int> Transformer::linear_params() const {
   std::vector<int> linear = {index_.head};
   for (const LayerIndex& P : index_.layers)

@@ -10,15 +10,20 @@ namespace moe {
 std::vector<int64_t> routed_counts(const Routing& r, int64_t E) {
   std::vector<int64_t> c(static_cast<size_t>(E), 0);
   const int32_t* ex = r.n_assign ? r.expert.data<int32_t>() : nullptr;
-  for (int64_t a = 0; a < r.n_assign; ++a) ++c[ex[a]];
+  for (int64_t a = 0; a < r.n_assign; ++a)
+    if (assignment_active(r, a)) ++c[ex[a]];
   return c;
 }
 
 BalanceLosses balance_losses(const MoEConfig& cfg, const Routing& r, double* dl) {
   const BalanceConfig& bc = cfg.balance;
   BalanceLosses out;
-  const int64_t T = r.n_tokens, E = cfg.n_experts, k = cfg.router.top_k;
-  if (T == 0 || (bc.aux_coef == 0 && bc.seq_aux_coef == 0 && bc.z_coef == 0)) return out;
+  const int64_t T = r.n_tokens, E = cfg.n_experts;
+  if (T == 0 || (bc.aux_coef == 0 && bc.seq_aux_coef == 0 && bc.z_coef == 0 && bc.entropy_coef == 0))
+    return out;
+  // k of the loss scales: top_k, or under top-p routing the batch's mean k
+  const double k = r.active.defined() ? static_cast<double>(r.n_active) / static_cast<double>(T)
+                                      : static_cast<double>(cfg.router.top_k);
   const std::vector<double> l = r.logits.to(DType::F64).to_vector();  // (T, E)
   const std::vector<double> s = r.scores.to(DType::F64).to_vector();  // (T, E)
   const bool sig = cfg.router.score == ScoreFn::Sigmoid;
@@ -46,8 +51,7 @@ BalanceLosses balance_losses(const MoEConfig& cfg, const Routing& r, double* dl)
       for (int64_t t = 0; t < T; ++t) P += p[t * E + e];
       sum += static_cast<double>(c[e]) * P / static_cast<double>(T);
     }
-    const double scale =
-        bc.aux_coef * static_cast<double>(E) / (static_cast<double>(k) * static_cast<double>(T));
+    const double scale = bc.aux_coef * static_cast<double>(E) / (k * static_cast<double>(T));
     out.aux = scale * sum;
     for (int64_t t = 0; t < T; ++t)
       for (int64_t e = 0; e < E; ++e)
@@ -61,8 +65,9 @@ BalanceLosses balance_losses(const MoEConfig& cfg, const Routing& r, double* dl)
     const int32_t* tok = r.token.data<int32_t>();
     const int32_t* ex = r.expert.data<int32_t>();
     std::vector<double> f(static_cast<size_t>(Q * E), 0.0);  // (Q, E) counts per sequence
-    for (int64_t a = 0; a < r.n_assign; ++a) f[(tok[a] / L) * E + ex[a]] += 1.0;
-    const double fscale = static_cast<double>(E) / (static_cast<double>(k) * static_cast<double>(L));
+    for (int64_t a = 0; a < r.n_assign; ++a)
+      if (assignment_active(r, a)) f[(tok[a] / L) * E + ex[a]] += 1.0;
+    const double fscale = static_cast<double>(E) / (k * static_cast<double>(L));
     double total = 0;
     for (int64_t q = 0; q < Q; ++q) {
       for (int64_t e = 0; e < E; ++e) {
@@ -75,6 +80,19 @@ BalanceLosses balance_losses(const MoEConfig& cfg, const Routing& r, double* dl)
       }
     }
     out.seq_aux = bc.seq_aux_coef * total / static_cast<double>(Q);
+  }
+
+  if (bc.entropy_coef != 0) {
+    // H_t = -Σ_e p log p (0 log 0 = 0); dH/dp_e = -(log p_e + 1) where p_e > 0
+    double sum = 0;
+    const double g = bc.entropy_coef / static_cast<double>(T);
+    for (int64_t i = 0; i < T * E; ++i) {
+      if (p[i] <= 0) continue;
+      const double lp = std::log(p[i]);
+      sum -= p[i] * lp;
+      dp[i] -= g * (lp + 1.0);
+    }
+    out.entropy = bc.entropy_coef * sum / static_cast<double>(T);
   }
 
   if (dl) {

@@ -78,12 +78,21 @@ void MoEConfig::validate() const {
             r.jitter_eps);
   MOE_CHECK(std::isfinite(r.skip_threshold) && r.skip_threshold >= 0,
             "config: skip_threshold must be finite and >= 0 (0 = off), got ", r.skip_threshold);
+  MOE_CHECK(std::isfinite(r.top_p) && r.top_p >= 0 && r.top_p <= 1,
+            "config: top_p must be in [0, 1] (0 = off), got ", r.top_p);
+  if (r.top_p > 0) {
+    MOE_CHECK(r.routing == RouterType::TokenChoice && r.score == ScoreFn::Softmax,
+              "config: top_p routing needs token_choice routing with softmax scores");
+    MOE_CHECK(r.min_k >= 1 && r.min_k <= r.top_k, "config: min_k must be in [1, top_k = ", r.top_k, "], got ",
+              r.min_k);
+  }
   MOE_CHECK(r.sinkhorn_iters >= 0, "config: sinkhorn_iters must be >= 0, got ", r.sinkhorn_iters);
   MOE_CHECK(n_shared_experts >= 0, "config: n_shared_experts must be >= 0, got ", n_shared_experts);
   MOE_CHECK(d_ff_shared >= 0, "config: d_ff_shared must be >= 0, got ", d_ff_shared);
   MOE_CHECK(!shared_gate || n_shared_experts > 0, "config: shared_gate needs n_shared_experts > 0");
   const BalanceConfig& b = balance;
-  MOE_CHECK(b.aux_coef >= 0 && b.seq_aux_coef >= 0 && b.z_coef >= 0 && b.bias_update_rate >= 0,
+  MOE_CHECK(b.aux_coef >= 0 && b.seq_aux_coef >= 0 && b.z_coef >= 0 && b.bias_update_rate >= 0 &&
+                b.entropy_coef >= 0,
             "config: balance coefficients must be >= 0");
   MOE_CHECK(b.seq_len >= 0, "config: seq_len must be >= 0, got ", b.seq_len);
 }
@@ -121,6 +130,8 @@ std::string to_json(const MoEConfig& c) {
                         {"z_coef", b.z_coef},
                         {"bias_update_rate", b.bias_update_rate}}}};
   if (r.skip_threshold != 0.0) j["router"]["skip_threshold"] = r.skip_threshold;  // written only when on
+  if (r.top_p != 0.0) j["router"]["top_p"] = r.top_p, j["router"]["min_k"] = r.min_k;
+  if (b.entropy_coef != 0.0) j["balance"]["entropy_coef"] = b.entropy_coef;
   return j.dump(2);
 }
 
@@ -190,7 +201,7 @@ MoEConfig moe_config_from_json(const std::string& text) {
     reject_unknown(r, "router.",
                    {"routing", "score", "order", "top_k", "normalize", "scaling", "n_groups", "topk_groups",
                     "group_score", "use_bias", "jitter_eps", "capacity_factor", "drop_policy",
-                    "sinkhorn_iters", "hash_seed", "skip_threshold"});
+                    "sinkhorn_iters", "hash_seed", "skip_threshold", "top_p", "min_k"});
     RouterConfig& rc = c.router;
     if (r.contains("routing")) get(r, "router.", "routing", s), rc.routing = router_type_from_name(s);
     if (r.contains("score")) get(r, "router.", "score", s), rc.score = score_fn_from_name(s);
@@ -210,16 +221,20 @@ MoEConfig moe_config_from_json(const std::string& text) {
     get(r, "router.", "sinkhorn_iters", rc.sinkhorn_iters);
     get(r, "router.", "hash_seed", rc.hash_seed);
     get(r, "router.", "skip_threshold", rc.skip_threshold);
+    get(r, "router.", "top_p", rc.top_p);
+    get(r, "router.", "min_k", rc.min_k);
   }
   if (j.contains("balance")) {
     const auto& b = j["balance"];
     MOE_CHECK(b.is_object(), "config: 'balance' must be an object");
-    reject_unknown(b, "balance.", {"aux_coef", "seq_aux_coef", "seq_len", "z_coef", "bias_update_rate"});
+    reject_unknown(b, "balance.",
+                   {"aux_coef", "seq_aux_coef", "seq_len", "z_coef", "bias_update_rate", "entropy_coef"});
     get(b, "balance.", "aux_coef", c.balance.aux_coef);
     get(b, "balance.", "seq_aux_coef", c.balance.seq_aux_coef);
     get(b, "balance.", "seq_len", c.balance.seq_len);
     get(b, "balance.", "z_coef", c.balance.z_coef);
     get(b, "balance.", "bias_update_rate", c.balance.bias_update_rate);
+    get(b, "balance.", "entropy_coef", c.balance.entropy_coef);
   }
   c.validate();
   return c;

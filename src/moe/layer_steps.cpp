@@ -6,6 +6,7 @@
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
 #include "moe/kernels/ops_routing.h"
+#include "moe/moe/balance.h"
 
 namespace moe::detail {
 
@@ -32,7 +33,7 @@ struct RoutingSums {
 
 // Which losses a step computes, and its sequences (balance_losses' rules: none without tokens).
 struct LossPlan {
-  bool aux = false, seq = false, z = false;
+  bool aux = false, seq = false, z = false, entropy = false;
   int64_t L = 0, Q = 0;  // tokens per sequence, sequences
 };
 
@@ -41,6 +42,7 @@ LossPlan loss_plan(const BalanceConfig& bc, int64_t T) {
   p.aux = T > 0 && bc.aux_coef != 0;
   p.seq = T > 0 && bc.seq_aux_coef != 0;
   p.z = T > 0 && bc.z_coef != 0;
+  p.entropy = T > 0 && bc.entropy_coef != 0;
   if (p.seq) {
     p.L = bc.seq_len > 0 ? bc.seq_len : T;
     MOE_CHECK(T % p.L == 0, "sequence-level aux loss: token count ", T, " is not a multiple of seq_len ",
@@ -62,6 +64,7 @@ RoutingSums routing_sums(const MoEStatsArgs& a, const LossPlan& lp) {
   if (lp.seq) s.seq_routed.resize(static_cast<size_t>(lp.Q * E));
   if (lp.seq) s.seq_prob.resize(static_cast<size_t>(lp.Q * E));
   const bool scores = lp.aux || lp.seq;
+  const bool top_p = r.active.defined();
   kernels::routing_stats<T>(a.exec,
                             {.N = N,
                              .T_ = nT,
@@ -72,6 +75,7 @@ RoutingSums routing_sums(const MoEStatsArgs& a, const LossPlan& lp) {
                              .token = N ? r.token.data<int32_t>() : nullptr,
                              .expert = N ? r.expert.data<int32_t>() : nullptr,
                              .kept = N ? r.kept.data<uint8_t>() : nullptr,
+                             .active = N && top_p ? r.active.data<uint8_t>() : nullptr,
                              .weight = N ? r.weight.data<T>() : nullptr,
                              .scores = scores && nT ? r.scores.data<T>() : nullptr,
                              .logits = lp.z ? r.logits.data<T>() : nullptr,
@@ -87,10 +91,14 @@ RoutingSums routing_sums(const MoEStatsArgs& a, const LossPlan& lp) {
 }
 
 // The weighted losses from the sums, in the order of balance_losses' arithmetic (the same values).
-void losses_from(const MoEConfig& cfg, int64_t nT, const LossPlan& lp, const RoutingSums& s, MoEStats& st) {
+// k is top_k, or under top-p routing the batch's mean k.
+void losses_from(const MoEConfig& cfg, const Routing& r, const LossPlan& lp, const RoutingSums& s,
+                 MoEStats& st) {
   const BalanceConfig& bc = cfg.balance;
-  const int64_t E = cfg.n_experts;
-  const double k = static_cast<double>(cfg.router.top_k), T = static_cast<double>(nT);
+  const int64_t E = cfg.n_experts, nT = r.n_tokens;
+  const double T = static_cast<double>(nT);
+  const double k =
+      r.active.defined() ? static_cast<double>(r.n_active) / T : static_cast<double>(cfg.router.top_k);
   if (lp.aux) {
     double sum = 0;  // Σ_e c_e · P_e / T
     for (int64_t e = 0; e < E; ++e) sum += static_cast<double>(s.routed[e]) * s.prob[e] / T;
@@ -105,6 +113,14 @@ void losses_from(const MoEConfig& cfg, int64_t nT, const LossPlan& lp, const Rou
     st.seq_aux_loss = bc.seq_aux_coef * total / static_cast<double>(lp.Q);
   }
   if (lp.z) st.z_loss = bc.z_coef * s.lse_sq / T;
+  if (lp.entropy) {
+    // coef · mean_t H(p_t) on the host, in the arithmetic of balance_losses
+    BalanceConfig only_entropy;
+    only_entropy.entropy_coef = bc.entropy_coef;
+    MoEConfig c = cfg;
+    c.balance = only_entropy;
+    st.entropy_loss = balance_losses(c, r, nullptr).entropy;
+  }
 }
 
 }  // namespace
@@ -123,8 +139,11 @@ MoEStats moe_stats(const MoEStatsArgs& a) {
   st.dropped = s.not_kept - a.skipped;
   const int64_t max_c =
       E > 0 ? *std::max_element(st.routed_per_expert.begin(), st.routed_per_expert.end()) : 0;
-  st.imbalance = N > 0 ? static_cast<double>(max_c) * static_cast<double>(E) / static_cast<double>(N) : 0.0;
-  losses_from(*a.cfg, r.n_tokens, lp, s, st);
+  const int64_t n_sel = r.active.defined() ? r.n_active : N;
+  st.imbalance =
+      n_sel > 0 ? static_cast<double>(max_c) * static_cast<double>(E) / static_cast<double>(n_sel) : 0.0;
+  st.mean_k = r.n_tokens > 0 ? static_cast<double>(n_sel) / static_cast<double>(r.n_tokens) : 0.0;
+  losses_from(*a.cfg, r, lp, s, st);
   return st;
 }
 

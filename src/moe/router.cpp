@@ -78,9 +78,12 @@ void token_weights(const RouterConfig& rc, const double* l, const double* s, con
 // Capacity dropping for token-major assignments a = t * k + j.
 void apply_capacity(const RouterConfig& rc, int64_t T, int64_t k, int64_t E, int64_t C,
                     const std::vector<int32_t>& expert, const std::vector<double>& weight,
-                    std::vector<uint8_t>& kept) {
+                    const std::vector<uint8_t>& active, std::vector<uint8_t>& kept) {
   const int64_t N = T * k;
-  kept.assign(static_cast<size_t>(N), 1);
+  if (active.empty())
+    kept.assign(static_cast<size_t>(N), 1);
+  else
+    kept = active;  // a slot top-p did not select is never kept and takes no capacity
   if (C <= 0) return;
   // Priority order: slot-major (j, t); for `probs`, stable-sorted by weight descending.
   std::vector<int32_t> order(static_cast<size_t>(N));
@@ -91,6 +94,7 @@ void apply_capacity(const RouterConfig& rc, int64_t T, int64_t k, int64_t E, int
     std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return weight[a] > weight[b]; });
   std::vector<int64_t> load(static_cast<size_t>(E), 0);
   for (int32_t a : order) {
+    if (!kept[a]) continue;
     if (load[expert[a]] < C) {
       ++load[expert[a]];
     } else {
@@ -129,6 +133,7 @@ struct Selection {
   std::vector<int32_t> token, expert;  // (N) each
   std::vector<double> weight;          // (N)
   std::vector<uint8_t> kept;           // (N)
+  std::vector<uint8_t> active;         // (N) top-p routing only: the selected slots
   Tensor weight_t;                     // (N) in the logits' dtype, when the router_topk op made it
 };
 
@@ -244,6 +249,40 @@ void token_choice(const SelectArgs& a, Selection& sel) {
        .weight_f64 = sel.weight.data()});
 }
 
+// Top-p routing: token t selects its candidates j = 0, 1, ... (best first) while the probability
+// mass of those already selected is below top_p, at least min_k and at most k. The weights of the
+// others become 0; with normalize (or topk_then_softmax, whose weights are the same renormalised
+// softmax) the selected weights are c · s_j / Σ_selected s.
+template <typename T>
+void apply_top_p(const RouterConfig& rc, int64_t nT, int64_t E, const Tensor& scores, Selection& sel) {
+  const int64_t k = rc.top_k;
+  sel.active.assign(static_cast<size_t>(nT * k), 0);
+  if (nT == 0) return;
+  const T* s = scores.data<T>();
+  T* wt = sel.weight_t.data<T>();
+  const bool renorm = rc.normalize || rc.order == TopkOrder::TopkThenSoftmax;
+  parallel_for(nT, row_grain(E), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t a0 = t * k;
+      double mass = 0;
+      int64_t n = 0;
+      while (n < k && (n < rc.min_k || mass < rc.top_p)) {
+        mass += static_cast<double>(s[t * E + sel.expert[a0 + n]]);
+        ++n;
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t a = a0 + j;
+        sel.active[a] = j < n ? 1 : 0;
+        double w = 0;
+        if (j < n)
+          w = renorm ? rc.scaling * static_cast<double>(s[t * E + sel.expert[a]]) / mass : sel.weight[a];
+        sel.weight[a] = w;
+        wt[a] = static_cast<T>(w);
+      }
+    }
+  });
+}
+
 // Token choice, hash and balanced routing: k experts per token, a = t * k + j, then capacity.
 Selection select_token_major(const SelectArgs& a) {
   const RouterConfig& rc = *a.rc;
@@ -265,10 +304,16 @@ Selection select_token_major(const SelectArgs& a) {
     else
       token_choice<float>(a, sel);
     for (int64_t i = 0; i < N; ++i) sel.token[i] = static_cast<int32_t>(i / k);
+    if (rc.top_p > 0) {
+      if (a.logits->dtype() == DType::F64)
+        apply_top_p<double>(rc, T, E, *a.scores, sel);
+      else
+        apply_top_p<float>(rc, T, E, *a.scores, sel);
+    }
   }
   if (!fused) select_rows_host(a, ids, plan, sel);
   sel.capacity = T == 0 ? 0 : token_capacity(rc, T, E);
-  apply_capacity(rc, T, k, E, sel.capacity, sel.expert, sel.weight, sel.kept);
+  apply_capacity(rc, T, k, E, sel.capacity, sel.expert, sel.weight, sel.active, sel.kept);
   return sel;
 }
 
@@ -323,6 +368,12 @@ Routing route(const MoEConfig& cfg, const Tensor& logits_t, const Tensor& bias_t
   std::copy(sel.token.begin(), sel.token.end(), r.token.data<int32_t>());
   std::copy(sel.expert.begin(), sel.expert.end(), r.expert.data<int32_t>());
   std::copy(sel.kept.begin(), sel.kept.end(), r.kept.data<uint8_t>());
+  r.n_active = N;
+  if (!sel.active.empty()) {
+    r.active = Tensor::empty({N}, DType::U8, "active");
+    std::copy(sel.active.begin(), sel.active.end(), r.active.data<uint8_t>());
+    r.n_active = std::count(sel.active.begin(), sel.active.end(), uint8_t{1});
+  }
   r.weight = sel.weight_t.defined() ? sel.weight_t : Tensor::from(sel.weight, {N}, dt, "weight");
   r.logits = logits_c;
   if (!fused) r.scores = Tensor::from(s, {T, E}, dt, "scores");
@@ -353,11 +404,16 @@ void route_backward(const MoEConfig& cfg, const Routing& r, const double* dw, do
   if (rc.routing == RouterType::ExpertChoice) {
     for (int64_t a = 0; a < N; ++a) ds[token[a] * E + expert[a]] += rc.scaling * dw[a];
   } else {
-    const int64_t k = rc.top_k;
+    const int64_t K = rc.top_k;
+    const uint8_t* active = r.active.defined() ? r.active.data<uint8_t>() : nullptr;
     parallel_for(T, row_grain(E), [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int32_t* idx = &expert[t * k];
-        const double* dwt = &dw[t * k];
+        const int32_t* idx = &expert[t * K];
+        const double* dwt = &dw[t * K];
+        // The selected slots are a prefix (all K without top-p); the others have weight 0 and no gradient.
+        int64_t k = K;
+        if (active != nullptr)
+          while (k > 0 && active[t * K + k - 1] == 0) --k;
         if (rc.order == TopkOrder::TopkThenSoftmax) {
           // w_j = c * q_j, q = softmax(l[idx]): dl_{idx_j} = c * q_j * (dw_j - Σ q dw)
           double mx = kNegInf;

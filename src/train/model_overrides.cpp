@@ -53,7 +53,7 @@ model::ModelConfig build_model_config(const ModelOverrides& a, int64_t seq_len) 
   if (a.aux_coef >= 0) c.router_aux_loss_coef = a.aux_coef;
   if (a.z_coef >= 0) c.router_z_loss_coef = a.z_coef;
   if (!a.routing.empty() || !a.score.empty() || a.bias_update_rate > 0 || a.capacity_factor > 0 ||
-      a.n_groups > 1) {
+      a.n_groups > 1 || a.router_top_p > 0 || a.entropy_coef > 0) {
     c.has_extra = true;
     if (!a.routing.empty()) c.router_extra.routing = router_type_from_name(a.routing);
     if (!a.score.empty()) c.router_extra.score = score_fn_from_name(a.score);
@@ -62,6 +62,9 @@ model::ModelConfig build_model_config(const ModelOverrides& a, int64_t seq_len) 
     c.router_extra.topk_groups = a.topk_groups;
     if (a.bias_update_rate > 0)
       c.router_extra.use_bias = true, c.balance_extra.bias_update_rate = a.bias_update_rate;
+    c.router_extra.top_p = a.router_top_p;
+    c.router_extra.min_k = a.min_k;
+    c.balance_extra.entropy_coef = a.entropy_coef;
   }
   c.max_position_embeddings = std::max(c.max_position_embeddings, seq_len);
   return c;

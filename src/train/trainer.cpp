@@ -334,8 +334,9 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     const double loss = loss_sum / static_cast<double>(std::max<int64_t>(count, 1));
     win_loss += loss, win_aux += aux, ++win_n;
     // Per-layer expert load of this step.
-    json load = json::array(), imb = json::array();
-    double imb_max = 0;
+    json load = json::array(), imb = json::array(), mean_k = json::array();
+    double imb_max = 0, k_sum = 0;
+    const double step_tokens = static_cast<double>(B * S * A);
     for (const MoEStats& st : acc.stats) {
       double tot = 0, mx = 0;
       for (int64_t c : st.routed_per_expert)
@@ -343,7 +344,8 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       json row = json::array();
       for (int64_t c : st.routed_per_expert) row.push_back(tot > 0 ? static_cast<double>(c) / tot : 0.0);
       const double ib = tot > 0 ? mx * static_cast<double>(st.routed_per_expert.size()) / tot : 0.0;
-      load.push_back(row), imb.push_back(ib);
+      load.push_back(row), imb.push_back(ib), mean_k.push_back(tot / step_tokens);
+      k_sum += tot / step_tokens;
       imb_max = std::max(imb_max, ib);
     }
     const double tps = static_cast<double>(B * S * A) / dt;
@@ -360,6 +362,7 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
              {"skipped", false},
              {"moe_layers", acc.moe_layers},
              {"imbalance", imb},
+             {"mean_k", mean_k},
              {"expert_load", load}});
     if (parallel)
       emit(r, {{"type", "comm"},
@@ -379,7 +382,10 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
           "step %5lld/%lld | loss %.4f | aux %.4f | lr %.2e | %6.0f tok/s | imbalance %.2f | eta %s",
           (long long)r.step, (long long)o.steps, win_loss / win_n, win_aux / win_n, lr,
           static_cast<double>(r.tokens) / std::max(r.elapsed_s, 1e-9), imb_max, fmt_duration(eta).c_str());
-      print(line);
+      std::string msg = line;
+      if (r.model->config().router_extra.top_p > 0 && !acc.stats.empty())
+        msg += " | mean k " + std::to_string(k_sum / static_cast<double>(acc.stats.size())).substr(0, 4);
+      print(msg);
       sum.final_loss = win_loss / win_n;
       win_loss = win_aux = 0, win_n = 0;
     }

@@ -96,6 +96,40 @@ std::vector<Case> cases() {
          c.balance.z_coef = 0.05;
        }},
       {"jitter_training", [](MoEConfig& c) { c.router.jitter_eps = 0.1; }, 9, true},
+      // Adaptive-k (top-p) routing: renormalised over the selected experts, with every balancing
+      // loss (k of the losses = the batch's mean k) and the entropy loss; plain; topk_then_softmax
+      // with min_k; with capacity.
+      {"top_p_normalize_losses",
+       [](MoEConfig& c) {
+         c.n_experts = 8;
+         c.router.top_k = 5;
+         c.router.top_p = 0.45;
+         c.router.normalize = true;
+         c.balance.aux_coef = 0.3;
+         c.balance.seq_aux_coef = 0.2;
+         c.balance.seq_len = 3;
+         c.balance.z_coef = 0.05;
+         c.balance.entropy_coef = 0.1;
+       }},
+      {"top_p_plain",
+       [](MoEConfig& c) {
+         c.router.top_k = 3;
+         c.router.top_p = 0.4;
+       }},
+      {"top_p_topk_then_softmax_min_k",
+       [](MoEConfig& c) {
+         c.router.order = TopkOrder::TopkThenSoftmax;
+         c.router.top_k = 4;
+         c.router.top_p = 0.6;
+         c.router.min_k = 2;
+       }},
+      {"top_p_capacity",
+       [](MoEConfig& c) {
+         c.router.top_k = 3;
+         c.router.top_p = 0.4;
+         c.router.normalize = true;
+         c.router.capacity_factor = 0.6;
+       }},
       {"one_token", [](MoEConfig&) {}, 1},
       {"experts_128_top8",
        [](MoEConfig& c) {

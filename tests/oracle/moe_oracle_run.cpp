@@ -160,6 +160,7 @@ int run(const Args& a) {
   put("aux_loss", f64_scalar(s.aux_loss));
   put("seq_aux_loss", f64_scalar(s.seq_aux_loss));
   put("z_loss", f64_scalar(s.z_loss));
+  put("entropy_loss", f64_scalar(s.entropy_loss));
   put("imbalance", f64_scalar(s.imbalance));
   put("dropped", i64_scalar(s.dropped));
   put("routed_per_expert", i64_vector(s.routed_per_expert));

@@ -114,7 +114,7 @@ def tolerance(mode, cfg, t):
 
 
 EXACT = ["token", "expert", "kept", "capacity", "routed_per_expert", "tokens_per_expert", "dropped"]
-FLOAT = ["y", "dx", "weight", "logits", "scores", "aux_loss", "seq_aux_loss", "z_loss", "imbalance"]
+FLOAT = ["y", "dx", "weight", "logits", "scores", "aux_loss", "seq_aux_loss", "z_loss", "entropy_loss", "imbalance"]
 
 
 def rel_error(a, b):
@@ -253,6 +253,14 @@ CASES = [
     case("router.ties", tweak=zero_router),
     case("router.ties_groups", router={"n_groups": 4, "topk_groups": 2, "top_k": 3}, tweak=zero_router),
     # Capacity.
+    # Adaptive-k (top-p) routing and the router entropy loss.
+    case("router.top_p_norm", router={"top_k": 4, "top_p": 0.5, "normalize": True}),
+    case("router.top_p_plain_min_k", router={"top_k": 3, "top_p": 0.4, "min_k": 2}),
+    case("router.top_p_topk_then_softmax", router={"order": "topk_then_softmax", "top_k": 4, "top_p": 0.6}),
+    case("router.top_p_losses", t=40, router={"top_k": 4, "top_p": 0.5, "normalize": True},
+         balance=dict(ALL_LOSSES, entropy_coef=0.2)),
+    case("balance.entropy", balance={"entropy_coef": 0.3}),
+    case("capacity.top_p", router={"top_k": 3, "top_p": 0.45, "capacity_factor": 0.8, "normalize": True}),
     case("capacity.position", router={"capacity_factor": 1.0}),
     case("capacity.probs", router={"capacity_factor": 1.0, "drop_policy": "probs"}),
     case("capacity.position_low_k3", router={"capacity_factor": 0.5, "top_k": 3}),

@@ -183,7 +183,7 @@ def attention(sp, P, l, h):
 
 
 def moe_block(sp, P, l, h):
-    """h (N, d) -> (y (N, d), (aux, seq_aux, z), torch_moe's detached outputs)."""
+    """h (N, d) -> (y (N, d), (aux, seq_aux, z, entropy), torch_moe's detached outputs)."""
     m = sp.moe_prefix(l)
     names = [sp.expert_names(l, e) for e in range(sp.E)]
     leaves = {"router_w": P[m + ".gate.weight"],
@@ -220,7 +220,7 @@ def model_loss(config, P, tokens, targets, ce_scale=1.0, aux_scale=1.0):
         h = rmsnorm(x, P[p + "post_attention_layernorm.weight"], sp.eps).reshape(N, sp.d)
         if sp.is_moe(l):
             y, losses, mo = moe_block(sp, P, l, h)
-            layer_loss = losses[0] + losses[1] + losses[2]
+            layer_loss = sum(losses)
             aux_total = aux_total + layer_loss
             out[f"moe.{l}.routed_per_expert"] = mo["routed_per_expert"]
             out[f"moe.{l}.loss"] = layer_loss.detach()

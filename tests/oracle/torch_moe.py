@@ -24,9 +24,10 @@ DEFAULT_ROUTER = {
     "routing": "token_choice", "score": "softmax", "order": "score_then_topk", "top_k": 2,
     "normalize": False, "scaling": 1.0, "n_groups": 1, "topk_groups": 1, "group_score": "sum_top2",
     "use_bias": False, "jitter_eps": 0.0, "capacity_factor": 0.0, "drop_policy": "position",
-    "sinkhorn_iters": 8, "hash_seed": 0,
+    "sinkhorn_iters": 8, "hash_seed": 0, "top_p": 0.0, "min_k": 1,
 }
-DEFAULT_BALANCE = {"aux_coef": 0.0, "seq_aux_coef": 0.0, "seq_len": 0, "z_coef": 0.0, "bias_update_rate": 0.0}
+DEFAULT_BALANCE = {"aux_coef": 0.0, "seq_aux_coef": 0.0, "seq_len": 0, "z_coef": 0.0, "bias_update_rate": 0.0,
+                   "entropy_coef": 0.0}
 DEFAULT_LAYER = {"activation": "swiglu", "n_shared_experts": 0, "d_ff_shared": 0, "shared_gate": False}
 
 
@@ -133,8 +134,26 @@ def sinkhorn(logits, iters, k):
     return lg
 
 
-def capacity_keep(expert, weight, t, k, n_experts, cf, policy):
-    """Kept flags (N) for token-major assignments a = t*k + j, and the capacity C."""
+def top_p_active(sc_sorted, p, min_k):
+    """Adaptive-k routing: (T, k) flags of the candidates each token selects (best first, while the
+    mass of those already selected is below p; at least min_k), and the margin of the mass decisions."""
+    active, margin = [], math.inf
+    for row in sc_sorted.tolist():
+        mass, n = 0.0, 0
+        while n < len(row) and (n < min_k or mass < p):
+            if n >= min_k:
+                margin = min(margin, rel_gap(mass, p, 1.0))  # "mass < p": go on
+            mass += row[n]
+            n += 1
+        if n < len(row):
+            margin = min(margin, rel_gap(mass, p, 1.0))  # "mass >= p": stop
+        active.append([1 if j < n else 0 for j in range(len(row))])
+    return torch.tensor(active, dtype=torch.int64).reshape(sc_sorted.shape), margin
+
+
+def capacity_keep(expert, weight, t, k, n_experts, cf, policy, active=None):
+    """Kept flags (N) for token-major assignments a = t*k + j, and the capacity C. An assignment
+    top-p routing did not select (active[a] == 0) is never kept and takes no capacity."""
     n = t * k
     cap = math.ceil(cf * float(n) / float(n_experts))
     # position: slot-major priority (j, t); probs: by weight descending, ties by that order.
@@ -150,6 +169,8 @@ def capacity_keep(expert, weight, t, k, n_experts, cf, policy):
     kept = [0] * n
     per_expert = [[] for _ in range(n_experts)]
     for a in order:
+        if active is not None and not active[a]:
+            continue
         e = expert[a]
         per_expert[e].append(weight[a])
         if load[e] < cap:
@@ -180,7 +201,8 @@ def ffn(xs, w_gate, w_up, w_down, activation):
 
 
 def route(cfg, logits, scores, bias, token_ids):
-    """Selection: (token (N), expert (N), weight (N) with autograd, kept (N), capacity, margin)."""
+    """Selection: (token (N), expert (N), weight (N) with autograd, kept (N), capacity, margin, active
+    (N) int64: the assignments top-p routing selected, all ones without it)."""
     r = cfg["router"]
     t, n_exp = logits.shape
     k = r["top_k"]
@@ -204,6 +226,9 @@ def route(cfg, logits, scores, bias, token_ids):
                     margin = min(margin, gm)
                 idx, m = top_k_rows(v, k)
                 margin = min(margin, m)
+                if r["top_p"] > 0:
+                    active, m = top_p_active(torch.gather(sc, 1, idx), r["top_p"], r["min_k"])
+                    margin = min(margin, m)
             elif r["routing"] == "hash":
                 if token_ids is None:
                     raise ValueError("hash routing needs token_ids")
@@ -220,27 +245,43 @@ def route(cfg, logits, scores, bias, token_ids):
         weight = r["scaling"] * scores[token, expert]
         kept = [1] * weight.shape[0]
     else:
-        if r["order"] == "score_then_topk":
+        if r["top_p"] > 0:
+            # the selected candidates' scores, renormalised over them with normalize (and for
+            # topk_then_softmax, whose softmax over the selected logits is the same ratio)
+            w = torch.gather(scores, 1, idx) * active.to(scores.dtype)
+            if r["normalize"] or r["order"] == "topk_then_softmax":
+                w = w / w.sum(dim=1, keepdim=True)
+        elif r["order"] == "score_then_topk":
             w = torch.gather(scores, 1, idx)
             if r["normalize"]:
                 w = w / w.sum(dim=1, keepdim=True)
         else:
             w = torch.softmax(torch.gather(logits, 1, idx), dim=1)
         weight = (r["scaling"] * w).reshape(-1)
+        act = active.reshape(-1).tolist() if r["top_p"] > 0 else None
         if r["capacity_factor"] > 0:
             kept, cap, m = capacity_keep(expert.tolist(), weight.detach().tolist(), t, k, n_exp,
-                                         r["capacity_factor"], r["drop_policy"])
+                                         r["capacity_factor"], r["drop_policy"], act)
             margin = min(margin, m)
         else:
-            kept, cap = [1] * weight.shape[0], 0
-    return token, expert, weight, torch.tensor(kept, dtype=torch.int64), cap, margin
+            kept, cap = (act if act is not None else [1] * weight.shape[0]), 0
+        if act is not None:
+            return token, expert, weight, torch.tensor(kept, dtype=torch.int64), cap, margin, \
+                active.reshape(-1)
+    return token, expert, weight, torch.tensor(kept, dtype=torch.int64), cap, margin, \
+        torch.ones(token.shape[0], dtype=torch.int64)
 
 
-def balance_losses(cfg, logits, scores, token, expert):
-    """aux, seq_aux, z (0-dim tensors with autograd); counts are constants."""
+def balance_losses(cfg, logits, scores, token, expert, active=None):
+    """aux, seq_aux, z, entropy (0-dim tensors with autograd) and the counts (constants) of the
+    selected assignments (active; all when None). Under top-p routing k is the mean k."""
     bal, r = cfg["balance"], cfg["router"]
     t, n_exp = logits.shape
     k = r["top_k"]
+    if active is not None:
+        token, expert = token[active == 1], expert[active == 1]
+        if r["top_p"] > 0 and t > 0:
+            k = float(expert.numel()) / t
     zero = logits.sum() * 0.0
     p = torch.softmax(logits, dim=1) if r["score"] == "softmax" else scores / scores.sum(dim=1, keepdim=True)
     counts = torch.bincount(expert, minlength=n_exp).to(logits.dtype)
@@ -261,7 +302,11 @@ def balance_losses(cfg, logits, scores, token, expert):
     z = zero
     if bal["z_coef"] != 0.0 and t > 0:
         z = bal["z_coef"] * (torch.logsumexp(logits, dim=1) ** 2).mean()
-    return aux, seq_aux, z, counts
+    entropy = zero
+    if bal["entropy_coef"] != 0.0 and t > 0:
+        plogp = torch.where(p > 0, p * torch.log(torch.where(p > 0, p, torch.ones_like(p))), torch.zeros_like(p))
+        entropy = bal["entropy_coef"] * (-plogp.sum(dim=1)).mean()
+    return aux, seq_aux, z, entropy, counts
 
 
 PARAM_NAMES = ["router_w", "w_gate", "w_up", "w_down", "shared_w_gate", "shared_w_up", "shared_w_down",
@@ -270,14 +315,14 @@ PARAM_NAMES = ["router_w", "w_gate", "w_up", "w_down", "shared_w_gate", "shared_
 
 def compute(cfg, leaves, x, dy, bias=None, token_ids=None):
     """The loss L and the forward outputs, differentiable in x and `leaves` (dict of parameters)."""
-    y, (aux, seq_aux, z), out = layer(cfg, leaves, x, bias, token_ids)
-    loss = (dy * y).sum() + aux + seq_aux + z
+    y, losses, out = layer(cfg, leaves, x, bias, token_ids)
+    loss = (dy * y).sum() + sum(losses)
     out["y"] = y.detach()
     return loss, out
 
 
 def layer(cfg, leaves, x, bias=None, token_ids=None):
-    """The layer as a function: y (T, d) and the balancing losses (aux, seq_aux, z), differentiable in
+    """The layer as a function: y (T, d) and the balancing losses (aux, seq_aux, z, entropy), differentiable in
     x and `leaves`, and the detached outputs of compute() but y (routing, counts, margin, ...).
     tests/oracle/torch_model.py builds whole models from it."""
     cfg = full_config(cfg)
@@ -288,7 +333,7 @@ def layer(cfg, leaves, x, bias=None, token_ids=None):
 
     logits = x @ leaves["router_w"].T  # (T, E)
     scores = torch.softmax(logits, dim=1) if r["score"] == "softmax" else torch.sigmoid(logits)
-    token, expert, weight, kept, cap, margin = route(cfg, logits, scores, bias, token_ids)
+    token, expert, weight, kept, cap, margin, active = route(cfg, logits, scores, bias, token_ids)
 
     # Experts: every kept assignment, grouped by expert; y summed with index_add.
     y = torch.zeros(t, d, dtype=x.dtype)
@@ -308,21 +353,22 @@ def layer(cfg, leaves, x, bias=None, token_ids=None):
             sh = torch.sigmoid(x @ leaves["shared_gate_w"].T) * sh  # (T, 1) gate
         y = y + sh
 
-    aux, seq_aux, z, counts = balance_losses(cfg, logits, scores, token, expert)
+    aux, seq_aux, z, entropy, counts = balance_losses(cfg, logits, scores, token, expert, active)
     kept_counts = torch.bincount(expert[kept == 1], minlength=n_exp)
     routed = counts.to(torch.int64)
     out = {
         "token": token.to(torch.int64), "expert": expert.to(torch.int64), "kept": kept,
         "weight": weight.detach(), "logits": logits.detach(), "scores": scores.detach(),
         "aux_loss": aux.detach(), "seq_aux_loss": seq_aux.detach(), "z_loss": z.detach(),
+        "entropy_loss": entropy.detach(),
         "routed_per_expert": routed, "tokens_per_expert": kept_counts.to(torch.int64),
         "capacity": torch.tensor(cap, dtype=torch.int64),
-        "dropped": torch.tensor(int((kept == 0).sum()), dtype=torch.int64),
+        "dropped": torch.tensor(int(((kept == 0) & (active == 1)).sum()), dtype=torch.int64),
         "imbalance": torch.tensor(float(routed.max()) / float(routed.double().mean())
                                   if routed.sum() > 0 else 0.0, dtype=torch.float64),
         "margin": margin,
     }
-    return y, (aux, seq_aux, z), out
+    return y, (aux, seq_aux, z, entropy), out
 
 
 def forward_backward(cfg, params, x, dy, token_ids=None, dtype=torch.float64):

@@ -12,11 +12,23 @@
 namespace moe::infer {
 
 struct EvalResult {
-  double loss_sum = 0;  // Σ cross-entropy (nats) over the predicted tokens
-  int64_t tokens = 0;   // predicted tokens (tokens.size() - 1)
-  int64_t skipped = 0;  // routed expert assignments skipped by the skip threshold
-  int64_t routed = 0;   // routed expert assignments in all
+  double loss_sum = 0;                    // Σ cross-entropy (nats) over the predicted tokens
+  int64_t tokens = 0;                     // predicted tokens (tokens.size() - 1)
+  int64_t skipped = 0;                    // routed expert assignments skipped by the skip threshold
+  int64_t routed = 0;                     // routed expert assignments in all
+  int64_t positions = 0;                  // token positions run through the model
+  std::vector<int64_t> routed_per_layer;  // routed assignments per MoE layer: mean k = this / positions
   double loss() const { return tokens > 0 ? loss_sum / static_cast<double>(tokens) : 0.0; }
+  // Experts per token of MoE layer l, and of all MoE layers together.
+  double mean_k(size_t l) const {
+    return positions > 0 ? static_cast<double>(routed_per_layer[l]) / static_cast<double>(positions) : 0.0;
+  }
+  double mean_k() const {
+    return positions > 0 && !routed_per_layer.empty()
+               ? static_cast<double>(routed) / static_cast<double>(positions) /
+                     static_cast<double>(routed_per_layer.size())
+               : 0.0;
+  }
 };
 
 // Throws moe::Error when there are fewer than 2 tokens, an id is outside the vocabulary, seq_len is

@@ -80,8 +80,9 @@ void router_topk(Exec e, const RouterTopkArgs<T>& args) {
 //   seq_routed[q, e]     = #{a : expert[a] = e, token[a] / seq_len = q}      q in [0, Q)
 //   seq_prob_sum[q, e]   = Σ_{t in [q · seq_len, (q + 1) · seq_len), ascending} p[t, e]
 //   lse_sq_sum[0]        = Σ_{t = 0, 1, ...} logsumexp(logits[t, :])²
-// Q = T_ / seq_len, and seq_len must divide T_. kept null: all kept. Every output may be null (not
-// wanted); an input only a null output reads may be null too. Counts are exact (N < 2^31).
+// Q = T_ / seq_len, and seq_len must divide T_. kept null: all kept. active (top-p routing): an
+// assignment with active[a] == 0 was not selected and counts in none of the assignment sums. Every output may
+// be null (not wanted); an input only a null output reads may be null too. Counts are exact (N < 2^31).
 template <typename T>
 struct RoutingStatsArgs {
   int64_t N = 0;   // assignments
@@ -92,6 +93,7 @@ struct RoutingStatsArgs {
   const int32_t* token = nullptr;   // (N): for seq_routed
   const int32_t* expert = nullptr;  // (N)
   const uint8_t* kept = nullptr;    // (N) or null
+  const uint8_t* active = nullptr;  // (N) or null: all selected
   const T* weight = nullptr;        // (N): for weight_sum
   const T* scores = nullptr;        // (T, E): for prob_sum and seq_prob_sum
   const T* logits = nullptr;        // (T, E): for lse_sq_sum

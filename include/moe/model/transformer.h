@@ -163,6 +163,9 @@ class Transformer {
   // Dynamic expert skipping at inference: sets RouterConfig::skip_threshold of every MoE layer
   // (0 = off; see MoELayer::set_skip_threshold). Forwards with training on are not affected.
   void set_expert_skip_threshold(double t);
+  // Adaptive-k (top-p) routing in every MoE layer (MoELayer::set_router_top_p): experts by score
+  // until their mass reaches p, at least min_k, at most the model's top_k (p = 0: top_k always).
+  void set_router_top_p(double p, int min_k = 1);
 
   // Aux-loss-free balancing: updates each MoE layer's selection bias from that layer's stats.
   void update_router_biases(const StepResult& r);

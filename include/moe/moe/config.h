@@ -45,6 +45,13 @@ struct RouterConfig {
   // weight is below this are not computed (dropped like capacity drops; the other weights are not
   // renormalised). 0 = off. docs/PRUNING.md.
   double skip_threshold = 0.0;
+  // Adaptive-k (top-p) routing, token choice with softmax scores: a token's experts are taken in
+  // order of score until their probability mass reaches top_p, at least min_k and at most top_k
+  // (the candidates). The others are not selected: they count nowhere (no compute, no load, no
+  // balancing term). With normalize (or order topk_then_softmax) the weights are renormalised over
+  // the selected experts. 0 = off (always top_k). docs/MOE_LAYER.md section 2.
+  double top_p = 0.0;
+  int min_k = 1;
 };
 
 struct BalanceConfig {
@@ -53,6 +60,7 @@ struct BalanceConfig {
   int64_t seq_len = 0;            // sequence length for the sequence-level loss (0 = whole batch)
   double z_coef = 0.0;            // router z-loss coefficient
   double bias_update_rate = 0.0;  // γ of the aux-loss-free bias update
+  double entropy_coef = 0.0;      // router entropy loss: coef · mean_t H(p_t) (lower H: fewer top-p experts)
 };
 
 struct MoEConfig {

@@ -88,7 +88,9 @@ struct MoEStats {
   double aux_loss = 0.0;      // α-weighted Switch/GShard loss
   double seq_aux_loss = 0.0;  // weighted sequence-level loss
   double z_loss = 0.0;        // weighted router z-loss
-  double total_loss() const { return aux_loss + seq_aux_loss + z_loss; }
+  double entropy_loss = 0.0;  // weighted router entropy loss (balance.entropy_coef)
+  double mean_k = 0.0;        // experts selected per token (top_k, or fewer under top-p routing)
+  double total_loss() const { return aux_loss + seq_aux_loss + z_loss + entropy_loss; }
 };
 
 struct ForwardOptions {
@@ -140,6 +142,15 @@ class MoELayer {
   void set_skip_threshold(double t) {
     MoEConfig c = cfg_;
     c.router.skip_threshold = t;
+    c.validate();
+    cfg_ = std::move(c);
+  }
+  // Adaptive-k (top-p) routing at inference (RouterConfig::top_p, 0 = top_k always), with min_k;
+  // top_k stays the most k. Throws when the router is not token choice with softmax scores.
+  void set_router_top_p(double p, int min_k = 1) {
+    MoEConfig c = cfg_;
+    c.router.top_p = p;
+    c.router.min_k = min_k;
     c.validate();
     cfg_ = std::move(c);
   }

@@ -21,9 +21,14 @@ struct Routing {
   Tensor token;          // (N) i32
   Tensor expert;         // (N) i32
   Tensor weight;  // (N) layer dtype: the combine weight, before dropping (a dropped one is simply not used)
-  Tensor kept;    // (N) u8: 0 when dropped by capacity
-  Tensor logits;  // (T, E) router logits (after jitter of the input, if any)
-  Tensor scores;  // (T, E) softmax or sigmoid of the logits
+  Tensor kept;    // (N) u8: 0 when dropped by capacity (or not selected by top-p)
+  // Top-p routing (RouterConfig::top_p > 0): (N) u8, 0 for a candidate slot the token did not select
+  // (its weight is 0 and it counts nowhere: loads, balancing losses, capacity). The selected slots
+  // of a token are a prefix of its k. Undefined when every slot is selected.
+  Tensor active;
+  int64_t n_active = 0;  // selected assignments (N without top-p): mean k = n_active / n_tokens
+  Tensor logits;         // (T, E) router logits (after jitter of the input, if any)
+  Tensor scores;         // (T, E) softmax or sigmoid of the logits
 };
 
 // logits: (T, E) of dtype F32 or F64. bias: (E) or undefined. token_ids: (T) i32, needed for hash.
@@ -32,6 +37,11 @@ struct Routing {
 // host code here.
 Routing route(const MoEConfig& cfg, const Tensor& logits, const Tensor& bias, const Tensor* token_ids,
               kernels::Exec exec = kernels::Backend::Cpu);
+
+// Whether assignment a is selected (always true without top-p routing).
+inline bool assignment_active(const Routing& r, int64_t a) {
+  return !r.active.defined() || r.active.data<uint8_t>()[a] != 0;
+}
 
 // Dynamic expert skipping (inference): marks every kept assignment whose combine weight is below
 // rc.skip_threshold as not kept, leaving the other weights as they are. Returns how many it

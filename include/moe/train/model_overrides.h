@@ -25,6 +25,8 @@ struct ModelOverrides {
   std::string routing, score;
   double bias_update_rate = 0, capacity_factor = 0;
   int n_groups = 1, topk_groups = 1;
+  double router_top_p = 0, entropy_coef = 0;  // adaptive-k routing (0 = off): top_k is then the most k
+  int min_k = 1;
 };
 
 // Throws moe::Error on an invalid combination (the messages name the `moe train` flags);

@@ -193,6 +193,7 @@ void assignment_sums(const RoutingStatsArgs<T>& a) {
   if (a.seq_routed) std::fill(a.seq_routed, a.seq_routed + (a.T_ / a.seq_len) * E, 0);
   int32_t not_kept = 0;
   for (int64_t i = 0; i < a.N; ++i) {
+    if (a.active != nullptr && a.active[i] == 0) continue;
     const bool kept = a.kept == nullptr || a.kept[i] != 0;
     not_kept += kept ? 0 : 1;
     if (a.expert == nullptr) continue;

@@ -126,6 +126,7 @@ void assignment_sums(const RoutingStatsArgs<T>& a) {
   if (a.weight_sum) std::fill(a.weight_sum, a.weight_sum + E, 0.0);
   if (a.seq_routed) std::fill(a.seq_routed, a.seq_routed + (a.T_ / a.seq_len) * E, 0);
   for (int64_t i = 0; i < a.N; ++i) {
+    if (a.active != nullptr && a.active[i] == 0) continue;
     const bool kept = a.kept == nullptr || a.kept[i] != 0;
     if (a.routed) ++a.routed[a.expert[i]];
     if (a.kept_count && kept) ++a.kept_count[a.expert[i]];
