@@ -101,6 +101,13 @@ def case_smoke(moe, tmp, data):
     e2 = json.loads(run([moe, "eval", "--model", os.path.join(out, "checkpoint"), "--tokens", "5,9,11,40,2,7",
                          "--json"]).stdout)
     check(e2["tokens"] == 5, str(e2))
+    # eval on the run's validation shard; top-p routing at inference lowers the mean k below top-k = 2.
+    val = os.path.join(out, "data", "val.bin")
+    e3 = json.loads(run([moe, "eval", "--model", out, "--data", val, "--json", "--seq-len", "32"]).stdout)
+    check(e3["tokens"] > 100 and e3["mean_k"] == 2.0 and len(e3["mean_k_per_layer"]) == 2, str(e3))
+    e4 = json.loads(run([moe, "eval", "--model", out, "--data", val, "--json", "--seq-len", "32",
+                         "--router-top-p", "0.3"]).stdout)
+    check(1.0 <= e4["mean_k"] < 2.0 and e4["tokens"] == e3["tokens"], str(e4))
     # generate: greedy is deterministic; sampling with a seed too.
     g = [json.loads(run([moe, "generate", "--model", out, "--prompt", "The ", "--max-tokens", "12",
                          "--temperature", "0", "--json"]).stdout) for _ in range(2)]
@@ -108,6 +115,23 @@ def case_smoke(moe, tmp, data):
     s = [run([moe, "generate", "--model", out, "--prompt", "A", "--max-tokens", "8", "--temperature", "0.8",
               "--top-p", "0.9", "--seed", "3"]).stdout for _ in range(2)]
     check(s[0] == s[1] and s[0].startswith("A"), str(s))
+
+
+def case_top_p(moe, tmp, data):
+    """Training with adaptive-k routing: the progress line and the metrics report the mean k."""
+    out = os.path.join(tmp, "run")
+    tiny = TINY[:TINY.index("--top-k")] + TINY[TINY.index("--top-k") + 2:]
+    p = run([moe, "train", "--out", out, "--data", data, *tiny, "--top-k", "3", "--steps", "20", "--router-top-p", "0.5",
+             "--entropy-coef", "0.01"])
+    check("mean k" in p.stdout, "progress line:\n" + p.stdout)
+    ks = [j["mean_k"] for j in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if j["type"] == "step"]
+    check(len(ks) == 20 and all(len(k) == 2 and all(1.0 <= v <= 3.0 for v in k) for k in ks), str(ks[:3]))
+    cfg = json.load(open(os.path.join(out, "checkpoint", "config.json")))
+    check(cfg["moe_cpp"]["router"]["top_p"] == 0.5 and cfg["moe_cpp"]["balance"]["entropy_coef"] == 0.01,
+          str(cfg.get("moe_cpp")))
+    p = run([moe, "train", "--out", os.path.join(tmp, "bad"), "--data", data, "--router-top-p", "0.5",
+             "--score", "sigmoid"], check_rc=2)
+    check(p.stderr.startswith("moe: error: ") and "softmax" in p.stderr, p.stderr)
 
 
 def case_resume(moe, tmp, data):
