@@ -17,6 +17,7 @@
 #include "cli/common.h"
 #include "cli/model_dir.h"
 #include "cli/offload_flags.h"
+#include "moe/core/energy.h"
 #include "moe/core/error.h"
 #include "moe/core/membw.h"
 #include "moe/core/parallel.h"
@@ -94,6 +95,7 @@ struct LevelResult {
   double wall_s = 0, prefill_tps = 0, decode_tps = 0, total_tps = 0, mean_batch = 0, mean_batch_tokens = 0;
   double ttft_p50 = 0, ttft_p90 = 0, ttft_p99 = 0, tpot_p50 = 0, tpot_p90 = 0, tpot_p99 = 0;
   int64_t prompt_tokens = 0, generated = 0, forward_passes = 0;
+  double joules_per_token = -1;  // energy counters over the level / (prompt + generated tokens); -1: none
 };
 
 LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_t conc) {
@@ -171,7 +173,13 @@ int run_bench_generate(const BenchGenArgs& a) {
             "--new-tokens = ", a.prompt_tokens + a.new_tokens, " exceeds the model's context of ",
             c.max_position_embeddings);
   std::vector<LevelResult> rs;
-  for (int64_t conc : levels) rs.push_back(run_level(m, a, conc));
+  EnergyMeter energy;
+  for (int64_t conc : levels) {
+    const double j0 = energy.joules();
+    rs.push_back(run_level(m, a, conc));
+    LevelResult& r = rs.back();
+    r.joules_per_token = joules_per_token(energy, energy.joules() - j0, r.prompt_tokens + r.generated);
+  }
   const double peak_rss = peak_rss_hwm_mib();  // before the bandwidth probe's buffer
   const Traffic tr = weight_traffic(im, a.bandwidth_mib);
   // Batch 1 reads the weights once per token: its decode rate times the bytes is the rate at which
@@ -198,23 +206,27 @@ int run_bench_generate(const BenchGenArgs& a) {
       if (weight_gbs > 0) j["decode_bandwidth_fraction"] = round_sig(weight_gbs / tr.bw.gb_per_s, 3);
     }
     if (im.store) j["experts"] = store_json(im.store->stats()), j["expert_store"] = im.store->describe();
+    j["energy"] = energy.description();
     for (const LevelResult& r : rs)
-      j["levels"].push_back({{"concurrency", r.concurrency},
-                             {"wall_s", round_sig(r.wall_s, 4)},
-                             {"prefill_tokens_per_s", round_sig(r.prefill_tps, 4)},
-                             {"decode_tokens_per_s", round_sig(r.decode_tps, 4)},
-                             {"total_tokens_per_s", round_sig(r.total_tps, 4)},
-                             {"mean_batch_seqs", round_sig(r.mean_batch, 4)},
-                             {"mean_batch_tokens", round_sig(r.mean_batch_tokens, 4)},
-                             {"forward_passes", r.forward_passes},
-                             {"ttft_s",
-                              {{"p50", round_sig(r.ttft_p50, 4)},
-                               {"p90", round_sig(r.ttft_p90, 4)},
-                               {"p99", round_sig(r.ttft_p99, 4)}}},
-                             {"tpot_s",
-                              {{"p50", round_sig(r.tpot_p50, 4)},
-                               {"p90", round_sig(r.tpot_p90, 4)},
-                               {"p99", round_sig(r.tpot_p99, 4)}}}});
+      j["levels"].push_back(
+          {{"concurrency", r.concurrency},
+           {"joules_per_token", r.joules_per_token >= 0 ? nlohmann::json(round_sig(r.joules_per_token, 4))
+                                                        : nlohmann::json(nullptr)},
+           {"wall_s", round_sig(r.wall_s, 4)},
+           {"prefill_tokens_per_s", round_sig(r.prefill_tps, 4)},
+           {"decode_tokens_per_s", round_sig(r.decode_tps, 4)},
+           {"total_tokens_per_s", round_sig(r.total_tps, 4)},
+           {"mean_batch_seqs", round_sig(r.mean_batch, 4)},
+           {"mean_batch_tokens", round_sig(r.mean_batch_tokens, 4)},
+           {"forward_passes", r.forward_passes},
+           {"ttft_s",
+            {{"p50", round_sig(r.ttft_p50, 4)},
+             {"p90", round_sig(r.ttft_p90, 4)},
+             {"p99", round_sig(r.ttft_p99, 4)}}},
+           {"tpot_s",
+            {{"p50", round_sig(r.tpot_p50, 4)},
+             {"p90", round_sig(r.tpot_p90, 4)},
+             {"p99", round_sig(r.tpot_p99, 4)}}}});
     std::cout << j.dump() << "\n";
     return kExitOk;
   }
@@ -237,6 +249,14 @@ int run_bench_generate(const BenchGenArgs& a) {
     if (weight_gbs > 0) std::printf(": %.0f%% of it", 100.0 * weight_gbs / tr.bw.gb_per_s);
   }
   std::printf("\n");
+  if (!energy.available()) {
+    std::printf("energy per token: %s\n", energy.description().c_str());
+  } else {
+    std::printf("energy per token (%s):", energy.description().c_str());
+    for (const LevelResult& r : rs)
+      std::printf(" %.4g J at concurrency %lld;", r.joules_per_token, (long long)r.concurrency);
+    std::printf("\n");
+  }
   if (im.store)
     std::printf("%s\n%s\n", im.store->describe().c_str(), store_summary(im.store->stats()).c_str());
   return kExitOk;

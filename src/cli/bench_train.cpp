@@ -9,6 +9,7 @@
 
 #include "cli/common.h"
 #include "cli/model_flags.h"
+#include "moe/core/energy.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/core/rng.h"
@@ -74,7 +75,10 @@ int run_bench_train(const BenchTrainArgs& a) {
   }
   std::vector<double> ms;
   double loss = 0;
+  EnergyMeter energy;
+  double joules = 0;  // over the timed steps
   for (int it = 0; it < a.warmup + a.iters; ++it) {
+    const double j0 = energy.joules();
     const auto t0 = std::chrono::steady_clock::now();
     m.zero_grads();
     model::StepOptions so;
@@ -82,9 +86,10 @@ int run_bench_train(const BenchTrainArgs& a) {
     const model::StepResult r = m.forward_backward(tok.data(), tgt.data(), a.batch, a.seq_len, so);
     train::clip_grad_norm(refs, 1.0);
     adam.step(refs, 1e-3);
-    if (it >= a.warmup) ms.push_back(ms_since(t0));
+    if (it >= a.warmup) ms.push_back(ms_since(t0)), joules += energy.joules() - j0;
     loss = r.mean_loss();
   }
+  const double jpt = joules_per_token(energy, joules, n * a.iters);
   const double step_ms = median(ms);
   const double flops = 3 * forward_flops_per_token(c, a.seq_len) * static_cast<double>(n);
   const double tps = static_cast<double>(n) / (step_ms / 1e3);
@@ -100,6 +105,9 @@ int run_bench_train(const BenchTrainArgs& a) {
                                 {"tokens_per_s", tps},
                                 {"gflops", flops / (step_ms / 1e3) / 1e9},
                                 {"loss", loss},
+                                {"energy", energy.description()},
+                                {"joules_per_token",
+                                 jpt >= 0 ? nlohmann::json(jpt) : nlohmann::json(nullptr)},
                                 {"peak_rss_mb", peak_rss_mb()}}
                      .dump()
               << "\n";
@@ -109,6 +117,10 @@ int run_bench_train(const BenchTrainArgs& a) {
                 (long long)a.seq_len, num_threads());
     std::printf("training step %.1f ms (median of %d) | %.0f tokens/s | %.1f GFLOP/s | peak RSS %.0f MiB\n",
                 step_ms, a.iters, tps, flops / (step_ms / 1e3) / 1e9, peak_rss_mb());
+    if (jpt >= 0)
+      std::printf("energy %.4g J per token (%s)\n", jpt, energy.description().c_str());
+    else
+      std::printf("energy per token: %s\n", energy.description().c_str());
   }
   return kExitOk;
 }

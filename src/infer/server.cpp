@@ -2,6 +2,8 @@
 // of tokens from the engine thread to the HTTP worker threads.
 #include "moe/infer/server.h"
 
+#include "moe/core/energy.h"
+
 #include <httplib.h>
 
 #include <atomic>
@@ -9,6 +11,7 @@
 #include <condition_variable>
 #include <ctime>
 #include <random>
+#include <sstream>
 
 namespace moe::infer {
 
@@ -96,6 +99,8 @@ struct Server::Impl {
   Clock::time_point rate_t = Clock::now();
   int64_t rate_tokens = 0;
   double rate = 0;
+  std::mutex energy_mu;  // the energy counters, read at each /metrics scrape
+  EnergyMeter energy;
 
   Impl(const model::Transformer& m, text::Tokenizer t, text::ChatTemplate c, std::vector<int32_t> stops,
        ServerOptions o)
@@ -120,6 +125,7 @@ struct Server::Impl {
   void generate(const httplib::Request& req, const std::string& req_body, httplib::Response& res,
                 bool chat_endpoint);
   std::string metrics_text();
+  std::string energy_text(const EngineStats& s);
 
   void forget(uint64_t id) {
     std::lock_guard<std::mutex> lock(live_mu);
@@ -339,7 +345,28 @@ std::string Server::Impl::metrics_text() {
   }
   std::string text = metrics.render(s, r, std::chrono::duration<double>(Clock::now() - start).count());
   if (opt.expert_store) text += ServerMetrics::render_store(opt.expert_store->stats());
+  text += energy_text(s);
   return text;
+}
+
+// The machine's energy counters since the server started (a counter that wraps is followed as long
+// as scrapes come at least once per wrap period, minutes for a CPU package), or that there are none.
+std::string Server::Impl::energy_text(const EngineStats& s) {
+  std::lock_guard<std::mutex> lock(energy_mu);
+  std::ostringstream o;
+  o << "# HELP moe_energy_available 1 when energy counters are readable (powercap RAPL, NVML): "
+    << energy.description() << "\n# TYPE moe_energy_available gauge\nmoe_energy_available "
+    << (energy.available() ? 1 : 0) << "\n";
+  if (!energy.available()) return o.str();
+  const double j = energy.joules();
+  const int64_t tokens = s.prompt_tokens + s.generated_tokens;
+  o << "# HELP moe_energy_joules_total Energy of the counted parts since the server started\n"
+    << "# TYPE moe_energy_joules_total counter\nmoe_energy_joules_total " << j << "\n";
+  if (tokens > 0)
+    o << "# HELP moe_energy_joules_per_token Energy since start per token processed (prompt + generated)\n"
+      << "# TYPE moe_energy_joules_per_token gauge\nmoe_energy_joules_per_token "
+      << j / static_cast<double>(tokens) << "\n";
+  return o.str();
 }
 
 void Server::Impl::routes() {

@@ -286,6 +286,9 @@ def metrics_after(s):
               "moe_generation_tokens_per_second"):
         check(k in m, "missing " + k)
     check(any(k.startswith("moe_expert_tokens_total{layer=") for k in m), "no per-expert counters")
+    # Energy: a measurement where the machine has counters, otherwise only that there are none.
+    check(m["moe_energy_available"] in (0, 1), "moe_energy_available")
+    check(("moe_energy_joules_total" in m) == (m["moe_energy_available"] == 1), "energy counter without counters")
 
 
 def queue_full(moe, model):

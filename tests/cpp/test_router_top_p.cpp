@@ -59,7 +59,8 @@ TEST(RouterTopP, MassRuleOnKnownScores) {
   EXPECT_EQ(route(c, l, Tensor(), nullptr, kernels::Backend::Ref).n_active, 3);
   c = top_p_config(4, 4, 0.1);
   c.router.min_k = 3;
-  EXPECT_EQ(selected(route(c, l, Tensor(), nullptr, kernels::Backend::Ref), 0, 4), (std::vector<int>{2, 0, 3}));
+  EXPECT_EQ(selected(route(c, l, Tensor(), nullptr, kernels::Backend::Ref), 0, 4),
+            (std::vector<int>{2, 0, 3}));
   // Without normalize the selected weights are the scores themselves.
   const Routing r = route(top_p_config(4, 4, 0.6, false), l, Tensor(), nullptr, kernels::Backend::Ref);
   EXPECT_NEAR(r.weight.get(0), 0.5, 1e-12);
@@ -180,9 +181,10 @@ TEST(RouterTopP, EntropyLossAndGradient) {
     Tensor lp = l.clone(), lm = l.clone();
     lp.set(4 + e, l.get(4 + e) + 1e-6);
     lm.set(4 + e, l.get(4 + e) - 1e-6);
-    const double fd = (balance_losses(c, route(c, lp, Tensor(), nullptr, kernels::Backend::Ref), nullptr).entropy -
-                       balance_losses(c, route(c, lm, Tensor(), nullptr, kernels::Backend::Ref), nullptr).entropy) /
-                      2e-6;
+    const double fd =
+        (balance_losses(c, route(c, lp, Tensor(), nullptr, kernels::Backend::Ref), nullptr).entropy -
+         balance_losses(c, route(c, lm, Tensor(), nullptr, kernels::Backend::Ref), nullptr).entropy) /
+        2e-6;
     EXPECT_NEAR(dl[4 + e], fd, 1e-8) << "e = " << e;
   }
 }
