@@ -116,8 +116,8 @@ EnergyMeter::EnergyMeter(const std::string& powercap_root, bool use_nvml) {
     sources_.push_back(s + " (powercap)");
   } else {
     why.push_back(dirs.empty() ? "no RAPL zone under " + root
-                               : std::string("RAPL counters not readable (") + (unreadable ? "permission" : "format") +
-                                     ")");
+                               : std::string("RAPL counters not readable (") +
+                                     (unreadable ? "permission" : "format") + ")");
   }
   if (use_nvml) {
     auto n = std::make_unique<Nvml>();

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <unordered_map>
 
 #include "moe/core/error.h"
@@ -111,8 +112,18 @@ std::string gguf_tokenizer_json(const gguf::Reader& r) {
   // Unused tokens at the end pad the list to the embedding's rows: the tokenizer stops before them
   // (as Hugging Face's does), so that they decode to nothing.
   while (n > 0 && types[n - 1] == kUnused) --n;
+  // A repeated token keeps its last id (as a Python dict would) at its first position. Built without
+  // the ordered object's lookups, which are linear: a 150k-token vocabulary stays linear here.
+  std::unordered_map<std::string_view, size_t> last;
+  last.reserve(n);
+  for (size_t i = 0; i < n; ++i) last[tokens[i]] = i;
   json vocab = json::object();
-  for (size_t i = 0; i < n; ++i) vocab[tokens[i]] = i;  // a repeated token keeps its last id, as HF's dict
+  json::object_t& entries = vocab.get_ref<json::object_t&>();
+  entries.reserve(last.size());
+  std::unordered_map<std::string_view, bool> placed;
+  placed.reserve(n);
+  for (size_t i = 0; i < n; ++i)
+    if (placed.emplace(tokens[i], true).second) entries.emplace_back(tokens[i], last[tokens[i]]);
   json added = json::array();
   for (size_t i = 0; i < n; ++i) {
     const int64_t ty = types[i];

@@ -26,7 +26,7 @@ struct FakePowercap {
     zone("intel-rapl:0", "package-0", 1000000, 5000000);
     zone("intel-rapl:1", "package-1", 2000000, 5000000);
     zone("intel-rapl:0:0", "core", 7000000, 5000000);  // a sub-zone: inside package-0 already
-    put(root / "intel-rapl" / "enabled", "1");          // the control type folder, not a zone
+    put(root / "intel-rapl" / "enabled", "1");         // the control type folder, not a zone
   }
   ~FakePowercap() { fs::remove_all(root); }
   void zone(const std::string& dir, const std::string& name, uint64_t uj, uint64_t range) {

@@ -4,6 +4,7 @@
 // exporter's) -> tokenizer encodes the same.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -120,4 +121,61 @@ TEST(GgufTokenizer, ATokenThatIsNotUtf8IsAnErrorNotACrash) {
     EXPECT_NE(std::string(e.what()).find("not valid UTF-8"), std::string::npos) << e.what();
   }
   std::filesystem::remove(out);
+}
+
+namespace {
+// A gpt2 GGUF tokenizer of n distinct tokens ("t0", "t1", ...) and one merge.
+std::string many_tokens_file(size_t n, const std::string& stem) {
+  std::vector<std::string> toks;
+  for (size_t i = 0; i < n; ++i) {
+    std::string t = "t";
+    t += std::to_string(i);
+    toks.push_back(t);
+  }
+  gguf::WriteFile f;
+  f.metadata = {{"tokenizer.ggml.model", gguf::str_value("gpt2")},
+                {"tokenizer.ggml.tokens", gguf::str_array(toks)},
+                {"tokenizer.ggml.merges", gguf::str_array({"t 1"})}};
+  const std::string out = moe::testutil::unique_temp_path(stem);
+  gguf::write_file(out, f);
+  return out;
+}
+
+double seconds_to_convert(const std::string& path) {
+  const gguf::Reader r(path);
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string j = model::gguf_tokenizer_json(r);
+  EXPECT_FALSE(j.empty());
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+TEST(GgufTokenizer, ARepeatedTokenKeepsItsLastIdAtItsFirstPlace) {
+  gguf::WriteFile f;
+  f.metadata = {{"tokenizer.ggml.model", gguf::str_value("gpt2")},
+                {"tokenizer.ggml.tokens", gguf::str_array({"a", "b", "a", "ab"})},
+                {"tokenizer.ggml.merges", gguf::str_array({"a b"})}};
+  const std::string out = moe::testutil::unique_temp_path("tok_repeat.gguf");
+  gguf::write_file(out, f);
+  const nlohmann::ordered_json j =
+      nlohmann::ordered_json::parse(model::gguf_tokenizer_json(gguf::Reader(out)));
+  EXPECT_EQ(j["model"]["vocab"].dump(), R"({"a":2,"b":1,"ab":3})");
+  std::filesystem::remove(out);
+}
+
+// The vocabulary of a 150k-token GGUF converts in time linear in its size (it was quadratic: an
+// ordered JSON object looks keys up linearly). 10x the tokens within 30x the time leaves room for
+// noise while a quadratic conversion (100x) fails; a ratio, not a time limit.
+TEST(GgufTokenizer, ConvertingTheVocabularyIsLinearInItsSize) {
+  const std::string small = many_tokens_file(15000, "tok_15k.gguf"),
+                    big = many_tokens_file(150000, "tok_150k.gguf");
+  double t_small = 1e9, t_big = 1e9;
+  for (int rep = 0; rep < 3; ++rep) {  // best of 3 against machine noise
+    t_small = std::min(t_small, seconds_to_convert(small));
+    t_big = std::min(t_big, seconds_to_convert(big));
+  }
+  EXPECT_LT(t_big, 30 * std::max(t_small, 1e-4))
+      << "15k tokens " << t_small << " s, 150k tokens " << t_big << " s";
+  std::filesystem::remove(small);
+  std::filesystem::remove(big);
 }
