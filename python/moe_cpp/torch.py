@@ -25,7 +25,7 @@ _DTYPES = {torch.float32: "f32", torch.float64: "f64"}
 
 class MoEOutput(NamedTuple):
     y: torch.Tensor          # same shape as x
-    aux_loss: torch.Tensor   # scalar: the weighted balancing losses (aux + seq_aux + z), differentiable
+    aux_loss: torch.Tensor   # scalar: the weighted balancing losses (aux + seq_aux + z + entropy), differentiable
     stats: Dict[str, Any]    # per-expert counts, dropped, imbalance, each loss term (floats)
 
 
@@ -44,8 +44,8 @@ def _config(config: Optional[Dict[str, Any]], kwargs: Dict[str, Any]) -> Dict[st
     cfg = json.loads(json.dumps(config or {}))
     router_keys = {"routing", "score", "order", "top_k", "normalize", "scaling", "n_groups", "topk_groups",
                    "group_score", "use_bias", "jitter_eps", "capacity_factor", "drop_policy",
-                   "sinkhorn_iters", "hash_seed", "skip_threshold"}
-    balance_keys = {"aux_coef", "seq_aux_coef", "seq_len", "z_coef", "bias_update_rate"}
+                   "sinkhorn_iters", "hash_seed", "skip_threshold", "top_p", "min_k"}
+    balance_keys = {"aux_coef", "seq_aux_coef", "seq_len", "z_coef", "bias_update_rate", "entropy_coef"}
     for k, v in kwargs.items():
         if k in router_keys:
             cfg.setdefault("router", {})[k] = v

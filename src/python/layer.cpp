@@ -63,6 +63,8 @@ py::dict stats_dict(const MoEStats& s) {
   d["aux_loss"] = s.aux_loss;
   d["seq_aux_loss"] = s.seq_aux_loss;
   d["z_loss"] = s.z_loss;
+  d["entropy_loss"] = s.entropy_loss;
+  d["mean_k"] = s.mean_k;
   d["total_loss"] = s.total_loss();
   return d;
 }

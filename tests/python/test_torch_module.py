@@ -33,6 +33,8 @@ VARIANTS = {
     "swiglu_shared": {"n_shared_experts": 1, "balance": {"aux_coef": 0.1, "seq_aux_coef": 0.2, "seq_len": 5}},
     "k1": {"router": {"top_k": 1}},
     "k_equals_e": {"router": {"top_k": 8}},
+    "top_p_entropy": {"router": {"top_k": 4, "top_p": 0.45, "normalize": True},
+                      "balance": {"aux_coef": 0.2, "entropy_coef": 0.1}},
 }
 T = 15
 
@@ -80,7 +82,7 @@ class OracleAgreement(unittest.TestCase):
         out, dx, grads = run_module(m, x, dy, ids, dtype)
         with self.subTest(name=name, dtype=str(dtype)):
             self.assertLess(rel_err(out.y, ref["y"]), tol, "y")
-            aux = ref["aux_loss"] + ref["seq_aux_loss"] + ref["z_loss"]
+            aux = ref["aux_loss"] + ref["seq_aux_loss"] + ref["z_loss"] + ref["entropy_loss"]
             self.assertLess(abs(float(out.aux_loss) - float(aux)), tol * max(1.0, abs(float(aux))), "aux_loss")
             self.assertLess(rel_err(dx, ref["dx"]), tol, "dx")
             for n, g in grads.items():
