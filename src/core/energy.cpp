@@ -6,7 +6,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 
 namespace moe {
 
@@ -23,6 +22,14 @@ bool read_u64(const std::string& path, uint64_t& v) {
   if (!(f >> x)) return false;
   v = x;
   return true;
+}
+
+// "intel-rapl:N": a top-level zone (its sub-zones are "intel-rapl:N:M").
+bool is_top_zone(const std::string& name) {
+  const std::string prefix = "intel-rapl:";
+  if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) return false;
+  return std::all_of(name.begin() + static_cast<std::ptrdiff_t>(prefix.size()), name.end(),
+                     [](char c) { return c >= '0' && c <= '9'; });
 }
 
 std::string read_line(const std::string& path) {
@@ -90,12 +97,11 @@ EnergyMeter::EnergyMeter(const std::string& powercap_root, bool use_nvml) {
   std::vector<std::string> why;
   // Top-level RAPL zones only ("intel-rapl:0", not the sub-zones "intel-rapl:0:0" they contain, whose
   // energy is already in the package's).
-  const std::regex top_zone("intel-rapl:[0-9]+");
   std::error_code ec;
   std::vector<fs::path> dirs;
   if (fs::is_directory(root, ec))
     for (const fs::directory_entry& e : fs::directory_iterator(root, ec))
-      if (std::regex_match(e.path().filename().string(), top_zone)) dirs.push_back(e.path());
+      if (is_top_zone(e.path().filename().string())) dirs.push_back(e.path());
   std::sort(dirs.begin(), dirs.end());
   bool unreadable = false;
   for (const fs::path& d : dirs) {
