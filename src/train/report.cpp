@@ -233,6 +233,7 @@ StepRecord parse_step(const LineCtx& c, const json& j) {
   s.elapsed_s = get_num(c, j, "elapsed_s");
   s.skipped = get_bool(c, j, "skipped");
   s.imbalance = num_array(c, j, "imbalance");
+  s.mean_k = num_array(c, j, "mean_k");
   if (const json* load = get_array(c, j, "expert_load")) {
     for (size_t l = 0; l < load->size(); ++l) {
       const json& row = (*load)[l];

@@ -327,6 +327,32 @@ std::string loss_plot(const RunMetrics& m, const ReportSummary& s) {
   return svg::line_plot(p);
 }
 
+// Experts per token per MoE layer, when it varied (adaptive-k routing): one line per layer.
+std::string mean_k_plot(const RunMetrics& m, const std::vector<int64_t>& layer_ids) {
+  size_t layers = 0;
+  double lo = svg::kNaN, hi = svg::kNaN;
+  for (const StepRecord& st : m.steps) {
+    layers = std::max(layers, st.mean_k.size());
+    for (double k : st.mean_k)
+      if (std::isfinite(k))
+        lo = std::isnan(lo) ? k : std::min(lo, k), hi = std::isnan(hi) ? k : std::max(hi, k);
+  }
+  if (layers == 0 || !(hi > lo)) return "";  // fixed k: nothing to show
+  svg::LinePlot p =
+      step_plot(m, "plot-mean-k", "Experts per token (adaptive-k routing)", "mean k", kFullWidth);
+  p.height = 280;
+  p.y_include = 1;
+  for (size_t l = 0; l < layers; ++l) {
+    const std::string name = l < layer_ids.size() ? cat("layer ", layer_ids[l]) : cat("MoE layer ", l);
+    const std::string color = layers <= 10 ? svg::palette(l) : cat("hsl(", l * 330 / layers, ",70%,45%)");
+    p.series.push_back(step_series(m, name, color, [l](const StepRecord& st) {
+      return l < st.mean_k.size() ? st.mean_k[l] : svg::kNaN;
+    }));
+    p.series.back().width = 1.4;
+  }
+  return "<div class=\"card\">" + svg::line_plot(p) + "</div>";
+}
+
 std::string curve_plots(const RunMetrics& m, const ReportSummary& s) {
   std::string out = "<div class=\"grid\">";
   {
@@ -395,6 +421,7 @@ std::string curve_plots(const RunMetrics& m, const ReportSummary& s) {
     p.refs.push_back({1.0, false, "#6e7781", "7 5", "", "1 = perfect balance"});
     out += "<div class=\"card\">" + svg::line_plot(p) + "</div>";
   }
+  out += mean_k_plot(m, layer_ids);
   return out;
 }
 

@@ -6,7 +6,7 @@
 //          "n_active_params": int, "unigram_entropy": nats/token (optional)}   first line; again on resume
 //   step  {"step", "loss", "aux_loss", "lr", "grad_norm", "tokens" (cumulative), "tokens_per_s",
 //          "elapsed_s", "skipped", "imbalance": [per MoE layer], "expert_load": [[per expert] per MoE
-//          layer], "moe_layers": [layer index per MoE layer]}
+//          layer], "moe_layers": [layer index per MoE layer], "mean_k": [experts per token per MoE layer]}
 //   eval  {"step", "loss", "ppl", "tokens"}
 //   skip  {"step", "reason"}
 //   end   {"step", "elapsed_s", "checkpoint"}
@@ -58,6 +58,7 @@ struct StepRecord {
   std::vector<double> imbalance;                 // (L): max/mean expert load per MoE layer
   std::vector<std::vector<double>> expert_load;  // (L, E): fraction of routed assignments per expert
   std::vector<int64_t> moe_layers;               // (L): model layer index of each MoE layer
+  std::vector<double> mean_k;                    // (L): experts per token (adaptive-k routing varies it)
 };
 
 struct EvalRecord {
