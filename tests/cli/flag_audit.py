@@ -18,7 +18,8 @@ import sys
 
 EXEMPT = {"--seed"}
 # "  --flag TYPE[:RANGE][=DEFAULT] ..." with RANGE "in [lo, hi]", "in (lo, hi]", ">= lo" or "> lo"
-TYPE = re.compile(r"^\s+(?:-\w,)?(--[\w-]+)\s+(INT|UINT|FLOAT)(?::(in [\[(][^\]]*\]|>=? [^\s=]+|\{[^}]*\})|(:\S*))?", re.M)
+TYPE = re.compile(r"^\s+(?:-\w,)?(--[\w-]+)\s+(INT|UINT|FLOAT)"
+                  r"(?::(in [\[(][^\]]*\]|>=? [^\s=]+|\{[^}]*\})|(:\S*))?", re.M)
 
 
 def run(args):
