@@ -1,6 +1,8 @@
 // Helpers shared by the subcommands (see common.h).
 #include "cli/common.h"
 
+#include "moe/model/transformer.h"
+
 #include <sys/resource.h>
 
 #include <cmath>
@@ -77,6 +79,19 @@ CLI::Validator above(double lo) {
 
 CLI::Validator above_at_most(double lo, double hi) {
   return range_validator(lo, hi, "in (" + fmt_bound(lo) + ", " + fmt_bound(hi) + "]", true);
+}
+
+void add_inference_routing_flags(CLI::App* c, InferenceRouting& r, const std::string& skip_help) {
+  c->add_option("--skip-threshold", r.skip_threshold, skip_help)->check(in_range(0, 1));
+  c->add_option("--router-top-p", r.router_top_p,
+                "Adaptive-k routing: each token's experts by score until their mass reaches P (at most the "
+                "model's top-k; 0 = top-k always; default: the model's own)")
+      ->check(in_range(0, 1));
+}
+
+void apply_inference_routing(model::Transformer& m, const InferenceRouting& r) {
+  m.set_expert_skip_threshold(r.skip_threshold);
+  if (r.router_top_p >= 0) m.set_router_top_p(r.router_top_p);
 }
 
 double peak_rss_mb() {

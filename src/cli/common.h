@@ -15,6 +15,10 @@
 
 #include "moe/core/parallel.h"
 
+namespace moe::model {
+class Transformer;
+}
+
 namespace moe::cli {
 
 // Exit codes of every subcommand.
@@ -92,6 +96,15 @@ inline constexpr double kMaxTokensFlag = 1 << 24;
 inline constexpr double kMaxRepsFlag = 1e6;
 // Test that every numeric flag of every command carries one of these validators:
 // tests/cli/flag_audit.py (cli.flag_audit).
+
+// Expert routing at inference, set on a loaded model (docs/PRUNING.md): --skip-threshold X (dynamic
+// expert skipping, 0 = off) and --router-top-p P (adaptive-k routing; not given: the model's own).
+struct InferenceRouting {
+  double skip_threshold = 0;
+  double router_top_p = -1;
+};
+void add_inference_routing_flags(CLI::App* c, InferenceRouting& r, const std::string& skip_help);
+void apply_inference_routing(model::Transformer& m, const InferenceRouting& r);
 
 // Peak resident set size of this process in MiB (getrusage ru_maxrss).
 double peak_rss_mb();

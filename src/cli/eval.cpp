@@ -28,8 +28,7 @@ struct EvalArgs {
   std::string model, data, compare;
   std::vector<int64_t> tokens;
   int64_t seq_len = 0, batch = 8;
-  double skip_threshold = 0;
-  double router_top_p = -1;  // adaptive-k routing at inference (-1: the model's own)
+  InferenceRouting routing;  // --skip-threshold, --router-top-p
   bool json = false;
   int threads = 0;
   OffloadFlags offload;
@@ -78,14 +77,11 @@ bool is_token_shard(const std::string& path) {
 int run_eval(const EvalArgs& a) {
   apply_threads(a.threads);
   MOE_CHECK(a.data.empty() != a.tokens.empty(), "eval: give exactly one of --data FILE and --tokens LIST");
-  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0,
-            "eval: --skip-threshold must be >= 0, got ", a.skip_threshold);
   const std::string dir = resolve_model_dir(a.model);
   const std::string base_dir = a.compare.empty() ? std::string() : resolve_model_dir(a.compare);
   infer::InferenceModel im = load_for_inference(dir, false, a.offload);
   model::Transformer& m = *im.model;
-  m.set_expert_skip_threshold(a.skip_threshold);
-  if (a.router_top_p >= 0) m.set_router_top_p(a.router_top_p);
+  apply_inference_routing(m, a.routing);
   const int64_t V = m.config().vocab_size;
   std::vector<int32_t> toks;
   if (!a.data.empty() && is_token_shard(a.data)) {
@@ -125,7 +121,7 @@ int run_eval(const EvalArgs& a) {
   const double mean = r.loss();
   if (a.json) {
     nlohmann::json j = {{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}};
-    if (a.skip_threshold > 0)
+    if (a.routing.skip_threshold > 0)
       j["skipped_share"] = static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1));
     if (!r.routed_per_layer.empty()) {
       j["mean_k"] = r.mean_k();
@@ -136,7 +132,7 @@ int run_eval(const EvalArgs& a) {
     std::cout << j.dump() << "\n";
   } else {
     std::cout << "loss " << mean << "  ppl " << std::exp(mean) << "  tokens " << count;
-    if (a.skip_threshold > 0)
+    if (a.routing.skip_threshold > 0)
       std::cout << "  experts skipped "
                 << 100.0 * static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1))
                 << "%";
@@ -167,13 +163,8 @@ void register_eval(CLI::App& app, Registry& reg) {
   add_threads_flag(c, a->threads);
   c->add_option("--compare", a->compare,
                 "Base model directory: also report its perplexity, KL(base || model) and top-1 agreement");
-  c->add_option("--skip-threshold", a->skip_threshold,
-                "Skip routed experts of --model whose routing weight is below this (0 = off)")
-      ->check(in_range(0, 1));
-  c->add_option("--router-top-p", a->router_top_p,
-                "Adaptive-k routing: each token's experts by score until their mass reaches P (at most the "
-                "model's top-k; 0 = top-k always; default: the model's own)")
-      ->check(in_range(0, 1));
+  add_inference_routing_flags(c, a->routing,
+                              "Skip routed experts of --model whose routing weight is below this (0 = off)");
   add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_eval(*a); }; });

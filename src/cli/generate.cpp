@@ -22,16 +22,13 @@ struct GenArgs {
   infer::GenerateOptions opt;
   bool json = false;
   bool bf16 = false;
-  double skip_threshold = 0;  // dynamic expert skipping (0 = off)
-  double router_top_p = -1;   // adaptive-k routing at inference (-1: the model's own)
+  InferenceRouting routing;  // --skip-threshold, --router-top-p
   int threads = 0;
   OffloadFlags offload;
 };
 
 int run_generate(GenArgs& a) {
   apply_threads(a.threads);
-  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0,
-            "generate: --skip-threshold must be >= 0, got ", a.skip_threshold);
   a.opt.sampling.validate();
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
@@ -39,8 +36,7 @@ int run_generate(GenArgs& a) {
   const text::Tokenizer tok = load_tokenizer(tp);
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
   model::Transformer& m = *im.model;
-  m.set_expert_skip_threshold(a.skip_threshold);
-  if (a.router_top_p >= 0) m.set_router_top_p(a.router_top_p);
+  apply_inference_routing(m, a.routing);
   MOE_CHECK(tok.vocab_size() <= m.config().vocab_size, "generate: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", m.config().vocab_size);
   // The special tokens of the file's post-processor (<s> for Llama-style files), as transformers adds them.
@@ -116,13 +112,8 @@ void register_generate(CLI::App& app, Registry& reg) {
       ->capture_default_str();
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
-  c->add_option("--skip-threshold", a->skip_threshold,
-                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)")
-      ->check(in_range(0, 1));
-  c->add_option("--router-top-p", a->router_top_p,
-                "Adaptive-k routing: each token's experts by score until their mass reaches P (at most the "
-                "model's top-k; 0 = top-k always; default: the model's own)")
-      ->check(in_range(0, 1));
+  add_inference_routing_flags(
+      c, a->routing, "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
   add_json_flag(c, a->json, "Print one JSON object instead of streaming text");
   add_offload_flags(c, a->offload);
   c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });

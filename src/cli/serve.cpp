@@ -30,8 +30,7 @@ struct ServeArgs {
   int threads = 0;
   bool bf16 = false;
   OffloadFlags offload;
-  double skip_threshold = 0;  // dynamic expert skipping (0 = off)
-  double router_top_p = -1;   // adaptive-k routing at inference (-1: the model's own)
+  InferenceRouting routing;  // --skip-threshold, --router-top-p
 };
 
 // tokenizer_config.json's token fields are a string or {"content": string}.
@@ -116,8 +115,6 @@ sigset_t stop_signals() {
 
 int run_serve(ServeArgs& a) {
   apply_threads(a.threads);
-  MOE_CHECK(std::isfinite(a.skip_threshold) && a.skip_threshold >= 0,
-            "serve: --skip-threshold must be >= 0, got ", a.skip_threshold);
   if (a.opt.api_key.empty())
     if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
   a.opt.validate();
@@ -128,8 +125,7 @@ int run_serve(ServeArgs& a) {
   text::Tokenizer tok = load_tokenizer(tp);
   infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
   model::Transformer& m = *im.model;
-  m.set_expert_skip_threshold(a.skip_threshold);
-  if (a.router_top_p >= 0) m.set_router_top_p(a.router_top_p);
+  apply_inference_routing(m, a.routing);
   a.opt.expert_store = im.store;
   if (im.store) std::cerr << "serve: " << im.store->describe() << "\n";
   const model::ModelConfig& cfg = m.config();
@@ -188,13 +184,8 @@ void register_serve(CLI::App& app, Registry& reg) {
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_offload_flags(c, a->offload);
-  c->add_option("--skip-threshold", a->skip_threshold,
-                "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)")
-      ->check(in_range(0, 1));
-  c->add_option("--router-top-p", a->router_top_p,
-                "Adaptive-k routing: each token's experts by score until their mass reaches P (at most the "
-                "model's top-k; 0 = top-k always; default: the model's own)")
-      ->check(in_range(0, 1));
+  add_inference_routing_flags(
+      c, a->routing, "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")
       ->check(in_range(1, infer::kMaxBatchTokens))
       ->capture_default_str();
