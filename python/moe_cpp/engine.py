@@ -255,18 +255,23 @@ class Model:
         return self._m.eval_tokens(ids, o)
 
 
-def load(path, dtype: str = "f32", threads: Optional[int] = None, skip_threshold: float = 0.0) -> Model:
+def load(path, dtype: str = "f32", threads: Optional[int] = None, skip_threshold: float = 0.0,
+         router_top_p: Optional[float] = None) -> Model:
     """Loads a model for inference, as `moe generate --model` does: a Hugging Face directory
     (config.json + *.safetensors, a quantized one included), a run directory of `moe train` (its
     checkpoint/), or a .gguf file. dtype: "f32", "bf16" (bf16 weights, f32 accumulation), "w8a8" or
     "w4a8" (integer dense linears, bf16 otherwise). threads: CPU threads of the engine (process-wide;
     None keeps the current count). skip_threshold: skip routed experts whose routing weight is below
-    it (0 = off)."""
+    it (0 = off). router_top_p: adaptive-k routing, each token's experts by score until their mass
+    reaches it (at most the model's top-k; 0 = top-k always; None: the model's own)."""
     path = _path("path", path)
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise Error(f"load: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     threads = 0 if threads is None else _int("threads", threads, 1)
-    return Model(_core.load_model(path, dtype, threads, _num("skip_threshold", skip_threshold)))
+    top_p = -1.0 if router_top_p is None else _num("router_top_p", router_top_p)
+    if router_top_p is not None and not 0.0 <= top_p <= 1.0:
+        raise Error(f"load: router_top_p must be in [0, 1], got {router_top_p}")
+    return Model(_core.load_model(path, dtype, threads, _num("skip_threshold", skip_threshold), top_p))
 
 
 # ---- training ----

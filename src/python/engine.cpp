@@ -101,6 +101,7 @@ struct LoadArgs {
   std::string path, dtype;
   int threads = 0;
   double skip_threshold = 0;
+  double router_top_p = -1;  // adaptive-k routing (-1: the model's own)
 };
 
 std::shared_ptr<LoadedModel> load_model(const LoadArgs& a) {
@@ -118,6 +119,10 @@ std::shared_ptr<LoadedModel> load_model(const LoadArgs& a) {
   lm->path = infer::resolve_model_dir(a.path);
   lm->im = infer::load_inference_model(lm->path, o);
   lm->im.model->set_expert_skip_threshold(a.skip_threshold);
+  if (a.router_top_p >= 0) {
+    MOE_CHECK(a.router_top_p <= 1, "load: router_top_p must be in [0, 1], got ", a.router_top_p);
+    lm->im.model->set_router_top_p(a.router_top_p);
+  }
   if (const std::string tp = infer::find_tokenizer(lm->path); !tp.empty())
     lm->tok = infer::load_tokenizer(tp);
   return lm;
@@ -200,7 +205,7 @@ struct EvalArgs {
   int64_t batch = 8;
 };
 
-// Loss, perplexity and token count of `moe eval --json` (and skipped_share with a skip threshold).
+// Loss, perplexity, token count and mean k of `moe eval --json` (and skipped_share with a skip threshold).
 py::dict eval_tokens(LoadedModel& lm, const std::vector<int32_t>& toks, const EvalArgs& a) {
   const model::Transformer& m = lm.m();
   const int64_t S = a.seq_len > 0 ? a.seq_len : std::min<int64_t>(m.config().max_position_embeddings, 512);
@@ -215,6 +220,12 @@ py::dict eval_tokens(LoadedModel& lm, const std::vector<int32_t>& toks, const Ev
   d["ppl"] = std::exp(r.loss());
   d["tokens"] = r.tokens;
   d["skipped_share"] = static_cast<double>(r.skipped) / static_cast<double>(std::max<int64_t>(r.routed, 1));
+  if (!r.routed_per_layer.empty()) {
+    d["mean_k"] = r.mean_k();
+    std::vector<double> per_layer;
+    for (size_t l = 0; l < r.routed_per_layer.size(); ++l) per_layer.push_back(r.mean_k(l));
+    d["mean_k_per_layer"] = per_layer;
+  }
   return d;
 }
 
@@ -340,12 +351,14 @@ void bind_model(py::module_& m) {
 
   m.def(
       "load_model",
-      [](const std::string& path, const std::string& dtype, int threads, double skip_threshold) {
-        const LoadArgs a{path, dtype, threads, skip_threshold};
+      [](const std::string& path, const std::string& dtype, int threads, double skip_threshold,
+         double router_top_p) {
+        const LoadArgs a{path, dtype, threads, skip_threshold, router_top_p};
         py::gil_scoped_release nogil;
         return load_model(a);
       },
-      py::arg("path"), py::arg("dtype") = "f32", py::arg("threads") = 0, py::arg("skip_threshold") = 0.0);
+      py::arg("path"), py::arg("dtype") = "f32", py::arg("threads") = 0, py::arg("skip_threshold") = 0.0,
+      py::arg("router_top_p") = -1.0);
 }
 
 }  // namespace

@@ -218,6 +218,17 @@ class Engine(unittest.TestCase):
         with open(self.heldout, encoding="utf-8") as f:
             self.assertEqual(self.model.eval(f.read(), seq_len=32, batch=3)["loss"], got["loss"])
 
+    def test_eval_with_adaptive_k_routing_matches_cli(self):
+        ref = moe_json("eval", "--model", self.run_dir, "--data", self.heldout, "--seq-len", "32",
+                       "--router-top-p", "0.3")
+        got = moe_cpp.load(self.run_dir, router_top_p=0.3).eval(file=self.heldout, seq_len=32)
+        self.assertAlmostEqual(got["loss"], ref["loss"], delta=1e-12 * abs(ref["loss"]))
+        self.assertEqual(got["mean_k"], ref["mean_k"])
+        self.assertLess(got["mean_k"], 2.0)
+        self.assertEqual(self.model.eval(file=self.heldout, seq_len=32)["mean_k"], 2.0)
+        with self.assertRaisesRegex(moe_cpp.Error, "router_top_p"):
+            moe_cpp.load(self.run_dir, router_top_p=1.5)
+
     def test_eval_ids_hf_and_gguf(self):
         ids = [(7 * i + 3) % 96 for i in range(150)]
         for path in (os.path.join(FIXTURES, "hf", "qwen2_moe"), os.path.join(FIXTURES, "gguf", "qwen3_moe.f32.gguf")):
