@@ -108,6 +108,11 @@ def case_smoke(moe, tmp, data):
     e4 = json.loads(run([moe, "eval", "--model", out, "--data", val, "--json", "--seq-len", "32",
                          "--router-top-p", "0.3"]).stdout)
     check(1.0 <= e4["mean_k"] < 2.0 and e4["tokens"] == e3["tokens"], str(e4))
+    cut = os.path.join(tmp, "cut.bin")  # a truncated shard: one clear line, exit 2
+    with open(val, "rb") as f, open(cut, "wb") as g:
+        g.write(f.read(100))
+    p = run([moe, "eval", "--model", out, "--data", cut], check_rc=2)
+    check(p.stderr.startswith("moe: error: ") and "truncated" in p.stderr and p.stderr.count("\n") == 1, p.stderr)
     # generate: greedy is deterministic; sampling with a seed too.
     g = [json.loads(run([moe, "generate", "--model", out, "--prompt", "The ", "--max-tokens", "12",
                          "--temperature", "0", "--json"]).stdout) for _ in range(2)]
