@@ -182,19 +182,31 @@ def attention(sp, P, l, h):
     return linear(o, P[p + "o_proj.weight"])
 
 
-def moe_block(sp, P, l, h):
-    """h (N, d) -> (y (N, d), (aux, seq_aux, z, entropy), torch_moe's detached outputs)."""
+SHARED_SUFFIXES = {"shared_w_gate": ".shared_expert.gate_proj.weight", "shared_w_up": ".shared_expert.up_proj.weight",
+                   "shared_w_down": ".shared_expert.down_proj.weight", "shared_gate_w": ".shared_expert_gate.weight"}
+
+
+def moe_leaves(sp, P, l):
+    """MoE layer l's tensors of the checkpoint dict P under torch_moe's names (experts stacked), and
+    the checkpoint names they were taken from."""
     m = sp.moe_prefix(l)
     names = [sp.expert_names(l, e) for e in range(sp.E)]
     leaves = {"router_w": P[m + ".gate.weight"],
               "w_gate": torch.stack([P[g] for g, _, _ in names]),    # (E, F, d)
               "w_up": torch.stack([P[u] for _, u, _ in names]),      # (E, F, d)
               "w_down": torch.stack([P[dn] for _, _, dn in names])}  # (E, d, F)
+    taken = [m + ".gate.weight"] + [n for ns in names for n in ns]
     if sp.F_shared > 0:
-        leaves.update(shared_w_gate=P[m + ".shared_expert.gate_proj.weight"],
-                      shared_w_up=P[m + ".shared_expert.up_proj.weight"],
-                      shared_w_down=P[m + ".shared_expert.down_proj.weight"],
-                      shared_gate_w=P[m + ".shared_expert_gate.weight"])
+        for k, suffix in SHARED_SUFFIXES.items():
+            leaves[k] = P[m + suffix]
+            taken.append(m + suffix)
+    return leaves, taken
+
+
+def moe_block(sp, P, l, h):
+    """h (N, d) -> (y (N, d), (aux, seq_aux, z, entropy), torch_moe's detached outputs)."""
+    m = sp.moe_prefix(l)
+    leaves, _ = moe_leaves(sp, P, l)
     bias = P.get(m + ".gate.e_score_correction_bias")
     return torch_moe.layer(sp.layer_config(), leaves, h, None if bias is None else bias.detach())
 

@@ -240,19 +240,8 @@ class TorchMoEModel(torch.nn.Module):
                 continue
             m = sp.moe_prefix(l)
             names = [sp.expert_names(l, e) for e in range(sp.E)]
-            w = {"router_w": weights[m + ".gate.weight"],
-                 "w_gate": torch.stack([weights[g] for g, _, _ in names]),    # (E, F, d)
-                 "w_up": torch.stack([weights[u] for _, u, _ in names]),      # (E, F, d)
-                 "w_down": torch.stack([weights[dn] for _, _, dn in names])}  # (E, d, F)
-            taken.update([m + ".gate.weight"] + [n for ns in names for n in ns])
-            if sp.F_shared > 0:
-                shared = {"shared_w_gate": ".shared_expert.gate_proj.weight",
-                          "shared_w_up": ".shared_expert.up_proj.weight",
-                          "shared_w_down": ".shared_expert.down_proj.weight",
-                          "shared_gate_w": ".shared_expert_gate.weight"}
-                for k, suffix in shared.items():
-                    w[k] = weights[m + suffix]
-                    taken.add(m + suffix)
+            w, from_names = torch_model.moe_leaves(sp, weights, l)
+            taken.update(from_names)
             layer = MoE(sp.layer_config(), dtype=torch.float32)
             with torch.no_grad():
                 for n, p in layer.named_parameters():
@@ -280,10 +269,8 @@ class TorchMoEModel(torch.nn.Module):
             for e, (g, u, dn) in enumerate(names):
                 out[g], out[u], out[dn] = layer.w_gate[e].detach(), layer.w_up[e].detach(), layer.w_down[e].detach()
             if self.sp.F_shared > 0:
-                out[m + ".shared_expert.gate_proj.weight"] = layer.shared_w_gate.detach()
-                out[m + ".shared_expert.up_proj.weight"] = layer.shared_w_up.detach()
-                out[m + ".shared_expert.down_proj.weight"] = layer.shared_w_down.detach()
-                out[m + ".shared_expert_gate.weight"] = layer.shared_gate_w.detach()
+                for k, suffix in torch_model.SHARED_SUFFIXES.items():
+                    out[m + suffix] = getattr(layer, k).detach()
         return out
 
     def forward(self, tokens, targets):
