@@ -23,27 +23,30 @@ struct PlanArgs {
   int64_t gpus = 0, nodes = 0, gpus_per_node = 0;
   // Overrides of the preset's fields, applied when their flag was given.
   struct Override {
+    enum Range { Positive, NonNegative, Fraction };  // > 0, >= 0, (0, 1]
     const char* flag;
     double dist::ClusterSpec::*field;
     const char* help;
+    Range range;
     double value = 0;
     bool given = false;
   };
   std::vector<Override> overrides = {
-      {"--intra-gbps", &dist::ClusterSpec::intra_gbps, "Intra-node bandwidth, GB/s per GPU each direction", 0,
-       false},
-      {"--intra-latency-us", &dist::ClusterSpec::intra_latency_us, "Intra-node latency per message, us", 0,
-       false},
-      {"--inter-gbps", &dist::ClusterSpec::inter_gbps, "Inter-node bandwidth, GB/s per GPU each direction", 0,
-       false},
-      {"--inter-latency-us", &dist::ClusterSpec::inter_latency_us, "Inter-node latency per message, us", 0,
-       false},
-      {"--peak-tflops", &dist::ClusterSpec::peak_tflops, "Peak dense TFLOP/s per GPU of the GEMM dtype", 0,
-       false},
-      {"--mfu", &dist::ClusterSpec::mfu, "Fraction of the peak that GEMMs achieve (presets: 0.5)", 0, false},
-      {"--memory-gib", &dist::ClusterSpec::memory_gib, "GPU memory, GiB", 0, false},
+      {"--intra-gbps", &dist::ClusterSpec::intra_gbps, "Intra-node bandwidth, GB/s per GPU each direction",
+       Override::Positive},
+      {"--intra-latency-us", &dist::ClusterSpec::intra_latency_us, "Intra-node latency per message, us",
+       Override::NonNegative},
+      {"--inter-gbps", &dist::ClusterSpec::inter_gbps, "Inter-node bandwidth, GB/s per GPU each direction",
+       Override::Positive},
+      {"--inter-latency-us", &dist::ClusterSpec::inter_latency_us, "Inter-node latency per message, us",
+       Override::NonNegative},
+      {"--peak-tflops", &dist::ClusterSpec::peak_tflops, "Peak dense TFLOP/s per GPU of the GEMM dtype",
+       Override::Positive},
+      {"--mfu", &dist::ClusterSpec::mfu, "Fraction of the peak that GEMMs achieve (presets: 0.5)",
+       Override::Fraction},
+      {"--memory-gib", &dist::ClusterSpec::memory_gib, "GPU memory, GiB", Override::Positive},
       {"--reserve-gib", &dist::ClusterSpec::reserve_gib,
-       "Memory kept off the model (context, buffers), GiB (4)", 0, false},
+       "Memory kept off the model (context, buffers), GiB (4)", Override::NonNegative},
   };
   dist::TrainShape train;
   int64_t dispatch_bytes = 0;  // 0 = act_bytes
@@ -283,10 +286,9 @@ void register_plan(CLI::App& app, Registry& reg) {
   sub->add_option("--nodes", a->nodes, "Nodes (instead of --gpus)")->check(in_range(1, 1 << 24));
   sub->add_option("--gpus-per-node", a->gpus_per_node, "GPUs per node (preset: 8)")->check(in_range(1, 1024));
   for (PlanArgs::Override& o : a->overrides) {
-    const std::string f = o.flag;
-    CLI::Validator check = f == "--mfu" ? above_at_most(0, 1)
-                           : f.find("latency") != std::string::npos || f == "--reserve-gib" ? in_range(0, 1e9)
-                                                                                            : above(0);
+    const CLI::Validator check = o.range == PlanArgs::Override::Fraction      ? above_at_most(0, 1)
+                                 : o.range == PlanArgs::Override::NonNegative ? in_range(0, 1e9)
+                                                                              : above(0);
     sub->add_option(o.flag, o.value, o.help)->check(check);
   }
   sub->add_option("--global-batch-tokens", a->train.global_batch_tokens,

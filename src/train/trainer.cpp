@@ -383,8 +383,10 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
           (long long)r.step, (long long)o.steps, win_loss / win_n, win_aux / win_n, lr,
           static_cast<double>(r.tokens) / std::max(r.elapsed_s, 1e-9), imb_max, fmt_duration(eta).c_str());
       std::string msg = line;
-      if (r.model->config().router_extra.top_p > 0 && !acc.stats.empty())
-        msg += " | mean k " + std::to_string(k_sum / static_cast<double>(acc.stats.size())).substr(0, 4);
+      if (r.model->config().router_extra.top_p > 0 && !acc.stats.empty()) {
+        std::snprintf(line, sizeof line, " | mean k %.2f", k_sum / static_cast<double>(acc.stats.size()));
+        msg += line;
+      }
       print(msg);
       sum.final_loss = win_loss / win_n;
       win_loss = win_aux = 0, win_n = 0;

@@ -156,7 +156,6 @@ TEST(RouterTopP, CapacityCountsOnlySelectedExperts) {
   MoEConfig c = top_p_config(4, 3, 1e-9);
   c.router.capacity_factor = 1.0;  // C = ceil(1.0 · T · k / E) = ceil(6 · 3 / 4) = 5
   const Tensor l = logits_of(std::vector<std::vector<double>>(6, {0.1, 0.1, 0.7, 0.1}));
-  MoELayer layer(c, DType::F64, kernels::Backend::Ref);
   const Routing r = route(c, l, Tensor(), nullptr, kernels::Backend::Ref);
   EXPECT_EQ(r.capacity, 5);
   int kept = 0;
