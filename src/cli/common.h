@@ -49,6 +49,8 @@ void register_export(CLI::App& app, Registry& reg);
 // `moe bench quant` (src/cli/bench_quant.cpp): quantized-weight GEMM rates.
 void add_bench_quant(CLI::App& bench, Registry& reg);
 void register_prune(CLI::App& app, Registry& reg);
+// `moe compress` (src/cli/compress.cpp): low-rank (truncated SVD) experts.
+void register_compress(CLI::App& app, Registry& reg);
 // `moe merge` (src/cli/merge.cpp): merge each MoE layer's experts into fewer (docs/MERGING.md).
 void register_merge(CLI::App& app, Registry& reg);
 // `moe predictor` (src/cli/predictor.cpp): fit the prefetch's expert predictor on calibration text.

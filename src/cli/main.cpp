@@ -7,6 +7,7 @@
 //   moe init --out DIR ...           randomly initialised checkpoint of a model shape
 //   moe quantize --model DIR ...     checkpoint with group-wise int8/int4 experts
 //   moe prune --model DIR ...        drop each MoE layer's least-used experts (calibration text)
+//   moe compress --model DIR ...     checkpoint with low-rank (truncated SVD) experts
 //   moe merge --model DIR ...        merge each MoE layer's experts into fewer (calibration text)
 //   moe report RUN_DIR               HTML page of a training run
 //   moe serve --model DIR ...        OpenAI-compatible HTTP server (continuous batching)
@@ -100,6 +101,7 @@ int main(int argc, char** argv) {
   moe::cli::register_quantize(app, reg);
   moe::cli::register_export(app, reg);
   moe::cli::register_prune(app, reg);
+  moe::cli::register_compress(app, reg);
   moe::cli::register_merge(app, reg);
   moe::cli::register_predictor(app, reg);
   moe::cli::register_report(app, reg);

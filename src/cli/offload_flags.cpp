@@ -48,6 +48,11 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
                 "w4a8 (quantized at load in groups of 32, int8 activations per row; implies --bf16)")
       ->check(CLI::IsMember({"bf16", "w8a8", "w4a8"}))
       ->capture_default_str();
+  c->add_option("--low-rank-exec", f.low_rank_exec,
+                "A low-rank checkpoint's experts (moe compress): factored (x·Bᵀ·Aᵀ), materialise (A·B at "
+                "load), or auto (by FLOPs)")
+      ->check(CLI::IsMember({"auto", "factored", "materialise"}))
+      ->capture_default_str();
 }
 
 infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f) {
@@ -66,6 +71,7 @@ infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, cons
   o.store.miss = infer::miss_mode_from_name(f.miss);
   o.store.format = f.format;
   o.linear_format = f.linear_format;
+  o.low_rank = f.low_rank_exec;
   if (model::is_gguf_path(dir))  // one line on what the load converts
     std::cerr << "gguf: " << dir << ": " << model::gguf_type_summary(gguf::Reader(dir))
               << " tensors dequantized to f32" << (bf16 ? " (then bf16)" : "") << "\n";

@@ -25,6 +25,7 @@ struct OffloadFlags {
   std::string miss = "load";
   std::string format = "auto";
   std::string linear_format = "bf16";  // the dense linears in bf16 inference: bf16, w8a8, w4a8
+  std::string low_rank_exec = "auto";  // a low-rank checkpoint's experts: auto, factored, materialise
   bool offload() const { return resident_experts >= 0 || cache_gb > 0; }
 };
 

@@ -3,6 +3,7 @@
 // model's f32 weights as they are read: the checkpoint is smaller, the memory is not.
 #include <set>
 
+#include "low_rank_load.h"
 #include "moe/core/error.h"
 #include "moe/infer/expert_store.h"
 #include "moe/model/gguf_model.h"
@@ -75,6 +76,11 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
               "drop the offload flags for a GGUF file");
     InferenceModel r;
     r.model = std::make_unique<model::Transformer>(model::load_gguf(dir));
+    set_precision(*r.model, opt);
+    return r;
+  }
+  if (const model::LowRankConfig lrc = model::read_low_rank_config(dir); lrc.rank > 0) {
+    InferenceModel r = detail::load_low_rank_model(dir, lrc, opt);
     set_precision(*r.model, opt);
     return r;
   }

@@ -142,6 +142,9 @@ struct InferenceLoadOptions {
   // set_inference_linear_format; w8a8 / w4a8 turn bf16 on for the rest).
   std::string linear_format = "bf16";
   bool offload = false;  // use an ExpertStore even for a float checkpoint
+  // A low-rank checkpoint's experts (moe/model/low_rank.h): "factored" (LowRankExecutor), "materialise"
+  // (A·B into a plain model at load), or "auto" (model::factored_is_faster).
+  std::string low_rank = "auto";
   ExpertStoreOptions store;
 };
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt);
