@@ -38,6 +38,8 @@ void register_version(CLI::App& app, Registry& reg);
 void register_bench(CLI::App& app, Registry& reg);
 void register_layer(CLI::App& app, Registry& reg);
 void register_train(CLI::App& app, Registry& reg);
+// `moe distill` (src/cli/distill.cpp): knowledge distillation into a student model.
+void register_distill(CLI::App& app, Registry& reg);
 void register_eval(CLI::App& app, Registry& reg);
 void register_generate(CLI::App& app, Registry& reg);
 void register_upcycle(CLI::App& app, Registry& reg);

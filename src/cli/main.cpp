@@ -1,6 +1,7 @@
 // `moe`: the command-line tool of moe.cpp.
 //
 //   moe train [options]              train an MoE language model (or --resume a run)
+//   moe distill --teacher DIR ...    train a student on a teacher's predictions (distillation)
 //   moe eval --model DIR ...         cross-entropy and perplexity on text or token ids
 //   moe generate --model DIR ...     continue a prompt (KV cache)
 //   moe upcycle --model DIR ...      dense checkpoint -> MoE checkpoint
@@ -94,6 +95,7 @@ int main(int argc, char** argv) {
   moe::cli::register_bench(app, reg);
   moe::cli::register_layer(app, reg);
   moe::cli::register_train(app, reg);
+  moe::cli::register_distill(app, reg);
   moe::cli::register_eval(app, reg);
   moe::cli::register_generate(app, reg);
   moe::cli::register_upcycle(app, reg);

@@ -14,6 +14,7 @@
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/ops_quant.h"
 #include "moe/kernels/weights.h"
+#include "moe/model/distill_loss.h"
 #include "moe/model/nn.h"
 #include "moe/model/transformer.h"
 
@@ -384,10 +385,18 @@ struct Transformer::Impl {
     Saved sv;
     StepResult res;
     Tensor logits = forward<T>(m, tokens, B, S, &opt, &sv, &res);  // (N, V), becomes dlogits
-    const nn::CrossEntropyResult ce =
-        nn::cross_entropy<T>(N, V, logits.data<T>(), targets, logits.data<T>(), opt.ce_scale);
-    res.loss_sum = ce.loss_sum, res.count = ce.count;
-    if (!std::isfinite(res.loss_sum) || !std::isfinite(res.aux_loss))
+    // Distillation (moe/model/distill_loss.h) when the teacher's logits are given.
+    if (opt.teacher_logits != nullptr) {
+      const nn::DistillArgs da{N, V, opt.kd_weight, opt.kd_temperature, opt.ce_scale};
+      const nn::DistillResult kd =
+          nn::distill_cross_entropy<T>(da, logits.data<T>(), opt.teacher_logits, targets, logits.data<T>());
+      res.loss_sum = kd.ce_sum, res.count = kd.count, res.kd_loss_sum = kd.kd_sum;
+    } else {
+      const nn::CrossEntropyResult ce =
+          nn::cross_entropy<T>(N, V, logits.data<T>(), targets, logits.data<T>(), opt.ce_scale);
+      res.loss_sum = ce.loss_sum, res.count = ce.count;
+    }
+    if (!std::isfinite(res.loss_sum) || !std::isfinite(res.kd_loss_sum) || !std::isfinite(res.aux_loss))
       return res;  // the caller skips the step
 
     Tensor dhf = Tensor::empty({N, d}, m.dtype_);

@@ -36,6 +36,9 @@ std::string to_json(const TrainOptions& o) {
   json j = {{"run_dir", o.run_dir},
             {"data", o.data},
             {"init_from", o.init_from},
+            {"teacher", o.teacher},
+            {"kd_weight", o.kd_weight},
+            {"temperature", o.temperature},
             {"model", json::parse(model::to_json(o.model))},
             {"vocab_size", o.vocab_size},
             {"seq_len", o.seq_len},
@@ -84,6 +87,11 @@ TrainOptions train_options_from_json(const std::string& text) {
   get(j, "run_dir", o.run_dir);
   get(j, "data", o.data);
   get(j, "init_from", o.init_from);
+  if (j.contains("teacher")) {  // runs saved before distillation existed have none
+    get(j, "teacher", o.teacher);
+    get(j, "kd_weight", o.kd_weight);
+    get(j, "temperature", o.temperature);
+  }
   o.model = model::model_config_from_json(j["model"].dump());
   get(j, "vocab_size", o.vocab_size);
   get(j, "seq_len", o.seq_len);

@@ -20,6 +20,7 @@
 #include "moe/model/transformer.h"
 #include "moe/text/tokenizer.h"
 #include "moe/train/data.h"
+#include "moe/train/distill.h"
 #include "moe/train/optim.h"
 #include "train/parallel.h"
 
@@ -86,6 +87,7 @@ void validate(const TrainOptions& o) {
   MOE_CHECK(o.log_every >= 1 && o.eval_batches >= 1, "train: --log-every and --eval-batches must be >= 1");
   MOE_CHECK(o.eval_every >= 0 && o.checkpoint_every >= 0,
             "train: --eval-every and --checkpoint-every must be >= 0");
+  if (!o.teacher.empty()) distill::validate_options(o);
 }
 
 // Everything a run holds in memory.
@@ -97,6 +99,7 @@ struct Run {
   text::Tokenizer tok;
   TokenShard train_shard, val_shard;
   std::unique_ptr<model::Transformer> model;
+  std::unique_ptr<model::Transformer> teacher;  // distillation: frozen, inference only
   std::unique_ptr<AdamW> adam;
   std::unique_ptr<BatchSampler> sampler;
   int64_t step = 0;
@@ -245,8 +248,9 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
   TrainSummary sum;
   const bool root = par::is_root(r.par);
   const auto t_start = Clock::now();
-  double win_loss = 0, win_aux = 0;
+  double win_loss = 0, win_aux = 0, win_kd = 0;
   int64_t win_n = 0, done = 0;
+  const bool kd = r.teacher != nullptr && o.kd_weight > 0;  // the teacher runs only when it counts
   auto print = [&](const std::string& s) {
     if (!o.quiet && root) std::printf("%s\n", s.c_str()), std::fflush(stdout);
   };
@@ -264,7 +268,7 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     if (parallel)
       for (dist::Communicator* c : {r.par->world.get(), r.par->ep.get(), r.par->dp.get()}) c->reset_stats();
     r.model->zero_grads();
-    double loss_sum = 0, aux = 0;
+    double loss_sum = 0, aux = 0, kd_sum = 0;
     int64_t count = 0;
     bool finite = true;
     model::StepResult acc;  // per-MoE-layer routed counts summed over the micro-batches
@@ -277,8 +281,14 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       so.step = static_cast<uint64_t>(r.step * A + a);
       so.seed = o.seed;
       const int64_t off = r.wrank * Bl * S;  // this rank's sequences of the global batch
+      Tensor teacher_logits;                 // (Bl·S, V)
+      if (kd) {
+        teacher_logits = r.teacher->logits(in.data() + off, Bl, S);
+        so.teacher_logits = &teacher_logits, so.kd_weight = o.kd_weight, so.kd_temperature = o.temperature;
+      }
       const model::StepResult res = r.model->forward_backward(in.data() + off, tgt.data() + off, Bl, S, so);
       loss_sum += res.loss_sum, count += res.count, aux += res.aux_loss / static_cast<double>(A);
+      kd_sum += res.kd_loss_sum;
       finite = finite && std::isfinite(res.loss_sum) && std::isfinite(res.aux_loss);
       if (!finite && !parallel) break;  // ranks keep in step: every one runs every micro-batch
       if (acc.stats.empty())
@@ -332,7 +342,8 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
     r.tokens += B * S * A;
     ++r.step, ++done;
     const double loss = loss_sum / static_cast<double>(std::max<int64_t>(count, 1));
-    win_loss += loss, win_aux += aux, ++win_n;
+    const double kd_loss = kd_sum / static_cast<double>(std::max<int64_t>(count, 1));
+    win_loss += loss, win_aux += aux, win_kd += kd_loss, ++win_n;
     // Per-layer expert load of this step.
     json load = json::array(), imb = json::array(), mean_k = json::array();
     double imb_max = 0, k_sum = 0;
@@ -349,21 +360,23 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       imb_max = std::max(imb_max, ib);
     }
     const double tps = static_cast<double>(B * S * A) / dt;
-    emit(r, {{"type", "step"},
-             {"step", r.step},
-             {"loss", loss},
-             {"aux_loss", aux},
-             {"lr", lr},
-             {"grad_norm", gnorm},
-             {"tokens", r.tokens},
-             {"tokens_per_s", tps},
-             {"step_s", dt},
-             {"elapsed_s", r.elapsed_s},
-             {"skipped", false},
-             {"moe_layers", acc.moe_layers},
-             {"imbalance", imb},
-             {"mean_k", mean_k},
-             {"expert_load", load}});
+    json step_rec = json::object({{"type", "step"},
+                                  {"step", r.step},
+                                  {"loss", loss},
+                                  {"aux_loss", aux},
+                                  {"lr", lr},
+                                  {"grad_norm", gnorm},
+                                  {"tokens", r.tokens},
+                                  {"tokens_per_s", tps},
+                                  {"step_s", dt},
+                                  {"elapsed_s", r.elapsed_s},
+                                  {"skipped", false},
+                                  {"moe_layers", acc.moe_layers},
+                                  {"imbalance", imb},
+                                  {"mean_k", mean_k},
+                                  {"expert_load", load}});
+    if (kd) step_rec["kd_loss"] = kd_loss;  // mean T²·KL(teacher ‖ student) per token
+    emit(r, step_rec);
     if (parallel)
       emit(r, {{"type", "comm"},
                {"step", r.step},
@@ -383,13 +396,17 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
           (long long)r.step, (long long)o.steps, win_loss / win_n, win_aux / win_n, lr,
           static_cast<double>(r.tokens) / std::max(r.elapsed_s, 1e-9), imb_max, fmt_duration(eta).c_str());
       std::string msg = line;
+      if (kd) {
+        std::snprintf(line, sizeof line, " | kd %.4f", win_kd / win_n);
+        msg += line;
+      }
       if (r.model->config().router_extra.top_p > 0 && !acc.stats.empty()) {
         std::snprintf(line, sizeof line, " | mean k %.2f", k_sum / static_cast<double>(acc.stats.size()));
         msg += line;
       }
       print(msg);
       sum.final_loss = win_loss / win_n;
-      win_loss = win_aux = 0, win_n = 0;
+      win_loss = win_aux = win_kd = 0, win_n = 0;
     }
     const bool last = r.step == o.steps;
     if ((o.eval_every > 0 && r.step % o.eval_every == 0) || last) {
@@ -424,6 +441,7 @@ void set_parallel(Run& r, const dist::ParallelGroups* par) {
   r.wrank = r.par ? r.par->world->rank() : 0;
   MOE_CHECK(r.opt.batch_size % r.world == 0, "train: --batch-size ", r.opt.batch_size,
             " must be a multiple of the number of ranks (", r.world, "): each rank computes an equal share");
+  MOE_CHECK(r.opt.teacher.empty() || r.world == 1, "distill: runs in one process (got ", r.world, " ranks)");
 }
 
 // Expert parallelism of the model: its MoE layers hold this rank's experts.
@@ -440,6 +458,7 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
   Run r;
   r.opt = opt_in;
   validate(r.opt);
+  if (!r.opt.teacher.empty()) r.opt.teacher = fs::absolute(r.opt.teacher).string();  // resumable anywhere
   set_parallel(r, par);
   r.dir = r.opt.run_dir;
   // Rank 0 prepares the run directory (tokenizer, token shards, options); the others read them.
@@ -449,27 +468,40 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
               "' already holds a run (use --resume to continue it, or --overwrite to start again)");
     fs::create_directories(r.dir / "data");
 
-    const std::string text = r.opt.data.empty() ? fortunes_corpus() : read_text_corpus(r.opt.data);
-    MOE_CHECK(!text.empty(), "train: the corpus '", r.opt.data, "' is empty");
+    // Distillation: the teacher's tokenizer, and --data may be a run directory's token shards.
+    const bool distilling = !r.opt.teacher.empty();
+    const std::string teacher_tok = distilling ? distill::teacher_tokenizer(r.opt.teacher) : std::string();
+    const bool have_shards = distilling && distill::copy_run_shards(r.opt.data, teacher_tok,
+                                                                    (r.dir / "data" / "train.bin").string(),
+                                                                    (r.dir / "data" / "val.bin").string());
+    const std::string text = have_shards          ? std::string()
+                             : r.opt.data.empty() ? fortunes_corpus()
+                                                  : read_text_corpus(r.opt.data);
+    MOE_CHECK(have_shards || !text.empty(), "train: the corpus '", r.opt.data, "' is empty");
     if (!r.opt.init_from.empty()) {
       // Continue from an existing model (e.g. an upcycled one): its tokenizer, config and weights.
-      const fs::path tp = fs::path(r.opt.init_from) / "tokenizer.json";
+      const fs::path tp = distilling ? fs::path(teacher_tok) : fs::path(r.opt.init_from) / "tokenizer.json";
       MOE_CHECK(fs::exists(tp), "train: --init ", r.opt.init_from, " has no tokenizer.json");
       r.tok = text::Tokenizer::load(tp.string());
       r.opt.model = model::load_model_config((fs::path(r.opt.init_from) / "config.json").string());
       r.opt.vocab_size = r.tok.vocab_size();
       MOE_CHECK(r.tok.vocab_size() <= r.opt.model.vocab_size, "train: --init tokenizer has ",
                 r.tok.vocab_size(), " tokens, the model's vocabulary ", r.opt.model.vocab_size);
+    } else if (distilling) {
+      r.tok = text::Tokenizer::load(teacher_tok);
+      r.opt.vocab_size = r.tok.vocab_size();
     } else {
       r.tok = text::Tokenizer::train_bpe(text, r.opt.vocab_size);
     }
     r.tok.save((r.dir / "tokenizer.json").string());
     PrepareOptions po;
     po.val_every = 50;  // 2% of the documents, spread over the whole corpus
-    prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(),
-                   (r.dir / "data" / "val.bin").string(), po);
+    if (!have_shards)
+      prepare_shards(text, r.tok, (r.dir / "data" / "train.bin").string(),
+                     (r.dir / "data" / "val.bin").string(), po);
     if (r.opt.init_from.empty()) {
-      r.opt.model.vocab_size = r.tok.vocab_size();
+      // A student keeps its vocab_size (the teacher's, checked when the teacher is loaded).
+      if (!distilling) r.opt.model.vocab_size = r.tok.vocab_size();
       r.opt.model.eos_token_id = r.tok.eos_id();
       r.opt.model.bos_token_id = -1;
     }
@@ -497,6 +529,7 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
     r.model->init_params(r.opt.seed);
   }
   r.model->set_bf16_compute(r.opt.bf16);
+  if (!r.opt.teacher.empty()) r.teacher = distill::load_teacher(r.opt, r.model->config());
   r.adam = std::make_unique<AdamW>(AdamWConfig{r.opt.beta1, r.opt.beta2, 1e-8, r.opt.weight_decay});
   if (par::is_root(r.par)) {
     open_metrics(r);
@@ -507,6 +540,10 @@ TrainSummary train(const TrainOptions& opt_in, const dist::ParallelGroups* par) 
         "model %s: %.2fM parameters (%.2fM active per token), %lld train tokens, unigram entropy %.3f\n",
         model::arch_name(r.opt.model.arch), r.opt.model.n_params() / 1e6, r.opt.model.n_active_params() / 1e6,
         (long long)r.train_shard.size(), r.unigram);
+  if (!r.opt.quiet && r.teacher)
+    std::printf("teacher %s: %.2fM parameters (%.2fM active per token), kd weight %g, temperature %g\n",
+                r.opt.teacher.c_str(), r.teacher->config().n_params() / 1e6,
+                r.teacher->config().n_active_params() / 1e6, r.opt.kd_weight, r.opt.temperature);
   TrainSummary s = loop(r, r.opt.halt_after, r.opt.time_limit_s);
   return s;
 }
@@ -546,6 +583,7 @@ TrainSummary resume(const std::string& run_dir, const ResumeOptions& ro, const d
   r.model = std::make_unique<model::Transformer>(
       model::load_pretrained(ck.string(), DType::F32, false, expert_parallel(r)));
   r.model->set_bf16_compute(r.opt.bf16);
+  if (!r.opt.teacher.empty()) r.teacher = distill::load_teacher(r.opt, r.model->config());
   r.adam = std::make_unique<AdamW>(AdamWConfig{r.opt.beta1, r.opt.beta2, 1e-8, r.opt.weight_decay});
   std::vector<ParamRef> refs = param_refs(*r.model);
   r.adam->import_state(par::load_optimizer_state(ck.string(), *r.model), refs);

@@ -48,12 +48,20 @@ struct StepOptions {
   uint64_t step = 0;       // jitter stream
   uint64_t seed = 0;
   bool check_finite = false;
+  // Knowledge distillation (docs/DISTILLATION.md): with teacher_logits (N = B·S, V), F32 or F64, the
+  // loss of each counted position is (1−kd_weight)·CE + kd_weight·T²·KL(softmax(t/T) ‖ softmax(z/T)),
+  // T = kd_temperature, and its logits gradient (1−A)·(softmax(z) − onehot) + A·T·(softmax(z/T) −
+  // softmax(t/T)), times ce_scale. Null: plain cross-entropy (the path without distillation).
+  const Tensor* teacher_logits = nullptr;
+  double kd_weight = 0.0;       // A in [0, 1]
+  double kd_temperature = 1.0;  // T > 0
 };
 
 struct StepResult {
   double loss_sum = 0;              // Σ CE over counted targets
   int64_t count = 0;                // counted targets (target >= 0)
   double aux_loss = 0;              // Σ over MoE layers of their balancing loss (unscaled)
+  double kd_loss_sum = 0;           // Σ T²·KL over counted targets (with StepOptions::teacher_logits)
   std::vector<int64_t> moe_layers;  // layer index of each entry of stats
   std::vector<MoEStats> stats;      // per MoE layer
   double mean_loss() const { return count > 0 ? loss_sum / static_cast<double>(count) : 0.0; }

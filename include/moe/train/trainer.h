@@ -26,10 +26,19 @@ namespace moe::train {
 
 struct TrainOptions {
   std::string run_dir = "runs/fortunes";
-  std::string data;           // text file or directory; empty = the fortunes corpus
-  std::string init_from;      // start from this model directory (its config, weights and
-                              // tokenizer.json), e.g. one made by `moe upcycle`
-  model::ModelConfig model;   // vocab_size is set from the tokenizer
+  std::string data;          // text file or directory; empty = the fortunes corpus
+  std::string init_from;     // start from this model directory (its config, weights and
+                             // tokenizer.json), e.g. one made by `moe upcycle`
+  model::ModelConfig model;  // vocab_size is set from the tokenizer
+  // Knowledge distillation (`moe distill`, docs/DISTILLATION.md): a teacher model directory (its
+  // config.json, weights and tokenizer.json; or a run directory of `moe train` with one). The
+  // student (model, or init_from) uses the teacher's tokenizer and vocabulary and trains on
+  // (1−kd_weight)·CE + kd_weight·T²·KL(teacher/T ‖ student/T), T = temperature, with the teacher's
+  // logits computed per micro-batch (the teacher holds no gradients). kd_weight 0: the teacher is
+  // not run (plain training with its tokenizer). One process only.
+  std::string teacher;
+  double kd_weight = 0.5;
+  double temperature = 2.0;
   int32_t vocab_size = 4096;  // BPE vocabulary
   int64_t seq_len = 128;
   int64_t batch_size = 16;  // sequences per micro-batch
