@@ -289,7 +289,8 @@ TrainSummary loop(Run& r, int64_t halt_after, double time_limit_s) {
       const model::StepResult res = r.model->forward_backward(in.data() + off, tgt.data() + off, Bl, S, so);
       loss_sum += res.loss_sum, count += res.count, aux += res.aux_loss / static_cast<double>(A);
       kd_sum += res.kd_loss_sum;
-      finite = finite && std::isfinite(res.loss_sum) && std::isfinite(res.aux_loss);
+      finite = finite && std::isfinite(res.loss_sum) && std::isfinite(res.kd_loss_sum) &&
+               std::isfinite(res.aux_loss);
       if (!finite && !parallel) break;  // ranks keep in step: every one runs every micro-batch
       if (acc.stats.empty())
         acc = res;
