@@ -302,9 +302,12 @@ CompressResult compress_checkpoint(const std::string& src_dir, const std::string
                         [&](std::ostream& f) { f << config.dump(2) << "\n"; });
   for (const char* f :
        {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"}) {
-    if (!fs::exists(src / f)) continue;
-    fs::copy_file(src / f, dst / f, fs::copy_options::overwrite_existing, ec);
-    MOE_CHECK(!ec, "compress: cannot copy '", (src / f).string(), "' to '", dst_dir, "': ", ec.message());
+    // Beside the checkpoint, or (a run directory's checkpoint/) one folder up, as inference looks.
+    fs::path from = src / f;
+    if (!fs::exists(from)) from = src.parent_path() / f;
+    if (!fs::exists(from)) continue;
+    fs::copy_file(from, dst / f, fs::copy_options::overwrite_existing, ec);
+    MOE_CHECK(!ec, "compress: cannot copy '", from.string(), "' to '", dst_dir, "': ", ec.message());
   }
   r.file_bytes = static_cast<int64_t>(fs::file_size(dst / "model.safetensors"));
   return r;

@@ -15,6 +15,7 @@
 #include "model/svd.h"
 #include "model_testutil.h"
 #include "moe/core/error.h"
+#include "moe/core/parallel.h"
 #include "moe/infer/expert_store.h"
 #include "moe/model/low_rank.h"
 #include "moe/model/safetensors.h"
@@ -134,6 +135,98 @@ TEST(Svd, RankOutsideTheMatrixIsAnError) {
   std::vector<double> A, B;
   EXPECT_THROW(svd::truncated_factors(w.data(), 4, 3, 4, A, B), Error);
   EXPECT_THROW(svd::truncated_factors(w.data(), 4, 3, 0, A, B), Error);
+}
+
+// ---- the runner on its own ----
+
+Tensor random_tensor(const Shape& shape, uint32_t seed) {
+  std::vector<double> v = random_matrix(shape_numel(shape), 1, seed);
+  return Tensor::from(v, shape, DType::F32);
+}
+
+// LowRankExecutor against plain loops over the materialised W_e = W̄ + A_e·B_e (double sums), on rows
+// gathered from tokens, with one expert left without rows; with 1 thread the products run over all
+// experts at once, with 8 one expert per work item (few rows per thread): both paths.
+TEST(LowRankRunner, MatchesMaterialisedLoopsOnBothPaths) {
+  MoEConfig c;
+  c.d_model = 16, c.d_ff = 24, c.n_experts = 4;
+  c.router.top_k = 2;
+  const int64_t E = 4, d = 16, F = 24, R = 3, T = 150;
+  for (bool base : {false, true}) {
+    LowRankExperts w;
+    w.rank = R;
+    uint32_t seed = 40;
+    for (LowRankMatrix* m : {&w.gate, &w.up, &w.down}) {
+      const int64_t N = m == &w.down ? d : F, K = m == &w.down ? F : d;
+      m->a = random_tensor({E, N, R}, seed++);
+      m->b = random_tensor({R * E, K}, seed++).reshape({E, R, K});
+      if (base) m->base = random_tensor({N, K}, seed++);
+    }
+    LowRankExecutor ex(w, c, "test layer");
+    const Tensor x = random_tensor({T, d}, 7);
+    // Sorted rows: expert 0 gets tokens 0..99, expert 1 none, expert 2 tokens 100..149, expert 3 every
+    // third token (M = 200).
+    std::vector<int32_t> gather, offsets = {0};
+    for (int32_t t = 0; t < 100; ++t) gather.push_back(t);
+    offsets.push_back(100);
+    offsets.push_back(100);
+    for (int32_t t = 100; t < 150; ++t) gather.push_back(t);
+    offsets.push_back(150);
+    for (int32_t t = 0; t < 150; t += 3) gather.push_back(t);
+    offsets.push_back(static_cast<int32_t>(gather.size()));
+    const int64_t M = static_cast<int64_t>(gather.size());
+    // Reference.
+    auto W = [&](const LowRankMatrix& m, int64_t e, int64_t i, int64_t j, int64_t K) {
+      double s = m.base.defined() ? m.base.data<float>()[i * K + j] : 0.0;
+      for (int64_t q = 0; q < R; ++q)
+        s += static_cast<double>(m.a.data<float>()[(e * (m.a.size(1)) + i) * R + q]) *
+             m.b.data<float>()[(e * R + q) * K + j];
+      return s;
+    };
+    std::vector<double> want(static_cast<size_t>(M * d));
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t p = offsets[e]; p < offsets[e + 1]; ++p) {
+        const float* xr = x.data<float>() + gather[p] * d;
+        std::vector<double> h(static_cast<size_t>(F));
+        for (int64_t f = 0; f < F; ++f) {
+          double g = 0, u = 0;
+          for (int64_t k = 0; k < d; ++k)
+            g += W(w.gate, e, f, k, d) * xr[k], u += W(w.up, e, f, k, d) * xr[k];
+          h[f] = g / (1.0 + std::exp(-g)) * u;
+        }
+        for (int64_t i = 0; i < d; ++i) {
+          double y = 0;
+          for (int64_t f = 0; f < F; ++f) y += W(w.down, e, i, f, F) * h[f];
+          want[p * d + i] = y;
+        }
+      }
+    std::vector<std::vector<float>> got;
+    for (int threads : {1, 8}) {
+      const int saved = num_threads();
+      set_num_threads(threads);
+      std::vector<float> out(static_cast<size_t>(M * d), std::nanf(""));
+      ExpertRows rows;
+      rows.n_experts = E, rows.d_model = d, rows.d_ff = F;
+      rows.offsets = offsets.data();
+      rows.x = x.data<float>(), rows.n_tokens = T;
+      rows.gather = gather.data();
+      rows.out = out.data();
+      ex.run(rows);
+      set_num_threads(saved);
+      double scale = 0, err = 0;
+      for (int64_t i = 0; i < M * d; ++i) {
+        scale = std::max(scale, std::fabs(want[i]));
+        ASSERT_FALSE(std::isnan(out[i])) << i;
+        err = std::max(err, std::fabs(out[i] - want[i]));
+      }
+      EXPECT_LT(err, 1e-5 * scale) << "base " << base << " threads " << threads;
+      got.push_back(out);
+    }
+    double paths = 0;
+    for (int64_t i = 0; i < M * d; ++i)
+      paths = std::max(paths, static_cast<double>(std::fabs(got[0][i] - got[1][i])));
+    EXPECT_EQ(paths, 0.0) << "the two paths differ";
+  }
 }
 
 // ---- checkpoints ----
@@ -267,6 +360,24 @@ TEST_F(LowRank, FactoredRunnerMatchesMaterialisedModel) {
   o.rank = 2, o.shared_base = true;
   compress_checkpoint(file("q"), file("qlr"), o);
   expect_same_logits(file("qlr"), q);
+}
+
+TEST_F(LowRank, AutoChoosesByMultiplyAdds) {
+  const ModelConfig c = testing::offload_config();  // d 32, F 64, top-2: 3·64·32 = 6144 per row materialised
+  const MoEConfig mc = c.moe_layer_config();
+  EXPECT_EQ(dense_flops_per_row(mc), 6144.0);
+  EXPECT_EQ(low_rank_flops_per_row(mc, 5, false), 3.0 * 5 * 96);  // 1440
+  EXPECT_EQ(low_rank_flops_per_row(mc, 5, true),
+            3.0 * 5 * 96 + 2048 + 2.0 * 2048 / 2);  // + down base, gate/up per token
+  save_model(file("src"), c, [](auto&) {});
+  for (bool base : {false, true}) {
+    CompressOptions o;
+    o.rank = 5, o.shared_base = base, o.overwrite = true;
+    compress_checkpoint(file("src"), file("lr"), o);
+    EXPECT_EQ(factored_is_faster(c, 0, read_low_rank_config(file("lr"))), !base);
+    const infer::InferenceModel m = infer::load_inference_model(file("lr"), {});
+    EXPECT_EQ(m.model->external_experts(), !base);
+  }
 }
 
 TEST_F(LowRank, CheckpointFormatRoundTrips) {

@@ -49,6 +49,8 @@ class LowRankExecutor : public ExpertExecutor {
   const LowRankExperts& weights() const { return w_; }
 
  private:
+  // Below this many rows per thread a forward runs one expert per work item (see run()).
+  static constexpr int64_t kRowsPerThread = 64;
   LowRankExperts w_;
   int64_t E_, d_, F_;
   kernels::Activation act_;
