@@ -1,9 +1,9 @@
 // `moe merge --model DIR --keep K --calibration FILE.txt --out DIR [--seq-len N] [--rows N]
-// [--routing-weight W] [--router pivot|average] [--align weights|none] [--overwrite] [--json]
-// [--threads N]`: measures expert usage and samples every MoE layer's inputs on calibration text
-// (moe/infer/merge_calibrate.h), merges each layer's experts into K groups around the experts
-// pruning would keep (moe/model/merge.h) and writes the merged checkpoint with the model's
-// tokenizer files. docs/MERGING.md.
+// [--routing-weight W] [--router pivot|average] [--align weights|none] [--shares usage|usage-sim]
+// [--overwrite] [--json] [--threads N]`: measures expert usage and samples every MoE layer's inputs on
+// calibration text (moe/infer/merge_calibrate.h), merges each layer's experts into K groups around the
+// experts pruning would keep (moe/model/merge.h) and writes the merged checkpoint with the model's tokenizer
+// files. docs/MERGING.md.
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -23,7 +23,7 @@ namespace {
 namespace fs = std::filesystem;
 
 struct MergeArgs {
-  std::string model, calibration, out, router = "pivot", align = "weights";
+  std::string model, calibration, out, router = "pivot", align = "weights", shares = "usage";
   int64_t keep = 0, seq_len = 0, rows = 2048;
   double routing_weight = 0.5;
   bool overwrite = false, json = false;
@@ -55,6 +55,7 @@ int run_merge(const MergeArgs& a) {
   opt.routing_weight = a.routing_weight;
   opt.router = a.router == "average" ? model::MergeRouter::Average : model::MergeRouter::Pivot;
   opt.align = a.align == "none" ? model::MergeAlign::None : model::MergeAlign::Weights;
+  opt.shares = a.shares == "usage-sim" ? model::MergeShares::UsageSimilarity : model::MergeShares::Usage;
   const model::MergePlan plan = model::plan_merge(m, cal.usage, cal.rows, a.keep, opt);
   const model::Transformer merged = model::merge_experts(m, plan);
   model::save_pretrained(merged, a.out);
@@ -93,6 +94,7 @@ int run_merge(const MergeArgs& a) {
                                 {"routing_weight", a.routing_weight},
                                 {"router", a.router},
                                 {"align", a.align},
+                                {"shares", a.shares},
                                 {"groups_reset", plan.groups_reset},
                                 {"layers", layers}}
                      .dump()
@@ -147,6 +149,10 @@ void register_merge(CLI::App& app, Registry& reg) {
   c->add_option("--align", a->align, "Hidden-unit alignment before averaging: weight matching, or none")
       ->capture_default_str()
       ->check(CLI::IsMember({"weights", "none"}));
+  c->add_option("--shares", a->shares,
+                "Members' shares of a merged expert: routing weight, or routing weight x similarity")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"usage", "usage-sim"}));
   add_threads_flag(c, a->threads);
   c->add_flag("--overwrite", a->overwrite, "Replace a checkpoint already in --out");
   add_json_flag(c, a->json);

@@ -197,11 +197,15 @@ MergePlan plan_merge(const Transformer& m, const ExpertUsage& usage, const std::
       lm.groups[best].push_back(e);
       lm.similarity[e] = sim[e * E + lp.kept[best]];
     }
+    const bool by_sim = opt.shares == MergeShares::UsageSimilarity;
     for (const std::vector<int64_t>& g : lm.groups) {
+      std::vector<double> s;  // unnormalised shares
       double total = 0;
-      for (int64_t e : g) total += w[e];
-      std::vector<double> s;
-      for (int64_t e : g) s.push_back(total > 0 ? w[e] / total : 1.0 / static_cast<double>(g.size()));
+      for (int64_t e : g) {
+        s.push_back(w[e] * (by_sim ? std::max(lm.similarity[e], 0.0) : 1.0));
+        total += s.back();
+      }
+      for (double& x : s) x = total > 0 ? x / total : 1.0 / static_cast<double>(g.size());
       lm.shares.push_back(std::move(s));
     }
     plan.layers.push_back(std::move(lm));

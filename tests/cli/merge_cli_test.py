@@ -81,7 +81,7 @@ def main():
 
         # variants
         for extra in (["--router", "average"], ["--align", "none"], ["--routing-weight", "1"],
-                      ["--routing-weight", "0"]):
+                      ["--routing-weight", "0"], ["--shares", "usage-sim"]):
             v = json.loads(run([moe, "merge", "--model", base, "--keep", "2", "--calibration", calib, "--out", merged,
                                 "--seq-len", "32", "--overwrite", "--json"] + extra).stdout)
             assert all(len(l["groups"]) == 2 for l in v["layers"]), (extra, v)
@@ -99,6 +99,8 @@ def main():
                "--router", "mean"], "--router")
         error([moe, "merge", "--model", base, "--keep", "4", "--calibration", calib, "--out", out,
                "--routing-weight", "2"], "--routing-weight")
+        error([moe, "merge", "--model", base, "--keep", "4", "--calibration", calib, "--out", out,
+               "--shares", "equal"], "--shares")
         print("merge_cli_test: ok")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -231,6 +231,32 @@ TEST(Merge, UsageSharesWeightTheAverageAndTheRouterRows) {
   for (size_t i = 0; i < g.size(); ++i) EXPECT_EQ(g[i], 0.5 * g2[i] + 0.5 * g3[i]);
 }
 
+TEST(Merge, SharesByUsageOrByUsageTimesSimilarity) {
+  const ModelConfig c = tiny_config(Arch::Mixtral);  // 4 experts, top-2
+  Transformer m(c);
+  m.init_params(71);
+  const ExpertUsage u = usage_of(m, {3.0, 1.0, 2.0, 0.5});  // pivots 0 and 2
+  const std::vector<LayerRows> rows = random_rows(m, 30, 72);
+  MergeOptions opt;
+  const MergePlan by_usage = plan_merge(m, u, rows, 2, opt);
+  opt.shares = MergeShares::UsageSimilarity;
+  const MergePlan by_sim = plan_merge(m, u, rows, 2, opt);
+  for (size_t i = 0; i < by_usage.layers.size(); ++i) {
+    const LayerMerge &a = by_usage.layers[i], &b = by_sim.layers[i];
+    ASSERT_EQ(a.groups, b.groups);
+    for (size_t j = 0; j < a.groups.size(); ++j) {
+      double wu = 0, ws = 0;
+      for (int64_t e : a.groups[j])
+        wu += u.layers[i].weight[e], ws += u.layers[i].weight[e] * std::max(0.0, a.similarity[e]);
+      for (size_t k = 0; k < a.groups[j].size(); ++k) {
+        const int64_t e = a.groups[j][k];
+        EXPECT_NEAR(a.shares[j][k], u.layers[i].weight[e] / wu, 1e-15);
+        EXPECT_NEAR(b.shares[j][k], u.layers[i].weight[e] * std::max(0.0, a.similarity[e]) / ws, 1e-15);
+      }
+    }
+  }
+}
+
 TEST(Merge, GroupLimitedRoutingKeepsMembersInTheirGroup) {
   ModelConfig c = tiny_config(Arch::DeepseekV3);
   c.num_experts = 8;  // 2 groups of 4, top-2 of 1 group: K = 4 keeps the groups

@@ -33,11 +33,18 @@ enum class MergeAlign {
   None,     // unit i with unit i (plain average, for comparison)
 };
 
+// Each member's share of its merged expert.
+enum class MergeShares {
+  Usage,            // s_e ∝ weight[e]
+  UsageSimilarity,  // s_e ∝ weight[e] · max(sim(e, pivot), 0)
+};
+
 struct MergeOptions {
   // sim(a, b) = routing_weight · cos_router(a, b) + (1 − routing_weight) · cos_output(a, b)
   double routing_weight = 0.5;
   MergeRouter router = MergeRouter::Pivot;
   MergeAlign align = MergeAlign::Weights;
+  MergeShares shares = MergeShares::Usage;
 };
 
 struct LayerMerge {
@@ -70,7 +77,8 @@ std::vector<double> expert_similarity(const MoELayer& layer, const LayerRows& ro
 // a router that is not token choice, usage not matching the model). Each other expert joins the
 // pivot of highest sim (ties: the lower index); with group-limited routing kept (not groups_reset)
 // only the pivots of its own group are candidates. shares[j][i] = weight[member] / Σ_group weight
-// (equal shares when the group has no weight). rows: one per MoE layer, in layer order.
+// (MergeShares::UsageSimilarity: weight · max(sim, 0) normalised likewise; equal shares when the
+// group's total is 0). rows: one per MoE layer, in layer order.
 MergePlan plan_merge(const Transformer& m, const ExpertUsage& usage, const std::vector<LayerRows>& rows,
                      int64_t keep, const MergeOptions& opt = {});
 
