@@ -90,8 +90,10 @@ TensorSource materializing_source(TensorSource src, const ModelConfig& cfg, cons
 void attach_low_rank_experts(Transformer& m, const TensorSource& src, const LowRankConfig& lrc);
 
 // Whether the factored runner does fewer multiply-adds per routed row than the materialised experts
-// (moe/moe/low_rank_experts.h) for MoE layer `layer`, by the margin kFactoredAdvantage: the factored
-// GEMMs have an inner dimension of R, which runs at a lower rate than the fused N·K products.
+// (moe/moe/low_rank_experts.h) for MoE layer `layer`, by the margin kFactoredAdvantage. Measured
+// (docs/LOW_RANK.md): factored was faster at 0.25x and 0.5x the multiply-adds, mixed at 0.85x and
+// slower at 1.1x; the margin also covers bf16 inference, where materialised experts read half the
+// bytes and the factored runner stays f32.
 inline constexpr double kFactoredAdvantage = 0.8;
 bool factored_is_faster(const ModelConfig& cfg, int64_t layer, const LowRankConfig& lrc);
 
