@@ -10,6 +10,8 @@
 #include "model/hf_names.h"
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
+#include "moe/model/low_rank.h"
+#include "moe/model/quantized.h"
 #include "moe/model/safetensors.h"
 #include "moe/model/transformer.h"
 
@@ -429,6 +431,15 @@ Transformer load_pretrained(const std::string& dir, DType dtype, bool external_e
   MOE_CHECK(fs::is_directory(p), "model directory '", dir, "' does not exist");
   const ModelConfig cfg = load_model_config((p / "config.json").string());
   check_checkpoint_shape(cfg, dir);
+  if (!external_experts) {
+    // Compressed checkpoints hold no float expert weights: say so rather than name a missing tensor.
+    MOE_CHECK(read_low_rank_config(dir).rank == 0, "'", dir,
+              "' holds low-rank experts (config.json has a low_rank_config); this needs a float checkpoint "
+              "(the one `moe compress` read)");
+    MOE_CHECK(read_quant_config(dir).bits == 0, "'", dir,
+              "' holds quantized experts (config.json has a quantization_config); this needs a float "
+              "checkpoint (the one `moe quantize` read)");
+  }
   Transformer m(cfg, dtype, external_experts, std::move(ep));
   const TensorSource sd = checkpoint_source(dir);
   try {

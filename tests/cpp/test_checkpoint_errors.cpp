@@ -107,5 +107,32 @@ TEST_F(CheckpointErrors, ConfigLargerThanCheckpointIsRefusedBeforeAllocating) {
                                {"limit"});
 }
 
+// A compressed checkpoint (low-rank or quantized experts) read where float experts are needed (prune,
+// merge, export, training's --init-from) is one clear error naming what it holds, not a missing tensor.
+TEST_F(CheckpointErrors, ACompressedCheckpointWhereFloatExpertsAreNeededSaysWhatItHolds) {
+  Transformer m(small_mixtral());
+  m.init_params(6);
+  const std::pair<const char*, nlohmann::json> cases[] = {
+      {"low-rank experts",
+       {{"low_rank_config", {{"method", "moe_cpp_low_rank"}, {"rank", 2}, {"shared_base", false}}}}},
+      {"quantized experts",
+       {{"quantization_config",
+         {{"quant_method", "moe_cpp"}, {"bits", 8}, {"group_size", 32}, {"modules", {"experts"}}}}}}};
+  for (const auto& [what, extra] : cases) {
+    const std::filesystem::path dir = dir_ / what;
+    write_sharded(m, dir);
+    nlohmann::json cfg = nlohmann::json::parse(model::to_json(m.config()));
+    cfg.update(extra);
+    std::ofstream(dir / "config.json") << cfg.dump();
+    try {
+      model::load_pretrained(dir.string());
+      FAIL() << what << ": loaded";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(dir.string()), std::string::npos) << e.what();
+    }
+  }
+}
+
 }  // namespace
 }  // namespace moe
