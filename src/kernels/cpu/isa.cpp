@@ -136,8 +136,9 @@ bool cpu_runs(int isa) {
       return __builtin_cpu_supports("avx512f") && cpu_runs(kAvx2);
     case kAvx512Bf16:
       return __builtin_cpu_supports("avx512bf16") && cpu_runs(kAvx512);
-    case kAmx:  // the emulation runs anywhere
-      return amx_emulated() || (hardware_amx() && cpu_runs(kAvx512));
+    case kAmx:  // the emulation runs wherever AVX-512 does: the tile paths' edges and fallbacks use it,
+                // as every CPU with AMX has it
+      return (amx_emulated() || hardware_amx()) && cpu_runs(kAvx512);
   }
   return false;
 }

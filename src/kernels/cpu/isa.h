@@ -10,7 +10,7 @@ namespace moe::kernels::cpu {
 
 // Ordered: each level implies the ones below it on the CPUs we run on.
 // amx: AMX-TILE and AMX-BF16 with the Linux permission for tile data granted (or the portable
-// emulation of the tile instructions, set_amx_emulation: tests run the AMX code on any machine).
+// emulation of the tile instructions, set_amx_emulation: tests run the AMX code on any machine with AVX-512).
 enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4, kIsaCount = 5 };
 
 enum class Family : int { F32 = 0, Bf16 = 1, Quant = 2, Count = 3 };
