@@ -271,6 +271,10 @@ QuantizeResult quantize_checkpoint(const std::string& src_dir, const std::string
   MOE_CHECK(config.is_object(), (src / "config.json").string(), ": expected a JSON object");
   MOE_CHECK(!config.contains("quantization_config") || config["quantization_config"].is_null(), "quantize: '",
             src_dir, "' is already quantized (config.json has a quantization_config)");
+  MOE_CHECK(!config.contains("low_rank_config") || config["low_rank_config"].is_null(), "quantize: '",
+            src_dir,
+            "' holds low-rank experts (config.json has a low_rank_config); quantize the float checkpoint "
+            "`moe compress` read");
   const ModelConfig cfg = load_model_config((src / "config.json").string());
 
   QuantizeResult r;

@@ -14,6 +14,7 @@
 
 #include "moe/core/dtype.h"
 #include "moe/core/error.h"
+#include "moe/model/low_rank.h"
 #include "moe/model/quantized.h"
 #include "moe/model/safetensors.h"
 #include "moe/model/transformer.h"
@@ -237,6 +238,10 @@ TEST_F(QuantCkpt, Errors) {
   ow.overwrite = true;
   EXPECT_NO_THROW(quantize_checkpoint(src, file("q"), ow));
   expect_error([&] { quantize_checkpoint(file("q"), file("q2"), o); }, {"already quantized"});
+  model::CompressOptions lr;
+  lr.rank = 2;
+  model::compress_checkpoint(src, file("lr"), lr);
+  expect_error([&] { quantize_checkpoint(file("lr"), file("q4"), o); }, {"holds low-rank experts"});
   expect_error([&] { quantize_checkpoint(file("none"), file("q3"), o); },
                {"model directory", "none", "does not exist"});
   QuantizeOptions bad = o;
