@@ -4,23 +4,18 @@
 // calibration text (moe/infer/merge_calibrate.h), merges each layer's experts into K groups around the
 // experts pruning would keep (moe/model/merge.h) and writes the merged checkpoint with the model's tokenizer
 // files. docs/MERGING.md.
-#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/calibration_cmd.h"
 #include "cli/common.h"
-#include "cli/model_dir.h"
 #include "moe/core/error.h"
 #include "moe/infer/merge_calibrate.h"
 #include "moe/model/merge.h"
-#include "moe/text/tokenizer.h"
-#include "moe/train/data.h"
 
 namespace moe::cli {
 namespace {
-
-namespace fs = std::filesystem;
 
 struct MergeArgs {
   std::string model, calibration, out, router = "pivot", align = "weights", shares = "usage";
@@ -32,25 +27,14 @@ struct MergeArgs {
 
 int run_merge(const MergeArgs& a) {
   apply_threads(a.threads);
-  const std::string dir = resolve_model_dir(a.model);
-  std::error_code ec;
-  MOE_CHECK(!fs::equivalent(dir, a.out, ec), "merge: --out must differ from the model directory '", dir, "'");
-  if (fs::exists(fs::path(a.out) / "config.json") || fs::exists(fs::path(a.out) / "model.safetensors"))
-    MOE_CHECK(a.overwrite, "merge: '", a.out, "' already holds a checkpoint (use --overwrite to replace it)");
-  const std::string tp = find_tokenizer(dir);
-  MOE_CHECK(!tp.empty(), "merge: no tokenizer.json next to the model in '", dir, "'");
-  MOE_CHECK(fs::exists(a.calibration), "merge: calibration file '", a.calibration, "' does not exist");
-  const std::vector<int32_t> toks = text::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
-  MOE_CHECK(!toks.empty(), "merge: calibration file '", a.calibration, "' gives no tokens");
+  const CalibrationInput in = read_calibration_input("merge", a.model, a.out, a.overwrite, a.calibration);
 
-  model::Transformer m = model::load_pretrained(dir);
+  model::Transformer m = model::load_pretrained(in.dir);
   const model::ModelConfig& c = m.config();
   MOE_CHECK(a.keep >= c.num_experts_per_tok && a.keep < c.num_experts, "merge: --keep ", a.keep,
             " must be in [top-k = ", c.num_experts_per_tok, ", experts = ", c.num_experts, ")");
-  const int64_t S = a.seq_len > 0 ? a.seq_len : std::min<int64_t>(c.max_position_embeddings, 512);
-  MOE_CHECK(S <= c.max_position_embeddings, "merge: --seq-len ", S, " exceeds the model's context ",
-            c.max_position_embeddings);
-  const infer::MergeCalibration cal = infer::measure_merge_calibration(m, toks, S, a.rows);
+  const int64_t S = calibration_seq_len("merge", a.seq_len, c);
+  const infer::MergeCalibration cal = infer::measure_merge_calibration(m, in.tokens, S, a.rows);
   model::MergeOptions opt;
   opt.routing_weight = a.routing_weight;
   opt.router = a.router == "average" ? model::MergeRouter::Average : model::MergeRouter::Pivot;
@@ -59,10 +43,7 @@ int run_merge(const MergeArgs& a) {
   const model::MergePlan plan = model::plan_merge(m, cal.usage, cal.rows, a.keep, opt);
   const model::Transformer merged = model::merge_experts(m, plan);
   model::save_pretrained(merged, a.out);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
-    const fs::path src = fs::path(tp).parent_path() / f;
-    if (fs::exists(src)) fs::copy_file(src, fs::path(a.out) / f, fs::copy_options::overwrite_existing);
-  }
+  copy_tokenizer_files(in.tokenizer, a.out);
   const int64_t rows = cal.rows.empty() ? 0 : cal.rows[0].n;
 
   if (a.json) {

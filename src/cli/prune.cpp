@@ -2,24 +2,19 @@
 // [--overwrite] [--json]`: measures expert usage on calibration text (moe/infer/calibrate.h), keeps
 // the K experts of each MoE layer with the largest share of routing weight (moe/model/prune.h) and
 // writes the pruned checkpoint with the model's tokenizer files. docs/PRUNING.md.
-#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/calibration_cmd.h"
 #include "cli/common.h"
-#include "cli/model_dir.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
 #include "moe/infer/calibrate.h"
 #include "moe/model/prune.h"
-#include "moe/text/tokenizer.h"
-#include "moe/train/data.h"
 
 namespace moe::cli {
 namespace {
-
-namespace fs = std::filesystem;
 
 struct PruneArgs {
   std::string model, calibration, out, usage_out;
@@ -30,34 +25,19 @@ struct PruneArgs {
 
 int run_prune(const PruneArgs& a) {
   apply_threads(a.threads);
-  const std::string dir = resolve_model_dir(a.model);
-  MOE_CHECK(a.keep >= 1, "prune: --keep must be >= 1, got ", a.keep);
-  std::error_code ec;
-  MOE_CHECK(!fs::equivalent(dir, a.out, ec), "prune: --out must differ from the model directory '", dir, "'");
-  if (fs::exists(fs::path(a.out) / "config.json") || fs::exists(fs::path(a.out) / "model.safetensors"))
-    MOE_CHECK(a.overwrite, "prune: '", a.out, "' already holds a checkpoint (use --overwrite to replace it)");
-  const std::string tp = find_tokenizer(dir);
-  MOE_CHECK(!tp.empty(), "prune: no tokenizer.json next to the model in '", dir, "'");
-  MOE_CHECK(fs::exists(a.calibration), "prune: calibration file '", a.calibration, "' does not exist");
-  const std::vector<int32_t> toks = text::Tokenizer::load(tp).encode(train::read_text_corpus(a.calibration));
-  MOE_CHECK(!toks.empty(), "prune: calibration file '", a.calibration, "' gives no tokens");
+  const CalibrationInput in = read_calibration_input("prune", a.model, a.out, a.overwrite, a.calibration);
 
-  const model::Transformer m = model::load_pretrained(dir);
+  const model::Transformer m = model::load_pretrained(in.dir);
   const model::ModelConfig& c = m.config();
   MOE_CHECK(a.keep >= c.num_experts_per_tok && a.keep < c.num_experts, "prune: --keep ", a.keep,
             " must be in [top-k = ", c.num_experts_per_tok, ", experts = ", c.num_experts, ")");
-  const int64_t S = a.seq_len > 0 ? a.seq_len : std::min<int64_t>(c.max_position_embeddings, 512);
-  MOE_CHECK(S <= c.max_position_embeddings, "prune: --seq-len ", S, " exceeds the model's context ",
-            c.max_position_embeddings);
-  const infer::ExpertUsage usage = infer::measure_expert_usage(m, toks, S);
+  const int64_t S = calibration_seq_len("prune", a.seq_len, c);
+  const infer::ExpertUsage usage = infer::measure_expert_usage(m, in.tokens, S);
   if (!a.usage_out.empty()) infer::save_expert_usage(usage, a.usage_out);
   const model::PrunePlan plan = model::plan_prune(c, usage, a.keep);
   const model::Transformer pruned = model::prune_experts(m, plan);
   model::save_pretrained(pruned, a.out);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
-    const fs::path src = fs::path(tp).parent_path() / f;
-    if (fs::exists(src)) fs::copy_file(src, fs::path(a.out) / f, fs::copy_options::overwrite_existing);
-  }
+  copy_tokenizer_files(in.tokenizer, a.out);
 
   if (a.json) {
     nlohmann::json layers = nlohmann::json::array();
