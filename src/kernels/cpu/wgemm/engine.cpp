@@ -34,12 +34,10 @@ const Format& format_table(WeightFormat f) {
   return f32_format();
 }
 
-// The format's tile function for the family's current instruction set (or the best one below it that
-// the CPU runs: under the AMX emulation a format without tiles must not fall to AVX-512 on a CPU
-// without it).
+// The format's tile function for the family's current instruction set (or the best one below it).
 TileFn tile_fn(const Format& f) {
   for (int i = isa(f.family); i >= 0; --i) {
-    if (f.tile[i] && cpu_runs(i)) return f.tile[i];
+    if (f.tile[i]) return f.tile[i];
   }
   return f.tile[kGeneric];
 }

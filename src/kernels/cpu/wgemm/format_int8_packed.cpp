@@ -292,8 +292,7 @@ __attribute__((target("avx512f,fma"))) void tile_amx_hw(const Problem& p, int64_
 }
 
 void tile_amx(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1, const TileOut& out) {
-  if (p.W.group % 64 != 0 || i1 - i0 < kAmxMinRows)  // vpdpbusd; portable under the emulation without AVX-512
-    return (cpu_runs(kAvx512) ? tile_avx512 : tile_generic)(p, i0, i1, j0, j1, out);
+  if (p.W.group % 64 != 0 || i1 - i0 < kAmxMinRows) return tile_avx512(p, i0, i1, j0, j1, out);
   if (amx_emulated()) return tile_amx_impl<AmxEmu>(p, i0, i1, j0, j1, out);
   tile_amx_hw(p, i0, i1, j0, j1, out);
 }
