@@ -51,7 +51,7 @@ command -v clang++ >/dev/null || { echo "fuzz: clang++ not found (scripts/instal
 
 # ---- build ----
 if [[ ! -f "$build_dir/CMakeCache.txt" ]]; then
-  cmake_args=(-DCMAKE_BUILD_TYPE=Fuzz "-DCMAKE_CXX_FLAGS_FUZZ=-O1 -g" 
+  cmake_args=(-DCMAKE_BUILD_TYPE=Fuzz "-DCMAKE_CXX_FLAGS_FUZZ=-O1 -g1"
               -DCMAKE_CXX_COMPILER=clang++ -DMOE_FUZZ=ON -DMOE_BUILD_TESTS=OFF -DMOE_WERROR=OFF)
   command -v ninja >/dev/null && cmake_args+=(-G Ninja)
   command -v ccache >/dev/null && cmake_args+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
