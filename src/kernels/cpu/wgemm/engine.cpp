@@ -13,6 +13,8 @@ namespace moe::kernels::cpu {
 namespace wgemm {
 namespace {
 
+#define MOE_INLINE_ACT_ROWS inline __attribute__((always_inline))
+
 // The one table of formats, indexed by WeightFormat.
 const Format& format_table(WeightFormat f) {
   switch (f) {
@@ -53,6 +55,33 @@ int64_t tile_cols(const Format& f, int64_t row_tiles, int64_t N) {
     if (w <= f.nc) return f.nc;
     if (row_tiles * ((N + w - 1) / w) >= want) return w;
   }
+}
+
+// Pre-activation rows [r0, r1) of the call into h (rows, K): act_row compiled for the family's
+// instruction set (the exp of SwiGLU/SiLU vectorises 16 or 8 wide), chosen like the tile functions.
+using ActRowsFn = void (*)(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h);
+template <int Isa>
+MOE_INLINE_ACT_ROWS void act_rows_impl(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h) {
+  const int64_t K = g.W.K;
+  for (int64_t r = r0; r < r1; ++r)
+    act_row(g.act, g.A + (g.gather ? g.gather[r] : r) * g.lda, K, K, 1.0f, h + r * K);
+}
+void act_rows_generic(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h) {
+  act_rows_impl<kGeneric>(g, r0, r1, h);
+}
+__attribute__((target("avx2,fma"))) void act_rows_avx2(const GroupedGemmWArgs& g, int64_t r0, int64_t r1,
+                                                       float* h) {
+  act_rows_impl<kAvx2>(g, r0, r1, h);
+}
+__attribute__((target("avx512f"))) void act_rows_avx512(const GroupedGemmWArgs& g, int64_t r0, int64_t r1,
+                                                        float* h) {
+  act_rows_impl<kAvx512>(g, r0, r1, h);
+}
+ActRowsFn act_rows_fn(const Format& f) {
+  const int i = isa(f.family);
+  if (i >= kAvx512 && cpu_runs(kAvx512)) return &act_rows_avx512;
+  if (i >= kAvx2 && cpu_runs(kAvx2)) return &act_rows_avx2;
+  return &act_rows_generic;
 }
 
 struct Tile {
@@ -151,10 +180,8 @@ void grouped_gemm_w(const GroupedGemmWArgs& g) {
   if (g.a_preact && !problems.empty()) {
     const int64_t rows = g.offsets[g.E], K = g.W.K;
     float* h = scratch(act_buf, rows * K);  // (rows, K) in call order
-    parallel_for(rows, 16, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        act_row(g.act, g.A + (g.gather ? g.gather[r] : r) * g.lda, K, K, 1.0f, h + r * K);
-    });
+    const ActRowsFn act_rows = act_rows_fn(f);
+    parallel_for(rows, 16, [&](int64_t r0, int64_t r1) { act_rows(g, r0, r1, h); });
     size_t q = 0;
     for (int64_t e = 0; e < g.E; ++e) {
       if (g.offsets[e + 1] == g.offsets[e]) continue;
