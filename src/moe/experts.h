@@ -94,7 +94,8 @@ struct FfnWeights {
   Tensor up;    // (E, F, d)
   Tensor down;  // (E, d, F)
   // bf16 compute (float only; MoELayer::set_bf16_compute): when defined, the forward and
-  // input-gradient GEMMs read these packed copies; the weight gradients still read the f32 rows.
+  // input-gradient GEMMs read these packed copies, and the weight gradients round their operands to
+  // bf16 on the AMX tiles where the CPU has them (GroupedWgradArgs::bf16; fp32 elsewhere).
   Bf16PackedFfn bf16;
 };
 

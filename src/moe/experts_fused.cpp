@@ -55,6 +55,7 @@ struct RowWgradArgs {
   const T* a_scale = nullptr;  // (M) or null
   T* dW = nullptr;             // (E, N, K)
   T beta = 0;
+  bool bf16 = false;  // bf16 operands on the matrix units where the backend has them
 };
 
 template <typename T>
@@ -77,6 +78,7 @@ void row_wgrad(const FfnShape& s, const ExpertBatch<T>& b, const RowWgradArgs<T>
     g.act = s.act;
     g.a_scale = w.a_scale;
   }
+  g.bf16 = w.bf16;
   kernels::grouped_gemm_wgrad(s.backend, g);
 }
 
@@ -152,7 +154,8 @@ void FusedExperts<T>::backward_down(const ExpertsBackwardArgs<T>& a) const {
                 .a_preact = true,
                 .a_scale = a.scale,
                 .dW = a.grads.w_down,
-                .beta = a.grads.beta_down});
+                .beta = a.grads.beta_down,
+                .bf16 = w_.bf16.defined()});
 
   // The down projection's backward with d act in its epilogue: [dG | dU] in place of [G | U] (no dH
   // buffer), and dscale_p = <dy_p · W_down_e, h_p> from the same pass.
@@ -200,7 +203,8 @@ void FusedExperts<T>::backward_up(const ExpertsBackwardArgs<T>& a) const {
                               .lda = d,
                               .gather = gather_of(b),
                               .dW = a.grads.w_up,
-                              .beta = a.grads.beta_up};
+                              .beta = a.grads.beta_up,
+                              .bf16 = w_.bf16.defined()};
   row_wgrad<T>(shape_, b, dW_up);
   if (swiglu) {
     RowWgradArgs<T> dW_gate = dW_up;

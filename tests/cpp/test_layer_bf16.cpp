@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "layer_testutil.h"
+#include "moe/kernels/ops_bf16.h"
 
 namespace moe::testing {
 namespace {
@@ -104,7 +105,9 @@ std::vector<std::pair<const char*, Tensor>> grads_of(MoELayer& L, const Tensor& 
 // gradients read f32 rows but receive bf16-computed dh / dG / dU), so every output and gradient is
 // within a few 2^-8 of its scale (0.2-0.5% measured); 2^-5 leaves room for the chained products
 // while an indexing error is O(1). Ref and Cpu in bf16 compute agree far closer (only fp32 vs double
-// sums, and bf16 boundary crossings of single terms; below 1e-6 measured): 1e-3 as above.
+// sums, and bf16 boundary crossings of single terms; below 1e-6 measured): 1e-3 as above, except the
+// expert weight gradients where the CPU computes them on AMX tiles with bf16 operands (the reference
+// keeps them in fp32; 0.25-0.4% measured): 2^-5 there.
 TEST(LayerBf16, ComputeInTrainingIsCloseToF32AndRefMatchesCpu) {
   const MoEConfig c = bf16_config();
   const Tensor x = random_tensor({61, 48}, DType::F32, 11), dy = random_tensor({61, 48}, DType::F32, 12);
@@ -121,7 +124,10 @@ TEST(LayerBf16, ComputeInTrainingIsCloseToF32AndRefMatchesCpu) {
     if (std::string(want[i].first) != "router_w") {
       EXPECT_GT(e, 0.0);  // the bf16 path really ran
     }
-    EXPECT_LT(rel_err(got[i].second, r[i].second), 1e-3);
+    const std::string name = want[i].first;
+    const bool tiles_wgrad = std::string(kernels::gemm_bf16_isa()) == "amx" &&
+                             name.find("w_") != std::string::npos && name != "router_w";
+    EXPECT_LT(rel_err(got[i].second, r[i].second), tiles_wgrad ? 1.0 / 32 : 1e-3);
   }
   // Off again: the f32 results bit for bit.
   cpu.set_bf16_compute(false);

@@ -142,6 +142,10 @@ struct GroupedWgradArgs {
   bool a_preact = false;
   Activation act = Activation::SwiGLU;
   const T* a_scale = nullptr;  // (offsets[E]) or null
+  // bf16 compute (float only): dC and A rounded to bf16, exact products, fp32 sums, on the CPU's AMX
+  // tiles (src/kernels/cpu/wgemm/wgrad_bf16.cpp) when the bf16 family runs on amx; elsewhere (other
+  // CPUs, other backends) the fp32 GEMM.
+  bool bf16 = false;
 };
 template <typename T>
 void grouped_gemm_wgrad(Exec e, const GroupedWgradArgs<T>& args) {

@@ -22,6 +22,8 @@ void grouped_gemm(const GroupedGemmArgs<T>& args);
 
 template <typename T>
 void grouped_gemm_wgrad(const GroupedWgradArgs<T>& args);
+// args.bf16 on AMX (wgemm/wgrad_bf16.cpp): false, computing nothing, when the bf16 family is not on amx.
+bool grouped_gemm_wgrad_bf16(const GroupedWgradArgs<float>& args);
 
 template <typename T>
 void activation(const ActivationArgs<T>& args);

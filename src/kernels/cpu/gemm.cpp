@@ -4,6 +4,7 @@
 // so uneven experts keep all threads busy. Tiles are fixed by the shapes alone, which keeps the
 // results independent of the thread count.
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/cpu.h"
@@ -89,6 +90,9 @@ void grouped_gemm(const GroupedGemmArgs<T>& g) {
 
 template <typename T>
 void grouped_gemm_wgrad(const GroupedWgradArgs<T>& g) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (g.bf16 && grouped_gemm_wgrad_bf16(g)) return;
+  }
   // dW_e (N, K) = dC_e^T (N, rows) · A_e (rows, K): a GEMM over the expert's rows.
   std::vector<GemmProblem<T>> problems;
   for (int64_t e = 0; e < g.E; ++e) {
