@@ -122,8 +122,10 @@ namespace {
 // n experts' (E = max(n, 1)) f32 matrices, each the rows of `parts` stacked (rows_each rows of `cols`
 // per part), packed bf16: op(W) is the stack transposed (N = rows, K = cols), or with trans the stack
 // itself (K = rows, N = cols).
+// into: a packed tensor of an earlier call to fill again in place when it has the shape (a training
+// step refreshes four copies of every expert stack: fresh ones each step cost their page faults).
 Tensor pack_stack(std::initializer_list<const Tensor*> parts, int64_t n, int64_t rows_each, int64_t cols,
-                  bool trans, const char* what) {
+                  bool trans, const char* what, const Tensor& into = Tensor()) {
   std::vector<const Tensor*> ts;
   for (const Tensor* t : parts)
     if (t->defined()) ts.push_back(t);
@@ -131,7 +133,10 @@ Tensor pack_stack(std::initializer_list<const Tensor*> parts, int64_t n, int64_t
   const int64_t R = rows_each * static_cast<int64_t>(ts.size()), E = std::max<int64_t>(n, 1);
   const int64_t N = trans ? cols : R, K = trans ? R : cols;
   std::vector<float> w(static_cast<size_t>(R * cols));  // one expert's stack (R, cols)
-  Tensor out = Tensor::empty({E, kernels::packed_bf16_bytes(N, K) / 2}, DType::BF16, what);
+  const int64_t words = kernels::packed_bf16_bytes(N, K) / 2;
+  Tensor out = into.defined() && into.dim() == 2 && into.size(0) == E && into.size(1) == words
+                   ? into
+                   : Tensor::empty({E, words}, DType::BF16, what);
   for (int64_t e = 0; e < E; ++e) {
     for (size_t i = 0; i < ts.size(); ++i)
       std::copy_n(ts[i]->data<float>() + e * rows_each * cols, rows_each * cols,
@@ -176,18 +181,19 @@ void MoELayer::refresh_bf16_compute() {
   if (!bf16_compute_) return;
   check_params();
   const int64_t d = cfg_.d_model;
-  auto pack = [&](const Tensor& gate, const Tensor& up, const Tensor& down, int64_t n, int64_t F) {
+  auto pack = [&](const Tensor& gate, const Tensor& up, const Tensor& down, int64_t n, int64_t F,
+                  const Bf16PackedFfn& old) {
     Bf16PackedFfn p;
     if (!up.defined()) return p;
-    p.in_fwd = pack_stack({&gate, &up}, n, F, d, false, "bf16 compute w_in");
-    p.in_bwd = pack_stack({&gate, &up}, n, F, d, true, "bf16 compute w_in (backward)");
-    p.down_fwd = pack_stack({&down}, n, d, F, false, "bf16 compute w_down");
-    p.down_bwd = pack_stack({&down}, n, d, F, true, "bf16 compute w_down (backward)");
+    p.in_fwd = pack_stack({&gate, &up}, n, F, d, false, "bf16 compute w_in", old.in_fwd);
+    p.in_bwd = pack_stack({&gate, &up}, n, F, d, true, "bf16 compute w_in (backward)", old.in_bwd);
+    p.down_fwd = pack_stack({&down}, n, d, F, false, "bf16 compute w_down", old.down_fwd);
+    p.down_bwd = pack_stack({&down}, n, d, F, true, "bf16 compute w_down (backward)", old.down_bwd);
     return p;
   };
-  bf16_routed_ = pack(params_.w_gate, params_.w_up, params_.w_down, local_experts_, cfg_.d_ff);
-  bf16_shared_ =
-      pack(params_.shared_w_gate, params_.shared_w_up, params_.shared_w_down, 0, cfg_.shared_width());
+  bf16_routed_ = pack(params_.w_gate, params_.w_up, params_.w_down, local_experts_, cfg_.d_ff, bf16_routed_);
+  bf16_shared_ = pack(params_.shared_w_gate, params_.shared_w_up, params_.shared_w_down, 0,
+                      cfg_.shared_width(), bf16_shared_);
 }
 
 void MoELayer::set_expert_executor(std::shared_ptr<ExpertExecutor> ex) {
