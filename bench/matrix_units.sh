@@ -2,7 +2,8 @@
 # The figures of the CPU matrix-units work (docs/PERFORMANCE.md), in one run on a quiet machine:
 #   1. bf16 MoE forward: the engine's bf16-packed path beside its f32 and PyTorch 2.x's bf16 forms
 #   2. the weight-format GEMMs, decode to prefill rows (f32, bf16, bf16-packed, int8, int4, w8a8)
-#   3. bf16 compute in training: one layer's forward and forward+backward beside f32
+#   3. bf16 compute in training: one layer's forward and forward+backward beside f32 and beside
+#      PyTorch 2.x's autocast forward+backward of the block (bench/torch_bf16_train_block.py)
 #   4. the training step of the default model, f32 and --bf16, beside PyTorch 2.x (eager, autocast)
 #   5. prefill and decode of an int8 checkpoint: fp32 activations against w8a8, and bf16 weights
 # Usage: bench/matrix_units.sh TORCH_PYTHON [MOE_BINARY] [MODEL_DIR INT8_MODEL_DIR]
@@ -28,7 +29,8 @@ python3 bench/compare_bf16_torch.py --moe "$MOE" --torch-python "$PY" --rounds 3
 echo "== 2. weight-format GEMMs"
 "$MOE" bench quant --m 1,16,256 --iters 20 --threads 2
 
-echo "== 3. bf16 compute in training (one layer)"
+echo "== 3. bf16 compute in training (one layer), and PyTorch's autocast training of the block"
+"$PY" bench/torch_bf16_train_block.py --shape mixtral-small --shape fine-grained --shape fine-grained-shared --threads 2
 for shape in "--tokens 2048 --d-model 1024 --d-ff 3584 --experts 8 --top-k 2" \
              "--tokens 2048 --d-model 1024 --d-ff 512 --experts 64 --top-k 8" \
              "--tokens 2048 --d-model 1024 --d-ff 512 --experts 64 --top-k 8 --shared-experts 1"; do
