@@ -13,8 +13,6 @@ namespace moe::kernels::cpu {
 namespace wgemm {
 namespace {
 
-#define MOE_INLINE_ACT_ROWS inline __attribute__((always_inline))
-
 // The one table of formats, indexed by WeightFormat.
 const Format& format_table(WeightFormat f) {
   switch (f) {
@@ -61,7 +59,7 @@ int64_t tile_cols(const Format& f, int64_t row_tiles, int64_t N) {
 // instruction set (the exp of SwiGLU/SiLU vectorises 16 or 8 wide), chosen like the tile functions.
 using ActRowsFn = void (*)(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h);
 template <int Isa>
-MOE_INLINE_ACT_ROWS void act_rows_impl(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h) {
+MOE_ACT_INLINE void act_rows_impl(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h) {
   const int64_t K = g.W.K;
   for (int64_t r = r0; r < r1; ++r)
     act_row(g.act, g.A + (g.gather ? g.gather[r] : r) * g.lda, K, K, 1.0f, h + r * K);

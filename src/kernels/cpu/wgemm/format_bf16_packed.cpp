@@ -4,7 +4,7 @@
 // packs only its activation rows.
 //
 // A tile (at most kMC x kNC of one expert's output, from the engine; j0 a multiple of 16) is computed
-//   for each K block of kKC (a multiple of 32; the packed K is padded with zeros to 32):
+//   for each K block of kKC (kAmxKC on the tiles; a multiple of 32; the packed K is padded with zeros to 32):
 //     pack A rows [i0, i1) of the block, rounded to bf16 (zero beyond K),
 //     for each group of NV panels, for each MR rows: the micro-kernel on A rows x the panels in place.
 // Two kinds of micro-kernel read the same weights:
