@@ -12,9 +12,8 @@ per shape: the median fwd+bwd time of --iters after --warmup, and GFLOP/s on the
 """
 import argparse
 import json
-import statistics
-import time
 
+from torch_bf16_forward import median_ms  # the timing of the bf16 forward baseline (this folder)
 from torch_moe_block import SHAPES, build_block  # the same shapes and HF block (this folder)
 
 
@@ -43,14 +42,7 @@ def main():
             y = y[0] if isinstance(y, tuple) else y
             y.float().backward(dy)
 
-        for _ in range(a.warmup):
-            step()
-        times = []
-        for _ in range(a.iters):
-            t0 = time.perf_counter()
-            step()
-            times.append((time.perf_counter() - t0) * 1e3)
-        ms = statistics.median(times)
+        ms = median_ms(step, a.warmup, a.iters)
         flops = 3 * 2.0 * d * F * 3 * (T * k + T * S)
         print(json.dumps({"command": "torch_bf16_train_block", "torch": torch.__version__, "shape": name,
                           "threads": torch.get_num_threads(), "fwd_bwd_ms": round(ms, 3),

@@ -58,22 +58,21 @@ int64_t tile_cols(const Format& f, int64_t row_tiles, int64_t N) {
 // Pre-activation rows [r0, r1) of the call into h (rows, K): act_row compiled for the family's
 // instruction set (the exp of SwiGLU/SiLU vectorises 16 or 8 wide), chosen like the tile functions.
 using ActRowsFn = void (*)(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h);
-template <int Isa>
 MOE_ACT_INLINE void act_rows_impl(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h) {
   const int64_t K = g.W.K;
   for (int64_t r = r0; r < r1; ++r)
     act_row(g.act, g.A + (g.gather ? g.gather[r] : r) * g.lda, K, K, 1.0f, h + r * K);
 }
 void act_rows_generic(const GroupedGemmWArgs& g, int64_t r0, int64_t r1, float* h) {
-  act_rows_impl<kGeneric>(g, r0, r1, h);
+  act_rows_impl(g, r0, r1, h);
 }
 __attribute__((target("avx2,fma"))) void act_rows_avx2(const GroupedGemmWArgs& g, int64_t r0, int64_t r1,
                                                        float* h) {
-  act_rows_impl<kAvx2>(g, r0, r1, h);
+  act_rows_impl(g, r0, r1, h);
 }
 __attribute__((target("avx512f"))) void act_rows_avx512(const GroupedGemmWArgs& g, int64_t r0, int64_t r1,
                                                         float* h) {
-  act_rows_impl<kAvx512>(g, r0, r1, h);
+  act_rows_impl(g, r0, r1, h);
 }
 ActRowsFn act_rows_fn(const Format& f) {
   const int i = isa(f.family);

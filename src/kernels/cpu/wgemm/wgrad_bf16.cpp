@@ -38,41 +38,32 @@ struct Expert {
   int64_t a_at, b_at;           // its packed dC^T and a, in uint16 units from the buffers' starts
 };
 
-// bf16 values of the reduction row p of expert x into the packed buffers (see the file comment).
-template <class Put>
-MOE_ACT_INLINE void for_row(const GroupedWgradArgs<float>& g, const Expert& x, int64_t p, float* h, Put put) {
-  const int64_t r = x.off + p;
-  const float* dc = g.dC + (g.dC_gather ? g.dC_gather[r] : r) * g.ldc;
-  const float* src = g.A + (g.gather ? g.gather[r] : r) * g.lda;
-  if (g.a_preact) {
-    act_row(g.act, src, g.K, g.K, g.a_scale ? g.a_scale[r] : 1.0f, h);
-    src = h;
-  }
-  put(dc, src);
-}
-
-template <int Isa>
+// Rows [p0, p1) of expert x into the packed buffers (see the file comment); padding rows are zero.
 MOE_ACT_INLINE void pack_rows(const GroupedWgradArgs<float>& g, const Expert& x, int64_t p0, int64_t p1,
                               int64_t n_pad, int64_t k_pad, uint16_t* at, uint16_t* bt) {
   std::vector<float> h(static_cast<size_t>(g.a_preact ? g.K : 0));
   const int64_t steps = x.rows_pad / kTileRows;
   for (int64_t p = p0; p < p1; ++p) {
-    const int64_t s = p / kTileRows, m = p % kTileRows;
-    uint16_t* a_row = at + x.a_at + s * 512 + m;             // + (n / 16) * steps * 512 + (n % 16) * 32
-    uint16_t* b_row = bt + x.b_at + (p / 2) * 32 + (p % 2);  // + (k / 16) * rows_pad * 16 + (k % 16) * 2
-    if (p >= x.rows) {                                       // padding rows: zero
-      for (int64_t n = 0; n < n_pad; ++n) a_row[(n / 16) * steps * 512 + (n % 16) * 32] = 0;
-      for (int64_t k = 0; k < k_pad; ++k) b_row[(k / 16) * x.rows_pad * 16 + (k % 16) * 2] = 0;
-      continue;
+    const float* dc = nullptr;  // the row's dC and a, or null for a padding row
+    const float* a = nullptr;
+    if (p < x.rows) {
+      const int64_t r = x.off + p;
+      dc = g.dC + (g.dC_gather ? g.dC_gather[r] : r) * g.ldc;
+      a = g.A + (g.gather ? g.gather[r] : r) * g.lda;
+      if (g.a_preact) {
+        act_row(g.act, a, g.K, g.K, g.a_scale ? g.a_scale[r] : 1.0f, h.data());
+        a = h.data();
+      }
     }
-    for_row(g, x, p, h.data(), [&](const float* dc, const float* a) {
-      for (int64_t n = 0; n < n_pad; ++n)
-        a_row[(n / 16) * steps * 512 + (n % 16) * 32] =
-            n < g.N ? static_cast<uint16_t>(round_bf16(dc[n])) : 0;
-      for (int64_t k = 0; k < k_pad; ++k)
-        b_row[(k / 16) * x.rows_pad * 16 + (k % 16) * 2] =
-            k < g.K ? static_cast<uint16_t>(round_bf16(a[k])) : 0;
-    });
+    uint16_t* a_row =
+        at + x.a_at + (p / kTileRows) * 512 + p % kTileRows;  // + (n / 16) * steps * 512 + (n % 16) * 32
+    uint16_t* b_row = bt + x.b_at + (p / 2) * 32 + (p % 2);   // + (k / 16) * rows_pad * 16 + (k % 16) * 2
+    for (int64_t n = 0; n < n_pad; ++n)
+      a_row[(n / 16) * steps * 512 + (n % 16) * 32] =
+          dc && n < g.N ? static_cast<uint16_t>(round_bf16(dc[n])) : 0;
+    for (int64_t k = 0; k < k_pad; ++k)
+      b_row[(k / 16) * x.rows_pad * 16 + (k % 16) * 2] =
+          a && k < g.K ? static_cast<uint16_t>(round_bf16(a[k])) : 0;
   }
 }
 
@@ -81,7 +72,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void pack_rows_avx512(const
                                                                            int64_t p1, int64_t n_pad,
                                                                            int64_t k_pad, uint16_t* at,
                                                                            uint16_t* bt) {
-  pack_rows<kAvx512>(g, x, p0, p1, n_pad, k_pad, at, bt);
+  pack_rows(g, x, p0, p1, n_pad, k_pad, at, bt);
 }
 
 // One 32 x 32 block (n0, k0) of expert x: C tiles over all its rows, then beta * dW + sum.
