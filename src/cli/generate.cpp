@@ -1,16 +1,19 @@
 // `moe generate --model DIR --prompt TEXT [--max-tokens N --temperature T --top-p P --top-k K
-// --seed S] [--bf16] [--skip-threshold X] [--json]`: continues the prompt with a KV cache, printing
-// the text as it is made.
+// --seed S] [--bf16] [--skip-threshold X] [--json] [--expert-parallel N]`: continues the prompt with
+// a KV cache, printing the text as it is made. Under `mpirun -np N ... --expert-parallel N` the
+// experts are sharded over the ranks and rank 0 prints (the engine's path: moe/infer/lockstep.h).
 #include <cmath>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/ep_flags.h"
 #include "cli/model_dir.h"
 #include "cli/offload_flags.h"
 #include "moe/core/error.h"
 #include "moe/core/parallel.h"
+#include "moe/infer/engine.h"
 #include "moe/infer/generate.h"
 #include "moe/text/tokenizer.h"
 
@@ -25,18 +28,55 @@ struct GenArgs {
   InferenceRouting routing;  // --skip-threshold, --router-top-p
   int threads = 0;
   OffloadFlags offload;
+  EpFlags ep;
 };
 
-int run_generate(GenArgs& a) {
-  apply_threads(a.threads);
+// generate() through the engine, leading the expert-parallel ranks: the same tokens (the engine's
+// greedy outputs equal generate()'s), timings from the request's first token.
+infer::GenerateResult generate_lockstep(const model::Transformer& m, const std::vector<int32_t>& prompt,
+                                        const infer::GenerateOptions& opt,
+                                        const std::function<bool(int32_t)>& on_token,
+                                        std::shared_ptr<infer::Lockstep> ls) {
+  infer::EngineOptions eo;
+  eo.max_running = 1;
+  eo.max_queue = 1;
+  eo.max_batch_tokens = std::max<int64_t>(1, static_cast<int64_t>(prompt.size()));  // one prefill pass
+  eo.lockstep = ls;
+  infer::Request r;
+  r.prompt = prompt;
+  const int64_t room = m.config().max_position_embeddings - static_cast<int64_t>(prompt.size());
+  MOE_CHECK(room >= 0, "generate: the prompt (", prompt.size(),
+            " tokens) is longer than the model's context of ", m.config().max_position_embeddings);
+  r.max_new_tokens = std::min(opt.max_new_tokens, room);
+  r.sampling = opt.sampling;
+  if (opt.eos_id >= 0) r.stop_ids = {opt.eos_id};
+  r.on_token = on_token;
+  infer::Finished f;
+  {
+    infer::Engine eng(m, eo);
+    f = eng.run_all({std::move(r)}).at(0);
+  }
+  MOE_CHECK(f.finish_reason != "error", "generate: ", f.error);
+  infer::GenerateResult g;
+  g.tokens = f.tokens;
+  const bool eos = !g.tokens.empty() && g.tokens.back() == opt.eos_id;
+  g.finish_reason = f.finish_reason == "length" ? "length" : eos ? "eos" : "stopped";
+  g.prefill_s = f.ttft_s;
+  g.decode_s = f.total_s - f.ttft_s;
+  return g;
+}
+
+int run_generate(GenArgs& a, std::shared_ptr<dist::Communicator> ep) {
   a.opt.sampling.validate();
   const std::string dir = resolve_model_dir(a.model);
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "generate: no tokenizer.json next to the model in '", dir, "'");
   const text::Tokenizer tok = load_tokenizer(tp);
-  infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
+  infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload, ep);
   model::Transformer& m = *im.model;
   apply_inference_routing(m, a.routing);
+  std::shared_ptr<infer::Lockstep> ls = ep ? std::make_shared<infer::Lockstep>(ep) : nullptr;
+  if (ls && !ls->leader()) return run_follower(*ls, m);
   MOE_CHECK(tok.vocab_size() <= m.config().vocab_size, "generate: the tokenizer has ", tok.vocab_size(),
             " tokens but the model only ", m.config().vocab_size);
   // The special tokens of the file's post-processor (<s> for Llama-style files), as transformers adds them.
@@ -48,11 +88,23 @@ int run_generate(GenArgs& a) {
   }
   a.opt.eos_id = tok.eos_id();
   if (!a.json) std::cout << a.prompt << std::flush;
-  const infer::GenerateResult r = infer::generate(m, prompt, a.opt, [&](int32_t t) {
+  auto on_token = [&](int32_t t) {
     // A model may have more ids than its tokenizer (vocabulary padding): those print nothing.
     if (!a.json && t != tok.eos_id() && t < tok.vocab_size()) std::cout << tok.token_bytes(t) << std::flush;
     return true;
-  });
+  };
+  infer::GenerateResult r;
+  if (ls) {
+    try {
+      r = generate_lockstep(m, prompt, a.opt, on_token, ls);
+    } catch (...) {
+      if (!ls->failed()) ls->announce_stop();
+      throw;
+    }
+    ls->announce_stop();
+  } else {
+    r = infer::generate(m, prompt, a.opt, on_token);
+  }
   std::vector<int32_t> shown;
   for (int32_t t : r.tokens)
     if (t != tok.eos_id() && t < tok.vocab_size()) shown.push_back(t);
@@ -66,6 +118,7 @@ int run_generate(GenArgs& a) {
                         {"prefill_s", r.prefill_s},
                         {"decode_tokens_per_s", tps}};
     if (im.store) j["experts"] = store_json(im.store->stats());
+    if (ep) j["expert_parallel"] = ep->size();
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::cout << "\n";
@@ -116,7 +169,12 @@ void register_generate(CLI::App& app, Registry& reg) {
       c, a->routing, "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
   add_json_flag(c, a->json, "Print one JSON object instead of streaming text");
   add_offload_flags(c, a->offload);
-  c->callback([&reg, a] { reg.action = [a] { return run_generate(*a); }; });
+  add_ep_flags(c, a->ep);
+  c->callback([&reg, a] {
+    reg.action = [a] {
+      return with_ep_ranks(a->ep, a->threads, [&](auto ep) { return run_generate(*a, std::move(ep)); });
+    };
+  });
 }
 
 }  // namespace moe::cli

@@ -55,8 +55,10 @@ void add_offload_flags(CLI::App* c, OffloadFlags& f) {
       ->capture_default_str();
 }
 
-infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f) {
+infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f,
+                                         std::shared_ptr<dist::Communicator> ep) {
   infer::InferenceLoadOptions o;
+  o.ep = std::move(ep);
   o.bf16 = bf16;
   o.offload = f.offload();
   o.store.resident_experts = f.resident_experts;
@@ -72,7 +74,7 @@ infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, cons
   o.store.format = f.format;
   o.linear_format = f.linear_format;
   o.low_rank = f.low_rank_exec;
-  if (model::is_gguf_path(dir))  // one line on what the load converts
+  if (model::is_gguf_path(dir) && !(o.ep && o.ep->size() > 1))  // one line on what the load converts
     std::cerr << "gguf: " << dir << ": " << model::gguf_type_summary(gguf::Reader(dir))
               << " tensors dequantized to f32" << (bf16 ? " (then bf16)" : "") << "\n";
   return infer::load_inference_model(dir, o);

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "moe/dist/comm.h"
 #include "moe/infer/expert_store.h"
 
 namespace moe::cli {
@@ -32,7 +33,9 @@ struct OffloadFlags {
 void add_offload_flags(CLI::App* c, OffloadFlags& f);
 // The model in `dir` (resolved already) for inference: experts in the model, or in an expert store
 // when the flags set a budget or the checkpoint is quantized. Throws moe::Error on bad flags.
-infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f);
+// ep: expert parallelism (cli/ep_flags.h): this rank's experts only.
+infer::InferenceModel load_for_inference(const std::string& dir, bool bf16, const OffloadFlags& f,
+                                         std::shared_ptr<dist::Communicator> ep = nullptr);
 // One line: hit rate, hits/misses, bytes moved, stall and load time, prefetches.
 std::string store_summary(const infer::ExpertStoreStats& s);
 nlohmann::json store_json(const infer::ExpertStoreStats& s);

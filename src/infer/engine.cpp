@@ -13,6 +13,9 @@
 // behind it until enough blocks are free.
 #include "moe/infer/engine.h"
 
+#include "moe/dist/comm.h"
+#include "moe/infer/lockstep.h"
+
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
@@ -82,6 +85,7 @@ struct Engine::Impl {
   std::unordered_set<uint64_t> live;     // mu: queued or running ids
   std::unordered_set<uint64_t> cancels;  // mu: asked for, not yet handled
   bool stop = false;                     // mu
+  std::string fatal;                     // mu: set once a fatal error stopped the engine
   uint64_t next_id = 1;                  // mu
   EngineStats st;                        // mu
 
@@ -96,6 +100,7 @@ struct Engine::Impl {
     if (blocks == 0)
       blocks = opt.max_running * ((c.max_position_embeddings + opt.kv_block_size - 1) / opt.kv_block_size);
     kv = model::PagedKVCache(model::kv_dims(c), m.dtype(), opt.kv_block_size, blocks);
+    if (opt.lockstep) opt.lockstep->announce_pool(opt.kv_block_size, blocks);
     st.kv_blocks_total = blocks;
     for (int64_t l = 0; l < c.num_hidden_layers; ++l)
       if (const MoELayer* ml = m.moe_layer(l)) {
@@ -123,6 +128,7 @@ struct Engine::Impl {
   std::optional<uint64_t> submit(Request r, bool wait_for_room) {
     validate(r);
     std::unique_lock<std::mutex> lk(mu);
+    if (!fatal.empty()) throw EngineFailed(fatal);
     MOE_CHECK(!stop, "engine: submit() while the engine is shutting down");
     if (static_cast<int64_t>(queue.size()) >= opt.max_queue) {
       if (!wait_for_room) {
@@ -130,8 +136,10 @@ struct Engine::Impl {
         return std::nullopt;
       }
       cv_room.wait(lk, [&] {
-        return stop || static_cast<int64_t>(queue.size()) < std::max<int64_t>(opt.max_queue, 1);
+        return stop || !fatal.empty() ||
+               static_cast<int64_t>(queue.size()) < std::max<int64_t>(opt.max_queue, 1);
       });
+      if (!fatal.empty()) throw EngineFailed(fatal);
       MOE_CHECK(!stop, "engine: submit() while the engine is shutting down");
     }
     const uint64_t id = next_id++;
@@ -173,13 +181,38 @@ struct Engine::Impl {
     finish(s.id, s.req, std::move(f));
   }
 
-  void finish_pending(Pending& p, const std::string& reason) {
+  void finish_pending(Pending& p, const std::string& reason, const std::string& error = {}) {
     Finished f;
     f.id = p.id;
     f.finish_reason = reason;
+    f.error = error;
     f.prompt_tokens = static_cast<int64_t>(p.req.prompt.size());
     f.queue_s = f.total_s = seconds(p.t_submit, Clock::now());
     finish(p.id, p.req, std::move(f));
+  }
+
+  // A fatal error (expert parallelism lost a rank): every request ends with it, submits are refused
+  // from now on, and the loop ends.
+  void fail_all(const std::string& what) {
+    std::deque<Pending> rest;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      fatal = what;
+      rest.swap(queue);
+      st.queued = 0;
+    }
+    cv_room.notify_all();
+    for (auto& s : running)
+      if (s) finish_seq(*s, "error", what);
+    running.clear();
+    for (Pending& p : rest) finish_pending(p, "error", what);
+    if (opt.on_fatal) {
+      try {
+        opt.on_fatal(what);
+      } catch (...) {
+        // The engine is stopping either way.
+      }
+    }
   }
 
   // Removes the sequences marked done (null entries) from `running`.
@@ -222,7 +255,12 @@ struct Engine::Impl {
     const Clock::time_point t0 = Clock::now();
     model::BatchResult res;
     try {
+      if (opt.lockstep) opt.lockstep->announce_batch(batch);
       res = model::forward_batch(m, kv, batch);
+    } catch (const dist::CommError& e) {
+      if (opt.lockstep) opt.lockstep->mark_failed();
+      fail_all(cat("expert parallelism failed, the engine stopped: ", e.what()));
+      return;
     } catch (const std::exception& e) {
       // Requests are validated at submit, so this is unexpected: fail the batch, keep serving.
       for (Seq* s : order) {
@@ -359,6 +397,7 @@ struct Engine::Impl {
       std::lock_guard<std::mutex> lk(mu);
       st.running = static_cast<int64_t>(running.size());
       st.kv_blocks_used = kv.used_blocks();
+      if (!fatal.empty()) break;
     }
     // Shutting down: every unfinished request ends with "cancelled".
     std::deque<Pending> rest;
@@ -406,6 +445,11 @@ EngineStats Engine::stats() const {
 }
 
 const model::Transformer& Engine::model() const { return impl_->m; }
+
+std::string Engine::fatal_error() const {
+  std::lock_guard<std::mutex> lk(impl_->mu);
+  return impl_->fatal;
+}
 
 std::vector<Finished> Engine::run_all(std::vector<Request> requests) {
   for (const Request& r : requests) impl_->validate(r);  // all or nothing

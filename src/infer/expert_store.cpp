@@ -65,14 +65,15 @@ StoreImpl::StoreImpl(StoreSetup setup, const ExpertStoreOptions& opt) : S_(std::
   uint64_t sb = 0;
   for (const ExpertSource& s : S_.src) sb = std::max(sb, slot_bytes(s, S_.fmt));
   slot_bytes_ = sb;
-  int64_t cap = n;
+  const int64_t held = S_.n_held();
+  int64_t cap = held;
   if (opt.cache_gb > 0) {
     cap = static_cast<int64_t>(opt.cache_gb * 1073741824.0 / static_cast<double>(sb));
   } else if (opt.resident_experts >= 0) {
     cap = opt.resident_experts;
   }
-  cap = std::min(cap, n);
-  MOE_CHECK(cap >= std::min<int64_t>(3, n), "expert store: the budget holds ", cap, " expert(s) of ", sb,
+  cap = std::min(cap, held);
+  MOE_CHECK(cap >= std::min<int64_t>(3, held), "expert store: the budget holds ", cap, " expert(s) of ", sb,
             " bytes; at least 3 are needed (one computing, one loading, one prefetching)");
   capacity_ = cap;
   MOE_CHECK(sb == 0 || static_cast<uint64_t>(cap) <= (uint64_t{1} << 62) / sb,
@@ -91,7 +92,7 @@ StoreImpl::StoreImpl(StoreSetup setup, const ExpertStoreOptions& opt) : S_(std::
   stats_.layer_uses = stats_.layer_hits;
   if (opt.warm) warm();
   if (opt.miss == MissMode::Auto) measure_costs();
-  if (cap < n || !opt.warm)
+  if (cap < held || !opt.warm)
     for (int i = 0; i < opt.io_threads; ++i) loaders_.emplace_back([this] { loader_loop(); });
 }
 
@@ -108,6 +109,7 @@ StoreImpl::~StoreImpl() {
 void StoreImpl::warm() {
   const int64_t n = static_cast<int64_t>(entries_.size());
   for (int64_t id = 0; id < n && !free_.empty(); ++id) {
+    if (!S_.held(id)) continue;
     Entry& e = entries_[id];
     e.slot = free_.back();
     free_.pop_back();
@@ -119,12 +121,13 @@ void StoreImpl::warm() {
 // The cost model of MissMode::Auto, measured on the first expert: the time of one load, and how much
 // longer one row takes computed from the mapped checkpoint than from a slot.
 void StoreImpl::measure_costs() {
-  if (entries_.empty()) return;
+  if (S_.n_held() == 0) return;
+  const ExpertSource& first = S_.src[S_.first];  // the first expert held (layer 0)
   ExpertView mapped;
-  if (!view_in_place(*S_.files, S_.src[0], S_.fmt, &mapped)) return;
+  if (!view_in_place(*S_.files, first, S_.fmt, &mapped)) return;
   Buffer slot;
   auto t0 = Clock::now();
-  const ExpertView loaded = load_expert(*S_.files, S_.src[0], S_.fmt, slot.ensure(slot_bytes_), scratch_fwd_);
+  const ExpertView loaded = load_expert(*S_.files, first, S_.fmt, slot.ensure(slot_bytes_), scratch_fwd_);
   load_s_ = seconds_since(t0);
   std::vector<float> x(static_cast<size_t>(S_.d), 0.5f), out(static_cast<size_t>(S_.d));
   std::vector<float> G(static_cast<size_t>(S_.F)), U(G.size()), H(G.size());
@@ -332,6 +335,7 @@ void StoreImpl::predict(int64_t li, const float* x, int64_t n, const std::vector
   prefetch_q_.clear();
   for (const auto& [l, e] : order) {
     const int64_t id = l * E + e;
+    if (!S_.held(id)) continue;  // another rank's expert
     predicted_[id] = 1;
     if (entries_[id].state == Entry::Absent) prefetch_q_.push_back(id);
   }

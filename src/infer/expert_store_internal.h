@@ -21,6 +21,14 @@ struct StoreSetup {
   std::vector<int64_t> layers;  // transformer index of each MoE layer
   kernels::Backend backend{};   // set by attach: the model's backend then (for the cost model's timing)
   int64_t E = 0, d = 0, F = 0, top_k = 0;
+  // The experts held here (expert parallelism: this rank's shard [first, first + count)); count = E
+  // without it. Entries of other experts are never loaded, prefetched or computed.
+  int64_t first = 0, count = 0;
+  bool held(int64_t id) const {
+    const int64_t e = id % E;
+    return e >= first && e < first + count;
+  }
+  int64_t n_held() const { return static_cast<int64_t>(layers.size()) * count; }
   kernels::Activation act = kernels::Activation::SwiGLU;
   Format fmt = Format::BF16;
   std::string fmt_name;

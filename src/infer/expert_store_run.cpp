@@ -99,8 +99,10 @@ void StoreImpl::run(int64_t li, const ExpertRows& rows, kernels::Backend be) {
   for (int64_t e = 0; e < E; ++e) {
     const int64_t m = rows.offsets[e + 1] - rows.offsets[e];
     if (m > 0) active.push_back(static_cast<int32_t>(e)), max_rows = std::max(max_rows, m);
+    MOE_CHECK(m == 0 || S_.held(e), "expert store: layer ", S_.layers[li], " asks for expert ", e,
+              ", which this store does not hold (experts ", S_.first, "..", S_.first + S_.count - 1, ")");
   }
-  const bool prefetch = opt_.prefetch && capacity_ < static_cast<int64_t>(entries_.size());
+  const bool prefetch = opt_.prefetch && capacity_ < S_.n_held();
   bool recording;
   {
     std::lock_guard<std::mutex> g(mu_);
@@ -275,7 +277,7 @@ void StoreImpl::reset_stats() {
 }
 
 std::string StoreImpl::describe() const {
-  const int64_t n = static_cast<int64_t>(entries_.size());
+  const int64_t n = S_.n_held();
   return cat(
       "experts ", S_.fmt_name, ", ", capacity_, " of ", n, " resident (",
       static_cast<double>(capacity_ * slot_bytes_) / 1048576.0, " MiB), policy ",
@@ -389,6 +391,9 @@ std::shared_ptr<ExpertStore> ExpertStore::attach(model::Transformer& m, const st
   MOE_CHECK(!S.layers.empty(), "expert store: the model has no MoE layer");
   const MoEConfig& mc = m.moe_layer(S.layers[0])->config();
   S.E = mc.n_experts;
+  // Expert parallelism: this rank's shard only (the model's layers hold the same one).
+  S.first = m.moe_layer(S.layers[0])->first_expert();
+  S.count = m.moe_layer(S.layers[0])->local_experts();
   S.d = mc.d_model;
   S.F = mc.d_ff;
   S.top_k = mc.router.top_k;

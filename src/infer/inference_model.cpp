@@ -5,6 +5,7 @@
 
 #include "low_rank_load.h"
 #include "moe/core/error.h"
+#include "moe/dist/comm.h"
 #include "moe/infer/expert_store.h"
 #include "moe/model/gguf_model.h"
 #include "moe/model/model_config.h"
@@ -71,7 +72,10 @@ void set_precision(model::Transformer& m, const InferenceLoadOptions& opt) {
 }  // namespace
 
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt) {
+  const bool ep = opt.ep && opt.ep->size() > 1;
   if (model::is_gguf_path(dir)) {  // a GGUF file: float experts in the model
+    MOE_CHECK(!ep, "gguf '", dir, "': expert parallelism reads safetensors checkpoints only; ",
+              "convert the file with `moe export` or run it in one process");
     MOE_CHECK(!opt.offload, "gguf '", dir, "': expert offloading reads safetensors checkpoints only; ",
               "drop the offload flags for a GGUF file");
     InferenceModel r;
@@ -80,6 +84,8 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
     return r;
   }
   if (const model::LowRankConfig lrc = model::read_low_rank_config(dir); lrc.rank > 0) {
+    MOE_CHECK(!ep, dir, ": a low-rank checkpoint (moe compress) runs in one process; expert ",
+              "parallelism serves float, bf16, int8 and int4 checkpoints");
     InferenceModel r = detail::load_low_rank_model(dir, lrc, opt);
     set_precision(*r.model, opt);
     return r;
@@ -89,7 +95,9 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
   InferenceModel r;
   const model::ModelConfig cfg = model::load_model_config(dir + "/config.json");
   model::check_checkpoint_shape(cfg, dir);
-  r.model = std::make_unique<model::Transformer>(cfg, DType::F32, store);
+  ExpertParallel par;
+  if (ep) par = {.comm = opt.ep, .chunks = 1, .replicated_tokens = true};
+  r.model = std::make_unique<model::Transformer>(cfg, DType::F32, store, par);
   model::TensorSource src = model::checkpoint_source(dir);
   if (qc.bits > 0) src = dequantizing_source(std::move(src), qc);
   try {

@@ -12,6 +12,7 @@
 #include <ctime>
 #include <random>
 #include <sstream>
+#include <thread>
 
 namespace moe::infer {
 
@@ -101,6 +102,12 @@ struct Server::Impl {
   double rate = 0;
   std::mutex energy_mu;  // the energy counters, read at each /metrics scrape
   EnergyMeter energy;
+  // A fatal engine error (expert parallelism lost a rank): the requests in flight get their 503s,
+  // then this thread stops the HTTP server so that run() returns.
+  std::mutex fatal_mu;
+  std::condition_variable fatal_cv;
+  bool fatal = false, closing = false;  // fatal_mu
+  std::thread fatal_stopper;
 
   Impl(const model::Transformer& m, text::Tokenizer t, text::ChatTemplate c, std::vector<int32_t> stops,
        ServerOptions o)
@@ -115,9 +122,38 @@ struct Server::Impl {
       if (a.special && a.id >= 0 && a.id < V) hidden[static_cast<size_t>(a.id)] = 1;
     for (int32_t s : stop_ids)
       if (s >= 0 && s < V) hidden[static_cast<size_t>(s)] = 1;
+    if (opt.engine.lockstep) {
+      opt.engine.on_fatal = [this](const std::string&) {
+        std::lock_guard<std::mutex> lk(fatal_mu);
+        fatal = true;
+        fatal_cv.notify_all();
+      };
+      fatal_stopper = std::thread([this] {
+        std::unique_lock<std::mutex> lk(fatal_mu);
+        fatal_cv.wait(lk, [&] { return fatal || closing; });
+        if (closing) return;
+        // Time for the HTTP threads to write the 503s of the requests that just failed.
+        fatal_cv.wait_for(lk, std::chrono::milliseconds(500), [&] { return closing; });
+        lk.unlock();
+        stopping = true;
+        http.stop();
+      });
+    }
     engine = std::make_unique<Engine>(model, opt.engine);
     routes();
   }
+  ~Impl() {
+    {
+      std::lock_guard<std::mutex> lk(fatal_mu);
+      closing = true;
+      fatal_cv.notify_all();
+    }
+    if (fatal_stopper.joinable()) fatal_stopper.join();
+  }
+
+  // The status of a request that ended with an error: 503 once the engine stopped on a fatal error
+  // (no later request can succeed), else 500.
+  int error_status() const { return engine->fatal_error().empty() ? 500 : 503; }
 
   void routes();
   void authenticate(const httplib::Request& req) const;
@@ -237,6 +273,8 @@ void Server::Impl::generate(const httplib::Request& req, const std::string& req_
   std::optional<uint64_t> id;
   try {
     id = engine->submit(std::move(r));
+  } catch (const EngineFailed& e) {
+    throw ApiError(503, e.what(), "server_error");
   } catch (const Error& e) {
     throw ApiError(400, e.what());
   }
@@ -265,7 +303,8 @@ void Server::Impl::generate(const httplib::Request& req, const std::string& req_
     forget(*id);
     if (fin.finish_reason == "cancelled")
       throw ApiError(503, "the request was cancelled (server shutting down)", "server_error");
-    if (fin.finish_reason == "error") throw ApiError(500, "generation failed: " + fin.error, "server_error");
+    if (fin.finish_reason == "error")
+      throw ApiError(error_status(), "generation failed: " + fin.error, "server_error");
     const int64_t n_out = static_cast<int64_t>(fin.tokens.size());
     const json body = chat_endpoint ? chat_response(ids, text, fin.finish_reason, n_prompt, n_out)
                                     : completion_response(ids, text, fin.finish_reason, n_prompt, n_out);
@@ -306,7 +345,7 @@ void Server::Impl::generate(const httplib::Request& req, const std::string& req_
             if (usage)
               out += sse_data(usage_chunk(ids, chat_ep, n_prompt, static_cast<int64_t>(fin.tokens.size())));
           } else {
-            const ApiError e(fin.finish_reason == "error" ? 500 : 503,
+            const ApiError e(fin.finish_reason == "error" ? error_status() : 503,
                              fin.finish_reason == "error" ? "generation failed: " + fin.error
                                                           : "the request was cancelled",
                              "server_error");
@@ -395,7 +434,9 @@ void Server::Impl::routes() {
       }
     };
   };
-  http.Get("/health", wrap([](const httplib::Request&, httplib::Response& res) {
+  http.Get("/health", wrap([this](const httplib::Request&, httplib::Response& res) {
+             const std::string f = engine->fatal_error();
+             if (!f.empty()) throw ApiError(503, f, "server_error");
              res.set_content(R"({"status":"ok"})", "application/json");
            }));
   http.Get(
@@ -486,6 +527,8 @@ int Server::bind() {
 }
 
 void Server::run() { impl_->http.listen_after_bind(); }
+
+std::string Server::fatal_error() const { return impl_->engine->fatal_error(); }
 
 void Server::stop() {
   if (!impl_) return;

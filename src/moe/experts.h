@@ -143,7 +143,8 @@ class OffloadedExperts final : public Experts<float> {
   struct Args {
     ExpertExecutor* executor = nullptr;
     FfnShape shape;
-    int64_t n_experts = 0;
+    int64_t n_experts = 0;     // E: the executor sees offsets over all E experts
+    int64_t first_expert = 0;  // the batch's local expert 0 (expert parallelism: offsets over a shard)
     const float* x = nullptr;  // (T, d) the layer input the batch's gather indexes
     int64_t n_tokens = 0;      // T
   };

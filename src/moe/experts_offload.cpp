@@ -11,13 +11,25 @@ namespace moe::detail {
 void OffloadedExperts::forward(const ExpertsForwardArgs<float>& a) const {
   const ExpertBatch<float>& b = *a.batch;
   const int64_t M = b.rows, d = a_.shape.d_model;
+  if (M == 0) return;  // no rows here (expert parallelism: another rank's experts took them all)
   Tensor rows_out = Tensor::empty({M, d}, DType::F32, "expert out");  // (M, d) in expert order
   ExpertRows rows;
   rows.n_experts = a_.n_experts;
   rows.d_model = d;
   rows.d_ff = a_.shape.d_ff;
   rows.act = a_.shape.act;
-  rows.offsets = b.offsets.data();
+  // Under expert parallelism the batch covers a shard of the experts: the executor gets offsets over
+  // all E, empty outside the shard.
+  std::vector<int32_t> global;
+  const int64_t El = static_cast<int64_t>(b.offsets.size()) - 1;
+  if (El != a_.n_experts) {
+    MOE_CHECK(a_.first_expert >= 0 && a_.first_expert + El <= a_.n_experts, "offloaded experts: experts [",
+              a_.first_expert, ", ", a_.first_expert + El, ") outside the layer's ", a_.n_experts);
+    global.assign(static_cast<size_t>(a_.n_experts + 1), static_cast<int32_t>(M));
+    for (int64_t e = 0; e <= a_.first_expert; ++e) global[e] = 0;
+    for (int64_t e = 0; e <= El; ++e) global[a_.first_expert + e] = b.offsets[e];
+  }
+  rows.offsets = global.empty() ? b.offsets.data() : global.data();
   rows.x = a_.x;
   rows.n_tokens = a_.n_tokens;
   rows.gather = b.gather.empty() ? nullptr : b.gather.data();

@@ -42,6 +42,7 @@ std::shared_ptr<const Experts<T>> routed_experts(const MoELayer& L, const Tensor
       return std::make_shared<OffloadedExperts>(OffloadedExperts::Args{.executor = ex,
                                                                        .shape = shape,
                                                                        .n_experts = cfg.n_experts,
+                                                                       .first_expert = L.first_expert(),
                                                                        .x = ptr<float>(x),
                                                                        .n_tokens = x.size(0)});
     if (L.has_bf16_expert_weights()) {
@@ -75,12 +76,16 @@ std::shared_ptr<const Experts<T>> shared_experts(const MoELayer& L) {
                                                              .bf16 = bf16_copies(L, L.bf16_shared())});
 }
 
-// The dispatcher strategy: all-to-all under expert parallelism, else local.
+// The dispatcher strategy: under expert parallelism the all-to-all (training) or the all-reduce of
+// the rows of replicated tokens (inference), else local.
 template <typename T>
 std::shared_ptr<Dispatcher<T>> make_dispatcher(const MoELayer& L) {
   const int64_t E = L.config().n_experts;
-  if (const ExpertParallel& ep = L.expert_parallel(); ep.comm)
+  if (const ExpertParallel& ep = L.expert_parallel(); ep.comm) {
+    if (ep.replicated_tokens)
+      return std::make_shared<ReplicatedTokensDispatcher<T>>(E, *ep.comm, L.backend());
     return std::make_shared<AllToAllDispatcher<T>>(E, *ep.comm, L.backend());
+  }
   return std::make_shared<LocalDispatcher<T>>(E, L.backend());
 }
 
@@ -164,7 +169,8 @@ void dispatch_experts_combine(const MoELayer& L, Saved<T>& S, T* y) {
     p.disp->combine(ptr<T>(outs[c]), y + p.chunk.t0 * d);
     outs[c] = Tensor();
   };
-  pipeline(S.parts.size(), L.expert_parallel().comm != nullptr, dispatch, compute, combine);
+  const ExpertParallel& ep = L.expert_parallel();
+  pipeline(S.parts.size(), ep.comm != nullptr && !ep.replicated_tokens, dispatch, compute, combine);
 }
 
 // Shared experts: one FFN of width Fs run as a single expert over all T rows, added to y, gated per
@@ -214,10 +220,10 @@ MoEForward layer_forward(const MoELayer& L, const Tensor& x_in, const ForwardOpt
   S.experts = routed_experts<T>(L, S.x);
   S.shared_experts = shared_experts<T>(L);
   const ExpertParallel& ep = L.expert_parallel();
-  MOE_CHECK(S.experts->trainable() || !ep.comm,
-            "MoE layer: expert parallelism runs the training path only (no bf16 or executor-held "
-            "expert weights)");
-  S.parts = make_parts<T>(out.routing, ep.comm ? ep.chunks : 1);
+  MOE_CHECK(S.experts->trainable() || !ep.comm || ep.replicated_tokens,
+            "MoE layer: the all-to-all expert parallelism runs the training path only (no bf16 or "
+            "executor-held expert weights); inference uses replicated tokens");
+  S.parts = make_parts<T>(out.routing, ep.comm && !ep.replicated_tokens ? ep.chunks : 1);
   out.y = Tensor::zeros({nT, d}, dtype_of<T>::value, "y");  // (T, d)
   dispatch_experts_combine<T>(L, S, out.y.data<T>());       // y = Σ_a w_a · FFN_e(x_t)
   if (cfg.shared_width() > 0 && nT > 0) add_shared_experts<T>(L, S, out.y.data<T>());  // y += g · FFN_s(x)

@@ -19,6 +19,14 @@ using moe::model::Transformer;
 
 namespace {
 
+EngineOptions engine_options(int64_t max_batch_tokens, int64_t max_running, int64_t max_queue) {
+  EngineOptions o;
+  o.max_batch_tokens = max_batch_tokens;
+  o.max_running = max_running;
+  o.max_queue = max_queue;
+  return o;
+}
+
 model::ModelConfig small_cfg() {
   model::ModelConfig c;
   c.arch = model::Arch::Mixtral;
@@ -253,7 +261,7 @@ TEST(Engine, BadRequestsThrowAndTheEngineStillServes) {
   EXPECT_NE(r[0].error.find("client went away"), std::string::npos);
   EXPECT_EQ(r[1].finish_reason, "length");
   EXPECT_EQ(r[1].tokens.size(), 3u);
-  EXPECT_THROW(Engine(model_f32(), EngineOptions{0, 1, 1, 16, 0}), Error);  // max_batch_tokens 0
+  EXPECT_THROW(Engine(model_f32(), engine_options(0, 1, 1)), Error);  // max_batch_tokens 0
   EngineOptions tiny_pool;
   tiny_pool.kv_blocks = 1;
   Engine small(model_f32(), tiny_pool);
@@ -274,7 +282,7 @@ TEST(Engine, DestructionCancelsPendingRequests) {
   std::atomic<int> finished{0};
   Gate started, release;
   std::atomic<bool> first{true};
-  auto eng = std::make_unique<Engine>(model_f32(), EngineOptions{512, 1, 8, 16, 0});
+  auto eng = std::make_unique<Engine>(model_f32(), engine_options(512, 1, 8));
   Request a = greedy(2, 60, 1);
   a.on_token = [&](int32_t) {
     if (first.exchange(false)) started.open(), release.wait();

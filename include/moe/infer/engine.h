@@ -40,7 +40,16 @@ struct EngineOptions {
   int64_t kv_block_size = 16;      // positions per KV block
   int64_t kv_blocks = 0;           // blocks in the pool; 0 = enough for max_running full contexts
                                    // (capped by the model's max_position_embeddings)
-  void validate() const;           // throws moe::Error naming the bad option
+  // Expert parallelism (moe/infer/lockstep.h): this engine leads (rank 0) and announces its KV pool
+  // and every forward pass to the other ranks, which repeat them (the owner of the Lockstep
+  // announces the end, so several engines may lead one after the other). Null: one process. A
+  // communication failure (a rank that died or hangs beyond the communicator's timeout) is fatal:
+  // every request, running or queued, ends with "error", later submits are refused, and
+  // Engine::fatal_error() says what happened.
+  std::shared_ptr<class Lockstep> lockstep;
+  // Called once on the engine thread after a fatal error, with its message (may be empty).
+  std::function<void(const std::string&)> on_fatal;
+  void validate() const;  // throws moe::Error naming the bad option
 };
 
 // What a request ended with.
@@ -87,6 +96,12 @@ struct EngineStats {
   std::vector<std::vector<int64_t>> expert_hits;  // per MoE layer, per expert: tokens routed
 };
 
+// What submit() throws once the engine stopped on a fatal error (Engine::fatal_error()).
+class EngineFailed : public Error {
+ public:
+  using Error::Error;
+};
+
 class Engine {
  public:
   Engine(const model::Transformer& model, EngineOptions opt);  // starts the engine thread
@@ -95,13 +110,16 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Validates the request (throws moe::Error naming what is wrong: empty prompt, a token id outside
-  // the vocabulary, prompt + max_new_tokens beyond the context, bad sampling options) and queues
-  // it. Returns its id, or nullopt when max_queue requests are already waiting.
+  // the vocabulary, prompt + max_new_tokens beyond the context, bad sampling options; EngineFailed
+  // after a fatal error) and queues it. Returns its id, or nullopt when max_queue requests are
+  // already waiting.
   std::optional<uint64_t> submit(Request r);
   // Ends a queued or running request with "cancelled" (no-op when unknown or already finished).
   void cancel(uint64_t id);
   EngineStats stats() const;
   const model::Transformer& model() const;
+  // Non-empty once a fatal error (expert parallelism's communication) stopped the engine.
+  std::string fatal_error() const;
 
   // Convenience: submits every request (waiting for queue room), blocks until all finish and
   // returns their results in the order given.

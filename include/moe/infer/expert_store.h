@@ -146,6 +146,9 @@ struct InferenceLoadOptions {
   // (A·B into a plain model at load), or "auto" (model::factored_is_faster).
   std::string low_rank = "auto";
   ExpertStoreOptions store;
+  // Expert parallelism (moe/infer/lockstep.h): this rank reads and holds only its shard of the routed
+  // experts (in the model, or in its own expert store); the dense parts are replicas. Null: all.
+  std::shared_ptr<dist::Communicator> ep;
 };
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt);
 

@@ -178,6 +178,9 @@ class Server {
   int bind();   // binds host:port; returns the port (the one picked when port is 0); throws moe::Error
   void run();   // serves until stop(); call after bind()
   void stop();  // thread-safe: cancels the requests in flight and makes run() return
+  // Non-empty when the engine stopped on a fatal error (expert parallelism lost a rank); run() then
+  // returns by itself after the requests in flight got their 503 answers.
+  std::string fatal_error() const;
 
   struct Impl;
 

@@ -67,4 +67,31 @@ class AllToAllDispatcher final : public Dispatcher<T> {
   std::vector<T> dy_recv_;  // (M, d) their upstream gradients (backward)
 };
 
+// Expert parallelism at inference (ExpertParallel::replicated_tokens): every rank holds the same
+// tokens x (T, d) and routing; this rank's experts compute the rows of every token routed to them,
+// the (N, d) buffer of weighted rows (zero where another rank's expert computed) is summed over the
+// ranks with one all-reduce, then each token sums its kept rows in assignment order. Forward only:
+// the backward methods throw moe::Error.
+template <typename T>
+class ReplicatedTokensDispatcher final : public Dispatcher<T> {
+ public:
+  ReplicatedTokensDispatcher(int64_t n_experts, dist::Communicator& comm, kernels::Backend backend);
+  void dispatch(const Routing& r, const T* x, int64_t d, ExpertBatch<T>& batch) override;
+  void combine(const T* out, T* y) override;
+  const T* grad_rows(const T* dy) override;
+  void return_dweight(const T* d_row_weight, T* d_weight) override;
+  void dispatch_backward(const T* d_rows, T* dx) override;
+
+ private:
+  int64_t E_;
+  ExpertShard shard_;
+  dist::Communicator& comm_;
+  kernels::Backend backend_;
+  int64_t N_ = 0, d_ = 0;
+  std::vector<int32_t> perm_;  // (M) assignment of each local row, sorted by local expert
+  std::vector<int32_t> slot_;  // (N) a when assignment a is kept (on any rank), -1 when dropped
+  std::vector<T> rows_;        // (N, d) the weighted rows, summed over the ranks
+  TokenSum<T> by_token_;
+};
+
 }  // namespace moe

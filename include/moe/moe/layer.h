@@ -24,8 +24,8 @@ class Communicator;
 // expert and its weighted output comes back (all-to-all, forward and backward). The router and the
 // shared experts are replicated: their gradients are per rank (the trainer all-reduces them), as
 // are the balancing losses and statistics, which cover this rank's tokens. Capacity, when set, is
-// applied to this rank's tokens before the exchange. Training path only (f32/f64, no bf16 or
-// executor-held experts).
+// applied to this rank's tokens before the exchange. The all-to-all runs the training path only
+// (f32/f64, no bf16 or executor-held experts); inference uses replicated_tokens below.
 struct ExpertParallel {
   std::shared_ptr<dist::Communicator> comm;  // null: every expert is here
   // Overlap: the tokens are split into this many chunks; a communication thread exchanges the rows
@@ -33,6 +33,13 @@ struct ExpertParallel {
   // split (then the results are those of ExpertParallel without chunks; with more, the expert
   // weight gradients are summed chunk by chunk, so in another order).
   int chunks = 1;
+  // Inference with the tokens replicated: every rank runs the same forward on the same tokens (the
+  // dense parts are replicas), so no row needs to travel. Each rank computes its own experts' rows
+  // of every token, the weighted rows are summed over the ranks with one all-reduce (each row is
+  // non-zero on one rank only, so the sum is that row exactly), and every token adds its k rows in
+  // assignment order: the outputs equal a single process's bit for bit (up to the sign of an exact
+  // zero). Forward only, any expert format (f32, bf16, executor-held), chunks must be 1.
+  bool replicated_tokens = false;
 };
 
 // Parameters, all of the layer's dtype. Under expert parallelism the routed experts' tensors hold
