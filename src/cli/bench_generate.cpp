@@ -15,6 +15,7 @@
 
 #include "cli/bench_memory.h"
 #include "cli/common.h"
+#include "cli/ep_flags.h"
 #include "cli/model_dir.h"
 #include "cli/offload_flags.h"
 #include "moe/core/energy.h"
@@ -38,6 +39,7 @@ struct BenchGenArgs {
   bool bf16 = false;
   int64_t bandwidth_mib = 1024;
   OffloadFlags offload;
+  EpFlags ep;
 };
 
 // The weight bytes one token reads alone, and the machine's read bandwidth measured in this run.
@@ -98,9 +100,11 @@ struct LevelResult {
   double joules_per_token = -1;  // energy counters over the level / (prompt + generated tokens); -1: none
 };
 
-LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_t conc) {
+LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_t conc,
+                      std::shared_ptr<infer::Lockstep> ls) {
   const model::ModelConfig& c = m.config();
   infer::EngineOptions eo;
+  eo.lockstep = std::move(ls);
   eo.max_running = conc;
   eo.max_queue = conc;
   eo.max_batch_tokens = a.max_batch_tokens;
@@ -161,12 +165,26 @@ LevelResult run_level(const model::Transformer& m, const BenchGenArgs& a, int64_
   return r;
 }
 
-int run_bench_generate(const BenchGenArgs& a) {
-  apply_threads(a.threads);
+// Under expert parallelism rank 0 runs the levels and the other ranks repeat its forward passes;
+// then every rank's peak resident set is gathered (each holds the dense parts and its experts).
+int run_bench_generate(const BenchGenArgs& a, std::shared_ptr<dist::Communicator> ep) {
   MOE_CHECK(a.prompt_tokens >= 1, "bench generate: --prompt-tokens must be >= 1");
   MOE_CHECK(a.new_tokens >= 1, "bench generate: --new-tokens must be >= 1");
   const std::vector<int64_t> levels = parse_levels(a.concurrency);
-  infer::InferenceModel im = load_for_inference(resolve_model_dir(a.model), a.bf16, a.offload);
+  infer::InferenceModel im = load_for_inference(resolve_model_dir(a.model), a.bf16, a.offload, ep);
+  std::shared_ptr<infer::Lockstep> ls = ep ? std::make_shared<infer::Lockstep>(ep) : nullptr;
+  // Every rank's peak RSS in MiB (VmHWM), gathered once the levels are done.
+  auto rank_rss = [&] {
+    double mine = peak_rss_hwm_mib();
+    std::vector<double> all(static_cast<size_t>(ep->size()));
+    ep->allgather(&mine, all.data(), 1, DType::F64);
+    return all;
+  };
+  if (ls && !ls->leader()) {
+    run_follower(*ls, *im.model);
+    rank_rss();
+    return kExitOk;
+  }
   model::Transformer& m = *im.model;
   const model::ModelConfig& c = m.config();
   MOE_CHECK(a.prompt_tokens + a.new_tokens <= c.max_position_embeddings, "bench generate: --prompt-tokens + ",
@@ -176,11 +194,16 @@ int run_bench_generate(const BenchGenArgs& a) {
   EnergyMeter energy;
   for (int64_t conc : levels) {
     const double j0 = energy.joules();
-    rs.push_back(run_level(m, a, conc));
+    rs.push_back(run_level(m, a, conc, ls));
     LevelResult& r = rs.back();
     r.joules_per_token = joules_per_token(energy, energy.joules() - j0, r.prompt_tokens + r.generated);
   }
   const double peak_rss = peak_rss_hwm_mib();  // before the bandwidth probe's buffer
+  std::vector<double> ranks_rss;
+  if (ls) {
+    ls->announce_stop();
+    ranks_rss = rank_rss();
+  }
   const Traffic tr = weight_traffic(im, a.bandwidth_mib);
   // Batch 1 reads the weights once per token: its decode rate times the bytes is the rate at which
   // the weights stream from memory.
@@ -199,6 +222,10 @@ int run_bench_generate(const BenchGenArgs& a) {
     j["max_batch_tokens"] = a.max_batch_tokens;
     j["weight_bytes_per_token"] = round_sig(tr.bytes_per_token, 6);
     if (peak_rss >= 0) j["peak_rss_mib"] = round_sig(peak_rss, 5);
+    if (ep) {
+      j["expert_parallel"] = ep->size();
+      for (double r : ranks_rss) j["rank_peak_rss_mib"].push_back(round_sig(r, 5));
+    }
     if (weight_gbs > 0) j["decode_weight_gb_per_s"] = round_sig(weight_gbs, 4);
     if (tr.bw.gb_per_s > 0) {
       j["read_bandwidth_gb_per_s"] = round_sig(tr.bw.gb_per_s, 4);
@@ -241,6 +268,11 @@ int run_bench_generate(const BenchGenArgs& a) {
                 (long long)r.concurrency, r.prefill_tps, r.decode_tps, r.total_tps, r.mean_batch,
                 r.mean_batch_tokens, r.ttft_p50 * 1e3, r.ttft_p90 * 1e3, r.ttft_p99 * 1e3, r.tpot_p50 * 1e3,
                 r.tpot_p90 * 1e3, r.tpot_p99 * 1e3);
+  if (ep) {
+    std::printf("experts over %d ranks (rank 0 leads); peak RSS per rank (MiB):", ep->size());
+    for (double r : ranks_rss) std::printf(" %.0f", r);
+    std::printf("\n");
+  }
   std::printf("weights read per token (batch 1): %.1f MB", tr.bytes_per_token / 1e6);
   if (weight_gbs > 0) std::printf(", decoding at concurrency 1 streams them at %.1f GB/s", weight_gbs);
   if (tr.bw.gb_per_s > 0) {
@@ -293,7 +325,12 @@ void add_bench_generate(CLI::App& bench, Registry& reg) {
       ->capture_default_str();
   add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);
-  c->callback([&reg, a] { reg.action = [a] { return run_bench_generate(*a); }; });
+  add_ep_flags(c, a->ep);
+  c->callback([&reg, a] {
+    reg.action = [a] {
+      return with_ep_ranks(a->ep, a->threads, [&](auto ep) { return run_bench_generate(*a, std::move(ep)); });
+    };
+  });
 }
 
 }  // namespace moe::cli

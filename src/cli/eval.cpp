@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
+#include "cli/ep_flags.h"
 #include "cli/model_dir.h"
 #include "cli/offload_flags.h"
 #include "moe/core/error.h"
@@ -32,6 +33,7 @@ struct EvalArgs {
   bool json = false;
   int threads = 0;
   OffloadFlags offload;
+  EpFlags ep;
 };
 
 // --compare: both models on the same tokens.
@@ -74,12 +76,14 @@ bool is_token_shard(const std::string& path) {
   return f.gcount() == 8 && std::string(magic, 7) == "MOETOK1";
 }
 
-int run_eval(const EvalArgs& a) {
-  apply_threads(a.threads);
+// Under expert parallelism every rank runs the same evaluation on the same tokens (the MoE layers'
+// all-reduce keeps them in step and gives every rank the same results); rank 0 prints.
+int run_eval(const EvalArgs& a, std::shared_ptr<dist::Communicator> ep) {
   MOE_CHECK(a.data.empty() != a.tokens.empty(), "eval: give exactly one of --data FILE and --tokens LIST");
+  MOE_CHECK(!ep || a.compare.empty(), "eval: --compare runs in one process (the base model is not sharded)");
   const std::string dir = resolve_model_dir(a.model);
   const std::string base_dir = a.compare.empty() ? std::string() : resolve_model_dir(a.compare);
-  infer::InferenceModel im = load_for_inference(dir, false, a.offload);
+  infer::InferenceModel im = load_for_inference(dir, false, a.offload, ep);
   model::Transformer& m = *im.model;
   apply_inference_routing(m, a.routing);
   const int64_t V = m.config().vocab_size;
@@ -117,6 +121,7 @@ int run_eval(const EvalArgs& a) {
   MOE_CHECK(a.batch >= 1, "eval: --batch must be >= 1");
   if (!base_dir.empty()) return run_compare(a, m, dir, base_dir, toks, S);
   const infer::EvalResult r = infer::evaluate_tokens(m, toks, S, a.batch);
+  if (ep && ep->rank() != 0) return kExitOk;
   const int64_t count = r.tokens, skipped = r.skipped, routed = r.routed;
   const double mean = r.loss();
   if (a.json) {
@@ -167,7 +172,12 @@ void register_eval(CLI::App& app, Registry& reg) {
                               "Skip routed experts of --model whose routing weight is below this (0 = off)");
   add_json_flag(c, a->json);
   add_offload_flags(c, a->offload);
-  c->callback([&reg, a] { reg.action = [a] { return run_eval(*a); }; });
+  add_ep_flags(c, a->ep);
+  c->callback([&reg, a] {
+    reg.action = [a] {
+      return with_ep_ranks(a->ep, a->threads, [&](auto ep) { return run_eval(*a, std::move(ep)); });
+    };
+  });
 }
 
 }  // namespace moe::cli

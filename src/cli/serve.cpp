@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "cli/common.h"
+#include "cli/ep_flags.h"
 #include "cli/model_dir.h"
 #include "cli/offload_flags.h"
 #include "moe/core/error.h"
@@ -31,6 +32,7 @@ struct ServeArgs {
   bool bf16 = false;
   OffloadFlags offload;
   InferenceRouting routing;  // --skip-threshold, --router-top-p
+  EpFlags ep;
 };
 
 // tokenizer_config.json's token fields are a string or {"content": string}.
@@ -113,8 +115,7 @@ sigset_t stop_signals() {
   return set;
 }
 
-int run_serve(ServeArgs& a) {
-  apply_threads(a.threads);
+int run_serve(ServeArgs& a, std::shared_ptr<dist::Communicator> ep) {
   if (a.opt.api_key.empty())
     if (const char* k = std::getenv("MOE_API_KEY")) a.opt.api_key = k;
   a.opt.validate();
@@ -123,9 +124,13 @@ int run_serve(ServeArgs& a) {
   const std::string tp = find_tokenizer(dir);
   MOE_CHECK(!tp.empty(), "serve: no tokenizer.json next to the model in '", dir, "'");
   text::Tokenizer tok = load_tokenizer(tp);
-  infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload);
+  infer::InferenceModel im = load_for_inference(dir, a.bf16, a.offload, ep);
   model::Transformer& m = *im.model;
   apply_inference_routing(m, a.routing);
+  if (ep) {  // rank 0 serves; the others repeat its forward passes
+    a.opt.engine.lockstep = std::make_shared<infer::Lockstep>(ep);
+    if (!a.opt.engine.lockstep->leader()) return run_follower(*a.opt.engine.lockstep, m);
+  }
   a.opt.expert_store = im.store;
   if (im.store) std::cerr << "serve: " << im.store->describe() << "\n";
   const model::ModelConfig& cfg = m.config();
@@ -148,22 +153,29 @@ int run_serve(ServeArgs& a) {
   signal(SIGPIPE, SIG_IGN);
   const sigset_t set = stop_signals();
   pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  infer::Server server(m, tok, chat, stop_ids, a.opt);
-  const int port = server.bind();
-  std::thread watcher([&server, set] {
-    int sig = 0;
-    sigwait(&set, &sig);
+  std::string fatal;
+  {  // the server (and its engine thread, which leads the other ranks) ends with this block
+    infer::Server server(m, tok, chat, stop_ids, a.opt);
+    const int port = server.bind();
+    std::thread watcher([&server, set] {
+      int sig = 0;
+      sigwait(&set, &sig);
+      server.stop();
+    });
+    std::cerr << "moe serve: " << model::arch_name(cfg.arch) << " model '" << a.opt.served_model_name
+              << "', context " << cfg.max_position_embeddings << ", chat template "
+              << text::chat_format_name(chat.format) << ", " << num_threads() << " threads"
+              << (ep ? cat(", experts over ", ep->size(), " ranks") : std::string())
+              << (a.opt.api_key.empty() ? "" : ", API key required") << "\n";
+    std::cout << "listening on http://" << a.opt.host << ":" << port << std::endl;
+    server.run();
     server.stop();
-  });
-  std::cerr << "moe serve: " << model::arch_name(cfg.arch) << " model '" << a.opt.served_model_name
-            << "', context " << cfg.max_position_embeddings << ", chat template "
-            << text::chat_format_name(chat.format) << ", " << num_threads() << " threads"
-            << (a.opt.api_key.empty() ? "" : ", API key required") << "\n";
-  std::cout << "listening on http://" << a.opt.host << ":" << port << std::endl;
-  server.run();
-  server.stop();
-  kill(getpid(), SIGTERM);  // wakes the watcher when run() ended by itself (blocked: not fatal)
-  watcher.join();
+    kill(getpid(), SIGTERM);  // wakes the watcher when run() ended by itself (blocked: not fatal)
+    watcher.join();
+    fatal = server.fatal_error();
+  }
+  if (!fatal.empty()) throw dist::CommError(cat("serve: ", fatal));  // with_ep_ranks ends the job
+  if (ep) a.opt.engine.lockstep->announce_stop();
   std::cerr << "moe serve: stopped\n";
   return kExitOk;
 }
@@ -184,6 +196,7 @@ void register_serve(CLI::App& app, Registry& reg) {
   add_threads_flag(c, a->threads);
   c->add_flag("--bf16", a->bf16, "bf16 weights (fp32 accumulation): half the bytes read per token");
   add_offload_flags(c, a->offload);
+  add_ep_flags(c, a->ep);
   add_inference_routing_flags(
       c, a->routing, "Skip routed experts whose routing weight is below this (0 = off; docs/PRUNING.md)");
   c->add_option("--max-batch-tokens", o.engine.max_batch_tokens, "Tokens in one forward pass")
@@ -209,7 +222,11 @@ void register_serve(CLI::App& app, Registry& reg) {
       "chatml, qwen2, mistral, tulu, deepseek or plain (default: from tokenizer_config.json / the model)");
   c->add_option("--served-model-name", o.served_model_name,
                 "Model id in the API (default: the directory name)");
-  c->callback([&reg, a] { reg.action = [a] { return run_serve(*a); }; });
+  c->callback([&reg, a] {
+    reg.action = [a] {
+      return with_ep_ranks(a->ep, a->threads, [&](auto ep) { return run_serve(*a, std::move(ep)); });
+    };
+  });
 }
 
 }  // namespace moe::cli
