@@ -225,6 +225,14 @@ int run_bench_generate(const BenchGenArgs& a, std::shared_ptr<dist::Communicator
     if (ep) {
       j["expert_parallel"] = ep->size();
       for (double r : ranks_rss) j["rank_peak_rss_mib"].push_back(round_sig(r, 5));
+      // Rank 0's time in the exchanges: the MoE layers' all-reduces (waiting for the slowest rank
+      // included) and the announcements of the forward passes.
+      const dist::CommStats& cs = ep->stats();
+      j["comm"] = {{"allreduce_calls", cs.allreduce_calls},
+                   {"allreduce_s", round_sig(cs.allreduce_s, 4)},
+                   {"allreduce_bytes", cs.allreduce_bytes},
+                   {"broadcast_calls", cs.broadcast_calls},
+                   {"broadcast_s", round_sig(cs.broadcast_s, 4)}};
     }
     if (weight_gbs > 0) j["decode_weight_gb_per_s"] = round_sig(weight_gbs, 4);
     if (tr.bw.gb_per_s > 0) {

@@ -12,6 +12,7 @@
 
 #include "cli/common.h"
 #include "cli/plan_inputs.h"
+#include "cli/plan_serve.h"
 #include "moe/core/error.h"
 #include "moe/dist/plan.h"
 
@@ -59,6 +60,7 @@ struct PlanArgs {
   std::string zero = "auto";
   std::vector<int64_t> ep;
   int top = 0;
+  PlanServeArgs serve;
 };
 
 constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
@@ -257,6 +259,10 @@ void print_table(const dist::PlanInput& in, const dist::Plan& p, int top) {
 }
 
 int run_plan(const PlanArgs& a) {
+  if (a.serve.on) {
+    dist::PlanInput in = build_input(a);  // the routing flags, checked as for training
+    return run_plan_serve(a.serve, a.model, in.routing, a.json);
+  }
   const dist::PlanInput in = build_input(a);
   const dist::Plan p = dist::make_plan(in);
   if (a.json) {
@@ -344,6 +350,7 @@ void register_plan(CLI::App& app, Registry& reg) {
       ->delimiter(',');
   sub->add_option("--top", a->top, "Print only the first N layouts (0: all)")->check(in_range(0, 1e9));
   add_json_flag(sub, a->json, "Print JSON instead of the table");
+  add_plan_serve_flags(sub, a->serve);
   sub->callback([&reg, a, sub] {
     for (PlanArgs::Override& o : a->overrides) o.given = sub->count(o.flag) > 0;
     reg.action = [a] { return run_plan(*a); };

@@ -95,19 +95,21 @@ inline dist::ModelShape plan_model_shape(const model::ModelConfig& c, const std:
   return s;
 }
 
-// `spec` is a preset name, a config.json, or a directory holding one.
-inline dist::ModelShape plan_model(const std::string& spec) {
+// The config that `spec` names: a preset name, a config.json, or a directory holding one.
+inline model::ModelConfig plan_model_config(const std::string& spec) {
   for (const PlanModelPreset& p : plan_model_presets())
-    if (spec == p.name) return plan_model_shape(model::model_config_from_json(p.config_json), p.name);
+    if (spec == p.name) return model::model_config_from_json(p.config_json);
   namespace fs = std::filesystem;
-  if (fs::is_directory(spec))
-    return plan_model_shape(model::load_model_config((fs::path(spec) / "config.json").string()), spec);
-  if (fs::is_regular_file(spec)) return plan_model_shape(model::load_model_config(spec), spec);
+  if (fs::is_directory(spec)) return model::load_model_config((fs::path(spec) / "config.json").string());
+  if (fs::is_regular_file(spec)) return model::load_model_config(spec);
   std::string known;
   for (const PlanModelPreset& p : plan_model_presets())
     known += (known.empty() ? "" : ", ") + std::string(p.name);
   throw Error(
       cat("--model '", spec, "' is neither a preset (", known, ") nor a config.json or model directory"));
+}
+inline dist::ModelShape plan_model(const std::string& spec) {
+  return plan_model_shape(plan_model_config(spec), spec);
 }
 
 // Measured per-expert loads from `path`: JSON as dist::parse_expert_loads reads it, or else a metrics

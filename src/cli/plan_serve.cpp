@@ -1,0 +1,157 @@
+#include "cli/plan_serve.h"
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli/common.h"
+#include "cli/plan_inputs.h"
+#include "moe/core/membw.h"
+#include "moe/core/parallel.h"
+#include "moe/kernels/ops.h"
+#include "moe/model/paged_kv.h"
+
+namespace moe::cli {
+
+namespace {
+
+// This machine's f32 GEMM rate on all threads, GFLOP/s: the best of 5 products of 1024³.
+double measure_gflops() {
+  const int64_t n = 1024;
+  std::vector<float> A(static_cast<size_t>(n * n), 0.5f), B(A.size(), 0.25f), C(A.size());
+  double best = 0;
+  for (int r = 0; r < 5; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    kernels::gemm<float>(
+        kernels::Backend::Cpu,
+        {.M = n, .N = n, .K = n, .A = A.data(), .lda = n, .B = B.data(), .ldb = n, .C = C.data(), .ldc = n});
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * static_cast<double>(n * n * n) / s / 1e9);
+  }
+  return best;
+}
+
+}  // namespace
+
+void add_plan_serve_flags(CLI::App* sub, PlanServeArgs& a) {
+  sub->add_flag(
+      "--serve", a.on,
+      "Predict serving with expert parallelism instead of training: decode tokens/s and memory per rank "
+      "for each --ranks and --concurrency (docs/PLAN.md \"Serving\")");
+  sub->add_option("--ranks", a.ranks, "--serve: expert-parallel sizes (comma-separated)")
+      ->check(in_range(1, 1 << 20))
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--concurrency", a.concurrency, "--serve: sequences decoding at once (comma-separated)")
+      ->check(in_range(1, 1 << 20))
+      ->delimiter(',')
+      ->capture_default_str();
+  sub->add_option("--context", a.context, "--serve: mean positions in a sequence's KV cache")
+      ->check(in_range(1, 1 << 30))
+      ->capture_default_str();
+  sub->add_option("--format", a.format, "--serve: weights f32, bf16, int8 or int4 (routed experts)")
+      ->capture_default_str();
+  sub->add_option("--ranks-per-node", a.ranks_per_node, "--serve: ranks on each node (0: all on one)")
+      ->check(in_range(0, 1 << 20))
+      ->capture_default_str();
+  sub->add_option("--mem-gbps", a.cluster.mem_gbps,
+                  "--serve: read bandwidth of one node, GB/s (default: measured on this machine)")
+      ->check(in_range(0, 1e6));
+  sub->add_option("--node-gflops", a.cluster.gflops,
+                  "--serve: GEMM rate of one node, GFLOP/s (default: this machine's f32 GEMM, measured)")
+      ->check(in_range(0, 1e9));
+  sub->add_option("--mbu", a.cluster.mbu, "--serve: fraction of the read bandwidth that decoding achieves")
+      ->check(above_at_most(0, 1))
+      ->capture_default_str();
+  sub->add_option("--shm-gbps", a.cluster.shm_gbps, "--serve: bandwidth between ranks of a node, GB/s")
+      ->check(above(0))
+      ->capture_default_str();
+  sub->add_option("--shm-latency-us", a.cluster.shm_latency_us,
+                  "--serve: latency between ranks of a node, us")
+      ->check(in_range(0, 1e9))
+      ->capture_default_str();
+  sub->add_option("--net-gbps", a.cluster.net_gbps, "--serve: network bandwidth between nodes, GB/s")
+      ->check(above(0))
+      ->capture_default_str();
+  sub->add_option("--net-latency-us", a.cluster.net_latency_us, "--serve: network latency, us")
+      ->check(in_range(0, 1e9))
+      ->capture_default_str();
+  sub->add_option("--node-memory-gib", a.cluster.memory_gib,
+                  "--serve: memory of a node, GiB (0: not checked)")
+      ->check(in_range(0, 1e9))
+      ->capture_default_str();
+}
+
+int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const dist::RoutingSpec& routing,
+                   bool json) {
+  const model::ModelConfig cfg = plan_model_config(model_spec);
+  const dist::ModelShape m = plan_model_shape(cfg, model_spec);
+  const dist::ServeFormat f = dist::serve_format(a.format);
+  const model::KVDims kv = model::kv_dims(cfg);
+  dist::ServeCluster c = a.cluster;
+  std::string measured;
+  if (c.mem_gbps <= 0) {
+    c.mem_gbps = measure_read_bandwidth(size_t{512} << 20).gb_per_s;
+    measured += cat("read bandwidth ", round_sig(c.mem_gbps, 3), " GB/s");
+  }
+  if (c.gflops <= 0) {
+    c.gflops = measure_gflops();
+    measured += cat(measured.empty() ? "" : ", ", "f32 GEMM ", round_sig(c.gflops, 3), " GFLOP/s");
+  }
+  std::vector<dist::ServePrediction> rows;
+  for (int64_t n : a.ranks)
+    for (int64_t b : a.concurrency) {
+      dist::ServeCluster cn = c;
+      cn.ranks_per_node = a.ranks_per_node > 0 ? a.ranks_per_node : n;
+      dist::ServeShape s;
+      s.ranks = n, s.concurrency = b, s.context = a.context, s.kv_dim = kv.hkv * (kv.k_dim + kv.v_dim);
+      rows.push_back(dist::predict_serve(m, cn, f, s, routing));
+    }
+  constexpr double MiB = 1048576.0;
+  if (json) {
+    nlohmann::ordered_json j;
+    j["command"] = "plan --serve";
+    j["model"] = {{"name", m.name}, {"n_params", m.n_params()}, {"n_active_params", m.n_active_params()}};
+    j["format"] = a.format;
+    j["node"] = {{"mem_gbps", round_sig(c.mem_gbps, 4)}, {"mbu", c.mbu},
+                 {"gflops", round_sig(c.gflops, 4)},     {"net_gbps", c.net_gbps},
+                 {"net_latency_us", c.net_latency_us},   {"shm_gbps", c.shm_gbps},
+                 {"shm_latency_us", c.shm_latency_us},   {"measured", measured}};
+    j["context"] = a.context;
+    for (const dist::ServePrediction& p : rows)
+      j["predictions"].push_back({{"ranks", p.ranks},
+                                  {"nodes", p.nodes},
+                                  {"ranks_per_node", p.ranks_per_node},
+                                  {"concurrency", p.concurrency},
+                                  {"tokens_per_s", round_sig(p.tokens_per_s, 4)},
+                                  {"step_s", round_sig(p.step_s, 4)},
+                                  {"dense_s", round_sig(p.dense_s, 4)},
+                                  {"expert_s", round_sig(p.expert_s, 4)},
+                                  {"exchange_s", round_sig(p.exchange_s, 4)},
+                                  {"head_s", round_sig(p.head_s, 4)},
+                                  {"max_experts", round_sig(p.max_experts, 4)},
+                                  {"memory_per_rank_mib", round_sig(p.memory_bytes() / MiB, 5)},
+                                  {"dense_mib", round_sig(p.dense_bytes / MiB, 5)},
+                                  {"experts_mib", round_sig(p.expert_bytes / MiB, 5)},
+                                  {"kv_mib", round_sig(p.kv_bytes / MiB, 5)},
+                                  {"fits", p.fits}});
+    std::cout << j.dump() << std::endl;
+    return kExitOk;
+  }
+  std::printf("model %s: %.3gB params (%.3gB active), %s weights; node: %.3g GB/s x %.2f, %.4g GFLOP/s%s%s\n",
+              m.name.c_str(), static_cast<double>(m.n_params()) / 1e9,
+              static_cast<double>(m.n_active_params()) / 1e9, a.format.c_str(), c.mem_gbps, c.mbu, c.gflops,
+              measured.empty() ? "" : "; measured here: ", measured.c_str());
+  std::printf("%5s %5s %5s %10s %9s %8s %8s %8s %8s %7s %12s %5s\n", "ranks", "nodes", "conc", "tokens/s",
+              "step ms", "dense", "experts", "exch", "head", "E max", "MiB per rank", "fits");
+  for (const dist::ServePrediction& p : rows)
+    std::printf("%5lld %5lld %5lld %10.4g %9.2f %8.2f %8.2f %8.3f %8.2f %7.2f %12.0f %5s\n",
+                static_cast<long long>(p.ranks), static_cast<long long>(p.nodes),
+                static_cast<long long>(p.concurrency), p.tokens_per_s, p.step_s * 1e3, p.dense_s * 1e3,
+                p.expert_s * 1e3, p.exchange_s * 1e3, p.head_s * 1e3, p.max_experts, p.memory_bytes() / MiB,
+                p.fits ? "yes" : "no");
+  return kExitOk;
+}
+
+}  // namespace moe::cli
