@@ -27,7 +27,7 @@ void add_ep_flags(CLI::App* c, EpFlags& f) {
 std::shared_ptr<dist::Communicator> ep_world(const EpFlags& f, int threads) {
   if (!dist::launched_by_mpi()) {
     MOE_CHECK(f.n == 1, "--expert-parallel ", f.n, " needs that many processes: start it with `mpirun -np ",
-              f.n, " build/moe ... --expert-parallel ", f.n, "`");
+              f.n, " moe ... --expert-parallel ", f.n, "`");
     apply_threads(threads);
     return nullptr;
   }

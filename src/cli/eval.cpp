@@ -126,6 +126,7 @@ int run_eval(const EvalArgs& a, std::shared_ptr<dist::Communicator> ep) {
   const double mean = r.loss();
   if (a.json) {
     nlohmann::json j = {{"loss", mean}, {"ppl", std::exp(mean)}, {"tokens", count}, {"model", dir}};
+    if (ep) j["expert_parallel"] = ep->size();
     if (a.routing.skip_threshold > 0)
       j["skipped_share"] = static_cast<double>(skipped) / static_cast<double>(std::max<int64_t>(routed, 1));
     if (!r.routed_per_layer.empty()) {

@@ -2,7 +2,9 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "cli/common.h"
@@ -77,6 +79,11 @@ void add_plan_serve_flags(CLI::App* sub, PlanServeArgs& a) {
   sub->add_option("--net-latency-us", a.cluster.net_latency_us, "--serve: network latency, us")
       ->check(in_range(0, 1e9))
       ->capture_default_str();
+  sub->add_option(
+      "--calibrate", a.calibrate,
+      "--serve: the JSON of `moe bench generate --json` run in one process on this machine; each "
+      "concurrency it measured scales the predictions at that concurrency by measured / predicted "
+      "(one rank)");
   sub->add_option("--node-memory-gib", a.cluster.memory_gib,
                   "--serve: memory of a node, GiB (0: not checked)")
       ->check(in_range(0, 1e9))
@@ -99,14 +106,42 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
     c.gflops = measure_gflops();
     measured += cat(measured.empty() ? "" : ", ", "f32 GEMM ", round_sig(c.gflops, 3), " GFLOP/s");
   }
+  auto predict = [&](int64_t n, int64_t b) {
+    dist::ServeCluster cn = c;
+    cn.ranks_per_node = a.ranks_per_node > 0 ? a.ranks_per_node : n;
+    dist::ServeShape s;
+    s.ranks = n, s.concurrency = b, s.context = a.context, s.kv_dim = kv.hkv * (kv.k_dim + kv.v_dim);
+    return dist::predict_serve(m, cn, f, s, routing);
+  };
+  // Measured one-process decode step per concurrency (--calibrate).
+  std::map<int64_t, double> measured_step;
+  if (!a.calibrate.empty()) {
+    std::ifstream in(a.calibrate, std::ios::binary);
+    MOE_CHECK(in.good(), "plan --serve: cannot open --calibrate '", a.calibrate, "'");
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+      for (const nlohmann::json& l : j.at("levels")) {
+        const double tps = l.at("decode_tokens_per_s").get<double>();
+        const int64_t conc = l.at("concurrency").get<int64_t>();
+        if (tps > 0 && conc > 0) measured_step[conc] = static_cast<double>(conc) / tps;
+      }
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(cat("plan --serve: --calibrate '", a.calibrate,
+                      "' is not the JSON of `moe bench generate --json`: ", e.what()));
+    }
+    MOE_CHECK(!j.contains("expert_parallel"), "plan --serve: --calibrate needs a one-process measurement");
+  }
   std::vector<dist::ServePrediction> rows;
+  std::vector<double> scale;
   for (int64_t n : a.ranks)
     for (int64_t b : a.concurrency) {
-      dist::ServeCluster cn = c;
-      cn.ranks_per_node = a.ranks_per_node > 0 ? a.ranks_per_node : n;
-      dist::ServeShape s;
-      s.ranks = n, s.concurrency = b, s.context = a.context, s.kv_dim = kv.hkv * (kv.k_dim + kv.v_dim);
-      rows.push_back(dist::predict_serve(m, cn, f, s, routing));
+      dist::ServePrediction p = predict(n, b);
+      double k = 1;
+      if (auto it = measured_step.find(b); it != measured_step.end()) k = it->second / predict(1, b).step_s;
+      p.step_s *= k, p.dense_s *= k, p.expert_s *= k, p.exchange_s *= k, p.head_s *= k, p.announce_s *= k;
+      p.tokens_per_s = static_cast<double>(b) / p.step_s;
+      rows.push_back(p), scale.push_back(k);
     }
   constexpr double MiB = 1048576.0;
   if (json) {
@@ -135,6 +170,7 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
                                   {"dense_mib", round_sig(p.dense_bytes / MiB, 5)},
                                   {"experts_mib", round_sig(p.expert_bytes / MiB, 5)},
                                   {"kv_mib", round_sig(p.kv_bytes / MiB, 5)},
+                                  {"calibration", round_sig(scale[&p - rows.data()], 4)},
                                   {"fits", p.fits}});
     std::cout << j.dump() << std::endl;
     return kExitOk;
@@ -143,14 +179,16 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
               m.name.c_str(), static_cast<double>(m.n_params()) / 1e9,
               static_cast<double>(m.n_active_params()) / 1e9, a.format.c_str(), c.mem_gbps, c.mbu, c.gflops,
               measured.empty() ? "" : "; measured here: ", measured.c_str());
-  std::printf("%5s %5s %5s %10s %9s %8s %8s %8s %8s %7s %12s %5s\n", "ranks", "nodes", "conc", "tokens/s",
-              "step ms", "dense", "experts", "exch", "head", "E max", "MiB per rank", "fits");
-  for (const dist::ServePrediction& p : rows)
-    std::printf("%5lld %5lld %5lld %10.4g %9.2f %8.2f %8.2f %8.3f %8.2f %7.2f %12.0f %5s\n",
+  std::printf("%5s %5s %5s %10s %9s %8s %8s %8s %8s %7s %12s %5s %6s\n", "ranks", "nodes", "conc", "tokens/s",
+              "step ms", "dense", "experts", "exch", "head", "E max", "MiB per rank", "fits", "calib");
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const dist::ServePrediction& p = rows[i];
+    std::printf("%5lld %5lld %5lld %10.4g %9.2f %8.2f %8.2f %8.3f %8.2f %7.2f %12.0f %5s %6.3f\n",
                 static_cast<long long>(p.ranks), static_cast<long long>(p.nodes),
                 static_cast<long long>(p.concurrency), p.tokens_per_s, p.step_s * 1e3, p.dense_s * 1e3,
                 p.expert_s * 1e3, p.exchange_s * 1e3, p.head_s * 1e3, p.max_experts, p.memory_bytes() / MiB,
-                p.fits ? "yes" : "no");
+                p.fits ? "yes" : "no", scale[i]);
+  }
   return kExitOk;
 }
 

@@ -20,6 +20,10 @@ struct PlanServeArgs {
   std::string format = "f32";
   int64_t ranks_per_node = 0;  // 0: all ranks on one node
   dist::ServeCluster cluster;  // mem_gbps / gflops 0: measured on this machine
+  // `moe bench generate --json` of one process on this machine: each concurrency it measured scales
+  // the predictions at that concurrency by measured / predicted step time of one rank (the kernels'
+  // efficiency at that batch, which the bandwidth model does not know).
+  std::string calibrate;
 };
 
 // Adds --serve and its flags to `moe plan`.

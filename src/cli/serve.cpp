@@ -129,7 +129,11 @@ int run_serve(ServeArgs& a, std::shared_ptr<dist::Communicator> ep) {
   apply_inference_routing(m, a.routing);
   if (ep) {  // rank 0 serves; the others repeat its forward passes
     a.opt.engine.lockstep = std::make_shared<infer::Lockstep>(ep);
-    if (!a.opt.engine.lockstep->leader()) return run_follower(*a.opt.engine.lockstep, m);
+    if (!a.opt.engine.lockstep->leader()) {
+      const sigset_t set = stop_signals();  // a follower ends on the signals mpirun forwards
+      pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
+      return run_follower(*a.opt.engine.lockstep, m);
+    }
   }
   a.opt.expert_store = im.store;
   if (im.store) std::cerr << "serve: " << im.store->describe() << "\n";
@@ -148,11 +152,10 @@ int run_serve(ServeArgs& a, std::shared_ptr<dist::Communicator> ep) {
   if (a.opt.served_model_name.empty())
     a.opt.served_model_name = std::filesystem::path(a.model).filename().string();
 
-  // Signals: blocked in every thread (the HTTP and engine threads inherit the mask) and taken by
-  // one watcher thread, which stops the server. Writes to a closed socket must not kill the process.
+  // SIGINT/SIGTERM are blocked in every thread since the start (register_serve) and taken by one
+  // watcher thread, which stops the server. Writes to a closed socket must not kill the process.
   signal(SIGPIPE, SIG_IGN);
   const sigset_t set = stop_signals();
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   std::string fatal;
   {  // the server (and its engine thread, which leads the other ranks) ends with this block
     infer::Server server(m, tok, chat, stop_ids, a.opt);
@@ -170,7 +173,7 @@ int run_serve(ServeArgs& a, std::shared_ptr<dist::Communicator> ep) {
     std::cout << "listening on http://" << a.opt.host << ":" << port << std::endl;
     server.run();
     server.stop();
-    kill(getpid(), SIGTERM);  // wakes the watcher when run() ended by itself (blocked: not fatal)
+    pthread_kill(watcher.native_handle(), SIGTERM);  // wakes the watcher when run() ended by itself
     watcher.join();
     fatal = server.fatal_error();
   }
@@ -224,6 +227,10 @@ void register_serve(CLI::App& app, Registry& reg) {
                 "Model id in the API (default: the directory name)");
   c->callback([&reg, a] {
     reg.action = [a] {
+      // Blocked before any thread starts (the library's, OpenMP's, MPI's): every thread inherits it,
+      // so the signals reach only the watcher of run_serve.
+      const sigset_t set = stop_signals();
+      pthread_sigmask(SIG_BLOCK, &set, nullptr);
       return with_ep_ranks(a->ep, a->threads, [&](auto ep) { return run_serve(*a, std::move(ep)); });
     };
   });

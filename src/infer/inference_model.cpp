@@ -74,8 +74,8 @@ void set_precision(model::Transformer& m, const InferenceLoadOptions& opt) {
 InferenceModel load_inference_model(const std::string& dir, const InferenceLoadOptions& opt) {
   const bool ep = opt.ep && opt.ep->size() > 1;
   if (model::is_gguf_path(dir)) {  // a GGUF file: float experts in the model
-    MOE_CHECK(!ep, "gguf '", dir, "': expert parallelism reads safetensors checkpoints only; ",
-              "convert the file with `moe export` or run it in one process");
+    MOE_CHECK(!ep, "gguf '", dir, "': expert parallelism reads safetensors checkpoints only (each rank ",
+              "reads its own experts' tensors); run a GGUF file in one process");
     MOE_CHECK(!opt.offload, "gguf '", dir, "': expert offloading reads safetensors checkpoints only; ",
               "drop the offload flags for a GGUF file");
     InferenceModel r;

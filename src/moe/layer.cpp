@@ -34,6 +34,11 @@ MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool ex
             dtype_name(dtype));
   const int64_t E = cfg_.n_experts, d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width();
   local_experts_ = E;
+  MOE_CHECK(ep_.chunks >= 1, "MoE layer: expert parallelism needs chunks >= 1, got ", ep_.chunks);
+  MOE_CHECK(!ep_.replicated_tokens || ep_.chunks == 1,
+            "MoE layer: expert parallelism with replicated tokens runs one chunk (it exchanges no rows to "
+            "overlap), got chunks = ",
+            ep_.chunks);
   if (ep_.comm) {
     const ExpertShard sh = expert_shard(E, *ep_.comm);
     first_expert_ = sh.first;

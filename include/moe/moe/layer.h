@@ -38,7 +38,8 @@ struct ExpertParallel {
   // of every token, the weighted rows are summed over the ranks with one all-reduce (each row is
   // non-zero on one rank only, so the sum is that row exactly), and every token adds its k rows in
   // assignment order: the outputs equal a single process's bit for bit (up to the sign of an exact
-  // zero). Forward only, any expert format (f32, bf16, executor-held), chunks must be 1.
+  // zero). Every rank must run the same forwards (moe/infer/lockstep.h sees to it). Forward only, any
+  // expert format (f32, bf16, executor-held); chunks must be 1.
   bool replicated_tokens = false;
 };
 
