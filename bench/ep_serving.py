@@ -8,7 +8,8 @@ and `moe plan --serve` predictions against the measurements.
 Per round and format: `moe bench generate --json` in one process (all threads), then under mpirun
 with each rank count (threads per rank: the cores over the ranks); medians of the rounds. Then
 `moe plan --serve --calibrate` with the one-process JSON of the median round, and the ratio of each
-prediction to the measurement. Prints a Markdown table; --json-out FILE keeps everything.
+prediction to the measurement. Prints a Markdown table; --json-out FILE keeps everything, and --from-json FILE makes the table
+(and the plan) again from those measurements without running them.
 """
 import argparse
 import json
@@ -60,14 +61,21 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--json-out")
+    ap.add_argument("--from-json", help="the --json-out of an earlier run: its measurements, the plan again")
     a = ap.parse_args()
+    earlier = None
+    if a.from_json:
+        with open(a.from_json) as f:
+            earlier = json.load(f)
     ranks = [int(x) for x in a.ranks.split(",")]
     concs = [int(x) for x in a.concurrency.split(",")]
     out = {"model": a.model, "rounds": a.rounds, "formats": {}}
     rows = []
     for fmt in a.formats.split(","):
         runs = {n: [] for n in [1] + ranks}
-        for r in range(a.rounds):
+        if earlier:
+            runs = {int(n): js for n, js in earlier["formats"][fmt]["runs"].items()}
+        for r in range(0 if earlier else a.rounds):
             for n in [1] + ranks:  # alternated: one process, then each rank count
                 runs[n].append(bench(a, fmt, n))
                 print(f"# {fmt} round {r + 1} ranks {n}: " + ", ".join(

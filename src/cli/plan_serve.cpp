@@ -6,6 +6,7 @@
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "cli/common.h"
 #include "cli/plan_inputs.h"
@@ -63,6 +64,13 @@ void add_plan_serve_flags(CLI::App* sub, PlanServeArgs& a) {
   sub->add_option("--node-gflops", a.cluster.gflops,
                   "--serve: GEMM rate of one node, GFLOP/s (default: this machine's f32 GEMM, measured)")
       ->check(in_range(0, 1e9));
+  sub->add_option("--cores", a.cluster.cores,
+                  "--serve: cores of a node, split between its ranks (default: this machine's when the node "
+                  "figures are measured, else not limited)")
+      ->check(in_range(0, 1 << 20));
+  sub->add_option("--core-gbps", a.cluster.core_gbps,
+                  "--serve: read bandwidth of one core alone, GB/s (default: measured with --cores)")
+      ->check(in_range(0, 1e6));
   sub->add_option("--mbu", a.cluster.mbu, "--serve: fraction of the read bandwidth that decoding achieves")
       ->check(above_at_most(0, 1))
       ->capture_default_str();
@@ -84,6 +92,11 @@ void add_plan_serve_flags(CLI::App* sub, PlanServeArgs& a) {
       "--serve: the JSON of `moe bench generate --json` run in one process on this machine; each "
       "concurrency it measured scales the predictions at that concurrency by measured / predicted "
       "(one rank)");
+  sub->add_option(
+         "--overhead-mib", a.overhead_mib,
+         "--serve: memory of one process beyond weights and KV cache, MiB (default: from --calibrate's "
+         "peak RSS, else 0)")
+      ->check(in_range(0, 1e9));
   sub->add_option("--node-memory-gib", a.cluster.memory_gib,
                   "--serve: memory of a node, GiB (0: not checked)")
       ->check(in_range(0, 1e9))
@@ -98,6 +111,7 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
   const model::KVDims kv = model::kv_dims(cfg);
   dist::ServeCluster c = a.cluster;
   std::string measured;
+  const bool local_cores = c.mem_gbps <= 0 && c.cores == 0 && c.core_gbps <= 0;  // a node like this one
   if (c.mem_gbps <= 0) {
     c.mem_gbps = measure_read_bandwidth(size_t{512} << 20).gb_per_s;
     measured += cat("read bandwidth ", round_sig(c.mem_gbps, 3), " GB/s");
@@ -105,6 +119,14 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
   if (c.gflops <= 0) {
     c.gflops = measure_gflops();
     measured += cat(measured.empty() ? "" : ", ", "f32 GEMM ", round_sig(c.gflops, 3), " GFLOP/s");
+  }
+  if (local_cores) {  // this machine's cores, and what one of them reads alone
+    c.cores = static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency()));
+    const int saved = num_threads();
+    set_num_threads(1);
+    c.core_gbps = measure_read_bandwidth(size_t{512} << 20).gb_per_s;
+    set_num_threads(saved);
+    measured += cat(", ", c.cores, " cores, one reads ", round_sig(c.core_gbps, 3), " GB/s");
   }
   auto predict = [&](int64_t n, int64_t b) {
     dist::ServeCluster cn = c;
@@ -115,6 +137,8 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
   };
   // Measured one-process decode step per concurrency (--calibrate).
   std::map<int64_t, double> measured_step;
+  double calib_rss_mib = 0;
+  int64_t calib_conc = 1, calib_context = 1;
   if (!a.calibrate.empty()) {
     std::ifstream in(a.calibrate, std::ios::binary);
     MOE_CHECK(in.good(), "plan --serve: cannot open --calibrate '", a.calibrate, "'");
@@ -125,12 +149,29 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
         const double tps = l.at("decode_tokens_per_s").get<double>();
         const int64_t conc = l.at("concurrency").get<int64_t>();
         if (tps > 0 && conc > 0) measured_step[conc] = static_cast<double>(conc) / tps;
+        calib_conc = std::max(calib_conc, conc);
       }
+      calib_rss_mib = j.value("peak_rss_mib", 0.0);
+      calib_context = j.value("prompt_tokens", int64_t{1}) + j.value("new_tokens", int64_t{0});
     } catch (const nlohmann::json::exception& e) {
       throw Error(cat("plan --serve: --calibrate '", a.calibrate,
                       "' is not the JSON of `moe bench generate --json`: ", e.what()));
     }
     MOE_CHECK(!j.contains("expert_parallel"), "plan --serve: --calibrate needs a one-process measurement");
+  }
+  // The process's own memory: given, or what the calibration run held beyond its weights and cache.
+  std::string overhead_from;
+  if (a.overhead_mib >= 0) {
+    c.overhead_mib = a.overhead_mib;
+  } else if (calib_rss_mib > 0) {
+    dist::ServeShape s1;
+    s1.ranks = 1, s1.concurrency = calib_conc, s1.context = calib_context;
+    s1.kv_dim = kv.hkv * (kv.k_dim + kv.v_dim);
+    dist::ServeCluster c1 = c;
+    c1.ranks_per_node = 1, c1.overhead_mib = 0;
+    const double held = dist::predict_serve(m, c1, f, s1, routing).memory_bytes() / 1048576.0;
+    c.overhead_mib = std::max(0.0, calib_rss_mib - held);
+    overhead_from = cat("; process overhead ", round_sig(c.overhead_mib, 3), " MiB (calibration's peak RSS)");
   }
   std::vector<dist::ServePrediction> rows;
   std::vector<double> scale;
@@ -170,6 +211,7 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
                                   {"dense_mib", round_sig(p.dense_bytes / MiB, 5)},
                                   {"experts_mib", round_sig(p.expert_bytes / MiB, 5)},
                                   {"kv_mib", round_sig(p.kv_bytes / MiB, 5)},
+                                  {"overhead_mib", round_sig(p.overhead_bytes / MiB, 5)},
                                   {"calibration", round_sig(scale[&p - rows.data()], 4)},
                                   {"fits", p.fits}});
     std::cout << j.dump() << std::endl;
@@ -178,7 +220,7 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
   std::printf("model %s: %.3gB params (%.3gB active), %s weights; node: %.3g GB/s x %.2f, %.4g GFLOP/s%s%s\n",
               m.name.c_str(), static_cast<double>(m.n_params()) / 1e9,
               static_cast<double>(m.n_active_params()) / 1e9, a.format.c_str(), c.mem_gbps, c.mbu, c.gflops,
-              measured.empty() ? "" : "; measured here: ", measured.c_str());
+              measured.empty() ? "" : "; measured here: ", (measured + overhead_from).c_str());
   std::printf("%5s %5s %5s %10s %9s %8s %8s %8s %8s %7s %12s %5s %6s\n", "ranks", "nodes", "conc", "tokens/s",
               "step ms", "dense", "experts", "exch", "head", "E max", "MiB per rank", "fits", "calib");
   for (size_t i = 0; i < rows.size(); ++i) {

@@ -24,6 +24,7 @@ struct PlanServeArgs {
   // the predictions at that concurrency by measured / predicted step time of one rank (the kernels'
   // efficiency at that batch, which the bandwidth model does not know).
   std::string calibrate;
+  double overhead_mib = -1;  // -1: from --calibrate's peak RSS, else 0
 };
 
 // Adds --serve and its flags to `moe plan`.

@@ -25,6 +25,11 @@ void ServeCluster::validate() const {
   MOE_CHECK(std::isfinite(shm_latency_us) && shm_latency_us >= 0 && std::isfinite(net_latency_us) &&
                 net_latency_us >= 0,
             "plan --serve: latencies must be >= 0 us");
+  MOE_CHECK(std::isfinite(overhead_mib) && overhead_mib >= 0,
+            "plan --serve: --overhead-mib must be >= 0, got ", overhead_mib);
+  MOE_CHECK(cores >= 0, "plan --serve: --cores must be >= 0, got ", cores);
+  MOE_CHECK(std::isfinite(core_gbps) && core_gbps >= 0, "plan --serve: --core-gbps must be >= 0, got ",
+            core_gbps);
   MOE_CHECK(std::isfinite(memory_gib) && memory_gib >= 0, "plan --serve: --memory-gib must be >= 0, got ",
             memory_gib);
 }
@@ -64,10 +69,18 @@ ServePrediction predict_serve(const ModelShape& m, const ServeCluster& c, const 
   p.ranks_per_node = std::min(c.ranks_per_node, s.ranks);
   p.nodes = (s.ranks + p.ranks_per_node - 1) / p.ranks_per_node;
   const double B = d(s.concurrency), dd = d(m.hidden_size);
-  // One rank's share of its node: bandwidth (bytes/s) and GEMM rate (FLOP/s).
-  const double bw = c.mem_gbps * 1e9 * c.mbu / d(p.ranks_per_node);
-  const double rate = c.gflops * 1e9 / d(p.ranks_per_node);
-  auto cost = [&](double bytes, double flops) { return std::max(bytes / bw, flops / rate); };
+  // One rank's share of its node while `active` of the node's ranks work at once: the node's
+  // bandwidth (bytes/s) and GEMM rate (FLOP/s) split between them, the bandwidth capped by what the
+  // rank's own cores draw (a rank that works alone cannot use a whole node from a few cores).
+  const double threads = c.cores > 0 ? std::max(1.0, std::floor(d(c.cores) / d(p.ranks_per_node))) : 0;
+  auto cost_shared = [&](double bytes, double flops, int64_t active) {
+    double bw = c.mem_gbps * 1e9 * c.mbu / d(std::max<int64_t>(active, 1));
+    if (c.core_gbps > 0 && threads > 0) bw = std::min(bw, threads * c.core_gbps * 1e9 * c.mbu);
+    const double rate = c.gflops * 1e9 / d(std::max<int64_t>(active, 1));
+    return std::max(bytes / bw, flops / rate);
+  };
+  // Replicated work: every rank of the node at once.
+  auto cost = [&](double bytes, double flops) { return cost_shared(bytes, flops, p.ranks_per_node); };
 
   // Every layer on every rank: attention weights and the B sequences' KV cache (scores and values).
   const double kv_read = B * d(s.context) * d(s.kv_dim) * f.kv_bytes;
@@ -114,13 +127,19 @@ ServePrediction predict_serve(const ModelShape& m, const ServeCluster& c, const 
           w[e] = 0;
         }
       }
+      // Ranks with experts to compute share their node; the others wait in the all-reduce.
+      std::vector<double> n_exp(static_cast<size_t>(s.ranks), 0), n_rows(n_exp.size(), 0);
+      std::vector<int64_t> busy(static_cast<size_t>(p.nodes), 0);
+      for (int64_t rank = 0; rank < s.ranks; ++rank) {
+        for (int64_t e = rank * El; e < (rank + 1) * El; ++e)
+          if (rows[e] > 0) n_exp[rank] += 1, n_rows[rank] += d(rows[e]);
+        if (n_exp[rank] > 0) busy[rank / p.ranks_per_node] += 1;
+      }
       double worst = 0, worst_experts = 0;
       for (int64_t rank = 0; rank < s.ranks; ++rank) {
-        double n_exp = 0, n_rows = 0;
-        for (int64_t e = rank * El; e < (rank + 1) * El; ++e)
-          if (rows[e] > 0) n_exp += 1, n_rows += d(rows[e]);
-        const double t_rank = cost(n_exp * ep_bytes, n_rows * ep_flops);
-        if (t_rank >= worst) worst = t_rank, worst_experts = n_exp;
+        const double t_rank =
+            cost_shared(n_exp[rank] * ep_bytes, n_rows[rank] * ep_flops, busy[rank / p.ranks_per_node]);
+        if (t_rank >= worst) worst = t_rank, worst_experts = n_exp[rank];
       }
       layer_s += worst, layer_max += worst_experts;
     }
@@ -142,13 +161,14 @@ ServePrediction predict_serve(const ModelShape& m, const ServeCluster& c, const 
   }
   // Rank 0 computes the head for the B sequences.
   const double head = d(m.vocab_size) * dd;
-  p.head_s = cost(head * f.dense_read, 2.0 * head * B);
+  p.head_s = cost_shared(head * f.dense_read, 2.0 * head * B, 1);  // the others wait
   p.step_s = p.dense_s + p.expert_s + p.exchange_s + p.head_s + p.announce_s;
   p.tokens_per_s = B / p.step_s;
 
   p.dense_bytes = d(m.dense_params()) * f.dense_held;
   p.expert_bytes = d(m.routed_expert_params()) / d(s.ranks) * f.expert_held;
   p.kv_bytes = B * d(s.context) * d(s.kv_dim) * d(m.num_layers) * f.kv_bytes;
+  p.overhead_bytes = c.overhead_mib * 1048576.0;
   if (c.memory_gib > 0) p.fits = p.memory_bytes() * d(p.ranks_per_node) <= c.memory_gib * 1073741824.0;
   return p;
 }

@@ -82,7 +82,9 @@ TEST(PlanServe, TwoRanksSlowestRankByMonteCarlo) {
   const ServePrediction p =
       predict_serve(tiny_model(), bytes_bound(2), serve_format("f32"), shape(2, 1), uniform(6000));
   EXPECT_NEAR(p.max_experts, 4.0 / 3.0, 0.03);
-  EXPECT_NEAR(p.expert_s, 2 * p.max_experts * 384 / 0.5e9, 1e-15);
+  // Both on one rank: it reads 768 bytes alone at the node's 1 GB/s; split: each reads 384 bytes at
+  // 0.5 GB/s. Either way 768 ns per layer.
+  EXPECT_NEAR(p.expert_s, 2 * 768e-9, 1e-15);
   EXPECT_NEAR(p.dense_s, 2 * (576 + 64) / 0.5e9, 1e-15);  // replicated: every rank reads it all
   // One all-reduce per MoE layer: 2 rows of 4 f32 = 32 bytes, ring of 2: (32 / 1 GB/s) + 2 x 1 us.
   EXPECT_NEAR(p.exchange_s, 2 * (32e-9 + 2e-6), 1e-15);
@@ -94,6 +96,18 @@ TEST(PlanServe, TwoRanksSlowestRankByMonteCarlo) {
   EXPECT_EQ(q.nodes, 2);
   EXPECT_NEAR(q.exchange_s, 2 * (32 / 0.5e9 + 2 * 10e-6), 1e-15);
   EXPECT_NEAR(q.dense_s, p.dense_s / 2, 1e-15);
+}
+
+TEST(PlanServe, OneCoreCannotDrawTheWholeNode) {
+  // 2 cores, one per rank, each drawing at most 0.6 GB/s alone: a rank holding both experts of the
+  // token reads them at 0.6 GB/s (1280 ns), a split reads each at 0.5 GB/s (768 ns).
+  ServeCluster c = bytes_bound(2);
+  c.cores = 2, c.core_gbps = 0.6;
+  const ServePrediction p = predict_serve(tiny_model(), c, serve_format("f32"), shape(2, 1), uniform(6000));
+  const double one_rank = (p.max_experts - 1.0);  // the share of trials with both on one rank
+  EXPECT_NEAR(one_rank, 1.0 / 3.0, 0.03);
+  EXPECT_NEAR(p.expert_s, 2 * (one_rank * 768 / 0.6e9 + (1 - one_rank) * 768e-9), 1e-13);
+  EXPECT_NEAR(p.head_s, 160 / 0.6e9, 1e-15);  // rank 0 alone, on its one core
 }
 
 TEST(PlanServe, BatchesShareTheWeightReads) {
@@ -147,4 +161,8 @@ TEST(PlanServe, BadInput) {
   c.mem_gbps = 0;
   expect_error([&] { predict_serve(tiny_model(), c, serve_format("f32"), shape(1, 1), uniform(8)); },
                "--mem-gbps");
+  c = bytes_bound(1);
+  c.core_gbps = -1;
+  expect_error([&] { predict_serve(tiny_model(), c, serve_format("f32"), shape(1, 1), uniform(8)); },
+               "--core-gbps");
 }

@@ -6,10 +6,11 @@
 // A decode step gives one new token to each of B sequences. Decoding is bound by memory bandwidth
 // (each weight read once per step, whatever B) until B rows make it compute-bound, so each part of
 // the step costs max(bytes / bandwidth, FLOPs / rate) on the rank that runs it, with the bandwidth and
-// rate of a node shared by its ranks. Per layer, every rank reads the attention weights and its
-// sequences' KV cache; in a MoE layer the ranks then wait for the slowest one, which reads the
-// distinct experts that the B tokens chose among its own (a Monte Carlo of the routing), and the
-// all-reduce follows. Rank 0 alone computes the output head (it samples).
+// rate of a node shared by those of its ranks that work at the same time (a rank's bandwidth capped
+// by what its own cores draw). Per layer, every rank reads the attention weights and its sequences'
+// KV cache; in a MoE layer the ranks then wait for the slowest one, which reads the distinct experts
+// that the B tokens chose among its own (a Monte Carlo of the routing) while ranks without experts
+// wait, and the all-reduce follows. Rank 0 alone computes the output head (it samples).
 #pragma once
 
 #include <cstdint>
@@ -25,11 +26,14 @@ struct ServeCluster {
   double mem_gbps = 0;         // read bandwidth of one node, GB/s (all its cores)
   double mbu = 0.65;           // fraction of mem_gbps that a step's weight reads achieve
   double gflops = 0;           // GEMM rate of one node in the weight format, GFLOP/s (achieved)
+  int64_t cores = 0;           // cores of a node, split evenly between its ranks (0: not limited)
+  double core_gbps = 0;        // read bandwidth one core draws alone, GB/s (0: not limited)
   double shm_gbps = 10;        // between ranks of one node, GB/s
   double shm_latency_us = 2;   // per message between ranks of one node
   double net_gbps = 12.5;      // between nodes, GB/s each direction (12.5 = 100 Gb/s)
   double net_latency_us = 10;  // per message between nodes
   double memory_gib = 0;       // memory of one node (0: not checked)
+  double overhead_mib = 0;     // memory of one process beyond weights and KV cache, MiB
   void validate() const;       // throws moe::Error naming the field
 };
 
@@ -61,9 +65,10 @@ struct ServePrediction {
   // 0), the announcement of the step (rank 0 to all).
   double dense_s = 0, expert_s = 0, exchange_s = 0, head_s = 0, announce_s = 0;
   double max_experts = 0;  // mean over MoE layers of the slowest rank's distinct experts
-  // Bytes held per rank: dense replica, this rank's experts, the KV cache of the B sequences.
-  double dense_bytes = 0, expert_bytes = 0, kv_bytes = 0;
-  double memory_bytes() const { return dense_bytes + expert_bytes + kv_bytes; }
+  // Bytes held per rank: dense replica, this rank's experts, the KV cache of the B sequences, and
+  // the process's own (ServeCluster::overhead_mib: runtime, buffers, libraries).
+  double dense_bytes = 0, expert_bytes = 0, kv_bytes = 0, overhead_bytes = 0;
+  double memory_bytes() const { return dense_bytes + expert_bytes + kv_bytes + overhead_bytes; }
   bool fits = true;  // within ServeCluster::memory_gib per node (always true when it is 0)
 };
 
