@@ -14,7 +14,8 @@ serve:    `moe serve` in one process and under `mpirun -np 2 ... --expert-parall
           mpirun (which ends the job itself) it ends in time.
 fault:    rank 1 of a serving job stops (SIGSTOP): the request in flight gets 503 "expert
           parallelism failed" after --comm-timeout, and the job ends by itself with a non-zero
-          exit; rank 1 is killed (SIGKILL): the job ends in time and no request hangs.
+          exit; rank 1 is killed (SIGKILL): the job ends in time and no request hangs; under
+          `mpirun --enable-recovery` the next request gets that 503 and the job ends.
 errors:   --expert-parallel without mpirun, a size other than the number of processes, a size
           that does not divide the experts, a GGUF file and a low-rank checkpoint give a clear
           error and a non-zero exit, and do not hang.
@@ -161,8 +162,10 @@ def case_generate(moe, tmp, data, model):
 class Server:
     """`moe serve --port 0` in one process (n = 1) or under mpirun with --expert-parallel n."""
 
-    def __init__(self, moe, model, n=1, *extra):
+    def __init__(self, moe, model, n=1, *extra, recovery=False):
         pre, par = ep(n)
+        if recovery:  # mpirun keeps the job when a rank dies: the server reports it
+            pre = pre[:1] + ["--enable-recovery"] + pre[1:]
         self.n = n
         self.p = subprocess.Popen(pre + [moe, "serve", "--model", model, "--port", "0", "--threads", "1", *extra, *par],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -420,6 +423,34 @@ def case_fault(moe, tmp, data, model):
         print(f"job ended: exit code {rc} after {took:.1f} s; stderr tail: {err.strip()[-300:]!r}")
         check(rc is not None, "the job still runs 30 s after rank 1 died")
         check(rc != 0, "the job exited 0 after rank 1 died")
+    finally:
+        s.kill()
+    left = s.leftovers()
+    check(not left, f"processes {left} of the job (ranks {ranks}) still ran after it ended")
+
+    # Rank 1 dies under `mpirun --enable-recovery` (the job is not ended for it): the next request
+    # gets 503 "expert parallelism failed" after --comm-timeout, and the server ends the job.
+    s = Server(moe, model, 2, "--comm-timeout", str(timeout), recovery=True)
+    ranks = {}
+    try:
+        check(s.completion("The ", 4) is not None, "a request before the fault")
+        ranks.update(s.ranks())
+        check(sorted(ranks) == [0, 1], f"ranks found in /proc: {ranks}")
+        os.kill(ranks[1], signal.SIGKILL)
+        time.sleep(0.5)
+        t0 = time.time()
+        status, j = s.request("POST", "/v1/completions", {"prompt": "A man", "max_tokens": 16, "temperature": 0},
+                              timeout=60)
+        took = time.time() - t0
+        print(f"rank 1 killed (recovery on): status {status} after {took:.2f} s: {j}")
+        check(status == 503, f"a request after rank 1 died: status {status}: {j}")
+        check(isinstance(j, dict) and "expert parallelism failed" in j["error"]["message"], f"error body {j}")
+        check(took < timeout + 15, f"the 503 took {took:.1f} s with --comm-timeout {timeout}")
+        rc = s.wait(30)
+        err = s.stderr()
+        # (mpirun --enable-recovery exits 0 after rank 0's MPI_Abort(1): Open MPI 4's status, not ours.)
+        check(rc is not None, f"the job still runs 30 s after rank 1 died; stderr: {err[-2000:]}")
+        check("expert parallelism failed" in err, f"rank 0 did not report the failure; stderr: {err[-2000:]}")
     finally:
         s.kill()
     left = s.leftovers()
