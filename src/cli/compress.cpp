@@ -1,15 +1,18 @@
-// `moe compress --model DIR --out DIR (--rank R | --ratio X) [--shared-base] [--overwrite] [--json]
-// [--threads N]`: every routed expert matrix as a truncated SVD (moe/model/low_rank.h); the result
-// loads in `moe eval`, `moe generate` and `moe serve`. docs/LOW_RANK.md.
+// `moe compress --model DIR --out DIR (--rank R | --ratio X) [--shared-base] [--calibration FILE
+// [--seq-len S] [--damping D]] [--overwrite] [--json] [--threads N]`: every routed expert matrix as a
+// truncated SVD (moe/model/low_rank.h), activation-aware with calibration text; the result loads in
+// `moe eval`, `moe generate` and `moe serve`. docs/LOW_RANK.md.
 #include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "cli/calibration_cmd.h"
 #include "cli/common.h"
 #include "cli/model_dir.h"
 #include "moe/core/error.h"
+#include "moe/infer/merge_calibrate.h"
 #include "moe/model/low_rank.h"
 
 namespace moe::cli {
@@ -18,6 +21,8 @@ namespace {
 struct CompressArgs {
   std::string model, out;
   model::CompressOptions opt;
+  std::string calibration;
+  int64_t seq_len = 0;
   bool json = false;
   int threads = 0;
 };
@@ -27,7 +32,19 @@ int run_compress(const CompressArgs& a) {
   MOE_CHECK((a.opt.rank > 0) != (a.opt.ratio > 0), "compress: give exactly one of --rank R and --ratio X");
   const std::string dir = resolve_model_dir(a.model);
   const auto t0 = std::chrono::steady_clock::now();
-  const model::CompressResult r = model::compress_checkpoint(dir, a.out, a.opt);
+  model::CompressOptions opt = a.opt;
+  model::ExpertInputMoments moments;
+  int64_t calib_tokens = 0;
+  if (!a.calibration.empty()) {  // activation-aware: the experts' input moments on the text
+    const CalibrationInput in =
+        read_calibration_input("compress", a.model, a.out, a.opt.overwrite, a.calibration);
+    model::Transformer m = model::load_pretrained(in.dir);
+    const int64_t S = calibration_seq_len("compress", a.seq_len, m.config());
+    moments = infer::measure_expert_moments(m, in.tokens, S);
+    opt.moments = &moments;
+    calib_tokens = static_cast<int64_t>(in.tokens.size());
+  }
+  const model::CompressResult r = model::compress_checkpoint(dir, a.out, opt);
   const double seconds = ms_since(t0) / 1000.0;
   const double ratio = static_cast<double>(r.expert_params_after) /
                        static_cast<double>(std::max<int64_t>(r.expert_params_before, 1));
@@ -43,6 +60,9 @@ int run_compress(const CompressArgs& a) {
                                 {"rel_error_mean", r.rel_error_mean},
                                 {"rel_error_max", r.rel_error_max},
                                 {"energy_kept_mean", r.energy_kept_mean},
+                                {"calibration_tokens", calib_tokens},
+                                {"rel_input_error_mean", r.rel_input_error_mean},
+                                {"matrices_without_rows", r.matrices_without_rows},
                                 {"file_bytes", r.file_bytes},
                                 {"seconds", round_to(seconds, 3)}}
                      .dump()
@@ -57,6 +77,12 @@ int run_compress(const CompressArgs& a) {
               static_cast<long long>(r.expert_params_after), 100.0 * ratio);
   std::printf("  relative error ||W - W'||/||W||: mean %.4f, max %.4f; energy kept (mean) %.2f%%\n",
               r.rel_error_mean, r.rel_error_max, 100.0 * r.energy_kept_mean);
+  if (opt.moments)
+    std::printf(
+        "  activation-aware (%lld calibration tokens): error on the inputs seen ||(W - W')L||/||WL|| "
+        "mean %.4f; %lld matrices without calibration rows (plain SVD)\n",
+        static_cast<long long>(calib_tokens), r.rel_input_error_mean,
+        static_cast<long long>(r.matrices_without_rows));
   std::printf("  model.safetensors %lld bytes (%.2f MiB)\n", static_cast<long long>(r.file_bytes),
               static_cast<double>(r.file_bytes) / 1048576.0);
   return kExitOk;
@@ -78,6 +104,15 @@ void register_compress(CLI::App& app, Registry& reg) {
       ->check(above_at_most(0, 1));
   c->add_flag("--shared-base", a->opt.shared_base,
               "Each MoE layer's matrix kind stores the experts' mean once; experts store rank-R deltas");
+  c->add_option("--calibration", a->calibration,
+                "Text to run the model on: each expert matrix is factorised for the inputs it sees there "
+                "(activation-aware, docs/LOW_RANK.md) instead of by its own singular values");
+  c->add_option("--seq-len", a->seq_len, "Calibration window in tokens (0: min(context, 512))")
+      ->check(in_range(0, 1 << 24));
+  c->add_option("--damping", a->opt.damping,
+                "With --calibration: added to the inputs' second moment, times its mean diagonal")
+      ->check(above_at_most(0, 1e6))
+      ->capture_default_str();
   c->add_flag("--overwrite", a->opt.overwrite, "Replace the files of a non-empty --out");
   add_threads_flag(c, a->threads);
   add_json_flag(c, a->json);

@@ -57,6 +57,13 @@ int64_t count_moe_layers(const ModelConfig& cfg) {
   return n;
 }
 
+// The index among the MoE layers of layer l (a MoE layer).
+int64_t moe_layer_index(const ModelConfig& cfg, int64_t l) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < l; ++i) n += cfg.is_moe_layer(i) ? 1 : 0;
+  return n;
+}
+
 // Σ N·K and Σ (N + K) over the kinds present, and the smallest min(N, K).
 struct KindSums {
   double nk = 0, n_plus_k = 0;
@@ -104,8 +111,27 @@ void check_dst(const fs::path& src, const fs::path& dst, bool overwrite) {
 
 // What the factorisation of one matrix reports.
 struct FactorStats {
-  double rel_error = 0, energy_kept = 0;
+  double rel_error = 0, energy_kept = 0, input_error = -1;  // input_error: -1 when not whitened
 };
+
+// Cholesky factor of the symmetric positive definite c (n, n): c = L·Lᵀ, L lower, row-major in l.
+// Returns false when a pivot is not positive.
+bool cholesky(const std::vector<double>& c, int64_t n, std::vector<double>& l) {
+  l.assign(static_cast<size_t>(n * n), 0.0);
+  for (int64_t j = 0; j < n; ++j) {
+    double diag = c[j * n + j];
+    for (int64_t q = 0; q < j; ++q) diag -= l[j * n + q] * l[j * n + q];
+    if (!(diag > 0)) return false;
+    const double ljj = std::sqrt(diag);
+    l[j * n + j] = ljj;
+    for (int64_t i = j + 1; i < n; ++i) {
+      double v = c[i * n + j];
+      for (int64_t q = 0; q < j; ++q) v -= l[i * n + q] * l[j * n + q];
+      l[i * n + j] = v / ljj;
+    }
+  }
+  return true;
+}
 
 // A (N, R) · B (R, K) + base into w (N, K), f32 (base may be null).
 void multiply_factors(const float* a, const float* b, const float* base, int64_t N, int64_t K, int64_t R,
@@ -121,6 +147,51 @@ void multiply_factors(const float* a, const float* b, const float* base, int64_t
 }
 
 }  // namespace
+
+double factors_whitened(const double* w, int64_t N, int64_t K, int64_t R, const std::vector<double>& gram,
+                        int64_t rows, double damping, std::vector<double>& A, std::vector<double>& B) {
+  MOE_CHECK(rows >= 1 && static_cast<int64_t>(gram.size()) == K * K, "compress: calibration moments of ",
+            rows, " rows and ", gram.size(), " entries for inputs of width ", K);
+  MOE_CHECK(std::isfinite(damping) && damping > 0, "compress: damping must be > 0, got ", damping);
+  std::vector<double> c(gram.size());
+  double mean_diag = 0;
+  for (int64_t i = 0; i < K; ++i) mean_diag += gram[i * K + i] / static_cast<double>(rows);
+  mean_diag /= static_cast<double>(K);
+  const double delta = damping * (mean_diag > 0 ? mean_diag : 1.0);
+  for (int64_t i = 0; i < K * K; ++i) c[i] = gram[i] / static_cast<double>(rows);
+  for (int64_t i = 0; i < K; ++i) c[i * K + i] += delta;
+  std::vector<double> L;
+  MOE_CHECK(cholesky(c, K, L), "compress: the calibration moments are not positive definite");
+  std::vector<double> wl(static_cast<size_t>(N * K), 0.0);  // W·L
+  for (int64_t i = 0; i < N; ++i)                           // (the caller runs experts in parallel)
+    for (int64_t j = 0; j < K; ++j) {
+      double v = 0;
+      for (int64_t q = j; q < K; ++q) v += w[i * K + q] * L[q * K + j];  // L[q][j] nonzero for q >= j
+      wl[i * K + j] = v;
+    }
+  std::vector<double> Bp;
+  svd::truncated_factors(wl.data(), N, K, R, A, Bp);
+  // Error on the inputs: ‖W·L − A·B'‖ / ‖W·L‖.
+  double err = 0, norm = 0;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      double ab = 0;
+      for (int64_t q = 0; q < R; ++q) ab += A[i * R + q] * Bp[q * K + j];
+      const double d = wl[i * K + j] - ab;
+      err += d * d, norm += wl[i * K + j] * wl[i * K + j];
+    }
+  // B = B'·L⁻¹: each row b solves b·L = b', from the last entry back (L lower: (b·L)_j = Σ_{i≥j} b_i L_ij).
+  B.assign(static_cast<size_t>(R * K), 0.0);
+  for (int64_t q = 0; q < R; ++q) {
+    double* b = &B[q * K];
+    for (int64_t j = K - 1; j >= 0; --j) {
+      double v = Bp[q * K + j];
+      for (int64_t i = j + 1; i < K; ++i) v -= b[i] * L[i * K + j];
+      b[j] = v / L[j * K + j];
+    }
+  }
+  return norm > 0 ? std::sqrt(err / norm) : 0.0;
+}
 
 LowRankConfig read_low_rank_config(const std::string& dir) {
   const fs::path p = fs::path(dir) / "config.json";
@@ -218,7 +289,19 @@ CompressResult compress_checkpoint(const std::string& src_dir, const std::string
     if (!expert_names.count(name)) out[name] = source.load(name);
 
   const int64_t E = cfg.num_experts;
-  double err_sum = 0, energy_sum = 0;
+  if (o.moments) {
+    const ExpertInputMoments& mo = *o.moments;
+    MOE_CHECK(static_cast<int64_t>(mo.rows.size()) == r.moe_layers && mo.d == mc.d_model && mo.F == mc.d_ff,
+              "compress: calibration moments of ", mo.rows.size(), " MoE layers (d ", mo.d, ", F ", mo.F,
+              ") for a model of ", r.moe_layers, " (d ", mc.d_model, ", F ", mc.d_ff, ")");
+    for (size_t l = 0; l < mo.rows.size(); ++l)
+      MOE_CHECK(static_cast<int64_t>(mo.rows[l].size()) == E && mo.gx[l].size() == mo.rows[l].size() &&
+                    mo.gh[l].size() == mo.rows[l].size(),
+                "compress: calibration moments of MoE layer ", l, " cover ", mo.rows[l].size(),
+                " experts, not ", E);
+  }
+  double err_sum = 0, energy_sum = 0, input_err_sum = 0;
+  int64_t n_input = 0;
   for (int64_t l = 0; l < cfg.num_hidden_layers; ++l) {
     if (!cfg.is_moe_layer(l)) continue;
     for (int k = 0; k < 3; ++k) {
@@ -251,12 +334,22 @@ CompressResult compress_checkpoint(const std::string& src_dir, const std::string
       }
       std::vector<FactorStats> st(static_cast<size_t>(E));
       std::vector<Tensor> fa(static_cast<size_t>(E)), fb(static_cast<size_t>(E));
+      // Calibration moments of this kind's inputs: x for gate and up, h for down.
+      const ExpertInputMoments* mo = o.moments;
+      const int64_t moe_index = moe_layer_index(cfg, l);
       parallel_items(E, [&](int64_t e) {
         std::vector<double> delta = w[e];
         if (!base.empty())
           for (int64_t i = 0; i < N * K; ++i) delta[i] -= base[i];
         std::vector<double> A, B, sv;
-        svd::truncated_factors(delta.data(), N, K, R, A, B, &sv);
+        const int64_t rows = mo ? mo->rows[moe_index][e] : 0;
+        if (rows > 0) {
+          const std::vector<double>& g = k == 2 ? mo->gh[moe_index][e] : mo->gx[moe_index][e];
+          st[e].input_error = factors_whitened(delta.data(), N, K, R, g, rows, o.damping, A, B);
+          sv = svd::thin_svd(delta.data(), N, K).S;  // for the energy kept, as without moments
+        } else {
+          svd::truncated_factors(delta.data(), N, K, R, A, B, &sv);
+        }
         double kept = 0, all = 0;
         for (size_t j = 0; j < sv.size(); ++j) (j < static_cast<size_t>(R) ? kept : all) += sv[j] * sv[j];
         all += kept;
@@ -280,6 +373,11 @@ CompressResult compress_checkpoint(const std::string& src_dir, const std::string
         out[low_rank_name(names[e], "lr_b")] = std::move(fb[e]);
         err_sum += st[e].rel_error;
         energy_sum += st[e].energy_kept;
+        if (st[e].input_error >= 0) {
+          input_err_sum += st[e].input_error, ++n_input;
+        } else if (o.moments) {
+          ++r.matrices_without_rows;
+        }
         r.rel_error_max = std::max(r.rel_error_max, st[e].rel_error);
         r.matrices += 1;
         r.expert_params_before += N * K;
@@ -290,6 +388,7 @@ CompressResult compress_checkpoint(const std::string& src_dir, const std::string
   }
   r.rel_error_mean = err_sum / static_cast<double>(std::max<int64_t>(r.matrices, 1));
   r.energy_kept_mean = energy_sum / static_cast<double>(std::max<int64_t>(r.matrices, 1));
+  if (n_input > 0) r.rel_input_error_mean = input_err_sum / static_cast<double>(n_input);
 
   config["low_rank_config"] = ojson{{"method", kMethod}, {"rank", R}, {"shared_base", o.shared_base}};
   std::error_code ec;

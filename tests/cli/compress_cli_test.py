@@ -84,6 +84,24 @@ def main():
             assert abs(a_["loss"] - m_["loss"]) < 1e-5 * abs(m_["loss"]), (a_, m_)
             run([moe, "generate", "--model", out, "--prompt", "The quick", "--max-tokens", "3", "--threads", "2"])
 
+        # --calibration: activation-aware factors. The text's inputs change the factors (not the
+        # plain SVD's), the error on those inputs is reported, and on the same text the model stays at
+        # least as close to the base as the plain factors of the same rank (KL, the quantity fitted).
+        cal = os.path.join(tmp, "cal")
+        j = json.loads(run([moe, "compress", "--model", base, "--out", cal, "--ratio", "0.5", "--calibration", text,
+                            "--seq-len", "32", "--json", "--threads", "2"]).stdout)
+        assert j["rank"] == 8 and j["calibration_tokens"] > 100, j
+        assert 0 < j["rel_input_error_mean"] < 1 and j["matrices_without_rows"] >= 0, j
+        plain, aware = compare(os.path.join(tmp, "half")), compare(cal)
+        assert aware["kl_mean"] < plain["kl_mean"], (aware, plain)
+        p = run([moe, "compress", "--model", base, "--out", cal, "--rank", "4", "--calibration", text,
+                 "--overwrite", "--shared-base"])
+        assert "activation-aware" in p.stdout, p.stdout
+        error([moe, "compress", "--model", base, "--out", x_cal := os.path.join(tmp, "xc"), "--rank", "4",
+               "--calibration", os.path.join(tmp, "missing.txt")], "missing.txt")
+        error([moe, "compress", "--model", base, "--out", x_cal, "--rank", "4", "--calibration", text,
+               "--damping", "0"], "--damping")
+
         # --overwrite; an output that is not empty without it
         half = os.path.join(tmp, "half")
         run([moe, "compress", "--model", base, "--out", half, "--rank", "4", "--overwrite"])

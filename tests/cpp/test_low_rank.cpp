@@ -147,6 +147,99 @@ Tensor random_tensor(const Shape& shape, uint32_t seed) {
 // LowRankExecutor against plain loops over the materialised W_e = W̄ + A_e·B_e (double sums), on rows
 // gathered from tokens, with one expert left without rows; with 1 thread the products run over all
 // experts at once, with 8 one expert per work item (few rows per thread): both paths.
+// Σ x·xᵀ (K, K) of the rows of X (n, K), and ‖(W − A·B)·xᵀ‖² summed over them.
+std::vector<double> gram_of(const std::vector<double>& X, int64_t n, int64_t K) {
+  std::vector<double> g(static_cast<size_t>(K * K), 0.0);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < K; ++j) g[i * K + j] += X[r * K + i] * X[r * K + j];
+  return g;
+}
+double output_error(const std::vector<double>& w, const std::vector<double>& A, const std::vector<double>& B,
+                    const std::vector<double>& X, int64_t n, int64_t N, int64_t K, int64_t R) {
+  double e = 0;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < N; ++i) {
+      double y = 0, yh = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        double ab = 0;
+        for (int64_t q = 0; q < R; ++q) ab += A[i * R + q] * B[q * K + k];
+        y += w[i * K + k] * X[r * K + k];
+        yh += ab * X[r * K + k];
+      }
+      e += (y - yh) * (y - yh);
+    }
+  return e;
+}
+
+TEST(LowRankWhitened, IsotropicInputsGiveThePlainTruncatedSvd) {
+  const int64_t N = 12, K = 9, R = 4;
+  const std::vector<double> w = random_matrix(N, K, 7);
+  std::vector<double> gram(static_cast<size_t>(K * K), 0.0);
+  for (int64_t i = 0; i < K; ++i) gram[i * K + i] = 50.0;  // 50 rows of E[x·xᵀ] = I
+  std::vector<double> A, B, Ap, Bp;
+  factors_whitened(w.data(), N, K, R, gram, 50, 0.01, A, B);
+  svd::truncated_factors(w.data(), N, K, R, Ap, Bp);
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t k = 0; k < K; ++k) {
+      double ab = 0, abp = 0;
+      for (int64_t q = 0; q < R; ++q) ab += A[i * R + q] * B[q * K + k], abp += Ap[i * R + q] * Bp[q * K + k];
+      EXPECT_NEAR(ab, abp, 1e-10) << i << ", " << k;
+    }
+}
+
+TEST(LowRankWhitened, InputsInASubspaceAreReproducedExactly) {
+  // Inputs span 3 of 10 dimensions: a rank-3 Ŵ fitted to them gives W·x back for every such x,
+  // where the plain rank-3 truncation of a full-rank W does not.
+  const int64_t N = 8, K = 10, R = 3, n = 40;
+  const std::vector<double> w = random_matrix(N, K, 11);
+  const std::vector<double> basis = orthonormal(K, 3, 12), coef = random_matrix(n, 3, 13);
+  std::vector<double> X(static_cast<size_t>(n * K), 0.0);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < 3; ++j) X[r * K + k] += coef[r * 3 + j] * basis[k * 3 + j];
+  std::vector<double> A, B, Ap, Bp;
+  const double rel = factors_whitened(w.data(), N, K, R, gram_of(X, n, K), n, 1e-10, A, B);
+  svd::truncated_factors(w.data(), N, K, R, Ap, Bp);
+  double y2 = 0;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < N; ++i) {
+      double y = 0;
+      for (int64_t k = 0; k < K; ++k) y += w[i * K + k] * X[r * K + k];
+      y2 += y * y;
+    }
+  EXPECT_LT(output_error(w, A, B, X, n, N, K, R), 1e-12 * y2);
+  EXPECT_GT(output_error(w, Ap, Bp, X, n, N, K, R), 1e-2 * y2);
+  EXPECT_LT(rel, 1e-4);
+}
+
+TEST(LowRankWhitened, NoWorseThanPlainOnTheCalibrationInputs) {
+  // Anisotropic inputs (scales 1 .. 10^-2 over the dimensions): the whitened factors' error on them
+  // is at most the plain truncation's, for every rank (Eckart–Young in the whitened norm; the 1e-6
+  // damping costs next to nothing).
+  const int64_t N = 16, K = 12, n = 200;
+  const std::vector<double> w = random_matrix(N, K, 21);
+  std::vector<double> X = random_matrix(n, K, 22);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t k = 0; k < K; ++k) X[r * K + k] *= std::pow(10.0, -2.0 * static_cast<double>(k) / (K - 1));
+  const std::vector<double> g = gram_of(X, n, K);
+  for (int64_t R = 1; R < K; ++R) {
+    std::vector<double> A, B, Ap, Bp;
+    factors_whitened(w.data(), N, K, R, g, n, 1e-6, A, B);
+    svd::truncated_factors(w.data(), N, K, R, Ap, Bp);
+    EXPECT_LE(output_error(w, A, B, X, n, N, K, R), output_error(w, Ap, Bp, X, n, N, K, R) * (1 + 1e-6))
+        << "rank " << R;
+  }
+}
+
+TEST(LowRankWhitened, BadMomentsAreErrors) {
+  const std::vector<double> w = random_matrix(4, 3, 1);
+  std::vector<double> A, B;
+  EXPECT_THROW(factors_whitened(w.data(), 4, 3, 2, std::vector<double>(9, 0.0), 0, 0.01, A, B), Error);
+  EXPECT_THROW(factors_whitened(w.data(), 4, 3, 2, std::vector<double>(4, 0.0), 5, 0.01, A, B), Error);
+  EXPECT_THROW(factors_whitened(w.data(), 4, 3, 2, std::vector<double>(9, 1.0), 5, 0.0, A, B), Error);
+}
+
 TEST(LowRankRunner, MatchesMaterialisedLoopsOnBothPaths) {
   MoEConfig c;
   c.d_model = 16, c.d_ff = 24, c.n_experts = 4;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "moe/infer/calibrate.h"
+#include "moe/model/low_rank.h"
 #include "moe/model/merge.h"
 #include "moe/model/transformer.h"
 
@@ -25,5 +26,12 @@ struct MergeCalibration {
 // Throws moe::Error on bad input (as measure_expert_usage) and when max_rows < 1.
 MergeCalibration measure_merge_calibration(model::Transformer& m, const std::vector<int32_t>& tokens,
                                            int64_t seq_len, int64_t max_rows);
+
+// Calibration for activation-aware low-rank experts (`moe compress --calibration`): runs the model
+// over `tokens` as measure_expert_usage does and sums, per MoE layer and expert, x·xᵀ over the layer
+// inputs routed to it and h·hᵀ over their hidden vectors (the down projection's inputs). Memory:
+// (d² + F²) doubles per expert. The same model conditions and errors as measure_merge_calibration.
+model::ExpertInputMoments measure_expert_moments(model::Transformer& m, const std::vector<int32_t>& tokens,
+                                                 int64_t seq_len);
 
 }  // namespace moe::infer

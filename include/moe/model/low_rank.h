@@ -47,11 +47,35 @@ std::string low_rank_base_name(const ModelConfig& cfg, int64_t layer, int kind);
 
 // ---- writing: `moe compress` ----
 
+// What calibration text shows of each routed expert's inputs (`moe compress --calibration`,
+// moe/infer/merge_calibrate.h measures it): per MoE layer, in layer order, and expert, the rows the
+// router sent to it, the sum of x·xᵀ over their layer inputs x (d, d), and the sum of h·hᵀ over
+// their hidden vectors h = act(gate·x) ⊙ (up·x) (F, F), the input of the down projection.
+struct ExpertInputMoments {
+  int64_t d = 0, F = 0;
+  std::vector<std::vector<int64_t>> rows;                // [layer][expert]
+  std::vector<std::vector<std::vector<double>>> gx, gh;  // [layer][expert], row-major (d, d) / (F, F)
+};
+
+// Activation-aware factors. With C = Σ x·xᵀ / n + δ·I the second moment of a matrix's inputs
+// (damped by δ = damping · mean(diag), so that an expert with few rows stays well posed) and
+// C = L·Lᵀ its Cholesky factor, the best rank-R Ŵ for the inputs seen minimises
+// E‖(W − Ŵ)·x‖² = ‖(W − Ŵ)·L‖_F²: Ŵ = [W·L]_R · L⁻¹, the truncated SVD of W·L taken back through
+// L⁻¹ (so A = A', B = B'·L⁻¹ from W·L ≈ A'·B'). An expert with no calibration rows gets the plain
+// truncated SVD. factors_whitened writes A (N, R) and B (R, K); gram is the raw Σ x·xᵀ (K, K) of
+// `rows` rows. Returns ‖(W − Ŵ)·L‖_F / ‖W·L‖_F, the relative error on the inputs.
+double factors_whitened(const double* w, int64_t N, int64_t K, int64_t R, const std::vector<double>& gram,
+                        int64_t rows, double damping, std::vector<double>& A, std::vector<double>& B);
+
 struct CompressOptions {
   int64_t rank = 0;  // > 0: this rank
   double ratio = 0;  // else: the rank of this parameter ratio, in (0, 1)
   bool shared_base = false;
   bool overwrite = false;  // replace the files of a non-empty dst
+  // Activation-aware factors from calibration moments (null: the plain truncated SVD of each W, or
+  // of W − W̄ with a shared base); damping as in factors_whitened.
+  const ExpertInputMoments* moments = nullptr;
+  double damping = 0.01;
 };
 
 struct CompressResult {
@@ -63,7 +87,11 @@ struct CompressResult {
   double rel_error_mean = 0;         // ‖W − Ŵ‖_F / ‖W‖_F over the expert matrices (in double)
   double rel_error_max = 0;
   double energy_kept_mean = 0;  // Σ_{i<R} σ_i² / Σ σ_i² of what was factorised (W or W − W̄)
-  int64_t file_bytes = 0;       // dst/model.safetensors
+  // With moments: mean over the expert matrices with calibration rows of ‖(W − Ŵ)·L‖_F / ‖W·L‖_F, the
+  // error on the inputs seen (-1 without moments), and how many matrices had no rows (plain SVD).
+  double rel_input_error_mean = -1;
+  int64_t matrices_without_rows = 0;
+  int64_t file_bytes = 0;  // dst/model.safetensors
 };
 
 // Reads the checkpoint in src_dir (f32, bf16 or f16 experts), factorises every routed expert matrix
