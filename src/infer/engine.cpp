@@ -262,6 +262,12 @@ struct Engine::Impl {
       fail_all(cat("expert parallelism failed, the engine stopped: ", e.what()));
       return;
     } catch (const std::exception& e) {
+      if (opt.lockstep) {  // the other ranks may be in another collective now: no way back in step
+        opt.lockstep->mark_failed();
+        fail_all(cat("expert parallelism failed, the engine stopped: a forward pass failed on rank 0: ",
+                     e.what()));
+        return;
+      }
       // Requests are validated at submit, so this is unexpected: fail the batch, keep serving.
       for (Seq* s : order) {
         finish_seq(*s, "error", cat("forward pass failed: ", e.what()));

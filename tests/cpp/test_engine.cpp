@@ -9,8 +9,10 @@
 
 #include "moe/core/error.h"
 #include "moe/core/rng.h"
+#include "moe/dist/comm.h"
 #include "moe/infer/engine.h"
 #include "moe/infer/generate.h"
+#include "moe/infer/lockstep.h"
 #include "moe/infer/sampler.h"
 
 using namespace moe;
@@ -301,6 +303,60 @@ TEST(Engine, DestructionCancelsPendingRequests) {
   killer.join();
   EXPECT_EQ(finished.load(), 3);
   for (int i = 0; i < 3; ++i) EXPECT_EQ(reasons[i], "cancelled") << i;
+}
+
+namespace {
+// A world of one rank whose broadcasts fail (dist::CommError, as a timed-out peer gives) from the
+// n-th on: what the engine's lockstep meets when another rank stops answering.
+class FailingComm : public moe::dist::Communicator {
+ public:
+  explicit FailingComm(int ok_broadcasts) : ok_(ok_broadcasts), self_(moe::dist::self_communicator()) {}
+  int rank() const override { return 0; }
+  int size() const override { return 2; }  // a leader with one (imaginary) follower
+  std::string backend() const override { return "test"; }
+  std::string name() const override { return "failing"; }
+  void alltoallv(const void* s, const std::vector<int64_t>& sc, void* r, const std::vector<int64_t>& rc,
+                 moe::DType t) override {
+    self_->alltoallv(s, sc, r, rc, t);
+  }
+  std::vector<int64_t> exchange_counts(const std::vector<int64_t>& c) override { return c; }
+  void allreduce(void*, int64_t, moe::DType, moe::dist::ReduceOp) override {}
+  void broadcast(void*, int64_t, moe::DType, int) override {
+    if (calls_++ >= ok_)
+      throw moe::dist::CommError("broadcast on communicator 'failing' timed out after 1 s");
+  }
+  void allgather(const void*, void*, int64_t, moe::DType) override {}
+  void barrier() override {}
+  std::unique_ptr<Communicator> split(int, int, const std::string&) override { return nullptr; }
+  [[noreturn]] void abort_job(int code) override { std::exit(code); }
+
+ private:
+  int ok_, calls_ = 0;
+  std::unique_ptr<Communicator> self_;
+};
+}  // namespace
+
+TEST(Engine, LockstepFailureIsFatal) {
+  // The pool announcement and 2 forward passes (header + payload each) go through; the third fails.
+  auto comm = std::make_shared<FailingComm>(1 + 2 * 2);
+  EngineOptions o = engine_options(512, 2, 8);
+  o.lockstep = std::make_shared<Lockstep>(comm);
+  std::atomic<int> fatal_calls{0};
+  o.on_fatal = [&](const std::string& what) {
+    EXPECT_NE(what.find("expert parallelism failed"), std::string::npos) << what;
+    ++fatal_calls;
+  };
+  Engine eng(model_f32(), o);
+  std::vector<Request> reqs = {greedy(3, 10, 1), greedy(4, 10, 2)};
+  const std::vector<Finished> fin = eng.run_all(reqs);
+  for (const Finished& f : fin) {
+    EXPECT_EQ(f.finish_reason, "error");
+    EXPECT_NE(f.error.find("timed out"), std::string::npos) << f.error;
+  }
+  EXPECT_EQ(fatal_calls.load(), 1);
+  EXPECT_TRUE(o.lockstep->failed());
+  EXPECT_NE(eng.fatal_error().find("expert parallelism failed"), std::string::npos);
+  EXPECT_THROW(eng.submit(greedy(3, 2, 3)), EngineFailed);
 }
 
 TEST(Sampler, PenaltiesByHand) {
