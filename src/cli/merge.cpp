@@ -21,6 +21,7 @@ struct MergeArgs {
   std::string model, calibration, out, router = "pivot", align = "weights", shares = "usage";
   int64_t keep = 0, seq_len = 0, rows = 2048;
   double routing_weight = 0.5;
+  double refit_down = 0;  // damping of the down-projection refit; 0: off
   bool overwrite = false, json = false;
   int threads = 0;
 };
@@ -40,8 +41,9 @@ int run_merge(const MergeArgs& a) {
   opt.router = a.router == "average" ? model::MergeRouter::Average : model::MergeRouter::Pivot;
   opt.align = a.align == "none" ? model::MergeAlign::None : model::MergeAlign::Weights;
   opt.shares = a.shares == "usage-sim" ? model::MergeShares::UsageSimilarity : model::MergeShares::Usage;
+  opt.refit_damping = a.refit_down;
   const model::MergePlan plan = model::plan_merge(m, cal.usage, cal.rows, a.keep, opt);
-  const model::Transformer merged = model::merge_experts(m, plan);
+  const model::Transformer merged = model::merge_experts(m, plan, &cal.rows);
   model::save_pretrained(merged, a.out);
   copy_tokenizer_files(in.tokenizer, a.out);
   const int64_t rows = cal.rows.empty() ? 0 : cal.rows[0].n;
@@ -76,6 +78,7 @@ int run_merge(const MergeArgs& a) {
                                 {"router", a.router},
                                 {"align", a.align},
                                 {"shares", a.shares},
+                                {"refit_down", a.refit_down},
                                 {"groups_reset", plan.groups_reset},
                                 {"layers", layers}}
                      .dump()
@@ -135,6 +138,11 @@ void register_merge(CLI::App& app, Registry& reg) {
       ->capture_default_str()
       ->check(CLI::IsMember({"usage", "usage-sim"}));
   add_threads_flag(c, a->threads);
+  c->add_option("--refit-down", a->refit_down,
+                "Refit each merged expert's down projection to its members' outputs on the calibration rows, "
+                "pulled toward the average with this damping (e.g. 0.1; 0 = plain average; docs/MERGING.md)")
+      ->check(in_range(0, 1e6))
+      ->capture_default_str();
   c->add_flag("--overwrite", a->overwrite, "Replace a checkpoint already in --out");
   add_json_flag(c, a->json);
   c->callback([&reg, a] { reg.action = [a] { return run_merge(*a); }; });

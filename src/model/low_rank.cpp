@@ -114,25 +114,6 @@ struct FactorStats {
   double rel_error = 0, energy_kept = 0, input_error = -1;  // input_error: -1 when not whitened
 };
 
-// Cholesky factor of the symmetric positive definite c (n, n): c = L·Lᵀ, L lower, row-major in l.
-// Returns false when a pivot is not positive.
-bool cholesky(const std::vector<double>& c, int64_t n, std::vector<double>& l) {
-  l.assign(static_cast<size_t>(n * n), 0.0);
-  for (int64_t j = 0; j < n; ++j) {
-    double diag = c[j * n + j];
-    for (int64_t q = 0; q < j; ++q) diag -= l[j * n + q] * l[j * n + q];
-    if (!(diag > 0)) return false;
-    const double ljj = std::sqrt(diag);
-    l[j * n + j] = ljj;
-    for (int64_t i = j + 1; i < n; ++i) {
-      double v = c[i * n + j];
-      for (int64_t q = 0; q < j; ++q) v -= l[i * n + q] * l[j * n + q];
-      l[i * n + j] = v / ljj;
-    }
-  }
-  return true;
-}
-
 // A (N, R) · B (R, K) + base into w (N, K), f32 (base may be null).
 void multiply_factors(const float* a, const float* b, const float* base, int64_t N, int64_t K, int64_t R,
                       float* w) {
@@ -161,7 +142,7 @@ double factors_whitened(const double* w, int64_t N, int64_t K, int64_t R, const 
   for (int64_t i = 0; i < K * K; ++i) c[i] = gram[i] / static_cast<double>(rows);
   for (int64_t i = 0; i < K; ++i) c[i * K + i] += delta;
   std::vector<double> L;
-  MOE_CHECK(cholesky(c, K, L), "compress: the calibration moments are not positive definite");
+  MOE_CHECK(svd::cholesky(c, K, L), "compress: the calibration moments are not positive definite");
   std::vector<double> wl(static_cast<size_t>(N * K), 0.0);  // W·L
   for (int64_t i = 0; i < N; ++i)                           // (the caller runs experts in parallel)
     for (int64_t j = 0; j < K; ++j) {

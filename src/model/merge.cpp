@@ -7,9 +7,11 @@
 #include <map>
 
 #include "model/assignment.h"
+#include "model/svd.h"
 #include "moe/core/error.h"
 #include "moe/kernels/ops.h"
 #include "moe/model/prune.h"
+#include "moe/moe/router.h"
 
 namespace moe::model {
 
@@ -138,6 +140,81 @@ std::vector<double> output_gram(const MoELayer& layer, const LayerRows& rows) {
   return g;
 }
 
+// The refit of merge_experts (MergeOptions::refit_damping): the down projection of merged expert j
+// (gate, up (F, d) and the averaged down (d, F), overwritten) fitted to its members' outputs on the
+// calibration rows X (n, d) by their original routing.
+void refit_down(const MoELayer& ml, const std::vector<double>& Wg, const std::vector<double>& Wu,
+                const std::vector<double>& Wd, const LayerRows& rows, const Routing& routing,
+                const std::vector<int64_t>& group, const std::vector<double>& gate,
+                const std::vector<double>& up, double damping, std::vector<double>& down) {
+  const MoEConfig& mc = ml.config();
+  const int64_t d = mc.d_model, F = mc.d_ff;
+  auto silu = [](double v) { return v / (1.0 + std::exp(-v)); };
+  // h = silu(G·x) ⊙ (U·x) of an expert's (F, d) gate and up.
+  auto hidden = [&](const double* G, const double* U, const float* x, std::vector<double>& h) {
+    h.assign(static_cast<size_t>(F), 0.0);
+    for (int64_t u = 0; u < F; ++u) {
+      double g = 0, v = 0;
+      for (int64_t k = 0; k < d; ++k) g += G[u * d + k] * x[k], v += U[u * d + k] * x[k];
+      h[u] = silu(g) * v;
+    }
+  };
+  std::vector<double> H(static_cast<size_t>(F * F), 0.0), YH(static_cast<size_t>(d * F), 0.0);
+  std::vector<double> h, he, y(static_cast<size_t>(d));
+  const int32_t* ex = routing.expert.data<int32_t>();
+  const int32_t* tok = routing.token.data<int32_t>();
+  const uint8_t* kept = routing.kept.data<uint8_t>();
+  const float* w = routing.weight.data<float>();
+  double total = 0;
+  for (int64_t a = 0; a < routing.n_assign; ++a) {
+    const int64_t e = ex[a];
+    if (!kept[a] || std::find(group.begin(), group.end(), e) == group.end() || !(w[a] > 0)) continue;
+    const float* x = rows.x.data() + static_cast<int64_t>(tok[a]) * d;
+    hidden(gate.data(), up.data(), x, h);
+    hidden(Wg.data() + e * F * d, Wu.data() + e * F * d, x, he);
+    const double* De = Wd.data() + e * d * F;
+    for (int64_t i = 0; i < d; ++i) {
+      double v = 0;
+      for (int64_t u = 0; u < F; ++u) v += De[i * F + u] * he[u];
+      y[i] = v;
+    }
+    const double wa = w[a];
+    total += wa;
+    for (int64_t u = 0; u < F; ++u) {
+      const double wh = wa * h[u];
+      for (int64_t v = 0; v <= u; ++v) H[u * F + v] += wh * h[v];
+    }
+    for (int64_t i = 0; i < d; ++i)
+      for (int64_t u = 0; u < F; ++u) YH[i * F + u] += wa * y[i] * h[u];
+  }
+  if (total <= 0) return;  // no calibration row reached the group: keep the average
+  double mean_diag = 0;
+  for (int64_t u = 0; u < F; ++u) mean_diag += H[u * F + u];
+  mean_diag /= static_cast<double>(F);
+  const double lambda = damping * (mean_diag > 0 ? mean_diag : 1.0);
+  for (int64_t u = 0; u < F; ++u) {
+    for (int64_t v = 0; v < u; ++v) H[v * F + u] = H[u * F + v];
+    H[u * F + u] += lambda;
+  }
+  // W (H + λI) = YH + λ W̄, row by row: (H + λI) is symmetric, so each row r solves (H + λI) rᵀ = bᵀ.
+  std::vector<double> L;
+  MOE_CHECK(svd::cholesky(H, F, L), "merge: the refit's normal equations are not positive definite");
+  std::vector<double> b(static_cast<size_t>(F)), z(static_cast<size_t>(F));
+  for (int64_t i = 0; i < d; ++i) {
+    for (int64_t u = 0; u < F; ++u) b[u] = YH[i * F + u] + lambda * down[i * F + u];
+    for (int64_t u = 0; u < F; ++u) {  // L z = b
+      double v = b[u];
+      for (int64_t q = 0; q < u; ++q) v -= L[u * F + q] * z[q];
+      z[u] = v / L[u * F + u];
+    }
+    for (int64_t u = F - 1; u >= 0; --u) {  // Lᵀ r = z
+      double v = z[u];
+      for (int64_t q = u + 1; q < F; ++q) v -= L[q * F + u] * down[i * F + q];
+      down[i * F + u] = v / L[u * F + u];
+    }
+  }
+}
+
 }  // namespace
 
 std::vector<double> expert_similarity(const MoELayer& layer, const LayerRows& rows, double routing_weight) {
@@ -263,7 +340,9 @@ std::vector<int64_t> align_units(const MoELayer& layer, int64_t ref, int64_t oth
   return solve_assignment(S, F);
 }
 
-Transformer merge_experts(const Transformer& m, const MergePlan& plan) {
+Transformer merge_experts(const Transformer& m, const MergePlan& plan, const std::vector<LayerRows>* rows) {
+  const bool refit = plan.options.refit_damping > 0;
+  MOE_CHECK(!refit || rows, "merge: the down-projection refit needs the calibration rows");
   const ModelConfig& c = m.config();
   const ModelConfig& pc = plan.config;
   const int64_t K = pc.num_experts;
@@ -301,6 +380,25 @@ Transformer merge_experts(const Transformer& m, const MergePlan& plan) {
     const std::vector<double> Rb = bias ? values_as<double>(p.router_bias) : std::vector<double>();  // (E)
     std::vector<double> router(static_cast<size_t>(K * d), 0.0), rbias(static_cast<size_t>(K), 0.0);
     const std::string pre = moe_prefix(c, l);
+    // The refit's rows and their routing by the original router.
+    const LayerRows* lr = nullptr;
+    Routing routing;
+    if (refit) {
+      MOE_CHECK(mc.activation == kernels::Activation::SwiGLU,
+                "merge: the down-projection refit needs SwiGLU experts");
+      MOE_CHECK(li - 1 < rows->size() && (*rows)[li - 1].layer == l && (*rows)[li - 1].d == d,
+                "merge: no calibration rows for MoE layer ", l);
+      lr = &(*rows)[li - 1];
+      Tensor logits = Tensor::zeros({lr->n, E}, DType::F32);  // X · router_wᵀ
+      float* z = logits.data<float>();
+      for (int64_t t = 0; t < lr->n; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+          double v = 0;
+          for (int64_t k = 0; k < d; ++k) v += static_cast<double>(lr->x[t * d + k]) * Rw[e * d + k];
+          z[t * E + e] = static_cast<float>(v);
+        }
+      routing = route(mc, logits, p.router_bias.to(DType::F32), nullptr, kernels::Backend::Cpu);
+    }
     for (int64_t j = 0; j < K; ++j) {
       const std::vector<int64_t>& g = lm.groups[j];
       const std::vector<double>& s = lm.shares[j];
@@ -324,6 +422,8 @@ Transformer merge_experts(const Transformer& m, const MergePlan& plan) {
           }
         }
       }
+      if (refit && lr->n > 0)
+        refit_down(*ml, Wg, Wu, Wd, *lr, routing, g, gate, up, plan.options.refit_damping, down);
       const std::string ex = cat(pre, ".experts.", j, ".");
       sd[ex + suffix[0]] = Tensor::from(gate, {F, d}, m.dtype());
       sd[ex + suffix[1]] = Tensor::from(up, {F, d}, m.dtype());

@@ -248,4 +248,21 @@ void truncated_factors(const double* w, int64_t N, int64_t K, int64_t R, std::ve
   }
 }
 
+bool cholesky(const std::vector<double>& c, int64_t n, std::vector<double>& l) {
+  l.assign(static_cast<size_t>(n * n), 0.0);
+  for (int64_t j = 0; j < n; ++j) {
+    double diag = c[j * n + j];
+    for (int64_t q = 0; q < j; ++q) diag -= l[j * n + q] * l[j * n + q];
+    if (!(diag > 0)) return false;
+    const double ljj = std::sqrt(diag);
+    l[j * n + j] = ljj;
+    for (int64_t i = j + 1; i < n; ++i) {
+      double v = c[i * n + j];
+      for (int64_t q = 0; q < j; ++q) v -= l[i * n + q] * l[j * n + q];
+      l[i * n + j] = v / ljj;
+    }
+  }
+  return true;
+}
+
 }  // namespace moe::model::svd

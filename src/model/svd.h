@@ -39,4 +39,8 @@ ThinSvd thin_svd(const double* w, int64_t N, int64_t K);  // w: (N, K) row-major
 void truncated_factors(const double* w, int64_t N, int64_t K, int64_t R, std::vector<double>& A,
                        std::vector<double>& B, std::vector<double>* singular = nullptr);
 
+// Cholesky factor of the symmetric positive definite c (n, n), row-major: c = L·Lᵀ with L lower,
+// row-major in l. Returns false (l unspecified) when a pivot is not positive.
+bool cholesky(const std::vector<double>& c, int64_t n, std::vector<double>& l);
+
 }  // namespace moe::model::svd

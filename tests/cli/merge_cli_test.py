@@ -86,6 +86,20 @@ def main():
                                 "--seq-len", "32", "--overwrite", "--json"] + extra).stdout)
             assert all(len(l["groups"]) == 2 for l in v["layers"]), (extra, v)
 
+        # --refit-down: the same groups, a different down projection, closer to the base on the text
+        # it was fitted on
+        def kl(model):
+            return json.loads(run([moe, "eval", "--model", model, "--data", calib, "--compare", base, "--seq-len", "32",
+                                   "--json"]).stdout)["kl_mean"]
+        avg = os.path.join(tmp, "avg")
+        refit = os.path.join(tmp, "refit")
+        a_ = json.loads(run([moe, "merge", "--model", base, "--keep", "4", "--calibration", calib, "--out", avg,
+                             "--seq-len", "32", "--router", "average", "--json"]).stdout)
+        r_ = json.loads(run([moe, "merge", "--model", base, "--keep", "4", "--calibration", calib, "--out", refit,
+                             "--seq-len", "32", "--router", "average", "--refit-down", "0.1", "--json"]).stdout)
+        assert r_["refit_down"] == 0.1 and [l["groups"] for l in r_["layers"]] == [l["groups"] for l in a_["layers"]]
+        assert kl(refit) < kl(avg), (kl(refit), kl(avg))
+
         # bad input: exit 2, one line
         out = os.path.join(tmp, "x")
         error([moe, "merge", "--model", base, "--keep", "8", "--calibration", calib, "--out", out], "--keep 8")
@@ -101,6 +115,8 @@ def main():
                "--routing-weight", "2"], "--routing-weight")
         error([moe, "merge", "--model", base, "--keep", "4", "--calibration", calib, "--out", out,
                "--shares", "equal"], "--shares")
+        error([moe, "merge", "--model", base, "--keep", "4", "--calibration", calib, "--out", out,
+               "--refit-down", "-1"], "--refit-down")
         print("merge_cli_test: ok")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

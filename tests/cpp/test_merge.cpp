@@ -185,6 +185,84 @@ TEST(Merge, PermutedExpertsMergeIntoExactlyThatExpert) {
   }
 }
 
+TEST(Merge, RefitKeepsAnExactMergeExact) {
+  // Members that are permutations of their pivot: the merged gate and up are the pivot's, every
+  // member's output is the pivot's, so the refit's least squares has its zero at the pivot's down.
+  ModelConfig c = tiny_config(Arch::Mixtral);
+  Transformer m = f32_valued_model(c, 23);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    MoELayer& ml = *m.mutable_moe_layer(l);
+    set_permuted_expert(ml, 0, 1, random_perm(ml.config().d_ff, 110 + l), 1.0);
+    set_permuted_expert(ml, 2, 3, random_perm(ml.config().d_ff, 210 + l), 1.0);
+  }
+  MergeOptions o;
+  o.refit_damping = 0.1;
+  const std::vector<LayerRows> rows = random_rows(m, 60, 5);
+  const MergePlan plan = plan_merge(m, usage_of(m, {3.0, 1.0, 1.5, 0.5}), rows, 2, o);
+  const Transformer merged = merge_experts(m, plan, &rows);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    for (int64_t j = 0; j < 2; ++j) {
+      const std::vector<double> a = expert_values(m.moe_layer(l)->params().w_down, 2 * j);
+      const std::vector<double> b = expert_values(merged.moe_layer(l)->params().w_down, j);
+      for (size_t i = 0; i < a.size(); ++i)
+        ASSERT_NEAR(b[i], a[i], 1e-9 * (1 + std::fabs(a[i]))) << l << " " << j;
+    }
+  EXPECT_NE(error_of([&] { merge_experts(m, plan); }), "");  // a refit without rows
+}
+
+TEST(Merge, RefitLowersTheMembersOutputError) {
+  // Random experts: on the calibration rows, Σ_a w_a |f_merged(x_a) − f_e(x_a)|² over the
+  // assignments to a group's members is lower after the refit than for the plain average.
+  const ModelConfig c = tiny_config(Arch::Mixtral);
+  const Transformer m = f32_valued_model(c, 41);
+  const std::vector<LayerRows> rows = random_rows(m, 200, 9);
+  MergeOptions o;
+  const MergePlan plain_plan = plan_merge(m, usage_of(m, {3.0, 1.0, 1.5, 0.5}), rows, 2, o);
+  o.refit_damping = 0.01;
+  const MergePlan refit_plan = plan_merge(m, usage_of(m, {3.0, 1.0, 1.5, 0.5}), rows, 2, o);
+  const Transformer plain = merge_experts(m, plain_plan), refit = merge_experts(m, refit_plan, &rows);
+  // f(x) of expert e of a layer's (E, F, d) / (E, d, F) tensors, SwiGLU, in double.
+  auto ffn = [](const MoEParams& p, int64_t e, const float* x, int64_t d, int64_t F) {
+    const std::vector<double> g = expert_values(p.w_gate, e), u = expert_values(p.w_up, e),
+                              dn = expert_values(p.w_down, e);
+    std::vector<double> h(static_cast<size_t>(F)), y(static_cast<size_t>(d), 0.0);
+    for (int64_t i = 0; i < F; ++i) {
+      double a = 0, b = 0;
+      for (int64_t k = 0; k < d; ++k) a += g[i * d + k] * x[k], b += u[i * d + k] * x[k];
+      h[i] = a / (1 + std::exp(-a)) * b;
+    }
+    for (int64_t k = 0; k < d; ++k)
+      for (int64_t i = 0; i < F; ++i) y[k] += dn[k * F + i] * h[i];
+    return y;
+  };
+  for (size_t li = 0; li < rows.size(); ++li) {
+    const int64_t l = rows[li].layer, d = c.hidden_size, F = m.moe_layer(l)->config().d_ff;
+    const MoEParams& p = m.moe_layer(l)->params();
+    const Tensor x =
+        Tensor::from(std::vector<double>(rows[li].x.begin(), rows[li].x.end()), {rows[li].n, d}, DType::F64);
+    const Routing r = m.moe_layer(l)->forward(x, {}).routing;  // the original router's choices
+    double err_plain = 0, err_refit = 0;
+    for (int64_t a = 0; a < r.n_assign; ++a) {
+      const int64_t e = r.expert.data<int32_t>()[a], t = r.token.data<int32_t>()[a];
+      const double w = r.weight.to(DType::F64).data<double>()[a];
+      int64_t j = 0;
+      for (; j < 2; ++j) {
+        const std::vector<int64_t>& g = refit_plan.layers[li].groups[j];
+        if (std::find(g.begin(), g.end(), e) != g.end()) break;
+      }
+      const float* xt = rows[li].x.data() + t * d;
+      const std::vector<double> want = ffn(p, e, xt, d, F);
+      const std::vector<double> a0 = ffn(plain.moe_layer(l)->params(), j, xt, d, F);
+      const std::vector<double> a1 = ffn(refit.moe_layer(l)->params(), j, xt, d, F);
+      for (int64_t k = 0; k < d; ++k) {
+        err_plain += w * (a0[k] - want[k]) * (a0[k] - want[k]);
+        err_refit += w * (a1[k] - want[k]) * (a1[k] - want[k]);
+      }
+    }
+    EXPECT_LT(err_refit, 0.9 * err_plain) << "layer " << l;
+  }
+}
+
 TEST(Merge, UsageSharesWeightTheAverageAndTheRouterRows) {
   const ModelConfig c = tiny_config(Arch::Mixtral);
   Transformer m = f32_valued_model(c, 31);

@@ -45,6 +45,13 @@ struct MergeOptions {
   MergeRouter router = MergeRouter::Pivot;
   MergeAlign align = MergeAlign::Weights;
   MergeShares shares = MergeShares::Usage;
+  // Refit each merged expert's down projection on the calibration rows (merge_experts with rows):
+  // with the merged gate and up fixed, W_down minimises
+  //   Σ_a w_a · |W_down · h_g(x_a) − f_e(x_a)|² + λ · |W_down − W̄_down|²
+  // over the rows' assignments a to any member e of the group (w_a their routing weight, f_e the
+  // member's original FFN, h_g the merged hidden vector, W̄_down the averaged down projection),
+  // λ = refit_damping · the mean diagonal of Σ_a w_a · h·hᵀ. 0 = no refit (the plain average).
+  double refit_damping = 0;
 };
 
 struct LayerMerge {
@@ -94,6 +101,9 @@ std::vector<int64_t> align_units(const MoELayer& layer, int64_t ref, int64_t oth
 // for W in w_gate, w_up, w_down, P_i the alignment of member i to the pivot (identity for the pivot
 // and with MergeAlign::None); its router row and bias per plan.options.router. Throws when the plan
 // does not match m.
-Transformer merge_experts(const Transformer& m, const MergePlan& plan);
+// rows (one per MoE layer, as plan_merge's): the calibration rows for plan.options.refit_damping > 0
+// (required then, ignored otherwise). SwiGLU experts only for the refit.
+Transformer merge_experts(const Transformer& m, const MergePlan& plan,
+                          const std::vector<LayerRows>* rows = nullptr);
 
 }  // namespace moe::model
