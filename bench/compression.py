@@ -34,6 +34,8 @@ def variants(keep_half, keep_quarter):
     merge = lambda k: ("merge", ["--keep", str(k), "--calibration", "{calib}", "--shares", "usage-sim",
                                  "--router", "average"])
     merge_defaults = lambda k: ("merge", ["--keep", str(k), "--calibration", "{calib}"])
+    merge_refit = lambda k: ("merge", ["--keep", str(k), "--calibration", "{calib}", "--shares", "usage-sim",
+                                       "--router", "average", "--refit-down", "0.1"])
     low_rank = lambda r, *extra: ("compress", ["--ratio", str(r), *extra])
     h, q = keep_half, keep_quarter
     return {
@@ -44,13 +46,18 @@ def variants(keep_half, keep_quarter):
         f"merge {h}": [merge(h)],
         f"merge {q}": [merge(q)],
         f"merge {h} defaults": [merge_defaults(h)],
+        f"merge {h} refit": [merge_refit(h)],
+        f"merge {q} refit": [merge_refit(q)],
         "low-rank 0.5": [low_rank(0.5)],
         "low-rank 0.25": [low_rank(0.25)],
         "low-rank 0.5 shared base": [low_rank(0.5, "--shared-base")],
         "low-rank 0.25 shared base": [low_rank(0.25, "--shared-base")],
+        "low-rank 0.5 calibrated": [low_rank(0.5, "--calibration", "{calib}")],
+        "low-rank 0.25 calibrated": [low_rank(0.25, "--calibration", "{calib}")],
         f"prune {h} + int8": [prune(h), q8],
         f"merge {h} + int8": [merge(h), q8],
         f"merge {h} + int4": [merge(h), q4],
+        f"merge {h} refit + int4": [merge_refit(h), q4],
         f"prune {h} + int4": [prune(h), q4],
     }
 
@@ -177,7 +184,7 @@ def main():
     p.add_argument("--moe", default="build/moe")
     p.add_argument("--base", required=True, help="the base model folder")
     p.add_argument("--work", required=True, help="folder for the compressed variants")
-    p.add_argument("--calibration", required=True, help="calibration text for prune and merge")
+    p.add_argument("--calibration", required=True, help="calibration text for prune, merge and calibrated low rank")
     p.add_argument("--data", required=True, help="held-out text or token shard for eval --compare")
     p.add_argument("--student", action="append", default=[], help="NAME=DIR of a trained student to compare too")
     p.add_argument("--only", default="", help="comma-separated variant names")
