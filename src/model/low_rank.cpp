@@ -57,6 +57,25 @@ int64_t count_moe_layers(const ModelConfig& cfg) {
   return n;
 }
 
+// ‖X − A·B‖_F² of X (N, K), A (N, R), B (R, K), and Σ x² of n values, in double.
+double residual_sq(const double* X, const std::vector<double>& A, const std::vector<double>& B, int64_t N,
+                   int64_t K, int64_t R) {
+  double err = 0;
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      double ab = 0;
+      for (int64_t q = 0; q < R; ++q) ab += A[i * R + q] * B[q * K + j];
+      const double d = X[i * K + j] - ab;
+      err += d * d;
+    }
+  return err;
+}
+double sum_sq(const double* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += x[i] * x[i];
+  return s;
+}
+
 // The index among the MoE layers of layer l (a MoE layer).
 int64_t moe_layer_index(const ModelConfig& cfg, int64_t l) {
   int64_t n = 0;
@@ -153,14 +172,7 @@ double factors_whitened(const double* w, int64_t N, int64_t K, int64_t R, const 
   std::vector<double> Bp;
   svd::truncated_factors(wl.data(), N, K, R, A, Bp);
   // Error on the inputs: ‖W·L − A·B'‖ / ‖W·L‖.
-  double err = 0, norm = 0;
-  for (int64_t i = 0; i < N; ++i)
-    for (int64_t j = 0; j < K; ++j) {
-      double ab = 0;
-      for (int64_t q = 0; q < R; ++q) ab += A[i * R + q] * Bp[q * K + j];
-      const double d = wl[i * K + j] - ab;
-      err += d * d, norm += wl[i * K + j] * wl[i * K + j];
-    }
+  const double err = residual_sq(wl.data(), A, Bp, N, K, R), norm = sum_sq(wl.data(), N * K);
   // B = B'·L⁻¹: each row b solves b·L = b', from the last entry back (L lower: (b·L)_j = Σ_{i≥j} b_i L_ij).
   B.assign(static_cast<size_t>(R * K), 0.0);
   for (int64_t q = 0; q < R; ++q) {
@@ -335,15 +347,7 @@ CompressResult compress_checkpoint(const std::string& src_dir, const std::string
         for (size_t j = 0; j < sv.size(); ++j) (j < static_cast<size_t>(R) ? kept : all) += sv[j] * sv[j];
         all += kept;
         // ‖W − (W̄ + A·B)‖_F / ‖W‖_F, all in double.
-        double err = 0, norm = 0;
-        for (int64_t i = 0; i < N; ++i)
-          for (int64_t j = 0; j < K; ++j) {
-            double ab = 0;
-            for (int64_t q = 0; q < R; ++q) ab += A[i * R + q] * B[q * K + j];
-            const double d = delta[i * K + j] - ab;
-            err += d * d;
-            norm += w[e][i * K + j] * w[e][i * K + j];
-          }
+        const double err = residual_sq(delta.data(), A, B, N, K, R), norm = sum_sq(w[e].data(), N * K);
         st[e].rel_error = norm > 0 ? std::sqrt(err / norm) : 0.0;
         st[e].energy_kept = all > 0 ? kept / all : 1.0;
         fa[e] = Tensor::from(A, {N, R}, dts[e]);
