@@ -175,11 +175,14 @@ int run_plan_serve(const PlanServeArgs& a, const std::string& model_spec, const 
   }
   std::vector<dist::ServePrediction> rows;
   std::vector<double> scale;
+  std::map<int64_t, double> calib;  // per concurrency: measured / predicted step of one process
+  for (int64_t b : a.concurrency)
+    if (auto it = measured_step.find(b); it != measured_step.end())
+      calib[b] = it->second / predict(1, b).step_s;
   for (int64_t n : a.ranks)
     for (int64_t b : a.concurrency) {
       dist::ServePrediction p = predict(n, b);
-      double k = 1;
-      if (auto it = measured_step.find(b); it != measured_step.end()) k = it->second / predict(1, b).step_s;
+      const double k = calib.count(b) ? calib[b] : 1.0;
       p.step_s *= k, p.dense_s *= k, p.expert_s *= k, p.exchange_s *= k, p.head_s *= k, p.announce_s *= k;
       p.tokens_per_s = static_cast<double>(b) / p.step_s;
       rows.push_back(p), scale.push_back(k);

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "moe/core/error.h"
+#include "moe/kernels/ops_moves.h"
 #include "moe/moe/expert_parallel.h"
 
 namespace moe {
@@ -52,10 +53,14 @@ void ReplicatedTokensDispatcher<T>::dispatch(const Routing& r, const T* x, int64
   batch.x_rows = x;
   batch.gather.resize(static_cast<size_t>(M));
   batch.weight.resize(static_cast<size_t>(M));
-  for (int64_t p = 0; p < M; ++p) {
-    batch.gather[p] = token[perm_[p]];
-    batch.weight[p] = weight[perm_[p]];
-  }
+  kernels::dispatch_rows<T>(backend_, {.M = M,
+                                       .N = N_,
+                                       .n_tokens = r.n_tokens,
+                                       .perm = perm_.data(),
+                                       .token = token,
+                                       .weight = weight,
+                                       .gather = batch.gather.data(),
+                                       .row_weight = batch.weight.data()});
   batch.out_row = perm_;  // each row's weighted output at the row of its assignment
   batch.out_rows = N_;
   by_token_.build(backend_, r.n_tokens, N_, token, d);
