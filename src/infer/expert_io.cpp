@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "moe/core/error.h"
+#include "moe/core/mapped_file.h"
 #include "moe/core/parallel.h"
 #include "moe/kernels/ops_bf16.h"
 #include "moe/kernels/weights.h"
@@ -267,6 +268,10 @@ ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format f
     v.w[i] = p;
     p += round_up(static_cast<uint64_t>(n) * elem_bytes(fmt), 64);
   }
+  // The slot holds the expert now: the mapped pages it came from leave the resident set (they stay in
+  // the page cache), so a store whose experts are all resident does not hold them twice.
+  if (!files.direct())
+    for (size_t i = 0; i < spans.size(); ++i) drop_file_pages(src[i], spans[i].bytes);
   return v;
 }
 

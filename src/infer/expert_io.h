@@ -93,7 +93,8 @@ class SourceFiles {
 };
 
 // Reads expert `s` into `slot` (slot_bytes(s, fmt) bytes, 64-byte aligned), converting float weights
-// to fmt; returns the view. `scratch` is a reusable buffer for conversions and O_DIRECT reads.
+// to fmt; returns the view. `scratch` is a reusable buffer for conversions and O_DIRECT reads. With
+// io mmap the pages read are dropped from the resident set afterwards (moe::drop_file_pages).
 // Quantized sources need fmt Quant and float sources F32 or BF16 (moe::Error otherwise).
 ExpertView load_expert(const SourceFiles& files, const ExpertSource& s, Format fmt, uint8_t* slot,
                        Buffer& scratch);

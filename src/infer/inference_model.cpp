@@ -1,6 +1,8 @@
 // Loading a model for inference: float experts in the model, or quantized / offloaded experts in an
-// expert store. Quantized attention projections (moe quantize --attention) are dequantised into the
-// model's f32 weights as they are read: the checkpoint is smaller, the memory is not.
+// expert store, every path through model::Transformer::load_for_inference (each weight held once: in
+// bf16 inference the linears and experts are packed as they are read and no f32 copy is kept).
+// Quantized attention projections (moe quantize --attention) are dequantised to f32 as they are read,
+// then packed like the others (bf16 or W8A8 / W4A8 with --bf16 / --linear-format, else held in f32).
 #include <set>
 
 #include "low_rank_load.h"
@@ -51,6 +53,11 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
     kernels::dequantize_matrix(m.view(), w.data<float>());
     return w;
   };
+  if (src.map)  // the tensors made here are not in the file
+    out.map = [src, bases](const std::string& name) {
+      const bool synth = ends_with(name, ".weight") && bases.count(name.substr(0, name.size() - 7));
+      return synth ? Tensor() : src.map(name);
+    };
   if (src.file)
     out.file = [src, bases](const std::string& name) {
       const bool synth = ends_with(name, ".weight") && bases.count(name.substr(0, name.size() - 7));
@@ -58,16 +65,32 @@ model::TensorSource dequantizing_source(model::TensorSource src, const model::Qu
     };
   return out;
 }
-// bf16 inference, with the dense linears in W8A8 / W4A8 when asked.
-void set_precision(model::Transformer& m, const InferenceLoadOptions& opt) {
+// The precision InferenceLoadOptions asks for: f32, or bf16 inference with the dense linears in bf16,
+// W8A8 or W4A8 (which imply bf16).
+model::Transformer::InferenceLoad precision(const InferenceLoadOptions& opt) {
+  model::Transformer::InferenceLoad p;
   if (opt.linear_format == "w8a8" || opt.linear_format == "w4a8") {
-    m.set_inference_linear_format(opt.linear_format == "w8a8" ? kernels::WeightFormat::Int8Packed
-                                                              : kernels::WeightFormat::Int4Packed);
-    return;
+    p.bf16 = true;
+    p.linear_format =
+        opt.linear_format == "w8a8" ? kernels::WeightFormat::Int8Packed : kernels::WeightFormat::Int4Packed;
+    return p;
   }
   MOE_CHECK(opt.linear_format == "bf16", "inference: unknown linear format '", opt.linear_format,
             "' (bf16, w8a8, w4a8)");
-  if (opt.bf16) m.set_bf16_inference(true);
+  p.bf16 = opt.bf16;
+  return p;
+}
+
+// Transformer::load_for_inference with `where` (the directory or file) in front of its errors.
+std::unique_ptr<model::Transformer> load_model(const std::string& where, model::ModelConfig cfg,
+                                               const model::TensorSource& src,
+                                               const model::Transformer::InferenceLoad& p) {
+  try {
+    return std::make_unique<model::Transformer>(
+        model::Transformer::load_for_inference(std::move(cfg), src, p));
+  } catch (const Error& e) {
+    throw Error(cat(where, ": ", e.what()));
+  }
 }
 }  // namespace
 
@@ -78,17 +101,16 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
               "reads its own experts' tensors); run a GGUF file in one process");
     MOE_CHECK(!opt.offload, "gguf '", dir, "': expert offloading reads safetensors checkpoints only; ",
               "drop the offload flags for a GGUF file");
+    auto reader = std::make_shared<const gguf::Reader>(dir);
+    const model::ModelConfig cfg = model::gguf_model_config(*reader);
     InferenceModel r;
-    r.model = std::make_unique<model::Transformer>(model::load_gguf(dir));
-    set_precision(*r.model, opt);
+    r.model = load_model(dir, cfg, model::gguf_tensor_source(reader, cfg), precision(opt));
     return r;
   }
   if (const model::LowRankConfig lrc = model::read_low_rank_config(dir); lrc.rank > 0) {
     MOE_CHECK(!ep, dir, ": a low-rank checkpoint (moe compress) runs in one process; expert ",
               "parallelism serves float, bf16, int8 and int4 checkpoints");
-    InferenceModel r = detail::load_low_rank_model(dir, lrc, opt);
-    set_precision(*r.model, opt);
-    return r;
+    return detail::load_low_rank_model(dir, lrc, opt, precision(opt));
   }
   const model::QuantConfig qc = model::read_quant_config(dir);
   const bool store = opt.offload || qc.bits > 0;
@@ -97,20 +119,17 @@ InferenceModel load_inference_model(const std::string& dir, const InferenceLoadO
   model::check_checkpoint_shape(cfg, dir);
   ExpertParallel par;
   if (ep) par = {.comm = opt.ep, .chunks = 1, .replicated_tokens = true};
-  r.model = std::make_unique<model::Transformer>(cfg, DType::F32, store, par);
   model::TensorSource src = model::checkpoint_source(dir);
   if (qc.bits > 0) src = dequantizing_source(std::move(src), qc);
-  try {
-    r.model->load_hf_state_dict(src);
-  } catch (const Error& e) {
-    throw Error(cat(dir, ": ", e.what()));
-  }
+  model::Transformer::InferenceLoad p = precision(opt);
+  p.external_experts = store;
+  p.ep = par;
+  r.model = load_model(dir, cfg, src, p);
   if (store) {
     ExpertStoreOptions so = opt.store;
     if (!opt.offload) so.resident_experts = -1, so.cache_gb = 0;
     r.store = ExpertStore::attach(*r.model, dir, so);
   }
-  set_precision(*r.model, opt);
   return r;
 }
 

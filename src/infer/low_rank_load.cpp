@@ -8,7 +8,8 @@
 namespace moe::infer::detail {
 
 InferenceModel load_low_rank_model(const std::string& dir, const model::LowRankConfig& lrc,
-                                   const InferenceLoadOptions& opt) {
+                                   const InferenceLoadOptions& opt,
+                                   const model::Transformer::InferenceLoad& precision) {
   MOE_CHECK(!opt.offload, "checkpoint ", dir,
             " has low-rank experts; expert offloading reads full or quantized ",
             "experts only: drop the offload flags");
@@ -29,15 +30,13 @@ InferenceModel load_low_rank_model(const std::string& dir, const model::LowRankC
       }
   }
   InferenceModel r;
-  r.model = std::make_unique<model::Transformer>(cfg, DType::F32, factored);
   model::TensorSource src = model::checkpoint_source(dir);
+  model::Transformer::InferenceLoad p = precision;
+  p.external_experts = factored;
   try {
-    if (factored) {
-      r.model->load_hf_state_dict(src);
-      model::attach_low_rank_experts(*r.model, src, lrc);
-    } else {
-      r.model->load_hf_state_dict(model::materializing_source(src, cfg, lrc));
-    }
+    r.model = std::make_unique<model::Transformer>(model::Transformer::load_for_inference(
+        cfg, factored ? src : model::materializing_source(src, cfg, lrc), p));
+    if (factored) model::attach_low_rank_experts(*r.model, src, lrc);
   } catch (const Error& e) {
     throw Error(cat(dir, ": ", e.what()));
   }

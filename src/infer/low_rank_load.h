@@ -10,7 +10,10 @@
 
 namespace moe::infer::detail {
 
+// `precision`: f32 or bf16 inference (Transformer::load_for_inference; the factored experts' own
+// weights stay as the executor holds them).
 InferenceModel load_low_rank_model(const std::string& dir, const model::LowRankConfig& lrc,
-                                   const InferenceLoadOptions& opt);
+                                   const InferenceLoadOptions& opt,
+                                   const model::Transformer::InferenceLoad& precision);
 
 }  // namespace moe::infer::detail

@@ -19,6 +19,9 @@ inline std::string moe_prefix(const ModelConfig& c, int64_t l) {
   return layer_prefix(l) + (c.arch == Arch::Mixtral ? "block_sparse_moe" : "mlp");
 }
 
+// The selection bias of an MoE block's router (deepseek_v3), after moe_prefix.
+inline constexpr const char* kRouterBiasSuffix = ".gate.e_score_correction_bias";
+
 // The gate, up and down projections of routed expert e of MoE layer l (mixtral: w1, w3, w2).
 inline void expert_names(const ModelConfig& c, int64_t l, int64_t e, std::string out[3]) {
   const std::string p = cat(moe_prefix(c, l), ".experts.", e, ".");

@@ -476,6 +476,10 @@ TensorSource materializing_source(TensorSource src, const ModelConfig& cfg, cons
     multiply_factors(a.data<float>(), b.data<float>(), base, kd.N, kd.K, R, w.data<float>());
     return w;
   };
+  if (src.map)  // the experts are made here, not in the file
+    out.map = [src, experts](const std::string& name) {
+      return experts->count(name) ? Tensor() : src.map(name);
+    };
   if (src.file)
     out.file = [src, experts](const std::string& name) {
       return src.file(experts->count(name) ? low_rank_name(name, "lr_a") : name);

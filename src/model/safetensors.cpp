@@ -11,6 +11,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "moe/core/mapped_file.h"
+
 namespace moe {
 
 // Tensor bytes are copied to and from memory as they are: the format is little-endian.
@@ -203,6 +205,15 @@ Tensor SafetensorsReader::load(const std::string& name) const {
   read_exact(in, data_start_ + e.begin, static_cast<char*>(t.raw()), e.end - e.begin,
              cat(where(path_), ": tensor '", name, "'"));
   return t;
+}
+
+Tensor SafetensorsReader::map(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  const uint64_t offset = data_start_ + e.begin;
+  const int bits = dtype_bits(e.dtype);
+  if (bits < 8 || offset % static_cast<uint64_t>(bits / 8) != 0)
+    return Tensor();  // not aligned to its elements
+  return map_file_tensor(path_, offset, e.shape, e.dtype, name);
 }
 
 std::map<std::string, Tensor> SafetensorsReader::load_all() const {

@@ -65,8 +65,10 @@ struct Transformer::Impl {
   template <typename T>
   static LinW<T> LW(const Transformer& m, int i) {
     LinW<T> r;
-    r.w = W<T>(m, i);
-    if (m.bf16_compute_ && i >= 0 && m.bf16_[i].defined()) {
+    const bool packed = m.bf16_compute_ && i >= 0 && m.bf16_[i].defined();
+    // A released master (release_masters) leaves the packed copy alone.
+    r.w = packed && !m.params_[i].value.defined() ? nullptr : W<T>(m, i);
+    if (packed) {
       r.bf16_fwd = m.bf16_[i].raw();
       r.fwd_format = m.bf16_fmt_[i];
       r.fwd_group = kernels::is_int_packed(r.fwd_format) ? kLinearGroup : 0;
@@ -82,12 +84,25 @@ struct Transformer::Impl {
   template <typename T>
   static Tensor embed(const Transformer& m, const int32_t* tokens, int64_t N) {
     const int64_t d = m.cfg_.hidden_size, V = m.cfg_.vocab_size;
-    const T* E = W<T>(m, m.index_.embed);
     for (int64_t t = 0; t < N; ++t)
       MOE_CHECK(tokens[t] >= 0 && tokens[t] < V, "token id ", tokens[t], " at position ", t,
                 " is outside the vocabulary [0, ", V, ")");
     Tensor x = Tensor::empty({N, d}, m.dtype_, "x");
     T* xp = x.data<T>();
+    const Tensor& table = m.embed_rows_;                 // (V, d) mapped from the checkpoint, when set
+    if (table.defined() && table.dtype() != m.dtype_) {  // bf16 / f16 rows, widened exactly
+      const auto* rows = static_cast<const uint16_t*>(table.raw());
+      const bool bf16 = table.dtype() == DType::BF16;
+      parallel_for(N, 16, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const uint16_t* r = rows + static_cast<int64_t>(tokens[t]) * d;
+          for (int64_t j = 0; j < d; ++j)
+            xp[t * d + j] = static_cast<T>(bf16 ? bf16_to_f32(r[j]) : f16_to_f32(r[j]));
+        }
+      });
+      return x;
+    }
+    const T* E = table.defined() ? table.data<T>() : W<T>(m, m.index_.embed);
     parallel_for(N, 16, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) std::memcpy(xp + t * d, E + tokens[t] * d, sizeof(T) * d);
     });
@@ -465,6 +480,7 @@ struct Transformer::Impl {
 };
 
 void Transformer::set_bf16_compute(bool on) {
+  check_masters("set_bf16_compute");
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 compute needs an f32 model, this one is ", dtype_name(dtype_));
   bf16_compute_ = on;
   // The experts compute in bf16 too, except in bf16 inference (its own expert copies) or when their
@@ -478,6 +494,7 @@ void Transformer::set_bf16_compute(bool on) {
 }
 
 void Transformer::set_bf16_inference(bool on) {
+  check_masters("set_bf16_inference");
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 inference needs an f32 model, this one is ",
             dtype_name(dtype_));
   bf16_inference_ = on;  // first: inference packs no copies for the backward
@@ -489,6 +506,7 @@ void Transformer::set_bf16_inference(bool on) {
 }
 
 void Transformer::set_inference_linear_format(kernels::WeightFormat f) {
+  check_masters("set_inference_linear_format");
   MOE_CHECK(f == kernels::WeightFormat::Bf16Packed || kernels::is_int_packed(f),
             "inference linear format: ", kernels::weight_format_name(f),
             " is not one (bf16-packed, int8-packed or int4-packed)");
@@ -553,7 +571,7 @@ Transformer::WeightTraffic Transformer::weight_bytes_per_token() const {
       per[static_cast<size_t>(i)] =
           bf16_[static_cast<size_t>(i)].defined()
               ? static_cast<double>(bf16_[static_cast<size_t>(i)].nbytes()) /
-                    static_cast<double>(params_[static_cast<size_t>(i)].value.numel())
+                    static_cast<double>(shape_numel(shapes_[static_cast<size_t>(i)]))
               : 2.0;
   WeightTraffic t;
   std::vector<bool> routed(params_.size(), false);
@@ -563,26 +581,30 @@ Transformer::WeightTraffic Transformer::weight_bytes_per_token() const {
       if (P.moe[j] >= 0) per[static_cast<size_t>(P.moe[j])] = half;
     for (int j : {1, 2, 3}) {
       if (P.moe[j] < 0) continue;
-      const NamedParam& p = params_[static_cast<size_t>(P.moe[j])];
+      const Shape& shape = shapes_[static_cast<size_t>(P.moe[j])];
       routed[static_cast<size_t>(P.moe[j])] = true;
+      if (shape.empty()) continue;  // no gate (not SwiGLU)
       // (E_local, rows, cols): top_k experts' worth, as a token of batch 1 reads them
-      const double experts = static_cast<double>(p.value.size(0));
-      t.routed += static_cast<double>(p.value.numel()) / experts *
+      const double experts = static_cast<double>(shape[0]);
+      t.routed += static_cast<double>(shape_numel(shape)) / experts *
                   static_cast<double>(cfg_.moe_layer_config().router.top_k) * half;
     }
   }
   for (size_t i = 0; i < params_.size(); ++i) {
-    if (routed[i]) continue;
-    const Tensor& v = params_[i].value;
-    // The embedding table: one row per token (unless it is the head too).
-    const bool embed_only = static_cast<int>(i) == index_.embed && index_.head != index_.embed;
-    t.dense += static_cast<double>(embed_only ? v.numel() / v.size(0) : v.numel()) * per[i];
+    if (routed[i] || shapes_[i].empty()) continue;
+    const int64_t numel = shape_numel(shapes_[i]);
+    // The embedding table: one row per token (unless it is the head too), in the dtype lookups read.
+    const bool embed = static_cast<int>(i) == index_.embed;
+    const bool embed_only = embed && index_.head != index_.embed;
+    const double row_bytes = embed && embed_rows_.defined() ? dtype_bits(embed_rows_.dtype()) / 8.0 : per[i];
+    t.dense += embed_only ? static_cast<double>(numel / shapes_[i][0]) * row_bytes
+                          : static_cast<double>(numel) * per[i];
   }
   return t;
 }
 
 void Transformer::refresh_bf16() const {
-  if (!bf16_compute_) return;
+  if (!bf16_compute_ || masters_released_) return;  // released: the packed copies are the weights
   for (const auto& l : moe_)
     if (l && l->bf16_compute()) l->refresh_bf16_compute();
   const std::vector<int> linear = linear_params();
@@ -608,6 +630,7 @@ void Transformer::refresh_bf16() const {
 
 StepResult Transformer::forward_backward(const int32_t* tokens, const int32_t* targets, int64_t B, int64_t S,
                                          const StepOptions& opt) {
+  check_masters("forward_backward");
   MOE_CHECK(!bf16_inference_,
             "forward_backward: the model is in bf16 inference mode (set_bf16_inference(false) first)");
   ensure_grads();

@@ -28,7 +28,7 @@ const char* kSharedSuffix[4] = {".shared_expert.gate_proj.weight", ".shared_expe
 // deepseek_v3: one ungated MLP of width n_shared_experts · moe_intermediate_size.
 const char* kSharedExpertsSuffix[4] = {".shared_experts.gate_proj.weight", ".shared_experts.up_proj.weight",
                                        ".shared_experts.down_proj.weight", ""};
-const char* kBiasSuffix = ".gate.e_score_correction_bias";
+const char* const kBiasSuffix = hf_names::kRouterBiasSuffix;
 }  // namespace
 
 std::string moe_block_prefix(const ModelConfig& c, int64_t layer) { return moe_prefix(c, layer); }
@@ -47,72 +47,103 @@ Transformer::Transformer(ModelConfig cfg, DType dtype, bool external_experts, Ex
   build_params();
 }
 
-int Transformer::add_param(const std::string& name, Tensor value, bool decay) {
+Transformer::Transformer(ModelConfig cfg, bool external_experts, ExpertParallel ep, Unallocated u)
+    : cfg_(std::move(cfg)),
+      dtype_(DType::F32),
+      external_experts_(external_experts),
+      ep_(std::move(ep)),
+      allocate_(false),
+      allocate_experts_(u.experts) {
+  cfg_.validate();
+  build_params();
+}
+
+int Transformer::add_param(const std::string& name, Tensor value, bool decay, Shape shape) {
   value.set_name(name);
   NamedParam p;
   p.name = name;
   p.value = std::move(value);
   p.decay = decay;
   params_.push_back(std::move(p));
+  shapes_.push_back(std::move(shape));
   return static_cast<int>(params_.size()) - 1;
+}
+
+int Transformer::add_matrix(const std::string& name, int64_t rows, int64_t cols) {
+  return add_param(name, allocate_ ? Tensor::zeros({rows, cols}, dtype_) : Tensor(), true, {rows, cols});
+}
+
+void Transformer::check_masters(const char* what) const {
+  MOE_CHECK(!masters_released_, what,
+            ": this model was loaded for inference only and holds its linear and expert weights once, packed "
+            "(release_masters: no f32 master weights); load it with model::load_pretrained for training, "
+            "saving or another precision");
 }
 
 void Transformer::build_params() {
   const ModelConfig& c = cfg_;
   const int64_t V = c.vocab_size, d = c.hidden_size, hd = c.head_dim_or_default();
   const int64_t Dq = c.num_attention_heads * hd, Dk = c.num_key_value_heads * hd;
-  auto mat = [&](int64_t r, int64_t k) { return Tensor::zeros({r, k}, dtype_); };
   auto vec = [&](int64_t n, double v) { return Tensor::full({n}, v, dtype_); };
-  index_.embed = add_param("model.embed_tokens.weight", mat(V, d), true);
+  auto add_vec = [&](const std::string& name, int64_t n, double v) {
+    return add_param(name, vec(n, v), false, {n});
+  };
+  index_.embed = add_matrix("model.embed_tokens.weight", V, d);
   index_.layers.resize(static_cast<size_t>(c.num_hidden_layers));
   moe_.resize(static_cast<size_t>(c.num_hidden_layers));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     LayerIndex& P = index_.layers[l];
     const std::string pre = layer_prefix(l);
-    P.ln1 = add_param(pre + "input_layernorm.weight", vec(d, 1.0), false);
+    P.ln1 = add_vec(pre + "input_layernorm.weight", d, 1.0);
     if (c.mla()) {
       build_mla_params(l);
     } else {
-      P.q_w = add_param(pre + "self_attn.q_proj.weight", mat(Dq, d), true);
-      P.k_w = add_param(pre + "self_attn.k_proj.weight", mat(Dk, d), true);
-      P.v_w = add_param(pre + "self_attn.v_proj.weight", mat(Dk, d), true);
-      P.o_w = add_param(pre + "self_attn.o_proj.weight", mat(d, Dq), true);
+      P.q_w = add_matrix(pre + "self_attn.q_proj.weight", Dq, d);
+      P.k_w = add_matrix(pre + "self_attn.k_proj.weight", Dk, d);
+      P.v_w = add_matrix(pre + "self_attn.v_proj.weight", Dk, d);
+      P.o_w = add_matrix(pre + "self_attn.o_proj.weight", d, Dq);
       if (c.attention_bias()) {
-        P.q_b = add_param(pre + "self_attn.q_proj.bias", vec(Dq, 0.0), false);
-        P.k_b = add_param(pre + "self_attn.k_proj.bias", vec(Dk, 0.0), false);
-        P.v_b = add_param(pre + "self_attn.v_proj.bias", vec(Dk, 0.0), false);
+        P.q_b = add_vec(pre + "self_attn.q_proj.bias", Dq, 0.0);
+        P.k_b = add_vec(pre + "self_attn.k_proj.bias", Dk, 0.0);
+        P.v_b = add_vec(pre + "self_attn.v_proj.bias", Dk, 0.0);
       }
       if (c.qk_norm() != QkNorm::None) {
         const bool per_head = c.qk_norm() == QkNorm::PerHead;
-        P.q_norm = add_param(pre + "self_attn.q_norm.weight", vec(per_head ? hd : Dq, 1.0), false);
-        P.k_norm = add_param(pre + "self_attn.k_norm.weight", vec(per_head ? hd : Dk, 1.0), false);
+        P.q_norm = add_vec(pre + "self_attn.q_norm.weight", per_head ? hd : Dq, 1.0);
+        P.k_norm = add_vec(pre + "self_attn.k_norm.weight", per_head ? hd : Dk, 1.0);
       }
     }
-    P.ln2 = add_param(pre + "post_attention_layernorm.weight", vec(d, 1.0), false);
+    P.ln2 = add_vec(pre + "post_attention_layernorm.weight", d, 1.0);
     if (c.is_moe_layer(l)) {
-      moe_[l] = std::make_unique<MoELayer>(c.moe_layer_config(), dtype_, backend_, external_experts_, ep_);
+      const MoEConfig mc = c.moe_layer_config();
+      moe_[l] = allocate_experts_ ? std::make_unique<MoELayer>(mc, dtype_, backend_, external_experts_, ep_)
+                                  : MoELayer::without_expert_weights(mc, backend_, external_experts_, ep_);
       MoEParams& mp = moe_[l]->params();
       const std::string mpre = moe_prefix(c, l);
-      P.moe[0] = add_param(mpre + ".gate.weight", mp.router_w, true);
+      const int64_t El = moe_[l]->local_experts(), F = mc.d_ff, Fs = mc.shared_width();
+      const bool gated = mc.activation == kernels::Activation::SwiGLU;
+      P.moe[0] = add_param(mpre + ".gate.weight", mp.router_w, true, mp.router_w.shape());
       if (!external_experts_) {
-        P.moe[1] = add_param(mpre + ".experts.w_gate", mp.w_gate, true);
-        P.moe[2] = add_param(mpre + ".experts.w_up", mp.w_up, true);
-        P.moe[3] = add_param(mpre + ".experts.w_down", mp.w_down, true);
+        P.moe[1] = add_param(mpre + ".experts.w_gate", mp.w_gate, true, gated ? Shape{El, F, d} : Shape{});
+        P.moe[2] = add_param(mpre + ".experts.w_up", mp.w_up, true, {El, F, d});
+        P.moe[3] = add_param(mpre + ".experts.w_down", mp.w_down, true, {El, d, F});
       }
       const Tensor* shared[4] = {&mp.shared_w_gate, &mp.shared_w_up, &mp.shared_w_down, &mp.shared_gate_w};
+      const Shape shared_shape[4] = {{Fs, d}, {Fs, d}, {d, Fs}, {1, d}};
+      const bool present[4] = {Fs > 0 && gated, Fs > 0, Fs > 0, Fs > 0 && mc.shared_gate};
       for (int i = 0; i < 4; ++i)
-        if (shared[i]->defined())
-          P.moe[4 + i] =
-              add_param(mpre + (c.mla() ? kSharedExpertsSuffix : kSharedSuffix)[i], *shared[i], true);
+        if (present[i])
+          P.moe[4 + i] = add_param(mpre + (c.mla() ? kSharedExpertsSuffix : kSharedSuffix)[i], *shared[i],
+                                   true, shared_shape[i]);
     } else {
       const int64_t F = c.intermediate_size;
-      P.gate = add_param(pre + "mlp.gate_proj.weight", mat(F, d), true);
-      P.up = add_param(pre + "mlp.up_proj.weight", mat(F, d), true);
-      P.down = add_param(pre + "mlp.down_proj.weight", mat(d, F), true);
+      P.gate = add_matrix(pre + "mlp.gate_proj.weight", F, d);
+      P.up = add_matrix(pre + "mlp.up_proj.weight", F, d);
+      P.down = add_matrix(pre + "mlp.down_proj.weight", d, F);
     }
   }
-  index_.norm = add_param("model.norm.weight", vec(d, 1.0), false);
-  index_.head = c.tie_word_embeddings ? index_.embed : add_param("lm_head.weight", mat(V, d), true);
+  index_.norm = add_vec("model.norm.weight", d, 1.0);
+  index_.head = c.tie_word_embeddings ? index_.embed : add_matrix("lm_head.weight", V, d);
 }
 
 // Latent attention of layer l (deepseek_v3), names as transformers' DeepseekV3Attention.
@@ -122,25 +153,27 @@ void Transformer::build_mla_params(int64_t l) {
   const std::string pre = layer_prefix(l) + "self_attn.";
   const int64_t d = c.hidden_size, H = c.num_attention_heads, qk = c.qk_head_dim();
   const int64_t kva = c.kv_lora_rank + c.qk_rope_head_dim, kvb = H * (c.qk_nope_head_dim + c.v_head_dim);
-  auto mat = [&](int64_t r, int64_t k) { return Tensor::zeros({r, k}, dtype_); };
-  auto vec = [&](int64_t n, double v) { return Tensor::full({n}, v, dtype_); };
+  auto add_vec = [&](const std::string& name, int64_t n, double v) {
+    return add_param(name, Tensor::full({n}, v, dtype_), false, {n});
+  };
   if (c.q_lora_rank > 0) {
-    P.q_a_w = add_param(pre + "q_a_proj.weight", mat(c.q_lora_rank, d), true);
-    if (c.mla_bias) P.q_a_b = add_param(pre + "q_a_proj.bias", vec(c.q_lora_rank, 0.0), false);
-    P.q_a_norm = add_param(pre + "q_a_layernorm.weight", vec(c.q_lora_rank, 1.0), false);
-    P.q_b_w = add_param(pre + "q_b_proj.weight", mat(H * qk, c.q_lora_rank), true);
+    P.q_a_w = add_matrix(pre + "q_a_proj.weight", c.q_lora_rank, d);
+    if (c.mla_bias) P.q_a_b = add_vec(pre + "q_a_proj.bias", c.q_lora_rank, 0.0);
+    P.q_a_norm = add_vec(pre + "q_a_layernorm.weight", c.q_lora_rank, 1.0);
+    P.q_b_w = add_matrix(pre + "q_b_proj.weight", H * qk, c.q_lora_rank);
   } else {
-    P.q_w = add_param(pre + "q_proj.weight", mat(H * qk, d), true);
+    P.q_w = add_matrix(pre + "q_proj.weight", H * qk, d);
   }
-  P.kv_a_w = add_param(pre + "kv_a_proj_with_mqa.weight", mat(kva, d), true);
-  if (c.mla_bias) P.kv_a_b = add_param(pre + "kv_a_proj_with_mqa.bias", vec(kva, 0.0), false);
-  P.kv_a_norm = add_param(pre + "kv_a_layernorm.weight", vec(c.kv_lora_rank, 1.0), false);
-  P.kv_b_w = add_param(pre + "kv_b_proj.weight", mat(kvb, c.kv_lora_rank), true);
-  P.o_w = add_param(pre + "o_proj.weight", mat(d, H * c.v_head_dim), true);
-  if (c.mla_bias) P.o_b = add_param(pre + "o_proj.bias", vec(d, 0.0), false);
+  P.kv_a_w = add_matrix(pre + "kv_a_proj_with_mqa.weight", kva, d);
+  if (c.mla_bias) P.kv_a_b = add_vec(pre + "kv_a_proj_with_mqa.bias", kva, 0.0);
+  P.kv_a_norm = add_vec(pre + "kv_a_layernorm.weight", c.kv_lora_rank, 1.0);
+  P.kv_b_w = add_matrix(pre + "kv_b_proj.weight", kvb, c.kv_lora_rank);
+  P.o_w = add_matrix(pre + "o_proj.weight", d, H * c.v_head_dim);
+  if (c.mla_bias) P.o_b = add_vec(pre + "o_proj.bias", d, 0.0);
 }
 
 void Transformer::init_params(uint64_t seed) {
+  check_masters("init_params");
   const Rng rng(seed);
   for (size_t i = 0; i < params_.size(); ++i) {
     NamedParam& p = params_[i];
@@ -162,6 +195,7 @@ NamedParam& Transformer::param(const std::string& name) {
 }
 
 void Transformer::ensure_grads() {
+  check_masters("ensure_grads");
   for (NamedParam& p : params_)
     if (!p.grad.defined()) p.grad = Tensor::zeros(p.value.shape(), dtype_, p.name + ".grad");
 }
@@ -201,6 +235,7 @@ int64_t Transformer::first_expert() const {
 }
 
 std::map<std::string, Tensor> Transformer::hf_state_dict() const {
+  check_masters("hf_state_dict");
   MOE_CHECK(!external_experts_,
             "hf_state_dict: this model's expert weights are held outside it (offloaded or "
             "quantized experts); it cannot be saved as a float checkpoint");
@@ -235,6 +270,7 @@ void Transformer::load_hf_state_dict(const std::map<std::string, Tensor>& sd) {
 }
 
 void Transformer::load_hf_state_dict(const TensorSource& source) {
+  check_masters("load_hf_state_dict");
   const std::set<std::string> sd(source.names.begin(), source.names.end());
   std::set<std::string> used;
   auto take = [&](const std::string& name, const Tensor& dst) {
@@ -393,6 +429,7 @@ TensorSource checkpoint_source(const std::string& dir) {
   for (const auto& [name, r] : *where) src.names.push_back(name);
   src.load = [readers, where](const std::string& name) { return (*readers)[where->at(name)].load(name); };
   src.file = [readers, where](const std::string& name) { return (*readers)[where->at(name)].path(); };
+  src.map = [readers, where](const std::string& name) { return (*readers)[where->at(name)].map(name); };
   return src;
 }
 

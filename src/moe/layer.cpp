@@ -24,6 +24,10 @@ bool is_swiglu(const MoEConfig& c) { return c.activation == kernels::Activation:
 
 MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts,
                    ExpertParallel ep)
+    : MoELayer(std::move(cfg), dtype, backend, external_experts, std::move(ep), true) {}
+
+MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts,
+                   ExpertParallel ep, bool allocate_experts)
     : cfg_(std::move(cfg)),
       dtype_(dtype),
       backend_(backend),
@@ -47,20 +51,77 @@ MoELayer::MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool ex
   const int64_t El = local_experts_;
   params_.router_w = Tensor::zeros({E, d}, dtype, "router_w");
   params_.router_bias = Tensor::zeros({E}, dtype, "router_bias");
+  masters_released_ = !allocate_experts;
+  // Without allocation the expert tensors stay undefined, named for errors.
+  auto expert = [&](const Shape& shape, const char* name) {
+    return allocate_experts ? Tensor::zeros(shape, dtype, name) : Tensor().set_name(name);
+  };
   if (!external_experts_) {
-    if (is_swiglu(cfg_)) params_.w_gate = Tensor::zeros({El, F, d}, dtype, "w_gate");
-    params_.w_up = Tensor::zeros({El, F, d}, dtype, "w_up");
-    params_.w_down = Tensor::zeros({El, d, F}, dtype, "w_down");
+    if (is_swiglu(cfg_)) params_.w_gate = expert({El, F, d}, "w_gate");
+    params_.w_up = expert({El, F, d}, "w_up");
+    params_.w_down = expert({El, d, F}, "w_down");
   }
   if (Fs > 0) {
-    if (is_swiglu(cfg_)) params_.shared_w_gate = Tensor::zeros({Fs, d}, dtype, "shared_w_gate");
-    params_.shared_w_up = Tensor::zeros({Fs, d}, dtype, "shared_w_up");
-    params_.shared_w_down = Tensor::zeros({d, Fs}, dtype, "shared_w_down");
+    if (is_swiglu(cfg_)) params_.shared_w_gate = expert({Fs, d}, "shared_w_gate");
+    params_.shared_w_up = expert({Fs, d}, "shared_w_up");
+    params_.shared_w_down = expert({d, Fs}, "shared_w_down");
     if (cfg_.shared_gate) params_.shared_gate_w = Tensor::zeros({1, d}, dtype, "shared_gate_w");
   }
 }
 
+std::unique_ptr<MoELayer> MoELayer::without_expert_weights(MoEConfig cfg, kernels::Backend backend,
+                                                           bool external_experts, ExpertParallel ep) {
+  return std::unique_ptr<MoELayer>(
+      new MoELayer(std::move(cfg), DType::F32, backend, external_experts, std::move(ep), false));
+}
+
+void MoELayer::check_masters(const char* what) const {
+  MOE_CHECK(!masters_released_, what,
+            ": this MoE layer's f32 expert weights were released once packed to bf16 (a model loaded for "
+            "inference only holds each weight once); load the model again (model::load_pretrained) for "
+            "training, saving or another precision");
+}
+
+void MoELayer::release_expert_masters() {
+  if (masters_released_) return;
+  MOE_CHECK(dtype_ == DType::F32 && (external_experts_ || bf16_.w_in.defined()) &&
+                (cfg_.shared_width() == 0 || bf16_.shared_w_in.defined()),
+            "MoE layer: release_expert_masters needs the bf16 expert weights (set_bf16_expert_weights(true)) "
+            "first");
+  for (Tensor* t : {&params_.w_gate, &params_.w_up, &params_.w_down, &params_.shared_w_gate,
+                    &params_.shared_w_up, &params_.shared_w_down})
+    if (t->defined()) *t = Tensor().set_name(t->name());
+  bf16_compute_ = false;
+  bf16_routed_ = Bf16PackedFfn(), bf16_shared_ = Bf16PackedFfn();
+  masters_released_ = true;
+}
+
+void MoELayer::set_packed_experts(Bf16ExpertWeights w) {
+  MOE_CHECK(masters_released_ && !has_bf16_expert_weights(),
+            "MoE layer: set_packed_experts needs a layer made by without_expert_weights() whose experts are "
+            "not set yet");
+  const int64_t d = cfg_.d_model, F = cfg_.d_ff, Fs = cfg_.shared_width();
+  const int64_t in = is_swiglu(cfg_) ? 2 : 1;
+  auto check = [&](const Tensor& t, int64_t E, int64_t N, int64_t K, const char* name) {
+    check_shape(t, {E, kernels::packed_bf16_bytes(N, K) / 2}, name);
+    t.check_dtype(DType::BF16, name);
+  };
+  if (!external_experts_) {
+    check(w.w_in, local_experts_, in * F, d, "packed w_in");
+    check(w.w_down, local_experts_, d, F, "packed w_down");
+  } else {
+    MOE_CHECK(!w.w_in.defined() && !w.w_down.defined(),
+              "MoE layer: packed routed experts given to a layer whose experts are external");
+  }
+  if (Fs > 0) {
+    check(w.shared_w_in, 1, in * Fs, d, "packed shared_w_in");
+    check(w.shared_w_down, 1, d, Fs, "packed shared_w_down");
+  }
+  bf16_ = std::move(w);
+}
+
 void MoELayer::init_params(uint64_t seed) {
+  check_masters("MoELayer::init_params");
   const Rng rng(seed);
   const double d = static_cast<double>(cfg_.d_model), F = static_cast<double>(cfg_.d_ff);
   const double Fs = static_cast<double>(std::max<int64_t>(cfg_.shared_width(), 1));
@@ -90,6 +151,12 @@ void MoELayer::check_params() const {
   };
   check(params_.router_w, {E, d}, "router_w");
   check(params_.router_bias, {E}, "router_bias");
+  if (masters_released_) {  // the experts are the bf16-packed ones (set_packed_experts checked them)
+    MOE_CHECK((external_experts_ || bf16_.w_in.defined()) && (Fs == 0 || bf16_.shared_w_in.defined()),
+              "MoE layer: its expert weights are not set (set_packed_experts)");
+    if (cfg_.shared_gate && Fs > 0) check(params_.shared_gate_w, {1, d}, "shared_gate_w");
+    return;
+  }
   if (!external_experts_) {
     if (is_swiglu(cfg_)) check(params_.w_gate, {El, F, d}, "w_gate");
     check(params_.w_up, {El, F, d}, "w_up");
@@ -116,6 +183,7 @@ MoEGrads MoELayer::backward(const MoEForward& fwd, const Tensor& dy, double aux_
 }
 
 void MoELayer::backward_into(const MoEForward& fwd, const Tensor& dy, MoEGrads& acc, double aux_scale) const {
+  check_masters("MoELayer::backward");
   check_params();
   MOE_CHECK(std::isfinite(aux_scale), "MoELayer::backward: aux_scale must be finite, got ", aux_scale);
   if (dtype_ == DType::F64) return detail::layer_backward<double>(*this, fwd, dy, aux_scale, acc);
@@ -156,6 +224,7 @@ Tensor pack_stack(std::initializer_list<const Tensor*> parts, int64_t n, int64_t
 }  // namespace
 
 void MoELayer::set_bf16_expert_weights(bool on) {
+  check_masters("MoELayer::set_bf16_expert_weights");
   bf16_ = Bf16ExpertWeights();
   if (!on) return;
   MOE_CHECK(dtype_ == DType::F32, "bf16 expert weights need an f32 layer, this one is ", dtype_name(dtype_));
@@ -174,6 +243,7 @@ void MoELayer::set_bf16_expert_weights(bool on) {
 
 void MoELayer::set_bf16_compute(bool on) {
   MOE_CHECK(!on || dtype_ == DType::F32, "bf16 compute needs an f32 layer, this one is ", dtype_name(dtype_));
+  if (on) check_masters("MoELayer::set_bf16_compute");
   bf16_compute_ = on;
   if (on) {
     refresh_bf16_compute();

@@ -41,6 +41,10 @@ class SafetensorsReader {
   uint64_t data_start() const { return data_start_; }  // file offset of the data buffer (8 + header length)
 
   Tensor load(const std::string& name) const;  // a new contiguous tensor named `name`
+  // The tensor over the memory-mapped file, no copy (moe/core/mapped_file.h: pages are read as they
+  // are touched; writes stay private). Undefined when its bytes are not aligned to its element size
+  // (a writer that does not align its tensors) or it is packed int4: load it instead.
+  Tensor map(const std::string& name) const;
   std::map<std::string, Tensor> load_all() const;
 
  private:

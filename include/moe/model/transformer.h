@@ -81,6 +81,9 @@ struct TensorSource {
   std::vector<std::string> names;                       // every tensor the source holds
   std::function<Tensor(const std::string&)> load;       // reads one; throws moe::Error naming file and tensor
   std::function<std::string(const std::string&)> file;  // the file holding a tensor, for errors (optional)
+  // Optional: the tensor over the memory-mapped file in its stored dtype, no copy (SafetensorsReader::
+  // map); an undefined tensor where this one cannot be mapped (then `load` reads it).
+  std::function<Tensor(const std::string&)> map;
 };
 
 class Transformer {
@@ -157,6 +160,49 @@ class Transformer {
   void set_inference_linear_format(kernels::WeightFormat f);
   kernels::WeightFormat inference_linear_format() const { return linear_format_; }
 
+  // Inference-only models hold each weight once. release_masters(), in bf16 inference, drops the f32
+  // master weights of everything that has a packed copy: the dense linears and the output head (bf16
+  // or W8A8 / W4A8) and the MoE layers' routed and shared experts (MoELayer::release_expert_masters).
+  // The forward is unchanged (it reads the packed copies); the norms, routers and biases stay f32, and
+  // so does the embedding table (its rows are what a lookup copies; with tied embeddings the head's
+  // packed copy is made from it). The dropped parameters stay in parameters() with undefined values,
+  // and what needs them throws moe::Error naming the reason: set_bf16_inference,
+  // set_inference_linear_format, set_bf16_compute(true), forward_backward, zero_grads, ensure_grads,
+  // init_params, hf_state_dict (saving), load_hf_state_dict. Throws outside bf16 inference.
+  void release_masters();
+  bool masters_released() const { return masters_released_; }
+
+  // Inference-only loading (infer::load_inference_model: moe generate, serve, eval, bench generate):
+  // the model of `cfg` with the tensors of `src`, checked as load_hf_state_dict checks them, in the
+  // precision `opt` asks for, the way a load followed by set_inference_linear_format / set_bf16_inference
+  // and release_masters() would leave it (the same packed weights bit for bit, so the same outputs),
+  // but read tensor by tensor and row block by row block: each linear and each expert is packed as it is
+  // read, so the f32 weights of what is packed are never held and the load's peak memory stays close to
+  // the model's. Where the source can map a tensor (checkpoint_source), rows are read from the mapped
+  // file and their pages dropped once read. The token embedding table is then kept mapped from the file
+  // in its stored dtype (f32, bf16 or f16), its rows converted to f32 as they are looked up (exact):
+  // only the rows a run reads become resident. With opt.bf16 false the model is an ordinary f32 model
+  // (trainable, savable), its parameters read straight into place and its embedding table the mapped
+  // tensor itself when the file stores it in f32 (private: writes never reach the file).
+  struct InferenceLoad {
+    bool bf16 = false;  // bf16 inference (set_bf16_inference(true)), the masters released
+    kernels::WeightFormat linear_format = kernels::WeightFormat::Bf16Packed;  // with bf16: the linears'
+    bool external_experts = false;                                            // see the constructor
+    ExpertParallel ep;
+  };
+  static Transformer load_for_inference(ModelConfig cfg, const TensorSource& src, const InferenceLoad& opt);
+
+  // Bytes of weights the model holds in memory: f32 (or f64) parameters with memory of their own, packed
+  // copies (bf16 / W8A8 / W4A8 linears, bf16 experts, bf16-compute copies), and parameters mapped from
+  // the checkpoint file (the embedding table of load_for_inference: resident only as far as its pages
+  // are read). Expert weights held outside the model (an expert store) are not counted.
+  struct WeightMemory {
+    int64_t masters = 0;
+    int64_t packed = 0;
+    int64_t mapped = 0;
+  };
+  WeightMemory weight_memory() const;
+
   // Bytes of weights that the forward of one token reads alone (batch 1) in the current mode: the
   // dense linears, norms, routers and head in full (bf16 inference: the linears at 2 bytes), one
   // embedding row, the shared experts, and top_k of the routed experts held here per MoE layer (at
@@ -208,10 +254,20 @@ class Transformer {
     int embed = -1, norm = -1, head = -1;
     std::vector<LayerIndex> layers;
   };
+  // The parameters' names and shapes; their memory too with allocate_ (else only the norms, biases,
+  // routers and shared gates are allocated, the rest waits for load_for_inference).
   void build_params();
   void build_mla_params(int64_t layer);
   std::vector<int> linear_params() const;  // the weights that bf16 compute packs
-  int add_param(const std::string& name, Tensor value, bool decay);
+  int add_param(const std::string& name, Tensor value, bool decay, Shape shape);
+  int add_matrix(const std::string& name, int64_t rows, int64_t cols);  // zeros, or unallocated
+  const Shape& param_shape(size_t i) const { return shapes_[i]; }
+  void check_masters(const char* what) const;  // throws when release_masters() dropped them
+  // The linears and the embedding table unallocated (f32), the experts too unless `experts`.
+  struct Unallocated {
+    bool experts = false;
+  };
+  Transformer(ModelConfig cfg, bool external_experts, ExpertParallel ep, Unallocated u);
 
   ModelConfig cfg_;
   DType dtype_;
@@ -229,6 +285,14 @@ class Transformer {
   mutable std::vector<kernels::WeightFormat> bf16_fmt_;  // the format of each bf16_ entry
   kernels::WeightFormat linear_format_ = kernels::WeightFormat::Bf16Packed;
   bool pack_linear_int(int i, int64_t out, int64_t in) const;  // bf16_[i] in linear_format_, if it can be
+  std::vector<Shape> shapes_;     // per parameter (its value may be undefined: released or not loaded)
+  bool allocate_ = true;          // the linears and the embedding table (build_params)
+  bool allocate_experts_ = true;  // the MoE layers' routed and shared experts (build_params)
+  bool masters_released_ = false;
+  // The token embedding table as embedding lookups read it when it is not the f32 parameter: mapped
+  // from the checkpoint in its stored dtype (F32, BF16 or F16). Undefined: the parameter.
+  Tensor embed_rows_;
+  bool embed_mapped_ = false;  // the parameter's value is the mapped file tensor (f32 load_for_inference)
 };
 
 // config.json + model.safetensors in `dir` (created if needed; files written atomically).

@@ -199,6 +199,23 @@ class MoELayer {
   bool has_bf16_expert_weights() const { return bf16_.w_in.defined() || bf16_.shared_w_in.defined(); }
   const Bf16ExpertWeights& bf16_expert_weights() const { return bf16_; }
 
+  // Inference only, the experts held once: drops the f32 expert weights (routed and shared; the router
+  // and the shared gate stay) that set_bf16_expert_weights(true) has packed, so each expert is held in
+  // its bf16-packed form alone. The forward runs as before (same weights, same outputs); what needs the
+  // f32 weights throws moe::Error from then on: set_bf16_expert_weights, set_bf16_compute(true),
+  // init_params, backward (params() has the dropped tensors undefined).
+  void release_expert_masters();
+  bool expert_masters_released() const { return masters_released_; }
+  // A layer in that state from the start: its routed (unless external_experts) and shared expert
+  // weights are never allocated; set_packed_experts installs them, packed as set_bf16_expert_weights
+  // packs them (so a loader can pack a checkpoint's experts one by one, never holding the f32 stacks:
+  // model::Transformer::load_for_inference). f32; the router and shared gate are allocated (zero).
+  static std::unique_ptr<MoELayer> without_expert_weights(MoEConfig cfg, kernels::Backend backend,
+                                                          bool external_experts, ExpertParallel ep = {});
+  // Checks each tensor's dtype and shape (every expert held here; the shared experts when the layer
+  // has them) and throws moe::Error naming the first wrong one.
+  void set_packed_experts(Bf16ExpertWeights w);
+
   // bf16 compute for training: the experts' forward GEMMs and input-gradient GEMMs (routed and shared)
   // run on bf16-packed copies of the f32 master weights, the activations rounded to bf16 as they are
   // read and fp32 sums; the weight gradients, the router and everything else stay f32. The copies are
@@ -233,7 +250,13 @@ class MoELayer {
   DType dtype_;
   kernels::Backend backend_;
   MoEParams params_;
+  // The constructor's work, with the expert weights (routed and shared) allocated or not.
+  MoELayer(MoEConfig cfg, DType dtype, kernels::Backend backend, bool external_experts, ExpertParallel ep,
+           bool allocate_experts);
+  void check_masters(const char* what) const;  // throws when the f32 expert weights were released
+
   Bf16ExpertWeights bf16_;
+  bool masters_released_ = false;
   bool bf16_compute_ = false;
   Bf16PackedFfn bf16_routed_, bf16_shared_;
   std::shared_ptr<ExpertExecutor> executor_;
