@@ -140,7 +140,7 @@ void RowPacker::add(const float* rows, int64_t n) {
   r_ += n;
 }
 
-void pack_rows(std::vector<RowReader*> parts, RowPacker& p) {
+void pack_rows(std::vector<RowReader*> parts, RowPacker& p, int64_t block) {
   int64_t total = 0, K = -1;
   for (RowReader* r : parts) {
     total += r->rows();
@@ -148,7 +148,8 @@ void pack_rows(std::vector<RowReader*> parts, RowPacker& p) {
     K = r->cols();
   }
   if (parts.empty() || total == 0) return;
-  const int64_t block = parts[0]->block_rows();
+  if (block <= 0) block = parts[0]->block_rows();
+  MOE_CHECK(block % kPackedPanel == 0, "packing: blocks of ", block, " rows are not whole panels");
   std::vector<float> buf;
   size_t part = 0;
   int64_t in_part = 0;  // next row of parts[part]

@@ -77,7 +77,8 @@ class RowPacker {
 };
 
 // Packs the matrix made of the rows of `parts` one after the other (e.g. an expert's gate rows then its
-// up rows: [gate | up]) into a RowPacker, a block at a time.
-void pack_rows(std::vector<RowReader*> parts, RowPacker& p);
+// up rows: [gate | up]) into a RowPacker, a block at a time: `block` rows (a multiple of kPackedPanel;
+// 0: the first part's block_rows()).
+void pack_rows(std::vector<RowReader*> parts, RowPacker& p, int64_t block = 0);
 
 }  // namespace moe::model::detail
