@@ -175,7 +175,8 @@ class Transformer {
   // Inference-only loading (infer::load_inference_model: moe generate, serve, eval, bench generate):
   // the model of `cfg` with the tensors of `src`, checked as load_hf_state_dict checks them, in the
   // precision `opt` asks for, the way a load followed by set_inference_linear_format / set_bf16_inference
-  // and release_masters() would leave it (the same packed weights bit for bit, so the same outputs),
+  // and release_masters() would leave it (the same packed weights bit for bit, so the same outputs;
+  // only the embedding table is held differently, below),
   // but read tensor by tensor and row block by row block: each linear and each expert is packed as it is
   // read, so the f32 weights of what is packed are never held and the load's peak memory stays close to
   // the model's. Where the source can map a tensor (checkpoint_source), rows are read from the mapped
@@ -261,7 +262,6 @@ class Transformer {
   std::vector<int> linear_params() const;  // the weights that bf16 compute packs
   int add_param(const std::string& name, Tensor value, bool decay, Shape shape);
   int add_matrix(const std::string& name, int64_t rows, int64_t cols);  // zeros, or unallocated
-  const Shape& param_shape(size_t i) const { return shapes_[i]; }
   void check_masters(const char* what) const;  // throws when release_masters() dropped them
   // The linears and the embedding table unallocated (f32), the experts too unless `experts`.
   struct Unallocated {
