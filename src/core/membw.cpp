@@ -3,6 +3,8 @@
 // the loads, so its rate is the rate at which memory delivers them.
 #include "moe/core/membw.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>

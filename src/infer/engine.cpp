@@ -202,10 +202,7 @@ struct Engine::Impl {
       st.queued = 0;
     }
     cv_room.notify_all();
-    for (auto& s : running)
-      if (s) finish_seq(*s, "error", what);
-    running.clear();
-    for (Pending& p : rest) finish_pending(p, "error", what);
+    // The owner hears first: a caller waiting on the requests then finds it told when they end.
     if (opt.on_fatal) {
       try {
         opt.on_fatal(what);
@@ -213,6 +210,10 @@ struct Engine::Impl {
         // The engine is stopping either way.
       }
     }
+    for (auto& s : running)
+      if (s) finish_seq(*s, "error", what);
+    running.clear();
+    for (Pending& p : rest) finish_pending(p, "error", what);
   }
 
   // Removes the sequences marked done (null entries) from `running`.

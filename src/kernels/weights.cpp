@@ -164,27 +164,22 @@ WeightView pack_int8_weights(const WeightView& src, int64_t E, void* dst, const 
   const WeightView out{.format = WeightFormat::Int8Packed, .N = N, .K = K, .data = dst, .group = G};
   if (E == 0 || N == 0 || K == 0) return out;
   MOE_CHECK(dst != nullptr, "pack_int8_weights: ", what, ": null destination");
-  const int64_t bytes = packed_int8_bytes(N, K, G), words = packed_int8_words_bytes(N, K),
-                params = packed_int8_param_bytes(N, K, G);
+  const int64_t bytes = packed_int8_bytes(N, K, G), words = packed_int8_words_bytes(N, K);
   parallel_for(E * panels, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t e = i / panels, P = i % panels;
       const WeightView w = src.expert(e);
       const auto* q = static_cast<const int8_t*>(w.data);  // (N, K)
       auto* base = static_cast<uint8_t*>(dst) + e * bytes;
-      int8_t* panel = reinterpret_cast<int8_t*>(base) + P * kPackedPanel * K;         // (K / 4, 16, 4)
-      float* scale = reinterpret_cast<float*>(base + words) + P * ng * kPackedPanel;  // (ng, 16)
-      int32_t* sum = reinterpret_cast<int32_t*>(base + words + params) + P * ng * kPackedPanel;  // (ng, 16)
+      uint8_t* panel = base + P * kPackedPanel * K;                                         // (K / 4, 16, 4)
+      uint16_t* scale = reinterpret_cast<uint16_t*>(base + words) + P * ng * kPackedPanel;  // (ng, 16)
       for (int64_t j = 0; j < kPackedPanel; ++j) {
         const int64_t n = P * kPackedPanel + j;
-        for (int64_t k = 0; k < K; ++k)
-          panel[(k / 4 * kPackedPanel + j) * 4 + k % 4] = n < N ? q[n * K + k] : 0;
-        for (int64_t g = 0; g < ng; ++g) {
-          int32_t s = 0;
-          for (int64_t k = g * G; k < (g + 1) * G && n < N; ++k) s += q[n * K + k];
-          scale[g * kPackedPanel + j] = n < N ? f16_to_f32(w.scales[n * ng + g]) : 0.0f;
-          sum[g * kPackedPanel + j] = 128 * s;
-        }
+        for (int64_t k = 0; k < K; ++k)  // q + 128 (two's complement: the sign bit flipped)
+          panel[(k / 4 * kPackedPanel + j) * 4 + k % 4] =
+              static_cast<uint8_t>((n < N ? static_cast<uint8_t>(q[n * K + k]) : 0u) ^ 0x80u);
+        for (int64_t g = 0; g < ng; ++g)
+          scale[g * kPackedPanel + j] = n < N ? w.scales[n * ng + g] : uint16_t{0};
       }
     }
   });
@@ -203,16 +198,16 @@ WeightView pack_int4_weights(const WeightView& src, int64_t E, void* dst, const 
   if (E == 0 || N == 0 || K == 0) return out;
   MOE_CHECK(dst != nullptr, "pack_int4_weights: ", what, ": null destination");
   const int64_t bytes = packed_int4_bytes(N, K, G), words = packed_int4_words_bytes(N, K),
-                params = packed_int8_param_bytes(N, K, G);
+                params = packed_group_param_bytes(N, K, G);
   parallel_for(E * panels, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t e = i / panels, P = i % panels;
       const WeightView w = src.expert(e);
       const auto* q = static_cast<const uint8_t*>(w.data);  // (N, K / 2)
       auto* base = static_cast<uint8_t*>(dst) + e * bytes;
-      uint8_t* panel = base + P * kPackedPanel * K / 2;                                      // (K / 8, 16, 4)
-      float* scale = reinterpret_cast<float*>(base + words) + P * ng * kPackedPanel;         // (ng, 16)
-      float* min = reinterpret_cast<float*>(base + words + params) + P * ng * kPackedPanel;  // (ng, 16)
+      uint8_t* panel = base + P * kPackedPanel * K / 2;                                     // (K / 8, 16, 4)
+      uint16_t* scale = reinterpret_cast<uint16_t*>(base + words) + P * ng * kPackedPanel;  // (ng, 16)
+      uint16_t* min = reinterpret_cast<uint16_t*>(base + words + params) + P * ng * kPackedPanel;  // (ng, 16)
       for (int64_t j = 0; j < kPackedPanel; ++j) {
         const int64_t n = P * kPackedPanel + j;
         const uint8_t* row = n < N ? q + n * (K / 2) : nullptr;
@@ -223,8 +218,8 @@ WeightView pack_int4_weights(const WeightView& src, int64_t E, void* dst, const 
                                            (quant::int4_at(row, 8 * r + 4 + b) << 4))
                     : 0;
         for (int64_t g = 0; g < ng; ++g) {
-          scale[g * kPackedPanel + j] = row ? f16_to_f32(w.scales[n * ng + g]) : 0.0f;
-          min[g * kPackedPanel + j] = row ? f16_to_f32(w.mins[n * ng + g]) : 0.0f;
+          scale[g * kPackedPanel + j] = row ? w.scales[n * ng + g] : uint16_t{0};  // f16 +0
+          min[g * kPackedPanel + j] = row ? w.mins[n * ng + g] : uint16_t{0};
         }
       }
     }

@@ -12,16 +12,18 @@
 //         op(W)[2q + 1, 16P + j] in its high half; zero beyond N and K   w = bf16_to_f32(stored)
 //   int8-packed  the int8 format packed once (pack_int8_weights) for integer dot products, and the
 //         activations quantized to int8 per row as they are read (W8A8, below). Per expert, ceil(N / 16)
-//         panels of 16 columns, each K / 4 rows of 16 32-bit words, word (r, j) holding the int8 of
-//         op(W)[4r .. 4r + 3, 16P + j] (k ascending from the low byte); then, per panel and group, the 16
-//         columns' fp32 scales; then, per panel and group, the 16 columns' int32 sums of q times 128.
-//         Zero beyond N. Scales and sums live in data (scales, mins null).     w = q · scale
+//         panels of 16 columns, each K / 4 rows of 16 32-bit words, word (r, j) holding q + 128 (an
+//         unsigned byte; q the int8) of op(W)[4r .. 4r + 3, 16P + j] (k ascending from the low byte);
+//         then, per panel and group, the 16 columns' f16 scales (the int8 format's, bit for bit): 8.5
+//         bits per weight at a group of 32. Zero codes (q = 0) and scales beyond N. Scales live in data
+//         (scales, mins null).                                         w = q · scale
 //   int4-packed  the int4 format packed once (pack_int4_weights) for integer dot products with int8
 //         activations (W4A8, below). Per expert, ceil(N / 16) panels of 16 columns, each K / 8 rows of
 //         16 32-bit words; byte b (0..3) of word (r, j) holds q[8r + b] in its low nibble and q[8r + 4 + b]
 //         in its high nibble, q the unsigned int4 of op(W)[., 16P + j]; then, per panel and group, the 16
-//         columns' fp32 scales; then, per panel and group, their fp32 mins. Zero beyond N. Scales and
-//         mins live in data (scales, mins null).                       w = q · scale + min
+//         columns' f16 scales (the int4 format's, bit for bit); then, per panel and group, their f16
+//         mins: 4.5 + 0.5 bits per weight at a group of 32. Zero beyond N. Scales and mins live in data
+//         (scales, mins null).                                           w = q · scale + min
 // (moe/kernels/ops_quant.h describes the int8 / int4 formats.) Expert e's data starts
 // e · data_stride bytes after data, its scales and mins e · param_stride entries after theirs; a
 // stride of 0 means the experts are packed one after the other.
@@ -71,22 +73,24 @@ inline int64_t packed_bf16_panels(int64_t N) { return (N + kPackedPanel - 1) / k
 inline int64_t packed_bf16_bytes(int64_t N, int64_t K) {  // one expert
   return packed_bf16_panels(N) * packed_bf16_pairs(K) * kPackedPanel * 4;
 }
-// The int8-packed layout of one expert: the words, then the scales, then the sums (bytes from data).
+// The int8- and int4-packed group parameters: one f16 per column and group, per panel (the bytes of
+// one such array: the scales, or int4's mins).
+inline int64_t packed_group_param_bytes(int64_t N, int64_t K, int64_t group) {
+  return group > 0 ? packed_bf16_panels(N) * (K / group) * kPackedPanel * 2 : 0;
+}
+// The int8-packed layout of one expert: the words, then the scales (bytes from data).
 inline int64_t packed_int8_words_bytes(int64_t N, int64_t K) {
   return packed_bf16_panels(N) * kPackedPanel * K;
 }
-inline int64_t packed_int8_param_bytes(int64_t N, int64_t K, int64_t group) {  // scales or sums
-  return group > 0 ? packed_bf16_panels(N) * (K / group) * kPackedPanel * 4 : 0;
-}
 inline int64_t packed_int8_bytes(int64_t N, int64_t K, int64_t group) {
-  return packed_int8_words_bytes(N, K) + 2 * packed_int8_param_bytes(N, K, group);
+  return packed_int8_words_bytes(N, K) + packed_group_param_bytes(N, K, group);
 }
 // The int4-packed layout of one expert: the words, then the scales, then the mins (bytes from data).
 inline int64_t packed_int4_words_bytes(int64_t N, int64_t K) {
   return packed_bf16_panels(N) * kPackedPanel * K / 2;
 }
 inline int64_t packed_int4_bytes(int64_t N, int64_t K, int64_t group) {
-  return packed_int4_words_bytes(N, K) + 2 * packed_int8_param_bytes(N, K, group);
+  return packed_int4_words_bytes(N, K) + 2 * packed_group_param_bytes(N, K, group);
 }
 // int8- and int4-packed groups: at most this many k (each group's integer sum is then exact in fp32).
 constexpr int64_t kMaxPackedInt8Group = 1024;

@@ -29,10 +29,10 @@ float weight_at(const WeightView& W, int64_t k, int64_t n) {
     case WeightFormat::Int8Packed: {  // byte k % 4 of word (k / 4, n % 16) of panel n / 16; the group's scale
       const int64_t P = n / kPackedPanel, j = n % kPackedPanel, ng = W.K / W.group;
       const auto* base = static_cast<const uint8_t*>(W.data);
-      const auto q =
-          static_cast<int8_t>(base[P * kPackedPanel * W.K + (k / 4 * kPackedPanel + j) * 4 + k % 4]);
-      const auto* scales = reinterpret_cast<const float*>(base + packed_int8_words_bytes(W.N, W.K));
-      return static_cast<float>(q) * scales[(P * ng + k / W.group) * kPackedPanel + j];  // exact
+      const auto q = static_cast<int8_t>(
+          base[P * kPackedPanel * W.K + (k / 4 * kPackedPanel + j) * 4 + k % 4] ^ 0x80u);  // stored q + 128
+      const auto* scales = reinterpret_cast<const uint16_t*>(base + packed_int8_words_bytes(W.N, W.K));
+      return static_cast<float>(q) * f16_to_f32(scales[(P * ng + k / W.group) * kPackedPanel + j]);  // exact
     }
     case WeightFormat::Int4Packed: {  // nibble (k % 8 >= 4) of byte k % 4 of word (k / 8, n % 16) of panel
                                       // n / 16; the group's scale and min
@@ -40,10 +40,10 @@ float weight_at(const WeightView& W, int64_t k, int64_t n) {
       const auto* base = static_cast<const uint8_t*>(W.data);
       const uint8_t b = base[P * kPackedPanel * W.K / 2 + (k / 8 * kPackedPanel + j) * 4 + k % 4];
       const auto q = static_cast<uint8_t>(k % 8 >= 4 ? b >> 4 : b & 15u);
-      const auto* scales = reinterpret_cast<const float*>(base + packed_int4_words_bytes(W.N, W.K));
-      const float* mins = scales + packed_int8_param_bytes(W.N, W.K, W.group) / 4;
+      const auto* scales = reinterpret_cast<const uint16_t*>(base + packed_int4_words_bytes(W.N, W.K));
+      const uint16_t* mins = scales + packed_group_param_bytes(W.N, W.K, W.group) / 2;
       const int64_t s = (P * ng + k / W.group) * kPackedPanel + j;
-      return quant::dequant4(q, scales[s], mins[s]);
+      return quant::dequant4(q, f16_to_f32(scales[s]), f16_to_f32(mins[s]));
     }
     case WeightFormat::Int8:
     case WeightFormat::Int4:

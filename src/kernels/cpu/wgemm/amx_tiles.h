@@ -11,8 +11,8 @@
 //   dp<C, A, B>()           C (16 x 16 fp32) += A (16 rows x 16 bf16 pairs) · B (16 pair rows x 16
 //                           columns), TDPBF16PS: for each (m, n), over k = 0..15 in order,
 //                           c += a[m][2k] · b[k][2n], then c += a[m][2k + 1] · b[k][2n + 1]
-//   dpbusd<C, A, B>()       C (16 x 16 int32) += A (16 rows x 64 unsigned bytes) · B (16 quad rows x
-//                           16 columns of 4 signed bytes), TDPBUSD (integer: exact, any order)
+//   dpbsud<C, A, B>()       C (16 x 16 int32) += A (16 rows x 64 signed bytes) · B (16 quad rows x
+//                           16 columns of 4 unsigned bytes), TDPBSUD (integer: exact, any order)
 // begin() loads the configuration, end() releases the tiles.
 //
 // The emulation's products are exact (bf16 · bf16 fits in fp32) and each addition rounds to nearest
@@ -89,11 +89,11 @@ struct AmxHw {
 #undef MOE_TILE_DP
   }
   template <int C, int A, int B>
-  static MOE_TILE_INLINE void dpbusd() {
+  static MOE_TILE_INLINE void dpbsud() {
     static_assert(C < 4 && (A == 4 || A == 5) && (B == 6 || B == 7), "C in 0..3, A in 4..5, B in 6..7");
 #define MOE_TILE_DPB(c, a, b)                \
   if constexpr (C == c && A == a && B == b) \
-    asm volatile("tdpbusd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory");
+    asm volatile("tdpbsud %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory");
     MOE_TILE_DPB(0, 4, 6) MOE_TILE_DPB(1, 4, 7) MOE_TILE_DPB(2, 5, 6) MOE_TILE_DPB(3, 5, 7)
 #undef MOE_TILE_DPB
   }
@@ -150,7 +150,7 @@ struct AmxEmu {
     }
   }
   template <int C, int A, int B>
-  static void dpbusd() {
+  static void dpbsud() {
     Tile& c = tiles()[C];
     const Tile& a = tiles()[A];
     const Tile& b = tiles()[B];
@@ -160,7 +160,7 @@ struct AmxEmu {
       for (int k = 0; k < 16; ++k)
         for (int n = 0; n < 16; ++n)
           for (int i = 0; i < 4; ++i)
-            acc[n] += int32_t{a.row[m][4 * k + i]} * int32_t{static_cast<int8_t>(b.row[k][4 * n + i])};
+            acc[n] += int32_t{static_cast<int8_t>(a.row[m][4 * k + i])} * int32_t{b.row[k][4 * n + i]};
       std::memcpy(c.row[m], acc, 64);
     }
   }

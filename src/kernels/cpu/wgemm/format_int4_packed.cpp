@@ -29,6 +29,7 @@
 #include "kernels/cpu/wgemm/engine.h"
 #include "kernels/cpu/wgemm/quant_rows.h"
 #include "kernels/quant_format.h"
+#include "moe/core/dtype.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
 
@@ -42,19 +43,19 @@ constexpr int64_t kNC = 192;  // a multiple of every NR
 
 // The expert's packed data as the kernels read it.
 struct Packed {
-  const uint32_t* words;  // panel P at words + P * (K / 8) * 16
-  const float* scales;    // panel P, group g at scales + (P * ng + g) * 16
-  const float* mins;      // likewise
+  const uint32_t* words;   // panel P at words + P * (K / 8) * 16
+  const uint16_t* scales;  // f16; panel P, group g at scales + (P * ng + g) * 16
+  const uint16_t* mins;    // likewise
   int64_t K, group, ng;
 };
 
 Packed packed_of(const Problem& p) {
   const auto* base = static_cast<const uint8_t*>(p.W.data);
   const int64_t words = packed_int4_words_bytes(p.N, p.K),
-                params = packed_int8_param_bytes(p.N, p.K, p.W.group);
+                params = packed_group_param_bytes(p.N, p.K, p.W.group);
   return {reinterpret_cast<const uint32_t*>(base),
-          reinterpret_cast<const float*>(base + words),
-          reinterpret_cast<const float*>(base + words + params),
+          reinterpret_cast<const uint16_t*>(base + words),
+          reinterpret_cast<const uint16_t*>(base + words + params),
           p.K,
           p.W.group,
           p.K / p.W.group};
@@ -80,8 +81,8 @@ struct KernGeneric {
     for (int64_t g = 0; g < w.ng; ++g) {
       for (int v = 0; v < V; ++v) {
         const auto* panel = reinterpret_cast<const uint8_t*>(w.words + (b.P + v) * (w.K / 8) * kPanel);
-        const float* sc = w.scales + ((b.P + v) * w.ng + g) * kPanel;
-        const float* mn = w.mins + ((b.P + v) * w.ng + g) * kPanel;
+        const uint16_t* sc = w.scales + ((b.P + v) * w.ng + g) * kPanel;
+        const uint16_t* mn = w.mins + ((b.P + v) * w.ng + g) * kPanel;
         for (int r = 0; r < R; ++r) {
           const int8_t* a = b.a + r * w.K;
           for (int j = 0; j < 16; ++j) {
@@ -91,8 +92,8 @@ struct KernGeneric {
               acc += int32_t{a[k]} * int32_t{k % 8 >= 4 ? byte >> 4 : byte & 15};
             }
             float& x = f[r][16 * v + j];
-            x = std::fma(static_cast<float>(acc), sc[j], x);
-            x = std::fma(b.gs[r * w.ng + g], mn[j], x);
+            x = std::fma(static_cast<float>(acc), moe::f16_to_f32(sc[j]), x);
+            x = std::fma(b.gs[r * w.ng + g], moe::f16_to_f32(mn[j]), x);
           }
         }
       }
@@ -129,11 +130,13 @@ struct KernVnni {
                       0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu, 0x0f0f0f0fu};
     const int64_t rows = w.group / 8;  // word rows per group
     for (int64_t g = 0; g < w.ng; ++g) {
-      __m512i acc[R][V];
+      // (the low and the high nibbles in their own accumulators: two dependency chains of vpdpbusd
+      // per block instead of one, added at the group's end, exactly)
+      __m512i acc[R][V], acc_hi[R][V];
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
-        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_si512();
+        for (int v = 0; v < V; ++v) acc[r][v] = acc_hi[r][v] = _mm512_setzero_si512();
       for (int64_t q = g * rows; q < (g + 1) * rows; ++q) {
         __m512i lo[V], hi[V];
 #pragma GCC unroll 16
@@ -151,17 +154,21 @@ struct KernVnni {
 #pragma GCC unroll 16
           for (int v = 0; v < V; ++v) {
             acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], lo[v], al);
-            acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], hi[v], ah);
+            acc_hi[r][v] = _mm512_dpbusd_epi32(acc_hi[r][v], hi[v], ah);
           }
         }
       }
 #pragma GCC unroll 16
       for (int v = 0; v < V; ++v) {
-        const __m512 sc = _mm512_loadu_ps(w.scales + ((b.P + v) * w.ng + g) * kPanel);
-        const __m512 mn = _mm512_loadu_ps(w.mins + ((b.P + v) * w.ng + g) * kPanel);
+        const __m512 sc = _mm512_maskz_cvtph_ps(
+            0xFFFF,
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.scales + ((b.P + v) * w.ng + g) * kPanel)));
+        const __m512 mn = _mm512_maskz_cvtph_ps(
+            0xFFFF,
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.mins + ((b.P + v) * w.ng + g) * kPanel)));
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
-          f[r][v] = _mm512_fmadd_ps(to_f32(acc[r][v]), sc, f[r][v]);
+          f[r][v] = _mm512_fmadd_ps(to_f32(_mm512_add_epi32(acc[r][v], acc_hi[r][v])), sc, f[r][v]);
           f[r][v] = _mm512_fmadd_ps(_mm512_set1_ps(b.gs[r * w.ng + g]), mn, f[r][v]);
         }
       }
@@ -181,24 +188,6 @@ struct KernVnni {
 
 using KernFn = void (*)(const Packed&, const Block&);
 
-// Quantizes row r's activations to signed int8 at a (K) and sums each group into gs (ng); returns
-// the row's scale (NaN for a non-finite row, whose integers are then 0).
-// (The AVX-512 path: quantize_row_avx512, the same bytes and sums.)
-template <bool kAvx512>
-float quantize_row(const Problem& p, int64_t r, float* h, int8_t* a, float* gs) {
-  const int64_t K = p.K, G = p.W.group;
-  auto* u = reinterpret_cast<uint8_t*>(a);
-  if constexpr (kAvx512) return quantize_row_avx512(a_span(p, r, 0, K, h), K, 0, u, G, gs);
-  const float s = quant::quantize_act_row(a_span(p, r, 0, K, h), K, u);
-  for (int64_t k = 0; k < K; ++k) u[k] ^= 0x80u;  // q + 128 -> q, two's complement
-  for (int64_t g = 0; g < K / G; ++g) {
-    int32_t sum = 0;
-    for (int64_t k = g * G; k < (g + 1) * G; ++k) sum += a[k];
-    gs[g] = static_cast<float>(sum);  // |sum| <= 1024 · 127: exact
-  }
-  return s;
-}
-
 template <class Kern>
 MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                           const TileOut& out) {
@@ -213,7 +202,8 @@ MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, 
   float* gs = scratch(gs_buf, mc * ng);  // (mc, ng) their group sums
   float rs[kMC];                         // the rows' scales
   for (int64_t i = 0; i < mc; ++i)
-    rs[i] = quantize_row<std::is_same_v<Kern, KernVnni>>(p, i0 + i, h, q + i * K, gs + i * ng);
+    rs[i] = quantize_row_signed<std::is_same_v<Kern, KernVnni>>(a_span(p, i0 + i, 0, K, h), K, p.W.group,
+                                                                q + i * K, gs + i * ng);
   run_panels<MR, NV>(mc, nc, out, [&](int64_t r, int64_t v, int64_t ip, int64_t P, float* c, int64_t ldc) {
     kern_for<Kern, KernFn>(r, v)(w, {q + ip * K, gs + ip * ng, rs + ip, j0 / kPanel + P, c, ldc, out.load});
   });
@@ -236,7 +226,7 @@ void tile_avx512(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j
 }  // namespace
 
 const Format& int4_packed_format() {
-  // No AMX tiles: TDPBUSD reads whole bytes, and the nibbles would have to be unpacked into a tile
+  // No AMX tiles: TDPBSUD reads whole bytes, and the nibbles would have to be unpacked into a tile
   // first; on AMX machines the vpdpbusd kernel runs (the slot below).
   static const Format f{.mc = kMC,
                         .nc = kNC,

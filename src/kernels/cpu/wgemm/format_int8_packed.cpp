@@ -1,17 +1,19 @@
 // The int8-packed weight format of grouped_gemm_w (engine.h): W8A8 on integer dot products. The
 // weights are packed once (pack_int8_weights, moe/kernels/weights.h) in panels of 16 columns whose
-// words hold 4 consecutive k of a column; a call quantizes its activation rows (one scale per row,
-// quant::quantize_act_row, stored as q + 128) and multiplies them with vpdpbusd, which adds the four
-// products of unsigned (activation) and signed (weight) bytes to an int32 lane.
+// words hold 4 consecutive k of a column as unsigned bytes w + 128; a call quantizes its activation
+// rows to signed int8 (one scale per row, quant::quantize_act_row) with each group's sum of codes, and
+// multiplies them with vpdpbusd, which adds the four products of unsigned (weight) and signed
+// (activation) bytes to an int32 lane. The weights' offset is taken back with the rows' group sums, so
+// the packed format holds only the codes and one f16 scale per column and group (as q8_0 does).
 //
 // A tile (at most kMC rows of one expert and a multiple of 16 columns, from the engine) is computed
-//   quantize its rows (the whole K of each, after the pre-activation if any),
+//   quantize its rows (the whole K of each, after the pre-activation if any) and sum each group,
 //   for each group of NV panels and each MR rows, over the groups g of K in order:
-//     i[r, n] = Σ_{k in g} (q_rk + 128) · w_nk           (int32, exact)
-//     f[r, n] = fma(float(i[r, n] - 128 · Σ_{k in g} w_nk), scale[n, g], f[r, n])   (the int32 is exact
+//     i[r, n] = Σ_{k in g} q_rk · (w_nk + 128)           (int32, exact)
+//     f[r, n] = fma(float(i[r, n] - 128 · Σ_{k in g} q_rk), scale[n, g], f[r, n])   (the int32 is exact
 //               in fp32: |Σ q w| <= 1024 · 127² < 2^24)
 //   then C[r, n] = f · s_r (or fma(f, s_r, C) to add).
-// Every instruction set runs this order, so the portable path, vpdpbusd and the AMX tiles (TDPBUSD,
+// Every instruction set runs this order, so the portable path, vpdpbusd and the AMX tiles (TDPBSUD,
 // hardware or emulated) give the same bits, for any thread count; a row's result does not depend on
 // the other rows. The tiles need groups of whole 64-byte tile rows (group % 64 == 0) and at least
 // kAmxMinRows rows; otherwise the vpdpbusd kernel runs.
@@ -29,6 +31,7 @@
 #include "kernels/cpu/wgemm/engine.h"
 #include "kernels/cpu/wgemm/quant_rows.h"
 #include "kernels/quant_format.h"
+#include "moe/core/dtype.h"
 
 #define MOE_INLINE inline __attribute__((always_inline))
 
@@ -43,27 +46,23 @@ constexpr int64_t kAmxMinRows = 16;
 
 // The expert's packed data as the kernels read it.
 struct Packed {
-  const int32_t* words;  // panel P at words + P * K * 4 (K / 4 rows of 16 words)
-  const float* scales;   // panel P, group g at scales + (P * ng + g) * 16
-  const int32_t* sums;   // likewise
+  const int32_t* words;    // panel P at words + P * K * 4 (K / 4 rows of 16 words)
+  const uint16_t* scales;  // f16; panel P, group g at scales + (P * ng + g) * 16
   int64_t K, group, ng;
 };
 
 Packed packed_of(const Problem& p) {
   const auto* base = static_cast<const uint8_t*>(p.W.data);
-  const int64_t words = packed_int8_words_bytes(p.N, p.K),
-                params = packed_int8_param_bytes(p.N, p.K, p.W.group);
-  return {reinterpret_cast<const int32_t*>(base),
-          reinterpret_cast<const float*>(base + words),
-          reinterpret_cast<const int32_t*>(base + words + params),
-          p.K,
-          p.W.group,
-          p.K / p.W.group};
+  const int64_t words = packed_int8_words_bytes(p.N, p.K);
+  return {reinterpret_cast<const int32_t*>(base), reinterpret_cast<const uint16_t*>(base + words), p.K,
+          p.W.group, p.K / p.W.group};
 }
 
-// One block: R rows of quantized activations (a + r * K bytes, row scales rs) x V panels from panel P.
+// One block: R rows of quantized activations (a + r * K, signed), their group sums times 128 (gc + r *
+// ng) and scales (rs) x V panels from panel P.
 struct Block {
-  const uint8_t* a;
+  const int8_t* a;
+  const int32_t* gc;
   const float* rs;
   int64_t P;
   float* c;
@@ -78,16 +77,16 @@ struct KernGeneric {
     float f[R][16 * V] = {};
     for (int64_t g = 0; g < w.ng; ++g) {
       for (int v = 0; v < V; ++v) {
-        const int8_t* panel = reinterpret_cast<const int8_t*>(w.words + (b.P + v) * w.K * 4);
-        const float* sc = w.scales + ((b.P + v) * w.ng + g) * kPanel;
-        const int32_t* sm = w.sums + ((b.P + v) * w.ng + g) * kPanel;
+        const auto* panel = reinterpret_cast<const uint8_t*>(w.words + (b.P + v) * w.K * 4);
+        const uint16_t* sc = w.scales + ((b.P + v) * w.ng + g) * kPanel;
         for (int r = 0; r < R; ++r) {
-          const uint8_t* a = b.a + r * w.K;
+          const int8_t* a = b.a + r * w.K;
           for (int j = 0; j < 16; ++j) {
             int32_t acc = 0;
             for (int64_t k = g * w.group; k < (g + 1) * w.group; ++k)
               acc += int32_t{a[k]} * int32_t{panel[(k / 4 * kPanel + j) * 4 + k % 4]};
-            f[r][16 * v + j] = std::fma(static_cast<float>(acc - sm[j]), sc[j], f[r][16 * v + j]);
+            f[r][16 * v + j] = std::fma(static_cast<float>(acc - b.gc[r * w.ng + g]), moe::f16_to_f32(sc[j]),
+                                        f[r][16 * v + j]);
           }
         }
       }
@@ -136,16 +135,20 @@ struct KernVnni {
           std::memcpy(&a4, b.a + r * w.K + 4 * q, 4);
           const __m512i av = _mm512_set1_epi32(a4);
 #pragma GCC unroll 16
-          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], av, wv[v]);
+          for (int v = 0; v < V; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], wv[v], av);
         }
       }
+      __m512i gc[R];
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) gc[r] = _mm512_set1_epi32(b.gc[r * w.ng + g]);
 #pragma GCC unroll 16
       for (int v = 0; v < V; ++v) {
-        const __m512 sc = _mm512_loadu_ps(w.scales + ((b.P + v) * w.ng + g) * kPanel);
-        const __m512i sm = _mm512_loadu_si512(w.sums + ((b.P + v) * w.ng + g) * kPanel);
+        const __m512 sc = _mm512_maskz_cvtph_ps(
+            0xFFFF,
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.scales + ((b.P + v) * w.ng + g) * kPanel)));
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r)
-          f[r][v] = _mm512_fmadd_ps(to_f32(_mm512_sub_epi32(acc[r][v], sm)), sc, f[r][v]);
+          f[r][v] = _mm512_fmadd_ps(to_f32(_mm512_sub_epi32(acc[r][v], gc[r])), sc, f[r][v]);
       }
     }
 #pragma GCC unroll 16
@@ -163,26 +166,36 @@ struct KernVnni {
 
 using KernFn = void (*)(const Packed&, const Block&);
 
+// Rows [i0, i0 + mc) of the call quantized to signed int8 at q (mc, K), 128 times each group's sum of
+// codes at gc (mc, ng) and the rows' scales at rs.
+template <bool kAvx512>
+MOE_INLINE void quantize_rows(const Problem& p, int64_t i0, int64_t mc, float* h, int8_t* q, int32_t* gc,
+                              float* rs) {
+  const int64_t K = p.K, G = p.W.group, ng = K / G;
+  thread_local std::vector<float> gs_buf;
+  float* gs = scratch(gs_buf, ng);  // a row's group sums (exact in fp32)
+  for (int64_t i = 0; i < mc; ++i) {
+    rs[i] = quantize_row_signed<kAvx512>(a_span(p, i0 + i, 0, K, h), K, G, q + i * K, gs);
+    for (int64_t g = 0; g < ng; ++g) gc[i * ng + g] = 128 * static_cast<int32_t>(gs[g]);
+  }
+}
+
 template <class Kern>
 MOE_INLINE void tile_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                           const TileOut& out) {
   constexpr int64_t MR = Kern::MR, NV = Kern::NV;
-  const int64_t mc = i1 - i0, nc = j1 - j0, K = p.K;
+  const int64_t mc = i1 - i0, nc = j1 - j0, K = p.K, ng = K / p.W.group;
   const Packed w = packed_of(p);
-  thread_local std::vector<uint8_t> q_buf;
+  thread_local std::vector<int8_t> q_buf;
   thread_local std::vector<float> h_buf;
-  uint8_t* q = scratch(q_buf, mc * K);  // (mc, K) activations + 128
-  float* h = scratch(h_buf, K);         // a row's pre-activation
-  float rs[kMC];                        // the rows' scales
-  for (int64_t i = 0; i < mc; ++i) {
-    const float* row = a_span(p, i0 + i, 0, K, h);
-    if constexpr (std::is_same_v<Kern, KernVnni>)
-      rs[i] = quantize_row_avx512(row, K, 128, q + i * K);
-    else
-      rs[i] = quant::quantize_act_row(row, K, q + i * K);
-  }
+  thread_local std::vector<int32_t> gc_buf;
+  int8_t* q = scratch(q_buf, mc * K);      // (mc, K) activations
+  float* h = scratch(h_buf, K);            // a row's pre-activation
+  int32_t* gc = scratch(gc_buf, mc * ng);  // (mc, ng) 128 times their group sums
+  float rs[kMC];                           // the rows' scales
+  quantize_rows<std::is_same_v<Kern, KernVnni>>(p, i0, mc, h, q, gc, rs);
   run_panels<MR, NV>(mc, nc, out, [&](int64_t r, int64_t v, int64_t ip, int64_t P, float* c, int64_t ldc) {
-    kern_for<Kern, KernFn>(r, v)(w, {q + ip * K, rs + ip, j0 / kPanel + P, c, ldc, out.load});
+    kern_for<Kern, KernFn>(r, v)(w, {q + ip * K, gc + ip * ng, rs + ip, j0 / kPanel + P, c, ldc, out.load});
   });
 }
 
@@ -202,9 +215,11 @@ void tile_avx512(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j
 
 // ---- amx: 32 x 32 blocks of 2 x 2 int32 tiles per group, folded into fp32 sums kept in memory ----
 
-// The block's fp32 sums over the groups: rows [0, 32) of q (quantized, row stride K), panels P, P + 1.
+// The block's fp32 sums over the groups: rows [0, 32) of q (quantized, row stride K; 128 times their
+// group sums at gc, row stride ng), panels P, P + 1.
 template <class Unit, int V>
-MOE_INLINE void amx_block(const Packed& w, const uint8_t* q, int64_t P, float* f /* (32, 32) */) {
+MOE_INLINE void amx_block(const Packed& w, const int8_t* q, const int32_t* gc, int64_t P,
+                          float* f /* (32, 32) */) {
   alignas(64) int32_t c[32 * 32];  // one group's int32 block
   for (int64_t i = 0; i < 32 * 32; ++i) f[i] = 0.0f;
   for (int64_t g = 0; g < w.ng; ++g) {
@@ -218,12 +233,12 @@ MOE_INLINE void amx_block(const Packed& w, const uint8_t* q, int64_t P, float* f
       Unit::template load<4>(q + k0, w.K);
       Unit::template load<5>(q + 16 * w.K + k0, w.K);
       Unit::template load<6>(w.words + P * w.K * 4 + k0 / 4 * kPanel, 64);
-      Unit::template dpbusd<0, 4, 6>();
-      Unit::template dpbusd<2, 5, 6>();
+      Unit::template dpbsud<0, 4, 6>();
+      Unit::template dpbsud<2, 5, 6>();
       if constexpr (V == 2) {
         Unit::template load<7>(w.words + (P + 1) * w.K * 4 + k0 / 4 * kPanel, 64);
-        Unit::template dpbusd<1, 4, 7>();
-        Unit::template dpbusd<3, 5, 7>();
+        Unit::template dpbsud<1, 4, 7>();
+        Unit::template dpbsud<3, 5, 7>();
       }
     }
     Unit::template store<0>(c, 128);
@@ -233,13 +248,15 @@ MOE_INLINE void amx_block(const Packed& w, const uint8_t* q, int64_t P, float* f
       Unit::template store<3>(c + 16 * 32 + 16, 128);
     }
     for (int v = 0; v < V; ++v) {
-      const float* sc = w.scales + ((P + v) * w.ng + g) * kPanel;
-      const int32_t* sm = w.sums + ((P + v) * w.ng + g) * kPanel;
-      for (int r = 0; r < 32; ++r)
+      float sc[16];
+      for (int j = 0; j < 16; ++j) sc[j] = moe::f16_to_f32(w.scales[((P + v) * w.ng + g) * kPanel + j]);
+      for (int r = 0; r < 32; ++r) {
+        const int32_t corr = gc[r * w.ng + g];
         for (int j = 0; j < 16; ++j) {
           float& x = f[r * 32 + 16 * v + j];
-          x = std::fma(static_cast<float>(c[r * 32 + 16 * v + j] - sm[j]), sc[j], x);
+          x = std::fma(static_cast<float>(c[r * 32 + 16 * v + j] - corr), sc[j], x);
         }
+      }
     }
   }
 }
@@ -248,20 +265,21 @@ template <class Unit>
 MOE_INLINE void tile_amx_impl(const Problem& p, int64_t i0, int64_t i1, int64_t j0, int64_t j1,
                               const TileOut& out) {
   const int64_t mc = i1 - i0, nc = j1 - j0, panels = (nc + kPanel - 1) / kPanel, K = p.K;
-  const int64_t mc_pad = (mc + 31) / 32 * 32;
+  const int64_t mc_pad = (mc + 31) / 32 * 32, ng = K / p.W.group;
   const Packed w = packed_of(p);
-  thread_local std::vector<uint8_t> q_buf;
+  thread_local std::vector<int8_t> q_buf;
   thread_local std::vector<float> h_buf;
-  uint8_t* q = scratch(q_buf, mc_pad * K);
+  thread_local std::vector<int32_t> gc_buf;
+  int8_t* q = scratch(q_buf, mc_pad * K);
   float* h = scratch(h_buf, K);
+  int32_t* gc = scratch(gc_buf, mc_pad * ng);
   float rs[kMC + 32];
-  for (int64_t i = 0; i < mc_pad; ++i) {
-    if (i < mc) {
-      rs[i] = quant::quantize_act_row(a_span(p, i0 + i, 0, K, h), K, q + i * K);
-    } else {
-      std::memset(q + i * K, 128, static_cast<size_t>(K));  // a zero row
-      rs[i] = 0.0f;
-    }
+  // (the hardware's fold-in is compiled for AVX-512, the emulation's portable)
+  quantize_rows<std::is_same_v<Unit, AmxHw>>(p, i0, mc, h, q, gc, rs);
+  for (int64_t i = mc; i < mc_pad; ++i) {  // zero rows
+    std::memset(q + i * K, 0, static_cast<size_t>(K));
+    for (int64_t g = 0; g < ng; ++g) gc[i * ng + g] = 0;
+    rs[i] = 0.0f;
   }
   alignas(64) float f[32 * 32];
   Unit::begin();
@@ -270,9 +288,9 @@ MOE_INLINE void tile_amx_impl(const Problem& p, int64_t i0, int64_t i1, int64_t 
     const int64_t cols = nc - P * kPanel < v * kPanel ? nc - P * kPanel : v * kPanel;
     for (int64_t ip = 0; ip < mc; ip += 32) {
       if (v == 2) {
-        amx_block<Unit, 2>(w, q + ip * K, j0 / kPanel + P, f);
+        amx_block<Unit, 2>(w, q + ip * K, gc + ip * ng, j0 / kPanel + P, f);
       } else {
-        amx_block<Unit, 1>(w, q + ip * K, j0 / kPanel + P, f);
+        amx_block<Unit, 1>(w, q + ip * K, gc + ip * ng, j0 / kPanel + P, f);
       }
       const int64_t r = mc - ip < 32 ? mc - ip : 32;
       for (int64_t ii = 0; ii < r; ++ii) {

@@ -61,4 +61,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline float quantize_row_a
 }
 #pragma GCC diagnostic pop
 
+// Row a (K) quantized to the signed int8 codes at q (K) and each group's sum of codes into gs (K / group,
+// exact in fp32); returns the row's scale (NaN for a non-finite row, whose codes are then 0). The
+// portable loop (quant::quantize_act_row) or, with kAvx512, quantize_row_avx512: the same bytes and sums.
+template <bool kAvx512>
+float quantize_row_signed(const float* a, int64_t K, int64_t group, int8_t* q, float* gs) {
+  auto* u = reinterpret_cast<uint8_t*>(q);
+  if constexpr (kAvx512) {
+    return quantize_row_avx512(a, K, 0, u, group, gs);
+  } else {
+    const float s = quant::quantize_act_row(a, K, u);
+    for (int64_t k = 0; k < K; ++k) u[k] ^= 0x80u;  // q + 128 -> q, two's complement
+    for (int64_t g = 0; g < K / group; ++g) {
+      int32_t sum = 0;
+      for (int64_t k = g * group; k < (g + 1) * group; ++k) sum += q[k];
+      gs[g] = static_cast<float>(sum);  // |sum| <= 1024 · 127: exact
+    }
+    return s;
+  }
+}
+
 }  // namespace moe::kernels::cpu::wgemm
