@@ -121,22 +121,21 @@ void RowPacker::add(const float* rows, int64_t n) {
                                 .group = group_};
   tmp_.resize(static_cast<size_t>(kernels::packed_int_bytes(src)));
   kernels::pack_int_weights(src, 1, tmp_.data(), name_.c_str());
-  // Three sections, each panel after panel: the words, then two per-panel-and-group parameter arrays
-  // (scales and sums, or scales and mins) of equal size; per panel, each section has a fixed size.
+  // Sections, each panel after panel: the words, then the per-panel-and-group parameter arrays of
+  // equal size (int8: the scales; int4: the scales and the mins); per panel, each has a fixed size.
   const int64_t words_panel = int8 ? kernels::packed_int8_words_bytes(kPackedPanel, K_)
                                    : kernels::packed_int4_words_bytes(kPackedPanel, K_);
-  const int64_t params_panel = (packed_weight_bytes(f_, kPackedPanel, K_, group_) - words_panel) / 2;
+  const int64_t arrays = int8 ? 1 : 2;
+  const int64_t params_panel = (packed_weight_bytes(f_, kPackedPanel, K_, group_) - words_panel) / arrays;
   const int64_t p0 = r0 / kPackedPanel, pn = kernels::packed_bf16_panels(n),
                 pN = kernels::packed_bf16_panels(N_);
-  MOE_CHECK(static_cast<int64_t>(tmp_.size()) == pn * (words_panel + 2 * params_panel), "packing '", name_,
-            "': the packed block is not words plus two parameter arrays");
+  MOE_CHECK(static_cast<int64_t>(tmp_.size()) == pn * (words_panel + arrays * params_panel), "packing '",
+            name_, "': the packed block is not words plus ", arrays, " parameter arrays");
   const uint8_t* t = tmp_.data();
-  uint8_t* scales = dst_ + pN * words_panel;
-  uint8_t* second = scales + pN * params_panel;
   std::memcpy(dst_ + p0 * words_panel, t, static_cast<size_t>(pn * words_panel));
-  std::memcpy(scales + p0 * params_panel, t + pn * words_panel, static_cast<size_t>(pn * params_panel));
-  std::memcpy(second + p0 * params_panel, t + pn * (words_panel + params_panel),
-              static_cast<size_t>(pn * params_panel));
+  for (int64_t a = 0; a < arrays; ++a)
+    std::memcpy(dst_ + pN * words_panel + a * pN * params_panel + p0 * params_panel,
+                t + pn * words_panel + a * pn * params_panel, static_cast<size_t>(pn * params_panel));
   r_ += n;
 }
 
