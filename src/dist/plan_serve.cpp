@@ -39,12 +39,12 @@ ServeFormat serve_format(const std::string& name) {
   if (name == "f32") return f;
   if (name == "bf16") {
     f.dense_read = f.expert_read = 2;
-    f.dense_held = f.expert_held = 6;  // the bf16 copies beside the f32 weights
+    f.dense_held = f.expert_held = 2;  // an inference load packs them and keeps no f32 copy
     return f;
   }
   if (name == "int8" || name == "int4") {
-    // w8a8 / w4a8 packing: int8 with an fp32 scale per 32, or int4 with an fp32 scale and min per 32.
-    f.expert_read = f.expert_held = name == "int8" ? 1.0 + 4.0 / 32.0 : 0.5 + 8.0 / 32.0;
+    // w8a8 / w4a8 packing: int8 with an f16 scale per 32, or int4 with an f16 scale and min per 32.
+    f.expert_read = f.expert_held = name == "int8" ? 1.0 + 2.0 / 32.0 : 0.5 + 4.0 / 32.0;
     return f;
   }
   throw Error(cat("plan --serve: --format must be f32, bf16, int8 or int4, got '", name, "'"));

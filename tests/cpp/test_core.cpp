@@ -1,7 +1,12 @@
 // Core: dtypes, tensors, allocation, threads, RNG.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <atomic>
 #include <functional>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include <cmath>
 #include <cstring>
@@ -192,6 +197,64 @@ TEST(Threads, SettableAndValidated) {
     for (int64_t i = b; i < e; ++i) hit[i]++;
   });
   for (int h : hit) ASSERT_EQ(h, 1);
+  set_num_threads(saved);
+}
+
+// The worker pool (moe/core/parallel.h): every chunk and item exactly once with the documented bounds,
+// nested calls inline, exceptions rethrown in the caller after the rest ran, several calling threads
+// at once (a pool each), thread-count changes, and more items than one job's word counts.
+TEST(Threads, PoolRunsEveryChunkOnceAndRethrows) {
+  const int saved = num_threads();
+  for (int t : {2, 3, 7}) {
+    set_num_threads(t);
+    for (int rep = 0; rep < 200; ++rep) {
+      const int64_t n = 1 + rep * 13 % 97;
+      std::vector<std::atomic<int>> hit(static_cast<size_t>(n));
+      std::atomic<int> calls{0};
+      parallel_for(n, 1, [&](int64_t b, int64_t e) {
+        const int64_t chunks = std::min<int64_t>(n, t);
+        int64_t c = 0;  // the chunk whose first item is b
+        while (c < chunks && n * c / chunks != b) ++c;
+        ASSERT_LT(c, chunks) << "b " << b;
+        EXPECT_EQ(e, n * (c + 1) / chunks);
+        EXPECT_EQ(in_parallel(), chunks > 1);
+        parallel_for(4, 1, [&](int64_t, int64_t) { ++calls; });  // nested: inline, one call
+        for (int64_t i = b; i < e; ++i) hit[static_cast<size_t>(i)]++;
+      });
+      for (auto& h : hit) ASSERT_EQ(h.load(), 1) << "n " << n << " threads " << t;
+      // (one outer chunk runs inline without the pool: its nested call then uses the pool)
+      EXPECT_EQ(calls.load(), n == 1 ? std::min(4, t) : static_cast<int>(std::min<int64_t>(n, t)));
+      std::vector<std::atomic<int>> items(static_cast<size_t>(n));
+      parallel_items(n, [&](int64_t i) { items[static_cast<size_t>(i)]++; });
+      for (auto& h : items) ASSERT_EQ(h.load(), 1);
+    }
+    EXPECT_FALSE(in_parallel());
+    std::atomic<int> ran{0};
+    try {
+      parallel_items(50, [&](int64_t i) {
+        ++ran;
+        if (i == 7) throw Error("item 7");
+      });
+      ADD_FAILURE() << "no exception";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("item 7"), std::string::npos);
+    }
+    EXPECT_EQ(ran.load(), 50);  // the other items still ran
+    EXPECT_FALSE(in_parallel());
+  }
+  set_num_threads(2);
+  std::vector<std::thread> callers;
+  std::atomic<int64_t> total{0};
+  for (int c = 0; c < 3; ++c)
+    callers.emplace_back([&] {
+      for (int rep = 0; rep < 300; ++rep) parallel_for(64, 1, [&](int64_t b, int64_t e) { total += e - b; });
+    });
+  for (std::thread& th : callers) th.join();
+  EXPECT_EQ(total.load(), 3 * 300 * 64);
+  const int64_t many = (int64_t{1} << 20) + 5;  // more items than one job counts
+  std::vector<uint8_t> seen(static_cast<size_t>(many), 0);
+  parallel_items(many, [&](int64_t i) { seen[static_cast<size_t>(i)]++; });
+  EXPECT_EQ(std::count(seen.begin(), seen.end(), uint8_t{1}), many);
   set_num_threads(saved);
 }
 

@@ -132,9 +132,9 @@ TEST(PlanServe, BatchesShareTheWeightReads) {
 TEST(PlanServe, FormatsAndMemory) {
   const ServeFormat bf16 = serve_format("bf16"), i4 = serve_format("int4"), i8 = serve_format("int8");
   EXPECT_EQ(bf16.expert_read, 2);
-  EXPECT_EQ(bf16.expert_held, 6);  // bf16 copies beside the f32 weights
-  EXPECT_DOUBLE_EQ(i8.expert_read, 1.125);
-  EXPECT_DOUBLE_EQ(i4.expert_read, 0.75);
+  EXPECT_EQ(bf16.expert_held, 2);            // packed at load, no f32 copy held
+  EXPECT_DOUBLE_EQ(i8.expert_read, 1.0625);  // int8 + an f16 scale per 32
+  EXPECT_DOUBLE_EQ(i4.expert_read, 0.625);   // int4 + an f16 scale and min per 32
   EXPECT_EQ(i4.dense_read, 4);
   const ServePrediction f =
       predict_serve(tiny_model(), bytes_bound(1), serve_format("f32"), shape(1, 1), uniform(8));
