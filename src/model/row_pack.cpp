@@ -111,14 +111,7 @@ void RowPacker::add(const float* rows, int64_t n) {
   }
   const bool int8 = f_ == WeightFormat::Int8Packed;
   const kernels::QuantizedMatrix q = kernels::quantize_matrix(rows, n, K_, int8 ? 8 : 4, group_, name_);
-  const kernels::QuantWeight v = q.view();
-  const kernels::WeightView src{.format = int8 ? WeightFormat::Int8 : WeightFormat::Int4,
-                                .N = n,
-                                .K = K_,
-                                .data = v.q,
-                                .scales = v.scales,
-                                .mins = v.mins,
-                                .group = group_};
+  const kernels::WeightView src = kernels::weight_view(q.view());
   tmp_.resize(static_cast<size_t>(kernels::packed_int_bytes(src)));
   kernels::pack_int_weights(src, 1, tmp_.data(), name_.c_str());
   // Sections, each panel after panel: the words, then the per-panel-and-group parameter arrays of

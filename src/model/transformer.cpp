@@ -520,15 +520,7 @@ bool Transformer::pack_linear_int(int i, int64_t out, int64_t in) const {
   const int bits = f == kernels::WeightFormat::Int8Packed ? 8 : 4;
   const kernels::QuantizedMatrix q = kernels::quantize_matrix(
       params_[static_cast<size_t>(i)].value.data<float>(), out, in, bits, kLinearGroup, params_[i].name);
-  const kernels::QuantWeight v = q.view();
-  const kernels::WeightView src{
-      .format = bits == 8 ? kernels::WeightFormat::Int8 : kernels::WeightFormat::Int4,
-      .N = out,
-      .K = in,
-      .data = v.q,
-      .scales = v.scales,
-      .mins = v.mins,
-      .group = kLinearGroup};
+  const kernels::WeightView src = kernels::weight_view(q.view());
   Tensor t = Tensor::empty({kernels::packed_int_bytes(src)}, DType::U8, "packed linear");
   kernels::pack_int_weights(src, 1, t.raw(), params_[i].name.c_str());
   bf16_[static_cast<size_t>(i)] = std::move(t);

@@ -31,6 +31,17 @@ struct QuantWeight {
   const uint16_t* mins = nullptr;    // f16 (N, K / group); int4 only (null for int8)
 };
 
+// The same matrix as a one-expert WeightView of the int8 / int4 format (what pack_int_weights reads).
+inline WeightView weight_view(const QuantWeight& w) {
+  return {.format = w.bits == 8 ? WeightFormat::Int8 : WeightFormat::Int4,
+          .N = w.N,
+          .K = w.K,
+          .data = w.q,
+          .scales = w.scales,
+          .mins = w.mins,
+          .group = w.group};
+}
+
 // gemm_qw: C (M, N) = beta · C + A_rows (M, K) · dequant(W)^T, where A_rows[m] = A[gather ? gather[m] : m]:
 // grouped_gemm_w (weights.h) with one expert and an int8 / int4 WeightView, which it calls.
 // beta == 0 overwrites C (NaN in C does not propagate).
