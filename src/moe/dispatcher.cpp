@@ -38,12 +38,32 @@ void TokenSum<T>::sum(const T* rows, const int32_t* pos, T* y) const {
 }
 
 template <typename T>
+void fill_assignment_rows(kernels::Backend be, const Routing& r, const T* x, std::vector<int32_t>& perm,
+                          ExpertBatch<T>& batch) {
+  const int64_t N = r.n_assign, M = batch.offsets.back();
+  perm.resize(static_cast<size_t>(M));
+  batch.rows = M;
+  batch.x_rows = x;
+  batch.gather.resize(static_cast<size_t>(M));
+  batch.weight.resize(static_cast<size_t>(M));
+  kernels::dispatch_rows<T>(be, {.M = M,
+                                 .N = N,
+                                 .n_tokens = r.n_tokens,
+                                 .perm = perm.data(),
+                                 .token = N ? r.token.data<int32_t>() : nullptr,
+                                 .weight = N ? r.weight.data<T>() : nullptr,
+                                 .gather = batch.gather.data(),
+                                 .row_weight = batch.weight.data()});
+  batch.out_row = perm;
+  batch.out_rows = N;
+}
+
+template <typename T>
 void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, ExpertBatch<T>& batch) {
   N_ = r.n_assign;
   const int32_t* expert = N_ ? r.expert.data<int32_t>() : nullptr;
   const int32_t* token = N_ ? r.token.data<int32_t>() : nullptr;
   const uint8_t* kept = N_ ? r.kept.data<uint8_t>() : nullptr;
-  const T* weight = N_ ? r.weight.data<T>() : nullptr;
 
   // Sort assignments by expert (stable): offsets, perm, pos.
   batch.offsets.assign(static_cast<size_t>(E_ + 1), 0);
@@ -57,24 +77,7 @@ void LocalDispatcher<T>::dispatch(const Routing& r, const T* x, int64_t d, Exper
                                 .offsets = batch.offsets.data(),
                                 .perm = perm_.data(),
                                 .pos = pos_.data()});
-  const int64_t M = batch.offsets[E_];
-  perm_.resize(static_cast<size_t>(M));
-  batch.rows = M;
-  batch.x_rows = x;
-  batch.gather.resize(static_cast<size_t>(M));
-  batch.weight.resize(static_cast<size_t>(M));
-  kernels::dispatch_rows<T>(backend_, {.M = M,
-                                       .N = N_,
-                                       .n_tokens = r.n_tokens,
-                                       .perm = perm_.data(),
-                                       .token = token,
-                                       .weight = weight,
-                                       .gather = batch.gather.data(),
-                                       .row_weight = batch.weight.data()});
-  // Each row's weighted output goes to the row of its assignment, so the combine is a plain
-  // per-token sum of k rows in assignment order.
-  batch.out_row = perm_;
-  batch.out_rows = N_;
+  fill_assignment_rows(backend_, r, x, perm_, batch);
   slot_.resize(static_cast<size_t>(N_));
   for (int64_t a = 0; a < N_; ++a) slot_[a] = pos_[a] < 0 ? -1 : static_cast<int32_t>(a);
 
@@ -98,6 +101,10 @@ void LocalDispatcher<T>::dispatch_backward(const T* d_rows, T* dx) {
   by_token_.sum(d_rows, pos_.data(), dx);
 }
 
+template void fill_assignment_rows<float>(kernels::Backend, const Routing&, const float*,
+                                          std::vector<int32_t>&, ExpertBatch<float>&);
+template void fill_assignment_rows<double>(kernels::Backend, const Routing&, const double*,
+                                           std::vector<int32_t>&, ExpertBatch<double>&);
 template class TokenSum<float>;
 template class TokenSum<double>;
 template class LocalDispatcher<float>;

@@ -22,7 +22,6 @@ void ReplicatedTokensDispatcher<T>::dispatch(const Routing& r, const T* x, int64
   const int32_t* expert = N_ ? r.expert.data<int32_t>() : nullptr;
   const int32_t* token = N_ ? r.token.data<int32_t>() : nullptr;
   const uint8_t* kept = N_ ? r.kept.data<uint8_t>() : nullptr;
-  const T* weight = N_ ? r.weight.data<T>() : nullptr;
 
   // This rank's assignments: kept ones whose expert is in the shard, by local expert id.
   const int64_t El = shard_.count;
@@ -47,22 +46,7 @@ void ReplicatedTokensDispatcher<T>::dispatch(const Routing& r, const T* x, int64
                                 .offsets = batch.offsets.data(),
                                 .perm = perm_.data(),
                                 .pos = pos.data()});
-  const int64_t M = batch.offsets[El];
-  perm_.resize(static_cast<size_t>(M));
-  batch.rows = M;
-  batch.x_rows = x;
-  batch.gather.resize(static_cast<size_t>(M));
-  batch.weight.resize(static_cast<size_t>(M));
-  kernels::dispatch_rows<T>(backend_, {.M = M,
-                                       .N = N_,
-                                       .n_tokens = r.n_tokens,
-                                       .perm = perm_.data(),
-                                       .token = token,
-                                       .weight = weight,
-                                       .gather = batch.gather.data(),
-                                       .row_weight = batch.weight.data()});
-  batch.out_row = perm_;  // each row's weighted output at the row of its assignment
-  batch.out_rows = N_;
+  fill_assignment_rows(backend_, r, x, perm_, batch);  // outputs at the rows of their assignments
   by_token_.build(backend_, r.n_tokens, N_, token, d);
 }
 

@@ -28,6 +28,14 @@ struct ExpertBatch {
   int64_t out_rows = 0;          // rows of the output buffer
 };
 
+// Fills batch's rows from routing r's assignments sorted by expert (perm and batch.offsets from
+// kernels::permute): M = batch.offsets.back() rows, row p reading token r.token[perm[p]] of x with the
+// weight r.weight[perm[p]], its weighted output going to row perm[p] of a buffer of r.n_assign rows
+// (so the combine sums each token's k rows in assignment order). perm is cut to its M rows.
+template <typename T>
+void fill_assignment_rows(kernels::Backend be, const Routing& r, const T* x, std::vector<int32_t>& perm,
+                          ExpertBatch<T>& batch);
+
 // Forward:  dispatch -> the layer computes out[out_row[p]] = weight[p] · FFN_e(row p) -> combine.
 // Backward: grad_rows -> the layer computes the expert backward -> return_dweight, dispatch_backward.
 // Every method is called once per forward / backward, in this order, also when this process has
